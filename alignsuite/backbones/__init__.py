@@ -1,0 +1,5 @@
+from alignsuite.backbones.base import Backbone, SequenceScores
+from alignsuite.backbones.causal_lm import CausalLM
+from alignsuite.backbones.lora import LoraSpec
+
+__all__ = ["Backbone", "CausalLM", "LoraSpec", "SequenceScores"]

@@ -1,0 +1,279 @@
+"""Causal language models from transformers: the language (and speech-token) backbone.
+
+Score convention: the sum of log-probabilities of the completion tokens; prompt and padding tokens
+are excluded. Chosen and rejected rows are stacked and scored in one forward pass.
+
+Truncation rule, applied to every row and counted: the prompt keeps its last ``max_prompt_length``
+tokens (the context nearest the answer), then the completion keeps its first
+``max_length - len(prompt)`` tokens. A completion that would keep no token at all is an error, since
+it would have nothing to score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from alignsuite.backbones.base import Backbone, SequenceScores
+from alignsuite.backbones.lora import LoraSpec
+
+Text = str | list[dict[str, str]]  # plain text, or chat messages
+
+
+@dataclass
+class TokenBatch:
+    input_ids: Tensor  # [N, T], right-padded
+    attention_mask: Tensor  # [N, T]
+    completion_mask: Tensor  # [N, T]: 1 on the completion tokens that are scored
+    logits_to_keep: int  # the last positions that hold every completion token (and the one before)
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device), self.logits_to_keep
+        )
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder, a hub id, or ``toy:<world>`` (built on first use, see :mod:`alignsuite.toy`)."""
+    if name_or_path.startswith("toy:"):
+        from alignsuite.toy import resolve_toy_model
+
+        return resolve_toy_model(name_or_path[len("toy:") :])
+    looks_local = name_or_path.startswith((".", "/", "~")) or os.path.sep in name_or_path.strip("/").split("/", 1)[-1]
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(f"model path {name_or_path!r} does not exist (expected a folder from save_pretrained)")
+    return os.path.expanduser(name_or_path)
+
+
+class CausalLM(Backbone):
+    """Any ``AutoModelForCausalLM`` from a local folder or a hub id, fully fine-tuned or with LoRA.
+
+    Args:
+        model_name_or_path: folder written by ``save_pretrained``, a hub id, or ``toy:llm``.
+        tokenizer_name_or_path: defaults to the model's.
+        lora: train a LoRA adapter instead of the full weights.
+        max_length: most tokens in a prompt + completion row.
+        max_prompt_length: most prompt tokens kept (from the end); must be below ``max_length``.
+        dtype: weights' dtype at load ("auto" keeps the checkpoint's). Mixed precision is the Trainer's.
+        gradient_checkpointing: trade compute for activation memory.
+        attn_implementation: e.g. "sdpa", "eager", "flash_attention_2".
+        disable_dropout: dropout makes policy and reference disagree on identical weights; off by default.
+        trust_remote_code: passed to ``from_pretrained``.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        tokenizer_name_or_path: str | None = None,
+        lora: LoraSpec | None = None,
+        max_length: int = 1024,
+        max_prompt_length: int = 512,
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        disable_dropout: bool = True,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        if max_prompt_length >= max_length:
+            raise ValueError(
+                f"backbone.max_prompt_length ({max_prompt_length}) must be below backbone.max_length ({max_length}),"
+                " or no completion token could be scored"
+            )
+        self.model_name_or_path = model_name_or_path
+        self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.lora = lora
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.dtype = dtype
+        self.gradient_checkpointing = gradient_checkpointing
+        self.attn_implementation = attn_implementation
+        self.disable_dropout = disable_dropout
+        self.trust_remote_code = trust_remote_code
+        self.tokenizer = None
+        self.truncated = {"prompt": 0, "completion": 0}
+        self._accepts_logits_to_keep = False
+
+    # ---------------------------------------------------------------- building
+    def _load_model(self, source: str | None = None) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        path = resolve_model_path(source or self.model_name_or_path)
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        kwargs["dtype"] = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as e:
+            raise OSError(f"cannot load model {path!r}: not a local save_pretrained folder, nor a reachable hub id ({e})") from e
+        if self.disable_dropout:
+            for m in model.modules():
+                if isinstance(m, nn.Dropout):
+                    m.p = 0.0
+        return model
+
+    def _load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        path = resolve_model_path(self.tokenizer_name_or_path or self.model_name_or_path)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+        if tok.pad_token is None:
+            # Padding positions are masked out of attention and scores, so any id will do; eos is the
+            # usual choice and avoids resizing the embeddings.
+            if tok.eos_token is None:
+                raise ValueError(f"tokenizer at {path!r} has neither a pad nor an eos token; give it one")
+            tok.pad_token = tok.eos_token
+        return tok
+
+    def configure(self) -> None:
+        if self.policy is not None:
+            return
+        import inspect
+
+        self.tokenizer = self._load_tokenizer()
+        model = self._load_model()
+        self._accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if self.lora is not None:
+            from peft import get_peft_model
+
+            if self.gradient_checkpointing:
+                model.enable_input_require_grads()
+            model = get_peft_model(model, self.lora.to_peft("CAUSAL_LM"))
+        self.policy = model
+
+    def load_reference(self, source: str | None = None) -> nn.Module:
+        model = self._load_model(source)
+        model.eval().requires_grad_(False)
+        return model
+
+    @property
+    def has_adapters(self) -> bool:
+        return self.lora is not None
+
+    def adapters_disabled(self):
+        if not self.has_adapters:
+            return super().adapters_disabled()
+        return self.policy.disable_adapter()
+
+    # ---------------------------------------------------------------- tokenising
+    def _encode(self, prompt: Text, completion: Text) -> tuple[list[int], list[int]]:
+        tok = self.tokenizer
+        if isinstance(prompt, list) or isinstance(completion, list):
+            if not (isinstance(prompt, list) and isinstance(completion, list)):
+                raise ValueError("prompt and completion must both be chat messages, or both text")
+            prompt_text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            full_text = tok.apply_chat_template(prompt + completion, tokenize=False)
+            if not full_text.startswith(prompt_text):
+                raise ValueError(
+                    "the tokenizer's chat template renders the prompt differently once an answer follows, so the"
+                    " prompt cannot be masked out of the loss; give a template that keeps history unchanged"
+                )
+            prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+            completion_ids = tok(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+        else:
+            prompt_ids = tok(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+            if not prompt_ids and tok.bos_token_id is not None:
+                prompt_ids = [tok.bos_token_id]
+            completion_ids = tok(completion, add_special_tokens=False)["input_ids"]
+            if tok.eos_token_id is not None:
+                completion_ids = completion_ids + [tok.eos_token_id]
+        return self._truncate(prompt_ids, completion_ids)
+
+    def _truncate(self, prompt_ids: list[int], completion_ids: list[int]) -> tuple[list[int], list[int]]:
+        if len(prompt_ids) > self.max_prompt_length:
+            prompt_ids = prompt_ids[-self.max_prompt_length :]
+            self.truncated["prompt"] += 1
+        room = self.max_length - len(prompt_ids)
+        if len(completion_ids) > room:
+            completion_ids = completion_ids[:room]
+            self.truncated["completion"] += 1
+        if not completion_ids:
+            raise ValueError("a completion tokenised to no tokens; nothing to score")
+        return prompt_ids, completion_ids
+
+    def prepare(self, prompts: list[Text], views: list[list[Text]]) -> TokenBatch:
+        rows = [self._encode(p, c) for view in views for p, c in zip(prompts, view)]
+        width = max(len(p) + len(c) for p, c in rows)
+        n = len(rows)
+        input_ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((n, width), dtype=torch.long)
+        completion_mask = torch.zeros((n, width), dtype=torch.long)
+        first_completion = width
+        for i, (p, c) in enumerate(rows):
+            input_ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+            attention_mask[i, : len(p) + len(c)] = 1
+            completion_mask[i, len(p) : len(p) + len(c)] = 1
+            first_completion = min(first_completion, len(p))
+        # The token at position t is predicted by the logits at t - 1: keep from the one before the
+        # earliest completion token. Long prompts then never materialise vocabulary-sized logits.
+        keep = width - max(first_completion - 1, 0)
+        return TokenBatch(input_ids, attention_mask, completion_mask, keep)
+
+    # ---------------------------------------------------------------- scoring
+    def score(self, prepared: TokenBatch, model: nn.Module | None = None) -> SequenceScores:
+        model = model if model is not None else self.policy
+        device = next(model.parameters()).device
+        batch = prepared.to(device)
+        kwargs = {"use_cache": False}
+        keep = batch.logits_to_keep
+        if self._accepts_logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
+        logits = logits[:, -keep:]
+        labels = batch.input_ids[:, -keep:][:, 1:]
+        mask = batch.completion_mask[:, -keep:][:, 1:]
+        token_logps = selective_log_softmax(logits[:, :-1], labels)
+        score = (token_logps * mask).sum(-1)
+        return SequenceScores(score, mask.sum(-1).to(score.dtype))
+
+    # ---------------------------------------------------------------- generation and export
+    @torch.no_grad()
+    def generate(self, prompts: list[Text], max_new_tokens: int = 64, do_sample: bool = False, **kwargs) -> list[str]:
+        tok = self.tokenizer
+        texts = [
+            tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list) else p
+            for p in prompts
+        ]
+        side = tok.padding_side
+        tok.padding_side = "left"  # generation continues from the last position of every row
+        try:
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not isinstance(prompts[0], list))
+        finally:
+            tok.padding_side = side
+        model = self.policy
+        enc = enc.to(next(model.parameters()).device)
+        was_training = model.training
+        model.eval()
+        try:
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id, **kwargs
+            )
+        finally:
+            model.train(was_training)
+        return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
+        """A folder ``AutoModelForCausalLM.from_pretrained`` loads: LoRA merged, or the adapter alone."""
+        model = self.policy
+        if self.has_adapters and merge_adapters:
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+def selective_log_softmax(logits: Tensor, labels: Tensor) -> Tensor:
+    """``log_softmax(logits)[..., labels]`` in float32, one row at a time to bound peak memory."""
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
+    norm = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
+    return picked - norm

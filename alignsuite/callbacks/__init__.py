@@ -1,0 +1,5 @@
+from alignsuite.callbacks.checkpoint_io import AtomicCheckpointIO
+from alignsuite.callbacks.export import ExportPretrained
+from alignsuite.callbacks.reward import GenerationReward
+
+__all__ = ["AtomicCheckpointIO", "ExportPretrained", "GenerationReward"]

@@ -1,0 +1,182 @@
+"""The one preference step, for every backbone, objective and reference."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from alignsuite.backbones.base import Backbone
+from alignsuite.objectives import DPO, Objective
+from alignsuite.reference import AdapterDisabled, FrozenCopy, Precomputed, Reference
+from alignsuite.scores import PairScores, UnpairedScores
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; training stops rather than train through it."""
+
+
+class PreferenceModule(LightningModule):
+    """Scores a batch with the policy and the reference and applies an objective.
+
+    Args:
+        backbone: turns batches into scores (``alignsuite.backbones.CausalLM`` ...).
+        objective: the loss (``alignsuite.objectives.DPO`` by default).
+        reference: where reference scores come from. Left out, a reference-based objective gets the
+            policy with adapters disabled under LoRA and a frozen copy otherwise; a reference-free
+            objective gets none, and loads no reference weights.
+        optimizer: built over the trainable parameters only (AdamW, lr 1e-6 when left out).
+        lr_schedule: shape of the learning rate after warm-up.
+        warmup_ratio: fraction of the training steps spent warming up linearly from zero.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        objective: Objective | None = None,
+        reference: Reference | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: Literal["constant", "linear", "cosine"] = "linear",
+        warmup_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.objective = objective if objective is not None else DPO()
+        if reference is not None and not self.objective.needs_reference:
+            raise ValueError(
+                f"objective {self.objective.name!r} is reference-free, yet model.reference is set"
+                f" ({type(reference).__name__}); remove model.reference"
+            )
+        if reference is None and self.objective.needs_reference:
+            reference = AdapterDisabled() if backbone.has_adapters else FrozenCopy()
+        self.reference = reference
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        if not 0 <= warmup_ratio < 1:
+            raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        self.warmup_ratio = warmup_ratio
+
+    # ------------------------------------------------------------------ building
+    def configure_model(self) -> None:
+        self.backbone.configure()
+        if self.reference is not None:
+            self.reference.build(self.backbone)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters: the policy is entirely frozen")
+        optimizer = self.optimizer(params) if self.optimizer else torch.optim.AdamW(params, lr=1e-6)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.warmup_ratio * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(total - warmup, 1)
+            if self.lr_schedule == "linear":
+                return max(0.0, 1.0 - progress)
+            if self.lr_schedule == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ the step
+    def compute_scores(self, batch: dict) -> PairScores | UnpairedScores:
+        """Prepare once, score the policy, score the reference without grad on the same inputs."""
+        pairs = self.objective.score_type == "pair"
+        if pairs:
+            views = [batch["chosen"], batch["rejected"]]
+        else:  # KTO's reference point: each prompt with the next row's completion
+            views = [batch["completion"], batch["completion"][1:] + batch["completion"][:1]]
+        prepared = self.backbone.prepare(batch["prompt"], views)
+        policy = self.backbone.score(prepared)
+        ref = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref = self.reference.score(self.backbone, prepared, batch).detach()
+        (a, b), (la, lb) = policy.score.chunk(2), policy.length.chunk(2)
+        ra, rb = ref.chunk(2) if ref is not None else (None, None)
+        if pairs:
+            return PairScores(a, b, ra, rb, la, lb)
+        return UnpairedScores(a, batch["label"].to(a.device, a.dtype), ra, b.detach(), rb, la)
+
+    def _step(self, batch: dict, stage: str):
+        scores = self.compute_scores(batch)
+        out = self.objective(scores)
+        metrics = {**out.metrics, **self._logp_metrics(scores)}
+        on_step = stage == "train"
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in metrics.items()},
+            on_step=on_step,
+            on_epoch=not on_step,
+            sync_dist=not on_step,
+            batch_size=scores.batch_size,
+            prog_bar=False,
+        )
+        self.log(f"{stage}/loss", out.loss.detach(), prog_bar=True, on_step=on_step, on_epoch=not on_step,
+                 sync_dist=not on_step, batch_size=scores.batch_size)
+        return out.loss
+
+    @staticmethod
+    def _logp_metrics(scores) -> dict[str, Tensor]:
+        if isinstance(scores, PairScores):
+            named = {"chosen": scores.chosen, "rejected": scores.rejected,
+                     "ref_chosen": scores.ref_chosen, "ref_rejected": scores.ref_rejected}
+        else:
+            named = {"policy": scores.logps, "ref": scores.ref_logps}
+        return {f"logps/{k}": v.detach().float().mean() for k, v in named.items() if v is not None}
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        bad = not bool(torch.isfinite(loss))
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            rows = batch["index"].tolist() if "index" in batch else "unknown"
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch},"
+                f" batch {batch_idx}, dataset rows {rows}); stopping instead of training through it. The last"
+                " checkpoint written before this step is intact. Lower the learning rate, check these rows, or"
+                " train in float32."
+            )
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list:
+        return self.backbone.generate(batch["prompt"])
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_fit_start(self) -> None:
+        if isinstance(self.reference, Precomputed):
+            self.reference.precompute(self)
+
+    def on_validation_start(self) -> None:
+        if isinstance(self.reference, Precomputed) and not self.trainer.training:
+            self.reference.precompute(self)  # validate/test without fit
+
+    on_test_start = on_validation_start
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The reference is rebuilt from its source: never store its weights.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+        if isinstance(self.reference, Precomputed):
+            checkpoint["precomputed_reference"] = self.reference.state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Put the freshly built reference weights back so strict loading still checks everything else.
+        state = checkpoint["state_dict"]
+        for k, v in self.state_dict().items():
+            if k.startswith("reference."):
+                state.setdefault(k, v)
+        if isinstance(self.reference, Precomputed) and "precomputed_reference" in checkpoint:
+            self.reference.load_state(checkpoint["precomputed_reference"])

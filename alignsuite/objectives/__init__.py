@@ -1,0 +1,57 @@
+"""Objectives: pure functions from scores to loss and metrics, reachable by their literature name.
+
+``get_objective("dpo", beta=0.1)`` or, in a recipe, ``class_path: alignsuite.objectives.DPO``.
+Importing the modules below registers every objective.
+"""
+
+from alignsuite.objectives.base import (
+    Objective,
+    ObjectiveOutput,
+    PairwiseObjective,
+    available_objectives,
+    get_objective,
+)
+from alignsuite.objectives.pairwise import (
+    AOT,
+    CDPO,
+    DPO,
+    IPO,
+    APODown,
+    APOZero,
+    AOTUnpaired,
+    BCOPair,
+    DiscoPOP,
+    EXOPair,
+    Hinge,
+    NCAPair,
+    RobustDPO,
+    SPPOHard,
+)
+from alignsuite.objectives.reference_free import CPO, ORPO, SimPO
+from alignsuite.objectives.unpaired import KTO
+
+__all__ = [
+    "AOT",
+    "AOTUnpaired",
+    "APODown",
+    "APOZero",
+    "BCOPair",
+    "CDPO",
+    "CPO",
+    "DPO",
+    "DiscoPOP",
+    "EXOPair",
+    "Hinge",
+    "IPO",
+    "KTO",
+    "NCAPair",
+    "ORPO",
+    "Objective",
+    "ObjectiveOutput",
+    "PairwiseObjective",
+    "RobustDPO",
+    "SPPOHard",
+    "SimPO",
+    "available_objectives",
+    "get_objective",
+]

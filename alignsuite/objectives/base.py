@@ -1,0 +1,170 @@
+"""What every objective shares: the output type, the registry, the reward metrics and the SFT term."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from alignsuite.scores import PairScores, UnpairedScores
+
+_REGISTRY: dict[str, type["Objective"]] = {}
+
+
+@dataclass
+class ObjectiveOutput:
+    """``loss``: the batch mean of per-pair losses (a scalar with grad); ``metrics``: detached scalars."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+
+
+def register(name: str):
+    """Class decorator: make an objective reachable as ``get_objective(name)``."""
+
+    def wrap(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"objective {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_objective(name: str, **hparams) -> "Objective":
+    """The objective registered as ``name`` (the literature's name, lower case), built with ``hparams``."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown objective {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+    return cls(**hparams)
+
+
+def available_objectives() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def reward_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
+    """The four reward metrics every pairwise objective logs; a tie counts one half in the accuracy."""
+    chosen_rewards, rejected_rewards = chosen_rewards.detach().float(), rejected_rewards.detach().float()
+    won = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
+    return {
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracy": won.mean(),
+    }
+
+
+class Objective:
+    """A pure function from scores to loss and metrics.
+
+    Subclasses set ``needs_reference`` and ``score_type`` ("pair" for :class:`PairScores`, "unpaired"
+    for :class:`UnpairedScores`) and implement ``__call__``.
+    """
+
+    name: ClassVar[str] = ""
+    needs_reference: ClassVar[bool] = True
+    score_type: ClassVar[str] = "pair"
+
+    def __call__(self, scores) -> ObjectiveOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _check_reference(self, scores: PairScores | UnpairedScores) -> None:
+        if self.needs_reference and not scores.has_reference:
+            raise ValueError(f"objective {self.name!r} needs reference scores, and the batch has none")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class PairwiseObjective(Objective):
+    """A pairwise objective: per-pair losses and the implicit rewards they come with.
+
+    Subclasses implement :meth:`pair_losses`. Any of them can add the chosen side's per-token NLL
+    with weight ``sft_weight`` (RPO, Pang et al. 2024, "Iterative Reasoning Preference Optimization":
+    ``L = L_pref + alpha * NLL(y_w) / |y_w|``).
+    """
+
+    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
+        self.beta = beta
+        self.sft_weight = sft_weight
+
+    def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
+        """``(losses, chosen_rewards, rejected_rewards)``, each ``[B]``."""
+        raise NotImplementedError
+
+    def __call__(self, scores: PairScores) -> ObjectiveOutput:
+        self._check_reference(scores)
+        losses, chosen_rewards, rejected_rewards = self.pair_losses(scores)
+        loss = losses.mean()
+        metrics = reward_metrics(chosen_rewards, rejected_rewards)
+        if self.sft_weight > 0:
+            nll = chosen_nll(scores)
+            metrics["loss/preference"] = loss.detach()
+            metrics["loss/sft"] = nll.detach()
+            loss = loss + self.sft_weight * nll
+        return ObjectiveOutput(loss, metrics)
+
+
+def log_ratios(s: PairScores) -> tuple[Tensor, Tensor]:
+    """``u_w = log pi(y_w) - log pi_ref(y_w)`` and ``u_l`` likewise."""
+    return s.chosen - s.ref_chosen, s.rejected - s.ref_rejected
+
+
+def chosen_nll(s: PairScores) -> Tensor:
+    """Batch mean of the chosen side's per-token negative log-likelihood."""
+    return (-s.chosen / s.chosen_len.clamp(min=1)).mean()
+
+
+def mean_logps(s: PairScores) -> tuple[Tensor, Tensor]:
+    """Length-normalised log-likelihoods of each side (per token, or per scored element)."""
+    return s.chosen / s.chosen_len.clamp(min=1), s.rejected / s.rejected_len.clamp(min=1)
+
+
+def as_float(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Losses are computed in float32 whatever the training precision (exp and log1p are fragile in bf16)."""
+    return tuple(t.float() for t in tensors)
+
+
+def smoothed_logistic(z: Tensor, label_smoothing: float) -> Tensor:
+    """``-(1 - eps) log sigma(z) - eps log sigma(-z)``: the logistic loss against a preference label that is
+    flipped with probability ``eps`` (cDPO; also the form AOT and CPO smooth with)."""
+    loss = -F.logsigmoid(z)
+    if label_smoothing > 0:
+        loss = (1 - label_smoothing) * loss - label_smoothing * F.logsigmoid(-z)
+    return loss
+
+
+def check_label_smoothing(value: float, *, positive: bool = False) -> None:
+    """``label_smoothing`` is a flip probability below one half (at 0.5 the label carries no information)."""
+    low_ok = value > 0 if positive else value >= 0
+    if not (low_ok and value < 0.5):
+        interval = "(0, 0.5)" if positive else "[0, 0.5)"
+        raise ValueError(f"label_smoothing must be in {interval}, got {value}")
+
+
+__all__ = [
+    "Objective",
+    "ObjectiveOutput",
+    "PairwiseObjective",
+    "available_objectives",
+    "as_float",
+    "check_label_smoothing",
+    "chosen_nll",
+    "get_objective",
+    "log_ratios",
+    "mean_logps",
+    "register",
+    "reward_metrics",
+    "smoothed_logistic",
+]

@@ -1,0 +1,131 @@
+"""Where reference scores come from.
+
+Each strategy is a small module the :class:`~alignsuite.module.PreferenceModule` holds as
+``self.reference``. Its weights (if it has any) are rebuilt from their source in ``configure_model``,
+never trained and never written into a checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from alignsuite.backbones.base import Backbone
+
+
+class Reference(nn.Module):
+    """Base class: ``score`` returns the reference's ``[K * B]`` scores for a prepared batch."""
+
+    def build(self, backbone: Backbone) -> None:
+        """Load whatever the strategy needs, after the policy exists (idempotent)."""
+
+    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):
+        # A reference is always in eval mode: dropout would make it disagree with itself.
+        return super().train(False)
+
+
+class FrozenCopy(Reference):
+    """A second, frozen copy of the starting weights (or of ``model_name_or_path``)."""
+
+    def __init__(self, model_name_or_path: str | None = None) -> None:
+        super().__init__()
+        self.model_name_or_path = model_name_or_path
+        self.model: nn.Module | None = None
+
+    def build(self, backbone: Backbone) -> None:
+        if self.model is None:
+            self.model = backbone.load_reference(self.model_name_or_path)
+
+    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
+        return backbone.score(prepared, model=self.model).score
+
+
+class AdapterDisabled(Reference):
+    """The policy with its LoRA adapters switched off: the base model, with no second copy of the weights."""
+
+    def build(self, backbone: Backbone) -> None:
+        if not backbone.has_adapters:
+            raise ValueError(
+                "model.reference is AdapterDisabled, which needs adapters to disable: set model.backbone.lora,"
+                " or use FrozenCopy for full fine-tuning"
+            )
+
+    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
+        with backbone.adapters_disabled():
+            return backbone.score(prepared).score
+
+
+class Precomputed(Reference):
+    """Reference scores computed in one pass before training and stored as columns with the data.
+
+    The pass uses the starting policy (with adapters disabled under LoRA), so no reference weights stay
+    in memory during training. The stored scores travel in checkpoints, so a resumed run does not
+    recompute them from trained weights. Under several processes each scores its share and they
+    exchange the results.
+    """
+
+    columns = ("ref_chosen", "ref_rejected")
+
+    def __init__(self, batch_size: int | None = None) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.stored: dict[str, dict[str, list[float]]] = {}
+
+    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
+        missing = [c for c in self.columns if c not in batch]
+        if missing:
+            raise KeyError(f"batch has no precomputed reference scores ({', '.join(missing)}); was precompute() run?")
+        return torch.cat([batch[c] for c in self.columns])
+
+    @torch.no_grad()
+    def precompute(self, module) -> None:
+        """Score every pair of the train and val sets once and add the scores to the datamodule."""
+        data = module.trainer.datamodule
+        if data is None or not hasattr(data, "add_columns"):
+            raise ValueError("Precomputed reference scores need a PreferenceDataModule (data.class_path)")
+        if getattr(data, "layout", "pairs") != "pairs":
+            raise ValueError("Precomputed reference scores support paired data only; KTO's KL term needs live scores")
+        backbone, strategy = module.backbone, module.trainer.strategy
+        for split in ("train", "val"):
+            dataset = getattr(data, f"{split}_set", None)
+            if dataset is None or len(dataset) == 0:
+                continue
+            if split not in self.stored:
+                self.stored[split] = self._score_split(module, backbone, strategy, data, dataset)
+                rank_zero_info(f"precomputed reference scores for {len(dataset)} {split} pairs")
+            data.add_columns(split, self.stored[split])
+
+    def _score_split(self, module, backbone, strategy, data, dataset) -> dict[str, list[float]]:
+        n, world, rank = len(dataset), strategy.world_size, strategy.global_rank
+        per_rank = -(-n // world)
+        mine = [min(i, n - 1) for i in range(rank * per_rank, (rank + 1) * per_rank)]  # pad by repeating the last row
+        size = self.batch_size or data.batch_size
+        was_training = module.training
+        module.eval()
+        scores = []
+        try:
+            for start in range(0, len(mine), size):
+                rows = dataset[mine[start : start + size]]
+                prepared = backbone.prepare(rows["prompt"], [rows["chosen"], rows["rejected"]])
+                if backbone.has_adapters:
+                    with backbone.adapters_disabled():
+                        s = backbone.score(prepared).score
+                else:
+                    s = backbone.score(prepared).score
+                scores.append(torch.stack(s.float().chunk(2), dim=1))  # [b, 2]
+        finally:
+            module.train(was_training)
+        local = torch.cat(scores)  # [per_rank, 2]
+        gathered = strategy.all_gather(local) if world > 1 else local[None]
+        flat = gathered.reshape(-1, 2)[:n].cpu()
+        return {"ref_chosen": flat[:, 0].tolist(), "ref_rejected": flat[:, 1].tolist()}
+
+    def state(self) -> dict:
+        return self.stored
+
+    def load_state(self, stored: dict) -> None:
+        self.stored = stored

@@ -1,0 +1,113 @@
+"""The language toy world: echo the letters of the prompt, in capitals.
+
+Prompts look like ``echo c a f``. The base model is trained (on first use, in seconds) on a mix of
+answers in capitals (``C A F``) and in lower case (``c a f``), so it starts out producing both kinds,
+about half each. Preference pairs prefer the capital answer over a lower-case one or a capital one with
+a wrong letter. The reward scores a generation by how many positions hold the right capital letter,
+divided by the longer of the two lengths, so it is 1 only for the exact capital echo and about 0.5 for
+the base model. Alignment that works moves it towards 1; an objective wired the wrong way round moves
+it towards 0.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+LETTERS = "abcdefghij"
+SPECIAL = ["<pad>", "<unk>", "<bos>", "<eos>"]
+WORDS = ["echo", "user:", "assistant:"] + list(LETTERS) + list(LETTERS.upper())
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+class EchoWorld:
+    version = "v1"
+    generation_kwargs = {"max_new_tokens": 8}
+
+    def __init__(self, min_letters: int = 3, max_letters: int = 5) -> None:
+        self.min_letters, self.max_letters = min_letters, max_letters
+
+    # ------------------------------------------------------------- data
+    def _letters(self, rng: random.Random) -> list[str]:
+        return [rng.choice(LETTERS) for _ in range(rng.randint(self.min_letters, self.max_letters))]
+
+    def eval_prompts(self, n: int, seed: int) -> list[str]:
+        rng = random.Random(f"eval-{seed}")
+        return ["echo " + " ".join(self._letters(rng)) for _ in range(n)]
+
+    def make_pairs(self, n: int, seed: int) -> list[dict]:
+        """``n`` rows of prompt/chosen/rejected text, as a preference dataset would hold them."""
+        rng = random.Random(f"pairs-{seed}")
+        rows = []
+        for _ in range(n):
+            letters = self._letters(rng)
+            chosen = " ".join(x.upper() for x in letters)
+            if rng.random() < 0.7:
+                rejected = " ".join(letters)
+            else:  # the right case with a wrong letter: the preference is about content, not case alone
+                wrong = list(letters)
+                i = rng.randrange(len(wrong))
+                wrong[i] = rng.choice([x for x in LETTERS if x != wrong[i]])
+                rejected = " ".join(x.upper() for x in wrong)
+            rows.append({"prompt": "echo " + " ".join(letters), "chosen": chosen, "rejected": rejected})
+        return rows
+
+    def reward(self, prompt: str, completion: str) -> float:
+        target = [x.upper() for x in prompt.split()[1:]]
+        got = completion.split()
+        hits = sum(a == b for a, b in zip(got, target))
+        return hits / max(len(got), len(target), 1)
+
+    # ------------------------------------------------------------- the base model
+    def build_tokenizer(self):
+        from tokenizers import Tokenizer, models, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
+        core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+            chat_template=CHAT_TEMPLATE,
+        )
+
+    def build_config(self, tokenizer):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+
+    def build_base_model(self, path: str, steps: int = 800, batch_size: int = 64, seed: int = 0) -> None:
+        """Train the base model by plain next-token prediction on both kinds of answer, then save it."""
+        from transformers import LlamaForCausalLM
+
+        torch.manual_seed(seed)
+        tok = self.build_tokenizer()
+        model = LlamaForCausalLM(self.build_config(tok))
+        optim = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        warmup = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: min(1.0, (step + 1) / 100))
+        rng = random.Random(f"sft-{seed}")
+        model.train()
+        for _ in range(steps):
+            texts = []
+            for _ in range(batch_size):
+                letters = self._letters(rng)
+                answer = [x.upper() for x in letters] if rng.random() < 0.5 else letters
+                texts.append("echo " + " ".join(letters) + " " + " ".join(answer) + " <eos>")
+            enc = tok(texts, return_tensors="pt", padding=True)
+            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+            loss = model(**enc, labels=labels).loss
+            loss.backward()
+            optim.step()
+            optim.zero_grad()
+            warmup.step()
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
