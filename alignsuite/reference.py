@@ -17,6 +17,10 @@ from alignsuite.backbones.base import Backbone
 class Reference(nn.Module):
     """Base class: ``score`` returns the reference's ``[K * B]`` scores for a prepared batch."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.eval()
+
     def build(self, backbone: Backbone) -> None:
         """Load whatever the strategy needs, after the policy exists (idempotent)."""
 

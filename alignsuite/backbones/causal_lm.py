@@ -118,6 +118,12 @@ class CausalLM(Backbone):
             for m in model.modules():
                 if isinstance(m, nn.Dropout):
                     m.p = 0.0
+                # Llama, Qwen2, Mistral, Gemma, Phi-3 ... apply attention dropout functionally, with a float
+                # probability copied from the config onto the attention module (`self.attention_dropout`), not
+                # through an nn.Dropout; zero those too. The config itself is left alone, so exports keep it.
+                for name, value in list(vars(m).items()):
+                    if "dropout" in name and isinstance(value, float):
+                        setattr(m, name, 0.0)
         return model
 
     def _load_tokenizer(self):
@@ -150,7 +156,9 @@ class CausalLM(Backbone):
             if self.gradient_checkpointing:
                 model.enable_input_require_grads()
             model = get_peft_model(model, self.lora.to_peft("CAUSAL_LM"))
-        self.policy = model
+        # from_pretrained returns the model in eval mode, and Lightning keeps modes as they are; gradient
+        # checkpointing (and any dropout left on) only acts in train mode.
+        self.policy = model.train()
 
     def load_reference(self, source: str | None = None) -> nn.Module:
         model = self._load_model(source)

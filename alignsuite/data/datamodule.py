@@ -15,7 +15,7 @@ import datasets
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from alignsuite.data.errors import DataError
 from alignsuite.data.loading import load_table
@@ -214,11 +214,9 @@ class PreferenceDataModule(L.LightningDataModule):
         return DataLoader(
             ds,
             batch_size=batch_size,
-            shuffle=shuffle,
+            # Under DDP Lightning swaps a RandomSampler for a DistributedSampler seeded by the Trainer.
+            sampler=EpochRandomSampler(ds, self.seed) if shuffle else None,
             drop_last=drop_last,
-            # Seeded so a run (and its resumption) sees the same order; under DDP Lightning swaps in a
-            # DistributedSampler seeded by the Trainer instead.
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=collate_rows,
             persistent_workers=self.num_workers > 0,
@@ -243,6 +241,22 @@ class PreferenceDataModule(L.LightningDataModule):
         """The validation prompts, for generation and reward scoring."""
         ds = self._dataset("val").select_columns(["prompt", "index"])
         return self._loader(ds, self.eval_batch_size, shuffle=False)
+
+
+class EpochRandomSampler(RandomSampler):
+    """A shuffle that depends on (seed, epoch) alone, so a run resumed at an epoch boundary sees the
+    same order as one that never stopped (Lightning calls ``set_epoch`` at every epoch)."""
+
+    def __init__(self, data_source, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 def _as_list(sources: str | list[str] | None) -> list[str]:

@@ -1,0 +1,229 @@
+"""The CLI end to end: recipes parse, a tiny saved model trains, exports and loads back."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from alignsuite.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def pair_file(tmp_path):
+    from alignsuite.toy.llm import EchoWorld
+
+    return write_jsonl(tmp_path / "pairs.jsonl", EchoWorld().make_pairs(48, seed=3))
+
+
+def recipe(tmp_path, model_dir, train, objective="DPO", objective_args=None, extra_model=None, max_steps=4):
+    """A complete recipe for a tiny saved model, as a user would write it."""
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "max_steps": max_steps,
+            "limit_val_batches": 2,
+            "val_check_interval": 2,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,
+            "default_root_dir": str(tmp_path),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "t", "version": 0},
+            },
+        },
+        "model": {
+            "class_path": "alignsuite.module.PreferenceModule",
+            "init_args": {
+                "backbone": {
+                    "class_path": "alignsuite.backbones.CausalLM",
+                    "init_args": {"model_name_or_path": model_dir, "max_length": 24, "max_prompt_length": 12},
+                },
+                "objective": {"class_path": f"alignsuite.objectives.{objective}", "init_args": objective_args or {}},
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2}},
+                **(extra_model or {}),
+            },
+        },
+        "data": {
+            "class_path": "alignsuite.data.PreferenceDataModule",
+            "init_args": {"train": train, "val_fraction": 0.25, "batch_size": 4},
+        },
+        "checkpoint": {"dirpath": str(tmp_path / "ckpt")},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def metrics(tmp_path):
+    with open(tmp_path / "runs" / "t" / "version_0" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def weights(path):
+    from transformers import AutoModelForCausalLM
+
+    return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
+
+
+def test_help_and_print_config(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--help"])
+    assert e.value.code == 0
+    assert "--model.help" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", os.path.join(REPO, "recipes/toy/llm_dpo.yaml"), "--print_config"])
+    assert e.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    backbone = printed["model"]["init_args"]["backbone"]
+    assert backbone["class_path"] == "alignsuite.backbones.CausalLM"
+    assert backbone["init_args"]["max_length"] == 32
+    assert printed["model"]["init_args"]["objective"]["init_args"]["beta"] == 0.1
+    assert printed["checkpoint"]["save_last"] is True
+
+
+def test_later_config_wins(capsys, tmp_path):
+    override = tmp_path / "o.yaml"
+    override.write_text("model:\n  init_args:\n    objective:\n      init_args: {beta: 0.5}\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", os.path.join(REPO, "recipes/toy/llm_dpo.yaml"), "--config", str(override), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["objective"]["init_args"]["beta"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--model.init_args.objective.init_args.betta", "0.2"], "betta"),
+        (["--trainer.max_stepz", "3"], "max_stepz"),
+        (["--data.init_args.batch_sise", "3"], "batch_sise"),
+    ],
+)
+def test_mistyped_key_is_an_error_that_names_it(capsys, args, named):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", os.path.join(REPO, "recipes/toy/llm_dpo.yaml"), *args])
+    assert e.value.code != 0
+    assert named in capsys.readouterr().err
+
+
+def test_every_shipped_recipe_parses(capsys):
+    recipes = sorted(glob.glob(os.path.join(REPO, "recipes", "*", "*.yaml")))
+    assert len(recipes) >= 6
+    for path in recipes:
+        with pytest.raises(SystemExit) as e:
+            main(["fit", "--config", path, "--print_config"])
+        assert e.value.code == 0, path
+        capsys.readouterr()
+
+
+def test_fit_exports_a_folder_transformers_loads_with_changed_weights(tmp_path, tiny_lm_dir, pair_file):
+    before = weights(tiny_lm_dir)
+    main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file)])
+    export_dir = tmp_path / "runs" / "t" / "version_0" / "export"
+    after = weights(str(export_dir))
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before), f"unchanged: {set(before) - set(changed)}"
+
+    rows = metrics(tmp_path)
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 4
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the first step: ln 2
+    assert any(r.get("val/rewards/accuracy") for r in rows)
+    for key in ("train/rewards/chosen", "train/rewards/margin", "train/logps/ref_chosen", "train/logps/rejected"):
+        assert any(r.get(key) for r in rows), key
+
+    # The checkpoint holds the policy and no reference weights; exporting it gives the same folder.
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4
+    assert not [k for k in ckpt["state_dict"] if k.startswith("reference.")]
+    out = tmp_path / "from_ckpt"
+    main(["export", "--config", str(tmp_path / "recipe.yaml"), "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
+          "--export.dirpath", str(out)])
+    again = weights(str(out))
+    assert all(torch.equal(after[k], again[k]) for k in after)
+
+
+def test_lora_fit_exports_merged_and_adapter_only(tmp_path, tiny_lm_dir, pair_file):
+    extra = {"backbone": {"class_path": "alignsuite.backbones.CausalLM", "init_args": {
+        "model_name_or_path": tiny_lm_dir, "max_length": 24, "max_prompt_length": 12, "lora": {"r": 4, "alpha": 8}}}}
+    path = recipe(tmp_path, tiny_lm_dir, pair_file, extra_model=extra)
+    main(["fit", "--config", path, "--export.dirpath", str(tmp_path / "merged")])
+    before, merged = weights(tiny_lm_dir), weights(str(tmp_path / "merged"))
+    assert before.keys() == merged.keys()  # a plain model: the adapter is merged in
+    assert any(not torch.equal(before[k], merged[k]) for k in before)
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    main(["export", "--config", path, "--ckpt_path", str(ckpt), "--export.dirpath", str(tmp_path / "adapter"),
+          "--export.merge_adapters", "false"])
+    assert os.path.exists(tmp_path / "adapter" / "adapter_config.json")
+
+
+def test_reference_free_objective_loads_no_reference(tmp_path, tiny_lm_dir, pair_file):
+    main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, objective="SimPO", max_steps=2)])
+    rows = metrics(tmp_path)
+    assert any(r.get("train/loss") for r in rows)
+    assert not any(r.get("train/logps/ref_chosen") for r in rows)
+
+
+def test_reference_free_objective_with_a_reference_is_an_error(tmp_path, tiny_lm_dir, pair_file):
+    extra = {"reference": {"class_path": "alignsuite.reference.FrozenCopy"}}
+    with pytest.raises(ValueError, match="'simpo' is reference-free.*remove model.reference"):
+        main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, objective="SimPO", extra_model=extra)])
+
+
+def test_bad_row_names_file_row_and_field(tmp_path, tiny_lm_dir):
+    from alignsuite.data import DataError
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "echo a", "chosen": "A", "rejected": "a"},
+                                               {"prompt": "echo b", "chosen": "", "rejected": "b"}])
+    with pytest.raises(DataError, match=r"bad\.jsonl: row 1: field 'chosen'"):
+        main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, bad)])
+
+
+def test_missing_model_path_is_named(tmp_path, pair_file):
+    with pytest.raises(FileNotFoundError, match="no/such/model"):
+        main(["fit", "--config", recipe(tmp_path, "./no/such/model", pair_file)])
+
+
+def test_validate_test_and_predict(tmp_path, tiny_lm_dir, pair_file, capsys):
+    path = recipe(tmp_path, tiny_lm_dir, pair_file)
+    main(["validate", "--config", path])
+    main(["test", "--config", path])
+    main(["predict", "--config", path])
+    out = capsys.readouterr().out
+    assert "val/loss" in out and "test/loss" in out
+
+
+@pytest.mark.parametrize("name", ["llm_dpo"])
+def test_toy_recipe_raises_the_reward(tmp_path, name):
+    """The default recipe, unchanged: the reward of greedy generations must clearly rise."""
+    main(["fit", "--config", os.path.join(REPO, f"recipes/toy/{name}.yaml"),
+          "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+          "--checkpoint.dirpath", str(tmp_path / "ckpt")])
+    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "*" / "version_*" / "metrics.csv"))[0])))
+    reward = [(int(r["step"]), float(r["val/toy_reward"])) for r in rows if r.get("val/toy_reward")]
+    assert reward[0][0] == 0 and reward[0][1] < 0.6
+    assert reward[-1][1] >= 0.8, reward
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llm_simpo", "llm_orpo", "llm_kto", "llm_ipo"])
+def test_other_toy_recipes_raise_the_reward(tmp_path, name):
+    test_toy_recipe_raises_the_reward(tmp_path, name)

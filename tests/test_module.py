@@ -1,0 +1,133 @@
+"""The preference step: references, checkpoints and the NaN guard, driven through a real Trainer."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from alignsuite.backbones import CausalLM
+from alignsuite.callbacks import AtomicCheckpointIO
+from alignsuite.module import NonFiniteLossError, PreferenceModule
+from alignsuite.objectives import DPO, KTO, ObjectiveOutput
+from alignsuite.reference import FrozenCopy, Precomputed
+from alignsuite.toy.data import ToyPreferenceData
+
+
+def make_module(model_dir, objective=None, reference=None, lr=1e-2):
+    backbone = CausalLM(model_dir, max_length=24, max_prompt_length=12)
+    return PreferenceModule(backbone, objective or DPO(beta=0.1), reference,
+                            optimizer=lambda p: torch.optim.AdamW(p, lr=lr), warmup_ratio=0.0)
+
+
+def make_trainer(tmp_path, max_steps, callbacks=(), **kwargs):
+    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                     default_root_dir=str(tmp_path), callbacks=list(callbacks), **kwargs)
+
+
+class Recorder(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        assert pl_module.reference is None or not pl_module.reference.training
+
+
+def test_precomputed_reference_trains_exactly_like_a_frozen_copy(tmp_path, tiny_lm_dir):
+    runs = {}
+    for name, reference in (("frozen", FrozenCopy()), ("precomputed", Precomputed())):
+        L.seed_everything(0)
+        rec = Recorder()
+        data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4)
+        module = make_module(tiny_lm_dir, reference=reference)
+        make_trainer(tmp_path / name, 5, [rec], enable_checkpointing=False).fit(module, data)
+        runs[name] = rec.losses
+        if name == "precomputed":
+            assert module.reference.stored["train"]["ref_chosen"]  # scored once, stored with the data
+            assert "ref_chosen" in data.train_set.column_names
+            assert not any(p.numel() for p in module.reference.parameters())  # no reference weights held
+    assert runs["frozen"][0] == pytest.approx(0.693147, abs=1e-4)
+    assert runs["precomputed"] == pytest.approx(runs["frozen"], abs=1e-4)
+
+
+class NaNAtStep(DPO):
+    """DPO whose loss turns NaN from a given number of calls on."""
+
+    def __init__(self, at: int):
+        super().__init__(beta=0.1)
+        self.at, self.calls = at, 0
+
+    def __call__(self, scores):
+        out = super().__call__(scores)
+        self.calls += 1
+        if self.calls > self.at:
+            return ObjectiveOutput(out.loss * float("nan"), out.metrics)
+        return out
+
+
+def test_nan_loss_stops_with_the_step_named_and_keeps_the_last_checkpoint(tmp_path, tiny_lm_dir):
+    data = ToyPreferenceData(num_train=64, num_val=8, batch_size=4)
+    module = make_module(tiny_lm_dir, objective=NaNAtStep(at=3))
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=1)
+    trainer = make_trainer(tmp_path, 10, [ckpt], plugins=[AtomicCheckpointIO()])
+    with pytest.raises(NonFiniteLossError, match=r"global step 3 .*batch 3, dataset rows \[\d+, \d+, \d+, \d+\]"):
+        trainer.fit(module, data)
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 3  # written after step 3 completed; the NaN step wrote nothing
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert not [f for f in os.listdir(tmp_path / "ckpt") if f.startswith(".tmp")]
+
+
+class CrashAt(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("node lost")
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path, tiny_lm_dir):
+    """Killed at the end of epoch 1 (8 batches) and resumed, a run matches one that never stopped."""
+    data = lambda: ToyPreferenceData(num_train=32, num_val=8, batch_size=4)  # noqa: E731
+    L.seed_everything(0)
+    rec_full = Recorder()
+    make_trainer(tmp_path / "a", 12, [rec_full], enable_checkpointing=False).fit(make_module(tiny_lm_dir), data())
+
+    L.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True, save_top_k=0, every_n_train_steps=1)
+    with pytest.raises(RuntimeError, match="node lost"):  # the same run, killed after step 8
+        make_trainer(tmp_path / "b", 12, [ckpt, CrashAt(8)]).fit(make_module(tiny_lm_dir), data())
+    L.seed_everything(0)
+    rec_resumed = Recorder()
+    make_trainer(tmp_path / "b", 12, [rec_resumed, ckpt]).fit(
+        make_module(tiny_lm_dir), data(), ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert len(rec_resumed.losses) == 4
+    assert rec_resumed.losses == pytest.approx(rec_full.losses[8:], abs=1e-5)
+
+
+def test_kto_trains_on_unpaired_rows(tmp_path, tiny_lm_dir):
+    rec = Recorder()
+    data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4, layout="unpaired")
+    module = make_module(tiny_lm_dir, objective=KTO(beta=0.1))
+    make_trainer(tmp_path, 4, [rec], enable_checkpointing=False).fit(module, data)
+    assert rec.losses[0] == pytest.approx(0.5, abs=1e-4)  # u = z0 = 0: 1 - sigmoid(0) for every example
+    assert all(torch.isfinite(torch.tensor(rec.losses)))
+
+
+def test_reference_defaults_follow_the_objective(tiny_lm_dir):
+    from alignsuite.backbones import LoraSpec
+    from alignsuite.objectives import SimPO
+    from alignsuite.reference import AdapterDisabled
+
+    assert isinstance(make_module(tiny_lm_dir).reference, FrozenCopy)
+    assert make_module(tiny_lm_dir, objective=SimPO()).reference is None
+    lora = PreferenceModule(CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=12, lora=LoraSpec(r=2)))
+    assert isinstance(lora.reference, AdapterDisabled)
+    with pytest.raises(ValueError, match="reference-free"):
+        make_module(tiny_lm_dir, objective=SimPO(), reference=FrozenCopy())
