@@ -61,6 +61,13 @@ class PreferenceModule(LightningModule):
         self.warmup_ratio = warmup_ratio
 
     # ------------------------------------------------------------------ building
+    def setup(self, stage: str) -> None:
+        if hasattr(self.objective, "reduce_kl"):  # KTO's reference point is a mean over every process
+            self.objective.reduce_kl = self._global_mean
+
+    def _global_mean(self, values: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(values.mean(), reduce_op="mean")
+
     def configure_model(self) -> None:
         self.backbone.configure()
         if self.reference is not None:

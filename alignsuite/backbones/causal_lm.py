@@ -4,7 +4,7 @@ Score convention: the sum of log-probabilities of the completion tokens; prompt 
 are excluded. Chosen and rejected rows are stacked and scored in one forward pass.
 
 Truncation rule, applied to every row and counted: the prompt keeps its last ``max_prompt_length``
-tokens (the context nearest the answer), then the completion keeps its first
+tokens (the context nearest the answer; a leading bos token stays first), then the completion keeps its first
 ``max_length - len(prompt)`` tokens. A completion that would keep no token at all is an error, since
 it would have nothing to score.
 """
@@ -130,7 +130,10 @@ class CausalLM(Backbone):
         from transformers import AutoTokenizer
 
         path = resolve_model_path(self.tokenizer_name_or_path or self.model_name_or_path)
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+        except OSError as e:
+            raise OSError(f"cannot load the tokenizer {path!r}: not a local folder, nor a reachable hub id ({e})") from e
         if tok.pad_token is None:
             # Padding positions are masked out of attention and scores, so any id will do; eos is the
             # usual choice and avoids resizing the embeddings.
@@ -200,7 +203,11 @@ class CausalLM(Backbone):
 
     def _truncate(self, prompt_ids: list[int], completion_ids: list[int]) -> tuple[list[int], list[int]]:
         if len(prompt_ids) > self.max_prompt_length:
-            prompt_ids = prompt_ids[-self.max_prompt_length :]
+            bos = self.tokenizer.bos_token_id
+            if bos is not None and prompt_ids[0] == bos:  # models trained with a leading bos expect one
+                prompt_ids = [bos] + prompt_ids[len(prompt_ids) - self.max_prompt_length + 1 :]
+            else:
+                prompt_ids = prompt_ids[-self.max_prompt_length :]
             self.truncated["prompt"] += 1
         room = self.max_length - len(prompt_ids)
         if len(completion_ids) > room:

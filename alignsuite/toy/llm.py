@@ -19,13 +19,13 @@ LETTERS = "abcdefghij"
 SPECIAL = ["<pad>", "<unk>", "<bos>", "<eos>"]
 WORDS = ["echo", "user:", "assistant:"] + list(LETTERS) + list(LETTERS.upper())
 CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% if m['role'] == 'assistant' %}<eos> {% endif %}{% endfor %}"
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
 
 
 class EchoWorld:
-    version = "v1"
+    version = "v2"
     generation_kwargs = {"max_new_tokens": 8}
 
     def __init__(self, min_letters: int = 3, max_letters: int = 5) -> None:

@@ -1,0 +1,528 @@
+"""The causal-LM backbone: scores equal a hand computation on the plain transformers model, prompts and
+padding are never scored, truncation follows its documented rule, LoRA references and exports load back
+and reproduce the policy's numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from alignsuite.backbones import CausalLM, LoraSpec
+from alignsuite.backbones.causal_lm import selective_log_softmax
+from alignsuite.reference import AdapterDisabled, FrozenCopy
+from alignsuite.toy.llm import SPECIAL, WORDS, EchoWorld
+
+ATOL = 1e-5
+
+
+# --- helpers: token ids written out by hand, and the score computed one unpadded row at a time -------
+
+
+def word_ids(words: str | list[str]) -> list[int]:
+    """The toy vocabulary is SPECIAL + WORDS, one id per whitespace-separated word."""
+    vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
+    return [vocab[w] for w in (words.split() if isinstance(words, str) else words)]
+
+
+BOS, EOS, PAD = word_ids(["<bos>", "<eos>", "<pad>"])
+
+
+def direct_score(model, prompt_ids: list[int], completion_ids: list[int]) -> float:
+    """sum_j log p(completion_j | prompt, completion_<j) from one unpadded forward pass."""
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+    total = 0.0
+    for j, token in enumerate(completion_ids):
+        t = len(prompt_ids) + j  # position of the completion token; predicted by the logits at t - 1
+        total += logp[t - 1, token].item()
+    return total
+
+
+def sequence_logp(model, ids: list[int]) -> float:
+    """log p(ids[1:] | ids[0]): every token after the first, prompt included."""
+    return direct_score(model, ids[:1], ids[1:])
+
+
+def text_row(prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Plain text: bos + prompt words; completion words + eos."""
+    return [BOS] + word_ids(prompt), word_ids(completion) + [EOS]
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+def perturb_lora_b(model, seed: int = 0) -> None:
+    """LoRA starts with B = 0 (a no-op); give B values so the adapter changes the outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def word_tokenizer(**special):
+    """The toy word-level tokenizer (bos first) with a chosen set of special tokens (the toy's has all four)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", **special)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_lm_dir):
+    """The plain transformers model, loaded on its own: the hand computation's ground truth."""
+    return AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_lm_dir):
+    """A configured full-fine-tuning backbone; tests that change its state build their own."""
+    b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24)
+    b.configure()
+    return b
+
+
+# --- 1. scores against a direct computation ---------------------------------------------------------
+
+PROMPTS = ["echo a", "echo b c d e f g h", "echo i j"]
+CHOSEN = ["A B C D E", "B", "I J"]
+REJECTED = ["a", "c d e f", "I J A B C D E F G"]
+
+
+def test_score_matches_direct_computation(backbone, base):
+    prepared = backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    rows = [text_row(p, c) for view in (CHOSEN, REJECTED) for p, c in zip(PROMPTS, view)]
+    # The batch really is ragged: padded rows, and logits kept only from the earliest completion on.
+    width = prepared.input_ids.shape[1]
+    assert width == max(len(p) + len(c) for p, c in rows)
+    assert (prepared.attention_mask == 0).any()
+    assert prepared.logits_to_keep == width - (min(len(p) for p, _ in rows) - 1) < width
+    for i, (p, c) in enumerate(rows):
+        assert prepared.input_ids[i, : len(p) + len(c)].tolist() == p + c
+        assert prepared.completion_mask[i].tolist() == [0] * len(p) + [1] * len(c) + [0] * (width - len(p) - len(c))
+
+    out = backbone.score(prepared)
+    expected = torch.tensor([direct_score(base, p, c) for p, c in rows], dtype=out.score.dtype)
+    assert out.score.shape == (6,)
+    torch.testing.assert_close(out.score, expected, atol=ATOL, rtol=0)
+    # completion words + eos
+    assert out.length.tolist() == [6, 2, 3, 2, 5, 10]
+    # view-major: chosen rows first, then rejected
+    chosen, rejected = out.split(2)
+    torch.testing.assert_close(chosen.score, expected[:3], atol=ATOL, rtol=0)
+    torch.testing.assert_close(rejected.score, expected[3:], atol=ATOL, rtol=0)
+
+
+def test_score_without_logits_to_keep_support_is_the_same(tiny_lm_dir):
+    """Models whose forward lacks ``logits_to_keep`` get full logits, sliced afterwards: same numbers."""
+    b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24)
+    b.configure()
+    assert b._accepts_logits_to_keep
+    prepared = b.prepare(PROMPTS, [CHOSEN, REJECTED])
+    with_keep = b.score(prepared).score
+    b._accepts_logits_to_keep = False
+    torch.testing.assert_close(b.score(prepared).score, with_keep, atol=ATOL, rtol=0)
+
+
+# --- 2. prompt masking and padding invariance ------------------------------------------------------
+
+
+def test_prompt_conditions_the_score_but_is_never_scored(backbone, base):
+    out = backbone.score(backbone.prepare(["echo a b", "echo c d", "echo a b c d e f g h i j"], [["A B"] * 3]))
+    # the prompt conditions the completion ...
+    assert abs(out.score[0] - out.score[1]) > 1e-2
+    # ... but its tokens are not counted, however many there are
+    assert out.length.tolist() == [3, 3, 3]
+    # log p(completion | prompt) = log p(prompt + completion) - log p(prompt): no prompt term leaks in
+    for i, prompt in enumerate(["echo a b", "echo c d", "echo a b c d e f g h i j"]):
+        p, c = text_row(prompt, "A B")
+        assert out.score[i].item() == pytest.approx(sequence_logp(base, p + c) - sequence_logp(base, p), abs=ATOL)
+
+
+def test_score_is_padding_invariant(backbone):
+    alone = backbone.score(backbone.prepare(["echo a b"], [["A B"]]))
+    short = backbone.score(backbone.prepare(["echo a b", "echo c"], [["A B", "C"]]))
+    long = backbone.score(
+        backbone.prepare(["echo a b c d e f g h i j", "echo a b"], [["A B C D E F G H I J", "A B"]])
+    )
+    as_rejected = backbone.score(backbone.prepare(["echo a b c d e f g h i j", "echo a b"], [["J", "A"], ["J", "A B"]]))
+    for value in (short.score[0], long.score[1], as_rejected.score[3]):
+        assert value.item() == pytest.approx(alone.score[0].item(), abs=ATOL)
+    assert short.length[0] == long.length[1] == as_rejected.length[3] == alone.length[0] == 3
+
+
+# --- 3. chat layout ---------------------------------------------------------------------------------
+
+
+def test_chat_scores_only_the_assistant_answer(backbone, base):
+    prompts = [[user("echo a b"), assistant("A B"), user("echo c")], [user("echo d e f g")]]
+    answers = [[assistant("C")], [assistant("D E F G")]]
+    prepared = backbone.prepare(prompts, [answers])
+    out = backbone.score(prepared)
+
+    expected, lengths = [], []
+    for prompt, answer in zip(prompts, answers):
+        rendered = backbone.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        assert rendered.endswith("assistant: ")  # the generation prompt is part of the prompt, not scored
+        p = word_ids(rendered)  # the template carries no bos and the prompt is tokenised without one
+        c = word_ids(answer[0]["content"]) + [EOS]  # the toy template closes an assistant turn with eos
+        assert prepared.input_ids[len(expected), : len(p) + len(c)].tolist() == p + c
+        expected.append(direct_score(base, p, c))
+        lengths.append(len(c))
+    assert word_ids(backbone.tokenizer.apply_chat_template(prompts[0], tokenize=False, add_generation_prompt=True)) == (
+        word_ids("user: echo a b assistant: A B <eos> user: echo c assistant:")
+    )
+    torch.testing.assert_close(out.score, torch.tensor(expected, dtype=out.score.dtype), atol=ATOL, rtol=0)
+    assert out.length.tolist() == lengths == [2, 5]
+
+
+def test_chat_and_text_cannot_mix(backbone):
+    with pytest.raises(ValueError, match="both be chat messages, or both text"):
+        backbone.prepare([[user("echo a")]], [["A"]])
+
+
+# --- 4. truncation ----------------------------------------------------------------------------------
+
+
+def test_truncation_keeps_prompt_end_and_completion_start(tiny_lm_dir, base):
+    b = CausalLM(tiny_lm_dir, max_length=8, max_prompt_length=4)
+    b.configure()
+    prepared = b.prepare(["echo a b c d e", "echo a", "echo a b"], [["A B C D E", "A", "A B C D E"]])
+    kept = [
+        ([BOS] + word_ids("c d e"), word_ids("A B C D")),  # bos + the prompt's last 3, completion to 8 - 4
+        ([BOS] + word_ids("echo a"), word_ids("A") + [EOS]),  # fits: untouched
+        ([BOS] + word_ids("echo a b"), word_ids("A B C D")),  # prompt exactly 4: only the completion is cut
+    ]
+    for i, (p, c) in enumerate(kept):
+        assert prepared.input_ids[i, : len(p) + len(c)].tolist() == p + c
+        assert prepared.completion_mask[i].sum().item() == len(c)
+    assert b.truncated == {"prompt": 1, "completion": 2}
+    out = b.score(prepared)
+    torch.testing.assert_close(
+        out.score, torch.tensor([direct_score(base, p, c) for p, c in kept], dtype=out.score.dtype), atol=ATOL, rtol=0
+    )
+    assert out.length.tolist() == [4, 2, 4]
+    # counters accumulate over calls
+    b.prepare(["echo a b c d e"], [["A"]])
+    assert b.truncated == {"prompt": 2, "completion": 2}
+
+
+@pytest.mark.parametrize("max_prompt_length", [8, 9])
+def test_prompt_length_must_be_below_max_length(tiny_lm_dir, max_prompt_length):
+    with pytest.raises(ValueError, match=r"max_prompt_length.*max_length"):
+        CausalLM(tiny_lm_dir, max_length=8, max_prompt_length=max_prompt_length)
+
+
+# --- 5. pad token -----------------------------------------------------------------------------------
+
+
+def test_tokenizer_without_pad_pads_with_eos(tiny_lm_dir, tmp_path, backbone):
+    folder = str(tmp_path / "no_pad")
+    word_tokenizer(bos_token="<bos>", eos_token="<eos>").save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).pad_token is None  # the saved tokenizer really has none
+
+    b = CausalLM(tiny_lm_dir, tokenizer_name_or_path=folder, max_length=48, max_prompt_length=24)
+    b.configure()
+    assert b.tokenizer.pad_token == "<eos>" and b.tokenizer.pad_token_id == EOS
+    prompts, views = ["echo a", "echo b c d e"], [["A", "B C D E"]]
+    prepared = b.prepare(prompts, views)
+    assert prepared.input_ids[0].tolist() == text_row("echo a", "A")[0] + text_row("echo a", "A")[1] + [EOS] * 6
+    reference = backbone.prepare(prompts, views)
+    assert torch.equal(prepared.attention_mask, reference.attention_mask)
+    torch.testing.assert_close(b.score(prepared).score, backbone.score(reference).score, atol=ATOL, rtol=0)
+
+
+def test_tokenizer_without_pad_or_eos_is_an_error(tiny_lm_dir, tmp_path):
+    folder = str(tmp_path / "no_pad_no_eos")
+    word_tokenizer(bos_token="<bos>").save_pretrained(folder)
+    b = CausalLM(tiny_lm_dir, tokenizer_name_or_path=folder)
+    with pytest.raises(ValueError, match=re.escape(repr(folder))):
+        b.configure()
+
+
+# --- 6. missing local path ---------------------------------------------------------------------------
+
+
+def test_missing_local_model_path_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=re.escape("./no/such/dir")):
+        CausalLM("./no/such/dir").configure()
+
+
+def test_missing_local_tokenizer_path_is_named(tiny_lm_dir, tmp_path):
+    missing = str(tmp_path / "no" / "tokenizer")
+    with pytest.raises(FileNotFoundError, match=re.escape(missing)):
+        CausalLM(tiny_lm_dir, tokenizer_name_or_path=missing).configure()
+
+
+# --- 7. LoRA and the references -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def lora_backbone(tiny_lm_dir):
+    b = CausalLM(tiny_lm_dir, lora=LoraSpec(r=4, alpha=8), max_length=48, max_prompt_length=24)
+    b.configure()
+    return b
+
+
+def test_lora_trains_only_the_adapter(lora_backbone):
+    trainable = [n for n, p in lora_backbone.policy.named_parameters() if p.requires_grad]
+    frozen = [n for n, p in lora_backbone.policy.named_parameters() if not p.requires_grad]
+    assert trainable and frozen
+    assert all("lora_A" in n or "lora_B" in n for n in trainable)
+    assert not any("lora_" in n for n in frozen)
+    # "all-linear": every projection of both layers, the tied output head excluded
+    assert len(trainable) == 2 * 7 * 2
+    assert not any("lm_head" in n or "embed_tokens" in n for n in trainable)
+
+
+def test_adapters_disabled_is_the_base_model(lora_backbone, backbone):
+    prepared = lora_backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    base_scores = backbone.score(prepared).score  # the base model, loaded separately
+    perturb_lora_b(lora_backbone.policy)
+    policy_scores = lora_backbone.score(prepared).score
+    assert (policy_scores - base_scores).abs().min() > 1e-3  # the adapter is not a no-op
+    with lora_backbone.adapters_disabled():
+        torch.testing.assert_close(lora_backbone.score(prepared).score, base_scores, atol=ATOL, rtol=0)
+    # and the adapter is back on afterwards
+    torch.testing.assert_close(lora_backbone.score(prepared).score, policy_scores, atol=ATOL, rtol=0)
+
+
+def test_adapter_disabled_reference_equals_frozen_copy(lora_backbone, tiny_lm_dir, base):
+    full = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24)
+    full.configure()
+    frozen, disabled = FrozenCopy(), AdapterDisabled()
+    frozen.build(full)
+    disabled.build(lora_backbone)
+    assert not any(p.requires_grad for p in frozen.model.parameters()) and not frozen.model.training
+
+    prepared = lora_backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    expected = torch.tensor(
+        [direct_score(base, *text_row(p, c)) for view in (CHOSEN, REJECTED) for p, c in zip(PROMPTS, view)]
+    )
+    frozen_scores = frozen.score(full, prepared, {})
+    torch.testing.assert_close(frozen_scores, expected.to(frozen_scores.dtype), atol=ATOL, rtol=0)
+    # an unmodified policy: its LoRA is a no-op, so policy, disabled policy and frozen copy all agree
+    torch.testing.assert_close(disabled.score(lora_backbone, prepared, {}), frozen_scores, atol=ATOL, rtol=0)
+    torch.testing.assert_close(lora_backbone.score(prepared).score, frozen_scores, atol=ATOL, rtol=0)
+    # once the adapter moves, the disabled policy still equals the frozen copy
+    perturb_lora_b(lora_backbone.policy)
+    torch.testing.assert_close(disabled.score(lora_backbone, prepared, {}), frozen_scores, atol=ATOL, rtol=0)
+
+
+def test_adapter_disabled_needs_lora(backbone):
+    with pytest.raises(ValueError, match="lora"):
+        AdapterDisabled().build(backbone)
+    with pytest.raises(ValueError, match="lora"):
+        backbone.adapters_disabled()
+
+
+# --- 8. export ----------------------------------------------------------------------------------------
+
+
+def test_merged_lora_export_reproduces_the_policy(lora_backbone, tmp_path):
+    perturb_lora_b(lora_backbone.policy)
+    prepared = lora_backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    policy_scores = lora_backbone.score(prepared).score
+    folder = str(tmp_path / "merged")
+    lora_backbone.save_pretrained(folder)
+    assert not os.path.exists(os.path.join(folder, "adapter_config.json"))
+    merged = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(lora_backbone.score(prepared, model=merged).score, policy_scores, atol=ATOL, rtol=0)
+    # the export merged a copy: the policy still has its adapter, with the same outputs
+    assert lora_backbone.has_adapters and any("lora_B" in n for n, _ in lora_backbone.policy.named_parameters())
+    torch.testing.assert_close(lora_backbone.score(prepared).score, policy_scores, atol=0, rtol=0)
+    # the tokenizer travels with the weights
+    assert AutoTokenizer.from_pretrained(folder)("echo a")["input_ids"] == [BOS] + word_ids("echo a")
+
+
+def test_adapter_export_loads_with_peft(lora_backbone, tiny_lm_dir, tmp_path):
+    from peft import PeftModel
+
+    perturb_lora_b(lora_backbone.policy)
+    prepared = lora_backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    policy_scores = lora_backbone.score(prepared).score
+    folder = str(tmp_path / "adapter")
+    lora_backbone.save_pretrained(folder, merge_adapters=False)
+    with open(os.path.join(folder, "adapter_config.json")) as f:
+        config = json.load(f)
+    assert config["r"] == 4 and config["lora_alpha"] == 8
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm_dir), folder).eval()
+    torch.testing.assert_close(lora_backbone.score(prepared, model=loaded).score, policy_scores, atol=ATOL, rtol=0)
+
+
+def test_full_export_reproduces_the_policy(tiny_lm_dir, tmp_path):
+    b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24)
+    b.configure()
+    with torch.no_grad():
+        b.policy.model.layers[0].mlp.down_proj.weight.mul_(3.0)  # differ from the starting weights
+    prepared = b.prepare(PROMPTS, [CHOSEN])
+    folder = str(tmp_path / "full")
+    b.save_pretrained(folder)
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    torch.testing.assert_close(b.score(prepared, model=loaded).score, b.score(prepared).score, atol=ATOL, rtol=0)
+
+
+# --- 9. generation ------------------------------------------------------------------------------------
+
+
+def greedy(model, ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy decoding of one unpadded row, stopping after eos."""
+    new = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax().item()
+            new.append(token)
+            if token == EOS:
+                break
+    return new
+
+
+def test_generate_is_greedy_per_prompt(backbone, base):
+    tok = backbone.tokenizer
+    prompts = ["echo a", "echo b c d e f g"]
+    out = backbone.generate(prompts, max_new_tokens=5)
+    assert isinstance(out, list) and len(out) == 2 and all(isinstance(s, str) for s in out)
+    assert backbone.generate(prompts, max_new_tokens=5) == out  # deterministic
+    # left padding does not change what a row generates: each equals its own unpadded greedy decode
+    for prompt, text in zip(prompts, out):
+        expected = tok.decode(greedy(base, [BOS] + word_ids(prompt), 5), skip_special_tokens=True)
+        assert text == expected
+    assert backbone.generate(prompts[1:], max_new_tokens=5) == out[1:]
+
+
+def test_generate_chat_prompts(backbone, base):
+    tok = backbone.tokenizer
+    prompts = [[user("echo a b")], [user("echo c"), assistant("C"), user("echo d e f")]]
+    out = backbone.generate(prompts, max_new_tokens=4)
+    assert len(out) == 2 and all(isinstance(s, str) for s in out)
+    assert backbone.generate(prompts, max_new_tokens=4) == out
+    for prompt, text in zip(prompts, out):
+        rendered = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        assert text == tok.decode(greedy(base, word_ids(rendered), 4), skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_generate_restores_training_mode(tiny_lm_dir, training):
+    b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24)
+    b.configure()
+    b.policy.train(training)
+    b.generate(["echo a"], max_new_tokens=2)
+    assert b.policy.training is training
+
+
+# --- 10. gradient checkpointing -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lora", [None, LoraSpec(r=4, alpha=8)], ids=["full", "lora"])
+def test_gradient_checkpointing_same_scores_and_grads(tiny_lm_dir, lora):
+    results = []
+    for checkpointing in (False, True):
+        b = CausalLM(tiny_lm_dir, lora=lora, max_length=48, max_prompt_length=24, gradient_checkpointing=checkpointing)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # peft draws lora_A at random: the same draw for both runs
+            b.configure()
+        if lora is not None:
+            perturb_lora_b(b.policy)  # so lora_A gets a gradient too
+        b.policy.train()  # transformers only checkpoints in training mode
+        calls = []
+        layer = b.policy.get_base_model().model.layers[0] if lora else b.policy.model.layers[0]
+        # a pre-hook: torch's non-reentrant checkpoint stops the recomputation early, before forward hooks
+        hook = layer.register_forward_pre_hook(lambda *_: calls.append(1))
+        out = b.score(b.prepare(PROMPTS, [CHOSEN, REJECTED]))
+        out.score.sum().backward()
+        hook.remove()
+        # checkpointing really is on: the layer runs again during backward
+        assert len(calls) == (2 if checkpointing else 1)
+        grads = {n: p.grad.clone() for n, p in b.policy.named_parameters() if p.requires_grad}
+        assert grads and all(g is not None for g in grads.values())
+        results.append((out.score.detach(), grads))
+    (s0, g0), (s1, g1) = results
+    torch.testing.assert_close(s1, s0, atol=ATOL, rtol=0)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        assert g0[name].abs().sum() > 0, name
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+# --- dropout -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def attention_dropout_lm_dir(tmp_path_factory) -> str:
+    """Llama, Qwen2, Mistral, Gemma, Phi-3 apply attention dropout as a float read from the config,
+    not through an ``nn.Dropout`` module."""
+    from transformers import LlamaForCausalLM
+
+    world = EchoWorld()
+    tok = world.build_tokenizer()
+    config = world.build_config(tok)
+    config.attention_dropout = 0.5
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("attention_dropout_lm")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("disable_dropout", [True, False])
+def test_disable_dropout_covers_attention_dropout(attention_dropout_lm_dir, disable_dropout):
+    b = CausalLM(attention_dropout_lm_dir, max_length=48, max_prompt_length=24, disable_dropout=disable_dropout)
+    b.configure()
+    b.policy.train()  # the mode the policy trains in
+    prepared = b.prepare(PROMPTS, [CHOSEN])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        first, second = b.score(prepared).score, b.score(prepared).score
+    if disable_dropout:  # policy scores are deterministic, as the reference's (in eval mode) are
+        torch.testing.assert_close(first, second, atol=0, rtol=0)
+        assert b.policy.config.attention_dropout == 0.5  # the config (and so an export) is untouched
+        b.policy.eval()
+        torch.testing.assert_close(b.score(prepared).score, first, atol=ATOL, rtol=0)
+    else:  # the model really has dropout: it is only off when asked
+        assert (first - second).abs().max() > 1e-3
+
+
+# --- 11. selective_log_softmax --------------------------------------------------------------------
+
+
+def test_selective_log_softmax_float32():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 50, generator=gen) * 4
+    labels = torch.randint(0, 50, (3, 7), generator=gen)
+    expected = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    got = selective_log_softmax(logits, labels)
+    assert got.dtype == torch.float32 and got.shape == (3, 7)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_selective_log_softmax_bfloat16():
+    gen = torch.Generator().manual_seed(1)
+    logits = (torch.randn(3, 7, 50, generator=gen) * 4).bfloat16()
+    labels = torch.randint(0, 50, (3, 7), generator=gen)
+    got = selective_log_softmax(logits, labels)
+    assert got.dtype == torch.float32  # computed and returned in float32
+    # exact against the float32 computation on the same (bf16-rounded) logits ...
+    exact = torch.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(got, exact, atol=1e-5, rtol=0)
+    # ... and within bf16 rounding of a log_softmax done in bf16 (8 bits of mantissa, values up to ~20)
+    in_bf16 = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
+    torch.testing.assert_close(got, in_bf16, atol=0.1, rtol=1e-2)
