@@ -15,6 +15,11 @@ def tiny_lm_dir(tmp_path_factory) -> str:
     init is wider than Llama's default so that next-token distributions depend clearly on the context:
     a near-uniform model would make "the prompt changes the score" a difference in the fourth decimal.
     """
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny_lm"), seed=1234, initializer_range=0.2)
+
+
+def save_tiny_lm(path, seed: int, **config_overrides) -> str:
+    """Save a seeded random-init tiny Llama (toy config and tokenizer, ``config_overrides`` applied)."""
     from transformers import LlamaForCausalLM
 
     from alignsuite.toy.llm import EchoWorld
@@ -22,11 +27,11 @@ def tiny_lm_dir(tmp_path_factory) -> str:
     world = EchoWorld()
     tok = world.build_tokenizer()
     config = world.build_config(tok)
-    config.initializer_range = 0.2
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1234)
+        torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny_lm")
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)

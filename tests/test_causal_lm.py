@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from alignsuite.backbones import CausalLM, LoraSpec
 from alignsuite.backbones.causal_lm import selective_log_softmax
 from alignsuite.reference import AdapterDisabled, FrozenCopy
+from conftest import save_tiny_lm
 from alignsuite.toy.llm import SPECIAL, WORDS, EchoWorld
 
 ATOL = 1e-5
@@ -468,19 +469,7 @@ def test_gradient_checkpointing_same_scores_and_grads(tiny_lm_dir, lora):
 def attention_dropout_lm_dir(tmp_path_factory) -> str:
     """Llama, Qwen2, Mistral, Gemma, Phi-3 apply attention dropout as a float read from the config,
     not through an ``nn.Dropout`` module."""
-    from transformers import LlamaForCausalLM
-
-    world = EchoWorld()
-    tok = world.build_tokenizer()
-    config = world.build_config(tok)
-    config.attention_dropout = 0.5
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("attention_dropout_lm")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny_lm(tmp_path_factory.mktemp("attention_dropout_lm"), seed=0, attention_dropout=0.5)
 
 
 @pytest.mark.parametrize("disable_dropout", [True, False])
