@@ -100,19 +100,26 @@ class PreferenceModule(LightningModule):
         pairs = self.objective.score_type == "pair"
         if pairs:
             views = [batch["chosen"], batch["rejected"]]
-        else:  # KTO's reference point: each prompt with the next row's completion
+        elif self.objective.mismatched_pairs:  # KTO's reference point: each prompt with the next row's completion
             views = [batch["completion"], batch["completion"][1:] + batch["completion"][:1]]
+        else:
+            views = [batch["completion"]]
         prepared = self.backbone.prepare(batch["prompt"], views)
-        policy = self.backbone.score(prepared)
-        ref = None
+        policy = self.backbone.score(prepared).split(len(views))
+        ref = [None] * len(views)
         if self.reference is not None:
             with torch.no_grad():
-                ref = self.reference.score(self.backbone, prepared, batch).detach()
-        (a, b), (la, lb) = policy.score.chunk(2), policy.length.chunk(2)
-        ra, rb = ref.chunk(2) if ref is not None else (None, None)
+                ref = self.reference.score(self.backbone, prepared, batch).detach().chunk(len(views))
+        extra = {}
+        for column in self.objective.extra_columns:
+            if column not in batch:
+                raise KeyError(f"objective {self.objective.name!r} needs the data column {column!r}, which the batch lacks")
+            extra[column] = batch[column].to(policy[0].score.device)
         if pairs:
-            return PairScores(a, b, ra, rb, la, lb)
-        return UnpairedScores(a, batch["label"].to(a.device, a.dtype), ra, b.detach(), rb, la)
+            return PairScores(policy[0].score, policy[1].score, ref[0], ref[1], policy[0].length, policy[1].length, extra)
+        label = batch["label"].to(policy[0].score.device, policy[0].score.dtype)
+        kl, ref_kl = (policy[1].score.detach(), ref[1]) if len(views) == 2 else (None, None)
+        return UnpairedScores(policy[0].score, label, ref[0], kl, ref_kl, policy[0].length, extra)
 
     def _step(self, batch: dict, stage: str):
         scores = self.compute_scores(batch)

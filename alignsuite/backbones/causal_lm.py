@@ -213,6 +213,12 @@ class CausalLM(Backbone):
         if len(completion_ids) > room:
             completion_ids = completion_ids[:room]
             self.truncated["completion"] += 1
+        if sum(self.truncated.values()) == 1:  # say it once, when it first happens
+            rank_zero_warn(
+                f"rows longer than backbone.max_prompt_length={self.max_prompt_length} (prompt) or"
+                f" backbone.max_length={self.max_length} (prompt + answer) are truncated: the prompt keeps its last"
+                " tokens, the answer its first. Counts so far are in backbone.truncated."
+            )
         if not completion_ids:
             raise ValueError("a completion tokenised to no tokens; nothing to score")
         return prompt_ids, completion_ids

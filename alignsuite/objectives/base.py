@@ -64,12 +64,16 @@ class Objective:
     """A pure function from scores to loss and metrics.
 
     Subclasses set ``needs_reference`` and ``score_type`` ("pair" for :class:`PairScores`, "unpaired"
-    for :class:`UnpairedScores`) and implement ``__call__``.
+    for :class:`UnpairedScores`) and implement ``__call__``. ``mismatched_pairs`` asks the module to
+    also score each prompt with another row's completion (KTO's KL estimate); ``extra_columns`` names
+    batch columns the module copies into ``scores.extra`` (a reward per side, say).
     """
 
     name: ClassVar[str] = ""
     needs_reference: ClassVar[bool] = True
     score_type: ClassVar[str] = "pair"
+    mismatched_pairs: ClassVar[bool] = False
+    extra_columns: ClassVar[tuple[str, ...]] = ()
 
     def __call__(self, scores) -> ObjectiveOutput:  # pragma: no cover - interface
         raise NotImplementedError

@@ -40,6 +40,7 @@ class KTO(Objective):
     """
 
     score_type = "unpaired"
+    mismatched_pairs = True
 
     def __init__(self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> None:
         if beta <= 0:
