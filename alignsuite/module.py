@@ -170,6 +170,10 @@ class PreferenceModule(LightningModule):
         return self.backbone.generate(batch["prompt"])
 
     # ------------------------------------------------------------------ lifecycle
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.reference is not None:
+            self.reference.after_step(self.backbone, self.global_step)
+
     def on_fit_start(self) -> None:
         if isinstance(self.reference, Precomputed):
             self.reference.precompute(self)
@@ -180,17 +184,21 @@ class PreferenceModule(LightningModule):
 
     on_test_start = on_validation_start
 
+    def _not_checkpointed(self) -> tuple[str, ...]:
+        return ("reference.",) + tuple(f"backbone.{p}" for p in self.backbone.not_checkpointed)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The reference is rebuilt from its source: never store its weights.
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+        # The reference and frozen parts are rebuilt from their source: never store their weights.
+        skip = self._not_checkpointed()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(skip)}
         if isinstance(self.reference, Precomputed):
             checkpoint["precomputed_reference"] = self.reference.state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Put the freshly built reference weights back so strict loading still checks everything else.
-        state = checkpoint["state_dict"]
+        # Put the freshly built weights back so strict loading still checks everything else.
+        state, skip = checkpoint["state_dict"], self._not_checkpointed()
         for k, v in self.state_dict().items():
-            if k.startswith("reference."):
+            if k.startswith(skip):
                 state.setdefault(k, v)
         if isinstance(self.reference, Precomputed) and "precomputed_reference" in checkpoint:
             self.reference.load_state(checkpoint["precomputed_reference"])

@@ -27,6 +27,9 @@ class Reference(nn.Module):
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
         raise NotImplementedError
 
+    def after_step(self, backbone: Backbone, step: int) -> None:
+        """Called after every optimizer step (a moving reference updates here)."""
+
     def train(self, mode: bool = True):
         # A reference is always in eval mode: dropout would make it disagree with itself.
         return super().train(False)
@@ -46,6 +49,38 @@ class FrozenCopy(Reference):
 
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
         return backbone.score(prepared, model=self.model).score
+
+
+class MovingAverage(FrozenCopy):
+    """A reference that follows the policy slowly: every ``every_n_steps`` optimizer steps,
+    ``ref <- decay * ref + (1 - decay) * policy``.
+
+    This is TR-DPO's soft update (Gorbatovski et al. 2024: ``alpha = 1 - decay``, every 512 steps, alpha
+    0.6 in TRL) and Diffusion-KTO's ``reference_ema`` (decay 0.999 every 20 steps). The state of the
+    moving weights is not checkpointed: a resumed run restarts them from the starting weights.
+    """
+
+    def __init__(self, decay: float = 0.999, every_n_steps: int = 20, model_name_or_path: str | None = None) -> None:
+        super().__init__(model_name_or_path)
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"reference.decay must be in [0, 1], got {decay}")
+        if every_n_steps < 1:
+            raise ValueError(f"reference.every_n_steps must be >= 1, got {every_n_steps}")
+        self.decay, self.every_n_steps = decay, every_n_steps
+
+    def build(self, backbone: Backbone) -> None:
+        if backbone.has_adapters:
+            # The policy's weights are base + adapter; averaging towards the base alone would be wrong.
+            raise ValueError("reference MovingAverage needs full fine-tuning; with lora use AdapterDisabled")
+        super().build(backbone)
+
+    @torch.no_grad()
+    def after_step(self, backbone: Backbone, step: int) -> None:
+        if step % self.every_n_steps:
+            return
+        policy = dict(backbone.policy.named_parameters())
+        for name, ref in self.model.named_parameters():
+            ref.lerp_(policy[name].detach().to(ref.dtype), 1.0 - self.decay)
 
 
 class AdapterDisabled(Reference):

@@ -131,3 +131,27 @@ def test_reference_defaults_follow_the_objective(tiny_lm_dir):
     assert isinstance(lora.reference, AdapterDisabled)
     with pytest.raises(ValueError, match="reference-free"):
         make_module(tiny_lm_dir, objective=SimPO(), reference=FrozenCopy())
+
+
+def test_moving_average_reference_follows_the_policy(tmp_path, tiny_lm_dir):
+    from alignsuite.reference import MovingAverage
+
+    module = make_module(tiny_lm_dir, reference=MovingAverage(decay=0.75, every_n_steps=2))
+    module.configure_model()
+    start = {k: v.clone() for k, v in module.reference.model.state_dict().items()}
+    data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4)
+    make_trainer(tmp_path, 2, enable_checkpointing=False).fit(module, data)  # one update, after step 2
+    policy = module.backbone.policy.state_dict()
+    for name, value in module.reference.model.state_dict().items():
+        torch.testing.assert_close(value, 0.75 * start[name] + 0.25 * policy[name])
+    assert not torch.equal(policy["model.embed_tokens.weight"], start["model.embed_tokens.weight"])
+
+
+def test_moving_average_refuses_lora(tiny_lm_dir):
+    from alignsuite.backbones import LoraSpec
+    from alignsuite.reference import MovingAverage
+
+    module = PreferenceModule(CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=12, lora=LoraSpec(r=2)),
+                              reference=MovingAverage())
+    with pytest.raises(ValueError, match="full fine-tuning"):
+        module.configure_model()

@@ -35,6 +35,8 @@ class Backbone(nn.Module):
     """Base class of every backbone. The trainable model lives in ``self.policy`` once built."""
 
     policy: nn.Module | None
+    # Sub-module prefixes (relative to the backbone) rebuilt from their source, never checkpointed.
+    not_checkpointed: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
