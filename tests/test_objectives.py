@@ -32,6 +32,9 @@ def logsig(x: float) -> float:
 # pair 0: u_w = 0.5, u_l = -0.5, D = 1.0 (policy agrees with the label)
 # pair 1: u_w = -1.0, u_l = 0.5, D = -1.5 (policy disagrees)
 PAIRS = [(-3.0, -5.0, -3.5, -4.5, 2, 4), (-6.0, -4.0, -5.0, -4.5, 3, 1)]
+# A reward per side for objectives that read one (smpo's extra_columns); the others ignore scores.extra.
+# The chosen side scores higher, as in a reward-ordered pair.
+REWARDS = {"reward_chosen": 0.25, "reward_rejected": 0.20}
 
 
 def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64) -> PairScores:
@@ -47,6 +50,7 @@ def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64)
         ref_rejected if reference else None,
         chosen_len=chosen_len,
         rejected_len=rejected_len,
+        extra={k: torch.full((len(pairs),), v, dtype=dtype) for k, v in REWARDS.items()},
     )
 
 
@@ -61,7 +65,7 @@ def hand_mean(per_pair, pairs=PAIRS) -> float:
 
 PAIRWISE = [n for n in available_objectives() if get_objective(n).score_type == "pair"]
 UNPAIRED = [n for n in available_objectives() if get_objective(n).score_type == "unpaired"]
-REFERENCE_FREE = {"simpo", "orpo", "cpo"}
+REFERENCE_FREE = {"simpo", "orpo", "cpo", "mapo"}
 
 
 def accepts(name: str, param: str) -> bool:
@@ -210,6 +214,7 @@ def test_kto_weights():
 
 def test_every_registered_name_has_a_hand_worked_test():
     covered = {c[1] for c in HAND} | {"aot", "aot_unpaired", "kto"}
+    covered |= {"mapo", "smpo", "seppo", "diffusion_kto"}  # hand-worked in test_diffusion_objectives.py
     assert set(available_objectives()) <= covered
 
 
@@ -291,7 +296,18 @@ def test_tie_counts_half_in_accuracy(name):
 # Gradient signs
 
 
+# The denoising objectives' defaults (beta in the thousands, mapo's T = 1000) saturate the logistic at these
+# LM-scale log-ratios, leaving float32 gradients of exactly 0; seppo's default criterion raises *both* sides on
+# pairs it judges winners, by design. Their default behaviour is tested in test_diffusion_objectives.py.
+LM_SCALE_HPARAMS = {
+    "mapo": {"num_train_timesteps": 1},
+    "seppo": {"beta": 0.1, "criterion": "always_loser"},
+    "smpo": {"beta": 0.1},
+}
+
+
 def grads(name, pairs=PAIRS, **hparams):
+    hparams = {**LM_SCALE_HPARAMS.get(name, {}), **hparams}
     s = make_scores(pairs, grad=True, reference=name not in REFERENCE_FREE)
     get_objective(name, **hparams)(s).loss.backward()
     return s.chosen.grad, s.rejected.grad

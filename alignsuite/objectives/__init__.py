@@ -11,6 +11,7 @@ from alignsuite.objectives.base import (
     available_objectives,
     get_objective,
 )
+from alignsuite.objectives.diffusion import DiffusionKTO, MaPO, SePPO, SmPO
 from alignsuite.objectives.pairwise import (
     AOT,
     CDPO,
@@ -39,11 +40,13 @@ __all__ = [
     "CDPO",
     "CPO",
     "DPO",
+    "DiffusionKTO",
     "DiscoPOP",
     "EXOPair",
     "Hinge",
     "IPO",
     "KTO",
+    "MaPO",
     "NCAPair",
     "ORPO",
     "Objective",
@@ -51,7 +54,9 @@ __all__ = [
     "PairwiseObjective",
     "RobustDPO",
     "SPPOHard",
+    "SePPO",
     "SimPO",
+    "SmPO",
     "available_objectives",
     "get_objective",
 ]
