@@ -97,6 +97,10 @@ class PreferenceModule(LightningModule):
     # ------------------------------------------------------------------ the step
     def compute_scores(self, batch: dict) -> PairScores | UnpairedScores:
         """Prepare once, score the policy, score the reference without grad on the same inputs."""
+        if getattr(self.objective, "self_sampled_losers", False):  # SePPO: losers come from the reference
+            if not hasattr(self.reference, "sample"):
+                raise ValueError(f"objective {self.objective.name!r} needs a reference that samples (CheckpointPool)")
+            batch = dict(batch, rejected=self.reference.sample(self.backbone, batch["prompt"], self.global_step))
         pairs = self.objective.score_type == "pair"
         if pairs:
             views = [batch["chosen"], batch["rejected"]]

@@ -7,6 +7,9 @@ never trained and never written into a checkpoint.
 
 from __future__ import annotations
 
+import copy
+from typing import Literal
+
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
@@ -81,6 +84,65 @@ class MovingAverage(FrozenCopy):
         policy = dict(backbone.policy.named_parameters())
         for name, ref in self.model.named_parameters():
             ref.lerp_(policy[name].detach().to(ref.dtype), 1.0 - self.decay)
+
+
+class CheckpointPool(Reference):
+    """SePPO's reference: one of the policy's own earlier checkpoints, drawn afresh every step.
+
+    The pool starts with the initial weights and gains a snapshot of the trainable weights every
+    ``every_n_steps`` optimizer steps (at most ``max_size`` kept; the initial one always stays).
+    ``mode`` picks the reference for a step: "initial", "latest", or "random" (Random Checkpoint
+    Replay, which the SePPO paper reports works best). The chosen reference also *generates* the
+    step's losing samples (``sample``), which is what objectives like ``seppo`` train against.
+    """
+
+    def __init__(
+        self, mode: Literal["initial", "latest", "random"] = "random", every_n_steps: int = 50, max_size: int = 8, seed: int = 0
+    ) -> None:
+        super().__init__()
+        if every_n_steps < 1 or max_size < 1:
+            raise ValueError("reference.every_n_steps and reference.max_size must be >= 1")
+        self.mode, self.every_n_steps, self.max_size, self.seed = mode, every_n_steps, max_size, seed
+        self.model: nn.Module | None = None
+        self.pool: list[dict[str, Tensor]] = []
+        self.loaded = -1
+
+    def _snapshot(self, backbone: Backbone) -> dict[str, Tensor]:
+        trainable = {n for n, p in backbone.policy.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu().clone() for k, v in backbone.policy.state_dict().items() if k in trainable}
+
+    def build(self, backbone: Backbone) -> None:
+        if self.model is None:
+            # A copy of the policy's structure (adapters included), so every snapshot loads into it.
+            self.model = copy.deepcopy(backbone.policy).requires_grad_(False).eval()
+            self.pool = [self._snapshot(backbone)]
+            self.loaded = 0
+
+    def after_step(self, backbone: Backbone, step: int) -> None:
+        if step % self.every_n_steps == 0:
+            self.pool.append(self._snapshot(backbone))
+            if len(self.pool) > self.max_size:
+                del self.pool[1]  # drop the oldest, keep the initial weights
+
+    def select(self, step: int) -> int:
+        """Load the reference for ``step`` into the reference model; returns its index in the pool."""
+        if self.mode == "initial":
+            index = 0
+        elif self.mode == "latest":
+            index = len(self.pool) - 1
+        else:
+            index = int(torch.randint(len(self.pool), (1,), generator=torch.Generator().manual_seed(self.seed + step)))
+        if index != self.loaded:
+            self.model.load_state_dict(self.pool[index], strict=False)
+            self.loaded = index
+        return index
+
+    def sample(self, backbone: Backbone, prompts: list, step: int) -> list:
+        self.select(step)
+        return backbone.generate(prompts, model=self.model, seed=self.seed + step)
+
+    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
+        return backbone.score(prepared, model=self.model).score
 
 
 class AdapterDisabled(Reference):

@@ -35,3 +35,51 @@ def save_tiny_lm(path, seed: int, **config_overrides) -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def save_tiny_pipeline(path, kind: str, seed: int = 0) -> str:
+    """Save a seeded random-init tiny diffusers pipeline: "sd" (SD 1.5 layout), "sdxl" or "sd3"."""
+    import diffusers
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from alignsuite.toy.diffusion import SquaresWorld
+
+    world = SquaresWorld()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tok = world.build_tokenizer()
+        config = world.text_config(tok)
+        vae = world.build_vae()
+        if kind == "sd":
+            pipe = diffusers.StableDiffusionPipeline(
+                vae=vae, text_encoder=CLIPTextModel(config), tokenizer=tok, unet=world.build_unet(32),
+                scheduler=world.build_scheduler(), safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)
+        elif kind == "sdxl":
+            unet = diffusers.UNet2DConditionModel(
+                sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+                attention_head_dim=8, norm_num_groups=8, addition_embed_type="text_time",
+                addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8)
+            pipe = diffusers.StableDiffusionXLPipeline(
+                vae=vae, text_encoder=CLIPTextModel(config), text_encoder_2=CLIPTextModelWithProjection(config),
+                tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=world.build_scheduler())
+        elif kind == "sd3":
+            vae.register_to_config(shift_factor=0.1, scaling_factor=1.5)  # SD3's VAEs shift their latents
+            transformer = diffusers.SD3Transformer2DModel(
+                sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+                num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64)
+            pipe = diffusers.StableDiffusion3Pipeline(
+                vae=vae, text_encoder=CLIPTextModelWithProjection(config), text_encoder_2=CLIPTextModelWithProjection(config),
+                text_encoder_3=None, tokenizer=tok, tokenizer_2=tok, tokenizer_3=None, transformer=transformer,
+                scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+        else:
+            raise ValueError(kind)
+    pipe.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> str:
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"), "sd")

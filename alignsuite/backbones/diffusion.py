@@ -1,0 +1,368 @@
+"""diffusers text-to-image pipelines: the diffusion backbone.
+
+Score convention: ``-0.5 * mean((prediction - target)**2)`` over a sample's latent elements, for one
+draw of noise and timestep shared by every view of a row (winner and loser), by the policy and by the
+reference. That is a unit Gaussian's log-density up to a constant, so Diffusion-DPO is ``dpo`` over these
+scores with the official code's beta (5000 for SDXL, 2000 for SD 1.5), and MaPO's bounded score is a
+function of the score alone.
+
+Supported pipelines (anything else is an error that names the class):
+
+==========================  ==================  =================================================
+pipeline                    denoiser            target
+==========================  ==================  =================================================
+StableDiffusionPipeline     ``unet``            noise (epsilon) or velocity (v_prediction)
+StableDiffusionXLPipeline   ``unet``            same; two text encoders, size/crop time ids
+StableDiffusion3Pipeline    ``transformer``     flow matching: ``noise - x0`` at ``x_t = (1-s) x0 + s noise``
+==========================  ==================  =================================================
+
+Only the denoiser trains (fully, or through LoRA); the VAE and text encoders are frozen, kept out of
+checkpoints and rebuilt from the pipeline folder on resume. The VAE encodes in float32 whatever the
+training precision: SDXL's VAE overflows in float16 (NaN losses); keep ``vae_dtype: float32`` or load
+a float16-safe VAE.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from alignsuite.backbones.base import Backbone, SequenceScores
+from alignsuite.backbones.causal_lm import resolve_model_path
+from alignsuite.backbones.lora import LoraSpec
+
+_FAMILIES = {
+    "StableDiffusionPipeline": ("unet", "sd"),
+    "StableDiffusionXLPipeline": ("unet", "sdxl"),
+    "StableDiffusion3Pipeline": ("transformer", "sd3"),
+}
+PredictionType = Literal["auto", "epsilon", "v_prediction", "flow_matching"]
+
+
+@dataclass
+class DenoisingBatch:
+    noisy: Tensor  # [N, C, h, w]
+    target: Tensor  # [N, C, h, w]
+    timesteps: Tensor  # [N]
+    cond: dict[str, Tensor]  # conditioning passed to the denoiser, each [N, ...]
+
+
+class TextToImage(Backbone):
+    """A diffusers text-to-image pipeline from a local folder or a hub id, fully fine-tuned or with LoRA.
+
+    Args:
+        model_name_or_path: a ``save_pretrained`` pipeline folder, a hub id, or ``toy:diffusion``.
+        resolution: training images are resized and cropped to ``resolution`` squared; it must be a
+            multiple of the VAE's downsampling factor.
+        lora: train a LoRA adapter on the denoiser instead of its full weights.
+        prediction_type: "auto" reads the scheduler (flow matching for SD3); set it to override.
+        random_crop: random instead of centre crop (as in the reference code's option).
+        random_flip: horizontal flip with probability 0.5, the same for both images of a pair.
+        proportion_empty_prompts: share of captions replaced by "" (keeps classifier-free guidance working).
+        timestep_sampling: flow matching only: "uniform" or "logit_normal" (SD3's default weighting).
+        dtype: the denoiser's weights at load; mixed precision is the Trainer's.
+        vae_dtype: the VAE's weights; float32 avoids the SDXL VAE's float16 overflow.
+        gradient_checkpointing: trade compute for activation memory in the denoiser.
+        seed: seeds noise, timesteps, augmentation and empty prompts, step by step.
+        num_inference_steps, guidance_scale: how ``generate`` samples.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        resolution: int = 512,
+        lora: LoraSpec | None = None,
+        prediction_type: PredictionType = "auto",
+        random_crop: bool = False,
+        random_flip: bool = True,
+        proportion_empty_prompts: float = 0.0,
+        timestep_sampling: Literal["uniform", "logit_normal"] = "uniform",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        seed: int = 0,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= proportion_empty_prompts <= 1.0:
+            raise ValueError(f"backbone.proportion_empty_prompts must be in [0, 1], got {proportion_empty_prompts}")
+        self.model_name_or_path = model_name_or_path
+        self.resolution = resolution
+        self.lora = lora
+        self.prediction_type = prediction_type
+        self.random_crop = random_crop
+        self.random_flip = random_flip
+        self.proportion_empty_prompts = proportion_empty_prompts
+        self.timestep_sampling = timestep_sampling
+        self.dtype = dtype
+        self.vae_dtype = vae_dtype
+        self.gradient_checkpointing = gradient_checkpointing
+        self.seed = seed
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.pipe = None
+        self.frozen = nn.ModuleDict()  # VAE and text encoders: moved to the device with the module
+        self.draws = 0  # prepare() calls so far: the step's seed offset
+
+    # The frozen parts are rebuilt from the pipeline folder; checkpoints hold only what trains.
+    not_checkpointed = ("frozen.",)
+
+    # ---------------------------------------------------------------- building
+    def _load_pipeline(self):
+        from diffusers import DiffusionPipeline
+
+        path = resolve_model_path(self.model_name_or_path)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32, **_absent_components(path))
+        except OSError as e:
+            raise OSError(f"cannot load pipeline {path!r}: not a local save_pretrained folder, nor a reachable hub id ({e})") from e
+        name = type(pipe).__name__
+        if name not in _FAMILIES:
+            raise ValueError(
+                f"{path!r} holds a {name}; the TextToImage backbone supports {', '.join(sorted(_FAMILIES))}"
+            )
+        return pipe
+
+    def configure(self) -> None:
+        if self.pipe is not None:
+            return
+        pipe = self._load_pipeline()
+        self.denoiser_name, self.family = _FAMILIES[type(pipe).__name__]
+        self.prediction = self._resolve_prediction_type(pipe)
+        factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        if self.resolution % factor:
+            raise ValueError(
+                f"backbone.resolution ({self.resolution}) must be divisible by the VAE's downsampling factor ({factor})"
+            )
+        _cast(pipe.vae, self.vae_dtype).requires_grad_(False).eval()
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            encoder = getattr(pipe, name, None)
+            if encoder is not None:
+                encoder.requires_grad_(False).eval()
+                self.frozen[name] = encoder
+        self.frozen["vae"] = pipe.vae
+        denoiser = _cast(getattr(pipe, self.denoiser_name), self.dtype)
+        if self.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
+        if self.lora is not None:
+            denoiser.requires_grad_(False)
+            targets = self.lora.target_modules
+            if targets == "all-linear":  # the diffusers convention for attention LoRA
+                targets = ["to_q", "to_k", "to_v", "to_out.0"]
+            spec = LoraSpec(self.lora.r, self.lora.alpha, self.lora.dropout, targets, self.lora.modules_to_save)
+            config = spec.to_peft(task_type=None)
+            config.task_type = None
+            denoiser.add_adapter(config)
+        self.policy = denoiser.train()
+        self.pipe = pipe
+        self.train_scheduler = self._training_scheduler(pipe)
+
+    def _resolve_prediction_type(self, pipe) -> str:
+        scheduler_kind = type(pipe.scheduler).__name__
+        found = "flow_matching" if "FlowMatch" in scheduler_kind else pipe.scheduler.config.get("prediction_type", "epsilon")
+        chosen = found if self.prediction_type == "auto" else self.prediction_type
+        if chosen not in ("epsilon", "v_prediction", "flow_matching"):
+            raise ValueError(f"unsupported prediction type {chosen!r}; expected epsilon, v_prediction or flow_matching")
+        if (chosen == "flow_matching") != (self.family == "sd3"):
+            raise ValueError(f"prediction type {chosen!r} does not fit a {type(pipe).__name__}")
+        return chosen
+
+    def _training_scheduler(self, pipe):
+        from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+        if self.prediction == "flow_matching":
+            return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        config = dict(pipe.scheduler.config, prediction_type=self.prediction)
+        return DDPMScheduler.from_config(config)
+
+    def load_reference(self, source: str | None = None) -> nn.Module:
+        from diffusers import DiffusionPipeline
+
+        if source is None:
+            pipe = self._load_pipeline()
+            model = getattr(pipe, self.denoiser_name)
+        else:
+            path = resolve_model_path(source)
+            model = getattr(DiffusionPipeline.from_pretrained(path, **_absent_components(path)), self.denoiser_name)
+        return _cast(model, self.dtype).eval().requires_grad_(False)
+
+    @property
+    def has_adapters(self) -> bool:
+        return self.lora is not None
+
+    def adapters_disabled(self):
+        if not self.has_adapters:
+            return super().adapters_disabled()
+        return _AdaptersOff(self.policy)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    # ---------------------------------------------------------------- inputs
+    def _generator(self, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.draws * 7919 + salt)
+
+    def _pixels(self, views: list[list[Any]]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+        """Every view's images as one ``[K*B, 3, R, R]`` tensor; a row's views share crop and flip."""
+        from alignsuite.data.images import to_tensor
+
+        tensors, crops, sizes = [], [], []
+        for view in views:
+            for row, image in enumerate(view):
+                t, crop, size = to_tensor(image, self.resolution, self.random_crop, self.random_flip, self._generator(row))
+                tensors.append(t)
+                crops.append(crop)
+                sizes.append(size)
+        return torch.stack(tensors), crops, sizes
+
+    @torch.no_grad()
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        vae = self.frozen["vae"]
+        with torch.autocast(pixels.device.type, enabled=False):
+            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(self._generator(-1))
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((latents - shift) * vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
+        pipe, device = self.pipe, self.device
+        if self.family == "sd":
+            embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
+            return {"encoder_hidden_states": embeds}
+        if self.family == "sdxl":
+            embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, do_classifier_free_guidance=False)
+            return {"encoder_hidden_states": embeds, "text_embeds": pooled}
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=device, do_classifier_free_guidance=False)
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+    def _drop_prompts(self, prompts: list[str]) -> list[str]:
+        if self.proportion_empty_prompts <= 0:
+            return list(prompts)
+        draw = torch.rand(len(prompts), generator=self._generator(-2))
+        return ["" if d < self.proportion_empty_prompts else p for p, d in zip(prompts, draw.tolist())]
+
+    def prepare(self, prompts: list[str], views: list[list[Any]]) -> DenoisingBatch:
+        """Encode images and captions, and draw one noise and timestep per row for all its views."""
+        k, b = len(views), len(prompts)
+        device = self.device
+        pixels, crops, sizes = self._pixels(views)
+        latents = self.encode_images(pixels.to(device))
+        cond = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in self.encode_prompts(self._drop_prompts(prompts)).items()}
+        if self.family == "sdxl":
+            r = self.resolution
+            cond["time_ids"] = torch.tensor([[*size, *crop, r, r] for size, crop in zip(sizes, crops)], device=device, dtype=torch.float32)
+        gen = self._generator(-3)
+        noise = torch.randn((b, *latents.shape[1:]), generator=gen).to(device).repeat(k, 1, 1, 1)
+        self.draws += 1
+        if self.prediction == "flow_matching":
+            timesteps, noisy, target = self._flow_inputs(latents, noise, b, k, gen)
+        else:
+            n = self.train_scheduler.config.num_train_timesteps
+            timesteps = torch.randint(0, n, (b,), generator=gen).to(device).repeat(k)
+            noisy = self.train_scheduler.add_noise(latents, noise, timesteps)
+            target = noise if self.prediction == "epsilon" else self.train_scheduler.get_velocity(latents, noise, timesteps)
+        return DenoisingBatch(noisy, target, timesteps, cond)
+
+    def _flow_inputs(self, latents, noise, b, k, gen):
+        scheduler = self.train_scheduler
+        if self.timestep_sampling == "logit_normal":
+            u = torch.sigmoid(torch.randn(b, generator=gen))
+        else:
+            u = torch.rand(b, generator=gen)
+        index = (u * scheduler.config.num_train_timesteps).long().clamp(max=len(scheduler.timesteps) - 1)
+        timesteps = scheduler.timesteps[index].to(latents.device).repeat(k)
+        sigma = scheduler.sigmas[index].to(latents.device, latents.dtype).repeat(k).view(-1, 1, 1, 1)
+        return timesteps, (1 - sigma) * latents + sigma * noise, noise - latents
+
+    # ---------------------------------------------------------------- scoring
+    def score(self, prepared: DenoisingBatch, model: nn.Module | None = None) -> SequenceScores:
+        model = model if model is not None else self.policy
+        dtype = next(model.parameters()).dtype
+        cond = prepared.cond
+        if self.family == "sd3":
+            pred = model(hidden_states=prepared.noisy.to(dtype), timestep=prepared.timesteps,
+                         encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                         pooled_projections=cond["pooled_projections"].to(dtype)).sample
+        else:
+            extra = {}
+            if self.family == "sdxl":
+                extra["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(dtype), "time_ids": cond["time_ids"].to(dtype)}
+            pred = model(prepared.noisy.to(dtype), prepared.timesteps, cond["encoder_hidden_states"].to(dtype), **extra).sample
+        error = (pred.float() - prepared.target.float()).pow(2).mean(dim=tuple(range(1, pred.dim())))
+        return SequenceScores(-0.5 * error, torch.ones_like(error))
+
+    # ---------------------------------------------------------------- sampling and export
+    @torch.no_grad()
+    def generate(self, prompts: list[str], num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 seed: int = 0, model: nn.Module | None = None, output_type: str = "pil", **kwargs) -> list:
+        """Sample one image per prompt with the policy (or ``model``), from a fixed seed."""
+        pipe = self.pipe
+        denoiser = model if model is not None else self.policy
+        was_training = denoiser.training
+        saved = getattr(pipe, self.denoiser_name)
+        setattr(pipe, self.denoiser_name, denoiser)
+        denoiser.eval()
+        try:
+            call = {
+                "num_inference_steps": num_inference_steps or self.num_inference_steps,
+                "guidance_scale": self.guidance_scale if guidance_scale is None else guidance_scale,
+                "height": self.resolution, "width": self.resolution, "output_type": output_type,
+                "generator": torch.Generator().manual_seed(seed), **kwargs,
+            }
+            out = pipe(list(prompts), **call)
+        finally:
+            setattr(pipe, self.denoiser_name, saved)
+            denoiser.train(was_training)
+        return list(out.images)
+
+    def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
+        """A pipeline folder ``DiffusionPipeline.from_pretrained`` loads, or the LoRA weights alone."""
+        denoiser = self.policy
+        if self.has_adapters and not merge_adapters:
+            from peft.utils import get_peft_model_state_dict
+
+            layers = get_peft_model_state_dict(denoiser)
+            type(self.pipe).save_lora_weights(path, **{f"{self.denoiser_name}_lora_layers": layers})
+            return
+        if self.has_adapters:
+            denoiser = copy.deepcopy(denoiser)
+            denoiser.fuse_lora()
+            denoiser.unload_lora()
+        components = dict(self.pipe.components, **{self.denoiser_name: denoiser})
+        type(self.pipe)(**components).save_pretrained(path)
+
+
+def _absent_components(path: str) -> dict[str, None]:
+    """Components a local folder saved as absent (SD3 without its T5 encoder): they load as None."""
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        return {}
+    with open(index) as f:
+        return {k: None for k, v in json.load(f).items() if v == [None, None]}
+
+
+def _cast(model: nn.Module, dtype: str) -> nn.Module:
+    # Loaded in float32; cast only when asked, so float32 runs keep diffusers' own dtype handling.
+    return model if dtype == "float32" else model.to(getattr(torch, dtype))
+
+
+class _AdaptersOff:
+    """Context in which a diffusers model computes without its LoRA adapters."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __enter__(self):
+        self.model.disable_adapters()
+
+    def __exit__(self, *exc) -> None:
+        self.model.enable_adapters()
+

@@ -1,0 +1,157 @@
+"""The diffusion backbone against direct computations on tiny SD 1.5-, SDXL- and SD3-style pipelines."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alignsuite.backbones import LoraSpec
+from alignsuite.backbones.diffusion import TextToImage, _absent_components
+from alignsuite.reference import AdapterDisabled, FrozenCopy
+from conftest import save_tiny_pipeline
+
+
+@pytest.fixture(scope="module", params=["sd", "sdxl", "sd3"])
+def pipeline_dir(request, tmp_path_factory):
+    return save_tiny_pipeline(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def backbone(path, **kwargs):
+    kwargs = {"resolution": 16, "num_inference_steps": 3, "guidance_scale": 1.0, "random_flip": False, **kwargs}
+    b = TextToImage(path, **kwargs)
+    b.configure()
+    return b
+
+
+CAPTIONS = ["a square at the top left", "a square at the bottom right"]
+
+
+def direct_error(b, prepared, model):
+    """The per-sample mean squared error, computed here from the prepared tensors and the raw model."""
+    c = prepared.cond
+    if b.family == "sd3":
+        pred = model(hidden_states=prepared.noisy, timestep=prepared.timesteps,
+                     encoder_hidden_states=c["encoder_hidden_states"], pooled_projections=c["pooled_projections"]).sample
+    elif b.family == "sdxl":
+        pred = model(prepared.noisy, prepared.timesteps, c["encoder_hidden_states"],
+                     added_cond_kwargs={"text_embeds": c["text_embeds"], "time_ids": c["time_ids"]}).sample
+    else:
+        pred = model(prepared.noisy, prepared.timesteps, c["encoder_hidden_states"]).sample
+    return torch.stack([((pred[i] - prepared.target[i]) ** 2).mean() for i in range(len(pred))])
+
+
+def test_score_is_minus_half_the_mean_squared_error(pipeline_dir):
+    b = backbone(pipeline_dir)
+    prepared = b.prepare(CAPTIONS, [images(2), images(2, seed=1)])
+    out = b.score(prepared)
+    torch.testing.assert_close(out.score, -0.5 * direct_error(b, prepared, b.policy), atol=1e-6, rtol=1e-5)
+    assert out.length.tolist() == [1.0] * 4
+
+
+def test_views_of_a_row_share_noise_and_timestep(pipeline_dir, monkeypatch):
+    b = backbone(pipeline_dir)
+    winners, losers = images(2), images(2, seed=1)
+    prepared = b.prepare(CAPTIONS, [winners, losers])
+    t = prepared.timesteps
+    assert torch.equal(t[:2], t[2:]) and t[0] != t[1]
+    # With a deterministic encoder, the same image in both views gives identical noisy inputs: the image
+    # is the only difference between the views of a row.
+    monkeypatch.setattr(b, "encode_images", lambda pixels: pixels[:, :, ::2, ::2].repeat(1, 2, 1, 1)[:, :4].float())
+    same = b.prepare(CAPTIONS, [winners, winners])
+    torch.testing.assert_close(same.noisy[:2], same.noisy[2:])
+    torch.testing.assert_close(same.target[:2], same.target[2:])
+    assert not torch.allclose(same.noisy[0], same.noisy[1])
+    # A fresh draw each step.
+    assert not torch.equal(b.prepare(CAPTIONS, [winners, losers]).timesteps, t)
+
+
+def test_targets_match_the_prediction_type(tiny_sd_dir):
+    eps = backbone(tiny_sd_dir, seed=3)
+    v = backbone(tiny_sd_dir, seed=3, prediction_type="v_prediction")
+    pe, pv = eps.prepare(CAPTIONS, [images(2)]), v.prepare(CAPTIONS, [images(2)])
+    torch.testing.assert_close(pe.noisy, pv.noisy)
+    latents = eps.encode_images  # the noise is the epsilon target; v = alpha * noise - sigma * x0
+    alphas = eps.train_scheduler.alphas_cumprod[pe.timesteps].view(-1, 1, 1, 1)
+    x0 = (pe.noisy - (1 - alphas).sqrt() * pe.target) / alphas.sqrt()
+    torch.testing.assert_close(pv.target, alphas.sqrt() * pe.target - (1 - alphas).sqrt() * x0, atol=1e-5, rtol=1e-4)
+    del latents
+
+
+def test_flow_matching_interpolates_and_targets_velocity(tmp_path):
+    b = backbone(save_tiny_pipeline(tmp_path / "sd3", "sd3"))
+    p = b.prepare(CAPTIONS, [images(2)])
+    assert b.prediction == "flow_matching"
+    sigma = (p.timesteps / 1000).view(-1, 1, 1, 1)
+    # x_t = (1 - s) x0 + s noise and target = noise - x0  =>  x_t + (1 - s) * target = noise ... check consistency:
+    x0 = p.noisy - sigma * p.target
+    torch.testing.assert_close(p.noisy, (1 - sigma) * x0 + sigma * (p.target + x0), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_settings_are_named(tiny_sd_dir, tmp_path):
+    with pytest.raises(ValueError, match="divisible"):
+        backbone(tiny_sd_dir, resolution=15)
+    with pytest.raises(ValueError, match="does not fit"):
+        backbone(tiny_sd_dir, prediction_type="flow_matching")
+    with pytest.raises(ValueError, match="unsupported prediction type"):
+        backbone(tiny_sd_dir, prediction_type="sample")
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    DDPMPipeline(UNet2DModel(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4,
+                             down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")),
+                 DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    with pytest.raises(ValueError, match="DDPMPipeline; the TextToImage backbone supports"):
+        backbone(str(tmp_path / "ddpm"))
+    with pytest.raises(FileNotFoundError, match="no/such/pipe"):
+        backbone("./no/such/pipe")
+
+
+def test_lora_reference_and_exports(tiny_sd_dir, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    b = backbone(tiny_sd_dir, lora=LoraSpec(r=4, alpha=4))
+    trainable = [n for n, p in b.policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+    with torch.no_grad():
+        for n, p in b.policy.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05)
+    prepared = b.prepare(CAPTIONS, [images(2), images(2, seed=1)])
+    policy = b.score(prepared).score
+    with torch.no_grad():
+        off = AdapterDisabled().score(b, prepared, {})
+        frozen = FrozenCopy()
+        frozen.build(b)
+        torch.testing.assert_close(off, frozen.score(b, prepared, {}))
+    assert not torch.allclose(policy, off)
+
+    b.save_pretrained(str(tmp_path / "merged"))
+    merged = DiffusionPipeline.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(b.score(prepared, model=merged.unet).score, policy, atol=1e-5, rtol=1e-5)
+    b.save_pretrained(str(tmp_path / "adapter"), merge_adapters=False)
+    base = DiffusionPipeline.from_pretrained(tiny_sd_dir)
+    base.load_lora_weights(str(tmp_path / "adapter"))
+    torch.testing.assert_close(b.score(prepared, model=base.unet).score, policy, atol=1e-5, rtol=1e-5)
+
+
+def test_export_loads_and_samples(pipeline_dir, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    b = backbone(pipeline_dir)
+    first = b.generate(CAPTIONS, seed=7)
+    assert [im.size for im in first] == [(16, 16), (16, 16)]
+    assert all(np.array_equal(np.asarray(a), np.asarray(c)) for a, c in zip(first, b.generate(CAPTIONS, seed=7)))
+    b.save_pretrained(str(tmp_path / "out"))
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "out", **_absent_components(str(tmp_path / "out")))
+    assert type(pipe).__name__ == type(b.pipe).__name__
+    out = pipe(CAPTIONS[:1], num_inference_steps=2, height=16, width=16, guidance_scale=1.0).images
+    assert out[0].size == (16, 16)
+    assert os.path.exists(tmp_path / "out" / "model_index.json")
