@@ -1,8 +1,17 @@
 """Preference data: loading (`load_table`), row normalisation (`normalize_pair`,
-`normalize_unpaired`) and the Lightning data module that batches it (`PreferenceDataModule`)."""
+`normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`) and the Lightning
+data module that batches it (`PreferenceDataModule`)."""
 
 from alignsuite.data.datamodule import PreferenceDataModule
 from alignsuite.data.errors import DataError
+from alignsuite.data.images import (
+    ImageFields,
+    decode_image,
+    image_pairs_to_unpaired,
+    normalize_image_pair,
+    normalize_image_unpaired,
+    to_tensor,
+)
 from alignsuite.data.loading import load_table
 from alignsuite.data.preference import (
     PairFields,
@@ -14,11 +23,17 @@ from alignsuite.data.preference import (
 
 __all__ = [
     "DataError",
+    "ImageFields",
     "PairFields",
     "PreferenceDataModule",
     "UnpairedFields",
+    "decode_image",
+    "image_pairs_to_unpaired",
     "load_table",
+    "normalize_image_pair",
+    "normalize_image_unpaired",
     "normalize_pair",
     "normalize_unpaired",
     "pairs_to_unpaired",
+    "to_tensor",
 ]

@@ -24,8 +24,11 @@ class ToyPreferenceData(PreferenceDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
+        from alignsuite.toy import get_world
+
         super().__init__(
-            layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed
+            layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
+            modality=getattr(get_world(world), "modality", "text"),
         )
         self.world_name = world
         self.num_rows = {"train": num_train, "val": num_val}

@@ -1,0 +1,314 @@
+"""Image preference rows (text-to-image diffusion alignment): the layouts found in the wild, turned into
+one canonical row, and the pixel helper the diffusion backbones share.
+
+Layouts recognised (column names configurable through `ImageFields`):
+- Pick-a-Pic v2: ``caption``, ``jpg_0``, ``jpg_1``, ``label_0`` in {0, 0.5, 1}. ``label_0 == 1``: jpg_0
+  won; ``0``: jpg_1 won; ``0.5``: a tie, dropped by default (Diffusion-DPO and MaPO drop them; the
+  diffusers scripts keep them as if jpg_0 had won, which ``drop_ties=False`` reproduces). ``label_1`` is
+  not read: in Pick-a-Pic it is always ``1 - label_0``. Optional per-image reward columns (PickScore,
+  for SmPO) ``reward_0``/``reward_1`` follow the same swap to ``reward_chosen``/``reward_rejected``.
+- Ordered pairs: ``caption``, ``chosen``, ``rejected`` (an image-folder ``metadata.jsonl`` or ``.csv``).
+- Unpaired (Diffusion-KTO): ``caption``, ``image``, ``label`` (bool or 0/1).
+
+An image value may be encoded bytes, a file path (relative paths are relative to the folder or file the
+table came from), a ``{"bytes": ..., "path": ...}`` dict (how `datasets` stores an ``Image`` feature;
+bytes win when both are set) or a ``PIL.Image`` (encoded once to PNG, losslessly).
+
+Canonical rows keep each image as ``{"bytes": bytes | None, "path": str | None}`` (stored as a
+``datasets.Image(decode=False)`` column): encoded, never decoded arrays, so a large dataset costs its
+file size, not its pixel count, and decoding happens per batch (`decode_image`, called at collate).
+Cheap checks (labels, captions, that an image is there, that its file exists) run when the rows are
+built; whether the bytes decode is found out at collate, since decoding 100k images up front would take
+longer than many runs. So that a decode error can still name its source, row and column, every
+canonical row carries hidden provenance columns: ``_source`` (file or hub id), ``_row`` (0-based row in
+it) and ``_<column>_column`` (the source column each image came from, e.g. ``_chosen_column: "jpg_1"``).
+The collate function drops them; backbones never see them.
+
+Canonical pair: ``{"prompt": caption, "chosen": image, "rejected": image, ["reward_chosen": float,
+"reward_rejected": float], "_source", "_row", "_chosen_column", "_rejected_column"}``.
+Canonical unpaired: ``{"prompt": caption, "completion": image, "label": bool, ["reward": float],
+"_source", "_row", "_completion_column"}``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from alignsuite.data.errors import DataError
+from alignsuite.data.preference import _get, _label
+
+ImageRef = dict  # {"bytes": bytes | None, "path": str | None}
+
+IMAGE_COLUMNS = ("chosen", "rejected", "completion")
+HIDDEN_PREFIX = "_"  # canonical columns that are provenance, not data: dropped at collate
+_EXPECT_IMAGE = "encoded image bytes, an image file path, a {'bytes', 'path'} dict or a PIL image"
+_TIE = 0.5
+
+
+@dataclass(frozen=True)
+class ImageFields:
+    """Column names of an image preference dataset, for datasets that do not use the usual ones."""
+
+    caption: str = "caption"
+    image_0: str = "jpg_0"
+    image_1: str = "jpg_1"
+    label_0: str = "label_0"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    image: str = "image"
+    label: str = "label"
+    reward_0: str = "reward_0"
+    reward_1: str = "reward_1"
+
+    def has_rewards(self, row: dict) -> bool:
+        return self.reward_0 in row or self.reward_1 in row
+
+    def is_unpaired(self, row: dict) -> bool:
+        return self.image in row and not self.is_pair(row)
+
+    def is_pair(self, row: dict) -> bool:
+        return self.image_0 in row or self.chosen in row
+
+
+# --- single values ---------------------------------------------------------------------------------
+
+
+def _caption(row: dict, fields: ImageFields, index: int, source: str) -> str:
+    value = _get(row, fields.caption, index, source)
+    # Diffusion training blanks captions on purpose (proportion_empty_prompts, in the backbone); a blank
+    # caption in the data is a broken row, not that.
+    if isinstance(value, str) and value.strip():
+        return value
+    raise DataError(source, index, fields.caption, "a non-empty caption", value)
+
+
+def image_ref(value: object, field: str, index: int, source: str, base_dir: str | None = None) -> ImageRef:
+    """The canonical ``{"bytes", "path"}`` of one image value; a path is made absolute against
+    ``base_dir`` and must name an existing file. Raises ``DataError`` for anything else."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        data, path = value.get("bytes"), value.get("path")
+        if isinstance(data, (bytes, bytearray, memoryview)) and len(data):
+            return {"bytes": bytes(data), "path": path if isinstance(path, str) else None}
+        value = path  # no bytes: the path is the image
+    if isinstance(value, (bytes, bytearray, memoryview)) and len(value):
+        return {"bytes": bytes(value), "path": None}
+    if isinstance(value, str) and value.strip():
+        path = Path(value).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
+        if not path.is_file():
+            raise DataError(source, index, field, f"an image file; there is no file at {str(path)!r}", value)
+        return {"bytes": None, "path": str(path.resolve())}
+    raise DataError(source, index, field, _EXPECT_IMAGE, value)
+
+
+def decode_image(ref: ImageRef, field: str, index: int, source: str):
+    """The ``PIL.Image`` (RGB, fully loaded) of a canonical image; ``DataError`` if it does not decode."""
+    from PIL import Image
+
+    try:
+        data = ref.get("bytes")
+        with Image.open(io.BytesIO(data) if data else ref["path"]) as image:
+            return image.convert("RGB")  # convert() loads the pixels, so truncated files fail here
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError ...
+        where = f" ({ref['path']})" if ref.get("path") else ""
+        raise DataError(source, index, field, f"an image that decodes{where}", f"{type(err).__name__}: {err}") from err
+
+
+def _number(row: dict, field: str, index: int, source: str) -> float:
+    value = _get(row, field, index, source)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise DataError(source, index, field, "a finite number", value)
+
+
+def _label_0(row: dict, field: str, index: int, source: str) -> float:
+    value = _get(row, field, index, source)
+    if isinstance(value, (int, float)) and value in (0, _TIE, 1):
+        return float(value)
+    raise DataError(source, index, field, "a Pick-a-Pic label in {0, 0.5, 1}", value)
+
+
+# --- rows ------------------------------------------------------------------------------------------
+
+
+def normalize_image_pair(
+    row: dict,
+    index: int,
+    source: str,
+    fields: ImageFields = ImageFields(),
+    base_dir: str | None = None,
+    drop_ties: bool = True,
+    rewards: bool | None = None,
+) -> dict | None:
+    """Canonical image pair of one row (module docstring), or ``None`` for a tie that ``drop_ties``
+    drops (the caller counts and reports those).
+
+    ``rewards``: whether to map ``reward_0``/``reward_1`` (default: when the row has either column;
+    then both must be finite numbers). Raises ``DataError`` naming ``source``, ``index`` and the field
+    for a missing column, a blank caption, a label outside {0, 0.5, 1}, a missing image or image file.
+    """
+    prompt = _caption(row, fields, index, source)
+    if fields.image_0 in row:
+        label = _label_0(row, fields.label_0, index, source)
+        if label == _TIE and drop_ties:
+            return None
+        # label 1 or a kept tie: jpg_0 first, as the diffusers scripts order a tie.
+        order = (fields.image_0, fields.image_1) if label != 0 else (fields.image_1, fields.image_0)
+        reward_order = (fields.reward_0, fields.reward_1) if label != 0 else (fields.reward_1, fields.reward_0)
+    elif fields.chosen in row:
+        order = (fields.chosen, fields.rejected)
+        reward_order = (fields.reward_0, fields.reward_1)
+    else:
+        raise DataError(
+            source, index, fields.image_0,
+            f"image columns {fields.image_0!r}/{fields.image_1!r} (Pick-a-Pic) or {fields.chosen!r}/{fields.rejected!r}; "
+            f"the row has columns {sorted(row)}",
+        )
+    chosen = image_ref(_get(row, order[0], index, source), order[0], index, source, base_dir)
+    rejected = image_ref(_get(row, order[1], index, source), order[1], index, source, base_dir)
+    out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if fields.has_rewards(row) if rewards is None else rewards:
+        out["reward_chosen"] = _number(row, reward_order[0], index, source)
+        out["reward_rejected"] = _number(row, reward_order[1], index, source)
+    out.update({"_source": source, "_row": index, "_chosen_column": order[0], "_rejected_column": order[1]})
+    return out
+
+
+def normalize_image_unpaired(
+    row: dict, index: int, source: str, fields: ImageFields = ImageFields(), base_dir: str | None = None
+) -> dict:
+    """Canonical unpaired image row (Diffusion-KTO): ``caption``, ``image``, ``label`` (bool or 0/1)."""
+    prompt = _caption(row, fields, index, source)
+    image = image_ref(_get(row, fields.image, index, source), fields.image, index, source, base_dir)
+    label = _label(_get(row, fields.label, index, source), fields.label, index, source)
+    return {"prompt": prompt, "completion": image, "label": label,
+            "_source": source, "_row": index, "_completion_column": fields.image}
+
+
+def image_pairs_to_unpaired(rows: Iterable[dict]) -> list[dict]:
+    """Canonical image pairs -> unpaired rows: the winner (``label`` True) then the loser (False),
+    each with its reward (if any) as ``reward`` and its provenance."""
+    out = []
+    for row in rows:
+        for side, label in (("chosen", True), ("rejected", False)):
+            item = {"prompt": row["prompt"], "completion": row[side], "label": label}
+            if f"reward_{side}" in row:
+                item["reward"] = row[f"reward_{side}"]
+            item.update({"_source": row["_source"], "_row": row["_row"], "_completion_column": row[f"_{side}_column"]})
+            out.append(item)
+    return out
+
+
+def image_features(unpaired: bool, rewards: bool) -> datasets.Features:
+    """Arrow schema of canonical image rows: images as ``Image(decode=False)`` (encoded bytes or a path)."""
+    image = datasets.Image(decode=False)
+    columns: dict = {"prompt": datasets.Value("string")}
+    if unpaired:
+        columns.update(completion=image, label=datasets.Value("bool"))
+        if rewards:
+            columns["reward"] = datasets.Value("float64")
+        image_columns = ("completion",)
+    else:
+        columns.update(chosen=image, rejected=image)
+        if rewards:
+            columns.update(reward_chosen=datasets.Value("float64"), reward_rejected=datasets.Value("float64"))
+        image_columns = ("chosen", "rejected")
+    columns.update({"_source": datasets.Value("string"), "_row": datasets.Value("int64")})
+    columns.update({f"_{c}_column": datasets.Value("string") for c in image_columns})
+    return datasets.Features(columns)
+
+
+def undecoded(table: datasets.Dataset) -> datasets.Dataset:
+    """``table`` with every ``datasets.Image`` column cast to ``decode=False``: rows then hold
+    ``{"bytes", "path"}`` dicts, and building canonical rows decodes nothing."""
+    for name, feature in table.features.items():
+        if isinstance(feature, datasets.Image) and feature.decode:
+            table = table.cast_column(name, datasets.Image(decode=False))
+    return table
+
+
+def image_base_dir(source: str) -> str | None:
+    """The folder relative image paths in ``source`` are relative to: the folder itself, the folder of a
+    file or of a glob's files; ``None`` (the working directory) for a hub id."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.is_file() or any(c in source for c in "*?["):
+        return str(path.parent)
+    return None
+
+
+METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+
+
+def metadata_file(source: str) -> str | None:
+    """The metadata table of an image folder (a directory with ``metadata.jsonl``/``.csv``/``.parquet``
+    that is not a saved dataset), else ``None``."""
+    path = Path(source).expanduser()
+    if not path.is_dir() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+        return None
+    for name in METADATA_FILES:
+        if (path / name).is_file():
+            return str(Path(source) / name)
+    return None
+
+
+# --- pixels ----------------------------------------------------------------------------------------
+
+
+def to_tensor(
+    image,
+    resolution: int,
+    random_crop: bool = False,
+    random_flip: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """A PIL image as the ``[3, resolution, resolution]`` float tensor in [-1, 1] a VAE encodes, with
+    the crop's ``(top, left)`` and the ``(height, width)`` of the input, which SDXL's time ids need.
+
+    The diffusers training scripts' preprocessing, without torchvision: resize the shorter side to
+    ``resolution`` (bilinear; the longer side to ``int(resolution * long / short)``), crop
+    ``resolution`` square (random offsets drawn with ``torch.randint`` from ``generator``, top then
+    left; else centred, ``round((size - resolution) / 2)``), then flip horizontally with probability 0.5
+    (one ``torch.rand`` draw from ``generator``) when ``random_flip``. The crop offsets are those in the
+    resized image before the flip.
+    """
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"to_tensor: expected a PIL image, got {type(image).__name__}")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    height, width = image.height, image.width
+    if width <= height:
+        size = (resolution, int(resolution * height / width))
+    else:
+        size = (int(resolution * width / height), resolution)
+    if size != (width, height):
+        image = image.resize(size, Image.BILINEAR)
+    w, h = image.size
+    if random_crop:
+        top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
+    else:
+        top, left = int(round((h - resolution) / 2.0)), int(round((w - resolution) / 2.0))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    if random_flip and float(torch.rand(1, generator=generator)) < 0.5:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
+    return (pixels - 0.5) / 0.5, (top, left), (height, width)
