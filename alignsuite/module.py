@@ -151,7 +151,9 @@ class PreferenceModule(LightningModule):
             named = {"policy": scores.logps, "ref": scores.ref_logps}
         return {f"logps/{k}": v.detach().float().mean() for k, v in named.items() if v is not None}
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        if not batch["prompt"]:  # every row's image failed to decode and was skipped (skip_bad_images)
+            return None  # Lightning skips the step; under DDP every process must agree, so keep batches > 1
         loss = self._step(batch, "train")
         bad = not bool(torch.isfinite(loss))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
