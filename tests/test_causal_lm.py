@@ -345,7 +345,9 @@ def test_merged_lora_export_reproduces_the_policy(lora_backbone, tmp_path):
     assert not os.path.exists(os.path.join(folder, "adapter_config.json"))
     merged = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert not any("lora" in n for n, _ in merged.named_parameters())
-    torch.testing.assert_close(lora_backbone.score(prepared, model=merged).score, policy_scores, atol=ATOL, rtol=0)
+    # merging folds B·A into W, so float32 rounding differs from the unmerged path by a few ulps of
+    # the summed log-prob (about 5e-7 relative): compare relatively, not to an absolute 1e-5
+    torch.testing.assert_close(lora_backbone.score(prepared, model=merged).score, policy_scores, atol=ATOL, rtol=1e-5)
     # the export merged a copy: the policy still has its adapter, with the same outputs
     assert lora_backbone.has_adapters and any("lora_B" in n for n, _ in lora_backbone.policy.named_parameters())
     torch.testing.assert_close(lora_backbone.score(prepared).score, policy_scores, atol=0, rtol=0)

@@ -120,7 +120,7 @@ class TextToImage(Backbone):
 
         path = resolve_model_path(self.model_name_or_path)
         try:
-            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32, **_absent_components(path))
+            pipe = DiffusionPipeline.from_pretrained(path, dtype=torch.float32, **_absent_components(path))
         except OSError as e:
             raise OSError(f"cannot load pipeline {path!r}: not a local save_pretrained folder, nor a reachable hub id ({e})") from e
         name = type(pipe).__name__

@@ -11,9 +11,10 @@ import os
 import shutil
 import tempfile
 
+from alignsuite.toy.diffusion import SquaresWorld
 from alignsuite.toy.llm import EchoWorld
 
-_WORLDS = {"llm": EchoWorld}
+_WORLDS = {"llm": EchoWorld, "diffusion": SquaresWorld}
 
 
 def get_world(name: str):
@@ -56,4 +57,4 @@ def resolve_toy_model(name: str) -> str:
     return path
 
 
-__all__ = ["EchoWorld", "ToyPreferenceData", "cache_root", "get_world", "resolve_toy_model"]
+__all__ = ["EchoWorld", "SquaresWorld", "ToyPreferenceData", "cache_root", "get_world", "resolve_toy_model"]

@@ -1,0 +1,401 @@
+"""The diffusion toy world: a coloured square at the captioned place, and red is preferred.
+
+Images are 16x16 RGB: one 5x5 square on a dark background, in the quadrant the caption names
+("a square at the top left", "... top right", "... bottom left", "... bottom right"), moved by up to one
+pixel. The caption never names a colour. The base model is a real, tiny ``StableDiffusionPipeline``
+(a 2x-downsampling ``AutoencoderKL`` trained briefly on these images, a 2-layer ``CLIPTextModel`` with a
+word-level CLIP tokenizer written here, a ``UNet2DConditionModel`` on 8x8x4 latents and a DDIM scheduler),
+trained on an even mix of red and blue squares, so it draws each about half the time. Preference pairs,
+in the Pick-a-Pic v2 layout, prefer the red square over the blue one at the same place.
+
+The reward looks where the caption says the square is. Over the 3x3 core that every allowed position of
+the square covers it takes the mean colour ``(r, g, b)``; over the pixels no allowed square touches it
+takes the mean brightness above a dark-background allowance:
+
+    red   = clip((r - max(g, b)) / 0.5, 0, 1)                      # 1 for saturated red; 0 for blue, grey, dark
+    stray = mean over outside pixels of max(max(R, G, B) - 0.25, 0)
+    clean = clip(1 - stray / 0.05, 0, 1)                           # 0 for noise, a second square, a flood fill
+    reward = red * clean
+
+So it is 1 only for a clearly red square in the right place on a clean background, 0 for a blue one,
+for a square elsewhere, for a blank or a noisy image, and about 0.5 for the base model.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import json
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+IMAGE_SIZE = 16
+SQUARE = 5
+JITTER = 1  # the square's offset from its nominal place, in pixels, each axis
+POSITIONS = {  # caption words -> (row, column) of the quadrant
+    "top left": (0, 0),
+    "top right": (0, 1),
+    "bottom left": (1, 0),
+    "bottom right": (1, 1),
+}
+TEMPLATE = "a square at the {}"
+COLOURS = ("red", "blue")
+
+# The tokenizer: whole words (with CLIP's end-of-word suffix) built by merges, over a character fallback.
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+WORDS = ["a", "square", "at", "the", "top", "bottom", "left", "right", "red", "blue", "in", "corner"]
+MAX_TOKENS = 10  # BOS + up to 8 words + EOS
+
+
+def caption_for(position: str) -> str:
+    return TEMPLATE.format(position)
+
+
+def position_of(caption: str) -> str:
+    for position in POSITIONS:
+        if caption.strip().lower().endswith(position):
+            return position
+    raise ValueError(f"caption {caption!r} names no position; expected one of {', '.join(POSITIONS)}")
+
+
+def _nominal_corner(position: str) -> tuple[int, int]:
+    """Top-left pixel of the unjittered square: centred in its quadrant."""
+    qy, qx = POSITIONS[position]
+    half = IMAGE_SIZE // 2
+    pad = (half - SQUARE) // 2
+    return qy * half + pad, qx * half + pad
+
+
+def _regions(position: str) -> tuple[tuple[slice, slice], np.ndarray]:
+    """The core every allowed square covers, and a mask of the pixels no allowed square touches."""
+    y, x = _nominal_corner(position)
+    core = (slice(y + JITTER, y + SQUARE - JITTER), slice(x + JITTER, x + SQUARE - JITTER))
+    outside = np.ones((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+    outside[max(y - JITTER, 0) : y + SQUARE + JITTER, max(x - JITTER, 0) : x + SQUARE + JITTER] = False
+    return core, outside
+
+
+def draw_square(position: str, colour: str, rng: random.Random) -> np.ndarray:
+    """A ``[16, 16, 3]`` uint8 image: a red or blue square, jittered, on a dark background."""
+    if colour not in COLOURS:
+        raise ValueError(f"colour must be one of {COLOURS}, got {colour!r}")
+    dark = rng.uniform(0.03, 0.12)
+    image = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), dark, dtype=np.float32)
+    strong, weak = rng.uniform(0.8, 1.0), [rng.uniform(0.0, 0.15) for _ in range(2)]
+    rgb = (strong, weak[0], weak[1]) if colour == "red" else (weak[0], weak[1], strong)
+    y, x = _nominal_corner(position)
+    y += rng.randint(-JITTER, JITTER)
+    x += rng.randint(-JITTER, JITTER)
+    image[y : y + SQUARE, x : x + SQUARE] = rgb
+    return np.round(image * 255).astype(np.uint8)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def as_array(image) -> np.ndarray:
+    """A PIL image, encoded bytes, an ``[H, W, 3]`` array (uint8 or float in [0, 1]) or a ``[3, H, W]``
+    tensor in [0, 1] as a float ``[16, 16, 3]`` array in [0, 1] (other sizes are box-resized)."""
+    from PIL import Image
+
+    if isinstance(image, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(image))
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu()
+        image = image.permute(1, 2, 0).numpy() if image.dim() == 3 and image.shape[0] in (1, 3) else image.numpy()
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image, got an array of shape {array.shape}")
+    array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    if array.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+        pil = Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))
+        array = np.asarray(pil.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), dtype=np.float32) / 255.0
+    return np.clip(array, 0.0, 1.0)
+
+
+def square_colour(caption: str, image) -> str:
+    """"red", "blue" or "none": what the core of the captioned place holds (for reports)."""
+    core, _ = _regions(position_of(caption))
+    r, g, b = as_array(image)[core].reshape(-1, 3).mean(0)
+    if r - max(g, b) > 0.3:
+        return "red"
+    if b - max(r, g) > 0.3:
+        return "blue"
+    return "none"
+
+
+class SquaresWorld:
+    version = "v1"
+    image_size = IMAGE_SIZE
+    generation_kwargs = {"num_inference_steps": 20, "guidance_scale": 3.0, "height": IMAGE_SIZE, "width": IMAGE_SIZE}
+
+    # ------------------------------------------------------------- data
+    def eval_prompts(self, n: int, seed: int) -> list[str]:
+        """``n`` captions, every position equally often (up to one), in an order fixed by ``seed``."""
+        rng = random.Random(f"eval-{seed}")
+        names = list(POSITIONS)
+        prompts = [caption_for(names[i % len(names)]) for i in range(n)]
+        rng.shuffle(prompts)
+        return prompts
+
+    def make_pairs(self, n: int, seed: int) -> list[dict]:
+        """``n`` Pick-a-Pic v2 rows: ``caption``, ``jpg_0``/``jpg_1`` (PNG bytes: lossless, whatever the
+        column says), ``label_0``/``label_1``. The winner is the red square; which column holds it is
+        drawn per row."""
+        rng = random.Random(f"pairs-{seed}")
+        rows = []
+        for _ in range(n):
+            position = rng.choice(list(POSITIONS))
+            red, blue = encode_png(draw_square(position, "red", rng)), encode_png(draw_square(position, "blue", rng))
+            first = rng.random() < 0.5
+            rows.append({
+                "caption": caption_for(position),
+                "jpg_0": red if first else blue,
+                "jpg_1": blue if first else red,
+                "label_0": 1.0 if first else 0.0,
+                "label_1": 0.0 if first else 1.0,
+            })
+        return rows
+
+    def reward(self, prompt: str, output) -> float:
+        """``red * clean`` at the captioned place, in [0, 1] (see the module docstring)."""
+        core, outside = _regions(position_of(prompt))
+        image = as_array(output)
+        r, g, b = image[core].reshape(-1, 3).mean(0)
+        red = float(np.clip((r - max(g, b)) / 0.5, 0.0, 1.0))
+        stray = float(np.clip(image[outside].max(-1) - 0.25, 0.0, None).mean())
+        clean = float(np.clip(1.0 - stray / 0.05, 0.0, 1.0))
+        return red * clean
+
+    # ------------------------------------------------------------- the base model's parts
+    @staticmethod
+    def write_tokenizer_files(path: str) -> None:
+        """``vocab.json``/``merges.txt``/``tokenizer_config.json`` of a word-level CLIP BPE tokenizer.
+
+        Each word is merged left to right from its characters into one token ("square</w>"); any other
+        text falls back to characters.
+        """
+        chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,'-"))
+        vocab = [BOS, EOS] + chars + [c + "</w>" for c in chars]
+        merges: list[tuple[str, str]] = []
+        for word in WORDS:
+            # Merge whatever the earlier merges leave of this word, left to right. Appended merges rank after
+            # all earlier ones, so they never change how an earlier word splits.
+            pieces = _apply_merges(list(word[:-1]) + [word[-1] + "</w>"], merges)
+            while len(pieces) > 1:
+                merges.append((pieces[0], pieces[1]))
+                if pieces[0] + pieces[1] not in vocab:
+                    vocab.append(pieces[0] + pieces[1])
+                pieces = _apply_merges(pieces, merges)
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "vocab.json"), "w") as f:
+            json.dump({token: i for i, token in enumerate(vocab)}, f, indent=0)
+        with open(os.path.join(path, "merges.txt"), "w") as f:
+            f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "bos_token": BOS,
+                       "eos_token": EOS, "pad_token": EOS, "unk_token": EOS}, f, indent=1)
+
+    def build_tokenizer(self):
+        from transformers import CLIPTokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.write_tokenizer_files(tmp)
+            return CLIPTokenizer.from_pretrained(tmp)
+
+    @staticmethod
+    def text_config(tokenizer):
+        from transformers import CLIPTextConfig
+
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=MAX_TOKENS, projection_dim=32,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+
+    def build_text_encoder(self, tokenizer):
+        """A random 2-layer CLIP text encoder, frozen from here on, as SD's pretrained one is.
+
+        Its token embeddings are drawn at unit scale: at CLIP's init scale (0.02) the shared start token
+        and position embeddings dominate, and the four captions' hidden states agree to a cosine of 0.99,
+        which leaves the UNet almost nothing to condition on.
+        """
+        from transformers import CLIPTextModel
+
+        model = CLIPTextModel(self.text_config(tokenizer))
+        torch.nn.init.normal_(model.get_input_embeddings().weight, std=1.0)
+        return model.eval().requires_grad_(False)
+
+    @staticmethod
+    def build_vae():
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+            latent_channels=4, norm_num_groups=8, sample_size=IMAGE_SIZE, mid_block_add_attention=False,
+        )
+
+    @staticmethod
+    def build_unet(cross_attention_dim: int = 32):
+        """8x8x4 latents; attention (self and cross) only at 4x4 and in the mid block. Attention at 8x8
+        doubled the step time on CPU, and the caption only needs to pick a quadrant, 2x2 cells at 4x4."""
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel(
+            sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross_attention_dim,
+            attention_head_dim=8, norm_num_groups=8,
+        )
+
+    @staticmethod
+    def build_scheduler():
+        from diffusers import DDIMScheduler
+
+        # SD 1.5's noise schedule and epsilon prediction over 1000 steps (a training backbone rebuilds a DDPM
+        # scheduler from this config); no clipping of x0, since latents are not bounded to [-1, 1]; "trailing"
+        # spacing starts sampling at t = 999 (steps_offset then plays no part).
+        return DDIMScheduler(
+            num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="epsilon",
+            clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing", steps_offset=1,
+        )
+
+    def training_images(self, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+        """``n`` squares at random places as ``[n, 3, 16, 16]`` in [-1, 1]: red ones, then their twins with
+        red and blue swapped (``pixels[i + n // 2]`` is ``pixels[i]`` in blue)."""
+        rng = random.Random(f"train-{seed}")
+        positions = [rng.choice(list(POSITIONS)) for _ in range(n // 2)]
+        red = torch.from_numpy(np.stack([draw_square(p, "red", rng) for p in positions]))
+        red = red.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return torch.cat([red, red.flip(1)]), [caption_for(p) for p in positions] * 2
+
+    # ------------------------------------------------------------- the base model
+    def build_base_model(
+        self, path: str, vae_steps: int = 200, unet_steps: int = 700, batch_size: int = 32, num_images: int = 4096,
+        seed: int = 0, log: bool = False,
+    ) -> None:
+        """Train the autoencoder, then the UNet on its latents (text encoder frozen at its seeded init),
+        and save a ``StableDiffusionPipeline`` folder. ``vae_steps=unet_steps=0`` saves the random init."""
+        from diffusers import StableDiffusionPipeline
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            tokenizer = self.build_tokenizer()
+            text_encoder = self.build_text_encoder(tokenizer)
+            vae, unet, scheduler = self.build_vae(), self.build_unet(text_encoder.config.hidden_size), self.build_scheduler()
+            pixels, captions = self.training_images(num_images, seed)
+            gen = torch.Generator().manual_seed(seed)
+            _train_vae(vae, pixels, vae_steps, batch_size, gen, log)
+            _train_unet(unet, vae, text_encoder, tokenizer, scheduler, pixels, captions, unet_steps, batch_size, gen, log)
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.save_pretrained(path)
+
+
+def _apply_merges(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """Byte-pair merging as the tokenizer does it: always the best-ranked adjacent pair first."""
+    rank = {pair: i for i, pair in enumerate(merges)}
+    while len(pieces) > 1:
+        best = min(range(len(pieces) - 1), key=lambda i: rank.get((pieces[i], pieces[i + 1]), len(rank)))
+        if (pieces[best], pieces[best + 1]) not in rank:
+            break
+        pieces = pieces[:best] + [pieces[best] + pieces[best + 1]] + pieces[best + 2 :]
+    return pieces
+
+
+def _train_vae(vae, pixels: torch.Tensor, steps: int, batch_size: int, gen: torch.Generator, log: bool) -> None:
+    """Reconstruction MSE plus a tiny KL (SD's weight, 1e-6 on the summed KL), then set the latent scale."""
+    # Fix the posterior's std at e^-4 ~ 0.02, near-deterministic as a trained SD VAE's is: a few hundred
+    # steps would leave it near its initial std of 1 (and Adam random-walks it on the reparameterisation's
+    # noisy gradient), and latent noise that size swamps what the UNet can learn.
+    c = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[c:] = 0.0
+        vae.quant_conv.bias[c:] = -8.0
+    logvar_rows = torch.ones_like(vae.quant_conv.bias, dtype=torch.bool)
+    logvar_rows[:c] = False
+    optim = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    decay = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
+    vae.train()
+    for step in range(steps):
+        x = pixels[torch.randint(0, len(pixels), (batch_size,), generator=gen)]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(gen)).sample
+        mse = (recon - x).pow(2).mean()
+        loss = mse + 1e-6 * posterior.kl().mean()
+        loss.backward()
+        vae.quant_conv.weight.grad[logvar_rows] = 0.0
+        vae.quant_conv.bias.grad[logvar_rows] = 0.0
+        optim.step()
+        optim.zero_grad()
+        decay.step()
+        if log and step % 50 == 0:
+            print(f"vae {step}: mse {mse.item():.5f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        latents = vae.encode(pixels[:1024]).latent_dist.mean
+    # Unit-variance latents, as SD's 0.18215 gives its VAE.
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+
+
+def _train_unet(unet, vae, text_encoder, tokenizer, scheduler, pixels, captions, steps, batch_size, gen, log) -> None:
+    """Epsilon-prediction loss weighted as v-prediction's, ``(1 + SNR) / SNR`` capped at 20; 15% of
+    captions dropped to "" so classifier-free guidance works.
+
+    Which quadrant the square lands in is decided at high noise (SNR ~0.01-0.3), where the plain epsilon
+    loss weighs the clean image's error by SNR alone: trained that way for 700 steps the UNet ignored its
+    caption (the same loss under the right, a wrong and the empty caption; 31% of samples in the right
+    quadrant). With this weight 89% are, in the same steps.
+    """
+    from diffusers import DDPMScheduler
+
+    ddpm = DDPMScheduler.from_config(scheduler.config)
+    with torch.no_grad():
+        posterior = vae.encode(pixels).latent_dist
+        mean, std = posterior.mean, posterior.std
+        texts = sorted(set(captions)) + [""]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        embeds = text_encoder(ids)[0]
+    index = {t: i for i, t in enumerate(texts)}
+    caption_ids = torch.tensor([index[c] for c in captions])
+    optim = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.0)
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))
+    )
+    unet.train()
+    sf = vae.config.scaling_factor
+    half, twin = batch_size // 2, len(pixels) // 2
+    for step in range(steps):
+        # Every red square comes with its blue twin under the same noise, timestep and caption (dropped or
+        # not): the batches are exactly balanced, so the last steps leave no drift towards either colour.
+        pick = torch.randint(0, twin, (half,), generator=gen)
+        pick = torch.cat([pick, pick + twin])
+        latents = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=gen)) * sf
+        cond = caption_ids[pick].masked_fill((torch.rand(half, generator=gen) < 0.15).repeat(2), index[""])
+        noise = torch.randn((half, *latents.shape[1:]), generator=gen).repeat(2, 1, 1, 1)
+        t = torch.randint(0, ddpm.config.num_train_timesteps, (half,), generator=gen).repeat(2)
+        pred = unet(ddpm.add_noise(latents, noise, t), t, embeds[cond]).sample
+        snr = ddpm.alphas_cumprod[t] / (1 - ddpm.alphas_cumprod[t])
+        loss = ((pred - noise).pow(2).mean(dim=(1, 2, 3)) * ((1 + snr) / snr).clamp(max=20.0)).mean()
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+        warmup.step()
+        if log and step % 100 == 0:
+            print(f"unet {step}: loss {loss.item():.4f}")
+    unet.eval()
