@@ -137,6 +137,7 @@ def square_colour(caption: str, image) -> str:
 
 class SquaresWorld:
     version = "v1"
+    modality = "image"  # its pairs are images in the Pick-a-Pic layout
     image_size = IMAGE_SIZE
     generation_kwargs = {"num_inference_steps": 20, "guidance_scale": 3.0, "height": IMAGE_SIZE, "width": IMAGE_SIZE}
 
