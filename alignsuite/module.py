@@ -181,6 +181,8 @@ class PreferenceModule(LightningModule):
             self.reference.after_step(self.backbone, self.global_step)
 
     def on_fit_start(self) -> None:
+        if getattr(self.backbone, "cache", None) is not None:  # one pass of the frozen encoders (diffusion)
+            self.backbone.warm_cache(self.trainer.datamodule, self.trainer.strategy)
         if isinstance(self.reference, Precomputed):
             self.reference.precompute(self)
 

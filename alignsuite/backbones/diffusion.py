@@ -20,6 +20,16 @@ Only the denoiser trains (fully, or through LoRA); the VAE and text encoders are
 checkpoints and rebuilt from the pipeline folder on resume. The VAE encodes in float32 whatever the
 training precision: SDXL's VAE overflows in float16 (NaN losses); keep ``vae_dtype: float32`` or load
 a float16-safe VAE.
+
+Encoding cache (``cache_dir``): the frozen encoders give the same output for the same input, so before
+fit one pass encodes every training and validation image (both orientations under ``random_flip``) and
+caption, and stores the VAE's latent mean and standard deviation and the text embeddings on disk. Steps
+then read them instead of running the VAE and text encoders; the latent is still sampled afresh
+(``mean + std * noise``) with the same draw as without the cache, so a cached run trains exactly as an
+uncached one. Entries are keyed by the preprocessed pixels and the caption text; the folder is keyed by
+the encoders' weights, resolution, flip setting and dtypes, so changing any of those starts a fresh
+cache. Inputs first seen during training (SePPO's generated losers) are encoded and not stored.
+``random_crop`` draws a new crop each step and cannot be cached.
 """
 
 from __future__ import annotations
@@ -31,9 +41,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone, SequenceScores
+from alignsuite.backbones.encoding_cache import tensor_key, text_key
 from alignsuite.backbones.causal_lm import resolve_model_path
 from alignsuite.backbones.lora import LoraSpec
 
@@ -71,6 +83,9 @@ class TextToImage(Backbone):
         gradient_checkpointing: trade compute for activation memory in the denoiser.
         seed: seeds noise, timesteps, augmentation and empty prompts, step by step.
         num_inference_steps, guidance_scale: how ``generate`` samples.
+        cache_dir: keep VAE latents and text embeddings here, computed in one pass before fit (see the
+            module's docstring); the same folder serves many runs and datasets.
+        cache_dtype: precision of the stored latents and embeddings (float16 halves the disk).
     """
 
     def __init__(
@@ -89,6 +104,8 @@ class TextToImage(Backbone):
         seed: int = 0,
         num_inference_steps: int = 25,
         guidance_scale: float = 7.5,
+        cache_dir: str | None = None,
+        cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     ) -> None:
         super().__init__()
         if not 0.0 <= proportion_empty_prompts <= 1.0:
@@ -107,6 +124,14 @@ class TextToImage(Backbone):
         self.seed = seed
         self.num_inference_steps = num_inference_steps
         self.guidance_scale = guidance_scale
+        if cache_dir is not None and random_crop:
+            raise ValueError(
+                "backbone.cache_dir cannot be combined with backbone.random_crop: a random crop differs at every "
+                "step, so its latents cannot be cached; set random_crop: false (centre crop) or drop cache_dir"
+            )
+        self.cache_dir = cache_dir
+        self.cache_dtype = cache_dtype
+        self.cache = None
         self.pipe = None
         self.frozen = nn.ModuleDict()  # VAE and text encoders: moved to the device with the module
         self.draws = 0  # prepare() calls so far: the step's seed offset
@@ -161,8 +186,22 @@ class TextToImage(Backbone):
             config.task_type = None
             denoiser.add_adapter(config)
         self.policy = denoiser.train()
+        pipe.set_progress_bar_config(disable=True)  # sampling inside validation: Lightning's bar is enough
         self.pipe = pipe
         self.train_scheduler = self._training_scheduler(pipe)
+        if self.cache_dir is not None:
+            self.cache = self._open_cache()
+
+    def _open_cache(self):
+        from alignsuite.backbones.encoding_cache import EncodingCache, fingerprint
+
+        settings = {
+            "format": 1, "pipeline": type(self.pipe).__name__, "resolution": self.resolution,
+            "random_flip": self.random_flip, "random_crop": self.random_crop, "vae_dtype": self.vae_dtype,
+            "cache_dtype": self.cache_dtype,
+        }
+        key = fingerprint(dict(self.frozen.items()), settings)
+        return EncodingCache(self.cache_dir, key, dict(settings, model_name_or_path=self.model_name_or_path))
 
     def _resolve_prediction_type(self, pipe) -> str:
         scheduler_kind = type(pipe.scheduler).__name__
@@ -224,12 +263,36 @@ class TextToImage(Backbone):
         return torch.stack(tensors), crops, sizes
 
     @torch.no_grad()
-    def encode_images(self, pixels: Tensor) -> Tensor:
+    def latent_moments(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """The VAE's posterior mean and standard deviation for ``[N, 3, R, R]`` pixels in [-1, 1]."""
         vae = self.frozen["vae"]
         with torch.autocast(pixels.device.type, enabled=False):
-            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(self._generator(-1))
+            dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        return dist.mean, dist.std
+
+    def _sample_latents(self, mean: Tensor, std: Tensor) -> Tensor:
+        """One posterior draw, scaled (and shifted) as the denoiser expects; the draw is the one
+        ``latent_dist.sample`` makes with this step's generator, cached moments or not."""
+        vae = self.frozen["vae"]
+        noise = torch.randn(mean.shape, generator=self._generator(-1), dtype=mean.dtype).to(mean.device)
+        latents = mean + std * noise
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return ((latents - shift) * vae.config.scaling_factor).float()
+
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        """Latents of ``pixels``, read from the encoding cache where it holds them."""
+        if self.cache is None:
+            return self._sample_latents(*self.latent_moments(pixels.to(self.device)))
+        vae_dtype = self.frozen["vae"].dtype
+        entries = [self.cache.get(tensor_key(p)) for p in pixels]
+        missing = [i for i, e in enumerate(entries) if e is None]
+        if missing:
+            mean, std = self.latent_moments(pixels[missing].to(self.device))
+            for j, i in enumerate(missing):
+                entries[i] = {"mean": mean[j], "std": std[j]}
+        mean = torch.stack([e["mean"].to(self.device, vae_dtype) for e in entries])
+        std = torch.stack([e["std"].to(self.device, vae_dtype) for e in entries])
+        return self._sample_latents(mean, std)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
@@ -243,6 +306,73 @@ class TextToImage(Backbone):
         embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=device, do_classifier_free_guidance=False)
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
+    def prompt_embeddings(self, prompts: list[str]) -> dict[str, Tensor]:
+        """``encode_prompts``, read from the encoding cache where it holds the captions."""
+        if self.cache is None:
+            return self.encode_prompts(prompts)
+        entries = [self.cache.get(text_key(p)) for p in prompts]
+        missing = [i for i, e in enumerate(entries) if e is None]
+        if missing:
+            fresh = self.encode_prompts([prompts[i] for i in missing])
+            for j, i in enumerate(missing):
+                entries[i] = {name: value[j] for name, value in fresh.items()}
+        dtype = next(m.dtype for n, m in self.frozen.items() if n.startswith("text_encoder"))
+        return {name: torch.stack([e[name] for e in entries]).to(self.device, dtype) for name in entries[0]}
+
+    @torch.no_grad()
+    def warm_cache(self, data, strategy=None) -> None:
+        """The one encoding pass: every image (both orientations under ``random_flip``) and caption of
+        ``data``'s train and val sets that the cache lacks. Each process encodes its share; all then
+        read every process's shards."""
+        from torch.utils.data import DataLoader
+
+        from alignsuite.data.images import IMAGE_COLUMNS, to_tensor
+
+        if data is None or not hasattr(data, "collate"):
+            raise ValueError("backbone.cache_dir needs a PreferenceDataModule (data.class_path) to encode in one pass")
+        cache = self.cache
+        world, rank = (strategy.world_size, strategy.global_rank) if strategy is not None else (1, 0)
+        before, encoded = len(cache), 0
+        store = getattr(torch, self.cache_dtype)
+        captions = {""} if self.proportion_empty_prompts > 0 else set()
+        for split in ("train", "val"):
+            ds = getattr(data, f"{split}_set", None)
+            if ds is None or len(ds) == 0:
+                continue
+            share = ds.shard(num_shards=world, index=rank, contiguous=True) if world > 1 else ds
+            loader = DataLoader(share, batch_size=data.batch_size, collate_fn=data.collate, num_workers=data.num_workers)
+            for batch in loader:
+                captions.update(batch["prompt"])
+                pixels = []
+                for column in IMAGE_COLUMNS:
+                    for image in batch.get(column, []):
+                        p = to_tensor(image, self.resolution)[0]
+                        pixels += [p, p.flip(-1)] if self.random_flip else [p]
+                todo = {}
+                for p in pixels:
+                    key = tensor_key(p)
+                    if key not in cache and key not in todo:
+                        todo[key] = p
+                for start in range(0, len(todo), data.batch_size):
+                    keys = list(todo)[start:start + data.batch_size]
+                    mean, std = self.latent_moments(torch.stack([todo[k] for k in keys]).to(self.device))
+                    for k, m, s in zip(keys, mean, std):
+                        cache.put(k, {"mean": m.to(store), "std": s.to(store)})
+                    encoded += len(keys)
+        todo = sorted(c for c in captions if text_key(c) not in cache)
+        for start in range(0, len(todo), 64):
+            chunk = todo[start:start + 64]
+            embeds = self.encode_prompts(chunk)
+            for j, caption in enumerate(chunk):
+                cache.put(text_key(caption), {name: value[j].to(store) for name, value in embeds.items()})
+            encoded += len(chunk)
+        cache.flush()
+        if strategy is not None:
+            strategy.barrier("alignsuite-encoding-cache")
+        cache.rescan()
+        cache.hits = cache.misses = 0
+        rank_zero_info(f"encoding cache {cache.dir}: {before} entries found, {encoded} encoded by rank {rank}, {len(cache)} now")
+
     def _drop_prompts(self, prompts: list[str]) -> list[str]:
         if self.proportion_empty_prompts <= 0:
             return list(prompts)
@@ -254,8 +384,8 @@ class TextToImage(Backbone):
         k, b = len(views), len(prompts)
         device = self.device
         pixels, crops, sizes = self._pixels(views)
-        latents = self.encode_images(pixels.to(device))
-        cond = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in self.encode_prompts(self._drop_prompts(prompts)).items()}
+        latents = self.encode_images(pixels)
+        cond = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in self.prompt_embeddings(self._drop_prompts(prompts)).items()}
         if self.family == "sdxl":
             r = self.resolution
             cond["time_ids"] = torch.tensor([[*size, *crop, r, r] for size, crop in zip(sizes, crops)], device=device, dtype=torch.float32)

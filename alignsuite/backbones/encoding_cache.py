@@ -1,0 +1,117 @@
+"""An on-disk cache of frozen encoders' outputs (VAE latent moments, text embeddings), keyed by content.
+
+A cache lives in ``<root>/<fingerprint>/``: the fingerprint hashes everything that changes what an
+input encodes to (the frozen encoders' weights, the resolution, the augmentation), so changing any of
+them starts a fresh folder and never reads a stale entry. Inside, entries are keyed by a hash of their
+input (the preprocessed pixel tensor, the caption text) and stored in safetensors shards written
+atomically (a temporary file renamed into place): a crash mid-write leaves the shards already there
+intact, and several processes can fill one folder, each writing its own shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+
+import torch
+from torch import Tensor, nn
+
+
+def fingerprint(modules: dict[str, nn.Module], settings: dict) -> str:
+    """A short hash of ``settings`` and of every parameter and buffer of ``modules`` (name, shape,
+    dtype, and the sum and sum of squares of its values in float64): any change of weights,
+    precision or setting changes it."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for prefix, module in sorted(modules.items()):
+        for name, t in sorted(module.state_dict().items()):
+            d = t.detach().double()
+            h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}:{float(d.sum())!r}:{float(d.square().sum())!r};".encode())
+    return h.hexdigest()[:20]
+
+
+def tensor_key(t: Tensor) -> str:
+    """A content hash of a tensor (its dtype, shape and bytes)."""
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha1(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+class EncodingCache:
+    """Entries ``key -> {name: tensor}`` under ``root/<fingerprint>``; ``put`` buffers, ``flush`` writes."""
+
+    def __init__(self, root: str, fingerprint: str, description: dict, shard_size: int = 2048) -> None:
+        self.dir = os.path.join(root, fingerprint)
+        os.makedirs(self.dir, exist_ok=True)
+        about = os.path.join(self.dir, "fingerprint.json")
+        if not os.path.exists(about):  # for people: what this folder was computed from
+            tmp = f"{about}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(description, f, indent=2, sort_keys=True)
+            os.replace(tmp, about)
+        self.shard_size = shard_size
+        self.index: dict[str, tuple[str, list[str]]] = {}  # key -> (shard file, its tensors' names)
+        self.pending: dict[str, dict[str, Tensor]] = {}
+        self._open: dict[str, object] = {}
+        self.hits = 0
+        self.misses = 0
+        self.rescan()
+
+    def rescan(self) -> None:
+        """Index every shard in the folder (other processes may have written some)."""
+        from safetensors import safe_open
+
+        for name in sorted(os.listdir(self.dir)):
+            path = os.path.join(self.dir, name)
+            if not name.endswith(".safetensors") or path in self._open:
+                continue
+            handle = safe_open(path, framework="pt")
+            self._open[path] = handle
+            for tensor_name in handle.keys():
+                key = tensor_name.split("/", 1)[0]
+                self.index.setdefault(key, (path, []))[1].append(tensor_name)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index or key in self.pending
+
+    def __len__(self) -> int:
+        return len(self.index) + len(self.pending)
+
+    def get(self, key: str) -> dict[str, Tensor] | None:
+        """The entry, or None; counts a hit or a miss."""
+        if key in self.pending:
+            self.hits += 1
+            return self.pending[key]
+        found = self.index.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        path, names = found
+        handle = self._open[path]
+        return {n[len(key) + 1:]: handle.get_tensor(n) for n in names}
+
+    def put(self, key: str, tensors: dict[str, Tensor]) -> None:
+        self.pending[key] = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
+        if len(self.pending) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered entries as one new shard, atomically."""
+        from safetensors.torch import save_file
+
+        if not self.pending:
+            return
+        flat = {f"{key}/{name}": t for key, entry in self.pending.items() for name, t in entry.items()}
+        path = os.path.join(self.dir, f"shard-{uuid.uuid4().hex}.safetensors")
+        tmp = path + ".tmp"
+        save_file(flat, tmp)
+        os.replace(tmp, path)
+        self.pending.clear()
+        self.rescan()
