@@ -38,7 +38,7 @@ def save_tiny_lm(path, seed: int, **config_overrides) -> str:
 
 
 def save_tiny_pipeline(path, kind: str, seed: int = 0) -> str:
-    """Save a seeded random-init tiny diffusers pipeline: "sd" (SD 1.5 layout), "sdxl" or "sd3"."""
+    """Save a seeded random-init tiny diffusers pipeline: "sd" (SD 1.5 layout), "sdxl", "sd3" or "flux"."""
     import diffusers
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -74,6 +74,19 @@ def save_tiny_pipeline(path, kind: str, seed: int = 0) -> str:
                 vae=vae, text_encoder=CLIPTextModelWithProjection(config), text_encoder_2=CLIPTextModelWithProjection(config),
                 text_encoder_3=None, tokenizer=tok, tokenizer_2=tok, tokenizer_3=None, transformer=transformer,
                 scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+        elif kind == "flux":
+            from transformers import T5Config, T5EncoderModel
+
+            vae.register_to_config(shift_factor=0.1, scaling_factor=1.5)
+            t5 = T5EncoderModel(T5Config(vocab_size=config.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                         num_heads=4, pad_token_id=config.pad_token_id))
+            transformer = diffusers.FluxTransformer2DModel(
+                patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                axes_dims_rope=(2, 2, 4))
+            pipe = diffusers.FluxPipeline(
+                vae=vae, text_encoder=CLIPTextModel(config), text_encoder_2=t5, tokenizer=tok, tokenizer_2=tok,
+                transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
         else:
             raise ValueError(kind)
     pipe.save_pretrained(path)

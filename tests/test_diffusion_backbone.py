@@ -1,4 +1,4 @@
-"""The diffusion backbone against direct computations on tiny SD 1.5-, SDXL- and SD3-style pipelines."""
+"""The diffusion backbone against direct computations on tiny SD 1.5-, SDXL-, SD3- and Flux-style pipelines."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from alignsuite.reference import AdapterDisabled, FrozenCopy
 from conftest import save_tiny_pipeline
 
 
-@pytest.fixture(scope="module", params=["sd", "sdxl", "sd3"])
+@pytest.fixture(scope="module", params=["sd", "sdxl", "sd3", "flux"])
 def pipeline_dir(request, tmp_path_factory):
     return save_tiny_pipeline(tmp_path_factory.mktemp(request.param), request.param)
 
@@ -38,7 +38,20 @@ CAPTIONS = ["a square at the top left", "a square at the bottom right"]
 def direct_error(b, prepared, model):
     """The per-sample mean squared error, computed here from the prepared tensors and the raw model."""
     c = prepared.cond
-    if b.family == "sd3":
+    if b.family == "flux":
+        from diffusers import FluxPipeline
+
+        n, ch, h, w = prepared.noisy.shape
+        tokens = prepared.noisy.reshape(n, ch, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, h * w // 4, ch * 4)
+        ids = torch.zeros(h // 2, w // 2, 3)
+        ids[..., 1], ids[..., 2] = torch.arange(h // 2)[:, None], torch.arange(w // 2)[None, :]
+        out = model(hidden_states=tokens, timestep=prepared.timesteps / 1000, guidance=torch.full((n,), b.guidance_scale),
+                    pooled_projections=c["pooled_projections"], encoder_hidden_states=c["encoder_hidden_states"],
+                    txt_ids=torch.zeros(c["encoder_hidden_states"].shape[1], 3), img_ids=ids.reshape(-1, 3)).sample
+        pred = out.reshape(n, h // 2, w // 2, ch, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, ch, h, w)
+        assert torch.equal(FluxPipeline._unpack_latents(out, h * b.pipe.vae_scale_factor, w * b.pipe.vae_scale_factor,
+                                                        b.pipe.vae_scale_factor), pred)
+    elif b.family == "sd3":
         pred = model(hidden_states=prepared.noisy, timestep=prepared.timesteps,
                      encoder_hidden_states=c["encoder_hidden_states"], pooled_projections=c["pooled_projections"]).sample
     elif b.family == "sdxl":
@@ -86,14 +99,18 @@ def test_targets_match_the_prediction_type(tiny_sd_dir):
     del latents
 
 
-def test_flow_matching_interpolates_and_targets_velocity(tmp_path):
-    b = backbone(save_tiny_pipeline(tmp_path / "sd3", "sd3"))
-    p = b.prepare(CAPTIONS, [images(2)])
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_flow_matching_interpolates_and_targets_velocity(tmp_path, kind, monkeypatch):
+    b = backbone(save_tiny_pipeline(tmp_path / kind, kind))
     assert b.prediction == "flow_matching"
-    sigma = (p.timesteps / 1000).view(-1, 1, 1, 1)
-    # x_t = (1 - s) x0 + s noise and target = noise - x0  =>  x_t + (1 - s) * target = noise ... check consistency:
-    x0 = p.noisy - sigma * p.target
-    torch.testing.assert_close(p.noisy, (1 - sigma) * x0 + sigma * (p.target + x0), atol=1e-5, rtol=1e-5)
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(b, "encode_images", lambda pixels: x0)  # known clean latents
+    p = b.prepare(CAPTIONS, [images(2)])
+    sigma = (p.timesteps / 1000).view(-1, 1, 1, 1)  # FlowMatchEuler: t = 1000 * sigma
+    assert ((sigma > 0) & (sigma <= 1)).all()
+    noise = (p.noisy - (1 - sigma) * x0) / sigma  # x_t = (1 - s) x0 + s noise
+    assert noise.std() == pytest.approx(1.0, abs=0.3)  # a standard normal draw, not x0 again
+    torch.testing.assert_close(p.target, noise - x0, atol=1e-4, rtol=1e-4)  # the velocity target
 
 
 def test_bad_settings_are_named(tiny_sd_dir, tmp_path):

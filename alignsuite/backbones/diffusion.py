@@ -14,6 +14,9 @@ pipeline                    denoiser            target
 StableDiffusionPipeline     ``unet``            noise (epsilon) or velocity (v_prediction)
 StableDiffusionXLPipeline   ``unet``            same; two text encoders, size/crop time ids
 StableDiffusion3Pipeline    ``transformer``     flow matching: ``noise - x0`` at ``x_t = (1-s) x0 + s noise``
+FluxPipeline                ``transformer``     flow matching, on 2x2-packed latents; guidance-distilled
+                                                models (FLUX.1-dev) get ``guidance_scale`` as their
+                                                guidance input in training as in sampling
 ==========================  ==================  =================================================
 
 Only the denoiser trains (fully, or through LoRA); the VAE and text encoders are frozen, kept out of
@@ -53,7 +56,9 @@ _FAMILIES = {
     "StableDiffusionPipeline": ("unet", "sd"),
     "StableDiffusionXLPipeline": ("unet", "sdxl"),
     "StableDiffusion3Pipeline": ("transformer", "sd3"),
+    "FluxPipeline": ("transformer", "flux"),
 }
+_FLOW_FAMILIES = ("sd3", "flux")
 PredictionType = Literal["auto", "epsilon", "v_prediction", "flow_matching"]
 
 
@@ -162,9 +167,12 @@ class TextToImage(Backbone):
         self.denoiser_name, self.family = _FAMILIES[type(pipe).__name__]
         self.prediction = self._resolve_prediction_type(pipe)
         factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        if self.family == "flux":
+            factor *= 2  # Flux packs 2x2 latent patches into one token
         if self.resolution % factor:
             raise ValueError(
-                f"backbone.resolution ({self.resolution}) must be divisible by the VAE's downsampling factor ({factor})"
+                f"backbone.resolution ({self.resolution}) must be divisible by {factor}, the VAE's downsampling factor"
+                + (" times Flux's 2x2 latent packing" if self.family == "flux" else "")
             )
         _cast(pipe.vae, self.vae_dtype).requires_grad_(False).eval()
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
@@ -209,7 +217,7 @@ class TextToImage(Backbone):
         chosen = found if self.prediction_type == "auto" else self.prediction_type
         if chosen not in ("epsilon", "v_prediction", "flow_matching"):
             raise ValueError(f"unsupported prediction type {chosen!r}; expected epsilon, v_prediction or flow_matching")
-        if (chosen == "flow_matching") != (self.family == "sd3"):
+        if (chosen == "flow_matching") != (self.family in _FLOW_FAMILIES):
             raise ValueError(f"prediction type {chosen!r} does not fit a {type(pipe).__name__}")
         return chosen
 
@@ -303,6 +311,9 @@ class TextToImage(Backbone):
         if self.family == "sdxl":
             embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, do_classifier_free_guidance=False)
             return {"encoder_hidden_states": embeds, "text_embeds": pooled}
+        if self.family == "flux":
+            embeds, pooled, _ = pipe.encode_prompt(prompts, prompts, device=device)
+            return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
         embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=device, do_classifier_free_guidance=False)
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
@@ -417,7 +428,9 @@ class TextToImage(Backbone):
         model = model if model is not None else self.policy
         dtype = next(model.parameters()).dtype
         cond = prepared.cond
-        if self.family == "sd3":
+        if self.family == "flux":
+            pred = self._flux_forward(model, prepared, dtype)
+        elif self.family == "sd3":
             pred = model(hidden_states=prepared.noisy.to(dtype), timestep=prepared.timesteps,
                          encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
                          pooled_projections=cond["pooled_projections"].to(dtype)).sample
@@ -428,6 +441,26 @@ class TextToImage(Backbone):
             pred = model(prepared.noisy.to(dtype), prepared.timesteps, cond["encoder_hidden_states"].to(dtype), **extra).sample
         error = (pred.float() - prepared.target.float()).pow(2).mean(dim=tuple(range(1, pred.dim())))
         return SequenceScores(-0.5 * error, torch.ones_like(error))
+
+    def _flux_forward(self, model: nn.Module, prepared: DenoisingBatch, dtype: torch.dtype) -> Tensor:
+        """Flux's transformer on 2x2-packed latent tokens with their (row, column) position ids; the
+        prediction is unpacked back to the latent grid. Timesteps enter in [0, 1]."""
+        from diffusers import FluxPipeline
+
+        n, c, h, w = prepared.noisy.shape
+        cond, device = prepared.cond, prepared.noisy.device
+        packed = FluxPipeline._pack_latents(prepared.noisy.to(dtype), n, c, h, w)
+        img_ids = FluxPipeline._prepare_latent_image_ids(n, h // 2, w // 2, device, dtype)
+        txt_ids = torch.zeros(cond["encoder_hidden_states"].shape[1], 3, device=device, dtype=dtype)
+        guidance = None
+        if model.config.guidance_embeds:
+            guidance = torch.full((n,), float(self.guidance_scale), device=device, dtype=torch.float32)
+        pred = model(hidden_states=packed, timestep=prepared.timesteps.to(dtype) / 1000, guidance=guidance,
+                     pooled_projections=cond["pooled_projections"].to(dtype),
+                     encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                     txt_ids=txt_ids, img_ids=img_ids).sample
+        scale = self.pipe.vae_scale_factor
+        return FluxPipeline._unpack_latents(pred, h * scale, w * scale, scale)
 
     # ---------------------------------------------------------------- sampling and export
     @torch.no_grad()

@@ -26,8 +26,12 @@ def fingerprint(modules: dict[str, nn.Module], settings: dict) -> str:
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for prefix, module in sorted(modules.items()):
         for name, t in sorted(module.state_dict().items()):
-            d = t.detach().double()
-            h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}:{float(d.sum())!r}:{float(d.square().sum())!r};".encode())
+            d = t.detach()
+            if d.is_floating_point():
+                total, squares = float(d.sum(dtype=torch.float64)), float(d.float().square().sum(dtype=torch.float64))
+            else:
+                total, squares = float(d.double().sum()), float(d.double().square().sum())
+            h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}:{total!r}:{squares!r};".encode())
     return h.hexdigest()[:20]
 
 
