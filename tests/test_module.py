@@ -155,3 +155,27 @@ def test_moving_average_refuses_lora(tiny_lm_dir):
                               reference=MovingAverage())
     with pytest.raises(ValueError, match="full fine-tuning"):
         module.configure_model()
+
+
+class GradientWatch(L.Callback):
+    """Whether any trainable weight holds a gradient when a batch starts, and when the optimizer steps."""
+
+    def __init__(self):
+        self.at_batch_start, self.before_step = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.at_batch_start.append(any(p.grad is not None for p in pl_module.parameters()))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before_step.append(all(p.grad is not None for p in pl_module.parameters() if p.requires_grad))
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_gradients_are_freed_after_each_optimizer_step(tmp_path, tiny_lm_dir, accumulate):
+    watch = GradientWatch()
+    data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4)
+    trainer = make_trainer(tmp_path, 3, [watch], enable_checkpointing=False, accumulate_grad_batches=accumulate)
+    trainer.fit(make_module(tiny_lm_dir), data)
+    assert watch.before_step == [True] * 3  # the step still sees every gradient
+    # No gradient survives into the next forward, except between the micro-batches of one accumulated step.
+    assert watch.at_batch_start == ([False] * 3 if accumulate == 1 else [False, True] * 3)

@@ -27,9 +27,10 @@ a float16-safe VAE.
 Encoding cache (``cache_dir``): the frozen encoders give the same output for the same input, so before
 fit one pass encodes every training and validation image (both orientations under ``random_flip``) and
 caption, and stores the VAE's latent mean and standard deviation and the text embeddings on disk. Steps
-then read them instead of running the VAE and text encoders; the latent is still sampled afresh
-(``mean + std * noise``) with the same draw as without the cache, so a cached run trains exactly as an
-uncached one. Entries are keyed by the preprocessed pixels and the caption text; the folder is keyed by
+then read them instead of running the VAE and text encoders, and skip resizing; the latent is still
+sampled afresh (``mean + std * noise``) with the same draw as without the cache, so a cached run trains
+as an uncached one up to float rounding (the VAE's output differs in its last bits with the images that
+share its batch). Entries are keyed by the decoded image and flip, and the caption text; the folder is keyed by
 the encoders' weights, resolution, flip setting and dtypes, so changing any of those starts a fresh
 cache. Inputs first seen during training (SePPO's generated losers) are encoded and not stored.
 ``random_crop`` draws a new crop each step and cannot be cached.
@@ -48,7 +49,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone, SequenceScores
-from alignsuite.backbones.encoding_cache import tensor_key, text_key
+from alignsuite.backbones.encoding_cache import image_key, text_key
 from alignsuite.backbones.causal_lm import resolve_model_path
 from alignsuite.backbones.lora import LoraSpec
 
@@ -230,14 +231,9 @@ class TextToImage(Backbone):
         return DDPMScheduler.from_config(config)
 
     def load_reference(self, source: str | None = None) -> nn.Module:
-        from diffusers import DiffusionPipeline
-
-        if source is None:
-            pipe = self._load_pipeline()
-            model = getattr(pipe, self.denoiser_name)
-        else:
-            path = resolve_model_path(source)
-            model = getattr(DiffusionPipeline.from_pretrained(path, **_absent_components(path)), self.denoiser_name)
+        """The denoiser alone (no second VAE or text encoders) of this pipeline or of pipeline ``source``."""
+        path = resolve_model_path(source if source is not None else self.model_name_or_path)
+        model = type(self.policy).from_pretrained(path, subfolder=self.denoiser_name, dtype=torch.float32)
         return _cast(model, self.dtype).eval().requires_grad_(False)
 
     @property
@@ -288,19 +284,37 @@ class TextToImage(Backbone):
         return ((latents - shift) * vae.config.scaling_factor).float()
 
     def encode_images(self, pixels: Tensor) -> Tensor:
-        """Latents of ``pixels``, read from the encoding cache where it holds them."""
-        if self.cache is None:
-            return self._sample_latents(*self.latent_moments(pixels.to(self.device)))
-        vae_dtype = self.frozen["vae"].dtype
-        entries = [self.cache.get(tensor_key(p)) for p in pixels]
+        """Latents of preprocessed ``[N, 3, R, R]`` pixels (the uncached path)."""
+        return self._sample_latents(*self.latent_moments(pixels.to(self.device)))
+
+    def _cache_pixels(self, image, flipped: bool) -> Tensor:
+        from alignsuite.data.images import to_tensor
+
+        pixels = to_tensor(image, self.resolution)[0]  # centre crop: caching needs random_crop off
+        return pixels.flip(-1) if flipped else pixels  # the same pixels as flipping the cropped image
+
+    def _cached_latents(self, views: list[list[Any]]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+        """``_pixels`` + ``encode_images`` through the encoding cache: an image is looked up by its decoded
+        pixels and flip, so a hit skips resizing and the VAE; the flip is drawn as ``to_tensor`` draws it."""
+        from alignsuite.data.images import centre_crop_offsets
+
+        images, flips, crops, sizes = [], [], [], []
+        for view in views:
+            for row, image in enumerate(view):
+                images.append(image)
+                flips.append(self.random_flip and float(torch.rand(1, generator=self._generator(row))) < 0.5)
+                sizes.append((image.height, image.width))
+                crops.append(centre_crop_offsets(image.height, image.width, self.resolution))
+        entries = [self.cache.get(image_key(im) + (":flipped" if f else "")) for im, f in zip(images, flips)]
         missing = [i for i, e in enumerate(entries) if e is None]
         if missing:
-            mean, std = self.latent_moments(pixels[missing].to(self.device))
+            mean, std = self.latent_moments(torch.stack([self._cache_pixels(images[i], flips[i]) for i in missing]).to(self.device))
             for j, i in enumerate(missing):
-                entries[i] = {"mean": mean[j], "std": std[j]}
-        mean = torch.stack([e["mean"].to(self.device, vae_dtype) for e in entries])
-        std = torch.stack([e["std"].to(self.device, vae_dtype) for e in entries])
-        return self._sample_latents(mean, std)
+                entries[i] = {"mean": mean[j].cpu(), "std": std[j].cpu()}
+        dtype = self.frozen["vae"].dtype
+        mean = torch.stack([e["mean"] for e in entries]).to(self.device, dtype)  # one copy to the device
+        std = torch.stack([e["std"] for e in entries]).to(self.device, dtype)
+        return self._sample_latents(mean, std), crops, sizes
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
@@ -337,7 +351,7 @@ class TextToImage(Backbone):
         read every process's shards."""
         from torch.utils.data import DataLoader
 
-        from alignsuite.data.images import IMAGE_COLUMNS, to_tensor
+        from alignsuite.data.images import IMAGE_COLUMNS
 
         if data is None or not hasattr(data, "collate"):
             raise ValueError("backbone.cache_dir needs a PreferenceDataModule (data.class_path) to encode in one pass")
@@ -354,19 +368,18 @@ class TextToImage(Backbone):
             loader = DataLoader(share, batch_size=data.batch_size, collate_fn=data.collate, num_workers=data.num_workers)
             for batch in loader:
                 captions.update(batch["prompt"])
-                pixels = []
+                todo = {}  # key -> (image, flipped)
                 for column in IMAGE_COLUMNS:
                     for image in batch.get(column, []):
-                        p = to_tensor(image, self.resolution)[0]
-                        pixels += [p, p.flip(-1)] if self.random_flip else [p]
-                todo = {}
-                for p in pixels:
-                    key = tensor_key(p)
-                    if key not in cache and key not in todo:
-                        todo[key] = p
+                        key = image_key(image)
+                        for flipped in (False, True) if self.random_flip else (False,):
+                            full = key + (":flipped" if flipped else "")
+                            if full not in cache and full not in todo:
+                                todo[full] = (image, flipped)
                 for start in range(0, len(todo), data.batch_size):
                     keys = list(todo)[start:start + data.batch_size]
-                    mean, std = self.latent_moments(torch.stack([todo[k] for k in keys]).to(self.device))
+                    pixels = torch.stack([self._cache_pixels(*todo[k]) for k in keys])
+                    mean, std = self.latent_moments(pixels.to(self.device))
                     for k, m, s in zip(keys, mean, std):
                         cache.put(k, {"mean": m.to(store), "std": s.to(store)})
                     encoded += len(keys)
@@ -394,8 +407,11 @@ class TextToImage(Backbone):
         """Encode images and captions, and draw one noise and timestep per row for all its views."""
         k, b = len(views), len(prompts)
         device = self.device
-        pixels, crops, sizes = self._pixels(views)
-        latents = self.encode_images(pixels)
+        if self.cache is None:
+            pixels, crops, sizes = self._pixels(views)
+            latents = self.encode_images(pixels)
+        else:
+            latents, crops, sizes = self._cached_latents(views)
         cond = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in self.prompt_embeddings(self._drop_prompts(prompts)).items()}
         if self.family == "sdxl":
             r = self.resolution

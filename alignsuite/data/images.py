@@ -271,6 +271,20 @@ def metadata_file(source: str) -> str | None:
 # --- pixels ----------------------------------------------------------------------------------------
 
 
+def resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """``(width, height)`` after resizing the shorter side to ``resolution`` (the longer side to
+    ``int(resolution * long / short)``)."""
+    if width <= height:
+        return resolution, int(resolution * height / width)
+    return int(resolution * width / height), resolution
+
+
+def centre_crop_offsets(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """``(top, left)`` of the centred ``resolution`` square crop in the resized image."""
+    w, h = resized_size(height, width, resolution)
+    return int(round((h - resolution) / 2.0)), int(round((w - resolution) / 2.0))
+
+
 def to_tensor(
     image,
     resolution: int,
@@ -295,10 +309,7 @@ def to_tensor(
     if image.mode != "RGB":
         image = image.convert("RGB")
     height, width = image.height, image.width
-    if width <= height:
-        size = (resolution, int(resolution * height / width))
-    else:
-        size = (int(resolution * width / height), resolution)
+    size = resized_size(height, width, resolution)
     if size != (width, height):
         image = image.resize(size, Image.BILINEAR)
     w, h = image.size
@@ -306,7 +317,7 @@ def to_tensor(
         top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
     else:
-        top, left = int(round((h - resolution) / 2.0)), int(round((w - resolution) / 2.0))
+        top, left = centre_crop_offsets(height, width, resolution)
     image = image.crop((left, top, left + resolution, top + resolution))
     if random_flip and float(torch.rand(1, generator=generator)) < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
