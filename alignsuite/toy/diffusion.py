@@ -152,20 +152,25 @@ class SquaresWorld:
 
     def make_pairs(self, n: int, seed: int) -> list[dict]:
         """``n`` Pick-a-Pic v2 rows: ``caption``, ``jpg_0``/``jpg_1`` (PNG bytes: lossless, whatever the
-        column says), ``label_0``/``label_1``. The winner is the red square; which column holds it is
-        drawn per row."""
+        column says), ``label_0``/``label_1``, and ``reward_0``/``reward_1``, each image's score under
+        :meth:`reward` (the per-image reward SmPO weighs pairs by, as PickScore is in its data). The winner
+        is the red square; which column holds it is drawn per row."""
         rng = random.Random(f"pairs-{seed}")
         rows = []
         for _ in range(n):
             position = rng.choice(list(POSITIONS))
-            red, blue = encode_png(draw_square(position, "red", rng)), encode_png(draw_square(position, "blue", rng))
+            caption = caption_for(position)
+            red, blue = draw_square(position, "red", rng), draw_square(position, "blue", rng)
             first = rng.random() < 0.5
+            image_0, image_1 = (red, blue) if first else (blue, red)
             rows.append({
-                "caption": caption_for(position),
-                "jpg_0": red if first else blue,
-                "jpg_1": blue if first else red,
+                "caption": caption,
+                "jpg_0": encode_png(image_0),
+                "jpg_1": encode_png(image_1),
                 "label_0": 1.0 if first else 0.0,
                 "label_1": 0.0 if first else 1.0,
+                "reward_0": self.reward(caption, image_0),  # PNG is lossless: the same as scoring the bytes
+                "reward_1": self.reward(caption, image_1),
             })
         return rows
 
