@@ -123,6 +123,8 @@ class CheckpointPool(Reference):
             self.pool.append(self._snapshot(backbone))
             if len(self.pool) > self.max_size:
                 del self.pool[1]  # drop the oldest, keep the initial weights
+                if self.loaded >= 1:  # every later snapshot moved down one index: reload on the next select
+                    self.loaded = -1
 
     def select(self, step: int) -> int:
         """Load the reference for ``step`` into the reference model; returns its index in the pool."""
