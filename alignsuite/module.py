@@ -8,12 +8,14 @@ from typing import Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
-from alignsuite.backbones.base import Backbone
+from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.objectives import DPO, Objective
-from alignsuite.reference import AdapterDisabled, FrozenCopy, Precomputed, Reference
-from alignsuite.scores import PairScores, UnpairedScores
+from alignsuite.reference import AdapterDisabled, FrozenCopy, Reference
+from alignsuite.scores import PairScores
+from alignsuite.views import check_setup
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,6 +46,10 @@ class PreferenceModule(LightningModule):
         warmup_ratio: float = 0.1,
     ) -> None:
         super().__init__()
+        # Under the CLI Lightning stores the parsed config (class paths and init args), so that
+        # `load_from_checkpoint` rebuilds the module; built by hand, only the plain arguments are kept.
+        built_by_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if built_by_cli else ["backbone", "objective", "reference", "optimizer"])
         self.backbone = backbone
         self.objective = objective if objective is not None else DPO()
         if reference is not None and not self.objective.needs_reference:
@@ -62,14 +68,18 @@ class PreferenceModule(LightningModule):
 
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
-        if hasattr(self.objective, "reduce_kl"):  # KTO's reference point is a mean over every process
-            self.objective.reduce_kl = self._global_mean
+        # Before any model loads: the objective's views and columns against the backbone, reference and data.
+        data = self.trainer.datamodule if self._trainer is not None else None
+        check_setup(self.objective, self.backbone, self.reference, data)
+        if data is not None:
+            self.backbone.on_setup(data)
 
     def _global_mean(self, values: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(values.mean(), reduce_op="mean")
 
     def configure_model(self) -> None:
         self.backbone.configure()
+        self.backbone.keep_trainable_float32()
         if self.reference is not None:
             self.reference.build(self.backbone)
 
@@ -77,6 +87,14 @@ class PreferenceModule(LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ValueError("no trainable parameters: the policy is entirely frozen")
+        low = sorted({str(p.dtype).removeprefix("torch.") for p in params if p.dtype != torch.float32})
+        if low:  # a *-true precision converted the module after configure_model
+            raise ValueError(
+                f"trainable weights are {', '.join(low)} under trainer.precision={self.trainer.precision!r}: AdamW"
+                " updates smaller than their precision are lost (most of them, at the learning rates DPO uses). Use"
+                " trainer.precision bf16-mixed with model.backbone.dtype bfloat16: frozen weights (the base under"
+                " LoRA, the reference, encoders) stay in bfloat16 and the trainable ones in float32"
+            )
         optimizer = self.optimizer(params) if self.optimizer else torch.optim.AdamW(params, lr=1e-6)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_ratio * total)
@@ -95,39 +113,34 @@ class PreferenceModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ the step
-    def compute_scores(self, batch: dict) -> PairScores | UnpairedScores:
-        """Prepare once, score the policy, score the reference without grad on the same inputs."""
-        if getattr(self.objective, "self_sampled_losers", False):  # SePPO: losers come from the reference
-            if not hasattr(self.reference, "sample"):
-                raise ValueError(f"objective {self.objective.name!r} needs a reference that samples (CheckpointPool)")
-            batch = dict(batch, rejected=self.reference.sample(self.backbone, batch["prompt"], self.global_step))
-        pairs = self.objective.score_type == "pair"
-        if pairs:
-            views = [batch["chosen"], batch["rejected"]]
-        elif self.objective.mismatched_pairs:  # KTO's reference point: each prompt with the next row's completion
-            views = [batch["completion"], batch["completion"][1:] + batch["completion"][:1]]
-        else:
-            views = [batch["completion"]]
-        prepared = self.backbone.prepare(batch["prompt"], views)
-        policy = self.backbone.score(prepared).split(len(views))
-        ref = [None] * len(views)
+    def build_views(self, batch: dict) -> list[ViewInputs]:
+        """Every view the objective declares, for the rows of ``batch``."""
+        views = []
+        for view in self.objective.views:
+            if view.sampled:
+                completions = self.reference.sample(self.backbone, batch["prompt"], self.global_step)
+            else:
+                completions = view.completions(batch)
+            inputs = ViewInputs(list(batch["prompt"]), completions, batch, view.score_prompt)
+            views.append(self.backbone.transform(view.condition, inputs) if view.condition else inputs)
+        return views
+
+    def compute_scores(self, batch: dict, split: str = "train"):
+        """Prepare every view once, score the policy, score the reference without grad on the same inputs,
+        and let the objective pack what it declared."""
+        names = [view.name for view in self.objective.views]
+        prepared = self.backbone.prepare(self.build_views(batch))
+        policy = dict(zip(names, self.backbone.score(prepared).split(len(names))))
+        ref = dict.fromkeys(names)
         if self.reference is not None:
             with torch.no_grad():
-                ref = self.reference.score(self.backbone, prepared, batch).detach().chunk(len(views))
-        extra = {}
-        for column in self.objective.extra_columns:
-            if column not in batch:
-                raise KeyError(f"objective {self.objective.name!r} needs the data column {column!r}, which the batch lacks")
-            extra[column] = batch[column].to(policy[0].score.device)
-        if pairs:
-            return PairScores(policy[0].score, policy[1].score, ref[0], ref[1], policy[0].length, policy[1].length, extra)
-        label = batch["label"].to(policy[0].score.device, policy[0].score.dtype)
-        kl, ref_kl = (policy[1].score.detach(), ref[1]) if len(views) == 2 else (None, None)
-        return UnpairedScores(policy[0].score, label, ref[0], kl, ref_kl, policy[0].length, extra)
+                scores = self.reference.score(self.backbone, prepared, dict(batch, split=split)).detach()
+            ref = dict(zip(names, scores.to(policy[names[0]].score.device).chunk(len(names))))
+        return self.objective.pack(policy, ref, batch)
 
     def _step(self, batch: dict, stage: str):
-        scores = self.compute_scores(batch)
-        out = self.objective(scores)
+        scores = self.compute_scores(batch, "train" if stage == "train" else "val")
+        out = self.objective(scores, reduce=self._global_mean)
         metrics = {**out.metrics, **self._logp_metrics(scores)}
         on_step = stage == "train"
         self.log_dict(
@@ -157,12 +170,13 @@ class PreferenceModule(LightningModule):
         loss = self._step(batch, "train")
         bad = not bool(torch.isfinite(loss))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            from alignsuite.callbacks.checkpoint_io import last_checkpoint_note
+
             rows = batch["index"].tolist() if "index" in batch else "unknown"
             raise NonFiniteLossError(
                 f"the training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch},"
-                f" batch {batch_idx}, dataset rows {rows}); stopping instead of training through it. The last"
-                " checkpoint written before this step is intact. Lower the learning rate, check these rows, or"
-                " train in float32."
+                f" batch {batch_idx}, dataset rows {rows}); stopping instead of training through it."
+                f" {last_checkpoint_note(self.trainer)} Lower the learning rate, check these rows, or train in float32."
             )
         return loss
 
@@ -172,10 +186,19 @@ class PreferenceModule(LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> list:
-        return self.backbone.generate(batch["prompt"])
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """One generation per prompt, with its row index and prompt (written under the run by the CLI)."""
+        generations = self.backbone.generate(batch["prompt"])
+        return [{"index": int(i), "prompt": p, "generation": g}
+                for i, p, g in zip(batch["index"].tolist(), batch["prompt"], generations)]
 
     # ------------------------------------------------------------------ lifecycle
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # The norm before clipping, over every trainable parameter (after accumulation and unscaling).
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads, norm_type=2.0), on_step=True, on_epoch=False)
+
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Lightning clears gradients just before the next backward, so they would otherwise stay alive
@@ -187,14 +210,13 @@ class PreferenceModule(LightningModule):
             self.reference.after_step(self.backbone, self.global_step)
 
     def on_fit_start(self) -> None:
-        if getattr(self.backbone, "cache", None) is not None:  # one pass of the frozen encoders (diffusion)
-            self.backbone.warm_cache(self.trainer.datamodule, self.trainer.strategy)
-        if isinstance(self.reference, Precomputed):
-            self.reference.precompute(self)
+        self.backbone.on_fit_start(self.trainer)
+        if self.reference is not None:
+            self.reference.on_fit_start(self)
 
     def on_validation_start(self) -> None:
-        if isinstance(self.reference, Precomputed) and not self.trainer.training:
-            self.reference.precompute(self)  # validate/test without fit
+        if self.reference is not None and not self.trainer.training:
+            self.reference.on_eval_start(self)  # validate/test without fit
 
     on_test_start = on_validation_start
 
@@ -205,8 +227,8 @@ class PreferenceModule(LightningModule):
         # The reference and frozen parts are rebuilt from their source: never store their weights.
         skip = self._not_checkpointed()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(skip)}
-        if isinstance(self.reference, Precomputed):
-            checkpoint["precomputed_reference"] = self.reference.state()
+        if self.reference is not None:
+            self.reference.on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Put the freshly built weights back so strict loading still checks everything else.
@@ -214,5 +236,5 @@ class PreferenceModule(LightningModule):
         for k, v in self.state_dict().items():
             if k.startswith(skip):
                 state.setdefault(k, v)
-        if isinstance(self.reference, Precomputed) and "precomputed_reference" in checkpoint:
-            self.reference.load_state(checkpoint["precomputed_reference"])
+        if self.reference is not None:
+            self.reference.on_load_checkpoint(checkpoint)

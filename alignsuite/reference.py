@@ -7,6 +7,7 @@ never trained and never written into a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Literal
 
@@ -18,20 +19,47 @@ from alignsuite.backbones.base import Backbone
 
 
 class Reference(nn.Module):
-    """Base class: ``score`` returns the reference's ``[K * B]`` scores for a prepared batch."""
+    """Base class: ``score`` returns the reference's ``[K * B]`` scores for a prepared batch.
+
+    Lifecycle hooks, each called by the module at the Lightning hook of the same name (all optional):
+    ``check`` at setup (before any model loads), ``build`` in ``configure_model``, ``on_fit_start``,
+    ``on_eval_start`` (validate or test without fit), ``after_step`` after every optimizer step, and
+    ``on_save_checkpoint``/``on_load_checkpoint`` for state that must travel with a checkpoint. A reference
+    that can generate (``can_sample``) provides ``sample`` for views whose completions it makes.
+    """
+
+    can_sample: bool = False
 
     def __init__(self) -> None:
         super().__init__()
         self.eval()
 
+    def check(self, objective, backbone: Backbone) -> None:
+        """Raise if this reference cannot serve ``objective`` on ``backbone``."""
+
     def build(self, backbone: Backbone) -> None:
         """Load whatever the strategy needs, after the policy exists (idempotent)."""
+
+    def on_fit_start(self, module) -> None:
+        """Called when fit starts, after ``build``."""
+
+    def on_eval_start(self, module) -> None:
+        """Called when validate or test starts outside fit."""
 
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
         raise NotImplementedError
 
+    def sample(self, backbone: Backbone, prompts: list, step: int) -> list:
+        raise ValueError(f"reference {type(self).__name__} cannot generate completions")
+
     def after_step(self, backbone: Backbone, step: int) -> None:
         """Called after every optimizer step (a moving reference updates here)."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Add state that is not in the state dict (the weights are never saved)."""
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore what ``on_save_checkpoint`` added."""
 
     def train(self, mode: bool = True):
         # A reference is always in eval mode: dropout would make it disagree with itself.
@@ -95,6 +123,8 @@ class CheckpointPool(Reference):
     Replay, which the SePPO paper reports works best). The chosen reference also *generates* the
     step's losing samples (``sample``), which is what objectives like ``seppo`` train against.
     """
+
+    can_sample = True
 
     def __init__(
         self, mode: Literal["initial", "latest", "random"] = "random", every_n_steps: int = 50, max_size: int = 8, seed: int = 0
@@ -163,46 +193,65 @@ class AdapterDisabled(Reference):
 
 
 class Precomputed(Reference):
-    """Reference scores computed in one pass before training and stored as columns with the data.
+    """Reference scores computed in one pass before training and stored, one per row and view.
 
     The pass uses the starting policy (with adapters disabled under LoRA), so no reference weights stay
-    in memory during training. The stored scores travel in checkpoints, so a resumed run does not
-    recompute them from trained weights. Under several processes each scores its share and they
-    exchange the results.
-    """
+    in memory during training. Steps look their scores up by the batch's row ``index``. The stored scores
+    travel in checkpoints, so a resumed run does not recompute them from trained weights. Under several
+    processes each scores its share and they exchange the results.
 
-    columns = ("ref_chosen", "ref_rejected")
+    It needs inputs that are the same at every step: not a denoising backbone (new noise each step), not a
+    view that depends on the batch (KTO's mismatched pairs) or on sampling (SePPO's losers).
+    """
 
     def __init__(self, batch_size: int | None = None) -> None:
         super().__init__()
         self.batch_size = batch_size
-        self.stored: dict[str, dict[str, list[float]]] = {}
+        self.stored: dict[str, Tensor] = {}  # split -> [rows, views]
+        self.views: tuple = ()
+
+    def check(self, objective, backbone: Backbone) -> None:
+        if not backbone.deterministic_inputs:
+            raise ValueError(
+                f"reference Precomputed needs a backbone whose inputs are the same at every step; {type(backbone).__name__}"
+                " draws new noise and timesteps each step, so stored scores would not match: use FrozenCopy or AdapterDisabled"
+            )
+        moving = [v.name for v in objective.views if v.shift or v.sampled]
+        if moving:
+            raise ValueError(
+                f"reference Precomputed cannot store scores for objective {objective.name!r}'s view(s) {moving}: they"
+                " depend on the batch or on sampling; use FrozenCopy or AdapterDisabled"
+            )
+        self.views = objective.views
 
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
-        missing = [c for c in self.columns if c not in batch]
-        if missing:
-            raise KeyError(f"batch has no precomputed reference scores ({', '.join(missing)}); was precompute() run?")
-        return torch.cat([batch[c] for c in self.columns])
+        split = batch.get("split", "train")
+        if split not in self.stored:
+            raise RuntimeError(f"no precomputed reference scores for the {split} set; on_fit_start/on_eval_start was not run")
+        rows = self.stored[split][batch["index"].cpu()]  # [B, K]
+        return rows.T.reshape(-1)
+
+    def on_fit_start(self, module) -> None:
+        self.precompute(module)
+
+    def on_eval_start(self, module) -> None:
+        self.precompute(module)
 
     @torch.no_grad()
     def precompute(self, module) -> None:
-        """Score every pair of the train and val sets once and add the scores to the datamodule."""
+        """Score every row of the train and val sets once, in every declared view."""
         data = module.trainer.datamodule
-        if data is None or not hasattr(data, "add_columns"):
+        if data is None or not hasattr(data, "train_set"):
             raise ValueError("Precomputed reference scores need a PreferenceDataModule (data.class_path)")
-        if getattr(data, "layout", "pairs") != "pairs":
-            raise ValueError("Precomputed reference scores support paired data only; KTO's KL term needs live scores")
-        backbone, strategy = module.backbone, module.trainer.strategy
         for split in ("train", "val"):
             dataset = getattr(data, f"{split}_set", None)
-            if dataset is None or len(dataset) == 0:
+            if dataset is None or len(dataset) == 0 or split in self.stored:
                 continue
-            if split not in self.stored:
-                self.stored[split] = self._score_split(module, backbone, strategy, data, dataset)
-                rank_zero_info(f"precomputed reference scores for {len(dataset)} {split} pairs")
-            data.add_columns(split, self.stored[split])
+            self.stored[split] = self._score_split(module, data, dataset)
+            rank_zero_info(f"precomputed reference scores for {len(dataset)} {split} rows")
 
-    def _score_split(self, module, backbone, strategy, data, dataset) -> dict[str, list[float]]:
+    def _score_split(self, module, data, dataset) -> Tensor:
+        strategy, backbone = module.trainer.strategy, module.backbone
         n, world, rank = len(dataset), strategy.world_size, strategy.global_rank
         per_rank = -(-n // world)
         mine = [min(i, n - 1) for i in range(rank * per_rank, (rank + 1) * per_rank)]  # pad by repeating the last row
@@ -212,23 +261,20 @@ class Precomputed(Reference):
         scores = []
         try:
             for start in range(0, len(mine), size):
-                rows = dataset[mine[start : start + size]]
-                prepared = backbone.prepare(rows["prompt"], [rows["chosen"], rows["rejected"]])
-                if backbone.has_adapters:
-                    with backbone.adapters_disabled():
-                        s = backbone.score(prepared).score
-                else:
+                batch = data.collate([dataset[i] for i in mine[start : start + size]])
+                prepared = backbone.prepare(module.build_views(batch))
+                with backbone.adapters_disabled() if backbone.has_adapters else contextlib.nullcontext():
                     s = backbone.score(prepared).score
-                scores.append(torch.stack(s.float().chunk(2), dim=1))  # [b, 2]
+                scores.append(torch.stack(s.float().chunk(len(self.views)), dim=1))  # [b, K]
         finally:
             module.train(was_training)
-        local = torch.cat(scores)  # [per_rank, 2]
+        local = torch.cat(scores)  # [per_rank, K]
         gathered = strategy.all_gather(local) if world > 1 else local[None]
-        flat = gathered.reshape(-1, 2)[:n].cpu()
-        return {"ref_chosen": flat[:, 0].tolist(), "ref_rejected": flat[:, 1].tolist()}
+        return gathered.reshape(-1, local.shape[1])[:n].cpu()
 
-    def state(self) -> dict:
-        return self.stored
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["precomputed_reference"] = {split: t.tolist() for split, t in self.stored.items()}
 
-    def load_state(self, stored: dict) -> None:
-        self.stored = stored
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "precomputed_reference" in checkpoint:
+            self.stored = {split: torch.tensor(v) for split, v in checkpoint["precomputed_reference"].items()}

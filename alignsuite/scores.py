@@ -14,6 +14,26 @@ from torch import Tensor
 
 
 @dataclass
+class SequenceScores:
+    """``score[i]`` is row i's log-likelihood (or surrogate); ``length[i]`` counts its scored units.
+
+    ``prompt``/``prompt_length`` hold the prompt tokens' summed log-likelihood and count for rows whose view
+    asked for them (``score_prompt``), 0 elsewhere; ``None`` when no view asked.
+    """
+
+    score: Tensor
+    length: Tensor
+    prompt: Tensor | None = None
+    prompt_length: Tensor | None = None
+
+    def split(self, k: int) -> list["SequenceScores"]:
+        def parts(t):
+            return t.chunk(k) if t is not None else [None] * k
+
+        return [SequenceScores(*p) for p in zip(parts(self.score), parts(self.length), parts(self.prompt), parts(self.prompt_length))]
+
+
+@dataclass
 class PairScores:
     """Scores of a batch of preference pairs; every tensor has shape ``[B]``.
 

@@ -17,6 +17,7 @@ from alignsuite.backbones.causal_lm import selective_log_softmax
 from alignsuite.reference import AdapterDisabled, FrozenCopy
 from conftest import save_tiny_lm
 from alignsuite.toy.llm import SPECIAL, WORDS, EchoWorld
+from alignsuite.backbones.base import shared_prompts
 
 ATOL = 1e-5
 
@@ -106,7 +107,7 @@ REJECTED = ["a", "c d e f", "I J A B C D E F G"]
 
 
 def test_score_matches_direct_computation(backbone, base):
-    prepared = backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    prepared = backbone.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
     rows = [text_row(p, c) for view in (CHOSEN, REJECTED) for p, c in zip(PROMPTS, view)]
     # The batch really is ragged: padded rows, and logits kept only from the earliest completion on.
     width = prepared.input_ids.shape[1]
@@ -134,7 +135,7 @@ def test_score_without_logits_to_keep_support_is_the_same(tiny_lm_dir):
     b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24)
     b.configure()
     assert b._accepts_logits_to_keep
-    prepared = b.prepare(PROMPTS, [CHOSEN, REJECTED])
+    prepared = b.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
     with_keep = b.score(prepared).score
     b._accepts_logits_to_keep = False
     torch.testing.assert_close(b.score(prepared).score, with_keep, atol=ATOL, rtol=0)
@@ -144,7 +145,7 @@ def test_score_without_logits_to_keep_support_is_the_same(tiny_lm_dir):
 
 
 def test_prompt_conditions_the_score_but_is_never_scored(backbone, base):
-    out = backbone.score(backbone.prepare(["echo a b", "echo c d", "echo a b c d e f g h i j"], [["A B"] * 3]))
+    out = backbone.score(backbone.prepare(shared_prompts(["echo a b", "echo c d", "echo a b c d e f g h i j"], ["A B"] * 3)))
     # the prompt conditions the completion ...
     assert abs(out.score[0] - out.score[1]) > 1e-2
     # ... but its tokens are not counted, however many there are
@@ -156,12 +157,12 @@ def test_prompt_conditions_the_score_but_is_never_scored(backbone, base):
 
 
 def test_score_is_padding_invariant(backbone):
-    alone = backbone.score(backbone.prepare(["echo a b"], [["A B"]]))
-    short = backbone.score(backbone.prepare(["echo a b", "echo c"], [["A B", "C"]]))
+    alone = backbone.score(backbone.prepare(shared_prompts(["echo a b"], ["A B"])))
+    short = backbone.score(backbone.prepare(shared_prompts(["echo a b", "echo c"], ["A B", "C"])))
     long = backbone.score(
-        backbone.prepare(["echo a b c d e f g h i j", "echo a b"], [["A B C D E F G H I J", "A B"]])
+        backbone.prepare(shared_prompts(["echo a b c d e f g h i j", "echo a b"], ["A B C D E F G H I J", "A B"]))
     )
-    as_rejected = backbone.score(backbone.prepare(["echo a b c d e f g h i j", "echo a b"], [["J", "A"], ["J", "A B"]]))
+    as_rejected = backbone.score(backbone.prepare(shared_prompts(["echo a b c d e f g h i j", "echo a b"], ["J", "A"], ["J", "A B"])))
     for value in (short.score[0], long.score[1], as_rejected.score[3]):
         assert value.item() == pytest.approx(alone.score[0].item(), abs=ATOL)
     assert short.length[0] == long.length[1] == as_rejected.length[3] == alone.length[0] == 3
@@ -173,7 +174,7 @@ def test_score_is_padding_invariant(backbone):
 def test_chat_scores_only_the_assistant_answer(backbone, base):
     prompts = [[user("echo a b"), assistant("A B"), user("echo c")], [user("echo d e f g")]]
     answers = [[assistant("C")], [assistant("D E F G")]]
-    prepared = backbone.prepare(prompts, [answers])
+    prepared = backbone.prepare(shared_prompts(prompts, answers))
     out = backbone.score(prepared)
 
     expected, lengths = [], []
@@ -194,7 +195,7 @@ def test_chat_scores_only_the_assistant_answer(backbone, base):
 
 def test_chat_and_text_cannot_mix(backbone):
     with pytest.raises(ValueError, match="both be chat messages, or both text"):
-        backbone.prepare([[user("echo a")]], [["A"]])
+        backbone.prepare(shared_prompts([[user("echo a")]], ["A"]))
 
 
 # --- 4. truncation ----------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_chat_and_text_cannot_mix(backbone):
 def test_truncation_keeps_prompt_end_and_completion_start(tiny_lm_dir, base):
     b = CausalLM(tiny_lm_dir, max_length=8, max_prompt_length=4)
     b.configure()
-    prepared = b.prepare(["echo a b c d e", "echo a", "echo a b"], [["A B C D E", "A", "A B C D E"]])
+    prepared = b.prepare(shared_prompts(["echo a b c d e", "echo a", "echo a b"], ["A B C D E", "A", "A B C D E"]))
     kept = [
         ([BOS] + word_ids("c d e"), word_ids("A B C D")),  # bos + the prompt's last 3, completion to 8 - 4
         ([BOS] + word_ids("echo a"), word_ids("A") + [EOS]),  # fits: untouched
@@ -219,7 +220,7 @@ def test_truncation_keeps_prompt_end_and_completion_start(tiny_lm_dir, base):
     )
     assert out.length.tolist() == [4, 2, 4]
     # counters accumulate over calls
-    b.prepare(["echo a b c d e"], [["A"]])
+    b.prepare(shared_prompts(["echo a b c d e"], ["A"]))
     assert b.truncated == {"prompt": 2, "completion": 2}
 
 
@@ -241,9 +242,9 @@ def test_tokenizer_without_pad_pads_with_eos(tiny_lm_dir, tmp_path, backbone):
     b.configure()
     assert b.tokenizer.pad_token == "<eos>" and b.tokenizer.pad_token_id == EOS
     prompts, views = ["echo a", "echo b c d e"], [["A", "B C D E"]]
-    prepared = b.prepare(prompts, views)
+    prepared = b.prepare(shared_prompts(prompts, *views))
     assert prepared.input_ids[0].tolist() == text_row("echo a", "A")[0] + text_row("echo a", "A")[1] + [EOS] * 6
-    reference = backbone.prepare(prompts, views)
+    reference = backbone.prepare(shared_prompts(prompts, *views))
     assert torch.equal(prepared.attention_mask, reference.attention_mask)
     torch.testing.assert_close(b.score(prepared).score, backbone.score(reference).score, atol=ATOL, rtol=0)
 
@@ -293,7 +294,7 @@ def test_lora_trains_only_the_adapter(lora_backbone):
 
 
 def test_adapters_disabled_is_the_base_model(lora_backbone, backbone):
-    prepared = lora_backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    prepared = lora_backbone.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
     base_scores = backbone.score(prepared).score  # the base model, loaded separately
     perturb_lora_b(lora_backbone.policy)
     policy_scores = lora_backbone.score(prepared).score
@@ -312,7 +313,7 @@ def test_adapter_disabled_reference_equals_frozen_copy(lora_backbone, tiny_lm_di
     disabled.build(lora_backbone)
     assert not any(p.requires_grad for p in frozen.model.parameters()) and not frozen.model.training
 
-    prepared = lora_backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    prepared = lora_backbone.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
     expected = torch.tensor(
         [direct_score(base, *text_row(p, c)) for view in (CHOSEN, REJECTED) for p, c in zip(PROMPTS, view)]
     )
@@ -338,7 +339,7 @@ def test_adapter_disabled_needs_lora(backbone):
 
 def test_merged_lora_export_reproduces_the_policy(lora_backbone, tmp_path):
     perturb_lora_b(lora_backbone.policy)
-    prepared = lora_backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    prepared = lora_backbone.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
     policy_scores = lora_backbone.score(prepared).score
     folder = str(tmp_path / "merged")
     lora_backbone.save_pretrained(folder)
@@ -359,7 +360,7 @@ def test_adapter_export_loads_with_peft(lora_backbone, tiny_lm_dir, tmp_path):
     from peft import PeftModel
 
     perturb_lora_b(lora_backbone.policy)
-    prepared = lora_backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    prepared = lora_backbone.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
     policy_scores = lora_backbone.score(prepared).score
     folder = str(tmp_path / "adapter")
     lora_backbone.save_pretrained(folder, merge_adapters=False)
@@ -375,7 +376,7 @@ def test_full_export_reproduces_the_policy(tiny_lm_dir, tmp_path):
     b.configure()
     with torch.no_grad():
         b.policy.model.layers[0].mlp.down_proj.weight.mul_(3.0)  # differ from the starting weights
-    prepared = b.prepare(PROMPTS, [CHOSEN])
+    prepared = b.prepare(shared_prompts(PROMPTS, CHOSEN))
     folder = str(tmp_path / "full")
     b.save_pretrained(folder)
     loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -448,7 +449,7 @@ def test_gradient_checkpointing_same_scores_and_grads(tiny_lm_dir, lora):
         layer = b.policy.get_base_model().model.layers[0] if lora else b.policy.model.layers[0]
         # a pre-hook: torch's non-reentrant checkpoint stops the recomputation early, before forward hooks
         hook = layer.register_forward_pre_hook(lambda *_: calls.append(1))
-        out = b.score(b.prepare(PROMPTS, [CHOSEN, REJECTED]))
+        out = b.score(b.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED)))
         out.score.sum().backward()
         hook.remove()
         # checkpointing really is on: the layer runs again during backward
@@ -479,7 +480,7 @@ def test_disable_dropout_covers_attention_dropout(attention_dropout_lm_dir, disa
     b = CausalLM(attention_dropout_lm_dir, max_length=48, max_prompt_length=24, disable_dropout=disable_dropout)
     b.configure()
     b.policy.train()  # the mode the policy trains in
-    prepared = b.prepare(PROMPTS, [CHOSEN])
+    prepared = b.prepare(shared_prompts(PROMPTS, CHOSEN))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         first, second = b.score(prepared).score, b.score(prepared).score

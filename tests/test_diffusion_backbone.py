@@ -12,6 +12,7 @@ from PIL import Image
 from alignsuite.backbones import LoraSpec
 from alignsuite.backbones.diffusion import TextToImage, _absent_components
 from alignsuite.reference import AdapterDisabled, FrozenCopy
+from alignsuite.backbones.base import shared_prompts
 from conftest import save_tiny_pipeline
 
 
@@ -64,7 +65,7 @@ def direct_error(b, prepared, model):
 
 def test_score_is_minus_half_the_mean_squared_error(pipeline_dir):
     b = backbone(pipeline_dir)
-    prepared = b.prepare(CAPTIONS, [images(2), images(2, seed=1)])
+    prepared = b.prepare(shared_prompts(CAPTIONS, images(2), images(2, seed=1)))
     out = b.score(prepared)
     torch.testing.assert_close(out.score, -0.5 * direct_error(b, prepared, b.policy), atol=1e-6, rtol=1e-5)
     assert out.length.tolist() == [1.0] * 4
@@ -73,24 +74,24 @@ def test_score_is_minus_half_the_mean_squared_error(pipeline_dir):
 def test_views_of_a_row_share_noise_and_timestep(pipeline_dir, monkeypatch):
     b = backbone(pipeline_dir)
     winners, losers = images(2), images(2, seed=1)
-    prepared = b.prepare(CAPTIONS, [winners, losers])
+    prepared = b.prepare(shared_prompts(CAPTIONS, winners, losers))
     t = prepared.timesteps
     assert torch.equal(t[:2], t[2:]) and t[0] != t[1]
     # With a deterministic encoder, the same image in both views gives identical noisy inputs: the image
     # is the only difference between the views of a row.
     monkeypatch.setattr(b, "encode_images", lambda pixels: pixels[:, :, ::2, ::2].repeat(1, 2, 1, 1)[:, :4].float())
-    same = b.prepare(CAPTIONS, [winners, winners])
+    same = b.prepare(shared_prompts(CAPTIONS, winners, winners))
     torch.testing.assert_close(same.noisy[:2], same.noisy[2:])
     torch.testing.assert_close(same.target[:2], same.target[2:])
     assert not torch.allclose(same.noisy[0], same.noisy[1])
     # A fresh draw each step.
-    assert not torch.equal(b.prepare(CAPTIONS, [winners, losers]).timesteps, t)
+    assert not torch.equal(b.prepare(shared_prompts(CAPTIONS, winners, losers)).timesteps, t)
 
 
 def test_targets_match_the_prediction_type(tiny_sd_dir):
     eps = backbone(tiny_sd_dir, seed=3)
     v = backbone(tiny_sd_dir, seed=3, prediction_type="v_prediction")
-    pe, pv = eps.prepare(CAPTIONS, [images(2)]), v.prepare(CAPTIONS, [images(2)])
+    pe, pv = eps.prepare(shared_prompts(CAPTIONS, images(2))), v.prepare(shared_prompts(CAPTIONS, images(2)))
     torch.testing.assert_close(pe.noisy, pv.noisy)
     latents = eps.encode_images  # the noise is the epsilon target; v = alpha * noise - sigma * x0
     alphas = eps.train_scheduler.alphas_cumprod[pe.timesteps].view(-1, 1, 1, 1)
@@ -105,7 +106,7 @@ def test_flow_matching_interpolates_and_targets_velocity(tmp_path, kind, monkeyp
     assert b.prediction == "flow_matching"
     x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     monkeypatch.setattr(b, "encode_images", lambda pixels: x0)  # known clean latents
-    p = b.prepare(CAPTIONS, [images(2)])
+    p = b.prepare(shared_prompts(CAPTIONS, images(2)))
     sigma = (p.timesteps / 1000).view(-1, 1, 1, 1)  # FlowMatchEuler: t = 1000 * sigma
     assert ((sigma > 0) & (sigma <= 1)).all()
     noise = (p.noisy - (1 - sigma) * x0) / sigma  # x_t = (1 - s) x0 + s noise
@@ -141,7 +142,7 @@ def test_lora_reference_and_exports(tiny_sd_dir, tmp_path):
         for n, p in b.policy.named_parameters():
             if "lora_B" in n:
                 p.add_(0.05)
-    prepared = b.prepare(CAPTIONS, [images(2), images(2, seed=1)])
+    prepared = b.prepare(shared_prompts(CAPTIONS, images(2), images(2, seed=1)))
     policy = b.score(prepared).score
     with torch.no_grad():
         off = AdapterDisabled().score(b, prepared, {})

@@ -222,9 +222,9 @@ def test_diffusion_kto_beta_is_kto_beta_halved():
 def test_diffusion_kto_flags():
     obj = get_objective("diffusion_kto")
     assert isinstance(obj, DiffusionKTO)
-    assert obj.score_type == "unpaired" and obj.mismatched_pairs is False and obj.needs_reference is True
+    assert obj.row_kind == "unpaired" and [v.name for v in obj.views] == ["completion"] and obj.needs_reference
     assert obj.beta == 1000.0 and obj.desirable_weight == 1.0 and obj.undesirable_weight == 1.0
-    assert get_objective("kto").mismatched_pairs is True  # the subclass did not change KTO
+    assert [v.name for v in get_objective("kto").views] == ["completion", "mismatched"]  # KTO unchanged
     with pytest.raises(ValueError, match="diffusion_kto.*reference"):
         obj(UnpairedScores(torch.zeros(2), torch.ones(2)))
 
@@ -250,7 +250,7 @@ def test_diffusion_kto_reference_point_is_detached():
         assert grad == pytest.approx(-2 / 4 * sign * 1000 * sig(m) * sig(-m), rel=1e-5)
 
 
-def test_diffusion_kto_reduce_kl_hook():
+def test_diffusion_kto_reduce_argument():
     seen = []
 
     def fixed(values):  # stands in for the module's all-reduce; records what it is given
@@ -258,11 +258,10 @@ def test_diffusion_kto_reduce_kl_hook():
         return torch.tensor(5 * Q, dtype=values.dtype)
 
     obj = get_objective("diffusion_kto")
-    by_argument = obj(make_unpaired(), reduce_kl=fixed)
-    obj.reduce_kl = fixed
-    by_attribute = obj(make_unpaired())
+    by_argument = obj(make_unpaired(), reduce=fixed)
+    by_argument_again = obj(make_unpaired(), reduce=fixed)
     expected = diffusion_kto_hand(KTO_ROWS, z0=5 * Q)[0]
-    for out in (by_argument, by_attribute):
+    for out in (by_argument, by_argument_again):
         assert out.metrics["kl"].item() == pytest.approx(5 * Q)
         assert out.loss.item() == pytest.approx(expected, rel=1e-6)
     # the hook receives the per-example implicit rewards g = e_ref - e (not u = g / 2), detached
@@ -271,8 +270,8 @@ def test_diffusion_kto_reduce_kl_hook():
         assert values.tolist() == pytest.approx([6 * Q, -4 * Q, 4 * Q, 2 * Q])
         assert not values.requires_grad
     # and a negative global mean is still clamped
-    obj.reduce_kl = lambda values: torch.tensor(-1.0, dtype=values.dtype)
-    assert obj(make_unpaired()).metrics["kl"].item() == 0.0
+    negative = lambda values: torch.tensor(-1.0, dtype=values.dtype)  # noqa: E731
+    assert obj(make_unpaired(), reduce=negative).metrics["kl"].item() == 0.0
 
 
 def test_diffusion_kto_gradient_sign():

@@ -12,6 +12,7 @@ from PIL import Image
 
 from alignsuite.backbones import TextToImage
 from alignsuite.toy.data import ToyPreferenceData
+from alignsuite.backbones.base import shared_prompts
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def test_cached_steps_equal_uncached_steps(sd_dir, data, tmp_path):
     cached.warm_cache(data)
     batch = first_batch(data)
     for _ in range(2):  # two steps: fresh noise, flips and latent draws each time
-        a = plain.prepare(batch["prompt"], [batch["chosen"], batch["rejected"]])
-        b = cached.prepare(batch["prompt"], [batch["chosen"], batch["rejected"]])
+        a = plain.prepare(shared_prompts(batch["prompt"], batch["chosen"], batch["rejected"]))
+        b = cached.prepare(shared_prompts(batch["prompt"], batch["chosen"], batch["rejected"]))
         assert torch.equal(a.noisy, b.noisy) and torch.equal(a.target, b.target) and torch.equal(a.timesteps, b.timesteps)
         assert a.cond.keys() == b.cond.keys() and all(torch.equal(a.cond[k], b.cond[k]) for k in a.cond)
     assert cached.cache.misses == 0 and cached.cache.hits == 2 * (2 * 4 + 4)  # 8 images and 4 captions a step
@@ -71,7 +72,7 @@ def test_one_pass_then_hits_without_the_vae(sd_dir, data, tmp_path, monkeypatch)
     calls = count_vae_calls(again, monkeypatch)
     again.warm_cache(data)
     batch = first_batch(data)
-    again.prepare(batch["prompt"], [batch["chosen"], batch["rejected"]])
+    again.prepare(shared_prompts(batch["prompt"], batch["chosen"], batch["rejected"]))
     assert calls == [] and again.cache.misses == 0
 
 
@@ -82,7 +83,7 @@ def test_an_image_first_seen_in_training_is_encoded_not_stored(sd_dir, data, tmp
     calls = count_vae_calls(b, monkeypatch)
     batch = first_batch(data)
     generated = [Image.new("RGB", (16, 16), (i * 40, 0, 0)) for i in range(4)]  # e.g. SePPO's sampled losers
-    b.prepare(batch["prompt"], [batch["chosen"], generated])
+    b.prepare(shared_prompts(batch["prompt"], batch["chosen"], generated))
     assert calls == [4] and b.cache.misses == 4 and len(b.cache) == size
 
 

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from alignsuite.cli import main
+from alignsuite.backbones.base import shared_prompts
 
 from conftest import save_tiny_pipeline
 from test_cli import metrics, recipe, weights, write_jsonl
@@ -32,7 +33,7 @@ def test_causal_lm_scores_match_the_cpu(tiny_lm_dir):
     backbone = CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=12)
     backbone.configure()
     backbone.policy.eval()
-    prepared = backbone.prepare(PROMPTS, [CHOSEN, REJECTED])
+    prepared = backbone.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
     on_cpu = backbone.score(prepared).score
     backbone.policy.cuda()
     on_gpu = backbone.score(prepared.to("cuda")).score.cpu()
@@ -52,7 +53,7 @@ def test_diffusion_scores_match_the_cpu(tmp_path):
     pairs = SquaresWorld().make_pairs(2, seed=0)
     views = [[Image.open(io.BytesIO(p[k])).convert("RGB") for p in pairs] for k in ("jpg_0", "jpg_1")]
     prompts = [p["caption"] for p in pairs]
-    prepared = backbone.prepare(prompts, views)
+    prepared = backbone.prepare(shared_prompts(prompts, *views))
     on_cpu = backbone.score(prepared).score
     backbone.policy.cuda()
     backbone.frozen.cuda()

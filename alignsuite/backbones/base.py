@@ -1,47 +1,73 @@
-"""The backbone interface: turn a batch into one score per sequence.
+"""The backbone interface: turn the views of a batch into one score per sequence.
 
 A backbone owns everything modality-specific (tokenizer, chat template, prompt masking, image or audio
 processing, noise and timestep draws). The module calls it in one fixed order each step:
 
-    prepared = backbone.prepare(prompts, views)     # once per step, shared by policy and reference
-    policy   = backbone.score(prepared)              # with grad, through the policy
-    ref      = backbone.score(prepared, model=m)     # no grad, through a reference model
+    views    = [ViewInputs(prompts, completions, batch), ...]   # one per view the objective declares
+    prepared = backbone.prepare(views)                          # once per step, shared by policy and reference
+    policy   = backbone.score(prepared)                         # with grad, through the policy
+    ref      = backbone.score(prepared, model=m)                # no grad, through a reference model
 
-``views`` is a list of K lists of B completions (chosen and rejected for pairs; a completion and a
-mismatched one for KTO). Scores come back flat, ``[K * B]``, view-major.
+Every view holds B rows; scores come back flat, ``[K * B]``, view-major. A denoising backbone draws one
+noise and timestep per row, shared by all K views of that row.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
-from torch import Tensor, nn
+import torch
+from torch import nn
+
+from alignsuite.scores import SequenceScores
 
 
 @dataclass
-class SequenceScores:
-    """``score[i]`` is row i's log-likelihood (or surrogate); ``length[i]`` counts its scored units."""
+class ViewInputs:
+    """One view of B rows: each row's prompt (or condition) and the completion to score under it.
 
-    score: Tensor
-    length: Tensor
+    ``batch`` is the batch the rows come from, for whatever else a backbone reads per row (a ``tools``
+    column, images, the row ``index`` that seeds a per-row transform). ``score_prompt`` asks a token
+    backbone to score the prompt's tokens too (``SequenceScores.prompt``).
+    """
 
-    def split(self, k: int) -> list["SequenceScores"]:
-        return [SequenceScores(s, n) for s, n in zip(self.score.chunk(k), self.length.chunk(k))]
+    prompts: list
+    completions: list
+    batch: dict = field(default_factory=dict)
+    score_prompt: bool = False
+
+    def replace(self, **changes) -> "ViewInputs":
+        return replace(self, **changes)
+
+
+def shared_prompts(prompts: list, *completions: list, batch: dict | None = None) -> list[ViewInputs]:
+    """Views that share ``prompts``: one per list of completions (chosen, rejected ...)."""
+    return [ViewInputs(list(prompts), list(c), batch or {}) for c in completions]
 
 
 class Backbone(nn.Module):
-    """Base class of every backbone. The trainable model lives in ``self.policy`` once built."""
+    """Base class of every backbone. The trainable model lives in ``self.policy`` once built.
+
+    Class attributes:
+        conditions: the names of the condition transforms ``transform`` applies (views may ask for them).
+        deterministic_inputs: ``prepare`` gives the same inputs for the same rows at every step (token
+            backbones), so reference scores may be computed once and stored; denoising backbones draw new
+            noise every step and set this False.
+        not_checkpointed: sub-module prefixes (relative to the backbone) rebuilt from their source.
+    """
 
     policy: nn.Module | None
-    # Sub-module prefixes (relative to the backbone) rebuilt from their source, never checkpointed.
-    not_checkpointed: tuple[str, ...] = ()
+    conditions: ClassVar[tuple[str, ...]] = ()
+    deterministic_inputs: ClassVar[bool] = True
+    not_checkpointed: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
         self.policy = None
 
+    # ---------------------------------------------------------------- building
     def configure(self) -> None:
         """Build or load the policy (idempotent; called from ``LightningModule.configure_model``)."""
         raise NotImplementedError
@@ -58,13 +84,40 @@ class Backbone(nn.Module):
         """Context in which the policy computes with its adapters off, i.e. as its base model."""
         raise ValueError(f"{type(self).__name__} has no adapters to disable; configure `lora` first")
 
-    def prepare(self, prompts: list[Any], views: list[list[Any]]) -> Any:
+    def keep_trainable_float32(self) -> int:
+        """Cast every trainable parameter to float32 (the frozen ones keep their dtype); returns how many.
+
+        Optimizer updates smaller than a weight's precision are lost: in bfloat16 (8 bits of mantissa) an
+        AdamW step of lr 5e-7 changes almost no weight. Mixed precision computes in the low dtype anyway.
+        """
+        cast = 0
+        for p in self.parameters():
+            if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
+                cast += 1
+        return cast
+
+    # ---------------------------------------------------------------- lifecycle hooks
+    def on_setup(self, datamodule: Any) -> None:
+        """Called at ``setup`` with the built data, before any model loads (filter or check rows here)."""
+
+    def on_fit_start(self, trainer: Any) -> None:
+        """Called once the models are built, before the first step (warm an encoding cache here)."""
+
+    # ---------------------------------------------------------------- the step
+    def transform(self, condition: str, view: ViewInputs) -> ViewInputs:
+        """``view`` with its prompts/conditions transformed as ``condition`` names (see ``conditions``)."""
+        raise ValueError(f"{type(self).__name__} has no condition {condition!r}; it supports: {self.conditions or 'none'}")
+
+    def prepare(self, views: list[ViewInputs]) -> Any:
         raise NotImplementedError
 
     def score(self, prepared: Any, model: nn.Module | None = None) -> SequenceScores:
         raise NotImplementedError
 
-    def generate(self, prompts: list[Any], **kwargs) -> list[Any]:
+    def generate(self, prompts: list[Any], model: nn.Module | None = None, seed: int | None = None, **kwargs) -> list[Any]:
+        """One completion per prompt from the policy, or from ``model`` (a reference) when given; ``seed``
+        makes sampling repeatable. Every backbone that generates honours both."""
         raise NotImplementedError(f"{type(self).__name__} cannot generate")
 
     def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:

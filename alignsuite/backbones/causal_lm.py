@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from alignsuite.backbones.base import Backbone, SequenceScores
+from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.lora import LoraSpec
 
 Text = str | list[dict[str, str]]  # plain text, or chat messages
@@ -223,8 +223,8 @@ class CausalLM(Backbone):
             raise ValueError("a completion tokenised to no tokens; nothing to score")
         return prompt_ids, completion_ids
 
-    def prepare(self, prompts: list[Text], views: list[list[Text]]) -> TokenBatch:
-        rows = [self._encode(p, c) for view in views for p, c in zip(prompts, view)]
+    def prepare(self, views: list[ViewInputs]) -> TokenBatch:
+        rows = [self._encode(p, c) for view in views for p, c in zip(view.prompts, view.completions)]
         width = max(len(p) + len(c) for p, c in rows)
         n = len(rows)
         input_ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -260,7 +260,10 @@ class CausalLM(Backbone):
 
     # ---------------------------------------------------------------- generation and export
     @torch.no_grad()
-    def generate(self, prompts: list[Text], max_new_tokens: int = 64, do_sample: bool = False, **kwargs) -> list[str]:
+    def generate(self, prompts: list[Text], model: nn.Module | None = None, seed: int | None = None,
+                 max_new_tokens: int = 64, do_sample: bool | None = None, **kwargs) -> list[str]:
+        """One completion per prompt from the policy (or ``model``): greedy, or sampled when ``seed`` is given
+        (or ``do_sample``), from a generator seeded with ``seed`` so that the same seed gives the same text."""
         tok = self.tokenizer
         texts = [
             tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list) else p
@@ -272,14 +275,20 @@ class CausalLM(Backbone):
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not isinstance(prompts[0], list))
         finally:
             tok.padding_side = side
-        model = self.policy
+        model = model if model is not None else self.policy
         enc = enc.to(next(model.parameters()).device)
+        do_sample = seed is not None if do_sample is None else do_sample
         was_training = model.training
         model.eval()
         try:
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id, **kwargs
-            )
+            # generate() draws from the global generator; fork it so a seed neither depends on nor disturbs
+            # the training run's random state.
+            with torch.random.fork_rng(devices=[enc["input_ids"].device] if enc["input_ids"].is_cuda else []):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id, **kwargs
+                )
         finally:
             model.train(was_training)
         return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)

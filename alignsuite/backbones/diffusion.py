@@ -48,7 +48,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from alignsuite.backbones.base import Backbone, SequenceScores
+from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.encoding_cache import image_key, text_key
 from alignsuite.backbones.causal_lm import resolve_model_path
 from alignsuite.backbones.lora import LoraSpec
@@ -144,6 +144,11 @@ class TextToImage(Backbone):
 
     # The frozen parts are rebuilt from the pipeline folder; checkpoints hold only what trains.
     not_checkpointed = ("frozen.",)
+    deterministic_inputs = False  # new noise and timesteps every step
+
+    def on_fit_start(self, trainer) -> None:
+        if self.cache is not None:  # one pass of the frozen encoders over the data
+            self.warm_cache(trainer.datamodule, trainer.strategy)
 
     # ---------------------------------------------------------------- building
     def _load_pipeline(self):
@@ -397,22 +402,30 @@ class TextToImage(Backbone):
         cache.hits = cache.misses = 0
         rank_zero_info(f"encoding cache {cache.dir}: {before} entries found, {encoded} encoded by rank {rank}, {len(cache)} now")
 
-    def _drop_prompts(self, prompts: list[str]) -> list[str]:
+    def _drop_prompts(self, prompts: list[str], rows: int) -> list[str]:
+        """Captions replaced by "" with probability ``proportion_empty_prompts``; one draw per row, so a
+        row's views (``prompts`` holds K views of B rows, view-major) drop together."""
         if self.proportion_empty_prompts <= 0:
             return list(prompts)
-        draw = torch.rand(len(prompts), generator=self._generator(-2))
-        return ["" if d < self.proportion_empty_prompts else p for p, d in zip(prompts, draw.tolist())]
+        draw = torch.rand(rows, generator=self._generator(-2)).tolist()
+        return ["" if draw[i % rows] < self.proportion_empty_prompts else p for i, p in enumerate(prompts)]
 
-    def prepare(self, prompts: list[str], views: list[list[Any]]) -> DenoisingBatch:
+    def prepare(self, views: list[ViewInputs]) -> DenoisingBatch:
         """Encode images and captions, and draw one noise and timestep per row for all its views."""
-        k, b = len(views), len(prompts)
+        k, b = len(views), len(views[0].prompts)
         device = self.device
+        images = [view.completions for view in views]
         if self.cache is None:
-            pixels, crops, sizes = self._pixels(views)
+            pixels, crops, sizes = self._pixels(images)
             latents = self.encode_images(pixels)
         else:
-            latents, crops, sizes = self._cached_latents(views)
-        cond = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in self.prompt_embeddings(self._drop_prompts(prompts)).items()}
+            latents, crops, sizes = self._cached_latents(images)
+        if all(view.prompts == views[0].prompts for view in views):  # the usual case: encode the captions once
+            embeds = self.prompt_embeddings(self._drop_prompts(views[0].prompts, b))
+            cond = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in embeds.items()}
+        else:
+            embeds = self.prompt_embeddings(self._drop_prompts([p for view in views for p in view.prompts], b))
+            cond = dict(embeds)
         if self.family == "sdxl":
             r = self.resolution
             cond["time_ids"] = torch.tensor([[*size, *crop, r, r] for size, crop in zip(sizes, crops)], device=device, dtype=torch.float32)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignsuite.scores import PairScores, UnpairedScores
+from alignsuite.scores import PairScores, SequenceScores, UnpairedScores
+from alignsuite.views import View
 
 _REGISTRY: dict[str, type["Objective"]] = {}
 
@@ -60,23 +61,60 @@ def reward_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str
     }
 
 
+Reducer = Callable[[Tensor], Tensor]
+
+
+def _on(device: torch.device, value: Tensor) -> Tensor:
+    return value.to(device) if isinstance(value, Tensor) else torch.as_tensor(value, device=device, dtype=torch.float)
+
+
 class Objective:
     """A pure function from scores to loss and metrics.
 
-    Subclasses set ``needs_reference`` and ``score_type`` ("pair" for :class:`PairScores`, "unpaired"
-    for :class:`UnpairedScores`) and implement ``__call__``. ``mismatched_pairs`` asks the module to
-    also score each prompt with another row's completion (KTO's KL estimate); ``extra_columns`` names
-    batch columns the module copies into ``scores.extra`` (a reward per side, say).
+    An objective declares what it scores, and the module (which names no method) provides exactly that:
+
+    - ``views``: the :class:`~alignsuite.views.View` of each row it scores (chosen and rejected by default;
+      a mismatched completion, a sampled loser, a completion under a transformed condition, k ranked
+      responses ...);
+    - ``row_kind``: "pairs" or "unpaired", the kind of rows its data must hold (checked at ``setup``);
+    - ``extra_columns``: batch columns copied into ``scores.extra`` (a reward per side, say);
+    - ``needs_reference``: whether reference scores (and weights) are needed at all.
+
+    ``pack`` turns each view's policy and reference scores into the score type ``__call__`` reads.
+    ``__call__(scores, reduce)`` gets ``reduce``, a function from local per-example values to their mean
+    over every process, for objectives whose statistics span the global batch (KTO's reference point).
     """
 
     name: ClassVar[str] = ""
     needs_reference: ClassVar[bool] = True
-    score_type: ClassVar[str] = "pair"
-    mismatched_pairs: ClassVar[bool] = False
+    row_kind: ClassVar[str] = "pairs"
+    views: ClassVar[tuple[View, ...]] = (View("chosen"), View("rejected"))
     extra_columns: ClassVar[tuple[str, ...]] = ()
 
-    def __call__(self, scores) -> ObjectiveOutput:  # pragma: no cover - interface
+    def __call__(self, scores, reduce: Reducer | None = None) -> ObjectiveOutput:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def pack(self, policy: dict[str, SequenceScores], ref: dict[str, Tensor | None], batch: dict):
+        raise NotImplementedError
+
+    def _extra(self, policy: dict[str, SequenceScores], ref: dict[str, Tensor | None], batch: dict,
+               main: tuple[str, ...]) -> dict[str, Tensor]:
+        """``extra``: the extra columns, then every view not in ``main`` as ``<name>``, ``<name>_len`` and
+        ``ref_<name>``, and prompt scores as ``<name>_prompt`` / ``<name>_prompt_len``."""
+        device = next(iter(policy.values())).score.device
+        extra = {}
+        for column in self.extra_columns:
+            if column not in batch:
+                raise KeyError(f"objective {self.name!r} needs the data column {column!r}, which the batch lacks")
+            extra[column] = _on(device, batch[column])
+        for name, s in policy.items():
+            if name not in main:
+                extra[name], extra[f"{name}_len"] = s.score, s.length
+                if ref.get(name) is not None:
+                    extra[f"ref_{name}"] = ref[name]
+            if s.prompt is not None:
+                extra[f"{name}_prompt"], extra[f"{name}_prompt_len"] = s.prompt, s.prompt_length
+        return extra
 
     def _check_reference(self, scores: PairScores | UnpairedScores) -> None:
         if self.needs_reference and not scores.has_reference:
@@ -107,7 +145,12 @@ class PairwiseObjective(Objective):
         """``(losses, chosen_rewards, rejected_rewards)``, each ``[B]``."""
         raise NotImplementedError
 
-    def __call__(self, scores: PairScores) -> ObjectiveOutput:
+    def pack(self, policy: dict[str, SequenceScores], ref: dict[str, Tensor | None], batch: dict) -> PairScores:
+        c, r = policy["chosen"], policy["rejected"]
+        extra = self._extra(policy, ref, batch, ("chosen", "rejected"))
+        return PairScores(c.score, r.score, ref.get("chosen"), ref.get("rejected"), c.length, r.length, extra)
+
+    def __call__(self, scores: PairScores, reduce: Reducer | None = None) -> ObjectiveOutput:
         self._check_reference(scores)
         losses, chosen_rewards, rejected_rewards = self.pair_losses(scores)
         loss = losses.mean()
@@ -160,6 +203,7 @@ def check_label_smoothing(value: float, *, positive: bool = False) -> None:
 __all__ = [
     "Objective",
     "ObjectiveOutput",
+    "Reducer",
     "PairwiseObjective",
     "available_objectives",
     "as_float",

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignsuite.objectives.base import ObjectiveOutput, PairwiseObjective, as_float, register, reward_metrics
+from alignsuite.objectives.base import ObjectiveOutput, PairwiseObjective, Reducer, as_float, register, reward_metrics
 from alignsuite.objectives.pairwise import float_log_ratios
-from alignsuite.objectives.unpaired import KTO, KLReducer
+from alignsuite.objectives.unpaired import KTO
 from alignsuite.scores import PairScores, UnpairedScores
+from alignsuite.views import View
 
 # x / (e^x - 1) loses every digit to cancellation as x -> 0; below this |x| its Taylor series
 # 1 - x/2 + x^2/12 is exact to ~1e-15 (the next term is -x^4/720).
@@ -93,7 +94,7 @@ class MaPO(PairwiseObjective):
         e_w, _, g_w, g_l, margin_losses = self._terms(s)
         return e_w + margin_losses, g_w, g_l
 
-    def __call__(self, scores: PairScores) -> ObjectiveOutput:
+    def __call__(self, scores: PairScores, reduce: Reducer | None = None) -> ObjectiveOutput:
         e_w, e_l, g_w, g_l, margin_losses = self._terms(scores)
         metrics = reward_metrics(g_w, g_l)
         metrics["mapo/winner_error"] = e_w.detach().mean()
@@ -126,10 +127,10 @@ class DiffusionKTO(KTO):
     ``beta = 2b`` on the same scores, with z0 estimated from the batch's own examples instead of mismatched
     pairs: the default 1000 is KTO's 2000.
 
-    Unlike ``kto`` it asks for no mismatched pairs (``mismatched_pairs = False``): the official z0 is the
+    Unlike ``kto`` it scores no mismatched pairs (its only view is the completion): the official z0 is the
     batch mean of ``g`` itself, all-reduced. This class reuses :class:`KTO`'s loss and metrics on scores
-    rescaled to error units (``-e``), so ``reduce_kl`` (set by the module to a cross-process mean) receives
-    the per-example ``g``. Noise and timestep are drawn independently per image there (unpaired data);
+    rescaled to error units (``-e``), so ``reduce`` (the module's cross-process mean) receives the
+    per-example ``g``. Noise and timestep are drawn independently per image there (unpaired data);
     that is the backbone's business.
 
     Metrics as ``kto``'s, in g units: ``rewards/chosen``/``rewards/rejected`` the mean ``b g`` over desirable
@@ -137,24 +138,24 @@ class DiffusionKTO(KTO):
     half; the official code counts ties as wrong), ``kl`` = z0, ``count/desirable``/``count/undesirable``.
     """
 
-    mismatched_pairs = False
+    views = (View("completion"),)
 
     def __init__(self, beta: float = 1000.0, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> None:
         super().__init__(beta=beta, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
 
-    def reference_point(self, scores: UnpairedScores, reduce_kl: KLReducer | None = None) -> Tensor:
+    def reference_point(self, scores: UnpairedScores, reduce: Reducer | None = None) -> Tensor:
         """``z0 = max(0, mean(g))`` over the (global) batch, detached.
 
         ``scores`` are in error units (see :meth:`__call__`), so ``g = logps - ref_logps``.
         """
-        reduce = reduce_kl or self.reduce_kl or torch.mean
+        reduce = reduce or torch.mean
         with torch.no_grad():
             neg_error, neg_ref_error = as_float(scores.logps.detach(), scores.ref_logps.detach())
             return reduce(neg_error - neg_ref_error).clamp(min=0)
 
-    def __call__(self, scores: UnpairedScores, reduce_kl: KLReducer | None = None) -> ObjectiveOutput:
+    def __call__(self, scores: UnpairedScores, reduce: Reducer | None = None) -> ObjectiveOutput:
         self._check_reference(scores)
-        return super().__call__(_in_error_units(scores), reduce_kl)
+        return super().__call__(_in_error_units(scores), reduce)
 
 
 # The official PickScore bounds (JaydenLyh/SmPO train.py, ``min_val``/``max_val``): raw CLIP cosines, not x100.
@@ -228,8 +229,8 @@ class SmPO(PairwiseObjective):
         z = self.beta * self.scale * (2 * p - 1) * (u_w - u_l)
         return -F.logsigmoid(z), self.beta * u_w, self.beta * u_l
 
-    def __call__(self, scores: PairScores) -> ObjectiveOutput:
-        out = super().__call__(scores)
+    def __call__(self, scores: PairScores, reduce: Reducer | None = None) -> ObjectiveOutput:
+        out = super().__call__(scores, reduce)
         out.metrics["smpo/preference"] = self.preference(scores).mean()
         return out
 
@@ -279,7 +280,7 @@ class SePPO(PairwiseObjective):
     (``c = -1``).
     """
 
-    self_sampled_losers = True  # the module replaces ``rejected`` with the reference's own samples
+    views = (View("chosen"), View("rejected", sampled=True))  # the losers: the reference's own samples
 
     def __init__(self, beta: float = 5000.0, criterion: SePPOCriterion = "anchor_fit", sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
@@ -298,8 +299,8 @@ class SePPO(PairwiseObjective):
         c = self.reference_sign(u_w)
         return -F.logsigmoid(self.beta * (u_w - c * u_l)), self.beta * u_w, self.beta * u_l
 
-    def __call__(self, scores: PairScores) -> ObjectiveOutput:
-        out = super().__call__(scores)
+    def __call__(self, scores: PairScores, reduce: Reducer | None = None) -> ObjectiveOutput:
+        out = super().__call__(scores, reduce)
         u_w, _ = float_log_ratios(scores)
         out.metrics["seppo/flipped"] = (self.reference_sign(u_w) < 0).float().mean()
         return out

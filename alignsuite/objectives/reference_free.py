@@ -17,6 +17,7 @@ from torch import Tensor
 from alignsuite.objectives.base import (
     ObjectiveOutput,
     PairwiseObjective,
+    Reducer,
     as_float,
     check_label_smoothing,
     mean_logps,
@@ -105,7 +106,7 @@ class ORPO(PairwiseObjective):
         log_odds, m_w, m_l = self.log_odds(s)
         return -self.beta * F.logsigmoid(log_odds), self.beta * m_w, self.beta * m_l
 
-    def __call__(self, scores: PairScores) -> ObjectiveOutput:
+    def __call__(self, scores: PairScores, reduce: Reducer | None = None) -> ObjectiveOutput:
         out = super().__call__(scores)
         with torch.no_grad():
             log_odds = self.log_odds(scores)[0]

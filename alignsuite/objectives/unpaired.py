@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
-from alignsuite.objectives.base import Objective, ObjectiveOutput, as_float, register
-from alignsuite.scores import UnpairedScores
-
-KLReducer = Callable[[Tensor], Tensor]
+from alignsuite.objectives.base import Objective, ObjectiveOutput, Reducer, as_float, register
+from alignsuite.scores import SequenceScores, UnpairedScores
+from alignsuite.views import View
 
 
 @register("kto")
@@ -30,8 +27,8 @@ class KTO(Objective):
     ``z0`` estimates KL(pi || pi_ref) from mismatched pairs ``(x, y')`` built inside the batch (the backbone
     scores them into ``scores.kl`` / ``scores.ref_kl``). No gradient flows through it. Under multi-process
     training the estimate must be the mean over all processes, which only the module can compute: it passes
-    ``reduce_kl`` (or sets the ``reduce_kl`` attribute), a function from the local per-example values
-    ``kl - ref_kl`` to their global mean. The default is the local mean.
+    ``reduce``, a function from the local per-example values ``kl - ref_kl`` to their global mean. The
+    default is the local mean.
 
     Metrics: ``rewards/chosen`` and ``rewards/rejected`` are the mean ``b * u`` over the desirable and over the
     undesirable examples (0 when a batch has none, with ``count/desirable`` and ``count/undesirable`` logged so
@@ -39,8 +36,9 @@ class KTO(Objective):
     the right side of z0 (a tie counts one half), and ``kl`` the reference point z0.
     """
 
-    score_type = "unpaired"
-    mismatched_pairs = True
+    row_kind = "unpaired"
+    # The completion, and each prompt with the next row's completion: the mismatched pairs of z0.
+    views = (View("completion"), View("mismatched", column="completion", shift=1))
 
     def __init__(self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> None:
         if beta <= 0:
@@ -52,20 +50,27 @@ class KTO(Objective):
         self.beta = beta
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight
-        self.reduce_kl: KLReducer | None = None  # set by the module for a distributed mean
 
-    def reference_point(self, scores: UnpairedScores, reduce_kl: KLReducer | None = None) -> Tensor:
-        """``z0 = max(0, mean(kl - ref_kl))``, detached."""
+    def pack(self, policy: dict[str, SequenceScores], ref: dict[str, Tensor | None], batch: dict) -> UnpairedScores:
+        s = policy["completion"]
+        label = batch["label"].to(s.score.device, torch.float)
+        mismatched = policy.get("mismatched")
+        kl = mismatched.score.detach() if mismatched is not None else None
+        extra = self._extra(policy, ref, batch, ("completion", "mismatched"))
+        return UnpairedScores(s.score, label, ref.get("completion"), kl, ref.get("mismatched"), s.length, extra)
+
+    def reference_point(self, scores: UnpairedScores, reduce: Reducer | None = None) -> Tensor:
+        """``z0 = max(0, mean(kl - ref_kl))``, detached; ``reduce`` takes the mean (over every process)."""
         if scores.kl is None or scores.ref_kl is None:
             raise ValueError("kto needs scores.kl and scores.ref_kl (mismatched pairs for the KL reference point)")
-        reduce = reduce_kl or self.reduce_kl or torch.mean
+        reduce = reduce or torch.mean
         with torch.no_grad():
             kl, ref_kl = as_float(scores.kl.detach(), scores.ref_kl.detach())
             return reduce(kl - ref_kl).clamp(min=0)
 
-    def __call__(self, scores: UnpairedScores, reduce_kl: KLReducer | None = None) -> ObjectiveOutput:
+    def __call__(self, scores: UnpairedScores, reduce: Reducer | None = None) -> ObjectiveOutput:
         self._check_reference(scores)
-        z0 = self.reference_point(scores, reduce_kl)
+        z0 = self.reference_point(scores, reduce)
         logps, ref_logps = as_float(scores.logps, scores.ref_logps)
         u = logps - ref_logps
         desirable = scores.label > 0.5
