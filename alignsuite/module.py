@@ -12,9 +12,8 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
 from alignsuite.backbones.base import Backbone, ViewInputs
-from alignsuite.objectives import DPO, Objective
-from alignsuite.reference import AdapterDisabled, FrozenCopy, Reference
-from alignsuite.scores import PairScores
+from alignsuite.objectives import Objective, get_objective
+from alignsuite.reference import Reference, default_reference
 from alignsuite.views import check_setup
 
 
@@ -27,7 +26,7 @@ class PreferenceModule(LightningModule):
 
     Args:
         backbone: turns batches into scores (``alignsuite.backbones.CausalLM`` ...).
-        objective: the loss (``alignsuite.objectives.DPO`` by default).
+        objective: the loss (``alignsuite.objectives.DPO`` with its defaults when left out).
         reference: where reference scores come from. Left out, a reference-based objective gets the
             policy with adapters disabled under LoRA and a frozen copy otherwise; a reference-free
             objective gets none, and loads no reference weights.
@@ -51,15 +50,13 @@ class PreferenceModule(LightningModule):
         built_by_cli = _given_hyperparameters.get() is not None
         self.save_hyperparameters(ignore=None if built_by_cli else ["backbone", "objective", "reference", "optimizer"])
         self.backbone = backbone
-        self.objective = objective if objective is not None else DPO()
+        self.objective = objective if objective is not None else get_objective("dpo")
         if reference is not None and not self.objective.needs_reference:
             raise ValueError(
                 f"objective {self.objective.name!r} is reference-free, yet model.reference is set"
                 f" ({type(reference).__name__}); remove model.reference"
             )
-        if reference is None and self.objective.needs_reference:
-            reference = AdapterDisabled() if backbone.has_adapters else FrozenCopy()
-        self.reference = reference
+        self.reference = reference if reference is not None else default_reference(self.objective, backbone)
         self.optimizer = optimizer
         self.lr_schedule = lr_schedule
         if not 0 <= warmup_ratio < 1:
@@ -157,12 +154,7 @@ class PreferenceModule(LightningModule):
 
     @staticmethod
     def _logp_metrics(scores) -> dict[str, Tensor]:
-        if isinstance(scores, PairScores):
-            named = {"chosen": scores.chosen, "rejected": scores.rejected,
-                     "ref_chosen": scores.ref_chosen, "ref_rejected": scores.ref_rejected}
-        else:
-            named = {"policy": scores.logps, "ref": scores.ref_logps}
-        return {f"logps/{k}": v.detach().float().mean() for k, v in named.items() if v is not None}
+        return {f"logps/{k}": v.detach().float().mean() for k, v in scores.named().items() if v is not None}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         if not batch["prompt"]:  # every row's image failed to decode and was skipped (skip_bad_images)

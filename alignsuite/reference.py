@@ -278,3 +278,11 @@ class Precomputed(Reference):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "precomputed_reference" in checkpoint:
             self.stored = {split: torch.tensor(v) for split, v in checkpoint["precomputed_reference"].items()}
+
+
+def default_reference(objective, backbone: Backbone) -> Reference | None:
+    """The reference a run gets when none is configured: none for a reference-free objective, the policy
+    with its adapters off under LoRA (no second copy of the weights), a frozen copy otherwise."""
+    if not objective.needs_reference:
+        return None
+    return AdapterDisabled() if backbone.has_adapters else FrozenCopy()

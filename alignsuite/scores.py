@@ -63,6 +63,10 @@ class PairScores:
     def has_reference(self) -> bool:
         return self.ref_chosen is not None
 
+    def named(self) -> dict[str, Tensor | None]:
+        """The summed log-likelihoods by name, as logged under ``logps/``."""
+        return {"chosen": self.chosen, "rejected": self.rejected, "ref_chosen": self.ref_chosen, "ref_rejected": self.ref_rejected}
+
     @property
     def batch_size(self) -> int:
         return self.chosen.shape[0]
@@ -92,6 +96,10 @@ class UnpairedScores:
     @property
     def has_reference(self) -> bool:
         return self.ref_logps is not None
+
+    def named(self) -> dict[str, Tensor | None]:
+        """The summed log-likelihoods by name, as logged under ``logps/``."""
+        return {"policy": self.logps, "ref": self.ref_logps}
 
     @property
     def batch_size(self) -> int:
