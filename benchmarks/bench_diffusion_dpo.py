@@ -306,7 +306,7 @@ def run_alignsuite(cfg: dict, cached: bool) -> dict:
     from lightning.pytorch.callbacks import Callback
 
     from alignsuite.backbones import TextToImage
-    from alignsuite.data import PreferenceDataModule
+    from alignsuite.data import ImagePairs, PreferenceDataModule
     from alignsuite.module import PreferenceModule
     from alignsuite.objectives import DPO
     from alignsuite.reference import FrozenCopy
@@ -371,7 +371,7 @@ def run_alignsuite(cfg: dict, cached: bool) -> dict:
         lr_schedule="constant",
         warmup_ratio=0.0,
     )
-    data = InFileOrder(train=cfg["data"], modality="image", batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
+    data = InFileOrder(train=cfg["data"], layout=ImagePairs(), batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
     trainer = L.Trainer(
         accelerator="gpu" if cfg["device"] == "cuda" else "cpu", devices=1, precision="32-true",
         max_steps=cfg["steps"], gradient_clip_val=cfg["max_grad_norm"], logger=False, enable_checkpointing=False,

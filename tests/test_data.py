@@ -13,6 +13,8 @@ from alignsuite.data import (
     DataError,
     PairFields,
     PreferenceDataModule,
+    TextPairs,
+    TextUnpaired,
     load_table,
     normalize_pair,
     normalize_unpaired,
@@ -142,13 +144,23 @@ def test_hh_rlhf_layout():
     }
 
 
-def test_hh_rlhf_without_marker_cuts_at_last_whitespace():
-    row = {"chosen": "Q: 2+2? A: The answer is 4", "rejected": "Q: 2+2? A: The answer is 5"}
-    assert normalize_pair(row, 0, SRC, PairFields()) == {
-        "prompt": "Q: 2+2? A: The answer is",
-        "chosen": " 4",
-        "rejected": " 5",
-    }
+def test_answers_that_merely_start_alike_share_no_prompt():
+    # RLAIF-V without its image: the old common-prefix rule made 'It is' the prompt and dropped the question.
+    row = {"question": "What colour is the car?", "chosen": "It is red.", "rejected": "It is blue."}
+    with pytest.raises(DataError) as err:
+        normalize_pair(row, 3, SRC, PairFields())
+    assert str(err.value).startswith(
+        "data/train.jsonl: row 3: field 'prompt': expected a column named 'prompt'; the row has columns"
+        " ['chosen', 'question', 'rejected']; without a prompt column, chosen/rejected must be HH-RLHF transcripts"
+    )
+    assert "set prompt_field" in str(err.value)
+    assert normalize_pair(row, 3, SRC, PairFields(prompt="question"))["prompt"] == "What colour is the car?"
+
+
+def test_hh_transcripts_that_diverge_before_any_assistant_turn_are_an_error():
+    row = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Yo\n\nAssistant: Hey"}
+    with pytest.raises(DataError, match=r"row 0: field 'chosen': expected HH-RLHF transcripts that share the conversation"):
+        normalize_pair(row, 0, SRC, PairFields())
 
 
 def test_chosen_equal_rejected_gives_none():
@@ -456,7 +468,7 @@ def test_add_columns_reach_the_batch_by_index(tmp_path):
 
 
 def test_unpaired_layout_from_pairs_doubles_rows(tmp_path):
-    dm = make_dm(write_jsonl(tmp_path / "t.jsonl", ROWS), layout="unpaired", val_fraction=0.0, batch_size=4)
+    dm = make_dm(write_jsonl(tmp_path / "t.jsonl", ROWS), layout=TextUnpaired(), val_fraction=0.0, batch_size=4)
     assert len(dm.train_set) == 2 * len(ROWS)
     assert dm.train_set[0] == {"prompt": "p0", "completion": "good 0", "label": True, "index": 0}
     assert dm.train_set[1] == {"prompt": "p0", "completion": "bad 0", "label": False, "index": 1}
@@ -470,7 +482,7 @@ def test_unpaired_layout_from_pairs_doubles_rows(tmp_path):
 
 def test_unpaired_layout_native(tmp_path):
     rows = [{"prompt": "p", "completion": "c", "label": 1}, {"prompt": "q", "completion": "d", "label": 0}]
-    dm = make_dm(write_jsonl(tmp_path / "k.jsonl", rows), layout="unpaired", batch_size=2)
+    dm = make_dm(write_jsonl(tmp_path / "k.jsonl", rows), layout=TextUnpaired(), batch_size=2)
     assert dm.train_set.to_list() == [
         {"prompt": "p", "completion": "c", "label": True, "index": 0},
         {"prompt": "q", "completion": "d", "label": False, "index": 1},
@@ -481,17 +493,18 @@ def test_bad_kto_label_in_file(tmp_path):
     rows = [{"prompt": "p", "completion": "c", "label": "maybe"}]
     path = write_jsonl(tmp_path / "k.jsonl", rows)
     with pytest.raises(DataError, match=rf"{path}: row 0: field 'label'.*got 'maybe'"):
-        make_dm(path, layout="unpaired", batch_size=2)
+        make_dm(path, layout=TextUnpaired(), batch_size=2)
 
 
 def test_unpaired_with_batch_size_one_errors():
-    with pytest.raises(ValueError, match=r"data\.batch_size must be at least 2"):
-        PreferenceDataModule(layout="unpaired", batch_size=1)
+    with pytest.raises(ValueError, match=r"data\.batch_size must be at least 2 for an unpaired layout \(TextUnpaired: KTO\), got 1"):
+        PreferenceDataModule(layout=TextUnpaired(), batch_size=1)
 
 
 def test_unpaired_data_with_pairs_layout_hints(tmp_path):
     path = write_jsonl(tmp_path / "k.jsonl", [{"prompt": "p", "completion": "c", "label": 1}])
-    with pytest.raises(DataError, match="set data.layout: unpaired"):
+    with pytest.raises(DataError, match=r"row 0: field 'chosen': expected pair data; this looks unpaired .*"
+                                         r"use the layout alignsuite\.data\.TextUnpaired"):
         make_dm(path)
 
 

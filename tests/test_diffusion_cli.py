@@ -46,7 +46,7 @@ def diffusion_recipe(tmp_path, pipeline, train, objective, extra_backbone=None, 
                                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "t", "version": 0}}},
         "model": {"class_path": "alignsuite.module.PreferenceModule", "init_args": model},
         "data": {"class_path": "alignsuite.data.PreferenceDataModule",
-                 "init_args": {"modality": "image", "train": train, "val_fraction": 0.25, "batch_size": 4}},
+                 "init_args": {"layout": {"class_path": "alignsuite.data.ImagePairs"}, "train": train, "val_fraction": 0.25, "batch_size": 4}},
         "checkpoint": {"dirpath": str(tmp_path / "ckpt")},
     }
     path = tmp_path / "recipe.yaml"

@@ -32,7 +32,7 @@ def test_two_process_fit(tmp_path, tiny_lm_dir, pair_file, objective, reference,
     extra = {"reference": {"class_path": reference}} if reference else None
     path = recipe(tmp_path, tiny_lm_dir, pair_file, objective=objective, extra_model=extra)
     config = yaml.safe_load(open(path))
-    config["data"]["init_args"]["layout"] = layout
+    config["data"]["init_args"]["layout"] = {"class_path": {"pairs": "alignsuite.data.TextPairs", "unpaired": "alignsuite.data.TextUnpaired"}[layout]}
     open(path, "w").write(yaml.safe_dump(config))
     run_ddp(path)
     rows = list(csv.DictReader(open(tmp_path / "runs" / "t" / "version_0" / "metrics.csv")))

@@ -16,6 +16,8 @@ from PIL import Image
 from alignsuite.data import (
     DataError,
     ImageFields,
+    ImagePairs,
+    ImageUnpaired,
     PreferenceDataModule,
     normalize_image_pair,
     normalize_image_unpaired,
@@ -61,8 +63,8 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-def make_dm(train, **kwargs):
-    dm = PreferenceDataModule(train=train, modality="image", **kwargs)
+def make_dm(train, layout=None, **kwargs):
+    dm = PreferenceDataModule(train=train, layout=layout or ImagePairs(), **kwargs)
     dm.setup("fit")
     return dm
 
@@ -123,7 +125,7 @@ def test_ties_are_dropped_counted_and_warned(tmp_path):
 
 def test_ties_kept_in_original_order_without_drop_ties(tmp_path):
     rows = pickapic_rows(4, {1: {"label_0": 0.5}})
-    dm = make_dm(write_parquet(tmp_path / "t.parquet", rows), drop_ties=False)
+    dm = make_dm(write_parquet(tmp_path / "t.parquet", rows), ImagePairs(drop_ties=False))
     assert dm.skipped == {}
     assert dm.train_set["prompt"] == ["c0", "c1", "c2", "c3"]
     batch = first_batch(dm)
@@ -190,7 +192,7 @@ def test_image_value_kinds_give_the_same_image(kind):
     row = {"caption": "x", "jpg_0": encode(png("red")), "jpg_1": encode(png("blue")), "label_0": 0}
     out = normalize_image_pair(row, 0, SRC)
     assert isinstance(out["chosen"]["bytes"], bytes)
-    dm = PreferenceDataModule(modality="image")
+    dm = PreferenceDataModule(layout=ImagePairs())
     batch = dm.collate([dict(out, index=0)])
     assert colour_of(batch["chosen"][0]) == "blue" and colour_of(batch["rejected"][0]) == "red"
 
@@ -211,7 +213,7 @@ def test_image_feature_column_saved_to_disk(tmp_path):
 
 def test_non_rgb_images_arrive_as_rgb():
     row = {"caption": "x", "jpg_0": png("white", mode="L"), "jpg_1": png("blue", mode="RGBA"), "label_0": 1}
-    batch = PreferenceDataModule(modality="image").collate([dict(normalize_image_pair(row, 0, SRC), index=0)])
+    batch = PreferenceDataModule(layout=ImagePairs()).collate([dict(normalize_image_pair(row, 0, SRC), index=0)])
     assert colour_of(batch["chosen"][0]) == "white" and colour_of(batch["rejected"][0]) == "blue"
 
 
@@ -277,7 +279,7 @@ def test_missing_image_file_names_metadata_file_row_and_field(tmp_path):
 
 def test_unpaired_layout_native(tmp_path):
     rows = [{"caption": f"c{i}", "image": png("red" if i % 2 else "blue"), "label": 1 - i % 2} for i in range(4)]
-    dm = make_dm(write_parquet(tmp_path / "k.parquet", rows), layout="unpaired", batch_size=2)
+    dm = make_dm(write_parquet(tmp_path / "k.parquet", rows), ImageUnpaired(), batch_size=2)
     assert dm.train_set["label"] == [True, False, True, False]
     assert dm.train_set["_completion_column"] == ["image"] * 4
     batch = first_batch(dm)
@@ -298,7 +300,7 @@ def test_unpaired_bad_label_is_named():
 
 
 def test_pairs_become_winner_and_loser_rows(tmp_path):
-    dm = make_dm(write_parquet(tmp_path / "t.parquet", pickapic_rows(2)), layout="unpaired", batch_size=2)
+    dm = make_dm(write_parquet(tmp_path / "t.parquet", pickapic_rows(2)), ImageUnpaired(), batch_size=2)
     ds = dm.train_set
     assert ds["prompt"] == ["c0", "c0", "c1", "c1"]
     assert ds["label"] == [True, False, True, False]
@@ -311,7 +313,8 @@ def test_pairs_become_winner_and_loser_rows(tmp_path):
 
 def test_unpaired_data_with_pairs_layout_hints(tmp_path):
     path = write_parquet(tmp_path / "k.parquet", [{"caption": "c", "image": png("red"), "label": 1}])
-    with pytest.raises(DataError, match="set data.layout: unpaired"):
+    with pytest.raises(DataError, match=r"row 0: field 'jpg_0': expected pair data; this looks unpaired .*"
+                                         r"use the layout alignsuite\.data\.ImageUnpaired"):
         make_dm(path)
 
 
@@ -340,7 +343,7 @@ def test_truncated_image_file_is_named_with_its_path(tmp_path):
 def test_skip_bad_images_shrinks_the_batch_and_counts(tmp_path):
     rows = pickapic_rows(6, {1: {"jpg_1": b"garbage"}, 4: {"jpg_0": b"\x89PNG broken"}})
     path = write_parquet(tmp_path / "t.parquet", rows)
-    dm = make_dm(path, batch_size=6, skip_bad_images=True)
+    dm = make_dm(path, ImagePairs(skip_bad_images=True), batch_size=6)
     with pytest.warns(UserWarning, match=rf"skipping rows whose image does not decode.*{path}: row 1: field 'jpg_1'"):
         batch = first_batch(dm)
     assert batch["index"].tolist() == [0, 2, 3, 5]
@@ -353,7 +356,7 @@ def test_skip_bad_images_shrinks_the_batch_and_counts(tmp_path):
 
 def test_all_bad_rows_give_an_empty_batch(tmp_path):
     rows = pickapic_rows(2, {0: {"jpg_0": b"x"}, 1: {"jpg_1": b"y"}})
-    dm = make_dm(write_parquet(tmp_path / "t.parquet", rows), skip_bad_images=True)
+    dm = make_dm(write_parquet(tmp_path / "t.parquet", rows), ImagePairs(skip_bad_images=True))
     with pytest.warns(UserWarning):
         batch = first_batch(dm)
     assert batch["prompt"] == [] and batch["chosen"] == [] and batch["index"].shape == (0,)
@@ -383,11 +386,11 @@ def test_rewards_follow_the_swap_into_float_tensors(tmp_path):
 
 def test_custom_reward_columns_and_bad_reward(tmp_path):
     rows = [{"caption": "c", "jpg_0": png("red"), "jpg_1": png("blue"), "label_0": 0, "ps_0": 0.2, "ps_1": 0.3}]
-    dm = make_dm(write_parquet(tmp_path / "t.parquet", rows), reward_0_field="ps_0", reward_1_field="ps_1")
+    dm = make_dm(write_parquet(tmp_path / "t.parquet", rows), ImagePairs(reward_0_field="ps_0", reward_1_field="ps_1"))
     assert dm.train_set["reward_chosen"] == [0.3] and dm.train_set["reward_rejected"] == [0.2]
     rows[0]["ps_1"] = None
     with pytest.raises(DataError, match=r"row 0: field 'ps_1': expected a finite number, got None"):
-        make_dm(write_parquet(tmp_path / "u.parquet", rows), reward_0_field="ps_0", reward_1_field="ps_1")
+        make_dm(write_parquet(tmp_path / "u.parquet", rows), ImagePairs(reward_0_field="ps_0", reward_1_field="ps_1"))
 
 
 def test_no_reward_columns_no_reward_keys(tmp_path):
@@ -406,15 +409,17 @@ def test_sources_must_agree_on_reward_columns(tmp_path):
 # --- the data module -----------------------------------------------------------------------------------
 
 
-def test_text_modality_on_image_data_hints(tmp_path):
+def test_text_layout_on_image_data_hints(tmp_path):
     path = write_parquet(tmp_path / "t.parquet", pickapic_rows(2))
-    with pytest.raises(DataError, match="set data.modality: image"):
+    with pytest.raises(DataError, match=r"row 0: field 'chosen': expected TextPairs rows; this looks like Pick-a-Pic"
+                                         r" image data: use the layout alignsuite\.data\.ImagePairs"):
         PreferenceDataModule(train=path).setup("fit")
 
 
-def test_bad_modality_value():
-    with pytest.raises(ValueError, match="data.modality must be 'text' or 'image'"):
-        PreferenceDataModule(modality="audio")
+@pytest.mark.parametrize("old", ["image", "unpaired", "pairs"])
+def test_the_old_layout_and_modality_strings_name_the_layout_classes(old):
+    with pytest.raises(TypeError, match=rf"data.layout must be a layout object such as alignsuite.data.TextPairs\(\).*got '{old}'"):
+        PreferenceDataModule(layout=old)
 
 
 def test_val_fraction_caps_predict_and_hidden_score_columns(tmp_path):
@@ -437,7 +442,7 @@ def test_subclass_rows_with_pil_images():
         def load_rows(self, split):
             return [{"caption": "c", "jpg_0": Image.new("RGB", (2, 2), COLOURS["red"]), "jpg_1": png("blue"), "label_0": 0}]
 
-    dm = Generated(modality="image")
+    dm = Generated(layout=ImagePairs())
     dm.setup("fit")
     assert dm.train_set[0]["_source"] == "Generated.load_rows('train')"
     assert colour_of(first_batch(dm)["chosen"][0]) == "blue"

@@ -112,7 +112,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path, tiny_lm_dir):
 
 def test_kto_trains_on_unpaired_rows(tmp_path, tiny_lm_dir):
     rec = Recorder()
-    data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4, layout="unpaired")
+    data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4, unpaired=True)
     module = make_module(tiny_lm_dir, objective=KTO(beta=0.1))
     make_trainer(tmp_path, 4, [rec], enable_checkpointing=False).fit(module, data)
     assert rec.losses[0] == pytest.approx(0.5, abs=1e-4)  # u = z0 = 0: 1 - sigmoid(0) for every example

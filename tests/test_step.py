@@ -112,7 +112,7 @@ def test_precomputed_refuses_views_it_cannot_store(tmp_path, tiny_lm_dir):
     from alignsuite.backbones import TextToImage
 
     module = PreferenceModule(CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=12), KTO(), reference=Precomputed())
-    data = ToyPreferenceData(num_train=8, num_val=4, batch_size=4, layout="unpaired")
+    data = ToyPreferenceData(num_train=8, num_val=4, batch_size=4, unpaired=True)
     with pytest.raises(ValueError, match=r"Precomputed cannot store scores for objective 'kto'.*\['mismatched'\]"):
         make_trainer(tmp_path, 1).fit(module, data)
     with pytest.raises(ValueError, match="TextToImage draws new noise"):

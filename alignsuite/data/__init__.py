@@ -1,8 +1,9 @@
-"""Preference data: loading (`load_table`), row normalisation (`normalize_pair`,
-`normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`) and the Lightning
-data module that batches it (`PreferenceDataModule`)."""
+"""Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
+`TextUnpaired`, `ImagePairs`, `ImageUnpaired`, in `layouts/`), the row normalisation they use
+(`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
+and the Lightning data module that batches it (`PreferenceDataModule`)."""
 
-from alignsuite.data.datamodule import PreferenceDataModule
+from alignsuite.data.datamodule import EpochRandomSampler, PreferenceDataModule
 from alignsuite.data.errors import DataError
 from alignsuite.data.images import (
     ImageFields,
@@ -12,6 +13,7 @@ from alignsuite.data.images import (
     normalize_image_unpaired,
     to_tensor,
 )
+from alignsuite.data.layouts import ImagePairs, ImageUnpaired, Layout, TextPairs, TextUnpaired
 from alignsuite.data.loading import load_table
 from alignsuite.data.preference import (
     PairFields,
@@ -23,9 +25,15 @@ from alignsuite.data.preference import (
 
 __all__ = [
     "DataError",
+    "EpochRandomSampler",
     "ImageFields",
+    "ImagePairs",
+    "ImageUnpaired",
+    "Layout",
     "PairFields",
     "PreferenceDataModule",
+    "TextPairs",
+    "TextUnpaired",
     "UnpairedFields",
     "decode_image",
     "image_pairs_to_unpaired",

@@ -1,8 +1,8 @@
-"""The one error a bad data row raises.
+"""The one error bad data raises.
 
 A preference run fails on row 41,317 of a file someone else wrote; the message must let them find
-that row without a debugger, so it always names the source, the row and the field, and says what was
-expected there.
+that row without a debugger, so it always names the source and, where there is one, the line, the row
+and the field, and says what was expected there.
 """
 
 from __future__ import annotations
@@ -17,17 +17,42 @@ def _show(value: object, limit: int = 80) -> str:
 
 
 class DataError(ValueError):
-    """A row that cannot become a canonical preference row.
+    """Data that cannot become canonical preference rows.
 
     ``DataError("data/train.jsonl", 17, "chosen", "non-empty text or a list of chat messages", "")``
     reads ``data/train.jsonl: row 17: field 'chosen': expected non-empty text or a list of chat
     messages, got ''``. ``row`` is 0-based within its source. Without ``got`` the message ends after
     the expectation, for problems that are not about one value (a missing column).
+
+    Problems of a file rather than a row leave ``row``/``field`` out and give ``line`` (1-based, as
+    editors count) or a free-form ``problem``: ``data/train.jsonl: line 57: expected one JSON object
+    per line, got ...`` or ``data/train.jsonl: all 6 rows were skipped because chosen equals rejected``.
     """
 
-    def __init__(self, source: str, row: int, field: str, expected: str, got: object = _NOTHING):
-        self.source, self.row, self.field = source, row, field
-        message = f"{source}: row {row}: field {field!r}: expected {expected}"
-        if got is not _NOTHING:
-            message += f", got {_show(got)}"
+    def __init__(
+        self,
+        source: str,
+        row: int | None = None,
+        field: str | None = None,
+        expected: str | None = None,
+        got: object = _NOTHING,
+        *,
+        line: int | None = None,
+        problem: str | None = None,
+    ):
+        self.source, self.row, self.field, self.line = source, row, field, line
+        where = [source]
+        if line is not None:
+            where.append(f"line {line}")
+        if row is not None:
+            where.append(f"row {row}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        message = ": ".join(where)
+        if expected is not None:
+            message += f": expected {expected}"
+            if got is not _NOTHING:
+                message += f", got {_show(got)}"
+        if problem is not None:
+            message += f"{';' if expected is not None else ':'} {problem}"
         super().__init__(message)

@@ -1,27 +1,33 @@
-"""Turn the preference layouts found in the wild into one canonical row.
+"""Turn the text preference layouts found in the wild into one canonical row.
 
-Canonical pair: ``{"prompt": P, "chosen": C, "rejected": R}``. Either all three are ``str`` (plain
-text), or all three are chat message lists ``[{"role": ..., "content": ...}, ...]`` where ``prompt``
-is the conversation up to the answer and ``chosen``/``rejected`` hold only the answer's turn(s), the
-first of them an assistant turn. Canonical unpaired row (KTO): ``{"prompt": P, "completion": C,
-"label": bool}`` with the same text/chat rule. Backbones read nothing else, so every dataset quirk is
-settled here, once.
+Canonical pair: ``{"prompt": P, "chosen": C, "rejected": R}``, plus ``"tools"`` (the row's tool
+schemas as JSON text, or ``None``) when the data has a tools column. Either all three are ``str``
+(plain text), or all three are chat message lists (`alignsuite.data.messages`) where ``prompt`` is the
+conversation up to the answer and ``chosen``/``rejected`` hold only the answer's turn(s), the first of
+them an assistant turn. Canonical unpaired row (KTO): ``{"prompt": P, "completion": C, "label": bool}``
+with the same text/chat rule. Backbones read nothing else, so every dataset quirk is settled here, once.
 
-Layouts recognised for pairs:
-- text: ``prompt``, ``chosen``, ``rejected`` strings. An empty (or None) prompt is allowed.
-- HH-RLHF: no prompt column; ``chosen``/``rejected`` are whole transcripts
-  ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``. The prompt is their longest common prefix cut back to just
-  after its last ``"\\n\\nAssistant:"`` (without that marker: cut back to its last whitespace, which
-  goes to the completions), so ``prompt + chosen`` is the original chosen text.
-- UltraFeedback-binarized: ``prompt`` a string, ``chosen``/``rejected`` whole conversations (the first
-  message not the assistant's). The prompt is their shared leading messages; the rest are the
-  completions. No prompt column works the same way.
-- TRL conversational: ``prompt`` a message list, ``chosen``/``rejected`` the assistant message(s), or
-  each a single assistant string (wrapped as one assistant message). Completions that repeat the
-  prompt messages in front have them removed.
-- a text prompt with assistant-only message completions: the prompt becomes one user message.
+Layouts recognised for pairs, in this order (column names are `PairFields`):
+- a ``prompt`` column: text, or messages (TRL conversational), with ``chosen``/``rejected`` as text,
+  the assistant message(s), or the whole conversation (UltraFeedback-binarized: the prompt messages
+  are then removed from their front). A text prompt beside message answers becomes one user message.
+  An empty (or None) prompt is allowed.
+- LLaMA-Factory ShareGPT: ``conversations`` (``{from, value}`` messages), ``chosen``/``rejected`` one
+  message each (or a list), optional ``system`` (a system message first) and ``tools``.
+- LLaMA-Factory alpaca: ``instruction``, optional ``input`` (a non-empty one joins the instruction as
+  ``instruction + "\\n" + input``, as LLaMA-Factory builds its query), optional ``system`` and
+  ``history`` (``[[query, answer], ...]`` earlier turns), ``chosen``/``rejected`` text. The prompt is
+  chat messages, since LLaMA-Factory renders these rows through the model's chat template.
+- no prompt column, ``chosen``/``rejected`` whole conversations (UltraFeedback-binarized, TRL's
+  implicit prompt): the prompt is their shared leading messages.
+- HH-RLHF: no prompt column, ``chosen``/``rejected`` transcripts ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``;
+  the prompt is their common prefix cut back to just after its last ``"\\n\\nAssistant:"``, so
+  ``prompt + chosen`` is the original chosen text. Only for such transcripts: two answers that merely
+  start alike (``"It is red"``/``"It is blue"``) share no prompt, and without a prompt column they are
+  an error naming the columns found, never a prompt guessed from their common start.
 
-Messages keep only ``role`` and ``content``; both must be strings.
+Rows with images (an ``image``/``images`` value, or message content parts that are images: RLAIF-V,
+TRL's vision-language layout) are an error: training on their text alone would drop the image.
 """
 
 from __future__ import annotations
@@ -31,11 +37,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from alignsuite.data.errors import DataError
-
-Messages = list[dict[str, str]]
+from alignsuite.data.messages import Messages, blank, normalize_messages, normalize_tools, vision_error
 
 _HH_MARKER = "\n\nAssistant:"
 _EXPECT_COMPLETION = "non-empty text or a list of chat messages"
+VISION_COLUMNS = ("image", "images")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,12 @@ class PairFields:
     prompt: str = "prompt"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    instruction: str = "instruction"
+    input: str = "input"
+    conversations: str = "conversations"
+    system: str = "system"
+    history: str = "history"
+    tools: str = "tools"
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class UnpairedFields:
     prompt: str = "prompt"
     completion: str = "completion"
     label: str = "label"
+    tools: str = "tools"
 
 
 # --- checks on single values -------------------------------------------------------------------
@@ -65,28 +78,21 @@ def _get(row: dict, field: str, index: int, source: str) -> object:
     return row[field]
 
 
-def _messages(value: list, field: str, index: int, source: str) -> Messages:
-    out = []
-    for m in value:
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise DataError(source, index, field, "chat messages that are dicts with string 'role' and 'content'", m)
-        # Only role and content: other keys (tool calls, names) would differ between rows and break the
-        # Arrow schema, and no backbone reads them.
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
-
-
-def _blank(value: str | Messages) -> bool:
-    if isinstance(value, str):
-        return not value.strip()
-    return not any(m["content"].strip() for m in value)
+def check_text_only(row: dict, index: int, source: str) -> None:
+    """Refuse a row that carries an image: a text layout would silently train on its text alone."""
+    for column in VISION_COLUMNS:
+        if row.get(column) not in (None, "", []):
+            raise vision_error(source, index, column, f"the row has an {column!r} value (RLAIF-V or TRL vision-language data)")
 
 
 def _completion(value: object, field: str, index: int, source: str) -> str | Messages:
-    """A chosen/rejected/completion value: non-blank text, or messages with some non-blank content."""
+    """A chosen/rejected/completion value: non-blank text, or messages (a single ShareGPT message
+    dict counts as a list of one) with some non-blank content."""
+    if isinstance(value, dict):
+        value = [value]
     if isinstance(value, list):
-        msgs = _messages(value, field, index, source)
-        if not _blank(msgs):
+        msgs = normalize_messages(value, field, index, source)
+        if not blank(msgs):
             return msgs
     elif isinstance(value, str) and value.strip():
         return value
@@ -101,23 +107,60 @@ def _prompt(value: object, field: str, index: int, source: str) -> str | Message
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return _messages(value, field, index, source)
+        return normalize_messages(value, field, index, source)
     raise DataError(source, index, field, "text or a list of chat messages", value)
+
+
+def _text(row: dict, field: str, index: int, source: str) -> str:
+    value = row.get(field)
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise DataError(source, index, field, "text", value)
+
+
+# --- prompts of the LLaMA-Factory layouts ---------------------------------------------------------
+
+
+def _system(row: dict, fields: PairFields, index: int, source: str) -> Messages:
+    system = _text(row, fields.system, index, source)
+    return [{"role": "system", "content": system}] if system.strip() else []
+
+
+def _alpaca_prompt(row: dict, fields: PairFields, index: int, source: str) -> Messages:
+    query = "\n".join(t for t in (_text(row, f, index, source) for f in (fields.instruction, fields.input)) if t)
+    if not query.strip():
+        raise DataError(source, index, fields.instruction, "a non-empty instruction (alpaca layout)", row[fields.instruction])
+    history = row.get(fields.history) or []
+    turns = []
+    for pair in history if isinstance(history, list) else [history]:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise DataError(source, index, fields.history, "a list of [query, answer] text pairs", history)
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return _system(row, fields, index, source) + turns + [{"role": "user", "content": query}]
+
+
+def _sharegpt_prompt(row: dict, fields: PairFields, index: int, source: str) -> Messages:
+    value = row[fields.conversations]
+    if not isinstance(value, list) or not value:
+        raise DataError(source, index, fields.conversations, "a non-empty list of ShareGPT messages", value)
+    msgs = normalize_messages(value, fields.conversations, index, source)
+    return msgs if msgs[0]["role"] == "system" else _system(row, fields, index, source) + msgs
 
 
 # --- splitting a shared prefix off ----------------------------------------------------------------
 
 
-def _split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
+def _is_transcript(value: object) -> bool:
+    return isinstance(value, str) and _HH_MARKER in value
+
+
+def _split_transcripts(chosen: str, rejected: str, fields: PairFields, index: int, source: str) -> tuple[str, str, str]:
     shared = os.path.commonprefix([chosen, rejected])
     cut = shared.rfind(_HH_MARKER)
-    if cut >= 0:
-        cut += len(_HH_MARKER)
-    else:
-        # The common prefix may run into the answers ("The answer is 4" / "The answer is 5"); cut back
-        # to a word boundary, leaving the space with the completion as tokenizers expect.
-        cut = max(shared.rfind(c) for c in " \t\n")
-        cut = max(cut, 0)
+    if cut < 0:
+        raise DataError(source, index, fields.chosen,
+                        f"HH-RLHF transcripts that share the conversation up to a {_HH_MARKER!r} turn", chosen)
+    cut += len(_HH_MARKER)
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
@@ -142,7 +185,7 @@ def _strip_prompt(msgs: Messages, prompt: Messages) -> Messages:
 
 
 def _check_answer(msgs: Messages, field: str, index: int, source: str, original: object) -> None:
-    if not msgs or _blank(msgs):
+    if not msgs or blank(msgs):
         raise DataError(source, index, field, "a non-empty answer after the prompt messages", original)
     if msgs[0]["role"] != "assistant":
         raise DataError(source, index, field, "the answer to start with an assistant message", msgs[0])
@@ -166,37 +209,62 @@ def _chat_pair(prompt, chosen, rejected, raw, fields: PairFields, index: int, so
     return {"prompt": p, "chosen": c, "rejected": r}
 
 
+def _missing_prompt(row: dict, fields: PairFields, index: int, source: str) -> DataError:
+    return DataError(
+        source, index, fields.prompt,
+        f"a column named {fields.prompt!r}; the row has columns {sorted(row)}",
+        problem="without a prompt column, chosen/rejected must be HH-RLHF transcripts ('\\n\\nHuman: ... "
+        "\\n\\nAssistant: ...') or whole chat conversations; if the prompt has another name, set prompt_field",
+    )
+
+
 # --- public ------------------------------------------------------------------------------------
 
 
 def normalize_pair(row: dict, index: int, source: str, fields: PairFields = PairFields()) -> dict | None:
-    """Canonical ``{"prompt", "chosen", "rejected"}`` of one pair row, or ``None`` if chosen equals
-    rejected (the caller counts and reports those: they carry no preference).
+    """Canonical pair of one row (module docstring), or ``None`` if chosen equals rejected (the caller
+    counts and reports those: they carry no preference).
 
     Raises ``DataError`` naming ``source``, ``index`` and the field for a missing column, a blank
-    chosen/rejected (or one whose answer part is empty), a malformed message, or a prompt that is
-    neither text nor messages.
+    chosen/rejected (or one whose answer part is empty), a malformed message, a prompt that is neither
+    text nor messages, or an image in the row.
     """
+    check_text_only(row, index, source)
     raw_chosen = _get(row, fields.chosen, index, source)
     raw_rejected = _get(row, fields.rejected, index, source)
     chosen = _completion(raw_chosen, fields.chosen, index, source)
     rejected = _completion(raw_rejected, fields.rejected, index, source)
     if chosen == rejected:
         return None
-    has_prompt = fields.prompt in row
-    prompt = _prompt(row.get(fields.prompt), fields.prompt, index, source)
-
-    if any(isinstance(v, list) for v in (prompt, chosen, rejected)):
-        out = _chat_pair(prompt, chosen, rejected, (raw_chosen, raw_rejected), fields, index, source)
-    elif has_prompt:
-        out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-    else:
-        p, c, r = _split_transcripts(chosen, rejected)
+    if fields.prompt in row:
+        prompt = _prompt(row[fields.prompt], fields.prompt, index, source)
+    elif fields.conversations in row:
+        prompt = _sharegpt_prompt(row, fields, index, source)
+    elif fields.instruction in row:
+        prompt = _alpaca_prompt(row, fields, index, source)
+    elif isinstance(chosen, list) and isinstance(rejected, list) and _is_conversation(chosen) and _is_conversation(rejected):
+        prompt = []  # the conversations' shared start is the prompt (_chat_pair)
+    elif _is_transcript(chosen) and _is_transcript(rejected):
+        p, c, r = _split_transcripts(chosen, rejected, fields, index, source)
         for field, value in ((fields.chosen, c), (fields.rejected, r)):
             if not value.strip():
                 raise DataError(source, index, field, "a non-empty answer after the shared prompt", value)
-        out = {"prompt": p, "chosen": c, "rejected": r}
-    return None if out["chosen"] == out["rejected"] else out
+        return None if c == r else {"prompt": p, "chosen": c, "rejected": r, **_tools(row, fields.tools, index, source)}
+    else:
+        raise _missing_prompt(row, fields, index, source)
+
+    if any(isinstance(v, list) for v in (prompt, chosen, rejected)):
+        out = _chat_pair(prompt, chosen, rejected, (raw_chosen, raw_rejected), fields, index, source)
+    else:
+        out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if out["chosen"] == out["rejected"]:
+        return None
+    return {**out, **_tools(row, fields.tools, index, source)}
+
+
+def _tools(row: dict, field: str, index: int, source: str) -> dict:
+    # Only data with a tools column gets the key, so plain data keeps its plain columns.
+    return {"tools": normalize_tools(row[field], field, index, source)} if field in row else {}
 
 
 def _label(value: object, field: str, index: int, source: str) -> bool:
@@ -209,13 +277,14 @@ def _label(value: object, field: str, index: int, source: str) -> bool:
 
 
 def normalize_unpaired(row: dict, index: int, source: str, fields: UnpairedFields = UnpairedFields()) -> dict:
-    """Canonical ``{"prompt", "completion", "label"}`` of one KTO row.
+    """Canonical ``{"prompt", "completion", "label"}`` (and ``"tools"``) of one KTO row.
 
     ``label`` is a bool, or 0/1 as int or float. Chat rules as for pairs: a message-list prompt with a
     string completion wraps the completion as one assistant message; a completion that repeats the
     prompt messages has them removed; a completion that is a whole conversation is split before its
     trailing assistant turns; a text prompt with a message completion becomes one user message.
     """
+    check_text_only(row, index, source)
     raw = _get(row, fields.completion, index, source)
     completion = _completion(raw, fields.completion, index, source)
     prompt = _prompt(_get(row, fields.prompt, index, source), fields.prompt, index, source)
@@ -235,14 +304,15 @@ def normalize_unpaired(row: dict, index: int, source: str, fields: UnpairedField
             p = _prompt_messages(prompt)
         _check_answer(c, fields.completion, index, source, raw)
         prompt, completion = p, c
-    return {"prompt": prompt, "completion": completion, "label": label}
+    return {"prompt": prompt, "completion": completion, "label": label, **_tools(row, fields.tools, index, source)}
 
 
 def pairs_to_unpaired(rows: Iterable[dict]) -> list[dict]:
     """Canonical pairs -> canonical unpaired rows, so a pair dataset can train KTO: each pair gives
-    ``(prompt, chosen, True)`` then ``(prompt, rejected, False)``."""
+    ``(prompt, chosen, True)`` then ``(prompt, rejected, False)`` (each with the pair's tools)."""
     out = []
     for row in rows:
-        out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
-        out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
+        extra = {"tools": row["tools"]} if "tools" in row else {}
+        out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True, **extra})
+        out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False, **extra})
     return out

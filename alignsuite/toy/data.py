@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from alignsuite.data.datamodule import PreferenceDataModule
+from alignsuite.data.layouts import ImagePairs, ImageUnpaired, TextPairs, TextUnpaired
+
+# A world declares its modality; the layout follows from it and from ``unpaired``.
+_LAYOUTS = {("text", False): TextPairs, ("text", True): TextUnpaired,
+            ("image", False): ImagePairs, ("image", True): ImageUnpaired}
 
 
 class ToyPreferenceData(PreferenceDataModule):
     """``num_train``/``num_val`` generated pairs of toy world ``world``, validated like any dataset.
 
-    With ``layout: unpaired`` every pair becomes a desirable and an undesirable example (KTO).
+    Args:
+        world: the toy world (``llm``: text pairs; ``diffusion``: Pick-a-Pic-style image pairs).
+        num_train: generated training pairs.
+        num_val: generated validation pairs (drawn with another seed).
+        unpaired: turn every pair into a desirable and an undesirable row (KTO, Diffusion-KTO).
+        batch_size: rows per training batch.
+        eval_batch_size: rows per validation batch (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        seed: seed of the generated rows and of the shuffle.
     """
 
     def __init__(
@@ -18,7 +29,7 @@ class ToyPreferenceData(PreferenceDataModule):
         world: str = "llm",
         num_train: int = 2048,
         num_val: int = 128,
-        layout: Literal["pairs", "unpaired"] = "pairs",
+        unpaired: bool = False,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -26,9 +37,9 @@ class ToyPreferenceData(PreferenceDataModule):
     ) -> None:
         from alignsuite.toy import get_world
 
+        layout = _LAYOUTS[getattr(get_world(world), "modality", "text"), bool(unpaired)]()
         super().__init__(
             layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
-            modality=getattr(get_world(world), "modality", "text"),
         )
         self.world_name = world
         self.num_rows = {"train": num_train, "val": num_val}

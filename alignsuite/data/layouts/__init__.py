@@ -1,0 +1,7 @@
+"""Data layouts: one small class per kind of preference row, chosen by ``class_path`` in a recipe."""
+
+from alignsuite.data.layouts.base import Layout
+from alignsuite.data.layouts.images import ImagePairs, ImageUnpaired
+from alignsuite.data.layouts.text import TextPairs, TextUnpaired
+
+__all__ = ["ImagePairs", "ImageUnpaired", "Layout", "TextPairs", "TextUnpaired"]

@@ -1,0 +1,142 @@
+"""Chat messages as the text layouts keep them, from the shapes found in the wild.
+
+A canonical message is ``{"role": str, "content": str}``, plus, only when the data has them,
+``tool_calls`` (the assistant's calls, a list of dicts as chat templates read them), ``name`` and
+``tool_call_id`` (a tool result's). Accepted on the way in:
+
+- ``{"role", "content"}`` messages (TRL, OpenAI). An assistant message with ``tool_calls`` may have no
+  content (it becomes ``""``). Other keys (``weight``, ``loss`` ...) are dropped: no backbone reads them.
+- ShareGPT ``{"from", "value"}`` messages (LLaMA-Factory). ``from`` maps ``human``/``user`` -> user,
+  ``gpt``/``assistant`` -> assistant, ``system`` -> system, ``observation``/``tool`` -> tool (a tool's
+  result) and ``function_call`` -> an assistant message whose ``value`` is the JSON call
+  (``{"name": ..., "arguments": ...}`` or a list of them), kept as
+  ``tool_calls: [{"type": "function", "function": {"name": ..., "arguments": ...}}]``.
+
+A content that is a list of ``{"type": "image"}``/``{"type": "text"}`` parts is TRL's vision-language
+layout; the text layouts refuse it (`vision_error`) rather than train on the text alone.
+
+Arrow holds one schema per column, and tool-call arguments differ from row to row, so in a dataset
+``tool_calls`` is stored as JSON text and ``tools`` (the row's tool schemas) likewise; `for_arrow` and
+`from_arrow` convert, the latter at collate, and also drop the ``None`` that Arrow gives a message
+for a key that only other messages of the column have.
+"""
+
+from __future__ import annotations
+
+import json
+
+from alignsuite.data.errors import DataError
+
+Message = dict
+Messages = list[Message]
+
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+    "observation": "tool", "tool": "tool", "function_call": "assistant",
+}
+_OPTIONAL = ("tool_calls", "name", "tool_call_id")
+_EXPECT_MESSAGE = "chat messages that are dicts with string 'role' and 'content'"
+VISION_HINT = "vision-language data needs a vision-language layout, which alignsuite does not support yet"
+
+
+def vision_error(source: str, index: int, field: str, what: str) -> DataError:
+    return DataError(source, index, field, "text-only rows", problem=f"{what}; {VISION_HINT}")
+
+
+def normalize_messages(value: list, field: str, index: int, source: str) -> Messages:
+    """Canonical messages of a list of ``{role, content}`` or ``{from, value}`` dicts."""
+    return [_message(m, field, index, source) for m in value]
+
+
+def _message(m: object, field: str, index: int, source: str) -> Message:
+    if isinstance(m, dict) and "from" in m and "role" not in m:
+        return _sharegpt(m, field, index, source)
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise DataError(source, index, field, _EXPECT_MESSAGE, m)
+    content, tool_calls = m.get("content"), m.get("tool_calls")
+    if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") != "text" for p in content):
+        raise vision_error(source, index, field, f"a {m['role']} message has content parts {_part_types(content)}")
+    if tool_calls is not None:
+        _check_tool_calls(tool_calls, field, index, source)
+        content = "" if content is None else content
+    if not isinstance(content, str):
+        raise DataError(source, index, field, _EXPECT_MESSAGE, m)
+    out = {"role": m["role"], "content": content}
+    if tool_calls:
+        out["tool_calls"] = tool_calls
+    for key in ("name", "tool_call_id"):
+        if isinstance(m.get(key), str):
+            out[key] = m[key]
+    return out
+
+
+def _part_types(parts: list) -> list:
+    return [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in parts]
+
+
+def _check_tool_calls(calls: object, field: str, index: int, source: str) -> None:
+    if not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+        raise DataError(source, index, field, "'tool_calls' as a list of dicts", calls)
+
+
+def _sharegpt(m: dict, field: str, index: int, source: str) -> Message:
+    sender, value = m.get("from"), m.get("value")
+    if sender not in SHAREGPT_ROLES:
+        raise DataError(source, index, field, f"a ShareGPT 'from' among {sorted(SHAREGPT_ROLES)}", sender)
+    if not isinstance(value, str):
+        raise DataError(source, index, field, "a ShareGPT message with a string 'value'", m)
+    if sender != "function_call":
+        return {"role": SHAREGPT_ROLES[sender], "content": value}
+    try:
+        calls = json.loads(value)
+    except json.JSONDecodeError:
+        calls = None
+    calls = [calls] if isinstance(calls, dict) else calls
+    if not (isinstance(calls, list) and calls and all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls)):
+        raise DataError(source, index, field, 'a function_call value that is JSON {"name": ..., "arguments": ...} (or a list of them)', value)
+    tool_calls = [{"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}} for c in calls]
+    return {"role": "assistant", "content": "", "tool_calls": tool_calls}
+
+
+def blank(value: str | Messages) -> bool:
+    """Whether text or messages say nothing: blank text, or no message with content or a tool call."""
+    if isinstance(value, str):
+        return not value.strip()
+    return not any(m["content"].strip() or m.get("tool_calls") for m in value)
+
+
+def normalize_tools(value: object, field: str, index: int, source: str) -> str | None:
+    """A row's tool schemas (a list of dicts, or its JSON text as LLaMA-Factory stores it) as JSON
+    text for Arrow; ``None`` when the row has none."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(source, index, field, "tool schemas: a list of dicts, or its JSON text", value) from None
+    if isinstance(value, dict):
+        value = [value]
+    if not (isinstance(value, list) and all(isinstance(t, dict) for t in value)):
+        raise DataError(source, index, field, "tool schemas: a list of dicts, or its JSON text", value)
+    return json.dumps(value) if value else None
+
+
+def for_arrow(value: object) -> object:
+    """Messages with ``tool_calls`` as JSON text (anything else unchanged)."""
+    if not isinstance(value, list):
+        return value
+    return [dict(m, tool_calls=json.dumps(m["tool_calls"])) if "tool_calls" in m else m for m in value]
+
+
+def from_arrow(value: object) -> object:
+    """Inverse of `for_arrow`, also dropping the ``None`` Arrow fills in for keys a message lacked."""
+    if not isinstance(value, list) or not value or not isinstance(value[0], dict):
+        return value
+    out = []
+    for m in value:
+        m = {k: v for k, v in m.items() if not (k in _OPTIONAL and v is None)}
+        if isinstance(m.get("tool_calls"), str):
+            m["tool_calls"] = json.loads(m["tool_calls"])
+        out.append(m)
+    return out
