@@ -1,11 +1,11 @@
 """Diffusion-DPO throughput and memory: alignsuite against a diffusers-style training loop, same model, same data.
 
-Run by hand (never a test):
+Run by hand (never a test), from the repository root:
 
-    python benchmarks/bench_diffusion_dpo.py --repeats 2 --out bench_diffusion_dpo.json
-    python benchmarks/bench_diffusion_dpo.py --device cuda --resolution 64 --unet-channels 64,128,256 \
+    python -m benchmarks.bench_diffusion_dpo --repeats 2 --out bench_diffusion_dpo.json
+    python -m benchmarks.bench_diffusion_dpo --device cuda --resolution 64 --unet-channels 64,128,256 \
         --batch-size 16 --repeats 2 --out bench_diffusion_dpo_cuda.json         # on a GPU
-    python benchmarks/bench_diffusion_dpo.py --device cuda --resolution 128 --vae-channels 32,64,128,128 \
+    python -m benchmarks.bench_diffusion_dpo --device cuda --resolution 128 --vae-channels 32,64,128,128 \
         --unet-channels 64,128,256 --batch-size 16 --repeats 2 --out bench_diffusion_dpo_cuda_vae8.json
                                               # an SD-like 8x VAE, where the encoding cache has work to save
 
@@ -62,7 +62,7 @@ apart (the script prints by how much). Throughput and memory are what this compa
 ``--threads`` defaults to every core. On a machine that other work shares, the threads of a parallel
 region wait for the one that lost its core, and a run can be many times slower than with ``--threads 1``.
 
-Timing and memory reuse ``bench_dpo_vs_trl``'s helpers: steps after ``--warmup`` are timed at the end of
+Timing and memory are ``benchmarks.harness``'s, as in ``bench_dpo_vs_trl``: steps after ``--warmup`` are timed at the end of
 each optimizer step (after a device synchronisation on CUDA); peak RSS over the process and over
 training (after a reset of the high-water mark at its start); on CUDA ``torch.cuda.max_memory_allocated``
 over training. Steps during which other processes or the hypervisor took 5% of the machine or more are
@@ -72,106 +72,22 @@ benchmarks/README.md).
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
-import math
 import os
-import platform
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-# This folder (for the helpers below) and the checkout (as the workers see it, on PYTHONPATH).
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from bench_dpo_vs_trl import MemoryProbe, StepClock, _gpu_name, contended, throughput, wait_for_idle  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness.tables import fmt, print_arms, print_first_losses, print_ratios
+from benchmarks.setups.tiny_sd import build_pipeline, write_pairs
 
-LN2 = math.log(2.0)
-ARMS = ("diffusers", "alignsuite", "alignsuite-cache")
+PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "lightning", "datasets")
 COUNTED = ("vae", "text", "policy", "reference")  # rows through each model, counted by forward hooks
 
 
-# ====================================================================== model and data
-def _ints(text: str | None) -> tuple[int, ...] | None:
-    return tuple(int(x) for x in text.split(",")) if text else None
-
-
-def build_pipeline(path: Path, args) -> dict:
-    """The toy world's tiny SD pipeline (or, with channel options, a larger one of the same layout),
-    random init under ``args.seed``, saved with ``save_pretrained``; returns its sizes."""
-    import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    from alignsuite.toy.diffusion import SquaresWorld
-
-    world = SquaresWorld()
-    vae_channels, unet_channels = _ints(args.vae_channels), _ints(args.unet_channels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        tok = world.build_tokenizer()
-        text_encoder = CLIPTextModel(world.text_config(tok))
-        if vae_channels is None:
-            vae = world.build_vae()
-        else:
-            vae = AutoencoderKL.from_config(dict(world.build_vae().config, block_out_channels=vae_channels,
-                                                 down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-                                                 up_block_types=("UpDecoderBlock2D",) * len(vae_channels)))
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        latent = args.resolution // factor
-        n = len(unet_channels or (32, 64))
-        if args.resolution % factor or latent % 2 ** (n - 1):
-            raise SystemExit(f"--resolution {args.resolution}: the VAE divides it by {factor}, and the UNet must"
-                             f" halve the {latent}x{latent} latents {n - 1} times")
-        if unet_channels is None and args.layers_per_block == 1:
-            unet = world.build_unet(text_encoder.config.hidden_size)
-        else:
-            # The toy's layout: no attention at the finest level, self and cross attention below it.
-            unet = UNet2DConditionModel(
-                sample_size=latent, in_channels=4, out_channels=4, layers_per_block=args.layers_per_block,
-                block_out_channels=unet_channels or (32, 64),
-                down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-                up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-                cross_attention_dim=text_encoder.config.hidden_size, attention_head_dim=8, norm_num_groups=8)
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
-                                       scheduler=world.build_scheduler(), safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(path)
-
-    def count(m):
-        return sum(p.numel() for p in m.parameters())
-
-    return {"unet_parameters": count(unet), "vae_parameters": count(vae), "text_encoder_parameters": count(text_encoder),
-            "unet_channels": list(unet.config.block_out_channels), "layers_per_block": unet.config.layers_per_block,
-            "vae_channels": list(vae.config.block_out_channels), "latent_size": latent}
-
-
-def write_pairs(path: Path, n: int, resolution: int, seed: int) -> dict:
-    """``n`` toy-world Pick-a-Pic rows, images upscaled (nearest) to ``resolution``, as one parquet file."""
-    import datasets
-    from PIL import Image
-
-    from alignsuite.toy.diffusion import SquaresWorld
-
-    def sized(png: bytes) -> bytes:
-        image = Image.open(io.BytesIO(png)).convert("RGB")
-        if image.size == (resolution, resolution):
-            return png
-        out = io.BytesIO()
-        image.resize((resolution, resolution), Image.NEAREST).save(out, format="PNG")
-        return out.getvalue()
-
-    rows = [{"caption": r["caption"], "jpg_0": sized(r["jpg_0"]), "jpg_1": sized(r["jpg_1"]),
-             "label_0": r["label_0"], "label_1": r["label_1"]} for r in SquaresWorld().make_pairs(n, seed)]
-    datasets.Dataset.from_list(rows).to_parquet(str(path))
-    return {"rows": n, "image_size": resolution, "mean_png_bytes": statistics.mean(len(r[k]) for r in rows for k in ("jpg_0", "jpg_1"))}
-
-
-# ====================================================================== workers (one per subprocess)
+# ====================================================================== the arms (one per worker subprocess)
 class WorkCounter:
     """Rows through each watched model (forward hooks), snapshotted at every ``mark``."""
 
@@ -247,7 +163,7 @@ def run_diffusers(cfg: dict) -> dict:
     counter = WorkCounter()
     for name, module in (("vae", vae.encoder), ("text", text_encoder), ("policy", unet), ("reference", ref_unet)):
         counter.watch(name, module)
-    memory, clock = MemoryProbe(), StepClock()
+    memory, clock = harness.MemoryProbe(), harness.StepClock()
     losses, rows = [], []
     beta_dpo = cfg["beta"] / 2  # diffusers' convention: no 0.5 in the loss, half the paper's beta
     chunk = cfg["vae_encode_batch_size"]
@@ -300,29 +216,33 @@ def run_diffusers(cfg: dict) -> dict:
             "memory": memory.report(), "reference": "second UNet (frozen copy)"}
 
 
+def datamodule(cfg: dict):
+    """alignsuite's data module over the Pick-a-Pic parquet, reading rows in file order as the other arm does."""
+    from alignsuite.data import ImagePairs, PreferenceDataModule
+
+    from benchmarks.harness.lightning_arm import in_file_order
+
+    return in_file_order(PreferenceDataModule)(train=cfg["data"], layout=ImagePairs(), batch_size=cfg["batch_size"],
+                                               num_workers=cfg["num_workers"])
+
+
 def run_alignsuite(cfg: dict, cached: bool) -> dict:
-    import lightning as L
     import torch
-    from lightning.pytorch.callbacks import Callback
 
     from alignsuite.backbones import TextToImage
-    from alignsuite.data import ImagePairs, PreferenceDataModule
     from alignsuite.module import PreferenceModule
     from alignsuite.objectives import DPO
     from alignsuite.reference import FrozenCopy
 
-    counter, memory, clock = WorkCounter(), MemoryProbe(), StepClock()
-    losses, rows, info = [], [], {}
+    from benchmarks.harness.lightning_arm import Recorder, trainer
 
-    class InFileOrder(PreferenceDataModule):
-        """The real data module; only its train loader reads rows in file order, as the other arm's does."""
+    counter, rows = WorkCounter(), []
 
-        def train_dataloader(self):
-            return self._loader(self._dataset("train"), self.batch_size, shuffle=False)
+    class Counting(Recorder):
+        """The harness's recorder, and the rows through each model per step and in the cache's warm pass."""
 
-    class Timer(Callback):
         def on_fit_start(self, trainer, pl_module):
-            backbone = pl_module.backbone
+            backbone, info = pl_module.backbone, self.info
             for name, module in (("vae", backbone.frozen["vae"].encoder), ("text", backbone.frozen["text_encoder"]),
                                  ("policy", backbone.policy), ("reference", pl_module.reference.model)):
                 counter.watch(name, module)
@@ -330,12 +250,10 @@ def run_alignsuite(cfg: dict, cached: bool) -> dict:
 
             def timed_warm_cache(*a, **kw):  # runs inside PreferenceModule.on_fit_start, after this hook
                 before = dict(counter.totals)
-                if torch.cuda.is_available() and torch.cuda.is_initialized():
-                    torch.cuda.synchronize()
+                harness.cuda_sync()
                 started = time.perf_counter()
                 warm_cache(*a, **kw)
-                if torch.cuda.is_available() and torch.cuda.is_initialized():
-                    torch.cuda.synchronize()
+                harness.cuda_sync()
                 info["warm_s"] = time.perf_counter() - started
                 info["warm_work"] = {k: counter.totals[k] - before[k] for k in COUNTED}
                 info["cache_entries"] = len(backbone.cache)
@@ -343,22 +261,18 @@ def run_alignsuite(cfg: dict, cached: bool) -> dict:
             backbone.warm_cache = timed_warm_cache  # an instance attribute shadows the method
 
         def on_train_start(self, trainer, pl_module):
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                info["cuda_peak_before_train_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            memory.train_start()
+            if harness.cuda_sync():
+                self.info["cuda_peak_before_train_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            super().on_train_start(trainer, pl_module)
             counter.mark()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if cfg["alignsuite_free_grads"]:  # ablation: free the gradients now, as the plain loop's zero_grad does
                 for p in pl_module.parameters():
                     p.grad = None
-            clock.tick()
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             counter.mark()
-            losses.append(float(outputs["loss"]))
             rows.append(batch["index"].tolist())
-
-        def on_train_end(self, trainer, pl_module):
-            memory.train_end()
 
     lr, wd = cfg["lr"], cfg["weight_decay"]
     cache_dir = str(Path(cfg["workdir"]) / f"cache-{os.getpid()}") if cached else None
@@ -371,60 +285,24 @@ def run_alignsuite(cfg: dict, cached: bool) -> dict:
         lr_schedule="constant",
         warmup_ratio=0.0,
     )
-    data = InFileOrder(train=cfg["data"], layout=ImagePairs(), batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
-    trainer = L.Trainer(
-        accelerator="gpu" if cfg["device"] == "cuda" else "cpu", devices=1, precision="32-true",
-        max_steps=cfg["steps"], gradient_clip_val=cfg["max_grad_norm"], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        callbacks=[Timer()],
-    )
-    trainer.fit(module, datamodule=data)
+    recorder = Counting(cfg)
+    trainer(cfg, [recorder]).fit(module, datamodule=datamodule(cfg))
     cache = module.backbone.cache
     if cache is not None:
-        info["cache_hits"], info["cache_misses"] = cache.hits, cache.misses
-    return {"clock": clock.state(), "losses": losses, "rows": rows, "work": counter.per_step(),
-            "memory": memory.report(), "reference": type(module.reference).__name__, **info}
+        recorder.info["cache_hits"], recorder.info["cache_misses"] = cache.hits, cache.misses
+    return {**recorder.record(), "rows": rows, "work": counter.per_step(), "reference": type(module.reference).__name__}
 
 
-def worker_main(arm: str, cfg_path: str, result_path: str) -> None:
-    import torch
-
-    cfg = json.loads(Path(cfg_path).read_text())
-    torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"])
-    result = run_diffusers(cfg) if arm == "diffusers" else run_alignsuite(cfg, cached=arm == "alignsuite-cache")
-    result["arm"] = arm
-    result["torch_threads"] = torch.get_num_threads()
-    result.update(throughput(result.pop("clock"), cfg["batch_size"], cfg["warmup"], cfg["threads"]))
-    Path(result_path).write_text(json.dumps(result))
+ARMS = {"diffusers": run_diffusers, "alignsuite": partial(run_alignsuite, cached=False),
+        "alignsuite-cache": partial(run_alignsuite, cached=True)}
+BENCH = harness.Bench(module=__spec__.name, name="diffusion_dpo", arms=ARMS, label="arm", packages=PACKAGES)
 
 
-# ====================================================================== driver
-def run_worker(arm: str, cfg: dict, workdir: Path, tag: str, quiet: bool) -> dict:
-    cfg_path, result_path = workdir / "config.json", workdir / f"result_{arm}_{tag}.json"
-    cfg_path.write_text(json.dumps(cfg))
-    env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]), MKL_NUM_THREADS=str(cfg["threads"]),
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_DATASETS_CACHE=str(workdir / "datasets_cache"), PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
-    repo = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", arm, str(cfg_path), str(result_path)]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0 or not result_path.exists():
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-        raise SystemExit(f"{arm} worker failed (exit {proc.returncode})")
-    if not quiet and proc.stderr.strip():
-        sys.stderr.write(f"--- {arm} stderr (tail) ---\n{proc.stderr[-1500:]}\n")
-    result = json.loads(result_path.read_text())
-    result["wall_s"] = time.perf_counter() - started
-    return result
-
-
+# ====================================================================== what is compared
 def check(results: dict, batch_size: int) -> dict:
     """Did every arm do the same work?"""
     b = batch_size
-    first = {arm: r["losses"][0] for arm, r in results.items()}
+    first, first_ok = harness.first_losses(results)
     row_lists = [r["rows"] for r in results.values()]
     expected = {arm: ({"vae": 0, "text": 0} if arm == "alignsuite-cache" else {"vae": 2 * b, "text": b})
                 | {"policy": 2 * b, "reference": 2 * b} for arm in results}
@@ -438,7 +316,7 @@ def check(results: dict, batch_size: int) -> dict:
         "cache_max_abs_loss_diff": max(abs(x - y) for x, y in zip(plain["losses"], cached["losses"]))
         if plain and cached else None,
         "first_loss": first,
-        "first_loss_is_ln2": all(abs(x - LN2) < 1e-4 for x in first.values()),
+        "first_loss_is_ln2": first_ok,
         "same_rows": all(rl == row_lists[0] for rl in row_lists),
         "pairs_per_step": sorted({len(x) for x in row_lists[0]}),
         "expected_rows_per_step": expected,
@@ -447,24 +325,15 @@ def check(results: dict, batch_size: int) -> dict:
 
 
 def ratios(results: dict) -> dict:
+    """Each alignsuite arm against ``diffusers``, and after how many steps the cache's warm pass pays off."""
     base = results.get("diffusers")
     out = {}
     if base is None:
         return out
     for arm in ("alignsuite", "alignsuite-cache"):
-        r = results.get(arm)
-        if r is None:
-            continue
-        m, bm = r["memory"], base["memory"]
-        out[arm] = {
-            "pairs_per_s": r["pairs_per_s"] / base["pairs_per_s"],
-            "clean_pairs_per_s": r["clean_pairs_per_s"] / base["clean_pairs_per_s"]
-            if r["clean_pairs_per_s"] and base["clean_pairs_per_s"] else None,
-            "peak_rss": m["peak_rss_mb"] / bm["peak_rss_mb"],
-            "train_growth": m["train_growth_mb"] / bm["train_growth_mb"]
-            if m.get("train_growth_mb") and bm.get("train_growth_mb") else None,
-            "cuda_peak": m["cuda_peak_mb"] / bm["cuda_peak_mb"] if m.get("cuda_peak_mb") and bm.get("cuda_peak_mb") else None,
-        }
+        if arm in results:
+            q = harness.ratios(results[arm], base)
+            out[arm] = {k: q[k] for k in ("pairs_per_s", "clean_pairs_per_s", "peak_rss", "train_growth", "cuda_peak")}
     plain, cached = results.get("alignsuite"), results.get("alignsuite-cache")
     if plain and cached and cached.get("warm_s") is not None:
         saved_s = (plain["median_step_ms"] - cached["median_step_ms"]) / 1000.0
@@ -472,29 +341,19 @@ def ratios(results: dict) -> dict:
     return out
 
 
-def print_table(rep: int, order: list[str], results: dict, rat: dict, chk: dict) -> None:
-    def fmt(x, spec, width):
-        return f"{'-' if x is None else format(x, spec):>{width}}"
+def _work(r: dict) -> str:
+    w = r["work"][-1]
+    return f"{w['vae']}/{w['text']}/{w['policy']}/{w['reference']}"
 
-    print(f"\nrepeat {rep} (order: {', '.join(order)})")
-    print(f"  {'arm':<17}{'pairs/s':>8}{'med ms/st':>10}{'peak MB':>9}{'train +MB':>10}{'GPU MB':>8}{'warm s':>8}"
-          f"{'loss@1':>10}{'loss@last':>11}{'vae/txt/unet/ref per st':>25}{'others%':>8}{'steal%':>7}{'clean':>8}")
-    for arm in ARMS:
-        r = results.get(arm)
-        if r is None:
-            continue
-        m, w = r["memory"], r["work"][-1]
-        work = f"{w['vae']}/{w['text']}/{w['policy']}/{w['reference']}"
-        print(f"  {arm:<17}{r['pairs_per_s']:>8.2f}{r['median_step_ms']:>10.1f}{m['peak_rss_mb']:>9.0f}"
-              f"{fmt(m.get('train_growth_mb'), '.0f', 10)}{fmt(m.get('cuda_peak_mb'), '.0f', 8)}{fmt(r.get('warm_s'), '.2f', 8)}"
-              f"{r['losses'][0]:>10.6f}{r['losses'][-1]:>11.4g}{work:>25}{100 * r['others']:>8.1f}{100 * r['steal']:>7.1f}"
-              f"{len(r['clean_steps']):>4}/{r['timed_steps']:<3}" + ("  <- CONTENDED" if contended(r, 0) else ""))
-    for arm, q in rat.items():
-        if arm == "cache_break_even_steps":
-            continue
-        print(f"  ratio {arm} / diffusers: pairs/s {q['pairs_per_s']:.3f} (clean steps only {fmt(q['clean_pairs_per_s'], '.3f', 0)}),"
-              f" peak RSS {q['peak_rss']:.3f}, training growth {fmt(q['train_growth'], '.3f', 0)}"
-              + (f", GPU peak {q['cuda_peak']:.3f}" if q["cuda_peak"] else ""))
+
+def print_repeat(rep: int, order: list[str], results: dict, rat: dict, chk: dict) -> None:
+    print_arms(f"repeat {rep} (order: {', '.join(order)})", {arm: results[arm] for arm in ARMS if arm in results},
+               columns=[("GPU MB", 8, lambda r: r["memory"].get("cuda_peak_mb"), ".0f"),
+                        ("warm s", 8, lambda r: r.get("warm_s"), ".2f"),
+                        ("vae/txt/unet/ref per st", 25, _work, "")])
+    for arm in ("alignsuite", "alignsuite-cache"):
+        if arm in rat:
+            print_ratios(arm, "diffusers", harness.ratios(results[arm], results["diffusers"]))
     cached = results.get("alignsuite-cache")
     if cached:
         ww = cached.get("warm_work", {})
@@ -503,36 +362,40 @@ def print_table(rep: int, order: list[str], results: dict, rat: dict, chk: dict)
               f" {ww.get('text', 0)} captions encoded, {cached.get('cache_entries')} entries); training hits"
               f" {cached.get('cache_hits')}, misses {cached.get('cache_misses')}"
               + (f"; pays for itself after ~{be:.0f} steps" if be else "; no per-step saving measured here"))
-    print(f"  first-step loss {', '.join(f'{a} {x:.6f}' for a, x in chk['first_loss'].items())} (ln 2 = {LN2:.6f})"
-          f" -> {'OK' if chk['first_loss_is_ln2'] else 'MISMATCH'}")
+    print_first_losses(chk["first_loss"], chk["first_loss_is_ln2"])
     print(f"  same dataset rows at every step in every arm: {chk['same_rows']}; pairs per step {chk['pairs_per_step']};"
           f" rows through vae/text/unet/ref as expected: {chk['work_as_expected']}")
     if chk["cache_max_abs_loss_diff"] is not None:
-        print(f"  alignsuite with and without the cache, max |loss difference| over steps: {chk['cache_max_abs_loss_diff']:.2e}")
+        print(f"  alignsuite with and without the cache, max |loss difference| over steps:"
+              f" {fmt(chk['cache_max_abs_loss_diff'], '.2e')}")
 
 
-def versions() -> dict:
-    import importlib.metadata as md
+def summarize(runs: list[dict], arms: list[str]) -> dict:
+    """Medians over the repeats, each alignsuite arm's median ratios to ``diffusers``, and the checks."""
+    summary = {arm: {"pairs_per_s": statistics.median(r[arm]["pairs_per_s"] for r in runs),
+                     "peak_rss_mb": statistics.median(r[arm]["memory"]["peak_rss_mb"] for r in runs),
+                     "cuda_peak_mb": statistics.median(r[arm]["memory"].get("cuda_peak_mb") or float("nan") for r in runs)}
+               for arm in arms}
+    if "alignsuite-cache" in arms:
+        summary["alignsuite-cache"]["warm_s"] = statistics.median(r["alignsuite-cache"]["warm_s"] for r in runs)
+    for arm in ("alignsuite", "alignsuite-cache"):
+        if arm in arms and "diffusers" in arms:
+            for key in ("pairs_per_s", "peak_rss", "cuda_peak"):
+                summary[f"ratio_{key}_{arm}_vs_diffusers"] = harness.median_or_none(r["ratios"][arm][key] for r in runs)
+    summary["all_checks_passed"] = all(r["checks"]["first_loss_is_ln2"] and r["checks"]["same_rows"]
+                                       and all(r["checks"]["work_as_expected"].values()) for r in runs)
+    summary["any_contended"] = any(r["contended"] for r in runs)
+    if len(runs) > 1:
+        print("\nmedian over repeats: " + "; ".join(f"{a} {s['pairs_per_s']:.2f} pairs/s, peak {s['peak_rss_mb']:.0f} MB"
+                                                  for a, s in summary.items() if isinstance(s, dict)))
+    if not summary["all_checks_passed"]:
+        print("\nWARNING: a sameness check failed (first loss != ln 2, different rows, or unexpected work per step)")
+    return summary
 
-    out = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "diffusers", "transformers", "lightning", "datasets"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    try:  # the checkout the workers import alignsuite from
-        out["alignsuite_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                                                  capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        out["alignsuite_commit"] = None
-    return out
 
-
+# ====================================================================== options and driver
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
-    p.add_argument("--batch-size", type=int, default=8, help="preference pairs per step")
+    p = harness.parser(BENCH, __doc__)
     p.add_argument("--resolution", type=int, default=16, help="training resolution; the images are made at this size")
     p.add_argument("--unet-channels", default=None, help="UNet block widths, e.g. 64,128,256 (default: the toy's 32,64)")
     p.add_argument("--vae-channels", default=None, help="VAE block widths (default: the toy's 16,32, a 2x VAE)")
@@ -544,31 +407,16 @@ def parse_args(argv=None):
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flip (the cache then encodes one orientation)")
     p.add_argument("--vae-encode-batch-size", type=int, default=8, help="the diffusers arm's VAE chunk (its script's default)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers in every arm")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every arm")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--alignsuite-free-grads", action="store_true",
                    help="ablation: free alignsuite's gradients right after each optimizer step (Lightning frees them"
                         " only before the next backward, so they live through the next forward)")
-    p.add_argument("--repeats", type=int, default=1, help="run every arm this many times, alternating the order")
-    p.add_argument("--arms", default=",".join(ARMS))
-    p.add_argument("--wait-idle", type=float, default=0.0, help="before each arm, wait up to this many seconds for an idle machine")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the figures as JSON here")
-    p.add_argument("--keep-workdir", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="do not echo the workers' stderr")
-    return p.parse_args(argv)
+    return harness.parse_args(p, BENCH, "--arms", argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")  # the save_pretrained and parquet progress bars
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    if not arms or not set(arms) <= set(ARMS):
-        raise SystemExit(f"--arms: choose from {ARMS}")
-    if args.steps <= args.warmup:
-        raise SystemExit("--steps must be larger than --warmup")
-    workdir = Path(tempfile.mkdtemp(prefix="bench_diffusion_dpo_"))
-    try:
+    with harness.scratch(BENCH, args.keep_workdir) as workdir:
         model_dir, data = workdir / "pipeline", workdir / "pairs.parquet"
         model = build_pipeline(model_dir, args)
         data_info = write_pairs(data, args.steps * args.batch_size, args.resolution, args.seed)
@@ -585,62 +433,16 @@ def main(argv=None) -> None:
         print(f"settings: {args.steps} steps ({args.warmup} warm-up), batch {args.batch_size} pairs, lr {args.lr},"
               f" weight decay {args.weight_decay}, beta {args.beta}, clip {args.max_grad_norm}, flip {not args.no_flip},"
               f" float32, {args.device}, threads {args.threads}, data {data_info['rows']} pairs")
-        vers = versions()
-        print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
+        vers = harness.versions(PACKAGES)
 
         runs = []
-        for rep in range(args.repeats):
-            order = arms if rep % 2 == 0 else arms[::-1]
-            results = {}
-            for arm in order:
-                if args.wait_idle:
-                    wait_for_idle(args.wait_idle)
-                r = results[arm] = run_worker(arm, cfg, workdir, str(rep), args.quiet)
-                print(f"  [{rep}] {arm}: {r['pairs_per_s']:.2f} pairs/s, peak {r['memory']['peak_rss_mb']:.0f} MB,"
-                      f" first loss {r['losses'][0]:.6f}, others {100 * r['others']:.0f}%, steal {100 * r['steal']:.0f}%,"
-                      f" clean steps {len(r['clean_steps'])}/{r['timed_steps']}, wall {r['wall_s']:.0f}s", flush=True)
+        for rep, order, results in harness.repeats(BENCH, cfg, workdir, args):
             entry = {"order": order, **results, "checks": check(results, args.batch_size), "ratios": ratios(results),
-                     "contended": any(contended(r, args.threads) for r in results.values())}
-            print_table(rep, order, results, entry["ratios"], entry["checks"])
+                     "contended": any(harness.contended(r) for r in results.values())}
+            print_repeat(rep, order, results, entry["ratios"], entry["checks"])
             runs.append(entry)
-
-        summary = {arm: {"pairs_per_s": statistics.median(r[arm]["pairs_per_s"] for r in runs),
-                         "peak_rss_mb": statistics.median(r[arm]["memory"]["peak_rss_mb"] for r in runs),
-                         "cuda_peak_mb": statistics.median(r[arm]["memory"].get("cuda_peak_mb") or float("nan") for r in runs)}
-                   for arm in arms}
-        if "alignsuite-cache" in arms:
-            summary["alignsuite-cache"]["warm_s"] = statistics.median(r["alignsuite-cache"]["warm_s"] for r in runs)
-        for arm in ("alignsuite", "alignsuite-cache"):
-            if arm in arms and "diffusers" in arms:
-                for key in ("pairs_per_s", "peak_rss", "cuda_peak"):
-                    vals = [r["ratios"][arm][key] for r in runs if r["ratios"][arm][key] is not None]
-                    summary[f"ratio_{key}_{arm}_vs_diffusers"] = statistics.median(vals) if vals else None
-        summary["all_checks_passed"] = all(r["checks"]["first_loss_is_ln2"] and r["checks"]["same_rows"]
-                                           and all(r["checks"]["work_as_expected"].values()) for r in runs)
-        summary["any_contended"] = any(r["contended"] for r in runs)
-        if args.repeats > 1:
-            print("\nmedian over repeats: " + "; ".join(f"{a} {s['pairs_per_s']:.2f} pairs/s, peak {s['peak_rss_mb']:.0f} MB"
-                                                      for a, s in summary.items() if isinstance(s, dict)))
-        if not summary["all_checks_passed"]:
-            print("\nWARNING: a sameness check failed (first loss != ln 2, different rows, or unexpected work per step)")
-        report = {"benchmark": "diffusion_dpo",
-                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                              "gpu": _gpu_name() if args.device == "cuda" else None},
-                  "versions": vers, "model": model, "data": data_info,
-                  "settings": {k: v for k, v in cfg.items() if k not in ("model_dir", "data", "workdir")},
-                  "runs": runs, "summary": summary}
-        if args.out:
-            Path(args.out).write_text(json.dumps(report, indent=2))
-            print(f"\nwrote {args.out}")
-    finally:
-        if args.keep_workdir:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        harness.write_report(BENCH, args, vers, model, data_info, cfg, runs, summarize(runs, args.arm_list))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], sys.argv[3], sys.argv[4])
-    else:
-        main()
+    harness.main(BENCH, main)

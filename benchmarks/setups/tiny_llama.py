@@ -1,0 +1,141 @@
+"""What both arms of ``bench_dpo_vs_trl`` train on: a tiny random-init Llama with a word-level tokenizer,
+saved once with ``save_pretrained``, and generated prompt/chosen/rejected pairs in one jsonl.
+
+Nothing is downloaded. Every row fits the maximum length whole, and both frameworks tokenize it to the
+same ids (`check_tokenization`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from pathlib import Path
+
+SPECIAL = ["<pad>", "<unk>", "<bos>", "<eos>"]
+
+
+def _make_words(n: int, seed: int) -> list[str]:
+    """``n`` distinct pronounceable pseudo-words (two or three syllables)."""
+    rng = random.Random(f"words-{seed}")
+    onsets = list("bcdfghjklmnprstvwz") + ["br", "ch", "dr", "fl", "gr", "pl", "sh", "st", "th", "tr"]
+    vowels = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
+    codas = ["", "", "", "n", "r", "s", "l", "m", "t"]
+    words: set[str] = set()
+    while len(words) < n:
+        k = rng.choice((2, 2, 3))
+        words.add("".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(k)))
+    return sorted(words)
+
+
+def build_tokenizer(vocab_size: int, seed: int):
+    """Word-level tokenizer, like ``alignsuite/toy/llm.py``'s but over ``vocab_size`` generated words.
+
+    Its post-processor prepends ``<bos>``, so both frameworks build ``<bos> prompt completion <eos>``.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = _make_words(vocab_size - len(SPECIAL), seed)
+    vocab = {w: i for i, w in enumerate(SPECIAL + words)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    return tok, words
+
+
+def build_model(path: Path, args) -> dict:
+    """Random-init Llama and the tokenizer, saved once with ``save_pretrained``; returns the model's size."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tok, words = build_tokenizer(args.vocab, args.seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate or int(round(args.hidden * 8 / 3 / 64)) * 64,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=max(args.max_length, 128),
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(args.seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "layers": config.num_hidden_layers,
+        "heads": config.num_attention_heads,
+        "tied_embeddings": config.tie_word_embeddings,
+        "words": words,
+    }
+
+
+def write_pairs(path: Path, words: list[str], n: int, max_length: int, seed: int) -> dict:
+    """``n`` rows of prompt/chosen/rejected text whose every row fits ``max_length`` tokens whole.
+
+    One word is one token. A row is ``<bos>`` + prompt + completion + ``<eos>``: prompts take 1/8 to
+    1/2 of ``max_length``, completions from 1/16 of it to whatever room is left, so batches vary in
+    width and in how much of each row is prompt. Completions start with a space, because TRL tokenizes
+    ``prompt + completion`` as one string and alignsuite tokenizes them apart: with the space both give
+    the same ids.
+    """
+    rng = random.Random(f"pairs-{seed}")
+    weights = [1.0 / (r + 1) for r in range(len(words))]  # Zipf-like word frequencies
+
+    def text(k: int) -> str:
+        return " ".join(rng.choices(words, weights=weights, k=k))
+
+    lo_p, hi_p = max(1, max_length // 8), max(1, max_length // 2)
+    lo_c = max(1, max_length // 16)
+    prompt_tokens, completion_tokens = [], []
+    with open(path, "w") as f:
+        for _ in range(n):
+            p = rng.randint(lo_p, hi_p)
+            room = max_length - 2 - p  # <bos> and <eos>
+            c, r = rng.randint(lo_c, room), rng.randint(lo_c, room)
+            row = {"prompt": text(p), "chosen": " " + text(c), "rejected": " " + text(r)}
+            f.write(json.dumps(row) + "\n")
+            prompt_tokens.append(p + 1)
+            completion_tokens += [c + 1, r + 1]
+    return {
+        "rows": n,
+        "mean_prompt_tokens": statistics.mean(prompt_tokens),
+        "mean_completion_tokens": statistics.mean(completion_tokens),
+    }
+
+
+def check_tokenization(model_dir: Path, data: Path, max_length: int) -> None:
+    """Both frameworks' tokenization of every row must agree (separately vs. concatenated)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    with open(data) as f:
+        for i, line in enumerate(f):
+            row = json.loads(line)
+            for side in ("chosen", "rejected"):
+                # alignsuite: prompt with special tokens, completion without, then <eos>
+                ours = tok(row["prompt"])["input_ids"] + tok(row[side], add_special_tokens=False)["input_ids"]
+                ours += [tok.eos_token_id]
+                # TRL: prompt + completion + eos text, tokenized as one string
+                theirs = tok(row["prompt"] + row[side] + tok.eos_token)["input_ids"]
+                if ours != theirs:
+                    raise AssertionError(f"row {i} {side}: the frameworks would tokenize it differently")
+                if tok.unk_token_id in ours:
+                    raise AssertionError(f"row {i} {side}: unknown token")
+                if len(ours) > max_length:
+                    raise AssertionError(f"row {i} {side}: {len(ours)} tokens > max_length {max_length}")
