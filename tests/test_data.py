@@ -545,3 +545,294 @@ def test_trainer_fit_reads_batches(tmp_path):
     trainer.fit(Probe(), datamodule=dm)
     assert sorted(seen["train"]) == list(range(15))
     assert sorted(seen["val"]) == list(range(5))
+
+
+# --- rows a text layout cannot interpret ----------------------------------------------------------
+
+VLM_HINT = "vision-language data needs a vision-language layout, which alignsuite does not support yet"
+
+
+def png_bytes():
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (2, 2), (255, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_rlaif_v_rows_are_refused_naming_file_row_and_image(tmp_path):
+    # RLAIF-V: an image, a question, two answers that start alike. Trained as text they used to lose
+    # the question and the image, with 'It is' as the prompt.
+    rows = [{"image": {"bytes": png_bytes(), "path": None}, "question": f"What colour is car {i}?",
+             "chosen": "It is red.", "rejected": "It is blue."} for i in range(3)]
+    path = str(tmp_path / "rlaif.parquet")
+    datasets.Dataset.from_list(rows).to_parquet(path)
+    with pytest.raises(DataError) as err:
+        make_dm(path)
+    assert (err.value.source, err.value.row, err.value.field) == (path, 0, "image")
+    assert str(err.value) == (
+        f"{path}: row 0: field 'image': expected text-only rows; the row has an 'image' value (RLAIF-V or TRL"
+        f" vision-language data); {VLM_HINT}"
+    )
+    with pytest.raises(DataError, match=rf"{path}: row 0: field 'image'.*{VLM_HINT}"):
+        make_dm(path, layout=TextUnpaired(), batch_size=2)  # pairs split for KTO: the same check
+
+
+def test_trl_vision_language_rows_are_refused():
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    chosen = [{"role": "assistant", "content": [{"type": "text", "text": "Red."}]}]
+    rejected = [{"role": "assistant", "content": [{"type": "text", "text": "Blue."}]}]
+    row = {"images": [png_bytes()], "prompt": prompt, "chosen": chosen, "rejected": rejected}
+    with pytest.raises(DataError, match=rf"^{SRC}: row 2: field 'images': expected text-only rows; .*{VLM_HINT}$"):
+        normalize_pair(row, 2, SRC)
+    # Without the images column the image part in the messages is still found.
+    del row["images"]
+    with pytest.raises(DataError) as err:
+        normalize_pair(row, 2, SRC)
+    assert str(err.value) == (
+        f"{SRC}: row 2: field 'prompt': expected text-only rows; a user message has content parts"
+        f" ['image', 'text']; {VLM_HINT}"
+    )
+
+
+def test_empty_image_column_is_not_an_image():
+    # Mixed datasets give text-only rows None or [] there; those rows are text.
+    for empty in (None, []):
+        row = {"prompt": "p", "chosen": "a", "rejected": "b", "images": empty}
+        assert normalize_pair(row, 0, SRC) == {"prompt": "p", "chosen": "a", "rejected": "b"}
+
+
+# --- layouts users bring (LLaMA-Factory, tool calls) --------------------------------------------------
+
+
+def test_llama_factory_alpaca_joins_instruction_and_input():
+    row = {"instruction": "Translate to English.", "input": "bonjour", "chosen": "hello", "rejected": "goodbye"}
+    assert normalize_pair(row, 0, SRC) == {
+        "prompt": [user("Translate to English.\nbonjour")],
+        "chosen": [assistant("hello")],
+        "rejected": [assistant("goodbye")],
+    }
+    for empty in ("", None):
+        assert normalize_pair(dict(row, input=empty), 0, SRC)["prompt"] == [user("Translate to English.")]
+
+
+def test_llama_factory_alpaca_system_and_history():
+    row = {"instruction": "And 3+3?", "input": "", "system": "Be brief.", "history": [["2+2?", "4"]],
+           "chosen": "6", "rejected": "7"}
+    assert normalize_pair(row, 0, SRC)["prompt"] == [
+        {"role": "system", "content": "Be brief."}, user("2+2?"), assistant("4"), user("And 3+3?"),
+    ]
+    with pytest.raises(DataError, match=r"row 4: field 'history': expected a list of \[query, answer\] text pairs"):
+        normalize_pair(dict(row, history=[["only a question"]]), 4, SRC)
+    with pytest.raises(DataError, match=r"row 4: field 'instruction': expected a non-empty instruction"):
+        normalize_pair(dict(row, instruction=" ", input=None), 4, SRC)
+
+
+def test_llama_factory_alpaca_file_through_the_data_module(tmp_path):
+    rows = [{"instruction": f"Say {w}.", "input": "politely" if i % 2 else "", "chosen": w, "rejected": w[::-1]}
+            for i, w in enumerate(["yes", "no", "maybe"])]
+    dm = make_dm(write_jsonl(tmp_path / "alpaca.jsonl", rows), batch_size=3)
+    batch = dm.collate([dm.train_set[i] for i in range(3)])
+    assert batch["prompt"] == [[user("Say yes.")], [user("Say no.\npolitely")], [user("Say maybe.")]]
+    assert batch["chosen"] == [[assistant("yes")], [assistant("no")], [assistant("maybe")]]
+
+
+def test_sharegpt_preference_rows():
+    row = {
+        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
+                          {"from": "human", "value": "A joke?"}],
+        "chosen": {"from": "gpt", "value": "Why did the chicken cross the road?"},
+        "rejected": {"from": "gpt", "value": "No."},
+        "system": "You are funny.",
+    }
+    assert normalize_pair(row, 0, SRC) == {
+        "prompt": [{"role": "system", "content": "You are funny."}, user("Hi"), assistant("Hello!"), user("A joke?")],
+        "chosen": [assistant("Why did the chicken cross the road?")],
+        "rejected": [assistant("No.")],
+    }
+    with pytest.raises(DataError, match=r"row 1: field 'conversations': expected a ShareGPT 'from' among .*'human'.*got 'bot'"):
+        normalize_pair(dict(row, conversations=[{"from": "bot", "value": "x"}]), 1, SRC)
+
+
+def test_sharegpt_function_call_and_observation_become_tool_messages():
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    row = {
+        "conversations": [{"from": "human", "value": "Weather in Paris?"},
+                          {"from": "function_call", "value": json.dumps(call)},
+                          {"from": "observation", "value": "{\"temp\": 21}"}],
+        "chosen": {"from": "gpt", "value": "It is 21 degrees."},
+        "rejected": {"from": "gpt", "value": "It is snowing."},
+        "tools": json.dumps([{"name": "get_weather", "parameters": {"type": "object"}}]),
+    }
+    out = normalize_pair(row, 0, SRC)
+    assert out["prompt"] == [
+        user("Weather in Paris?"),
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]},
+        {"role": "tool", "content": "{\"temp\": 21}"},
+    ]
+    assert json.loads(out["tools"]) == [{"name": "get_weather", "parameters": {"type": "object"}}]
+    bad = dict(row, conversations=[{"from": "function_call", "value": "get_weather(Paris)"}])
+    with pytest.raises(DataError, match=r"row 0: field 'conversations': expected a function_call value that is JSON"):
+        normalize_pair(bad, 0, SRC)
+
+
+def tool_rows():
+    """TRL-style tool rows: row 0 answers with a tool call, row 1 has no tools at all."""
+    call = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    return [
+        {"prompt": [user("2+3?")],
+         "chosen": [{"role": "assistant", "tool_calls": [call]}, {"role": "tool", "name": "add", "content": "5"},
+                    assistant("5")],
+         "rejected": [assistant("6")], "tools": tools},
+        {"prompt": [user("hi")], "chosen": [assistant("hello")], "rejected": [assistant("go away")], "tools": None},
+    ], call, tools
+
+
+def test_tool_calls_and_tools_reach_the_batch(tmp_path):
+    rows, call, tools = tool_rows()
+    dm = make_dm(write_jsonl(tmp_path / "tools.jsonl", rows), batch_size=2)
+    assert dm.columns() == {"prompt", "chosen", "rejected", "tools", "index"}
+    batch = dm.collate([dm.train_set[0], dm.train_set[1]])
+    assert batch["tools"] == [tools, None]
+    assert batch["chosen"][0] == [
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "5", "name": "add"},
+        assistant("5"),
+    ]
+    # Arrow gave every message of the column every key; the batch has only each message's own.
+    assert batch["chosen"][1] == [assistant("hello")]
+    assert batch["prompt"] == [[user("2+3?")], [user("hi")]]
+    unpaired = make_dm(write_jsonl(tmp_path / "tools.jsonl", rows), layout=TextUnpaired(), batch_size=4)
+    batch = unpaired.collate([unpaired.train_set[i] for i in range(4)])
+    assert batch["tools"] == [tools, tools, None, None] and batch["label"].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_data_without_tools_has_no_tools_column(tmp_path):
+    assert make_dm(write_jsonl(tmp_path / "t.jsonl", ROWS)).columns() == {"prompt", "chosen", "rejected", "index"}
+
+
+@pytest.mark.parametrize("tools", ["not json", 5, [1, 2]])
+def test_bad_tools_value_names_the_field(tools):
+    with pytest.raises(DataError, match=r"row 1: field 'tools': expected tool schemas: a list of dicts, or its JSON text"):
+        normalize_pair({"prompt": "p", "chosen": "a", "rejected": "b", "tools": tools}, 1, SRC)
+
+
+def test_assistant_message_needs_content_or_tool_calls():
+    row = {"prompt": [user("q")], "chosen": [{"role": "assistant", "content": None}], "rejected": [assistant("b")]}
+    with pytest.raises(DataError, match=r"row 0: field 'chosen': expected chat messages that are dicts"):
+        normalize_pair(row, 0, SRC)
+
+
+# --- bad files -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, text", [("t.jsonl", ""), ("t.jsonl", "\n\n"), ("t.csv", ""), ("t.json", "")])
+def test_empty_file_is_named(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DataError) as err:
+        make_dm(str(path))
+    assert str(err.value) == f"{path}: expected at least one row; the file is empty"
+
+
+def test_csv_with_only_a_header_is_named(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("prompt,chosen,rejected\n")
+    with pytest.raises(DataError, match=rf"^{path}: expected at least one row; the file has a header line and no rows$"):
+        make_dm(str(path))
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    lines = [json.dumps({"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"}) for i in range(100)]
+    lines[56] = '{"prompt": "p56", "chosen": "c56", "rejected": '
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        make_dm(str(path))
+    assert (err.value.source, err.value.line) == (str(path), 57)
+    assert str(err.value) == (
+        f"{path}: line 57: expected one JSON object per line, got '{lines[56]}'; Expecting value at column 48"
+    )
+
+
+def test_json_line_that_is_not_an_object_is_named(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n[1, 2]\n")
+    with pytest.raises(DataError, match=rf"^{path}: line 2: expected one JSON object per line, got '\[1, 2\]'$"):
+        make_dm(str(path))
+
+
+def test_malformed_json_array_document_names_the_line(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('[\n  {"prompt": "p", "chosen": "a", "rejected": "b"},\n  {"prompt": "q" "chosen": "a"}\n]\n')
+    with pytest.raises(DataError, match=rf"^{path}: line 3: expected a JSON array of row objects; Expecting ',' delimiter"):
+        make_dm(str(path))
+
+
+@pytest.mark.parametrize("suffix, data", [
+    (".jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}\n'),
+    (".csv", b"prompt,chosen,rejected\na,b,c\ncaf\xe9,b,c\n"),
+])
+def test_latin1_bytes_name_file_line_and_encoding(tmp_path, suffix, data):
+    path = tmp_path / f"t{suffix}"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as err:
+        make_dm(str(path))
+    column = 16 if suffix == ".jsonl" else 4  # 1-based byte of the \xe9
+    assert str(err.value) == (
+        f"{path}: line {2 if suffix == '.jsonl' else 3}: expected UTF-8 text; byte 0xe9 at column {column} is not UTF-8"
+        " (the file looks Latin-1 or Windows-1252 encoded); save it as UTF-8"
+    )
+
+
+def test_utf8_multibyte_text_loads(tmp_path):
+    rows = [{"prompt": "café ☕", "chosen": "über", "rejected": "naïve"}]
+    assert make_dm(write_jsonl(tmp_path / "t.jsonl", rows)).train_set["prompt"] == ["café ☕"]
+
+
+def test_empty_parquet_table_is_named(tmp_path):
+    path = str(tmp_path / "t.parquet")
+    datasets.Dataset.from_list(ROWS).select([]).to_parquet(path)
+    with pytest.raises(DataError, match=rf"^{path}: expected at least one row; the table has none$"):
+        make_dm(path)
+
+
+def test_all_rows_skipped_says_so_instead_of_no_train_data(tmp_path):
+    rows = [{"prompt": f"p{i}", "chosen": "same", "rejected": "same"} for i in range(6)]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.warns(UserWarning, match="skipped 6 rows"), pytest.raises(DataError) as err:
+        make_dm(path)
+    assert str(err.value) == f"{path}: all 6 rows were skipped because chosen equals rejected; no train rows are left"
+    other = write_jsonl(tmp_path / "more.jsonl", rows[:2])
+    with pytest.warns(UserWarning), pytest.raises(DataError, match=r"all 6 rows were .*; so were all 2 rows of .*more.jsonl"):
+        make_dm([path, other])
+
+
+@pytest.mark.parametrize("option", ["max_train_rows", "max_val_rows", "batch_size", "eval_batch_size"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_counts_below_one_name_the_option(option, value):
+    with pytest.raises(ValueError, match=rf"^data\.{option} must be >= 1, got {value}$"):
+        PreferenceDataModule(**{option: value})
+
+
+# --- the layout seen from the data module --------------------------------------------------------------
+
+
+def test_row_kind_columns_and_layout_name(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", ROWS)
+    pairs, unpaired = make_dm(path), make_dm(path, layout=TextUnpaired(label_field="ok"), batch_size=2)
+    assert (pairs.row_kind, pairs.layout.name, repr(pairs.layout)) == ("pairs", "TextPairs", "TextPairs()")
+    assert (unpaired.row_kind, repr(unpaired.layout)) == ("unpaired", "TextUnpaired(label_field='ok')")
+    assert pairs.columns() == {"prompt", "chosen", "rejected", "index"}
+    assert unpaired.columns() == {"prompt", "completion", "label", "index"}
+    with pytest.raises(RuntimeError, match="call setup"):
+        PreferenceDataModule(train=path).columns()
+
+
+def test_custom_fields_through_the_layout(tmp_path):
+    rows = [{"question": f"q{i}", "good": f"yes {i}", "bad": f"no {i}"} for i in range(3)]
+    dm = make_dm(write_jsonl(tmp_path / "t.jsonl", rows), layout=TextPairs(prompt_field="question", chosen_field="good", rejected_field="bad"))
+    assert dm.train_set[2] == {"prompt": "q2", "chosen": "yes 2", "rejected": "no 2", "index": 2}

@@ -512,3 +512,46 @@ def test_to_tensor_flip_is_deterministic_under_a_seeded_generator():
 def test_to_tensor_rejects_non_images():
     with pytest.raises(TypeError, match="expected a PIL image"):
         to_tensor(torch.zeros(3, 4, 4), 4)
+
+
+# --- layouts seen from the data module ----------------------------------------------------------------
+
+
+def test_all_ties_say_so_instead_of_no_train_data(tmp_path):
+    path = write_parquet(tmp_path / "t.parquet", pickapic_rows(3, {i: {"label_0": 0.5} for i in range(3)}))
+    with pytest.warns(UserWarning, match="dropped 3 tied pairs"), pytest.raises(DataError) as err:
+        make_dm(path)
+    assert str(err.value) == (
+        f"{path}: all 3 rows were skipped because they are tied pairs (label_0 == 0.5; set drop_ties: false in"
+        " data.layout to keep them); no train rows are left"
+    )
+
+
+def test_row_kind_and_columns_of_the_image_layouts(tmp_path):
+    path = write_parquet(tmp_path / "t.parquet", pickapic_rows(4))
+    pairs, unpaired = make_dm(path), make_dm(path, ImageUnpaired(), batch_size=2)
+    assert pairs.row_kind == "pairs" and unpaired.row_kind == "unpaired"
+    assert pairs.columns() == {"prompt", "chosen", "rejected", "reward_chosen", "reward_rejected", "index"}
+    assert unpaired.columns() == {"prompt", "completion", "label", "reward", "index"}
+    assert repr(unpaired.layout) == "ImageUnpaired()" and repr(ImagePairs(drop_ties=False)) == "ImagePairs(drop_ties=False)"
+
+
+def test_unpaired_layout_mixes_pair_and_unpaired_sources(tmp_path):
+    pairs = write_parquet(tmp_path / "p.parquet", [{k: v for k, v in r.items() if not k.startswith("reward")} for r in pickapic_rows(2)])
+    single = write_parquet(tmp_path / "k.parquet", [{"caption": "k", "image": png("green"), "label": 0}])
+    dm = make_dm([pairs, single], ImageUnpaired(), batch_size=2)
+    assert dm.train_set["prompt"] == ["c0", "c0", "c1", "c1", "k"]
+    assert dm.train_set["label"] == [True, False, True, False, False]
+    assert [colour_of(im) for im in first_batch(dm)["completion"]] == ["red", "blue", "blue", "red", "green"]
+
+
+@pytest.mark.parametrize("unpaired, layout", [(False, ImagePairs), (True, ImageUnpaired)])
+def test_toy_world_picks_the_layout_of_its_modality(unpaired, layout):
+    from alignsuite.toy.data import ToyPreferenceData
+
+    dm = ToyPreferenceData(world="diffusion", num_train=4, num_val=2, batch_size=2, unpaired=unpaired)
+    dm.setup("fit")
+    assert type(dm.layout) is layout
+    assert dm.skipped == {}  # the toy world draws no ties
+    assert len(dm.train_set) == (8 if unpaired else 4)
+    assert isinstance(first_batch(dm)["completion" if unpaired else "chosen"][0], Image.Image)

@@ -1,5 +1,6 @@
 """Image preference rows (text-to-image diffusion alignment): the layouts found in the wild, turned into
-one canonical row, and the pixel helper the diffusion backbones share.
+one canonical row. The pixel helpers the diffusion backbones share (`to_tensor` ...) live in
+`alignsuite.data.pixels` and are importable from here too.
 
 Layouts recognised (column names configurable through `ImageFields`):
 - Pick-a-Pic v2: ``caption``, ``jpg_0``, ``jpg_1``, ``label_0`` in {0, 0.5, 1}. ``label_0 == 1``: jpg_0
@@ -39,10 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import numpy as np
-import torch
 
 from alignsuite.data.errors import DataError
+from alignsuite.data.pixels import centre_crop_offsets, resized_size, to_tensor  # noqa: F401 (re-exported)
 from alignsuite.data.preference import _get, _label
 
 ImageRef = dict  # {"bytes": bytes | None, "path": str | None}
@@ -266,60 +266,3 @@ def metadata_file(source: str) -> str | None:
         if (path / name).is_file():
             return str(Path(source) / name)
     return None
-
-
-# --- pixels ----------------------------------------------------------------------------------------
-
-
-def resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:
-    """``(width, height)`` after resizing the shorter side to ``resolution`` (the longer side to
-    ``int(resolution * long / short)``)."""
-    if width <= height:
-        return resolution, int(resolution * height / width)
-    return int(resolution * width / height), resolution
-
-
-def centre_crop_offsets(height: int, width: int, resolution: int) -> tuple[int, int]:
-    """``(top, left)`` of the centred ``resolution`` square crop in the resized image."""
-    w, h = resized_size(height, width, resolution)
-    return int(round((h - resolution) / 2.0)), int(round((w - resolution) / 2.0))
-
-
-def to_tensor(
-    image,
-    resolution: int,
-    random_crop: bool = False,
-    random_flip: bool = False,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    """A PIL image as the ``[3, resolution, resolution]`` float tensor in [-1, 1] a VAE encodes, with
-    the crop's ``(top, left)`` and the ``(height, width)`` of the input, which SDXL's time ids need.
-
-    The diffusers training scripts' preprocessing, without torchvision: resize the shorter side to
-    ``resolution`` (bilinear; the longer side to ``int(resolution * long / short)``), crop
-    ``resolution`` square (random offsets drawn with ``torch.randint`` from ``generator``, top then
-    left; else centred, ``round((size - resolution) / 2)``), then flip horizontally with probability 0.5
-    (one ``torch.rand`` draw from ``generator``) when ``random_flip``. The crop offsets are those in the
-    resized image before the flip.
-    """
-    from PIL import Image
-
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"to_tensor: expected a PIL image, got {type(image).__name__}")
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    height, width = image.height, image.width
-    size = resized_size(height, width, resolution)
-    if size != (width, height):
-        image = image.resize(size, Image.BILINEAR)
-    w, h = image.size
-    if random_crop:
-        top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
-    else:
-        top, left = centre_crop_offsets(height, width, resolution)
-    image = image.crop((left, top, left + resolution, top + resolution))
-    if random_flip and float(torch.rand(1, generator=generator)) < 0.5:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
-    return (pixels - 0.5) / 0.5, (top, left), (height, width)

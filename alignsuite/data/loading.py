@@ -64,7 +64,7 @@ def load_table(source: str, split: str = "train") -> datasets.Dataset:
         if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
             return _nonempty(_pick_split(datasets.load_from_disk(str(path)), source, split), source)
         files = sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in _TEXT_SUFFIXES)
-        return _nonempty(_read(lambda: datasets.load_dataset(str(path), split=split), files), source)
+        return _nonempty(_read(lambda: datasets.load_dataset(str(path), split=split), files, source), source)
 
     files = sorted(glob.glob(os.path.expanduser(source))) if any(c in source for c in "*?[") else []
     if path.is_file():
@@ -79,14 +79,14 @@ def load_table(source: str, split: str = "train") -> datasets.Dataset:
         # One table from all files; their own split names mean nothing here, so "train" is just the
         # name `datasets` gives a data_files list.
         builder = builders.pop()
-        return _nonempty(_read(lambda: datasets.load_dataset(builder, data_files=files, split="train"), files), source)
+        return _nonempty(_read(lambda: datasets.load_dataset(builder, data_files=files, split="train"), files, source), source)
 
     if _looks_local(source):
         raise FileNotFoundError(f"no data file or directory at {source!r}")
     return _nonempty(datasets.load_dataset(source, split=split), source)
 
 
-def _read(load, files: list[str]) -> datasets.Dataset:
+def _read(load, files: list[str], source: str) -> datasets.Dataset:
     text_files = [f for f in files if Path(f).suffix.lower() in _TEXT_SUFFIXES]
     # Arrow stores bytes that are not UTF-8 without complaint and fails with a bare UnicodeDecodeError
     # when the row is read, mid-run; so the bytes are checked first, every time (a fast C-level decode).
@@ -94,11 +94,13 @@ def _read(load, files: list[str]) -> datasets.Dataset:
         check_text_file(f)
     try:
         return load()
-    except Exception:
+    except Exception as err:
         # `datasets` reports a bad line as DatasetGenerationError (details only in a log line) and an
         # empty file as StopIteration; find the line ourselves, on this rare path only.
         for f in text_files:
             find_bad_line(f)
+        if "corresponds to no data" in str(err):  # what `datasets` says of files with no rows (parquet ...)
+            raise DataError(source, expected=_EXPECT_ROWS, problem="the table has none") from err
         raise
 
 

@@ -54,8 +54,8 @@ def _message(m: object, field: str, index: int, source: str) -> Message:
     if not isinstance(m, dict) or not isinstance(m.get("role"), str):
         raise DataError(source, index, field, _EXPECT_MESSAGE, m)
     content, tool_calls = m.get("content"), m.get("tool_calls")
-    if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") != "text" for p in content):
-        raise vision_error(source, index, field, f"a {m['role']} message has content parts {_part_types(content)}")
+    if has_image_part(m):
+        raise vision_error(source, index, field, f"a {m['role']} message has content parts {part_types(content)}")
     if tool_calls is not None:
         _check_tool_calls(tool_calls, field, index, source)
         content = "" if content is None else content
@@ -70,7 +70,13 @@ def _message(m: object, field: str, index: int, source: str) -> Message:
     return out
 
 
-def _part_types(parts: list) -> list:
+def has_image_part(m: dict) -> bool:
+    """Whether a message's content is a parts list with a part that is not text (an image, audio ...)."""
+    content = m.get("content")
+    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type") != "text" for p in content)
+
+
+def part_types(parts: list) -> list:
     return [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in parts]
 
 

@@ -37,7 +37,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from alignsuite.data.errors import DataError
-from alignsuite.data.messages import Messages, blank, normalize_messages, normalize_tools, vision_error
+from alignsuite.data.llama_factory import alpaca_prompt, sharegpt_prompt
+from alignsuite.data.messages import (
+    Messages,
+    blank,
+    has_image_part,
+    normalize_messages,
+    normalize_tools,
+    part_types,
+    vision_error,
+)
 
 _HH_MARKER = "\n\nAssistant:"
 _EXPECT_COMPLETION = "non-empty text or a list of chat messages"
@@ -79,10 +88,15 @@ def _get(row: dict, field: str, index: int, source: str) -> object:
 
 
 def check_text_only(row: dict, index: int, source: str) -> None:
-    """Refuse a row that carries an image: a text layout would silently train on its text alone."""
+    """Refuse a row that carries an image: a text layout would silently train on its text alone. Looked
+    for before any field is read, so that the error is about the image, wherever it is."""
     for column in VISION_COLUMNS:
         if row.get(column) not in (None, "", []):
             raise vision_error(source, index, column, f"the row has an {column!r} value (RLAIF-V or TRL vision-language data)")
+    for column, value in row.items():
+        for m in value if isinstance(value, list) else [value]:
+            if isinstance(m, dict) and has_image_part(m):
+                raise vision_error(source, index, column, f"a {m.get('role')} message has content parts {part_types(m['content'])}")
 
 
 def _completion(value: object, field: str, index: int, source: str) -> str | Messages:
@@ -109,42 +123,6 @@ def _prompt(value: object, field: str, index: int, source: str) -> str | Message
     if isinstance(value, list):
         return normalize_messages(value, field, index, source)
     raise DataError(source, index, field, "text or a list of chat messages", value)
-
-
-def _text(row: dict, field: str, index: int, source: str) -> str:
-    value = row.get(field)
-    if value is None or isinstance(value, str):
-        return value or ""
-    raise DataError(source, index, field, "text", value)
-
-
-# --- prompts of the LLaMA-Factory layouts ---------------------------------------------------------
-
-
-def _system(row: dict, fields: PairFields, index: int, source: str) -> Messages:
-    system = _text(row, fields.system, index, source)
-    return [{"role": "system", "content": system}] if system.strip() else []
-
-
-def _alpaca_prompt(row: dict, fields: PairFields, index: int, source: str) -> Messages:
-    query = "\n".join(t for t in (_text(row, f, index, source) for f in (fields.instruction, fields.input)) if t)
-    if not query.strip():
-        raise DataError(source, index, fields.instruction, "a non-empty instruction (alpaca layout)", row[fields.instruction])
-    history = row.get(fields.history) or []
-    turns = []
-    for pair in history if isinstance(history, list) else [history]:
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
-            raise DataError(source, index, fields.history, "a list of [query, answer] text pairs", history)
-        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-    return _system(row, fields, index, source) + turns + [{"role": "user", "content": query}]
-
-
-def _sharegpt_prompt(row: dict, fields: PairFields, index: int, source: str) -> Messages:
-    value = row[fields.conversations]
-    if not isinstance(value, list) or not value:
-        raise DataError(source, index, fields.conversations, "a non-empty list of ShareGPT messages", value)
-    msgs = normalize_messages(value, fields.conversations, index, source)
-    return msgs if msgs[0]["role"] == "system" else _system(row, fields, index, source) + msgs
 
 
 # --- splitting a shared prefix off ----------------------------------------------------------------
@@ -239,9 +217,9 @@ def normalize_pair(row: dict, index: int, source: str, fields: PairFields = Pair
     if fields.prompt in row:
         prompt = _prompt(row[fields.prompt], fields.prompt, index, source)
     elif fields.conversations in row:
-        prompt = _sharegpt_prompt(row, fields, index, source)
+        prompt = sharegpt_prompt(row, fields, index, source)
     elif fields.instruction in row:
-        prompt = _alpaca_prompt(row, fields, index, source)
+        prompt = alpaca_prompt(row, fields, index, source)
     elif isinstance(chosen, list) and isinstance(rejected, list) and _is_conversation(chosen) and _is_conversation(rejected):
         prompt = []  # the conversations' shared start is the prompt (_chat_pair)
     elif _is_transcript(chosen) and _is_transcript(rejected):
