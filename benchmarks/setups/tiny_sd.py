@@ -13,8 +13,9 @@ from pathlib import Path
 
 
 def toy_world():
-    """The diffusion toy world, whose pipeline layout and preference rows this benchmark trains on."""
-    from alignsuite.toy.diffusion import SquaresWorld
+    """The diffusion toy world, whose pipeline layout and preference rows this benchmark trains on (taken
+    from the package, not from the module that defines it, which may move)."""
+    from alignsuite.toy import SquaresWorld
 
     return SquaresWorld()
 
