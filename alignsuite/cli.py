@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
 import sys
+import warnings
 
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import (
+    BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar,
+)
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-from alignsuite.callbacks import AtomicCheckpointIO, ExportPretrained
+from alignsuite.callbacks import (
+    AtomicCheckpointIO, CheckpointError, ExportError, ExportPretrained, PredictionWriter,
+)
+from alignsuite.callbacks.checkpoint_io import load_checkpoint_file
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 
@@ -15,21 +30,58 @@ TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
     "log_every_n_steps": 10,
 }
+NULLS = {"null", "Null", "NULL", "~"}  # what YAML reads as None
+
+
+class AlignTrainer(Trainer):
+    """Lightning's Trainer, plus the ``export`` command."""
+
+    def export_checkpoint(
+        self, model, datamodule=None, ckpt_path: str | None = None, weights_only: bool | None = None
+    ) -> str:
+        """Export a checkpoint's policy as a save_pretrained folder (--ckpt_path, --export.dirpath).
+
+        Args:
+            ckpt_path: the Lightning checkpoint to export.
+            weights_only: read only tensors and plain containers from the checkpoint (the default, also
+                when null); false unpickles anything, which can run code: only for files you trust.
+        """
+        if not ckpt_path:
+            fail("export: give --ckpt_path, the Lightning checkpoint to export")
+        callback = next(c for c in self.callbacks if isinstance(c, ExportPretrained))
+        try:
+            path = callback.export_checkpoint(self, model, ckpt_path, weights_only)
+        except (CheckpointError, ExportError) as error:
+            fail(str(error))
+        rank_zero_info(f"exported {ckpt_path} to {path}")
+        return path
+
+    # The `export` command. jsonargparse names a method's argument group after the function, and `export`
+    # is already the ExportPretrained section of the config, so the function has another name.
+    export = export_checkpoint
 
 
 class AlignCLI(LightningCLI):
     """LightningCLI over :class:`PreferenceModule` (or a subclass) and any LightningDataModule.
 
-    Always present: ``checkpoint`` (a ModelCheckpoint that keeps ``last.ckpt``, written atomically) and
-    ``export`` (``save_pretrained`` folder of the policy at the end of fit).
+    Always present: ``checkpoint`` (a ModelCheckpoint that keeps ``last.ckpt``, written atomically; none
+    with ``trainer.enable_checkpointing false``) and ``export`` (``save_pretrained`` folder of the policy at
+    the end of fit, and the ``export`` command for any checkpoint). Added unless given: a learning-rate
+    monitor when fitting with a logger, and a prediction writer for ``predict``.
     """
 
     def __init__(self, args=None, run: bool = True, **kwargs) -> None:
+        # The reference and the frozen encoders are in eval mode on purpose; Lightning warns about it anyway.
+        warnings.filterwarnings(
+            "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training",
+            category=PossibleUserWarning,
+        )
         super().__init__(
             PreferenceModule,
             PreferenceDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            trainer_class=AlignTrainer,
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"default_env": True},
@@ -38,49 +90,198 @@ class AlignCLI(LightningCLI):
             **kwargs,
         )
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.add_lightning_class_args(ExportPretrained, "export")
 
+    def parse_arguments(self, parser, args) -> None:
+        # Replaces Lightning's, which warns whenever args are given while sys.argv has any: main() gives both.
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+            return
+        args = list(sys.argv[1:] if args is None else args)
+        check_config_files(args)
+        self.config = parser.parse_args(nulls_as_config(args))
+        section = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        ckpt_path = section.get("ckpt_path")
+        if ckpt_path and os.path.isfile(ckpt_path):  # before Lightning reads it, with an error that names it
+            try:
+                load_checkpoint_file(ckpt_path, section.get("weights_only"), mmap=True)
+            except CheckpointError as error:
+                fail(str(error))
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            reason = config_error(error, self.config[self.subcommand] if self.subcommand else self.config)
+            if reason is None:
+                raise
+            fail(reason)
+
     def _instantiate_trainer(self, config: dict, callbacks: list):
-        given = list(config.get("callbacks") or []) + callbacks
+        if config.get("enable_checkpointing") is False:  # then no `checkpoint` section either
+            callbacks[:] = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        given = as_list(config.get("callbacks")) + callbacks
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
             callbacks.append(RichProgressBar())
-        plugins = config.get("plugins")
-        plugins = list(plugins) if isinstance(plugins, list) else ([plugins] if plugins else [])
+        logger = config.get("logger")
+        has_logger = logger is not False and logger != [] and not config.get("barebones")
+        fitting = self.subcommand in (None, "fit")
+        if fitting and has_logger and not any(isinstance(c, LearningRateMonitor) for c in given):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in given):
+            callbacks.append(PredictionWriter())
+        if isinstance(logger, list):
+            config["logger"] = share_run_folder(logger, self._get(self.config, "trainer")["logger"])
+        plugins = as_list(config.get("plugins"))
         if not any(hasattr(p, "save_checkpoint") for p in plugins):
             config["plugins"] = plugins + [AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, callbacks)
 
 
-class ExportCLI(AlignCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        super().add_arguments_to_parser(parser)
-        parser.add_argument("--ckpt_path", type=str, help="the Lightning checkpoint to export")
+def as_list(value) -> list:
+    return list(value) if isinstance(value, list) else ([value] if value else [])
 
 
-def export(argv: list[str]) -> None:
-    """``export --config recipe.yaml --ckpt_path last.ckpt --export.dirpath out``: a checkpoint to a folder."""
-    import torch
+def fail(message: str) -> None:
+    """A clean command-line error: one line on stderr, exit status 2 (as for any bad argument)."""
+    sys.stderr.write(f"error: {message}\n")
+    raise SystemExit(2)
 
-    cli = ExportCLI(args=argv, run=False)
-    ckpt_path = cli.config.get("ckpt_path")
-    if not ckpt_path:
-        raise SystemExit("export: give --ckpt_path, the Lightning checkpoint to export")
-    model = cli.model
-    model.configure_model()
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
-    callback = next(c for c in cli.trainer.callbacks if isinstance(c, ExportPretrained))
-    path = callback.resolve_dir(cli.trainer)
-    model.backbone.save_pretrained(path, merge_adapters=callback.merge_adapters)
-    print(f"exported {ckpt_path} to {path}")
+
+def check_config_files(args: list[str]) -> None:
+    """A YAML syntax error in a ``--config`` file is named with the file and line (jsonargparse names neither)."""
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                yaml.safe_load(f)
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
+            context = ""
+            if error.context and error.context_mark:
+                start = error.context_mark
+                context = f" ({error.context} at line {start.line + 1}, column {start.column + 1})"
+            fail(f"{path}: invalid YAML at {where}: {error.problem}{context}")
+        except yaml.YAMLError as error:
+            fail(f"{path}: invalid YAML: {error}")
+
+
+def nulls_as_config(args: list[str]) -> list[str]:
+    """``--a.b.c null`` as an inline ``--config {"a": {"b": {"c": null}}}``.
+
+    jsonargparse (4.53) re-parses a value nested two classes deep from its text, ``f"--{key}={value}"``,
+    so a null read once already becomes the string "None" (``cache_dir: str | None`` got a folder named
+    ``None``). A config holds a real null at any depth, and a later flag still wins.
+    """
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        key, eq, value = arg[2:].partition("=")
+        # Not under trainer: nothing there is two classes deep, and its lists (logger, callbacks) take a
+        # dotted flag as "the last item", which a config would replace instead.
+        if arg.startswith("--") and "." in key and not key.endswith("+") and not key.startswith("trainer."):
+            if not eq and i + 1 < len(args):
+                value, taken = args[i + 1], 2
+            else:
+                taken = 1
+            if (eq or taken == 2) and value in NULLS:
+                nested = None
+                for part in reversed(key.split(".")):
+                    nested = {part: nested}
+                out += ["--config", json.dumps(nested)]
+                i += taken
+                continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def config_error(error: BaseException, config) -> str | None:
+    """The reason a class in the config refused its arguments, as ``model.objective: beta must be > 0``.
+
+    jsonargparse wraps it in a "Does not validate against any of the Union subtypes" error that lists
+    every alternative type; the reason is the innermost exception, raised in some class's ``__init__``.
+    Returns None when the error is not of that kind.
+    """
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 50:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    inner = chain[-1]
+    if len(chain) < 2 or not isinstance(inner, ValueError):
+        return None
+    entries = list(class_paths(config.as_dict() if hasattr(config, "as_dict") else config))
+    for frame in frames(inner.__traceback__):
+        if frame.f_code.co_name == "__init__" and "self" in frame.f_locals:
+            cls = type(frame.f_locals["self"])
+            for key, class_path in entries:
+                if resolve(class_path) is cls:
+                    return f"{key}: {inner}"
+    wrapped = any(f.f_globals.get("__name__", "").startswith("jsonargparse") for f in frames(error.__traceback__))
+    return str(inner) if wrapped else None
+
+
+def frames(tb):
+    while tb is not None:
+        yield tb.tb_frame
+        tb = tb.tb_next
+
+
+def class_paths(node, key: str = ""):
+    """(config key, class_path) of every class in a config dict, keys without ``init_args``."""
+    if isinstance(node, dict):
+        if "class_path" in node:
+            yield key, node["class_path"]
+            node = node.get("init_args") or {}
+        for name, value in node.items():
+            yield from class_paths(value, f"{key}.{name}" if key else name)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from class_paths(value, f"{key}[{i}]")
+
+
+def resolve(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def share_run_folder(loggers: list, specs: list) -> list:
+    """Loggers after the first that write into ``save_dir/name/version`` folders and leave ``version`` unset
+    join the first one's folder, so one run is one folder (the CSV metrics beside the TensorBoard events),
+    not two ``version_N`` folders numbered independently.
+    """
+    folder_kinds = (CSVLogger, TensorBoardLogger)
+    if not loggers or not isinstance(loggers[0], folder_kinds) or len(specs) != len(loggers):
+        return loggers
+    first, joined = loggers[0], [loggers[0]]
+    for logger, spec in zip(loggers[1:], specs[1:]):
+        init_args = {}
+        for part in ("init_args", "dict_kwargs"):  # dict_kwargs: what a logger takes through **kwargs
+            value = spec.get(part) if isinstance(spec, (dict, Namespace)) else None
+            init_args.update(value.as_dict() if isinstance(value, Namespace) else value or {})
+        if isinstance(logger, folder_kinds) and init_args.get("version") is None:
+            init_args.update(save_dir=first.save_dir, name=first.name, version=first.version)
+            logger = type(logger)(**init_args)
+        joined.append(logger)
+    return joined
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["export"]:
-        return export(argv[1:])
     AlignCLI(args=argv)

@@ -6,6 +6,8 @@ import csv
 import glob
 import json
 import os
+import re
+import warnings
 
 import pytest
 import torch
@@ -150,8 +152,12 @@ def test_fit_exports_a_folder_transformers_loads_with_changed_weights(tmp_path, 
     for key in ("train/rewards/chosen", "train/rewards/margin", "train/logps/ref_chosen", "train/logps/rejected"):
         assert any(r.get(key) for r in rows), key
 
+    # The learning rate is logged by default, every logged step, following the schedule.
+    lrs = [float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")]
+    assert len(lrs) == 4 and lrs[0] == pytest.approx(1e-2)
+
     # The checkpoint holds the policy and no reference weights; exporting it gives the same folder.
-    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     assert not [k for k in ckpt["state_dict"] if k.startswith("reference.")]
     out = tmp_path / "from_ckpt"
@@ -159,6 +165,30 @@ def test_fit_exports_a_folder_transformers_loads_with_changed_weights(tmp_path, 
           "--export.dirpath", str(out)])
     again = weights(str(out))
     assert all(torch.equal(after[k], again[k]) for k in after)
+
+
+def test_export_takes_the_runs_own_saved_config(tmp_path, tiny_lm_dir, pair_file):
+    """The config a run saves (with Lightning's `weights_only: null`) is a valid `export` config; without
+    --export.dirpath the export goes beside the run's other outputs, named by the checkpoint's step."""
+    main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=2)])
+    run = tmp_path / "runs" / "t" / "version_0"
+    assert "weights_only" in yaml.safe_load((run / "config.yaml").read_text())
+    main(["export", "--config", str(run / "config.yaml"), "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
+    final, exported = weights(str(run / "export")), weights(str(run / "export-step2"))
+    assert all(torch.equal(final[k], exported[k]) for k in final)
+    marker = json.loads((run / "export-step2" / "alignsuite_export.json").read_text())
+    assert marker["run"] == str(run) and marker["global_step"] == 2
+    assert marker["checkpoint"] == str(tmp_path / "ckpt" / "last.ckpt")
+    assert marker["config"] == str(run / "config.yaml")
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "export"):
+        assert f"    {command} " in out, command
 
 
 def test_lora_fit_exports_merged_and_adapter_only(tmp_path, tiny_lm_dir, pair_file):
@@ -182,10 +212,89 @@ def test_reference_free_objective_loads_no_reference(tmp_path, tiny_lm_dir, pair
     assert not any(r.get("train/logps/ref_chosen") for r in rows)
 
 
-def test_reference_free_objective_with_a_reference_is_an_error(tmp_path, tiny_lm_dir, pair_file):
+def test_reference_free_objective_with_a_reference_is_an_error(tmp_path, tiny_lm_dir, pair_file, capsys):
     extra = {"reference": {"class_path": "alignsuite.reference.FrozenCopy"}}
-    with pytest.raises(ValueError, match="'simpo' is reference-free.*remove model.reference"):
+    with pytest.raises(SystemExit) as e:
         main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, objective="SimPO", extra_model=extra)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^error: model: objective 'simpo' is reference-free.*remove model.reference$", err, re.M), err
+
+
+@pytest.mark.parametrize("objective, args, reason", [
+    ("DPO", {"beta": -1}, "model.objective: beta must be > 0, got -1"),
+    ("RobustDPO", {"label_smoothing": 1.0}, "model.objective: label_smoothing must be in "),
+])
+def test_a_bad_hyperparameter_is_a_clean_error_with_its_reason(tmp_path, tiny_lm_dir, pair_file, capsys,
+                                                               objective, args, reason):
+    """The objective's own ValueError, named by its config key: not jsonargparse's list of Union subtypes."""
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, objective=objective, objective_args=args)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {reason}"), err
+    assert "Union subtypes" not in err and "Traceback" not in err
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    objective:\n      init_args: {beta: 0.2\n")
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", os.path.join(REPO, "recipes/toy/llm_dpo.yaml"), "--config", str(bad)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad}: invalid YAML at line 5, column 1: " in err, err
+    assert "line 4, column 18" in err  # where the unclosed mapping starts
+
+
+def test_lora_fragment_makes_the_reference_the_adapter_disabled_policy(tmp_path, tiny_lm_dir, pair_file):
+    """Composed over a full fine-tuning recipe that says FrozenCopy, LoRA gets no second model."""
+    from alignsuite.cli import AlignCLI
+    from alignsuite.reference import AdapterDisabled
+
+    lora = os.path.join(REPO, "configs/peft/lora.yaml")
+    frozen = {"reference": {"class_path": "alignsuite.reference.FrozenCopy"}}
+    cli = AlignCLI(args=["--config", recipe(tmp_path, tiny_lm_dir, pair_file, extra_model=frozen), "--config", lora],
+                   run=False)
+    assert type(cli.model.reference) is AdapterDisabled
+    cli = AlignCLI(args=["--config", recipe(tmp_path, tiny_lm_dir, pair_file, objective="SimPO"), "--config", lora],
+                   run=False)
+    assert cli.model.reference is None  # reference-free objectives still get none
+
+
+def test_null_on_the_command_line_is_none_two_classes_deep(tmp_path, tiny_lm_dir, pair_file):
+    """jsonargparse turned `null` two classes deep into the text "None" (a folder named None)."""
+    from alignsuite.cli import AlignCLI
+
+    path = recipe(tmp_path, tiny_lm_dir, pair_file)
+    cli = AlignCLI(args=["--config", path, "--model.init_args.backbone.init_args.tokenizer_name_or_path", tiny_lm_dir,
+                         "--model.init_args.backbone.init_args.tokenizer_name_or_path", "null",
+                         "--model.init_args.backbone.init_args.attn_implementation=null"], run=False)
+    assert cli.model.backbone.tokenizer_name_or_path is None
+    assert cli.model.backbone.attn_implementation is None
+    # a later flag still wins over the null
+    cli = AlignCLI(args=["--config", path, "--model.init_args.backbone.init_args.tokenizer_name_or_path", "null",
+                         "--model.init_args.backbone.init_args.tokenizer_name_or_path", tiny_lm_dir], run=False)
+    assert cli.model.backbone.tokenizer_name_or_path == tiny_lm_dir
+
+
+def test_checkpointing_can_be_turned_off(tmp_path, tiny_lm_dir, pair_file):
+    main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=2),
+          "--trainer.enable_checkpointing", "false"])
+    assert not os.path.exists(tmp_path / "ckpt")
+    assert os.path.exists(tmp_path / "runs" / "t" / "version_0" / "export" / "config.json")
+
+
+def test_tensorboard_fragment_logs_into_the_same_run_folder(tmp_path, tiny_lm_dir, pair_file):
+    path = recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=2)
+    config = yaml.safe_load(open(path))
+    config["trainer"]["logger"]["init_args"]["version"] = None  # numbered by the loggers, as in a recipe
+    open(path, "w").write(yaml.safe_dump(config))
+    main(["fit", "--config", path, "--config", os.path.join(REPO, "configs/logger/tensorboard.yaml")])
+    runs = sorted(os.listdir(tmp_path / "runs" / "t"))
+    assert runs == ["version_0"], runs
+    files = os.listdir(tmp_path / "runs" / "t" / "version_0")
+    assert "metrics.csv" in files and any(f.startswith("events.out.tfevents") for f in files), files
 
 
 def test_bad_row_names_file_row_and_field(tmp_path, tiny_lm_dir):
@@ -210,6 +319,29 @@ def test_validate_test_and_predict(tmp_path, tiny_lm_dir, pair_file, capsys):
     out = capsys.readouterr().out
     assert "val/loss" in out and "test/loss" in out
 
+    # predict keeps what it generates: one JSON object per held-out row, with its prompt
+    held_out = {}
+    for row in (json.loads(line) for line in open(pair_file)):
+        held_out.setdefault(row["prompt"], row)
+    with open(tmp_path / "runs" / "t" / "version_0" / "predictions.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 12  # val_fraction 0.25 of 48 rows
+    assert sorted(r["index"] for r in rows) == sorted({r["index"] for r in rows})
+    for r in rows:
+        assert r["prompt"] in held_out and isinstance(r["generation"], str)
+
+
+def test_a_run_prints_no_lightning_noise(tmp_path, tiny_lm_dir, pair_file):
+    """Neither the args-and-sys.argv warning (main passes the command line on) nor the eval-mode one
+    (the reference is in eval mode on purpose); other warnings still show."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=1)])
+        warnings.warn("still shown", UserWarning)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "args parameter" in m or "in eval mode" in m], messages
+    assert "still shown" in messages
+
 
 @pytest.mark.parametrize("name", ["llm_dpo"])
 def test_toy_recipe_raises_the_reward(tmp_path, name):
@@ -227,3 +359,29 @@ def test_toy_recipe_raises_the_reward(tmp_path, name):
 @pytest.mark.parametrize("name", ["llm_simpo", "llm_orpo", "llm_kto", "llm_ipo"])
 def test_other_toy_recipes_raise_the_reward(tmp_path, name):
     test_toy_recipe_raises_the_reward(tmp_path, name)
+
+
+def test_prediction_writer_takes_plain_generations_and_images(tmp_path):
+    """predict_step may return bare generations (index and prompt then come from the batch); an image
+    generation is saved as a PNG beside the file, and the row holds its relative path."""
+    from lightning.pytorch import LightningModule, Trainer
+    from PIL import Image
+
+    from alignsuite.callbacks import PredictionWriter
+
+    class Echo(LightningModule):
+        def predict_step(self, batch, batch_idx):
+            if batch_idx == 0:
+                return [p.upper() for p in batch["prompt"]]
+            return [Image.new("RGB", (4, 4), (255, 0, 0)) for _ in batch["prompt"]]
+
+    rows = [{"prompt": f"echo {c}", "index": 10 + i} for i, c in enumerate("abcd")]
+    loader = torch.utils.data.DataLoader(rows, batch_size=2)
+    writer = PredictionWriter()
+    Trainer(accelerator="cpu", logger=False, default_root_dir=str(tmp_path), callbacks=[writer],
+            enable_progress_bar=False, enable_model_summary=False).predict(Echo(), loader, return_predictions=False)
+    written = [json.loads(line) for line in open(tmp_path / "predictions.jsonl")]
+    assert written[:2] == [{"index": 10, "prompt": "echo a", "generation": "ECHO A"},
+                           {"index": 11, "prompt": "echo b", "generation": "ECHO B"}]
+    assert written[2] == {"index": 12, "prompt": "echo c", "generation": os.path.join("predictions", "12.png")}
+    assert Image.open(tmp_path / written[3]["generation"]).getpixel((0, 0)) == (255, 0, 0)
