@@ -14,7 +14,7 @@ import torch
 
 import alignsuite.objectives as objectives
 from alignsuite.objectives import DPO, DiffusionKTO, MaPO, SePPO, SmPO, available_objectives, get_objective
-from alignsuite.objectives.diffusion import PICKSCORE_MAX, PICKSCORE_MIN, mapo_bounded_score
+from alignsuite.objectives.denoising import PICKSCORE_MAX, PICKSCORE_MIN, mapo_bounded_score
 from alignsuite.scores import PairScores, UnpairedScores
 
 

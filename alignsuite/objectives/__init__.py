@@ -11,7 +11,7 @@ from alignsuite.objectives.base import (
     available_objectives,
     get_objective,
 )
-from alignsuite.objectives.diffusion import DiffusionKTO, MaPO, SePPO, SmPO
+from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
 from alignsuite.objectives.pairwise import (
     AOT,
     CDPO,
