@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 
+import datasets
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -16,8 +18,9 @@ from alignsuite.backbones import CausalLM, LoraSpec
 from alignsuite.backbones.causal_lm import selective_log_softmax
 from alignsuite.reference import AdapterDisabled, FrozenCopy
 from conftest import save_tiny_lm
-from alignsuite.toy.llm import SPECIAL, WORDS, EchoWorld
-from alignsuite.backbones.base import shared_prompts
+from alignsuite.toy.llm import CHAT_TEMPLATE, SPECIAL, WORDS, EchoWorld
+from alignsuite.backbones.base import ViewInputs, shared_prompts
+from alignsuite.backbones.tokenize import STANDARD_ROLES, may_be_identical, template_roles
 
 ATOL = 1e-5
 
@@ -518,3 +521,281 @@ def test_selective_log_softmax_bfloat16():
     # ... and within bf16 rounding of a log_softmax done in bf16 (8 bits of mantissa, values up to ~20)
     in_bf16 = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
     torch.testing.assert_close(got, in_bf16, atol=0.1, rtol=1e-2)
+
+
+# --- 12. prompt scores (score_prompt) -------------------------------------------------------------------
+
+
+def test_score_prompt_matches_direct_computation(backbone, base):
+    prompts = ["echo a", "echo b c d e f g h", "echo i j"]
+    views = [ViewInputs(prompts, CHOSEN, score_prompt=True), ViewInputs(prompts, REJECTED)]
+    prepared = backbone.prepare(views)
+    rows = [text_row(p, c) for view in (CHOSEN, REJECTED) for p, c in zip(prompts, view)]
+    # every position is kept: the prompt's tokens from the second on need the logits before them
+    assert prepared.logits_to_keep == prepared.input_ids.shape[1]
+    out = backbone.score(prepared)
+    # the completion scores are unchanged by also scoring the prompt
+    expected = torch.tensor([direct_score(base, p, c) for p, c in rows], dtype=out.score.dtype)
+    torch.testing.assert_close(out.score, expected, atol=ATOL, rtol=0)
+    assert out.length.tolist() == [6, 2, 3, 2, 5, 10]
+    # prompt: log p(prompt[1:] | prompt[0]) and len(prompt) - 1 for the rows that asked, 0 for the others
+    prompt_expected = [sequence_logp(base, p) for p, _ in rows[:3]] + [0.0] * 3
+    torch.testing.assert_close(out.prompt, torch.tensor(prompt_expected, dtype=out.score.dtype), atol=ATOL, rtol=0)
+    assert out.prompt_length.tolist() == [len(p) - 1 for p, _ in rows[:3]] + [0, 0, 0] == [2, 8, 3, 0, 0, 0]
+    # prompt + completion = log p(whole row after its first token)
+    for i, (p, c) in enumerate(rows[:3]):
+        assert (out.prompt[i] + out.score[i]).item() == pytest.approx(sequence_logp(base, p + c), abs=ATOL)
+    chosen, rejected = out.split(2)
+    assert chosen.prompt_length.tolist() == [2, 8, 3] and rejected.prompt_length.tolist() == [0, 0, 0]
+
+
+def test_no_prompt_scores_unless_a_view_asks(backbone):
+    prepared = backbone.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
+    assert prepared.prompt_mask is None and prepared.logits_to_keep < prepared.input_ids.shape[1]
+    out = backbone.score(prepared)
+    assert out.prompt is None and out.prompt_length is None
+
+
+def test_orpo_nll_is_trls_cross_entropy_over_prompt_and_answer(backbone, base):
+    """ORPO's default NLL through the backbone equals TRL's / the official code's: CrossEntropyLoss over the
+    chosen rows' input ids (prompt + answer, padding masked), pooled over the batch's tokens."""
+    from alignsuite.objectives import get_objective
+
+    orpo = get_objective("orpo")
+    views = [ViewInputs(PROMPTS, CHOSEN, score_prompt=v.score_prompt) if v.name == "chosen"
+             else ViewInputs(PROMPTS, REJECTED, score_prompt=v.score_prompt) for v in orpo.views]
+    scores = backbone.score(backbone.prepare(views))
+    packed = orpo.pack(dict(zip(["chosen", "rejected"], scores.split(2))), {}, {})
+    out = orpo(packed)
+    total, count = 0.0, 0
+    for p, c in (text_row(prompt, answer) for prompt, answer in zip(PROMPTS, CHOSEN)):
+        ids = torch.tensor([p + c])
+        with torch.no_grad():
+            logits = base(input_ids=ids).logits[0, :-1].double()
+        total += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+        count += ids.shape[1] - 1
+    assert out.metrics["loss/sft"].item() == pytest.approx(total / count, abs=1e-5)
+
+
+# --- 13. chat template option, roles, tools --------------------------------------------------------------
+
+
+@pytest.fixture
+def no_template_dir(tmp_path) -> str:
+    """The toy tokenizer without a chat template, as a base model's often is."""
+    folder = str(tmp_path / "no_template")
+    word_tokenizer(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>").save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).chat_template is None
+    return folder
+
+
+CHAT_PROMPTS = [[user("echo a b"), assistant("A B"), user("echo c")], [user("echo d e f g")]]
+CHAT_ANSWERS = [[assistant("C")], [assistant("D E F G")]]
+
+
+def test_chat_rows_without_a_template_name_the_option(tiny_lm_dir, no_template_dir):
+    b = CausalLM(tiny_lm_dir, tokenizer_name_or_path=no_template_dir, max_length=48, max_prompt_length=24)
+    b.configure()
+    with pytest.raises(ValueError, match=r"has none.*backbone\.chat_template"):
+        b.prepare(shared_prompts(CHAT_PROMPTS, CHAT_ANSWERS))
+    with pytest.raises(ValueError, match=r"backbone\.chat_template"):
+        b.generate(CHAT_PROMPTS, max_new_tokens=1)
+    b.prepare(shared_prompts(["echo a"], ["A"]))  # plain text needs no template
+
+
+@pytest.mark.parametrize("as_file", [False, True], ids=["string", "jinja_file"])
+def test_chat_template_option_sets_and_exports_the_template(tiny_lm_dir, no_template_dir, backbone, tmp_path, as_file):
+    template = CHAT_TEMPLATE
+    if as_file:
+        path = tmp_path / "toy.jinja"
+        path.write_text(CHAT_TEMPLATE)
+        template = str(path)
+    b = CausalLM(tiny_lm_dir, tokenizer_name_or_path=no_template_dir, max_length=48, max_prompt_length=24,
+                 chat_template=template)
+    b.configure()
+    assert b.tokenizer.chat_template == CHAT_TEMPLATE
+    # the same tokens and scores as the toy tokenizer, which ships this template
+    prepared = b.prepare(shared_prompts(CHAT_PROMPTS, CHAT_ANSWERS))
+    reference = backbone.prepare(shared_prompts(CHAT_PROMPTS, CHAT_ANSWERS))
+    assert torch.equal(prepared.input_ids, reference.input_ids)
+    assert torch.equal(prepared.completion_mask, reference.completion_mask)
+    torch.testing.assert_close(b.score(prepared).score, backbone.score(reference).score, atol=ATOL, rtol=0)
+    # exported with the tokenizer
+    folder = str(tmp_path / "export")
+    b.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).chat_template == CHAT_TEMPLATE
+
+
+def test_chat_template_option_missing_file_is_named(tiny_lm_dir, tmp_path):
+    missing = str(tmp_path / "nope.jinja")
+    with pytest.raises(FileNotFoundError, match=re.escape(missing)):
+        CausalLM(tiny_lm_dir, chat_template=missing).configure()
+
+
+def test_template_roles_reads_the_roles_a_template_handles():
+    # the toy template prints any role verbatim and names only 'assistant'; 'role'/'content' are keys
+    assert template_roles(CHAT_TEMPLATE) == STANDARD_ROLES
+    llama_like = (
+        "{% for m in messages %}{% if m['role'] == 'ipython' %}<|ipython|>{% elif m.role in ['user', \"developer\"] %}"
+        "{{ m['content'] }}{% endif %}{% endfor %}"
+    )
+    assert template_roles(llama_like) == STANDARD_ROLES | {"ipython", "developer"}
+
+
+def test_unknown_chat_role_is_an_error_naming_role_and_roles(backbone):
+    typo = [[{"role": "usr", "content": "echo a"}]]
+    # before the check, the toy template rendered "usr: echo a" and trained on it
+    assert backbone.tokenizer.apply_chat_template(typo[0], tokenize=False) == "usr: echo a "
+    accepted = re.escape("assistant, system, tool, user")
+    with pytest.raises(ValueError, match=rf"dataset row 7 has a message with role 'usr'.*{accepted}"):
+        backbone.prepare([ViewInputs(typo, [[assistant("A")]], {"index": torch.tensor([7])})])
+    with pytest.raises(ValueError, match=r"role 'asistant'"):  # completions are checked too
+        backbone.prepare(shared_prompts([[user("echo a")]], [[{"role": "asistant", "content": "A"}]]))
+    with pytest.raises(ValueError, match=r"role 'usr'"):
+        backbone.generate(typo, max_new_tokens=1)
+
+
+# Renders each tool's name before the conversation, and an assistant message's tool calls after its content.
+TOOL_TEMPLATE = (
+    "{% if tools %}{% for t in tools %}{{ t['function']['name'] }} {% endfor %}{% endif %}"
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} "
+    "{% if m['tool_calls'] %}{% for c in m['tool_calls'] %}{{ c['function']['name'] }} {% endfor %}{% endif %}"
+    "{% if m['role'] == 'assistant' %}<eos> {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def tool(name: str) -> dict:
+    return {"type": "function", "function": {"name": name, "description": "a tool",
+                                             "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_tools_reach_the_chat_template(tiny_lm_dir, base):
+    b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24, chat_template=TOOL_TEMPLATE)
+    b.configure()
+    prompts = [[user("echo a")], [user("echo b")]]
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "h", "arguments": {}}}]}
+    answers = [[call], [assistant("B")]]
+    batch = {"tools": [[tool("f"), tool("g")], None], "index": torch.tensor([0, 1])}
+    prepared = b.prepare([ViewInputs(prompts, answers, batch)])
+    rows = [
+        (word_ids("f g user: echo a assistant:"), word_ids("h") + [EOS]),  # tools first; the call in the answer
+        (word_ids("user: echo b assistant:"), word_ids("B") + [EOS]),  # no tools: none rendered
+    ]
+    for i, (p, c) in enumerate(rows):
+        assert prepared.input_ids[i, : len(p) + len(c)].tolist() == p + c
+        assert prepared.completion_mask[i].sum().item() == len(c)
+    out = b.score(prepared)
+    expected = torch.tensor([direct_score(base, p, c) for p, c in rows], dtype=out.score.dtype)
+    torch.testing.assert_close(out.score, expected, atol=ATOL, rtol=0)
+
+
+def test_tools_with_a_template_that_ignores_them_warn(tiny_lm_dir):
+    b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24)
+    b.configure()
+    with pytest.warns(UserWarning, match="never reads `tools`"):
+        b.prepare([ViewInputs([[user("echo a")]], [[assistant("A")]], {"tools": [[tool("f")]]})])
+
+
+# --- 14. pairs made identical by truncation are dropped at setup ----------------------------------------
+
+
+def write_pairs(path, rows) -> str:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def test_pairs_identical_after_truncation_are_dropped_at_setup(tiny_lm_dir, tmp_path):
+    from alignsuite.data import PreferenceDataModule
+
+    # max_length 8, prompt "echo a" = bos echo a (3 tokens): each answer keeps its first 5 tokens
+    train = [
+        {"prompt": "echo a", "chosen": "A B C D E F", "rejected": "A B C D E G"},  # same once cut: dropped
+        {"prompt": "echo b", "chosen": "B", "rejected": "C"},
+        {"prompt": "echo c", "chosen": "A B C D", "rejected": "A B C D E"},  # A..D eos vs A..E: kept
+        {"prompt": "echo d e f g h i", "chosen": "A B C D", "rejected": "A B C D E"},  # prompt cut, then same
+        {"prompt": "echo e", "chosen": "E", "rejected": "F"},
+    ]
+    val = [{"prompt": "echo a", "chosen": "A B C D E F", "rejected": "A B C D E G"},
+           {"prompt": "echo b", "chosen": "B", "rejected": "C"}]
+    dm = PreferenceDataModule(train=write_pairs(tmp_path / "train.jsonl", train),
+                              val=write_pairs(tmp_path / "val.jsonl", val), batch_size=2)
+    dm.setup("fit")
+    b = CausalLM(tiny_lm_dir, max_length=8, max_prompt_length=4)
+    with pytest.warns(UserWarning, match=r"dropped 2 train pair\(s\) \(rows 0, 3\); 1 val pair\(s\) \(rows 0\)"):
+        b.on_setup(dm)  # before any model loads: the tokenizer alone
+    assert b.policy is None
+    assert b.dropped_identical == {"train": 2, "val": 1}
+    assert dm.train_set["prompt"] == ["echo b", "echo c", "echo e"]
+    assert dm.train_set["index"] == [0, 1, 2] and dm.val_set["index"] == [0]  # "index" stays the row position
+    assert b.truncated == {"prompt": 0, "completion": 0}  # the check itself counts no truncation
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch["index"].tolist()) <= {0, 1, 2}
+    # setup runs once per stage: the filtered data is not checked, counted or warned about again
+    b.on_setup(dm)
+    assert b.dropped_identical == {"train": 2, "val": 1}
+
+
+def test_identical_chat_pairs_are_dropped_and_unpaired_data_is_left_alone(tiny_lm_dir, tmp_path):
+    from alignsuite.data import PreferenceDataModule, TextUnpaired
+
+    train = [
+        {"prompt": [user("echo a")], "chosen": [assistant("A B C D E F G H")], "rejected": [assistant("A B C D E F G I")]},
+        {"prompt": [user("echo b")], "chosen": [assistant("B")], "rejected": [assistant("C")]},
+    ]
+    dm = PreferenceDataModule(train=write_pairs(tmp_path / "chat.jsonl", train), batch_size=2)
+    dm.setup("fit")
+    b = CausalLM(tiny_lm_dir, max_length=10, max_prompt_length=4)
+    with pytest.warns(UserWarning, match=r"dropped 1 train pair"):
+        b.on_setup(dm)
+    assert dm.train_set["index"] == [0] and b.dropped_identical == {"train": 1}
+
+    rows = [{"prompt": "echo a", "completion": "A", "label": True}, {"prompt": "echo b", "completion": "B", "label": False}]
+    unpaired = PreferenceDataModule(train=write_pairs(tmp_path / "kto.jsonl", rows), layout=TextUnpaired(), batch_size=2)
+    unpaired.setup("fit")
+    fresh = CausalLM(tiny_lm_dir, max_length=8, max_prompt_length=4)
+    fresh.on_setup(unpaired)
+    assert fresh.dropped_identical == {} and fresh.tokenizer is None and len(unpaired.train_set) == 2
+
+
+def test_every_pair_identical_after_truncation_is_an_error(tiny_lm_dir, tmp_path):
+    from alignsuite.data import PreferenceDataModule
+
+    rows = [{"prompt": "echo a", "chosen": "A B C D E F", "rejected": "A B C D E G"}]
+    dm = PreferenceDataModule(train=write_pairs(tmp_path / "t.jsonl", rows), batch_size=1)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"every train pair \(1\).*max_length=8"):
+        CausalLM(tiny_lm_dir, max_length=8, max_prompt_length=4).on_setup(dm)
+
+
+def test_identical_pair_search_agrees_with_tokenising_every_pair(tiny_lm_dir):
+    """Only pairs whose texts share a long start are tokenised; the result is the same as tokenising all."""
+    b = CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=8)
+    b.tokenizer = b._load_tokenizer()
+    gen = random.Random(0)
+    letters = list("ABCDEFGHIJ")
+    prompts, chosen, rejected = [], [], []
+    for i in range(200):
+        words = [gen.choice(letters) for _ in range(gen.randint(1, 30))]
+        other = list(words)
+        cut = gen.randint(0, len(words))  # where the answers part (or, at the end, one is longer)
+        other[cut:] = [gen.choice(letters) for _ in range(gen.randint(0, 30))]
+        spaces = "  " if gen.random() < 0.2 else " "  # whitespace the toy tokenizer does not see
+        prompts.append("echo " + " ".join(gen.choice("abcdefghij") for _ in range(gen.randint(0, 12))))
+        chosen.append(" ".join(words))
+        rejected.append(spaces.join(other))
+    keep = [i for i in range(200) if chosen[i] != rejected[i]]  # the data layer skips equal texts
+    rows = {"prompt": [prompts[i] for i in keep], "chosen": [chosen[i] for i in keep],
+            "rejected": [rejected[i] for i in keep]}
+    truth = [i for i, (c, r) in enumerate(zip(b._encode(rows["prompt"], rows["chosen"], count=False),
+                                               b._encode(rows["prompt"], rows["rejected"], count=False))) if c == r]
+
+    assert b._identical_pairs(datasets.Dataset.from_dict(rows), datamodule=None) == truth
+    assert 10 < len(truth) < len(keep) / 2  # both kinds are there
+    maybe = may_be_identical(b.tokenizer, rows["chosen"], rows["rejected"], 24 - 8)
+    assert all(maybe[i] for i in truth) and sum(maybe) < len(keep) / 2  # the filter does filter
+    # "A B C" and "A  B C" differ as text, not as tokens (this tokenizer splits on any whitespace)
+    assert may_be_identical(b.tokenizer, ["A B C"], ["A  B C"], 16) == [True]
+    assert may_be_identical(b.tokenizer, ["A B C"], ["A C C"], 16) == [False]

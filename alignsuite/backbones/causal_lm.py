@@ -3,16 +3,23 @@
 Score convention: the sum of log-probabilities of the completion tokens; prompt and padding tokens
 are excluded. Chosen and rejected rows are stacked and scored in one forward pass.
 
-Truncation rule, applied to every row and counted: the prompt keeps its last ``max_prompt_length``
-tokens (the context nearest the answer; a leading bos token stays first), then the completion keeps its first
-``max_length - len(prompt)`` tokens. A completion that would keep no token at all is an error, since
-it would have nothing to score.
+A view may ask for its prompt's tokens to be scored too (``score_prompt``, ORPO's NLL term): their summed
+log-probability and count, the very first token excluded (nothing predicts it), come back in
+``SequenceScores.prompt``/``prompt_length``.
+
+Tokenisation (:mod:`alignsuite.backbones.tokenize`): plain text or chat messages, a row's ``tools`` passed
+to the chat template, roles checked against the template. Truncation rule, applied to every row and counted:
+the prompt keeps its last ``max_prompt_length`` tokens (the context nearest the answer; a leading bos token
+stays first), then the completion keeps its first ``max_length - len(prompt)`` tokens. A completion that
+would keep no token at all is an error, since it would have nothing to score. Pairs whose chosen and
+rejected rows are the same tokens once truncated are dropped at setup (:meth:`CausalLM.on_setup`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,8 +30,16 @@ from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.lora import LoraSpec
-
-Text = str | list[dict[str, str]]  # plain text, or chat messages
+from alignsuite.backbones.tokenize import (
+    Text,
+    batch_rows,
+    encode_rows,
+    identical_pairs,
+    read_chat_template,
+    render_prompt,
+    template_source,
+    truncate,
+)
 
 
 @dataclass
@@ -32,11 +47,14 @@ class TokenBatch:
     input_ids: Tensor  # [N, T], right-padded
     attention_mask: Tensor  # [N, T]
     completion_mask: Tensor  # [N, T]: 1 on the completion tokens that are scored
-    logits_to_keep: int  # the last positions that hold every completion token (and the one before)
+    logits_to_keep: int  # the last positions that hold every scored token (and the one before)
+    prompt_mask: Tensor | None = None  # [N, T]: 1 on the prompt tokens scored (score_prompt rows), else None
 
     def to(self, device) -> "TokenBatch":
+        prompt_mask = self.prompt_mask.to(device) if self.prompt_mask is not None else None
         return TokenBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device), self.logits_to_keep
+            self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
+            self.logits_to_keep, prompt_mask,
         )
 
 
@@ -66,6 +84,8 @@ class CausalLM(Backbone):
         attn_implementation: e.g. "sdpa", "eager", "flash_attention_2".
         disable_dropout: dropout makes policy and reference disagree on identical weights; off by default.
         trust_remote_code: passed to ``from_pretrained``.
+        chat_template: a Jinja chat template, or the path of a ``.jinja`` file, set on the tokenizer (and saved
+            with it): for base models that have none, or to replace theirs. Chat rows with neither are an error.
     """
 
     def __init__(
@@ -80,6 +100,7 @@ class CausalLM(Backbone):
         attn_implementation: str | None = None,
         disable_dropout: bool = True,
         trust_remote_code: bool = False,
+        chat_template: str | None = None,
     ) -> None:
         super().__init__()
         if max_prompt_length >= max_length:
@@ -97,8 +118,13 @@ class CausalLM(Backbone):
         self.attn_implementation = attn_implementation
         self.disable_dropout = disable_dropout
         self.trust_remote_code = trust_remote_code
+        self.chat_template = chat_template
         self.tokenizer = None
         self.truncated = {"prompt": 0, "completion": 0}
+        # Pairs dropped at setup because chosen and rejected are the same tokens once truncated, per split.
+        self.dropped_identical: dict[str, int] = {}
+        self._checked_identical: dict[str, str] = {}
+        self._warned_tools = False
         self._accepts_logits_to_keep = False
 
     # ---------------------------------------------------------------- building
@@ -140,6 +166,8 @@ class CausalLM(Backbone):
             if tok.eos_token is None:
                 raise ValueError(f"tokenizer at {path!r} has neither a pad nor an eos token; give it one")
             tok.pad_token = tok.eos_token
+        if self.chat_template is not None:
+            tok.chat_template = read_chat_template(self.chat_template)
         return tok
 
     def configure(self) -> None:
@@ -147,7 +175,8 @@ class CausalLM(Backbone):
             return
         import inspect
 
-        self.tokenizer = self._load_tokenizer()
+        if self.tokenizer is None:  # on_setup may have loaded it already
+            self.tokenizer = self._load_tokenizer()
         model = self._load_model()
         self._accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         if self.gradient_checkpointing:
@@ -178,68 +207,123 @@ class CausalLM(Backbone):
         return self.policy.disable_adapter()
 
     # ---------------------------------------------------------------- tokenising
-    def _encode(self, prompt: Text, completion: Text) -> tuple[list[int], list[int]]:
-        tok = self.tokenizer
-        if isinstance(prompt, list) or isinstance(completion, list):
-            if not (isinstance(prompt, list) and isinstance(completion, list)):
-                raise ValueError("prompt and completion must both be chat messages, or both text")
-            prompt_text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            full_text = tok.apply_chat_template(prompt + completion, tokenize=False)
-            if not full_text.startswith(prompt_text):
-                raise ValueError(
-                    "the tokenizer's chat template renders the prompt differently once an answer follows, so the"
-                    " prompt cannot be masked out of the loss; give a template that keeps history unchanged"
-                )
-            prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
-            completion_ids = tok(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-        else:
-            prompt_ids = tok(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-            if not prompt_ids and tok.bos_token_id is not None:
-                prompt_ids = [tok.bos_token_id]
-            completion_ids = tok(completion, add_special_tokens=False)["input_ids"]
-            if tok.eos_token_id is not None:
-                completion_ids = completion_ids + [tok.eos_token_id]
-        return self._truncate(prompt_ids, completion_ids)
+    def _encode(self, prompts: list[Text], completions: list[Text], batch: dict | None = None,
+                count: bool = True) -> list[tuple[list[int], list[int]]]:
+        """Truncated ``(prompt ids, completion ids)`` of each row; ``batch`` gives its ``tools`` and ``index``."""
+        tools, index = batch_rows(batch or {}, len(prompts))
+        self._check_tools(tools)
+        rows = encode_rows(self.tokenizer, prompts, completions, tools, index)
+        out = []
+        for i, (p, c) in enumerate(rows):
+            p, c, cut_prompt, cut_completion = truncate(p, c, self.max_length, self.max_prompt_length,
+                                                        self.tokenizer.bos_token_id)
+            if count:
+                self._count_truncation(cut_prompt, cut_completion)
+            if not c:
+                where = f" (dataset row {index[i]})" if index is not None else ""
+                raise ValueError(f"a completion tokenised to no tokens{where}; nothing to score")
+            out.append((p, c))
+        return out
 
-    def _truncate(self, prompt_ids: list[int], completion_ids: list[int]) -> tuple[list[int], list[int]]:
-        if len(prompt_ids) > self.max_prompt_length:
-            bos = self.tokenizer.bos_token_id
-            if bos is not None and prompt_ids[0] == bos:  # models trained with a leading bos expect one
-                prompt_ids = [bos] + prompt_ids[len(prompt_ids) - self.max_prompt_length + 1 :]
-            else:
-                prompt_ids = prompt_ids[-self.max_prompt_length :]
-            self.truncated["prompt"] += 1
-        room = self.max_length - len(prompt_ids)
-        if len(completion_ids) > room:
-            completion_ids = completion_ids[:room]
-            self.truncated["completion"] += 1
-        if sum(self.truncated.values()) == 1:  # say it once, when it first happens
+    def _count_truncation(self, cut_prompt: bool, cut_completion: bool) -> None:
+        self.truncated["prompt"] += cut_prompt
+        self.truncated["completion"] += cut_completion
+        if sum(self.truncated.values()) == 1 and (cut_prompt or cut_completion):  # say it once, when it first happens
             rank_zero_warn(
                 f"rows longer than backbone.max_prompt_length={self.max_prompt_length} (prompt) or"
                 f" backbone.max_length={self.max_length} (prompt + answer) are truncated: the prompt keeps its last"
                 " tokens, the answer its first. Counts so far are in backbone.truncated."
             )
-        if not completion_ids:
-            raise ValueError("a completion tokenised to no tokens; nothing to score")
-        return prompt_ids, completion_ids
+
+    def _check_tools(self, tools: list | None) -> None:
+        if self._warned_tools or not tools or not any(tools):
+            return
+        source = template_source(self.tokenizer) or ""
+        if "tools" not in source:  # the template never reads them: the schemas would silently be left out
+            self._warned_tools = True
+            rank_zero_warn(
+                "rows carry tools, and the tokenizer's chat template never reads `tools`, so the tool schemas are"
+                " not rendered; set backbone.chat_template to a template that renders them"
+            )
 
     def prepare(self, views: list[ViewInputs]) -> TokenBatch:
-        rows = [self._encode(p, c) for view in views for p, c in zip(view.prompts, view.completions)]
+        rows, score_prompt = [], []
+        for view in views:
+            rows += self._encode(view.prompts, view.completions, view.batch)
+            score_prompt += [view.score_prompt] * len(view.prompts)
         width = max(len(p) + len(c) for p, c in rows)
         n = len(rows)
         input_ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((n, width), dtype=torch.long)
         completion_mask = torch.zeros((n, width), dtype=torch.long)
+        prompt_mask = torch.zeros((n, width), dtype=torch.long) if any(score_prompt) else None
         first_completion = width
         for i, (p, c) in enumerate(rows):
             input_ids[i, : len(p) + len(c)] = torch.tensor(p + c)
             attention_mask[i, : len(p) + len(c)] = 1
             completion_mask[i, len(p) : len(p) + len(c)] = 1
             first_completion = min(first_completion, len(p))
+            if score_prompt[i]:
+                prompt_mask[i, 1 : len(p)] = 1  # the first token has nothing before it to predict it
         # The token at position t is predicted by the logits at t - 1: keep from the one before the
-        # earliest completion token. Long prompts then never materialise vocabulary-sized logits.
-        keep = width - max(first_completion - 1, 0)
-        return TokenBatch(input_ids, attention_mask, completion_mask, keep)
+        # earliest completion token. Long prompts then never materialise vocabulary-sized logits, unless a
+        # view asks for its prompt to be scored.
+        keep = width if prompt_mask is not None else width - max(first_completion - 1, 0)
+        return TokenBatch(input_ids, attention_mask, completion_mask, keep, prompt_mask)
+
+    # ---------------------------------------------------------------- setup: pairs truncation makes identical
+    def on_setup(self, datamodule: Any) -> None:
+        """Drop the pairs whose chosen and rejected rows are the same tokens once truncated.
+
+        Their DPO-family loss is ``ln 2`` with no gradient at every step, like the pairs with chosen ==
+        rejected the data layer skips. Each split's ``index`` column is renumbered afterwards, since it means
+        "row position" (precomputed reference scores are stored and found by it). Counts per split are in
+        ``dropped_identical``; one warning names the rows.
+        """
+        if getattr(datamodule, "row_kind", None) != "pairs":
+            return
+        if self.tokenizer is None:
+            self.tokenizer = self._load_tokenizer()
+        dropped: dict[str, list[int]] = {}
+        for split in ("train", "val"):
+            ds = getattr(datamodule, f"{split}_set", None)
+            if ds is None or len(ds) == 0 or not {"prompt", "chosen", "rejected"} <= set(ds.column_names):
+                continue
+            fingerprint = getattr(ds, "_fingerprint", None)
+            if fingerprint is not None and self._checked_identical.get(split) == fingerprint:
+                continue  # setup runs once per stage; the data is already filtered
+            same = self._identical_pairs(ds, datamodule)
+            if same:
+                if len(same) == len(ds):
+                    raise ValueError(
+                        f"every {split} pair ({len(ds)}) has identical chosen and rejected tokens once truncated to"
+                        f" backbone.max_length={self.max_length} / max_prompt_length={self.max_prompt_length};"
+                        " nothing is left to learn from: raise the lengths"
+                    )
+                drop = set(same)
+                ds = ds.select([i for i in range(len(ds)) if i not in drop])
+                if "index" in ds.column_names:
+                    ds = ds.remove_columns("index").add_column("index", list(range(len(ds))))
+                setattr(datamodule, f"{split}_set", ds)
+                dropped[split] = same
+            self.dropped_identical[split] = self.dropped_identical.get(split, 0) + len(same)
+            self._checked_identical[split] = getattr(ds, "_fingerprint", None)
+        if dropped:
+            def rows(ids):
+                return ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
+
+            parts = "; ".join(f"{len(ids)} {split} pair(s) (rows {rows(ids)})" for split, ids in dropped.items())
+            rank_zero_warn(
+                f"dropped {parts} whose chosen and rejected answers are the same tokens once truncated to"
+                f" backbone.max_length={self.max_length} / max_prompt_length={self.max_prompt_length}: they would"
+                " train at loss ln 2 with no gradient. Counts are in backbone.dropped_identical."
+            )
+
+    def _identical_pairs(self, ds, datamodule) -> list[int]:
+        """Positions of the pairs of ``ds`` whose truncated chosen and rejected token ids are equal."""
+        encode = functools.partial(self._encode, count=False)
+        return identical_pairs(self.tokenizer, encode, ds, getattr(datamodule, "collate", None),
+                               self.max_length - self.max_prompt_length)
 
     # ---------------------------------------------------------------- scoring
     def score(self, prepared: TokenBatch, model: nn.Module | None = None) -> SequenceScores:
@@ -256,7 +340,12 @@ class CausalLM(Backbone):
         mask = batch.completion_mask[:, -keep:][:, 1:]
         token_logps = selective_log_softmax(logits[:, :-1], labels)
         score = (token_logps * mask).sum(-1)
-        return SequenceScores(score, mask.sum(-1).to(score.dtype))
+        out = SequenceScores(score, mask.sum(-1).to(score.dtype))
+        if batch.prompt_mask is not None:
+            prompt_mask = batch.prompt_mask[:, -keep:][:, 1:]
+            out.prompt = (token_logps * prompt_mask).sum(-1)
+            out.prompt_length = prompt_mask.sum(-1).to(score.dtype)
+        return out
 
     # ---------------------------------------------------------------- generation and export
     @torch.no_grad()
@@ -265,10 +354,7 @@ class CausalLM(Backbone):
         """One completion per prompt from the policy (or ``model``): greedy, or sampled when ``seed`` is given
         (or ``do_sample``), from a generator seeded with ``seed`` so that the same seed gives the same text."""
         tok = self.tokenizer
-        texts = [
-            tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list) else p
-            for p in prompts
-        ]
+        texts = [render_prompt(tok, p) if isinstance(p, list) else p for p in prompts]
         side = tok.padding_side
         tok.padding_side = "left"  # generation continues from the last position of every row
         try:
