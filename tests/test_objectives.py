@@ -35,14 +35,21 @@ PAIRS = [(-3.0, -5.0, -3.5, -4.5, 2, 4), (-6.0, -4.0, -5.0, -4.5, 3, 1)]
 # A reward per side for objectives that read one (smpo's extra_columns); the others ignore scores.extra.
 # The chosen side scores higher, as in a reward-ordered pair.
 REWARDS = {"reward_chosen": 0.25, "reward_rejected": 0.20}
+# The chosen row's prompt scores, as a token backbone returns them for View("chosen", score_prompt=True)
+# (ORPO's NLL over prompt + answer): (log-likelihood of the prompt tokens after the first, their count).
+PROMPT_SCORES = [(-4.0, 3), (-2.5, 1)]
 
 
-def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64) -> PairScores:
+def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64, prompt=True) -> PairScores:
     cols = [torch.tensor(col, dtype=dtype) for col in zip(*pairs)]
     chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len = cols
     if grad:
         chosen.requires_grad_(True)
         rejected.requires_grad_(True)
+    extra = {k: torch.full((len(pairs),), v, dtype=dtype) for k, v in REWARDS.items()}
+    if prompt:
+        prompts = PROMPT_SCORES if pairs is PAIRS else [(-1.0, 2)] * len(pairs)
+        extra["chosen_prompt"], extra["chosen_prompt_len"] = (torch.tensor(c, dtype=dtype) for c in zip(*prompts))
     return PairScores(
         chosen,
         rejected,
@@ -50,7 +57,7 @@ def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64)
         ref_rejected if reference else None,
         chosen_len=chosen_len,
         rejected_len=rejected_len,
-        extra={k: torch.full((len(pairs),), v, dtype=dtype) for k, v in REWARDS.items()},
+        extra=extra,
     )
 
 
@@ -80,9 +87,13 @@ def _alpha_fp(u, a):  # f'(r) of the alpha-divergence in Wang et al. 2023, Table
     return (1 - math.exp(-a * u)) / a
 
 
-def _orpo(mw, ml, **_):
+def _orpo_odds(mw, ml, **_):
     log_odds = (mw - ml) - (math.log(1 - math.exp(mw)) - math.log(1 - math.exp(ml)))
-    return -mw - 0.1 * logsig(log_odds)
+    return -0.1 * logsig(log_odds)
+
+
+def _orpo(mw, ml, **_):  # with the NLL per sequence (nll="completion_per_sequence"), it decomposes per pair
+    return -mw + _orpo_odds(mw, ml)
 
 
 def _discopop(uw, ul, tau=0.05, **_):
@@ -131,9 +142,11 @@ HAND = [
     ("simpo", "simpo", {}, lambda mw, ml, **_: -logsig(2.0 * (mw - ml) - 1.0), lambda mw, **_: 2.0 * mw),
     ("simpo-gamma0.3", "simpo", {"beta": 2.5, "gamma": 0.3}, lambda mw, ml, **_: -logsig(2.5 * (mw - ml) - 0.3),
      lambda mw, **_: 2.5 * mw),
-    ("orpo", "orpo", {}, _orpo, lambda mw, **_: 0.1 * mw),
-    ("cpo", "cpo", {}, lambda lw, ll, mw, **_: -logsig(0.1 * (lw - ll)) - mw, lambda lw, **_: 0.1 * lw),
-    ("cpo-smoothed", "cpo", {"label_smoothing": 0.2, "cpo_alpha": 0.5},
+    # The SFT terms per sequence here; their default (pooled) conventions: test_sft_term_conventions.
+    ("orpo", "orpo", {"nll": "completion_per_sequence"}, _orpo, lambda mw, **_: 0.1 * mw),
+    ("cpo", "cpo", {"nll": "completion_per_sequence"}, lambda lw, ll, mw, **_: -logsig(0.1 * (lw - ll)) - mw,
+     lambda lw, **_: 0.1 * lw),
+    ("cpo-smoothed", "cpo", {"label_smoothing": 0.2, "cpo_alpha": 0.5, "nll": "completion_per_sequence"},
      lambda lw, ll, mw, **_: -0.8 * logsig(0.1 * (lw - ll)) - 0.2 * logsig(-0.1 * (lw - ll)) - 0.5 * mw,
      lambda lw, **_: 0.1 * lw),
 ]
@@ -401,22 +414,92 @@ def chosen_nll_by_hand(pairs=PAIRS):
     return sum(-c / nw for c, _, _, _, nw, _ in pairs) / len(pairs)
 
 
+# The chosen NLL of PAIRS (l_w = -3, -6 over 2, 3 answer tokens; prompts -4, -2.5 over 3, 1 tokens), by hand:
+NLL_BY_HAND = {
+    "completion_per_sequence": (3 / 2 + 6 / 3) / 2,  # 1.75: each answer's per-token mean, then the mean
+    "completion_pooled": (3 + 6) / (2 + 3),  # 1.8: one mean over the batch's answer tokens
+    "prompt_and_completion_pooled": (3 + 6 + 4 + 2.5) / (2 + 3 + 3 + 1),  # 15.5 / 9: prompts' tokens too
+}
+
+
 @pytest.mark.parametrize("name", [n for n in PAIRWISE if accepts(n, "sft_weight")])
 def test_sft_weight_adds_exactly_w_nll(name):
     ref = name not in REFERENCE_FREE
     base = get_objective(name)(make_scores(reference=ref)).loss.item()
     out = get_objective(name, sft_weight=0.7)(make_scores(reference=ref))
-    assert out.loss.item() - base == pytest.approx(0.7 * chosen_nll_by_hand(), rel=1e-5)
-    assert out.metrics["loss/sft"].item() == pytest.approx(chosen_nll_by_hand(), rel=1e-6)
+    nll = NLL_BY_HAND[get_objective(name).nll]  # per sequence, except where an official code pools (SimPO)
+    assert out.loss.item() - base == pytest.approx(0.7 * nll, rel=1e-5)
+    assert out.metrics["loss/sft"].item() == pytest.approx(nll, rel=1e-6)
     assert out.metrics["loss/preference"].item() == pytest.approx(base, rel=1e-6)
 
 
 def test_cpo_alpha_weights_the_nll_and_orpo_always_has_it():
     s = make_scores(reference=False)
     diff = get_objective("cpo", cpo_alpha=2.0)(s).loss.item() - get_objective("cpo", cpo_alpha=0.0)(s).loss.item()
-    assert diff == pytest.approx(2.0 * chosen_nll_by_hand(), rel=1e-5)
+    assert diff == pytest.approx(2.0 * NLL_BY_HAND["completion_pooled"], rel=1e-5)
     assert "sft_weight" not in inspect.signature(objectives.ORPO.__init__).parameters
-    assert get_objective("orpo")(s).metrics["loss/sft"].item() == pytest.approx(chosen_nll_by_hand(), rel=1e-6)
+    orpo_nll = get_objective("orpo")(s).metrics["loss/sft"].item()
+    assert orpo_nll == pytest.approx(NLL_BY_HAND["prompt_and_completion_pooled"], rel=1e-6)
+
+
+def _simpo_pref(mw, ml, **_):
+    return -logsig(2.0 * (mw - ml) - 1.0)
+
+
+def _cpo_pref(lw, ll, **_):
+    return -logsig(0.1 * (lw - ll))
+
+
+@pytest.mark.parametrize(
+    "name,hparams,convention,preference",
+    [
+        # defaults: the official code's convention (ORPO: xfactlab/orpo and TRL; CPO: TRL; SimPO: princeton-nlp)
+        ("orpo", {}, "prompt_and_completion_pooled", _orpo_odds),
+        ("orpo", {"nll": "completion_pooled"}, "completion_pooled", _orpo_odds),
+        ("orpo", {"nll": "completion_per_sequence"}, "completion_per_sequence", _orpo_odds),
+        ("cpo", {}, "completion_pooled", _cpo_pref),
+        ("cpo", {"nll": "completion_per_sequence"}, "completion_per_sequence", _cpo_pref),
+        ("simpo", {"sft_weight": 1.0}, "completion_pooled", _simpo_pref),
+        ("simpo", {"sft_weight": 1.0, "nll": "completion_per_sequence"}, "completion_per_sequence", _simpo_pref),
+    ],
+)
+def test_sft_term_conventions(name, hparams, convention, preference):
+    objective = get_objective(name, **hparams)
+    assert objective.nll == convention
+    out = objective(make_scores(reference=False))
+    assert out.metrics["loss/sft"].item() == pytest.approx(NLL_BY_HAND[convention], rel=1e-6)
+    assert out.loss.item() == pytest.approx(hand_mean(preference) + NLL_BY_HAND[convention], rel=1e-6)
+
+
+def test_sft_term_gradient_pooled_weights_tokens_alike():
+    # pooled: d NLL / d l_w,i = -1 / sum n (every token of the batch alike); per sequence: -1 / (B n_i)
+    s = make_scores(grad=True, reference=False)
+    get_objective("cpo", cpo_alpha=1.0, beta=1e-9)(s).loss.backward()  # beta ~ 0: the preference term is flat
+    torch.testing.assert_close(s.chosen.grad, torch.tensor([-1 / 5, -1 / 5], dtype=s.chosen.dtype), atol=1e-9, rtol=0)
+
+
+def test_orpo_scores_the_chosen_prompt_only_when_its_nll_needs_it():
+    assert [(v.name, v.score_prompt) for v in get_objective("orpo").views] == [("chosen", True), ("rejected", False)]
+    for nll in ("completion_pooled", "completion_per_sequence"):
+        assert not any(v.score_prompt for v in get_objective("orpo", nll=nll).views)
+    for name in ("cpo", "simpo"):
+        assert not any(v.score_prompt for v in get_objective(name).views)
+
+
+def test_orpo_without_prompt_scores_names_the_option():
+    with pytest.raises(ValueError, match="nll='completion_pooled'"):
+        get_objective("orpo")(make_scores(reference=False, prompt=False))
+    # the completion-only conventions need no prompt scores
+    get_objective("orpo", nll="completion_pooled")(make_scores(reference=False, prompt=False))
+
+
+@pytest.mark.parametrize("name", ["orpo", "cpo", "simpo"])
+def test_unknown_nll_convention_is_named(name):
+    with pytest.raises(ValueError, match="nll must be one of"):
+        get_objective(name, nll="per_token")
+    if name != "orpo":  # only ORPO's code counts the prompt
+        with pytest.raises(ValueError, match="nll must be one of"):
+            get_objective(name, nll="prompt_and_completion_pooled")
 
 
 def test_simpo_defaults_follow_the_paper_not_trl():

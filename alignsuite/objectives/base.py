@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -130,8 +130,12 @@ class PairwiseObjective(Objective):
 
     Subclasses implement :meth:`pair_losses`. Any of them can add the chosen side's per-token NLL
     with weight ``sft_weight`` (RPO, Pang et al. 2024, "Iterative Reasoning Preference Optimization":
-    ``L = L_pref + alpha * NLL(y_w) / |y_w|``).
+    ``L = L_pref + alpha * NLL(y_w) / |y_w|``), averaged as ``nll`` says (:func:`chosen_nll`; per
+    sequence unless a subclass follows its reference code's convention).
     """
+
+    # How the SFT term averages (:func:`chosen_nll`); objectives that follow a reference code set their own.
+    nll: str = "completion_per_sequence"
 
     def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
         if beta <= 0:
@@ -156,7 +160,7 @@ class PairwiseObjective(Objective):
         loss = losses.mean()
         metrics = reward_metrics(chosen_rewards, rejected_rewards)
         if self.sft_weight > 0:
-            nll = chosen_nll(scores)
+            nll = chosen_nll(scores, self.nll)
             metrics["loss/preference"] = loss.detach()
             metrics["loss/sft"] = nll.detach()
             loss = loss + self.sft_weight * nll
@@ -168,9 +172,41 @@ def log_ratios(s: PairScores) -> tuple[Tensor, Tensor]:
     return s.chosen - s.ref_chosen, s.rejected - s.ref_rejected
 
 
-def chosen_nll(s: PairScores) -> Tensor:
-    """Batch mean of the chosen side's per-token negative log-likelihood."""
-    return (-s.chosen / s.chosen_len.clamp(min=1)).mean()
+NLLConvention = Literal["completion_per_sequence", "completion_pooled", "prompt_and_completion_pooled"]
+
+
+def check_nll(value: str, allowed: tuple[str, ...] = get_args(NLLConvention)) -> None:
+    if value not in allowed:
+        raise ValueError(f"nll must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def chosen_nll(s: PairScores, convention: NLLConvention = "completion_per_sequence") -> Tensor:
+    """The chosen side's per-token negative log-likelihood, averaged over the batch by ``convention``:
+
+    - ``completion_per_sequence``: ``mean_i(-l_i / n_i)``, each answer's per-token mean, then the mean over
+      answers (the papers' ``-1/|y| log pi(y|x)`` averaged over the batch);
+    - ``completion_pooled``: ``-sum_i l_i / sum_i n_i``, one mean over every answer token of the batch (what
+      ``torch.nn.CrossEntropyLoss`` over the batch's labels computes: TRL's CPO, the official SimPO code);
+    - ``prompt_and_completion_pooled``: the same over the prompt's tokens too (all but the first), read from
+      ``extra["chosen_prompt"]``/``extra["chosen_prompt_len"]`` (the view ``View("chosen", score_prompt=True)``):
+      the official ORPO code and TRL's ORPO.
+
+    Pooling weights long answers more; per sequence weights every pair alike.
+    """
+    if convention == "completion_per_sequence":
+        return (-s.chosen / s.chosen_len.clamp(min=1)).mean()
+    logps, count = s.chosen, s.chosen_len
+    if convention == "prompt_and_completion_pooled":
+        if s.extra.get("chosen_prompt") is None:
+            raise ValueError(
+                "nll='prompt_and_completion_pooled' needs the chosen prompt's scores (extra['chosen_prompt']), which"
+                " this backbone did not provide (it asks View('chosen', score_prompt=True)); use a token backbone,"
+                " or nll='completion_pooled' / 'completion_per_sequence'"
+            )
+        logps, count = logps + s.extra["chosen_prompt"], count + s.extra["chosen_prompt_len"]
+    # Summed over a whole batch, so never in less than float32.
+    dtype = torch.promote_types(logps.dtype, torch.float32)
+    return -logps.to(dtype).sum() / count.to(dtype).sum().clamp(min=1)
 
 
 def mean_logps(s: PairScores) -> tuple[Tensor, Tensor]:
@@ -203,11 +239,13 @@ def check_label_smoothing(value: float, *, positive: bool = False) -> None:
 __all__ = [
     "Objective",
     "ObjectiveOutput",
+    "NLLConvention",
     "Reducer",
     "PairwiseObjective",
     "available_objectives",
     "as_float",
     "check_label_smoothing",
+    "check_nll",
     "chosen_nll",
     "get_objective",
     "log_ratios",

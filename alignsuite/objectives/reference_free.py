@@ -2,13 +2,19 @@
 
 They read only the policy's scores: ``l_w``/``l_l`` summed log-probs, ``m_w = l_w/|y_w|`` and
 ``m_l = l_l/|y_l|`` per-token means. Reference scores, if the batch has them, are ignored, and the module
-loads no reference weights for them (``needs_reference = False``). ``NLL(y_w)`` is the batch mean of the
-chosen answer's per-token negative log-likelihood (:func:`chosen_nll`).
+loads no reference weights for them (``needs_reference = False``).
+
+``NLL(y_w)`` is the chosen answer's per-token negative log-likelihood, averaged over the batch as the
+option ``nll`` says (:func:`chosen_nll`). The papers write it per sequence; the official code of each
+method, and TRL, pool it over the batch's tokens (``torch.nn.CrossEntropyLoss`` over the labels), and ORPO's
+code counts the prompt's tokens too. Each default here is its official code's convention, so the numbers
+agree with it; ``nll="completion_per_sequence"`` gives the paper's.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +26,17 @@ from alignsuite.objectives.base import (
     Reducer,
     as_float,
     check_label_smoothing,
+    check_nll,
     mean_logps,
     register,
     smoothed_logistic,
 )
 from alignsuite.scores import PairScores
+from alignsuite.views import View
+
+# The SFT term's conventions (see the module docstring); each objective's default is its official code's.
+CompletionNLL = Literal["completion_pooled", "completion_per_sequence"]
+ORPONLL = Literal["prompt_and_completion_pooled", "completion_pooled", "completion_per_sequence"]
 
 
 @register("simpo")
@@ -39,15 +51,23 @@ class SimPO(PairwiseObjective):
     recommends 2.0-2.5, up to 10) and ``gamma = 1.0``, i.e. gamma/beta = 0.5, the README's suggested start
     (the tuned Llama3/Gemma settings use 0.5-0.55). TRL's SimPO keeps CPO's beta = 0.1, which is far too
     small for a reference-free per-token margin; we do not follow it.
+
+    The optional SFT term follows the official code (princeton-nlp/SimPO ``scripts/simpo_trainer.py``,
+    ``SimPOTrainer.get_batch_loss_metrics``: ``nn.CrossEntropyLoss()`` over the chosen labels, prompt
+    masked): ``nll="completion_pooled"``, ``-sum l_w / sum |y_w|`` over the batch. ``"completion_per_sequence"``
+    averages each answer's per-token NLL instead.
     """
 
     needs_reference = False
 
-    def __init__(self, beta: float = 2.0, gamma: float = 1.0, sft_weight: float = 0.0) -> None:
+    def __init__(self, beta: float = 2.0, gamma: float = 1.0, sft_weight: float = 0.0,
+                 nll: CompletionNLL = "completion_pooled") -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
         if gamma < 0:
             raise ValueError(f"gamma (the SimPO target margin) must be >= 0, got {gamma}")
+        check_nll(nll, ("completion_pooled", "completion_per_sequence"))
         self.gamma = gamma
+        self.nll = nll
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         m_w, m_l = as_float(*mean_logps(s))
@@ -86,16 +106,39 @@ class ORPO(PairwiseObjective):
     (``L_SFT + lambda * L_OR``).
     The paper's lambda is the hyper-parameter ``beta`` here (TRL's name), default 0.1 (TRL, and the official
     Mistral-ORPO-beta recipe; the official script's bare default is 1.0). The NLL term is part of ORPO and is
-    always on. ``log(1 - e^m)`` is computed in float32 with :func:`log1mexp`.
+    always on. ``log(1 - e^m)`` is computed in float32 with :func:`log1mexp`; the odds ratio uses the
+    completion's per-token means, as the paper and both codes do.
+
+    The NLL term, ``nll``:
+
+    - ``"prompt_and_completion_pooled"`` (default, the official code's and TRL's): the chosen row's prompt
+      *and* answer tokens (all but the first, which nothing predicts), pooled over the batch:
+      ``-(sum l_w + sum l_x) / (sum |y_w| + sum |x|)``. xfactlab/orpo ``src/orpo_trainer.py``,
+      ``ORPOTrainer.compute_loss``: ``pos_loss = outputs_pos.loss``, the model's cross-entropy with the chosen
+      input ids as labels (padding masked); TRL ``trl/experimental/orpo/orpo_trainer.py``,
+      ``ORPOTrainer.concatenated_forward`` ("orpo chosen nll loss is computed over the full prompt and
+      response"). This objective then scores ``View("chosen", score_prompt=True)``, so the backbone returns
+      the prompt's log-likelihood too (a token backbone; others cannot). The official script pads with eos,
+      so its labels also lose each row's eos; TRL keeps it, as we do.
+    - ``"completion_pooled"``: the answer's tokens only, pooled (the official code's ``--disable_prompt_loss``).
+    - ``"completion_per_sequence"``: each answer's per-token NLL, averaged over the pairs (the paper's
+      ``L_SFT`` as written).
+
     Extra metrics: ``log_odds_chosen`` (mean log odds ratio of chosen over rejected) and ``log_odds_ratio``
     (mean ``log s(log_odds)``, the quantity the penalty maximises).
     """
 
     needs_reference = False
 
-    def __init__(self, beta: float = 0.1) -> None:
+    def __init__(self, beta: float = 0.1, nll: ORPONLL = "prompt_and_completion_pooled") -> None:
         # The NLL is ORPO's own SFT term with weight 1: the base class adds it and logs loss/sft, loss/preference.
         super().__init__(beta=beta, sft_weight=1.0)
+        check_nll(nll)
+        self.nll = nll
+
+    @property
+    def views(self) -> tuple[View, ...]:
+        return (View("chosen", score_prompt=self.nll == "prompt_and_completion_pooled"), View("rejected"))
 
     @staticmethod
     def log_odds(s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
@@ -124,19 +167,26 @@ class CPO(PairwiseObjective):
 
     Xu et al. 2024, "Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in Machine
     Translation" (the paper adds the NLL with weight 1; ``cpo_alpha`` scales it, as in TRL).
-    The NLL is per token (the same convention as every SFT term here); the preference term uses summed
-    log-probs, as the paper and TRL do. Defaults: beta 0.1, cpo_alpha 1.0, no label smoothing.
+    The preference term uses summed log-probs, as the paper and TRL do. The NLL follows TRL, CPO's reference
+    code (``trl/experimental/cpo/cpo_trainer.py``, ``CPOTrainer.concatenated_forward``:
+    ``cross_entropy_loss(all_logits[:len_chosen], labels[:len_chosen])`` over the labels with the prompt
+    masked): ``nll="completion_pooled"``, ``-sum l_w / sum |y_w|`` over the batch; ``"completion_per_sequence"``
+    averages each answer's per-token NLL instead (the paper's ``-log pi(y_w|x)`` per example).
+    Defaults: beta 0.1, cpo_alpha 1.0, no label smoothing.
     """
 
     needs_reference = False
 
-    def __init__(self, beta: float = 0.1, cpo_alpha: float = 1.0, label_smoothing: float = 0.0) -> None:
+    def __init__(self, beta: float = 0.1, cpo_alpha: float = 1.0, label_smoothing: float = 0.0,
+                 nll: CompletionNLL = "completion_pooled") -> None:
         if cpo_alpha < 0:
             raise ValueError(f"cpo_alpha must be >= 0, got {cpo_alpha}")
         check_label_smoothing(label_smoothing)
+        check_nll(nll, ("completion_pooled", "completion_per_sequence"))
         super().__init__(beta=beta, sft_weight=cpo_alpha)  # the base class adds cpo_alpha * NLL(y_w)
         self.cpo_alpha = cpo_alpha
         self.label_smoothing = label_smoothing
+        self.nll = nll
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         l_w, l_l = as_float(s.chosen, s.rejected)
