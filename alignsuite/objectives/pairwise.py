@@ -75,6 +75,14 @@ class DPO(PairwiseObjective):
 
     No label smoothing here (the current TRL meaning of ``sigmoid``); see ``robust`` and ``cdpo``.
     Logged rewards are ``b * u`` whatever the divergence.
+
+    Over denoising scores (``s = -0.5 * mse``) this is Diffusion-DPO (Wallace et al. 2023) with the official
+    beta, 5000: the official code writes ``-log s(-0.5 * beta_dpo * [(e_w - e_l) - (e_w,ref - e_l,ref)])``
+    (SalesforceAIResearch/DiffusionDPO ``train.py``) and its launchers pass ``--beta_dpo 5000`` for SD 1.5
+    and SDXL alike (``launchers/sd15.sh``, ``launchers/sdxl.sh``). diffusers' SDXL script
+    (``examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py``) keeps the -0.5 factor, so its
+    default 5000 equals ours; only its SD 1.5 script (``train_diffusion_dpo.py``) drops the 0.5 and halves
+    the beta (default 2500), the same loss as ours at 5000.
     """
 
     def __init__(
