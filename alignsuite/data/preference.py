@@ -94,7 +94,10 @@ def check_text_only(row: dict, index: int, source: str) -> None:
         if row.get(column) not in (None, "", []):
             raise vision_error(source, index, column, f"the row has an {column!r} value (RLAIF-V or TRL vision-language data)")
     for column, value in row.items():
-        for m in value if isinstance(value, list) else [value]:
+        value = [value] if isinstance(value, dict) else value
+        if not (isinstance(value, list) and value and isinstance(value[0], dict)):
+            continue  # not messages (text, numbers, token ids): nothing to look into
+        for m in value:
             if isinstance(m, dict) and has_image_part(m):
                 raise vision_error(source, index, column, f"a {m.get('role')} message has content parts {part_types(m['content'])}")
 
