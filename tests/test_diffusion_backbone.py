@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from alignsuite.backbones import LoraSpec
-from alignsuite.backbones.diffusion import TextToImage, _absent_components
+from alignsuite.backbones import TextToImage
+from alignsuite.backbones.pipelines import absent_components
 from alignsuite.reference import AdapterDisabled, FrozenCopy
 from alignsuite.backbones.base import shared_prompts
 from conftest import save_tiny_pipeline
@@ -39,7 +40,7 @@ CAPTIONS = ["a square at the top left", "a square at the bottom right"]
 def direct_error(b, prepared, model):
     """The per-sample mean squared error, computed here from the prepared tensors and the raw model."""
     c = prepared.cond
-    if b.family == "flux":
+    if b.family.name == "flux":
         from diffusers import FluxPipeline
 
         n, ch, h, w = prepared.noisy.shape
@@ -52,10 +53,10 @@ def direct_error(b, prepared, model):
         pred = out.reshape(n, h // 2, w // 2, ch, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, ch, h, w)
         assert torch.equal(FluxPipeline._unpack_latents(out, h * b.pipe.vae_scale_factor, w * b.pipe.vae_scale_factor,
                                                         b.pipe.vae_scale_factor), pred)
-    elif b.family == "sd3":
+    elif b.family.name == "sd3":
         pred = model(hidden_states=prepared.noisy, timestep=prepared.timesteps,
                      encoder_hidden_states=c["encoder_hidden_states"], pooled_projections=c["pooled_projections"]).sample
-    elif b.family == "sdxl":
+    elif b.family.name == "sdxl":
         pred = model(prepared.noisy, prepared.timesteps, c["encoder_hidden_states"],
                      added_cond_kwargs={"text_embeds": c["text_embeds"], "time_ids": c["time_ids"]}).sample
     else:
@@ -132,10 +133,11 @@ def test_bad_settings_are_named(tiny_sd_dir, tmp_path):
         backbone("./no/such/pipe")
 
 
-def test_lora_reference_and_exports(tiny_sd_dir, tmp_path):
+@pytest.mark.parametrize("alpha", [4, 16])  # alpha != r: the adapter alone must carry its scale alpha / r
+def test_lora_reference_and_exports(tiny_sd_dir, tmp_path, alpha):
     from diffusers import DiffusionPipeline
 
-    b = backbone(tiny_sd_dir, lora=LoraSpec(r=4, alpha=4))
+    b = backbone(tiny_sd_dir, lora=LoraSpec(r=4, alpha=alpha))
     trainable = [n for n, p in b.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora" in n for n in trainable)
     with torch.no_grad():
@@ -168,8 +170,88 @@ def test_export_loads_and_samples(pipeline_dir, tmp_path):
     assert [im.size for im in first] == [(16, 16), (16, 16)]
     assert all(np.array_equal(np.asarray(a), np.asarray(c)) for a, c in zip(first, b.generate(CAPTIONS, seed=7)))
     b.save_pretrained(str(tmp_path / "out"))
-    pipe = DiffusionPipeline.from_pretrained(tmp_path / "out", **_absent_components(str(tmp_path / "out")))
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "out", **absent_components(str(tmp_path / "out")))
     assert type(pipe).__name__ == type(b.pipe).__name__
     out = pipe(CAPTIONS[:1], num_inference_steps=2, height=16, width=16, guidance_scale=1.0).images
     assert out[0].size == (16, 16)
     assert os.path.exists(tmp_path / "out" / "model_index.json")
+
+
+@pytest.mark.parametrize("dtype, vae_dtype", [("bfloat16", "float32"), ("float32", "bfloat16")])
+def test_generate_whatever_the_dtypes(pipeline_dir, dtype, vae_dtype):
+    """Outside the Trainer's autocast (an image-grid callback) the text encoders stay float32 beside a
+    bfloat16 denoiser or VAE: Flux's recipe ships this way, and sampling failed on the dtype mismatch."""
+    b = backbone(pipeline_dir, dtype=dtype, vae_dtype=vae_dtype, lora=LoraSpec(r=4, alpha=8), guidance_scale=2.0)
+    b.keep_trainable_float32()  # as the module does after configure
+    first = b.generate(CAPTIONS, seed=3)
+    assert [im.size for im in first] == [(16, 16), (16, 16)]
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(first, b.generate(CAPTIONS, seed=3)))
+    assert "forward" not in b.policy.__dict__ and "decode" not in b.frozen["vae"].__dict__  # nothing left patched
+
+
+def test_lora_on_a_bfloat16_denoiser_trains_in_float32(tiny_sd_dir, tmp_path):
+    """LoRA added by diffusers on a bfloat16 UNet is bfloat16 (weights of ~0.02 do not move at lr 5e-5):
+    under a real Trainer with bf16-mixed the adapters must be float32, and move."""
+    import lightning as L
+
+    from alignsuite.module import PreferenceModule
+    from alignsuite.objectives import DPO
+    from alignsuite.toy.data import ToyPreferenceData
+
+    b = TextToImage(tiny_sd_dir, resolution=16, random_flip=False, dtype="bfloat16", lora=LoraSpec(r=4, alpha=8))
+    module = PreferenceModule(b, DPO(beta=50.0), optimizer=lambda params: torch.optim.AdamW(params, lr=5e-5),
+                              lr_schedule="constant", warmup_ratio=0.0)
+    start = {}
+
+    class Snapshot(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            start.update({n: p.detach().clone() for n, p in b.policy.named_parameters() if p.requires_grad})
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[Snapshot()],
+                        default_root_dir=str(tmp_path))
+    trainer.fit(module, ToyPreferenceData(world="diffusion", num_train=12, num_val=4, batch_size=4))
+    lora = {n: p for n, p in b.policy.named_parameters() if p.requires_grad}
+    assert lora and all("lora" in n for n in lora) and start.keys() == lora.keys()
+    assert {p.dtype for p in lora.values()} == {torch.float32}
+    assert {p.dtype for n, p in b.policy.named_parameters() if not p.requires_grad} == {torch.bfloat16}
+    moved = [n for n in lora if "lora_A" in n and not torch.equal(start[n], lora[n].detach())]
+    assert len(moved) == len([n for n in lora if "lora_A" in n])  # every A matrix moved (B starts at zero)
+
+
+def test_denoising_score_masks_elements_and_counts_them():
+    from alignsuite.backbones.denoising import denoising_score
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, 4, generator=g)  # e.g. 5 mel frames of 4 bins
+    score, length = denoising_score(pred, target)
+    torch.testing.assert_close(score, -0.5 * ((pred - target) ** 2).mean(dim=(1, 2)))
+    assert length.tolist() == [20.0] * 3
+    frames = torch.tensor([[1, 1, 0, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1]])[:, :, None]  # the scored frames
+    score, length = denoising_score(pred, target, frames)
+    assert length.tolist() == [8.0, 12.0, 20.0]
+    for i, n in enumerate([2, 3, 5]):
+        keep = frames[i, :, 0].bool()
+        torch.testing.assert_close(score[i], -0.5 * ((pred[i][keep] - target[i][keep]) ** 2).mean())
+
+
+def test_flow_matching_core_on_any_shape_and_its_timestep_densities():
+    """The core knows no images: ``[N, T, D]`` frames noise as ``[N, C, H, W]`` latents do. Its logit-normal
+    draw is diffusers' ``compute_density_for_timestep_sampling`` (``sigmoid`` of a standard normal, SD3's
+    convention), the very numbers ``sigmoid(randn)`` gives from the same generator."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    from alignsuite.backbones.denoising import FlowMatching, draw
+
+    config = FlowMatchEulerDiscreteScheduler(shift=3.0).config
+    for n in (1, 7, 64):
+        drawn = compute_density_for_timestep_sampling("logit_normal", n, 0.0, 1.0, generator=torch.Generator().manual_seed(n))
+        assert torch.equal(drawn, torch.sigmoid(torch.randn(n, generator=torch.Generator().manual_seed(n))))
+    x0 = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(1))  # 2 views of 2 rows
+    timesteps, noisy, target = draw(FlowMatching(config, "logit_normal"), x0, 2, torch.Generator().manual_seed(2))
+    assert torch.equal(timesteps[:2], timesteps[2:])
+    sigma = (timesteps / 1000).view(-1, 1, 1)
+    noise = (noisy - (1 - sigma) * x0) / sigma
+    torch.testing.assert_close(noise[:2], noise[2:])  # one draw per row, shared by its views
+    torch.testing.assert_close(target, noise - x0, atol=1e-5, rtol=1e-5)

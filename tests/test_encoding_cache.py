@@ -11,6 +11,7 @@ from conftest import save_tiny_pipeline
 from PIL import Image
 
 from alignsuite.backbones import TextToImage
+from alignsuite.backbones.text_to_image_cache import open_cache
 from alignsuite.toy.data import ToyPreferenceData
 from alignsuite.backbones.base import shared_prompts
 
@@ -101,9 +102,58 @@ def test_changed_encoder_weights_start_a_fresh_cache(sd_dir, tmp_path):
     base = backbone(sd_dir, cache_dir=str(tmp_path))
     with torch.no_grad():
         next(base.frozen["text_encoder"].parameters()).add_(1e-3)
-    assert base._open_cache().dir != base.cache.dir
+    assert open_cache(base).dir != base.cache.dir
 
 
 def test_random_crop_cannot_be_cached(sd_dir, tmp_path):
     with pytest.raises(ValueError, match="random_crop"):
         TextToImage(sd_dir, resolution=16, random_crop=True, cache_dir=str(tmp_path))
+
+
+def test_a_file_dropped_in_the_folder_does_not_replace_real_entries(sd_dir, data, tmp_path):
+    """Only shards this cache wrote are read: one without the header (sorted first, so it was indexed
+    first), one from another cache folder, a tensor under a key its header does not list, a pickle in
+    disguise. Each is ignored with a warning that names it, and the real entries are read."""
+    from safetensors.torch import save_file
+
+    from alignsuite.backbones.encoding_cache import SHARD_FORMAT, image_key
+
+    first = backbone(sd_dir, cache_dir=str(tmp_path), random_flip=False)
+    first.warm_cache(data)
+    key = image_key(first_batch(data)["chosen"][0])
+    real = {k: v.clone() for k, v in first.cache.get(key).items()}
+    folder = first.cache.dir
+    planted = {f"{key}/mean": torch.zeros_like(real["mean"]), f"{key}/std": torch.zeros_like(real["std"])}
+    save_file(planted, os.path.join(folder, "a-planted.safetensors"))  # no header
+    save_file(planted, os.path.join(folder, "b-other-cache.safetensors"),
+              metadata={"format": SHARD_FORMAT, "fingerprint": "another-folder", "keys": f'["{key}"]'})
+    save_file(planted, os.path.join(folder, "c-unlisted.safetensors"),
+              metadata={"format": SHARD_FORMAT, "fingerprint": os.path.basename(folder), "keys": '["something-else"]'})
+    torch.save({"mean": real["mean"]}, os.path.join(folder, "d-pickle.safetensors"))
+
+    with pytest.warns(UserWarning) as caught:
+        again = backbone(sd_dir, cache_dir=str(tmp_path), random_flip=False)
+    said = " ".join(str(w.message) for w in caught)
+    for name in ("a-planted", "b-other-cache", "c-unlisted", "d-pickle"):
+        assert f"{name}.safetensors" in said, name
+    assert again.cache.dir == folder and len(again.cache) == len(first.cache)
+    entry = again.cache.get(key)
+    assert entry.keys() == real.keys() and all(torch.equal(entry[k], real[k]) for k in real)
+
+
+def test_shards_record_what_they_hold(sd_dir, data, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    b = backbone(sd_dir, cache_dir=str(tmp_path))
+    b.warm_cache(data)
+    keys = set()
+    for path in glob.glob(os.path.join(b.cache.dir, "shard-*.safetensors")):
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata()
+            assert header["fingerprint"] == os.path.basename(b.cache.dir)
+            listed = set(json.loads(header["keys"]))
+            assert {name.split("/", 1)[0] for name in f.keys()} == listed
+            keys |= listed
+    assert len(keys) == len(b.cache)

@@ -1,6 +1,6 @@
 from alignsuite.backbones.base import Backbone, SequenceScores
 from alignsuite.backbones.causal_lm import CausalLM
-from alignsuite.backbones.diffusion import TextToImage
+from alignsuite.backbones.text_to_image import TextToImage
 from alignsuite.backbones.lora import LoraSpec
 
 __all__ = ["Backbone", "CausalLM", "LoraSpec", "SequenceScores", "TextToImage"]
