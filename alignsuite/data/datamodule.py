@@ -4,8 +4,8 @@ What a row is (text pairs, unpaired text, image pairs ...) is the layout's busin
 (`alignsuite.data.layouts`); this module only loads sources, holds out validation rows, caps, indexes
 and batches. Tokenizing, image processing and noise drawing are the backbone's job
 (`backbone.prepare`), so a batch is still text, chat messages or images, each numeric column a float
-tensor, and ``index``, the row's position in its dataset, so that scores computed once (a precomputed
-reference) can be stored back with `add_columns` and found again.
+tensor, and ``index``, the row's position in its dataset, by which scores computed once (a precomputed
+reference) are found again.
 """
 
 from __future__ import annotations
