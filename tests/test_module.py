@@ -74,8 +74,10 @@ def test_nan_loss_stops_with_the_step_named_and_keeps_the_last_checkpoint(tmp_pa
     module = make_module(tiny_lm_dir, objective=NaNAtStep(at=3))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=1)
     trainer = make_trainer(tmp_path, 10, [ckpt], plugins=[AtomicCheckpointIO()])
-    with pytest.raises(NonFiniteLossError, match=r"global step 3 .*batch 3, dataset rows \[\d+, \d+, \d+, \d+\]"):
+    with pytest.raises(NonFiniteLossError, match=r"global step 3 .*batch 3, dataset rows \[\d+, \d+, \d+, \d+\]") as err:
         trainer.fit(module, data)
+    # the message points at the checkpoint it vouches for, by path and step
+    assert f"The last checkpoint written with finite weights is {tmp_path / 'ckpt' / 'last.ckpt'} (global step 3)" in str(err.value)
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 3  # written after step 3 completed; the NaN step wrote nothing
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
