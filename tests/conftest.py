@@ -42,7 +42,7 @@ def save_tiny_pipeline(path, kind: str, seed: int = 0) -> str:
     import diffusers
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from alignsuite.toy.diffusion import SquaresWorld
+    from alignsuite.toy.squares import SquaresWorld
 
     world = SquaresWorld()
     with torch.random.fork_rng(devices=[]):

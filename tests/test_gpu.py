@@ -44,7 +44,7 @@ def test_diffusion_scores_match_the_cpu(tmp_path):
     from PIL import Image
 
     from alignsuite.backbones import TextToImage
-    from alignsuite.toy.diffusion import SquaresWorld
+    from alignsuite.toy.squares import SquaresWorld
 
     folder = save_tiny_pipeline(tmp_path / "sd", "sd")
     backbone = TextToImage(folder, resolution=16, random_flip=False)
@@ -81,7 +81,7 @@ def test_bf16_fit_on_the_gpu_exports_changed_weights(tmp_path, tiny_lm_dir):
 
 
 def test_diffusion_dpo_fit_on_the_gpu(tmp_path):
-    from alignsuite.toy.diffusion import SquaresWorld
+    from alignsuite.toy.squares import SquaresWorld
 
     folder = save_tiny_pipeline(tmp_path / "sd", "sd")
     rows = SquaresWorld().make_pairs(32, seed=0)

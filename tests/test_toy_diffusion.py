@@ -11,16 +11,8 @@ import torch
 from PIL import Image
 
 from alignsuite.toy import get_world
-from alignsuite.toy.diffusion import (
-    IMAGE_SIZE,
-    MAX_TOKENS,
-    POSITIONS,
-    WORDS,
-    SquaresWorld,
-    caption_for,
-    draw_square,
-    square_colour,
-)
+from alignsuite.toy.squares import IMAGE_SIZE, POSITIONS, SquaresWorld, caption_for, draw_square, square_colour
+from alignsuite.toy.squares_base import MAX_TOKENS, WORDS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

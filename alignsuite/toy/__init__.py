@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from alignsuite.toy.diffusion import SquaresWorld
+from alignsuite.toy.squares import SquaresWorld
 from alignsuite.toy.llm import EchoWorld
 
 _WORLDS = {"llm": EchoWorld, "diffusion": SquaresWorld}
