@@ -1,5 +1,6 @@
-"""Diffusion through the CLI: a tiny pipeline saved with ``save_pretrained`` and Pick-a-Pic-layout parquet
-data train, the exported folder loads into ``DiffusionPipeline`` and samples, and the weights moved."""
+"""Diffusion through the CLI and the Trainer: a tiny pipeline saved with ``save_pretrained`` and
+Pick-a-Pic-layout parquet data train, the exported folder loads into ``DiffusionPipeline`` and samples, the
+weights moved; the sampling callbacks sample once per optimizer step."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import yaml
 from conftest import save_tiny_pipeline
 
 from alignsuite.cli import main
-from alignsuite.toy.diffusion import SquaresWorld
+from alignsuite.toy.squares import SquaresWorld
 
 
 def unet_weights(path):
@@ -87,3 +88,45 @@ def test_fit_exports_a_pipeline_that_loads_and_samples(tmp_path, method):
     # The checkpoint holds the UNet only: no VAE, text encoder or reference weights.
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not [k for k in ckpt["state_dict"] if k.startswith(("reference.", "backbone.frozen."))]
+
+
+def accumulating_fit(tmp_path, callback, **trainer_args):
+    """Two optimizer steps of 4 micro-batches each on the tiny SD pipeline, with ``callback``."""
+    import lightning as L
+
+    from alignsuite.backbones import TextToImage
+    from alignsuite.module import PreferenceModule
+    from alignsuite.objectives import DPO
+    from alignsuite.toy.data import ToyPreferenceData
+
+    backbone = TextToImage(save_tiny_pipeline(tmp_path / "sd", "sd"), resolution=16, random_flip=False,
+                           num_inference_steps=2)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=4, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=[callback], default_root_dir=str(tmp_path), **trainer_args)
+    trainer.fit(PreferenceModule(backbone, DPO(beta=50.0)),
+                ToyPreferenceData(world="diffusion", num_train=32, num_val=4, batch_size=2))
+
+
+def test_image_grid_samples_once_per_optimizer_step(tmp_path):
+    """With gradient accumulation a grid was sampled at every micro-batch (128 times per grid in the
+    Flux recipe): before training, then at steps 1 and 2 only."""
+    from alignsuite.callbacks import ImageGrid
+
+    grid = ImageGrid(prompts=["a square at the top left", "a square at the bottom right"], every_n_steps=1)
+    accumulating_fit(tmp_path, grid, limit_val_batches=0)
+    assert [p.rsplit("/", 1)[-1] for p in grid.written] == ["step_000000.png", "step_000001.png", "step_000002.png"]
+
+
+def test_generation_reward_is_measured_once_per_optimizer_step(tmp_path):
+    """A validation after every micro-batch (val_check_interval counts batches) generated and scored again
+    each time; now once per global step, the value reused by validations at the same step."""
+    from alignsuite.callbacks import GenerationReward
+
+    reward = GenerationReward(world="diffusion", num_prompts=2, batch_size=2)
+    calls = []
+    evaluate = reward.evaluate
+    reward.evaluate = lambda module: calls.append(module.global_step) or evaluate(module)
+    accumulating_fit(tmp_path, reward, limit_val_batches=1, val_check_interval=1)
+    assert calls == [0, 1, 2]
+    assert [step for step, _ in reward.history] == [0, 1, 2]

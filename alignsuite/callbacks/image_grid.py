@@ -27,6 +27,7 @@ def make_grid(images: list, columns: int | None = None):
 class ImageGrid(Callback):
     """Every ``every_n_steps`` optimizer steps (and before training), sample one image per prompt from
     ``seed`` and write the grid as ``<log dir>/images/step_NNNNNN.png`` and to TensorBoard if present.
+    Under gradient accumulation a grid is sampled once per optimizer step, not once per micro-batch.
 
     Args:
         prompts: the captions to sample; or take ``num_prompts`` fixed prompts of toy world ``world``.
@@ -44,6 +45,7 @@ class ImageGrid(Callback):
             prompts = get_world(world).eval_prompts(num_prompts, 4321)
         self.prompts, self.every_n_steps, self.seed = list(prompts), every_n_steps, seed
         self.written: list[str] = []
+        self._last_step: int | None = None  # the global step at the last batch end seen
 
     @rank_zero_only
     def log_grid(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -59,9 +61,14 @@ class ImageGrid(Callback):
                 logger.experiment.add_image("samples", np.asarray(grid), trainer.global_step, dataformats="HWC")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_step = trainer.global_step
         if trainer.global_step == 0:
             self.log_grid(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        if step == self._last_step:  # a micro-batch that only accumulated gradients: no optimizer step
+            return
+        self._last_step = step
+        if step % self.every_n_steps == 0:
             self.log_grid(trainer, pl_module)
