@@ -130,3 +130,25 @@ def test_generation_reward_is_measured_once_per_optimizer_step(tmp_path):
     accumulating_fit(tmp_path, reward, limit_val_batches=1, val_check_interval=1)
     assert calls == [0, 1, 2]
     assert [step for step, _ in reward.history] == [0, 1, 2]
+
+
+def test_the_flux_recipe_as_shipped_starts(tmp_path):
+    """recipes/diffusion/flux_dpo_lora.yaml on a tiny Flux pipeline, on the CPU: bfloat16 transformer beside
+    float32 text encoders and VAE, bf16-mixed, LoRA, the encoding cache, and its image grid (which could not
+    sample outside autocast). Only what a CPU and a tiny model need is overridden."""
+    import os
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    backbone = "--model.init_args.backbone.init_args."
+    main(["fit", "--config", os.path.join(repo, "recipes", "diffusion", "flux_dpo_lora.yaml"),
+          f"{backbone}model_name_or_path", save_tiny_pipeline(tmp_path / "flux", "flux"), f"{backbone}resolution", "16",
+          f"{backbone}cache_dir", str(tmp_path / "enc"), "--trainer.accelerator", "cpu", "--trainer.strategy", "auto",
+          "--trainer.devices", "1", "--trainer.max_steps", "2", "--trainer.accumulate_grad_batches", "2",
+          "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+          "--trainer.callbacks.init_args.every_n_steps", "1", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+          "--checkpoint.dirpath", str(tmp_path / "ckpt"),
+          "--data.init_args.train", pickapic_parquet(tmp_path / "pickapic.parquet", 8), "--data.init_args.val", "null",
+          "--data.init_args.num_workers", "0"])
+    grids = sorted(p.name for p in (tmp_path / "runs").rglob("step_*.png"))
+    assert grids == ["step_000000.png", "step_000001.png", "step_000002.png"]
+    assert (tmp_path / "runs" / "flux_dpo_lora" / "version_0" / "export").is_dir()
