@@ -7,8 +7,8 @@ One step of a denoising backbone, for K views of B rows (view-major, ``[K * B, .
 2. the noisy input and the regression target for the clean sample ``x0`` (:class:`DDPM`: epsilon or
    v-prediction; :class:`FlowMatching`: rectified flow);
 3. the score ``-0.5 * mean((prediction - target)**2)`` over the scored elements of a sample
-   (:func:`denoising_score`), a unit Gaussian's log-density up to a constant (DESIGN.md, "Score
-   conventions"), with an optional element mask (a flow-matching speech model scores only the infilled
+   (:func:`denoising_score`), a unit Gaussian's log-density up to a constant (the score
+   convention of ``alignsuite.scores``), with an optional element mask (a flow-matching speech model scores only the infilled
    mel frames).
 
 Nothing here knows pipelines, images or captions: those belong to the backbone that calls it.

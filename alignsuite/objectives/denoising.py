@@ -2,14 +2,16 @@
 
 A denoising backbone scores a sample by ``s = -0.5 * e``, where ``e`` is the mean squared error of the
 prediction against its target over the sample's elements, for one draw of noise and timestep shared by
-both sides of a pair, policy and reference (DESIGN.md, "Score conventions"). So ``e = -2 s`` and the
+both sides of a pair, policy and reference (the project's score convention, ``alignsuite.scores``). So ``e = -2 s`` and the
 log-ratio is ``u = s - s_ref = -0.5 (e - e_ref)``.
 
 **Diffusion-DPO is ``dpo``; it is not registered again.** Wallace et al. 2023, "Diffusion Model Alignment
 Using Direct Preference Optimization": the official code computes
-``-log s(-0.5 b [(e_w - e_l) - (e_w,ref - e_l,ref)])`` with ``b = 5000`` (the paper: 2000 for SD 1.5, 5000
-for SDXL). In scores that is exactly ``-log s(b (u_w - u_l))``, i.e. ``dpo`` with ``beta=5000``. diffusers
-dropped the 0.5 and halved the default (``beta_dpo=2500``): the same loss as ours at 5000. Every published
+``-log s(-0.5 b [(e_w - e_l) - (e_w,ref - e_l,ref)])`` with ``b = 5000`` (its launchers ``launchers/sd15.sh``
+and ``launchers/sdxl.sh`` both pass ``--beta_dpo 5000``). In scores that is exactly ``-log s(b (u_w - u_l))``,
+i.e. ``dpo`` with ``beta=5000``. diffusers' SDXL script (``train_diffusion_dpo_sdxl.py``) keeps the -0.5
+factor, so its default 5000 equals ours; only its SD 1.5 script (``train_diffusion_dpo.py``) drops the 0.5
+and halves the default (``beta_dpo=2500``): the same loss as ours at 5000. Every published
 beta assumes the *mean* over elements, never the sum.
 
 Notation below: ``s`` the logistic sigmoid, ``b`` = ``beta``; ``e_w``/``e_l`` the errors of the chosen and

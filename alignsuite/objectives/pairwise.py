@@ -1,6 +1,6 @@
 """Reference-based pairwise objectives: DPO and the losses built from the same log-ratios.
 
-Notation (research/llm-vlm-anchors.md, section 1.1): ``u_w = log pi(y_w) - log pi_ref(y_w)`` for the
+Notation: ``u_w = log pi(y_w) - log pi_ref(y_w)`` for the
 chosen answer, ``u_l`` likewise for the rejected one, ``D = u_w - u_l``, ``s`` the logistic sigmoid,
 ``b`` = ``beta`` and ``eps`` = ``label_smoothing``. Each class returns per-pair losses and the implicit
 rewards ``b * u``; :class:`PairwiseObjective` takes the batch mean, logs the reward metrics and adds the
