@@ -18,7 +18,7 @@ from alignsuite.backbones import CausalLM, LoraSpec
 from alignsuite.backbones.causal_lm import selective_log_softmax
 from alignsuite.reference import AdapterDisabled, FrozenCopy
 from conftest import save_tiny_lm
-from alignsuite.toy.llm import CHAT_TEMPLATE, SPECIAL, WORDS, EchoWorld
+from alignsuite.toy.llm import CHAT_TEMPLATE, SPECIAL, WORDS
 from alignsuite.backbones.base import ViewInputs, shared_prompts
 from alignsuite.backbones.tokenize import STANDARD_ROLES, may_be_identical, template_roles
 
@@ -451,7 +451,7 @@ def test_gradient_checkpointing_same_scores_and_grads(tiny_lm_dir, lora):
         calls = []
         layer = b.policy.get_base_model().model.layers[0] if lora else b.policy.model.layers[0]
         # a pre-hook: torch's non-reentrant checkpoint stops the recomputation early, before forward hooks
-        hook = layer.register_forward_pre_hook(lambda *_: calls.append(1))
+        hook = layer.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         out = b.score(b.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED)))
         out.score.sum().backward()
         hook.remove()
@@ -777,7 +777,7 @@ def test_identical_pair_search_agrees_with_tokenising_every_pair(tiny_lm_dir):
     gen = random.Random(0)
     letters = list("ABCDEFGHIJ")
     prompts, chosen, rejected = [], [], []
-    for i in range(200):
+    for _i in range(200):
         words = [gen.choice(letters) for _ in range(gen.randint(1, 30))]
         other = list(words)
         cut = gen.randint(0, len(words))  # where the answers part (or, at the end, one is longer)

@@ -337,7 +337,7 @@ def test_a_run_prints_no_lightning_noise(tmp_path, tiny_lm_dir, pair_file):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=1)])
-        warnings.warn("still shown", UserWarning)
+        warnings.warn("still shown", UserWarning, stacklevel=2)
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "args parameter" in m or "in eval mode" in m], messages
     assert "still shown" in messages

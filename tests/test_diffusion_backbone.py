@@ -230,7 +230,7 @@ def test_denoising_score_masks_elements_and_counts_them():
     frames = torch.tensor([[1, 1, 0, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1]])[:, :, None]  # the scored frames
     score, length = denoising_score(pred, target, frames)
     assert length.tolist() == [8.0, 12.0, 20.0]
-    for i, n in enumerate([2, 3, 5]):
+    for i, _n in enumerate([2, 3, 5]):
         keep = frames[i, :, 0].bool()
         torch.testing.assert_close(score[i], -0.5 * ((pred[i][keep] - target[i][keep]) ** 2).mean())
 

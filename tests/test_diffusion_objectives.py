@@ -439,7 +439,7 @@ def test_loss_falls_when_the_winners_error_falls(name):
     loss.backward()
     assert (e_w.grad > 0).all(), "lowering the winner's error must lower the loss"
     # and an actual step: every winner's error down by 1e-4
-    lowered = [(w - 1e-4, l, wr, lr) for w, l, wr, lr in ERRORS]
+    lowered = [(w - 1e-4, lose, wr, lr) for w, lose, wr, lr in ERRORS]
     assert build(name)(pair_inputs(name, lowered)[0]).loss.item() < loss.item()
 
 

@@ -119,6 +119,14 @@ def test_precomputed_refuses_views_it_cannot_store(tmp_path, tiny_lm_dir):
         Precomputed().check(DPO(), TextToImage("unused"))
 
 
+class Losses(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
 def test_precomputed_reference_with_max_epochs(tmp_path, tiny_lm_dir):
     """max_epochs makes configure_optimizers build the train loader before fit starts; the precomputed
     scores must still reach every step (they are looked up by row, not added to the data)."""
@@ -127,15 +135,10 @@ def test_precomputed_reference_with_max_epochs(tmp_path, tiny_lm_dir):
         L.seed_everything(0)
         module = PreferenceModule(CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=12), DPO(beta=0.1),
                                   reference, optimizer=adamw(1e-2), warmup_ratio=0.0)
-        record = []
-
-        class Losses(L.Callback):
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                record.append(float(outputs["loss"]))
-
-        make_trainer(tmp_path / name, callbacks=[Losses()], max_epochs=1).fit(
+        record = Losses()
+        make_trainer(tmp_path / name, callbacks=[record], max_epochs=1).fit(
             module, ToyPreferenceData(num_train=16, num_val=4, batch_size=4))
-        losses[name] = record
+        losses[name] = record.losses
     assert len(losses["precomputed"]) == 4
     assert losses["precomputed"] == pytest.approx(losses["frozen"], abs=1e-4)
 

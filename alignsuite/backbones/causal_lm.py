@@ -17,7 +17,6 @@ rejected rows are the same tokens once truncated are dropped at setup (:meth:`Ca
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import os

@@ -29,6 +29,7 @@ from benchmarks.harness.figures import (
 from benchmarks.harness.measure import MemoryProbe, StepClock, StepProfiler, cuda_sync, gpu_name, wait_for_idle
 
 __all__ = [
+    "write_report",
     "Bench",
     "MemoryProbe",
     "StepClock",

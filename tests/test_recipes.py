@@ -1,0 +1,131 @@
+"""Every shipped recipe for real checkpoints starts and trains as shipped, on the CPU.
+
+Only what cannot be had here is swapped: the model for a tiny random one of the same architecture saved
+with ``save_pretrained`` (and, with it, the image resolution), the data for a few rows in the same layout
+as the dataset the recipe names, the accelerator for the CPU (and float16 autocast, which the CPU lacks,
+for bfloat16), and the run's length (two optimizer steps, at most two micro-batches each). Everything
+else — objective, reference, precision, dtypes, LoRA, gradient checkpointing, the encoding cache,
+callbacks, max_epochs — is the recipe's own. A recipe that never ran this way broke for its first user.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+
+import datasets
+import pytest
+import torch
+import yaml
+from conftest import save_tiny_pipeline
+
+from alignsuite.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LLM = sorted(glob.glob(os.path.join(REPO, "recipes", "llm", "*.yaml")))
+DIFFUSION = sorted(glob.glob(os.path.join(REPO, "recipes", "diffusion", "*.yaml")))
+PIPELINES = {"sd15": "sd", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux"}
+
+
+def save_tiny_causal_lm(path, architecture: str) -> str:
+    """A seeded random tiny model of ``architecture`` ("llama" or "qwen2") with the toy tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from alignsuite.toy.llm import EchoWorld
+
+    tok = EchoWorld().build_tokenizer()
+    common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cls, config = (LlamaForCausalLM, LlamaConfig(**common)) if architecture == "llama" else \
+        (Qwen2ForCausalLM, Qwen2Config(**common, tie_word_embeddings=True))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        cls(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def ultrafeedback_jsonl(path, n: int = 8) -> str:
+    """Rows in the UltraFeedback-binarized layout: a prompt, and chosen/rejected full conversations."""
+    rows = []
+    for i in range(n):
+        letters = "abcdef"[i % 6] + " " + "abcdef"[(i + 1) % 6]
+        user = {"role": "user", "content": f"echo {letters}"}
+        rows.append({"prompt": f"echo {letters}", "prompt_id": str(i),
+                     "chosen": [user, {"role": "assistant", "content": letters.upper()}],
+                     "rejected": [user, {"role": "assistant", "content": letters}],
+                     "messages": [user, {"role": "assistant", "content": letters.upper()}],
+                     "score_chosen": 8.0, "score_rejected": 3.0})
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(path)
+
+
+def pickapic_parquet(path, n: int = 8) -> str:
+    from alignsuite.toy import get_world
+
+    rows = get_world("diffusion").make_pairs(n, seed=0)
+    table = [{"caption": r["caption"], "jpg_0": r["jpg_0"], "jpg_1": r["jpg_1"], "label_0": r["label_0"],
+              "are_different": True, "has_label": True} for r in rows]
+    datasets.Dataset.from_list(table).to_parquet(str(path))
+    return str(path)
+
+
+def as_shipped_on_cpu(recipe: str, tmp_path, model: str, train: str, val: str) -> str:
+    config = yaml.safe_load(open(recipe))
+    trainer = config["trainer"]
+    accumulate = min(int(trainer.get("accumulate_grad_batches", 1)), 2)
+    trainer.update(accelerator="cpu", devices=1, max_steps=2, accumulate_grad_batches=accumulate,
+                   val_check_interval=2 * accumulate, limit_val_batches=1, enable_progress_bar=False)
+    trainer.pop("strategy", None)  # one CPU process
+    if trainer.get("precision") == "16-mixed":
+        trainer["precision"] = "bf16-mixed"
+    trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                         "init_args": {"save_dir": str(tmp_path / "runs"), "name": "r", "version": 0}}
+    config.setdefault("checkpoint", {})["dirpath"] = str(tmp_path / "ckpt")
+    backbone = config["model"]["init_args"]["backbone"]["init_args"]
+    backbone["model_name_or_path"] = model
+    if "resolution" in backbone:  # the tiny pipelines' VAE and UNet are sized for 16 px
+        backbone["resolution"] = 16
+        backbone["num_inference_steps"] = 2
+    if backbone.get("cache_dir"):
+        backbone["cache_dir"] = str(tmp_path / "cache")
+    data = config["data"]["init_args"]
+    data.update(train=train, val=val, num_workers=0, batch_size=min(int(data.get("batch_size", 2)), 2))
+    data.pop("split", None)
+    data.pop("val_split", None)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def train_losses(tmp_path) -> list[float]:
+    with open(tmp_path / "runs" / "r" / "version_0" / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+@pytest.mark.parametrize("recipe", LLM, ids=os.path.basename)
+def test_language_recipe_trains_as_shipped(tmp_path, recipe):
+    architecture = "qwen2" if "qwen" in os.path.basename(recipe) else "llama"
+    model = save_tiny_causal_lm(tmp_path / "model", architecture)
+    data = ultrafeedback_jsonl(tmp_path / "train.jsonl"), ultrafeedback_jsonl(tmp_path / "val.jsonl", 4)
+    main(["fit", "--config", as_shipped_on_cpu(recipe, tmp_path, model, *data), "--trainer.log_every_n_steps", "1"])
+    losses = train_losses(tmp_path)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert os.path.exists(tmp_path / "runs" / "r" / "version_0" / "export" / "config.json")
+
+
+@pytest.mark.parametrize("recipe", DIFFUSION, ids=os.path.basename)
+def test_diffusion_recipe_trains_as_shipped(tmp_path, recipe):
+    kind = PIPELINES[os.path.basename(recipe).split("_")[0]]
+    model = save_tiny_pipeline(tmp_path / "pipeline", kind)
+    data = pickapic_parquet(tmp_path / "train.parquet"), pickapic_parquet(tmp_path / "val.parquet", 4)
+    main(["fit", "--config", as_shipped_on_cpu(recipe, tmp_path, model, *data), "--trainer.log_every_n_steps", "1"])
+    losses = train_losses(tmp_path)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert glob.glob(str(tmp_path / "runs" / "r" / "version_0" / "images" / "*.png")), "no image grid was written"
+    assert os.path.exists(tmp_path / "runs" / "r" / "version_0" / "export" / "model_index.json")
