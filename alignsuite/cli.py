@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
 import warnings
@@ -61,6 +62,11 @@ class AlignTrainer(Trainer):
     export = export_checkpoint
 
 
+def _drop_advertisements(record: logging.LogRecord) -> bool:
+    """Lightning prints a product tip at every fit; a first run should print only what matters."""
+    return not str(record.msg).startswith("💡 Tip:")
+
+
 class AlignCLI(LightningCLI):
     """LightningCLI over :class:`PreferenceModule` (or a subclass) and any LightningDataModule.
 
@@ -76,6 +82,9 @@ class AlignCLI(LightningCLI):
             "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training",
             category=PossibleUserWarning,
         )
+        # Lightning's own deprecation inside its pytree helper, under this torch: nothing a user can act on.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertisements)
         super().__init__(
             PreferenceModule,
             PreferenceDataModule,
