@@ -129,3 +129,23 @@ def test_diffusion_recipe_trains_as_shipped(tmp_path, recipe):
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert glob.glob(str(tmp_path / "runs" / "r" / "version_0" / "images" / "*.png")), "no image grid was written"
     assert os.path.exists(tmp_path / "runs" / "r" / "version_0" / "export" / "model_index.json")
+
+
+FULLY_RUN = {"llm_dpo.yaml", "diffusion_dpo.yaml"}  # trained to the end by the default suite elsewhere
+TOY = sorted(p for p in glob.glob(os.path.join(REPO, "recipes", "toy", "*.yaml")) if os.path.basename(p) not in FULLY_RUN)
+
+
+@pytest.mark.parametrize("recipe", TOY, ids=os.path.basename)
+def test_toy_recipe_starts_as_shipped(tmp_path, recipe):
+    """The other toy recipes, exactly as shipped, for their first two steps: the reward measured at step
+    0 and the policy exported (their full runs are marked slow)."""
+    main(["fit", "--config", recipe, "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+          "--trainer.log_every_n_steps", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--checkpoint.dirpath", str(tmp_path / "ckpt")])
+    run = glob.glob(str(tmp_path / "*" / "version_0"))[0]
+    with open(os.path.join(run, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows if r.get("val/toy_reward")][:1] == ["0"]
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert os.listdir(os.path.join(run, "export"))
