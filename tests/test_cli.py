@@ -390,3 +390,21 @@ def test_prediction_writer_takes_plain_generations_and_images(tmp_path):
                            {"index": 11, "prompt": "echo b", "generation": "ECHO B"}]
     assert written[2] == {"index": 12, "prompt": "echo c", "generation": os.path.join("predictions", "12.png")}
     assert Image.open(tmp_path / written[3]["generation"]).getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_checkpoint_loads_back_with_load_from_checkpoint(tmp_path, tiny_lm_dir, pair_file):
+    """The run's hyper-parameters travel in its checkpoint, so the module rebuilds from the file alone:
+    the same backbone, objective and reference, and the trained weights."""
+    from alignsuite.module import PreferenceModule
+    from alignsuite.objectives import IPO
+    from alignsuite.reference import FrozenCopy
+
+    main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, objective="IPO", objective_args={"beta": 0.3})])
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    module = PreferenceModule.load_from_checkpoint(ckpt, weights_only=True)
+    assert isinstance(module.objective, IPO) and module.objective.beta == 0.3
+    assert isinstance(module.reference, FrozenCopy)
+    trained = weights(tmp_path / "runs" / "t" / "version_0" / "export")
+    for name, value in module.backbone.policy.state_dict().items():
+        torch.testing.assert_close(value, trained[name])
+    assert any(not torch.equal(module.backbone.policy.state_dict()[k], v) for k, v in weights(tiny_lm_dir).items())
