@@ -11,6 +11,7 @@ import warnings
 
 import yaml
 from jsonargparse import Namespace
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import (
     BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar,
@@ -18,12 +19,15 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from alignsuite.callbacks import (
-    AtomicCheckpointIO, CheckpointError, ExportError, ExportPretrained, PredictionWriter,
+    AtomicCheckpointIO, CheckpointError, CheckpointOnPreemption, ExportError, ExportPretrained, PredictionWriter,
+    last_checkpoint_note,
 )
 from alignsuite.callbacks.checkpoint_io import load_checkpoint_file
+from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 
@@ -32,6 +36,7 @@ TRAINER_DEFAULTS = {
     "log_every_n_steps": 10,
 }
 NULLS = {"null", "Null", "NULL", "~"}  # what YAML reads as None
+CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}  # ckpt_path values Lightning resolves itself
 
 
 class AlignTrainer(Trainer):
@@ -73,7 +78,11 @@ class AlignCLI(LightningCLI):
     Always present: ``checkpoint`` (a ModelCheckpoint that keeps ``last.ckpt``, written atomically; none
     with ``trainer.enable_checkpointing false``) and ``export`` (``save_pretrained`` folder of the policy at
     the end of fit, and the ``export`` command for any checkpoint). Added unless given: a learning-rate
-    monitor when fitting with a logger, and a prediction writer for ``predict``.
+    monitor when fitting with a logger, a prediction writer for ``predict``, and, when fitting, a
+    checkpoint at the next step on SIGTERM with exit status 143. ``--ckpt_path last`` is the newest
+    ``last.ckpt`` of this run's checkpoint folder (over all ``version_N`` folders when it follows the logger);
+    under SLURM, Lightning's requeue checkpoint only when it is newer. Under SLURM ``num_nodes`` and
+    ``devices``, left at their defaults, follow the allocation.
     """
 
     def __init__(self, args=None, run: bool = True, **kwargs) -> None:
@@ -118,6 +127,8 @@ class AlignCLI(LightningCLI):
         self.config = parser.parse_args(nulls_as_config(args))
         section = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         ckpt_path = section.get("ckpt_path")
+        if ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in ckpt_path and not os.path.exists(ckpt_path):
+            fail(f"--ckpt_path {ckpt_path}: no such file (--ckpt_path last resumes from the run's newest last.ckpt)")
         if ckpt_path and os.path.isfile(ckpt_path):  # before Lightning reads it, with an error that names it
             try:
                 load_checkpoint_file(ckpt_path, section.get("weights_only"), mmap=True)
@@ -133,7 +144,54 @@ class AlignCLI(LightningCLI):
                 raise
             fail(reason)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:  # Lightning's stop outside a training step (validation): status 0 otherwise
+            if self.trainer.is_global_zero:
+                sys.stderr.write(f"stopped by SIGTERM before the next training step. {last_checkpoint_note(self.trainer)}\n")
+            raise SystemExit(143) from None
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "ckpt_path" in kwargs:
+            kwargs["ckpt_path"] = self.resume_path(subcommand, kwargs["ckpt_path"])
+        return kwargs
+
+    def resume_path(self, subcommand: str, ckpt_path: str | None) -> str | None:
+        """``last`` as a file, and under SLURM the newer of ``last.ckpt`` and Lightning's requeue checkpoint."""
+        trainer = self.trainer
+        hpc = None
+        if subcommand == "fit" and ckpt_path in (None, "last") and SLURMEnvironment.detect():
+            hpc = hpc_checkpoint(trainer.default_root_dir)  # Lightning would take it silently when not given
+        if ckpt_path != "last" and hpc is None:
+            return ckpt_path
+        callback = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+        dirpath = callback.dirpath if callback is not None else None
+        logger = trainer.loggers[0] if trainer.loggers else None
+        if logger is not None and not dirpath:
+            where = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name))
+            searched = f"{where}/*/checkpoints/"
+        else:
+            where = searched = dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
+        last = newest_last_checkpoint(dirpath or (None if logger else where), where)
+        chosen, how = newer_checkpoint(last, hpc)
+        if chosen is None:
+            if subcommand != "fit":
+                fail(f"--ckpt_path last: no last.ckpt in {searched}")
+            rank_zero_info(f"--ckpt_path last: no last.ckpt in {searched}; training from the start")
+            return None
+        rank_zero_info(how)
+        return chosen
+
     def _instantiate_trainer(self, config: dict, callbacks: list):
+        if SLURMEnvironment.detect():  # Lightning reads ranks from SLURM but requires these to match it
+            nodes = os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES", ""))
+            if nodes.isdigit() and config.get("num_nodes", 1) == 1:
+                config["num_nodes"] = int(nodes)
+            per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "")
+            if per_node.isdigit() and config.get("devices", "auto") == "auto":
+                config["devices"] = int(per_node)
         if config.get("enable_checkpointing") is False:  # then no `checkpoint` section either
             callbacks[:] = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         given = as_list(config.get("callbacks")) + callbacks
@@ -142,6 +200,8 @@ class AlignCLI(LightningCLI):
         logger = config.get("logger")
         has_logger = logger is not False and logger != [] and not config.get("barebones")
         fitting = self.subcommand in (None, "fit")
+        if fitting and not any(isinstance(c, CheckpointOnPreemption) for c in given):
+            callbacks.append(CheckpointOnPreemption())
         if fitting and has_logger and not any(isinstance(c, LearningRateMonitor) for c in given):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in given):

@@ -2,9 +2,10 @@ from alignsuite.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointErr
 from alignsuite.callbacks.export import ExportError, ExportPretrained
 from alignsuite.callbacks.image_grid import ImageGrid
 from alignsuite.callbacks.predictions import PredictionWriter
+from alignsuite.callbacks.preemption import CheckpointOnPreemption, Preempted
 from alignsuite.callbacks.reward import GenerationReward
 
 __all__ = [
-    "AtomicCheckpointIO", "CheckpointError", "ExportError", "ExportPretrained", "GenerationReward", "ImageGrid",
-    "PredictionWriter", "last_checkpoint_note",
+    "AtomicCheckpointIO", "CheckpointError", "CheckpointOnPreemption", "ExportError", "ExportPretrained",
+    "GenerationReward", "ImageGrid", "Preempted", "PredictionWriter", "last_checkpoint_note",
 ]

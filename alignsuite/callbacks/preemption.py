@@ -1,0 +1,135 @@
+"""Stopping on a signal and resuming where the run stopped.
+
+A stop signal during fit writes ``last.ckpt`` at the next step boundary, then exits with 128 + the signal.
+
+Lightning's signal connector handles SIGTERM (a scheduler's preemption, ``kill``) by setting
+``trainer.received_sigterm`` and stopping after the current batch, with exit status 0 and nothing saved: a
+wrapper script cannot tell a preempted run from a finished one, and the steps since the last checkpoint are
+lost. Here the run's own ``ModelCheckpoint`` writes its ``last.ckpt`` first (atomically, through the
+trainer's save path), then the process exits with status 143 (128 + SIGTERM) and says so on stderr.
+
+SIGUSR1 is treated the same when nothing else handles it (without SLURM Python's default would kill the
+process with nothing saved); under SLURM, Lightning's ``SLURMEnvironment`` owns it (requeue checkpoint and
+``scontrol requeue``), and the SIGTERM that follows is handled here.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import signal
+import sys
+import threading
+
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from alignsuite.callbacks.checkpoint_io import CheckpointError, load_checkpoint_file
+
+
+class Preempted(SystemExit):
+    """The run stopped on a signal; its code is 128 + the signal number, as a shell reports a killed process."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(128 + int(signum))
+        self.signum, self.message = int(signum), message
+
+
+class CheckpointOnPreemption(Callback):
+    """On SIGTERM (or an unhandled SIGUSR1) during fit: save ``last.ckpt`` after the current batch, then exit."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None  # a SIGUSR1 this callback caught
+        self._previous_usr1 = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After Lightning registered its handlers: under SLURM with auto-requeue it owns SIGUSR1.
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGUSR1) in (
+            signal.SIG_DFL, None
+        ):
+            self._previous_usr1 = signal.signal(signal.SIGUSR1, self._caught)
+
+    def _caught(self, signum, frame) -> None:
+        self.signum = signum
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._previous_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+            self._previous_usr1 = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        signum = signal.SIGTERM if trainer.received_sigterm else self.signum
+        stop = signum is not None
+        if trainer.world_size > 1:  # every rank saves (a sharded save is collective) and stops at the same step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        signum = signum or signal.SIGTERM
+        name = signal.Signals(signum).name
+        saved = self._save_last(trainer)
+        step = trainer.global_step
+        if saved:
+            message = (f"stopped by {name} at global step {step}; wrote {saved}. Resume with --ckpt_path {saved}"
+                       " (or --ckpt_path last)")
+        else:
+            message = f"stopped by {name} at global step {step}; no checkpoint written (checkpointing is off)"
+        if trainer.is_global_zero:
+            sys.stderr.write(f"{message}\n")
+            sys.stderr.flush()
+        raise Preempted(signum, message)
+
+    @staticmethod
+    def _save_last(trainer) -> str | None:
+        """The run's ModelCheckpoint writes its last checkpoint now, unless it just wrote one at this step."""
+        callback = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        if callback is None or callback.dirpath is None:
+            return None
+        if callback.save_last and callback._last_global_step_saved == trainer.global_step and callback.last_model_path:
+            return callback.last_model_path
+        if not callback.save_last:
+            callback.save_last = True  # a preempted run always leaves a checkpoint to resume from
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        return callback.last_model_path
+
+
+def _number(path: str, pattern: str) -> int:
+    match = re.fullmatch(pattern, os.path.basename(path))
+    return int(match.group(1)) if match else -1
+
+
+def newest_last_checkpoint(dirpath: str | None, log_root: str) -> str | None:
+    """``dirpath/last.ckpt`` when the checkpoint folder is fixed; otherwise the ``last.ckpt`` of the highest
+    ``log_root/version_N`` that has one (every launch logs into a new version folder)."""
+    if dirpath:
+        path = os.path.join(dirpath, "last.ckpt")
+        return path if os.path.isfile(path) else None
+    found = glob.glob(os.path.join(glob.escape(log_root), "*", "checkpoints", "last.ckpt"))
+    key = lambda p: (_number(os.path.dirname(os.path.dirname(p)), r"version_(\d+)"), os.path.getmtime(p))  # noqa: E731
+    return max(found, key=key) if found else None
+
+
+def hpc_checkpoint(root: str) -> str | None:
+    """The newest of Lightning's SLURM requeue checkpoints ``root/hpc_ckpt_<N>.ckpt``, or None."""
+    found = glob.glob(os.path.join(glob.escape(str(root)), "hpc_ckpt_*.ckpt"))
+    return max(found, key=lambda p: _number(p, r"hpc_ckpt_(\d+)\.ckpt")) if found else None
+
+
+def global_step(path: str) -> int:
+    """A checkpoint's global step (-1 when it cannot be read: the other candidate wins)."""
+    try:
+        return int(load_checkpoint_file(path, mmap=True).get("global_step", -1))
+    except (CheckpointError, OSError):
+        return -1
+
+
+def newer_checkpoint(last: str | None, hpc: str | None) -> tuple[str | None, str]:
+    """Of ``last.ckpt`` and a SLURM requeue checkpoint, the one at the later global step (last.ckpt on a tie),
+    with a sentence saying which and why."""
+    if hpc is None or last is None:
+        chosen = last or hpc
+        return chosen, f"resuming from {chosen} (global step {global_step(chosen)})" if chosen else ""
+    steps = {last: global_step(last), hpc: global_step(hpc)}
+    chosen, other = (hpc, last) if steps[hpc] > steps[last] else (last, hpc)
+    return chosen, (f"resuming from {chosen} (global step {steps[chosen]}), newer than or as new as {other}"
+                    f" (global step {steps[other]})")

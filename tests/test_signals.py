@@ -1,0 +1,162 @@
+"""Preemption and resuming: SIGTERM saves and exits 143, ``--ckpt_path last`` finds the run's newest
+``last.ckpt``, and under SLURM the requeue checkpoint wins only when it is newer."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from alignsuite.callbacks.preemption import newer_checkpoint
+from alignsuite.cli import AlignCLI, main
+from test_cli import REPO, pair_file, recipe  # noqa: F401  (fixture and recipe builder)
+
+SLURM_ONE_TASK = {
+    "SLURM_NTASKS": "1", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "align",
+}
+
+
+def edit(path, change):
+    config = yaml.safe_load(open(path))
+    change(config)
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
+def step_of(path):
+    return torch.load(path, weights_only=True)["global_step"]
+
+
+def logged_steps(metrics_file):
+    if not os.path.isfile(metrics_file):
+        return []
+    with open(metrics_file) as f:
+        return [int(row["step"]) for row in csv.DictReader(f) if row.get("step")]
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGUSR1, 128 + signal.SIGUSR1)],
+                         ids=["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_saves_last_ckpt_exits_128_plus_it_and_the_run_resumes(
+        tmp_path, tiny_lm_dir, pair_file, signum, status):  # noqa: F811
+    """SIGTERM (a scheduler's preemption) and, outside SLURM, SIGUSR1."""
+    def long_run(config):
+        config["trainer"].update(max_steps=100_000, limit_val_batches=0)
+        config["trainer"]["logger"]["init_args"]["flush_logs_every_n_steps"] = 1
+
+    path = edit(recipe(tmp_path, tiny_lm_dir, pair_file), long_run)
+    metrics_file = tmp_path / "runs" / "t" / "version_0" / "metrics.csv"
+    process = subprocess.Popen([sys.executable, "-m", "alignsuite", "fit", "--config", path], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not any(step >= 2 for step in logged_steps(metrics_file)):
+            assert process.poll() is None, process.communicate()
+            assert time.time() < deadline, "no training step logged in time"
+            time.sleep(0.05)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == status, err
+    last = tmp_path / "ckpt" / "last.ckpt"
+    step = step_of(last)
+    assert step >= 2 and step < 100_000
+    assert f"stopped by {signum.name} at global step {step}; wrote {last}" in err
+    assert not [n for n in os.listdir(tmp_path / "ckpt") if n.startswith(".tmp-")]  # written atomically
+
+    main(["fit", "--config", path, "--trainer.max_steps", str(step + 2), "--ckpt_path", "last"])
+    assert step_of(last) == step + 2
+
+
+def test_ckpt_path_last_finds_the_newest_version_folder(tmp_path, tiny_lm_dir, pair_file, caplog):  # noqa: F811
+    def follow_the_logger(config):
+        del config["checkpoint"]  # checkpoints go to runs/t/version_N/checkpoints
+        del config["trainer"]["logger"]["init_args"]["version"]  # every launch a new version_N
+
+    path = edit(recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=2), follow_the_logger)
+    runs = tmp_path / "runs" / "t"
+    with caplog.at_level("INFO"):
+        main(["fit", "--config", path, "--ckpt_path", "last"])  # nothing yet: from the start, and it says so
+    assert any("--ckpt_path last: no last.ckpt in" in r.getMessage() and "training from the start" in r.getMessage()
+               for r in caplog.records)
+    assert step_of(runs / "version_0" / "checkpoints" / "last.ckpt") == 2
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        main(["fit", "--config", path, "--ckpt_path", "last", "--trainer.max_steps", "3"])
+    first = runs / "version_0" / "checkpoints" / "last.ckpt"
+    assert any(f"resuming from {first} (global step 2)" in r.getMessage() for r in caplog.records)
+    assert step_of(runs / "version_1" / "checkpoints" / "last.ckpt") == 3  # the resumed run's own folder
+    main(["fit", "--config", path, "--ckpt_path", "last", "--trainer.max_steps", "4"])  # from version_1's
+    assert step_of(runs / "version_2" / "checkpoints" / "last.ckpt") == 4
+
+
+def test_a_missing_explicit_checkpoint_or_last_to_evaluate_is_an_error(tmp_path, tiny_lm_dir, pair_file,  # noqa: F811
+                                                                       capsys):
+    path = recipe(tmp_path, tiny_lm_dir, pair_file)
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", path, "--ckpt_path", str(missing)])
+    assert e.value.code == 2
+    assert f"error: --ckpt_path {missing}: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["validate", "--config", path, "--ckpt_path", "last"])
+    assert e.value.code == 2
+    assert f"error: --ckpt_path last: no last.ckpt in {tmp_path / 'ckpt'}" in capsys.readouterr().err
+
+
+def test_simulated_slurm_single_task_runs_on_one_node(tmp_path, tiny_lm_dir, pair_file, monkeypatch,  # noqa: F811
+                                                       caplog):
+    for key, value in SLURM_ONE_TASK.items():
+        monkeypatch.setenv(key, value)
+    with caplog.at_level("INFO"):
+        cli = AlignCLI(args=["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=2)])
+    assert any("SLURM auto-requeueing enabled" in r.getMessage() for r in caplog.records)  # Lightning's environment
+    assert cli.trainer.num_nodes == 1 and cli.trainer.num_devices == 1
+    assert step_of(tmp_path / "ckpt" / "last.ckpt") == 2
+
+
+def test_slurm_allocation_sets_num_nodes_and_devices_left_at_their_defaults(tmp_path, tiny_lm_dir, pair_file,  # noqa: F811
+                                                                           monkeypatch):
+    env = {**SLURM_ONE_TASK, "SLURM_NNODES": "2", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    path = recipe(tmp_path, tiny_lm_dir, pair_file)
+    cli = AlignCLI(args=["--config", path, "--config", os.path.join(REPO, "configs/strategy/ddp.yaml")], run=False)
+    assert cli.trainer.num_nodes == 2 and cli.trainer.num_devices == 2 and cli.trainer.world_size == 4
+
+
+def test_under_slurm_the_newer_of_requeue_and_last_checkpoint_is_resumed(tmp_path, tiny_lm_dir, pair_file,  # noqa: F811
+                                                                        monkeypatch, caplog):
+    path = recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=2)
+    main(["fit", "--config", path])
+    last = tmp_path / "ckpt" / "last.ckpt"
+    stale = torch.load(last, weights_only=True)
+    stale["global_step"] = 1
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # Lightning's requeue checkpoint, in the default root dir
+    torch.save(stale, hpc)
+
+    assert newer_checkpoint(str(last), str(hpc))[0] == str(last)
+    stale["global_step"] = 5
+    newer = tmp_path / "hpc_ckpt_2.ckpt"
+    torch.save(stale, newer)
+    chosen, how = newer_checkpoint(str(last), str(newer))
+    assert chosen == str(newer) and f"resuming from {newer} (global step 5)" in how
+    os.remove(newer)
+
+    for key, value in SLURM_ONE_TASK.items():
+        monkeypatch.setenv(key, value)
+    with caplog.at_level("INFO"):
+        main(["fit", "--config", path, "--trainer.max_steps", "3"])  # no --ckpt_path: Lightning would take hpc
+    said = [r.getMessage() for r in caplog.records if "resuming from" in r.getMessage()]
+    assert said == [f"resuming from {last} (global step 2), newer than or as new as {hpc} (global step 1)"]
+    assert step_of(last) == 3
