@@ -452,6 +452,39 @@ def test_train_shuffle_is_seeded(tmp_path):
     assert sorted(order[0]) == list(range(40)) and order[0] != list(range(40))
 
 
+def test_sampler_shards_one_seeded_permutation_per_epoch():
+    from alignsuite.data import EpochRandomSampler
+
+    rows = list(range(10))
+    whole = list(EpochRandomSampler(rows, seed=3))
+    shards = [EpochRandomSampler(rows, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    assert [list(s) for s in shards] == [whole[0::2], whole[1::2]]  # each rank its half of the same order
+    assert list(EpochRandomSampler(rows, seed=4)) != whole  # data.seed is honoured on every rank
+    for s in shards:
+        s.set_epoch(1)
+    assert sorted(list(shards[0]) + list(shards[1])) == rows and list(shards[0]) != whole[0::2]
+    odd = [list(EpochRandomSampler(list(range(5)), seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(odd[0]) == len(odd[1]) == 3 and set(odd[0] + odd[1]) == set(range(5))  # padded to equal shards
+
+
+def test_train_loader_resumes_after_the_batches_it_handed_out(tmp_path):
+    rows = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(20)]
+    dm = make_dm(write_jsonl(tmp_path / "t.jsonl", rows), batch_size=4)
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(2)
+    full = [b["index"].tolist() for b in loader]
+    it = iter(loader)
+    next(it), next(it)
+    state = loader.state_dict()
+    assert state == {"epoch": 2, "batches": 2, "batch_size": 4, "num_replicas": 1}
+    resumed = make_dm(write_jsonl(tmp_path / "t.jsonl", rows), batch_size=4).train_dataloader()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(2)
+    assert [b["index"].tolist() for b in resumed] == full[2:]
+    assert resumed.state_dict()["batches"] == 5
+    assert [b["index"].tolist() for b in resumed] == full  # the next pass starts the epoch again
+
+
 def test_add_columns_reach_the_batch_by_index(tmp_path):
     dm = make_dm(write_jsonl(tmp_path / "t.jsonl", ROWS), batch_size=4)
     n = len(dm.train_set)

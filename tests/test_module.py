@@ -31,10 +31,11 @@ def make_trainer(tmp_path, max_steps, callbacks=(), **kwargs):
 
 class Recorder(L.Callback):
     def __init__(self):
-        self.losses = []
+        self.losses, self.rows = [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(float(outputs["loss"]))
+        self.rows.append(batch["index"].tolist())
         assert pl_module.reference is None or not pl_module.reference.training
 
 
@@ -93,23 +94,29 @@ class CrashAt(L.Callback):
             raise RuntimeError("node lost")
 
 
-def test_resume_continues_from_the_checkpoint(tmp_path, tiny_lm_dir):
-    """Killed at the end of epoch 1 (8 batches) and resumed, a run matches one that never stopped."""
+@pytest.mark.parametrize("killed_at", [5, 8])
+def test_resume_continues_from_the_checkpoint(tmp_path, tiny_lm_dir, killed_at):
+    """Killed mid-epoch (after step 5 of 8) or at the end of epoch 1 and resumed from last.ckpt, a run
+    trains on the same batches with the same losses, step for step, as one that never stopped."""
     data = lambda: ToyPreferenceData(num_train=32, num_val=8, batch_size=4)  # noqa: E731
     L.seed_everything(0)
     rec_full = Recorder()
     make_trainer(tmp_path / "a", 12, [rec_full], enable_checkpointing=False).fit(make_module(tiny_lm_dir), data())
 
     L.seed_everything(0)
+    rec_killed = Recorder()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True, save_top_k=0, every_n_train_steps=1)
-    with pytest.raises(RuntimeError, match="node lost"):  # the same run, killed after step 8
-        make_trainer(tmp_path / "b", 12, [ckpt, CrashAt(8)]).fit(make_module(tiny_lm_dir), data())
+    with pytest.raises(RuntimeError, match="node lost"):  # the same run, killed after step `killed_at`
+        make_trainer(tmp_path / "b", 12, [rec_killed, ckpt, CrashAt(killed_at)]).fit(make_module(tiny_lm_dir), data())
     L.seed_everything(0)
     rec_resumed = Recorder()
     make_trainer(tmp_path / "b", 12, [rec_resumed, ckpt]).fit(
         make_module(tiny_lm_dir), data(), ckpt_path=str(tmp_path / "b" / "last.ckpt"))
-    assert len(rec_resumed.losses) == 4
-    assert rec_resumed.losses == pytest.approx(rec_full.losses[8:], abs=1e-5)
+    assert len(rec_resumed.losses) == 12 - killed_at
+    assert rec_killed.rows + rec_resumed.rows == rec_full.rows
+    first_epoch = sorted(i for rows in (rec_killed.rows + rec_resumed.rows)[:8] for i in rows)
+    assert first_epoch == list(range(32))  # every row exactly once in the interrupted epoch
+    assert rec_resumed.losses == pytest.approx(rec_full.losses[killed_at:], abs=1e-5)
 
 
 def test_kto_trains_on_unpaired_rows(tmp_path, tiny_lm_dir):

@@ -16,7 +16,8 @@ import datasets
 import lightning as L
 import torch
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-from torch.utils.data import DataLoader, RandomSampler
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, DistributedSampler
 
 from alignsuite.data.layouts import Layout, TextPairs
 from alignsuite.data.layouts.base import HIDDEN_PREFIX, Table, all_skipped_error
@@ -193,11 +194,18 @@ class PreferenceDataModule(L.LightningDataModule):
     # --- loaders ---------------------------------------------------------------------------------
 
     def _loader(self, ds: datasets.Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
+        if shuffle:
+            # Lightning leaves a DistributedSampler in place, so under DDP each rank takes its shard of the
+            # permutation of (data.seed, epoch) rather than the Trainer-seeded sampler Lightning would inject.
+            shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+            sampler = EpochRandomSampler(ds, self.seed, shard.get("num_replicas", 1), shard.get("rank", 0))
+            loader = ResumableDataLoader
+        else:
+            sampler, loader = None, DataLoader
+        return loader(
             ds,
             batch_size=batch_size,
-            # Under DDP Lightning swaps a RandomSampler for a DistributedSampler seeded by the Trainer.
-            sampler=EpochRandomSampler(ds, self.seed) if shuffle else None,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             collate_fn=self.collate,
@@ -225,20 +233,62 @@ class PreferenceDataModule(L.LightningDataModule):
         return self._loader(ds, self.eval_batch_size, shuffle=False)
 
 
-class EpochRandomSampler(RandomSampler):
-    """A shuffle that depends on (seed, epoch) alone, so a run resumed at an epoch boundary sees the
-    same order as one that never stopped (Lightning calls ``set_epoch`` at every epoch)."""
+class EpochRandomSampler(DistributedSampler):
+    """A shuffle that depends on (seed, epoch) alone, so a resumed run sees the same order as one that
+    never stopped (Lightning calls ``set_epoch`` at every epoch). With ``num_replicas`` processes each
+    ``rank`` takes every ``num_replicas``-th row of the same permutation (padded to equal shards, as
+    ``DistributedSampler`` does); with one it is the whole permutation. ``start`` skips that many of this
+    rank's rows of the epoch (a mid-epoch resume, set by `ResumableDataLoader`)."""
 
-    def __init__(self, data_source, seed: int) -> None:
-        super().__init__(data_source)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, data_source, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(data_source, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.data_source, self.start = data_source, 0
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+        order = torch.randperm(len(self.data_source), generator=generator).tolist()
+        order += order[: self.total_size - len(order)]  # padding; none with one process
+        yield from order[self.rank : self.total_size : self.num_replicas][self.start :]
+
+
+class ResumableDataLoader(DataLoader):
+    """The train loader: it counts the batches it has handed out this epoch, and Lightning saves its
+    `state_dict` in every checkpoint (the fit loop's ``combined_loader`` state) and loads it back before
+    iterating on resume, so a run resumed mid-epoch continues with the next batch of the same shuffle
+    instead of replaying the epoch. Counting batches handed out, not rows drawn from the sampler, stays
+    exact with worker processes, which draw indices ahead."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.position, self._resume = 0, None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self.position, "batch_size": self.batch_size,
+                "num_replicas": self.sampler.num_replicas}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state
+
+    def __iter__(self):
+        # Decided at the first batch, after Lightning's set_epoch: a checkpoint taken at the end of an
+        # epoch resumes at the start of the next one.
+        state, self._resume = self._resume, None
+        self.position = 0
+        if state is not None and state["epoch"] == self.sampler.epoch:
+            same = (state["batch_size"], state["num_replicas"]) == (self.batch_size, self.sampler.num_replicas)
+            if same:
+                self.position = state["batches"]
+            else:
+                rank_zero_warn(
+                    f"the checkpoint was taken {state['batches']} batches into epoch {state['epoch']} with batch size"
+                    f" {state['batch_size']} on {state['num_replicas']} process(es); with batch size {self.batch_size}"
+                    f" on {self.sampler.num_replicas} that position does not exist, so this epoch restarts from its"
+                    " first batch"
+                )
+        self.sampler.start = self.position * self.batch_size
+        for batch in super().__iter__():
+            self.position += 1
+            yield batch
 
 
 def _check_counts(**counts: int | None) -> None:
