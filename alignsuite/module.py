@@ -219,6 +219,8 @@ class PreferenceModule(LightningModule):
         # The reference and frozen parts are rebuilt from their source: never store their weights.
         skip = self._not_checkpointed()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(skip)}
+        if state := self.backbone.state():  # a denoising backbone's draw counter: resumed runs draw the same noise
+            checkpoint["backbone_state"] = state
         if self.reference is not None:
             self.reference.on_save_checkpoint(checkpoint)
 
@@ -228,5 +230,7 @@ class PreferenceModule(LightningModule):
         for k, v in self.state_dict().items():
             if k.startswith(skip):
                 state.setdefault(k, v)
+        if "backbone_state" in checkpoint:
+            self.backbone.load_state(checkpoint["backbone_state"])
         if self.reference is not None:
             self.reference.on_load_checkpoint(checkpoint)

@@ -219,6 +219,67 @@ def test_lora_on_a_bfloat16_denoiser_trains_in_float32(tiny_sd_dir, tmp_path):
     assert len(moved) == len([n for n in lora if "lora_A" in n])  # every A matrix moved (B starts at zero)
 
 
+def test_each_rank_draws_its_own_noise_timesteps_and_flips(tiny_sd_dir):
+    from types import SimpleNamespace
+
+    draws = []
+    for rank in (None, 0, 1):
+        b = backbone(tiny_sd_dir, random_flip=True)
+        if rank is not None:  # what Lightning's Trainer tells the backbone under two-process DDP
+            b.on_fit_start(SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": rank}, global_rank=rank))
+            assert b.rank == rank
+        draws.append(b.prepare(shared_prompts(CAPTIONS, images(2), images(2, seed=1))))
+    alone, rank0, rank1 = draws
+    assert torch.equal(alone.noisy, rank0.noisy) and torch.equal(alone.timesteps, rank0.timesteps)  # one process: unchanged
+    assert not torch.equal(rank0.target, rank1.target)  # the noise (the epsilon target)
+    assert not torch.equal(rank0.noisy, rank1.noisy)
+
+
+def test_resumed_run_draws_the_noise_of_one_that_never_stopped(tiny_sd_dir, tmp_path):
+    """Killed after step 3 of 4 in an epoch and resumed from last.ckpt, a diffusion run draws the same
+    noise, timesteps and flips (the draw counter travels in the checkpoint) on the same rows: the same
+    losses, step for step."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from alignsuite.module import PreferenceModule
+    from alignsuite.objectives import DPO
+    from alignsuite.toy.data import ToyPreferenceData
+
+    class Recorder(L.Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
+    class CrashAt(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 3:
+                raise RuntimeError("node lost")
+
+    def fit(root, callbacks, ckpt_path=None):
+        L.seed_everything(0)
+        module = PreferenceModule(TextToImage(tiny_sd_dir, resolution=16), DPO(beta=2000.0),
+                                  optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3), warmup_ratio=0.0)
+        trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                            default_root_dir=str(root), callbacks=callbacks,
+                            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
+        trainer.fit(module, ToyPreferenceData(world="diffusion", num_train=8, num_val=4, batch_size=2), ckpt_path=ckpt_path)
+
+    full = Recorder()
+    fit(tmp_path / "a", [full])
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True, save_top_k=0, every_n_train_steps=1)
+    with pytest.raises(RuntimeError, match="node lost"):
+        fit(tmp_path / "b", [ckpt, CrashAt()])
+    assert torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)["backbone_state"] == {"draws": 3}
+    resumed = Recorder()
+    fit(tmp_path / "b", [resumed, ckpt], ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert len(resumed.losses) == 3 and len(set(full.losses)) == 6
+    assert resumed.losses == pytest.approx(full.losses[3:], abs=1e-6)
+
+
 def test_denoising_score_masks_elements_and_counts_them():
     from alignsuite.backbones.denoising import denoising_score
 

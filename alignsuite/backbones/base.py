@@ -104,6 +104,14 @@ class Backbone(nn.Module):
     def on_fit_start(self, trainer: Any) -> None:
         """Called once the models are built, before the first step (warm an encoding cache here)."""
 
+    def state(self) -> dict:
+        """What the backbone must carry through a checkpoint besides weights (a draw counter); saved
+        under ``checkpoint["backbone_state"]`` and handed back to `load_state` on resume."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what `state` returned."""
+
     # ---------------------------------------------------------------- the step
     def transform(self, condition: str, view: ViewInputs) -> ViewInputs:
         """``view`` with its prompts/conditions transformed as ``condition`` names (see ``conditions``)."""

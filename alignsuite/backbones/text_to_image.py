@@ -97,9 +97,20 @@ class TextToImage(Backbone):
         self.cache = None
         self.pipe = None
         self.frozen = nn.ModuleDict()  # VAE and text encoders: moved to the device with the module
-        self.draws = 0  # prepare() calls so far: the step's seed offset
+        self.draws = 0  # prepare() calls so far: the step's seed offset, saved in checkpoints
+        self.rank = 0  # this process's data-parallel rank: each rank draws its own noise
+
+    def state(self) -> dict:
+        return {"draws": self.draws}
+
+    def load_state(self, state: dict) -> None:
+        self.draws = state.get("draws", self.draws)
 
     def on_fit_start(self, trainer) -> None:
+        # Every rank sees other rows but the same step count: without the rank in the seed, rank r's row i
+        # would get rank 0's noise, timestep and flip for its row i. The data-parallel rank (the global one
+        # under DDP) so that processes sharing a batch (tensor parallelism) keep sharing its draws.
+        self.rank = (trainer.distributed_sampler_kwargs or {}).get("rank", trainer.global_rank)
         if self.cache is not None:  # one pass of the frozen encoders over the data
             self.warm_cache(trainer.datamodule, trainer.strategy)
 
@@ -181,7 +192,8 @@ class TextToImage(Backbone):
 
     # ---------------------------------------------------------------- inputs
     def _generator(self, salt: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.draws * 7919 + salt)
+        # Rank 0 keeps the single-process seeds.
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.draws * 7919 + salt + self.rank * 15_485_863)
 
     def _pixels(self, views: list[list[Any]]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
         """Every view's images as one ``[K*B, 3, R, R]`` tensor; a row's views share crop and flip."""
