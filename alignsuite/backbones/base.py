@@ -59,6 +59,7 @@ class Backbone(nn.Module):
     """
 
     policy: nn.Module | None
+    lora: Any = None  # an adapter spec (``LoraSpec``) in backbones that train adapters
     conditions: ClassVar[tuple[str, ...]] = ()
     deterministic_inputs: ClassVar[bool] = True
     not_checkpointed: ClassVar[tuple[str, ...]] = ()
@@ -78,7 +79,8 @@ class Backbone(nn.Module):
 
     @property
     def has_adapters(self) -> bool:
-        return False
+        """Whether the policy trains adapters (``lora``) on frozen base weights."""
+        return self.lora is not None
 
     def adapters_disabled(self) -> contextlib.AbstractContextManager:
         """Context in which the policy computes with its adapters off, i.e. as its base model."""

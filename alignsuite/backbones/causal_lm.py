@@ -196,10 +196,6 @@ class CausalLM(Backbone):
         model.eval().requires_grad_(False)
         return model
 
-    @property
-    def has_adapters(self) -> bool:
-        return self.lora is not None
-
     def adapters_disabled(self):
         if not self.has_adapters:
             return super().adapters_disabled()

@@ -177,10 +177,6 @@ class TextToImage(Backbone):
         model = type(self.policy).from_pretrained(path, subfolder=self.denoiser_name, dtype=torch.float32)
         return cast_to(model, self.dtype).eval().requires_grad_(False)
 
-    @property
-    def has_adapters(self) -> bool:
-        return self.lora is not None
-
     def adapters_disabled(self):
         if not self.has_adapters:
             return super().adapters_disabled()
