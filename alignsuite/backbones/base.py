@@ -86,18 +86,16 @@ class Backbone(nn.Module):
         """Context in which the policy computes with its adapters off, i.e. as its base model."""
         raise ValueError(f"{type(self).__name__} has no adapters to disable; configure `lora` first")
 
-    def keep_trainable_float32(self) -> int:
-        """Cast every trainable parameter to float32 (the frozen ones keep their dtype); returns how many.
+    def keep_trainable_float32(self) -> None:
+        """Cast every trainable parameter to float32 (the frozen ones keep their dtype), as diffusers'
+        ``cast_training_params`` does after ``add_adapter``, for every backbone.
 
         Optimizer updates smaller than a weight's precision are lost: in bfloat16 (8 bits of mantissa) an
         AdamW step of lr 5e-7 changes almost no weight. Mixed precision computes in the low dtype anyway.
         """
-        cast = 0
         for p in self.parameters():
             if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
                 p.data = p.data.float()
-                cast += 1
-        return cast
 
     # ---------------------------------------------------------------- lifecycle hooks
     def on_setup(self, datamodule: Any) -> None:

@@ -152,15 +152,6 @@ class TextToImage(Backbone):
         if self.cache_dir is not None:
             self.cache = cached.open_cache(self)
 
-    def keep_trainable_float32(self) -> int:
-        """diffusers' ``cast_training_params`` (what its LoRA scripts call after ``add_adapter``): whatever
-        trains in float32, the frozen base in ``dtype``."""
-        from diffusers.training_utils import cast_training_params
-
-        low = sum(p.requires_grad and p.dtype != torch.float32 for p in self.parameters())
-        cast_training_params(self, dtype=torch.float32)
-        return low
-
     def _resolve_prediction_type(self, pipe) -> str:
         scheduler_kind = type(pipe.scheduler).__name__
         found = "flow_matching" if "FlowMatch" in scheduler_kind else pipe.scheduler.config.get("prediction_type", "epsilon")
