@@ -119,7 +119,7 @@ class PreferenceModule(LightningModule):
             else:
                 completions = view.completions(batch)
             inputs = ViewInputs(list(batch["prompt"]), completions, batch, view.score_prompt)
-            views.append(self.backbone.transform(view.condition, inputs) if view.condition else inputs)
+            views.append(self.backbone.transform(view.condition, inputs) if view.condition is not None else inputs)
         return views
 
     def compute_scores(self, batch: dict, split: str = "train"):

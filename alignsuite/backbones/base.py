@@ -51,6 +51,8 @@ class Backbone(nn.Module):
     """Base class of every backbone. The trainable model lives in ``self.policy`` once built.
 
     Class attributes:
+        modality: the kind of rows it takes (``text``, ``vision_language``, ``text_to_image``), checked
+            against the data layout's ``modality`` at setup.
         conditions: the names of the condition transforms ``transform`` applies (views may ask for them).
         deterministic_inputs: ``prepare`` gives the same inputs for the same rows at every step (token
             backbones), so reference scores may be computed once and stored; denoising backbones draw new
@@ -60,6 +62,7 @@ class Backbone(nn.Module):
 
     policy: nn.Module | None
     lora: Any = None  # an adapter spec (``LoraSpec``) in backbones that train adapters
+    modality: ClassVar[str] = "text"
     conditions: ClassVar[tuple[str, ...]] = ()
     deterministic_inputs: ClassVar[bool] = True
     not_checkpointed: ClassVar[tuple[str, ...]] = ()
@@ -113,9 +116,11 @@ class Backbone(nn.Module):
         """Restore what `state` returned."""
 
     # ---------------------------------------------------------------- the step
-    def transform(self, condition: str, view: ViewInputs) -> ViewInputs:
-        """``view`` with its prompts/conditions transformed as ``condition`` names (see ``conditions``)."""
-        raise ValueError(f"{type(self).__name__} has no condition {condition!r}; it supports: {self.conditions or 'none'}")
+    def transform(self, condition: Any, view: ViewInputs) -> ViewInputs:
+        """``view`` with its prompts/conditions transformed as ``condition`` (a name, or an object with a
+        ``name`` and settings; see ``conditions``) says."""
+        name = condition if isinstance(condition, str) else getattr(condition, "name", condition)
+        raise ValueError(f"{type(self).__name__} has no condition {name!r}; it supports: {self.conditions or 'none'}")
 
     def prepare(self, views: list[ViewInputs]) -> Any:
         raise NotImplementedError

@@ -60,6 +60,7 @@ class TextToImage(Backbone):
     # The frozen parts are rebuilt from the pipeline folder; checkpoints hold only what trains.
     not_checkpointed = ("frozen.",)
     deterministic_inputs = False  # new noise and timesteps every step: reference scores cannot be stored
+    modality = "text_to_image"
 
     def __init__(
         self,

@@ -33,6 +33,8 @@ class Layout:
     """
 
     row_kind: ClassVar[str]
+    # What a row holds, checked against the backbone's ``modality`` at setup: text, vision_language, text_to_image.
+    modality: ClassVar[str] = "text"
     skip_reason: ClassVar[str] = "chosen equals rejected"
     # Canonical rows held as python objects before they go to Arrow; 0: all rows of a split at once,
     # with the schema inferred from all of them (text, whose message keys vary from row to row).

@@ -26,6 +26,7 @@ from alignsuite.data.loading import load_table
 
 
 class _ImageLayout(Layout):
+    modality = "text_to_image"
     chunk_rows = 1000  # canonical image rows held as python objects at once before they go to Arrow
 
     def __init__(self, fields: images.ImageFields, drop_ties: bool, skip_bad_images: bool) -> None:
