@@ -582,7 +582,7 @@ def test_trainer_fit_reads_batches(tmp_path):
 
 # --- rows a text layout cannot interpret ----------------------------------------------------------
 
-VLM_HINT = "vision-language data needs a vision-language layout, which alignsuite does not support yet"
+VLM_HINT = "vision-language pairs are read by the layout alignsuite.data.VisionPairs"
 
 
 def png_bytes():

@@ -1,5 +1,5 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
-`TextUnpaired`, `ImagePairs`, `ImageUnpaired`, in `layouts/`), the row normalisation they use
+`TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, in `layouts/`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
 and the Lightning data module that batches it (`PreferenceDataModule`)."""
 
@@ -13,7 +13,7 @@ from alignsuite.data.images import (
     normalize_image_unpaired,
     to_tensor,
 )
-from alignsuite.data.layouts import ImagePairs, ImageUnpaired, Layout, TextPairs, TextUnpaired
+from alignsuite.data.layouts import ImagePairs, ImageUnpaired, Layout, TextPairs, TextUnpaired, VisionPairs
 from alignsuite.data.loading import load_table
 from alignsuite.data.preference import (
     PairFields,
@@ -35,6 +35,7 @@ __all__ = [
     "TextPairs",
     "TextUnpaired",
     "UnpairedFields",
+    "VisionPairs",
     "decode_image",
     "image_pairs_to_unpaired",
     "load_table",

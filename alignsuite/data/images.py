@@ -234,11 +234,14 @@ def image_features(unpaired: bool, rewards: bool) -> datasets.Features:
 
 
 def undecoded(table: datasets.Dataset) -> datasets.Dataset:
-    """``table`` with every ``datasets.Image`` column cast to ``decode=False``: rows then hold
-    ``{"bytes", "path"}`` dicts, and building canonical rows decodes nothing."""
+    """``table`` with every ``datasets.Image`` column, and every list of them (TRL's ``images``), cast
+    to ``decode=False``: rows then hold ``{"bytes", "path"}`` dicts, and building canonical rows decodes
+    nothing."""
     for name, feature in table.features.items():
         if isinstance(feature, datasets.Image) and feature.decode:
             table = table.cast_column(name, datasets.Image(decode=False))
+        elif isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.Image) and feature.feature.decode:
+            table = table.cast_column(name, datasets.List(datasets.Image(decode=False)))
     return table
 
 

@@ -13,7 +13,8 @@ A canonical message is ``{"role": str, "content": str}``, plus, only when the da
   ``tool_calls: [{"type": "function", "function": {"name": ..., "arguments": ...}}]``.
 
 A content that is a list of ``{"type": "image"}``/``{"type": "text"}`` parts is TRL's vision-language
-layout; the text layouts refuse it (`vision_error`) rather than train on the text alone.
+layout; the text layouts refuse it (`vision_error`, pointing at `alignsuite.data.VisionPairs`) rather than
+train on the text alone.
 
 Arrow holds one schema per column, and tool-call arguments differ from row to row, so in a dataset
 ``tool_calls`` is stored as JSON text and ``tools`` (the row's tool schemas) likewise; `for_arrow` and
@@ -36,7 +37,7 @@ SHAREGPT_ROLES = {
 }
 _OPTIONAL = ("tool_calls", "name", "tool_call_id")
 _EXPECT_MESSAGE = "chat messages that are dicts with string 'role' and 'content'"
-VISION_HINT = "vision-language data needs a vision-language layout, which alignsuite does not support yet"
+VISION_HINT = "vision-language pairs are read by the layout alignsuite.data.VisionPairs"
 
 
 def vision_error(source: str, index: int, field: str, what: str) -> DataError:

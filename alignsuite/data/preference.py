@@ -27,7 +27,8 @@ Layouts recognised for pairs, in this order (column names are `PairFields`):
   an error naming the columns found, never a prompt guessed from their common start.
 
 Rows with images (an ``image``/``images`` value, or message content parts that are images: RLAIF-V,
-TRL's vision-language layout) are an error: training on their text alone would drop the image.
+TRL's vision-language layout) are an error pointing at `alignsuite.data.VisionPairs`: training on
+their text alone would drop the image.
 """
 
 from __future__ import annotations

@@ -3,5 +3,6 @@
 from alignsuite.data.layouts.base import Layout
 from alignsuite.data.layouts.images import ImagePairs, ImageUnpaired
 from alignsuite.data.layouts.text import TextPairs, TextUnpaired
+from alignsuite.data.layouts.vision import VisionPairs
 
-__all__ = ["ImagePairs", "ImageUnpaired", "Layout", "TextPairs", "TextUnpaired"]
+__all__ = ["ImagePairs", "ImageUnpaired", "Layout", "TextPairs", "TextUnpaired", "VisionPairs"]

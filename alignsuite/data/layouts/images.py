@@ -25,20 +25,20 @@ from alignsuite.data.layouts.base import HIDDEN_PREFIX, Layout, Rows, Table
 from alignsuite.data.loading import load_table
 
 
-class _ImageLayout(Layout):
-    modality = "text_to_image"
+class DecodesImages(Layout):
+    """Base of the layouts whose rows carry images (`_ImageLayout`, `VisionPairs`): sources are read
+    with their images undecoded, relative paths resolve against the source's folder, and `collate`
+    decodes each row's images (`decode_images`), dropping a row whose image does not decode when
+    ``skip_bad_images`` is set."""
+
     chunk_rows = 1000  # canonical image rows held as python objects at once before they go to Arrow
 
-    def __init__(self, fields: images.ImageFields, drop_ties: bool, skip_bad_images: bool) -> None:
-        self.fields, self.drop_ties, self.skip_bad_images = fields, drop_ties, skip_bad_images
+    def __init__(self, skip_bad_images: bool) -> None:
+        self.skip_bad_images = skip_bad_images
         # Rows dropped at collate per source. With DataLoader workers each worker process holds its own
         # copy of the counts, so only the warning reaches the console.
         self.bad_images: dict[str, int] = {}
         self._warned = False
-
-    @property
-    def skip_reason(self) -> str:
-        return f"they are tied pairs ({self.fields.label_0} == 0.5; set drop_ties: false in data.layout to keep them)"
 
     def open(self, source: str, split: str) -> Table:
         # An image folder is read through its metadata file, which is also what errors name.
@@ -48,6 +48,54 @@ class _ImageLayout(Layout):
 
     def adopt(self, name: str, rows: Rows) -> Table:
         return name, images.undecoded(rows) if isinstance(rows, datasets.Dataset) else rows, None
+
+    def decode_images(self, row: dict) -> dict:
+        """The image columns of a stored row, decoded; ``DataError`` naming the source row and column
+        for an image that does not decode."""
+        raise NotImplementedError
+
+    def collate(self, rows: list[dict]) -> dict:
+        """Decode every image to an RGB ``PIL.Image``, then batch as any layout does. An image that does
+        not decode raises ``DataError`` naming its source, source row and source column (``jpg_0``,
+        ``image`` ...); with ``skip_bad_images`` its row leaves the batch instead (possibly all rows:
+        lists of length 0 and tensors of shape ``[0]``), ``bad_images`` counts it per source and one
+        warning is given per process."""
+        kept = []
+        for row in rows:
+            try:
+                decoded = self.decode_images(row)
+            except DataError as err:
+                if not self.skip_bad_images:
+                    raise
+                self._skip(err)
+                continue
+            kept.append({**row, **decoded})
+        if kept:
+            return super().collate(kept)
+        # Every row was bad: an empty batch with the usual keys, for the step to skip.
+        return {
+            key: [] if key in self.list_columns else torch.zeros(0, dtype=torch.long if key == "index" else torch.float)
+            for key in rows[0] if not key.startswith(HIDDEN_PREFIX)
+        }
+
+    def _skip(self, err: DataError) -> None:
+        self.bad_images[err.source] = self.bad_images.get(err.source, 0) + 1
+        if not self._warned:
+            self._warned = True
+            # Each rank and worker sees different rows, so this is not rank-zero only.
+            warnings.warn(f"skipping rows whose image does not decode (skip_bad_images); first: {err}", stacklevel=3)
+
+
+class _ImageLayout(DecodesImages):
+    modality = "text_to_image"
+
+    def __init__(self, fields: images.ImageFields, drop_ties: bool, skip_bad_images: bool) -> None:
+        self.fields, self.drop_ties = fields, drop_ties
+        super().__init__(skip_bad_images)
+
+    @property
+    def skip_reason(self) -> str:
+        return f"they are tied pairs ({self.fields.label_0} == 0.5; set drop_ties: false in data.layout to keep them)"
 
     def warn_skipped(self, source: str, skipped: list[int]) -> None:
         shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
@@ -70,40 +118,12 @@ class _ImageLayout(Layout):
     def features(self, first: dict) -> datasets.Features:
         return images.image_features("completion" in first, "reward" in first or "reward_chosen" in first)
 
-    def collate(self, rows: list[dict]) -> dict:
-        """Decode every image to an RGB ``PIL.Image``, then batch as any layout does. An image that does
-        not decode raises ``DataError`` naming its source, source row and source column (``jpg_0``,
-        ``image`` ...); with ``skip_bad_images`` its row leaves the batch instead (possibly all rows:
-        lists of length 0 and tensors of shape ``[0]``), ``bad_images`` counts it per source and one
-        warning is given per process."""
-        kept = []
-        for row in rows:
-            try:
-                decoded = {
-                    key: images.decode_image(row[key], row.get(f"_{key}_column", key), row["_row"], row["_source"])
-                    for key in images.IMAGE_COLUMNS
-                    if key in row
-                }
-            except DataError as err:
-                if not self.skip_bad_images:
-                    raise
-                self._skip(err)
-                continue
-            kept.append({**row, **decoded})
-        if kept:
-            return super().collate(kept)
-        # Every row was bad: an empty batch with the usual keys, for the step to skip.
+    def decode_images(self, row: dict) -> dict:
         return {
-            key: [] if key in self.list_columns else torch.zeros(0, dtype=torch.long if key == "index" else torch.float)
-            for key in rows[0] if not key.startswith(HIDDEN_PREFIX)
+            key: images.decode_image(row[key], row.get(f"_{key}_column", key), row["_row"], row["_source"])
+            for key in images.IMAGE_COLUMNS
+            if key in row
         }
-
-    def _skip(self, err: DataError) -> None:
-        self.bad_images[err.source] = self.bad_images.get(err.source, 0) + 1
-        if not self._warned:
-            self._warned = True
-            # Each rank and worker sees different rows, so this is not rank-zero only.
-            warnings.warn(f"skipping rows whose image does not decode (skip_bad_images); first: {err}", stacklevel=3)
 
 
 class ImagePairs(_ImageLayout):

@@ -53,7 +53,7 @@ class TextPairs(_TextLayout):
     LLaMA-Factory alpaca (``instruction``/``input``) and ShareGPT (``conversations`` of ``{from,
     value}`` messages) preference rows, tool calls in assistant messages with a ``tools`` column.
     Rows whose chosen equals rejected are skipped, counted and reported; rows with images are refused
-    (vision-language data needs its own layout). Details: `alignsuite.data.preference`.
+    (vision-language pairs: the layout `alignsuite.data.VisionPairs`). Details: `alignsuite.data.preference`.
 
     Args:
         prompt_field: column of the prompt: text, or chat messages up to the answer.

@@ -1,0 +1,187 @@
+"""Vision-language preference pairs (DPO on a VLM, mDPO): a prompt with its image(s), a chosen and a
+rejected answer.
+
+Canonical row, what backbones read: ``prompt`` is a list of chat messages ``{"role", "content"}``
+whose content is always a list of parts, ``{"type": "image"}`` (where the next image of the row goes)
+or ``{"type": "text", "text": str}``; ``chosen``/``rejected`` are assistant messages in the same form,
+text parts only; ``images`` holds the row's images in the order of the prompt's image parts, one image
+part per image. The three message columns are stored as JSON text and the images encoded
+(``List(Image(decode=False))``), with the provenance columns ``_source``, ``_row`` and
+``_images_column``; a batch carries the messages as python lists and ``images`` as one list of RGB
+``PIL.Image`` per row, decoded at collate (`DecodesImages`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import datasets
+
+from alignsuite.data import images
+from alignsuite.data.errors import DataError
+from alignsuite.data.layouts.images import DecodesImages
+
+PLACEHOLDER = "<image>"  # where an image goes in a plain-text prompt (LLaVA, mDPO, LLaMA-Factory)
+_IMAGE = {"type": "image"}
+_EXPECT_PARTS = "text, or a list of content parts {'type': 'image'} / {'type': 'text', 'text': str}"
+_EXPECT_MESSAGES = "text, or chat messages that are dicts with a string 'role' and a 'content'"
+
+
+def _text(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def _parts(content: object, field: str, index: int, source: str, placeholders: bool) -> list[dict]:
+    """Content parts of a message's content; a string is split at ``<image>`` when ``placeholders``."""
+    if isinstance(content, str):
+        if not placeholders:
+            return [_text(content)] if content else []
+        pieces = content.split(PLACEHOLDER)
+        out = [_text(pieces[0])] if pieces[0] else []
+        for piece in pieces[1:]:
+            out += [_IMAGE, _text(piece)] if piece else [_IMAGE]
+        return out
+    if not isinstance(content, list):
+        raise DataError(source, index, field, _EXPECT_PARTS, content)
+    out = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image":
+            out.append(_IMAGE)  # the image itself is in the row's image column
+        elif kind == "text" and isinstance(part.get("text"), str):
+            out.append(_text(part["text"]))
+        else:
+            raise DataError(source, index, field, _EXPECT_PARTS, part)
+    return out
+
+
+def _messages(value: object, field: str, index: int, source: str, role: str, placeholders: bool) -> list[dict]:
+    """Messages in parts form; a string becomes one message of ``role``, a single dict a list of one."""
+    if isinstance(value, str):
+        value = [{"role": role, "content": value}]
+    elif isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise DataError(source, index, field, _EXPECT_MESSAGES, value)
+    out = []
+    for m in value:
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str)):
+            raise DataError(source, index, field, _EXPECT_MESSAGES, m)
+        out.append({"role": m["role"], "content": _parts(m.get("content"), field, index, source, placeholders)})
+    return out
+
+
+def _count_images(messages: list[dict]) -> int:
+    return sum(part["type"] == "image" for m in messages for part in m["content"])
+
+
+class VisionPairs(DecodesImages):
+    """Vision-language preference pairs: each row a prompt with its image(s) and a chosen and a rejected
+    answer. Read as they come, detected per row by the columns present:
+
+    - TRL's vision-language layout: ``prompt`` chat messages whose content is text or a list of parts
+      (``{"type": "image"}``, ``{"type": "text", "text": ...}``), ``chosen``/``rejected`` assistant
+      messages in the same form (or text), and an ``images`` list (or a single ``image``); several
+      images per row (MIA-DPO) are one image part each.
+    - RLAIF-V: ``image``, ``question``, ``chosen``, ``rejected`` text.
+    - mDPO's released data (``vlfeedback_llava_10k``; fields as in luka-group/mDPO's
+      ``data/sample_data.json`` and its collator): ``prompt`` text with a ``<image>`` placeholder,
+      ``chosen``, ``rejected`` text and ``img_path``. Its prompts already carry Bunny's conversation
+      template (``"... USER: <image>\\nquestion ASSISTANT:"``); the text is kept as it is.
+
+    A text prompt (or text message content) becomes parts split at each ``<image>``; a prompt with no
+    image part at all gets one per image, first in its first user message. An image is encoded bytes,
+    a file path (relative to the data file's folder), a ``{'bytes', 'path'}`` dict or a PIL image, and
+    an image column holds one or a list; an empty one (``None``, ``[]``) means a text-only row. Refused,
+    naming source, row and column: a missing column, an image file that does not exist, a prompt whose
+    image parts are not one per image, image parts in an answer, and at collate an image that does not
+    decode. Rows whose chosen equals rejected are skipped, counted and reported.
+
+    Args:
+        prompt_field: column of the prompt: text (``<image>`` marks where images go) or chat messages.
+        chosen_field: column of the preferred answer: text or assistant message(s).
+        rejected_field: column of the dispreferred answer, like ``chosen_field``.
+        question_field: RLAIF-V rows (no prompt column): the question, text.
+        images_field: column of the row's images, a list (TRL).
+        image_field: column of the row's image (RLAIF-V), or a list of them; read when there is no ``images_field``.
+        image_path_field: column of the image's file path (mDPO); read when there is neither of the above.
+        skip_bad_images: drop a row whose image does not decode from its batch (counted) instead of stopping.
+    """
+
+    row_kind = "pairs"
+    modality = "vision_language"
+    list_columns = frozenset({"prompt", "chosen", "rejected", "images"})
+
+    def __init__(
+        self,
+        prompt_field: str = "prompt",
+        chosen_field: str = "chosen",
+        rejected_field: str = "rejected",
+        question_field: str = "question",
+        images_field: str = "images",
+        image_field: str = "image",
+        image_path_field: str = "img_path",
+        skip_bad_images: bool = False,
+    ) -> None:
+        self.prompt_field, self.chosen_field, self.rejected_field = prompt_field, chosen_field, rejected_field
+        self.question_field, self.images_field = question_field, images_field
+        self.image_field, self.image_path_field = image_field, image_path_field
+        super().__init__(skip_bad_images)
+
+    def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
+        chosen, rejected = (self._answer(row, field, index, source) for field in (self.chosen_field, self.rejected_field))
+        if chosen == rejected:
+            return None
+        refs, column = self._images(row, index, source, base_dir)
+        prompt, field = self._prompt(row, index, source)
+        if refs and not _count_images(prompt):
+            first = next((m for m in prompt if m["role"] == "user"), prompt[0])
+            first["content"][:0] = [_IMAGE] * len(refs)
+        if _count_images(prompt) != len(refs):
+            raise DataError(source, index, field, "one image part per image of the row",
+                            problem=f"the prompt has {_count_images(prompt)} image parts, column {column!r} has {len(refs)} images")
+        return {"prompt": json.dumps(prompt), "chosen": json.dumps(chosen), "rejected": json.dumps(rejected),
+                "images": refs, "_source": source, "_row": index, "_images_column": column}
+
+    def _answer(self, row: dict, field: str, index: int, source: str) -> list[dict]:
+        if field not in row:
+            raise DataError(source, index, field, f"a column named {field!r}; the row has columns {sorted(row)}")
+        answer = _messages(row[field], field, index, source, "assistant", placeholders=False)
+        if _count_images(answer):
+            raise DataError(source, index, field, "an answer of text parts only", problem="it has image parts")
+        if not any(part["text"].strip() for m in answer for part in m["content"]):
+            raise DataError(source, index, field, "a non-empty answer", row[field])
+        return answer
+
+    def _prompt(self, row: dict, index: int, source: str) -> tuple[list[dict], str]:
+        for field in (self.prompt_field, self.question_field):
+            if field in row:
+                return _messages(row[field], field, index, source, "user", placeholders=True), field
+        raise DataError(source, index, self.prompt_field, f"a column named {self.prompt_field!r} (or"
+                        f" {self.question_field!r}, RLAIF-V); the row has columns {sorted(row)}")
+
+    def _images(self, row: dict, index: int, source: str, base_dir: str | None) -> tuple[list[dict], str]:
+        for column in (self.images_field, self.image_field, self.image_path_field):
+            if column in row:
+                value = row[column]
+                values = [] if value is None or value == "" else value if isinstance(value, list) else [value]
+                return [images.image_ref(v, column, index, source, base_dir) for v in values], column
+        columns = f"{self.images_field!r}, {self.image_field!r} or {self.image_path_field!r}"
+        raise DataError(source, index, self.images_field, f"an image column ({columns}); the row has columns {sorted(row)}",
+                        problem="text-only pairs are read by the layout alignsuite.data.TextPairs")
+
+    def features(self, first: dict) -> datasets.Features:
+        text = datasets.Value("string")
+        return datasets.Features({"prompt": text, "chosen": text, "rejected": text,
+                                  "images": datasets.List(datasets.Image(decode=False)),
+                                  "_source": text, "_row": datasets.Value("int64"), "_images_column": text})
+
+    def decode(self, key: str, value: Any) -> Any:
+        return value if key == "images" else json.loads(value)
+
+    def decode_images(self, row: dict) -> dict:
+        if "images" not in row:  # a selection of columns without the images (predict's prompts)
+            return {}
+        column, at = row["_images_column"], (row["_row"], row["_source"])
+        return {"images": [images.decode_image(ref, column, *at) for ref in row["images"]]}
