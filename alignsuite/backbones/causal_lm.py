@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -48,12 +48,14 @@ class TokenBatch:
     completion_mask: Tensor  # [N, T]: 1 on the completion tokens that are scored
     logits_to_keep: int  # the last positions that hold every scored token (and the one before)
     prompt_mask: Tensor | None = None  # [N, T]: 1 on the prompt tokens scored (score_prompt rows), else None
+    extra: dict = field(default_factory=dict)  # further model inputs: pixel_values, image_grid_thw ...
 
     def to(self, device) -> "TokenBatch":
         prompt_mask = self.prompt_mask.to(device) if self.prompt_mask is not None else None
+        extra = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
         return TokenBatch(
             self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
-            self.logits_to_keep, prompt_mask,
+            self.logits_to_keep, prompt_mask, extra,
         )
 
 
@@ -127,16 +129,19 @@ class CausalLM(Backbone):
         self._accepts_logits_to_keep = False
 
     # ---------------------------------------------------------------- building
-    def _load_model(self, source: str | None = None) -> nn.Module:
+    def _auto_model(self):
         from transformers import AutoModelForCausalLM
 
+        return AutoModelForCausalLM
+
+    def _load_model(self, source: str | None = None) -> nn.Module:
         path = resolve_model_path(source or self.model_name_or_path)
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
         kwargs["dtype"] = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            model = self._auto_model().from_pretrained(path, **kwargs)
         except OSError as e:
             raise OSError(f"cannot load model {path!r}: not a local save_pretrained folder, nor a reachable hub id ({e})") from e
         if self.disable_dropout:
@@ -186,10 +191,13 @@ class CausalLM(Backbone):
 
             if self.gradient_checkpointing:
                 model.enable_input_require_grads()
-            model = get_peft_model(model, self.lora.to_peft("CAUSAL_LM"))
+            model = get_peft_model(model, self._peft_config(model))
         # from_pretrained returns the model in eval mode, and Lightning keeps modes as they are; gradient
         # checkpointing (and any dropout left on) only acts in train mode.
         self.policy = model.train()
+
+    def _peft_config(self, model: nn.Module):
+        return self.lora.to_peft("CAUSAL_LM")
 
     def load_reference(self, source: str | None = None) -> nn.Module:
         model = self._load_model(source)
@@ -329,7 +337,7 @@ class CausalLM(Backbone):
         keep = batch.logits_to_keep
         if self._accepts_logits_to_keep:
             kwargs["logits_to_keep"] = keep
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.extra, **kwargs).logits
         logits = logits[:, -keep:]
         labels = batch.input_ids[:, -keep:][:, 1:]
         mask = batch.completion_mask[:, -keep:][:, 1:]
@@ -356,6 +364,11 @@ class CausalLM(Backbone):
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not isinstance(prompts[0], list))
         finally:
             tok.padding_side = side
+        return self._sample(enc, model, seed, max_new_tokens, do_sample, **kwargs)
+
+    def _sample(self, enc, model: nn.Module | None, seed: int | None, max_new_tokens: int, do_sample: bool | None,
+                **kwargs) -> list[str]:
+        """Generate from left-padded inputs ``enc`` and decode what follows them."""
         model = model if model is not None else self.policy
         enc = enc.to(next(model.parameters()).device)
         do_sample = seed is not None if do_sample is None else do_sample
@@ -367,12 +380,11 @@ class CausalLM(Backbone):
             with torch.random.fork_rng(devices=[enc["input_ids"].device] if enc["input_ids"].is_cuda else []):
                 if seed is not None:
                     torch.manual_seed(seed)
-                out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id, **kwargs
-                )
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                     pad_token_id=self.tokenizer.pad_token_id, **kwargs)
         finally:
             model.train(was_training)
-        return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
         """A folder ``AutoModelForCausalLM.from_pretrained`` loads: LoRA merged, or the adapter alone."""

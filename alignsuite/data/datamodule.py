@@ -229,7 +229,10 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         """The validation prompts, for generation and reward scoring."""
-        ds = self._dataset("val").select_columns(["prompt", "index"])
+        ds = self._dataset("val")
+        # The prompt and what conditions it (images, and where they came from for errors), not the answers.
+        keep = ["prompt", "index", "images", "tools"]
+        ds = ds.select_columns([c for c in ds.column_names if c in keep or c.startswith(HIDDEN_PREFIX)])
         return self._loader(ds, self.eval_batch_size, shuffle=False)
 
 

@@ -12,6 +12,7 @@ from alignsuite.objectives.base import (
     get_objective,
 )
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
+from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
     AOT,
     CDPO,
@@ -45,7 +46,9 @@ __all__ = [
     "EXOPair",
     "Hinge",
     "IPO",
+    "ImageCorruption",
     "KTO",
+    "MDPO",
     "MaPO",
     "NCAPair",
     "ORPO",
