@@ -40,7 +40,8 @@ class ImageCorruption:
     - ``crop``: keep a random region covering a fraction in ``keep`` of the area (aspect ratio in
       [3/4, 4/3]), resized back to the full size; mDPO's default, ``keep = (0.01, 0.2)``.
     - ``noise``: the image after ``noise_step`` of 1000 steps of the DDPM forward process (linear betas
-      1e-4 to 0.02): ``sqrt(a) x + sqrt(1 - a) e`` on pixels in [-1, 1] (about a 50/50 image/noise mix at 500).
+      1e-4 to 0.02): ``sqrt(a) x + sqrt(1 - a) e`` on pixels in [-1, 1], clamped (at 500, ``a`` = 0.078: the
+      image's amplitude is 0.28 against the noise's 0.96; at 100, 0.95 against 0.32).
     - ``mismatched``: the images of the next row of the batch (depends on the batch, so it cannot be stored
       by a precomputed reference).
 
