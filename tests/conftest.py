@@ -96,3 +96,22 @@ def save_tiny_pipeline(path, kind: str, seed: int = 0) -> str:
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> str:
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"), "sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory) -> str:
+    """A seeded random-init tiny LLaVA (CLIP tower, projector, Llama) and its processor, saved with
+    ``save_pretrained``; 32x32 images become 16 ``<image>`` tokens."""
+    from alignsuite.toy.vlm import build_tiny_vlm
+
+    return build_tiny_vlm("llava", tmp_path_factory.mktemp("tiny_llava"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_vl_dir(tmp_path_factory) -> str:
+    """A seeded random-init tiny Qwen2.5-VL and its processor, saved with ``save_pretrained``; 32x32 images
+    become 16 ``<|image_pad|>`` tokens. Skips without torchvision, which Qwen-VL processors need."""
+    pytest.importorskip("torchvision", reason="transformers' Qwen2.5-VL processor needs torchvision")
+    from alignsuite.toy.vlm import build_tiny_vlm
+
+    return build_tiny_vlm("qwen2_5_vl", tmp_path_factory.mktemp("tiny_qwen_vl"), seed=0)

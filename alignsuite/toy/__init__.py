@@ -13,8 +13,9 @@ import tempfile
 
 from alignsuite.toy.squares import SquaresWorld
 from alignsuite.toy.llm import EchoWorld
+from alignsuite.toy.vlm import ShapesWorld
 
-_WORLDS = {"llm": EchoWorld, "diffusion": SquaresWorld}
+_WORLDS = {"llm": EchoWorld, "diffusion": SquaresWorld, "vlm": ShapesWorld}
 
 
 def get_world(name: str):
@@ -57,4 +58,4 @@ def resolve_toy_model(name: str) -> str:
     return path
 
 
-__all__ = ["EchoWorld", "SquaresWorld", "ToyPreferenceData", "cache_root", "get_world", "resolve_toy_model"]
+__all__ = ["EchoWorld", "ShapesWorld", "SquaresWorld", "ToyPreferenceData", "cache_root", "get_world", "resolve_toy_model"]

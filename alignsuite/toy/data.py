@@ -10,11 +10,23 @@ _LAYOUTS = {("text", False): TextPairs, ("text", True): TextUnpaired,
             ("image", False): ImagePairs, ("image", True): ImageUnpaired}
 
 
+def layout_for(modality: str, unpaired: bool):
+    """The layout of a world's rows: the vision-language one is imported only when a world asks for it."""
+    if modality == "vision_language":
+        if unpaired:
+            raise ValueError("the vision-language toy world has no unpaired layout")
+        from alignsuite.data import VisionPairs
+
+        return VisionPairs()
+    return _LAYOUTS[modality, bool(unpaired)]()
+
+
 class ToyPreferenceData(PreferenceDataModule):
     """``num_train``/``num_val`` generated pairs of toy world ``world``, validated like any dataset.
 
     Args:
-        world: the toy world (``llm``: text pairs; ``diffusion``: Pick-a-Pic-style image pairs).
+        world: the toy world (``llm``: text pairs; ``diffusion``: Pick-a-Pic-style image pairs; ``vlm``:
+            RLAIF-V-style image-question pairs).
         num_train: generated training pairs.
         num_val: generated validation pairs (drawn with another seed).
         unpaired: turn every pair into a desirable and an undesirable row (KTO, Diffusion-KTO).
@@ -37,7 +49,7 @@ class ToyPreferenceData(PreferenceDataModule):
     ) -> None:
         from alignsuite.toy import get_world
 
-        layout = _LAYOUTS[getattr(get_world(world), "modality", "text"), bool(unpaired)]()
+        layout = layout_for(getattr(get_world(world), "modality", "text"), unpaired)
         super().__init__(
             layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
         )
