@@ -57,6 +57,8 @@ class VisionLanguage(CausalLM):
     Args:
         model_name_or_path: folder written by ``save_pretrained`` (model and processor), a hub id, or ``toy:vlm``.
         processor_name_or_path: defaults to the model's.
+        processor_kwargs: passed to ``AutoProcessor.from_pretrained``, e.g. ``{max_pixels: 802816}`` to bound
+            Qwen2-VL's image tokens (its default lets one large image take thousands).
         lora: train a LoRA adapter on the language model's linear layers instead of the full weights
             (``target_modules`` are looked for in the language model only, unless ``train_vision_tower``).
         train_vision_tower: train the vision encoder too (frozen by default, as in mDPO and most VLM DPO).
@@ -76,6 +78,7 @@ class VisionLanguage(CausalLM):
         self,
         model_name_or_path: str,
         processor_name_or_path: str | None = None,
+        processor_kwargs: dict | None = None,
         lora: LoraSpec | None = None,
         train_vision_tower: bool = False,
         train_projector: bool = False,
@@ -95,6 +98,7 @@ class VisionLanguage(CausalLM):
             gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code, chat_template,
         )
         self.processor_name_or_path = processor_name_or_path
+        self.processor_kwargs = dict(processor_kwargs or {})
         self.train_vision_tower, self.train_projector = train_vision_tower, train_projector
         self.vision_tower, self.projector = vision_tower, projector
         self.processor = None
@@ -110,7 +114,8 @@ class VisionLanguage(CausalLM):
 
         path = resolve_model_path(self.processor_name_or_path or self.model_name_or_path)
         try:
-            processor = AutoProcessor.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=self.trust_remote_code,
+                                                      **self.processor_kwargs)
         except OSError as e:
             raise OSError(f"cannot load the processor {path!r}: not a local folder, nor a reachable hub id ({e})") from e
         tok = getattr(processor, "tokenizer", None)

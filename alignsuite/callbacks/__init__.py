@@ -4,8 +4,9 @@ from alignsuite.callbacks.image_grid import ImageGrid
 from alignsuite.callbacks.predictions import PredictionWriter
 from alignsuite.callbacks.preemption import CheckpointOnPreemption, Preempted
 from alignsuite.callbacks.reward import GenerationReward
+from alignsuite.callbacks.vision_samples import VisionSamples
 
 __all__ = [
     "AtomicCheckpointIO", "CheckpointError", "CheckpointOnPreemption", "ExportError", "ExportPretrained",
-    "GenerationReward", "ImageGrid", "Preempted", "PredictionWriter", "last_checkpoint_note",
+    "GenerationReward", "ImageGrid", "Preempted", "PredictionWriter", "VisionSamples", "last_checkpoint_note",
 ]
