@@ -77,7 +77,8 @@ def needed_columns(objective) -> list[str]:
 
 
 _MODALITY_HINT = {
-    "text": "use alignsuite.backbones.CausalLM (a vision-language model can train on text with images only)",
+    "text": "use alignsuite.backbones.CausalLM, or give a vision-language model its rows in the layout"
+            " alignsuite.data.VisionPairs (rows without images are text-only there)",
     "vision_language": "use alignsuite.backbones.VisionLanguage with an image-text-to-text model",
     "text_to_image": "use alignsuite.backbones.TextToImage with a diffusers pipeline",
 }
