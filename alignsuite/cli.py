@@ -30,6 +30,7 @@ from alignsuite.callbacks.checkpoint_io import load_checkpoint_file
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
+from alignsuite.sharding import FSDP2_RECIPE
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
@@ -211,7 +212,14 @@ class AlignCLI(LightningCLI):
         plugins = as_list(config.get("plugins"))
         if not any(hasattr(p, "save_checkpoint") for p in plugins):
             config["plugins"] = plugins + [AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except ValueError as error:
+            if "requires a GPU accelerator" not in str(error):
+                raise
+            fail(f"trainer.strategy FSDPStrategy (configs/strategy/fsdp.yaml) runs on GPUs only, with trainer.accelerator"
+                 " gpu. To shard on CPUs use FSDP2 through ModelParallelStrategy: --config"
+                 f" configs/strategy/fsdp2_cpu2.yaml (two CPU processes; {FSDP2_RECIPE} is the same on GPUs)")
 
 
 def as_list(value) -> list:

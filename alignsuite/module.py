@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Literal
 
@@ -14,6 +15,7 @@ from torch import Tensor
 from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.objectives import Objective, get_objective
 from alignsuite.reference import Reference, default_reference
+from alignsuite.sharding import check_sharded, full_state_dict, is_sharded, mixed_precision, shard_model
 from alignsuite.views import check_setup
 
 
@@ -62,6 +64,10 @@ class PreferenceModule(LightningModule):
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         self.warmup_ratio = warmup_ratio
+        # The reference and frozen parts are rebuilt from their source: they are no part of the module's state,
+        # so checkpoints (full or sharded, written by any strategy) never hold them and strict loading passes.
+        self.register_state_dict_post_hook(_drop_rebuilt)
+        self.register_load_state_dict_post_hook(_ignore_rebuilt)
 
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
@@ -75,13 +81,45 @@ class PreferenceModule(LightningModule):
         return self.trainer.strategy.reduce(values.mean(), reduce_op="mean")
 
     def configure_model(self) -> None:
+        if self.device_mesh is not None and self.backbone.policy is None:
+            # The backbone's settings before anything loads: export builds one unsharded copy from them.
+            object.__setattr__(self, "_unbuilt_backbone", copy.deepcopy(self.backbone))
         self.backbone.configure()
         self.backbone.keep_trainable_float32()
         if self.reference is not None:
             self.reference.build(self.backbone)
+        if self.device_mesh is not None and not is_sharded(self.backbone.policy):
+            self.shard(self.device_mesh)
+
+    def shard(self, mesh) -> None:
+        """FSDP2 over ``mesh`` (ModelParallelStrategy's): the policy's blocks and root, then the reference's
+        weights the same way, so each rank holds 1/N of both. Under bf16-mixed both compute in bfloat16 from
+        float32 shards (the reference's stored dtype is its own)."""
+        policy = mixed_precision(self.trainer.precision if self._trainer is not None else None)
+        blocks = self.backbone.shard_blocks
+        shard_model(self.backbone.policy, mesh, policy, blocks)
+        if self.reference is not None:
+            self.reference.shard(self.backbone, lambda model: shard_model(model, mesh, policy, blocks, frozen=True))
+
+    def full_backbone(self) -> Backbone | None:
+        """The backbone holding the full trained policy: its own when unsharded. Under FSDP2 a collective
+        (every rank must call it): the policy's full state dict is gathered to rank 0's CPU and loaded into
+        one unsharded copy built there from the backbone's settings; the other ranks get None."""
+        if not is_sharded(self.backbone.policy):
+            return self.backbone
+        state = full_state_dict(self.backbone.policy)
+        if self.trainer.global_rank != 0:
+            return None
+        backbone = copy.deepcopy(self._unbuilt_backbone)
+        backbone.configure()
+        backbone.keep_trainable_float32()
+        backbone.policy.load_state_dict(state)
+        return backbone
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
+        if self.device_mesh is not None:  # ModelParallelStrategy: never an unsynchronised copy per rank
+            check_sharded(self)
         if not params:
             raise ValueError("no trainable parameters: the policy is entirely frozen")
         low = sorted({str(p.dtype).removeprefix("torch.") for p in params if p.dtype != torch.float32})
@@ -216,21 +254,26 @@ class PreferenceModule(LightningModule):
         return ("reference.",) + tuple(f"backbone.{p}" for p in self.backbone.not_checkpointed)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The reference and frozen parts are rebuilt from their source: never store their weights.
-        skip = self._not_checkpointed()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(skip)}
         if state := self.backbone.state():  # a denoising backbone's draw counter: resumed runs draw the same noise
             checkpoint["backbone_state"] = state
         if self.reference is not None:
             self.reference.on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Put the freshly built weights back so strict loading still checks everything else.
-        state, skip = checkpoint["state_dict"], self._not_checkpointed()
-        for k, v in self.state_dict().items():
-            if k.startswith(skip):
-                state.setdefault(k, v)
         if "backbone_state" in checkpoint:
             self.backbone.load_state(checkpoint["backbone_state"])
         if self.reference is not None:
             self.reference.on_load_checkpoint(checkpoint)
+
+
+def _drop_rebuilt(module: PreferenceModule, state_dict: dict, prefix: str, local_metadata) -> None:
+    skip = tuple(prefix + p for p in module._not_checkpointed())
+    for key in [k for k in state_dict if k.startswith(skip)]:
+        del state_dict[key]
+
+
+def _ignore_rebuilt(module: PreferenceModule, incompatible) -> None:
+    # Missing: they were never saved. Unexpected: a checkpoint written before they were left out.
+    skip = module._not_checkpointed()
+    for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
+        keys[:] = [k for k in keys if not k.startswith(skip)]

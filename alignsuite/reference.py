@@ -16,13 +16,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone
+from alignsuite.sharding import local
 
 
 class Reference(nn.Module):
     """Base class: ``score`` returns the reference's ``[K * B]`` scores for a prepared batch.
 
     Lifecycle hooks, each called by the module at the Lightning hook of the same name (all optional):
-    ``check`` at setup (before any model loads), ``build`` in ``configure_model``, ``on_fit_start``,
+    ``check`` at setup (before any model loads), ``build`` in ``configure_model`` (then ``shard`` under
+    FSDP2), ``on_fit_start``,
     ``on_eval_start`` (validate or test without fit), ``after_step`` after every optimizer step, and
     ``on_save_checkpoint``/``on_load_checkpoint`` for state that must travel with a checkpoint. A reference
     that can generate (``can_sample``) provides ``sample`` for views whose completions it makes.
@@ -39,6 +41,13 @@ class Reference(nn.Module):
 
     def build(self, backbone: Backbone) -> None:
         """Load whatever the strategy needs, after the policy exists (idempotent)."""
+
+    def shard(self, backbone: Backbone, shard) -> None:
+        """Shard this reference's own weights with ``shard(model)`` (FSDP2, the policy's mesh and blocks),
+        after the policy is sharded. The default shards ``self.model`` where there is one."""
+        model = getattr(self, "model", None)
+        if model is not None:
+            shard(model)
 
     def on_fit_start(self, module) -> None:
         """Called when fit starts, after ``build``."""
@@ -138,8 +147,8 @@ class CheckpointPool(Reference):
         self.loaded = -1
 
     def _snapshot(self, backbone: Backbone) -> dict[str, Tensor]:
-        trainable = {n for n, p in backbone.policy.named_parameters() if p.requires_grad}
-        return {k: v.detach().cpu().clone() for k, v in backbone.policy.state_dict().items() if k in trainable}
+        # This rank's shard of each trainable weight under FSDP2 (1/N of a snapshot per rank), else all of it.
+        return {n: local(p).detach().cpu().clone() for n, p in backbone.policy.named_parameters() if p.requires_grad}
 
     def build(self, backbone: Backbone) -> None:
         if self.model is None:
@@ -147,6 +156,10 @@ class CheckpointPool(Reference):
             self.model = copy.deepcopy(backbone.policy).requires_grad_(False).eval()
             self.pool = [self._snapshot(backbone)]
             self.loaded = 0
+
+    def shard(self, backbone: Backbone, shard) -> None:
+        shard(self.model)
+        self.pool = [self._snapshot(backbone)]  # the policy is sharded by now: keep shards of the same layout
 
     def after_step(self, backbone: Backbone, step: int) -> None:
         if step % self.every_n_steps == 0:
@@ -165,7 +178,10 @@ class CheckpointPool(Reference):
         else:
             index = int(torch.randint(len(self.pool), (1,), generator=torch.Generator().manual_seed(self.seed + step)))
         if index != self.loaded:
-            self.model.load_state_dict(self.pool[index], strict=False)
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name, value in self.pool[index].items():
+                    local(params[name]).copy_(value)
             self.loaded = index
         return index
 

@@ -58,6 +58,8 @@ class Backbone(nn.Module):
             backbones), so reference scores may be computed once and stored; denoising backbones draw new
             noise every step and set this False.
         not_checkpointed: sub-module prefixes (relative to the backbone) rebuilt from their source.
+        shard_blocks: class names of the model's repeated blocks that FSDP2 shards one by one, for models
+            that list none in ``_no_split_modules`` (transformers and diffusers models list theirs).
     """
 
     policy: nn.Module | None
@@ -66,6 +68,7 @@ class Backbone(nn.Module):
     conditions: ClassVar[tuple[str, ...]] = ()
     deterministic_inputs: ClassVar[bool] = True
     not_checkpointed: ClassVar[tuple[str, ...]] = ()
+    shard_blocks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()

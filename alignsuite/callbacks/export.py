@@ -7,13 +7,33 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from alignsuite.callbacks.checkpoint_io import load_checkpoint_file
+from alignsuite.callbacks.checkpoint_io import CheckpointError, load_checkpoint_file
 
 MARKER = "alignsuite_export.json"  # written into every export: which run, step and checkpoint it holds
+
+
+METADATA = "meta.pt"  # beside the shards of a distributed checkpoint: step, callbacks, hyper-parameters
+
+
+def read_sharded_weights(folder: str, state_dict: dict) -> dict:
+    """Fill ``state_dict`` (full tensors, e.g. an unsharded module's own) in place from the distributed
+    checkpoint ``folder`` that ModelParallelStrategy writes, on one process; every key must be there."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"state_dict": state_dict}
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=folder, no_dist=True)
+    except Exception as error:  # DCP wraps every failure, per rank, in a CheckpointException
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{folder}: cannot read this sharded checkpoint into the recipe's model ({reason})") from error
+    return state["state_dict"]
 
 
 class ExportError(RuntimeError):
@@ -140,17 +160,21 @@ class ExportPretrained(Callback):
             return
         path = self.resolve_dir(trainer)
         trainer.strategy.barrier()
+        # Under FSDP2 every rank gathers the policy and rank 0 writes it; otherwise the policy itself.
+        full = pl_module.full_backbone() if hasattr(pl_module, "full_backbone") else pl_module.backbone
         if trainer.is_global_zero:
             marker = {"run": self.run_dir, "global_step": trainer.global_step, "checkpoint": None,
                       "config": self._config_file(self.run_dir), "merge_adapters": self.merge_adapters}
-            write_atomically(path, self._writer(pl_module), marker)
+            write_atomically(path, self._writer(full), marker)
             rank_zero_info(f"exported the policy to {path}")
         trainer.strategy.barrier()
 
     def export_checkpoint(self, trainer: Trainer, model: LightningModule, ckpt_path: str,
                           weights_only: bool | None = None) -> str:
-        """Load ``ckpt_path`` into ``model`` and export it; returns the folder written."""
-        checkpoint = load_checkpoint_file(ckpt_path, weights_only)
+        """Load ``ckpt_path`` (a file, or the folder of shards FSDP2 writes) into ``model`` and export it;
+        returns the folder written."""
+        sharded = os.path.isdir(ckpt_path)
+        checkpoint = load_checkpoint_file(os.path.join(ckpt_path, METADATA) if sharded else ckpt_path, weights_only)
         run_dir = (checkpoint.get("callbacks", {}).get(self.state_key) or {}).get("run_dir")
         step = checkpoint.get("global_step")
         if self.dirpath:
@@ -163,15 +187,17 @@ class ExportPretrained(Callback):
         if reason:
             raise ExportError(reason)
         model.configure_model()
+        if sharded:  # the shards, read into the model's own full tensors on this one process
+            checkpoint["state_dict"] = read_sharded_weights(ckpt_path, model.state_dict())
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
         marker = {"run": run_dir, "global_step": step, "checkpoint": os.path.abspath(ckpt_path),
                   "config": self._config_file(run_dir), "merge_adapters": self.merge_adapters}
-        write_atomically(path, self._writer(model), marker)
+        write_atomically(path, self._writer(model.backbone), marker)
         return path
 
-    def _writer(self, pl_module: LightningModule):
-        return lambda folder: pl_module.backbone.save_pretrained(folder, merge_adapters=self.merge_adapters)
+    def _writer(self, backbone):
+        return lambda folder: backbone.save_pretrained(folder, merge_adapters=self.merge_adapters)
 
     @staticmethod
     def _config_file(run_dir: str | None) -> str | None:

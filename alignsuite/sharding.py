@@ -1,0 +1,138 @@
+"""FSDP2 for the policy and the reference: which blocks to shard, how, and the check that it happened.
+
+Under Lightning's ``ModelParallelStrategy`` the module's ``configure_model`` calls :func:`shard_model` on the
+policy and on the reference's model, with the strategy's device mesh. Each repeated block (a decoder
+layer, a UNet or DiT block) becomes one FSDP2 unit, then the model's root holds what is left (embeddings,
+final norm, head). The blocks are the classes a model lists in ``_no_split_modules``, as transformers and
+diffusers models do for their own device-map splitting (Llama: ``LlamaDecoderLayer``; SD 1.5's UNet:
+``BasicTransformerBlock``, ``ResnetBlock2D`` ...; Flux: its two transformer blocks), plus any a backbone
+names in ``shard_blocks``.
+
+A model whose trainable weights are not all sharded would train one unsynchronised copy per rank, so
+:func:`check_sharded` refuses it before the first step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+FSDP2_RECIPE = "configs/strategy/fsdp2.yaml"
+
+
+class ShardingError(ValueError):
+    """A model cannot be sharded as asked, or was not sharded where it must be."""
+
+
+def block_classes(model: nn.Module, extra: tuple[str, ...] = ()) -> set[str]:
+    """Class names of ``model``'s repeated blocks: every ``_no_split_modules`` found in it, and ``extra``."""
+    names = set(extra)
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return names
+
+
+def data_parallel_mesh(mesh):
+    """The mesh FSDP shards over: the data-parallel dimension of ModelParallelStrategy's 2D mesh."""
+    if mesh.ndim == 1:
+        return mesh
+    names = mesh.mesh_dim_names or ()
+    if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+        # Each tensor-parallel rank would hold an unsynchronised replica: alignsuite applies FSDP only.
+        raise ShardingError(
+            f"tensor_parallel_size is {mesh['tensor_parallel'].size()}: alignsuite shards with FSDP2 only; set"
+            f" trainer.strategy.init_args.tensor_parallel_size 1 and data_parallel_size to the world size (see {FSDP2_RECIPE})"
+        )
+    return mesh["data_parallel"] if "data_parallel" in names else mesh
+
+
+def mixed_precision(precision: str | None):
+    """FSDP2's policy for a Trainer precision: under ``bf16-mixed`` the sharded (float32) weights are gathered
+    in bfloat16 for compute, and gradients reduced in float32 into float32 master weights; otherwise none."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if precision == "bf16-mixed":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def shard_model(model: nn.Module, mesh, mp_policy=None, blocks: tuple[str, ...] = (), frozen: bool = False) -> int:
+    """Apply ``fully_shard`` to each of ``model``'s blocks (innermost first), then to ``model`` itself.
+
+    ``frozen`` models (a reference) never run backward, so their root reshards right after the forward as
+    well; a policy's root keeps its gathered weights for the backward that follows. Returns the number of
+    blocks sharded; a model with none is an error (one unit for the whole model gathers every weight at once).
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    names = block_classes(model, blocks)
+    # modules() lists a parent before its children: reversed, inner blocks are sharded before outer ones.
+    units = [m for m in reversed(list(model.modules())) if m is not model and type(m).__name__ in names]
+    if not units:
+        raise ShardingError(
+            f"found no blocks to shard in {type(model).__name__}: it declares no _no_split_modules"
+            f" ({sorted(names) or 'none'} found). Name its repeated block classes in the backbone's shard_blocks,"
+            " or train with strategy ddp"
+        )
+    kwargs = {"mesh": data_parallel_mesh(mesh), "mp_policy": mp_policy or MixedPrecisionPolicy()}
+    for unit in units:
+        fully_shard(unit, **kwargs)
+    fully_shard(model, reshard_after_forward=True if frozen else None, **kwargs)
+    return len(units)
+
+
+def is_sharded(model: nn.Module | None) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def check_sharded(module: nn.Module) -> None:
+    """Raise unless every trainable parameter of ``module`` is a sharded DTensor."""
+    from torch.distributed.tensor import DTensor
+
+    plain = [n for n, p in module.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    if plain:
+        shown = ", ".join(plain[:3]) + (f" and {len(plain) - 3} more" if len(plain) > 3 else "")
+        raise ShardingError(
+            f"ModelParallelStrategy, yet {len(plain)} trainable parameter(s) are not sharded ({shown}): each rank"
+            " would train its own unsynchronised copy. PreferenceModule.configure_model shards the policy with"
+            " FSDP2; a subclass that overrides configure_model must call super().configure_model()"
+        )
+
+
+class BlockWrapPolicy(ModuleWrapPolicy):
+    """FSDP1's auto-wrap policy (``FSDPStrategy(auto_wrap_policy=...)``, GPUs) for the same blocks FSDP2
+    shards: the classes found in the wrapped model's ``_no_split_modules``, plus ``blocks`` (class names).
+
+    The classes are looked up when FSDP wraps the LightningModule, so one policy serves every backbone, and
+    the reference's blocks are wrapped like the policy's.
+    """
+
+    def __init__(self, blocks: list[str] | None = None) -> None:
+        super().__init__([])
+        self.blocks = tuple(blocks or ())
+
+    def _run_policy(self, root_module: nn.Module, ignored_modules, root_kwargs):
+        names = block_classes(root_module, self.blocks)
+        self._module_classes = tuple({type(m) for m in root_module.modules() if type(m).__name__ in names})
+        if not self._module_classes:
+            raise ShardingError(f"FSDP auto-wrap: found no blocks to wrap in {type(root_module).__name__}: it declares"
+                                " no _no_split_modules; give their class names in auto_wrap_policy.init_args.blocks")
+        return super()._run_policy(root_module, ignored_modules, root_kwargs)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor, or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (gathered) state dict of a sharded ``model`` on rank 0's CPU; empty on the other ranks.
+
+    A collective: every rank must call it.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -1,0 +1,230 @@
+"""FSDP2 through ModelParallelStrategy on two CPU processes (gloo): the policy and the reference sharded,
+the same losses and weights as one process, sharded checkpoints that resume and export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from alignsuite.cli import main
+from alignsuite.sharding import ShardingError, block_classes, check_sharded, local, shard_model
+from test_cli import pair_file, recipe, weights  # noqa: F401  (fixture and helpers)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FSDP2_CPU2 = os.path.join(REPO, "configs/strategy/fsdp2_cpu2.yaml")
+
+
+class ShardProbe(L.Callback):
+    """Writes, per rank: each step's loss averaged over the ranks (the loss of the whole global batch), and
+    at the end what this rank holds of the reference, whether the optimizer sees any reference tensor, and
+    a digest of the gathered policy. Loaded by the subprocesses from this file."""
+
+    def __init__(self, path: str, crash_at: int = -1):
+        self.path, self.crash_at = path, crash_at
+
+    def _write(self, trainer, record):
+        with open(f"{self.path}.rank{trainer.global_rank}", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.crash_at:
+            raise RuntimeError("node lost")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean")
+        self._write(trainer, {"step": trainer.global_step, "loss": float(loss)})
+
+    def on_train_end(self, trainer, pl_module):
+        ref = pl_module.reference.model
+        ref_ids = {id(p) for p in pl_module.reference.parameters()}
+        optimized = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
+        digest = hashlib.sha256()
+        for _name, p in sorted(pl_module.backbone.policy.named_parameters()):
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p  # a collective, in the same order
+            digest.update(full.detach().contiguous().numpy().tobytes())
+        self._write(trainer, {
+            "reference_local": sum(local(p).numel() for p in ref.parameters()),
+            "reference_full": sum(p.numel() for p in ref.parameters()),
+            "policy_local": sum(local(p).numel() for p in pl_module.backbone.policy.parameters()),
+            "reference_in_optimizer": sum(id(p) in ref_ids for p in optimized),
+            "optimized": sum(local(p).numel() for p in optimized),
+            "policy_digest": digest.hexdigest(),
+        })
+
+
+def fsdp_recipe(root, model_dir, train, batch_size=4, max_steps=4, crash_at=-1):
+    path = recipe(root, model_dir, train, max_steps=max_steps,
+                  extra_model={"lr_schedule": "constant", "warmup_ratio": 0.0})
+    config = yaml.safe_load(open(path))
+    config["trainer"].update(limit_val_batches=0, callbacks=[{
+        "class_path": "test_fsdp.ShardProbe", "init_args": {"path": str(root / "probe"), "crash_at": crash_at}}])
+    config["data"]["init_args"].update(batch_size=batch_size, seed=7)
+    config["checkpoint"].update(every_n_train_steps=2)
+    open(path, "w").write(yaml.safe_dump(config))
+    return path
+
+
+def run_fsdp2(path, *extra, fails=False):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "alignsuite", "fit", "--config", path, "--config", FSDP2_CPU2, *extra]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert (proc.returncode != 0) == fails, proc.stderr[-4000:]
+    return proc
+
+
+def probe(root, rank):
+    return [json.loads(line) for line in open(f"{root / 'probe'}.rank{rank}")]
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory, tiny_lm_dir):
+    """One FSDP2 run of 4 steps (2 ranks x 4 pairs, DPO, frozen-copy reference), shared by the tests below."""
+    from test_cli import write_jsonl
+
+    from alignsuite.toy.llm import EchoWorld
+
+    root = tmp_path_factory.mktemp("fsdp2")
+    train = write_jsonl(root / "pairs.jsonl", EchoWorld().make_pairs(48, seed=3))
+    run_fsdp2(fsdp_recipe(root, tiny_lm_dir, train))
+    return root, train
+
+
+@pytest.mark.distributed
+def test_fsdp2_trains_like_one_process(fsdp_run, tiny_lm_dir, tmp_path):
+    """2 ranks x 4 pairs under FSDP2 = 1 process x 8 pairs: the same global-batch losses and exported weights
+    to float error; every rank holds the same gathered policy and half of the reference, which the optimizer
+    never sees."""
+    root, train = fsdp_run
+    ranks = [probe(root, r) for r in (0, 1)]
+    losses = [[r["loss"] for r in rank if "loss" in r] for rank in ranks]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+    assert losses[0][0] == pytest.approx(0.693147, abs=1e-5)  # policy == reference at the first step
+
+    one = tmp_path / "one"
+    one.mkdir()
+    path = fsdp_recipe(one, tiny_lm_dir, train, batch_size=8)
+    main(["fit", "--config", path])
+    single = [r["loss"] for r in probe(one, 0) if "loss" in r]
+    assert losses[0] == pytest.approx(single, abs=1e-5)
+    assert single[-1] < 0.6  # it trained
+
+    sharded, whole = weights(root / "runs/t/version_0/export"), weights(one / "runs/t/version_0/export")
+    assert max((sharded[k] - whole[k]).abs().max().item() for k in whole) < 1e-4
+
+    end = [rank[-1] for rank in ranks]
+    assert end[0]["policy_digest"] == end[1]["policy_digest"]
+    full = end[0]["reference_full"]
+    assert full == probe(one, 0)[-1]["reference_full"] == sum(p.numel() for p in frozen_copy(tiny_lm_dir).parameters())
+    for rank in end:
+        assert abs(rank["reference_local"] - full / 2) <= 0.02 * full  # about half: dim 0 split in two
+        assert rank["reference_in_optimizer"] == 0
+        assert rank["optimized"] == rank["policy_local"]  # the optimizer holds this rank's policy shard only
+    assert end[0]["reference_local"] + end[1]["reference_local"] == full
+
+
+@pytest.mark.distributed
+def test_fsdp2_checkpoint_is_sharded_without_reference_and_exports(fsdp_run, tmp_path):
+    """last.ckpt is a folder of shards (one per rank) that holds the policy and optimizer and no reference
+    tensor; `export` turns it into the same save_pretrained folder the end of fit wrote."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    root, _ = fsdp_run
+    folder = root / "ckpt" / "last.ckpt"
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    keys = list(FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
+    weight_keys = [k for k in keys if k.startswith("state_dict.")]
+    assert len(weight_keys) == 21  # the tiny Llama's 20 tensors + its tied-or-not head, nothing else
+    assert not [k for k in keys if "reference" in k]
+    assert any(k.startswith("optimizer_0.state.") for k in keys)
+
+    main(["export", "--config", str(root / "recipe.yaml"), "--ckpt_path", str(folder),
+          "--export.dirpath", str(tmp_path / "exported")])
+    marker = json.load(open(tmp_path / "exported" / "alignsuite_export.json"))
+    assert marker["global_step"] == 4 and marker["checkpoint"] == str(folder)
+    exported, at_end = weights(tmp_path / "exported"), weights(root / "runs/t/version_0/export")
+    assert exported.keys() == at_end.keys()
+    assert all(torch.equal(exported[k], at_end[k]) for k in at_end)
+
+
+def frozen_copy(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_fsdp2_resume_from_a_sharded_checkpoint_continues_exactly(tmp_path, tiny_lm_dir, pair_file):  # noqa: F811
+    """Killed before step 5 and resumed from the sharded last.ckpt of step 4 (weights, AdamW state, data
+    position; the reference rebuilt), the run logs the losses of one that never stopped, bit for bit."""
+    def run(name, *extra, crash_at=-1):
+        root = tmp_path / name
+        root.mkdir(exist_ok=True)
+        path = fsdp_recipe(root, tiny_lm_dir, pair_file, max_steps=6, crash_at=crash_at)
+        run_fsdp2(path, *extra, fails=crash_at >= 0)
+        return root
+
+    full = run("full")
+    interrupted = run("interrupted", crash_at=4)
+    run("interrupted", "--ckpt_path", str(interrupted / "ckpt" / "last.ckpt"))
+    for rank in (0, 1):
+        steps = {r["step"]: r["loss"] for r in probe(full, rank) if "loss" in r}
+        resumed = [(r["step"], r["loss"]) for r in probe(interrupted, rank) if "loss" in r]
+        assert [s for s, _ in resumed] == [1, 2, 3, 4, 5, 6]
+        assert [loss for _, loss in resumed] == [steps[s] for s in range(1, 7)]
+    assert probe(full, 0)[-1]["policy_digest"] == probe(interrupted, 0)[-1]["policy_digest"]
+
+
+# ---------------------------------------------------------------------------- one process, no launch
+def test_blocks_come_from_no_split_modules(tiny_lm_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    assert block_classes(model) == {"LlamaDecoderLayer"}
+    assert block_classes(model, ("LlamaMLP",)) == {"LlamaDecoderLayer", "LlamaMLP"}
+
+
+def test_fsdp1_wraps_the_same_blocks_in_policy_and_reference(tiny_lm_dir):
+    """FSDPStrategy's auto-wrap policy (configs/strategy/fsdp.yaml): one unit per decoder layer of the
+    policy and of the reference, found from _no_split_modules (FSDP wraps the root itself)."""
+    from alignsuite.sharding import BlockWrapPolicy
+
+    root = nn.ModuleDict({"policy": frozen_copy(tiny_lm_dir), "reference": frozen_copy(tiny_lm_dir)})
+    wrapped = BlockWrapPolicy()._run_policy(root, set(), {})
+    names = {name for name, m in root.named_modules() if m in wrapped}
+    layers = len(root["policy"].model.layers)
+    assert names == {f"{side}.model.layers.{i}" for side in ("policy", "reference") for i in range(layers)}
+    with pytest.raises(ShardingError, match="no blocks to wrap"):
+        BlockWrapPolicy()._run_policy(nn.Sequential(nn.Linear(2, 2)), set(), {})
+
+
+def test_a_model_without_blocks_is_refused():
+    with pytest.raises(ShardingError, match=r"found no blocks to shard in Sequential.*shard_blocks"):
+        shard_model(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), mesh=None)
+
+
+def test_unsharded_trainable_weights_are_refused():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    model[1].requires_grad_(False)
+    with pytest.raises(ShardingError, match=r"2 trainable parameter\(s\) are not sharded \(0.weight, 0.bias\)"):
+        check_sharded(model)
+
+
+def test_fsdp1_on_a_cpu_points_at_fsdp2(tmp_path, tiny_lm_dir, pair_file, capsys):  # noqa: F811
+    path = recipe(tmp_path, tiny_lm_dir, pair_file)
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", path, "--config", os.path.join(REPO, "configs/strategy/fsdp.yaml"),
+              "--trainer.accelerator", "cpu", "--trainer.devices", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "FSDPStrategy (configs/strategy/fsdp.yaml) runs on GPUs only" in err
+    assert "--config configs/strategy/fsdp2_cpu2.yaml" in err
