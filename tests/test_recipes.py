@@ -27,6 +27,7 @@ from alignsuite.cli import main
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLM = sorted(glob.glob(os.path.join(REPO, "recipes", "llm", "*.yaml")))
 DIFFUSION = sorted(glob.glob(os.path.join(REPO, "recipes", "diffusion", "*.yaml")))
+VLM = sorted(glob.glob(os.path.join(REPO, "recipes", "vlm", "*.yaml")))
 PIPELINES = {"sd15": "sd", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux"}
 
 
@@ -75,6 +76,23 @@ def pickapic_parquet(path, n: int = 8) -> str:
     return str(path)
 
 
+def vision_rows(path, layout: str, n: int = 8) -> str:
+    """Vision-language pairs of the toy world, in RLAIF-V's layout (image, question, chosen, rejected) or in
+    TRL's (prompt/chosen/rejected messages with image parts, an images column)."""
+    from alignsuite.toy import get_world
+
+    rows = get_world("vlm").make_pairs(n, seed=0)
+    if layout == "trl":
+        def answer(text):
+            return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+        rows = [{"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r["question"]}]}],
+                 "chosen": answer(r["chosen"]), "rejected": answer(r["rejected"]), "images": [r["image"]]}
+                for r in rows]
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return str(path)
+
+
 def as_shipped_on_cpu(recipe: str, tmp_path, model: str, train: str, val: str) -> str:
     config = yaml.safe_load(open(recipe))
     trainer = config["trainer"]
@@ -92,6 +110,8 @@ def as_shipped_on_cpu(recipe: str, tmp_path, model: str, train: str, val: str) -
     if "resolution" in backbone:  # the tiny pipelines' VAE and UNet are sized for 16 px
         backbone["resolution"] = 16
         backbone["num_inference_steps"] = 2
+    if "size" in (backbone.get("processor_kwargs") or {}):  # the tiny Qwen2.5-VL is sized for 32 px images
+        backbone["processor_kwargs"]["size"] = {"shortest_edge": 32 * 32, "longest_edge": 32 * 32}
     if backbone.get("cache_dir"):
         backbone["cache_dir"] = str(tmp_path / "cache")
     data = config["data"]["init_args"]
@@ -129,6 +149,22 @@ def test_diffusion_recipe_trains_as_shipped(tmp_path, recipe):
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert glob.glob(str(tmp_path / "runs" / "r" / "version_0" / "images" / "*.png")), "no image grid was written"
     assert os.path.exists(tmp_path / "runs" / "r" / "version_0" / "export" / "model_index.json")
+
+
+@pytest.mark.parametrize("recipe", VLM, ids=os.path.basename)
+def test_vision_language_recipe_trains_as_shipped(tmp_path, recipe):
+    from alignsuite.toy.vlm import build_tiny_vlm
+
+    family, layout = ("qwen2_5_vl", "trl") if "qwen" in os.path.basename(recipe) else ("llava", "rlaif_v")
+    model = build_tiny_vlm(family, str(tmp_path / "model"))
+    data = vision_rows(tmp_path / "train.parquet", layout), vision_rows(tmp_path / "val.parquet", layout, 4)
+    main(["fit", "--config", as_shipped_on_cpu(recipe, tmp_path, model, *data), "--trainer.log_every_n_steps", "1"])
+    losses = train_losses(tmp_path)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert losses[0] == pytest.approx(3 * math.log(2), abs=1e-3)  # mDPO's three terms at policy == reference
+    run = tmp_path / "runs" / "r" / "version_0"
+    assert os.path.exists(run / "export" / "config.json") and os.path.exists(run / "export" / "processor_config.json")
+    assert glob.glob(str(run / "samples" / "*.html"))
 
 
 FULLY_RUN = {"llm_dpo.yaml", "diffusion_dpo.yaml"}  # trained to the end by the default suite elsewhere

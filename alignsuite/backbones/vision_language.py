@@ -57,8 +57,9 @@ class VisionLanguage(CausalLM):
     Args:
         model_name_or_path: folder written by ``save_pretrained`` (model and processor), a hub id, or ``toy:vlm``.
         processor_name_or_path: defaults to the model's.
-        processor_kwargs: passed to ``AutoProcessor.from_pretrained``, e.g. ``{max_pixels: 802816}`` to bound
-            Qwen2-VL's image tokens (its default lets one large image take thousands).
+        processor_kwargs: passed to ``AutoProcessor.from_pretrained``, e.g. ``{size: {shortest_edge: 3136,
+            longest_edge: 802816}}`` to bound Qwen2-VL's pixels per image, hence its image tokens (4 to 1024 here;
+            its default lets one large image take thousands).
         lora: train a LoRA adapter on the language model's linear layers instead of the full weights
             (``target_modules`` are looked for in the language model only, unless ``train_vision_tower``).
         train_vision_tower: train the vision encoder too (frozen by default, as in mDPO and most VLM DPO).
