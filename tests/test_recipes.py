@@ -167,7 +167,8 @@ def test_vision_language_recipe_trains_as_shipped(tmp_path, recipe):
     assert glob.glob(str(run / "samples" / "*.html"))
 
 
-FULLY_RUN = {"llm_dpo.yaml", "diffusion_dpo.yaml"}  # trained to the end by the default suite elsewhere
+# Trained to the end (or to their first validation, vlm_mdpo) by the default suite elsewhere.
+FULLY_RUN = {"llm_dpo.yaml", "diffusion_dpo.yaml", "vlm_mdpo.yaml"}
 TOY = sorted(p for p in glob.glob(os.path.join(REPO, "recipes", "toy", "*.yaml")) if os.path.basename(p) not in FULLY_RUN)
 
 
