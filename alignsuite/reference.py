@@ -232,7 +232,8 @@ class Precomputed(Reference):
                 f"reference Precomputed needs a backbone whose inputs are the same at every step; {type(backbone).__name__}"
                 " draws new noise and timesteps each step, so stored scores would not match: use FrozenCopy or AdapterDisabled"
             )
-        moving = [v.name for v in objective.views if v.shift or v.sampled]
+        moving = [v.name for v in objective.views
+                  if v.shift or v.sampled or not getattr(v.condition, "per_row", True)]  # mDPO's mismatched image
         if moving:
             raise ValueError(
                 f"reference Precomputed cannot store scores for objective {objective.name!r}'s view(s) {moving}: they"

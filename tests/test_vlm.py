@@ -241,3 +241,11 @@ def test_generate_answers_each_prompt_with_its_images(tiny_vlm):
     assert len(greedy) == 2 and greedy == backbone.generate(batch["prompt"], images=batch["images"], max_new_tokens=4)
     sampled = backbone.generate(batch["prompt"], images=batch["images"], max_new_tokens=4, seed=3)
     assert sampled == backbone.generate(batch["prompt"], images=batch["images"], max_new_tokens=4, seed=3)
+
+
+def test_a_precomputed_reference_refuses_the_mismatched_corruption(tiny_llava_dir):
+    from alignsuite.reference import Precomputed
+
+    Precomputed().check(MDPO(corruption="crop"), VisionLanguage(tiny_llava_dir))
+    with pytest.raises(ValueError, match="chosen_corrupted"):
+        Precomputed().check(MDPO(corruption="mismatched"), VisionLanguage(tiny_llava_dir))

@@ -113,3 +113,11 @@ def test_vision_data_with_a_text_backbone_and_text_data_with_a_vlm_are_refused(t
         main(["fit", "--config", vlm_recipe(tmp_path, tiny_llava_dir, objective="DPO", backbone="CausalLM")])
     with pytest.raises(Exception, match="VisionPairs"):  # the text layout points at the vision one
         main(["fit", "--config", vlm_recipe(tmp_path, tiny_llava_dir, objective="DPO", layout="TextPairs")])
+
+
+def test_predict_answers_each_held_out_question_about_its_own_image(tmp_path, tiny_llava_dir):
+    path = vlm_recipe(tmp_path, tiny_llava_dir, objective="DPO")
+    main(["predict", "--config", path])
+    rows = [json.loads(line) for line in open(tmp_path / "runs" / "v" / "version_0" / "predictions.jsonl")]
+    assert sorted(r["index"] for r in rows) == [0, 1, 2, 3]  # the 4 validation rows
+    assert all(r["prompt"][0]["content"][0] == {"type": "image"} and isinstance(r["generation"], str) for r in rows)

@@ -8,7 +8,6 @@ import os
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 
 def make_grid(images: list, columns: int | None = None):
@@ -47,10 +46,13 @@ class ImageGrid(Callback):
         self.written: list[str] = []
         self._last_step: int | None = None  # the global step at the last batch end seen
 
-    @rank_zero_only
     def log_grid(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Every process samples (a sharded model needs all of them in each forward); the first one writes.
         images = pl_module.backbone.generate(self.prompts, seed=self.seed)
-        grid = make_grid(images)
+        if trainer.is_global_zero:
+            self.write(trainer, make_grid(images))
+
+    def write(self, trainer: Trainer, grid) -> None:
         folder = os.path.join(trainer.log_dir or trainer.default_root_dir, "images")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"step_{trainer.global_step:06d}.png")

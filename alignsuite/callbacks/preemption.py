@@ -103,7 +103,7 @@ def newest_last_checkpoint(dirpath: str | None, log_root: str) -> str | None:
     ``log_root/version_N`` that has one (every launch logs into a new version folder)."""
     if dirpath:
         path = os.path.join(dirpath, "last.ckpt")
-        return path if os.path.isfile(path) else None
+        return path if os.path.exists(path) else None  # a file, or a sharded checkpoint's folder
     found = glob.glob(os.path.join(glob.escape(log_root), "*", "checkpoints", "last.ckpt"))
     key = lambda p: (_number(os.path.dirname(os.path.dirname(p)), r"version_(\d+)"), os.path.getmtime(p))  # noqa: E731
     return max(found, key=key) if found else None
@@ -116,8 +116,11 @@ def hpc_checkpoint(root: str) -> str | None:
 
 
 def global_step(path: str) -> int:
-    """A checkpoint's global step (-1 when it cannot be read: the other candidate wins)."""
+    """A checkpoint's global step (-1 when it cannot be read: the other candidate wins). A sharded checkpoint
+    is a folder whose ``meta.pt`` holds everything but the weights and optimizer states."""
     try:
+        if os.path.isdir(path):
+            path = os.path.join(path, "meta.pt")
         return int(load_checkpoint_file(path, mmap=True).get("global_step", -1))
     except (CheckpointError, OSError):
         return -1
