@@ -113,6 +113,13 @@ def test_vision_data_with_a_text_backbone_and_text_data_with_a_vlm_are_refused(t
         main(["fit", "--config", vlm_recipe(tmp_path, tiny_llava_dir, objective="DPO", backbone="CausalLM")])
     with pytest.raises(Exception, match="VisionPairs"):  # the text layout points at the vision one
         main(["fit", "--config", vlm_recipe(tmp_path, tiny_llava_dir, objective="DPO", layout="TextPairs")])
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"prompt": "what colour ?", "chosen": "red", "rejected": "blue"}) + "\n")
+    config = yaml.safe_load(open(vlm_recipe(tmp_path, tiny_llava_dir, objective="DPO", layout="TextPairs")))
+    config["data"]["init_args"].update(train=str(text), val=str(text))
+    (tmp_path / "text.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="TextPairs gives text rows, and backbone VisionLanguage takes vision_language"):
+        main(["fit", "--config", str(tmp_path / "text.yaml")])
 
 
 def test_predict_answers_each_held_out_question_about_its_own_image(tmp_path, tiny_llava_dir):
