@@ -87,6 +87,7 @@ class PreferenceModule(LightningModule):
         self.backbone.configure()
         self.backbone.keep_trainable_float32()
         if self.reference is not None:
+            self.reference.trainer_precision = str(self.trainer.precision) if self._trainer is not None else None
             self.reference.build(self.backbone)
         if self.device_mesh is not None and not is_sharded(self.backbone.policy):
             self.shard(self.device_mesh)

@@ -31,6 +31,8 @@ class Reference(nn.Module):
     """
 
     can_sample: bool = False
+    # The Trainer's precision ("bf16-mixed" ...), set by the module before ``build``; None outside a Trainer.
+    trainer_precision: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -75,17 +77,41 @@ class Reference(nn.Module):
         return super().train(False)
 
 
-class FrozenCopy(Reference):
-    """A second, frozen copy of the starting weights (or of ``model_name_or_path``)."""
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
 
-    def __init__(self, model_name_or_path: str | None = None) -> None:
+
+class FrozenCopy(Reference):
+    """A second, frozen copy of the starting weights (or of ``model_name_or_path``).
+
+    Args:
+        model_name_or_path: the reference's weights; the policy's starting weights when left out.
+        dtype: the reference's weights. Left out: bfloat16 under a bf16 ``trainer.precision`` (it only runs
+            forwards, which compute in bfloat16 there anyway: half the memory of a float32 copy), else the
+            backbone's ``dtype``.
+    """
+
+    # A frozen copy only computes: under bf16 precision its weights need no more than bfloat16.
+    bf16_by_default: bool = True
+
+    def __init__(self, model_name_or_path: str | None = None, dtype: Dtype | None = None) -> None:
         super().__init__()
         self.model_name_or_path = model_name_or_path
+        self.dtype = dtype
         self.model: nn.Module | None = None
+
+    @property
+    def load_dtype(self) -> str | None:
+        """The dtype the reference loads in; None is the backbone's own."""
+        if self.dtype is not None:
+            return self.dtype
+        if self.bf16_by_default and str(self.trainer_precision) in BF16_PRECISIONS:
+            return "bfloat16"
+        return None
 
     def build(self, backbone: Backbone) -> None:
         if self.model is None:
-            self.model = backbone.load_reference(self.model_name_or_path)
+            self.model = backbone.load_reference(self.model_name_or_path, self.load_dtype)
 
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
         return backbone.score(prepared, model=self.model).score
@@ -98,10 +124,18 @@ class MovingAverage(FrozenCopy):
     This is TR-DPO's soft update (Gorbatovski et al. 2024: ``alpha = 1 - decay``, every 512 steps, alpha
     0.6 in TRL) and Diffusion-KTO's ``reference_ema`` (decay 0.999 every 20 steps). The state of the
     moving weights is not checkpointed: a resumed run restarts them from the starting weights.
+
+    ``dtype`` left out is the backbone's dtype even under bf16 precision: each update moves a weight by
+    ``(1 - decay)`` of its gap to the policy, mostly below bfloat16's spacing (2^-7 at 1: 0.001 of a gap
+    of 1 leaves a weight of 1 unchanged), so a bfloat16 average would barely move. Set ``dtype: bfloat16``
+    to trade that for memory.
     """
 
-    def __init__(self, decay: float = 0.999, every_n_steps: int = 20, model_name_or_path: str | None = None) -> None:
-        super().__init__(model_name_or_path)
+    bf16_by_default = False
+
+    def __init__(self, decay: float = 0.999, every_n_steps: int = 20, model_name_or_path: str | None = None,
+                 dtype: Dtype | None = None) -> None:
+        super().__init__(model_name_or_path, dtype)
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"reference.decay must be in [0, 1], got {decay}")
         if every_n_steps < 1:

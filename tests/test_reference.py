@@ -1,4 +1,4 @@
-"""Reference strategies on their own, with a stand-in backbone: which weights score and sample."""
+"""Reference strategies: which weights score and sample (a stand-in backbone), and in which dtype (a tiny LM)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from alignsuite.reference import CheckpointPool
+from alignsuite.reference import CheckpointPool, FrozenCopy, MovingAverage
 
 
 class Policy:
@@ -50,3 +50,58 @@ def test_checkpoint_pool_loads_the_snapshot_it_picks_after_an_eviction(mode):
         assert loaded_weight(pool) == pool.pool[index]["weight"].item()
         if mode == "latest":
             assert loaded_weight(pool) == float(step)
+
+
+# ---------------------------------------------------------------- the reference's dtype
+def lm_module(model_dir, reference):
+    from alignsuite.backbones import CausalLM
+    from alignsuite.module import PreferenceModule
+
+    return PreferenceModule(CausalLM(model_dir, max_length=24, max_prompt_length=12), reference=reference,
+                            optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), warmup_ratio=0.0)
+
+
+def test_frozen_copy_is_bfloat16_under_bf16_mixed_and_the_policy_trains_in_float32(tmp_path, tiny_lm_dir):
+    import lightning as L
+
+    from alignsuite.toy.data import ToyPreferenceData
+
+    module = lm_module(tiny_lm_dir, FrozenCopy())
+    L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+              default_root_dir=str(tmp_path)).fit(module, ToyPreferenceData(num_train=8, num_val=4, batch_size=4))
+    assert {p.dtype for p in module.reference.model.parameters()} == {torch.bfloat16}
+    trainable = [p for p in module.backbone.policy.parameters() if p.requires_grad]
+    assert trainable and {p.dtype for p in trainable} == {torch.float32}
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    (lambda: FrozenCopy(dtype="float32"), torch.float32),  # explicit wins over the bf16 default
+    (lambda: MovingAverage(), torch.float32),  # its average keeps the backbone's precision
+    (lambda: MovingAverage(dtype="bfloat16"), torch.bfloat16),
+], ids=["frozen-float32", "moving-default", "moving-bfloat16"])
+def test_reference_dtype_under_bf16_precision(tiny_lm_dir, make, expected):
+    import lightning as L
+
+    module = lm_module(tiny_lm_dir, make())
+    module.trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False)
+    module.configure_model()
+    assert {p.dtype for p in module.reference.model.parameters()} == {expected}
+
+
+def test_bfloat16_reference_scores_close_to_float32(tiny_lm_dir):
+    from alignsuite.backbones import CausalLM
+    from alignsuite.backbones.base import shared_prompts
+
+    backbone = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24)
+    backbone.configure()
+    prepared = backbone.prepare(shared_prompts(["echo a", "echo b c d e"], ["A B C", "B"], ["a", "c d e f"]))
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        reference = FrozenCopy(dtype=dtype)
+        reference.build(backbone)
+        scores[dtype] = reference.score(backbone, prepared, {}).float()
+    # Summed log-probabilities of a few tokens each, around -10 to -30: bfloat16 holds them to about 1%.
+    assert scores["float32"].abs().min() > 1.0
+    torch.testing.assert_close(scores["bfloat16"], scores["float32"], rtol=0.02, atol=0.05)
+    assert not torch.equal(scores["bfloat16"], scores["float32"])  # it really computed in bfloat16

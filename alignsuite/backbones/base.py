@@ -79,8 +79,9 @@ class Backbone(nn.Module):
         """Build or load the policy (idempotent; called from ``LightningModule.configure_model``)."""
         raise NotImplementedError
 
-    def load_reference(self, source: str | None = None) -> nn.Module:
-        """A frozen copy of the starting weights (or of ``source``) to score the reference with."""
+    def load_reference(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
+        """A frozen copy of the starting weights (or of ``source``) to score the reference with, in ``dtype``
+        ("auto", "float32", "bfloat16", "float16"; the backbone's own ``dtype`` when None)."""
         raise NotImplementedError
 
     @property

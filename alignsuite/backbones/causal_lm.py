@@ -134,10 +134,11 @@ class CausalLM(Backbone):
 
         return AutoModelForCausalLM
 
-    def _load_model(self, source: str | None = None) -> nn.Module:
+    def _load_model(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
         path = resolve_model_path(source or self.model_name_or_path)
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
-        kwargs["dtype"] = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
+        dtype = dtype or self.dtype
+        kwargs["dtype"] = dtype if dtype == "auto" else getattr(torch, dtype)
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         try:
@@ -199,8 +200,8 @@ class CausalLM(Backbone):
     def _peft_config(self, model: nn.Module):
         return self.lora.to_peft("CAUSAL_LM")
 
-    def load_reference(self, source: str | None = None) -> nn.Module:
-        model = self._load_model(source)
+    def load_reference(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
+        model = self._load_model(source, dtype)
         model.eval().requires_grad_(False)
         return model
 

@@ -163,11 +163,12 @@ class TextToImage(Backbone):
             raise ValueError(f"prediction type {chosen!r} does not fit a {type(pipe).__name__}")
         return chosen
 
-    def load_reference(self, source: str | None = None) -> nn.Module:
+    def load_reference(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
         """The denoiser alone (no second VAE or text encoders) of this pipeline or of pipeline ``source``."""
         path = resolve_model_path(source if source is not None else self.model_name_or_path)
         model = type(self.policy).from_pretrained(path, subfolder=self.denoiser_name, dtype=torch.float32)
-        return cast_to(model, self.dtype).eval().requires_grad_(False)
+        # "auto" (the checkpoint's dtype) is a transformers notion; diffusers models load in float32 here.
+        return cast_to(model, self.dtype if dtype in (None, "auto") else dtype).eval().requires_grad_(False)
 
     def adapters_disabled(self):
         if not self.has_adapters:

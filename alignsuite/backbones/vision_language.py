@@ -138,8 +138,8 @@ class VisionLanguage(CausalLM):
         return (find_module(model, VISION_TOWERS, self.vision_tower), find_module(model, PROJECTORS, self.projector),
                 find_module(model, LANGUAGE_MODELS))
 
-    def _load_model(self, source: str | None = None) -> nn.Module:
-        model = super()._load_model(source)
+    def _load_model(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
+        model = super()._load_model(source, dtype)
         self._check_processor(model)
         return model
 
