@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Literal
 
@@ -35,6 +36,11 @@ class PreferenceModule(LightningModule):
         optimizer: built over the trainable parameters only (AdamW, lr 1e-6 when left out).
         lr_schedule: shape of the learning rate after warm-up.
         warmup_ratio: fraction of the training steps spent warming up linearly from zero.
+        zero_optimizer: under DDP with several processes, shard the optimizer's state across them
+            (PyTorch's ``ZeroRedundancyOptimizer`` over the configured optimizer's class and settings: AdamW's
+            8 bytes per trainable parameter divide by the number of processes). Lightning gathers the full
+            state to rank 0 for each checkpoint. FSDP already shards it (refused there); on one process it
+            changes nothing.
     """
 
     def __init__(
@@ -45,6 +51,7 @@ class PreferenceModule(LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["constant", "linear", "cosine"] = "linear",
         warmup_ratio: float = 0.1,
+        zero_optimizer: bool = False,
     ) -> None:
         super().__init__()
         # Under the CLI Lightning stores the parsed config (class paths and init args), so that
@@ -64,6 +71,7 @@ class PreferenceModule(LightningModule):
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         self.warmup_ratio = warmup_ratio
+        self.zero_optimizer = zero_optimizer
         # The reference and frozen parts are rebuilt from their source: they are no part of the module's state,
         # so checkpoints (full or sharded, written by any strategy) never hold them and strict loading passes.
         self.register_state_dict_post_hook(_drop_rebuilt)
@@ -132,6 +140,8 @@ class PreferenceModule(LightningModule):
                 " LoRA, the reference, encoders) stay in bfloat16 and the trainable ones in float32"
             )
         optimizer = self.optimizer(params) if self.optimizer else torch.optim.AdamW(params, lr=1e-6)
+        if self.zero_optimizer:
+            optimizer = self._shard_optimizer_state(optimizer, params)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_ratio * total)
 
@@ -147,6 +157,30 @@ class PreferenceModule(LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _shard_optimizer_state(self, optimizer: torch.optim.Optimizer, params: list) -> torch.optim.Optimizer:
+        """``optimizer`` as a ``ZeroRedundancyOptimizer`` of its class and defaults under multi-process DDP.
+        Its state is created lazily at the first step, so the plain one built first costs nothing."""
+        from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+        from lightning.pytorch.utilities import rank_zero_info
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, (ModelParallelStrategy, FSDPStrategy)):
+            raise ValueError(
+                f"model.zero_optimizer is for DDP; {type(strategy).__name__} (FSDP) shards the optimizer state"
+                " already: remove model.zero_optimizer (configs/optim/zero.yaml)"
+            )
+        if strategy.world_size < 2:
+            rank_zero_info("model.zero_optimizer: one process, nothing to shard the optimizer state over; a plain"
+                           f" {type(optimizer).__name__} is used")
+            return optimizer
+        if not isinstance(strategy, DDPStrategy):
+            raise ValueError(f"model.zero_optimizer needs DDP (configs/strategy/ddp.yaml), not {type(strategy).__name__}")
+        # Only what the class's constructor takes: AdamW's defaults also hold Adam's decoupled_weight_decay.
+        accepted = inspect.signature(type(optimizer)).parameters
+        settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+        return ZeroRedundancyOptimizer(params, optimizer_class=type(optimizer), **settings)
 
     # ------------------------------------------------------------------ the step
     def build_views(self, batch: dict) -> list[ViewInputs]:

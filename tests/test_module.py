@@ -187,3 +187,26 @@ def test_gradients_are_freed_after_each_optimizer_step(tmp_path, tiny_lm_dir, ac
     assert watch.before_step == [True] * 3  # the step still sees every gradient
     # No gradient survives into the next forward, except between the micro-batches of one accumulated step.
     assert watch.at_batch_start == ([False] * 3 if accumulate == 1 else [False, True] * 3)
+
+
+def test_zero_optimizer_on_one_process_is_the_plain_optimizer(tmp_path, tiny_lm_dir, caplog):
+    module = make_module(tiny_lm_dir)
+    module.zero_optimizer = True
+    trainer = make_trainer(tmp_path, 1, enable_checkpointing=False)
+    with caplog.at_level("INFO"):
+        trainer.fit(module, ToyPreferenceData(num_train=8, num_val=4, batch_size=4))
+    assert type(trainer.optimizers[0]) is torch.optim.AdamW
+    assert trainer.optimizers[0].defaults["lr"] == pytest.approx(1e-2)  # the configured one, as configured
+    assert "model.zero_optimizer: one process" in caplog.text
+
+
+def test_zero_optimizer_is_refused_under_fsdp2(tiny_lm_dir):
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    module = make_module(tiny_lm_dir)
+    module.zero_optimizer = True
+    module.trainer = L.Trainer(accelerator="cpu", strategy=ModelParallelStrategy(), logger=False,
+                               enable_progress_bar=False)
+    module.configure_model()
+    with pytest.raises(ValueError, match="ModelParallelStrategy .FSDP. shards the optimizer state already"):
+        module.configure_optimizers()
