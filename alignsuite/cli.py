@@ -28,6 +28,7 @@ from alignsuite.callbacks import (
 )
 from alignsuite.callbacks.checkpoint_io import load_checkpoint_file
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
+from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 from alignsuite.sharding import FSDP2_RECIPE
@@ -127,6 +128,9 @@ class AlignCLI(LightningCLI):
         check_config_files(args)
         self.config = parser.parse_args(nulls_as_config(args))
         section = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        # As given: Lightning then replaces the model section with a checkpoint file's stored hyper-parameters.
+        model = section.get("model")
+        self.given_model = model.as_dict() if isinstance(model, Namespace) else None
         ckpt_path = section.get("ckpt_path")
         if ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in ckpt_path and not os.path.exists(ckpt_path):
             fail(f"--ckpt_path {ckpt_path}: no such file (--ckpt_path last resumes from the run's newest last.ckpt)")
@@ -157,7 +161,24 @@ class AlignCLI(LightningCLI):
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if "ckpt_path" in kwargs:
             kwargs["ckpt_path"] = self.resume_path(subcommand, kwargs["ckpt_path"])
+            if subcommand == "fit" and kwargs["ckpt_path"] and os.path.exists(kwargs["ckpt_path"]):
+                self.check_same_recipe(kwargs["ckpt_path"])
         return kwargs
+
+    def check_same_recipe(self, ckpt_path: str) -> None:
+        """Refuse to resume from a checkpoint another model, objective or reference wrote (see recipe_match)."""
+        given = getattr(self, "given_model", None)
+        try:
+            stored = stored_hyperparameters(ckpt_path, self.config[self.subcommand].get("weights_only"))
+        except CheckpointError as error:
+            fail(str(error))
+        if not stored or not given:
+            return
+        differences = recipe_differences(stored, given)
+        if differences:
+            fail(f"--ckpt_path {ckpt_path} was written by a different recipe: {'; '.join(differences)}. Resuming"
+                 " continues that run, so its model, objective and reference must stay as they were: start a fresh"
+                 " run (without --ckpt_path), or set these back (--model.init_args...) to the checkpoint's values")
 
     def resume_path(self, subcommand: str, ckpt_path: str | None) -> str | None:
         """``last`` as a file, and under SLURM the newer of ``last.ckpt`` and Lightning's requeue checkpoint."""

@@ -408,3 +408,21 @@ def test_a_checkpoint_loads_back_with_load_from_checkpoint(tmp_path, tiny_lm_dir
     for name, value in module.backbone.policy.state_dict().items():
         torch.testing.assert_close(value, trained[name])
     assert any(not torch.equal(module.backbone.policy.state_dict()[k], v) for k, v in weights(tiny_lm_dir).items())
+
+
+def test_resuming_from_another_recipes_checkpoint_names_what_differs(tmp_path, tiny_lm_dir, pair_file, capsys):
+    quick = ["--export.enabled", "false", "--trainer.limit_val_batches", "0", "--trainer.logger", "false"]
+    main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=1), *quick])
+    ckpt = str(tmp_path / "ckpt" / "last.ckpt")
+    other = recipe(tmp_path, tiny_lm_dir, pair_file, objective="IPO", max_steps=2)
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", other, "--ckpt_path", ckpt, *quick])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "different recipe" in err
+    assert "model.init_args.objective.class_path: alignsuite.objectives.DPO -> alignsuite.objectives.IPO" in err
+    assert "backbone" not in err.split("different recipe")[1].split("Resuming")[0]  # only what differs is named
+    # A longer schedule at another learning rate is the same run, resumed: step 2 trains.
+    same = recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=2)
+    main(["fit", "--config", same, "--ckpt_path", ckpt, "--model.init_args.optimizer.init_args.lr", "5e-3", *quick])
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2
