@@ -32,6 +32,7 @@ from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperpa
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 from alignsuite.sharding import FSDP2_RECIPE
+from alignsuite.slurm import apply_slurm_layout
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
@@ -208,12 +209,10 @@ class AlignCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         if SLURMEnvironment.detect():  # Lightning reads ranks from SLURM but requires these to match it
-            nodes = os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES", ""))
-            if nodes.isdigit() and config.get("num_nodes", 1) == 1:
-                config["num_nodes"] = int(nodes)
-            per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "")
-            if per_node.isdigit() and config.get("devices", "auto") == "auto":
-                config["devices"] = int(per_node)
+            try:
+                apply_slurm_layout(config)
+            except ValueError as error:
+                fail(str(error))
         if config.get("enable_checkpointing") is False:  # then no `checkpoint` section either
             callbacks[:] = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         given = as_list(config.get("callbacks")) + callbacks

@@ -160,3 +160,22 @@ def test_under_slurm_the_newer_of_requeue_and_last_checkpoint_is_resumed(tmp_pat
     said = [r.getMessage() for r in caplog.records if "resuming from" in r.getMessage()]
     assert said == [f"resuming from {last} (global step 2), newer than or as new as {hpc} (global step 1)"]
     assert step_of(last) == 3
+
+
+@pytest.mark.parametrize(("layout", "devices", "named"), [
+    ({"SLURM_NNODES": "1", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"}, "1",
+     "trainer.devices 1 x trainer.num_nodes 1 = 1 processes does not match the SLURM job's task layout"
+     " (SLURM_NTASKS=2, SLURM_NNODES=1, SLURM_NTASKS_PER_NODE=2)"),
+    ({"SLURM_NNODES": "2", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2"}, "4",
+     "trainer.devices 4 x trainer.num_nodes 2 = 8 processes does not match the SLURM job's task layout"
+     " (SLURM_NTASKS=4, SLURM_NNODES=2, SLURM_NTASKS_PER_NODE=2)"),
+], ids=["one-node", "two-nodes"])
+def test_devices_that_do_not_match_the_slurm_tasks_are_an_error_naming_both(tmp_path, tiny_lm_dir, pair_file,  # noqa: F811
+                                                                          monkeypatch, capsys, layout, devices, named):
+    for key, value in {**SLURM_ONE_TASK, **layout}.items():
+        monkeypatch.setenv(key, value)
+    path = recipe(tmp_path, tiny_lm_dir, pair_file)
+    with pytest.raises(SystemExit) as e:
+        AlignCLI(args=["--config", path, "--trainer.devices", devices], run=False)
+    assert e.value.code == 2
+    assert named in capsys.readouterr().err
