@@ -50,6 +50,9 @@ def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64,
     if prompt:
         prompts = PROMPT_SCORES if pairs is PAIRS else [(-1.0, 2)] * len(pairs)
         extra["chosen_prompt"], extra["chosen_prompt_len"] = (torch.tensor(c, dtype=dtype) for c in zip(*prompts))
+    # mdpo's third view, the chosen answer under a corrupted image: scored here as an image-blind model would
+    # score it, like the rejected answer (its hand-worked values are in test_vlm.py).
+    extra["chosen_corrupted"], extra["ref_chosen_corrupted"] = rejected, ref_rejected
     return PairScores(
         chosen,
         rejected,
