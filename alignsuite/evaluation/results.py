@@ -1,0 +1,55 @@
+"""What an evaluation produces: per-prompt outputs of the base and the aligned model, and per scorer the
+per-prompt scores of both, their means and the aligned-over-base win rate with its confidence interval.
+
+This is the contract between ``evaluate`` (which fills it) and the report (which draws it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ScorerResult:
+    """One scorer's numbers, in the unit papers report (PickScore x100, aesthetic 1-10 ...).
+
+    ``base[i]`` and ``aligned[i]`` score prompt ``i`` (``None`` where its generation failed or the scorer
+    could not score it; such prompts are left out of the means and the win rate). ``higher_is_better`` is
+    False for error rates (WER, CER), for which a win is a lower score.
+    """
+
+    name: str
+    unit: str
+    base: list[float | None]
+    aligned: list[float | None]
+    higher_is_better: bool = True
+    mean_base: float | None = None
+    mean_aligned: float | None = None
+    win_rate: float | None = None  # aligned over base, ties counted as half
+    ci_low: float | None = None  # 95% bootstrap interval over prompts
+    ci_high: float | None = None
+
+
+@dataclass
+class EvalResults:
+    """Everything an evaluation measured.
+
+    ``modality`` is the backbone's (``text``, ``vision_language``, ``text_to_image``). ``prompts`` are the
+    prompts as generated from (text, or chat messages); ``conditions`` their images for vision-language
+    models (one list per prompt), else ``None``. ``base_outputs`` / ``aligned_outputs`` are the generations
+    (text, or PIL images), ``None`` where generation failed. ``failures`` counts failed generations per
+    model; ``details`` holds anything else worth printing (model paths, seeds, prompt file).
+    """
+
+    modality: str
+    prompts: list[Any]
+    base_outputs: list[Any]
+    aligned_outputs: list[Any]
+    scores: list[ScorerResult] = field(default_factory=list)
+    conditions: list[list[Any]] | None = None
+    failures: dict[str, int] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+__all__ = ["EvalResults", "ScorerResult"]
