@@ -1,0 +1,230 @@
+"""The evaluation report: its tables hold the numbers, every image it shows exists and decodes as a PNG,
+its figures are written as files, text is escaped, and (slow) a real browser renders it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alignsuite.evaluation.report import write_report, write_training_report
+from alignsuite.evaluation.results import EvalResults, ScorerResult
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class Page(HTMLParser):
+    """The parts of the page the tests look at: image and audio sources, table cells, all text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs, self.audio, self.cells, self.text, self.stack = [], [], [], [], []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.imgs.append(attrs["src"])
+        elif tag == "audio":
+            self.audio.append(attrs["src"])
+        elif tag in ("td", "th"):
+            self._cell = []
+        if tag not in ("img", "meta", "br"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+        if tag in ("td", "th"):
+            self.cells.append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse(path: str) -> Page:
+    page = Page()
+    with open(path, encoding="utf-8") as f:
+        page.feed(f.read())
+    page.close()
+    assert page.stack == [], f"unclosed tags {page.stack}"
+    return page
+
+
+def png_bytes(src: str, root: str) -> bytes:
+    if src.startswith("data:"):
+        assert src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1])
+    else:
+        assert not os.path.isabs(src) and "://" not in src, src  # relative: the page opens from disk
+        with open(os.path.join(root, src), "rb") as f:
+            data = f.read()
+    assert data.startswith(PNG_MAGIC)
+    Image.open(io.BytesIO(data)).verify()
+    return data
+
+
+def assert_images_resolve(page: Page, root: str) -> None:
+    assert page.imgs
+    for src in page.imgs:
+        png_bytes(src, root)
+
+
+def metrics_csv(path: str) -> str:
+    """A small CSVLogger file: sparse rows as Lightning writes them (train, lr and val on separate rows)."""
+    header = "epoch,lr-AdamW,step,train/loss,train/rewards/accuracy,train/rewards/margin,val/loss,val/toy_reward,val/logps/chosen"
+    rows = ["0,,0,,,,0.693,0.35,-4.0"]
+    for step in range(3, 40, 4):
+        rows.append(f",{5e-4 * step / 40},{step},,,,,,")
+        rows.append(f"0,,{step},{0.69 - step / 100},{0.5 + step / 100},{step / 50},,,")
+    rows.append("0,,39,,,,0.41,0.97,-2.5")
+    with open(path, "w") as f:
+        f.write("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def toy_reward(base, aligned, win=0.75, lo=0.6, hi=0.9) -> ScorerResult:
+    return ScorerResult(
+        "toy_reward", "fraction", base, aligned, mean_base=0.35, mean_aligned=0.875, win_rate=win, ci_low=lo, ci_high=hi
+    )
+
+
+def text_results() -> EvalResults:
+    prompts = ["echo a < b & c", "echo d e", "echo f"]
+    return EvalResults(
+        "text", prompts,
+        base_outputs=["a < b & c", "D e", None],
+        aligned_outputs=["A <script>alert(1)</script>", "D E", "F"],
+        scores=[
+            toy_reward([0.333, 0.5, None], [1.0, 1.0, 1.0]),
+            ScorerResult("wer", "%", [40.0, 50.0, None], [10.0, 60.0, 0.0], higher_is_better=False,
+                         mean_base=45.0, mean_aligned=35.0, win_rate=0.5, ci_low=0.0, ci_high=1.0),
+        ],
+        failures={"base": 1, "aligned": 0},
+        details={"base_model": "toy:llm", "aligned_model": "runs/x & <y>/export", "seed": 0},
+    )
+
+
+def test_text_report_tables_numbers_escaping_and_figures(tmp_path):
+    out = str(tmp_path / "report")
+    path = write_report(text_results(), out, metrics_csv=metrics_csv(str(tmp_path / "metrics.csv")))
+    assert path == os.path.join(out, "report.html")
+    page = parse(path)
+    assert_images_resolve(page, out)
+    # the score table: means, the win rate and its interval as percentages, failures per model
+    assert "toy_reward" in page.cells and "0.350" in page.cells and "0.875" in page.cells
+    assert "75.0% [60.0, 90.0]" in page.cells and "50.0% [0.0, 100.0]" in page.cells
+    assert "45.00" in page.cells and "35.00" in page.cells  # wer, lower is better
+    assert "failed: base" in page.cells and "2 / 3" in page.cells
+    # prompts and answers come back as the text they were, not as markup
+    text = "".join(page.text)
+    assert "echo a < b & c" in text and "A <script>alert(1)</script>" in text and "runs/x & <y>/export" in text
+    raw = open(path, encoding="utf-8").read()
+    assert "echo a &lt; b &amp; c" in raw and "<script>" not in raw
+    assert "generation failed" in text
+    # the aligned answer that scored higher is marked better; for WER the lower score is the better one
+    assert '<span class="better">1.000</span>' in raw and '<span class="better">10.00</span>' in raw
+    assert '<span class="worse">60.00</span>' in raw
+    figures = set(os.listdir(os.path.join(out, "figures")))
+    assert {"win_rates.png", "scores_toy_reward.png", "scores_wer.png", "curve_loss.png", "curve_reward_accuracy.png",
+            "curve_reward_margin.png", "curve_learning_rate.png", "curve_val_toy_reward.png",
+            "curve_val_logps.png"} <= figures
+    for name in figures - {"samples"}:
+        assert png_bytes(f"figures/{name}", out)
+    # the training table: first and last value of the toy reward with their steps
+    assert "val/toy_reward" in page.cells and "0.350 (step 0)" in page.cells and "0.970 (step 39)" in page.cells
+
+
+def test_vision_language_report_shows_thumbnails_and_answers(tmp_path):
+    images = [Image.new("RGB", (32, 32), c) for c in ("red", "green")]
+    results = EvalResults(
+        "vision_language",
+        prompts=[[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "colour of the <shape>?"}]}],
+                 "what colour?"],
+        base_outputs=["red", "red"], aligned_outputs=["red", "green"],
+        scores=[toy_reward([1.0, 0.0], [1.0, 1.0])],
+        conditions=[[images[0]], [images[1]]],
+    )
+    out = str(tmp_path / "vlm")
+    page = parse(write_report(results, out))
+    assert_images_resolve(page, out)
+    assert sum(src.startswith("figures/samples/condition_") for src in page.imgs) == 2
+    assert "user: <image> colour of the <shape>?" in "".join(page.text)
+    assert any(c.startswith("green") and c.endswith("toy_reward 1.000") for c in page.cells)  # answer and its score
+
+
+def test_text_to_image_report_grid_embedded(tmp_path):
+    rng = np.random.default_rng(0)
+    picture = lambda: Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))  # noqa: E731
+    results = EvalResults(
+        "text_to_image", ["a red square & a <blue> circle", "a cat"],
+        base_outputs=[picture(), None], aligned_outputs=[picture(), picture()],
+        scores=[ScorerResult("pickscore", "x100", [20.5, None], [21.25, 22.0], mean_base=20.5, mean_aligned=21.625)],
+        failures={"base": 1, "aligned": 0},
+    )
+    out = str(tmp_path / "t2i")
+    path = write_report(results, out, embed=True)
+    page = parse(path)
+    assert page.imgs and all(src.startswith("data:image/png;base64,") for src in page.imgs)
+    assert_images_resolve(page, out)
+    # 3 samples, the distribution plot; no win rate given, so no win-rate figure and a dash in the table
+    assert len(page.imgs) == 4 and "–" in page.cells and "20.50" in page.cells and "21.62" in page.cells
+    samples = sorted(os.listdir(os.path.join(out, "figures", "samples")))
+    assert samples == ["aligned_0000.png", "aligned_0001.png", "base_0000.png"]
+    with Image.open(os.path.join(out, "figures", "samples", "base_0000.png")) as im:
+        assert np.array_equal(np.asarray(im), np.asarray(results.base_outputs[0]))  # full size, lossless
+    assert os.path.getsize(os.path.join(out, "figures", "before_after.png")) > 0
+    assert "a red square &amp; a &lt;blue&gt; circle" in open(path, encoding="utf-8").read()
+
+
+def test_speech_outputs_get_a_wav_player(tmp_path):
+    import wave
+
+    t = np.linspace(0, 0.1, 1600, dtype=np.float32)
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t), 16000)
+    results = EvalResults("text_to_speech", ["say hi"], base_outputs=[tone], aligned_outputs=[tone])
+    page = parse(write_report(results, str(tmp_path / "tts")))
+    assert len(page.audio) == 2 and page.audio[0].startswith("data:audio/wav;base64,")
+    with wave.open(io.BytesIO(base64.b64decode(page.audio[0].split(",", 1)[1]))) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, 1600)
+        frames = np.frombuffer(w.readframes(1600), dtype="<i2")
+    assert abs(frames.max() / 32767 - 0.5) < 0.01
+
+
+def test_training_report_from_metrics_csv_alone(tmp_path):
+    out = str(tmp_path / "train")
+    page = parse(write_training_report(metrics_csv(str(tmp_path / "metrics.csv")), out))
+    assert len(page.imgs) == 6  # loss, accuracy, margin, learning rate, val/toy_reward, val/logps
+    assert_images_resolve(page, out)
+    assert "train/loss" in page.cells and "0.660 (step 3)" in page.cells
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(chromium() is None, reason="no chromium or chromium-browser on PATH")
+def test_browser_renders_the_report(tmp_path):
+    out = str(tmp_path / "report")
+    path = write_report(text_results(), out, metrics_csv=metrics_csv(str(tmp_path / "metrics.csv")))
+    shot = str(tmp_path / "shot.png")
+    subprocess.run(
+        [chromium(), "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}", "--window-size=1200,1600",
+         "file://" + os.path.abspath(path)],
+        check=True, capture_output=True, timeout=120,
+    )
+    with Image.open(shot) as im:
+        assert im.size == (1200, 1600)
+        pixels = np.asarray(im.convert("L"))
+    assert pixels.std() > 10  # text and figures drawn, not a blank page
