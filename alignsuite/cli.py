@@ -11,7 +11,7 @@ import warnings
 
 import yaml
 from jsonargparse import Namespace
-from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import (
     BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar,
@@ -231,7 +231,11 @@ class AlignCLI(LightningCLI):
             config["logger"] = share_run_folder(logger, self._get(self.config, "trainer")["logger"])
         plugins = as_list(config.get("plugins"))
         if not any(hasattr(p, "save_checkpoint") for p in plugins):
-            config["plugins"] = plugins + [AtomicCheckpointIO()]
+            plugins = plugins + [AtomicCheckpointIO()]
+        if fitting and SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+            # Requeue at a step boundary (CheckpointOnPreemption), not inside Lightning's signal handler.
+            plugins = plugins + [SLURMEnvironment(auto_requeue=False)]
+        config["plugins"] = plugins
         try:
             return super()._instantiate_trainer(config, callbacks)
         except ValueError as error:

@@ -120,7 +120,10 @@ def test_simulated_slurm_single_task_runs_on_one_node(tmp_path, tiny_lm_dir, pai
         monkeypatch.setenv(key, value)
     with caplog.at_level("INFO"):
         cli = AlignCLI(args=["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=2)])
-    assert any("SLURM auto-requeueing enabled" in r.getMessage() for r in caplog.records)  # Lightning's environment
+    # Lightning's SLURM environment, with its in-handler requeue off: CheckpointOnPreemption requeues instead.
+    env = cli.trainer._accelerator_connector.cluster_environment
+    assert type(env).__name__ == "SLURMEnvironment" and not env.auto_requeue
+    assert not any("SLURM auto-requeueing enabled" in r.getMessage() for r in caplog.records)
     assert cli.trainer.num_nodes == 1 and cli.trainer.num_devices == 1
     assert step_of(tmp_path / "ckpt" / "last.ckpt") == 2
 
@@ -179,3 +182,93 @@ def test_devices_that_do_not_match_the_slurm_tasks_are_an_error_naming_both(tmp_
         AlignCLI(args=["--config", path, "--trainer.devices", devices], run=False)
     assert e.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def fake_scontrol(tmp_path) -> dict:
+    """An environment whose ``scontrol`` records its arguments in ``tmp_path/scontrol.log``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "scontrol"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    script.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def train_losses(metrics_file) -> dict[int, float]:
+    with open(metrics_file) as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def requeue_once(path, env, metrics_file, after_step: int, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Start ``fit --ckpt_path last`` as the requeued sbatch script would, send SIGUSR1 once a step past
+    ``after_step`` is logged, and return the finished process."""
+    process = subprocess.Popen([sys.executable, "-m", "alignsuite", "fit", "--config", path, "--ckpt_path", "last"],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + timeout
+        while not any(step > after_step for step in logged_steps(metrics_file)):
+            if process.poll() is not None:
+                return subprocess.CompletedProcess(process.args, process.returncode, *process.communicate())
+            assert time.time() < deadline, "no training step logged in time"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGUSR1)
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            raise AssertionError("the run hung after SIGUSR1")
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def requeue_setup(tmp_path, tiny_lm_dir, pair_file, steps: int):  # noqa: F811
+    def fixed_run(config):
+        config["trainer"].update(max_steps=steps, limit_val_batches=0)
+        config["trainer"]["logger"]["init_args"].update(flush_logs_every_n_steps=1)
+        config["trainer"]["logger"]["init_args"].pop("version", None)  # every launch logs into a new version
+
+    path = edit(recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=steps), fixed_run)
+    env = {**os.environ, **SLURM_ONE_TASK, **fake_scontrol(tmp_path)}
+    return path, env
+
+
+def test_under_slurm_sigusr1_saves_at_a_step_requeues_and_the_requeued_run_continues_exactly(
+        tmp_path, tiny_lm_dir, pair_file):  # noqa: F811
+    steps = 8
+    path, env = requeue_setup(tmp_path, tiny_lm_dir, pair_file, steps)
+    runs = tmp_path / "runs" / "t"
+    done = requeue_once(path, env, runs / "version_0" / "metrics.csv", after_step=1)
+    assert done.returncode == 128 + signal.SIGUSR1, done.stderr[-3000:]
+    stopped = step_of(tmp_path / "ckpt" / "last.ckpt")
+    assert 2 <= stopped < steps
+    assert f"stopped by SIGUSR1 at global step {stopped}" in done.stderr
+    assert "requeued SLURM job 4242" in done.stderr
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert not list(tmp_path.glob("hpc_ckpt_*"))  # no save inside Lightning's handler
+
+    again = subprocess.run([sys.executable, "-m", "alignsuite", "fit", "--config", path, "--ckpt_path", "last"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = {**train_losses(runs / "version_0" / "metrics.csv"), **train_losses(runs / "version_1" / "metrics.csv")}
+    main(["fit", "--config", edit(path, lambda c: c["trainer"]["logger"]["init_args"].update(name="whole")),
+          "--checkpoint.dirpath", str(tmp_path / "whole_ckpt")])
+    whole = train_losses(tmp_path / "runs" / "whole" / "version_0" / "metrics.csv")
+    assert sorted(resumed) == sorted(whole) == list(range(steps))
+    assert resumed == whole  # bit for bit: data position, optimizer, scheduler and RNG all came back
+
+
+@pytest.mark.slow
+def test_twenty_slurm_requeues_in_a_row_never_hang_and_lose_no_step(tmp_path, tiny_lm_dir, pair_file):  # noqa: F811
+    steps = 24
+    path, env = requeue_setup(tmp_path, tiny_lm_dir, pair_file, steps)
+    runs = tmp_path / "runs" / "t"
+    for attempt in range(20):
+        done = requeue_once(path, env, runs / f"version_{attempt}" / "metrics.csv",
+                            after_step=step_of(tmp_path / "ckpt" / "last.ckpt") if attempt else 0, timeout=120)
+        if done.returncode == 0:  # finished before the signal
+            break
+        assert done.returncode == 128 + signal.SIGUSR1, done.stderr[-3000:]
+    final = subprocess.run([sys.executable, "-m", "alignsuite", "fit", "--config", path, "--ckpt_path", "last"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert step_of(tmp_path / "ckpt" / "last.ckpt") == steps
+    assert (tmp_path / "scontrol.log").read_text().count("requeue 4242") >= min(attempt, 19)

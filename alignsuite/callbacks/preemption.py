@@ -8,9 +8,12 @@ wrapper script cannot tell a preempted run from a finished one, and the steps si
 lost. Here the run's own ``ModelCheckpoint`` writes its ``last.ckpt`` first (atomically, through the
 trainer's save path), then the process exits with status 143 (128 + SIGTERM) and says so on stderr.
 
-SIGUSR1 is treated the same when nothing else handles it (without SLURM Python's default would kill the
-process with nothing saved); under SLURM, Lightning's ``SLURMEnvironment`` owns it (requeue checkpoint and
-``scontrol requeue``), and the SIGTERM that follows is handled here.
+SIGUSR1 is treated the same (without SLURM Python's default would kill the process with nothing saved).
+Under SLURM it is the requeue signal (``#SBATCH --signal=USR1@90``): ``last.ckpt`` is written at the next
+step boundary, then the first process calls ``scontrol requeue <job>`` and every process exits with 138.
+Lightning's own requeue handler saves inside the signal handler, in the middle of whatever collective the
+ranks were running, which can deadlock a multi-process job; the CLI turns it off (``SLURMEnvironment(
+auto_requeue=False)``) and this callback does the work at a point where every rank stands at the same step.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import glob
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 
@@ -67,6 +71,10 @@ class CheckpointOnPreemption(Callback):
             return
         signum = signum or signal.SIGTERM
         name = signal.Signals(signum).name
+        # This step's metrics: Lightning hands them to the loggers after this hook, which the exit would skip.
+        trainer._logger_connector.update_train_step_metrics()
+        for logger in trainer.loggers:
+            logger.save()
         saved = self._save_last(trainer)
         step = trainer.global_step
         if saved:
@@ -74,6 +82,8 @@ class CheckpointOnPreemption(Callback):
                        " (or --ckpt_path last)")
         else:
             message = f"stopped by {name} at global step {step}; no checkpoint written (checkpointing is off)"
+        if signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID") and trainer.is_global_zero:
+            message += "; " + requeue_slurm_job()
         if trainer.is_global_zero:
             sys.stderr.write(f"{message}\n")
             sys.stderr.flush()
@@ -91,6 +101,21 @@ class CheckpointOnPreemption(Callback):
             callback.save_last = True  # a preempted run always leaves a checkpoint to resume from
         callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
         return callback.last_model_path
+
+
+def requeue_slurm_job() -> str:
+    """``scontrol requeue`` this job (an array job's own task); what happened, in words."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    if not re.fullmatch(r"[0-9_]+", job):
+        return f"not requeued: SLURM job id {job!r} is not a job id"
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"could not requeue SLURM job {job} ({error}); resubmit it, with --ckpt_path last"
+    if result.returncode:
+        return f"scontrol requeue {job} failed ({result.returncode}: {result.stderr.strip()}); resubmit it"
+    return f"requeued SLURM job {job}; it resumes with --ckpt_path last"
 
 
 def _number(path: str, pattern: str) -> int:
