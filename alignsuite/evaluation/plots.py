@@ -79,18 +79,18 @@ def training_curves(metrics_csv: str, figures_dir: str) -> list[tuple[str, str]]
     os.makedirs(figures_dir, exist_ok=True)
     written = []
     for title, members in curve_groups(list(series)):
-        fig, ax = plt.subplots(figsize=(4.8, 3.0), dpi=DPI)
+        fig, ax = plt.subplots(figsize=(3.6, 2.5), dpi=DPI)
         for name in members:
             steps, values = zip(*series[name])
             sparse = len(steps) <= 20  # validation points: mark each one
             ax.plot(steps, values, marker="o" if sparse else None, markersize=3, linewidth=1.2, label=name)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step", fontsize=9)
-        ax.tick_params(labelsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         if title == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=6, frameon=False)
         path = os.path.join(figures_dir, f"curve_{slug(title)}.png")
         _save(fig, path)
         written.append((title, path))
@@ -105,18 +105,26 @@ def score_distribution(name: str, unit: str, base: list, aligned: list, path: st
     a_all = [float(a) for a in aligned if a is not None]
     if not b_all and not a_all:
         return None
-    fig, (hist, pair) = plt.subplots(1, 2, figsize=(8.4, 3.2), dpi=DPI)
+    fig, (hist, pair) = plt.subplots(1, 2, figsize=(5.4, 2.6), dpi=DPI)
     lo, hi = min(b_all + a_all), max(b_all + a_all)
-    bins = _bins(b_all + a_all, lo, hi)
-    hist.hist([b_all, a_all], bins=bins, color=[BASE_COLOR, ALIGNED_COLOR], label=["base", "aligned"])
-    for values, color in ((b_all, BASE_COLOR), (a_all, ALIGNED_COLOR)):
-        if values:
-            hist.axvline(sum(values) / len(values), color=color, linestyle="--", linewidth=1)
+    distinct = sorted(set(b_all + a_all))
+    if len(distinct) <= 12:  # a discrete score (a toy reward in thirds, a 0/1 match): one pair of bars per value
+        xs = range(len(distinct))
+        for shift, values, color, side in ((-0.2, b_all, BASE_COLOR, "base"), (0.2, a_all, ALIGNED_COLOR, "aligned")):
+            counts = Counter(values)
+            hist.bar([x + shift for x in xs], [counts[v] for v in distinct], width=0.4, color=color, label=side)
+        hist.set_xticks(list(xs), [f"{v:.3g}" for v in distinct], fontsize=7, rotation=45 if len(distinct) > 4 else 0)
+        hist.set_title("prompts per score", fontsize=9)
+    else:
+        hist.hist([b_all, a_all], bins=min(20, max(5, int(math.sqrt(len(b_all + a_all))) + 1)),
+                  color=[BASE_COLOR, ALIGNED_COLOR], label=["base", "aligned"])
+        for values, color in ((b_all, BASE_COLOR), (a_all, ALIGNED_COLOR)):
+            if values:
+                hist.axvline(sum(values) / len(values), color=color, linestyle="--", linewidth=1)
+        hist.set_title("prompts per score (dashed: means)", fontsize=9)
     label = f"{name} ({unit})" if unit else name
-    hist.set_xlabel(label, fontsize=9)
-    hist.set_ylabel("prompts", fontsize=9)
-    hist.legend(fontsize=8, frameon=False)
-    hist.set_title("distribution (dashed: means)", fontsize=10)
+    hist.set_ylabel("prompts", fontsize=8)
+    hist.legend(fontsize=7, frameon=False)
     if pairs:
         counts = Counter((float(b), float(a)) for b, a in pairs)
         xs, ys = zip(*counts)
@@ -125,11 +133,11 @@ def score_distribution(name: str, unit: str, base: list, aligned: list, path: st
         pair.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color=BASE_COLOR, linewidth=1)
         pair.set_xlim(lo - pad, hi + pad)
         pair.set_ylim(lo - pad, hi + pad)
-    pair.set_xlabel("base", fontsize=9)
-    pair.set_ylabel("aligned", fontsize=9)
-    pair.set_title("per prompt", fontsize=10)
+    pair.set_xlabel("base", fontsize=8)
+    pair.set_ylabel("aligned", fontsize=8)
+    pair.set_title("per prompt\n(above the line: aligned higher)", fontsize=8)
     for ax in (hist, pair):
-        ax.tick_params(labelsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(label, fontsize=10)
     _save(fig, path)
@@ -175,14 +183,6 @@ def before_after_grid(prompts: list[str], base: list, aligned: list, path: str) 
         left.set_ylabel(_wrap(prompt, 28), fontsize=8, rotation=0, ha="right", va="center")
     _save(fig, path)
     return path
-
-
-def _bins(values: list[float], lo: float, hi: float):
-    distinct = sorted(set(values))
-    if len(distinct) <= 12:  # a discrete score (a toy reward in thirds, a 1-10 rating): one bar each
-        step = min((b - a for a, b in zip(distinct, distinct[1:])), default=1.0)
-        return [v - step / 2 for v in distinct] + [distinct[-1] + step / 2]
-    return min(20, max(5, int(math.sqrt(len(values))) + 1))
 
 
 def _wrap(text: str, width: int) -> str:
