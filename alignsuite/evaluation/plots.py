@@ -2,7 +2,8 @@
 distributions, win rates with their intervals and a before/after image grid.
 
 Each function writes one PNG and returns its path (or ``None`` when it has nothing to draw), so a paper
-can take the same files the HTML report shows. matplotlib runs on its Agg backend: no display needed.
+can take the same files the HTML report shows. Figures are drawn on matplotlib's Agg canvas without pyplot:
+no display needed, and no global backend switched under a user's notebook.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import os
 import re
 from collections import Counter
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 BASE_COLOR, ALIGNED_COLOR = "#8c8c8c", "#1f77b4"
 DPI = 100
@@ -79,7 +78,7 @@ def training_curves(metrics_csv: str, figures_dir: str) -> list[tuple[str, str]]
     os.makedirs(figures_dir, exist_ok=True)
     written = []
     for title, members in curve_groups(list(series)):
-        fig, ax = plt.subplots(figsize=(3.6, 2.5), dpi=DPI)
+        fig, ax = _figure((3.6, 2.5))
         for name in members:
             steps, values = zip(*series[name])
             sparse = len(steps) <= 20  # validation points: mark each one
@@ -105,7 +104,7 @@ def score_distribution(name: str, unit: str, base: list, aligned: list, path: st
     a_all = [float(a) for a in aligned if a is not None]
     if not b_all and not a_all:
         return None
-    fig, (hist, pair) = plt.subplots(1, 2, figsize=(5.4, 2.6), dpi=DPI)
+    fig, (hist, pair) = _figure((5.4, 2.6), 1, 2)
     lo, hi = min(b_all + a_all), max(b_all + a_all)
     distinct = sorted(set(b_all + a_all))
     if len(distinct) <= 12:  # a discrete score (a toy reward in thirds, a 0/1 match): one pair of bars per value
@@ -150,7 +149,7 @@ def win_rates(rows: list[tuple[str, float, float | None, float | None]], path: s
     rows = [r for r in rows if r[1] is not None]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(6.0, 0.5 + 0.45 * len(rows)), dpi=DPI)
+    fig, ax = _figure((6.0, 0.5 + 0.45 * len(rows)))
     ys = list(range(len(rows)))[::-1]
     rates = [100 * r[1] for r in rows]
     ax.barh(ys, rates, color=ALIGNED_COLOR, height=0.6)
@@ -172,7 +171,7 @@ def before_after_grid(prompts: list[str], base: list, aligned: list, path: str) 
     rows = [(p, b, a) for p, b, a in zip(prompts, base, aligned) if b is not None or a is not None]
     if not rows:
         return None
-    fig, axes = plt.subplots(len(rows), 2, figsize=(5.0, 2.6 * len(rows)), dpi=DPI, squeeze=False)
+    fig, axes = _figure((5.0, 2.6 * len(rows)), len(rows), 2, squeeze=False)
     for (prompt, b, a), (left, right) in zip(rows, axes):
         for ax, image, side in ((left, b, "base"), (right, a, "aligned")):
             if image is not None:
@@ -197,8 +196,14 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(lines[:4]) + ("..." if len(lines) > 4 else "")
 
 
+def _figure(figsize: tuple[float, float], *grid, **kwargs):
+    """A figure on its own Agg canvas and its axes (``grid`` and ``kwargs`` as for ``Figure.subplots``)."""
+    fig = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(*grid, **kwargs)
+
+
 def _save(fig, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, format="png")
-    plt.close(fig)

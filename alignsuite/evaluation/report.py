@@ -172,7 +172,8 @@ def _output_cell(assets: _Assets, results: EvalResults, side: str, i: int) -> st
         body = f"<pre>{_esc(output)}</pre>"
     scores = []
     for s in results.scores:
-        mine, other = (s.base[i], s.aligned[i]) if side == "base" else (s.aligned[i], s.base[i])
+        b, a = (s.base[i] if i < len(s.base) else None), (s.aligned[i] if i < len(s.aligned) else None)
+        mine, other = (b, a) if side == "base" else (a, b)
         css = ""
         if side == "aligned" and mine is not None and other is not None and mine != other:
             css = "better" if (mine > other) == s.higher_is_better else "worse"
