@@ -1,4 +1,4 @@
-"""``python -m alignsuite fit|validate|test|predict|export --config recipe.yaml``."""
+"""``python -m alignsuite fit|validate|test|predict|export|evaluate --config recipe.yaml``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,19 @@ class AlignTrainer(Trainer):
     # is already the ExportPretrained section of the config, so the function has another name.
     export = export_checkpoint
 
+    def evaluate_models(self, model, datamodule=None, evaluation=None):
+        """Generate from the base and the aligned model, score both, write results.json and the report (the
+        ``evaluate`` section: ``alignsuite.evaluation.run.Evaluation``)."""
+        from alignsuite.evaluation.run import EvaluationError, run_evaluation
+
+        try:
+            return run_evaluation(model, evaluation, datamodule, device=self.strategy.root_device)
+        except EvaluationError as error:
+            fail(str(error))
+
+    # The `evaluate` command; its settings are the `evaluate` section, so the function has another name too.
+    evaluate = evaluate_models
+
 
 def _drop_advertisements(record: logging.LogRecord) -> bool:
     """Lightning prints a product tip at every fit; a first run should print only what matters."""
@@ -113,7 +126,16 @@ class AlignCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"},
+                "evaluate": {"model", "datamodule", "evaluation"}}
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "evaluate":  # only there: a fit's config keeps no evaluate section
+            from alignsuite.evaluation.run import Evaluation
+
+            parser.add_class_arguments(Evaluation, "evaluate")
+        return parser
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -160,6 +182,8 @@ class AlignCLI(LightningCLI):
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if subcommand == "evaluate":
+            kwargs["evaluation"] = self.config_init[subcommand]["evaluate"]
         if "ckpt_path" in kwargs:
             kwargs["ckpt_path"] = self.resume_path(subcommand, kwargs["ckpt_path"])
             if subcommand == "fit" and kwargs["ckpt_path"] and os.path.exists(kwargs["ckpt_path"]):

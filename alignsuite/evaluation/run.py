@@ -1,0 +1,308 @@
+"""``python -m alignsuite evaluate``: generate from the base and the aligned model, score both, report.
+
+The recipe's model section gives the backbone and the base model (its ``model_name_or_path``); the
+``evaluate`` section (:class:`Evaluation`) gives the aligned model, the prompts and the scorers. Both
+models generate from the same prompts with the same seeds, one after the other (only one is in memory at
+a time); a prompt whose generation fails is retried alone and then counted, not fatal.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import traceback
+from typing import Any
+
+import torch
+
+from alignsuite.evaluation.prompts import PromptFileError, load_prompts
+from alignsuite.evaluation.results import EvalResults, ScorerResult
+from alignsuite.evaluation.scorers import ImplicitRewardAccuracy, Scorer
+from alignsuite.evaluation.winrate import summarise
+
+
+class EvaluationError(ValueError):
+    """A bad ``evaluate`` setting, reported on the command line as one line."""
+
+
+class Evaluation:
+    """What ``evaluate`` compares, and how.
+
+    Args:
+        aligned: the aligned model: an export folder (``runs/<name>/version_N/export``, a ``save_pretrained``
+            folder of the recipe's backbone) or a Lightning checkpoint (``.ckpt``) of the recipe.
+        prompts: a prompt file (``.txt`` one per line, ``.jsonl``/``.json``/``.parquet``/``.csv`` with a prompt
+            column, PartiPrompts ``.tsv``, an HPSv2 benchmark ``.json``), ``toy:<world>`` or ``heldout`` (the
+            data's validation split).
+        scorers: ``class_path`` list, e.g. ``alignsuite.evaluation.scorers.PickScore``; see that module.
+        num_prompts: evaluate the first this many prompts (all when null; 64 for ``toy:`` prompts).
+        seed: generation seed (batch ``k`` samples from ``seed + k`` for both models) and the bootstrap's.
+        output_dir: where ``results.json`` and the report go; next to the aligned model when null
+            (``<run>/version_N/eval``).
+        batch_size: prompts generated at once.
+        generation_kwargs: passed to the backbone's ``generate`` (``max_new_tokens``, ``do_sample``,
+            ``num_inference_steps``, ``guidance_scale`` ...).
+        prompt_column: the prompt column of a table file (``prompt``; ``Prompt`` for PartiPrompts).
+        num_resamples: bootstrap resamples of the win rate's 95% interval.
+        weights_only: read only tensors from a ``.ckpt`` (the default); false unpickles anything.
+        report: write the HTML report (``alignsuite.evaluation.report``) beside ``results.json``.
+    """
+
+    def __init__(
+        self,
+        aligned: str | None = None,
+        prompts: str | None = None,
+        scorers: list[Scorer] | None = None,
+        num_prompts: int | None = None,
+        seed: int = 0,
+        output_dir: str | None = None,
+        batch_size: int = 8,
+        generation_kwargs: dict[str, Any] | None = None,
+        prompt_column: str | None = None,
+        num_resamples: int = 2000,
+        weights_only: bool | None = None,
+        report: bool = True,
+    ) -> None:
+        if num_prompts is not None and num_prompts < 1:
+            raise ValueError(f"evaluate.num_prompts must be at least 1, got {num_prompts}")
+        if batch_size < 1:
+            raise ValueError(f"evaluate.batch_size must be at least 1, got {batch_size}")
+        self.aligned, self.prompts, self.scorers = aligned, prompts, list(scorers or [])
+        self.num_prompts, self.seed, self.output_dir, self.batch_size = num_prompts, seed, output_dir, batch_size
+        self.generation_kwargs = dict(generation_kwargs or {})
+        self.prompt_column, self.num_resamples = prompt_column, num_resamples
+        self.weights_only, self.report = weights_only, report
+
+
+# ------------------------------------------------------------------------------------------ models
+def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
+    """A built copy of ``backbone`` holding the aligned weights: loaded from an export folder through the
+    backbone's own ``from_pretrained`` path, or the recipe's starting weights with a checkpoint's policy."""
+    built = copy.deepcopy(backbone)
+    if os.path.isdir(aligned):
+        built.model_name_or_path = aligned
+        try:
+            built.configure()
+        except Exception as error:  # noqa: BLE001 - whatever the loader says, name the folder with it
+            raise EvaluationError(f"evaluate.aligned {aligned}: cannot load it as {type(backbone).__name__}'s model"
+                                  f" ({type(error).__name__}: {error}); a LoRA-only export does not load alone: give"
+                                  " the run's checkpoint (.ckpt) instead") from error
+        return built
+    if not os.path.isfile(aligned):
+        raise EvaluationError(f"evaluate.aligned {aligned}: no such folder or checkpoint")
+    from alignsuite.callbacks.checkpoint_io import CheckpointError, load_checkpoint_file
+
+    try:
+        state = load_checkpoint_file(aligned, weights_only, mmap=True).get("state_dict", {})
+    except CheckpointError as error:
+        raise EvaluationError(str(error)) from error
+    policy = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not policy:
+        raise EvaluationError(f"evaluate.aligned {aligned}: the checkpoint holds no backbone weights")
+    built.configure()
+    missing, unexpected = built.load_state_dict(policy, strict=False)
+    rebuilt = tuple(built.not_checkpointed)
+    missing = [k for k in missing if not k.startswith(rebuilt)] if rebuilt else missing
+    if unexpected or missing:
+        raise EvaluationError(f"evaluate.aligned {aligned}: the checkpoint does not fit the recipe's backbone"
+                              f" (unexpected: {unexpected[:3]}, missing: {missing[:3]}); evaluate it with its own recipe")
+    return built
+
+
+def generate_all(backbone, rows: list[dict], seed: int, batch_size: int, kwargs: dict) -> tuple[list, list[str]]:
+    """One output per row (``None`` where generation failed) and the failures' messages. Batch ``k`` samples
+    from ``seed + k``; a failed batch is retried one prompt at a time with the same seed."""
+    outputs, errors = [], []
+    with_images = backbone.modality == "vision_language"
+
+    def call(chunk, batch_seed):
+        extra = {"images": [r.get("images") or [] for r in chunk]} if with_images else {}
+        return backbone.generate([r["prompt"] for r in chunk], seed=batch_seed, **extra, **kwargs)
+
+    for k, start in enumerate(range(0, len(rows), batch_size)):
+        chunk = rows[start : start + batch_size]
+        try:
+            outputs += list(call(chunk, seed + k))
+            continue
+        except Exception:  # noqa: BLE001 - one bad prompt must not end the evaluation
+            pass
+        for i, row in enumerate(chunk):
+            try:
+                outputs += list(call([row], seed + k))
+            except Exception as error:  # noqa: BLE001
+                outputs.append(None)
+                errors.append(f"prompt {start + i}: {type(error).__name__}: {error}")
+    return outputs, errors
+
+
+# ------------------------------------------------------------------------------------------ the evaluation
+def default_output_dir(aligned: str) -> str:
+    """``<run>/version_N/eval`` for ``<run>/version_N/export`` or ``<run>/version_N/checkpoints/x.ckpt``."""
+    where = os.path.dirname(os.path.abspath(aligned))
+    if os.path.isfile(aligned) and os.path.basename(where) == "checkpoints":
+        where = os.path.dirname(where)
+    return os.path.join(where, "eval")
+
+
+def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torch.device | str | None = None,
+                   console=None) -> EvalResults:
+    """Generate, score, summarise, print, and write ``results.json`` (and the report) to the output folder."""
+    backbone = module.backbone
+    modality = backbone.modality
+    if not evaluation.aligned:
+        raise EvaluationError("evaluate.aligned: give the aligned model (an export folder or a .ckpt)")
+    if not evaluation.scorers:
+        raise EvaluationError("evaluate.scorers: give at least one scorer (class_path), e.g."
+                              " alignsuite.evaluation.scorers.ToyReward for a toy recipe")
+    for scorer in evaluation.scorers:  # refused before any model loads
+        try:
+            scorer.check_modality(modality)
+        except ValueError as error:
+            raise EvaluationError(str(error)) from None
+    pair_scorers = [s for s in evaluation.scorers if getattr(s, "needs_pairs", False)]
+    gen_scorers = [s for s in evaluation.scorers if not getattr(s, "needs_pairs", False)]
+    rows: list[dict] = []
+    if gen_scorers:
+        if not evaluation.prompts:
+            raise EvaluationError("evaluate.prompts: give a prompt file, toy:<world> or heldout")
+        try:
+            rows = load_prompts(evaluation.prompts, evaluation.num_prompts, evaluation.seed, evaluation.prompt_column,
+                                datamodule)
+        except (PromptFileError, ValueError, FileNotFoundError) as error:
+            raise EvaluationError(str(error)) from None
+    if not os.path.exists(evaluation.aligned):
+        raise EvaluationError(f"evaluate.aligned {evaluation.aligned}: no such folder or checkpoint")
+    output_dir = evaluation.output_dir or default_output_dir(evaluation.aligned)
+    kwargs = evaluation.generation_kwargs
+
+    outputs, failures, errors = {}, {}, {}
+    for which in ("base", "aligned"):
+        if not rows:
+            break
+        model = copy.deepcopy(backbone) if which == "base" else aligned_backbone(backbone, evaluation.aligned,
+                                                                                  evaluation.weights_only)
+        if which == "base":
+            model.configure()
+        model.to(device or "cpu")
+        outputs[which], errors[which] = generate_all(model, rows, evaluation.seed, evaluation.batch_size, kwargs)
+        failures[which] = len(errors[which])
+        del model
+
+    prompts = [r["prompt"] for r in rows]
+    conditions = [r.get("images") or [] for r in rows] if modality == "vision_language" else None
+    results = EvalResults(modality=modality, prompts=prompts, base_outputs=outputs.get("base", []),
+                          aligned_outputs=outputs.get("aligned", []), conditions=conditions, failures=failures)
+    for scorer in gen_scorers:
+        result = ScorerResult(scorer.name, scorer.unit, base=scorer.score(prompts, results.base_outputs, conditions, rows),
+                              aligned=scorer.score(prompts, results.aligned_outputs, conditions, rows),
+                              higher_is_better=scorer.higher_is_better)
+        results.scores.append(summarise(result, evaluation.num_resamples, evaluation.seed))
+    for scorer in pair_scorers:
+        results.scores.append(implicit_reward_result(scorer, backbone, evaluation, datamodule, device, results))
+    results.details.update(
+        base=getattr(backbone, "model_name_or_path", None), aligned=evaluation.aligned, prompts=evaluation.prompts,
+        num_prompts=len(rows), seed=evaluation.seed, generation_kwargs=kwargs, output_dir=output_dir,
+        errors={k: v[:20] for k, v in errors.items() if v},
+    )
+    print_table(results, console)
+    write_results(results, output_dir)
+    if evaluation.report:
+        run_dir = os.path.dirname(output_dir)  # the training curves, when the aligned model is a run's
+        metrics = os.path.join(run_dir, "metrics.csv")
+        write_report(results, output_dir, metrics if os.path.isfile(metrics) else None)
+    return results
+
+
+def implicit_reward_result(scorer: ImplicitRewardAccuracy, backbone, evaluation, datamodule, device, results):
+    """Per held-out pair, the aligned model's implicit-reward accuracy over the base (the base's own is 1/2)."""
+    if datamodule is None:
+        raise EvaluationError(f"scorer {scorer.name!r} needs the recipe's preference data (its data section)")
+    datamodule.setup("validate")
+    if getattr(datamodule, "val_set", None) is None:
+        raise EvaluationError(f"scorer {scorer.name!r}: the data has no validation split; set data.val or"
+                              " data.val_fraction")
+    model = aligned_backbone(backbone, evaluation.aligned, evaluation.weights_only)
+    model.to(device or "cpu")
+    won = scorer.measure(model, backbone.model_name_or_path, datamodule.val_dataloader())
+    del model
+    results.details[scorer.name] = {"pairs": len(won), "accuracy": sum(won) / max(len(won), 1),
+                                    "note": "per held-out pair, not per prompt; the base is its own reference (1/2)"}
+    result = ScorerResult(scorer.name, scorer.unit, base=[0.5] * len(won), aligned=list(won))
+    return summarise(result, evaluation.num_resamples, evaluation.seed)
+
+
+# ------------------------------------------------------------------------------------------ output
+def print_table(results: EvalResults, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"evaluate: aligned over base ({results.modality}, {len(results.prompts)} prompts)")
+    for column in ("scorer", "unit", "base", "aligned", "win rate", "95% CI"):
+        table.add_column(column, justify="left" if column in ("scorer", "unit") else "right")
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.4g}"
+
+    for s in results.scores:
+        arrow = "" if s.higher_is_better else " (lower is better)"
+        ci = "-" if s.ci_low is None else f"[{s.ci_low:.3f}, {s.ci_high:.3f}]"
+        table.add_row(s.name + arrow, s.unit, fmt(s.mean_base), fmt(s.mean_aligned),
+                      "-" if s.win_rate is None else f"{s.win_rate:.3f}", ci)
+    console = console or Console()
+    console.print(table)
+    if any(results.failures.values()):
+        console.print(f"generation failures: {results.failures} (first errors in results.json's details)")
+
+
+def _jsonable(value, output_dir: str, name: str):
+    """Text as it is; an image as a PNG file under ``output_dir/images``, referenced by its relative path."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, output_dir, f"{name}_{i}") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _jsonable(v, output_dir, f"{name}_{k}") for k, v in value.items()}
+    if hasattr(value, "save") and hasattr(value, "size"):  # a PIL image
+        rel = os.path.join("images", f"{name}.png")
+        os.makedirs(os.path.join(output_dir, "images"), exist_ok=True)
+        value.save(os.path.join(output_dir, rel))
+        return rel
+    return repr(value)
+
+
+def write_results(results: EvalResults, output_dir: str) -> str:
+    """``results.json``: the details, failures, every scorer's numbers and per-prompt scores, and the prompts
+    and outputs (images as PNG files beside it)."""
+    os.makedirs(output_dir, exist_ok=True)
+    data = {
+        "modality": results.modality,
+        "details": _jsonable(results.details, output_dir, "details"),
+        "failures": results.failures,
+        "scores": [vars(s) for s in results.scores],
+        "prompts": _jsonable(results.prompts, output_dir, "prompt"),
+        "conditions": _jsonable(results.conditions, output_dir, "condition"),
+        "base_outputs": _jsonable(results.base_outputs, output_dir, "base"),
+        "aligned_outputs": _jsonable(results.aligned_outputs, output_dir, "aligned"),
+    }
+    path = os.path.join(output_dir, "results.json")
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+    return path
+
+
+def write_report(results: EvalResults, output_dir: str, metrics_csv: str | None = None) -> str | None:
+    """The HTML report, when ``alignsuite.evaluation.report`` is there; a failure is printed, not fatal
+    (``results.json`` is already written)."""
+    try:
+        from alignsuite.evaluation.report import write_report as write
+    except ImportError:
+        return None
+    try:
+        return write(results, output_dir, metrics_csv=metrics_csv)
+    except Exception:  # noqa: BLE001 - the numbers are written; the page is extra
+        print(f"evaluate: the report could not be written:\n{traceback.format_exc()}")
+        return None
+
+
+__all__ = ["Evaluation", "EvaluationError", "aligned_backbone", "generate_all", "run_evaluation", "write_results"]
