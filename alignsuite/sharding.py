@@ -14,7 +14,12 @@ A model whose trainable weights are not all sharded would train one unsynchronis
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
@@ -136,3 +141,39 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+class AtomicModelParallelStrategy(ModelParallelStrategy):
+    """Lightning's ``ModelParallelStrategy`` whose sharded checkpoints are written whole or not at all.
+
+    Lightning writes a sharded checkpoint's folder in place, so a run killed while saving ``last.ckpt``
+    leaves a folder of old and new shards and nothing to resume from. Here every rank writes its shards
+    into ``.partial-<name>`` beside it; once all have, the first rank swaps it in for the old folder (renamed
+    ``.old-<name>`` for the moment of the swap, then removed). A crash before the swap keeps the previous
+    checkpoint; the next save clears what a crash left.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        tmp, old = path.with_name(".partial-" + path.name), path.with_name(".old-" + path.name)
+        if self.global_rank == 0:
+            for leftover in (tmp, old):
+                _remove(leftover)
+        self.barrier("before sharded save")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("after sharded save")
+        if self.global_rank == 0:
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        self.barrier("after checkpoint swap")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

@@ -140,6 +140,7 @@ def test_fsdp2_checkpoint_is_sharded_without_reference_and_exports(fsdp_run, tmp
     root, _ = fsdp_run
     folder = root / "ckpt" / "last.ckpt"
     assert sorted(f for f in os.listdir(folder) if f.endswith(".distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not [n for n in os.listdir(folder.parent) if n.startswith((".partial-", ".old-"))]  # swapped in whole
     keys = list(FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
     weight_keys = [k for k in keys if k.startswith("state_dict.")]
     assert len(weight_keys) == 21  # the tiny Llama's 20 tensors + its tied-or-not head, nothing else
@@ -228,3 +229,30 @@ def test_fsdp1_on_a_cpu_points_at_fsdp2(tmp_path, tiny_lm_dir, pair_file, capsys
     err = capsys.readouterr().err
     assert "FSDPStrategy (configs/strategy/fsdp.yaml) runs on GPUs only" in err
     assert "--config configs/strategy/fsdp2_cpu2.yaml" in err
+
+
+def test_a_sharded_save_that_dies_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from alignsuite.sharding import AtomicModelParallelStrategy
+
+    def write_shards(self, checkpoint, path, storage_options=None):  # what Lightning's save does, per rank
+        os.makedirs(path, exist_ok=True)
+        for rank in range(2):
+            with open(os.path.join(path, f"__{rank}_0.distcp"), "w") as f:
+                f.write(str(checkpoint["global_step"]))
+                if checkpoint.get("die") and rank == 1:
+                    raise OSError("disk full")
+
+    monkeypatch.setattr(ModelParallelStrategy, "save_checkpoint", write_shards)
+    strategy = AtomicModelParallelStrategy()
+    last = tmp_path / "last.ckpt"
+    strategy.save_checkpoint({"global_step": 4}, last)
+    strategy.save_checkpoint({"global_step": 8}, last)
+    assert sorted(os.listdir(tmp_path)) == ["last.ckpt"]
+    assert (last / "__1_0.distcp").read_text() == "8"
+    with pytest.raises(OSError, match="disk full"):
+        strategy.save_checkpoint({"global_step": 12, "die": True}, last)
+    assert (last / "__0_0.distcp").read_text() == "8" and (last / "__1_0.distcp").read_text() == "8"
+    strategy.save_checkpoint({"global_step": 16}, last)  # the next save clears what the crash left
+    assert sorted(os.listdir(tmp_path)) == ["last.ckpt"] and (last / "__0_0.distcp").read_text() == "16"
