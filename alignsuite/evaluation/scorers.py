@@ -81,7 +81,7 @@ def prompt_text(prompt: Any) -> str:
         return prompt
     for message in reversed(prompt):
         if message.get("role") == "user":
-            content = message["content"]
+            content = message.get("content") or ""
             if isinstance(content, str):
                 return content
             return " ".join(part["text"] for part in content if part.get("type") == "text")

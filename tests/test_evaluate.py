@@ -1,0 +1,124 @@
+"""``python -m alignsuite evaluate`` end to end on the language toy world, and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alignsuite.backbones import CausalLM
+from alignsuite.cli import main
+from alignsuite.evaluation.run import Evaluation, aligned_backbone, run_evaluation
+from alignsuite.evaluation.scorers import ToyReward
+from alignsuite.module import PreferenceModule
+from alignsuite.toy import get_world
+
+RECIPE = "recipes/toy/llm_dpo.yaml"
+SMALL = ["--evaluate.num_prompts", "12", "--evaluate.batch_size", "8", "--data.init_args.num_val", "16",
+         "--evaluate.report", "false"]
+
+
+@pytest.fixture(scope="module")
+def aligned_export(tmp_path_factory):
+    """The toy base model with every weight nudged: an 'aligned' model whose generations differ."""
+    path = tmp_path_factory.mktemp("run") / "export"
+    backbone = CausalLM("toy:llm")
+    backbone.configure()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in backbone.policy.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    backbone.save_pretrained(str(path))
+    return path, backbone
+
+
+def direct_rewards(backbone, prompts, seed=0, batch_size=8):
+    """The toy reward of generations made by hand, with the seeds evaluate uses (seed + batch index)."""
+    world, out = get_world("llm"), []
+    for k, start in enumerate(range(0, len(prompts), batch_size)):
+        chunk = prompts[start : start + batch_size]
+        texts = backbone.generate(chunk, seed=seed + k, max_new_tokens=8)
+        out += [world.reward(p, t) for p, t in zip(chunk, texts)]
+    return out
+
+
+def test_evaluate_toy_llm_end_to_end(aligned_export):
+    path, aligned = aligned_export
+    main(["evaluate", "--config", RECIPE, "--config", "configs/eval/toy_llm.yaml", "--evaluate.aligned", str(path),
+          *SMALL])
+    results = json.loads((path.parent / "eval" / "results.json").read_text())
+    toy = next(s for s in results["scores"] if s["name"] == "toy_reward_llm")
+    prompts = get_world("llm").eval_prompts(12, 0)
+    assert results["prompts"] == prompts and results["failures"] == {"base": 0, "aligned": 0}
+
+    base = CausalLM("toy:llm")
+    base.configure()
+    assert toy["base"] == pytest.approx(direct_rewards(base, prompts))
+    assert toy["aligned"] == pytest.approx(direct_rewards(aligned, prompts))
+    assert toy["mean_base"] == pytest.approx(np.mean(toy["base"]))
+    assert toy["mean_aligned"] == pytest.approx(np.mean(toy["aligned"]))
+    wins = [(a > b) + 0.5 * (a == b) for b, a in zip(toy["base"], toy["aligned"])]  # aligned over base
+    assert toy["win_rate"] == pytest.approx(np.mean(wins))
+    assert 0 <= toy["ci_low"] <= toy["win_rate"] <= toy["ci_high"] <= 1
+    assert results["base_outputs"] != results["aligned_outputs"]  # the nudge changed what it says
+
+    # the held-out pairs (data.num_val 16): 1, 0 or 1/2 each; the base, its own reference, ties every pair
+    implicit = next(s for s in results["scores"] if s["name"] == "implicit_reward_accuracy")
+    assert len(implicit["aligned"]) == 16 and set(implicit["aligned"]) <= {0.0, 0.5, 1.0}
+    assert implicit["mean_base"] == 0.5 and implicit["win_rate"] == pytest.approx(implicit["mean_aligned"])
+    assert results["details"]["implicit_reward_accuracy"]["accuracy"] == pytest.approx(implicit["mean_aligned"])
+
+
+class FailingCausalLM(CausalLM):
+    """The toy model, failing on any batch holding a prompt with "fail" in it (as an over-long prompt would)."""
+
+    def generate(self, prompts, **kwargs):
+        if any("fail" in p for p in prompts):
+            raise RuntimeError("this prompt cannot be generated from")
+        return super().generate(prompts, **kwargs)
+
+
+def test_failed_generations_are_counted_not_fatal(aligned_export, tmp_path):
+    path, _ = aligned_export
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("echo a b\necho fail\necho c\n")
+    module = PreferenceModule(FailingCausalLM("toy:llm"))
+    evaluation = Evaluation(str(path), str(prompts), [ToyReward("llm")], batch_size=8, output_dir=str(tmp_path / "eval"),
+                            generation_kwargs={"max_new_tokens": 8}, report=False)
+    results = run_evaluation(module, evaluation)
+    assert results.failures == {"base": 1, "aligned": 1}
+    assert results.base_outputs[1] is None and results.base_outputs[0] is not None  # retried one by one
+    toy = results.scores[0]
+    assert toy.base[1] is None and toy.aligned[1] is None and toy.base[0] is not None
+    written = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert written["failures"] == {"base": 1, "aligned": 1}
+    assert written["details"]["errors"]["base"] == ["prompt 1: RuntimeError: this prompt cannot be generated from"]
+
+
+def test_checkpoint_as_aligned_model(aligned_export, tmp_path):
+    _, aligned = aligned_export
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in aligned.state_dict().items()}}, ckpt)
+    loaded = aligned_backbone(CausalLM("toy:llm"), str(ckpt))
+    for (name, a), b in zip(aligned.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_refusals_name_the_problem(aligned_export, tmp_path, capsys):
+    path, _ = aligned_export
+    cases = [
+        (["--evaluate.scorers", '[{"class_path": "alignsuite.evaluation.scorers.ClipScore", "init_args":'
+          ' {"model_name_or_path": "openai/clip-vit-large-patch14"}}]'], "'clip_score'.*not text"),
+        (["--evaluate.prompts", str(tmp_path / "missing.txt")], "missing.txt: no such prompt file"),
+        (["--evaluate.aligned", str(tmp_path / "nothing")], "nothing: no such folder or checkpoint"),
+    ]
+    (tmp_path / "empty.txt").write_text("")
+    cases.append((["--evaluate.prompts", str(tmp_path / "empty.txt")], "empty.txt: no prompts"))
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as e:
+            main(["evaluate", "--config", RECIPE, "--config", "configs/eval/toy_llm.yaml",
+                  "--evaluate.aligned", str(path), *SMALL, *extra])
+        assert e.value.code == 2
+        assert __import__("re").search(message, capsys.readouterr().err), message
