@@ -272,3 +272,56 @@ def test_twenty_slurm_requeues_in_a_row_never_hang_and_lose_no_step(tmp_path, ti
     assert final.returncode == 0, final.stderr[-3000:]
     assert step_of(tmp_path / "ckpt" / "last.ckpt") == steps
     assert (tmp_path / "scontrol.log").read_text().count("requeue 4242") >= min(attempt, 19)
+
+
+@pytest.mark.slow
+def test_a_simulated_two_node_slurm_job_requeues_on_sigusr1_and_continues_exactly(tmp_path, tiny_lm_dir,
+                                                                                   pair_file):  # noqa: F811
+    """Two processes given the environment srun gives each task of a 2-node x 1-task job: num_nodes comes from
+    it, SIGUSR1 to both stops them at one step, the first requeues, and the requeued job's losses continue
+    the interrupted run's exactly (compared with an uninterrupted 2-node run)."""
+    steps = 8
+
+    def fixed_run(config):
+        config["trainer"].update(max_steps=steps, limit_val_batches=0, accelerator="cpu", strategy="ddp")
+        config["trainer"]["logger"]["init_args"].update(flush_logs_every_n_steps=1)
+        config["trainer"]["logger"]["init_args"].pop("version", None)
+
+    path = edit(recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=steps), fixed_run)
+
+    def launch(extra_args=(), job="5151", name="t"):
+        processes = []
+        for rank in range(2):
+            env = {**os.environ, **fake_scontrol(tmp_path), "SLURM_NTASKS": "2", "SLURM_NNODES": "2",
+                   "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": str(rank), "SLURM_LOCALID": "0",
+                   "SLURM_NODEID": str(rank), "SLURM_JOB_ID": job, "SLURM_JOB_NAME": "align",
+                   "SLURM_NODELIST": "127.0.0.1"}
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "alignsuite", "fit", "--config", path, "--ckpt_path", "last",
+                 "--trainer.logger.init_args.name", name, *extra_args],
+                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return processes
+
+    def finish(processes, timeout=300):
+        out = [p.communicate(timeout=timeout) for p in processes]
+        return [p.returncode for p in processes], out
+
+    runs = tmp_path / "runs" / "t"
+    first = launch()
+    deadline = time.time() + 300
+    while not any(step >= 2 for step in logged_steps(runs / "version_0" / "metrics.csv")):
+        assert all(p.poll() is None for p in first) and time.time() < deadline, "no step logged in time"
+        time.sleep(0.05)
+    for p in first:
+        p.send_signal(signal.SIGUSR1)
+    codes, out = finish(first)
+    assert codes == [128 + signal.SIGUSR1] * 2, out[0][1][-3000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 5151\n"  # the first rank only
+    codes, out = finish(launch())
+    assert codes == [0, 0], out[0][1][-3000:]
+    resumed = {**train_losses(runs / "version_0" / "metrics.csv"), **train_losses(runs / "version_1" / "metrics.csv")}
+    codes, out = finish(launch(["--checkpoint.dirpath", str(tmp_path / "whole_ckpt")], job="6161", name="whole"))
+    assert codes == [0, 0], out[0][1][-3000:]
+    whole = train_losses(tmp_path / "runs" / "whole" / "version_0" / "metrics.csv")
+    assert sorted(resumed) == sorted(whole) == list(range(steps))
+    assert resumed == whole
