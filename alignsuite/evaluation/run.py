@@ -239,7 +239,7 @@ def print_table(results: EvalResults, console=None) -> None:
 
     table = Table(title=f"evaluate: aligned over base ({results.modality}, {len(results.prompts)} prompts)")
     for column in ("scorer", "unit", "base", "aligned", "win rate", "95% CI"):
-        table.add_column(column, justify="left" if column in ("scorer", "unit") else "right")
+        table.add_column(column, justify="left" if column in ("scorer", "unit") else "right", no_wrap=True)
 
     def fmt(x):
         return "-" if x is None else f"{x:.4g}"
@@ -249,7 +249,10 @@ def print_table(results: EvalResults, console=None) -> None:
         ci = "-" if s.ci_low is None else f"[{s.ci_low:.3f}, {s.ci_high:.3f}]"
         table.add_row(s.name + arrow, s.unit, fmt(s.mean_base), fmt(s.mean_aligned),
                       "-" if s.win_rate is None else f"{s.win_rate:.3f}", ci)
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or a pipe: rich's 80 columns would cut the scorers' names
+            console = Console(width=140)
     console.print(table)
     if any(results.failures.values()):
         console.print(f"generation failures: {results.failures} (first errors in results.json's details)")

@@ -65,14 +65,18 @@ class Scorer:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+class MissingWeightsError(FileNotFoundError, ValueError):
+    """A scorer's weights are not where the config says (a ValueError too: the CLI reports it in one line)."""
+
+
 def check_weights(path: str | None, what: str, how: str) -> None:
     """A local path that does not exist is refused now, naming it and how to get the weights (a hub id is
     left to the loader)."""
     if path is None:
-        raise ValueError(f"{what}: give the weights' path ({how})")
+        raise MissingWeightsError(f"{what}: give the weights' path ({how})")
     looks_local = path.startswith((".", "/", "~")) or path.endswith((".pt", ".pth", ".bin", ".safetensors"))
     if looks_local and not os.path.exists(os.path.expanduser(path)):
-        raise FileNotFoundError(f"{what}: weights not found at {path!r}; {how}")
+        raise MissingWeightsError(f"{what}: weights not found at {path!r}; {how}")
 
 
 def prompt_text(prompt: Any) -> str:
@@ -102,6 +106,16 @@ def as_rgb(image) -> Any:
     return Image.fromarray(array).convert("RGB")
 
 
+def load_pretrained(loader, path: str, what: str, how: str, **kwargs):
+    """``loader.from_pretrained(path)``; a folder that is not there and no hub id that loads is named with how
+    to get the weights."""
+    try:
+        return loader.from_pretrained(os.path.expanduser(path), **kwargs)
+    except OSError as error:
+        raise MissingWeightsError(f"{what}: cannot load {path!r}, neither a local folder nor a hub id that loads"
+                                  f" here ({error}); {how}") from error
+
+
 def import_object(path: str) -> Any:
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
@@ -129,8 +143,7 @@ class ClipScore(Scorer):
 
     def __init__(self, model_name_or_path: str = "openai/clip-vit-large-patch14", device: str | None = None,
                  batch_size: int = 16) -> None:
-        check_weights(model_name_or_path, "ClipScore", "download a CLIP model with `huggingface-cli download"
-                      " openai/clip-vit-large-patch14 --local-dir <folder>` and give that folder")
+        check_weights(model_name_or_path, "ClipScore", CLIP_HOW)
         self.model_name_or_path, self.device, self.batch_size = model_name_or_path, _device(device), batch_size
         self.metric = None
 
@@ -150,8 +163,9 @@ class ClipScore(Scorer):
 
             path = os.path.expanduser(self.model_name_or_path)
             # torchmetrics takes only its listed hub ids by name; any other folder through a loader.
-            self.metric = CLIPScore(model_name_or_path=lambda: (FeaturesCLIP.from_pretrained(path).eval(),
-                                                                CLIPProcessor.from_pretrained(path)))
+            self.metric = CLIPScore(model_name_or_path=lambda: (
+                load_pretrained(FeaturesCLIP, path, "ClipScore", CLIP_HOW).eval(),
+                load_pretrained(CLIPProcessor, path, "ClipScore", CLIP_HOW)))
             self.metric.model.to(self.device)
         return self.metric
 
@@ -164,6 +178,12 @@ class ClipScore(Scorer):
         # Per image: the metric's own update, before it averages (CLIPScore.compute also clamps at 0).
         scores, _ = _clip_score_update(images, [prompt_text(p) for p in prompts], metric.model, metric.processor)
         return scores.clamp(min=0).tolist()
+
+
+PICKSCORE_HOW = ("download it with `huggingface-cli download yuvalkirstain/PickScore_v1 --local-dir <folder>` (and its"
+                 " processor, laion/CLIP-ViT-H-14-laion2B-s32B-b79K) and give the folders")
+CLIP_HOW = ("download a CLIP model with `huggingface-cli download openai/clip-vit-large-patch14 --local-dir <folder>`"
+            " and give that folder")
 
 
 class PickScore(Scorer):
@@ -181,10 +201,8 @@ class PickScore(Scorer):
     def __init__(self, model_name_or_path: str = "yuvalkirstain/PickScore_v1",
                  processor_name_or_path: str | None = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", device: str | None = None,
                  batch_size: int = 16) -> None:
-        how = ("download it with `huggingface-cli download yuvalkirstain/PickScore_v1 --local-dir <folder>` (and its"
-               " processor, laion/CLIP-ViT-H-14-laion2B-s32B-b79K) and give the folders")
-        check_weights(model_name_or_path, "PickScore", how)
-        check_weights(processor_name_or_path or model_name_or_path, "PickScore processor", how)
+        check_weights(model_name_or_path, "PickScore", PICKSCORE_HOW)
+        check_weights(processor_name_or_path or model_name_or_path, "PickScore processor", PICKSCORE_HOW)
         self.model_name_or_path = model_name_or_path
         self.processor_name_or_path = processor_name_or_path or model_name_or_path
         self.device, self.batch_size = _device(device), batch_size
@@ -194,8 +212,8 @@ class PickScore(Scorer):
         if self.model is None:
             from transformers import AutoProcessor, CLIPModel
 
-            self.model = CLIPModel.from_pretrained(os.path.expanduser(self.model_name_or_path)).eval().to(self.device)
-            self.processor = AutoProcessor.from_pretrained(os.path.expanduser(self.processor_name_or_path))
+            self.model = load_pretrained(CLIPModel, self.model_name_or_path, "PickScore", PICKSCORE_HOW).eval().to(self.device)
+            self.processor = load_pretrained(AutoProcessor, self.processor_name_or_path, "PickScore processor", PICKSCORE_HOW)
         return self.model, self.processor
 
     @staticmethod
@@ -398,9 +416,10 @@ class RewardModel(Scorer):
         if self.model is None:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            path = os.path.expanduser(self.model_name_or_path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=self.dtype).eval().to(self.device)
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            path, how = self.model_name_or_path, "give a folder written by save_pretrained, or a hub id"
+            model = load_pretrained(AutoModelForSequenceClassification, path, "RewardModel", how, dtype=self.dtype)
+            self.model = model.eval().to(self.device)
+            self.tokenizer = load_pretrained(AutoTokenizer, path, "RewardModel tokenizer", how)
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -496,5 +515,7 @@ class ImplicitRewardAccuracy(Scorer):
         return won
 
 
-__all__ = ["CER", "WER", "Aesthetic", "AestheticMLP", "ClipScore", "HPSv2", "ImplicitRewardAccuracy", "PickScore", "RewardModel", "Scorer",
-           "ToyReward", "check_weights", "prompt_text"]
+__all__ = [
+    "CER", "WER", "Aesthetic", "AestheticMLP", "ClipScore", "HPSv2", "ImplicitRewardAccuracy", "MissingWeightsError",
+    "PickScore", "RewardModel", "Scorer", "ToyReward", "check_weights", "prompt_text",
+]
