@@ -252,3 +252,13 @@ def test_bad_prompt_files_name_the_file_and_line(tmp_path):
     (tmp_path / "nums.json").write_text("[1, 2]")
     with pytest.raises(PromptFileError, match="nums.json: item 0: the prompt is int"):
         read_prompt_file(str(tmp_path / "nums.json"))
+
+
+def test_heldout_prompts_are_the_validation_split():
+    from alignsuite.toy.data import ToyPreferenceData
+
+    data = ToyPreferenceData("llm", num_train=8, num_val=6)
+    rows = load_prompts("heldout", num_prompts=4, datamodule=data)
+    assert [r["prompt"] for r in rows] == list(data.val_set["prompt"][:4])
+    with pytest.raises(ValueError, match="needs the recipe's data section"):
+        load_prompts("heldout")
