@@ -49,11 +49,12 @@ class ImageGrid(Callback):
     def log_grid(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Every process samples (a sharded model needs all of them in each forward); the first one writes.
         images = pl_module.backbone.generate(self.prompts, seed=self.seed)
+        root = trainer.log_dir or trainer.default_root_dir  # a collective under some strategies: every rank asks
         if trainer.is_global_zero:
-            self.write(trainer, make_grid(images))
+            self.write(trainer, make_grid(images), root)
 
-    def write(self, trainer: Trainer, grid) -> None:
-        folder = os.path.join(trainer.log_dir or trainer.default_root_dir, "images")
+    def write(self, trainer: Trainer, grid, root: str) -> None:
+        folder = os.path.join(root, "images")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"step_{trainer.global_step:06d}.png")
         grid.save(path)

@@ -69,11 +69,12 @@ class VisionSamples(Callback):
         batch = self.rows(trainer)
         answers = pl_module.backbone.generate(batch["prompt"], images=batch.get("images"),
                                               max_new_tokens=self.max_new_tokens)
+        root = trainer.log_dir or trainer.default_root_dir  # a collective under some strategies: every rank asks
         if not trainer.is_global_zero:
             return
         records = [{"index": int(i), "question": question_text(p), "chosen": answer_text(c), "generated": a}
                    for i, p, c, a in zip(batch["index"], batch["prompt"], batch["chosen"], answers)]
-        folder = os.path.join(trainer.log_dir or trainer.default_root_dir, "samples")
+        folder = os.path.join(root, "samples")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"step_{step:06d}")
         with open(path + ".jsonl", "w") as f:
