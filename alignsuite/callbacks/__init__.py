@@ -4,9 +4,10 @@ from alignsuite.callbacks.image_grid import ImageGrid
 from alignsuite.callbacks.predictions import PredictionWriter
 from alignsuite.callbacks.preemption import CheckpointOnPreemption, Preempted
 from alignsuite.callbacks.reward import GenerationReward
+from alignsuite.callbacks.scores import ValidationScores
 from alignsuite.callbacks.vision_samples import VisionSamples
 
 __all__ = [
     "AtomicCheckpointIO", "CheckpointError", "CheckpointOnPreemption", "ExportError", "ExportPretrained",
-    "GenerationReward", "ImageGrid", "Preempted", "PredictionWriter", "VisionSamples", "last_checkpoint_note",
+    "GenerationReward", "ImageGrid", "Preempted", "PredictionWriter", "ValidationScores", "VisionSamples", "last_checkpoint_note",
 ]
