@@ -6,7 +6,44 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 
-class GenerationReward(Callback):
+class ValidationMetrics(Callback):
+    """Base of the callbacks that generate and score at validations: ``compute(trainer, pl_module)`` returns
+    ``{logged name: value}``; it runs before training (logged at step 0) and at every ``every``-th
+    validation, at most once per optimizer step (a validation again at the same global step, as under
+    gradient accumulation, logs the values already measured there). ``history`` holds ``(step, metrics)``."""
+
+    every: int = 1
+    history: list[tuple[int, dict[str, float]]]
+
+    def compute(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        raise NotImplementedError
+
+    def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        """The metrics at this global step: generated and scored once, then reused."""
+        if self.history and self.history[-1][0] == trainer.global_step:
+            return self.history[-1][1]
+        metrics = self.compute(trainer, pl_module)
+        self.history.append((trainer.global_step, metrics))
+        rank_zero_info(", ".join(f"{k} = {v:.4g}" for k, v in metrics.items()) + f" at step {trainer.global_step}")
+        return metrics
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step == 0:  # the starting point, before any update
+            metrics = self.measure(trainer, pl_module)
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=0)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._validations = getattr(self, "_validations", 0) + 1
+        if (self._validations - 1) % self.every:
+            return
+        for key, value in self.measure(trainer, pl_module).items():
+            pl_module.log(key, value, sync_dist=False, rank_zero_only=False)
+
+
+class GenerationReward(ValidationMetrics):
     """Log the mean programmatic reward of greedy generations, before training and at each validation.
 
     A world scores its generations one of two ways: ``world.reward(prompt, output)`` per prompt, averaged
@@ -57,23 +94,5 @@ class GenerationReward(Callback):
         prefix = self.name.rsplit("/", 1)[0] + "/" if "/" in self.name else ""
         return {self.name if key == "reward" else prefix + key: float(value) for key, value in metrics.items()}
 
-    def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        """The metrics at this global step: generated and scored once, then reused."""
-        if self.history and self.history[-1][0] == trainer.global_step:
-            return self.history[-1][1]
-        metrics = self.evaluate(pl_module)
-        self.history.append((trainer.global_step, metrics))
-        rank_zero_info(", ".join(f"{k} = {v:.3f}" for k, v in metrics.items()) + f" at step {trainer.global_step}")
-        return metrics
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.global_step == 0:  # the starting point, before any update
-            metrics = self.measure(trainer, pl_module)
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=0)
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        for key, value in self.measure(trainer, pl_module).items():
-            pl_module.log(key, value, sync_dist=False, rank_zero_only=False)
+    def compute(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        return self.evaluate(pl_module)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch import LightningModule, Trainer
 
+from alignsuite.callbacks.reward import ValidationMetrics
 from alignsuite.evaluation.run import generate_all
 from alignsuite.evaluation.scorers import Scorer
 
 
-class ValidationScores(Callback):
+class ValidationScores(ValidationMetrics):
     """Every ``every_n_validations``-th validation (and before training), generate from ``num_prompts``
     fixed prompts with a fixed seed and log each scorer's mean as ``val/<scorer name>``: the same scorers
     ``evaluate`` uses (``alignsuite.evaluation.scorers``: PickScore, HPSv2, a reward model, WER ...), on
@@ -40,15 +40,12 @@ class ValidationScores(Callback):
         self.generation_kwargs = dict(generation_kwargs or {})
         self.rows: list[dict] | None = None
         self.history: list[tuple[int, dict[str, float]]] = []
-        self._validations = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for scorer in self.scorers:  # refused at start, not after the first hours of training
             scorer.check_modality(pl_module.backbone.modality)
 
-    def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        if self.history and self.history[-1][0] == trainer.global_step:
-            return self.history[-1][1]
+    def compute(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         if self.rows is None:
             from alignsuite.evaluation.prompts import load_prompts
 
@@ -61,21 +58,4 @@ class ValidationScores(Callback):
             values = [v for v in scorer.score(prompts, outputs, conditions, self.rows) if v is not None]
             metrics[f"val/{scorer.name}"] = sum(values) / len(values) if values else float("nan")
             metrics[f"val/{scorer.name}_failed"] = float(len(outputs) - len(values))
-        self.history.append((trainer.global_step, metrics))
-        rank_zero_info(", ".join(f"{k} = {v:.4g}" for k, v in metrics.items()) + f" at step {trainer.global_step}")
         return metrics
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.global_step == 0:
-            metrics = self.measure(trainer, pl_module)
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=0)
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._validations += 1
-        if (self._validations - 1) % self.every:
-            return
-        for key, value in self.measure(trainer, pl_module).items():
-            pl_module.log(key, value, sync_dist=False, rank_zero_only=False)
