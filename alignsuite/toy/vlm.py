@@ -322,13 +322,20 @@ class ShapesWorld:
         optim = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
         warmup = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: min(1.0, (step + 1) / 50))
         model.train()
-        for _ in range(steps):
-            idx = torch.randint(pool, (batch_size,))
-            loss = model(input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx],
-                         pixel_values=enc["pixel_values"][idx], labels=labels[idx]).loss
-            loss.backward()
-            optim.step()
-            optim.zero_grad()
-            warmup.step()
+        # One thread: sums then run in one order, so every machine builds the same weights (with two threads
+        # the 600 steps drift to another base model, whose figures differ from the README's).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for _ in range(steps):
+                idx = torch.randint(pool, (batch_size,))
+                loss = model(input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx],
+                             pixel_values=enc["pixel_values"][idx], labels=labels[idx]).loss
+                loss.backward()
+                optim.step()
+                optim.zero_grad()
+                warmup.step()
+        finally:
+            torch.set_num_threads(threads)
         model.save_pretrained(path)
         processor.save_pretrained(path)
