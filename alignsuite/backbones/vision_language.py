@@ -277,8 +277,9 @@ class VisionLanguage(CausalLM):
         attention_mask = torch.zeros((n, width), dtype=torch.long)
         completion_mask = torch.zeros((n, width), dtype=torch.long)
         extra = {k: v for k, v in enc.items() if k not in _TOKEN_INPUTS}
+        # Per-token inputs (Gemma's token_type_ids, Qwen's mm_token_type_ids) follow the tokens: re-laid out below.
         per_token = {k: torch.zeros((n, width), dtype=v.dtype) for k, v in extra.items()
-                     if torch.is_tensor(v) and v.shape[:2] == enc["input_ids"].shape}  # token_type_ids ...
+                     if k.endswith("token_type_ids") and torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
         first = width
         for i, (p, c) in enumerate(pairs):
             input_ids[i, : len(p) + len(c)] = torch.tensor(p + c)
