@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from typing import Literal
 
@@ -16,7 +15,7 @@ from torch import Tensor
 from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.objectives import Objective, get_objective
 from alignsuite.reference import Reference, default_reference
-from alignsuite.sharding import check_sharded, full_state_dict, is_sharded, mixed_precision, shard_model
+from alignsuite.sharding import check_sharded, full_state_dict, is_sharded, mixed_precision, shard_model, zero_redundancy
 from alignsuite.views import check_setup
 
 
@@ -141,7 +140,7 @@ class PreferenceModule(LightningModule):
             )
         optimizer = self.optimizer(params) if self.optimizer else torch.optim.AdamW(params, lr=1e-6)
         if self.zero_optimizer:
-            optimizer = self._shard_optimizer_state(optimizer, params)
+            optimizer = zero_redundancy(optimizer, params, self.trainer.strategy)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_ratio * total)
 
@@ -157,30 +156,6 @@ class PreferenceModule(LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _shard_optimizer_state(self, optimizer: torch.optim.Optimizer, params: list) -> torch.optim.Optimizer:
-        """``optimizer`` as a ``ZeroRedundancyOptimizer`` of its class and defaults under multi-process DDP.
-        Its state is created lazily at the first step, so the plain one built first costs nothing."""
-        from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
-        from lightning.pytorch.utilities import rank_zero_info
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        strategy = self.trainer.strategy
-        if isinstance(strategy, (ModelParallelStrategy, FSDPStrategy)):
-            raise ValueError(
-                f"model.zero_optimizer is for DDP; {type(strategy).__name__} (FSDP) shards the optimizer state"
-                " already: remove model.zero_optimizer (configs/optim/zero.yaml)"
-            )
-        if strategy.world_size < 2:
-            rank_zero_info("model.zero_optimizer: one process, nothing to shard the optimizer state over; a plain"
-                           f" {type(optimizer).__name__} is used")
-            return optimizer
-        if not isinstance(strategy, DDPStrategy):
-            raise ValueError(f"model.zero_optimizer needs DDP (configs/strategy/ddp.yaml), not {type(strategy).__name__}")
-        # Only what the class's constructor takes: AdamW's defaults also hold Adam's decoupled_weight_decay.
-        accepted = inspect.signature(type(optimizer)).parameters
-        settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-        return ZeroRedundancyOptimizer(params, optimizer_class=type(optimizer), **settings)
 
     # ------------------------------------------------------------------ the step
     def build_views(self, batch: dict) -> list[ViewInputs]:

@@ -177,3 +177,30 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+def zero_redundancy(optimizer: torch.optim.Optimizer, params: list, strategy) -> torch.optim.Optimizer:
+    """``optimizer`` as a ``ZeroRedundancyOptimizer`` of its class and settings under multi-process DDP (each
+    rank keeps 1/N of the optimizer state; Lightning consolidates it to rank 0 for checkpoints). Its state is
+    created lazily at the first step, so the plain one built first costs nothing."""
+    import inspect
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+    from lightning.pytorch.utilities import rank_zero_info
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    if isinstance(strategy, (ModelParallelStrategy, FSDPStrategy)):
+        raise ValueError(
+            f"model.zero_optimizer is for DDP; {type(strategy).__name__} (FSDP) shards the optimizer state"
+            " already: remove model.zero_optimizer (configs/optim/zero.yaml)"
+        )
+    if strategy.world_size < 2:
+        rank_zero_info("model.zero_optimizer: one process, nothing to shard the optimizer state over; a plain"
+                       f" {type(optimizer).__name__} is used")
+        return optimizer
+    if not isinstance(strategy, DDPStrategy):
+        raise ValueError(f"model.zero_optimizer needs DDP (configs/strategy/ddp.yaml), not {type(strategy).__name__}")
+    # Only what the class's constructor takes: AdamW's defaults also hold Adam's decoupled_weight_decay.
+    accepted = inspect.signature(type(optimizer)).parameters
+    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return ZeroRedundancyOptimizer(params, optimizer_class=type(optimizer), **settings)
