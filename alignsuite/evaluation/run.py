@@ -110,14 +110,19 @@ def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
     return built
 
 
+def row_images(rows: list[dict], modality: str) -> list[list] | None:
+    """Each row's input images for a vision-language model (``[]`` for a row without), else ``None``."""
+    return [r.get("images") or [] for r in rows] if modality == "vision_language" else None
+
+
 def generate_all(backbone, rows: list[dict], seed: int, batch_size: int, kwargs: dict) -> tuple[list, list[str]]:
     """One output per row (``None`` where generation failed) and the failures' messages. Batch ``k`` samples
     from ``seed + k``; a failed batch is retried one prompt at a time with the same seed."""
     outputs, errors = [], []
-    with_images = backbone.modality == "vision_language"
 
     def call(chunk, batch_seed):
-        extra = {"images": [r.get("images") or [] for r in chunk]} if with_images else {}
+        images = row_images(chunk, backbone.modality)
+        extra = {"images": images} if images is not None else {}
         return backbone.generate([r["prompt"] for r in chunk], seed=batch_seed, **extra, **kwargs)
 
     for k, start in enumerate(range(0, len(rows), batch_size)):
@@ -190,7 +195,7 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
         del model
 
     prompts = [r["prompt"] for r in rows]
-    conditions = [r.get("images") or [] for r in rows] if modality == "vision_language" else None
+    conditions = row_images(rows, modality)
     results = EvalResults(modality=modality, prompts=prompts, base_outputs=outputs.get("base", []),
                           aligned_outputs=outputs.get("aligned", []), conditions=conditions, failures=failures)
     for scorer in gen_scorers:
