@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from alignsuite.data import DataError, PreferenceDataModule
-from alignsuite.data.audio import Audio, audio_ref, decode_audio, write_wav
+from alignsuite.data.audio import Audio, audio_ref, decode_audio, resample, write_wav
 from alignsuite.data.layouts.speech import SpeechPairs
 
 
@@ -353,3 +353,10 @@ def test_code_out_of_range_in_a_second_codebook(tmp_path):
     rows = [{"text": "a", "chosen": [[1, 2], [3, 8]], "rejected": [[0, 0]]}]
     message = error_of(tmp_path, rows, SpeechPairs(num_codebooks=2, codebook_size=8))
     assert "row 0: field 'chosen': expected codes in [0, 8) (codebook_size: 8), got 8; at frame 1, codebook 1" in message
+
+
+def test_resample_keeps_the_type_and_the_length_ratio():
+    wave = torch.sin(torch.arange(1601, dtype=torch.float32) / 5)
+    out = resample(wave, 16000, 24000)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == (2402,)  # ceil(1601 * 3 / 2)
+    assert isinstance(resample(wave.numpy(), 24000, 16000), np.ndarray) and resample(wave, 8000, 8000) is wave

@@ -108,12 +108,23 @@ def audio_ref(value: object, field: str, index: int, source: str, base_dir: str 
     raise DataError(source, index, field, _EXPECT_AUDIO, value)
 
 
-def resample_waveform(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """``waveform`` ``[samples]`` from ``rate`` to ``target`` Hz by polyphase filtering (module docstring)."""
+def _polyphase(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
     from scipy.signal import resample_poly
 
     g = math.gcd(rate, target)
     return resample_poly(waveform, target // g, rate // g).astype(np.float32)
+
+
+def resample(waveform: torch.Tensor | np.ndarray, rate: int, target: int) -> torch.Tensor | np.ndarray:
+    """``waveform`` ``[samples]`` from ``rate`` to ``target`` Hz by polyphase filtering (module docstring),
+    float32, as a tensor (on the input's device) for a tensor and an array for an array; unchanged at
+    the same rate."""
+    if rate == target:
+        return waveform
+    if isinstance(waveform, torch.Tensor):
+        out = _polyphase(waveform.detach().float().cpu().numpy(), int(rate), int(target))
+        return torch.from_numpy(out).to(waveform.device)
+    return _polyphase(np.asarray(waveform, dtype=np.float32), int(rate), int(target))
 
 
 def decode_audio(
@@ -138,7 +149,7 @@ def decode_audio(
         if not resample:
             raise DataError(source, index, field, f"audio at {sampling_rate} Hz{where}",
                             problem=f"the file is at {rate} Hz; set resample: true in data.layout to resample it")
-        waveform, rate = resample_waveform(waveform, rate, sampling_rate), sampling_rate
+        waveform, rate = _polyphase(waveform, rate, sampling_rate), sampling_rate
     label = path or f"{source}: row {index}: field {field!r}"
     return Audio(torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)), int(rate), label)
 
