@@ -1,4 +1,4 @@
-"""``python -m alignsuite fit|validate|test|predict|export|evaluate --config recipe.yaml``."""
+"""``python -m alignsuite fit|validate|test|predict|export|evaluate|build_pairs --config recipe.yaml``."""
 
 from __future__ import annotations
 
@@ -82,6 +82,23 @@ class AlignTrainer(Trainer):
     # The `evaluate` command; its settings are the `evaluate` section, so the function has another name too.
     evaluate = evaluate_models
 
+    def build_preference_pairs(self, model, datamodule=None, pairs=None):
+        """Sample candidates from a TTS model for each text, rank them by a recogniser's WER and write
+        chosen/rejected pairs (the ``pairs`` section: ``alignsuite.speech.pairs.PairBuilding``)."""
+        from alignsuite.data.errors import DataError
+
+        backbone = model.backbone
+        backbone.configure()
+        backbone.to(self.strategy.root_device)
+        backbone.policy.eval()
+        try:
+            return pairs.run(backbone)
+        except (DataError, FileNotFoundError) as error:
+            fail(str(error))
+
+    # The `build_pairs` command (its settings are the `pairs` section).
+    build_pairs = build_preference_pairs
+
 
 def _drop_advertisements(record: logging.LogRecord) -> bool:
     """Lightning prints a product tip at every fit; a first run should print only what matters."""
@@ -127,7 +144,7 @@ class AlignCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"},
-                "evaluate": {"model", "datamodule", "evaluation"}}
+                "evaluate": {"model", "datamodule", "evaluation"}, "build_pairs": {"model", "datamodule", "pairs"}}
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -135,6 +152,10 @@ class AlignCLI(LightningCLI):
             from alignsuite.evaluation.run import Evaluation
 
             parser.add_class_arguments(Evaluation, "evaluate")
+        if subcommand == "build_pairs":
+            from alignsuite.speech.pairs import PairBuilding
+
+            parser.add_class_arguments(PairBuilding, "pairs")
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -184,6 +205,8 @@ class AlignCLI(LightningCLI):
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if subcommand == "evaluate":
             kwargs["evaluation"] = self.config_init[subcommand]["evaluate"]
+        if subcommand == "build_pairs":
+            kwargs["pairs"] = self.config_init[subcommand]["pairs"]
         if "ckpt_path" in kwargs:
             kwargs["ckpt_path"] = self.resume_path(subcommand, kwargs["ckpt_path"])
             if subcommand == "fit" and kwargs["ckpt_path"] and os.path.exists(kwargs["ckpt_path"]):

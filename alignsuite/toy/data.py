@@ -10,8 +10,14 @@ _LAYOUTS = {("text", False): TextPairs, ("text", True): TextUnpaired,
             ("image", False): ImagePairs, ("image", True): ImageUnpaired}
 
 
-def layout_for(modality: str, unpaired: bool):
-    """The layout of a world's rows: the vision-language one is imported only when a world asks for it."""
+def layout_for(modality: str, unpaired: bool, world=None):
+    """The layout of a world's rows: the vision-language and speech ones are imported only when a world asks."""
+    if modality == "text_to_speech":
+        if unpaired:
+            raise ValueError("the text-to-speech toy worlds have no unpaired layout")
+        from alignsuite.data.layouts.speech import SpeechPairs
+
+        return SpeechPairs(speech=world.speech_kind)
     if modality == "vision_language":
         if unpaired:
             raise ValueError("the vision-language toy world has no unpaired layout")
@@ -26,7 +32,7 @@ class ToyPreferenceData(PreferenceDataModule):
 
     Args:
         world: the toy world (``llm``: text pairs; ``diffusion``: Pick-a-Pic-style image pairs; ``vlm``:
-            RLAIF-V-style image-question pairs).
+            RLAIF-V-style image-question pairs; ``tts``/``tts_flow``: INTP rows built from the base model's samples).
         num_train: generated training pairs.
         num_val: generated validation pairs (drawn with another seed).
         unpaired: turn every pair into a desirable and an undesirable row (KTO, Diffusion-KTO).
@@ -49,7 +55,8 @@ class ToyPreferenceData(PreferenceDataModule):
     ) -> None:
         from alignsuite.toy import get_world
 
-        layout = layout_for(getattr(get_world(world), "modality", "text"), unpaired)
+        toy = get_world(world)
+        layout = layout_for(getattr(toy, "modality", "text"), unpaired, toy)
         super().__init__(
             layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
         )

@@ -1,0 +1,193 @@
+"""The text-to-speech toy worlds: say the text, in the prompt speaker's voice (see :mod:`alignsuite.toy.speech`).
+
+``tts``: a tiny speech-token LM (a Llama whose vocabulary holds the 32 codec codes at an offset, as
+CosyVoice 2 and Ints extend Qwen and Phi), conditioned on the text and a speaker prompt. ``tts_flow``: a
+tiny F5-TTS-style flow-matching model over 16-band mel frames, infilling the frames after the prompt's.
+
+Both base models are trained on first use, mostly on short texts, so that like real zero-shot TTS they
+read short sentences well and stumble on hard ones: long texts and runs of a repeated word (``ba ba ba``),
+where they skip, double or garble words. The evaluation items and the preference pairs are hard texts.
+Pairs are what INTP builds: the base model samples candidates for each text, the world's recogniser
+transcribes them, and the lowest-WER one is chosen over the highest (:mod:`alignsuite.speech.pairs`);
+they are built once per size and seed and kept beside the base model. ``val/wer`` (corpus WER of the
+evaluation items) falls when alignment works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import torch
+
+from alignsuite.toy import speech
+
+TEXT_SPECIAL = ["<pad>", "<unk>", "<bos>", "<eos>"]
+SPEECH_START, SPEECH_END = "<speech>", "</speech>"
+CODE_TOKENS = [f"<c{i}>" for i in range(speech.CODEBOOK_SIZE)]
+VOCAB = TEXT_SPECIAL + list(speech.WORDS) + [SPEECH_START, SPEECH_END] + CODE_TOKENS
+OFFSET = VOCAB.index("<c0>")
+
+
+def draw_words(rng: random.Random, lengths: tuple[int, int], repeat: float) -> list[str]:
+    """A text of ``lengths[0]..lengths[1]`` words; with probability ``repeat`` one word is said 2-4 times in a row."""
+    n = rng.randint(*lengths)
+    words = [rng.choice(speech.WORDS) for _ in range(n)]
+    if rng.random() < repeat:
+        at = rng.randrange(n)
+        words[at:at + 1] = [words[at]] * rng.randint(2, 4)
+    return words
+
+
+class SpeechWorld:
+    """What both TTS worlds share: the item distribution, the judges, the cached pairs."""
+
+    modality = "text_to_speech"
+    name: str
+    version: str
+    speech_kind: str  # the data layout's speech kind: tokens or features
+    durations: tuple[int, ...]
+    noise = 0.0
+    train_lengths, train_repeat = (1, 6), 0.15  # the base model's data: mostly short, few repeats
+    hard_lengths, hard_repeat = (4, 9), 0.5  # evaluation and pairs: long, often repeated words
+
+    def item(self, rng: random.Random, hard: bool = True) -> dict:
+        """A text with its speaker prompt (one or two words of another text, by speaker 0 or 1)."""
+        words = draw_words(rng, self.hard_lengths if hard else self.train_lengths, self.hard_repeat if hard else self.train_repeat)
+        speaker = rng.randrange(2)
+        prompt_words = [rng.choice(speech.WORDS) for _ in range(rng.randint(1, 2))]
+        prompt = self.utterance(prompt_words, speaker, rng)
+        return {"text": " ".join(words), "prompt_text": " ".join(prompt_words), "prompt_speech": prompt,
+                "speaker": speaker, "num_frames": self.frames_for(words)}
+
+    def utterance(self, words: list[str], speaker: int, rng: random.Random) -> torch.Tensor:
+        codes = speech.speak(words, speaker, rng, self.durations)
+        if self.speech_kind == "tokens":
+            return torch.tensor(codes)
+        generator = torch.Generator().manual_seed(rng.randrange(2**31))
+        return speech.codes_to_frames(codes, self.noise, generator)
+
+    def frames_for(self, words: list[str]) -> int:
+        """Frames of ``words`` at the fixed durations (the flow world's exact duration)."""
+        return len(speech.speak(words, 0, None, self.durations[:1]))
+
+    def eval_prompts(self, n: int, seed: int) -> list[dict]:
+        rng = random.Random(f"eval-{seed}")
+        return [self.item(rng) for _ in range(n)]
+
+    def recogniser(self) -> speech.ToyRecogniser:
+        return speech.ToyRecogniser()
+
+    def similarity(self) -> speech.ToySimilarity:
+        return speech.ToySimilarity()
+
+    def vocoder(self) -> speech.ToyVocoder:
+        return speech.ToyVocoder()
+
+    # ------------------------------------------------------------- preference pairs from the base model
+    def backbone(self):
+        raise NotImplementedError
+
+    def make_pairs(self, n: int, seed: int) -> list[dict]:
+        """``n`` INTP rows built from the base model's own samples (fewer if too few items disagree)."""
+        from filelock import FileLock
+
+        from alignsuite.toy import cache_root
+
+        path = os.path.join(cache_root(), "toy", f"{self.name}-{self.version}-pairs-{n}-{seed}.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with FileLock(path + ".lock"):
+            if not os.path.isfile(path):
+                self._build_pairs(path, n, seed)
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def _build_pairs(self, path: str, n: int, seed: int, num_samples: int = 6) -> None:
+        from alignsuite.speech.pairs import build_pairs, write_jsonl
+
+        backbone = self.backbone()
+        backbone.configure()
+        backbone.policy.eval()
+        rng = random.Random(f"pairs-{seed}")
+        rows: list[dict] = []
+        while len(rows) < n:
+            items = [self.item(rng) for _ in range(max(n - len(rows), 16) * 2)]
+            new, _ = build_pairs(backbone, items, self.recogniser(), self.similarity(), num_samples, seed=seed + len(rows),
+                                 batch_size=64, generation_kwargs=self.generation_kwargs)
+            rows += new
+        write_jsonl(path, rows[:n])
+
+
+class SpeechTokenWorld(SpeechWorld):
+    """``toy:tts``: the speech-token LM world."""
+
+    name, version, speech_kind = "tts", "v1", "tokens"
+    durations = (1, 2)
+    generation_kwargs = {"max_new_tokens": 56}
+    backbone_args = {"speech_token_offset": OFFSET, "codebook_size": speech.CODEBOOK_SIZE,
+                     "speech_start_token": SPEECH_START, "speech_end_token": SPEECH_END}
+
+    def backbone(self):
+        from alignsuite.backbones.speech_tokens import SpeechTokenLM
+        from alignsuite.toy import resolve_toy_model
+
+        return SpeechTokenLM(resolve_toy_model(self.name), max_length=96, **self.backbone_args)
+
+    def build_tokenizer(self):
+        from tokenizers import Tokenizer, models, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {w: i for i, w in enumerate(VOCAB)}
+        core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
+        return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                       unk_token="<unk>")
+
+    def sequence(self, item: dict, codes: torch.Tensor) -> tuple[list[int], int]:
+        """``(ids, first scored position)``: bos, prompt text and text, speech start, prompt codes | codes, end."""
+        words = (item["prompt_text"] + " " + item["text"]).split()
+        prompt = [VOCAB.index("<bos>")] + [VOCAB.index(w) for w in words] + [VOCAB.index(SPEECH_START)]
+        prompt += [OFFSET + int(c) for c in item["prompt_speech"]]
+        return prompt + [OFFSET + int(c) for c in codes] + [VOCAB.index(SPEECH_END)], len(prompt)
+
+    def build_base_model(self, path: str, steps: int = 700, batch_size: int = 32, seed: int = 0) -> None:
+        """Next-token prediction on the speech of mostly short texts (the completion's codes and end only)."""
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(seed)
+        tok = self.build_tokenizer()
+        config = LlamaConfig(vocab_size=len(VOCAB), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                             tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=VOCAB.index(SPEECH_END),
+                             pad_token_id=tok.pad_token_id)
+        model = LlamaForCausalLM(config)
+        optim = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        warmup = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: min(1.0, (step + 1) / 50))
+        rng = random.Random(f"sft-{seed}")
+        model.train()
+        for _ in range(steps):
+            rows = []
+            for _ in range(batch_size):
+                item = self.item(rng, hard=False)
+                codes = self.utterance(item["text"].split(), item["speaker"], rng)
+                rows.append(self.sequence(item, codes))
+            width = max(len(ids) for ids, _ in rows)
+            input_ids = torch.full((len(rows), width), tok.pad_token_id)
+            labels = torch.full((len(rows), width), -100)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, (ids, start) in enumerate(rows):
+                input_ids[i, : len(ids)] = torch.tensor(ids)
+                labels[i, start : len(ids)] = torch.tensor(ids[start:])
+                mask[i, : len(ids)] = 1
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optim.step()
+            optim.zero_grad()
+            warmup.step()
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+
+
+__all__ = ["SpeechTokenWorld", "SpeechWorld", "draw_words"]
