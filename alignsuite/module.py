@@ -228,7 +228,8 @@ class PreferenceModule(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """One generation per prompt, with its row index and prompt (written under the run by the CLI)."""
-        conditions = {"images": batch["images"]} if "images" in batch else {}  # a vision-language row's images
+        # What conditions a row besides its prompt: a vision-language row's images, a TTS row's speaker prompt.
+        conditions = {k: batch[k] for k in ("images", "prompt_speech", "prompt_text") if k in batch}
         generations = self.backbone.generate(batch["prompt"], **conditions)
         return [{"index": int(i), "prompt": p, "generation": g}
                 for i, p, g in zip(batch["index"].tolist(), batch["prompt"], generations)]

@@ -1,8 +1,9 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
-`TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, in `layouts/`), the row normalisation they use
+`TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`, in `layouts/`; audio in `audio`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
 and the Lightning data module that batches it (`PreferenceDataModule`)."""
 
+from alignsuite.data.audio import Audio, decode_audio, write_wav
 from alignsuite.data.datamodule import EpochRandomSampler, PreferenceDataModule
 from alignsuite.data.errors import DataError
 from alignsuite.data.images import (
@@ -13,7 +14,7 @@ from alignsuite.data.images import (
     normalize_image_unpaired,
     to_tensor,
 )
-from alignsuite.data.layouts import ImagePairs, ImageUnpaired, Layout, TextPairs, TextUnpaired, VisionPairs
+from alignsuite.data.layouts import ImagePairs, ImageUnpaired, Layout, SpeechPairs, TextPairs, TextUnpaired, VisionPairs
 from alignsuite.data.loading import load_table
 from alignsuite.data.preference import (
     PairFields,
@@ -24,6 +25,7 @@ from alignsuite.data.preference import (
 )
 
 __all__ = [
+    "Audio",
     "DataError",
     "EpochRandomSampler",
     "ImageFields",
@@ -32,10 +34,12 @@ __all__ = [
     "Layout",
     "PairFields",
     "PreferenceDataModule",
+    "SpeechPairs",
     "TextPairs",
     "TextUnpaired",
     "UnpairedFields",
     "VisionPairs",
+    "decode_audio",
     "decode_image",
     "image_pairs_to_unpaired",
     "load_table",
@@ -45,4 +49,5 @@ __all__ = [
     "normalize_unpaired",
     "pairs_to_unpaired",
     "to_tensor",
+    "write_wav",
 ]

@@ -231,7 +231,7 @@ class PreferenceDataModule(L.LightningDataModule):
         """The validation prompts, for generation and reward scoring."""
         ds = self._dataset("val")
         # The prompt and what conditions it (images, and where they came from for errors), not the answers.
-        keep = ["prompt", "index", "images", "tools"]
+        keep = ["prompt", "index", "images", "tools", "prompt_speech", "prompt_text"]
         ds = ds.select_columns([c for c in ds.column_names if c in keep or c.startswith(HIDDEN_PREFIX)])
         return self._loader(ds, self.eval_batch_size, shuffle=False)
 

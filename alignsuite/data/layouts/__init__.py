@@ -2,7 +2,8 @@
 
 from alignsuite.data.layouts.base import Layout
 from alignsuite.data.layouts.images import ImagePairs, ImageUnpaired
+from alignsuite.data.layouts.speech import SpeechPairs
 from alignsuite.data.layouts.text import TextPairs, TextUnpaired
 from alignsuite.data.layouts.vision import VisionPairs
 
-__all__ = ["ImagePairs", "ImageUnpaired", "Layout", "TextPairs", "TextUnpaired", "VisionPairs"]
+__all__ = ["ImagePairs", "ImageUnpaired", "Layout", "SpeechPairs", "TextPairs", "TextUnpaired", "VisionPairs"]
