@@ -74,6 +74,9 @@ def test_best_and_worst_by_wer_then_similarity():
     best, worst = select(tie, SelectionRule())
     assert (best.sample, worst.sample) == (1, 0)  # at equal WER, the more similar voice wins
     assert select([cand(0.3, j=0), cand(0.3, j=1)], SelectionRule()) is None  # nothing to prefer
+    empty = Candidate(torch.zeros(0, dtype=torch.long), "", 1.0, float("nan"), 4)
+    best, worst = select([cand(0.0, j=0), empty, cand(0.5, j=2)], SelectionRule())
+    assert (best.sample, worst.sample) == (0, 2)  # an empty sample cannot be a rejected row
 
 
 def test_selection_thresholds():

@@ -68,8 +68,11 @@ class SelectionRule:
 
 
 def select(candidates: list[Candidate], rule: SelectionRule) -> tuple[Candidate, Candidate] | None:
-    """``(chosen, rejected)``: the best and the worst candidate by :meth:`Candidate.key`, or ``None``."""
-    ranked = sorted(candidates, key=Candidate.key)
+    """``(chosen, rejected)``: the best and the worst non-empty candidate by :meth:`Candidate.key`, or ``None``.
+    An empty sample (the model stopped at once) is left out: no data layout can hold an utterance of no frames."""
+    ranked = sorted((c for c in candidates if len(c.speech)), key=Candidate.key)  # nothing to train on in silence
+    if not ranked:
+        return None
     best, worst = ranked[0], ranked[-1]
     return (best, worst) if best is not worst and rule.keep(best, worst) else None
 

@@ -13,10 +13,10 @@ import tempfile
 
 from alignsuite.toy.squares import SquaresWorld
 from alignsuite.toy.llm import EchoWorld
-from alignsuite.toy.tts import SpeechTokenWorld
+from alignsuite.toy.tts import SpeechFlowWorld, SpeechTokenWorld
 from alignsuite.toy.vlm import ShapesWorld
 
-_WORLDS = {"llm": EchoWorld, "diffusion": SquaresWorld, "vlm": ShapesWorld, "tts": SpeechTokenWorld}
+_WORLDS = {"llm": EchoWorld, "diffusion": SquaresWorld, "vlm": ShapesWorld, "tts": SpeechTokenWorld, "tts_flow": SpeechFlowWorld}
 
 
 def get_world(name: str):
@@ -59,4 +59,4 @@ def resolve_toy_model(name: str) -> str:
     return path
 
 
-__all__ = ["EchoWorld", "ShapesWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData", "cache_root", "get_world", "resolve_toy_model"]
+__all__ = ["EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData", "cache_root", "get_world", "resolve_toy_model"]

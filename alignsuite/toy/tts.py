@@ -58,8 +58,10 @@ class SpeechWorld:
         speaker = rng.randrange(2)
         prompt_words = [rng.choice(speech.WORDS) for _ in range(rng.randint(1, 2))]
         prompt = self.utterance(prompt_words, speaker, rng)
-        return {"text": " ".join(words), "prompt_text": " ".join(prompt_words), "prompt_speech": prompt,
-                "speaker": speaker, "num_frames": self.frames_for(words)}
+        item = {"text": " ".join(words), "prompt_text": " ".join(prompt_words), "prompt_speech": prompt, "speaker": speaker}
+        if self.speech_kind == "features":  # the flow model is told how long to speak
+            item["num_frames"] = self.frames_for(words)
+        return item
 
     def utterance(self, words: list[str], speaker: int, rng: random.Random) -> torch.Tensor:
         codes = speech.speak(words, speaker, rng, self.durations)
@@ -190,4 +192,51 @@ class SpeechTokenWorld(SpeechWorld):
         tok.save_pretrained(path)
 
 
-__all__ = ["SpeechTokenWorld", "SpeechWorld", "draw_words"]
+class SpeechFlowWorld(SpeechWorld):
+    """``toy:tts_flow``: the flow-matching world. Units are held two frames each (a fixed duration, so the
+    length to generate is known, as F5-TTS takes it from the prompt's speaking rate), frames carry noise."""
+
+    name, version, speech_kind = "tts_flow", "v1", "features"
+    durations = (2,)
+    noise = 0.1
+    generation_kwargs = {"steps": 8}
+    backbone_args = {"sample_steps": 8, "vocoder": "alignsuite.toy.speech.ToyVocoder"}
+    model_config = {"n_mels": speech.N_MELS, "dim": 64, "depth": 4, "heads": 4, "ff_mult": 2, "text_dim": 32,
+                    "text_conv_layers": 1, "sampling_rate": speech.SAMPLING_RATE, "hop_length": speech.FRAME_SAMPLES,
+                    "n_fft": 2 * speech.FRAME_SAMPLES, "win_length": 2 * speech.FRAME_SAMPLES}
+
+    def backbone(self, path: str | None = None):
+        from alignsuite.backbones.flow_tts import FlowMatchingTTS
+        from alignsuite.toy import resolve_toy_model
+
+        return FlowMatchingTTS(path or resolve_toy_model(self.name), **self.backbone_args)
+
+    def build_base_model(self, path: str, steps: int = 1200, batch_size: int = 32, seed: int = 0) -> None:
+        """Flow matching on the frames after the prompt's (F5's infill loss, through the backbone's own
+        scoring: the loss is ``-2 *`` the denoising score), mostly on short texts."""
+        from alignsuite.backbones.base import ViewInputs
+        from alignsuite.backbones.flow_tts_model import FlowTTSModel
+
+        torch.manual_seed(seed)
+        FlowTTSModel(**self.model_config).save_pretrained(path)
+        backbone = self.backbone(path)
+        backbone.seed = seed
+        backbone.configure()
+        model = backbone.policy
+        optim = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: min(1.0, (step + 1) / 50))
+        rng = random.Random(f"sft-{seed}")
+        for _ in range(steps):
+            items = [self.item(rng, hard=False) for _ in range(batch_size)]
+            frames = [self.utterance(it["text"].split(), it["speaker"], rng) for it in items]
+            batch = {"prompt_speech": [it["prompt_speech"] for it in items], "prompt_text": [it["prompt_text"] for it in items]}
+            prepared = backbone.prepare([ViewInputs([it["text"] for it in items], frames, batch)])
+            loss = -2 * backbone.score(prepared).score.mean()
+            loss.backward()
+            optim.step()
+            optim.zero_grad()
+            schedule.step()
+        model.save_pretrained(path)
+
+
+__all__ = ["SpeechFlowWorld", "SpeechTokenWorld", "SpeechWorld", "draw_words"]
