@@ -28,6 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLM = sorted(glob.glob(os.path.join(REPO, "recipes", "llm", "*.yaml")))
 DIFFUSION = sorted(glob.glob(os.path.join(REPO, "recipes", "diffusion", "*.yaml")))
 VLM = sorted(glob.glob(os.path.join(REPO, "recipes", "vlm", "*.yaml")))
+TTS = sorted(glob.glob(os.path.join(REPO, "recipes", "tts", "*.yaml")))
 PIPELINES = {"sd15": "sd", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux"}
 
 
@@ -167,8 +168,90 @@ def test_vision_language_recipe_trains_as_shipped(tmp_path, recipe):
     assert glob.glob(str(run / "samples" / "*.html"))
 
 
+def speech_rows(tmp_path, name: str, kind: str, n: int = 8) -> str:
+    """INTP rows of the speech-token toy world: codes, or the same speech as WAV files at 16 kHz (the toy
+    vocoder's audio) that a 24 kHz recipe resamples."""
+    from alignsuite.data.audio import write_wav
+    from alignsuite.toy.speech import SAMPLING_RATE, ToyVocoder
+
+    rows = get_world_rows("tts", n)
+    if kind == "audio":
+        vocoder = ToyVocoder()
+        for i, row in enumerate(rows):
+            for key in ("prompt_speech", "chosen", "rejected"):
+                wav = tmp_path / f"{name}_{i}_{key}.wav"
+                write_wav(str(wav), vocoder([torch.tensor(row[key])])[0], SAMPLING_RATE)
+                row[key] = wav.name
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def get_world_rows(world: str, n: int) -> list[dict]:
+    """``n`` INTP rows in the layout the toy worlds write, without building a base model: the speech is said
+    right for chosen and with the last word dropped for rejected."""
+    import random
+
+    from alignsuite.toy import get_world
+    from alignsuite.toy.speech import speak
+
+    toy, rng, rows = get_world(world), random.Random(0), []
+    for _ in range(n):
+        item = toy.item(rng)
+        words = item["text"].split()
+        rows.append({"text": item["text"], "prompt_text": item["prompt_text"], "prompt_speech": item["prompt_speech"].tolist(),
+                     "chosen": speak(words, item["speaker"], rng), "rejected": speak(words[:-1] or ["ba"], item["speaker"], rng)})
+    return rows
+
+
+@pytest.mark.parametrize("recipe", TTS, ids=os.path.basename)
+def test_speech_recipe_trains_as_shipped(tmp_path, recipe):
+    """The token settings (offset, codebook, marker tokens) belong to the checkpoint, so they change with the
+    tiny model; a flow recipe keeps its audio settings (24 kHz, 100 bands) in the tiny model's config."""
+    from alignsuite.backbones.flow_tts_model import FlowTTSModel
+    from alignsuite.toy.tts import SpeechTokenWorld
+
+    config = yaml.safe_load(open(recipe))
+    backbone_class = config["model"]["init_args"]["backbone"]["class_path"]
+    if backbone_class.endswith("SpeechTokenLM"):
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        world = SpeechTokenWorld()
+        tok = world.build_tokenizer()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                         tie_word_embeddings=True)).save_pretrained(tmp_path / "model")
+        tok.save_pretrained(tmp_path / "model")
+        kind = "tokens"
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            FlowTTSModel(n_mels=100, dim=32, depth=2, heads=2, text_dim=16, text_conv_layers=1, sampling_rate=24000,
+                         n_fft=1024, hop_length=256, win_length=1024).save_pretrained(tmp_path / "model")
+        kind = "audio"
+    data = speech_rows(tmp_path, "train", kind), speech_rows(tmp_path, "val", kind, 4)
+    path = as_shipped_on_cpu(recipe, tmp_path, str(tmp_path / "model"), *data)
+    if kind == "tokens":
+        shipped = yaml.safe_load(open(path))
+        shipped["model"]["init_args"]["backbone"]["init_args"].update(world.backbone_args)
+        with open(path, "w") as f:
+            yaml.safe_dump(shipped, f)
+    main(["fit", "--config", path, "--trainer.log_every_n_steps", "1"])
+    losses = train_losses(tmp_path)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    with open(tmp_path / "runs" / "r" / "version_0" / "metrics.csv") as f:
+        margins = [float(r["train/rewards/margin"]) for r in csv.DictReader(f) if r.get("train/rewards/margin")]
+    # The first step's policy is the reference: their score gaps differ only by bf16 rounding (the reference
+    # computes in bf16 weights, the policy in float32 weights under bf16 autocast).
+    beta = config["model"]["init_args"]["objective"]["init_args"]["beta"]
+    assert abs(margins[0]) / beta < 1e-3
+    assert os.listdir(tmp_path / "runs" / "r" / "version_0" / "export")
+
+
 # Trained to the end (or to their first validation, vlm_mdpo) by the default suite elsewhere.
-FULLY_RUN = {"llm_dpo.yaml", "diffusion_dpo.yaml", "vlm_mdpo.yaml"}
+FULLY_RUN = {"llm_dpo.yaml", "diffusion_dpo.yaml", "vlm_mdpo.yaml", "tts_dpo.yaml", "tts_flow_dpo.yaml"}
 TOY = sorted(p for p in glob.glob(os.path.join(REPO, "recipes", "toy", "*.yaml")) if os.path.basename(p) not in FULLY_RUN)
 
 

@@ -36,7 +36,7 @@ _EXPECT_AUDIO = ("encoded audio bytes, an audio file path, a {'bytes', 'path'} d
                  " or an {'array', 'sampling_rate'} dict")
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: Lightning moves a batch to the device by rebuilding its dataclasses' tensor fields
 class Audio:
     """One decoded utterance: ``waveform`` float32 mono ``[samples]`` in [-1, 1] at ``sampling_rate``
     Hz; ``source`` says where it came from (a file path, or ``"source: row N: field 'chosen'"``)."""

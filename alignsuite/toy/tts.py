@@ -15,6 +15,7 @@ evaluation items) falls when alignment works.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -28,6 +29,18 @@ SPEECH_START, SPEECH_END = "<speech>", "</speech>"
 CODE_TOKENS = [f"<c{i}>" for i in range(speech.CODEBOOK_SIZE)]
 VOCAB = TEXT_SPECIAL + list(speech.WORDS) + [SPEECH_START, SPEECH_END] + CODE_TOKENS
 OFFSET = VOCAB.index("<c0>")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Sums in one order, so every machine builds the same base model and the same pairs (two threads drift
+    to other weights over hundreds of steps, and the README's figures come from one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def draw_words(rng: random.Random, lengths: tuple[int, int], repeat: float) -> list[str]:
@@ -101,7 +114,8 @@ class SpeechWorld:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with FileLock(path + ".lock"):
             if not os.path.isfile(path):
-                self._build_pairs(path, n, seed)
+                with one_thread():
+                    self._build_pairs(path, n, seed)
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f]
 
@@ -169,6 +183,13 @@ class SpeechTokenWorld(SpeechWorld):
         warmup = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: min(1.0, (step + 1) / 50))
         rng = random.Random(f"sft-{seed}")
         model.train()
+        with one_thread():
+            self._train_lm(model, tok, optim, warmup, rng, steps, batch_size)
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+
+    def _train_lm(self, model, tok, optim, warmup, rng, steps: int, batch_size: int) -> None:
+        """Next-token steps on batches of short texts' speech."""
         for _ in range(steps):
             rows = []
             for _ in range(batch_size):
@@ -188,8 +209,6 @@ class SpeechTokenWorld(SpeechWorld):
             optim.step()
             optim.zero_grad()
             warmup.step()
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
 
 
 class SpeechFlowWorld(SpeechWorld):
@@ -214,7 +233,6 @@ class SpeechFlowWorld(SpeechWorld):
     def build_base_model(self, path: str, steps: int = 1200, batch_size: int = 32, seed: int = 0) -> None:
         """Flow matching on the frames after the prompt's (F5's infill loss, through the backbone's own
         scoring: the loss is ``-2 *`` the denoising score), mostly on short texts."""
-        from alignsuite.backbones.base import ViewInputs
         from alignsuite.backbones.flow_tts_model import FlowTTSModel
 
         torch.manual_seed(seed)
@@ -226,17 +244,24 @@ class SpeechFlowWorld(SpeechWorld):
         optim = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: min(1.0, (step + 1) / 50))
         rng = random.Random(f"sft-{seed}")
-        for _ in range(steps):
-            items = [self.item(rng, hard=False) for _ in range(batch_size)]
-            frames = [self.utterance(it["text"].split(), it["speaker"], rng) for it in items]
-            batch = {"prompt_speech": [it["prompt_speech"] for it in items], "prompt_text": [it["prompt_text"] for it in items]}
-            prepared = backbone.prepare([ViewInputs([it["text"] for it in items], frames, batch)])
-            loss = -2 * backbone.score(prepared).score.mean()
-            loss.backward()
-            optim.step()
-            optim.zero_grad()
-            schedule.step()
+        with one_thread():
+            for _ in range(steps):
+                self._train_step(backbone, optim, schedule, rng, batch_size)
         model.save_pretrained(path)
+
+    def _train_step(self, backbone, optim, schedule, rng: random.Random, batch_size: int) -> None:
+        """One step of flow matching on a batch of short texts."""
+        from alignsuite.backbones.base import ViewInputs
+
+        items = [self.item(rng, hard=False) for _ in range(batch_size)]
+        frames = [self.utterance(it["text"].split(), it["speaker"], rng) for it in items]
+        batch = {"prompt_speech": [it["prompt_speech"] for it in items], "prompt_text": [it["prompt_text"] for it in items]}
+        prepared = backbone.prepare([ViewInputs([it["text"] for it in items], frames, batch)])
+        loss = -2 * backbone.score(prepared).score.mean()
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+        schedule.step()
 
 
 __all__ = ["SpeechFlowWorld", "SpeechTokenWorld", "SpeechWorld", "draw_words"]
