@@ -81,6 +81,8 @@ _MODALITY_HINT = {
             " alignsuite.data.VisionPairs (rows without images are text-only there)",
     "vision_language": "use alignsuite.backbones.VisionLanguage with an image-text-to-text model",
     "text_to_image": "use alignsuite.backbones.TextToImage with a diffusers pipeline",
+    "text_to_speech": "use alignsuite.backbones.SpeechTokenLM (codec tokens) or alignsuite.backbones.FlowMatchingTTS"
+                      " (mel frames or audio)",
 }
 
 
