@@ -128,6 +128,34 @@ def draw(noising: Noising, x0: Tensor, views: int, generator: torch.Generator) -
     return timesteps, noisy, target
 
 
+class SeededDraws:
+    """The random draws of a denoising backbone, seeded step by step and rank by rank (a mixin beside
+    ``Backbone``): ``_generator(salt)`` is a fresh generator for (``seed``, ``draws``, ``rank``, ``salt``),
+    ``draws`` counts the steps drawn so far and goes through checkpoints (``state``/``load_state``), so a
+    resumed run draws what the uninterrupted one would have. Subclasses set ``seed`` and call ``_next_draw``
+    once per prepared step."""
+
+    seed: int = 0
+    draws: int = 0  # prepare() calls so far: the step's seed offset, saved in checkpoints
+    rank: int = 0  # this process's data-parallel rank: each rank draws its own noise
+
+    def state(self) -> dict:
+        return {"draws": self.draws}
+
+    def load_state(self, state: dict) -> None:
+        self.draws = state.get("draws", self.draws)
+
+    def on_fit_start(self, trainer) -> None:
+        # Every rank sees other rows but the same step count: without the rank in the seed, rank r's row i
+        # would get rank 0's noise, timestep and flip for its row i. The data-parallel rank (the global one
+        # under DDP) so that processes sharing a batch (tensor parallelism) keep sharing its draws.
+        self.rank = (trainer.distributed_sampler_kwargs or {}).get("rank", trainer.global_rank)
+
+    def _generator(self, salt: int = 0) -> torch.Generator:
+        # Rank 0 keeps the single-process seeds.
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.draws * 7919 + salt + self.rank * 15_485_863)
+
+
 def denoising_score(prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(score, length)``, each ``[N]``: ``score = -0.5 * mean((prediction - target)**2)`` over each
     sample's scored elements (all of them, or where ``mask`` is nonzero), in float32; ``length`` how many
@@ -142,4 +170,4 @@ def denoising_score(prediction: Tensor, target: Tensor, mask: Tensor | None = No
     return -0.5 * (error * mask).sum(dim=dims) / length.clamp(min=1), length
 
 
-__all__ = ["DDPM", "DenoisingBatch", "FlowMatching", "Noising", "TimestepSampling", "denoising_score", "draw", "row_noise"]
+__all__ = ["DDPM", "DenoisingBatch", "FlowMatching", "Noising", "SeededDraws", "TimestepSampling", "denoising_score", "draw", "row_noise"]

@@ -27,7 +27,9 @@ from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.causal_lm import resolve_model_path
-from alignsuite.backbones.denoising import DenoisingBatch, FlowMatching, TimestepSampling, denoising_score, draw
+from alignsuite.backbones.denoising import (
+    DenoisingBatch, FlowMatching, SeededDraws, TimestepSampling, denoising_score, draw,
+)
 from alignsuite.backbones.flow_tts_model import FlowTTSModel, encode_text, mel_spectrogram
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pipelines import AdaptersOff, cast_to
@@ -52,7 +54,7 @@ def sway(t: Tensor, coef: float | None) -> Tensor:
     return t if coef is None else t + coef * (torch.cos(math.pi / 2 * t) - 1 + t)
 
 
-class FlowMatchingTTS(Backbone):
+class FlowMatchingTTS(SeededDraws, Backbone):
     """A :class:`FlowTTSModel` from a ``save_pretrained`` folder, fully fine-tuned or with LoRA.
 
     Args:
@@ -101,20 +103,8 @@ class FlowMatchingTTS(Backbone):
         self.seed, self.sample_steps, self.sway_sampling_coef = seed, sample_steps, sway_sampling_coef
         self.cfg_strength, self.frames_per_byte, self.vocoder = cfg_strength, frames_per_byte, vocoder
         object.__setattr__(self, "_vocoder", None)  # built on first use; never a submodule in checkpoints
-        self.draws = 0  # prepare() calls so far: the step's seed offset, saved in checkpoints
-        self.rank = 0  # this process's data-parallel rank: each rank draws its own noise
-
-    # ---------------------------------------------------------------- lifecycle
-    def state(self) -> dict:
-        return {"draws": self.draws}
-
-    def load_state(self, state: dict) -> None:
-        self.draws = state.get("draws", self.draws)
-
-    def on_fit_start(self, trainer) -> None:
-        # Without the rank in the seed, rank r's row i would get rank 0's noise and timestep for its row i
-        # (see TextToImage.on_fit_start).
-        self.rank = (trainer.distributed_sampler_kwargs or {}).get("rank", trainer.global_rank)
+        self.draws = 0  # see SeededDraws
+        self.rank = 0
 
     # ---------------------------------------------------------------- building
     def _load(self, source: str | None, dtype: str) -> FlowTTSModel:
@@ -150,10 +140,6 @@ class FlowMatchingTTS(Backbone):
         return self.policy.config
 
     # ---------------------------------------------------------------- inputs
-    def _generator(self, salt: int = 0) -> torch.Generator:
-        # The same seeding as TextToImage: rank 0 keeps the single-process seeds.
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.draws * 7919 + salt + self.rank * 15_485_863)
-
     def mel(self, speech: Any, row: Any, column: str) -> Tensor:
         """``[frames, n_mels]`` float32 mel frames of one utterance: features as they are, ``Audio`` through
         :func:`mel_spectrogram`. Anything else is an error naming the row, the column and what was expected."""

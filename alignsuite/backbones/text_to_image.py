@@ -26,7 +26,9 @@ from torch import Tensor, nn
 from alignsuite.backbones import text_to_image_cache as cached
 from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.causal_lm import resolve_model_path
-from alignsuite.backbones.denoising import DDPM, DenoisingBatch, FlowMatching, TimestepSampling, denoising_score, draw
+from alignsuite.backbones.denoising import (
+    DDPM, DenoisingBatch, FlowMatching, SeededDraws, TimestepSampling, denoising_score, draw,
+)
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pipelines import AdaptersOff, cast_to, in_own_dtype, load_pipeline
 
@@ -34,7 +36,7 @@ PredictionType = Literal["auto", "epsilon", "v_prediction", "flow_matching"]
 Precision = Literal["float32", "bfloat16", "float16"]
 
 
-class TextToImage(Backbone):
+class TextToImage(SeededDraws, Backbone):
     """A diffusers text-to-image pipeline from a local folder or a hub id, fully fine-tuned or with LoRA.
 
     Args:
@@ -98,20 +100,11 @@ class TextToImage(Backbone):
         self.cache = None
         self.pipe = None
         self.frozen = nn.ModuleDict()  # VAE and text encoders: moved to the device with the module
-        self.draws = 0  # prepare() calls so far: the step's seed offset, saved in checkpoints
-        self.rank = 0  # this process's data-parallel rank: each rank draws its own noise
-
-    def state(self) -> dict:
-        return {"draws": self.draws}
-
-    def load_state(self, state: dict) -> None:
-        self.draws = state.get("draws", self.draws)
+        self.draws = 0  # see SeededDraws
+        self.rank = 0
 
     def on_fit_start(self, trainer) -> None:
-        # Every rank sees other rows but the same step count: without the rank in the seed, rank r's row i
-        # would get rank 0's noise, timestep and flip for its row i. The data-parallel rank (the global one
-        # under DDP) so that processes sharing a batch (tensor parallelism) keep sharing its draws.
-        self.rank = (trainer.distributed_sampler_kwargs or {}).get("rank", trainer.global_rank)
+        super().on_fit_start(trainer)  # the rank, for the draws
         if self.cache is not None:  # one pass of the frozen encoders over the data
             self.warm_cache(trainer.datamodule, trainer.strategy)
 
@@ -180,10 +173,6 @@ class TextToImage(Backbone):
         return next(self.policy.parameters()).device
 
     # ---------------------------------------------------------------- inputs
-    def _generator(self, salt: int) -> torch.Generator:
-        # Rank 0 keeps the single-process seeds.
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.draws * 7919 + salt + self.rank * 15_485_863)
-
     def _pixels(self, views: list[list[Any]]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
         """Every view's images as one ``[K*B, 3, R, R]`` tensor; a row's views share crop and flip."""
         from alignsuite.data.images import to_tensor

@@ -23,13 +23,13 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
 
 from alignsuite.data.errors import DataError
+from alignsuite.data.refs import encoded_ref
 
 AudioRef = dict  # {"bytes": bytes | None, "path": str | None}
 _EXPECT_AUDIO = ("encoded audio bytes, an audio file path, a {'bytes', 'path'} dict"
@@ -91,21 +91,7 @@ def audio_ref(value: object, field: str, index: int, source: str, base_dir: str 
     if isinstance(value, dict) and "array" in value:
         return {"bytes": _wav_bytes(value["array"], value.get("sampling_rate"), field, index, source),
                 "path": value.get("path") if isinstance(value.get("path"), str) else None}
-    if isinstance(value, dict) and ("bytes" in value or "path" in value):
-        data, path = value.get("bytes"), value.get("path")
-        if isinstance(data, (bytes, bytearray, memoryview)) and len(data):
-            return {"bytes": bytes(data), "path": path if isinstance(path, str) else None}
-        value = path  # no bytes: the path is the audio
-    if isinstance(value, (bytes, bytearray, memoryview)) and len(value):
-        return {"bytes": bytes(value), "path": None}
-    if isinstance(value, str) and value.strip():
-        path = Path(value).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
-        if not path.is_file():
-            raise DataError(source, index, field, f"an audio file; there is no file at {str(path)!r}", value)
-        return {"bytes": None, "path": str(path.resolve())}
-    raise DataError(source, index, field, _EXPECT_AUDIO, value)
+    return encoded_ref(value, "audio", _EXPECT_AUDIO, field, index, source, base_dir)
 
 
 def _polyphase(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:

@@ -42,6 +42,7 @@ from pathlib import Path
 import datasets
 
 from alignsuite.data.errors import DataError
+from alignsuite.data.refs import encoded_ref
 from alignsuite.data.pixels import centre_crop_offsets, resized_size, to_tensor  # noqa: F401 (re-exported)
 from alignsuite.data.preference import _get, _label
 
@@ -99,21 +100,7 @@ def image_ref(value: object, field: str, index: int, source: str, base_dir: str 
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")
         return {"bytes": buffer.getvalue(), "path": None}
-    if isinstance(value, dict) and ("bytes" in value or "path" in value):
-        data, path = value.get("bytes"), value.get("path")
-        if isinstance(data, (bytes, bytearray, memoryview)) and len(data):
-            return {"bytes": bytes(data), "path": path if isinstance(path, str) else None}
-        value = path  # no bytes: the path is the image
-    if isinstance(value, (bytes, bytearray, memoryview)) and len(value):
-        return {"bytes": bytes(value), "path": None}
-    if isinstance(value, str) and value.strip():
-        path = Path(value).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
-        if not path.is_file():
-            raise DataError(source, index, field, f"an image file; there is no file at {str(path)!r}", value)
-        return {"bytes": None, "path": str(path.resolve())}
-    raise DataError(source, index, field, _EXPECT_IMAGE, value)
+    return encoded_ref(value, "image", _EXPECT_IMAGE, field, index, source, base_dir)
 
 
 def decode_image(ref: ImageRef, field: str, index: int, source: str):
