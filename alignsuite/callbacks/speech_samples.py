@@ -28,7 +28,7 @@ class SpeechSamples(ValidationMetrics):
 
     Args:
         world: a toy world (``tts``, ``tts_flow``) whose evaluation items and judges to use.
-        items: a file of items instead (``.txt`` or ``.jsonl`` as ``build-pairs`` reads them).
+        items: a file of items instead (``.txt`` or ``.jsonl`` as ``build_pairs`` reads them).
         num_items: how many of the world's evaluation items.
         seed: seed of the world's item draw.
         asr: the recogniser; the world's by default.

@@ -13,7 +13,7 @@ Written rows follow the INTP layout :class:`alignsuite.data.SpeechPairs` reads: 
 ``*_transcript``, ``*_wer`` and ``*_similarity``. Train on them, export, and build again from the aligned
 model for the iterative alignment INTP reports.
 
-``python -m alignsuite build-pairs --config recipe.yaml --pairs.items texts.jsonl --pairs.output pairs.jsonl``
+``python -m alignsuite build_pairs --config recipe.yaml --pairs.items texts.jsonl --pairs.output pairs.jsonl``
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def build_pairs(backbone, items: list[dict], asr: Recogniser, similarity: Speake
 
 @dataclass
 class PairBuilding:
-    """The ``build-pairs`` command's settings (the ``pairs`` section).
+    """The ``build_pairs`` command's settings (the ``pairs`` section).
 
     Args:
         items: texts to synthesise: ``.txt`` (one per line) or ``.jsonl``/``.json`` rows with ``text`` and
