@@ -308,3 +308,47 @@ def test_predict_speaks_each_held_out_text_after_its_speaker_prompt(tmp_path):
         assert p["generation"] == expected.tolist()
     # ... which matter: without them the model says something else.
     assert any(p["generation"][:4] != u.tolist() for p, u in zip(predictions, unprompted))
+
+
+# ------------------------------------------------------------------------------------------ validation samples
+def test_speech_samples_log_wer_and_write_audio_to_the_run_and_tensorboard(tmp_path):
+    """SpeechSamples on the tiny flow model with the toy vocoder: val/wer at step 0 and after training equals
+    the recogniser's corpus WER of what was written, .wav files decode at the vocoder's rate, and TensorBoard
+    holds the audio."""
+    import soundfile as sf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = save_flow_model(tmp_path / "model")
+    rows = intp_rows(8, seed=3)
+    train = write_jsonl(tmp_path / "train.jsonl", as_frames(rows[:6]))
+    val = write_jsonl(tmp_path / "val.jsonl", as_frames(rows[6:]))
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"text": r["text"], "prompt_text": r["prompt_text"],
+                                         "prompt_speech": as_frames([r])[0]["prompt_speech"], "num_frames": 9}) + "\n"
+                             for r in rows[:3]))
+    path = recipe(tmp_path, "FlowMatchingTTS", {"model_name_or_path": model, "sample_steps": 2,
+                                                "vocoder": "alignsuite.toy.speech.ToyVocoder"},
+                  train, val, {"speech": "features"}, beta=100.0, lr=1e-3)
+    config = yaml.safe_load(open(path))
+    config["trainer"]["logger"] = [config["trainer"]["logger"], {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(tmp_path / "tb"), "name": "t", "version": 0}}]
+    config["trainer"]["callbacks"] = [{"class_path": "alignsuite.callbacks.SpeechSamples", "init_args": {
+        "items": str(items), "asr": "alignsuite.toy.speech.ToyRecogniser", "num_audio": 3}}]
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    main(["fit", "--config", path])
+    wers = logged(tmp_path, "val/wer")
+    assert len(wers) == 2  # step 0 and the validation after step 2
+    folders = sorted((run_dir(tmp_path) / "speech_samples").iterdir())
+    assert [f.name for f in folders] == ["step_000000", "step_000002"]
+    for folder, wer in zip(folders, wers):
+        samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        assert [s["text"] for s in samples] == [r["text"] for r in rows[:3]]
+        audio, rate = sf.read(folder / samples[0]["file"])
+        assert rate == speech.SAMPLING_RATE and len(audio) == 9 * speech.FRAME_SAMPLES
+        # The logged WER is the corpus WER (word edits over all reference words) of the transcripts written.
+        assert wer == pytest.approx(speech.word_error_rate([s["transcript"] for s in samples], [s["text"] for s in samples]))
+    events = EventAccumulator(str(tmp_path / "tb" / "t" / "version_0"), size_guidance={"audio": 0}).Reload()
+    assert sorted(events.Tags()["audio"]) == ["speech/item_0", "speech/item_1", "speech/item_2"]
+    assert [e.step for e in events.Audio("speech/item_0")] == [0, 2]
