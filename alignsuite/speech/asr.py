@@ -85,7 +85,8 @@ class TransformersASR(Recogniser):
     Args:
         model_name_or_path: e.g. ``openai/whisper-large-v3`` or a folder written by ``save_pretrained``.
         language: Whisper's decoding language (``"english"``); ``None`` lets the model detect it.
-        batch_size: utterances per forward.
+        batch_size: utterances per forward. Padding a batch changes what some models hear (wav2vec 2.0 with group
+            norm transcribes a padded batch differently from its rows one by one); 1 is exact for every model.
         device: ``cuda``/``cpu``; the first GPU when there is one.
     """
 
