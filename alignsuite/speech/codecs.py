@@ -1,5 +1,6 @@
-"""Neural audio codecs from transformers (DAC, EnCodec, Mimi, X-codec2 ...) as a speech-token LM's ``codec``
-(audio rows -> codes) and ``vocoder`` (generated codes -> audio).
+"""Neural audio codecs from transformers as a speech-token LM's ``codec`` (audio rows -> codes) and ``vocoder``
+(generated codes -> audio), through the models' ``encode``/``decode``. Tested on DAC; EnCodec, Mimi and
+X-codec2 have the same interface (EnCodec's chunked codes and scales are handled) but are untested here.
 
 A recipe names them like any class::
 
