@@ -33,8 +33,8 @@ OFFSET = VOCAB.index("<c0>")
 
 @contextlib.contextmanager
 def one_thread():
-    """Sums in one order, so every machine builds the same base model and the same pairs (two threads drift
-    to other weights over hundreds of steps, and the README's figures come from one)."""
+    """Sums in one order, so every machine builds the same base model (two threads drift to other weights over
+    hundreds of steps, and the README's figures come from one)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -64,6 +64,7 @@ class SpeechWorld:
     noise = 0.0
     train_lengths, train_repeat = (1, 6), 0.15  # the base model's data: mostly short, few repeats
     hard_lengths, hard_repeat = (4, 9), 0.5  # evaluation and pairs: long, often repeated words
+    items_per_pair = 2.0  # items sampled per pair still wanted (some give no pair: all samples equally good)
 
     def item(self, rng: random.Random, hard: bool = True) -> dict:
         """A text with its speaker prompt (one or two words of another text, by speaker 0 or 1)."""
@@ -114,8 +115,7 @@ class SpeechWorld:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with FileLock(path + ".lock"):
             if not os.path.isfile(path):
-                with one_thread():
-                    self._build_pairs(path, n, seed)
+                self._build_pairs(path, n, seed)
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f]
 
@@ -128,7 +128,7 @@ class SpeechWorld:
         rng = random.Random(f"pairs-{seed}")
         rows: list[dict] = []
         while len(rows) < n:
-            items = [self.item(rng) for _ in range(max(n - len(rows), 16) * 2)]
+            items = [self.item(rng) for _ in range(int(max(n - len(rows), 16) * self.items_per_pair))]
             new, _ = build_pairs(backbone, items, self.recogniser(), self.similarity(), num_samples, seed=seed + len(rows),
                                  batch_size=64, generation_kwargs=self.generation_kwargs)
             rows += new
@@ -140,6 +140,7 @@ class SpeechTokenWorld(SpeechWorld):
 
     name, version, speech_kind = "tts", "v1", "tokens"
     durations = (1, 2)
+    items_per_pair = 1.5
     generation_kwargs = {"max_new_tokens": 56}
     backbone_args = {"speech_token_offset": OFFSET, "codebook_size": speech.CODEBOOK_SIZE,
                      "speech_start_token": SPEECH_START, "speech_end_token": SPEECH_END}
