@@ -79,6 +79,22 @@ def _device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def load_audio_model(auto_class: str, model_name_or_path: str, device: str | None, what: str):
+    """``(model, feature extractor)`` of a transformers audio checkpoint (a folder or a hub id), the model by
+    ``transformers.<auto_class>``, in eval mode on ``device`` (the first GPU when there is one)."""
+    import transformers
+
+    from alignsuite.backbones.causal_lm import resolve_model_path
+
+    path = resolve_model_path(model_name_or_path)
+    try:
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(path)
+        model = getattr(transformers, auto_class).from_pretrained(path).to(_device(device)).eval()
+    except OSError as e:
+        raise OSError(f"cannot load the {what} {model_name_or_path!r}: not a local folder, nor a reachable hub id ({e})") from e
+    return model, extractor
+
+
 class TransformersASR(Recogniser):
     """A transformers speech-recognition model from a local folder or a hub id.
 
@@ -128,13 +144,8 @@ class TransformersSpeakerSimilarity(SpeakerSimilarity):
 
     def _load(self):
         if self._model is None:
-            from transformers import AutoFeatureExtractor, AutoModelForAudioXVector
-
-            from alignsuite.backbones.causal_lm import resolve_model_path
-
-            path = resolve_model_path(self.model_name_or_path)
-            self._extractor = AutoFeatureExtractor.from_pretrained(path)
-            self._model = AutoModelForAudioXVector.from_pretrained(path).to(_device(self.device)).eval()
+            self._model, self._extractor = load_audio_model("AutoModelForAudioXVector", self.model_name_or_path,
+                                                            self.device, "speaker model")
         return self._model, self._extractor
 
     @torch.no_grad()

@@ -29,18 +29,9 @@ class _Codec:
 
     def _load(self):
         if self._model is None:
-            from transformers import AutoFeatureExtractor, AutoModel
+            from alignsuite.speech.asr import load_audio_model
 
-            from alignsuite.backbones.causal_lm import resolve_model_path
-
-            path = resolve_model_path(self.model_name_or_path)
-            try:
-                self._extractor = AutoFeatureExtractor.from_pretrained(path)
-                device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-                self._model = AutoModel.from_pretrained(path).to(device).eval()
-            except OSError as e:
-                raise OSError(f"cannot load the codec {self.model_name_or_path!r}: not a local folder, nor a"
-                              f" reachable hub id ({e})") from e
+            self._model, self._extractor = load_audio_model("AutoModel", self.model_name_or_path, self.device, "codec")
         return self._model, self._extractor
 
     @property
