@@ -18,7 +18,6 @@ sway-sampled time grid, ``t -> t + c (cos(pi t / 2) - 1 + t)`` in F5's time ``t 
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 from typing import Any, Literal
 
@@ -33,19 +32,11 @@ from alignsuite.backbones.denoising import (
 from alignsuite.backbones.flow_tts_model import FlowTTSModel, encode_text, mel_spectrogram
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pipelines import AdaptersOff, cast_to
+from alignsuite.backbones.vocoding import Vocoded, is_audio
 
 Precision = Literal["float32", "bfloat16", "float16"]
 # "all-linear" for this model: attention, feed-forward and the adaLN modulations of the DiT blocks.
 LORA_TARGETS = ["to_qkv", "to_out", "ff.0", "ff.2", "modulation"]
-
-
-def build_vocoder(spec: str | dict | None):
-    """``"package.module.Class"`` built with no arguments, or ``{"class_path": ..., "init_args": {...}}``."""
-    if spec is None:
-        return None
-    path, kwargs = (spec, {}) if isinstance(spec, str) else (spec["class_path"], dict(spec.get("init_args") or {}))
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)(**kwargs)
 
 
 def sway(t: Tensor, coef: float | None) -> Tensor:
@@ -54,7 +45,7 @@ def sway(t: Tensor, coef: float | None) -> Tensor:
     return t if coef is None else t + coef * (torch.cos(math.pi / 2 * t) - 1 + t)
 
 
-class FlowMatchingTTS(SeededDraws, Backbone):
+class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
     """A :class:`FlowTTSModel` from a ``save_pretrained`` folder, fully fine-tuned or with LoRA.
 
     Args:
@@ -102,7 +93,6 @@ class FlowMatchingTTS(SeededDraws, Backbone):
         self.noising = FlowMatching(self.scheduler_config, timestep_sampling)  # checks timestep_sampling early
         self.seed, self.sample_steps, self.sway_sampling_coef = seed, sample_steps, sway_sampling_coef
         self.cfg_strength, self.frames_per_byte, self.vocoder = cfg_strength, frames_per_byte, vocoder
-        object.__setattr__(self, "_vocoder", None)  # built on first use; never a submodule in checkpoints
         self.draws = 0  # see SeededDraws
         self.rank = 0
 
@@ -145,7 +135,7 @@ class FlowMatchingTTS(SeededDraws, Backbone):
         :func:`mel_spectrogram`. Anything else is an error naming the row, the column and what was expected."""
         n_mels, rate = self.config.n_mels, self.config.sampling_rate
         where = f"row {row}, column {column!r}"
-        if hasattr(speech, "waveform") and hasattr(speech, "sampling_rate"):
+        if is_audio(speech):
             if speech.sampling_rate != rate:
                 raise ValueError(f"{where}: audio at {speech.sampling_rate} Hz, but the model's mel front end expects"
                                  f" {rate} Hz; resample the audio to {rate} Hz")
@@ -281,17 +271,6 @@ class FlowMatchingTTS(SeededDraws, Backbone):
             model.train(was_training)
         return [x[i, len(p) : len(p) + f].float().cpu() for i, (p, f) in enumerate(zip(mels, frames))]
 
-    def to_audio(self, speech: list[Tensor]) -> list | None:
-        """``Audio`` for each mel through the configured vocoder; None when there is none."""
-        if self.vocoder is None:
-            return None
-        if self._vocoder is None:
-            object.__setattr__(self, "_vocoder", build_vocoder(self.vocoder))
-        from alignsuite.data.audio import Audio
-
-        rate = self._vocoder.sampling_rate
-        return [Audio(wave.float().reshape(-1), rate) for wave in self._vocoder(list(speech))]
-
     def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
         """The model's ``save_pretrained`` folder (LoRA merged in), or the LoRA adapter alone, with its rank and
         alpha: ``FlowTTSModel.load_lora_adapter(path, prefix=None, weight_name="pytorch_lora_weights.safetensors")``
@@ -307,4 +286,4 @@ class FlowMatchingTTS(SeededDraws, Backbone):
         model.save_pretrained(path)
 
 
-__all__ = ["FlowMatchingTTS", "build_vocoder", "sway"]
+__all__ = ["FlowMatchingTTS", "sway"]

@@ -26,7 +26,6 @@ codes) or as audio (``alignsuite.data.audio.Audio``) turned into tokens by ``cod
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from typing import Any, Literal
@@ -39,28 +38,11 @@ from alignsuite.backbones.base import ViewInputs
 from alignsuite.backbones.causal_lm import CausalLM, TokenBatch
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.tokenize import batch_rows
+from alignsuite.backbones.vocoding import Vocoded, is_audio
+from alignsuite.components import build_object
 
 SETTINGS_FILE = "speech_tokens.json"
 SPEECH_COLUMNS = ("chosen", "rejected", "completion")
-
-
-def build_component(spec: Any) -> Any:
-    """An object from ``"package.module.Class"`` (built with no arguments) or ``{"class_path", "init_args"}``;
-    an object that is already built is returned as it is."""
-    if spec is None or not isinstance(spec, (str, dict)):
-        return spec
-    path, args = (spec, {}) if isinstance(spec, str) else (spec["class_path"], dict(spec.get("init_args") or {}))
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"cannot import {path!r} (give 'package.module.Class'): {e}") from e
-    return cls(**args)
-
-
-def is_audio(speech: Any) -> bool:
-    """Duck-typed ``alignsuite.data.audio.Audio``: a waveform and its sampling rate."""
-    return hasattr(speech, "waveform") and hasattr(speech, "sampling_rate")
 
 
 class SpeechTokensOnly:
@@ -82,7 +64,7 @@ class SpeechTokensOnly:
         return scores.masked_fill(banned, float("-inf"))
 
 
-class SpeechTokenLM(CausalLM):
+class SpeechTokenLM(Vocoded, CausalLM):
     """A causal LM over text and speech codec tokens, from a local folder, a hub id or ``toy:<world>``.
 
     Args:
@@ -141,7 +123,7 @@ class SpeechTokenLM(CausalLM):
         self.speech_end_token = speech_end_token
         self.codec = codec
         self.vocoder = vocoder
-        self._codec = self._vocoder = None
+        self._codec = None
         self._special: tuple[int | None, int] | None = None
         self._codes_cache: dict[int, list[int]] | None = None  # per prepare: id(speech) -> ids
 
@@ -204,7 +186,7 @@ class SpeechTokenLM(CausalLM):
                     " audio into speech tokens, or data holding the tokens"
                 )
             if self._codec is None:
-                object.__setattr__(self, "_codec", build_component(self.codec))  # not a sub-module: never checkpointed
+                object.__setattr__(self, "_codec", build_object(self.codec))  # not a sub-module: never checkpointed
             speech = self._codec(speech.waveform, speech.sampling_rate)
             column = f"{column} (from the codec)"
         codes = torch.as_tensor(speech).cpu()  # a codec may answer on its own device
@@ -356,17 +338,6 @@ class SpeechTokenLM(CausalLM):
         codes = codes - self.codebook_size * torch.arange(k)
         return codes[:, 0] if k == 1 else codes
 
-    def to_audio(self, speech: list[Tensor]) -> list | None:
-        """Waveforms of generated codes through ``vocoder`` as ``Audio``; None when there is no vocoder."""
-        if self.vocoder is None:
-            return None
-        from alignsuite.data.audio import Audio
-
-        if self._vocoder is None:
-            object.__setattr__(self, "_vocoder", build_component(self.vocoder))  # not a sub-module: never checkpointed
-        waves = self._vocoder(list(speech))
-        return [Audio(w.float().flatten(), int(self._vocoder.sampling_rate)) for w in waves]
-
     # ---------------------------------------------------------------- export
     def settings(self) -> dict:
         """What a user needs to drive the exported model (written to ``speech_tokens.json``)."""
@@ -392,4 +363,4 @@ class SpeechTokenLM(CausalLM):
             json.dump(self.settings(), f, indent=2)
 
 
-__all__ = ["SpeechTokenLM", "SpeechTokensOnly", "build_component"]
+__all__ = ["SpeechTokenLM", "SpeechTokensOnly"]

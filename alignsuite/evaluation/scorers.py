@@ -11,13 +11,14 @@ A user adds their own by subclassing :class:`Scorer` and naming it by ``class_pa
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from alignsuite.components import default_device, import_object
 
 Score = float | None
 
@@ -116,15 +117,6 @@ def load_pretrained(loader, path: str, what: str, how: str, **kwargs):
                                   f" here ({error}); {how}") from error
 
 
-def import_object(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def _device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
@@ -144,7 +136,7 @@ class ClipScore(Scorer):
     def __init__(self, model_name_or_path: str = "openai/clip-vit-large-patch14", device: str | None = None,
                  batch_size: int = 16) -> None:
         check_weights(model_name_or_path, "ClipScore", CLIP_HOW)
-        self.model_name_or_path, self.device, self.batch_size = model_name_or_path, _device(device), batch_size
+        self.model_name_or_path, self.device, self.batch_size = model_name_or_path, default_device(device), batch_size
         self.metric = None
 
     def load(self):
@@ -205,7 +197,7 @@ class PickScore(Scorer):
         check_weights(processor_name_or_path or model_name_or_path, "PickScore processor", PICKSCORE_HOW)
         self.model_name_or_path = model_name_or_path
         self.processor_name_or_path = processor_name_or_path or model_name_or_path
-        self.device, self.batch_size = _device(device), batch_size
+        self.device, self.batch_size = default_device(device), batch_size
         self.model = self.processor = None
 
     def load(self):
@@ -275,7 +267,7 @@ class HPSv2(Scorer):
         check_weights(checkpoint, "HPSv2", "download HPS_v2.1_compressed.pt with `huggingface-cli download xswu/HPSv2"
                       " HPS_v2.1_compressed.pt --local-dir <folder>` and give evaluate.scorers' checkpoint")
         self.checkpoint, self.model_name, self.model_config = checkpoint, model_name, model_config
-        self.device, self.batch_size = _device(device), batch_size
+        self.device, self.batch_size = default_device(device), batch_size
         self.parts = None
 
     def load(self):
@@ -331,7 +323,7 @@ class Aesthetic(Scorer):
                       " download timm/vit_large_patch14_clip_224.openai --local-dir <folder>` and give clip_checkpoint")
         self.head_path, self.clip_checkpoint = head, clip_checkpoint
         self.model_name, self.model_config = model_name, model_config
-        self.device, self.batch_size = _device(device), batch_size
+        self.device, self.batch_size = default_device(device), batch_size
         self.parts = None
 
     def load(self):
@@ -409,7 +401,7 @@ class RewardModel(Scorer):
                  device: str | None = None, batch_size: int = 8) -> None:
         check_weights(model_name_or_path, "RewardModel", "give a folder written by save_pretrained, or a hub id")
         self.model_name_or_path, self.max_length, self.dtype = model_name_or_path, max_length, dtype
-        self.device, self.batch_size = _device(device), batch_size
+        self.device, self.batch_size = default_device(device), batch_size
         self.model = self.tokenizer = None
 
     def load(self):

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from alignsuite.components import default_device
+
 
 @dataclass
 class Utterance:
@@ -75,10 +77,6 @@ def _audio(utterances: list[Utterance], who: str) -> list:
     return [u.audio for u in utterances]
 
 
-def _device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def load_audio_model(auto_class: str, model_name_or_path: str, device: str | None, what: str):
     """``(model, feature extractor)`` of a transformers audio checkpoint (a folder or a hub id), the model by
     ``transformers.<auto_class>``, in eval mode on ``device`` (the first GPU when there is one)."""
@@ -89,7 +87,7 @@ def load_audio_model(auto_class: str, model_name_or_path: str, device: str | Non
     path = resolve_model_path(model_name_or_path)
     try:
         extractor = transformers.AutoFeatureExtractor.from_pretrained(path)
-        model = getattr(transformers, auto_class).from_pretrained(path).to(_device(device)).eval()
+        model = getattr(transformers, auto_class).from_pretrained(path).to(default_device(device)).eval()
     except OSError as e:
         raise OSError(f"cannot load the {what} {model_name_or_path!r}: not a local folder, nor a reachable hub id ({e})") from e
     return model, extractor
@@ -119,7 +117,7 @@ class TransformersASR(Recogniser):
 
             try:
                 self._pipe = pipeline("automatic-speech-recognition", model=resolve_model_path(self.model_name_or_path),
-                                      device=_device(self.device))
+                                      device=default_device(self.device))
             except OSError as e:
                 raise OSError(f"cannot load the ASR model {self.model_name_or_path!r}: not a local folder, nor a"
                               f" reachable hub id ({e})") from e

@@ -1,0 +1,35 @@
+"""Objects a config names by import path rather than as modules of the run (a codec, a vocoder, a recogniser's
+transcribe function), and the device such a helper runs on by default."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+
+def import_object(path: str) -> Any:
+    """The object ``"package.module.name"`` names; an error that says what was expected otherwise."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"cannot import {path!r} (give 'package.module.Class'): {e}") from e
+
+
+def build_object(spec: Any) -> Any:
+    """An object from ``"package.module.Class"`` (built with no arguments) or ``{"class_path", "init_args"}``;
+    anything else (an object already built, ``None``) is returned as it is."""
+    if not isinstance(spec, (str, dict)):
+        return spec
+    path, args = (spec, {}) if isinstance(spec, str) else (spec["class_path"], dict(spec.get("init_args") or {}))
+    return import_object(path)(**args)
+
+
+def default_device(device: str | None) -> torch.device:
+    """``device``, or the first GPU when there is one, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+__all__ = ["build_object", "default_device", "import_object"]
