@@ -78,6 +78,32 @@ def test_a_stop_signal_saves_last_ckpt_exits_128_plus_it_and_the_run_resumes(
     assert step_of(last) == step + 2
 
 
+def test_a_sigterm_just_after_the_step_boundary_check_saves_at_the_next_one(
+        tmp_path, tiny_lm_dir, pair_file, monkeypatch, capsys):  # noqa: F811
+    """The signal lands just after ``on_train_batch_end`` looked for one (while the loggers write, say), where
+    Lightning's own flag used to stop the run with nothing saved."""
+    from alignsuite.callbacks import CheckpointOnPreemption
+
+    look, sent = CheckpointOnPreemption.on_train_batch_end, []
+
+    def look_then_signal(self, trainer, *args):
+        look(self, trainer, *args)
+        if trainer.global_step == 2:
+            sent.append(2)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(CheckpointOnPreemption, "on_train_batch_end", look_then_signal)
+    path = edit(recipe(tmp_path, tiny_lm_dir, pair_file),
+                lambda config: config["trainer"].update(max_steps=50, limit_val_batches=0))
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", path])
+    assert e.value.code == 143 and sent
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert step_of(last) == 3  # the next step boundary
+    assert f"stopped by SIGTERM at global step 3; wrote {last}" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler)  # handlers put back
+
+
 def test_ckpt_path_last_finds_the_newest_version_folder(tmp_path, tiny_lm_dir, pair_file, caplog):  # noqa: F811
     def follow_the_logger(config):
         del config["checkpoint"]  # checkpoints go to runs/t/version_N/checkpoints

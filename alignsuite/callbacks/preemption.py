@@ -41,29 +41,48 @@ class Preempted(SystemExit):
 
 
 class CheckpointOnPreemption(Callback):
-    """On SIGTERM (or an unhandled SIGUSR1) during fit: save ``last.ckpt`` after the current batch, then exit."""
+    """On SIGTERM (or an unhandled SIGUSR1) during fit: save ``last.ckpt`` after the current batch, then exit.
+
+    While training runs, this callback's handler owns SIGTERM. Lightning's own handler sets a flag that its loops
+    check at several points of a step, some after ``on_train_batch_end``: a signal landing there (while the
+    loggers write, say) stopped the run with nothing saved. This handler only records the signal (and forwards
+    it to the processes Lightning launched, as Lightning does), so the stop always happens here, at the next step
+    boundary. During validation it also raises Lightning's flag, which stops the validation loop early.
+    """
 
     def __init__(self) -> None:
-        self.signum: int | None = None  # a SIGUSR1 this callback caught
-        self._previous_usr1 = None
+        self.signum: int | None = None  # the signal this callback caught
+        self._previous: dict[int, object] = {}
+        self._trainer = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         # After Lightning registered its handlers: under SLURM with auto-requeue it owns SIGUSR1.
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGUSR1) in (
-            signal.SIG_DFL, None
-        ):
-            self._previous_usr1 = signal.signal(signal.SIGUSR1, self._caught)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._trainer = trainer
+        self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._caught)
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            self._previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._caught)
 
     def _caught(self, signum, frame) -> None:
-        self.signum = signum
+        trainer = self._trainer
+        if self.signum is None and signum == signal.SIGTERM and trainer is not None:
+            launcher = trainer.strategy.launcher
+            if launcher is not None:  # processes Lightning started hear of it as they would from Lightning
+                launcher.kill(signum)
+        self.signum = self.signum or signum
+        if trainer is not None and not trainer.training:  # in validation: let Lightning's loop stop early
+            trainer._signal_connector.received_sigterm = True
 
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._previous_usr1 is not None:
-            signal.signal(signal.SIGUSR1, self._previous_usr1)
-            self._previous_usr1 = None
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Before Lightning puts back the handlers it found (a teardown hook would run after it and undo that).
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+        self._trainer = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        signum = signal.SIGTERM if trainer.received_sigterm else self.signum
+        signum = self.signum or (signal.SIGTERM if trainer.received_sigterm else None)
         stop = signum is not None
         if trainer.world_size > 1:  # every rank saves (a sharded save is collective) and stops at the same step
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
