@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from typing import Literal
 
@@ -15,7 +16,7 @@ from torch import Tensor
 from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.objectives import Objective, get_objective
 from alignsuite.reference import Reference, default_reference
-from alignsuite.sharding import check_sharded, full_state_dict, is_sharded, mixed_precision, shard_model, zero_redundancy
+from alignsuite.sharding import ShardingError, check_sharded, full_state_dict, is_sharded, mixed_precision, shard_model, zero_redundancy
 from alignsuite.views import check_setup
 
 
@@ -40,6 +41,10 @@ class PreferenceModule(LightningModule):
             8 bytes per trainable parameter divide by the number of processes). Lightning gathers the full
             state to rank 0 for each checkpoint. FSDP already shards it (refused there); on one process it
             changes nothing.
+        load_on_rank0: under FSDP2 with several processes, only the first process reads the weights (policy and
+            reference); the others build the models' structure on the meta device and receive their shards
+            from it when the models are sharded, so a node holds one full copy rather than one per process.
+            Off, every process reads the full weights and shards its own copy.
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class PreferenceModule(LightningModule):
         lr_schedule: Literal["constant", "linear", "cosine"] = "linear",
         warmup_ratio: float = 0.1,
         zero_optimizer: bool = False,
+        load_on_rank0: bool = True,
     ) -> None:
         super().__init__()
         # Under the CLI Lightning stores the parsed config (class paths and init args), so that
@@ -71,6 +77,7 @@ class PreferenceModule(LightningModule):
             raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         self.warmup_ratio = warmup_ratio
         self.zero_optimizer = zero_optimizer
+        self.load_on_rank0 = load_on_rank0
         # The reference and frozen parts are rebuilt from their source: they are no part of the module's state,
         # so checkpoints (full or sharded, written by any strategy) never hold them and strict loading passes.
         self.register_state_dict_post_hook(_drop_rebuilt)
@@ -91,6 +98,7 @@ class PreferenceModule(LightningModule):
         if self.device_mesh is not None and self.backbone.policy is None:
             # The backbone's settings before anything loads: export builds one unsharded copy from them.
             object.__setattr__(self, "_unbuilt_backbone", copy.deepcopy(self.backbone))
+        self.backbone.empty_weights = self._receives_weights
         self.backbone.configure()
         self.backbone.keep_trainable_float32()
         if self.reference is not None:
@@ -98,16 +106,32 @@ class PreferenceModule(LightningModule):
             self.reference.build(self.backbone)
         if self.device_mesh is not None and not is_sharded(self.backbone.policy):
             self.shard(self.device_mesh)
+        if self.backbone.empty_weights:
+            empty = [n for n, t in itertools.chain(self.named_parameters(), self.named_buffers()) if t.is_meta]
+            if empty:  # Lightning would fill them with a fresh random initialisation
+                raise ShardingError(
+                    f"{len(empty)} tensor(s) built without weights were never sent from the first process"
+                    f" ({', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}): only the sharded models receive"
+                    " theirs; set model.load_on_rank0 false"
+                )
+
+    @property
+    def _receives_weights(self) -> bool:
+        """Whether this process builds empty models and receives its shards from the first process."""
+        return (self.load_on_rank0 and self.device_mesh is not None and self._trainer is not None
+                and self.trainer.world_size > 1 and self.trainer.global_rank != 0)
 
     def shard(self, mesh) -> None:
         """FSDP2 over ``mesh`` (ModelParallelStrategy's): the policy's blocks and root, then the reference's
         weights the same way, so each rank holds 1/N of both. Under bf16-mixed both compute in bfloat16 from
-        float32 shards (the reference's stored dtype is its own)."""
+        float32 shards (the reference's stored dtype is its own). With ``load_on_rank0`` the first process's
+        weights are sent to every process's shards."""
         policy = mixed_precision(self.trainer.precision if self._trainer is not None else None)
-        blocks = self.backbone.shard_blocks
-        shard_model(self.backbone.policy, mesh, policy, blocks)
+        blocks, broadcast = self.backbone.shard_blocks, self.load_on_rank0 and self.trainer.world_size > 1
+        shard_model(self.backbone.policy, mesh, policy, blocks, from_rank0=broadcast)
         if self.reference is not None:
-            self.reference.shard(self.backbone, lambda model: shard_model(model, mesh, policy, blocks, frozen=True))
+            self.reference.shard(self.backbone, lambda model: shard_model(model, mesh, policy, blocks, frozen=True,
+                                                                          from_rank0=broadcast))
 
     def full_backbone(self) -> Backbone | None:
         """The backbone holding the full trained policy: its own when unsharded. Under FSDP2 a collective

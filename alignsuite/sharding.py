@@ -14,6 +14,7 @@ A model whose trainable weights are not all sharded would train one unsynchronis
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -62,12 +63,15 @@ def mixed_precision(precision: str | None):
     return MixedPrecisionPolicy()
 
 
-def shard_model(model: nn.Module, mesh, mp_policy=None, blocks: tuple[str, ...] = (), frozen: bool = False) -> int:
+def shard_model(model: nn.Module, mesh, mp_policy=None, blocks: tuple[str, ...] = (), frozen: bool = False,
+                from_rank0: bool = False) -> int:
     """Apply ``fully_shard`` to each of ``model``'s blocks (innermost first), then to ``model`` itself.
 
     ``frozen`` models (a reference) never run backward, so their root reshards right after the forward as
-    well; a policy's root keeps its gathered weights for the backward that follows. Returns the number of
-    blocks sharded; a model with none is an error (one unit for the whole model gathers every weight at once).
+    well; a policy's root keeps its gathered weights for the backward that follows. ``from_rank0``: the first
+    process's weights replace every process's (see :func:`load_from_rank0`); the others may have built
+    ``model`` on the meta device. Returns the number of blocks sharded; a model with none is an error (one
+    unit for the whole model gathers every weight at once).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -81,10 +85,34 @@ def shard_model(model: nn.Module, mesh, mp_policy=None, blocks: tuple[str, ...] 
             " or train with strategy ddp"
         )
     kwargs = {"mesh": data_parallel_mesh(mesh), "mp_policy": mp_policy or MixedPrecisionPolicy()}
+    # The first process's full weights, before sharding frees them: references only, no copy.
+    full = model.state_dict() if from_rank0 and torch.distributed.get_rank() == 0 else {}
     for unit in units:
         fully_shard(unit, **kwargs)
     fully_shard(model, reshard_after_forward=True if frozen else None, **kwargs)
+    if from_rank0:
+        load_from_rank0(model, full, torch.device(kwargs["mesh"].device_type))
     return len(units)
+
+
+def is_meta(model: nn.Module) -> bool:
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def load_from_rank0(model: nn.Module, state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Every process's shards of the sharded ``model`` from the first process's full state dict ``state``
+    (empty on the others), sent one tensor at a time; then every buffer from the first process, the
+    non-persistent ones (rotary frequencies ...) included, which no state dict holds. A collective.
+
+    A model built on the meta device (no weights read) gets memory first; tied weights stay tied.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if is_meta(model):
+        model.to_empty(device=device)
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
 
 
 def is_sharded(model: nn.Module | None) -> bool:

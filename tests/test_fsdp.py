@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch import nn
 
+from alignsuite.backbones.causal_lm import resolve_model_path
 from alignsuite.cli import main
 from alignsuite.sharding import ShardingError, block_classes, check_sharded, local, shard_model
 from test_cli import pair_file, recipe, weights  # noqa: F401  (fixture and helpers)
@@ -60,6 +61,7 @@ class ShardProbe(L.Callback):
             "reference_in_optimizer": sum(id(p) in ref_ids for p in optimized),
             "optimized": sum(local(p).numel() for p in optimized),
             "policy_digest": digest.hexdigest(),
+            "built_empty": pl_module.backbone.empty_weights,
         })
 
 
@@ -124,6 +126,8 @@ def test_fsdp2_trains_like_one_process(fsdp_run, tiny_lm_dir, tmp_path):
 
     end = [rank[-1] for rank in ranks]
     assert end[0]["policy_digest"] == end[1]["policy_digest"]
+    # Rank 1 read no weights: it built both models empty, and the same losses show it received rank 0's.
+    assert [rank["built_empty"] for rank in end] == [False, True]
     full = end[0]["reference_full"]
     assert full == probe(one, 0)[-1]["reference_full"] == sum(p.numel() for p in frozen_copy(tiny_lm_dir).parameters())
     for rank in end:
@@ -282,4 +286,9 @@ def test_the_diffusion_toy_trains_under_fsdp2_with_its_callbacks(tmp_path):
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert os.listdir(run / "images") == ["step_000000.png"]  # the grid before training (then every 100 steps)
-    assert DiffusionPipeline.from_pretrained(str(run / "export")) is not None
+    exported = DiffusionPipeline.from_pretrained(str(run / "export"))
+    # Rank 1 built its UNet and reference empty and received rank 0's halves: 3 AdamW steps at lr 1e-5 move
+    # every weight of the gathered UNet by at most 3e-5 from the base (an unsent half would be noise).
+    base = DiffusionPipeline.from_pretrained(resolve_model_path("toy:diffusion")).unet.state_dict()
+    moved = max((w - base[k]).abs().max().item() for k, w in exported.unet.state_dict().items())
+    assert moved < 1e-4

@@ -69,6 +69,9 @@ class Backbone(nn.Module):
     deterministic_inputs: ClassVar[bool] = True
     not_checkpointed: ClassVar[tuple[str, ...]] = ()
     shard_blocks: ClassVar[tuple[str, ...]] = ()
+    # Set by the module under FSDP2 on every process but the first: build the sharded models (policy and
+    # reference) on the meta device from their configs, reading no weights; the first process sends them.
+    empty_weights: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -17,6 +17,7 @@ rejected rows are the same tokens once truncated are dropped at setup (:meth:`Ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -142,7 +143,7 @@ class CausalLM(Backbone):
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         try:
-            model = self._auto_model().from_pretrained(path, **kwargs)
+            model = self._empty_model(path, kwargs) if self.empty_weights else self._auto_model().from_pretrained(path, **kwargs)
         except OSError as e:
             raise OSError(f"cannot load model {path!r}: not a local save_pretrained folder, nor a reachable hub id ({e})") from e
         if self.disable_dropout:
@@ -155,6 +156,19 @@ class CausalLM(Backbone):
                 for name, value in list(vars(m).items()):
                     if "dropout" in name and isinstance(value, float):
                         setattr(m, name, 0.0)
+        return model
+
+    def _empty_model(self, path: str, kwargs: dict[str, Any]) -> nn.Module:
+        """The model of ``path`` on the meta device, from its config alone (its generation settings too)."""
+        from transformers import AutoConfig, GenerationConfig
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+        if kwargs["dtype"] == "auto":  # the checkpoint's dtype, as from_pretrained reads it
+            kwargs = {**kwargs, "dtype": getattr(config, "dtype", None) or torch.float32}
+        with torch.device("meta"):
+            model = self._auto_model().from_config(config, **kwargs)
+        with contextlib.suppress(OSError):
+            model.generation_config = GenerationConfig.from_pretrained(path)
         return model
 
     def _load_tokenizer(self):

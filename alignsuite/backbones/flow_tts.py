@@ -31,7 +31,7 @@ from alignsuite.backbones.denoising import (
 )
 from alignsuite.backbones.flow_tts_model import FlowTTSModel, encode_text, mel_spectrogram
 from alignsuite.backbones.lora import LoraSpec
-from alignsuite.backbones.pipelines import AdaptersOff, cast_to
+from alignsuite.backbones.pipelines import AdaptersOff, cast_to, empty_model
 from alignsuite.backbones.vocoding import Vocoded, is_audio
 
 Precision = Literal["float32", "bfloat16", "float16"]
@@ -99,7 +99,8 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
     # ---------------------------------------------------------------- building
     def _load(self, source: str | None, dtype: str) -> FlowTTSModel:
         path = resolve_model_path(source if source is not None else self.model_name_or_path)
-        return cast_to(FlowTTSModel.from_pretrained(path), dtype)
+        model = empty_model(FlowTTSModel, path) if self.empty_weights else FlowTTSModel.from_pretrained(path)
+        return cast_to(model, dtype)
 
     def configure(self) -> None:
         if self.policy is not None:

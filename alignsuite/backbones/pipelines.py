@@ -120,18 +120,34 @@ FAMILIES = {
 
 
 # ---------------------------------------------------------------- loading and running
-def load_pipeline(path: str) -> tuple[Any, Family]:
-    """The pipeline saved in ``path`` (float32) and its row; any other pipeline is an error that names it."""
+def load_pipeline(path: str, empty_denoiser: bool = False) -> tuple[Any, Family]:
+    """The pipeline saved in ``path`` (float32) and its row; any other pipeline is an error that names it.
+    ``empty_denoiser``: the denoiser is built on the meta device from its config, its weights left unread."""
+    import diffusers
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(path, dtype=torch.float32, **absent_components(path))
+        given = absent_components(path)
+        if empty_denoiser:
+            index = DiffusionPipeline.load_config(path)
+            family = FAMILIES.get(index.get("_class_name"))
+            if family is not None:
+                denoiser_class = getattr(diffusers, index[family.denoiser][1])
+                given[family.denoiser] = empty_model(denoiser_class, path, family.denoiser)
+        pipe = DiffusionPipeline.from_pretrained(path, dtype=torch.float32, **given)
     except OSError as e:
         raise OSError(f"cannot load pipeline {path!r}: not a local save_pretrained folder, nor a reachable hub id ({e})") from e
     name = type(pipe).__name__
     if name not in FAMILIES:
         raise ValueError(f"{path!r} holds a {name}; the TextToImage backbone supports {', '.join(sorted(FAMILIES))}")
     return pipe, FAMILIES[name]
+
+
+def empty_model(model_class: type, path: str, subfolder: str | None = None) -> nn.Module:
+    """A diffusers model of ``path`` (``subfolder``) on the meta device, built from its config alone."""
+    config = model_class.load_config(path, subfolder=subfolder)
+    with torch.device("meta"):
+        return model_class.from_config(config)
 
 
 def absent_components(path: str) -> dict[str, None]:

@@ -30,7 +30,7 @@ from alignsuite.backbones.denoising import (
     DDPM, DenoisingBatch, FlowMatching, SeededDraws, TimestepSampling, denoising_score, draw,
 )
 from alignsuite.backbones.lora import LoraSpec
-from alignsuite.backbones.pipelines import AdaptersOff, cast_to, in_own_dtype, load_pipeline
+from alignsuite.backbones.pipelines import AdaptersOff, cast_to, empty_model, in_own_dtype, load_pipeline
 
 PredictionType = Literal["auto", "epsilon", "v_prediction", "flow_matching"]
 Precision = Literal["float32", "bfloat16", "float16"]
@@ -112,7 +112,7 @@ class TextToImage(SeededDraws, Backbone):
     def configure(self) -> None:
         if self.pipe is not None:
             return
-        pipe, self.family = load_pipeline(resolve_model_path(self.model_name_or_path))
+        pipe, self.family = load_pipeline(resolve_model_path(self.model_name_or_path), self.empty_weights)
         self.denoiser_name = self.family.denoiser
         self.prediction = self._resolve_prediction_type(pipe)
         factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1) * self.family.packing
@@ -159,7 +159,10 @@ class TextToImage(SeededDraws, Backbone):
     def load_reference(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
         """The denoiser alone (no second VAE or text encoders) of this pipeline or of pipeline ``source``."""
         path = resolve_model_path(source if source is not None else self.model_name_or_path)
-        model = type(self.policy).from_pretrained(path, subfolder=self.denoiser_name, dtype=torch.float32)
+        if self.empty_weights:
+            model = empty_model(type(self.policy), path, self.denoiser_name)
+        else:
+            model = type(self.policy).from_pretrained(path, subfolder=self.denoiser_name, dtype=torch.float32)
         # "auto" (the checkpoint's dtype) is a transformers notion; diffusers models load in float32 here.
         return cast_to(model, self.dtype if dtype in (None, "auto") else dtype).eval().requires_grad_(False)
 
