@@ -172,7 +172,8 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class AtomicModelParallelStrategy(ModelParallelStrategy):
-    """Lightning's ``ModelParallelStrategy`` whose sharded checkpoints are written whole or not at all.
+    """Lightning's ``ModelParallelStrategy`` whose sharded checkpoints are written whole or not at all, and
+    never with a NaN or infinite weight (the previous checkpoint is kept, and a warning names the parameter).
 
     Lightning writes a sharded checkpoint's folder in place, so a run killed while saving ``last.ckpt``
     leaves a folder of old and new shards and nothing to resume from. Here every rank writes its shards
@@ -184,7 +185,20 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
+        from alignsuite.callbacks.checkpoint_io import atomic_io, first_non_finite
+
         path = Path(self.broadcast(str(filepath)))
+        io = atomic_io(self)
+        # Each rank checks its own shards; one non-finite shard anywhere and no rank writes.
+        found = [first_non_finite(checkpoint.get("state_dict") or {})]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            found = found * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(found, found[0])
+        bad = next((name for name in found if name is not None), None)
+        if bad is not None:
+            if self.global_rank == 0 and io is not None:
+                io.refuse(str(path), checkpoint.get("global_step"), bad)
+            return
         tmp, old = path.with_name(".partial-" + path.name), path.with_name(".old-" + path.name)
         if self.global_rank == 0:
             for leftover in (tmp, old):
@@ -198,6 +212,8 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
             os.replace(tmp, path)
             _remove(old)
         self.barrier("after checkpoint swap")
+        if io is not None:
+            io.last_written = (str(path), checkpoint.get("global_step"))
 
 
 def _remove(path: Path) -> None:

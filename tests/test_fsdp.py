@@ -237,7 +237,7 @@ def test_fsdp1_on_a_cpu_points_at_fsdp2(tmp_path, tiny_lm_dir, pair_file, capsys
     assert "--config configs/strategy/fsdp2_cpu2.yaml" in err
 
 
-def test_a_sharded_save_that_dies_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def test_a_sharded_save_that_dies_or_holds_a_nan_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     from alignsuite.sharding import AtomicModelParallelStrategy
@@ -262,6 +262,16 @@ def test_a_sharded_save_that_dies_keeps_the_previous_checkpoint(tmp_path, monkey
     assert (last / "__0_0.distcp").read_text() == "8" and (last / "__1_0.distcp").read_text() == "8"
     strategy.save_checkpoint({"global_step": 16}, last)  # the next save clears what the crash left
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt"] and (last / "__0_0.distcp").read_text() == "16"
+
+    from alignsuite.callbacks import AtomicCheckpointIO
+
+    strategy.checkpoint_io = AtomicCheckpointIO()
+    strategy.save_checkpoint({"global_step": 20, "state_dict": {"w": torch.ones(2)}}, last)
+    with pytest.warns(RuntimeWarning, match=rf"not writing checkpoint {last} at global step 24: parameter 'b' holds"
+                      rf" NaN or infinite values; {last} \(global step 20\) is kept"):
+        strategy.save_checkpoint({"global_step": 24, "state_dict": {"w": torch.ones(2), "b": torch.tensor([1.0, math.nan])}},
+                                 last)
+    assert (last / "__0_0.distcp").read_text() == "20"
 
 
 @pytest.mark.slow

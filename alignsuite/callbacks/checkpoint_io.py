@@ -84,11 +84,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         step = checkpoint.get("global_step")
         bad = first_non_finite(checkpoint.get("state_dict") or {})
         if bad is not None:
-            kept = f"; {self.last_written[0]} (global step {self.last_written[1]}) is kept" if self.last_written else ""
-            warnings.warn(
-                f"not writing checkpoint {path} at global step {step}: parameter {bad!r} holds NaN or infinite"
-                f" values{kept}", RuntimeWarning, stacklevel=2,
-            )
+            self.refuse(path, step, bad)
             return
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
@@ -111,6 +107,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
         self.last_written = (path, step)
 
+    def refuse(self, path: str, step: int | None, bad: str) -> None:
+        """Warn that the checkpoint ``path`` is not written because parameter ``bad`` is not finite."""
+        kept = f"; {self.last_written[0]} (global step {self.last_written[1]}) is kept" if self.last_written else ""
+        warnings.warn(f"not writing checkpoint {path} at global step {step}: parameter {bad!r} holds NaN or infinite"
+                      f" values{kept}", RuntimeWarning, stacklevel=3)
+
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
         if "://" in str(path) and not str(path).startswith("file://"):
             return super().load_checkpoint(path, map_location, weights_only)
@@ -118,14 +120,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_file(str(path).removeprefix("file://"), weights_only, map_location=location)
 
 
+def atomic_io(strategy) -> AtomicCheckpointIO | None:
+    """The strategy's AtomicCheckpointIO (AsyncCheckpointIO wraps it), if it has one."""
+    io = getattr(strategy, "checkpoint_io", None)
+    while io is not None and not isinstance(io, AtomicCheckpointIO):
+        io = getattr(io, "checkpoint_io", None)
+    return io
+
+
 def last_checkpoint_note(trainer) -> str:
     """One sentence naming the last checkpoint this run wrote with finite weights, or saying there is none.
 
     Known on the process that writes checkpoints (global rank 0).
     """
-    io = getattr(trainer.strategy, "checkpoint_io", None)
-    while io is not None and not isinstance(io, AtomicCheckpointIO):
-        io = getattr(io, "checkpoint_io", None)  # AsyncCheckpointIO wraps the writer
+    io = atomic_io(trainer.strategy)
     if io is None or io.last_written is None:
         return "No checkpoint with finite weights was written by this run."
     path, step = io.last_written
