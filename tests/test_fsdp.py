@@ -47,7 +47,7 @@ class ShardProbe(L.Callback):
         self._write(trainer, {"step": trainer.global_step, "loss": float(loss)})
 
     def on_train_end(self, trainer, pl_module):
-        ref = pl_module.reference.model
+        ref = getattr(pl_module.reference, "model", None) or nn.Linear(1, 1)  # none: the adapter-disabled policy
         ref_ids = {id(p) for p in pl_module.reference.parameters()}
         optimized = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
         digest = hashlib.sha256()
@@ -189,6 +189,31 @@ def test_fsdp2_resume_from_a_sharded_checkpoint_continues_exactly(tmp_path, tiny
         assert [s for s, _ in resumed] == [1, 2, 3, 4, 5, 6]
         assert [loss for _, loss in resumed] == [steps[s] for s in range(1, 7)]
     assert probe(full, 0)[-1]["policy_digest"] == probe(interrupted, 0)[-1]["policy_digest"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_lora_under_fsdp2_trains_like_one_process(tmp_path, tiny_lm_dir, pair_file):  # noqa: F811
+    """LoRA with the adapter-disabled reference on two ranks (rank 1 built the model and its adapters empty and
+    received rank 0's) = one process with the global batch: the same losses and merged exported weights."""
+    def run(name, batch_size, sharded):
+        root = tmp_path / name
+        root.mkdir()
+        path = fsdp_recipe(root, tiny_lm_dir, pair_file, batch_size=batch_size)
+        config = yaml.safe_load(open(path))
+        config["model"]["init_args"]["backbone"]["init_args"]["lora"] = {"r": 4, "alpha": 8}
+        open(path, "w").write(yaml.safe_dump(config))
+        run_fsdp2(path) if sharded else main(["fit", "--config", path])
+        return root
+
+    two, one = run("two", 4, True), run("one", 8, False)
+    ranks = [[r["loss"] for r in probe(two, rank) if "loss" in r] for rank in (0, 1)]
+    single = [r["loss"] for r in probe(one, 0) if "loss" in r]
+    assert ranks[0] == ranks[1] and ranks[0] == pytest.approx(single, abs=1e-5) and len(single) == 4
+    assert single[0] == pytest.approx(0.693147, abs=1e-5) and single[-1] < single[0]
+    assert [probe(two, rank)[-1]["built_empty"] for rank in (0, 1)] == [False, True]
+    sharded, whole = weights(two / "runs/t/version_0/export"), weights(one / "runs/t/version_0/export")
+    assert max((sharded[k] - whole[k]).abs().max().item() for k in whole) < 1e-4
 
 
 # ---------------------------------------------------------------------------- one process, no launch
