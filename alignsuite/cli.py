@@ -172,7 +172,7 @@ class AlignCLI(LightningCLI):
         check_config_files(args)
         self.config = parser.parse_args(nulls_as_config(args))
         section = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
-        # As given: Lightning then replaces the model section with a checkpoint file's stored hyper-parameters.
+        # As given, to compare with a checkpoint's stored hyper-parameters (check_same_recipe).
         model = section.get("model")
         self.given_model = model.as_dict() if isinstance(model, Namespace) else None
         ckpt_path = section.get("ckpt_path")
@@ -212,6 +212,12 @@ class AlignCLI(LightningCLI):
             if subcommand == "fit" and kwargs["ckpt_path"] and os.path.exists(kwargs["ckpt_path"]):
                 self.check_same_recipe(kwargs["ckpt_path"])
         return kwargs
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the model section as given. Lightning would replace it with a checkpoint file's stored
+        hyper-parameters, silently dropping what the recipe or command line changed (a loss weight, the
+        schedule), and only for a file, not for ``--ckpt_path last``. A resume continues one run: what makes it
+        that run is checked against the checkpoint (``check_same_recipe``); the rest is the recipe's."""
 
     def check_same_recipe(self, ckpt_path: str) -> None:
         """Refuse to resume from a checkpoint another model, objective or reference wrote (see recipe_match)."""

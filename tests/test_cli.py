@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from alignsuite.cli import main
+from alignsuite.cli import AlignCLI, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -426,3 +426,7 @@ def test_resuming_from_another_recipes_checkpoint_names_what_differs(tmp_path, t
     same = recipe(tmp_path, tiny_lm_dir, pair_file, max_steps=2)
     main(["fit", "--config", same, "--ckpt_path", ckpt, "--model.init_args.optimizer.init_args.lr", "5e-3", *quick])
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2
+    # What the recipe changes beyond the run's identity holds on resume, from a file as from `last`.
+    longer = recipe(tmp_path, tiny_lm_dir, pair_file, objective_args={"beta": 0.5}, max_steps=3)
+    cli = AlignCLI(args=["fit", "--config", longer, "--ckpt_path", ckpt, *quick])
+    assert cli.model.objective.beta == 0.5 and torch.load(ckpt, weights_only=True)["global_step"] == 3
