@@ -189,7 +189,7 @@ class CheckpointPool(Reference):
             # A copy of the policy's structure (adapters included), so every snapshot loads into it.
             self.model = copy.deepcopy(backbone.policy).requires_grad_(False).eval()
             # Built empty (FSDP2, not the first process): the snapshot is taken once the weights arrive (shard).
-            self.pool = [] if backbone.empty_weights else [self._snapshot(backbone)]
+            self.pool = [] if getattr(backbone, "empty_weights", False) else [self._snapshot(backbone)]
             self.loaded = 0
 
     def shard(self, backbone: Backbone, shard) -> None:
