@@ -195,15 +195,18 @@ class PreferenceModule(LightningModule):
         return views
 
     def compute_scores(self, batch: dict, split: str = "train"):
-        """Prepare every view once, score the policy, score the reference without grad on the same inputs,
-        and let the objective pack what it declared."""
+        """Prepare every view once, score the reference without grad, then the policy on the same inputs,
+        and let the objective pack what it declared. The reference goes first: its forward's memory is free
+        before the policy's graph exists, and a reference that borrows the policy's parameters
+        (``SwappedCopy``) changes nothing the policy's backward needs."""
         names = [view.name for view in self.objective.views]
         prepared = self.backbone.prepare(self.build_views(batch))
-        policy = dict(zip(names, self.backbone.score(prepared).split(len(names))))
         ref = dict.fromkeys(names)
         if self.reference is not None:
             with torch.no_grad():
                 scores = self.reference.score(self.backbone, prepared, dict(batch, split=split)).detach()
+        policy = dict(zip(names, self.backbone.score(prepared).split(len(names))))
+        if self.reference is not None:
             ref = dict(zip(names, scores.to(policy[names[0]].score.device).chunk(len(names))))
         return self.objective.pack(policy, ref, batch)
 

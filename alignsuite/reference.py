@@ -228,6 +228,52 @@ class CheckpointPool(Reference):
         return backbone.score(prepared, model=self.model).score
 
 
+class SwappedCopy(Reference):
+    """The starting weights kept in host memory and copied into the policy's own parameters for the
+    reference's forward, then the policy's copied back (NeMo-Aligner's CPU weight swap): no second model on
+    the accelerator, for two host-device copies of the weights per step. Under FSDP2 each rank keeps and
+    swaps its own shards.
+
+    The module scores the reference before the policy, so no tensor the policy's backward needs is changed.
+    For full fine-tuning; under LoRA ``AdapterDisabled`` needs no copy at all.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[str, Tensor] = {}  # the starting weights (this rank's shards), in host memory
+        self._held: dict[str, Tensor] = {}  # the policy's weights while the reference's are in
+
+    def build(self, backbone: Backbone) -> None:
+        if backbone.has_adapters:
+            raise ValueError("reference SwappedCopy is for full fine-tuning; with lora use AdapterDisabled")
+        if not self.stored and not getattr(backbone, "empty_weights", False):
+            self.stored = self._host_copy(backbone)
+
+    def shard(self, backbone: Backbone, shard) -> None:
+        self.stored = self._host_copy(backbone)  # the policy is sharded (and its weights arrived) by now
+
+    @staticmethod
+    def _host_copy(backbone: Backbone) -> dict[str, Tensor]:
+        pin = torch.cuda.is_available()
+        return {n: local(p).detach().to("cpu", copy=True).pin_memory() if pin else local(p).detach().to("cpu", copy=True)
+                for n, p in backbone.policy.named_parameters()}
+
+    @torch.no_grad()
+    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
+        params = {n: local(p) for n, p in backbone.policy.named_parameters()}
+        if not self._held:
+            self._held = {n: torch.empty_like(v).pin_memory() if v.is_pinned() else torch.empty_like(v)
+                          for n, v in self.stored.items()}
+        for name, weight in params.items():
+            self._held[name].copy_(weight, non_blocking=True)
+            weight.copy_(self.stored[name], non_blocking=True)
+        try:
+            return backbone.score(prepared).score
+        finally:
+            for name, weight in params.items():
+                weight.copy_(self._held[name], non_blocking=True)
+
+
 class AdapterDisabled(Reference):
     """The policy with its LoRA adapters switched off: the base model, with no second copy of the weights."""
 

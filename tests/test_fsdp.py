@@ -216,6 +216,27 @@ def test_lora_under_fsdp2_trains_like_one_process(tmp_path, tiny_lm_dir, pair_fi
     assert max((sharded[k] - whole[k]).abs().max().item() for k in whole) < 1e-4
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_swapped_reference_under_fsdp2_trains_like_a_frozen_copy_on_one_process(tmp_path, tiny_lm_dir,
+                                                                                   pair_file):  # noqa: F811
+    """SwappedCopy on two ranks (each keeps its own shards of the starting weights in host memory; rank 1's
+    arrived from rank 0) gives the losses of a frozen copy on one process with the global batch."""
+    def run(name, batch_size, sharded, reference):
+        root = tmp_path / name
+        root.mkdir()
+        path = fsdp_recipe(root, tiny_lm_dir, pair_file, batch_size=batch_size)
+        config = yaml.safe_load(open(path))
+        config["model"]["init_args"]["reference"] = {"class_path": f"alignsuite.reference.{reference}"}
+        open(path, "w").write(yaml.safe_dump(config))
+        run_fsdp2(path) if sharded else main(["fit", "--config", path])
+        return [[r["loss"] for r in probe(root, rank) if "loss" in r] for rank in ((0, 1) if sharded else (0,))]
+
+    swapped, frozen = run("swapped", 4, True, "SwappedCopy"), run("frozen", 8, False, "FrozenCopy")
+    assert swapped[0] == swapped[1] and swapped[0] == pytest.approx(frozen[0], abs=1e-5)
+    assert frozen[0][0] == pytest.approx(0.693147, abs=1e-5) and frozen[0][-1] < frozen[0][0]
+
+
 # ---------------------------------------------------------------------------- one process, no launch
 def test_blocks_come_from_no_split_modules(tiny_lm_dir):
     from transformers import AutoModelForCausalLM

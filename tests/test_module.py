@@ -13,7 +13,7 @@ from alignsuite.backbones import CausalLM
 from alignsuite.callbacks import AtomicCheckpointIO
 from alignsuite.module import NonFiniteLossError, PreferenceModule
 from alignsuite.objectives import DPO, KTO, ObjectiveOutput
-from alignsuite.reference import FrozenCopy, Precomputed
+from alignsuite.reference import FrozenCopy, Precomputed, SwappedCopy
 from alignsuite.toy.data import ToyPreferenceData
 
 
@@ -53,6 +53,29 @@ def test_precomputed_reference_trains_exactly_like_a_frozen_copy(tmp_path, tiny_
             assert not any(p.numel() for p in module.reference.parameters())  # no reference weights held
     assert runs["frozen"][0] == pytest.approx(0.693147, abs=1e-4)
     assert runs["precomputed"] == pytest.approx(runs["frozen"], abs=1e-4)
+
+
+def test_a_swapped_reference_trains_exactly_like_a_frozen_copy(tmp_path, tiny_lm_dir):
+    """The starting weights in host memory, copied into the policy for the reference's forward and back: the
+    same losses and trained weights as a second frozen model, and the policy keeps no trace of the swap."""
+    runs, weights = {}, {}
+    for name, reference in (("frozen", FrozenCopy()), ("swapped", SwappedCopy())):
+        L.seed_everything(0)
+        rec = Recorder()
+        data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4)
+        module = make_module(tiny_lm_dir, reference=reference)
+        make_trainer(tmp_path / name, 5, [rec], enable_checkpointing=False).fit(module, data)
+        runs[name] = rec.losses
+        weights[name] = {k: v.detach().clone() for k, v in module.backbone.policy.state_dict().items()}
+    assert not any(p.numel() for p in module.reference.parameters())  # no second model
+    start = CausalLM(tiny_lm_dir)
+    start.configure()
+    assert all(torch.equal(module.reference.stored[k], v) for k, v in start.policy.named_parameters())
+    assert runs["frozen"][0] == pytest.approx(0.693147, abs=1e-4) and runs["frozen"][-1] < 0.6
+    assert runs["swapped"] == runs["frozen"]  # bit for bit
+    assert all(torch.equal(weights["swapped"][k], v) for k, v in weights["frozen"].items())
+    with pytest.raises(ValueError, match="SwappedCopy is for full fine-tuning; with lora use AdapterDisabled"):
+        SwappedCopy().build(CausalLM(tiny_lm_dir, lora={"r": 4}))
 
 
 class NaNAtStep(DPO):
