@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone
-from alignsuite.sharding import local
+from alignsuite.sharding import local, reshard
 
 
 class Reference(nn.Module):
@@ -260,6 +260,7 @@ class SwappedCopy(Reference):
 
     @torch.no_grad()
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
+        reshard(backbone.policy)  # under FSDP2: write the shards, with no gathered copy in the way
         params = {n: local(p) for n, p in backbone.policy.named_parameters()}
         if not self._held:
             self._held = {n: torch.empty_like(v).pin_memory() if v.is_pinned() else torch.empty_like(v)
@@ -270,6 +271,7 @@ class SwappedCopy(Reference):
         try:
             return backbone.score(prepared).score
         finally:
+            reshard(backbone.policy)  # the root keeps its gathered (reference) weights after a forward
             for name, weight in params.items():
                 weight.copy_(self._held[name], non_blocking=True)
 

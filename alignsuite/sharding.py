@@ -121,6 +121,17 @@ def is_sharded(model: nn.Module | None) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def reshard(model: nn.Module) -> None:
+    """Free every gathered FSDP2 unit of ``model`` and register its shards again (a no-op unsharded). A root
+    keeps its gathered weights after a forward for the backward that follows; code that writes the shards
+    directly must reshard first and after, or the gathered copy would be used."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def check_sharded(module: nn.Module) -> None:
     """Raise unless every trainable parameter of ``module`` is a sharded DTensor."""
     from torch.distributed.tensor import DTensor
