@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from typing import Literal
 
@@ -16,7 +15,9 @@ from torch import Tensor
 from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.objectives import Objective, get_objective
 from alignsuite.reference import Reference, default_reference
-from alignsuite.sharding import ShardingError, check_sharded, full_state_dict, is_sharded, mixed_precision, shard_model, zero_redundancy
+from alignsuite.sharding import (
+    ShardingError, check_sharded, full_state_dict, is_sharded, meta_tensors, mixed_precision, shard_model, zero_redundancy,
+)
 from alignsuite.views import check_setup
 
 
@@ -107,7 +108,7 @@ class PreferenceModule(LightningModule):
         if self.device_mesh is not None and not is_sharded(self.backbone.policy):
             self.shard(self.device_mesh)
         if self.backbone.empty_weights:
-            empty = [n for n, t in itertools.chain(self.named_parameters(), self.named_buffers()) if t.is_meta]
+            empty = meta_tensors(self)
             if empty:  # Lightning would fill them with a fresh random initialisation
                 raise ShardingError(
                     f"{len(empty)} tensor(s) built without weights were never sent from the first process"

@@ -19,6 +19,16 @@ from alignsuite.backbones.base import Backbone
 from alignsuite.sharding import local, reshard
 
 
+def host_copy(model: nn.Module, trainable_only: bool = False, pin: bool = False) -> dict[str, Tensor]:
+    """A host-memory copy of ``model``'s parameters (the trainable ones only, if asked): under FSDP2 this
+    rank's shard of each (1/N of the copy per rank), else all of it; in page-locked memory with ``pin``."""
+    def to_host(weight: Tensor) -> Tensor:
+        copy = local(weight).detach().to("cpu", copy=True)
+        return copy.pin_memory() if pin else copy
+
+    return {n: to_host(p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
+
+
 class Reference(nn.Module):
     """Base class: ``score`` returns the reference's ``[K * B]`` scores for a prepared batch.
 
@@ -181,8 +191,7 @@ class CheckpointPool(Reference):
         self.loaded = -1
 
     def _snapshot(self, backbone: Backbone) -> dict[str, Tensor]:
-        # This rank's shard of each trainable weight under FSDP2 (1/N of a snapshot per rank), else all of it.
-        return {n: local(p).detach().cpu().clone() for n, p in backbone.policy.named_parameters() if p.requires_grad}
+        return host_copy(backbone.policy, trainable_only=True)
 
     def build(self, backbone: Backbone) -> None:
         if self.model is None:
@@ -254,9 +263,7 @@ class SwappedCopy(Reference):
 
     @staticmethod
     def _host_copy(backbone: Backbone) -> dict[str, Tensor]:
-        pin = torch.cuda.is_available()
-        return {n: local(p).detach().to("cpu", copy=True).pin_memory() if pin else local(p).detach().to("cpu", copy=True)
-                for n, p in backbone.policy.named_parameters()}
+        return host_copy(backbone.policy, pin=torch.cuda.is_available())  # pinned: the swaps copy asynchronously
 
     @torch.no_grad()
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:

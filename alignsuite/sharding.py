@@ -95,8 +95,9 @@ def shard_model(model: nn.Module, mesh, mp_policy=None, blocks: tuple[str, ...] 
     return len(units)
 
 
-def is_meta(model: nn.Module) -> bool:
-    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+def meta_tensors(model: nn.Module) -> list[str]:
+    """Names of ``model``'s parameters and buffers on the meta device (built, never given values)."""
+    return [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
 
 
 def load_from_rank0(model: nn.Module, state: dict[str, torch.Tensor], device: torch.device) -> None:
@@ -108,7 +109,7 @@ def load_from_rank0(model: nn.Module, state: dict[str, torch.Tensor], device: to
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    if is_meta(model):
+    if meta_tensors(model):
         model.to_empty(device=device)
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     for buffer in model.buffers():

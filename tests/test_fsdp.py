@@ -191,22 +191,28 @@ def test_fsdp2_resume_from_a_sharded_checkpoint_continues_exactly(tmp_path, tiny
     assert probe(full, 0)[-1]["policy_digest"] == probe(interrupted, 0)[-1]["policy_digest"]
 
 
+def run_edited(root, model_dir, train, edit, sharded):
+    """``fsdp_recipe`` with ``edit`` applied to its model's init args, run on two ranks x 4 pairs under FSDP2
+    (``sharded``) or on one process x 8 pairs; returns ``root``."""
+    root.mkdir()
+    path = fsdp_recipe(root, model_dir, train, batch_size=4 if sharded else 8)
+    config = yaml.safe_load(open(path))
+    edit(config["model"]["init_args"])
+    open(path, "w").write(yaml.safe_dump(config))
+    run_fsdp2(path) if sharded else main(["fit", "--config", path])
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_lora_under_fsdp2_trains_like_one_process(tmp_path, tiny_lm_dir, pair_file):  # noqa: F811
     """LoRA with the adapter-disabled reference on two ranks (rank 1 built the model and its adapters empty and
     received rank 0's) = one process with the global batch: the same losses and merged exported weights."""
-    def run(name, batch_size, sharded):
-        root = tmp_path / name
-        root.mkdir()
-        path = fsdp_recipe(root, tiny_lm_dir, pair_file, batch_size=batch_size)
-        config = yaml.safe_load(open(path))
-        config["model"]["init_args"]["backbone"]["init_args"]["lora"] = {"r": 4, "alpha": 8}
-        open(path, "w").write(yaml.safe_dump(config))
-        run_fsdp2(path) if sharded else main(["fit", "--config", path])
-        return root
+    def lora(model):
+        model["backbone"]["init_args"]["lora"] = {"r": 4, "alpha": 8}
 
-    two, one = run("two", 4, True), run("one", 8, False)
+    two = run_edited(tmp_path / "two", tiny_lm_dir, pair_file, lora, sharded=True)
+    one = run_edited(tmp_path / "one", tiny_lm_dir, pair_file, lora, sharded=False)
     ranks = [[r["loss"] for r in probe(two, rank) if "loss" in r] for rank in (0, 1)]
     single = [r["loss"] for r in probe(one, 0) if "loss" in r]
     assert ranks[0] == ranks[1] and ranks[0] == pytest.approx(single, abs=1e-5) and len(single) == 4
@@ -222,17 +228,16 @@ def test_a_swapped_reference_under_fsdp2_trains_like_a_frozen_copy_on_one_proces
                                                                                    pair_file):  # noqa: F811
     """SwappedCopy on two ranks (each keeps its own shards of the starting weights in host memory; rank 1's
     arrived from rank 0) gives the losses of a frozen copy on one process with the global batch."""
-    def run(name, batch_size, sharded, reference):
-        root = tmp_path / name
-        root.mkdir()
-        path = fsdp_recipe(root, tiny_lm_dir, pair_file, batch_size=batch_size)
-        config = yaml.safe_load(open(path))
-        config["model"]["init_args"]["reference"] = {"class_path": f"alignsuite.reference.{reference}"}
-        open(path, "w").write(yaml.safe_dump(config))
-        run_fsdp2(path) if sharded else main(["fit", "--config", path])
-        return [[r["loss"] for r in probe(root, rank) if "loss" in r] for rank in ((0, 1) if sharded else (0,))]
+    def reference(name):
+        return lambda model: model.update(reference={"class_path": f"alignsuite.reference.{name}"})
 
-    swapped, frozen = run("swapped", 4, True, "SwappedCopy"), run("frozen", 8, False, "FrozenCopy")
+    def losses(root, ranks):
+        return [[r["loss"] for r in probe(root, rank) if "loss" in r] for rank in ranks]
+
+    swapped = losses(run_edited(tmp_path / "swapped", tiny_lm_dir, pair_file, reference("SwappedCopy"), sharded=True),
+                     (0, 1))
+    frozen = losses(run_edited(tmp_path / "frozen", tiny_lm_dir, pair_file, reference("FrozenCopy"), sharded=False),
+                    (0,))
     assert swapped[0] == swapped[1] and swapped[0] == pytest.approx(frozen[0], abs=1e-5)
     assert frozen[0][0] == pytest.approx(0.693147, abs=1e-5) and frozen[0][-1] < frozen[0][0]
 

@@ -39,41 +39,38 @@ class Recorder(L.Callback):
         assert pl_module.reference is None or not pl_module.reference.training
 
 
+def train_five_steps(root, model_dir, reference):
+    """5 seeded steps of DPO on 32 toy pairs with ``reference``: the step losses and the trained module."""
+    L.seed_everything(0)
+    rec = Recorder()
+    data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4)
+    module = make_module(model_dir, reference=reference)
+    make_trainer(root, 5, [rec], enable_checkpointing=False).fit(module, data)
+    return rec.losses, module
+
+
 def test_precomputed_reference_trains_exactly_like_a_frozen_copy(tmp_path, tiny_lm_dir):
-    runs = {}
-    for name, reference in (("frozen", FrozenCopy()), ("precomputed", Precomputed())):
-        L.seed_everything(0)
-        rec = Recorder()
-        data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4)
-        module = make_module(tiny_lm_dir, reference=reference)
-        make_trainer(tmp_path / name, 5, [rec], enable_checkpointing=False).fit(module, data)
-        runs[name] = rec.losses
-        if name == "precomputed":
-            assert module.reference.stored["train"].shape == (32, 2)  # scored once: every row, both views
-            assert not any(p.numel() for p in module.reference.parameters())  # no reference weights held
-    assert runs["frozen"][0] == pytest.approx(0.693147, abs=1e-4)
-    assert runs["precomputed"] == pytest.approx(runs["frozen"], abs=1e-4)
+    frozen, _ = train_five_steps(tmp_path / "frozen", tiny_lm_dir, FrozenCopy())
+    precomputed, module = train_five_steps(tmp_path / "precomputed", tiny_lm_dir, Precomputed())
+    assert module.reference.stored["train"].shape == (32, 2)  # scored once: every row, both views
+    assert not any(p.numel() for p in module.reference.parameters())  # no reference weights held
+    assert frozen[0] == pytest.approx(0.693147, abs=1e-4)
+    assert precomputed == pytest.approx(frozen, abs=1e-4)
 
 
 def test_a_swapped_reference_trains_exactly_like_a_frozen_copy(tmp_path, tiny_lm_dir):
     """The starting weights in host memory, copied into the policy for the reference's forward and back: the
     same losses and trained weights as a second frozen model, and the policy keeps no trace of the swap."""
-    runs, weights = {}, {}
-    for name, reference in (("frozen", FrozenCopy()), ("swapped", SwappedCopy())):
-        L.seed_everything(0)
-        rec = Recorder()
-        data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4)
-        module = make_module(tiny_lm_dir, reference=reference)
-        make_trainer(tmp_path / name, 5, [rec], enable_checkpointing=False).fit(module, data)
-        runs[name] = rec.losses
-        weights[name] = {k: v.detach().clone() for k, v in module.backbone.policy.state_dict().items()}
+    frozen, frozen_module = train_five_steps(tmp_path / "frozen", tiny_lm_dir, FrozenCopy())
+    swapped, module = train_five_steps(tmp_path / "swapped", tiny_lm_dir, SwappedCopy())
     assert not any(p.numel() for p in module.reference.parameters())  # no second model
     start = CausalLM(tiny_lm_dir)
     start.configure()
     assert all(torch.equal(module.reference.stored[k], v) for k, v in start.policy.named_parameters())
-    assert runs["frozen"][0] == pytest.approx(0.693147, abs=1e-4) and runs["frozen"][-1] < 0.6
-    assert runs["swapped"] == runs["frozen"]  # bit for bit
-    assert all(torch.equal(weights["swapped"][k], v) for k, v in weights["frozen"].items())
+    assert frozen[0] == pytest.approx(0.693147, abs=1e-4) and frozen[-1] < 0.6
+    assert swapped == frozen  # bit for bit
+    trained = module.backbone.policy.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in frozen_module.backbone.policy.state_dict().items())
     with pytest.raises(ValueError, match="SwappedCopy is for full fine-tuning; with lora use AdapterDisabled"):
         SwappedCopy().build(CausalLM(tiny_lm_dir, lora={"r": 4}))
 
