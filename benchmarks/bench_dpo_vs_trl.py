@@ -34,10 +34,16 @@ What it does:
    curves are compared step by step.
 
 alignsuite is driven programmatically through its real code path: ``PreferenceModule(CausalLM, DPO)``,
-its data module over the jsonl and a ``lightning.Trainer``. The only benchmark-side changes are a train
-loader that does not shuffle, and a wrapper on ``backbone.prepare`` that records each batch's shape (and,
-with ``--alignsuite-full-logits``, an ablation that turns off its ``logits_to_keep`` so the policy and
-reference compute logits at every position, as TRL does).
+its data module over the jsonl and a ``lightning.Trainer``, with the backbone's defaults (a pair's prompt
+shared by its two completions, the LM head at scored positions only). The only benchmark-side changes are a
+train loader that does not shuffle, and a wrapper on ``backbone.prepare`` that records each batch's shape:
+the sequences as one row each (compared with TRL's), and the rows alignsuite actually computes.
+
+Ablations and options: ``--alignsuite-plain`` turns both of alignsuite's layouts off (one row per sequence,
+logits at every position from the first completion token on); ``--no-share-prompt`` only the shared prompt;
+``--lm-head-chunk N`` scores through the chunked LM head. ``--precompute-ref`` makes both frameworks score
+the reference once before training (TRL's ``precompute_ref_log_probs``, alignsuite's ``Precomputed``); the
+timed steps then hold no reference forward in either.
 
 The workers, clocks, memory probes and the report are ``benchmarks.harness``'s; this file holds the two
 arms, the model and data they share, and what is compared between them.
@@ -80,23 +86,21 @@ def run_alignsuite(cfg: dict) -> dict:
     batches: list[list[int]] = []
 
     class Recording(Recorder):
-        def on_fit_start(self, trainer, pl_module):
+        def on_train_start(self, trainer, pl_module):
+            super().on_train_start(trainer, pl_module)  # after a precomputed reference's pass: not recorded
             backbone = pl_module.backbone
             prepare = backbone.prepare
 
             def recording_prepare(views):
                 prepared = prepare(views)
-                n, width = prepared.input_ids.shape
-                batches.append([n, width, int(prepared.attention_mask.sum()), int(prepared.completion_mask.sum()),
-                                int(prepared.logits_to_keep)])
+                batches.append(sequence_shape(prepared) + computed_shape(prepared))
                 return prepared
 
             backbone.prepare = recording_prepare  # an instance attribute shadows the method
-            if cfg["alignsuite_full_logits"]:
-                backbone._accepts_logits_to_keep = False  # ablation: logits at every position, as TRL
-            self.info["uses_logits_to_keep"] = bool(backbone._accepts_logits_to_keep)
             self.info["reference"] = type(pl_module.reference).__name__
             self.info["trainable_parameters"] = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
+
+    from alignsuite.reference import Precomputed
 
     lora = None
     if cfg["lora"]:
@@ -111,8 +115,12 @@ def run_alignsuite(cfg: dict) -> dict:
             dtype="float32",
             gradient_checkpointing=False,
             disable_dropout=True,
+            share_prompt=not (cfg["alignsuite_plain"] or cfg["no_share_prompt"]),
+            lm_head_at_scored_only=not cfg["alignsuite_plain"],
+            lm_head_chunk=cfg["lm_head_chunk"],
         ),
         objective=DPO(beta=cfg["beta"]),
+        reference=Precomputed() if cfg["precompute_ref"] else None,
         optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
         lr_schedule="constant",
         warmup_ratio=0.0,
@@ -172,7 +180,7 @@ def run_trl(cfg: dict) -> dict:
         loss_type=["sigmoid"],
         max_length=cfg["max_length"],
         truncation_mode="keep_start",
-        precompute_ref_log_probs=False,
+        precompute_ref_log_probs=cfg["precompute_ref"],
         disable_dropout=True,
         model_init_kwargs={"dtype": "float32"},
         # the optimization, as alignsuite's: AdamW (not fused), no decay, constant lr, clipping at 1
@@ -221,6 +229,29 @@ def run_trl(cfg: dict) -> dict:
 
 
 
+def sequence_shape(prepared) -> list[int]:
+    """The batch as one row per sequence, as TRL lays it out: [rows, padded width, tokens, completion tokens]."""
+    import torch
+
+    t = prepared.scored()
+    completion = t.out[~t.prompt]
+    prompt_length = (prepared.attention_mask - prepared.completion_mask).sum(-1)  # per computed row
+    if prepared.segments is None:
+        lengths = prepared.attention_mask.sum(-1)
+    else:  # each sequence: its row's prompt and its own completion tokens (+1: its first token is scored too)
+        first = t.row[~t.prompt]
+        own = torch.zeros(t.n_out, dtype=torch.long).index_add_(0, completion, torch.ones_like(completion))
+        row_of = torch.zeros(t.n_out, dtype=torch.long).index_copy_(0, completion, first)
+        lengths = prompt_length[row_of] + own
+    return [t.n_out, int(lengths.max()), int(lengths.sum()), int(prepared.completion_mask.sum())]
+
+
+def computed_shape(prepared) -> list[int]:
+    """What alignsuite computes: [rows, padded width, positions through the LM head]."""
+    n, width = prepared.input_ids.shape
+    return [n, width, int(prepared.scored().row.numel())]
+
+
 ARMS = {"alignsuite": run_alignsuite, "trl": run_trl}
 BENCH = harness.Bench(module=__spec__.name, name="dpo_vs_trl", arms=ARMS, label="framework", packages=PACKAGES)
 
@@ -231,8 +262,9 @@ def compare(a: dict, t: dict, batch_size: int) -> dict:
     same_batches = bool(a["batches"]) and [b[:4] for b in a["batches"]] == [b[:4] for b in t["batches"]]
     n = min(len(a["losses"]), len(t["losses"]))
     diffs = [abs(x - y) for x, y in zip(a["losses"][:n], t["losses"][:n])]
-    logits_rows = sum(b[0] * b[4] for b in a["batches"])
-    all_rows = sum(b[0] * b[1] for b in a["batches"])
+    all_positions = sum(b[0] * b[1] for b in a["batches"])
+    model_positions = sum(b[4] * b[5] for b in a["batches"])
+    head_positions = sum(b[6] for b in a["batches"])
     first, first_ok = harness.first_losses({"alignsuite": a, "trl": t})
     # Steps clean in both runs: step i holds the same batch in both, so their times compare like for like.
     both = sorted(set(a["clean_steps"]) & set(t["clean_steps"])) if same_batches else []
@@ -245,7 +277,8 @@ def compare(a: dict, t: dict, batch_size: int) -> dict:
         "first_loss_is_ln2": first_ok,
         "last_loss": {"alignsuite": a["losses"][-1], "trl": t["losses"][-1]},
         "max_abs_loss_diff": max(diffs) if diffs else None,
-        "alignsuite_logit_positions_fraction": logits_rows / all_rows if a.get("uses_logits_to_keep") else 1.0,
+        "alignsuite_model_positions_fraction": model_positions / all_positions,
+        "alignsuite_head_positions_fraction": head_positions / all_positions,
         "ratio_pairs_per_s": q["pairs_per_s"],
         "ratio_median_step": q["median_step"],
         "matched_clean_steps": both,
@@ -272,8 +305,8 @@ def print_repeat(rep: int, a: dict, t: dict, c: dict) -> None:
     print_first_losses({k: v for k, v in c["first_loss"].items() if k != "ln2"}, c["first_loss_is_ln2"])
     print(f"  same batches (rows, padded width, tokens, completion tokens at every step): {c['same_batches']};"
           f" max |loss difference| over steps: {fmt(c['max_abs_loss_diff'], '.2e')}")
-    print(f"  alignsuite computes logits at {100 * c['alignsuite_logit_positions_fraction']:.0f}% of positions"
-          f" (logits_to_keep {'on' if a.get('uses_logits_to_keep') else 'off'}); TRL at 100%")
+    print(f"  of TRL's padded positions, alignsuite runs the model at {100 * c['alignsuite_model_positions_fraction']:.0f}%"
+          f" and the LM head at {100 * c['alignsuite_head_positions_fraction']:.0f}%; TRL both at 100%")
 
 
 def summarize(runs: list[dict], batch_size: int) -> dict:
@@ -335,8 +368,14 @@ def parse_args(argv=None):
     p.add_argument("--lora", action="store_true", help="train the same LoRA adapter in both (reference: adapters off)")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--alignsuite-full-logits", action="store_true",
-                   help="ablation: turn off alignsuite's logits_to_keep (logits at every position, like TRL)")
+    p.add_argument("--alignsuite-plain", action="store_true",
+                   help="ablation: one row per sequence and logits at every kept position (share_prompt and"
+                        " lm_head_at_scored_only off)")
+    p.add_argument("--no-share-prompt", action="store_true", help="ablation: alignsuite's share_prompt off")
+    p.add_argument("--lm-head-chunk", type=int, default=None, help="alignsuite's lm_head_chunk (tokens per chunk)")
+    p.add_argument("--precompute-ref", action="store_true",
+                   help="both score the reference once before training (TRL precompute_ref_log_probs, alignsuite"
+                        " Precomputed)")
     p.add_argument("--profile", type=int, default=0,
                    help="torch.profiler over this many steps after the warm-up in each worker; prints the top ops"
                         " (the timings of such a run are not for reporting)")
@@ -356,7 +395,8 @@ def main(argv=None) -> None:
             "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "max_length": args.max_length,
             "lr": args.lr, "beta": args.beta, "max_grad_norm": args.max_grad_norm, "threads": args.threads,
             "lora": args.lora, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "seed": args.seed,
-            "alignsuite_full_logits": args.alignsuite_full_logits, "profile": args.profile,
+            "alignsuite_plain": args.alignsuite_plain, "no_share_prompt": args.no_share_prompt,
+            "lm_head_chunk": args.lm_head_chunk, "precompute_ref": args.precompute_ref, "profile": args.profile,
             "device": args.device, "bf16": args.bf16,
         }
         print(f"model: Llama, {model['parameters'] / 1e6:.2f}M parameters (hidden {model['hidden_size']},"

@@ -102,6 +102,14 @@ def backbone(tiny_lm_dir):
     return b
 
 
+@pytest.fixture(scope="module")
+def plain(tiny_lm_dir):
+    """The plain path: one row per sequence, the LM head at every kept position, logits computed whole."""
+    b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24, share_prompt=False, lm_head_at_scored_only=False)
+    b.configure()
+    return b
+
+
 # --- 1. scores against a direct computation ---------------------------------------------------------
 
 PROMPTS = ["echo a", "echo b c d e f g h", "echo i j"]
@@ -109,8 +117,10 @@ CHOSEN = ["A B C D E", "B", "I J"]
 REJECTED = ["a", "c d e f", "I J A B C D E F G"]
 
 
-def test_score_matches_direct_computation(backbone, base):
-    prepared = backbone.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
+@pytest.mark.parametrize("head", ["every position", "scored positions"])
+def test_score_matches_direct_computation(backbone, plain, base, head):
+    prepared = plain.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
+    backbone = plain if head == "every position" else backbone
     rows = [text_row(p, c) for view in (CHOSEN, REJECTED) for p, c in zip(PROMPTS, view)]
     # The batch really is ragged: padded rows, and logits kept only from the earliest completion on.
     width = prepared.input_ids.shape[1]

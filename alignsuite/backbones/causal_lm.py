@@ -30,6 +30,14 @@ from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.lora import LoraSpec
+from alignsuite.backbones.token_scoring import (
+    SHARED_ATTENTION,
+    Targets,
+    head_at,
+    selective_log_softmax,
+    share_prompts,
+    shared_attention_mask,
+)
 from alignsuite.backbones.tokenize import (
     Text,
     batch_rows,
@@ -50,14 +58,26 @@ class TokenBatch:
     logits_to_keep: int  # the last positions that hold every scored token (and the one before)
     prompt_mask: Tensor | None = None  # [N, T]: 1 on the prompt tokens scored (score_prompt rows), else None
     extra: dict = field(default_factory=dict)  # further model inputs: pixel_values, image_grid_thw ...
+    # The shared-prompt layout (token_scoring.share_prompts): segment and position of every token, and the
+    # scored tokens. None in the plain layout, whose targets follow from the masks.
+    segments: Tensor | None = None
+    position_ids: Tensor | None = None
+    targets: Targets | None = None
 
     def to(self, device) -> "TokenBatch":
-        prompt_mask = self.prompt_mask.to(device) if self.prompt_mask is not None else None
+        def move(t):
+            return t.to(device) if t is not None else None
+
         extra = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
         return TokenBatch(
             self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
-            self.logits_to_keep, prompt_mask, extra,
+            self.logits_to_keep, move(self.prompt_mask), extra, move(self.segments), move(self.position_ids),
+            move(self.targets),
         )
+
+    def scored(self) -> Targets:
+        return self.targets if self.targets is not None else Targets.from_masks(self.input_ids, self.completion_mask,
+                                                                                self.prompt_mask)
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -88,6 +108,16 @@ class CausalLM(Backbone):
         trust_remote_code: passed to ``from_pretrained``.
         chat_template: a Jinja chat template, or the path of a ``.jinja`` file, set on the tokenizer (and saved
             with it): for base models that have none, or to replace theirs. Chat rows with neither are an error.
+        share_prompt: put the rows that share a prompt (a pair's chosen and rejected) in one row, the prompt
+            once, each completion attending to it and to itself only (see :mod:`.token_scoring`): the prompt's
+            tokens go through the model once. Same log-probs up to float rounding. Used with the "sdpa" and
+            "eager" attention of models without a sliding window shorter than ``max_length``; otherwise, and
+            for batches with no repeated prompt, rows are laid out one per sequence.
+        lm_head_at_scored_only: apply the LM head only at the positions that predict a scored token (not at
+            prompt, padding or other rows' positions); off computes it at every kept position, then picks.
+        lm_head_chunk: score tokens this many at a time through a fused LM head + log-softmax that keeps no
+            ``tokens x vocabulary`` logits for backward (it recomputes them, one chunk at a time): for long rows
+            and large vocabularies, at the cost of the head's matmul once more. null computes logits whole.
     """
 
     def __init__(
@@ -103,8 +133,13 @@ class CausalLM(Backbone):
         disable_dropout: bool = True,
         trust_remote_code: bool = False,
         chat_template: str | None = None,
+        share_prompt: bool = True,
+        lm_head_at_scored_only: bool = True,
+        lm_head_chunk: int | None = None,
     ) -> None:
         super().__init__()
+        if lm_head_chunk is not None and lm_head_chunk < 1:
+            raise ValueError(f"backbone.lm_head_chunk must be a positive number of tokens or null, got {lm_head_chunk}")
         if max_prompt_length >= max_length:
             raise ValueError(
                 f"backbone.max_prompt_length ({max_prompt_length}) must be below backbone.max_length ({max_length}),"
@@ -121,6 +156,10 @@ class CausalLM(Backbone):
         self.disable_dropout = disable_dropout
         self.trust_remote_code = trust_remote_code
         self.chat_template = chat_template
+        self.share_prompt = share_prompt
+        self.lm_head_at_scored_only = lm_head_at_scored_only
+        self.lm_head_chunk = lm_head_chunk
+        self._shares_prompt = False  # whether the model's attention takes the shared layout; set in configure
         self.tokenizer = None
         self.truncated = {"prompt": 0, "completion": 0}
         # Pairs dropped at setup because chosen and rejected are the same tokens once truncated, per split.
@@ -198,6 +237,7 @@ class CausalLM(Backbone):
             self.tokenizer = self._load_tokenizer()
         model = self._load_model()
         self._accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._shares_prompt = self._takes_shared_layout(model.config)
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -210,6 +250,12 @@ class CausalLM(Backbone):
         # from_pretrained returns the model in eval mode, and Lightning keeps modes as they are; gradient
         # checkpointing (and any dropout left on) only acts in train mode.
         self.policy = model.train()
+
+    def _takes_shared_layout(self, config) -> bool:
+        """Whether the model attends through a 4D mask as given (SDPA, eager) with no sliding window that
+        ``max_length`` could exceed (a custom mask replaces the window)."""
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        return getattr(config, "_attn_implementation", None) in SHARED_ATTENTION and (not window or window >= self.max_length)
 
     def _peft_config(self, model: nn.Module):
         return self.lora.to_peft("CAUSAL_LM")
@@ -269,6 +315,12 @@ class CausalLM(Backbone):
         for view in views:
             rows += self._encode(view.prompts, view.completions, view.batch)
             score_prompt += [view.score_prompt] * len(view.prompts)
+        if self.share_prompt and self._shares_prompt and len({tuple(p) for p, _ in rows}) < len(rows):
+            shared = share_prompts(rows, score_prompt, self.tokenizer.pad_token_id)
+            width = shared.input_ids.shape[1]
+            return TokenBatch(shared.input_ids, (shared.segments >= 0).long(), shared.completion_mask,
+                              width - int(shared.targets.pos.min()), shared.prompt_mask, segments=shared.segments,
+                              position_ids=shared.position_ids, targets=shared.targets)
         width = max(len(p) + len(c) for p, c in rows)
         n = len(rows)
         input_ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -348,21 +400,36 @@ class CausalLM(Backbone):
         model = model if model is not None else self.policy
         device = next(model.parameters()).device
         batch = prepared.to(device)
+        targets = batch.scored()
         kwargs = {"use_cache": False}
         keep = batch.logits_to_keep
+        offset = 0  # the head sees positions from `offset` on
         if self._accepts_logits_to_keep:
             kwargs["logits_to_keep"] = keep
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.extra, **kwargs).logits
-        logits = logits[:, -keep:]
-        labels = batch.input_ids[:, -keep:][:, 1:]
-        mask = batch.completion_mask[:, -keep:][:, 1:]
-        token_logps = selective_log_softmax(logits[:, :-1], labels)
-        score = (token_logps * mask).sum(-1)
-        out = SequenceScores(score, mask.sum(-1).to(score.dtype))
+            offset = batch.input_ids.shape[1] - keep
+        attention_mask = batch.attention_mask
+        if batch.segments is not None:
+            attention_mask = shared_attention_mask(batch.segments, model.config._attn_implementation, model.dtype)
+            kwargs["position_ids"] = batch.position_ids
+        chunk = self.lm_head_chunk
+        head = head_at(model, targets, offset, chunk) if self.lm_head_at_scored_only or chunk else contextlib.nullcontext()
+        with head as returned:
+            logits = model(input_ids=batch.input_ids, attention_mask=attention_mask, **batch.extra, **kwargs).logits
+        if chunk:
+            if logits is not returned["out"]:
+                raise ValueError(
+                    f"backbone.lm_head_chunk: {type(model).__name__} changes its LM head's output before returning it"
+                    " (logit soft-capping or scaling), which the fused head cannot follow; set lm_head_chunk: null"
+                )
+            token_logps = logits
+        elif self.lm_head_at_scored_only:
+            token_logps = selective_log_softmax(logits, targets.label)
+        else:
+            token_logps = selective_log_softmax(logits[targets.row, targets.pos - offset], targets.label)
+        score, length = targets.sum(token_logps)
+        out = SequenceScores(score, length)
         if batch.prompt_mask is not None:
-            prompt_mask = batch.prompt_mask[:, -keep:][:, 1:]
-            out.prompt = (token_logps * prompt_mask).sum(-1)
-            out.prompt_length = prompt_mask.sum(-1).to(score.dtype)
+            out.prompt, out.prompt_length = targets.sum(token_logps, prompt=True)
         return out
 
     # ---------------------------------------------------------------- generation and export
@@ -409,9 +476,3 @@ class CausalLM(Backbone):
         model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 
-
-def selective_log_softmax(logits: Tensor, labels: Tensor) -> Tensor:
-    """``log_softmax(logits)[..., labels]`` in float32, one row at a time to bound peak memory."""
-    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
-    norm = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
-    return picked - norm

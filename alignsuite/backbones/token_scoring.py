@@ -1,0 +1,247 @@
+"""Which tokens a causal LM scores, and how the stacked rows are laid out for it.
+
+Two layouts of the same rows (``(prompt ids, completion ids)`` per sequence, view-major):
+
+- one row per sequence: ``prompt + completion``, right-padded, causal attention (the plain layout);
+- one row per distinct prompt (``share_prompt``): ``prompt + completion_1 + completion_2 + ...``, where each
+  completion attends to the prompt and to itself only and its positions continue from the prompt's end. A
+  DPO pair's chosen and rejected rows share their prompt, so its tokens go through the model once, not twice;
+  every completion token sees exactly the context it sees in the plain layout, so log-probs are equal up to
+  float rounding.
+
+Either way the scored tokens are listed once (:class:`Targets`): for each, the batch row, the position whose
+output predicts it (the token before it, or the prompt's last token for a completion's first token), the
+token, and the sequence it counts for. :func:`head_at` then applies the LM head at those positions only
+(never at padding, prompt or other rows' positions), and with ``chunk`` as a fused head + log-softmax that
+keeps no vocabulary-sized tensor for backward (:class:`ChunkedTokenLogProbs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+Row = tuple[list[int], list[int]]  # (prompt ids, completion ids)
+
+
+@dataclass
+class Targets:
+    """The scored tokens of a batch, flattened: ``M`` entries."""
+
+    row: Tensor  # [M] batch row holding the token
+    pos: Tensor  # [M] position whose output predicts it
+    label: Tensor  # [M] the token
+    out: Tensor  # [M] the sequence (view-major) whose score it adds to
+    prompt: Tensor  # [M] bool: a prompt token (a view's score_prompt), else a completion token
+    n_out: int  # number of sequences
+
+    def to(self, device) -> "Targets":
+        return Targets(self.row.to(device), self.pos.to(device), self.label.to(device), self.out.to(device),
+                       self.prompt.to(device), self.n_out)
+
+    @classmethod
+    def from_masks(cls, input_ids: Tensor, completion_mask: Tensor, prompt_mask: Tensor | None = None) -> "Targets":
+        """The plain layout's targets: each masked token at ``t >= 1``, predicted from ``t - 1``."""
+        parts = [(completion_mask, False)] + ([(prompt_mask, True)] if prompt_mask is not None else [])
+        fields: list[list[Tensor]] = [[], [], [], []]
+        for mask, is_prompt in parts:
+            mask = mask.clone()
+            mask[:, 0] = 0  # nothing predicts a row's first token
+            row, pos = mask.nonzero(as_tuple=True)
+            for store, value in zip(fields, (row, pos - 1, input_ids[row, pos], torch.full_like(row, is_prompt, dtype=torch.bool))):
+                store.append(value)
+        row, pos, label, prompt = (torch.cat(f) for f in fields)
+        return cls(row, pos, label, row.clone(), prompt, input_ids.shape[0])
+
+    def sum(self, token_logps: Tensor, prompt: bool = False) -> tuple[Tensor, Tensor]:
+        """Per sequence: the summed log-probs of its completion (or prompt) tokens, and their count."""
+        keep = self.prompt if prompt else ~self.prompt
+        logps = token_logps[keep]
+        out = self.out[keep]
+        total = torch.zeros(self.n_out, dtype=logps.dtype, device=logps.device).index_add_(0, out, logps)
+        count = torch.zeros(self.n_out, dtype=logps.dtype, device=logps.device).index_add_(0, out, torch.ones_like(logps))
+        return total, count
+
+
+@dataclass
+class SharedLayout:
+    """Rows packed one per distinct prompt: the tensors a forward needs besides the attention mask."""
+
+    input_ids: Tensor  # [G, L]
+    segments: Tensor  # [G, L]: 0 on the prompt, j on the j-th completion (from 1), -1 on padding
+    position_ids: Tensor  # [G, L]
+    completion_mask: Tensor  # [G, L]: 1 on completion tokens
+    prompt_mask: Tensor | None  # [G, L]: 1 on the prompt tokens scored for some row; None if no row asks
+    targets: Targets
+
+
+def share_prompts(rows: list[Row], score_prompt: list[bool], pad_id: int) -> SharedLayout:
+    """Pack ``rows`` one per distinct prompt (rows with an empty prompt stay alone): see the module docstring."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (p, _) in enumerate(rows):
+        groups.setdefault(tuple(p) if p else ("alone", i), []).append(i)
+    packed = [(rows[members[0]][0], members) for members in groups.values()]
+    width = max(len(p) + sum(len(rows[i][1]) for i in members) for p, members in packed)
+    g = len(packed)
+    input_ids = torch.full((g, width), pad_id, dtype=torch.long)
+    segments = torch.full((g, width), -1, dtype=torch.long)
+    position_ids = torch.zeros((g, width), dtype=torch.long)
+    completion_mask = torch.zeros((g, width), dtype=torch.long)
+    prompt_mask = torch.zeros((g, width), dtype=torch.long) if any(score_prompt) else None
+    t_row, t_pos, t_label, t_out, t_prompt = [], [], [], [], []
+
+    def add(row: int, pos: list[int], labels: list[int], out: int, is_prompt: bool) -> None:
+        t_row.extend([row] * len(pos))
+        t_pos.extend(pos)
+        t_label.extend(labels)
+        t_out.extend([out] * len(pos))
+        t_prompt.extend([is_prompt] * len(pos))
+
+    for r, (p, members) in enumerate(packed):
+        n = len(p)
+        input_ids[r, :n] = torch.tensor(p, dtype=torch.long)
+        segments[r, :n] = 0
+        position_ids[r, :n] = torch.arange(n)
+        start = n
+        for j, i in enumerate(members, start=1):
+            c = rows[i][1]
+            end = start + len(c)
+            input_ids[r, start:end] = torch.tensor(c, dtype=torch.long)
+            segments[r, start:end] = j
+            position_ids[r, start:end] = torch.arange(n, n + len(c))
+            completion_mask[r, start:end] = 1
+            # The first token is predicted by the prompt's last, every later one by the token before it.
+            pos = [n - 1] + list(range(start, end - 1))
+            first = 0 if n > 0 else 1  # with no prompt, nothing predicts the first token
+            add(r, pos[first:], c[first:], i, False)
+            if score_prompt[i] and n > 1:
+                add(r, list(range(n - 1)), p[1:], i, True)
+                prompt_mask[r, 1:n] = 1
+            start = end
+    targets = Targets(torch.tensor(t_row), torch.tensor(t_pos), torch.tensor(t_label), torch.tensor(t_out),
+                      torch.tensor(t_prompt, dtype=torch.bool), len(rows))
+    return SharedLayout(input_ids, segments, position_ids, completion_mask, prompt_mask, targets)
+
+
+def shared_attention_mask(segments: Tensor, attn_implementation: str | None, dtype: torch.dtype) -> Tensor:
+    """The ``[G, 1, L, L]`` mask of the shared layout in the form the attention implementation takes: boolean
+    (True attends) for SDPA, additive float for eager. A query attends to earlier positions of its own segment
+    and of the prompt; padding attends to itself only, so that no row is all masked (which gives NaN)."""
+    q = segments.unsqueeze(-1)
+    k = segments.unsqueeze(-2)
+    length = segments.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    allowed = causal & (k >= 0) & ((k == q) | ((k == 0) & (q > 0)))
+    allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)
+    allowed = allowed.unsqueeze(1)
+    if attn_implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return allowed
+
+
+SHARED_ATTENTION = ("sdpa", "eager")  # implementations that take an arbitrary 4D mask
+
+
+class ChunkedTokenLogProbs(torch.autograd.Function):
+    """``log_softmax(h @ W.T + b)[label]`` for ``M`` positions, ``chunk`` at a time.
+
+    Forward keeps only the per-position log-normaliser; backward recomputes each chunk's logits and turns
+    them into the gradients of ``h``, ``W`` and ``b`` at once. Peak memory is one ``chunk x V`` block, never
+    ``M x V``; the price is the head's matmul once more in backward. Under autocast the head computes in the
+    autocast dtype, as ``nn.Linear`` would; the softmax and the log-probs are float32 (float64 for float64).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, chunk: int) -> Tensor:
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        exact = torch.promote_types(dtype, torch.float32)  # the softmax's dtype: float32, or float64 for float64
+        out = torch.empty(hidden.shape[0], dtype=exact, device=hidden.device)
+        lse = torch.empty_like(out)
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
+            for s in range(0, hidden.shape[0], chunk):
+                z = nn.functional.linear(hidden[s : s + chunk].to(dtype), w, b).to(exact)
+                lse[s : s + chunk] = torch.logsumexp(z, dim=-1)
+                out[s : s + chunk] = z.gather(-1, labels[s : s + chunk, None]).squeeze(-1) - lse[s : s + chunk]
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.chunk, ctx.dtype = chunk, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        dtype, chunk = ctx.dtype, ctx.chunk
+        device = hidden.device.type
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        exact = lse.dtype
+        grad_weight = torch.zeros(weight.shape, dtype=exact, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.zeros(bias.shape, dtype=exact, device=bias.device) if bias is not None and ctx.needs_input_grad[2] else None
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
+            for s in range(0, hidden.shape[0], chunk):
+                h = hidden[s : s + chunk].to(dtype)
+                g = grad[s : s + chunk].to(exact)
+                # d/dz [z_label - logsumexp(z)] = onehot(label) - softmax(z), times the incoming gradient.
+                dz = torch.exp(nn.functional.linear(h, w, b).to(exact) - lse[s : s + chunk, None]).mul_(-g[:, None])
+                dz.scatter_add_(-1, labels[s : s + chunk, None], g[:, None])
+                dz = dz.to(dtype)
+                if grad_hidden is not None:
+                    grad_hidden[s : s + chunk] = (dz @ w).to(hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight += (dz.t() @ h).to(exact)
+                if grad_bias is not None:
+                    grad_bias += dz.to(exact).sum(0)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+@contextlib.contextmanager
+def head_at(model: nn.Module, targets: Targets, offset: int = 0, chunk: int | None = None):
+    """Within the context, the model's LM head computes only at ``targets`` (positions shifted by ``offset``,
+    for a model that hands the head its last positions only): its "logits" are ``[M, V]``, or with ``chunk``
+    the ``[M]`` token log-probs themselves. The head's own forward runs (adapters on it included) unless
+    chunked, which needs a plain ``nn.Linear``. Yields a dict whose ``"out"`` is what the head returned."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (LM head) to score tokens with")
+    if chunk is not None and type(head) is not nn.Linear:
+        raise ValueError(
+            f"backbone.lm_head_chunk needs the LM head to be a plain nn.Linear; {type(model).__name__}'s is a"
+            f" {type(head).__name__} (an adapter on it, or a quantised layer): set lm_head_chunk to null"
+        )
+    own = vars(head).get("forward")
+    original = head.forward
+    rows, pos = targets.row, targets.pos - offset
+    returned: dict[str, Tensor] = {}
+
+    def forward(hidden: Tensor) -> Tensor:
+        picked = hidden[rows, pos]
+        if chunk is None:
+            returned["out"] = original(picked)
+        else:
+            returned["out"] = ChunkedTokenLogProbs.apply(picked, head.weight, head.bias, targets.label, chunk)
+        return returned["out"]
+
+    head.forward = forward
+    try:
+        yield returned
+    finally:
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
+
+
+def selective_log_softmax(logits: Tensor, labels: Tensor) -> Tensor:
+    """``log_softmax(logits)[labels]`` over the last dimension, in float32."""
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
+    return picked - torch.logsumexp(logits.float(), dim=-1)

@@ -1,0 +1,257 @@
+"""The causal LM's fast scoring paths give the plain path's numbers: the shared-prompt layout (a prompt's
+tokens through the model once for all its completions), the LM head only at scored positions, and the
+chunked head + log-softmax that keeps no tokens x vocabulary tensor for backward. Each is checked against
+the plain path (one row per sequence, logits at every kept position, whole) on scores and gradients."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from alignsuite.backbones import CausalLM, LoraSpec
+from alignsuite.backbones.base import ViewInputs, shared_prompts
+from alignsuite.backbones.token_scoring import ChunkedTokenLogProbs, selective_log_softmax, shared_attention_mask
+from alignsuite.toy.llm import EchoWorld
+
+PROMPTS = ["echo a", "echo b c d e f g h", "echo i j"]
+CHOSEN = ["A B C D E", "B", "I J"]
+REJECTED = ["a", "c d e f", "I J A B C D E F G"]
+
+
+def build(path, **options) -> CausalLM:
+    b = CausalLM(path, max_length=48, max_prompt_length=24, **options)
+    b.configure()
+    return b
+
+
+PLAIN = {"share_prompt": False, "lm_head_at_scored_only": False}
+
+
+def scores_and_grads(b: CausalLM, views: list[ViewInputs]):
+    """Scores of ``views`` and the gradient of a loss that weighs every sequence (and prompt) differently."""
+    b.policy.zero_grad(set_to_none=True)
+    out = b.score(b.prepare(views))
+    weights = torch.linspace(-1.0, 2.0, out.score.numel())
+    loss = (out.score * weights).sum()
+    if out.prompt is not None:
+        loss = loss + (out.prompt * weights.flip(0)).sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in b.policy.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+def assert_same(a, b, atol=1e-5):
+    (out_a, grads_a), (out_b, grads_b) = a, b
+    torch.testing.assert_close(out_a.score, out_b.score, atol=atol, rtol=0)
+    torch.testing.assert_close(out_a.length, out_b.length, atol=0, rtol=0)
+    assert (out_a.prompt is None) == (out_b.prompt is None)
+    if out_a.prompt is not None:
+        torch.testing.assert_close(out_a.prompt, out_b.prompt, atol=atol, rtol=0)
+        torch.testing.assert_close(out_a.prompt_length, out_b.prompt_length, atol=0, rtol=0)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=atol, rtol=1e-4, msg=name)
+
+
+def pair_views():
+    return shared_prompts(PROMPTS, CHOSEN, REJECTED)
+
+
+def orpo_views():
+    """ORPO's views: the chosen view also scores its prompt's tokens."""
+    chosen, rejected = pair_views()
+    return [chosen.replace(score_prompt=True), rejected]
+
+
+def kto_views():
+    """KTO's views: each row's own answer, and a mismatched answer under the same prompt (the KL term)."""
+    answers = CHOSEN
+    return shared_prompts(PROMPTS, answers, answers[1:] + answers[:1])
+
+
+# --- the shared layout ------------------------------------------------------------------------------
+
+
+def test_shared_layout_puts_each_prompt_once_with_its_completions(tiny_lm_dir):
+    b = build(tiny_lm_dir)
+    prepared = b.prepare(pair_views())
+    ids = b.tokenizer(PROMPTS)["input_ids"]
+    completions = [b.tokenizer(CHOSEN, add_special_tokens=False)["input_ids"],
+                   b.tokenizer(REJECTED, add_special_tokens=False)["input_ids"]]
+    eos = b.tokenizer.eos_token_id
+    assert prepared.input_ids.shape[0] == 3  # one row per pair, not six
+    for r, p in enumerate(ids):
+        c, x = completions[0][r] + [eos], completions[1][r] + [eos]
+        n = len(p) + len(c) + len(x)
+        assert prepared.input_ids[r, :n].tolist() == p + c + x
+        # both completions continue the prompt's positions
+        assert prepared.position_ids[r, :n].tolist() == list(range(len(p) + len(c))) + list(range(len(p), len(p) + len(x)))
+        assert prepared.segments[r, :n].tolist() == [0] * len(p) + [1] * len(c) + [2] * len(x)
+        assert (prepared.segments[r, n:] == -1).all()
+    # six sequences are scored, each over its own completion tokens (words + eos)
+    t = prepared.targets
+    assert t.n_out == 6 and torch.bincount(t.out).tolist() == [6, 2, 3, 2, 5, 10]
+
+
+def test_shared_mask_lets_a_completion_see_the_prompt_and_itself_only():
+    segments = torch.tensor([[0, 0, 1, 1, 2, 2, 2, -1]])
+    allowed = shared_attention_mask(segments, "sdpa", torch.float32)[0, 0].int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 1, 0, 0, 0],  # the second completion never sees the first
+        [1, 1, 0, 0, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0, 0, 1],  # padding sees itself only: no all-masked row
+    ]
+    additive = shared_attention_mask(segments, "eager", torch.float32)[0, 0]
+    assert ((additive == 0).int().tolist()) == allowed and additive.min() == torch.finfo(torch.float32).min
+
+
+@pytest.mark.parametrize("views", [pair_views, orpo_views, kto_views], ids=["dpo", "orpo", "kto"])
+@pytest.mark.parametrize("share_prompt,scored_only,chunk", [
+    opts for opts in itertools.product([True, False], [True, False], [None, 4]) if opts != (False, False, None)
+])
+def test_every_fast_path_gives_the_plain_scores_and_gradients(tiny_lm_dir, views, share_prompt, scored_only, chunk):
+    plain = scores_and_grads(build(tiny_lm_dir, **PLAIN), views())
+    fast = build(tiny_lm_dir, share_prompt=share_prompt, lm_head_at_scored_only=scored_only, lm_head_chunk=chunk)
+    prepared = fast.prepare(views())
+    assert (prepared.segments is not None) == share_prompt
+    assert_same(scores_and_grads(fast, views()), plain)
+
+
+def test_shared_layout_under_eager_attention_equals_sdpa(tiny_lm_dir):
+    sdpa = build(tiny_lm_dir)
+    eager = build(tiny_lm_dir, attn_implementation="eager")
+    assert eager.prepare(pair_views()).segments is not None
+    assert_same(scores_and_grads(eager, pair_views()), scores_and_grads(sdpa, pair_views()))
+
+
+def test_bf16_autocast_fast_path_errs_no_more_than_the_plain_one(tiny_lm_dir):
+    """Under bf16 both paths round; the fast one must stay as close to float32's scores as the plain one."""
+    fast, plain = build(tiny_lm_dir, lm_head_chunk=5), build(tiny_lm_dir, **PLAIN)
+    exact = plain.score(plain.prepare(pair_views())).score
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast_error = (fast.score(fast.prepare(pair_views())).score - exact).abs().max()
+        plain_error = (plain.score(plain.prepare(pair_views())).score - exact).abs().max()
+    assert 0 < plain_error < 0.5
+    assert fast_error <= 2 * plain_error + 1e-3
+
+
+def test_a_sliding_window_shorter_than_max_length_keeps_the_plain_layout(tmp_path):
+    """A custom mask would replace the window: such models are laid out one row per sequence."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    world = EchoWorld()
+    tok = world.build_tokenizer()
+    llama = world.build_config(tok)
+    config = MistralConfig(vocab_size=llama.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4, sliding_window=6,
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    windowed = build(str(tmp_path))
+    assert windowed.prepare(pair_views()).segments is None
+    assert_same(scores_and_grads(windowed, pair_views()), scores_and_grads(build(str(tmp_path), **PLAIN), pair_views()))
+
+
+def test_batches_without_a_repeated_prompt_keep_the_plain_layout(tiny_lm_dir):
+    b = build(tiny_lm_dir)
+    assert b.prepare(shared_prompts(PROMPTS, CHOSEN)).segments is None
+
+
+# --- the chunked head + log-softmax ---------------------------------------------------------------
+
+
+def test_chunked_log_probs_pass_gradcheck():
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(11, dtype=torch.float64, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 11, (7,), generator=gen)
+
+    def fused(h, w, b):
+        return ChunkedTokenLogProbs.apply(h, w, b, labels, 3)
+
+    assert torch.autograd.gradcheck(fused, (hidden, weight, bias))
+    direct = torch.log_softmax(hidden @ weight.T + bias, -1).gather(-1, labels[:, None]).squeeze(-1)
+    torch.testing.assert_close(fused(hidden, weight, bias), direct, atol=1e-12, rtol=0)
+
+
+def test_the_chunked_head_keeps_no_tokens_by_vocabulary_tensor_for_backward():
+    m, h, v = 64, 16, 1000
+    hidden = torch.randn(m, h, requires_grad=True)
+    head = nn.Linear(h, v, bias=False)
+    labels = torch.randint(0, v, (m,))
+
+    def largest_saved(fn) -> int:
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            fn().sum().backward()
+        return max(sizes)
+
+    assert largest_saved(lambda: selective_log_softmax(head(hidden), labels)) >= m * v  # the plain path keeps one
+    assert largest_saved(lambda: ChunkedTokenLogProbs.apply(hidden, head.weight, None, labels, 8)) == v * h
+
+
+def test_lm_head_chunk_must_be_positive(tiny_lm_dir):
+    with pytest.raises(ValueError, match="lm_head_chunk must be a positive"):
+        CausalLM(tiny_lm_dir, lm_head_chunk=0)
+
+
+def test_lm_head_chunk_refuses_an_adapted_head(tiny_lm_dir):
+    b = build(tiny_lm_dir, lora=LoraSpec(r=2, target_modules=["q_proj", "lm_head"]), lm_head_chunk=4)
+    with pytest.raises(ValueError, match="lm_head_chunk needs the LM head to be a plain nn.Linear"):
+        b.score(b.prepare(pair_views()))
+
+
+def test_lm_head_chunk_refuses_a_model_that_soft_caps_its_logits(tmp_path):
+    """Gemma 2 soft-caps the head's output; the fused path returns log-probs, which must not be capped."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    world = EchoWorld()
+    tok = world.build_tokenizer()
+    config = Gemma2Config(vocab_size=world.build_config(tok).vocab_size, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                          final_logit_softcapping=5.0, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    Gemma2ForCausalLM(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    capped = build(str(tmp_path), lm_head_chunk=4)
+    with pytest.raises(ValueError, match="soft-capping or scaling"):
+        capped.score(capped.prepare(pair_views()))
+    # the head at scored positions alone is fine: soft-capping applies to those logits as to all
+    assert_same(scores_and_grads(build(str(tmp_path)), pair_views()),
+                scores_and_grads(build(str(tmp_path), **PLAIN), pair_views()))
+
+
+def test_lora_policy_scores_and_gradients_on_the_fast_path(tiny_lm_dir):
+    lora = LoraSpec(r=4, alpha=8, target_modules="all-linear")
+    torch.manual_seed(0)
+    fast = build(tiny_lm_dir, lora=lora, lm_head_chunk=4)
+    torch.manual_seed(0)
+    plain = build(tiny_lm_dir, lora=lora, **PLAIN)
+    for b in (fast, plain):
+        with torch.no_grad():
+            for name, p in sorted(b.policy.named_parameters()):
+                if "lora_B" in name:
+                    p.copy_(torch.full_like(p, 0.05))
+    assert_same(scores_and_grads(fast, pair_views()), scores_and_grads(plain, pair_views()))
+
+
+def test_models_saved_with_the_default_path_are_unchanged(tiny_lm_dir):
+    """The fast path scores; it never touches the model: the head's forward is its own again afterwards."""
+    b = build(tiny_lm_dir, lm_head_chunk=4)
+    b.score(b.prepare(pair_views()))
+    head = b.policy.get_output_embeddings()
+    assert "forward" not in vars(head)
+    x = torch.randn(2, head.in_features)
+    torch.testing.assert_close(head(x), x @ head.weight.T)
+
