@@ -234,15 +234,16 @@ def sequence_shape(prepared) -> list[int]:
     import torch
 
     t = prepared.scored()
-    completion = t.out[~t.prompt]
-    prompt_length = (prepared.attention_mask - prepared.completion_mask).sum(-1)  # per computed row
     if prepared.segments is None:
         lengths = prepared.attention_mask.sum(-1)
-    else:  # each sequence: its row's prompt and its own completion tokens (+1: its first token is scored too)
-        first = t.row[~t.prompt]
-        own = torch.zeros(t.n_out, dtype=torch.long).index_add_(0, completion, torch.ones_like(completion))
-        row_of = torch.zeros(t.n_out, dtype=torch.long).index_copy_(0, completion, first)
-        lengths = prompt_length[row_of] + own
+    else:  # each sequence: its group's prompt and its own completion tokens
+        keep = ~t.prompt
+        out, row, pos = t.out[keep], t.row[keep], t.pos[keep]
+        own = torch.bincount(out, minlength=t.n_out)
+        first = torch.full((t.n_out,), len(out), dtype=torch.long).scatter_reduce(0, out, torch.arange(len(out)), "amin")
+        prompt_segment = prepared.segments[row[first], pos[first]]  # a first token is predicted by the prompt's last
+        prompt_length = (prepared.segments[row[first]] == prompt_segment[:, None]).sum(-1)
+        lengths = prompt_length + own
     return [t.n_out, int(lengths.max()), int(lengths.sum()), int(prepared.completion_mask.sum())]
 
 

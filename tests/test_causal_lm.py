@@ -105,7 +105,8 @@ def backbone(tiny_lm_dir):
 @pytest.fixture(scope="module")
 def plain(tiny_lm_dir):
     """The plain path: one row per sequence, the LM head at every kept position, logits computed whole."""
-    b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24, share_prompt=False, lm_head_at_scored_only=False)
+    b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24, share_prompt=False, pack_rows=False,
+                 lm_head_at_scored_only=False)
     b.configure()
     return b
 

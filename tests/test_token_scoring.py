@@ -1,7 +1,8 @@
-"""The causal LM's fast scoring paths give the plain path's numbers: the shared-prompt layout (a prompt's
-tokens through the model once for all its completions), the LM head only at scored positions, and the
-chunked head + log-softmax that keeps no tokens x vocabulary tensor for backward. Each is checked against
-the plain path (one row per sequence, logits at every kept position, whole) on scores and gradients."""
+"""The causal LM's fast scoring paths give the plain path's numbers: the packed layout (a prompt's tokens
+through the model once for all its completions, several groups to a row), the LM head only at scored
+positions, and the chunked head + log-softmax that keeps no tokens x vocabulary tensor for backward. Each is
+checked against the plain path (one row per sequence, logits at every kept position, whole) on scores and
+gradients."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from torch import nn
 
 from alignsuite.backbones import CausalLM, LoraSpec
 from alignsuite.backbones.base import ViewInputs, shared_prompts
-from alignsuite.backbones.token_scoring import ChunkedTokenLogProbs, selective_log_softmax, shared_attention_mask
+from alignsuite.backbones.token_scoring import (
+    SEGMENT_STRIDE,
+    ChunkedTokenLogProbs,
+    pack_groups,
+    packed_attention_mask,
+    selective_log_softmax,
+)
 from alignsuite.toy.llm import EchoWorld
 
 PROMPTS = ["echo a", "echo b c d e f g h", "echo i j"]
@@ -27,7 +34,7 @@ def build(path, **options) -> CausalLM:
     return b
 
 
-PLAIN = {"share_prompt": False, "lm_head_at_scored_only": False}
+PLAIN = {"share_prompt": False, "pack_rows": False, "lm_head_at_scored_only": False}
 
 
 def scores_and_grads(b: CausalLM, views: list[ViewInputs]):
@@ -76,7 +83,7 @@ def kto_views():
 
 
 def test_shared_layout_puts_each_prompt_once_with_its_completions(tiny_lm_dir):
-    b = build(tiny_lm_dir)
+    b = build(tiny_lm_dir, pack_rows=False)
     prepared = b.prepare(pair_views())
     ids = b.tokenizer(PROMPTS)["input_ids"]
     completions = [b.tokenizer(CHOSEN, add_special_tokens=False)["input_ids"],
@@ -89,39 +96,46 @@ def test_shared_layout_puts_each_prompt_once_with_its_completions(tiny_lm_dir):
         assert prepared.input_ids[r, :n].tolist() == p + c + x
         # both completions continue the prompt's positions
         assert prepared.position_ids[r, :n].tolist() == list(range(len(p) + len(c))) + list(range(len(p), len(p) + len(x)))
-        assert prepared.segments[r, :n].tolist() == [0] * len(p) + [1] * len(c) + [2] * len(x)
+        seg = r * SEGMENT_STRIDE
+        assert prepared.segments[r, :n].tolist() == [seg] * len(p) + [seg + 1] * len(c) + [seg + 2] * len(x)
         assert (prepared.segments[r, n:] == -1).all()
     # six sequences are scored, each over its own completion tokens (words + eos)
     t = prepared.targets
     assert t.n_out == 6 and torch.bincount(t.out).tolist() == [6, 2, 3, 2, 5, 10]
 
 
-def test_shared_mask_lets_a_completion_see_the_prompt_and_itself_only():
-    segments = torch.tensor([[0, 0, 1, 1, 2, 2, 2, -1]])
-    allowed = shared_attention_mask(segments, "sdpa", torch.float32)[0, 0].int().tolist()
+def test_packed_mask_lets_a_completion_see_its_prompt_and_itself_only():
+    s = SEGMENT_STRIDE  # group 0: prompt, two completions; group 1: prompt, one completion; padding
+    segments = torch.tensor([[0, 0, 1, 1, 2, 2, s, s + 1, s + 1, -1]])
+    allowed = packed_attention_mask(segments, "sdpa", torch.float32)[0, 0].int().tolist()
     assert allowed == [
-        [1, 0, 0, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 1, 0, 0, 0],  # the second completion never sees the first
-        [1, 1, 0, 0, 1, 1, 0, 0],
-        [1, 1, 0, 0, 1, 1, 1, 0],
-        [0, 0, 0, 0, 0, 0, 0, 1],  # padding sees itself only: no all-masked row
+        [1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 1, 0, 0, 0, 0, 0],  # the second completion never sees the first
+        [1, 1, 0, 0, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1, 0, 0, 0],  # the next group sees nothing of the first
+        [0, 0, 0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 1],  # padding sees itself only: no all-masked row
     ]
-    additive = shared_attention_mask(segments, "eager", torch.float32)[0, 0]
+    additive = packed_attention_mask(segments, "eager", torch.float32)[0, 0]
     assert ((additive == 0).int().tolist()) == allowed and additive.min() == torch.finfo(torch.float32).min
 
 
 @pytest.mark.parametrize("views", [pair_views, orpo_views, kto_views], ids=["dpo", "orpo", "kto"])
-@pytest.mark.parametrize("share_prompt,scored_only,chunk", [
-    opts for opts in itertools.product([True, False], [True, False], [None, 4]) if opts != (False, False, None)
+@pytest.mark.parametrize("share_prompt,pack_rows,scored_only,chunk", [
+    opts for opts in itertools.product([True, False], [True, False], [True, False], [None, 4])
+    if opts != (False, False, False, None)
 ])
-def test_every_fast_path_gives_the_plain_scores_and_gradients(tiny_lm_dir, views, share_prompt, scored_only, chunk):
+def test_every_fast_path_gives_the_plain_scores_and_gradients(tiny_lm_dir, views, share_prompt, pack_rows,
+                                                              scored_only, chunk):
     plain = scores_and_grads(build(tiny_lm_dir, **PLAIN), views())
-    fast = build(tiny_lm_dir, share_prompt=share_prompt, lm_head_at_scored_only=scored_only, lm_head_chunk=chunk)
+    fast = build(tiny_lm_dir, share_prompt=share_prompt, pack_rows=pack_rows, lm_head_at_scored_only=scored_only,
+                 lm_head_chunk=chunk)
     prepared = fast.prepare(views())
-    assert (prepared.segments is not None) == share_prompt
+    assert (prepared.segments is not None) == (share_prompt or pack_rows)
     assert_same(scores_and_grads(fast, views()), plain)
 
 
@@ -161,9 +175,29 @@ def test_a_sliding_window_shorter_than_max_length_keeps_the_plain_layout(tmp_pat
     assert_same(scores_and_grads(windowed, pair_views()), scores_and_grads(build(str(tmp_path), **PLAIN), pair_views()))
 
 
-def test_batches_without_a_repeated_prompt_keep_the_plain_layout(tiny_lm_dir):
+def test_a_batch_that_packing_would_not_shrink_keeps_the_plain_layout(tiny_lm_dir):
+    b = build(tiny_lm_dir, pack_rows=False)
+    assert b.prepare(shared_prompts(PROMPTS, CHOSEN)).segments is None  # no prompt repeats
+    even = shared_prompts(["echo a b", "echo c d"], ["A B", "C D"])
+    assert build(tiny_lm_dir).prepare(even).segments is None  # two equal rows: nothing to pack
+
+
+def test_packing_fills_rows_first_fit_decreasing_up_to_the_widest_group():
+    assert pack_groups([5, 9, 4, 3, 2], pack=True) == [[1], [0, 2], [3, 4]]
+    assert pack_groups([5, 9, 4], pack=False) == [[0], [1], [2]]
+
+
+def test_packed_rows_hold_several_pairs_and_score_as_plain(tiny_lm_dir):
+    prompts = ["echo a", "echo b", "echo c d e f g h i j", "echo i j"]
+    chosen, rejected = ["A", "B", "C D E F G H I J", "I"], ["a", "b", "c d e f g", "J"]
     b = build(tiny_lm_dir)
-    assert b.prepare(shared_prompts(PROMPTS, CHOSEN)).segments is None
+    prepared = b.prepare(shared_prompts(prompts, chosen, rejected))
+    # the long pair fills a row alone; the three short pairs share the other
+    assert prepared.input_ids.shape[0] == 2
+    groups_per_row = [len(set((row[row >= 0] // SEGMENT_STRIDE).tolist())) for row in prepared.segments]
+    assert sorted(groups_per_row) == [1, 3]
+    views = shared_prompts(prompts, chosen, rejected)
+    assert_same(scores_and_grads(b, views), scores_and_grads(build(tiny_lm_dir, **PLAIN), views))
 
 
 # --- the chunked head + log-softmax ---------------------------------------------------------------

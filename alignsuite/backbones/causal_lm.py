@@ -31,12 +31,12 @@ from torch import Tensor, nn
 from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.token_scoring import (
-    SHARED_ATTENTION,
+    MASKED_ATTENTION,
     Targets,
     head_at,
     selective_log_softmax,
-    share_prompts,
-    shared_attention_mask,
+    pack_rows,
+    packed_attention_mask,
 )
 from alignsuite.backbones.tokenize import (
     Text,
@@ -58,8 +58,8 @@ class TokenBatch:
     logits_to_keep: int  # the last positions that hold every scored token (and the one before)
     prompt_mask: Tensor | None = None  # [N, T]: 1 on the prompt tokens scored (score_prompt rows), else None
     extra: dict = field(default_factory=dict)  # further model inputs: pixel_values, image_grid_thw ...
-    # The shared-prompt layout (token_scoring.share_prompts): segment and position of every token, and the
-    # scored tokens. None in the plain layout, whose targets follow from the masks.
+    # The packed layout (token_scoring.pack_rows): segment and position of every token, and the scored
+    # tokens. None in the plain layout, whose targets follow from the masks.
     segments: Tensor | None = None
     position_ids: Tensor | None = None
     targets: Targets | None = None
@@ -108,11 +108,13 @@ class CausalLM(Backbone):
         trust_remote_code: passed to ``from_pretrained``.
         chat_template: a Jinja chat template, or the path of a ``.jinja`` file, set on the tokenizer (and saved
             with it): for base models that have none, or to replace theirs. Chat rows with neither are an error.
-        share_prompt: put the rows that share a prompt (a pair's chosen and rejected) in one row, the prompt
-            once, each completion attending to it and to itself only (see :mod:`.token_scoring`): the prompt's
-            tokens go through the model once. Same log-probs up to float rounding. Used with the "sdpa" and
-            "eager" attention of models without a sliding window shorter than ``max_length``; otherwise, and
-            for batches with no repeated prompt, rows are laid out one per sequence.
+        share_prompt: the sequences that share a prompt (a pair's chosen and rejected) go in one group, the
+            prompt once, each completion attending to it and to itself only (see :mod:`.token_scoring`): the
+            prompt's tokens go through the model once. Same log-probs up to float rounding.
+        pack_rows: put several groups (or sequences) in one row, each attending to itself only, so that rows
+            carry less padding; no row grows wider than the widest group. ``share_prompt`` and ``pack_rows``
+            apply with the "sdpa" and "eager" attention of models without a sliding window shorter than
+            ``max_length``, and when they make the batch smaller; otherwise rows are one per sequence.
         lm_head_at_scored_only: apply the LM head only at the positions that predict a scored token (not at
             prompt, padding or other rows' positions); off computes it at every kept position, then picks.
         lm_head_chunk: score tokens this many at a time through a fused LM head + log-softmax that keeps no
@@ -134,6 +136,7 @@ class CausalLM(Backbone):
         trust_remote_code: bool = False,
         chat_template: str | None = None,
         share_prompt: bool = True,
+        pack_rows: bool = True,
         lm_head_at_scored_only: bool = True,
         lm_head_chunk: int | None = None,
     ) -> None:
@@ -157,9 +160,10 @@ class CausalLM(Backbone):
         self.trust_remote_code = trust_remote_code
         self.chat_template = chat_template
         self.share_prompt = share_prompt
+        self.pack_rows = pack_rows
         self.lm_head_at_scored_only = lm_head_at_scored_only
         self.lm_head_chunk = lm_head_chunk
-        self._shares_prompt = False  # whether the model's attention takes the shared layout; set in configure
+        self._takes_masks = False  # whether the model's attention takes the packed layout's mask; set in configure
         self.tokenizer = None
         self.truncated = {"prompt": 0, "completion": 0}
         # Pairs dropped at setup because chosen and rejected are the same tokens once truncated, per split.
@@ -237,7 +241,7 @@ class CausalLM(Backbone):
             self.tokenizer = self._load_tokenizer()
         model = self._load_model()
         self._accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._shares_prompt = self._takes_shared_layout(model.config)
+        self._takes_masks = self._takes_packed_layout(model.config)
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -251,11 +255,11 @@ class CausalLM(Backbone):
         # checkpointing (and any dropout left on) only acts in train mode.
         self.policy = model.train()
 
-    def _takes_shared_layout(self, config) -> bool:
+    def _takes_packed_layout(self, config) -> bool:
         """Whether the model attends through a 4D mask as given (SDPA, eager) with no sliding window that
         ``max_length`` could exceed (a custom mask replaces the window)."""
         window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
-        return getattr(config, "_attn_implementation", None) in SHARED_ATTENTION and (not window or window >= self.max_length)
+        return getattr(config, "_attn_implementation", None) in MASKED_ATTENTION and (not window or window >= self.max_length)
 
     def _peft_config(self, model: nn.Module):
         return self.lora.to_peft("CAUSAL_LM")
@@ -315,13 +319,14 @@ class CausalLM(Backbone):
         for view in views:
             rows += self._encode(view.prompts, view.completions, view.batch)
             score_prompt += [view.score_prompt] * len(view.prompts)
-        if self.share_prompt and self._shares_prompt and len({tuple(p) for p, _ in rows}) < len(rows):
-            shared = share_prompts(rows, score_prompt, self.tokenizer.pad_token_id)
-            width = shared.input_ids.shape[1]
-            return TokenBatch(shared.input_ids, (shared.segments >= 0).long(), shared.completion_mask,
-                              width - int(shared.targets.pos.min()), shared.prompt_mask, segments=shared.segments,
-                              position_ids=shared.position_ids, targets=shared.targets)
         width = max(len(p) + len(c) for p, c in rows)
+        if (self.share_prompt or self.pack_rows) and self._takes_masks:
+            packed = pack_rows(rows, score_prompt, self.tokenizer.pad_token_id, self.share_prompt, self.pack_rows)
+            if packed.input_ids.numel() < len(rows) * width:  # else the plain layout is as small, and simpler
+                keep = packed.input_ids.shape[1] - int(packed.targets.pos.min())
+                return TokenBatch(packed.input_ids, (packed.segments >= 0).long(), packed.completion_mask, keep,
+                                  packed.prompt_mask, segments=packed.segments, position_ids=packed.position_ids,
+                                  targets=packed.targets)
         n = len(rows)
         input_ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((n, width), dtype=torch.long)
@@ -409,7 +414,7 @@ class CausalLM(Backbone):
             offset = batch.input_ids.shape[1] - keep
         attention_mask = batch.attention_mask
         if batch.segments is not None:
-            attention_mask = shared_attention_mask(batch.segments, model.config._attn_implementation, model.dtype)
+            attention_mask = packed_attention_mask(batch.segments, model.config._attn_implementation, model.dtype)
             kwargs["position_ids"] = batch.position_ids
         chunk = self.lm_head_chunk
         head = head_at(model, targets, offset, chunk) if self.lm_head_at_scored_only or chunk else contextlib.nullcontext()

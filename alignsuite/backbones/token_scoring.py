@@ -1,21 +1,22 @@
 """Which tokens a causal LM scores, and how the stacked rows are laid out for it.
 
-Two layouts of the same rows (``(prompt ids, completion ids)`` per sequence, view-major):
+Two layouts of the same sequences (``(prompt ids, completion ids)`` each, view-major):
 
-- one row per sequence: ``prompt + completion``, right-padded, causal attention (the plain layout);
-- one row per distinct prompt (``share_prompt``): ``prompt + completion_1 + completion_2 + ...``, where each
-  completion attends to the prompt and to itself only and its positions continue from the prompt's end. A
-  DPO pair's chosen and rejected rows share their prompt, so its tokens go through the model once, not twice;
-  every completion token sees exactly the context it sees in the plain layout, so log-probs are equal up to
-  float rounding.
+- plain: one row per sequence, ``prompt + completion``, right-padded, causal attention;
+- packed (:func:`pack_rows`): sequences form groups, one per distinct prompt (``share``), laid out as
+  ``prompt + completion_1 + completion_2 + ...``: each completion attends to its prompt and to itself only,
+  and its positions continue from the prompt's end. A DPO pair's chosen and rejected rows share their prompt,
+  so its tokens go through the model once, not twice. Groups are then packed several to a row (``pack``),
+  first-fit decreasing into rows as wide as the widest group, each group attending within itself only, so
+  rows carry less padding. Every completion token sees exactly the context and positions it has in the plain
+  layout, so log-probs are equal up to float rounding.
 
 Either way the scored tokens are listed once (:class:`Targets`): for each, the batch row, the position whose
 output predicts it (the token before it, or the prompt's last token for a completion's first token), the
 token, and the sequence it counts for. :func:`head_at` then applies the LM head at those positions only
-(never at padding, prompt or other rows' positions), and with ``chunk`` as a fused head + log-softmax that
-keeps no vocabulary-sized tensor for backward (:class:`ChunkedTokenLogProbs`).
+(never at padding, prompt or other sequences' positions), and with ``chunk`` as a fused head + log-softmax
+that keeps no vocabulary-sized tensor for backward (:class:`ChunkedTokenLogProbs`).
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -66,31 +67,64 @@ class Targets:
         return total, count
 
 
-@dataclass
-class SharedLayout:
-    """Rows packed one per distinct prompt: the tensors a forward needs besides the attention mask."""
+SEGMENT_STRIDE = 1 << 20  # segment id = group * SEGMENT_STRIDE + j: j = 0 the group's prompt, j >= 1 its completions
 
-    input_ids: Tensor  # [G, L]
-    segments: Tensor  # [G, L]: 0 on the prompt, j on the j-th completion (from 1), -1 on padding
-    position_ids: Tensor  # [G, L]
-    completion_mask: Tensor  # [G, L]: 1 on completion tokens
-    prompt_mask: Tensor | None  # [G, L]: 1 on the prompt tokens scored for some row; None if no row asks
+
+@dataclass
+class PackedLayout:
+    """Sequences packed in groups (a prompt and its completions), several groups to a row: what a forward
+    needs besides the attention mask (:func:`packed_attention_mask` builds it from ``segments``)."""
+
+    input_ids: Tensor  # [R, L]
+    segments: Tensor  # [R, L]: the segment of each token (SEGMENT_STRIDE), -1 on padding
+    position_ids: Tensor  # [R, L]: from 0 at each group's prompt; each completion continues its prompt's
+    completion_mask: Tensor  # [R, L]: 1 on completion tokens
+    prompt_mask: Tensor | None  # [R, L]: 1 on the prompt tokens scored for some sequence; None if none asks
     targets: Targets
 
 
-def share_prompts(rows: list[Row], score_prompt: list[bool], pad_id: int) -> SharedLayout:
-    """Pack ``rows`` one per distinct prompt (rows with an empty prompt stay alone): see the module docstring."""
+def groups_of(rows: list[Row], share: bool) -> list[list[int]]:
+    """The sequences of each group: those with the same prompt when ``share`` (never an empty prompt), else one
+    each; in order of first appearance."""
     groups: dict[tuple, list[int]] = {}
     for i, (p, _) in enumerate(rows):
-        groups.setdefault(tuple(p) if p else ("alone", i), []).append(i)
-    packed = [(rows[members[0]][0], members) for members in groups.values()]
-    width = max(len(p) + sum(len(rows[i][1]) for i in members) for p, members in packed)
-    g = len(packed)
-    input_ids = torch.full((g, width), pad_id, dtype=torch.long)
-    segments = torch.full((g, width), -1, dtype=torch.long)
-    position_ids = torch.zeros((g, width), dtype=torch.long)
-    completion_mask = torch.zeros((g, width), dtype=torch.long)
-    prompt_mask = torch.zeros((g, width), dtype=torch.long) if any(score_prompt) else None
+        groups.setdefault(tuple(p) if share and p else ("alone", i), []).append(i)
+    return list(groups.values())
+
+
+def pack_groups(widths: list[int], pack: bool) -> list[list[int]]:
+    """Groups per row: with ``pack``, first-fit decreasing into rows as wide as the widest group (so no row
+    grows wider than that group alone); else one group per row."""
+    if not pack:
+        return [[g] for g in range(len(widths))]
+    capacity = max(widths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for g in sorted(range(len(widths)), key=lambda g: -widths[g]):
+        r = next((r for r in range(len(rows)) if room[r] >= widths[g]), None)
+        if r is None:
+            rows.append([])
+            room.append(capacity)
+            r = len(rows) - 1
+        rows[r].append(g)
+        room[r] -= widths[g]
+    return rows
+
+
+def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, share: bool = True,
+              pack: bool = True) -> PackedLayout:
+    """Lay ``rows`` out in groups (``share``: one per distinct prompt), ``pack``-ed several to a row; see the
+    module docstring."""
+    groups = groups_of(rows, share)
+    widths = [len(rows[m[0]][0]) + sum(len(rows[i][1]) for i in m) for m in groups]
+    layout = pack_groups(widths, pack)
+    width = max(sum(widths[g] for g in row) for row in layout)
+    n = len(layout)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    segments = torch.full((n, width), -1, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    completion_mask = torch.zeros((n, width), dtype=torch.long)
+    prompt_mask = torch.zeros((n, width), dtype=torch.long) if any(score_prompt) else None
     t_row, t_pos, t_label, t_out, t_prompt = [], [], [], [], []
 
     def add(row: int, pos: list[int], labels: list[int], out: int, is_prompt: bool) -> None:
@@ -100,41 +134,47 @@ def share_prompts(rows: list[Row], score_prompt: list[bool], pad_id: int) -> Sha
         t_out.extend([out] * len(pos))
         t_prompt.extend([is_prompt] * len(pos))
 
-    for r, (p, members) in enumerate(packed):
-        n = len(p)
-        input_ids[r, :n] = torch.tensor(p, dtype=torch.long)
-        segments[r, :n] = 0
-        position_ids[r, :n] = torch.arange(n)
-        start = n
-        for j, i in enumerate(members, start=1):
-            c = rows[i][1]
-            end = start + len(c)
-            input_ids[r, start:end] = torch.tensor(c, dtype=torch.long)
-            segments[r, start:end] = j
-            position_ids[r, start:end] = torch.arange(n, n + len(c))
-            completion_mask[r, start:end] = 1
-            # The first token is predicted by the prompt's last, every later one by the token before it.
-            pos = [n - 1] + list(range(start, end - 1))
-            first = 0 if n > 0 else 1  # with no prompt, nothing predicts the first token
-            add(r, pos[first:], c[first:], i, False)
-            if score_prompt[i] and n > 1:
-                add(r, list(range(n - 1)), p[1:], i, True)
-                prompt_mask[r, 1:n] = 1
-            start = end
+    for r, row_groups in enumerate(layout):
+        start = 0
+        for g in row_groups:
+            members = groups[g]
+            p = rows[members[0]][0]
+            n_p, first_p = len(p), start
+            seg = g * SEGMENT_STRIDE
+            input_ids[r, start : start + n_p] = torch.tensor(p, dtype=torch.long)
+            segments[r, start : start + n_p] = seg
+            position_ids[r, start : start + n_p] = torch.arange(n_p)
+            start += n_p
+            for j, i in enumerate(members, start=1):
+                c = rows[i][1]
+                end = start + len(c)
+                input_ids[r, start:end] = torch.tensor(c, dtype=torch.long)
+                segments[r, start:end] = seg + j
+                position_ids[r, start:end] = torch.arange(n_p, n_p + len(c))
+                completion_mask[r, start:end] = 1
+                # The first token is predicted by the prompt's last, every later one by the token before it.
+                pos = [first_p + n_p - 1] + list(range(start, end - 1))
+                skip = 0 if n_p > 0 else 1  # with no prompt, nothing predicts the first token
+                add(r, pos[skip:], c[skip:], i, False)
+                if score_prompt[i] and n_p > 1:
+                    add(r, list(range(first_p, first_p + n_p - 1)), p[1:], i, True)
+                    prompt_mask[r, first_p + 1 : first_p + n_p] = 1
+                start = end
     targets = Targets(torch.tensor(t_row), torch.tensor(t_pos), torch.tensor(t_label), torch.tensor(t_out),
                       torch.tensor(t_prompt, dtype=torch.bool), len(rows))
-    return SharedLayout(input_ids, segments, position_ids, completion_mask, prompt_mask, targets)
+    return PackedLayout(input_ids, segments, position_ids, completion_mask, prompt_mask, targets)
 
 
-def shared_attention_mask(segments: Tensor, attn_implementation: str | None, dtype: torch.dtype) -> Tensor:
-    """The ``[G, 1, L, L]`` mask of the shared layout in the form the attention implementation takes: boolean
-    (True attends) for SDPA, additive float for eager. A query attends to earlier positions of its own segment
-    and of the prompt; padding attends to itself only, so that no row is all masked (which gives NaN)."""
+def packed_attention_mask(segments: Tensor, attn_implementation: str | None, dtype: torch.dtype) -> Tensor:
+    """The ``[R, 1, L, L]`` mask of the packed layout in the form the attention implementation takes: boolean
+    (True attends) for SDPA, additive float for eager. A query attends to the earlier positions of its own
+    segment and of its group's prompt; padding attends to itself only, so that no row is all masked (which
+    gives NaN)."""
     q = segments.unsqueeze(-1)
     k = segments.unsqueeze(-2)
     length = segments.shape[-1]
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
-    allowed = causal & (k >= 0) & ((k == q) | ((k == 0) & (q > 0)))
+    allowed = causal & (k >= 0) & ((k == q) | (k == q - q % SEGMENT_STRIDE))
     allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)
     allowed = allowed.unsqueeze(1)
     if attn_implementation == "eager":
@@ -142,7 +182,7 @@ def shared_attention_mask(segments: Tensor, attn_implementation: str | None, dty
     return allowed
 
 
-SHARED_ATTENTION = ("sdpa", "eager")  # implementations that take an arbitrary 4D mask
+MASKED_ATTENTION = ("sdpa", "eager")  # implementations that take an arbitrary 4D mask
 
 
 class ChunkedTokenLogProbs(torch.autograd.Function):
