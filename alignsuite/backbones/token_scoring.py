@@ -118,13 +118,6 @@ def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, share: boo
     groups = groups_of(rows, share)
     widths = [len(rows[m[0]][0]) + sum(len(rows[i][1]) for i in m) for m in groups]
     layout = pack_groups(widths, pack)
-    width = max(sum(widths[g] for g in row) for row in layout)
-    n = len(layout)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    segments = torch.full((n, width), -1, dtype=torch.long)
-    position_ids = torch.zeros((n, width), dtype=torch.long)
-    completion_mask = torch.zeros((n, width), dtype=torch.long)
-    prompt_mask = torch.zeros((n, width), dtype=torch.long) if any(score_prompt) else None
     t_row, t_pos, t_label, t_out, t_prompt = [], [], [], [], []
 
     def add(row: int, pos: list[int], labels: list[int], out: int, is_prompt: bool) -> None:
@@ -134,32 +127,43 @@ def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, share: boo
         t_out.extend([out] * len(pos))
         t_prompt.extend([is_prompt] * len(pos))
 
+    # Per row, as lists: token, segment, position, completion flag, scored-prompt flag; tensors at the end.
+    lines: list[tuple[list[int], list[int], list[int], list[int], list[int]]] = []
     for r, row_groups in enumerate(layout):
-        start = 0
+        ids, segs, positions, completion, scored_prompt = [], [], [], [], []
         for g in row_groups:
             members = groups[g]
             p = rows[members[0]][0]
-            n_p, first_p = len(p), start
+            n_p, first_p = len(p), len(ids)
             seg = g * SEGMENT_STRIDE
-            input_ids[r, start : start + n_p] = torch.tensor(p, dtype=torch.long)
-            segments[r, start : start + n_p] = seg
-            position_ids[r, start : start + n_p] = torch.arange(n_p)
-            start += n_p
+            ids += p
+            segs += [seg] * n_p
+            positions += range(n_p)
+            completion += [0] * n_p
+            scored_prompt += [0] * n_p
             for j, i in enumerate(members, start=1):
                 c = rows[i][1]
-                end = start + len(c)
-                input_ids[r, start:end] = torch.tensor(c, dtype=torch.long)
-                segments[r, start:end] = seg + j
-                position_ids[r, start:end] = torch.arange(n_p, n_p + len(c))
-                completion_mask[r, start:end] = 1
+                start = len(ids)
+                ids += c
+                segs += [seg + j] * len(c)
+                positions += range(n_p, n_p + len(c))
+                completion += [1] * len(c)
+                scored_prompt += [0] * len(c)
                 # The first token is predicted by the prompt's last, every later one by the token before it.
-                pos = [first_p + n_p - 1] + list(range(start, end - 1))
+                pos = [first_p + n_p - 1] + list(range(start, start + len(c) - 1))
                 skip = 0 if n_p > 0 else 1  # with no prompt, nothing predicts the first token
                 add(r, pos[skip:], c[skip:], i, False)
                 if score_prompt[i] and n_p > 1:
                     add(r, list(range(first_p, first_p + n_p - 1)), p[1:], i, True)
-                    prompt_mask[r, first_p + 1 : first_p + n_p] = 1
-                start = end
+                    scored_prompt[first_p + 1 : first_p + n_p] = [1] * (n_p - 1)
+        lines.append((ids, segs, positions, completion, scored_prompt))
+    width = max(len(line[0]) for line in lines)
+
+    def tensor(k: int, fill: int) -> Tensor:
+        return torch.tensor([line[k] + [fill] * (width - len(line[k])) for line in lines], dtype=torch.long)
+
+    input_ids, segments, position_ids, completion_mask = tensor(0, pad_id), tensor(1, -1), tensor(2, 0), tensor(3, 0)
+    prompt_mask = tensor(4, 0) if any(score_prompt) else None
     targets = Targets(torch.tensor(t_row), torch.tensor(t_pos), torch.tensor(t_label), torch.tensor(t_out),
                       torch.tensor(t_prompt, dtype=torch.bool), len(rows))
     return PackedLayout(input_ids, segments, position_ids, completion_mask, prompt_mask, targets)
