@@ -39,8 +39,8 @@ shared by its two completions, the LM head at scored positions only). The only b
 train loader that does not shuffle, and a wrapper on ``backbone.prepare`` that records each batch's shape:
 the sequences as one row each (compared with TRL's), and the rows alignsuite actually computes.
 
-Ablations and options: ``--alignsuite-plain`` turns both of alignsuite's layouts off (one row per sequence,
-logits at every position from the first completion token on); ``--no-share-prompt`` only the shared prompt;
+Ablations and options: ``--alignsuite-plain`` turns alignsuite's layouts off (one row per sequence, logits
+at every position from the first completion token on); ``--no-share-prompt`` and ``--no-pack-rows`` one each;
 ``--lm-head-chunk N`` scores through the chunked LM head. ``--precompute-ref`` makes both frameworks score
 the reference once before training (TRL's ``precompute_ref_log_probs``, alignsuite's ``Precomputed``); the
 timed steps then hold no reference forward in either.
@@ -93,7 +93,7 @@ def run_alignsuite(cfg: dict) -> dict:
 
             def recording_prepare(views):
                 prepared = prepare(views)
-                batches.append(sequence_shape(prepared) + computed_shape(prepared))
+                batches.append(sequence_shape(prepared) + computed_shape(prepared, backbone))
                 return prepared
 
             backbone.prepare = recording_prepare  # an instance attribute shadows the method
@@ -116,6 +116,7 @@ def run_alignsuite(cfg: dict) -> dict:
             gradient_checkpointing=False,
             disable_dropout=True,
             share_prompt=not (cfg["alignsuite_plain"] or cfg["no_share_prompt"]),
+            pack_rows=not (cfg["alignsuite_plain"] or cfg["no_pack_rows"]),
             lm_head_at_scored_only=not cfg["alignsuite_plain"],
             lm_head_chunk=cfg["lm_head_chunk"],
         ),
@@ -247,10 +248,11 @@ def sequence_shape(prepared) -> list[int]:
     return [t.n_out, int(lengths.max()), int(lengths.sum()), int(prepared.completion_mask.sum())]
 
 
-def computed_shape(prepared) -> list[int]:
+def computed_shape(prepared, backbone) -> list[int]:
     """What alignsuite computes: [rows, padded width, positions through the LM head]."""
     n, width = prepared.input_ids.shape
-    return [n, width, int(prepared.scored().row.numel())]
+    scored_only = backbone.lm_head_at_scored_only or backbone.lm_head_chunk
+    return [n, width, int(prepared.scored().row.numel()) if scored_only else n * prepared.logits_to_keep]
 
 
 ARMS = {"alignsuite": run_alignsuite, "trl": run_trl}
@@ -373,6 +375,7 @@ def parse_args(argv=None):
                    help="ablation: one row per sequence and logits at every kept position (share_prompt and"
                         " lm_head_at_scored_only off)")
     p.add_argument("--no-share-prompt", action="store_true", help="ablation: alignsuite's share_prompt off")
+    p.add_argument("--no-pack-rows", action="store_true", help="ablation: alignsuite's pack_rows off")
     p.add_argument("--lm-head-chunk", type=int, default=None, help="alignsuite's lm_head_chunk (tokens per chunk)")
     p.add_argument("--precompute-ref", action="store_true",
                    help="both score the reference once before training (TRL precompute_ref_log_probs, alignsuite"
@@ -397,6 +400,7 @@ def main(argv=None) -> None:
             "lr": args.lr, "beta": args.beta, "max_grad_norm": args.max_grad_norm, "threads": args.threads,
             "lora": args.lora, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "seed": args.seed,
             "alignsuite_plain": args.alignsuite_plain, "no_share_prompt": args.no_share_prompt,
+            "no_pack_rows": args.no_pack_rows,
             "lm_head_chunk": args.lm_head_chunk, "precompute_ref": args.precompute_ref, "profile": args.profile,
             "device": args.device, "bf16": args.bf16,
         }
