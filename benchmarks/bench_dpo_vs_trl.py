@@ -234,7 +234,7 @@ def sequence_shape(prepared) -> list[int]:
     """The batch as one row per sequence, as TRL lays it out: [rows, padded width, tokens, completion tokens]."""
     import torch
 
-    t = prepared.scored()
+    t = prepared.targets
     if prepared.segments is None:
         lengths = prepared.attention_mask.sum(-1)
     else:  # each sequence: its group's prompt and its own completion tokens
@@ -252,7 +252,7 @@ def computed_shape(prepared, backbone) -> list[int]:
     """What alignsuite computes: [rows, padded width, positions through the LM head]."""
     n, width = prepared.input_ids.shape
     scored_only = backbone.lm_head_at_scored_only or backbone.lm_head_chunk
-    return [n, width, int(prepared.scored().row.numel()) if scored_only else n * prepared.logits_to_keep]
+    return [n, width, int(prepared.targets.row.numel()) if scored_only else n * prepared.logits_to_keep]
 
 
 ARMS = {"alignsuite": run_alignsuite, "trl": run_trl}

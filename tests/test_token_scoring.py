@@ -280,7 +280,7 @@ def test_lora_policy_scores_and_gradients_on_the_fast_path(tiny_lm_dir):
     assert_same(scores_and_grads(fast, pair_views()), scores_and_grads(plain, pair_views()))
 
 
-def test_models_saved_with_the_default_path_are_unchanged(tiny_lm_dir):
+def test_the_lm_head_is_its_own_again_after_scoring(tiny_lm_dir):
     """The fast path scores; it never touches the model: the head's forward is its own again afterwards."""
     b = build(tiny_lm_dir, lm_head_chunk=4)
     b.score(b.prepare(pair_views()))

@@ -58,11 +58,15 @@ class TokenBatch:
     logits_to_keep: int  # the last positions that hold every scored token (and the one before)
     prompt_mask: Tensor | None = None  # [N, T]: 1 on the prompt tokens scored (score_prompt rows), else None
     extra: dict = field(default_factory=dict)  # further model inputs: pixel_values, image_grid_thw ...
-    # The packed layout (token_scoring.pack_rows): segment and position of every token, and the scored
-    # tokens. None in the plain layout, whose targets follow from the masks.
+    # The packed layout (token_scoring.pack_rows): segment and position of every token; None in the plain layout.
     segments: Tensor | None = None
     position_ids: Tensor | None = None
+    # The scored tokens; derived from the masks when not given (the plain layout), once, where the batch is made.
     targets: Targets | None = None
+
+    def __post_init__(self) -> None:
+        if self.targets is None:
+            self.targets = Targets.from_masks(self.input_ids, self.completion_mask, self.prompt_mask)
 
     def to(self, device) -> "TokenBatch":
         def move(t):
@@ -72,12 +76,8 @@ class TokenBatch:
         return TokenBatch(
             self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
             self.logits_to_keep, move(self.prompt_mask), extra, move(self.segments), move(self.position_ids),
-            move(self.targets),
+            self.targets.to(device),
         )
-
-    def scored(self) -> Targets:
-        return self.targets if self.targets is not None else Targets.from_masks(self.input_ids, self.completion_mask,
-                                                                                self.prompt_mask)
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -405,7 +405,7 @@ class CausalLM(Backbone):
         model = model if model is not None else self.policy
         device = next(model.parameters()).device
         batch = prepared.to(device)
-        targets = batch.scored()
+        targets = batch.targets
         kwargs = {"use_cache": False}
         keep = batch.logits_to_keep
         offset = 0  # the head sees positions from `offset` on

@@ -127,10 +127,10 @@ def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, share: boo
         t_out.extend([out] * len(pos))
         t_prompt.extend([is_prompt] * len(pos))
 
-    # Per row, as lists: token, segment, position, completion flag, scored-prompt flag; tensors at the end.
-    lines: list[tuple[list[int], list[int], list[int], list[int], list[int]]] = []
+    # Per row, as lists: token, segment, position, scored-prompt flag; tensors at the end.
+    lines: list[tuple[list[int], list[int], list[int], list[int]]] = []
     for r, row_groups in enumerate(layout):
-        ids, segs, positions, completion, scored_prompt = [], [], [], [], []
+        ids, segs, positions, scored_prompt = [], [], [], []
         for g in row_groups:
             members = groups[g]
             p = rows[members[0]][0]
@@ -139,7 +139,6 @@ def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, share: boo
             ids += p
             segs += [seg] * n_p
             positions += range(n_p)
-            completion += [0] * n_p
             scored_prompt += [0] * n_p
             for j, i in enumerate(members, start=1):
                 c = rows[i][1]
@@ -147,7 +146,6 @@ def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, share: boo
                 ids += c
                 segs += [seg + j] * len(c)
                 positions += range(n_p, n_p + len(c))
-                completion += [1] * len(c)
                 scored_prompt += [0] * len(c)
                 # The first token is predicted by the prompt's last, every later one by the token before it.
                 pos = [first_p + n_p - 1] + list(range(start, start + len(c) - 1))
@@ -156,14 +154,15 @@ def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, share: boo
                 if score_prompt[i] and n_p > 1:
                     add(r, list(range(first_p, first_p + n_p - 1)), p[1:], i, True)
                     scored_prompt[first_p + 1 : first_p + n_p] = [1] * (n_p - 1)
-        lines.append((ids, segs, positions, completion, scored_prompt))
+        lines.append((ids, segs, positions, scored_prompt))
     width = max(len(line[0]) for line in lines)
 
     def tensor(k: int, fill: int) -> Tensor:
         return torch.tensor([line[k] + [fill] * (width - len(line[k])) for line in lines], dtype=torch.long)
 
-    input_ids, segments, position_ids, completion_mask = tensor(0, pad_id), tensor(1, -1), tensor(2, 0), tensor(3, 0)
-    prompt_mask = tensor(4, 0) if any(score_prompt) else None
+    input_ids, segments, position_ids = tensor(0, pad_id), tensor(1, -1), tensor(2, 0)
+    completion_mask = ((segments >= 0) & (segments % SEGMENT_STRIDE != 0)).long()  # a completion's segment: j >= 1
+    prompt_mask = tensor(3, 0) if any(score_prompt) else None
     targets = Targets(torch.tensor(t_row), torch.tensor(t_pos), torch.tensor(t_label), torch.tensor(t_out),
                       torch.tensor(t_prompt, dtype=torch.bool), len(rows))
     return PackedLayout(input_ids, segments, position_ids, completion_mask, prompt_mask, targets)
