@@ -51,6 +51,7 @@ arms, the model and data they share, and what is compared between them.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 from pathlib import Path
@@ -100,7 +101,7 @@ def run_alignsuite(cfg: dict) -> dict:
             self.info["reference"] = type(pl_module.reference).__name__
             self.info["trainable_parameters"] = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
 
-    from alignsuite.reference import Precomputed
+    from alignsuite.reference import FrozenCopy, Precomputed
 
     lora = None
     if cfg["lora"]:
@@ -121,7 +122,9 @@ def run_alignsuite(cfg: dict) -> dict:
             lm_head_chunk=cfg["lm_head_chunk"],
         ),
         objective=DPO(beta=cfg["beta"]),
-        reference=Precomputed() if cfg["precompute_ref"] else None,
+        # None under LoRA: the adapters switched off. A frozen copy in float32 does TRL's work under bf16 autocast;
+        # alignsuite's own default there is bfloat16 weights (--alignsuite-ref-dtype bfloat16)
+        reference=Precomputed() if cfg["precompute_ref"] else None if cfg["lora"] else FrozenCopy(dtype=cfg["ref_dtype"]),
         optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
         lr_schedule="constant",
         warmup_ratio=0.0,
@@ -359,6 +362,10 @@ def summarize(runs: list[dict], batch_size: int) -> dict:
 def parse_args(argv=None):
     p = harness.parser(BENCH, __doc__)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--prompt-words", type=_word_range, default=None,
+                   help="prompt length range LO,HI in words (one word is one token; default 1/8 to 1/2 of max length)")
+    p.add_argument("--completion-words", type=_word_range, default=None,
+                   help="completion length range LO,HI in words (default 1/16 of max length to the room left)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--intermediate", type=int, default=None, help="MLP width (default 8/3 hidden, rounded to 64)")
     p.add_argument("--layers", type=int, default=4)
@@ -377,6 +384,9 @@ def parse_args(argv=None):
     p.add_argument("--no-share-prompt", action="store_true", help="ablation: alignsuite's share_prompt off")
     p.add_argument("--no-pack-rows", action="store_true", help="ablation: alignsuite's pack_rows off")
     p.add_argument("--lm-head-chunk", type=int, default=None, help="alignsuite's lm_head_chunk (tokens per chunk)")
+    p.add_argument("--alignsuite-ref-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="weights of alignsuite's frozen-copy reference; float32 is TRL's (bfloat16 is alignsuite's"
+                        " default under bf16 precision, and gives a first loss other than ln 2)")
     p.add_argument("--precompute-ref", action="store_true",
                    help="both score the reference once before training (TRL precompute_ref_log_probs, alignsuite"
                         " Precomputed)")
@@ -386,22 +396,35 @@ def parse_args(argv=None):
     return harness.parse_args(p, BENCH, "--frameworks", argv)
 
 
+def _word_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two whole numbers of words), got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 1 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     with harness.scratch(BENCH, args.keep_workdir) as workdir:
         model_dir, data = workdir / "model", workdir / "pairs.jsonl"
         model = build_model(model_dir, args)
         words = model.pop("words")
-        data_info = write_pairs(data, words, args.steps * args.batch_size, args.max_length, args.seed)
+        data_info = write_pairs(data, words, args.steps * args.batch_size, args.max_length, args.seed,
+                                args.prompt_words, args.completion_words)
         check_tokenization(model_dir, data, args.max_length)
         cfg = {
             "model_dir": str(model_dir), "data": str(data), "workdir": str(workdir),
             "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "max_length": args.max_length,
+            "prompt_words": args.prompt_words, "completion_words": args.completion_words,
             "lr": args.lr, "beta": args.beta, "max_grad_norm": args.max_grad_norm, "threads": args.threads,
             "lora": args.lora, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "seed": args.seed,
             "alignsuite_plain": args.alignsuite_plain, "no_share_prompt": args.no_share_prompt,
             "no_pack_rows": args.no_pack_rows,
-            "lm_head_chunk": args.lm_head_chunk, "precompute_ref": args.precompute_ref, "profile": args.profile,
+            "lm_head_chunk": args.lm_head_chunk, "precompute_ref": args.precompute_ref,
+            "ref_dtype": args.alignsuite_ref_dtype, "profile": args.profile,
             "device": args.device, "bf16": args.bf16,
         }
         print(f"model: Llama, {model['parameters'] / 1e6:.2f}M parameters (hidden {model['hidden_size']},"

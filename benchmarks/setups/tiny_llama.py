@@ -85,14 +85,18 @@ def build_model(path: Path, args) -> dict:
     }
 
 
-def write_pairs(path: Path, words: list[str], n: int, max_length: int, seed: int) -> dict:
+def write_pairs(
+    path: Path, words: list[str], n: int, max_length: int, seed: int,
+    prompt_words: tuple[int, int] | None = None, completion_words: tuple[int, int] | None = None,
+) -> dict:
     """``n`` rows of prompt/chosen/rejected text whose every row fits ``max_length`` tokens whole.
 
-    One word is one token. A row is ``<bos>`` + prompt + completion + ``<eos>``: prompts take 1/8 to
-    1/2 of ``max_length``, completions from 1/16 of it to whatever room is left, so batches vary in
-    width and in how much of each row is prompt. Completions start with a space, because TRL tokenizes
-    ``prompt + completion`` as one string and alignsuite tokenizes them apart: with the space both give
-    the same ids.
+    One word is one token. A row is ``<bos>`` + prompt + completion + ``<eos>``. By default prompts take
+    1/8 to 1/2 of ``max_length``, completions from 1/16 of it to whatever room is left, so batches vary in
+    width and in how much of each row is prompt. ``prompt_words`` / ``completion_words`` (inclusive
+    ranges, in words) fix other shapes; a row that would not fit is refused. Completions start with a
+    space, because TRL tokenizes ``prompt + completion`` as one string and alignsuite tokenizes them
+    apart: with the space both give the same ids.
     """
     rng = random.Random(f"pairs-{seed}")
     weights = [1.0 / (r + 1) for r in range(len(words))]  # Zipf-like word frequencies
@@ -100,13 +104,18 @@ def write_pairs(path: Path, words: list[str], n: int, max_length: int, seed: int
     def text(k: int) -> str:
         return " ".join(rng.choices(words, weights=weights, k=k))
 
-    lo_p, hi_p = max(1, max_length // 8), max(1, max_length // 2)
-    lo_c = max(1, max_length // 16)
+    lo_p, hi_p = prompt_words or (max(1, max_length // 8), max(1, max_length // 2))
+    lo_c = completion_words[0] if completion_words else max(1, max_length // 16)
+    if completion_words and hi_p + 2 + completion_words[1] > max_length:
+        raise ValueError(
+            f"prompts up to {hi_p} words and completions up to {completion_words[1]} do not fit max length"
+            f" {max_length} with <bos> and <eos>: raise --max-length to {hi_p + 2 + completion_words[1]}"
+        )
     prompt_tokens, completion_tokens = [], []
     with open(path, "w") as f:
         for _ in range(n):
             p = rng.randint(lo_p, hi_p)
-            room = max_length - 2 - p  # <bos> and <eos>
+            room = completion_words[1] if completion_words else max_length - 2 - p  # <bos> and <eos>
             c, r = rng.randint(lo_c, room), rng.randint(lo_c, room)
             row = {"prompt": text(p), "chosen": " " + text(c), "rejected": " " + text(r)}
             f.write(json.dumps(row) + "\n")
