@@ -214,19 +214,27 @@ class PreferenceModule(LightningModule):
     def _step(self, batch: dict, stage: str):
         scores = self.compute_scores(batch, "train" if stage == "train" else "val")
         out = self.objective(scores, reduce=self._global_mean)
-        metrics = {**out.metrics, **self._logp_metrics(scores)}
         on_step = stage == "train"
-        self.log_dict(
-            {f"{stage}/{k}": v for k, v in metrics.items()},
-            on_step=on_step,
-            on_epoch=not on_step,
-            sync_dist=not on_step,
-            batch_size=scores.batch_size,
-            prog_bar=False,
-        )
+        if not on_step or self._writes_step_metrics():
+            self.log_dict(
+                {f"{stage}/{k}": v for k, v in {**out.metrics, **self._logp_metrics(scores)}.items()},
+                on_step=on_step,
+                on_epoch=not on_step,
+                sync_dist=not on_step,
+                batch_size=scores.batch_size,
+                prog_bar=False,
+            )
         self.log(f"{stage}/loss", out.loss.detach(), prog_bar=True, on_step=on_step, on_epoch=not on_step,
                  sync_dist=not on_step, batch_size=scores.batch_size)
         return out.loss
+
+    def _writes_step_metrics(self) -> bool:
+        """Whether the loggers receive this training step's metrics: every ``trainer.log_every_n_steps`` steps
+        and when the run stops (Lightning's own rule). Training metrics other than the loss are logged on those
+        steps only, so ``trainer.callback_metrics`` holds their latest logged values: each ``self.log`` call
+        costs Lightning about a millisecond of Python, which a small model's step feels."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return connector is None or connector.should_update_logs
 
     @staticmethod
     def _logp_metrics(scores) -> dict[str, Tensor]:
@@ -264,8 +272,11 @@ class PreferenceModule(LightningModule):
 
     # ------------------------------------------------------------------ lifecycle
     def on_before_optimizer_step(self, optimizer) -> None:
-        # The norm before clipping, over every trainable parameter (after accumulation and unscaling).
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        # The norm before clipping, over every trainable parameter (after accumulation and unscaling), on the
+        # steps whose metrics are written.
+        if not self._writes_step_metrics():
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads, norm_type=2.0), on_step=True, on_epoch=False)
 

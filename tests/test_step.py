@@ -3,6 +3,8 @@ trainable weights. Each through a real Trainer and the tiny saved Llama."""
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -214,13 +216,27 @@ def test_true_half_precision_is_refused_with_the_reason(tmp_path, tiny_lm_dir):
         make_trainer(tmp_path, 1, precision="bf16-true").fit(module, ToyPreferenceData(num_train=8, num_val=4, batch_size=4))
 
 
-def test_gradient_norm_is_logged(tmp_path, tiny_lm_dir):
+def test_training_metrics_and_the_gradient_norm_reach_the_logger_on_its_steps(tmp_path, tiny_lm_dir):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
     module = PreferenceModule(CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=12), DPO(),
                               optimizer=adamw(1e-3), warmup_ratio=0.0)
-    trainer = make_trainer(tmp_path, 2)
-    trainer.fit(module, ToyPreferenceData(num_train=8, num_val=4, batch_size=4))
-    norm = trainer.callback_metrics["train/grad_norm"]
-    assert torch.isfinite(norm) and norm > 0
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, log_every_n_steps=2, logger=CSVLogger(tmp_path, name="m"),
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, ToyPreferenceData(num_train=16, num_val=4, batch_size=4))
+    with open(trainer.logger.log_dir + "/metrics.csv") as f:
+        rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    assert [int(row["step"]) for row in rows] == [1, 3]  # Lightning writes every 2nd step (0-based 1 and 3)
+    keys = ("train/loss", "train/grad_norm", "train/rewards/margin", "train/logps/chosen", "train/logps/ref_rejected")
+    for row in rows:
+        assert all(key in row and math.isfinite(float(row[key])) for key in keys + ("train/rewards/accuracy",)), row
+        assert float(row["train/grad_norm"]) > 0
+    # each written row holds its own step's values, not the first logged ones
+    assert all(rows[0][key] != rows[1][key] for key in keys)
+    assert float(trainer.callback_metrics["train/grad_norm"]) == float(rows[1]["train/grad_norm"])
 
 
 def test_shared_prompts_builds_one_view_per_list():
