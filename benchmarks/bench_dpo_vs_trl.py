@@ -4,18 +4,23 @@ Run by hand (never a test), from the repository root:
 
     python -m benchmarks.bench_dpo_vs_trl --out bench_dpo_vs_trl.json
     python -m benchmarks.bench_dpo_vs_trl --lora --out bench_dpo_vs_trl_lora.json
+    python -m benchmarks.bench_dpo_vs_trl --max-length 138 --prompt-words 56,72 --completion-words 32,64 \
+        --out bench_dpo_vs_trl_p64.json                                       # prompts and completions set
     python -m benchmarks.bench_dpo_vs_trl --device cuda --bf16 --hidden 1024 --layers 8 --vocab 32000 \
         --batch-size 16 --max-length 512 --out bench_dpo_vs_trl_cuda.json       # on a GPU
 
 With ``--device cuda`` both train on the first GPU, time steps after a device synchronisation, and also
 report the peak of ``torch.cuda.max_memory_allocated`` over training; ``--bf16`` trains both in bf16
-autocast over float32 weights (Lightning ``bf16-mixed``, TRL ``bf16=True``).
+autocast over float32 weights (Lightning ``bf16-mixed``, TRL ``bf16=True``); alignsuite's frozen-copy
+reference then stays float32 weights, as TRL's, unless ``--alignsuite-ref-dtype bfloat16`` (alignsuite's own
+default under bf16 precision, whose first loss is then not exactly ln 2).
 
 What it does:
 1. Builds a tiny Llama from a ``LlamaConfig`` (random init, seeded) and a word-level tokenizer over a
    generated vocabulary, and saves both once with ``save_pretrained`` into a temporary folder.
    Nothing is downloaded.
 2. Writes generated preference pairs (prompt/chosen/rejected plain text) to one jsonl that both read.
+   Lengths are drawn from ``--max-length`` or set with ``--prompt-words`` / ``--completion-words``.
    Every row fits ``--max-length`` whole, so neither framework truncates (their truncation rules
    differ: alignsuite keeps the end of the prompt, TRL keeps the start of the sequence).
 3. Runs each framework in its own subprocess (so peak memory is clean) on the same settings: float32,
