@@ -108,9 +108,14 @@ def run_alignsuite(cfg: dict) -> dict:
 
     from alignsuite.reference import FrozenCopy, Precomputed
 
-    lora = None
+    lora = reference = None  # no reference given: under LoRA, the adapters switched off
     if cfg["lora"]:
         lora = LoraSpec(r=cfg["lora_r"], alpha=cfg["lora_alpha"], dropout=0.0, target_modules="all-linear")
+    if cfg["precompute_ref"]:
+        reference = Precomputed()
+    elif not cfg["lora"]:
+        # float32 weights do TRL's work under bf16 autocast; alignsuite's own default there is bfloat16
+        reference = FrozenCopy(dtype=cfg["ref_dtype"])
     lr = cfg["lr"]
     module = PreferenceModule(
         backbone=CausalLM(
@@ -127,9 +132,7 @@ def run_alignsuite(cfg: dict) -> dict:
             lm_head_chunk=cfg["lm_head_chunk"],
         ),
         objective=DPO(beta=cfg["beta"]),
-        # None under LoRA: the adapters switched off. A frozen copy in float32 does TRL's work under bf16 autocast;
-        # alignsuite's own default there is bfloat16 weights (--alignsuite-ref-dtype bfloat16)
-        reference=Precomputed() if cfg["precompute_ref"] else None if cfg["lora"] else FrozenCopy(dtype=cfg["ref_dtype"]),
+        reference=reference,
         optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
         lr_schedule="constant",
         warmup_ratio=0.0,

@@ -105,17 +105,17 @@ def write_pairs(
         return " ".join(rng.choices(words, weights=weights, k=k))
 
     lo_p, hi_p = prompt_words or (max(1, max_length // 8), max(1, max_length // 2))
-    lo_c = completion_words[0] if completion_words else max(1, max_length // 16)
-    if completion_words and hi_p + 2 + completion_words[1] > max_length:
+    lo_c, hi_c = completion_words or (max(1, max_length // 16), None)  # None: up to the room left
+    if (need := hi_p + 2 + (hi_c or lo_c)) > max_length:  # <bos> and <eos>
         raise ValueError(
-            f"prompts up to {hi_p} words and completions up to {completion_words[1]} do not fit max length"
-            f" {max_length} with <bos> and <eos>: raise --max-length to {hi_p + 2 + completion_words[1]}"
+            f"prompts up to {hi_p} words and completions {'up to ' + str(hi_c) if hi_c else 'of at least ' + str(lo_c)}"
+            f" do not fit max length {max_length} with <bos> and <eos>: raise --max-length to {need}"
         )
     prompt_tokens, completion_tokens = [], []
     with open(path, "w") as f:
         for _ in range(n):
             p = rng.randint(lo_p, hi_p)
-            room = completion_words[1] if completion_words else max_length - 2 - p  # <bos> and <eos>
+            room = hi_c or max_length - 2 - p
             c, r = rng.randint(lo_c, room), rng.randint(lo_c, room)
             row = {"prompt": text(p), "chosen": " " + text(c), "rejected": " " + text(r)}
             f.write(json.dumps(row) + "\n")
