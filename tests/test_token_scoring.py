@@ -28,9 +28,13 @@ CHOSEN = ["A B C D E", "B", "I J"]
 REJECTED = ["a", "c d e f", "I J A B C D E F G"]
 
 
-def build(path, **options) -> CausalLM:
+def build(path, float64: bool = False, **options) -> CausalLM:
+    """The backbone, configured; ``float64`` casts its model, for comparisons of two layouts: in float32 their
+    embedding gradients, sums over many positions, part in their fourth significant digit on some CPUs."""
     b = CausalLM(path, max_length=48, max_prompt_length=24, **options)
     b.configure()
+    if float64:
+        b.policy.double()
     return b
 
 
@@ -131,17 +135,17 @@ def test_packed_mask_lets_a_completion_see_its_prompt_and_itself_only():
 ])
 def test_every_fast_path_gives_the_plain_scores_and_gradients(tiny_lm_dir, views, share_prompt, pack_rows,
                                                               scored_only, chunk):
-    plain = scores_and_grads(build(tiny_lm_dir, **PLAIN), views())
-    fast = build(tiny_lm_dir, share_prompt=share_prompt, pack_rows=pack_rows, lm_head_at_scored_only=scored_only,
-                 lm_head_chunk=chunk)
+    plain = scores_and_grads(build(tiny_lm_dir, float64=True, **PLAIN), views())
+    fast = build(tiny_lm_dir, float64=True, share_prompt=share_prompt, pack_rows=pack_rows,
+                 lm_head_at_scored_only=scored_only, lm_head_chunk=chunk)
     prepared = fast.prepare(views())
     assert (prepared.segments is not None) == (share_prompt or pack_rows)
     assert_same(scores_and_grads(fast, views()), plain)
 
 
 def test_shared_layout_under_eager_attention_equals_sdpa(tiny_lm_dir):
-    sdpa = build(tiny_lm_dir)
-    eager = build(tiny_lm_dir, attn_implementation="eager")
+    sdpa = build(tiny_lm_dir, float64=True)
+    eager = build(tiny_lm_dir, float64=True, attn_implementation="eager")
     assert eager.prepare(pair_views()).segments is not None
     assert_same(scores_and_grads(eager, pair_views()), scores_and_grads(sdpa, pair_views()))
 
@@ -170,9 +174,10 @@ def test_a_sliding_window_shorter_than_max_length_keeps_the_plain_layout(tmp_pat
     torch.manual_seed(0)
     MistralForCausalLM(config).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    windowed = build(str(tmp_path))
+    windowed = build(str(tmp_path), float64=True)
     assert windowed.prepare(pair_views()).segments is None
-    assert_same(scores_and_grads(windowed, pair_views()), scores_and_grads(build(str(tmp_path), **PLAIN), pair_views()))
+    assert_same(scores_and_grads(windowed, pair_views()),
+                scores_and_grads(build(str(tmp_path), float64=True, **PLAIN), pair_views()))
 
 
 def test_a_batch_that_packing_would_not_shrink_keeps_the_plain_layout(tiny_lm_dir):
@@ -190,14 +195,14 @@ def test_packing_fills_rows_first_fit_decreasing_up_to_the_widest_group():
 def test_packed_rows_hold_several_pairs_and_score_as_plain(tiny_lm_dir):
     prompts = ["echo a", "echo b", "echo c d e f g h i j", "echo i j"]
     chosen, rejected = ["A", "B", "C D E F G H I J", "I"], ["a", "b", "c d e f g", "J"]
-    b = build(tiny_lm_dir)
+    b = build(tiny_lm_dir, float64=True)
     prepared = b.prepare(shared_prompts(prompts, chosen, rejected))
     # the long pair fills a row alone; the three short pairs share the other
     assert prepared.input_ids.shape[0] == 2
     groups_per_row = [len(set((row[row >= 0] // SEGMENT_STRIDE).tolist())) for row in prepared.segments]
     assert sorted(groups_per_row) == [1, 3]
     views = shared_prompts(prompts, chosen, rejected)
-    assert_same(scores_and_grads(b, views), scores_and_grads(build(tiny_lm_dir, **PLAIN), views))
+    assert_same(scores_and_grads(b, views), scores_and_grads(build(tiny_lm_dir, float64=True, **PLAIN), views))
 
 
 # --- the chunked head + log-softmax ---------------------------------------------------------------

@@ -285,6 +285,7 @@ def head_at(model: nn.Module, targets: Targets, offset: int = 0, chunk: int | No
 
 
 def selective_log_softmax(logits: Tensor, labels: Tensor) -> Tensor:
-    """``log_softmax(logits)[labels]`` over the last dimension, in float32."""
-    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
-    return picked - torch.logsumexp(logits.float(), dim=-1)
+    """``log_softmax(logits)[labels]`` over the last dimension, in float32 (float64 for float64 logits)."""
+    exact = torch.promote_types(logits.dtype, torch.float32)
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(exact)
+    return picked - torch.logsumexp(logits.to(exact), dim=-1)
