@@ -64,7 +64,14 @@ from pathlib import Path
 from benchmarks import harness
 from benchmarks.harness.figures import LN2
 from benchmarks.harness.tables import fmt, print_arms, print_first_losses, print_ratios
-from benchmarks.setups.tiny_llama import build_model, check_tokenization, write_pairs
+from benchmarks.setups.tiny_llama import (
+    add_size_options,
+    build_model,
+    check_tokenization,
+    resolve_size,
+    tokenizer_dir,
+    write_pairs,
+)
 
 PACKAGES = ("torch", "transformers", "trl", "lightning", "peft", "datasets", "accelerate")
 
@@ -120,6 +127,7 @@ def run_alignsuite(cfg: dict) -> dict:
     module = PreferenceModule(
         backbone=CausalLM(
             cfg["model_dir"],
+            tokenizer_name_or_path=cfg["tokenizer_dir"],
             lora=lora,
             max_length=cfg["max_length"],
             max_prompt_length=cfg["max_length"] - 1,  # rows are built to fit whole: nothing is truncated
@@ -193,6 +201,7 @@ def run_trl(cfg: dict) -> dict:
         max_length=cfg["max_length"],
         truncation_mode="keep_start",
         precompute_ref_log_probs=cfg["precompute_ref"],
+        use_liger_kernel=cfg["trl_liger"],
         disable_dropout=True,
         model_init_kwargs={"dtype": "float32"},
         # the optimization, as alignsuite's: AdamW (not fused), no decay, constant lr, clipping at 1
@@ -221,7 +230,7 @@ def run_trl(cfg: dict) -> dict:
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
     )
-    tokenizer = AutoTokenizer.from_pretrained(cfg["model_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer_dir"])
     train = datasets.load_dataset("json", data_files=[cfg["data"]], split="train")
     trainer = RecordingDPOTrainer(
         model=cfg["model_dir"],
@@ -271,8 +280,9 @@ BENCH = harness.Bench(module=__spec__.name, name="dpo_vs_trl", arms=ARMS, label=
 
 
 # ====================================================================== what is compared
-def compare(a: dict, t: dict, batch_size: int) -> dict:
-    """alignsuite (``a``) against TRL (``t``) in one repeat: the same work, and the ratios a/t."""
+def compare(a: dict, t: dict, batch_size: int, step_flops: list[float], peak: float | None) -> dict:
+    """alignsuite (``a``) against TRL (``t``) in one repeat: the same work, the ratios a/t, and each one's
+    model FLOPs per second and MFU over its timed steps (``harness.flops``; ``peak`` in TFLOP/s, or None)."""
     same_batches = bool(a["batches"]) and [b[:4] for b in a["batches"]] == [b[:4] for b in t["batches"]]
     n = min(len(a["losses"]), len(t["losses"]))
     diffs = [abs(x - y) for x, y in zip(a["losses"][:n], t["losses"][:n])]
@@ -302,6 +312,8 @@ def compare(a: dict, t: dict, batch_size: int) -> dict:
         "ratio_peak_rss": q["peak_rss"],
         "ratio_cuda_peak": q["cuda_peak"],
         "ratio_train_growth": q["train_growth"],
+        "utilisation": {"alignsuite": harness.utilisation(step_flops, a_ms, peak),
+                        "trl": harness.utilisation(step_flops, t_ms, peak)},
     }
 
 
@@ -316,6 +328,10 @@ def print_repeat(rep: int, a: dict, t: dict, c: dict) -> None:
               f" {mc['alignsuite']:.2f}, trl {mc['trl']:.2f}, ratio a/t {c['ratio_matched_clean_pairs_per_s']:.3f}")
     else:
         print("  no step was clean in both runs: the time figures of this repeat are not comparable")
+    u = c["utilisation"]
+    print("  model TFLOP/s (harness.flops): " + ", ".join(
+        f"{fw} {u[fw]['model_tflops_per_s']:.3g}" + (f" = MFU {100 * u[fw]['mfu']:.1f}%" if u[fw]["mfu"] else "")
+        for fw in u) + (f" of {u['trl']['peak_tflops']:g} peak" if u["trl"]["peak_tflops"] else " (no peak given: no MFU)"))
     print_first_losses({k: v for k, v in c["first_loss"].items() if k != "ln2"}, c["first_loss_is_ln2"])
     print(f"  same batches (rows, padded width, tokens, completion tokens at every step): {c['same_batches']};"
           f" max |loss difference| over steps: {fmt(c['max_abs_loss_diff'], '.2e')}")
@@ -349,6 +365,8 @@ def summarize(runs: list[dict], batch_size: int) -> dict:
             "peak_rss_mb": statistics.median(r[fw]["memory"]["peak_rss_mb"] for r in runs),
             "train_growth_mb": statistics.median(r[fw]["memory"].get("train_growth_mb", float("nan")) for r in runs),
             "cuda_peak_mb": statistics.median(r[fw]["memory"].get("cuda_peak_mb", float("nan")) for r in runs),
+            "model_tflops_per_s": statistics.median(r["comparison"]["utilisation"][fw]["model_tflops_per_s"] for r in used),
+            "mfu": harness.median_or_none(r["comparison"]["utilisation"][fw]["mfu"] for r in used),
         }
     if len(runs) > 1:
         print(f"\nover {len(runs)} repeats: {matched} steps clean in both runs; pairs/s over them: alignsuite"
@@ -374,11 +392,7 @@ def parse_args(argv=None):
                    help="prompt length range LO,HI in words (one word is one token; default 1/8 to 1/2 of max length)")
     p.add_argument("--completion-words", type=_word_range, default=None,
                    help="completion length range LO,HI in words (default 1/16 of max length to the room left)")
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--intermediate", type=int, default=None, help="MLP width (default 8/3 hidden, rounded to 64)")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=4096)
+    add_size_options(p)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -401,7 +415,16 @@ def parse_args(argv=None):
     p.add_argument("--profile", type=int, default=0,
                    help="torch.profiler over this many steps after the warm-up in each worker; prints the top ops"
                         " (the timings of such a run are not for reporting)")
-    return harness.parse_args(p, BENCH, "--frameworks", argv)
+    p.add_argument("--trl-liger", action="store_true",
+                   help="TRL with use_liger_kernel (its fused linear DPO loss; needs liger-kernel and a GPU)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak, for MFU (default on a GPU under --bf16: its dense bf16 peak, if known)")
+    args = harness.parse_args(p, BENCH, "--frameworks", argv)
+    resolve_size(args)
+    if args.trl_liger and (args.device != "cuda" or args.precompute_ref):
+        raise SystemExit("--trl-liger: Liger's kernels run on a GPU only (--device cuda), and TRL refuses them with"
+                         " --precompute-ref")
+    return args
 
 
 def _word_range(text: str) -> tuple[int, int]:
@@ -422,9 +445,15 @@ def main(argv=None) -> None:
         words = model.pop("words")
         data_info = write_pairs(data, words, args.steps * args.batch_size, args.max_length, args.seed,
                                 args.prompt_words, args.completion_words)
+        pairs, b = data_info.pop("pair_tokens"), args.batch_size
+        step_flops = [harness.dpo_step_flops(model, pairs[i * b : (i + 1) * b], args.lora, not args.precompute_ref)
+                      for i in range(args.steps)]
+        peak = args.peak_tflops or (harness.bf16_peak_tflops(harness.gpu_name()) if args.device == "cuda" and args.bf16
+                                    else None)
         check_tokenization(model_dir, data, args.max_length)
         cfg = {
-            "model_dir": str(model_dir), "data": str(data), "workdir": str(workdir),
+            "model_dir": str(model_dir), "tokenizer_dir": str(tokenizer_dir(model_dir)), "data": str(data),
+            "workdir": str(workdir),
             "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "max_length": args.max_length,
             "prompt_words": args.prompt_words, "completion_words": args.completion_words,
             "lr": args.lr, "beta": args.beta, "max_grad_norm": args.max_grad_norm, "threads": args.threads,
@@ -433,11 +462,12 @@ def main(argv=None) -> None:
             "no_pack_rows": args.no_pack_rows,
             "lm_head_chunk": args.lm_head_chunk, "precompute_ref": args.precompute_ref,
             "ref_dtype": args.alignsuite_ref_dtype, "profile": args.profile,
-            "device": args.device, "bf16": args.bf16,
+            "device": args.device, "bf16": args.bf16, "trl_liger": args.trl_liger,
         }
-        print(f"model: Llama, {model['parameters'] / 1e6:.2f}M parameters (hidden {model['hidden_size']},"
-              f" {model['layers']} layers, {model['heads']} heads, MLP {model['intermediate_size']},"
-              f" vocab {model['vocab_size']}); data: {data_info['rows']} pairs, mean prompt"
+        print(f"model: {model['arch']} ({args.size}), {model['parameters'] / 1e6:.2f}M parameters (hidden"
+              f" {model['hidden_size']}, {model['layers']} layers, {model['heads']} heads / {model['kv_heads']} kv,"
+              f" MLP {model['intermediate_size']}, vocab {model['vocab_size']}"
+              f"{', tied embeddings' if model['tied_embeddings'] else ''}); data: {data_info['rows']} pairs, mean prompt"
               f" {data_info['mean_prompt_tokens']:.1f} tokens, mean completion {data_info['mean_completion_tokens']:.1f}")
         print(f"settings: {args.steps} steps ({args.warmup} warm-up), batch {args.batch_size} pairs, max length"
               f" {args.max_length}, lr {args.lr}, beta {args.beta}, threads {args.threads},"
@@ -450,7 +480,7 @@ def main(argv=None) -> None:
             entry = {"order": order, "loadavg_after": os.getloadavg(), **results}
             if len(results) == 2:
                 a, t = results["alignsuite"], results["trl"]
-                entry["comparison"] = compare(a, t, args.batch_size)
+                entry["comparison"] = compare(a, t, args.batch_size, step_flops, peak)
                 entry["comparison"]["contended"] = any(harness.contended(r) for r in results.values())
                 print_repeat(rep, a, t, entry["comparison"])
             runs.append(entry)

@@ -26,6 +26,7 @@ from benchmarks.harness.figures import (
     step_ms,
     throughput,
 )
+from benchmarks.harness.flops import bf16_peak_tflops, dpo_step_flops, utilisation
 from benchmarks.harness.measure import MemoryProbe, StepClock, StepProfiler, cuda_sync, gpu_name, wait_for_idle
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "StepClock",
     "StepProfiler",
     "best_of_repeats",
+    "bf16_peak_tflops",
+    "dpo_step_flops",
     "contended",
     "cuda_sync",
     "first_losses",
@@ -49,6 +52,7 @@ __all__ = [
     "scratch",
     "step_ms",
     "throughput",
+    "utilisation",
     "versions",
     "wait_for_idle",
 ]
