@@ -122,11 +122,13 @@ def run_diffusers(cfg: dict) -> dict:
 
     device = torch.device(cfg["device"])
     path = cfg["model_dir"]
+    # The script's mixed precision: the frozen models' weights in the autocast dtype, the policy's in float32.
+    weight_dtype = torch.bfloat16 if cfg["bf16"] else torch.float32
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").requires_grad_(False).to(device)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").requires_grad_(False).to(device)
+    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").requires_grad_(False).to(device, weight_dtype)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").requires_grad_(False).to(device, weight_dtype)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").to(device)
-    ref_unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").requires_grad_(False).eval().to(device)
+    ref_unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").requires_grad_(False).eval().to(device, weight_dtype)
     noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
 
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -172,30 +174,31 @@ def run_diffusers(cfg: dict) -> dict:
     memory.train_start()
     counter.mark()
     for step, batch in enumerate(loader):
-        pixels = batch["pixel_values"].to(device)
-        feed = torch.cat(pixels.chunk(2, dim=1))  # [B, 6, R, R] -> [2B, 3, R, R]: winners, then losers
-        with torch.no_grad():
-            latents = torch.cat([vae.encode(feed[i:i + chunk]).latent_dist.sample() for i in range(0, len(feed), chunk)])
-            latents = latents * vae.config.scaling_factor
-            hidden = text_encoder(batch["input_ids"].to(device))[0].repeat(2, 1, 1)
-        noise = torch.randn_like(latents).chunk(2)[0].repeat(2, 1, 1, 1)
-        bsz = latents.shape[0] // 2
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), device=device).repeat(2)
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        target = noise  # epsilon prediction
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["bf16"]):
+            pixels = batch["pixel_values"].to(device, weight_dtype)
+            feed = torch.cat(pixels.chunk(2, dim=1))  # [B, 6, R, R] -> [2B, 3, R, R]: winners, then losers
+            with torch.no_grad():
+                latents = torch.cat([vae.encode(feed[i:i + chunk]).latent_dist.sample() for i in range(0, len(feed), chunk)])
+                latents = latents * vae.config.scaling_factor
+                hidden = text_encoder(batch["input_ids"].to(device))[0].repeat(2, 1, 1)
+            noise = torch.randn_like(latents).chunk(2)[0].repeat(2, 1, 1, 1)
+            bsz = latents.shape[0] // 2
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), device=device).repeat(2)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            target = noise  # epsilon prediction
 
-        pred = unet(noisy, timesteps, hidden).sample
-        model_losses = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
-        model_w, model_l = model_losses.chunk(2)
-        model_diff = model_w - model_l
-        with torch.no_grad():
-            ref_pred = ref_unet(noisy, timesteps, hidden).sample
-            ref_losses = F.mse_loss(ref_pred.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
-            ref_w, ref_l = ref_losses.chunk(2)
-            ref_diff = ref_w - ref_l
-        logits = ref_diff - model_diff
-        loss = -F.logsigmoid(beta_dpo * logits).mean()
-        implicit_acc = (logits > 0).float().mean() + 0.5 * (logits == 0).float().mean()
+            pred = unet(noisy, timesteps, hidden).sample
+            model_losses = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+            model_w, model_l = model_losses.chunk(2)
+            model_diff = model_w - model_l
+            with torch.no_grad():
+                ref_pred = ref_unet(noisy, timesteps, hidden).sample
+                ref_losses = F.mse_loss(ref_pred.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+                ref_w, ref_l = ref_losses.chunk(2)
+                ref_diff = ref_w - ref_l
+            logits = ref_diff - model_diff
+            loss = -F.logsigmoid(beta_dpo * logits).mean()
+            implicit_acc = (logits > 0).float().mean() + 0.5 * (logits == 0).float().mean()
 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"])
@@ -276,9 +279,10 @@ def run_alignsuite(cfg: dict, cached: bool) -> dict:
 
     lr, wd = cfg["lr"], cfg["weight_decay"]
     cache_dir = str(Path(cfg["workdir"]) / f"cache-{os.getpid()}") if cached else None
+    frozen_dtype = "bfloat16" if cfg["bf16"] else "float32"  # the policy's trainable weights stay float32
     module = PreferenceModule(
         backbone=TextToImage(cfg["model_dir"], resolution=cfg["resolution"], random_flip=cfg["flip"],
-                             seed=cfg["seed"], cache_dir=cache_dir),
+                             seed=cfg["seed"], cache_dir=cache_dir, dtype=frozen_dtype, vae_dtype=frozen_dtype),
         objective=DPO(beta=cfg["beta"]),
         reference=FrozenCopy(),
         optimizer=lambda params: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=wd, eps=1e-8),
@@ -286,7 +290,7 @@ def run_alignsuite(cfg: dict, cached: bool) -> dict:
         warmup_ratio=0.0,
     )
     recorder = Counting(cfg)
-    trainer(cfg, [recorder]).fit(module, datamodule=datamodule(cfg))
+    trainer(cfg, [recorder], precision="bf16-mixed" if cfg["bf16"] else "32-true").fit(module, datamodule=datamodule(cfg))
     cache = module.backbone.cache
     if cache is not None:
         recorder.info["cache_hits"], recorder.info["cache_misses"] = cache.hits, cache.misses
@@ -400,6 +404,13 @@ def parse_args(argv=None):
     p.add_argument("--unet-channels", default=None, help="UNet block widths, e.g. 64,128,256 (default: the toy's 32,64)")
     p.add_argument("--vae-channels", default=None, help="VAE block widths (default: the toy's 16,32, a 2x VAE)")
     p.add_argument("--layers-per-block", type=int, default=1)
+    p.add_argument("--sd15", action="store_true",
+                   help="Stable Diffusion 1.5's UNet (860M), VAE and CLIP-L-sized text encoder, random init (use with"
+                        " --resolution 512 on a GPU)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast in every arm, the frozen VAE, text encoder and reference UNet in bfloat16 and"
+                        " the policy in float32 (the diffusers script's --mixed_precision bf16, alignsuite's"
+                        " bf16-mixed with dtype and vae_dtype bfloat16)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW's (diffusers' script default)")
     p.add_argument("--beta", type=float, default=5000.0, help="the paper's beta (diffusers' beta_dpo is half)")
@@ -425,14 +436,14 @@ def main(argv=None) -> None:
                "weight_decay": args.weight_decay, "beta": args.beta, "max_grad_norm": args.max_grad_norm,
                "flip": not args.no_flip, "vae_encode_batch_size": args.vae_encode_batch_size,
                "num_workers": args.num_workers, "threads": args.threads, "device": args.device, "seed": args.seed,
-               "alignsuite_free_grads": args.alignsuite_free_grads}
+               "alignsuite_free_grads": args.alignsuite_free_grads, "bf16": args.bf16}
         print(f"model: StableDiffusionPipeline, UNet {model['unet_parameters'] / 1e6:.2f}M parameters (blocks"
               f" {model['unet_channels']}, {model['layers_per_block']} layer each), VAE {model['vae_parameters'] / 1e6:.2f}M"
               f" (blocks {model['vae_channels']}), text encoder {model['text_encoder_parameters'] / 1e6:.2f}M;"
               f" {args.resolution}px images, {model['latent_size']}x{model['latent_size']}x4 latents")
         print(f"settings: {args.steps} steps ({args.warmup} warm-up), batch {args.batch_size} pairs, lr {args.lr},"
               f" weight decay {args.weight_decay}, beta {args.beta}, clip {args.max_grad_norm}, flip {not args.no_flip},"
-              f" float32, {args.device}, threads {args.threads}, data {data_info['rows']} pairs")
+              f" {'bf16 autocast, frozen models in bfloat16' if args.bf16 else 'float32'}, {args.device}, threads {args.threads}, data {data_info['rows']} pairs")
         vers = harness.versions(PACKAGES)
 
         runs = []
