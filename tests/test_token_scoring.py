@@ -17,7 +17,9 @@ from alignsuite.backbones.base import ViewInputs, shared_prompts
 from alignsuite.backbones.token_scoring import (
     SEGMENT_STRIDE,
     ChunkedTokenLogProbs,
+    Packing,
     pack_groups,
+    pack_rows,
     packed_attention_mask,
     selective_log_softmax,
 )
@@ -294,3 +296,26 @@ def test_the_lm_head_is_its_own_again_after_scoring(tiny_lm_dir):
     x = torch.randn(2, head.in_features)
     torch.testing.assert_close(head(x), x @ head.weight.T)
 
+
+
+def test_the_reference_and_the_policy_share_the_batch_and_its_mask(tiny_lm_dir):
+    """Each step's batch goes to the device once and its packed mask is built once, for both scorings."""
+    b = build(tiny_lm_dir)
+    reference = b.load_reference()
+    prepared = b.prepare(pair_views())
+    assert prepared.segments is not None and prepared.to("cpu") is prepared
+    first = b.score(prepared, reference).score
+    mask = prepared.packed_mask("sdpa", torch.float32)
+    torch.testing.assert_close(b.score(prepared).score, first)  # the policy starts as the reference
+    assert prepared.packed_mask("sdpa", torch.float32) is mask
+    assert [k for k in prepared._made if k[0] == "mask"] == [("mask", "sdpa", torch.float32)]
+
+
+def test_a_packing_plan_sizes_the_batch_it_builds(tiny_lm_dir):
+    """The plan says how large the packed batch is before it is built (the backbone builds it only if smaller)."""
+    b = build(tiny_lm_dir)
+    rows = b._encode(*(PROMPTS * 2, CHOSEN + REJECTED))
+    plan = Packing.plan(rows, share=True, pack=True)
+    packed = pack_rows(rows, [False] * len(rows), b.tokenizer.pad_token_id, plan)
+    assert packed.input_ids.numel() == plan.size and packed.input_ids.shape == (len(plan.rows), plan.width)
+    assert sorted(i for g in plan.groups for i in g) == list(range(len(rows)))

@@ -32,6 +32,7 @@ from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.token_scoring import (
     MASKED_ATTENTION,
+    Packing,
     Targets,
     head_at,
     selective_log_softmax,
@@ -63,21 +64,37 @@ class TokenBatch:
     position_ids: Tensor | None = None
     # The scored tokens; derived from the masks when not given (the plain layout), once, where the batch is made.
     targets: Targets | None = None
+    # What the batch's scorings share (the reference's and the policy's): its copy on each device, and the packed
+    # layout's attention mask in each form; made on first use.
+    _made: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.targets is None:
             self.targets = Targets.from_masks(self.input_ids, self.completion_mask, self.prompt_mask)
 
     def to(self, device) -> "TokenBatch":
-        def move(t):
-            return t.to(device) if t is not None else None
+        """The batch on ``device``: itself if it is there, else a copy made once."""
+        device = torch.device(device)
+        if self.input_ids.device == device:
+            return self
+        if device not in self._made:
+            def move(t):
+                return t.to(device) if t is not None else None
 
-        extra = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
-        return TokenBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
-            self.logits_to_keep, move(self.prompt_mask), extra, move(self.segments), move(self.position_ids),
-            self.targets.to(device),
-        )
+            extra = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
+            self._made[device] = TokenBatch(
+                self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
+                self.logits_to_keep, move(self.prompt_mask), extra, move(self.segments), move(self.position_ids),
+                self.targets.to(device),
+            )
+        return self._made[device]
+
+    def packed_mask(self, attn_implementation: str | None, dtype: torch.dtype) -> Tensor:
+        """The packed layout's 4D attention mask (:func:`packed_attention_mask`), built once per form."""
+        key = ("mask", attn_implementation, dtype)
+        if key not in self._made:
+            self._made[key] = packed_attention_mask(self.segments, attn_implementation, dtype)
+        return self._made[key]
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -321,8 +338,9 @@ class CausalLM(Backbone):
             score_prompt += [view.score_prompt] * len(view.prompts)
         width = max(len(p) + len(c) for p, c in rows)
         if (self.share_prompt or self.pack_rows) and self._takes_masks:
-            packed = pack_rows(rows, score_prompt, self.tokenizer.pad_token_id, self.share_prompt, self.pack_rows)
-            if packed.input_ids.numel() < len(rows) * width:  # else the plain layout is as small, and simpler
+            packing = Packing.plan(rows, self.share_prompt, self.pack_rows)
+            if packing.size < len(rows) * width:  # else the plain layout is as small, and simpler
+                packed = pack_rows(rows, score_prompt, self.tokenizer.pad_token_id, packing)
                 keep = packed.input_ids.shape[1] - int(packed.targets.pos.min())
                 return TokenBatch(packed.input_ids, (packed.segments >= 0).long(), packed.completion_mask, keep,
                                   packed.prompt_mask, segments=packed.segments, position_ids=packed.position_ids,
@@ -414,7 +432,7 @@ class CausalLM(Backbone):
             offset = batch.input_ids.shape[1] - keep
         attention_mask = batch.attention_mask
         if batch.segments is not None:
-            attention_mask = packed_attention_mask(batch.segments, model.config._attn_implementation, model.dtype)
+            attention_mask = batch.packed_mask(model.config._attn_implementation, model.dtype)
             kwargs["position_ids"] = batch.position_ids
         chunk = self.lm_head_chunk
         head = head_at(model, targets, offset, chunk) if self.lm_head_at_scored_only or chunk else contextlib.nullcontext()

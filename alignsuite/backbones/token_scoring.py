@@ -3,7 +3,7 @@
 Two layouts of the same sequences (``(prompt ids, completion ids)`` each, view-major):
 
 - plain: one row per sequence, ``prompt + completion``, right-padded, causal attention;
-- packed (:func:`pack_rows`): sequences form groups, one per distinct prompt (``share``), laid out as
+- packed (:class:`Packing`, :func:`pack_rows`): sequences form groups, one per distinct prompt (``share``), laid out as
   ``prompt + completion_1 + completion_2 + ...``: each completion attends to its prompt and to itself only,
   and its positions continue from the prompt's end. A DPO pair's chosen and rejected rows share their prompt,
   so its tokens go through the model once, not twice. Groups are then packed several to a row (``pack``),
@@ -111,13 +111,31 @@ def pack_groups(widths: list[int], pack: bool) -> list[list[int]]:
     return rows
 
 
-def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, share: bool = True,
-              pack: bool = True) -> PackedLayout:
-    """Lay ``rows`` out in groups (``share``: one per distinct prompt), ``pack``-ed several to a row; see the
-    module docstring."""
-    groups = groups_of(rows, share)
-    widths = [len(rows[m[0]][0]) + sum(len(rows[i][1]) for i in m) for m in groups]
-    layout = pack_groups(widths, pack)
+@dataclass
+class Packing:
+    """Where :func:`pack_rows` puts each sequence: its groups, the groups of each row, and the rows' width."""
+
+    groups: list[list[int]]
+    rows: list[list[int]]
+    width: int
+
+    @classmethod
+    def plan(cls, rows: list[Row], share: bool = True, pack: bool = True) -> "Packing":
+        groups = groups_of(rows, share)
+        widths = [len(rows[m[0]][0]) + sum(len(rows[i][1]) for i in m) for m in groups]
+        layout = pack_groups(widths, pack)
+        return cls(groups, layout, max(sum(widths[g] for g in row) for row in layout))
+
+    @property
+    def size(self) -> int:
+        """Positions of the packed batch, padding included."""
+        return len(self.rows) * self.width
+
+
+def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, packing: Packing) -> PackedLayout:
+    """Lay ``rows`` out as ``packing`` plans (:meth:`Packing.plan`: in groups, one per distinct prompt with
+    ``share``, several to a row with ``pack``); see the module docstring."""
+    groups, layout = packing.groups, packing.rows
     t_row, t_pos, t_label, t_out, t_prompt = [], [], [], [], []
 
     def add(row: int, pos: list[int], labels: list[int], out: int, is_prompt: bool) -> None:
@@ -155,7 +173,7 @@ def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, share: boo
                     add(r, list(range(first_p, first_p + n_p - 1)), p[1:], i, True)
                     scored_prompt[first_p + 1 : first_p + n_p] = [1] * (n_p - 1)
         lines.append((ids, segs, positions, scored_prompt))
-    width = max(len(line[0]) for line in lines)
+    width = packing.width
 
     def tensor(k: int, fill: int) -> Tensor:
         return torch.tensor([line[k] + [fill] * (width - len(line[k])) for line in lines], dtype=torch.long)
