@@ -138,6 +138,7 @@ def run_alignsuite(cfg: dict) -> dict:
             pack_rows=not (cfg["alignsuite_plain"] or cfg["no_pack_rows"]),
             lm_head_at_scored_only=not cfg["alignsuite_plain"],
             lm_head_chunk=cfg["lm_head_chunk"],
+            attn_implementation=cfg["alignsuite_attn"],
         ),
         objective=DPO(beta=cfg["beta"]),
         reference=reference,
@@ -406,6 +407,8 @@ def parse_args(argv=None):
     p.add_argument("--no-share-prompt", action="store_true", help="ablation: alignsuite's share_prompt off")
     p.add_argument("--no-pack-rows", action="store_true", help="ablation: alignsuite's pack_rows off")
     p.add_argument("--lm-head-chunk", type=int, default=None, help="alignsuite's lm_head_chunk (tokens per chunk)")
+    p.add_argument("--alignsuite-attn", default=None,
+                   help="alignsuite's attn_implementation (default: the model's, SDPA; flex_attention trains on a GPU only)")
     p.add_argument("--alignsuite-ref-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="weights of alignsuite's frozen-copy reference; float32 is TRL's (bfloat16 is alignsuite's"
                         " default under bf16 precision, and gives a first loss other than ln 2)")
@@ -462,7 +465,7 @@ def main(argv=None) -> None:
             "no_pack_rows": args.no_pack_rows,
             "lm_head_chunk": args.lm_head_chunk, "precompute_ref": args.precompute_ref,
             "ref_dtype": args.alignsuite_ref_dtype, "profile": args.profile,
-            "device": args.device, "bf16": args.bf16, "trl_liger": args.trl_liger,
+            "device": args.device, "bf16": args.bf16, "trl_liger": args.trl_liger, "alignsuite_attn": args.alignsuite_attn,
         }
         print(f"model: {model['arch']} ({args.size}), {model['parameters'] / 1e6:.2f}M parameters (hidden"
               f" {model['hidden_size']}, {model['layers']} layers, {model['heads']} heads / {model['kv_heads']} kv,"

@@ -15,6 +15,7 @@
 #   tests      python -m pytest -m gpu: CUDA scores against the CPU, a bf16 fit, Diffusion-DPO on the GPU
 #   dpo        DPO vs TRL, Qwen2.5-0.5B shape, full fine-tuning, 1024-token rows, batch 8: pairs/s, GPU peak, MFU
 #   lora       the same with LoRA r16 on every linear layer (reference: adapters off)
+#   flex       the same as dpo, alignsuite's packed rows under flex attention's block mask
 #   liger      the same as dpo, TRL with its Liger fused loss (use_liger_kernel)
 #   dpo15      DPO vs TRL, Qwen2.5-1.5B shape, full fine-tuning, batch 4
 #   long       8,192-token rows, vocabulary 151,936, batch 1: GPU peak of alignsuite's chunked head vs TRL's logits
@@ -27,7 +28,7 @@ out=${1:?usage: bash benchmarks/gpu_suite.sh OUTDIR [SECTION ...]}
 shift
 mkdir -p "$out"
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(tests dpo lora liger dpo15 long longliger diffusion)
+[ ${#sections[@]} -gt 0 ] || sections=(tests dpo lora flex liger dpo15 long longliger diffusion)
 limit=${SECTION_TIMEOUT:-420}
 export PYTHONUNBUFFERED=1
 
@@ -56,6 +57,7 @@ for section in "${sections[@]}"; do
     tests) run tests python -m pytest -m gpu -n 0 -q ;;
     dpo) run dpo "${dpo[@]}" "${qwen05[@]}" --out "$out/dpo.json" ;;
     lora) run lora "${dpo[@]}" "${qwen05[@]}" --lora --out "$out/lora.json" ;;
+    flex) run flex "${dpo[@]}" "${qwen05[@]}" --alignsuite-attn flex_attention --out "$out/flex.json" ;;
     liger) has_liger liger && run liger "${dpo[@]}" "${qwen05[@]}" --trl-liger --out "$out/liger.json" ;;
     dpo15) run dpo15 "${dpo[@]}" --size qwen2.5-1.5b --max-length 1024 --batch-size 4 --steps 20 --warmup 5 \
       --out "$out/dpo15.json" ;;
@@ -63,6 +65,6 @@ for section in "${sections[@]}"; do
     longliger) has_liger longliger && run longliger "${dpo[@]}" "${long[@]}" --trl-liger --out "$out/longliger.json" ;;
     diffusion) run diffusion python -m benchmarks.bench_diffusion_dpo --device cuda --sd15 --resolution 512 \
       --batch-size 4 --steps 12 --warmup 3 --quiet --out "$out/diffusion.json" ;;
-    *) echo "unknown section $section: choose from tests dpo lora liger dpo15 long longliger diffusion"; exit 2 ;;
+    *) echo "unknown section $section: choose from tests dpo lora flex liger dpo15 long longliger diffusion"; exit 2 ;;
   esac
 done

@@ -40,6 +40,26 @@ def test_causal_lm_scores_match_the_cpu(tiny_lm_dir):
     torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-4)
 
 
+def test_flex_attention_trains_the_packed_layout_as_sdpa_does(tiny_lm_dir):
+    """The packed layout under flex attention's block mask: the scores and gradients of SDPA's dense mask."""
+    from alignsuite.backbones import CausalLM
+
+    out = {}
+    for attention in ("sdpa", "flex_attention"):
+        backbone = CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=12, attn_implementation=attention)
+        backbone.configure()
+        backbone.policy.cuda()
+        prepared = backbone.prepare(shared_prompts(PROMPTS, CHOSEN, REJECTED))
+        assert prepared.segments is not None
+        score = backbone.score(prepared).score
+        (score * torch.linspace(-1, 2, score.numel(), device=score.device)).sum().backward()
+        out[attention] = score.detach().cpu(), {n: p.grad.cpu() for n, p in backbone.policy.named_parameters()}
+    (a, grads_a), (b, grads_b) = out["sdpa"], out["flex_attention"]
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
 def test_diffusion_scores_match_the_cpu(tmp_path):
     from PIL import Image
 

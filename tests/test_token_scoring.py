@@ -319,3 +319,26 @@ def test_a_packing_plan_sizes_the_batch_it_builds(tiny_lm_dir):
     packed = pack_rows(rows, [False] * len(rows), b.tokenizer.pad_token_id, plan)
     assert packed.input_ids.numel() == plan.size and packed.input_ids.shape == (len(plan.rows), plan.width)
     assert sorted(i for g in plan.groups for i in g) == list(range(len(rows)))
+
+
+def test_the_flex_attention_mask_is_the_packed_mask(tiny_lm_dir):
+    """flex attention's block mask is made from a mask_mod; its every query-key decision is the packed mask's."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    from alignsuite.backbones.token_scoring import packed_mask_mod
+
+    s = SEGMENT_STRIDE
+    segments = torch.tensor([[0, 0, 1, 1, 2, 2, s, s + 1, s + 1, -1], [0, 1, 1, 1, -1, -1, -1, -1, -1, -1]])
+    dense = create_mask(packed_mask_mod(segments), 2, 1, 10, 10, device="cpu")
+    assert torch.equal(dense, packed_attention_mask(segments, "sdpa", torch.float32))
+    assert build(tiny_lm_dir, attn_implementation="flex_attention").prepare(pair_views()).segments is not None
+
+
+@pytest.mark.slow
+def test_flex_attention_scores_the_packed_layout_as_sdpa_does(tiny_lm_dir):
+    """Scoring only (as a reference does): PyTorch runs flex attention's backward on GPUs alone; the first call
+    compiles the kernel (about 30 s on 2 cores)."""
+    flex, sdpa = build(tiny_lm_dir, attn_implementation="flex_attention"), build(tiny_lm_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(flex.score(flex.prepare(pair_views())).score, sdpa.score(sdpa.prepare(pair_views())).score,
+                                   atol=1e-5, rtol=0)

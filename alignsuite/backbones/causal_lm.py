@@ -89,7 +89,7 @@ class TokenBatch:
             )
         return self._made[device]
 
-    def packed_mask(self, attn_implementation: str | None, dtype: torch.dtype) -> Tensor:
+    def packed_mask(self, attn_implementation: str | None, dtype: torch.dtype):
         """The packed layout's 4D attention mask (:func:`packed_attention_mask`), built once per form."""
         key = ("mask", attn_implementation, dtype)
         if key not in self._made:
@@ -120,7 +120,9 @@ class CausalLM(Backbone):
         max_prompt_length: most prompt tokens kept (from the end); must be below ``max_length``.
         dtype: weights' dtype at load ("auto" keeps the checkpoint's). Mixed precision is the Trainer's.
         gradient_checkpointing: trade compute for activation memory.
-        attn_implementation: e.g. "sdpa", "eager", "flash_attention_2".
+        attn_implementation: e.g. "sdpa", "eager", "flash_attention_2", "flex_attention". Under "flex_attention"
+            the packed layout's mask is a block mask whose hidden blocks the kernel skips; PyTorch runs its
+            backward on GPUs only (a CPU can score with it, not train).
         disable_dropout: dropout makes policy and reference disagree on identical weights; off by default.
         trust_remote_code: passed to ``from_pretrained``.
         chat_template: a Jinja chat template, or the path of a ``.jinja`` file, set on the tokenizer (and saved
@@ -130,8 +132,8 @@ class CausalLM(Backbone):
             prompt's tokens go through the model once. Same log-probs up to float rounding.
         pack_rows: put several groups (or sequences) in one row, each attending to itself only, so that rows
             carry less padding; no row grows wider than the widest group. ``share_prompt`` and ``pack_rows``
-            apply with the "sdpa" and "eager" attention of models without a sliding window shorter than
-            ``max_length``, and when they make the batch smaller; otherwise rows are one per sequence.
+            apply with the "sdpa", "eager" and "flex_attention" attention of models without a sliding window
+            shorter than ``max_length``, and when they make the batch smaller; otherwise rows are one per sequence.
         lm_head_at_scored_only: apply the LM head only at the positions that predict a scored token (not at
             prompt, padding or other rows' positions); off computes it at every kept position, then picks.
         lm_head_chunk: score tokens this many at a time through a fused LM head + log-softmax that keeps no
@@ -273,7 +275,7 @@ class CausalLM(Backbone):
         self.policy = model.train()
 
     def _takes_packed_layout(self, config) -> bool:
-        """Whether the model attends through a 4D mask as given (SDPA, eager) with no sliding window that
+        """Whether the model attends through a mask as given (SDPA, eager, flex) with no sliding window that
         ``max_length`` could exceed (a custom mask replaces the window)."""
         window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
         return getattr(config, "_attn_implementation", None) in MASKED_ATTENTION and (not window or window >= self.max_length)

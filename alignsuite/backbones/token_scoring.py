@@ -186,11 +186,17 @@ def pack_rows(rows: list[Row], score_prompt: list[bool], pad_id: int, packing: P
     return PackedLayout(input_ids, segments, position_ids, completion_mask, prompt_mask, targets)
 
 
-def packed_attention_mask(segments: Tensor, attn_implementation: str | None, dtype: torch.dtype) -> Tensor:
+def packed_attention_mask(segments: Tensor, attn_implementation: str | None, dtype: torch.dtype):
     """The ``[R, 1, L, L]`` mask of the packed layout in the form the attention implementation takes: boolean
-    (True attends) for SDPA, additive float for eager. A query attends to the earlier positions of its own
-    segment and of its group's prompt; padding attends to itself only, so that no row is all masked (which
-    gives NaN)."""
+    (True attends) for SDPA, additive float for eager, a ``BlockMask`` for flex attention (whose kernels then
+    skip the blocks it hides: across packed groups, between a prompt's completions, the padding). A query
+    attends to the earlier positions of its own segment and of its group's prompt; padding attends to itself
+    only, so that no row is all masked (which gives NaN)."""
+    if attn_implementation == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        rows, length = segments.shape
+        return create_block_mask(packed_mask_mod(segments), rows, None, length, length, device=segments.device)
     q = segments.unsqueeze(-1)
     k = segments.unsqueeze(-2)
     length = segments.shape[-1]
@@ -203,7 +209,18 @@ def packed_attention_mask(segments: Tensor, attn_implementation: str | None, dty
     return allowed
 
 
-MASKED_ATTENTION = ("sdpa", "eager")  # implementations that take an arbitrary 4D mask
+def packed_mask_mod(segments: Tensor):
+    """The packed layout's mask as a flex-attention ``mask_mod`` (row, head, query, key -> attends): the rule
+    of :func:`packed_attention_mask`, one query-key pair at a time."""
+
+    def mask_mod(row, head, q, k):
+        sq, sk = segments[row, q], segments[row, k]
+        return ((k <= q) & (sk >= 0) & ((sk == sq) | (sk == sq - sq % SEGMENT_STRIDE))) | (q == k)
+
+    return mask_mod
+
+
+MASKED_ATTENTION = ("sdpa", "eager", "flex_attention")  # implementations that take the packed layout's mask
 
 
 class ChunkedTokenLogProbs(torch.autograd.Function):
