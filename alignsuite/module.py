@@ -91,6 +91,8 @@ class PreferenceModule(LightningModule):
         check_setup(self.objective, self.backbone, self.reference, data)
         if data is not None:
             self.backbone.on_setup(data)
+            if hasattr(data, "batch_transform"):  # tokenising in the DataLoader, off the training step
+                data.batch_transform = self.backbone.loader_transform(list(self.objective.views))
 
     def _global_mean(self, values: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(values.mean(), reduce_op="mean")

@@ -84,7 +84,7 @@ def datamodule(cfg: dict):
     from benchmarks.harness.lightning_arm import in_file_order
 
     return in_file_order(PreferenceDataModule)(train=cfg["data"], layout=TextPairs(), batch_size=cfg["batch_size"],
-                                               num_workers=0)
+                                               num_workers=cfg["workers"])
 
 
 def run_alignsuite(cfg: dict) -> dict:
@@ -226,9 +226,9 @@ def run_trl(cfg: dict) -> dict:
         report_to=[],
         logging_steps=cfg["steps"],
         disable_tqdm=True,
-        # data: rows in file order (as alignsuite here), no workers
+        # data: rows in file order (as alignsuite here), as many loader workers
         train_sampling_strategy="sequential",
-        dataloader_num_workers=0,
+        dataloader_num_workers=cfg["workers"],
         dataloader_pin_memory=False,
     )
     tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer_dir"])
@@ -418,6 +418,9 @@ def parse_args(argv=None):
     p.add_argument("--profile", type=int, default=0,
                    help="torch.profiler over this many steps after the warm-up in each worker; prints the top ops"
                         " (the timings of such a run are not for reporting)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes in both arms: alignsuite tokenises each batch in them (TRL"
+                        " tokenises the whole dataset before training), TRL only collates there")
     p.add_argument("--trl-liger", action="store_true",
                    help="TRL with use_liger_kernel (its fused linear DPO loss; needs liger-kernel and a GPU)")
     p.add_argument("--peak-tflops", type=float, default=None,
@@ -460,6 +463,7 @@ def main(argv=None) -> None:
             "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "max_length": args.max_length,
             "prompt_words": args.prompt_words, "completion_words": args.completion_words,
             "lr": args.lr, "beta": args.beta, "max_grad_norm": args.max_grad_norm, "threads": args.threads,
+            "workers": args.workers,
             "lora": args.lora, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "seed": args.seed,
             "alignsuite_plain": args.alignsuite_plain, "no_share_prompt": args.no_share_prompt,
             "no_pack_rows": args.no_pack_rows,
@@ -473,7 +477,7 @@ def main(argv=None) -> None:
               f"{', tied embeddings' if model['tied_embeddings'] else ''}); data: {data_info['rows']} pairs, mean prompt"
               f" {data_info['mean_prompt_tokens']:.1f} tokens, mean completion {data_info['mean_completion_tokens']:.1f}")
         print(f"settings: {args.steps} steps ({args.warmup} warm-up), batch {args.batch_size} pairs, max length"
-              f" {args.max_length}, lr {args.lr}, beta {args.beta}, threads {args.threads},"
+              f" {args.max_length}, lr {args.lr}, beta {args.beta}, threads {args.threads}, loader workers {args.workers},"
               f" {'bf16 autocast' if args.bf16 else 'float32'}, {args.device},"
               f" {'LoRA r=%d alpha=%d, reference = adapters disabled' % (args.lora_r, args.lora_alpha) if args.lora else 'full fine-tuning, reference = frozen copy'}")
         vers = harness.versions(PACKAGES)

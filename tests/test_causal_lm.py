@@ -810,3 +810,56 @@ def test_identical_pair_search_agrees_with_tokenising_every_pair(tiny_lm_dir):
     # "A B C" and "A  B C" differ as text, not as tokens (this tokenizer splits on any whitespace)
     assert may_be_identical(b.tokenizer, ["A B C"], ["A  B C"], 16) == [True]
     assert may_be_identical(b.tokenizer, ["A B C"], ["A C C"], 16) == [False]
+
+
+# --- tokenising at collate (tokenize_in_loader) ---------------------------------------------------------
+
+
+def test_rows_tokenised_at_collate_are_the_rows_the_step_tokenises(tiny_lm_dir):
+    """Chat rows with tools, a shared prompt and a shifted view: the batch's ids are those of the step."""
+    from alignsuite.backbones.tokenize import ENCODED
+    from alignsuite.views import View
+
+    b = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24, chat_template=TOOL_TEMPLATE)
+    b.configure()
+    views = [View("chosen"), View("rejected"), View("mismatched", column="chosen", shift=1)]
+    batch = {"prompt": [[user("echo a")], [user("echo b")]], "chosen": [[assistant("A")], [assistant("B")]],
+             "rejected": [[assistant("C")], [assistant("D E")]], "tools": [[tool("f")], None],
+             "index": torch.tensor([0, 1])}
+    encoded = b.loader_transform(views)(dict(batch))
+    assert len(encoded[ENCODED].rows) == 6  # 2 rows x 3 views, all different
+
+    def inputs(source):
+        return [ViewInputs(list(source["prompt"]), v.completions(source), source) for v in views]
+
+    fresh, looked_up = b.prepare(inputs(batch)), b.prepare(inputs(encoded))
+    torch.testing.assert_close(looked_up.input_ids, fresh.input_ids, rtol=0, atol=0)
+    torch.testing.assert_close(looked_up.completion_mask, fresh.completion_mask, rtol=0, atol=0)
+    # A row the collate never saw (a changed completion) is tokenised in the step.
+    changed = dict(encoded, chosen=[[assistant("J")], [assistant("B")]])
+    ids = b.prepare([ViewInputs(changed["prompt"], changed["chosen"], changed)]).input_ids[0].tolist()
+    assert ids[: len(word_ids("f user: echo a assistant: J")) + 1] == word_ids("f user: echo a assistant: J") + [EOS]
+
+
+def test_a_row_that_fails_at_collate_fails_in_the_step_naming_it(backbone):
+    from alignsuite.backbones.tokenize import ENCODED
+    from alignsuite.views import View
+
+    batch = {"prompt": [[{"role": "usr", "content": "echo a"}]], "chosen": [[assistant("A")]],
+             "rejected": [[assistant("B")]], "index": torch.tensor([7])}
+    out = backbone.loader_transform([View("chosen"), View("rejected")])(dict(batch))
+    assert ENCODED not in out
+    with pytest.raises(ValueError, match=r"dataset row 7 has a message with role 'usr'"):
+        backbone.prepare([ViewInputs(out["prompt"], out["chosen"], out)])
+
+
+def test_backbones_that_tokenise_otherwise_get_no_loader_transform(tiny_lm_dir):
+    from alignsuite.views import View
+
+    class OwnPrepare(CausalLM):
+        def prepare(self, views):
+            return super().prepare(views)
+
+    assert CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24, tokenize_in_loader=False).loader_transform(
+        [View("chosen")]) is None
+    assert OwnPrepare(tiny_lm_dir, max_length=48, max_prompt_length=24).loader_transform([View("chosen")]) is None

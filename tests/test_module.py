@@ -230,3 +230,52 @@ def test_zero_optimizer_is_refused_under_fsdp2(tiny_lm_dir):
     module.configure_model()
     with pytest.raises(ValueError, match="ModelParallelStrategy .FSDP. shards the optimizer state already"):
         module.configure_optimizers()
+
+
+class CountTokenizing(L.Callback):
+    """Counts the rows the training process tokenises during the steps (not at setup)."""
+
+    def __init__(self, monkeypatch):
+        import alignsuite.backbones.causal_lm as causal_lm
+        import alignsuite.backbones.tokenize as tokenize
+
+        self.rows, self.counting, self.cached = 0, False, []
+        for mod in (causal_lm, tokenize):
+            real = mod.encode_rows
+
+            def counted(tokenizer, prompts, *args, _real=real, **kwargs):
+                self.rows += len(prompts) * self.counting
+                return _real(tokenizer, prompts, *args, **kwargs)
+
+            monkeypatch.setattr(mod, "encode_rows", counted)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        from alignsuite.backbones.tokenize import ENCODED
+
+        self.counting = True
+        self.cached.append(len(batch[ENCODED].rows) if ENCODED in batch else 0)
+
+    def on_train_batch_end(self, *args):
+        self.counting = False
+
+
+@pytest.mark.parametrize("unpaired", [False, True], ids=["dpo", "kto"])
+def test_tokenizing_in_loader_workers_trains_exactly_like_tokenizing_in_the_step(tmp_path, tiny_lm_dir, monkeypatch,
+                                                                                unpaired):
+    def run(root, in_loader, workers):
+        L.seed_everything(0)
+        rec, count = Recorder(), CountTokenizing(monkeypatch)
+        data = ToyPreferenceData(num_train=32, num_val=8, batch_size=4, num_workers=workers, unpaired=unpaired)
+        module = make_module(tiny_lm_dir, objective=KTO(beta=0.1) if unpaired else None)
+        module.backbone.tokenize_in_loader = in_loader
+        make_trainer(root, 4, [rec, count], enable_checkpointing=False).fit(module, data)
+        return rec, count
+
+    step, step_count = run(tmp_path / "step", False, 0)
+    loader, loader_count = run(tmp_path / "loader", True, 1)
+    assert loader.rows == step.rows
+    assert loader.losses == pytest.approx(step.losses, abs=1e-6)
+    # In the step: 8 rows a batch (chosen and rejected, or completion and mismatched), none found in the batch.
+    assert step_count.rows == 4 * 8 and step_count.cached == [0] * 4
+    # In a worker: every row's ids came with the batch (DPO: 4 pairs x 2; KTO: 4 rows x 2 views), none made here.
+    assert loader_count.rows == 0 and loader_count.cached == [8] * 4

@@ -15,6 +15,7 @@ noise and timestep per row, shared by all K views of that row.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -113,6 +114,11 @@ class Backbone(nn.Module):
 
     def on_fit_start(self, trainer: Any) -> None:
         """Called once the models are built, before the first step (warm an encoding cache here)."""
+
+    def loader_transform(self, views: list) -> Callable[[dict], dict] | None:
+        """Work on each collated batch that the DataLoader can do, in its worker processes, instead of the
+        training step (tokenising the ``views``' rows); ``None``: nothing. The module installs it at setup."""
+        return None
 
     def state(self) -> dict:
         """What the backbone must carry through a checkpoint besides weights (a draw counter); saved

@@ -40,6 +40,9 @@ from alignsuite.backbones.token_scoring import (
     packed_attention_mask,
 )
 from alignsuite.backbones.tokenize import (
+    ENCODED,
+    EncodedRows,
+    RowEncoder,
     Text,
     batch_rows,
     encode_rows,
@@ -139,6 +142,9 @@ class CausalLM(Backbone):
         lm_head_chunk: score tokens this many at a time through a fused LM head + log-softmax that keeps no
             ``tokens x vocabulary`` logits for backward (it recomputes them, one chunk at a time): for long rows
             and large vocabularies, at the cost of the head's matmul once more. null computes logits whole.
+        tokenize_in_loader: tokenise (and render chat templates) when the DataLoader collates a batch, in its
+            worker processes with ``data.num_workers > 0``, rather than in the training step; the step finds
+            each row's ids by its text and tokenises only what it does not find. Same ids either way.
     """
 
     def __init__(
@@ -158,6 +164,7 @@ class CausalLM(Backbone):
         pack_rows: bool = True,
         lm_head_at_scored_only: bool = True,
         lm_head_chunk: int | None = None,
+        tokenize_in_loader: bool = True,
     ) -> None:
         super().__init__()
         if lm_head_chunk is not None and lm_head_chunk < 1:
@@ -182,6 +189,7 @@ class CausalLM(Backbone):
         self.pack_rows = pack_rows
         self.lm_head_at_scored_only = lm_head_at_scored_only
         self.lm_head_chunk = lm_head_chunk
+        self.tokenize_in_loader = tokenize_in_loader
         self._takes_masks = False  # whether the model's attention takes the packed layout's mask; set in configure
         self.tokenizer = None
         self.truncated = {"prompt": 0, "completion": 0}
@@ -299,7 +307,11 @@ class CausalLM(Backbone):
         """Truncated ``(prompt ids, completion ids)`` of each row; ``batch`` gives its ``tools`` and ``index``."""
         tools, index = batch_rows(batch or {}, len(prompts))
         self._check_tools(tools)
-        rows = encode_rows(self.tokenizer, prompts, completions, tools, index)
+        cache = (batch or {}).get(ENCODED)
+        if isinstance(cache, EncodedRows):  # tokenised when the batch was collated
+            rows = cache.encode(self.tokenizer, prompts, completions, tools, index)
+        else:
+            rows = encode_rows(self.tokenizer, prompts, completions, tools, index)
         out = []
         for i, (p, c) in enumerate(rows):
             p, c, cut_prompt, cut_completion = truncate(p, c, self.max_length, self.max_prompt_length,
@@ -311,6 +323,16 @@ class CausalLM(Backbone):
                 raise ValueError(f"a completion tokenised to no tokens{where}; nothing to score")
             out.append((p, c))
         return out
+
+    def loader_transform(self, views: list) -> RowEncoder | None:
+        """Tokenises each collated batch for ``views`` (``tokenize_in_loader``); a subclass that tokenises its
+        rows otherwise (its own ``prepare`` or ``_encode``) gets none."""
+        own = type(self).prepare is CausalLM.prepare and type(self)._encode is CausalLM._encode
+        if not (self.tokenize_in_loader and own):
+            return None
+        if self.tokenizer is None:
+            self.tokenizer = self._load_tokenizer()
+        return RowEncoder(self.tokenizer, views)
 
     def _count_truncation(self, cut_prompt: bool, cut_completion: bool) -> None:
         self.truncated["prompt"] += cut_prompt

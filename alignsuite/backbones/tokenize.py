@@ -18,6 +18,7 @@ tokenising only those whose texts share a long enough start (:func:`may_be_ident
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections import Counter
@@ -121,24 +122,30 @@ def encode_rows(tokenizer, prompts: list[Text], completions: list[Text], tools: 
     tools = tools if tools is not None else [None] * n
     rows = rows if rows is not None else [None] * n
     prompt_texts, completion_texts, chat = [], [], []
+    rendered: dict[str, str] = {}  # a chat prompt (with its tools) is rendered once, however many rows share it
     for p, c, t, r in zip(prompts, completions, tools, rows):
         is_chat = isinstance(p, list)
         if is_chat != isinstance(c, list):
             raise ValueError("prompt and completion must both be chat messages, or both text")
         if is_chat:
-            p, c = render_chat(tokenizer, p, c, t, r)
+            key = _json_key((p, t))
+            if key not in rendered:
+                rendered[key] = render_prompt(tokenizer, p, t, r)
+            p, c = render_chat(tokenizer, p, c, t, r, rendered[key])
         prompt_texts.append(p)
         completion_texts.append(c)
         chat.append(is_chat)
-    # Plain-text prompts get the tokenizer's special tokens (bos); chat templates write their own.
+    # Plain-text prompts get the tokenizer's special tokens (bos); chat templates write their own. A prompt
+    # shared by several rows (a pair's chosen and rejected) is tokenised once.
     text_rows = [i for i in range(n) if not chat[i] and prompt_texts[i]]
     chat_rows = [i for i in range(n) if chat[i]]
     prompt_ids: list[Ids] = [[] for _ in range(n)]
     for index, special in ((text_rows, True), (chat_rows, False)):
         if index:
-            ids = tokenizer([prompt_texts[i] for i in index], add_special_tokens=special)["input_ids"]
-            for i, row_ids in zip(index, ids):
-                prompt_ids[i] = list(row_ids)
+            unique = list(dict.fromkeys(prompt_texts[i] for i in index))
+            ids = dict(zip(unique, tokenizer(unique, add_special_tokens=special)["input_ids"]))
+            for i in index:
+                prompt_ids[i] = list(ids[prompt_texts[i]])
     completion_ids = [list(ids) for ids in tokenizer(completion_texts, add_special_tokens=False)["input_ids"]]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     for i in range(n):
@@ -260,6 +267,80 @@ def truncate(prompt_ids: Ids, completion_ids: Ids, max_length: int, max_prompt_l
     return prompt_ids, completion_ids, cut_prompt, cut_completion
 
 
+def _json_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def encoding_key(prompt: Text, completion: Text, tools: Any = None) -> tuple:
+    """What a row's ``(prompt ids, completion ids)`` depend on, as a dict key: plain texts as they are (their
+    tools are never rendered), chat messages and their tools as JSON."""
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return prompt, completion
+    return _json_key(prompt), _json_key(completion), _json_key(tools)
+
+
+ENCODED = "_encoded_rows"  # the batch key under which RowEncoder leaves its rows
+
+
+class EncodedRows:
+    """Rows tokenised when their batch was collated, by :func:`encoding_key`. Not a mapping or a sequence,
+    so that Lightning moves the batch to the device without walking every token id."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: dict[tuple, tuple[Ids, Ids]]) -> None:
+        self.rows = rows
+
+    def encode(self, tokenizer, prompts: list[Text], completions: list[Text], tools: list | None = None,
+               rows: list[int] | None = None) -> list[tuple[Ids, Ids]]:
+        """:func:`encode_rows` of these rows: the ones tokenised at collate looked up, the others tokenised now."""
+        tools = tools if tools is not None else [None] * len(prompts)
+        found = [self.rows.get(encoding_key(p, c, t)) for p, c, t in zip(prompts, completions, tools)]
+        missing = [i for i, row in enumerate(found) if row is None]
+        if missing:
+            fresh = encode_rows(tokenizer, [prompts[i] for i in missing], [completions[i] for i in missing],
+                                [tools[i] for i in missing], [rows[i] for i in missing] if rows is not None else None)
+            for i, row in zip(missing, fresh):
+                found[i] = row
+        return [(list(p), list(c)) for p, c in found]  # copies: truncation and packing must not edit the cache
+
+
+class RowEncoder:
+    """Tokenises a collated batch for the views that read its columns, so that the DataLoader does it (in its
+    worker processes when ``data.num_workers > 0``) instead of the training step: ``batch[ENCODED]`` gets the
+    untruncated rows. The step looks each row up by its text and tokenises what it does not find (sampled
+    completions, a view a subclass changed), so the result is the same either way. A row that fails to
+    tokenise leaves the batch as it was: the step then raises the error, naming the row."""
+
+    def __init__(self, tokenizer, views: list) -> None:
+        self.tokenizer = tokenizer
+        self.views = [v for v in views if not v.sampled and v.condition is None]
+
+    def __call__(self, batch: dict) -> dict:
+        prompts = batch.get("prompt")
+        if not prompts:
+            return batch
+        n = len(prompts)
+        tools, index = batch_rows(batch, n)
+        todo: dict[tuple, tuple] = {}
+        for view in self.views:
+            if view.source not in batch:  # a predict batch holds prompts only
+                continue
+            completions = view.completions(batch)
+            for i, (p, c) in enumerate(zip(prompts, completions)):
+                t = tools[i] if tools is not None else None
+                todo.setdefault(encoding_key(p, c, t), (p, c, t, index[i] if index is not None else None))
+        if not todo:
+            return batch
+        p, c, t, r = (list(column) for column in zip(*todo.values()))
+        try:
+            encoded = encode_rows(self.tokenizer, p, c, t, r if index is not None else None)
+        except Exception:  # noqa: BLE001 - the step tokenises these rows again and raises with its context
+            return batch
+        batch[ENCODED] = EncodedRows(dict(zip(todo, encoded)))
+        return batch
+
+
 def batch_rows(batch: dict[str, Any], n: int) -> tuple[list | None, list[int] | None]:
     """A batch's ``tools`` (one entry per row) and row ``index`` values, when it has them."""
     tools = batch.get("tools")
@@ -270,12 +351,16 @@ def batch_rows(batch: dict[str, Any], n: int) -> tuple[list | None, list[int] | 
 
 
 __all__ = [
+    "ENCODED",
     "STANDARD_ROLES",
+    "EncodedRows",
+    "RowEncoder",
     "batch_rows",
     "chat_template_of",
     "check_roles",
     "completion_texts",
     "encode_rows",
+    "encoding_key",
     "identical_pairs",
     "may_be_identical",
     "read_chat_template",

@@ -5,11 +5,13 @@ What a row is (text pairs, unpaired text, image pairs ...) is the layout's busin
 and batches. Tokenizing, image processing and noise drawing are the backbone's job
 (`backbone.prepare`), so a batch is still text, chat messages or images, each numeric column a float
 tensor, and ``index``, the row's position in its dataset, by which scores computed once (a precomputed
-reference) are found again.
+reference) are found again. A backbone may do part of that work as batches are collated, in the loader's
+worker processes (``batch_transform``, from `Backbone.loader_transform`: a token backbone's tokenising).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import datasets
@@ -97,6 +99,9 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
         self.skipped: dict[str, int] = {}
+        # Work on each collated batch the loaders' workers do for the backbone (tokenising); the module
+        # sets it at setup from `backbone.loader_transform`.
+        self.batch_transform: Callable[[dict], dict] | None = None
         self._built = False
 
     @property
@@ -208,7 +213,7 @@ class PreferenceDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            collate_fn=self.collate,
+            collate_fn=self.collate if self.batch_transform is None else Collate(self.collate, self.batch_transform),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -234,6 +239,16 @@ class PreferenceDataModule(L.LightningDataModule):
         keep = ["prompt", "index", "images", "tools", "prompt_speech", "prompt_text"]
         ds = ds.select_columns([c for c in ds.column_names if c in keep or c.startswith(HIDDEN_PREFIX)])
         return self._loader(ds, self.eval_batch_size, shuffle=False)
+
+
+class Collate:
+    """The layout's collate, then a transform of the batch (picklable, for DataLoader workers)."""
+
+    def __init__(self, collate: Callable[[list[dict]], dict], transform: Callable[[dict], dict]) -> None:
+        self.collate, self.transform = collate, transform
+
+    def __call__(self, rows: list[dict]) -> dict:
+        return self.transform(self.collate(rows))
 
 
 class EpochRandomSampler(DistributedSampler):
