@@ -68,6 +68,7 @@ from benchmarks.setups.tiny_llama import (
     add_size_options,
     build_model,
     check_tokenization,
+    group_by_length,
     resolve_size,
     tokenizer_dir,
     write_pairs,
@@ -418,6 +419,9 @@ def parse_args(argv=None):
     p.add_argument("--profile", type=int, default=0,
                    help="torch.profiler over this many steps after the warm-up in each worker; prints the top ops"
                         " (the timings of such a run are not for reporting)")
+    p.add_argument("--group-by-length", type=int, default=0, metavar="N",
+                   help="order the pairs as alignsuite's data.group_by_length N orders an epoch, for both arms"
+                        " (each reads the file in order): rows of similar length share a step")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader worker processes in both arms: alignsuite tokenises each batch in them (TRL"
                         " tokenises the whole dataset before training), TRL only collates there")
@@ -452,6 +456,8 @@ def main(argv=None) -> None:
         data_info = write_pairs(data, words, args.steps * args.batch_size, args.max_length, args.seed,
                                 args.prompt_words, args.completion_words)
         pairs, b = data_info.pop("pair_tokens"), args.batch_size
+        if args.group_by_length:
+            pairs = [pairs[i] for i in group_by_length(data, b, args.group_by_length, args.seed)]
         step_flops = [harness.dpo_step_flops(model, pairs[i * b : (i + 1) * b], args.lora, not args.precompute_ref)
                       for i in range(args.steps)]
         peak = args.peak_tflops or (harness.bf16_peak_tflops(harness.gpu_name()) if args.device == "cuda" and args.bf16
@@ -463,7 +469,7 @@ def main(argv=None) -> None:
             "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "max_length": args.max_length,
             "prompt_words": args.prompt_words, "completion_words": args.completion_words,
             "lr": args.lr, "beta": args.beta, "max_grad_norm": args.max_grad_norm, "threads": args.threads,
-            "workers": args.workers,
+            "workers": args.workers, "group_by_length": args.group_by_length,
             "lora": args.lora, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "seed": args.seed,
             "alignsuite_plain": args.alignsuite_plain, "no_share_prompt": args.no_share_prompt,
             "no_pack_rows": args.no_pack_rows,

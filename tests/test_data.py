@@ -4,6 +4,7 @@ rows name their file, row and field, and batches carry what the backbones and re
 from __future__ import annotations
 
 import json
+import random
 
 import datasets
 import pytest
@@ -467,9 +468,57 @@ def test_sampler_shards_one_seeded_permutation_per_epoch():
     assert len(odd[0]) == len(odd[1]) == 3 and set(odd[0] + odd[1]) == set(range(5))  # padded to equal shards
 
 
-def test_train_loader_resumes_after_the_batches_it_handed_out(tmp_path):
-    rows = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(20)]
-    dm = make_dm(write_jsonl(tmp_path / "t.jsonl", rows), batch_size=4)
+def test_length_grouped_steps_hold_rows_of_similar_length_on_every_rank():
+    from alignsuite.data import EpochRandomSampler
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 1000) for _ in range(96)]
+    rows = list(range(96))
+
+    def steps(seed, epoch, replicas=1, group=4):
+        shards = [EpochRandomSampler(rows, seed, replicas, r, lengths, batch_size=4, group_batches=group) for r in range(replicas)]
+        for s in shards:
+            s.set_epoch(epoch)
+        orders = [list(s) for s in shards]
+        return [sum((o[i : i + 4] for o in orders), []) for i in range(0, len(orders[0]), 4)]  # one list per step
+
+    grouped, plain = steps(0, 0), steps(0, 0, group=0)
+    assert sorted(sum(grouped, [])) == rows  # every row once
+    assert plain == [list(EpochRandomSampler(rows, 0))[i : i + 4] for i in range(0, 96, 4)]  # 0: the plain shuffle
+
+    def spread(step_rows):  # mean over steps of (longest - shortest) in a step
+        return sum(max(lengths[i] for i in s) - min(lengths[i] for i in s) for s in step_rows) / len(step_rows)
+
+    assert spread(grouped) < spread(plain) / 3
+    assert steps(0, 0) == grouped and steps(0, 1) != grouped and steps(1, 0) != grouped  # (seed, epoch) alone
+    # Each window of 4 steps holds the same rows as the plain shuffle's window, its steps in shuffled order.
+    plain_order, longest_first = sum(plain, []), 0
+    for w in range(0, 24, 4):
+        window = sum(grouped[w : w + 4], [])
+        assert sorted(window) == sorted(plain_order[w * 4 : (w + 4) * 4])
+        longest_first += sorted(window, key=lambda i: -lengths[i]) == window
+    assert longest_first < 6  # the steps are shuffled, not always longest first
+    # Two processes: every global step is one length-sorted slice, shared between the ranks.
+    two = steps(0, 0, replicas=2)
+    assert sorted(sum(two, [])) == rows and spread(two) < spread(steps(0, 0, replicas=2, group=0)) / 3
+
+
+def test_group_by_length_reaches_the_train_loader(tmp_path):
+    rows = [{"prompt": "p" * (i % 7), "chosen": "c" * (3 * i + 1), "rejected": "r"} for i in range(40)]
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    loader = make_dm(path, batch_size=4, group_by_length=5).train_dataloader()
+    assert loader.sampler.lengths == [i % 7 + 3 * i + 1 for i in range(40)]  # prompt + the longer answer
+    batches = [b["index"].tolist() for b in loader]
+    assert sorted(sum(batches, [])) == list(range(40))
+    assert all(max(b) - min(b) < 20 for b in batches)  # here a row's length grows with its index
+    with pytest.raises(ValueError, match="data.group_by_length must be 0"):
+        make_dm(path, group_by_length=-1)
+
+
+@pytest.mark.parametrize("group_by_length", [0, 2])
+def test_train_loader_resumes_after_the_batches_it_handed_out(tmp_path, group_by_length):
+    rows = [{"prompt": f"p{i}", "chosen": f"c{i}" * (i % 5 + 1), "rejected": f"r{i}"} for i in range(20)]
+    dm = make_dm(write_jsonl(tmp_path / "t.jsonl", rows), batch_size=4, group_by_length=group_by_length)
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(2)
     full = [b["index"].tolist() for b in loader]
@@ -477,7 +526,8 @@ def test_train_loader_resumes_after_the_batches_it_handed_out(tmp_path):
     next(it), next(it)
     state = loader.state_dict()
     assert state == {"epoch": 2, "batches": 2, "batch_size": 4, "num_replicas": 1}
-    resumed = make_dm(write_jsonl(tmp_path / "t.jsonl", rows), batch_size=4).train_dataloader()
+    resumed = make_dm(write_jsonl(tmp_path / "t.jsonl", rows), batch_size=4,
+                      group_by_length=group_by_length).train_dataloader()
     resumed.load_state_dict(state)
     resumed.sampler.set_epoch(2)
     assert [b["index"].tolist() for b in resumed] == full[2:]

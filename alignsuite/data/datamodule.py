@@ -43,6 +43,10 @@ class PreferenceDataModule(L.LightningDataModule):
         batch_size: rows per training batch (at least 2 for unpaired layouts: KTO compares rows).
         eval_batch_size: rows per validation/test/predict batch (default ``batch_size``).
         num_workers: DataLoader worker processes.
+        group_by_length: 0 shuffles rows freely. N > 0 puts rows of similar length (characters of the prompt
+            and its longest answer) in the same training step: the shuffle is sorted by length within windows
+            of N steps, whose steps are then shuffled (see `EpochRandomSampler`). Batches carry less padding and
+            packed rows are narrower; steps are less mixed. Transformers' ``group_by_length`` uses 50.
         max_train_rows: keep only the first rows of the train set (smoke runs).
         max_val_rows: keep only the first rows of the validation set.
         seed: seed of the held-out split and of the shuffle (one order per epoch).
@@ -61,6 +65,7 @@ class PreferenceDataModule(L.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        group_by_length: int = 0,
         max_train_rows: int | None = None,
         max_val_rows: int | None = None,
         seed: int = 0,
@@ -80,6 +85,8 @@ class PreferenceDataModule(L.LightningDataModule):
                       max_val_rows=max_val_rows)
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        if isinstance(group_by_length, bool) or not isinstance(group_by_length, int) or group_by_length < 0:
+            raise ValueError(f"data.group_by_length must be 0 (off) or a number of steps per window, got {group_by_length!r}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if layout.row_kind == "unpaired":
@@ -94,6 +101,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.group_by_length = group_by_length
         self.max_rows = {"train": max_train_rows, "val": max_val_rows}
         self.seed = seed
         self.train_set: datasets.Dataset | None = None
@@ -203,7 +211,9 @@ class PreferenceDataModule(L.LightningDataModule):
             # Lightning leaves a DistributedSampler in place, so under DDP each rank takes its shard of the
             # permutation of (data.seed, epoch) rather than the Trainer-seeded sampler Lightning would inject.
             shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
-            sampler = EpochRandomSampler(ds, self.seed, shard.get("num_replicas", 1), shard.get("rank", 0))
+            lengths = row_lengths(ds) if self.group_by_length else None
+            sampler = EpochRandomSampler(ds, self.seed, shard.get("num_replicas", 1), shard.get("rank", 0),
+                                         lengths, batch_size, self.group_by_length)
             loader = ResumableDataLoader
         else:
             sampler, loader = None, DataLoader
@@ -256,17 +266,42 @@ class EpochRandomSampler(DistributedSampler):
     never stopped (Lightning calls ``set_epoch`` at every epoch). With ``num_replicas`` processes each
     ``rank`` takes every ``num_replicas``-th row of the same permutation (padded to equal shards, as
     ``DistributedSampler`` does); with one it is the whole permutation. ``start`` skips that many of this
-    rank's rows of the epoch (a mid-epoch resume, set by `ResumableDataLoader`)."""
+    rank's rows of the epoch (a mid-epoch resume, set by `ResumableDataLoader`).
 
-    def __init__(self, data_source, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    Grouped by length (``lengths`` and ``group_batches`` given): the permutation is cut into windows of
+    ``group_batches`` optimizer steps' rows (``batch_size`` x ``num_replicas`` each); a window's rows are
+    sorted by length, cut into steps, and the steps shuffled within the window. Each step then holds rows
+    of similar length on every rank, and the epoch still holds every row once, in an order that depends on
+    (seed, epoch) alone."""
+
+    def __init__(self, data_source, seed: int, num_replicas: int = 1, rank: int = 0,
+                 lengths: list[int] | None = None, batch_size: int = 1, group_batches: int = 0) -> None:
         super().__init__(data_source, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if lengths is not None and len(lengths) != len(data_source):
+            raise ValueError(f"lengths has {len(lengths)} values for {len(data_source)} rows")
         self.data_source, self.start = data_source, 0
+        self.lengths, self.batch_size, self.group_batches = lengths, batch_size, group_batches
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.data_source), generator=generator).tolist()
+        if self.lengths is not None and self.group_batches > 0:
+            order = self._grouped(order, generator)
         order += order[: self.total_size - len(order)]  # padding; none with one process
         yield from order[self.rank : self.total_size : self.num_replicas][self.start :]
+
+    def _grouped(self, order: list[int], generator: torch.Generator) -> list[int]:
+        step = self.batch_size * self.num_replicas
+        window = step * self.group_batches
+        out = []
+        for w in range(0, len(order), window):
+            rows = sorted(order[w : w + window], key=lambda i: -self.lengths[i])
+            steps = [rows[i : i + step] for i in range(0, len(rows), step)]
+            full = steps if len(steps[-1]) == step else steps[:-1]  # a short last step stays last
+            for k in torch.randperm(len(full), generator=generator).tolist():
+                out += full[k]
+            out += steps[-1] if len(steps[-1]) != step else []
+        return out
 
 
 class ResumableDataLoader(DataLoader):
@@ -307,6 +342,25 @@ class ResumableDataLoader(DataLoader):
         for batch in super().__iter__():
             self.position += 1
             yield batch
+
+
+def text_length(value) -> int:
+    """Characters of a text, of chat messages' contents, or of a list of either (k ranked responses)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return text_length(value.get("content", ""))
+    if isinstance(value, list):
+        return sum(text_length(v) for v in value)
+    return 0
+
+
+def row_lengths(ds: datasets.Dataset) -> list[int]:
+    """Each row's characters of prompt plus its longest answer column: the length `group_by_length` sorts by."""
+    answers = [c for c in ("chosen", "rejected", "completion", "responses") if c in ds.column_names]
+    prompts = ds["prompt"] if "prompt" in ds.column_names else [""] * len(ds)
+    columns = [ds[c] for c in answers]
+    return [text_length(p) + max((text_length(col[i]) for col in columns), default=0) for i, p in enumerate(prompts)]
 
 
 def _check_counts(**counts: int | None) -> None:
