@@ -45,8 +45,8 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         group_by_length: 0 shuffles rows freely. N > 0 puts rows of similar length (characters of the prompt
             and its longest answer) in the same training step: the shuffle is sorted by length within windows
-            of N steps, whose steps are then shuffled (see `EpochRandomSampler`). Batches carry less padding and
-            packed rows are narrower; steps are less mixed. Transformers' ``group_by_length`` uses 50.
+            of N steps, whose steps are then shuffled (see `EpochRandomSampler`). Batches of one row per
+            sequence carry less padding; steps are less mixed. Transformers' ``group_by_length`` uses 50.
         max_train_rows: keep only the first rows of the train set (smoke runs).
         max_val_rows: keep only the first rows of the validation set.
         seed: seed of the held-out split and of the shuffle (one order per epoch).
