@@ -515,6 +515,17 @@ def test_group_by_length_reaches_the_train_loader(tmp_path):
         make_dm(path, group_by_length=-1)
 
 
+def test_row_lengths_read_text_and_chat_columns_only():
+    from alignsuite.data.datamodule import row_lengths
+
+    chat = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}],
+                                        "chosen": [{"role": "assistant", "content": "abc"}],
+                                        "rejected": [{"role": "assistant", "content": "a"}]}])
+    assert row_lengths(chat) == [2 + 3]
+    tokens = datasets.Dataset.from_list([{"prompt": "abcd", "chosen": [1, 2, 3], "rejected": [4]}])
+    assert row_lengths(tokens) == [4]  # speech tokens (or images, audio) are not text: the prompt alone
+
+
 @pytest.mark.parametrize("group_by_length", [0, 2])
 def test_train_loader_resumes_after_the_batches_it_handed_out(tmp_path, group_by_length):
     rows = [{"prompt": f"p{i}", "chosen": f"c{i}" * (i % 5 + 1), "rejected": f"r{i}"} for i in range(20)]

@@ -297,10 +297,10 @@ class EpochRandomSampler(DistributedSampler):
         for w in range(0, len(order), window):
             rows = sorted(order[w : w + window], key=lambda i: -self.lengths[i])
             steps = [rows[i : i + step] for i in range(0, len(rows), step)]
-            full = steps if len(steps[-1]) == step else steps[:-1]  # a short last step stays last
-            for k in torch.randperm(len(full), generator=generator).tolist():
-                out += full[k]
-            out += steps[-1] if len(steps[-1]) != step else []
+            short = steps.pop() if len(steps[-1]) < step else []  # a short last step stays last
+            for k in torch.randperm(len(steps), generator=generator).tolist():
+                out += steps[k]
+            out += short
         return out
 
 
@@ -355,11 +355,23 @@ def text_length(value) -> int:
     return 0
 
 
+def _is_text(feature) -> bool:
+    """A text column, or one of chat messages (or a list of either): the columns `row_lengths` reads."""
+    if isinstance(feature, datasets.Value):
+        return feature.dtype in ("string", "large_string")
+    if isinstance(feature, dict):
+        return "content" in feature and _is_text(feature["content"])
+    inner = getattr(feature, "feature", None)  # List, LargeList, Sequence
+    return inner is not None and _is_text(inner)
+
+
 def row_lengths(ds: datasets.Dataset) -> list[int]:
-    """Each row's characters of prompt plus its longest answer column: the length `group_by_length` sorts by."""
-    answers = [c for c in ("chosen", "rejected", "completion", "responses") if c in ds.column_names]
-    prompts = ds["prompt"] if "prompt" in ds.column_names else [""] * len(ds)
-    columns = [ds[c] for c in answers]
+    """Each row's characters of prompt plus its longest answer column: the length `group_by_length` sorts by.
+    Only text and chat columns are read; images, audio and token columns (never decoded here) count 0."""
+    text = [c for c in ("prompt", "chosen", "rejected", "completion", "responses")
+            if c in ds.column_names and _is_text(ds.features[c])]
+    prompts = ds["prompt"] if "prompt" in text else [""] * len(ds)
+    columns = [ds[c] for c in text if c != "prompt"]
     return [text_length(p) + max((text_length(col[i]) for col in columns), default=0) for i, p in enumerate(prompts)]
 
 

@@ -186,10 +186,12 @@ def group_by_length(path: Path, batch_size: int, group_batches: int, seed: int) 
     """Rewrites the pairs file in the order ``data.group_by_length: group_batches`` gives its first epoch
     (alignsuite's sampler, by characters of prompt and longer answer), so that every arm, reading the file in
     order, sees the same length-grouped batches; returns the new order (old row positions)."""
-    from alignsuite.data.datamodule import EpochRandomSampler, text_length
+    import datasets
+
+    from alignsuite.data.datamodule import EpochRandomSampler, row_lengths
 
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    lengths = [text_length(r["prompt"]) + max(text_length(r["chosen"]), text_length(r["rejected"])) for r in rows]
+    lengths = row_lengths(datasets.Dataset.from_list(rows))
     order = list(EpochRandomSampler(rows, seed, lengths=lengths, batch_size=batch_size, group_batches=group_batches))
     path.write_text("".join(json.dumps(rows[i]) + "\n" for i in order))
     return order
