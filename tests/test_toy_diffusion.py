@@ -156,26 +156,6 @@ def test_untrained_pipeline_saves_loads_and_samples(tmp_path):
     assert [np.asarray(a).tolist() for a in images] == [np.asarray(b).tolist() for b in again]
 
 
-@pytest.mark.slow
-def test_base_model_draws_both_colours_about_half_the_time(tmp_path, monkeypatch):
-    """Builds the real base model (minutes on CPU) and samples the 64 evaluation prompts."""
-    from diffusers import DiffusionPipeline
-
-    from alignsuite.toy import resolve_toy_model
-
-    monkeypatch.setenv("ALIGNSUITE_CACHE", str(tmp_path))
-    world = SquaresWorld()
-    pipe = DiffusionPipeline.from_pretrained(resolve_toy_model("diffusion"))
-    pipe.set_progress_bar_config(disable=True)
-    prompts = world.eval_prompts(64, seed=1234)
-    images = pipe(prompts, generator=torch.Generator().manual_seed(0), **world.generation_kwargs).images
-    colours = [square_colour(p, im) for p, im in zip(prompts, images)]
-    reward = float(np.mean([world.reward(p, im) for p, im in zip(prompts, images)]))
-    assert 0.3 <= colours.count("red") / 64 <= 0.7
-    assert 0.3 <= colours.count("blue") / 64 <= 0.7
-    assert 0.3 <= reward <= 0.7
-
-
 def run_toy_recipe(tmp_path, name, *overrides):
     """A shipped toy recipe through the CLI; returns ``(step, val/toy_reward)`` at each validation."""
     import csv

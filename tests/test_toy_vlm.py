@@ -132,26 +132,15 @@ def test_the_toy_datamodule_reads_the_world_with_the_vision_pairs_layout():
     assert isinstance(layout_for("vision_language", False), VisionPairs)
 
 
-@pytest.mark.slow
-def test_the_base_model_is_partly_grounded():
-    """Built once (about 45 s on one core) and cached: right on large shapes, the prior on most small ones."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from alignsuite.toy import resolve_toy_model
-
-    path = resolve_toy_model("vlm")
-    model, processor = AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
-    world = ShapesWorld()
-    metrics = world.evaluate(lambda p, images: generate_answers(model, processor, p, images), world.eval_prompts(96, 1234))
-    assert 0.4 <= metrics["reward"] <= 0.75
-    assert 0.3 <= metrics["image_sensitivity"] <= 0.85
-    assert metrics["hallucination"] >= 0.4
-
-
 def test_mdpo_makes_the_toy_vlm_look_at_the_image(tmp_path):
-    """The toy mDPO recipe as shipped, to its first validation (16 steps): the answers follow the image more
-    (the base model's image sensitivity is 0.52) and name the shape's usual colour less where the image
-    contradicts it (hallucination 0.54). The README compares DPO and mDPO over the whole run."""
+    """The toy mDPO recipe as shipped, to its first validation (16 steps), from the shipped base (reward 0.646,
+    image sensitivity 0.542, hallucination 0.472 on greedy answers, the same on any CPU up to a near tie).
+
+    Seeds 0-3 (``--seed_everything N --data.init_args.seed N``: other pairs, another shuffle) raised the image
+    sensitivity by 0.094 / 0.042 / 0.156 / 0.177 and lowered hallucination by 0.069 / 0.194 / 0.236 / 0.208:
+    both moved the right way in every seed, and together by at least 0.163. A seed changes far more than a
+    CPU's float kernels do, so the bound keeps half the smallest sum. The README compares DPO and mDPO over
+    the whole run."""
     import csv
     import glob
     import os
@@ -166,6 +155,7 @@ def test_mdpo_makes_the_toy_vlm_look_at_the_image(tmp_path):
                 for r in rows if r.get("val/image_sensitivity")]
     (step0, sensitivity0, hallucination0), (step, sensitivity, hallucination) = measured[0], measured[-1]
     assert (step0, step) == (0, 15)
-    assert sensitivity > sensitivity0 + 0.05
-    assert hallucination < hallucination0 - 0.15
+    assert (sensitivity0, hallucination0) == pytest.approx((0.542, 0.472), abs=0.03), measured[0]
+    assert sensitivity > sensitivity0 and hallucination < hallucination0, measured
+    assert (sensitivity - sensitivity0) + (hallucination0 - hallucination) > 0.08, measured
     assert [float(r["train/rewards/imageless_accuracy"]) for r in rows if r.get("train/rewards/imageless_accuracy")]

@@ -1,8 +1,11 @@
 """Toy worlds: tiny models, generated preference data and a programmatic reward, for every modality.
 
-A toy model is named ``toy:<world>`` wherever a checkpoint path goes. It is trained once, on first use,
-and kept as an ordinary ``save_pretrained`` folder in ``$ALIGNSUITE_CACHE`` (default
-``~/.cache/alignsuite``), so from then on it loads through exactly the code a real checkpoint takes.
+A toy model is named ``toy:<world>`` wherever a checkpoint path goes. Each world's base model ships with the
+package as an ordinary ``save_pretrained`` folder (``bases/<world>-<version>/``), so it loads through exactly
+the code a real checkpoint takes and is the same model on every machine: trained on one CPU, its figures
+reproduce on any other. ``python -m alignsuite.toy.rebuild`` trains them again from their code. A world whose
+base is not shipped (a new version being worked on) is trained once, on first use, and kept in
+``$ALIGNSUITE_CACHE`` (default ``~/.cache/alignsuite``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from alignsuite.toy.tts import SpeechFlowWorld, SpeechTokenWorld
 from alignsuite.toy.vlm import ShapesWorld
 
 _WORLDS = {"llm": EchoWorld, "diffusion": SquaresWorld, "vlm": ShapesWorld, "tts": SpeechTokenWorld, "tts_flow": SpeechFlowWorld}
+
+
+def known_worlds() -> list[str]:
+    return sorted(_WORLDS)
 
 
 def get_world(name: str):
@@ -39,24 +46,41 @@ def cache_root() -> str:
     return os.path.expanduser(os.environ.get("ALIGNSUITE_CACHE", "~/.cache/alignsuite"))
 
 
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bases")
+
+
+def shipped_path(name: str, suffix: str = "") -> str:
+    """Where the package keeps toy world ``name``'s base model (or, with ``suffix``, a file made from it)."""
+    return os.path.join(SHIPPED, f"{name}-{get_world(name).version}{suffix}")
+
+
 def resolve_toy_model(name: str) -> str:
-    """The folder of toy world ``name``'s base model, building it first if it is not there yet."""
+    """The folder of toy world ``name``'s base model: the shipped one, else one trained here once and cached."""
+    shipped = shipped_path(name)
+    if os.path.isdir(shipped):
+        return shipped
+    path = os.path.join(cache_root(), "toy", os.path.basename(shipped))
+    if not os.path.isdir(path):
+        build_base_model(name, path)
+    return path
+
+
+def build_base_model(name: str, path: str) -> str:
+    """Train toy world ``name``'s base model into the folder ``path`` (replaced whole only once it is done)."""
     from filelock import FileLock
 
-    world = get_world(name)
-    path = os.path.join(cache_root(), "toy", f"{name}-{world.version}")
-    if os.path.isdir(path):
-        return path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
     with FileLock(path + ".lock"):  # several processes may ask at once; one builds
         if not os.path.isdir(path):
-            tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{name}-")
+            tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}-")
             try:
-                world.build_base_model(tmp)
+                get_world(name).build_base_model(tmp)
                 os.replace(tmp, path)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
-__all__ = ["EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData", "cache_root", "get_world", "resolve_toy_model"]
+__all__ = ["EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData", "build_base_model", "cache_root", "get_world", "known_worlds",
+           "resolve_toy_model", "shipped_path"]

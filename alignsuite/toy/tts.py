@@ -102,27 +102,36 @@ class SpeechWorld:
         return speech.ToyVocoder()
 
     # ------------------------------------------------------------- preference pairs from the base model
-    def backbone(self):
+    def backbone(self, path: str | None = None):
+        """The world's backbone over the base model in folder ``path`` (default: the world's own)."""
         raise NotImplementedError
 
     def make_pairs(self, n: int, seed: int) -> list[dict]:
-        """``n`` INTP rows built from the base model's own samples (fewer if too few items disagree)."""
+        """``n`` INTP rows built from the base model's own samples (fewer if too few items disagree).
+
+        The recipe's pairs ship beside the shipped base model (sampling and the recogniser's verdicts move with a
+        CPU's float kernels, so the same base could give other pairs elsewhere); any other size or seed is built
+        on first use and cached."""
         from filelock import FileLock
 
-        from alignsuite.toy import cache_root
+        from alignsuite.toy import cache_root, shipped_path
 
-        path = os.path.join(cache_root(), "toy", f"{self.name}-{self.version}-pairs-{n}-{seed}.jsonl")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with FileLock(path + ".lock"):
-            if not os.path.isfile(path):
-                self._build_pairs(path, n, seed)
+        name = f"-pairs-{n}-{seed}.jsonl"
+        path = shipped_path(self.name, name)
+        if not os.path.isfile(path):
+            path = os.path.join(cache_root(), "toy", os.path.basename(path))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with FileLock(path + ".lock"):
+                if not os.path.isfile(path):
+                    self.write_pairs(path, n, seed)
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f]
 
-    def _build_pairs(self, path: str, n: int, seed: int, num_samples: int = 6) -> None:
+    def write_pairs(self, path: str, n: int, seed: int, base: str | None = None, num_samples: int = 6) -> None:
+        """Sample, judge and write ``n`` pairs from the base model in folder ``base`` (default: the world's own)."""
         from alignsuite.speech.pairs import build_pairs, write_jsonl
 
-        backbone = self.backbone()
+        backbone = self.backbone(base)
         backbone.configure()
         backbone.policy.eval()
         rng = random.Random(f"pairs-{seed}")
@@ -145,11 +154,13 @@ class SpeechTokenWorld(SpeechWorld):
     backbone_args = {"speech_token_offset": OFFSET, "codebook_size": speech.CODEBOOK_SIZE,
                      "speech_start_token": SPEECH_START, "speech_end_token": SPEECH_END}
 
-    def backbone(self):
+    shipped_pairs = ((1024, 0), (64, 1_000_003))  # the toy recipe's train and validation pairs
+
+    def backbone(self, path: str | None = None):
         from alignsuite.backbones.speech_tokens import SpeechTokenLM
         from alignsuite.toy import resolve_toy_model
 
-        return SpeechTokenLM(resolve_toy_model(self.name), max_length=96, **self.backbone_args)
+        return SpeechTokenLM(path or resolve_toy_model(self.name), max_length=96, **self.backbone_args)
 
     def build_tokenizer(self):
         from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -221,6 +232,7 @@ class SpeechFlowWorld(SpeechWorld):
     noise = 0.1
     generation_kwargs = {"steps": 8}
     backbone_args = {"sample_steps": 8, "vocoder": "alignsuite.toy.speech.ToyVocoder"}
+    shipped_pairs = ((512, 0), (64, 1_000_003))  # the toy recipe's train and validation pairs
     model_config = {"n_mels": speech.N_MELS, "dim": 64, "depth": 4, "heads": 4, "ff_mult": 2, "text_dim": 32,
                     "text_conv_layers": 1, "sampling_rate": speech.SAMPLING_RATE, "hop_length": speech.FRAME_SAMPLES,
                     "n_fft": 2 * speech.FRAME_SAMPLES, "win_length": 2 * speech.FRAME_SAMPLES}
