@@ -17,9 +17,9 @@ import torch
 import yaml
 from torch import nn
 
-from alignsuite.backbones.causal_lm import resolve_model_path
 from alignsuite.cli import main
 from alignsuite.sharding import ShardingError, block_classes, check_sharded, local, shard_model
+from alignsuite.sources import resolve_model_path
 from test_cli import pair_file, recipe, weights  # noqa: F401  (fixture and helpers)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

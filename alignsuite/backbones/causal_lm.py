@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,6 +51,7 @@ from alignsuite.backbones.tokenize import (
     template_source,
     truncate,
 )
+from alignsuite.sources import resolve_model_path
 
 
 @dataclass
@@ -98,18 +98,6 @@ class TokenBatch:
         if key not in self._made:
             self._made[key] = packed_attention_mask(self.segments, attn_implementation, dtype)
         return self._made[key]
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """A local folder, a hub id, or ``toy:<world>`` (built on first use, see :mod:`alignsuite.toy`)."""
-    if name_or_path.startswith("toy:"):
-        from alignsuite.toy import resolve_toy_model
-
-        return resolve_toy_model(name_or_path[len("toy:") :])
-    looks_local = name_or_path.startswith((".", "/", "~")) or os.path.sep in name_or_path.strip("/").split("/", 1)[-1]
-    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise FileNotFoundError(f"model path {name_or_path!r} does not exist (expected a folder from save_pretrained)")
-    return os.path.expanduser(name_or_path)
 
 
 class CausalLM(Backbone):
