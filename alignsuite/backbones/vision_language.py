@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from alignsuite.backbones.base import ViewInputs
-from alignsuite.backbones.causal_lm import CausalLM, TokenBatch
+from alignsuite.backbones.causal_lm import CausalLM
 from alignsuite.backbones.lora import LoraSpec
+from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.tokenize import batch_rows, read_chat_template, render_chat, render_prompt
 from alignsuite.sources import resolve_model_path
 
