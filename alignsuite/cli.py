@@ -22,13 +22,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-from alignsuite.callbacks import (
-    AtomicCheckpointIO, CheckpointError, CheckpointOnPreemption, ExportError, ExportPretrained, PredictionWriter,
-    last_checkpoint_note,
-)
-from alignsuite.callbacks.checkpoint_io import load_checkpoint_file
+from alignsuite.callbacks import CheckpointOnPreemption, ExportError, ExportPretrained, PredictionWriter
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
+from alignsuite.checkpoint_io import AtomicCheckpointIO, CheckpointError, last_checkpoint_note, load_checkpoint_file
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 from alignsuite.sharding import FSDP2_RECIPE

@@ -13,6 +13,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
 from alignsuite.backbones.base import Backbone, ViewInputs
+from alignsuite.checkpoint_io import last_checkpoint_note
 from alignsuite.objectives import Objective, get_objective
 from alignsuite.reference import Reference, default_reference
 from alignsuite.sharding import (
@@ -248,8 +249,6 @@ class PreferenceModule(LightningModule):
         loss = self._step(batch, "train")
         bad = not bool(torch.isfinite(loss))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            from alignsuite.callbacks.checkpoint_io import last_checkpoint_note
-
             rows = batch["index"].tolist() if "index" in batch else "unknown"
             raise NonFiniteLossError(
                 f"the training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch},"

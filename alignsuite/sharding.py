@@ -24,6 +24,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+from alignsuite.checkpoint_io import atomic_io, first_non_finite
+
 FSDP2_RECIPE = "configs/strategy/fsdp2.yaml"
 
 
@@ -197,8 +199,6 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        from alignsuite.callbacks.checkpoint_io import atomic_io, first_non_finite
-
         path = Path(self.broadcast(str(filepath)))
         io = atomic_io(self)
         # Each rank checks its own shards; one non-finite shard anywhere and no rank writes.

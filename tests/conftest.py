@@ -49,18 +49,18 @@ def save_tiny_pipeline(path, kind: str, seed: int = 0) -> str:
     import diffusers
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from alignsuite.toy.squares import SquaresWorld
+    from alignsuite.toy.squares_base import SquaresBase
 
-    world = SquaresWorld()
+    parts = SquaresBase()  # the diffusion toy world's pipeline parts
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tok = world.build_tokenizer()
-        config = world.text_config(tok)
-        vae = world.build_vae()
+        tok = parts.build_tokenizer()
+        config = parts.text_config(tok)
+        vae = parts.build_vae()
         if kind == "sd":
             pipe = diffusers.StableDiffusionPipeline(
-                vae=vae, text_encoder=CLIPTextModel(config), tokenizer=tok, unet=world.build_unet(32),
-                scheduler=world.build_scheduler(), safety_checker=None, feature_extractor=None,
+                vae=vae, text_encoder=CLIPTextModel(config), tokenizer=tok, unet=parts.build_unet(32),
+                scheduler=parts.build_scheduler(), safety_checker=None, feature_extractor=None,
                 requires_safety_checker=False)
         elif kind == "sdxl":
             unet = diffusers.UNet2DConditionModel(
@@ -71,7 +71,7 @@ def save_tiny_pipeline(path, kind: str, seed: int = 0) -> str:
                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8)
             pipe = diffusers.StableDiffusionXLPipeline(
                 vae=vae, text_encoder=CLIPTextModel(config), text_encoder_2=CLIPTextModelWithProjection(config),
-                tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=world.build_scheduler())
+                tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=parts.build_scheduler())
         elif kind == "sd3":
             vae.register_to_config(shift_factor=0.1, scaling_factor=1.5)  # SD3's VAEs shift their latents
             transformer = diffusers.SD3Transformer2DModel(

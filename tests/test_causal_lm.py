@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignsuite.backbones import CausalLM, LoraSpec
-from alignsuite.backbones.causal_lm import selective_log_softmax
+from alignsuite.backbones.token_scoring import selective_log_softmax
 from alignsuite.reference import AdapterDisabled, FrozenCopy
 from conftest import save_tiny_lm
 from alignsuite.toy.llm import CHAT_TEMPLATE, SPECIAL, WORDS

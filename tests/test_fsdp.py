@@ -17,9 +17,9 @@ import torch
 import yaml
 from torch import nn
 
-from alignsuite.backbones.causal_lm import resolve_model_path
 from alignsuite.cli import main
 from alignsuite.sharding import ShardingError, block_classes, check_sharded, local, shard_model
+from alignsuite.sources import resolve_model_path
 from test_cli import pair_file, recipe, weights  # noqa: F401  (fixture and helpers)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -314,7 +314,7 @@ def test_a_sharded_save_that_dies_or_holds_a_nan_keeps_the_previous_checkpoint(t
     strategy.save_checkpoint({"global_step": 16}, last)  # the next save clears what the crash left
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt"] and (last / "__0_0.distcp").read_text() == "16"
 
-    from alignsuite.callbacks import AtomicCheckpointIO
+    from alignsuite.checkpoint_io import AtomicCheckpointIO
 
     strategy.checkpoint_io = AtomicCheckpointIO()
     strategy.save_checkpoint({"global_step": 20, "state_dict": {"w": torch.ones(2)}}, last)

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from alignsuite.backbones import CausalLM
-from alignsuite.callbacks import AtomicCheckpointIO
+from alignsuite.checkpoint_io import AtomicCheckpointIO
 from alignsuite.module import NonFiniteLossError, PreferenceModule
 from alignsuite.objectives import DPO, KTO, ObjectiveOutput
 from alignsuite.reference import FrozenCopy, Precomputed, SwappedCopy

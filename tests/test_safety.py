@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from alignsuite.callbacks import AtomicCheckpointIO, CheckpointError, last_checkpoint_note
+from alignsuite.checkpoint_io import AtomicCheckpointIO, CheckpointError, last_checkpoint_note
 from alignsuite.cli import main
 from test_cli import pair_file, recipe  # noqa: F401  (fixture and recipe builder)
 

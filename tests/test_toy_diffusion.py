@@ -12,7 +12,7 @@ from PIL import Image
 
 from alignsuite.toy import get_world
 from alignsuite.toy.squares import IMAGE_SIZE, POSITIONS, SquaresWorld, caption_for, draw_square, square_colour
-from alignsuite.toy.squares_base import MAX_TOKENS, WORDS
+from alignsuite.toy.squares_base import MAX_TOKENS, WORDS, SquaresBase
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -120,7 +120,7 @@ def test_generation_kwargs():
 def test_tokenizer_files_load_back_with_clip_tokenizer(tmp_path):
     from transformers import CLIPTokenizer
 
-    SquaresWorld.write_tokenizer_files(str(tmp_path))
+    SquaresBase.write_tokenizer_files(str(tmp_path))
     assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= {p.name for p in tmp_path.iterdir()}
     tok = CLIPTokenizer.from_pretrained(str(tmp_path))
     assert tok.model_max_length == MAX_TOKENS

@@ -13,6 +13,10 @@ the prompt keeps its last ``max_prompt_length`` tokens (the context nearest the 
 stays first), then the completion keeps its first ``max_length - len(prompt)`` tokens. A completion that
 would keep no token at all is an error, since it would have nothing to score. Pairs whose chosen and
 rejected rows are the same tokens once truncated are dropped at setup (:meth:`CausalLM.on_setup`).
+
+Beside this file, each one job: the batch it scores (:mod:`.token_batch`), loading the model and tokenizer
+(:mod:`.transformers_loading`), dropping the pairs truncation makes identical (:mod:`.identical_pairs`), and
+which tokens are scored and how rows are packed (:mod:`.token_scoring`).
 """
 
 from __future__ import annotations
@@ -20,25 +24,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import os
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import nn
 
 from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
+from alignsuite.backbones.identical_pairs import drop_identical_pairs
 from alignsuite.backbones.lora import LoraSpec
-from alignsuite.backbones.token_scoring import (
-    MASKED_ATTENTION,
-    Packing,
-    Targets,
-    head_at,
-    selective_log_softmax,
-    pack_rows,
-    packed_attention_mask,
-)
+from alignsuite.backbones.token_batch import TokenBatch
+from alignsuite.backbones.token_scoring import MASKED_ATTENTION, Packing, head_at, pack_rows, selective_log_softmax
 from alignsuite.backbones.tokenize import (
     ENCODED,
     EncodedRows,
@@ -47,69 +43,12 @@ from alignsuite.backbones.tokenize import (
     batch_rows,
     encode_rows,
     identical_pairs,
-    read_chat_template,
     render_prompt,
     template_source,
     truncate,
 )
-
-
-@dataclass
-class TokenBatch:
-    input_ids: Tensor  # [N, T], right-padded
-    attention_mask: Tensor  # [N, T]
-    completion_mask: Tensor  # [N, T]: 1 on the completion tokens that are scored
-    logits_to_keep: int  # the last positions that hold every scored token (and the one before)
-    prompt_mask: Tensor | None = None  # [N, T]: 1 on the prompt tokens scored (score_prompt rows), else None
-    extra: dict = field(default_factory=dict)  # further model inputs: pixel_values, image_grid_thw ...
-    # The packed layout (token_scoring.pack_rows): segment and position of every token; None in the plain layout.
-    segments: Tensor | None = None
-    position_ids: Tensor | None = None
-    # The scored tokens; derived from the masks when not given (the plain layout), once, where the batch is made.
-    targets: Targets | None = None
-    # What the batch's scorings share (the reference's and the policy's): its copy on each device, and the packed
-    # layout's attention mask in each form; made on first use.
-    _made: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.targets is None:
-            self.targets = Targets.from_masks(self.input_ids, self.completion_mask, self.prompt_mask)
-
-    def to(self, device) -> "TokenBatch":
-        """The batch on ``device``: itself if it is there, else a copy made once."""
-        device = torch.device(device)
-        if self.input_ids.device == device:
-            return self
-        if device not in self._made:
-            def move(t):
-                return t.to(device) if t is not None else None
-
-            extra = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
-            self._made[device] = TokenBatch(
-                self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
-                self.logits_to_keep, move(self.prompt_mask), extra, move(self.segments), move(self.position_ids),
-                self.targets.to(device),
-            )
-        return self._made[device]
-
-    def packed_mask(self, attn_implementation: str | None, dtype: torch.dtype):
-        """The packed layout's 4D attention mask (:func:`packed_attention_mask`), built once per form."""
-        key = ("mask", attn_implementation, dtype)
-        if key not in self._made:
-            self._made[key] = packed_attention_mask(self.segments, attn_implementation, dtype)
-        return self._made[key]
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """A local folder, a hub id, or ``toy:<world>`` (built on first use, see :mod:`alignsuite.toy`)."""
-    if name_or_path.startswith("toy:"):
-        from alignsuite.toy import resolve_toy_model
-
-        return resolve_toy_model(name_or_path[len("toy:") :])
-    looks_local = name_or_path.startswith((".", "/", "~")) or os.path.sep in name_or_path.strip("/").split("/", 1)[-1]
-    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise FileNotFoundError(f"model path {name_or_path!r} does not exist (expected a folder from save_pretrained)")
-    return os.path.expanduser(name_or_path)
+from alignsuite.backbones.transformers_loading import load_pretrained_model, load_tokenizer
+from alignsuite.sources import resolve_model_path
 
 
 class CausalLM(Backbone):
@@ -207,57 +146,12 @@ class CausalLM(Backbone):
 
     def _load_model(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
         path = resolve_model_path(source or self.model_name_or_path)
-        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
-        dtype = dtype or self.dtype
-        kwargs["dtype"] = dtype if dtype == "auto" else getattr(torch, dtype)
-        if self.attn_implementation:
-            kwargs["attn_implementation"] = self.attn_implementation
-        try:
-            model = self._empty_model(path, kwargs) if self.empty_weights else self._auto_model().from_pretrained(path, **kwargs)
-        except OSError as e:
-            raise OSError(f"cannot load model {path!r}: not a local save_pretrained folder, nor a reachable hub id ({e})") from e
-        if self.disable_dropout:
-            for m in model.modules():
-                if isinstance(m, nn.Dropout):
-                    m.p = 0.0
-                # Llama, Qwen2, Mistral, Gemma, Phi-3 ... apply attention dropout functionally, with a float
-                # probability copied from the config onto the attention module (`self.attention_dropout`), not
-                # through an nn.Dropout; zero those too. The config itself is left alone, so exports keep it.
-                for name, value in list(vars(m).items()):
-                    if "dropout" in name and isinstance(value, float):
-                        setattr(m, name, 0.0)
-        return model
-
-    def _empty_model(self, path: str, kwargs: dict[str, Any]) -> nn.Module:
-        """The model of ``path`` on the meta device, from its config alone (its generation settings too)."""
-        from transformers import AutoConfig, GenerationConfig
-
-        config = AutoConfig.from_pretrained(path, trust_remote_code=self.trust_remote_code)
-        if kwargs["dtype"] == "auto":  # the checkpoint's dtype, as from_pretrained reads it
-            kwargs = {**kwargs, "dtype": getattr(config, "dtype", None) or torch.float32}
-        with torch.device("meta"):
-            model = self._auto_model().from_config(config, **kwargs)
-        with contextlib.suppress(OSError):
-            model.generation_config = GenerationConfig.from_pretrained(path)
-        return model
+        return load_pretrained_model(self._auto_model(), path, dtype or self.dtype, self.attn_implementation,
+                                     self.trust_remote_code, self.empty_weights, self.disable_dropout)
 
     def _load_tokenizer(self):
-        from transformers import AutoTokenizer
-
         path = resolve_model_path(self.tokenizer_name_or_path or self.model_name_or_path)
-        try:
-            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
-        except OSError as e:
-            raise OSError(f"cannot load the tokenizer {path!r}: not a local folder, nor a reachable hub id ({e})") from e
-        if tok.pad_token is None:
-            # Padding positions are masked out of attention and scores, so any id will do; eos is the
-            # usual choice and avoids resizing the embeddings.
-            if tok.eos_token is None:
-                raise ValueError(f"tokenizer at {path!r} has neither a pad nor an eos token; give it one")
-            tok.pad_token = tok.eos_token
-        if self.chat_template is not None:
-            tok.chat_template = read_chat_template(self.chat_template)
-        return tok
+        return load_tokenizer(path, self.trust_remote_code, self.chat_template)
 
     def configure(self) -> None:
         if self.policy is not None:
@@ -390,51 +284,15 @@ class CausalLM(Backbone):
 
     # ---------------------------------------------------------------- setup: pairs truncation makes identical
     def on_setup(self, datamodule: Any) -> None:
-        """Drop the pairs whose chosen and rejected rows are the same tokens once truncated.
-
-        Their DPO-family loss is ``ln 2`` with no gradient at every step, like the pairs with chosen ==
-        rejected the data layer skips. Each split's ``index`` column is renumbered afterwards, since it means
-        "row position" (precomputed reference scores are stored and found by it). Counts per split are in
-        ``dropped_identical``; one warning names the rows.
-        """
+        """Drop the pairs whose chosen and rejected rows are the same tokens once truncated
+        (:func:`.identical_pairs.drop_identical_pairs`); counts per split are in ``dropped_identical``."""
         if getattr(datamodule, "row_kind", None) != "pairs":
             return
         if self.tokenizer is None:
             self.tokenizer = self._load_tokenizer()
-        dropped: dict[str, list[int]] = {}
-        for split in ("train", "val"):
-            ds = getattr(datamodule, f"{split}_set", None)
-            if ds is None or len(ds) == 0 or not {"prompt", "chosen", "rejected"} <= set(ds.column_names):
-                continue
-            fingerprint = getattr(ds, "_fingerprint", None)
-            if fingerprint is not None and self._checked_identical.get(split) == fingerprint:
-                continue  # setup runs once per stage; the data is already filtered
-            same = self._identical_pairs(ds, datamodule)
-            if same:
-                if len(same) == len(ds):
-                    raise ValueError(
-                        f"every {split} pair ({len(ds)}) has identical chosen and rejected tokens once truncated to"
-                        f" backbone.max_length={self.max_length} / max_prompt_length={self.max_prompt_length};"
-                        " nothing is left to learn from: raise the lengths"
-                    )
-                drop = set(same)
-                ds = ds.select([i for i in range(len(ds)) if i not in drop])
-                if "index" in ds.column_names:
-                    ds = ds.remove_columns("index").add_column("index", list(range(len(ds))))
-                setattr(datamodule, f"{split}_set", ds)
-                dropped[split] = same
-            self.dropped_identical[split] = self.dropped_identical.get(split, 0) + len(same)
-            self._checked_identical[split] = getattr(ds, "_fingerprint", None)
-        if dropped:
-            def rows(ids):
-                return ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
-
-            parts = "; ".join(f"{len(ids)} {split} pair(s) (rows {rows(ids)})" for split, ids in dropped.items())
-            rank_zero_warn(
-                f"dropped {parts} whose chosen and rejected answers are the same tokens once truncated to"
-                f" backbone.max_length={self.max_length} / max_prompt_length={self.max_prompt_length}: they would"
-                " train at loss ln 2 with no gradient. Counts are in backbone.dropped_identical."
-            )
+        limits = f"backbone.max_length={self.max_length} / max_prompt_length={self.max_prompt_length}"
+        drop_identical_pairs(datamodule, functools.partial(self._identical_pairs, datamodule=datamodule), limits,
+                             self.dropped_identical, self._checked_identical)
 
     def _identical_pairs(self, ds, datamodule) -> list[int]:
         """Positions of the pairs of ``ds`` whose truncated chosen and rejected token ids are equal."""

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
-from alignsuite.backbones.causal_lm import resolve_model_path
 from alignsuite.backbones.denoising import (
     DenoisingBatch, FlowMatching, SeededDraws, TimestepSampling, denoising_score, draw,
 )
@@ -33,6 +32,7 @@ from alignsuite.backbones.flow_tts_model import FlowTTSModel, encode_text, mel_s
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pipelines import AdaptersOff, cast_to, empty_model
 from alignsuite.backbones.vocoding import Vocoded, is_audio
+from alignsuite.sources import resolve_model_path
 
 Precision = Literal["float32", "bfloat16", "float16"]
 # "all-linear" for this model: attention, feed-forward and the adaLN modulations of the DiT blocks.

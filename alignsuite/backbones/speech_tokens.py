@@ -35,8 +35,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from alignsuite.backbones.base import ViewInputs
-from alignsuite.backbones.causal_lm import CausalLM, TokenBatch
+from alignsuite.backbones.causal_lm import CausalLM
 from alignsuite.backbones.lora import LoraSpec
+from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.tokenize import batch_rows
 from alignsuite.backbones.vocoding import Vocoded, is_audio
 from alignsuite.components import build_object

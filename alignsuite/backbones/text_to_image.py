@@ -25,12 +25,12 @@ from torch import Tensor, nn
 
 from alignsuite.backbones import text_to_image_cache as cached
 from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
-from alignsuite.backbones.causal_lm import resolve_model_path
 from alignsuite.backbones.denoising import (
     DDPM, DenoisingBatch, FlowMatching, SeededDraws, TimestepSampling, denoising_score, draw,
 )
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pipelines import AdaptersOff, cast_to, empty_model, in_own_dtype, load_pipeline
+from alignsuite.sources import resolve_model_path
 
 PredictionType = Literal["auto", "epsilon", "v_prediction", "flow_matching"]
 Precision = Literal["float32", "bfloat16", "float16"]

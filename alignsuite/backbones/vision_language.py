@@ -27,9 +27,11 @@ import torch
 from torch import nn
 
 from alignsuite.backbones.base import ViewInputs
-from alignsuite.backbones.causal_lm import CausalLM, TokenBatch, resolve_model_path
+from alignsuite.backbones.causal_lm import CausalLM
 from alignsuite.backbones.lora import LoraSpec
+from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.tokenize import batch_rows, read_chat_template, render_chat, render_prompt
+from alignsuite.sources import resolve_model_path
 
 # Where the families keep the parts around the language model (transformers 5 module names).
 VISION_TOWERS = ("vision_tower", "visual", "vision_model", "vision_encoder")

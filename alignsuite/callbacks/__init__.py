@@ -1,4 +1,3 @@
-from alignsuite.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointError, last_checkpoint_note
 from alignsuite.callbacks.export import ExportError, ExportPretrained
 from alignsuite.callbacks.image_grid import ImageGrid
 from alignsuite.callbacks.predictions import PredictionWriter
@@ -9,6 +8,6 @@ from alignsuite.callbacks.speech_samples import SpeechSamples
 from alignsuite.callbacks.vision_samples import VisionSamples
 
 __all__ = [
-    "AtomicCheckpointIO", "CheckpointError", "CheckpointOnPreemption", "ExportError", "ExportPretrained",
-    "GenerationReward", "ImageGrid", "Preempted", "PredictionWriter", "SpeechSamples", "ValidationScores", "VisionSamples", "last_checkpoint_note",
+    "CheckpointOnPreemption", "ExportError", "ExportPretrained", "GenerationReward", "ImageGrid", "Preempted",
+    "PredictionWriter", "SpeechSamples", "ValidationScores", "VisionSamples",
 ]

@@ -12,7 +12,7 @@ import warnings
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from alignsuite.callbacks.checkpoint_io import CheckpointError, load_checkpoint_file
+from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
 
 MARKER = "alignsuite_export.json"  # written into every export: which run, step and checkpoint it holds
 

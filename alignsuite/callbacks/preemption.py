@@ -29,7 +29,7 @@ import threading
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from alignsuite.callbacks.checkpoint_io import CheckpointError, load_checkpoint_file
+from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
 
 
 class Preempted(SystemExit):

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from alignsuite.callbacks.checkpoint_io import load_checkpoint_file
+from alignsuite.checkpoint_io import load_checkpoint_file
 
 # The keys that make a run what it is, as paths into the ``model`` section.
 IDENTITY = (

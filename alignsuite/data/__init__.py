@@ -16,13 +16,8 @@ from alignsuite.data.images import (
 )
 from alignsuite.data.layouts import ImagePairs, ImageUnpaired, Layout, SpeechPairs, TextPairs, TextUnpaired, VisionPairs
 from alignsuite.data.loading import load_table
-from alignsuite.data.preference import (
-    PairFields,
-    UnpairedFields,
-    normalize_pair,
-    normalize_unpaired,
-    pairs_to_unpaired,
-)
+from alignsuite.data.fields import PairFields, UnpairedFields
+from alignsuite.data.preference import normalize_pair, normalize_unpaired, pairs_to_unpaired
 
 __all__ = [
     "Audio",

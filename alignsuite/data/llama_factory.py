@@ -1,7 +1,7 @@
 """Prompts of LLaMA-Factory's preference layouts, as chat messages.
 
 LLaMA-Factory renders every row through the model's chat template, so these prompts are messages even
-where the data is plain text (alpaca). ``fields`` is a `alignsuite.data.preference.PairFields`.
+where the data is plain text (alpaca). ``fields`` is a `alignsuite.data.fields.PairFields`.
 
 - alpaca: ``instruction`` and optional ``input``, joined by a newline as LLaMA-Factory builds its query
   (``"\n".join`` of the non-empty ones), as the last user turn; optional ``history``
@@ -12,13 +12,9 @@ where the data is plain text (alpaca). ``fields`` is a `alignsuite.data.preferen
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from alignsuite.data.errors import DataError
+from alignsuite.data.fields import PairFields
 from alignsuite.data.messages import Messages, normalize_messages
-
-if TYPE_CHECKING:
-    from alignsuite.data.preference import PairFields
 
 
 def _text(row: dict, field: str, index: int, source: str) -> str:

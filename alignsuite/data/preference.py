@@ -7,7 +7,7 @@ conversation up to the answer and ``chosen``/``rejected`` hold only the answer's
 them an assistant turn. Canonical unpaired row (KTO): ``{"prompt": P, "completion": C, "label": bool}``
 with the same text/chat rule. Backbones read nothing else, so every dataset quirk is settled here, once.
 
-Layouts recognised for pairs, in this order (column names are `PairFields`):
+Layouts recognised for pairs, in this order (column names are `alignsuite.data.fields.PairFields`):
 - a ``prompt`` column: text, or messages (TRL conversational), with ``chosen``/``rejected`` as text,
   the assistant message(s), or the whole conversation (UltraFeedback-binarized: the prompt messages
   are then removed from their front). A text prompt beside message answers becomes one user message.
@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from alignsuite.data.errors import DataError
+from alignsuite.data.fields import PairFields, UnpairedFields
 from alignsuite.data.llama_factory import alpaca_prompt, sharegpt_prompt
 from alignsuite.data.messages import (
     Messages,
@@ -52,31 +52,7 @@ from alignsuite.data.messages import (
 _HH_MARKER = "\n\nAssistant:"
 _EXPECT_COMPLETION = "non-empty text or a list of chat messages"
 VISION_COLUMNS = ("image", "images")
-
-
-@dataclass(frozen=True)
-class PairFields:
-    """Column names of a pair dataset, for datasets that do not use the usual ones."""
-
-    prompt: str = "prompt"
-    chosen: str = "chosen"
-    rejected: str = "rejected"
-    instruction: str = "instruction"
-    input: str = "input"
-    conversations: str = "conversations"
-    system: str = "system"
-    history: str = "history"
-    tools: str = "tools"
-
-
-@dataclass(frozen=True)
-class UnpairedFields:
-    """Column names of an unpaired (KTO) dataset."""
-
-    prompt: str = "prompt"
-    completion: str = "completion"
-    label: str = "label"
-    tools: str = "tools"
+_PAIR_FIELDS, _UNPAIRED_FIELDS = PairFields(), UnpairedFields()  # the usual names; frozen, so one shared default
 
 
 # --- checks on single values -------------------------------------------------------------------
@@ -203,7 +179,7 @@ def _missing_prompt(row: dict, fields: PairFields, index: int, source: str) -> D
 # --- public ------------------------------------------------------------------------------------
 
 
-def normalize_pair(row: dict, index: int, source: str, fields: PairFields = PairFields()) -> dict | None:
+def normalize_pair(row: dict, index: int, source: str, fields: PairFields = _PAIR_FIELDS) -> dict | None:
     """Canonical pair of one row (module docstring), or ``None`` if chosen equals rejected (the caller
     counts and reports those: they carry no preference).
 
@@ -258,7 +234,7 @@ def _label(value: object, field: str, index: int, source: str) -> bool:
     raise DataError(source, index, field, "a boolean label (true/false or 0/1)", value)
 
 
-def normalize_unpaired(row: dict, index: int, source: str, fields: UnpairedFields = UnpairedFields()) -> dict:
+def normalize_unpaired(row: dict, index: int, source: str, fields: UnpairedFields = _UNPAIRED_FIELDS) -> dict:
     """Canonical ``{"prompt", "completion", "label"}`` (and ``"tools"``) of one KTO row.
 
     ``label`` is a bool, or 0/1 as int or float. Chat rules as for pairs: a message-list prompt with a

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
 from alignsuite.evaluation.prompts import PromptFileError, load_prompts
 from alignsuite.evaluation.results import EvalResults, ScorerResult
 from alignsuite.evaluation.scorers import ImplicitRewardAccuracy, Scorer
@@ -91,8 +92,6 @@ def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
         return built
     if not os.path.isfile(aligned):
         raise EvaluationError(f"evaluate.aligned {aligned}: no such folder or checkpoint")
-    from alignsuite.callbacks.checkpoint_io import CheckpointError, load_checkpoint_file
-
     try:
         state = load_checkpoint_file(aligned, weights_only, mmap=True).get("state_dict", {})
     except CheckpointError as error:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from alignsuite.components import default_device
+from alignsuite.sources import resolve_model_path
 
 
 @dataclass
@@ -82,8 +83,6 @@ def load_audio_model(auto_class: str, model_name_or_path: str, device: str | Non
     ``transformers.<auto_class>``, in eval mode on ``device`` (the first GPU when there is one)."""
     import transformers
 
-    from alignsuite.backbones.causal_lm import resolve_model_path
-
     path = resolve_model_path(model_name_or_path)
     try:
         extractor = transformers.AutoFeatureExtractor.from_pretrained(path)
@@ -112,8 +111,6 @@ class TransformersASR(Recogniser):
     def _pipeline(self):
         if self._pipe is None:
             from transformers import pipeline
-
-            from alignsuite.backbones.causal_lm import resolve_model_path
 
             try:
                 self._pipe = pipeline("automatic-speech-recognition", model=resolve_model_path(self.model_name_or_path),

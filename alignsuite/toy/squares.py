@@ -3,8 +3,8 @@
 Images are 16x16 RGB: one 5x5 square on a dark background, in the quadrant the caption names
 ("a square at the top left", "... top right", "... bottom left", "... bottom right"), moved by up to one
 pixel. The caption never names a colour. The base model, a real, tiny ``StableDiffusionPipeline`` trained
-on an even mix of red and blue squares (:mod:`alignsuite.toy.squares_base`), draws each about half the
-time. Preference pairs, in the Pick-a-Pic v2 layout, prefer the red square over the blue one at the same
+on an even mix of red and blue squares (its parts and training: :mod:`alignsuite.toy.squares_base`, which
+the world holds and hands its images), draws each about half the time. Preference pairs, in the Pick-a-Pic v2 layout, prefer the red square over the blue one at the same
 place.
 
 The reward looks where the caption says the square is. Over the 3x3 core that every allowed position of
@@ -126,9 +126,11 @@ def square_colour(caption: str, image) -> str:
     return "none"
 
 
-class SquaresWorld(SquaresBase):
-    """Prompts, preference pairs and the reward; the base model's parts and training are inherited."""
+class SquaresWorld:
+    """Prompts, preference pairs, the reward, and the images the base model trains on; the base model's parts
+    and training are :attr:`base`'s."""
 
+    base = SquaresBase()  # holds no state: the parts are built from configs on each call
     version = "v1"
     modality = "image"  # its pairs are images in the Pick-a-Pic layout
     image_size = IMAGE_SIZE
@@ -176,3 +178,18 @@ class SquaresWorld(SquaresBase):
         stray = float(np.clip(image[outside].max(-1) - 0.25, 0.0, None).mean())
         clean = float(np.clip(1.0 - stray / 0.05, 0.0, 1.0))
         return red * clean
+
+    # ------------------------------------------------------------- the base model
+    def training_images(self, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+        """``n`` squares at random places as ``[n, 3, 16, 16]`` in [-1, 1]: red ones, then their twins with
+        red and blue swapped (``pixels[i + n // 2]`` is ``pixels[i]`` in blue)."""
+        rng = random.Random(f"train-{seed}")
+        positions = [rng.choice(list(POSITIONS)) for _ in range(n // 2)]
+        red = torch.from_numpy(np.stack([draw_square(p, "red", rng) for p in positions]))
+        red = red.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return torch.cat([red, red.flip(1)]), [caption_for(p) for p in positions] * 2
+
+    def build_base_model(self, path: str, **settings) -> None:
+        """The base pipeline trained on :meth:`training_images`, saved to ``path``; ``settings`` are
+        :meth:`SquaresBase.build_base_model`'s (steps, batch size, number of images, seed)."""
+        self.base.build_base_model(path, self.training_images, **settings)

@@ -2,9 +2,12 @@
 
 A 2x-downsampling ``AutoencoderKL`` trained briefly on the world's 16x16 images, a 2-layer ``CLIPTextModel``
 with a word-level CLIP tokenizer written here, a ``UNet2DConditionModel`` on 8x8x4 latents and a DDIM
-scheduler. The UNet trains on an even mix of red and blue squares (the world: :mod:`alignsuite.toy.squares`),
-so it draws each about half the time. About 3 minutes on 2 CPU cores, once: ``resolve_toy_model("diffusion")``
-keeps the folder.
+scheduler. The UNet trains on the images the world gives it (:mod:`alignsuite.toy.squares`: an even mix of
+red and blue squares, so it draws each about half the time). About 3 minutes on 2 CPU cores, once:
+``resolve_toy_model("diffusion")`` keeps the folder.
+
+The parts know nothing of the world: the world holds a :class:`SquaresBase` and hands it its training images,
+so this module imports nothing of the world's.
 """
 
 from __future__ import annotations
@@ -12,10 +15,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import tempfile
+from collections.abc import Callable
 
-import numpy as np
 import torch
 
 # The tokenizer: whole words (with CLIP's end-of-word suffix) built by merges, over a character fallback.
@@ -26,7 +28,8 @@ IMAGE_SIZE = 16  # the world's images, 16x16 RGB
 
 
 class SquaresBase:
-    """The base pipeline's parts, each built from a config, and its training (:meth:`build_base_model`)."""
+    """The base pipeline's parts, each built from a config, and its training (:meth:`build_base_model`) on the
+    images a world gives it."""
 
     @staticmethod
     def write_tokenizer_files(path: str) -> None:
@@ -121,24 +124,15 @@ class SquaresBase:
             clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing", steps_offset=1,
         )
 
-    def training_images(self, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-        """``n`` squares at random places as ``[n, 3, 16, 16]`` in [-1, 1]: red ones, then their twins with
-        red and blue swapped (``pixels[i + n // 2]`` is ``pixels[i]`` in blue)."""
-        from alignsuite.toy.squares import POSITIONS, caption_for, draw_square
-
-        rng = random.Random(f"train-{seed}")
-        positions = [rng.choice(list(POSITIONS)) for _ in range(n // 2)]
-        red = torch.from_numpy(np.stack([draw_square(p, "red", rng) for p in positions]))
-        red = red.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return torch.cat([red, red.flip(1)]), [caption_for(p) for p in positions] * 2
-
     # ------------------------------------------------------------- the base model
     def build_base_model(
-        self, path: str, vae_steps: int = 200, unet_steps: int = 700, batch_size: int = 32, num_images: int = 4096,
-        seed: int = 0, log: bool = False,
+        self, path: str, training_images: Callable[[int, int], tuple[torch.Tensor, list[str]]], vae_steps: int = 200,
+        unet_steps: int = 700, batch_size: int = 32, num_images: int = 4096, seed: int = 0, log: bool = False,
     ) -> None:
         """Train the autoencoder, then the UNet on its latents (text encoder frozen at its seeded init),
-        and save a ``StableDiffusionPipeline`` folder. ``vae_steps=unet_steps=0`` saves the random init."""
+        and save a ``StableDiffusionPipeline`` folder. ``vae_steps=unet_steps=0`` saves the random init.
+
+        ``training_images(n, seed)`` gives ``n`` images as ``[n, 3, 16, 16]`` in [-1, 1] and their captions."""
         from diffusers import StableDiffusionPipeline
 
         with torch.random.fork_rng(devices=[]):
@@ -146,7 +140,7 @@ class SquaresBase:
             tokenizer = self.build_tokenizer()
             text_encoder = self.build_text_encoder(tokenizer)
             vae, unet, scheduler = self.build_vae(), self.build_unet(text_encoder.config.hidden_size), self.build_scheduler()
-            pixels, captions = self.training_images(num_images, seed)
+            pixels, captions = training_images(num_images, seed)
             gen = torch.Generator().manual_seed(seed)
             _train_vae(vae, pixels, vae_steps, batch_size, gen, log)
             _train_unet(unet, vae, text_encoder, tokenizer, scheduler, pixels, captions, unet_steps, batch_size, gen, log)

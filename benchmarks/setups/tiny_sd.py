@@ -50,7 +50,7 @@ def build_pipeline(path: Path, args) -> dict:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    world = toy_world()
+    parts = toy_world().base  # the pipeline's parts
     vae_channels, unet_channels = _ints(args.vae_channels), _ints(args.unet_channels)
     sd15 = getattr(args, "sd15", False)
     if sd15 and (vae_channels or unet_channels or args.resolution % 64):
@@ -58,17 +58,17 @@ def build_pipeline(path: Path, args) -> dict:
                          " needs a --resolution divisible by 64 (SD 1.5 trains at 512)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        tok = world.build_tokenizer()
-        text_config = world.text_config(tok)
+        tok = parts.build_tokenizer()
+        text_config = parts.text_config(tok)
         if sd15:
             text_config = CLIPTextConfig(**{**text_config.to_dict(), **SD15_TEXT})
         text_encoder = CLIPTextModel(text_config)
         if sd15:
             vae = AutoencoderKL(**SD15_VAE)
         elif vae_channels is None:
-            vae = world.build_vae()
+            vae = parts.build_vae()
         else:
-            vae = AutoencoderKL.from_config(dict(world.build_vae().config, block_out_channels=vae_channels,
+            vae = AutoencoderKL.from_config(dict(parts.build_vae().config, block_out_channels=vae_channels,
                                                  down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
                                                  up_block_types=("UpDecoderBlock2D",) * len(vae_channels)))
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -80,7 +80,7 @@ def build_pipeline(path: Path, args) -> dict:
         if sd15:
             unet = UNet2DConditionModel(**{**SD15_UNET, "sample_size": latent})
         elif unet_channels is None and args.layers_per_block == 1:
-            unet = world.build_unet(text_encoder.config.hidden_size)
+            unet = parts.build_unet(text_encoder.config.hidden_size)
         else:
             # The toy's layout: no attention at the finest level, self and cross attention below it.
             unet = UNet2DConditionModel(
@@ -90,7 +90,7 @@ def build_pipeline(path: Path, args) -> dict:
                 up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
                 cross_attention_dim=text_encoder.config.hidden_size, attention_head_dim=8, norm_num_groups=8)
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
-                                       scheduler=world.build_scheduler(), safety_checker=None,
+                                       scheduler=parts.build_scheduler(), safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(path)
 

@@ -11,9 +11,10 @@ import json
 from typing import Any
 
 from alignsuite.data.errors import DataError
+from alignsuite.data.fields import PairFields, UnpairedFields
 from alignsuite.data.layouts.base import Layout
 from alignsuite.data.messages import for_arrow, from_arrow
-from alignsuite.data.preference import PairFields, UnpairedFields, normalize_pair, normalize_unpaired, pairs_to_unpaired
+from alignsuite.data.preference import normalize_pair, normalize_unpaired, pairs_to_unpaired
 
 _MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion")
 
