@@ -52,7 +52,7 @@ def _drop_advertisements(record: logging.LogRecord) -> bool:
 
 
 class AlignCLI(LightningCLI):
-    """LightningCLI over :class:`PreferenceModule` (or a subclass) and any LightningDataModule.
+    """LightningCLI over :class:`PreferenceModule` and :class:`PreferenceDataModule` (or subclasses of either).
 
     Always present: ``checkpoint`` (a ModelCheckpoint that keeps ``last.ckpt``, written atomically; none
     with ``trainer.enable_checkpointing false``) and ``export`` (``save_pretrained`` folder of the policy at

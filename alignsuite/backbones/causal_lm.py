@@ -397,13 +397,12 @@ class CausalLM(Backbone):
         "row position" (precomputed reference scores are stored and found by it). Counts per split are in
         ``dropped_identical``; one warning names the rows.
         """
-        if getattr(datamodule, "row_kind", None) != "pairs":
+        if datamodule.row_kind != "pairs":
             return
         if self.tokenizer is None:
             self.tokenizer = self._load_tokenizer()
         dropped: dict[str, list[int]] = {}
-        for split in ("train", "val"):
-            ds = getattr(datamodule, f"{split}_set", None)
+        for split, ds in (("train", datamodule.train_set), ("val", datamodule.val_set)):
             if ds is None or len(ds) == 0 or not {"prompt", "chosen", "rejected"} <= set(ds.column_names):
                 continue
             fingerprint = getattr(ds, "_fingerprint", None)
@@ -439,7 +438,7 @@ class CausalLM(Backbone):
     def _identical_pairs(self, ds, datamodule) -> list[int]:
         """Positions of the pairs of ``ds`` whose truncated chosen and rejected token ids are equal."""
         encode = functools.partial(self._encode, count=False)
-        return identical_pairs(self.tokenizer, encode, ds, getattr(datamodule, "collate", None),
+        return identical_pairs(self.tokenizer, encode, ds, datamodule.collate if datamodule is not None else None,
                                self.max_length - self.max_prompt_length)
 
     # ---------------------------------------------------------------- scoring

@@ -45,7 +45,7 @@ class VisionSamples(Callback):
     def rows(self, trainer: Trainer) -> dict:
         if self._rows is None:
             data = trainer.datamodule
-            ds = data.val_set if getattr(data, "val_set", None) is not None else data.train_set
+            ds = data.val_set if data.val_set is not None else data.train_set
             self._rows = data.collate([ds[i] for i in range(min(self.num_rows, len(ds)))])
         return self._rows
 
