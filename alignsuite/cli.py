@@ -1,4 +1,8 @@
-"""``python -m alignsuite fit|validate|test|predict|export|evaluate|build_pairs --config recipe.yaml``."""
+"""``python -m alignsuite fit|validate|test|predict|export|evaluate|build_pairs --config recipe.yaml``.
+
+The config plumbing: the LightningCLI subclass, its parser hooks, and the helpers that read arguments and
+explain a config's errors. The commands themselves are a table in ``commands.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ import warnings
 import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
-from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import (
     BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar,
 )
@@ -22,10 +25,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-from alignsuite.callbacks import CheckpointOnPreemption, ExportError, ExportPretrained, PredictionWriter
+from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
 from alignsuite.checkpoint_io import AtomicCheckpointIO, CheckpointError, last_checkpoint_note, load_checkpoint_file
+from alignsuite.commands import COMMANDS, AlignTrainer, fail
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 from alignsuite.sharding import FSDP2_RECIPE
@@ -39,71 +43,13 @@ NULLS = {"null", "Null", "NULL", "~"}  # what YAML reads as None
 CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}  # ckpt_path values Lightning resolves itself
 
 
-class AlignTrainer(Trainer):
-    """Lightning's Trainer, plus the ``export`` command."""
-
-    def export_checkpoint(
-        self, model, datamodule=None, ckpt_path: str | None = None, weights_only: bool | None = None
-    ) -> str:
-        """Export a checkpoint's policy as a save_pretrained folder (--ckpt_path, --export.dirpath).
-
-        Args:
-            ckpt_path: the Lightning checkpoint to export.
-            weights_only: read only tensors and plain containers from the checkpoint (the default, also
-                when null); false unpickles anything, which can run code: only for files you trust.
-        """
-        if not ckpt_path:
-            fail("export: give --ckpt_path, the Lightning checkpoint to export")
-        callback = next(c for c in self.callbacks if isinstance(c, ExportPretrained))
-        try:
-            path = callback.export_checkpoint(self, model, ckpt_path, weights_only)
-        except (CheckpointError, ExportError) as error:
-            fail(str(error))
-        rank_zero_info(f"exported {ckpt_path} to {path}")
-        return path
-
-    # The `export` command. jsonargparse names a method's argument group after the function, and `export`
-    # is already the ExportPretrained section of the config, so the function has another name.
-    export = export_checkpoint
-
-    def evaluate_models(self, model, datamodule=None, evaluation=None):
-        """Generate from the base and the aligned model, score both, write results.json and the report (the
-        ``evaluate`` section: ``alignsuite.evaluation.run.Evaluation``)."""
-        from alignsuite.evaluation.run import EvaluationError, run_evaluation
-
-        try:
-            return run_evaluation(model, evaluation, datamodule, device=self.strategy.root_device)
-        except EvaluationError as error:
-            fail(str(error))
-
-    # The `evaluate` command; its settings are the `evaluate` section, so the function has another name too.
-    evaluate = evaluate_models
-
-    def build_preference_pairs(self, model, datamodule=None, pairs=None):
-        """Sample candidates from a TTS model for each text, rank them by a recogniser's WER and write
-        chosen/rejected pairs (the ``pairs`` section: ``alignsuite.speech.pairs.PairBuilding``)."""
-        from alignsuite.data.errors import DataError
-
-        backbone = model.backbone
-        backbone.configure()
-        backbone.to(self.strategy.root_device)
-        backbone.policy.eval()
-        try:
-            return pairs.run(backbone)
-        except (DataError, FileNotFoundError) as error:
-            fail(str(error))
-
-    # The `build_pairs` command (its settings are the `pairs` section).
-    build_pairs = build_preference_pairs
-
-
 def _drop_advertisements(record: logging.LogRecord) -> bool:
     """Lightning prints a product tip at every fit; a first run should print only what matters."""
     return not str(record.msg).startswith("💡 Tip:")
 
 
 class AlignCLI(LightningCLI):
-    """LightningCLI over :class:`PreferenceModule` (or a subclass) and any LightningDataModule.
+    """LightningCLI over :class:`PreferenceModule` and :class:`PreferenceDataModule` (or subclasses of either).
 
     Always present: ``checkpoint`` (a ModelCheckpoint that keeps ``last.ckpt``, written atomically; none
     with ``trainer.enable_checkpointing false``) and ``export`` (``save_pretrained`` folder of the policy at
@@ -140,19 +86,13 @@ class AlignCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"},
-                "evaluate": {"model", "datamodule", "evaluation"}, "build_pairs": {"model", "datamodule", "pairs"}}
+        return {name: set(command.given) for name, command in COMMANDS.items()}
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "evaluate":  # only there: a fit's config keeps no evaluate section
-            from alignsuite.evaluation.run import Evaluation
-
-            parser.add_class_arguments(Evaluation, "evaluate")
-        if subcommand == "build_pairs":
-            from alignsuite.speech.pairs import PairBuilding
-
-            parser.add_class_arguments(PairBuilding, "pairs")
+        command = COMMANDS[subcommand]
+        if command.section:  # only there: a fit's config keeps no evaluate section
+            parser.add_class_arguments(command.settings(), command.section)
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -200,10 +140,9 @@ class AlignCLI(LightningCLI):
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if subcommand == "evaluate":
-            kwargs["evaluation"] = self.config_init[subcommand]["evaluate"]
-        if subcommand == "build_pairs":
-            kwargs["pairs"] = self.config_init[subcommand]["pairs"]
+        command = COMMANDS[subcommand]
+        if command.section:
+            kwargs[command.argument] = self.config_init[subcommand][command.section]
         if "ckpt_path" in kwargs:
             kwargs["ckpt_path"] = self.resume_path(subcommand, kwargs["ckpt_path"])
             if subcommand == "fit" and kwargs["ckpt_path"] and os.path.exists(kwargs["ckpt_path"]):
@@ -298,12 +237,6 @@ class AlignCLI(LightningCLI):
 
 def as_list(value) -> list:
     return list(value) if isinstance(value, list) else ([value] if value else [])
-
-
-def fail(message: str) -> None:
-    """A clean command-line error: one line on stderr, exit status 2 (as for any bad argument)."""
-    sys.stderr.write(f"error: {message}\n")
-    raise SystemExit(2)
 
 
 def check_config_files(args: list[str]) -> None:

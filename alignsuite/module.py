@@ -14,6 +14,7 @@ from torch import Tensor
 
 from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.checkpoint_io import last_checkpoint_note
+from alignsuite.data.protocol import preference_data
 from alignsuite.objectives import Objective, get_objective
 from alignsuite.reference import Reference, default_reference
 from alignsuite.sharding import (
@@ -88,12 +89,13 @@ class PreferenceModule(LightningModule):
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
         # Before any model loads: the objective's views and columns against the backbone, reference and data.
-        data = self.trainer.datamodule if self._trainer is not None else None
+        # The data module is read through its declared members (PreferenceData), checked here once.
+        data = preference_data(self.trainer.datamodule) if self._trainer is not None else None
         check_setup(self.objective, self.backbone, self.reference, data)
         if data is not None:
             self.backbone.on_setup(data)
-            if hasattr(data, "batch_transform"):  # tokenising in the DataLoader, off the training step
-                data.batch_transform = self.backbone.loader_transform(list(self.objective.views))
+            # Tokenising in the DataLoader, off the training step.
+            data.batch_transform = self.backbone.loader_transform(list(self.objective.views))
 
     def _global_mean(self, values: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(values.mean(), reduce_op="mean")

@@ -347,11 +347,10 @@ class Precomputed(Reference):
     @torch.no_grad()
     def precompute(self, module) -> None:
         """Score every row of the train and val sets once, in every declared view."""
-        data = module.trainer.datamodule
-        if data is None or not hasattr(data, "train_set"):
+        data = module.trainer.datamodule  # a PreferenceData: checked at the module's setup
+        if data is None:
             raise ValueError("Precomputed reference scores need a PreferenceDataModule (data.class_path)")
-        for split in ("train", "val"):
-            dataset = getattr(data, f"{split}_set", None)
+        for split, dataset in (("train", data.train_set), ("val", data.val_set)):
             if dataset is None or len(dataset) == 0 or split in self.stored:
                 continue
             self.stored[split] = self._score_split(module, data, dataset)

@@ -3,11 +3,15 @@
 A backbone turns a batch into one score per sequence: the summed log-probability of the completion
 tokens for token models, ``-0.5 * mean((prediction - target)**2)`` for denoising models. The module
 splits those into the views an objective needs and packs them here. Objectives read nothing else.
+
+Every packed score type is a :class:`Scores`: pairs (:class:`PairScores`), unpaired examples
+(:class:`UnpairedScores`), and the same way a list type (K responses per prompt, ``[B, K]``) later.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -33,8 +37,36 @@ class SequenceScores:
         return [SequenceScores(*p) for p in zip(parts(self.score), parts(self.length), parts(self.prompt), parts(self.prompt_length))]
 
 
+class Scores:
+    """What every packed score type shares, and all the module and the objectives' common checks read.
+
+    A subclass is a dataclass of tensors whose first dimension is the batch. It names its first policy
+    field (``policy_field``, which gives the batch size) and the reference field that is ``None`` exactly
+    when the scores come without a reference (``reference_field``), lists its policy and reference scores
+    for logging (:meth:`named`), and carries ``extra``: further tensors an objective declared (a view
+    beyond the type's own, a batch column). The base holds no dataclass fields, so each subclass keeps its
+    own field order for positional construction.
+    """
+
+    policy_field: ClassVar[str]
+    reference_field: ClassVar[str]
+    extra: dict[str, Tensor]
+
+    @property
+    def has_reference(self) -> bool:
+        return getattr(self, self.reference_field) is not None
+
+    @property
+    def batch_size(self) -> int:
+        return getattr(self, self.policy_field).shape[0]
+
+    def named(self) -> dict[str, Tensor | None]:
+        """The summed log-likelihoods by name, as logged under ``logps/``."""
+        raise NotImplementedError
+
+
 @dataclass
-class PairScores:
+class PairScores(Scores):
     """Scores of a batch of preference pairs; every tensor has shape ``[B]``.
 
     ``ref_chosen``/``ref_rejected`` are ``None`` when the objective runs without a reference.
@@ -51,6 +83,9 @@ class PairScores:
     rejected_len: Tensor | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
 
+    policy_field: ClassVar[str] = "chosen"
+    reference_field: ClassVar[str] = "ref_chosen"
+
     def __post_init__(self) -> None:
         if (self.ref_chosen is None) != (self.ref_rejected is None):
             raise ValueError("PairScores: give both ref_chosen and ref_rejected, or neither")
@@ -59,21 +94,12 @@ class PairScores:
         if self.rejected_len is None:
             self.rejected_len = torch.ones_like(self.rejected)
 
-    @property
-    def has_reference(self) -> bool:
-        return self.ref_chosen is not None
-
     def named(self) -> dict[str, Tensor | None]:
-        """The summed log-likelihoods by name, as logged under ``logps/``."""
         return {"chosen": self.chosen, "rejected": self.rejected, "ref_chosen": self.ref_chosen, "ref_rejected": self.ref_rejected}
-
-    @property
-    def batch_size(self) -> int:
-        return self.chosen.shape[0]
 
 
 @dataclass
-class UnpairedScores:
+class UnpairedScores(Scores):
     """Scores of a batch of unpaired examples (KTO); every tensor has shape ``[B]``.
 
     ``label`` is 1.0 for a desirable completion and 0.0 for an undesirable one. ``kl``/``ref_kl`` score
@@ -89,18 +115,12 @@ class UnpairedScores:
     length: Tensor | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
 
+    policy_field: ClassVar[str] = "logps"
+    reference_field: ClassVar[str] = "ref_logps"
+
     def __post_init__(self) -> None:
         if self.length is None:
             self.length = torch.ones_like(self.logps)
 
-    @property
-    def has_reference(self) -> bool:
-        return self.ref_logps is not None
-
     def named(self) -> dict[str, Tensor | None]:
-        """The summed log-likelihoods by name, as logged under ``logps/``."""
         return {"policy": self.logps, "ref": self.ref_logps}
-
-    @property
-    def batch_size(self) -> int:
-        return self.logps.shape[0]

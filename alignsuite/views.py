@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from alignsuite.data.protocol import PreferenceData
+
 
 @dataclass(frozen=True)
 class View:
@@ -86,7 +88,7 @@ _MODALITY_HINT = {
 }
 
 
-def check_setup(objective, backbone, reference, data: Any | None) -> None:
+def check_setup(objective, backbone, reference, data: PreferenceData | None) -> None:
     """The objective / backbone / reference / data contract, checked at ``setup`` before any model loads.
 
     Raises ``ValueError`` naming the objective, the view or column, and what was expected.
@@ -107,12 +109,10 @@ def check_setup(objective, backbone, reference, data: Any | None) -> None:
             )
     if reference is not None:
         reference.check(objective, backbone)
-    if data is None or not hasattr(data, "row_kind"):
-        return  # a user's own LightningDataModule: nothing declared to check against
-    layout = getattr(data, "layout", None)
-    layout_name = (getattr(layout, "name", None) or type(layout).__name__) if layout is not None else type(data).__name__
-    modality = getattr(layout, "modality", None)
-    if modality is not None and modality != backbone.modality:
+    if data is None:
+        return  # the loaders were given to the Trainer directly: nothing declared to check against
+    layout_name, modality = data.layout.name, data.layout.modality
+    if modality != backbone.modality:
         raise ValueError(
             f"the data layout {layout_name} gives {modality} rows, and backbone {type(backbone).__name__} takes"
             f" {backbone.modality} rows; {_MODALITY_HINT.get(modality, 'pick a backbone for this data')}"
@@ -123,14 +123,13 @@ def check_setup(objective, backbone, reference, data: Any | None) -> None:
             f"objective {name!r} scores {objective.row_kind} rows, and the data layout {layout_name} gives"
             f" {data.row_kind} rows; give data.layout {hint}"
         )
-    if hasattr(data, "columns"):
-        have = set(data.columns())
-        missing = [c for c in needed_columns(objective) if c not in have]
-        if have and missing:
-            raise ValueError(
-                f"objective {name!r} needs the data column(s) {', '.join(map(repr, missing))}, which the data"
-                f" layout {layout_name} does not give (it gives: {', '.join(sorted(have))})"
-            )
+    have = set(data.columns())
+    missing = [c for c in needed_columns(objective) if c not in have]
+    if have and missing:
+        raise ValueError(
+            f"objective {name!r} needs the data column(s) {', '.join(map(repr, missing))}, which the data"
+            f" layout {layout_name} does not give (it gives: {', '.join(sorted(have))})"
+        )
 
 
 __all__ = ["View", "check_setup", "condition_name", "needed_columns"]

@@ -191,6 +191,21 @@ def test_help_lists_every_command(capsys):
         assert f"    {command} " in out, command
 
 
+def test_the_command_table_is_what_the_cli_runs(capsys):
+    from alignsuite.commands import COMMANDS, AlignTrainer
+
+    assert set(AlignCLI.subcommands()) == set(COMMANDS)
+    for name, command in COMMANDS.items():
+        assert getattr(AlignTrainer, name) is command.function, name
+        assert (command.section is None) == (command.settings is None) == (command.argument is None), name
+        assert command.argument is None or command.argument in command.given, name
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"    {name} " in out, name
+
+
 def test_lora_fit_exports_merged_and_adapter_only(tmp_path, tiny_lm_dir, pair_file):
     extra = {"backbone": {"class_path": "alignsuite.backbones.CausalLM", "init_args": {
         "model_name_or_path": tiny_lm_dir, "max_length": 24, "max_prompt_length": 12, "lora": {"r": 4, "alpha": 8}}}}

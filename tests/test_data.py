@@ -930,3 +930,21 @@ def test_custom_fields_through_the_layout(tmp_path):
     rows = [{"question": f"q{i}", "good": f"yes {i}", "bad": f"no {i}"} for i in range(3)]
     dm = make_dm(write_jsonl(tmp_path / "t.jsonl", rows), layout=TextPairs(prompt_field="question", chosen_field="good", rejected_field="bad"))
     assert dm.train_set[2] == {"prompt": "q2", "chosen": "yes 2", "rejected": "no 2", "index": 2}
+
+
+def test_one_renderer_turns_chat_messages_into_text():
+    from alignsuite.data.messages import content_text, messages_text, prompt_text
+
+    image, text = {"type": "image"}, {"type": "text", "text": "What shape?"}
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [image, text]},
+            {"role": "assistant", "content": "A circle."}, {"role": "user", "content": "And its colour?"}]
+    assert content_text([image, text]) == "What shape?"
+    assert content_text([image, text], placeholders=True) == "<image> What shape?"
+    assert prompt_text("plain") == "plain"
+    assert prompt_text(chat) == "And its colour?"
+    assert prompt_text(chat[:2], placeholders=True) == "<image> What shape?"
+    with pytest.raises(ValueError, match="no user message"):
+        prompt_text(chat[:1])
+    assert messages_text(chat) == "Be brief. What shape? A circle. And its colour?"
+    assert messages_text(chat, roles=True, placeholders=True) == (
+        "system: Be brief.\nuser: <image> What shape?\nassistant: A circle.\nuser: And its colour?")

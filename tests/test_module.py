@@ -148,6 +148,19 @@ def test_kto_trains_on_unpaired_rows(tmp_path, tiny_lm_dir):
     assert all(torch.isfinite(torch.tensor(rec.losses)))
 
 
+def test_a_data_module_is_read_through_its_declared_members(tmp_path, tiny_lm_dir):
+    from alignsuite.data import PreferenceData
+
+    assert isinstance(ToyPreferenceData(num_train=8, num_val=4, batch_size=4), PreferenceData)
+
+    class OwnData(L.LightningDataModule):
+        def train_dataloader(self):
+            return [{"prompt": ["a"], "chosen": ["b"], "rejected": ["c"]}]
+
+    with pytest.raises(TypeError, match=r"OwnData lacks layout, .*row_kind, collate, columns.*PreferenceData"):
+        make_trainer(tmp_path, 1, enable_checkpointing=False).fit(make_module(tiny_lm_dir), OwnData())
+
+
 def test_reference_defaults_follow_the_objective(tiny_lm_dir):
     from alignsuite.backbones import LoraSpec
     from alignsuite.objectives import SimPO

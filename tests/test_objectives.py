@@ -15,7 +15,7 @@ import torch
 import alignsuite.objectives as objectives
 from alignsuite.objectives import available_objectives, get_objective
 from alignsuite.objectives.reference_free import log1mexp
-from alignsuite.scores import PairScores, UnpairedScores
+from alignsuite.scores import PairScores, Scores, UnpairedScores
 
 B = 0.1  # the default beta of every reference-based objective
 
@@ -382,6 +382,15 @@ def test_reference_free_objectives_ignore_reference_scores(name):
 def test_reference_based_objective_without_reference_raises():
     with pytest.raises(ValueError, match="dpo.*reference"):
         get_objective("dpo")(make_scores(reference=False))
+
+
+def test_both_score_types_are_scores_with_the_same_reference_and_batch_answers():
+    pair = PairScores(torch.zeros(3), torch.zeros(3))
+    unpaired = UnpairedScores(torch.zeros(2), torch.ones(2), ref_logps=torch.zeros(2))
+    assert isinstance(pair, Scores) and isinstance(unpaired, Scores)
+    assert (pair.has_reference, pair.batch_size, pair.extra) == (False, 3, {})
+    assert (unpaired.has_reference, unpaired.batch_size, unpaired.extra) == (True, 2, {})
+    assert PairScores(torch.zeros(3), torch.zeros(3), torch.zeros(3), torch.zeros(3)).has_reference
 
 
 def test_unknown_objective_names_the_name():

@@ -11,6 +11,7 @@ from PIL import Image
 
 from alignsuite.backbones import LoraSpec, VisionLanguage
 from alignsuite.backbones.base import ViewInputs
+from alignsuite.backbones.image_views import corrupt_images
 from alignsuite.objectives import MDPO, ImageCorruption, get_objective
 from alignsuite.scores import PairScores
 
@@ -93,14 +94,14 @@ def pixels(img) -> torch.Tensor:
 def test_corruption_is_drawn_per_row_and_is_the_same_every_time(kind):
     c = ImageCorruption(kind)
     images = [[gradient_image()], [gradient_image()], [gradient_image(), gradient_image(shift=3)]]
-    first = c(images, [5, 9, 2])
-    again = c([images[1], images[0], images[2]], [9, 5, 2])  # another batch order: the row decides
+    first = corrupt_images(c, images, [5, 9, 2])
+    again = corrupt_images(c, [images[1], images[0], images[2]], [9, 5, 2])  # another batch order: the row decides
     assert pixels(first[0][0]).equal(pixels(again[1][0])) and pixels(first[1][0]).equal(pixels(again[0][0]))
     assert not pixels(first[0][0]).equal(pixels(first[1][0]))  # rows 5 and 9 draw differently
     assert first[0][0].size == (32, 24)
     assert not pixels(first[0][0]).equal(pixels(images[0][0]))  # it did corrupt
     assert not pixels(first[2][0]).equal(pixels(first[2][1]))  # each image of a row draws its own
-    assert not pixels(ImageCorruption(kind, seed=1)(images, [5, 9, 2])[0][0]).equal(pixels(first[0][0]))
+    assert not pixels(corrupt_images(ImageCorruption(kind, seed=1), images, [5, 9, 2])[0][0]).equal(pixels(first[0][0]))
 
 
 def test_crop_keeps_a_small_region_and_noise_follows_the_ddpm_forward_process():
@@ -108,11 +109,11 @@ def test_crop_keeps_a_small_region_and_noise_follows_the_ddpm_forward_process():
     ramp = Image.new("RGB", (100, 100))
     ramp.putdata([(x * 2, 0, 0) for _ in range(100) for x in range(100)])
     for row in range(20):
-        red = pixels(ImageCorruption("crop")([[ramp]], [row])[0][0]).view(-1, 3)[:, 0]
+        red = pixels(corrupt_images(ImageCorruption("crop"), [[ramp]], [row])[0][0]).view(-1, 3)[:, 0]
         assert red.max() - red.min() <= 2 * 100 * math.sqrt(0.2 * 4 / 3) + 4
     # At step 100 the noise rarely reaches the clamp: x_t = sqrt(a) x_0 + sqrt(1 - a) e on [-1, 1] pixels.
     dark = Image.new("RGB", (64, 64), (64, 64, 64))
-    noisy = pixels(ImageCorruption("noise", noise_step=100)([[dark]], [0])[0][0]) / 127.5 - 1
+    noisy = pixels(corrupt_images(ImageCorruption("noise", noise_step=100), [[dark]], [0])[0][0]) / 127.5 - 1
     alpha = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[100].item()
     assert noisy.std().item() == pytest.approx(math.sqrt(1 - alpha), rel=0.05)
     assert noisy.mean().item() == pytest.approx(math.sqrt(alpha) * (64 / 127.5 - 1), abs=0.02)
@@ -120,10 +121,10 @@ def test_crop_keeps_a_small_region_and_noise_follows_the_ddpm_forward_process():
 
 def test_mismatched_takes_the_next_rows_images_and_needs_two_rows():
     a, b = [gradient_image()], [gradient_image(shift=7)]
-    assert ImageCorruption("mismatched")([a, b], [0, 1]) == [b, a]
+    assert corrupt_images(ImageCorruption("mismatched"), [a, b], [0, 1]) == [b, a]
     assert not ImageCorruption("mismatched").per_row
     with pytest.raises(ValueError, match="batch size of at least 2"):
-        ImageCorruption("mismatched")([a], [0])
+        corrupt_images(ImageCorruption("mismatched"), [a], [0])
 
 
 # ------------------------------------------------------------------------------------------ the backbone

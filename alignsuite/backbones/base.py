@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from alignsuite.data.protocol import PreferenceData
 from alignsuite.scores import SequenceScores
 
 
@@ -109,7 +110,7 @@ class Backbone(nn.Module):
                 p.data = p.data.float()
 
     # ---------------------------------------------------------------- lifecycle hooks
-    def on_setup(self, datamodule: Any) -> None:
+    def on_setup(self, datamodule: PreferenceData) -> None:
         """Called at ``setup`` with the built data, before any model loads (filter or check rows here)."""
 
     def on_fit_start(self, trainer: Any) -> None:

@@ -286,7 +286,7 @@ class CausalLM(Backbone):
     def on_setup(self, datamodule: Any) -> None:
         """Drop the pairs whose chosen and rejected rows are the same tokens once truncated
         (:func:`.identical_pairs.drop_identical_pairs`); counts per split are in ``dropped_identical``."""
-        if getattr(datamodule, "row_kind", None) != "pairs":
+        if datamodule.row_kind != "pairs":
             return
         if self.tokenizer is None:
             self.tokenizer = self._load_tokenizer()
@@ -297,7 +297,7 @@ class CausalLM(Backbone):
     def _identical_pairs(self, ds, datamodule) -> list[int]:
         """Positions of the pairs of ``ds`` whose truncated chosen and rejected token ids are equal."""
         encode = functools.partial(self._encode, count=False)
-        return identical_pairs(self.tokenizer, encode, ds, getattr(datamodule, "collate", None),
+        return identical_pairs(self.tokenizer, encode, ds, datamodule.collate if datamodule is not None else None,
                                self.max_length - self.max_prompt_length)
 
     # ---------------------------------------------------------------- scoring

@@ -55,15 +55,14 @@ def warm(backbone, data, strategy=None) -> None:
 
     from alignsuite.data.images import IMAGE_COLUMNS
 
-    if data is None or not hasattr(data, "collate"):
+    if data is None:
         raise ValueError("backbone.cache_dir needs a PreferenceDataModule (data.class_path) to encode in one pass")
     cache = backbone.cache
     world, rank = (strategy.world_size, strategy.global_rank) if strategy is not None else (1, 0)
     before, encoded = len(cache), 0
     store = getattr(torch, backbone.cache_dtype)
     captions = {""} if backbone.proportion_empty_prompts > 0 else set()
-    for split in ("train", "val"):
-        ds = getattr(data, f"{split}_set", None)
+    for ds in (data.train_set, data.val_set):
         if ds is None or len(ds) == 0:
             continue
         share = ds.shard(num_shards=world, index=rank, contiguous=True) if world > 1 else ds

@@ -15,7 +15,8 @@ names its row. Answers keep their first ``max_length - len(prompt)`` tokens, cou
 Every view of a step (chosen, rejected, chosen under a corrupted image ...) goes through the processor in
 one call and through the model in one stacked forward; the policy and the reference read the same prepared
 inputs, so they see the same pixels. Conditions: ``corrupt_image`` replaces each row's images by a
-corruption the view's condition object draws from the row's own seed (``alignsuite.objectives.multimodal``).
+corruption drawn from the row's own seed as the view's condition says (settings in
+``alignsuite.objectives.multimodal``, pixels in ``image_views``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from alignsuite.backbones.base import ViewInputs
 from alignsuite.backbones.causal_lm import CausalLM
+from alignsuite.backbones.image_views import corrupt_images
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.tokenize import batch_rows, read_chat_template, render_chat, render_prompt
@@ -212,14 +214,14 @@ class VisionLanguage(CausalLM):
 
     # ---------------------------------------------------------------- conditions
     def transform(self, condition: Any, view: ViewInputs) -> ViewInputs:
-        """``corrupt_image``: each row's images replaced by ``condition(images, rows)`` (drawn from the rows'
-        ``index``, so the same at every step and for every model that scores the view)."""
-        if getattr(condition, "name", condition) != "corrupt_image" or not callable(condition):
+        """``corrupt_image``: each row's images replaced as the condition's settings say (`corrupt_images`, drawn
+        from the rows' ``index``, so the same at every step and for every model that scores the view)."""
+        if getattr(condition, "name", condition) != "corrupt_image" or not hasattr(condition, "kind"):
             return super().transform(condition, view)
         if "index" not in view.batch:
             raise ValueError("the corrupt_image condition draws from each row's index, and the batch has no index column")
         rows = [int(i) for i in view.batch["index"]]
-        return view.replace(batch=dict(view.batch, images=condition(view.batch["images"], rows)))
+        return view.replace(batch=dict(view.batch, images=corrupt_images(condition, view.batch["images"], rows)))
 
     # ---------------------------------------------------------------- the step
     def _render(self, view: ViewInputs, rows: list[int] | None) -> tuple[list[str], list[str]]:

@@ -11,19 +11,7 @@ import os
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-
-def question_text(prompt: list[dict]) -> str:
-    """The text of a chat prompt's last user message, image parts shown as ``<image>``."""
-    last = [m for m in prompt if m["role"] == "user"][-1]["content"]
-    parts = last if isinstance(last, list) else [{"type": "text", "text": last}]
-    return " ".join("<image>" if p["type"] == "image" else p.get("text", "") for p in parts).strip()
-
-
-def answer_text(completion) -> str:
-    if isinstance(completion, str):
-        return completion
-    return " ".join(p.get("text", "") for m in completion for p in (m["content"] if isinstance(m["content"], list)
-                                                                    else [{"text": m["content"]}]))
+from alignsuite.data.messages import messages_text, prompt_text
 
 
 def thumbnail(image, size: int = 256) -> str:
@@ -57,7 +45,7 @@ class VisionSamples(Callback):
     def rows(self, trainer: Trainer) -> dict:
         if self._rows is None:
             data = trainer.datamodule
-            ds = data.val_set if getattr(data, "val_set", None) is not None else data.train_set
+            ds = data.val_set if data.val_set is not None else data.train_set
             self._rows = data.collate([ds[i] for i in range(min(self.num_rows, len(ds)))])
         return self._rows
 
@@ -72,7 +60,7 @@ class VisionSamples(Callback):
         root = trainer.log_dir or trainer.default_root_dir  # a collective under some strategies: every rank asks
         if not trainer.is_global_zero:
             return
-        records = [{"index": int(i), "question": question_text(p), "chosen": answer_text(c), "generated": a}
+        records = [{"index": int(i), "question": prompt_text(p, placeholders=True).strip(), "chosen": messages_text(c), "generated": a}
                    for i, p, c, a in zip(batch["index"], batch["prompt"], batch["chosen"], answers)]
         folder = os.path.join(root, "samples")
         os.makedirs(folder, exist_ok=True)

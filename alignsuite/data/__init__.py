@@ -1,7 +1,8 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
 `TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`, in `layouts/`; audio in `audio`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
-and the Lightning data module that batches it (`PreferenceDataModule`)."""
+and the Lightning data module that batches it (`PreferenceDataModule`), which declares what the suite reads
+from a data module (`PreferenceData`)."""
 
 from alignsuite.data.audio import Audio, decode_audio, write_wav
 from alignsuite.data.datamodule import EpochRandomSampler, PreferenceDataModule
@@ -18,6 +19,7 @@ from alignsuite.data.layouts import ImagePairs, ImageUnpaired, Layout, SpeechPai
 from alignsuite.data.loading import load_table
 from alignsuite.data.fields import PairFields, UnpairedFields
 from alignsuite.data.preference import normalize_pair, normalize_unpaired, pairs_to_unpaired
+from alignsuite.data.protocol import PreferenceData, preference_data
 
 __all__ = [
     "Audio",
@@ -28,6 +30,7 @@ __all__ = [
     "ImageUnpaired",
     "Layout",
     "PairFields",
+    "PreferenceData",
     "PreferenceDataModule",
     "SpeechPairs",
     "TextPairs",
@@ -43,6 +46,7 @@ __all__ = [
     "normalize_pair",
     "normalize_unpaired",
     "pairs_to_unpaired",
+    "preference_data",
     "to_tensor",
     "write_wav",
 ]

@@ -24,11 +24,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from alignsuite.data.layouts import Layout, TextPairs
 from alignsuite.data.layouts.base import HIDDEN_PREFIX, Table, all_skipped_error
 from alignsuite.data.loading import load_table
+from alignsuite.data.protocol import PreferenceData
 
 Split = Literal["train", "val"]
 
 
-class PreferenceDataModule(L.LightningDataModule):
+class PreferenceDataModule(L.LightningDataModule, PreferenceData):
     """Loads, validates and batches preference data.
 
     Args:
@@ -51,7 +52,8 @@ class PreferenceDataModule(L.LightningDataModule):
         max_val_rows: keep only the first rows of the validation set.
         seed: seed of the held-out split and of the shuffle (one order per epoch).
 
-    Subclasses generate their rows by overriding `load_rows`; the layout validates them like a file's.
+    Subclasses generate their rows by overriding `load_rows`; the layout validates them like a file's. What
+    the rest of the suite reads from it is declared by `PreferenceData` (``data/protocol.py``).
     """
 
     def __init__(

@@ -20,6 +20,10 @@ Arrow holds one schema per column, and tool-call arguments differ from row to ro
 ``tool_calls`` is stored as JSON text and ``tools`` (the row's tool schemas) likewise; `for_arrow` and
 `from_arrow` convert, the latter at collate, and also drop the ``None`` that Arrow gives a message
 for a key that only other messages of the column have.
+
+Messages as plain text, for whatever shows or judges them rather than tokenizing them (a scorer's prompt,
+a report, a samples table): `content_text`, `prompt_text` and `messages_text`, the one renderer every
+such consumer calls. A tokenizer's chat template is the backbones' business, not this.
 """
 
 from __future__ import annotations
@@ -103,6 +107,43 @@ def _sharegpt(m: dict, field: str, index: int, source: str) -> Message:
         raise DataError(source, index, field, 'a function_call value that is JSON {"name": ..., "arguments": ...} (or a list of them)', value)
     tool_calls = [{"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}} for c in calls]
     return {"role": "assistant", "content": "", "tool_calls": tool_calls}
+
+
+def content_text(content: str | list | None, placeholders: bool = False) -> str:
+    """A message's content as text: a string as is; of a parts list, the text parts joined by spaces, and
+    with ``placeholders`` every other part shown as ``<its type>`` (``<image>``), left out without."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return " ".join(
+        part.get("text", "") if part.get("type") == "text" else f"<{part.get('type', 'part')}>"
+        for part in content
+        if isinstance(part, dict) and (placeholders or part.get("type") == "text")
+    )
+
+
+def prompt_text(prompt: str | Messages, placeholders: bool = False) -> str:
+    """A prompt's text: itself, or the content text of the last user message of chat messages (what the
+    user asked, without the system prompt or earlier turns)."""
+    if isinstance(prompt, str):
+        return prompt
+    for message in reversed(prompt):
+        if message.get("role") == "user":
+            return content_text(message.get("content"), placeholders)
+    raise ValueError(f"prompt has no user message: {prompt!r}")
+
+
+def messages_text(value: object, roles: bool = False, placeholders: bool = False) -> str:
+    """Text as is; chat messages as one text: each message's content text joined by spaces, or with ``roles``
+    a transcript of ``role: text`` lines. Anything else as ``str`` gives it."""
+    if isinstance(value, str):
+        return value
+    if not (isinstance(value, list) and all(isinstance(m, dict) for m in value)):
+        return str(value)
+    if roles:
+        return "\n".join(f"{m.get('role', '?')}: {content_text(m.get('content'), placeholders)}" for m in value)
+    return " ".join(content_text(m.get("content"), placeholders) for m in value)
 
 
 def blank(value: str | Messages) -> bool:

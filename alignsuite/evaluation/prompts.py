@@ -22,6 +22,8 @@ import json
 import os
 from typing import Any
 
+from alignsuite.data.protocol import preference_data
+
 
 class PromptFileError(ValueError):
     """A prompt file that cannot be read: names the file and, where it can, the line."""
@@ -136,8 +138,9 @@ def heldout_prompts(datamodule) -> list[dict]:
     """The prompts of a preference datamodule's validation split, one row per pair, with its images."""
     if datamodule is None:
         raise ValueError("evaluate.prompts heldout needs the recipe's data section (a preference datamodule)")
+    datamodule = preference_data(datamodule)
     datamodule.setup("validate")
-    ds = getattr(datamodule, "val_set", None)
+    ds = datamodule.val_set
     if ds is None:
         raise ValueError("evaluate.prompts heldout: the data has no validation split; set data.val or data.val_fraction")
     column = next((c for c in ("prompt", "caption") if c in ds.column_names), None)

@@ -15,6 +15,7 @@ import io
 import os
 import wave
 
+from alignsuite.data.messages import messages_text
 from alignsuite.evaluation import plots
 from alignsuite.evaluation.results import EvalResults, ScorerResult
 
@@ -250,21 +251,7 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 def _prompt_text(prompt) -> str:
     """A prompt as plain text: a string as is, chat messages as ``role: text`` lines (images as ``<image>``)."""
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-        lines = []
-        for m in prompt:
-            content = m.get("content", "")
-            if isinstance(content, list):
-                content = " ".join(
-                    part.get("text", "") if part.get("type") == "text" else f"<{part.get('type', 'part')}>"
-                    for part in content
-                    if isinstance(part, dict)
-                )
-            lines.append(f"{m.get('role', '?')}: {content}")
-        return "\n".join(lines)
-    return str(prompt)
+    return messages_text(prompt, roles=True, placeholders=True)
 
 
 def _num(x: float | None) -> str:

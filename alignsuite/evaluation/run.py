@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
+from alignsuite.data.protocol import preference_data
 from alignsuite.evaluation.prompts import PromptFileError, load_prompts
 from alignsuite.evaluation.results import EvalResults, ScorerResult
 from alignsuite.evaluation.scorers import ImplicitRewardAccuracy, Scorer
@@ -222,8 +223,9 @@ def implicit_reward_result(scorer: ImplicitRewardAccuracy, backbone, evaluation,
     """Per held-out pair, the aligned model's implicit-reward accuracy over the base (the base's own is 1/2)."""
     if datamodule is None:
         raise EvaluationError(f"scorer {scorer.name!r} needs the recipe's preference data (its data section)")
+    datamodule = preference_data(datamodule)
     datamodule.setup("validate")
-    if getattr(datamodule, "val_set", None) is None:
+    if datamodule.val_set is None:
         raise EvaluationError(f"scorer {scorer.name!r}: the data has no validation split; set data.val or"
                               " data.val_fraction")
     model = aligned_backbone(backbone, evaluation.aligned, evaluation.weights_only)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from alignsuite.components import default_device, import_object
+from alignsuite.data.messages import prompt_text
 
 Score = float | None
 
@@ -78,19 +79,6 @@ def check_weights(path: str | None, what: str, how: str) -> None:
     looks_local = path.startswith((".", "/", "~")) or path.endswith((".pt", ".pth", ".bin", ".safetensors"))
     if looks_local and not os.path.exists(os.path.expanduser(path)):
         raise MissingWeightsError(f"{what}: weights not found at {path!r}; {how}")
-
-
-def prompt_text(prompt: Any) -> str:
-    """A prompt's text: itself, or the text parts of the last user message of chat messages."""
-    if isinstance(prompt, str):
-        return prompt
-    for message in reversed(prompt):
-        if message.get("role") == "user":
-            content = message.get("content") or ""
-            if isinstance(content, str):
-                return content
-            return " ".join(part["text"] for part in content if part.get("type") == "text")
-    raise ValueError(f"prompt has no user message: {prompt!r}")
 
 
 def as_rgb(image) -> Any:

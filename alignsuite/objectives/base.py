@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignsuite.scores import PairScores, SequenceScores, UnpairedScores
+from alignsuite.scores import PairScores, Scores, SequenceScores
 from alignsuite.views import View
 
 _REGISTRY: dict[str, type["Objective"]] = {}
@@ -116,7 +116,7 @@ class Objective:
                 extra[f"{name}_prompt"], extra[f"{name}_prompt_len"] = s.prompt, s.prompt_length
         return extra
 
-    def _check_reference(self, scores: PairScores | UnpairedScores) -> None:
+    def _check_reference(self, scores: Scores) -> None:
         if self.needs_reference and not scores.has_reference:
             raise ValueError(f"objective {self.name!r} needs reference scores, and the batch has none")
 

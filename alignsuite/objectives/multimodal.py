@@ -11,15 +11,14 @@ summed with weights ``dpo_weight``, ``conditional_weight``, ``anchor_weight`` (1
 released code). Plain DPO on multimodal pairs can win by the answers' language alone and ignore the image;
 the conditional term only falls when the image matters.
 
-The corrupted image (:class:`ImageCorruption`) is drawn once per example from the row's own seed, so the
-policy, the reference and a precomputed reference see the same pixels; the released code redraws it on
-every forward, so its policy and reference compare different images.
+The corrupted image (:class:`ImageCorruption`, the settings; the vision-language backbone draws the pixels,
+``alignsuite.backbones.image_views``) is drawn once per example from the row's own seed, so the policy, the
+reference and a precomputed reference see the same pixels; the released code redraws it on every forward, so
+its policy and reference compare different images.
 """
 
 from __future__ import annotations
 
-import math
-import random
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -35,7 +34,8 @@ Corruption = Literal["crop", "noise", "mismatched"]
 
 @dataclass(frozen=True)
 class ImageCorruption:
-    """The ``corrupt_image`` condition: each row's images replaced, the same way every time for the same row.
+    """The ``corrupt_image`` condition's settings: each row's images replaced, the same way every time for the
+    same row. The backbone that takes images draws the pixels (``alignsuite.backbones.image_views``).
 
     - ``crop``: keep a random region covering a fraction in ``keep`` of the area (aspect ratio in
       [3/4, 4/3]), resized back to the full size; mDPO's default, ``keep = (0.01, 0.2)``.
@@ -66,37 +66,6 @@ class ImageCorruption:
     def per_row(self) -> bool:
         """Whether a row's corruption depends on that row alone (so reference scores may be stored)."""
         return self.kind != "mismatched"
-
-    def __call__(self, images: list[list], rows: list[int]) -> list[list]:
-        if self.kind == "mismatched":
-            if len(images) < 2:
-                raise ValueError("the mismatched corruption takes the next row's images, and the batch has one row;"
-                                 " use a batch size of at least 2")
-            return images[1:] + images[:1]
-        out = []
-        for row, row_images in zip(rows, images):
-            out.append([self._one(img, random.Random(f"{self.seed}-{row}-{k}")) for k, img in enumerate(row_images)])
-        return out
-
-    def _one(self, image, rng: random.Random):
-        from PIL import Image
-
-        w, h = image.size
-        if self.kind == "crop":
-            area = rng.uniform(*self.keep) * w * h
-            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-            cw = max(1, min(w, round(math.sqrt(area * ratio))))
-            ch = max(1, min(h, round(math.sqrt(area / ratio))))
-            left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-            return image.crop((left, top, left + cw, top + ch)).resize((w, h), Image.Resampling.BILINEAR)
-        betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-        alpha_bar = torch.cumprod(1 - betas, 0)[self.noise_step].item()
-        pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8).float()
-        x = pixels / 127.5 - 1
-        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(rng.getrandbits(63)))
-        noisy = math.sqrt(alpha_bar) * x + math.sqrt(1 - alpha_bar) * noise
-        out = ((noisy.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return Image.frombytes("RGB", (w, h), out.numpy().tobytes())
 
 
 @register("mdpo")

@@ -1,0 +1,132 @@
+"""The commands of ``python -m alignsuite``: a table of functions, as litgpt's ``__main__`` keeps one.
+
+LightningCLI runs a command as a method of the Trainer it builds: Lightning's own for ``fit``, ``validate``,
+``test`` and ``predict``, and the functions below, made methods of :class:`AlignTrainer`, for ``export``,
+``evaluate`` and ``build_pairs``. A command with settings of its own (``evaluate``, ``build_pairs``) names
+them here: the config section and the class that reads it. The config plumbing (``cli.py``) builds every
+parser from :data:`COMMANDS`, and an assertion at the end of this file keeps the table and the Trainer in sync.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from alignsuite.callbacks import ExportError, ExportPretrained
+from alignsuite.checkpoint_io import CheckpointError
+
+
+def fail(message: str) -> None:
+    """A clean command-line error: one line on stderr, exit status 2 (as for any bad argument)."""
+    sys.stderr.write(f"error: {message}\n")
+    raise SystemExit(2)
+
+
+def export_checkpoint(
+    self, model, datamodule=None, ckpt_path: str | None = None, weights_only: bool | None = None
+) -> str:
+    """Export a checkpoint's policy as a save_pretrained folder (--ckpt_path, --export.dirpath).
+
+    Args:
+        ckpt_path: the Lightning checkpoint to export.
+        weights_only: read only tensors and plain containers from the checkpoint (the default, also
+            when null); false unpickles anything, which can run code: only for files you trust.
+    """
+    if not ckpt_path:
+        fail("export: give --ckpt_path, the Lightning checkpoint to export")
+    callback = next(c for c in self.callbacks if isinstance(c, ExportPretrained))
+    try:
+        path = callback.export_checkpoint(self, model, ckpt_path, weights_only)
+    except (CheckpointError, ExportError) as error:
+        fail(str(error))
+    rank_zero_info(f"exported {ckpt_path} to {path}")
+    return path
+
+
+def evaluate_models(self, model, datamodule=None, evaluation=None):
+    """Generate from the base and the aligned model, score both, write results.json and the report (the
+    ``evaluate`` section: ``alignsuite.evaluation.run.Evaluation``)."""
+    from alignsuite.evaluation.run import EvaluationError, run_evaluation
+
+    try:
+        return run_evaluation(model, evaluation, datamodule, device=self.strategy.root_device)
+    except EvaluationError as error:
+        fail(str(error))
+
+
+def build_preference_pairs(self, model, datamodule=None, pairs=None):
+    """Sample candidates from a TTS model for each text, rank them by a recogniser's WER and write
+    chosen/rejected pairs (the ``pairs`` section: ``alignsuite.speech.pairs.PairBuilding``)."""
+    from alignsuite.data.errors import DataError
+
+    backbone = model.backbone
+    backbone.configure()
+    backbone.to(self.strategy.root_device)
+    backbone.policy.eval()
+    try:
+        return pairs.run(backbone)
+    except (DataError, FileNotFoundError) as error:
+        fail(str(error))
+
+
+# The settings classes are imported only when their command's parser is built: the evaluation scorers and
+# the speech tools pull in optional dependencies a fit never needs.
+def evaluation_settings() -> type:
+    from alignsuite.evaluation.run import Evaluation
+
+    return Evaluation
+
+
+def pair_building_settings() -> type:
+    from alignsuite.speech.pairs import PairBuilding
+
+    return PairBuilding
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: the Trainer method it runs and what the command line does not fill in."""
+
+    function: Callable
+    """The Trainer method (Lightning's own, or one of the functions above)."""
+    given: frozenset[str]
+    """The method's arguments the CLI passes itself (the model, the data module, the section): not flags."""
+    section: str | None = None
+    """The command's own config section, parsed only for this command (a fit's config keeps none)."""
+    settings: Callable[[], type] | None = None
+    """The class the section is parsed into and instantiated as."""
+    argument: str | None = None
+    """The method's argument that receives the instantiated section."""
+
+
+COMMANDS: dict[str, Command] = {
+    **{name: Command(getattr(Trainer, name), frozenset(given)) for name, given in LightningCLI.subcommands().items()},
+    "export": Command(export_checkpoint, frozenset({"model", "datamodule"})),
+    "evaluate": Command(evaluate_models, frozenset({"model", "datamodule", "evaluation"}),
+                        section="evaluate", settings=evaluation_settings, argument="evaluation"),
+    "build_pairs": Command(build_preference_pairs, frozenset({"model", "datamodule", "pairs"}),
+                           section="pairs", settings=pair_building_settings, argument="pairs"),
+}
+
+
+class AlignTrainer(Trainer):
+    """Lightning's Trainer, plus the ``export``, ``evaluate`` and ``build_pairs`` commands.
+
+    jsonargparse names a method's argument group after the function, and ``export`` and ``evaluate`` are
+    already sections of the config (the ExportPretrained callback, the evaluation settings), so their
+    functions have other names.
+    """
+
+    export = export_checkpoint
+    evaluate = evaluate_models
+    build_pairs = build_preference_pairs
+
+
+assert all(getattr(AlignTrainer, name) is command.function for name, command in COMMANDS.items()), (
+    "COMMANDS and AlignTrainer's methods disagree"
+)
