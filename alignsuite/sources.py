@@ -13,7 +13,7 @@ from alignsuite.components import import_object
 
 # scheme -> resolver(name) -> folder. Adding a scheme is adding a row.
 SCHEMES: dict[str, str] = {
-    "toy": "alignsuite.toy.resolve_toy_model",  # built on first use, see alignsuite.toy
+    "toy": "alignsuite.toy.worlds.resolve_toy_model",  # built on first use, see alignsuite.toy
 }
 
 

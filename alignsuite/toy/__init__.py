@@ -10,27 +10,13 @@ base is not shipped (a new version being worked on) is trained once, on first us
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-
-from alignsuite.toy.squares import SquaresWorld
+from alignsuite.toy.worlds import (
+    SHIPPED, build_base_model, cache_root, get_world, known_worlds, resolve_toy_model, shipped_path,
+)
 from alignsuite.toy.llm import EchoWorld
+from alignsuite.toy.squares import SquaresWorld
 from alignsuite.toy.tts import SpeechFlowWorld, SpeechTokenWorld
 from alignsuite.toy.vlm import ShapesWorld
-
-_WORLDS = {"llm": EchoWorld, "diffusion": SquaresWorld, "vlm": ShapesWorld, "tts": SpeechTokenWorld, "tts_flow": SpeechFlowWorld}
-
-
-def known_worlds() -> list[str]:
-    return sorted(_WORLDS)
-
-
-def get_world(name: str):
-    try:
-        return _WORLDS[name]()
-    except KeyError:
-        raise ValueError(f"unknown toy world {name!r}; known: {', '.join(sorted(_WORLDS))}") from None
 
 
 def __getattr__(name: str):
@@ -42,45 +28,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def cache_root() -> str:
-    return os.path.expanduser(os.environ.get("ALIGNSUITE_CACHE", "~/.cache/alignsuite"))
-
-
-SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bases")
-
-
-def shipped_path(name: str, suffix: str = "") -> str:
-    """Where the package keeps toy world ``name``'s base model (or, with ``suffix``, a file made from it)."""
-    return os.path.join(SHIPPED, f"{name}-{get_world(name).version}{suffix}")
-
-
-def resolve_toy_model(name: str) -> str:
-    """The folder of toy world ``name``'s base model: the shipped one, else one trained here once and cached."""
-    shipped = shipped_path(name)
-    if os.path.isdir(shipped):
-        return shipped
-    path = os.path.join(cache_root(), "toy", os.path.basename(shipped))
-    if not os.path.isdir(path):
-        build_base_model(name, path)
-    return path
-
-
-def build_base_model(name: str, path: str) -> str:
-    """Train toy world ``name``'s base model into the folder ``path`` (replaced whole only once it is done)."""
-    from filelock import FileLock
-
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with FileLock(path + ".lock"):  # several processes may ask at once; one builds
-        if not os.path.isdir(path):
-            tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}-")
-            try:
-                get_world(name).build_base_model(tmp)
-                os.replace(tmp, path)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-__all__ = ["EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData", "build_base_model", "cache_root", "get_world", "known_worlds",
-           "resolve_toy_model", "shipped_path"]
+__all__ = ["SHIPPED", "EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
+           "build_base_model", "cache_root", "get_world", "known_worlds", "resolve_toy_model", "shipped_path"]

@@ -53,7 +53,7 @@ class ToyPreferenceData(PreferenceDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        from alignsuite.toy import get_world
+        from alignsuite.toy.worlds import get_world
 
         toy = get_world(world)
         layout = layout_for(getattr(toy, "modality", "text"), unpaired, toy)
@@ -64,7 +64,7 @@ class ToyPreferenceData(PreferenceDataModule):
         self.num_rows = {"train": num_train, "val": num_val}
 
     def load_rows(self, split):
-        from alignsuite.toy import get_world
+        from alignsuite.toy.worlds import get_world
 
         seed = self.seed if split == "train" else self.seed + 1_000_003  # disjoint draws
         return get_world(self.world_name).make_pairs(self.num_rows[split], seed)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from alignsuite.toy import SHIPPED, build_base_model, get_world, known_worlds
+from alignsuite.toy.worlds import SHIPPED, build_base_model, get_world, known_worlds
 
 
 def rebuild(names: list[str], output: str, pairs: bool = True) -> dict[str, str]:

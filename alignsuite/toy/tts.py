@@ -114,7 +114,7 @@ class SpeechWorld:
         on first use and cached."""
         from filelock import FileLock
 
-        from alignsuite.toy import cache_root, shipped_path
+        from alignsuite.toy.worlds import cache_root, shipped_path
 
         name = f"-pairs-{n}-{seed}.jsonl"
         path = shipped_path(self.name, name)
@@ -158,7 +158,7 @@ class SpeechTokenWorld(SpeechWorld):
 
     def backbone(self, path: str | None = None):
         from alignsuite.backbones.speech_tokens import SpeechTokenLM
-        from alignsuite.toy import resolve_toy_model
+        from alignsuite.toy.worlds import resolve_toy_model
 
         return SpeechTokenLM(path or resolve_toy_model(self.name), max_length=96, **self.backbone_args)
 
@@ -239,7 +239,7 @@ class SpeechFlowWorld(SpeechWorld):
 
     def backbone(self, path: str | None = None):
         from alignsuite.backbones.flow_tts import FlowMatchingTTS
-        from alignsuite.toy import resolve_toy_model
+        from alignsuite.toy.worlds import resolve_toy_model
 
         return FlowMatchingTTS(path or resolve_toy_model(self.name), **self.backbone_args)
 

@@ -1,0 +1,73 @@
+"""The toy worlds by name, and where each one's base model is: shipped with the package, else trained once.
+
+The worlds are named by import path and imported when asked for, so a world's own module can use what is
+here (where its base model is, the cache) without the two importing each other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from alignsuite.components import import_object
+
+WORLDS = {
+    "llm": "alignsuite.toy.llm.EchoWorld",
+    "diffusion": "alignsuite.toy.squares.SquaresWorld",
+    "vlm": "alignsuite.toy.vlm.ShapesWorld",
+    "tts": "alignsuite.toy.tts.SpeechTokenWorld",
+    "tts_flow": "alignsuite.toy.tts.SpeechFlowWorld",
+}
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bases")
+
+
+def known_worlds() -> list[str]:
+    return sorted(WORLDS)
+
+
+def get_world(name: str):
+    if name not in WORLDS:
+        raise ValueError(f"unknown toy world {name!r}; known: {', '.join(known_worlds())}")
+    return import_object(WORLDS[name])()
+
+
+def cache_root() -> str:
+    return os.path.expanduser(os.environ.get("ALIGNSUITE_CACHE", "~/.cache/alignsuite"))
+
+
+def shipped_path(name: str, suffix: str = "") -> str:
+    """Where the package keeps toy world ``name``'s base model (or, with ``suffix``, a file made from it)."""
+    return os.path.join(SHIPPED, f"{name}-{get_world(name).version}{suffix}")
+
+
+def resolve_toy_model(name: str) -> str:
+    """The folder of toy world ``name``'s base model: the shipped one, else one trained here once and cached."""
+    shipped = shipped_path(name)
+    if os.path.isdir(shipped):
+        return shipped
+    path = os.path.join(cache_root(), "toy", os.path.basename(shipped))
+    if not os.path.isdir(path):
+        build_base_model(name, path)
+    return path
+
+
+def build_base_model(name: str, path: str) -> str:
+    """Train toy world ``name``'s base model into the folder ``path`` (replaced whole only once it is done)."""
+    from filelock import FileLock
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with FileLock(path + ".lock"):  # several processes may ask at once; one builds
+        if not os.path.isdir(path):
+            tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}-")
+            try:
+                get_world(name).build_base_model(tmp)
+                os.replace(tmp, path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+__all__ = ["SHIPPED", "WORLDS", "build_base_model", "cache_root", "get_world", "known_worlds", "resolve_toy_model",
+           "shipped_path"]
