@@ -86,6 +86,7 @@ class AlignTrainer(Trainer):
         """Sample candidates from a TTS model for each text, rank them by a recogniser's WER and write
         chosen/rejected pairs (the ``pairs`` section: ``alignsuite.speech.pairs.PairBuilding``)."""
         from alignsuite.data.errors import DataError
+        from alignsuite.pairs import NoPairsError, OutputExistsError
 
         backbone = model.backbone
         backbone.configure()
@@ -93,7 +94,7 @@ class AlignTrainer(Trainer):
         backbone.policy.eval()
         try:
             return pairs.run(backbone)
-        except (DataError, FileNotFoundError) as error:
+        except (DataError, FileNotFoundError, NoPairsError, OutputExistsError) as error:
             fail(str(error))
 
     # The `build_pairs` command (its settings are the `pairs` section).

@@ -67,6 +67,7 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
 
     deterministic_inputs = False  # new noise and timesteps every step: reference scores cannot be stored
     modality = "text_to_speech"
+    generation_columns = ("prompt_speech", "prompt_text", "num_frames")
 
     def __init__(
         self,
