@@ -75,6 +75,7 @@ class VisionLanguage(CausalLM):
     modality = "vision_language"
     conditions = ("corrupt_image",)
     generation_columns = ("images",)
+    image_column = "images"
 
     def __init__(
         self,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from lightning.pytorch import LightningModule, Trainer
 
 from alignsuite.callbacks.reward import ValidationMetrics
-from alignsuite.evaluation.run import generate_all, row_images
-from alignsuite.evaluation.scorers import Scorer
+from alignsuite.evaluation.run import generate_all, row_conditions
+from alignsuite.judging import Scorer
 
 
 class ValidationScores(ValidationMetrics):
@@ -52,7 +52,7 @@ class ValidationScores(ValidationMetrics):
             self.rows = load_prompts(self.source, self.num_prompts, self.seed, datamodule=trainer.datamodule)
         outputs, _ = generate_all(pl_module.backbone, self.rows, self.seed, self.batch_size, self.generation_kwargs)
         prompts = [r["prompt"] for r in self.rows]
-        conditions = row_images(self.rows, pl_module.backbone.modality)
+        conditions = row_conditions(self.rows, pl_module.backbone)
         metrics = {}
         for scorer in self.scorers:
             values = [v for v in scorer.score(prompts, outputs, conditions, self.rows) if v is not None]
