@@ -47,7 +47,8 @@ def generate_chunked(generate: Callable, rows: Sequence[dict], batch_size: int, 
     outputs: list = []
 
     def call(chunk, chunk_seed_):
-        return list(generate([r[prompt_key] for r in chunk], seed=chunk_seed_, **conditions(chunk, columns), **kwargs))
+        seeded = {} if chunk_seed_ is None else {"seed": chunk_seed_}  # None is every backbone's default
+        return list(generate([r[prompt_key] for r in chunk], **seeded, **conditions(chunk, columns), **kwargs))
 
     for index, start in enumerate(range(0, len(rows), batch_size)):
         chunk = list(rows[start : start + batch_size])
@@ -69,4 +70,20 @@ def generate_chunked(generate: Callable, rows: Sequence[dict], batch_size: int, 
     return outputs
 
 
-__all__ = ["batch_conditions", "chunk_seed", "conditions", "generate_chunked"]
+def generate_rewrites(generate: Callable, rows: Sequence[dict], rewrites: dict[str, dict[str, str]], batch_size: int,
+                      seed: int | None = None, columns: Sequence[str] = (), generation_kwargs: dict | None = None,
+                      prompt_key: str = "prompt", seed_step: str = "chunk") -> list[dict]:
+    """``rows``, each with the output of every rewrite under the rewrite's name: for ``{name: {column: source}}``
+    the same prompts generated again with the row's ``source`` in place of ``column`` (a judge's
+    counterfactual, such as the toy vision-language world's swapped image; :attr:`alignsuite.judging.Scorer.rewrites`)."""
+    out = [dict(r) for r in rows]
+    for name, mapping in rewrites.items():
+        moved = [{**r, **{column: r[source] for column, source in mapping.items()}} for r in rows]
+        columns_ = tuple(columns) + tuple(c for c in mapping if c not in columns)
+        outputs = generate_chunked(generate, moved, batch_size, seed, columns_, generation_kwargs, prompt_key, seed_step)
+        for row, output in zip(out, outputs):
+            row[name] = output
+    return out
+
+
+__all__ = ["batch_conditions", "chunk_seed", "conditions", "generate_chunked", "generate_rewrites"]

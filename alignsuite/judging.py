@@ -25,6 +25,11 @@ class Scorer:
     prompt) and ``rows`` the prompt set's full rows (dicts; columns a scorer may need, such as a reference
     transcript or a speaker prompt). ``None`` in ``outputs`` (a failed generation) judges ``None``.
 
+    A judge that reads a counterfactual generation beside the output declares it in ``rewrites``:
+    ``{name: {generation column: row column}}``, the same prompt generated again with the row's other column in
+    place of a conditioning one (the toy vision-language world's swapped image); the caller generates it
+    (:func:`alignsuite.generation.generate_rewrites`) and hands it in each row under ``name``.
+
     A scorer's main value is the one named ``name``: :meth:`score` returns it alone. ``values`` names all it
     returns (``(name,)`` when it returns one); a value may be ``None`` where it does not apply to a sample
     (a mean leaves it out). A subclass implements :meth:`score_batch`, returning a number per sample (its
@@ -37,6 +42,7 @@ class Scorer:
     modalities: tuple[str, ...] = ()
     batch_size: int = 16
     values: tuple[str, ...] = ()
+    rewrites: dict[str, dict[str, str]] = {}
 
     def value_names(self) -> tuple[str, ...]:
         return self.values or (self.name,)

@@ -102,7 +102,9 @@ class RewardModel(Scorer):
 class ToyReward(Scorer):
     """A toy world's programmatic reward (``alignsuite.toy.get_world(world).reward``), in [0, 1]: so
     ``evaluate`` runs on every toy recipe with no download. The vision-language world scores against the
-    prompt set's row (its ``answer``), which the toy prompts hold.
+    prompt set's row (its ``answer``), which the toy prompts hold, and judges three values
+    (``world.judge``): the reward, ``image_sensitivity`` (against its answer to the swapped image, a
+    declared rewrite of ``images`` by the row's ``swap_images``) and ``hallucination``.
 
     Args:
         world: ``llm``, ``diffusion`` or ``vlm``.
@@ -118,12 +120,16 @@ class ToyReward(Scorer):
         self.name = f"toy_reward_{world}"
         self.modalities = (self.WORLD_MODALITY[world],)
         self.batch_size = 256
+        if world == "vlm":
+            self.values = (self.name, "image_sensitivity", "hallucination")
+            self.rewrites = {"swapped": {"images": "swap_images"}}
 
     def score_batch(self, prompts, outputs, conditions, rows):
         if self.world_name == "vlm":
             if rows is None or any("answer" not in (r or {}) for r in rows):
                 raise ValueError("ToyReward(vlm) scores against the toy world's items: use evaluate.prompts toy:vlm")
-            return [self.world.reward(row, out) for row, out in zip(rows, outputs)]
+            judged = [self.world.judge(row, out, row.get("swapped")) for row, out in zip(rows, outputs)]
+            return [{self.name: v.pop("reward"), **v} for v in judged]
         return [self.world.reward(prompt_text(p), out) for p, out in zip(prompts, outputs)]
 
 
