@@ -131,33 +131,56 @@ def sample(generate: Callable, items: list[dict], num_samples: int, seed: int, b
     return [list(row) for row in zip(*draws)]
 
 
-def judge_samples(scorer: Scorer, items: list[dict], samples: list[list], prompt_key: str = "prompt") -> list[list[Candidate]]:
-    """Every sample judged by ``scorer`` (all named values) as a :class:`Candidate`."""
+def judge_samples(scorer: Scorer, items: list[dict], samples: list[list], prompt_key: str = "prompt",
+                  candidate: Callable | None = None) -> list[list]:
+    """Every sample judged by ``scorer`` (all named values) as a candidate: ``candidate(output, values,
+    sample index)`` (a :class:`Candidate` by default; a modality's own, such as the speech builder's)."""
+    make = candidate or (lambda output, values, j: Candidate(output, values, j))
     flat = [(i, j, s) for i, row in enumerate(samples) for j, s in enumerate(row)]
     rows = [items[i] for i, _, _ in flat]
     values = scorer.judge([r.get(prompt_key) for r in rows], [s for _, _, s in flat], None, rows)
-    out: list[list[Candidate]] = [[] for _ in items]
+    out: list[list] = [[] for _ in items]
     for (i, j, s), v in zip(flat, values):
-        out[i].append(Candidate(s, dict(v or {}), j))
+        out[i].append(make(s, dict(v or {}), j))
     return out
+
+
+def value_summary(candidates: Sequence[Sequence[Any]], value: Callable, name: str, higher_is_better: bool) -> dict:
+    """The mean of ``value(candidate)`` over all candidates, and over the best and the worst of each item."""
+    per_item = [[value(c) for c in cands] for cands in candidates if cands]
+    flat = [v for vs in per_item for v in vs]
+    best, worst = (max, min) if higher_is_better else (min, max)
+    n = max(len(per_item), 1)
+    return {f"mean_{name}": sum(flat) / max(len(flat), 1), f"best_{name}": sum(best(vs) for vs in per_item) / n,
+            f"worst_{name}": sum(worst(vs) for vs in per_item) / n}
 
 
 def build_pairs(backbone, items: list[dict], scorer: Scorer, num_samples: int = 4, rule=None, seed: int = 0,
                 batch_size: int = 16, generation_kwargs: dict | None = None, prompt_key: str = "prompt",
-                row: Callable | None = None) -> tuple[list[dict], dict]:
-    """``(rows, counts)`` for any backbone: sample ``num_samples`` per item, judge with ``scorer``, keep a
-    pair per item by ``rule`` (best vs worst by the scorer's own value by default). ``row(item, chosen,
-    rejected)`` makes a written row (the item's prompt, the two outputs and their values by default)."""
+                row: Callable | None = None, candidate: Callable | None = None,
+                summarise: Callable | None = None) -> tuple[list[dict], dict]:
+    """``(rows, counts)`` for any backbone: sample ``num_samples`` per item (the backbone's
+    ``generation_columns`` of each item condition it), judge with ``scorer``, keep a pair per item by ``rule``
+    (best vs worst by the scorer's main value by default). ``row(item, chosen, rejected)`` makes a written row
+    (the item's prompt, the two outputs and their values by default); ``candidate`` makes a candidate from an
+    output, its values and its sample index (see :func:`judge_samples`). Beside the counts, ``summarise
+    (candidates)`` adds what it returns: by default the mean of the scorer's main value over all candidates,
+    and over each item's best and worst (:func:`value_summary`)."""
     if num_samples < 2:
         raise ValueError(f"pairs.num_samples must be at least 2 to have a best and a worst, got {num_samples}")
     rule = rule or BestVsWorst(scorer.name, scorer.higher_is_better)
     samples = sample(backbone.generate, items, num_samples, seed, batch_size,
                      getattr(backbone, "generation_columns", ()), generation_kwargs, prompt_key)
-    candidates = judge_samples(scorer, items, samples, prompt_key)
+    candidates = judge_samples(scorer, items, samples, prompt_key, candidate)
     kept, dropped = select_pairs(candidates, rule)
     make = row or default_row
     rows = [make(items[i], best, worst) for i, best, worst in kept]
-    return rows, counts(len(items), sum(map(len, candidates)), len(rows), dropped)
+    stats = counts(len(items), sum(map(len, candidates)), len(rows), dropped)
+    if summarise is None:
+        def summarise(cands):
+            judged = [[c for c in row if c.scores.get(scorer.name) is not None] for row in cands]
+            return value_summary(judged, lambda c: c.scores[scorer.name], scorer.name, scorer.higher_is_better)
+    return rows, {**stats, **summarise(candidates)}
 
 
 def default_row(item: dict, chosen: Candidate, rejected: Candidate, prompt_key: str = "prompt") -> dict:
@@ -206,4 +229,5 @@ def write_pairs(path: str, rows: list[dict], stats: dict) -> None:
 
 
 __all__ = ["BestVsWorst", "Candidate", "NoPairsError", "OutputExistsError", "build_pairs", "check_output", "counts",
-           "default_row", "describe", "judge_samples", "pick", "sample", "select_pairs", "write_jsonl", "write_pairs"]
+           "default_row", "describe", "judge_samples", "pick", "sample", "select_pairs", "value_summary", "write_jsonl",
+           "write_pairs"]

@@ -52,7 +52,8 @@ def test_generation_is_chunked_seeded_and_conditioned_by_the_backbones_columns()
 def test_build_pairs_samples_judges_and_selects_for_any_backbone():
     items = [{"prompt": "a", "voice": 1}, {"prompt": "bb", "voice": 22}]
     rows, stats = build_pairs(Echo(), items, Length(), num_samples=2, seed=0, batch_size=2)
-    assert stats == {"items": 2, "candidates": 4, "pairs": 2, "dropped": {}}
+    assert stats == {"items": 2, "candidates": 4, "pairs": 2, "dropped": {}, "mean_length": 9.0, "best_length": 12.0,
+                     "worst_length": 6.0}
     assert rows[0] == {"prompt": "a", "chosen": "a|1000003|1", "rejected": "a|0|1", "chosen_length": 11,
                        "rejected_length": 5}
 

@@ -167,13 +167,19 @@ def judge(items: list[dict], samples: list[list[torch.Tensor]], asr: Recogniser,
           to_audio=None) -> list[list[Candidate]]:
     """Every sample judged by a :class:`SpeechJudge` (transcribed, and compared with its prompt speaker) as a
     :class:`Candidate`; ``to_audio`` (speech -> ``Audio``) gives recognisers that listen their audio."""
-    flat = [(i, j, s) for i, row in enumerate(samples) for j, s in enumerate(row)]
-    judged = SpeechJudge(asr, similarity, to_audio).judge([items[i]["text"] for i, _, _ in flat], [s for _, _, s in flat],
-                                                          None, [items[i] for i, _, _ in flat])
-    out: list[list[Candidate]] = [[] for _ in items]
-    for (i, j, s), v in zip(flat, judged):
-        out[i].append(Candidate(s, v["transcript"], v["wer"], v["speaker_similarity"], j, v["audio"]))
-    return out
+    return pairs.judge_samples(SpeechJudge(asr, similarity, to_audio), items, samples, "text", as_candidate)
+
+
+def intp_row(item: dict, best: Candidate, worst: Candidate) -> dict:
+    """The INTP row of an item's chosen and rejected candidates."""
+    row = {"text": item["text"], "prompt_text": item["prompt_text"],
+           "prompt_speech": as_list(item["prompt_speech"]) if torch.is_tensor(item["prompt_speech"]) else None,
+           "chosen": as_list(best.speech), "rejected": as_list(worst.speech),
+           "chosen_transcript": best.transcript, "rejected_transcript": worst.transcript,
+           "chosen_wer": best.wer, "rejected_wer": worst.wer}
+    if not math.isnan(best.similarity):
+        row.update(chosen_similarity=best.similarity, rejected_similarity=worst.similarity)
+    return row
 
 
 def pair_rows(items: list[dict], candidates: list[list[Candidate]], rule: SelectionRule,
@@ -183,42 +189,34 @@ def pair_rows(items: list[dict], candidates: list[list[Candidate]], rule: Select
     kept, why = pairs.select_pairs(candidates, rule)
     if dropped is not None:
         dropped.update(why)
-    rows = []
-    for i, best, worst in kept:
-        item = items[i]
-        row = {"text": item["text"], "prompt_text": item["prompt_text"],
-               "prompt_speech": as_list(item["prompt_speech"]) if torch.is_tensor(item["prompt_speech"]) else None,
-               "chosen": as_list(best.speech), "rejected": as_list(worst.speech),
-               "chosen_transcript": best.transcript, "rejected_transcript": worst.transcript,
-               "chosen_wer": best.wer, "rejected_wer": worst.wer}
-        if not math.isnan(best.similarity):
-            row.update(chosen_similarity=best.similarity, rejected_similarity=worst.similarity)
-        rows.append(row)
-    return rows
+    return [intp_row(items[i], best, worst) for i, best, worst in kept]
 
 
-def summary(candidates: list[list[Candidate]], rows: list[dict], dropped: dict | None = None) -> dict:
-    """The counts (:func:`alignsuite.pairs.counts`: items, candidates, pairs kept, items dropped by rule) and the
-    mean WER of all samples, of the best and of the worst per item."""
-    flat = [c.wer for cands in candidates for c in cands]
-    stats = pairs.counts(len(candidates), len(flat), len(rows), dropped or {})
-    return {**stats, "samples": len(flat),
-            "mean_wer": sum(flat) / max(len(flat), 1),
-            "best_wer": sum(min(c.wer for c in cands) for cands in candidates) / max(len(candidates), 1),
-            "worst_wer": sum(max(c.wer for c in cands) for cands in candidates) / max(len(candidates), 1)}
+def summary(candidates: list[list[Candidate]], rows: list[dict] | None = None, dropped: dict | None = None) -> dict:
+    """The mean WER of all samples, of the best and of the worst per item (and, given ``rows``, the counts of
+    :func:`alignsuite.pairs.counts`: items, candidates, pairs kept, items dropped by rule)."""
+    stats = pairs.value_summary(candidates, lambda c: c.wer, "wer", higher_is_better=False)
+    stats["samples"] = sum(map(len, candidates))
+    if rows is not None:
+        stats.update(pairs.counts(len(candidates), stats["samples"], len(rows), dropped or {}))
+    return stats
+
+
+def as_candidate(speech, values: dict, sample: int) -> Candidate:
+    """A :class:`Candidate` from a :class:`SpeechJudge`'s values."""
+    return Candidate(speech, values["transcript"], values["wer"], values["speaker_similarity"], sample, values["audio"])
 
 
 def build_pairs(backbone, items: list[dict], asr: Recogniser, similarity: SpeakerSimilarity | None = None,
                 num_samples: int = 8, rule: SelectionRule | None = None, seed: int = 0, batch_size: int = 16,
                 generation_kwargs: dict | None = None) -> tuple[list[dict], dict]:
-    """``(rows, summary)``: sample, judge and select (see the module docstring)."""
-    if num_samples < 2:
-        raise ValueError(f"pairs.num_samples must be at least 2 to have a best and a worst, got {num_samples}")
-    samples = sample_candidates(backbone, items, num_samples, seed, batch_size, generation_kwargs)
-    candidates = judge(items, samples, asr, similarity, audio_of(backbone))
-    dropped: dict = {}
-    rows = pair_rows(items, candidates, rule or SelectionRule(), dropped)
-    return rows, summary(candidates, rows, dropped)
+    """``(rows, summary)``: sample, judge and select (see the module docstring), through the pair builder of
+    every backbone (:func:`alignsuite.pairs.build_pairs`) with a :class:`SpeechJudge` and this module's rule
+    and rows."""
+    judge_ = SpeechJudge(asr, similarity, audio_of(backbone))
+    return pairs.build_pairs(backbone, items, judge_, num_samples, rule or SelectionRule(), seed, batch_size,
+                             generation_kwargs, prompt_key="text", row=intp_row, candidate=as_candidate,
+                             summarise=summary)
 
 
 @dataclass
@@ -274,5 +272,5 @@ class PairBuilding:
         return stats
 
 
-__all__ = ["Candidate", "PairBuilding", "SelectionRule", "build_pairs", "judge", "load_items", "pair_rows",
-           "sample_candidates", "select", "summary", "synthesise", "write_jsonl"]
+__all__ = ["Candidate", "PairBuilding", "SelectionRule", "as_candidate", "build_pairs", "intp_row", "judge", "load_items",
+           "pair_rows", "sample_candidates", "select", "summary", "synthesise", "write_jsonl"]
