@@ -83,10 +83,10 @@ class AlignTrainer(Trainer):
     evaluate = evaluate_models
 
     def build_preference_pairs(self, model, datamodule=None, pairs=None):
-        """Sample candidates from a TTS model for each text, rank them by a recogniser's WER and write
-        chosen/rejected pairs (the ``pairs`` section: ``alignsuite.speech.pairs.PairBuilding``)."""
+        """Sample candidates for each prompt, judge them and write best-vs-worst pairs (the ``pairs`` section:
+        ``alignsuite.speech.pairs.PairBuilding``: a TTS model's by a recogniser's WER, any model's by a judge)."""
         from alignsuite.data.errors import DataError
-        from alignsuite.pairs import NoPairsError, OutputExistsError
+        from alignsuite.pairs import PairBuildingError
 
         backbone = model.backbone
         backbone.configure()
@@ -94,7 +94,7 @@ class AlignTrainer(Trainer):
         backbone.policy.eval()
         try:
             return pairs.run(backbone)
-        except (DataError, FileNotFoundError, NoPairsError, OutputExistsError) as error:
+        except (DataError, FileNotFoundError, PairBuildingError) as error:
             fail(str(error))
 
     # The `build_pairs` command (its settings are the `pairs` section).

@@ -23,15 +23,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from lightning.pytorch.utilities import rank_zero_info
+
+from alignsuite.data.errors import DataError
 from alignsuite.generation import generate_chunked
 from alignsuite.judging import Scorer
 
 
-class NoPairsError(ValueError):
+class PairBuildingError(ValueError):
+    """A ``build_pairs`` run that cannot or must not write (reported on the command line as one line)."""
+
+
+class NoPairsError(PairBuildingError):
     """No item gave a pair: nothing is written, and the counts say which rule dropped what."""
 
 
-class OutputExistsError(ValueError):
+class OutputExistsError(PairBuildingError):
     """The output holds rows (or is the items file) and ``overwrite`` was not given."""
 
 
@@ -184,10 +191,86 @@ def build_pairs(backbone, items: list[dict], scorer: Scorer, num_samples: int = 
 
 
 def default_row(item: dict, chosen: Candidate, rejected: Candidate, prompt_key: str = "prompt") -> dict:
+    """``prompt``, ``chosen``, ``rejected`` (the outputs as they are: text for language models) and each side's
+    judged numbers and text (``chosen_<value>``, ``rejected_<value>``)."""
     row = {"prompt": item.get(prompt_key), "chosen": chosen.output, "rejected": rejected.output}
     for name, value in chosen.scores.items():
-        row[f"chosen_{name}"], row[f"rejected_{name}"] = value, rejected.scores.get(name)
+        if value is None or isinstance(value, (int, float, str)):
+            row[f"chosen_{name}"], row[f"rejected_{name}"] = value, rejected.scores.get(name)
     return row
+
+
+# ------------------------------------------------------------------------------------------ the command
+def load_items(path: str, prompt_key: str = "prompt") -> list[dict]:
+    """Prompts to sample from: a ``.txt`` file (one per line) or ``.jsonl``/``.json`` rows holding
+    ``prompt_key`` (and any columns the backbone's generation or the judge reads)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pairs.items: {path!r} does not exist (expected .txt, .jsonl or .json)")
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".txt"):
+            rows = [{prompt_key: line.strip()} for line in f if line.strip()]
+        elif path.endswith(".json"):
+            rows = json.load(f)
+        else:
+            rows = []
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataError(path, line=i + 1, expected="one JSON object per line", problem=str(error)) from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or row.get(prompt_key) in (None, ""):
+            raise DataError(path, line=i + 1, expected=f"a row with a non-empty {prompt_key!r}", got=row)
+    if not rows:
+        raise DataError(path, problem="no items: nothing to sample")
+    return rows
+
+
+@dataclass
+class PairBuilding:
+    """The ``build_pairs`` command's settings (the ``pairs`` section), for any backbone.
+
+    Args:
+        items: prompts: ``.txt`` (one per line) or ``.jsonl``/``.json`` rows with ``prompt`` (and the columns
+            the backbone's generation reads, its ``generation_columns``).
+        output: the ``.jsonl`` file the pairs are written to (atomically, and only when at least one pair is
+            kept: a run that keeps none fails with the counts and leaves an earlier file as it was).
+        judge: the scorer that ranks the candidates (any ``alignsuite.judging.Scorer``: a reward model, an
+            image scorer, a toy world's reward ...).
+        num_samples: candidates sampled per prompt.
+        min_margin: keep a pair only if the judge's values of chosen and rejected differ by more than this.
+        min_chosen: keep a pair only if the chosen's value is at least this good (``None``: no bound).
+        seed: seed of the samples.
+        batch_size: prompts generated at once.
+        generation_kwargs: passed to the backbone's ``generate``.
+        overwrite: replace an output that already holds rows, or is the items file (refused otherwise).
+    """
+
+    items: str
+    output: str
+    judge: Scorer | None = None
+    num_samples: int = 4
+    min_margin: float = 0.0
+    min_chosen: float | None = None
+    seed: int = 0
+    batch_size: int = 16
+    generation_kwargs: dict = field(default_factory=dict)
+    overwrite: bool = False
+
+    def run(self, backbone) -> dict:
+        """Build and write the pairs: best vs worst by the judge's main value."""
+        if self.judge is None:
+            raise PairBuildingError("pairs.judge: give the scorer that ranks the candidates (a class_path), or"
+                                    " pairs.asr for a text-to-speech model")
+        check_output(self.output, self.items, self.overwrite)
+        rule = BestVsWorst(self.judge.name, self.judge.higher_is_better, self.min_margin, self.min_chosen)
+        rows, stats = build_pairs(backbone, load_items(self.items), self.judge, self.num_samples, rule, self.seed,
+                                  self.batch_size, self.generation_kwargs)
+        write_pairs(self.output, rows, stats)
+        rank_zero_info(f"wrote {stats['pairs']} pairs to {self.output}: {describe(stats)}")
+        return stats
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -228,6 +311,6 @@ def write_pairs(path: str, rows: list[dict], stats: dict) -> None:
     write_jsonl(path, rows)
 
 
-__all__ = ["BestVsWorst", "Candidate", "NoPairsError", "OutputExistsError", "build_pairs", "check_output", "counts",
+__all__ = ["BestVsWorst", "Candidate", "NoPairsError", "OutputExistsError", "PairBuilding", "PairBuildingError", "build_pairs", "load_items", "check_output", "counts",
            "default_row", "describe", "judge_samples", "pick", "sample", "select_pairs", "value_summary", "write_jsonl",
            "write_pairs"]

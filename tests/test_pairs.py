@@ -74,3 +74,34 @@ def test_writing_pairs_never_loses_a_file(tmp_path):
     assert out.read_text() == '{"old": 1}\n'
     write_pairs(str(out), [{"new": 1}], {**stats, "pairs": 1})
     assert out.read_text() == '{"new": 1}\n'
+
+
+def test_build_pairs_command_for_a_language_model_judged_by_any_scorer(tmp_path, tiny_lm_dir, capsys):
+    """The same command a TTS model uses, for a causal LM: sampled answers ranked by the toy reward, written as
+    prompt/chosen/rejected rows the preference data reads; a run that keeps none fails and writes nothing."""
+    import json
+
+    from alignsuite.cli import main
+    from alignsuite.data import PreferenceDataModule
+    from alignsuite.toy import get_world
+    from test_cli import recipe, write_jsonl
+
+    world = get_world("llm")
+    config = recipe(tmp_path, tiny_lm_dir, write_jsonl(tmp_path / "train.jsonl", world.make_pairs(8, seed=3)))
+    items = tmp_path / "prompts.txt"
+    items.write_text("\n".join(world.eval_prompts(6, 0)) + "\n")
+    out = tmp_path / "pairs.jsonl"
+    args = ["build_pairs", "--config", config, "--pairs.items", str(items), "--pairs.output", str(out),
+            "--pairs.judge", "alignsuite.evaluation.scorers.ToyReward", "--pairs.num_samples", "4",
+            "--pairs.generation_kwargs", '{"max_new_tokens": 6}']
+    with pytest.raises(SystemExit) as e:  # no reward can be 2 or more: every prompt is dropped
+        main(args + ["--pairs.min_chosen", "2"])
+    assert e.value.code != 0 and "6 items, 24 candidates, 0 pairs kept" in capsys.readouterr().err
+    assert not out.exists()
+    main(args)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and all(r["chosen_toy_reward_llm"] > r["rejected_toy_reward_llm"] for r in rows)
+    assert all(r["chosen_toy_reward_llm"] == world.reward(r["prompt"], r["chosen"]) for r in rows)
+    dm = PreferenceDataModule(train=str(out), batch_size=2)
+    dm.setup("fit")
+    assert set(next(iter(dm.train_dataloader()))["prompt"]) <= {r["prompt"] for r in rows}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -220,12 +220,15 @@ def build_pairs(backbone, items: list[dict], asr: Recogniser, similarity: Speake
 
 
 @dataclass
-class PairBuilding:
-    """The ``build_pairs`` command's settings (the ``pairs`` section).
+class PairBuilding(pairs.PairBuilding):
+    """The ``build_pairs`` command's settings (the ``pairs`` section): INTP's speech pairs when ``asr`` is
+    given, else the pairs of any backbone ranked by ``judge`` (:class:`alignsuite.pairs.PairBuilding`, whose
+    settings it shares).
 
     Args:
         items: texts to synthesise: ``.txt`` (one per line) or ``.jsonl``/``.json`` rows with ``text`` and
-            optional ``prompt_text``, ``prompt_speech`` (codes/frames as lists, or an audio file) and ``num_frames``.
+            optional ``prompt_text``, ``prompt_speech`` (codes/frames as lists, or an audio file) and ``num_frames``
+            (for another backbone: its prompts, see :class:`alignsuite.pairs.PairBuilding`).
         output: the ``.jsonl`` file the pairs are written to (atomically, and only when at least one pair is
             kept: a run that keeps none fails with the counts and leaves an earlier file as it was).
         asr: the recogniser whose WER ranks the candidates (``alignsuite.speech.TransformersASR``, or a toy
@@ -240,25 +243,23 @@ class PairBuilding:
         batch_size: items generated at once.
         generation_kwargs: passed to the backbone's ``generate`` (``temperature``, ``top_p``, ``steps`` ...).
         overwrite: replace an output that already holds rows, or is the items file (refused otherwise).
+        judge, min_margin, min_chosen: without ``asr``, the scorer and thresholds of the pair builder of any
+            backbone.
     """
 
-    items: str
-    output: str
-    asr: Recogniser
+    asr: Recogniser | None = None
     similarity: SpeakerSimilarity | None = None
     num_samples: int = 8
     min_wer_gap: float = 0.0
     min_similarity_gap: float = 0.0
     max_chosen_wer: float | None = None
     min_chosen_similarity: float | None = None
-    seed: int = 0
-    batch_size: int = 16
-    generation_kwargs: dict = field(default_factory=dict)
-    overwrite: bool = False
 
     def run(self, backbone) -> dict:
         """Build and write the pairs; :class:`alignsuite.pairs.OutputExistsError` before any sampling when the
         output may not be written, :class:`alignsuite.pairs.NoPairsError` (with the counts) when none is kept."""
+        if self.asr is None:
+            return super().run(backbone)
         pairs.check_output(self.output, self.items, self.overwrite)
         rule = SelectionRule(self.min_wer_gap, self.min_similarity_gap, self.max_chosen_wer, self.min_chosen_similarity)
         rows, stats = build_pairs(backbone, load_items(self.items), self.asr, self.similarity, self.num_samples, rule,
