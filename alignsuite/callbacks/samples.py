@@ -13,6 +13,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks.writers import writer_for
+from alignsuite.evaluation.prompts import load_prompts
 from alignsuite.generation import generate_chunked, generate_rewrites
 from alignsuite.judging import Scorer
 
@@ -103,8 +104,6 @@ class ValidationSamples(ValidationMetrics):
 
     # ------------------------------------------------------------------ the parts a setting changes
     def load_rows(self, trainer: Trainer) -> list[dict]:
-        from alignsuite.evaluation.prompts import load_prompts
-
         return load_prompts(self.source, self.num_prompts, self.seed or 0, datamodule=trainer.datamodule)
 
     def metrics(self, judged: dict[str, list], outputs: list) -> dict[str, float]:
