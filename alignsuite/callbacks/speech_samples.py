@@ -3,11 +3,12 @@ write their audio."""
 
 from __future__ import annotations
 
+import math
+
 from alignsuite.callbacks.samples import ValidationSamples
 from alignsuite.callbacks.writers import AudioWriter
-from alignsuite.judging import word_error_rate
 from alignsuite.speech.asr import Recogniser, SpeakerSimilarity
-from alignsuite.speech.judges import SpeechJudge, audio_of, mean_similarity
+from alignsuite.speech.judges import SpeechJudge, audio_of
 
 
 class SpeechSamples(ValidationSamples):
@@ -67,13 +68,11 @@ class SpeechSamples(ValidationSamples):
         return super().generate(backbone, rows)
 
     def metrics(self, judged: dict[str, list], outputs: list) -> dict[str, float]:
-        values = judged[self.scorers[0].name]
-        texts = [row["text"] for row in self.rows]
-        metrics = {self.name: word_error_rate([v["transcript"] for v in values], texts, normalised=True)}  # corpus WER
-        similarity = mean_similarity(values)
-        if similarity is not None:
+        means = self.scorers[0].means(judged[self.scorers[0].name])  # the corpus WER, the mean similarity
+        metrics = {self.name: means["wer"]}
+        if not math.isnan(means["speaker_similarity"]):
             prefix = self.name.rsplit("/", 1)[0] + "/" if "/" in self.name else ""
-            metrics[prefix + "speaker_similarity"] = similarity
+            metrics[prefix + "speaker_similarity"] = means["speaker_similarity"]
         return metrics
 
     def make_writer(self, backbone):

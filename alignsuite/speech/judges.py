@@ -51,8 +51,17 @@ class SpeechJudge(Scorer):
                            for p in prompts_speech]
             sims = self.similarity.similarity(utterances, prompt_utts)
         return [{"wer": word_error_rate(text, row[self.reference_column], normalised=True),
-                 "speaker_similarity": float(sim), "transcript": text, "audio": u.audio}
+                 "speaker_similarity": float(sim), "transcript": text, "reference": row[self.reference_column],
+                 "audio": u.audio}
                 for u, text, sim, row in zip(utterances, transcripts, sims, rows)]
+
+    def means(self, judged) -> dict[str, float]:
+        """The corpus WER (word edits over all utterances / all reference words, on normalised text) and the
+        mean speaker similarity where there is one (NaN where there is none)."""
+        have = [v for v in judged if v is not None]
+        similarity = mean_similarity(have)
+        wer = word_error_rate([v["transcript"] for v in have], [v["reference"] for v in have], normalised=True)
+        return {"wer": wer if have else float("nan"), "speaker_similarity": float("nan") if similarity is None else similarity}
 
 
 def audio_of(backbone):
