@@ -3,7 +3,8 @@ repeatable. Validation callbacks, ``evaluate`` and pair building all generate th
 
 What conditions generation besides the prompt is the backbone's to say: each backbone declares its
 ``generation_columns`` (a vision-language model's ``images``, a TTS model's ``prompt_speech`` and
-``prompt_text``), and a column goes to ``generate`` as one list per chunk when every row of the chunk has it.
+``prompt_text``), and a column goes to ``generate`` as one list per chunk when a row of the chunk has it
+(``None`` for the rows without).
 No caller names a modality's columns.
 """
 
@@ -13,8 +14,10 @@ from typing import Any, Callable, Sequence
 
 
 def conditions(rows: Sequence[dict], columns: Sequence[str]) -> dict[str, list]:
-    """``{column: [row[column] for row in rows]}`` for each of ``columns`` that every row holds."""
-    return {c: [r[c] for r in rows] for c in columns if rows and all(c in r for r in rows)}
+    """``{column: [row.get(column) for row in rows]}`` for each of ``columns`` that some row holds: ``None`` for
+    a row without it, which a backbone reads as no condition (no input image, no speaker prompt, no given
+    duration)."""
+    return {c: [r.get(c) for r in rows] for c in columns if any(c in r for r in rows)}
 
 
 def batch_conditions(batch: dict, columns: Sequence[str]) -> dict[str, Any]:

@@ -47,6 +47,9 @@ def test_generation_is_chunked_seeded_and_conditioned_by_the_backbones_columns()
     assert out == ["p0|10|0", "p1|10|1", "p2|11|2", "p3|11|3", "p4|12|4"]  # chunk k: seed + k
     out = generate_chunked(Echo().generate, rows, 2, seed=10, columns=(), seed_step="offset")
     assert out == ["p0|10|None", "p1|10|None", "p2|12|None", "p3|12|None", "p4|14|None"]  # chunk at s: seed + s
+    del rows[1]["voice"], rows[2]["voice"], rows[3]["voice"]  # a row without the column has no condition
+    out = generate_chunked(Echo().generate, rows, 2, seed=10, columns=Echo.generation_columns)
+    assert out == ["p0|10|0", "p1|10|None", "p2|11|None", "p3|11|None", "p4|12|4"]
 
 
 def test_build_pairs_samples_judges_and_selects_for_any_backbone():
