@@ -13,6 +13,10 @@ Written rows follow the INTP layout :class:`alignsuite.data.SpeechPairs` reads: 
 ``*_transcript``, ``*_wer`` and ``*_similarity``. Train on them, export, and build again from the aligned
 model for the iterative alignment INTP reports.
 
+It is a use of the pair builder every backbone shares (:mod:`alignsuite.pairs`): the same seeded sampling
+and safe writing, judged by :class:`alignsuite.speech.judges.SpeechJudge` and selected by this module's
+:class:`SelectionRule`, which names the threshold that drops each item.
+
 ``python -m alignsuite build_pairs --config recipe.yaml --pairs.items texts.jsonl --pairs.output pairs.jsonl``
 """
 
