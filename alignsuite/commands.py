@@ -60,9 +60,10 @@ def evaluate_models(self, model, datamodule=None, evaluation=None):
 
 
 def build_preference_pairs(self, model, datamodule=None, pairs=None):
-    """Sample candidates from a TTS model for each text, rank them by a recogniser's WER and write
-    chosen/rejected pairs (the ``pairs`` section: ``alignsuite.speech.pairs.PairBuilding``)."""
+    """Sample candidates for each prompt, judge them and write best-vs-worst pairs (the ``pairs`` section:
+    ``alignsuite.speech.pairs.PairBuilding``: a TTS model's by a recogniser's WER, any model's by a judge)."""
     from alignsuite.data.errors import DataError
+    from alignsuite.pairs import PairBuildingError
 
     backbone = model.backbone
     backbone.configure()
@@ -70,7 +71,7 @@ def build_preference_pairs(self, model, datamodule=None, pairs=None):
     backbone.policy.eval()
     try:
         return pairs.run(backbone)
-    except (DataError, FileNotFoundError) as error:
+    except (DataError, FileNotFoundError, PairBuildingError) as error:
         fail(str(error))
 
 

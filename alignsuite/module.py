@@ -15,6 +15,7 @@ from torch import Tensor
 from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.checkpoint_io import last_checkpoint_note
 from alignsuite.data.protocol import preference_data
+from alignsuite.generation import batch_conditions
 from alignsuite.objectives import Objective, get_objective
 from alignsuite.reference import Reference, default_reference
 from alignsuite.sharding import (
@@ -267,9 +268,8 @@ class PreferenceModule(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """One generation per prompt, with its row index and prompt (written under the run by the CLI)."""
-        # What conditions a row besides its prompt: a vision-language row's images, a TTS row's speaker prompt.
-        conditions = {k: batch[k] for k in ("images", "prompt_speech", "prompt_text") if k in batch}
-        generations = self.backbone.generate(batch["prompt"], **conditions)
+        # What conditions a row besides its prompt is the backbone's to declare (its generation_columns).
+        generations = self.backbone.generate(batch["prompt"], **batch_conditions(batch, self.backbone.generation_columns))
         return [{"index": int(i), "prompt": p, "generation": g}
                 for i, p, g in zip(batch["index"].tolist(), batch["prompt"], generations)]
 

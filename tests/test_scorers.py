@@ -88,7 +88,7 @@ OPEN_CLIP_TINY = {
 
 @pytest.fixture(scope="module")
 def tiny_open_clip(tmp_path_factory):
-    from alignsuite.evaluation.scorers import _open_clip
+    from alignsuite.evaluation.image_scorers import _open_clip
 
     path = tmp_path_factory.mktemp("open_clip")
     torch.manual_seed(0)

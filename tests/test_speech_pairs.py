@@ -131,3 +131,22 @@ def test_pairs_file_is_written_atomically(tmp_path):
         write_jsonl(str(out), [{"a": 2}, {"b": object()}])  # fails half way
     assert out.read_text() == '{"a": 1}\n'  # the old file, whole
     assert [p.name for p in tmp_path.iterdir()] == ["pairs.jsonl"]
+
+
+class SilentRecogniser(speech.ToyRecogniser):
+    """An ASR that hears nothing: every transcript is empty."""
+
+    def transcribe(self, utterances):
+        return ["" for _ in utterances]
+
+
+def test_dropped_items_are_counted_by_the_rule_that_dropped_them():
+    items = [{"text": "ba ko", "prompt_text": "", "prompt_speech": None} for _ in range(3)]
+    samples = [[codes("ba ko"), codes("ba")], [codes("ba"), codes("ko")], [torch.zeros(0, dtype=torch.long)] * 2]
+    dropped = {}
+    rows = pair_rows(items, judge(items, samples, SilentRecogniser(), None), SelectionRule(), dropped)
+    assert rows == [] and dropped == {"tie": 2, "no_candidate": 1}  # WER 1 everywhere; the last said nothing
+    dropped = {}
+    rows = pair_rows(items, judge(items, samples, speech.ToyRecogniser(), None), SelectionRule(max_chosen_wer=0.0),
+                     dropped)
+    assert len(rows) == 1 and dropped == {"max_chosen_wer": 1, "no_candidate": 1}

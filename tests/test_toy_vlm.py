@@ -118,7 +118,7 @@ def test_generation_reward_logs_every_metric_of_a_world_that_evaluates(tmp_path)
         return perfect(prompts, images)
 
     callback = GenerationReward(world="vlm", num_prompts=8, batch_size=3)
-    module = SimpleNamespace(backbone=SimpleNamespace(generate=generate))
+    module = SimpleNamespace(backbone=SimpleNamespace(generate=generate, generation_columns=("images",)))
     metrics = callback.evaluate(module)
     assert metrics == {"val/toy_reward": 1.0, "val/image_sensitivity": 1.0, "val/hallucination": 0.0}
     assert sizes == [3, 3, 2] * 2  # the real images, then the swapped ones, in chunks of batch_size

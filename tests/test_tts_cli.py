@@ -284,6 +284,50 @@ def test_build_pairs_names_the_items_file_and_line_of_a_row_without_text(tmp_pat
     assert not (tmp_path / "pairs.jsonl").exists()
 
 
+# The pair builder lost data: it replaced an earlier pairs file with an empty one and exited 0 when no pair
+# survived, and wrote over its own items file. It now fails with the counts, leaves the old file alone, and
+# refuses to overwrite rows (or the items) unless told.
+def test_build_pairs_that_keeps_no_pair_fails_with_the_counts_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "pairs.jsonl"
+    items = items_file(tmp_path)
+    with pytest.raises(SystemExit) as e:  # a random model says nothing right (WER 1): every item is dropped
+        main(build_pairs_args(token_recipe(tmp_path), items, str(out)) + ["--pairs.max_chosen_wer", "0.5"])
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    assert "no pair kept" in err and "6 items, 24 candidates, 0 pairs kept" in err
+    assert "items dropped: 6 by max_chosen_wer" in err
+    assert not out.exists() and [p.name for p in tmp_path.glob(".pairs-*")] == []
+
+
+def test_build_pairs_that_keeps_no_pair_leaves_an_earlier_pairs_file_as_it_was(tmp_path, capsys):
+    out = tmp_path / "pairs.jsonl"
+    out.write_text('{"earlier": 1}\n')
+    items = items_file(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(build_pairs_args(token_recipe(tmp_path), items, str(out))
+             + ["--pairs.max_chosen_wer", "0.5", "--pairs.overwrite", "true"])
+    assert e.value.code != 0 and "no pair kept" in capsys.readouterr().err
+    assert out.read_text() == '{"earlier": 1}\n'
+
+
+def test_build_pairs_refuses_to_write_over_its_items_or_earlier_pairs_unless_told(tmp_path, capsys):
+    items = items_file(tmp_path)
+    before = open(items).read()
+    config = token_recipe(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(build_pairs_args(config, items, items))
+    assert e.value.code != 0 and "is the items file" in capsys.readouterr().err
+    assert open(items).read() == before
+    out = tmp_path / "pairs.jsonl"
+    out.write_text('{"earlier": 1}\n')
+    with pytest.raises(SystemExit) as e:
+        main(build_pairs_args(config, items, str(out)))
+    assert e.value.code != 0 and "already holds rows" in capsys.readouterr().err
+    assert out.read_text() == '{"earlier": 1}\n'
+    main(build_pairs_args(config, items, str(out)) + ["--pairs.overwrite", "true"])  # told: replaced
+    assert "earlier" not in out.read_text() and len(out.read_text().splitlines()) >= 1
+
+
 # ------------------------------------------------------------------------------------------ predict
 def test_predict_speaks_each_held_out_text_after_its_speaker_prompt(tmp_path):
     from alignsuite.backbones import SpeechTokenLM

@@ -12,9 +12,9 @@ from alignsuite.cli import main
 from test_cli import REPO
 
 
-def run(tmp_path, scorer_world="llm", every=1):
+def run(tmp_path, scorer_world="llm", every=1, callback_class="ValidationScores", max_steps=4):
     recipe = os.path.join(REPO, "recipes/toy/llm_dpo.yaml")
-    callback = {"class_path": "alignsuite.callbacks.ValidationScores", "init_args": {
+    callback = {"class_path": f"alignsuite.callbacks.{callback_class}", "init_args": {
         "scorers": [{"class_path": "alignsuite.evaluation.scorers.ToyReward", "init_args": {"world": scorer_world}}],
         "prompts": "toy:llm", "num_prompts": 16, "seed": 3, "every_n_validations": every,
         "generation_kwargs": {"max_new_tokens": 8}}}
@@ -22,7 +22,7 @@ def run(tmp_path, scorer_world="llm", every=1):
     import yaml
 
     override.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback]}}))
-    main(["fit", "--config", recipe, "--config", str(override), "--trainer.max_steps", "4",
+    main(["fit", "--config", recipe, "--config", str(override), "--trainer.max_steps", str(max_steps),
           "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar",
           "false", "--trainer.logger.init_args.save_dir", str(tmp_path), "--checkpoint.dirpath", str(tmp_path / "c")])
     with open(tmp_path / "toy_llm_dpo" / "version_0" / "metrics.csv") as f:
@@ -51,3 +51,22 @@ def test_scorers_are_logged_before_training_and_at_validations(tmp_path):
 def test_a_scorer_for_another_modality_is_refused_at_start(tmp_path):
     with pytest.raises(ValueError, match="scores text_to_image outputs, not text"):
         run(tmp_path, scorer_world="diffusion")
+
+
+def test_the_one_validation_samples_callback_logs_its_judges_and_writes_the_samples_table(tmp_path):
+    """ValidationSamples, of which ValidationScores is a setting, keeps what it judged with the text writer:
+    one table per measurement, each generated answer beside its prompt."""
+    import json
+
+    rows = run(tmp_path, callback_class="ValidationSamples", max_steps=2)
+    assert [int(r["step"]) for r in rows] == [0, 1]
+    folder = tmp_path / "toy_llm_dpo" / "version_0" / "samples"
+    tables = sorted(p.name for p in folder.glob("*.jsonl"))
+    assert tables == ["step_000000.jsonl", "step_000002.jsonl"] and len(list(folder.glob("*.html"))) == 2
+    written = [json.loads(line) for line in (folder / "step_000000.jsonl").read_text().splitlines()]
+    assert len(written) == 16 and all(set(r) == {"index", "question", "generated"} for r in written)
+    from alignsuite.toy import get_world
+
+    world = get_world("llm")
+    mean = sum(world.reward(r["question"], r["generated"]) for r in written) / 16
+    assert float(rows[0]["val/toy_reward_llm"]) == pytest.approx(mean, abs=1e-6)

@@ -56,6 +56,10 @@ class Backbone(nn.Module):
         modality: the kind of rows it takes (``text``, ``vision_language``, ``text_to_image``), checked
             against the data layout's ``modality`` at setup.
         conditions: the names of the condition transforms ``transform`` applies (views may ask for them).
+        generation_columns: the row (or batch) columns that condition ``generate`` besides the prompt, passed
+            to it under their own names (``alignsuite.generation``): callers never name a modality's columns.
+        image_column: the one of them that holds input images (shown beside a prompt in reports, and given to
+            scorers as ``conditions``), or ``None``.
         deterministic_inputs: ``prepare`` gives the same inputs for the same rows at every step (token
             backbones), so reference scores may be computed once and stored; denoising backbones draw new
             noise every step and set this False.
@@ -68,6 +72,8 @@ class Backbone(nn.Module):
     lora: Any = None  # an adapter spec (``LoraSpec``) in backbones that train adapters
     modality: ClassVar[str] = "text"
     conditions: ClassVar[tuple[str, ...]] = ()
+    generation_columns: ClassVar[tuple[str, ...]] = ()
+    image_column: ClassVar[str | None] = None
     deterministic_inputs: ClassVar[bool] = True
     not_checkpointed: ClassVar[tuple[str, ...]] = ()
     shard_blocks: ClassVar[tuple[str, ...]] = ()

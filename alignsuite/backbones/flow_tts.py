@@ -67,6 +67,7 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
 
     deterministic_inputs = False  # new noise and timesteps every step: reference scores cannot be stored
     modality = "text_to_speech"
+    generation_columns = ("prompt_speech", "prompt_text", "num_frames")
 
     def __init__(
         self,
@@ -217,16 +218,18 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
     # ---------------------------------------------------------------- sampling and export
     def durations(self, texts: list[str], prompts: list[Tensor], prompt_texts: list[str],
                   num_frames: list[int] | None) -> list[int]:
-        """Frames to generate per row: ``num_frames``, else F5's estimate (the prompt's frames per byte of its
-        transcript times the text's bytes), else ``frames_per_byte`` times the text's bytes."""
-        if num_frames is not None:
-            if len(num_frames) != len(texts):
-                raise ValueError(f"num_frames has {len(num_frames)} entries for {len(texts)} prompts")
-            return [max(1, int(n)) for n in num_frames]
+        """Frames to generate per row: its ``num_frames`` (``None`` for a row without), else F5's estimate (the
+        prompt's frames per byte of its transcript times the text's bytes), else ``frames_per_byte`` times the
+        text's bytes."""
+        if num_frames is not None and len(num_frames) != len(texts):
+            raise ValueError(f"num_frames has {len(num_frames)} entries for {len(texts)} prompts")
+        given = list(num_frames) if num_frames is not None else [None] * len(texts)
         out = []
-        for i, (text, prompt, prompt_text) in enumerate(zip(texts, prompts, prompt_texts)):
+        for i, (text, prompt, prompt_text, n) in enumerate(zip(texts, prompts, prompt_texts, given)):
             size, ref = len(text.encode("utf-8")), len(prompt_text.encode("utf-8"))
-            if len(prompt) and ref:
+            if n is not None:
+                out.append(max(1, int(n)))
+            elif len(prompt) and ref:
                 out.append(max(1, round(len(prompt) / ref * size)))
             elif self.frames_per_byte is not None:
                 out.append(max(1, round(self.frames_per_byte * size)))

@@ -88,6 +88,7 @@ class SpeechTokenLM(Vocoded, CausalLM):
     """
 
     modality = "text_to_speech"
+    generation_columns = ("prompt_speech", "prompt_text")
 
     def __init__(
         self,

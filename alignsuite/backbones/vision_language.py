@@ -78,6 +78,8 @@ class VisionLanguage(CausalLM):
 
     modality = "vision_language"
     conditions = ("corrupt_image",)
+    generation_columns = ("images",)
+    image_column = "images"
 
     def __init__(
         self,
@@ -302,7 +304,7 @@ class VisionLanguage(CausalLM):
                  **kwargs) -> list[str]:
         """One answer per prompt (chat messages with image parts) and its ``images``: greedy, or sampled
         from ``seed`` (or with ``do_sample``) without touching the training run's random state."""
-        images = images if images is not None else [[] for _ in prompts]
+        images = [im or [] for im in images] if images is not None else [[] for _ in prompts]
         texts = [render_prompt(self.processor, p) for p in prompts]
         tok = self.tokenizer
         side = tok.padding_side

@@ -18,10 +18,12 @@ import torch
 
 from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
 from alignsuite.data.protocol import preference_data
+from alignsuite.evaluation.heldout import ImplicitRewardAccuracy
 from alignsuite.evaluation.prompts import PromptFileError, load_prompts
 from alignsuite.evaluation.results import EvalResults, ScorerResult
-from alignsuite.evaluation.scorers import ImplicitRewardAccuracy, Scorer
 from alignsuite.evaluation.winrate import summarise
+from alignsuite.generation import generate_chunked
+from alignsuite.judging import Scorer
 
 
 class EvaluationError(ValueError):
@@ -110,34 +112,20 @@ def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
     return built
 
 
-def row_images(rows: list[dict], modality: str) -> list[list] | None:
-    """Each row's input images for a vision-language model (``[]`` for a row without), else ``None``."""
-    return [r.get("images") or [] for r in rows] if modality == "vision_language" else None
+def row_conditions(rows: list[dict], backbone) -> list | None:
+    """Each row's input images (``[]`` for a row without) for a backbone that declares an ``image_column``, for
+    the scorers and the report; else ``None``."""
+    column = getattr(backbone, "image_column", None)
+    return None if column is None else [r.get(column) or [] for r in rows]
 
 
 def generate_all(backbone, rows: list[dict], seed: int, batch_size: int, kwargs: dict) -> tuple[list, list[str]]:
     """One output per row (``None`` where generation failed) and the failures' messages. Batch ``k`` samples
-    from ``seed + k``; a failed batch is retried one prompt at a time with the same seed."""
-    outputs, errors = [], []
-
-    def call(chunk, batch_seed):
-        images = row_images(chunk, backbone.modality)
-        extra = {"images": images} if images is not None else {}
-        return backbone.generate([r["prompt"] for r in chunk], seed=batch_seed, **extra, **kwargs)
-
-    for k, start in enumerate(range(0, len(rows), batch_size)):
-        chunk = rows[start : start + batch_size]
-        try:
-            outputs += list(call(chunk, seed + k))
-            continue
-        except Exception:  # noqa: BLE001 - one bad prompt must not end the evaluation
-            pass
-        for i, row in enumerate(chunk):
-            try:
-                outputs += list(call([row], seed + k))
-            except Exception as error:  # noqa: BLE001
-                outputs.append(None)
-                errors.append(f"prompt {start + i}: {type(error).__name__}: {error}")
+    from ``seed + k``; a failed batch is retried one prompt at a time with the same seed
+    (:func:`alignsuite.generation.generate_chunked`)."""
+    errors: list[str] = []
+    outputs = generate_chunked(backbone.generate, rows, batch_size, seed, backbone.generation_columns, kwargs,
+                               errors=errors)
     return outputs, errors
 
 
@@ -195,7 +183,7 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
         del model
 
     prompts = [r["prompt"] for r in rows]
-    conditions = row_images(rows, modality)
+    conditions = row_conditions(rows, backbone)
     results = EvalResults(modality=modality, prompts=prompts, base_outputs=outputs.get("base", []),
                           aligned_outputs=outputs.get("aligned", []), conditions=conditions, failures=failures)
     for scorer in gen_scorers:

@@ -11,20 +11,19 @@ tokens or frames directly (:mod:`alignsuite.toy.speech`).
   (``AutoModelForAudioXVector``: WavLM / UniSpeech-SAT speaker verification) between a sample and the
   prompt speech, as SPK-SIM is usually reported (WavLM-TDNN in Seed-TTS-eval and INTP).
 
-WER compares normalised text (:func:`normalise`: lower case, punctuation dropped) so that an ASR's
+WER compares normalised text (:func:`alignsuite.judging.normalise`: lower case, punctuation dropped) so that an ASR's
 capitals and commas do not count as errors.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from alignsuite.components import default_device
+from alignsuite.judging import normalise, word_error_rate
 from alignsuite.sources import resolve_model_path
 
 
@@ -36,21 +35,10 @@ class Utterance:
     audio: Any = None
 
 
-def normalise(text: str) -> str:
-    """Lower case, punctuation (Unicode category P*) and symbols replaced by spaces, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if unicodedata.category(ch)[0] in "PS" and ch != "'" else ch for ch in text)
-    return re.sub(r"\s+", " ", text).strip()
-
-
 def utterance_wer(transcript: str, reference: str) -> float:
-    """Word error rate of one utterance (edits / reference words) on normalised text."""
-    from torchmetrics.functional.text import word_error_rate
-
-    reference = normalise(reference)
-    if not reference:
-        raise ValueError("a reference transcript is empty; WER needs at least one word")
-    return float(word_error_rate(normalise(transcript), reference))
+    """Word error rate of one utterance (edits / reference words) on normalised text
+    (:func:`alignsuite.judging.word_error_rate`)."""
+    return word_error_rate(transcript, reference, normalised=True)
 
 
 class Recogniser:

@@ -13,6 +13,10 @@ Written rows follow the INTP layout :class:`alignsuite.data.SpeechPairs` reads: 
 ``*_transcript``, ``*_wer`` and ``*_similarity``. Train on them, export, and build again from the aligned
 model for the iterative alignment INTP reports.
 
+It is a use of the pair builder every backbone shares (:mod:`alignsuite.pairs`): the same seeded sampling
+and safe writing, judged by :class:`alignsuite.speech.judges.SpeechJudge` and selected by this module's
+:class:`SelectionRule`, which names the threshold that drops each item.
+
 ``python -m alignsuite build_pairs --config recipe.yaml --pairs.items texts.jsonl --pairs.output pairs.jsonl``
 """
 
@@ -21,15 +25,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from alignsuite import pairs
 from alignsuite.data.errors import DataError
-from alignsuite.speech.asr import Recogniser, SpeakerSimilarity, Utterance, utterance_wer
+from alignsuite.generation import generate_chunked
+from alignsuite.pairs import write_jsonl
+from alignsuite.speech.asr import Recogniser, SpeakerSimilarity
+from alignsuite.speech.judges import SpeechJudge, audio_of
 
 
 @dataclass
@@ -49,32 +56,40 @@ class Candidate:
 
 @dataclass
 class SelectionRule:
-    """When a best/worst pair of candidates is kept (see the module docstring)."""
+    """When a best/worst pair of candidates is kept (see the module docstring); a rule of
+    :func:`alignsuite.pairs.select_pairs`, naming the threshold that drops a pair."""
 
     min_wer_gap: float = 0.0
     min_similarity_gap: float = 0.0
     max_chosen_wer: float | None = None
     min_chosen_similarity: float | None = None
 
-    def keep(self, best: Candidate, worst: Candidate) -> bool:
+    def rank(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Best first by :meth:`Candidate.key`. An empty sample (the model stopped at once) is left out: no data
+        layout can hold an utterance of no frames, and there is nothing to train on in silence."""
+        return sorted((c for c in candidates if len(c.speech)), key=Candidate.key)
+
+    def why_dropped(self, best: Candidate, worst: Candidate) -> str | None:
         if self.max_chosen_wer is not None and best.wer > self.max_chosen_wer:
-            return False
+            return "max_chosen_wer"
         if self.min_chosen_similarity is not None and not best.similarity >= self.min_chosen_similarity:
-            return False
+            return "min_chosen_similarity"
         if worst.wer - best.wer > self.min_wer_gap:
-            return True
+            return None
+        if worst.wer != best.wer:
+            return "min_wer_gap"
         sims = (best.similarity, worst.similarity)
-        return worst.wer == best.wer and not any(map(math.isnan, sims)) and sims[0] - sims[1] > self.min_similarity_gap
+        if any(map(math.isnan, sims)) or sims[0] == sims[1]:
+            return "tie"
+        return None if sims[0] - sims[1] > self.min_similarity_gap else "min_similarity_gap"
+
+    def keep(self, best: Candidate, worst: Candidate) -> bool:
+        return self.why_dropped(best, worst) is None
 
 
 def select(candidates: list[Candidate], rule: SelectionRule) -> tuple[Candidate, Candidate] | None:
-    """``(chosen, rejected)``: the best and the worst non-empty candidate by :meth:`Candidate.key`, or ``None``.
-    An empty sample (the model stopped at once) is left out: no data layout can hold an utterance of no frames."""
-    ranked = sorted((c for c in candidates if len(c.speech)), key=Candidate.key)  # nothing to train on in silence
-    if not ranked:
-        return None
-    best, worst = ranked[0], ranked[-1]
-    return (best, worst) if best is not worst and rule.keep(best, worst) else None
+    """``(chosen, rejected)``: the best and the worst non-empty candidate by :meth:`Candidate.key`, or ``None``."""
+    return pairs.pick(candidates, rule)[0]
 
 
 def as_list(speech) -> list:
@@ -140,115 +155,86 @@ def synthesise(backbone, items: list[dict], batch_size: int, seed: int | None = 
                generation_kwargs: dict | None = None) -> list[torch.Tensor]:
     """One utterance per item, ``batch_size`` items at a time (greedy for token models when ``seed`` is None);
     the batch starting at item ``s`` uses seed ``seed + s``."""
-    out: list[torch.Tensor] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        extra = {"num_frames": [it["num_frames"] for it in chunk]} if all("num_frames" in it for it in chunk) else {}
-        out += backbone.generate(
-            [it["text"] for it in chunk], seed=None if seed is None else seed + start,
-            prompt_speech=[it["prompt_speech"] for it in chunk], prompt_text=[it["prompt_text"] for it in chunk],
-            **extra, **(generation_kwargs or {}),
-        )
-    return out
+    return generate_chunked(backbone.generate, items, batch_size, seed, backbone.generation_columns, generation_kwargs,
+                            prompt_key="text", seed_step="offset")
 
 
 def sample_candidates(backbone, items: list[dict], num_samples: int, seed: int, batch_size: int,
                       generation_kwargs: dict | None = None) -> list[list[torch.Tensor]]:
     """``num_samples`` sampled utterances per item; sample ``j`` of a batch starting at item ``s`` uses seed
     ``seed + 1_000_003 * j + s``, so that a run is repeatable and every candidate is its own draw."""
-    draws = [synthesise(backbone, items, batch_size, seed + 1_000_003 * j, generation_kwargs) for j in range(num_samples)]
-    return [list(row) for row in zip(*draws)]
-
-
-def audio_of(backbone):
-    """The backbone's speech-to-audio function, or ``None`` when it has no vocoder."""
-    return backbone.to_audio if getattr(backbone, "vocoder", None) else None
+    return pairs.sample(backbone.generate, items, num_samples, seed, batch_size, backbone.generation_columns,
+                        generation_kwargs, prompt_key="text")
 
 
 def judge(items: list[dict], samples: list[list[torch.Tensor]], asr: Recogniser, similarity: SpeakerSimilarity | None,
           to_audio=None) -> list[list[Candidate]]:
-    """Every sample transcribed (and compared with its prompt speaker) as a :class:`Candidate`; ``to_audio``
-    (speech -> ``Audio``) gives recognisers that listen their audio."""
-    flat = [(i, j, s) for i, row in enumerate(samples) for j, s in enumerate(row)]
-    speech = [s for _, _, s in flat]
-    audio = to_audio(speech) if to_audio else None
-    utterances = [Utterance(s, audio[k] if audio else None) for k, s in enumerate(speech)]
-    transcripts = asr.transcribe(utterances)
-    sims = [float("nan")] * len(flat)
-    if similarity is not None:
-        prompts = [items[i]["prompt_speech"] for i, _, _ in flat]
-        prompt_audio = to_audio([p for p in prompts if p is not None]) if audio else None
-        it = iter(prompt_audio or [])
-        prompt_utts = [Utterance(p, next(it) if prompt_audio else None) if p is not None else None for p in prompts]
-        sims = similarity.similarity(utterances, prompt_utts)
-    out: list[list[Candidate]] = [[] for _ in items]
-    for k, ((i, j, s), text, sim) in enumerate(zip(flat, transcripts, sims)):
-        out[i].append(Candidate(s, text, utterance_wer(text, items[i]["text"]), float(sim), j, utterances[k].audio))
-    return out
+    """Every sample judged by a :class:`SpeechJudge` (transcribed, and compared with its prompt speaker) as a
+    :class:`Candidate`; ``to_audio`` (speech -> ``Audio``) gives recognisers that listen their audio."""
+    return pairs.judge_samples(SpeechJudge(asr, similarity, to_audio), items, samples, "text", as_candidate)
 
 
-def pair_rows(items: list[dict], candidates: list[list[Candidate]], rule: SelectionRule) -> list[dict]:
-    rows = []
-    for item, cands in zip(items, candidates):
-        picked = select(cands, rule)
-        if picked is None:
-            continue
-        best, worst = picked
-        row = {"text": item["text"], "prompt_text": item["prompt_text"],
-               "prompt_speech": as_list(item["prompt_speech"]) if torch.is_tensor(item["prompt_speech"]) else None,
-               "chosen": as_list(best.speech), "rejected": as_list(worst.speech),
-               "chosen_transcript": best.transcript, "rejected_transcript": worst.transcript,
-               "chosen_wer": best.wer, "rejected_wer": worst.wer}
-        if not math.isnan(best.similarity):
-            row.update(chosen_similarity=best.similarity, rejected_similarity=worst.similarity)
-        rows.append(row)
-    return rows
+def intp_row(item: dict, best: Candidate, worst: Candidate) -> dict:
+    """The INTP row of an item's chosen and rejected candidates."""
+    row = {"text": item["text"], "prompt_text": item["prompt_text"],
+           "prompt_speech": as_list(item["prompt_speech"]) if torch.is_tensor(item["prompt_speech"]) else None,
+           "chosen": as_list(best.speech), "rejected": as_list(worst.speech),
+           "chosen_transcript": best.transcript, "rejected_transcript": worst.transcript,
+           "chosen_wer": best.wer, "rejected_wer": worst.wer}
+    if not math.isnan(best.similarity):
+        row.update(chosen_similarity=best.similarity, rejected_similarity=worst.similarity)
+    return row
 
 
-def summary(candidates: list[list[Candidate]], rows: list[dict]) -> dict:
-    """Mean WER of all samples, of the best and of the worst per item, and how many pairs were kept."""
-    flat = [c.wer for cands in candidates for c in cands]
-    return {"items": len(candidates), "samples": len(flat), "pairs": len(rows),
-            "mean_wer": sum(flat) / max(len(flat), 1),
-            "best_wer": sum(min(c.wer for c in cands) for cands in candidates) / max(len(candidates), 1),
-            "worst_wer": sum(max(c.wer for c in cands) for cands in candidates) / max(len(candidates), 1)}
+def pair_rows(items: list[dict], candidates: list[list[Candidate]], rule: SelectionRule,
+              dropped: dict | None = None) -> list[dict]:
+    """The INTP rows of the items that give a pair; ``dropped`` (a dict), when given, counts the others by the
+    reason they were dropped."""
+    kept, why = pairs.select_pairs(candidates, rule)
+    if dropped is not None:
+        dropped.update(why)
+    return [intp_row(items[i], best, worst) for i, best, worst in kept]
 
 
-def write_jsonl(path: str, rows: list[dict]) -> None:
-    """Write ``rows`` to ``path`` atomically: a crash leaves the old file (or none), never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pairs-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def summary(candidates: list[list[Candidate]], rows: list[dict] | None = None, dropped: dict | None = None) -> dict:
+    """The mean WER of all samples, of the best and of the worst per item (and, given ``rows``, the counts of
+    :func:`alignsuite.pairs.counts`: items, candidates, pairs kept, items dropped by rule)."""
+    stats = pairs.value_summary(candidates, lambda c: c.wer, "wer", higher_is_better=False)
+    stats["samples"] = sum(map(len, candidates))
+    if rows is not None:
+        stats.update(pairs.counts(len(candidates), stats["samples"], len(rows), dropped or {}))
+    return stats
+
+
+def as_candidate(speech, values: dict, sample: int) -> Candidate:
+    """A :class:`Candidate` from a :class:`SpeechJudge`'s values."""
+    return Candidate(speech, values["transcript"], values["wer"], values["speaker_similarity"], sample, values["audio"])
 
 
 def build_pairs(backbone, items: list[dict], asr: Recogniser, similarity: SpeakerSimilarity | None = None,
                 num_samples: int = 8, rule: SelectionRule | None = None, seed: int = 0, batch_size: int = 16,
                 generation_kwargs: dict | None = None) -> tuple[list[dict], dict]:
-    """``(rows, summary)``: sample, judge and select (see the module docstring)."""
-    if num_samples < 2:
-        raise ValueError(f"pairs.num_samples must be at least 2 to have a best and a worst, got {num_samples}")
-    samples = sample_candidates(backbone, items, num_samples, seed, batch_size, generation_kwargs)
-    candidates = judge(items, samples, asr, similarity, audio_of(backbone))
-    rows = pair_rows(items, candidates, rule or SelectionRule())
-    return rows, summary(candidates, rows)
+    """``(rows, summary)``: sample, judge and select (see the module docstring), through the pair builder of
+    every backbone (:func:`alignsuite.pairs.build_pairs`) with a :class:`SpeechJudge` and this module's rule
+    and rows."""
+    judge_ = SpeechJudge(asr, similarity, audio_of(backbone))
+    return pairs.build_pairs(backbone, items, judge_, num_samples, rule or SelectionRule(), seed, batch_size,
+                             generation_kwargs, prompt_key="text", row=intp_row, candidate=as_candidate,
+                             summarise=summary)
 
 
 @dataclass
-class PairBuilding:
-    """The ``build_pairs`` command's settings (the ``pairs`` section).
+class PairBuilding(pairs.PairBuilding):
+    """The ``build_pairs`` command's settings (the ``pairs`` section): INTP's speech pairs when ``asr`` is
+    given, else the pairs of any backbone ranked by ``judge`` (:class:`alignsuite.pairs.PairBuilding`, whose
+    settings it shares).
 
     Args:
         items: texts to synthesise: ``.txt`` (one per line) or ``.jsonl``/``.json`` rows with ``text`` and
-            optional ``prompt_text``, ``prompt_speech`` (codes/frames as lists, or an audio file) and ``num_frames``.
-        output: the ``.jsonl`` file the pairs are written to (atomically).
+            optional ``prompt_text``, ``prompt_speech`` (codes/frames as lists, or an audio file) and ``num_frames``
+            (for another backbone: its prompts, see :class:`alignsuite.pairs.PairBuilding`).
+        output: the ``.jsonl`` file the pairs are written to (atomically, and only when at least one pair is
+            kept: a run that keeps none fails with the counts and leaves an earlier file as it was).
         asr: the recogniser whose WER ranks the candidates (``alignsuite.speech.TransformersASR``, or a toy
             world's ``alignsuite.toy.speech.ToyRecogniser``).
         similarity: speaker similarity to the prompt speech, breaking WER ties; ``None`` for none.
@@ -260,32 +246,36 @@ class PairBuilding:
         seed: seed of the samples.
         batch_size: items generated at once.
         generation_kwargs: passed to the backbone's ``generate`` (``temperature``, ``top_p``, ``steps`` ...).
+        overwrite: replace an output that already holds rows, or is the items file (refused otherwise).
+        judge, min_margin, min_chosen: without ``asr``, the scorer and thresholds of the pair builder of any
+            backbone.
     """
 
-    items: str
-    output: str
-    asr: Recogniser
+    asr: Recogniser | None = None
     similarity: SpeakerSimilarity | None = None
     num_samples: int = 8
     min_wer_gap: float = 0.0
     min_similarity_gap: float = 0.0
     max_chosen_wer: float | None = None
     min_chosen_similarity: float | None = None
-    seed: int = 0
-    batch_size: int = 16
-    generation_kwargs: dict = field(default_factory=dict)
 
     def run(self, backbone) -> dict:
+        """Build and write the pairs; :class:`alignsuite.pairs.OutputExistsError` before any sampling when the
+        output may not be written, :class:`alignsuite.pairs.NoPairsError` (with the counts) when none is kept."""
+        if self.asr is None:
+            return super().run(backbone)
+        pairs.check_output(self.output, self.items, self.overwrite)
         rule = SelectionRule(self.min_wer_gap, self.min_similarity_gap, self.max_chosen_wer, self.min_chosen_similarity)
         rows, stats = build_pairs(backbone, load_items(self.items), self.asr, self.similarity, self.num_samples, rule,
                                   self.seed, self.batch_size, self.generation_kwargs)
-        write_jsonl(self.output, rows)
+        pairs.write_pairs(self.output, rows, stats)
         rank_zero_info(
             f"wrote {stats['pairs']} pairs from {stats['items']} items ({stats['samples']} samples) to {self.output}:"
-            f" mean WER {stats['mean_wer']:.3f}, best per item {stats['best_wer']:.3f}, worst {stats['worst_wer']:.3f}"
+            f" mean WER {stats['mean_wer']:.3f}, best per item {stats['best_wer']:.3f}, worst {stats['worst_wer']:.3f};"
+            f" {pairs.describe(stats)}"
         )
         return stats
 
 
-__all__ = ["Candidate", "PairBuilding", "SelectionRule", "build_pairs", "judge", "load_items", "pair_rows",
-           "sample_candidates", "select", "summary", "synthesise", "write_jsonl"]
+__all__ = ["Candidate", "PairBuilding", "SelectionRule", "as_candidate", "build_pairs", "intp_row", "judge", "load_items",
+           "pair_rows", "sample_candidates", "select", "summary", "synthesise", "write_jsonl"]

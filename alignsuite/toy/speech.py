@@ -22,6 +22,7 @@ import random
 
 import torch
 
+from alignsuite import judging
 from alignsuite.speech.asr import Recogniser, SpeakerSimilarity
 
 WORDS = ("ba", "ko", "mi", "du", "fe", "lo", "ni", "ra", "su", "te", "vo", "zi")
@@ -126,10 +127,9 @@ def transcribe(speech) -> str:
 
 
 def word_error_rate(transcripts: list[str], references: list[str]) -> float:
-    """Corpus WER: word edits over all utterances divided by the references' words (torchmetrics)."""
-    from torchmetrics.functional.text import word_error_rate as wer
-
-    return float(wer(list(transcripts), list(references)))
+    """Corpus WER: word edits over all utterances divided by the references' words
+    (:func:`alignsuite.judging.word_error_rate`)."""
+    return judging.word_error_rate(list(transcripts), list(references))
 
 
 class ToyRecogniser(Recogniser):

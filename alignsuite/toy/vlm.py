@@ -282,11 +282,22 @@ class ShapesWorld:
         prompts = [item["prompt"] for item in items]
         real = generate(prompts, images=[item["images"] for item in items])
         swapped = generate(prompts, images=[item["swap_images"] for item in items])
-        contradicted = [i for i, item in enumerate(items) if item["answer"] != item["prior"]]
+        judged = [self.judge(item, a, b) for item, a, b in zip(items, real, swapped)]
+        contradicted = [v["hallucination"] for v in judged if v["hallucination"] is not None]
         return {
-            "reward": sum(self.reward(item, out) for item, out in zip(items, real)) / len(items),
-            "image_sensitivity": sum(first_word(a) != first_word(b) for a, b in zip(real, swapped)) / len(items),
-            "hallucination": sum(first_word(real[i]) == items[i]["prior"] for i in contradicted) / max(len(contradicted), 1),
+            "reward": sum(v["reward"] for v in judged) / len(items),
+            "image_sensitivity": sum(v["image_sensitivity"] for v in judged) / len(items),
+            "hallucination": sum(contradicted) / max(len(contradicted), 1),
+        }
+
+    def judge(self, item: dict, completion: str, swapped: str | None = None) -> dict[str, float | None]:
+        """One item's values: ``reward``; ``image_sensitivity``, 1 when the answer to the swapped image
+        (``swapped``) differs (``None`` without it); ``hallucination``, 1 when the answer is the prior colour
+        where the image shows another (``None`` where the image shows the prior colour)."""
+        return {
+            "reward": self.reward(item, completion),
+            "image_sensitivity": None if swapped is None else float(first_word(completion) != first_word(swapped)),
+            "hallucination": float(first_word(completion) == item["prior"]) if item["answer"] != item["prior"] else None,
         }
 
     # ------------------------------------------------------------- the base model

@@ -1,0 +1,136 @@
+"""Text scorers: word and character error rates (of text, or of speech through a recogniser), reward models,
+and the toy worlds' programmatic rewards, one :class:`alignsuite.judging.Scorer` each.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from alignsuite.components import default_device, import_object
+from alignsuite.judging import Scorer, check_weights, load_pretrained, prompt_text, word_error_rate
+
+
+class WER(Scorer):
+    """Word error rate of a transcript against the prompt's text (:func:`alignsuite.judging.word_error_rate`), a fraction; lower
+    is better. For speech, ``transcribe`` (an ASR: a callable, or the import path of one, taking the outputs
+    and returning their transcripts) runs first; without it the outputs are taken as the transcripts.
+
+    Args:
+        transcribe: ``audio outputs -> transcripts``; ``None`` when the outputs are text already.
+        reference_column: the prompt set's column holding the reference text (the prompt itself when absent).
+    """
+
+    name, unit, higher_is_better, modalities = "wer", "fraction", False, ("text_to_speech", "text")
+
+    def __init__(self, transcribe: str | Callable | None = None, reference_column: str = "reference",
+                 batch_size: int = 16) -> None:
+        self.transcribe = import_object(transcribe) if isinstance(transcribe, str) else transcribe
+        self.reference_column, self.batch_size = reference_column, batch_size
+
+    @staticmethod
+    def rate(pred: str, target: str) -> float:
+        return word_error_rate(pred, target)
+
+    def score_batch(self, prompts, outputs, conditions, rows):
+        transcripts = list(self.transcribe(outputs)) if self.transcribe is not None else outputs
+        targets = [(row or {}).get(self.reference_column) or prompt_text(p)
+                   for p, row in zip(prompts, rows or [None] * len(prompts))]
+        return [self.rate(str(t), str(r)) for t, r in zip(transcripts, targets)]
+
+
+class CER(WER):
+    """Character error rate, as :class:`WER` with characters for words."""
+
+    name = "cer"
+
+    @staticmethod
+    def rate(pred: str, target: str) -> float:
+        return word_error_rate(pred, target, unit="char")
+
+
+class RewardModel(Scorer):
+    """A sequence-classification reward model (``AutoModelForSequenceClassification``, one logit) on the
+    prompt and answer: as a chat (user prompt, assistant answer) through the tokenizer's chat template when
+    it has one, else ``prompt + "\\n" + answer``. The unit is the model's own.
+
+    Args:
+        model_name_or_path: a reward model folder or hub id (``Skywork/Skywork-Reward-Llama-3.1-8B-v0.2`` ...).
+        max_length: longer inputs are truncated.
+    """
+
+    name, unit, modalities = "reward_model", "logit", ("text", "vision_language")
+
+    def __init__(self, model_name_or_path: str, max_length: int = 2048, dtype: str = "auto",
+                 device: str | None = None, batch_size: int = 8) -> None:
+        check_weights(model_name_or_path, "RewardModel", "give a folder written by save_pretrained, or a hub id")
+        self.model_name_or_path, self.max_length, self.dtype = model_name_or_path, max_length, dtype
+        self.device, self.batch_size = default_device(device), batch_size
+        self.model = self.tokenizer = None
+
+    def load(self):
+        if self.model is None:
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            path, how = self.model_name_or_path, "give a folder written by save_pretrained, or a hub id"
+            model = load_pretrained(AutoModelForSequenceClassification, path, "RewardModel", how, dtype=self.dtype)
+            self.model = model.eval().to(self.device)
+            self.tokenizer = load_pretrained(AutoTokenizer, path, "RewardModel tokenizer", how)
+            if self.tokenizer.pad_token is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        return self.model, self.tokenizer
+
+    def texts(self, prompts, outputs) -> list[str]:
+        _, tok = self.load()
+        if tok.chat_template:
+            return [tok.apply_chat_template([{"role": "user", "content": prompt_text(p)},
+                                             {"role": "assistant", "content": o}], tokenize=False)
+                    for p, o in zip(prompts, outputs)]
+        return [f"{prompt_text(p)}\n{o}" for p, o in zip(prompts, outputs)]
+
+    @torch.no_grad()
+    def score_batch(self, prompts, outputs, conditions, rows):
+        model, tok = self.load()
+        enc = tok(self.texts(prompts, outputs), return_tensors="pt", padding=True, truncation=True,
+                  max_length=self.max_length, add_special_tokens=not tok.chat_template).to(self.device)
+        return model(**enc).logits[:, 0].float().tolist()
+
+
+# ------------------------------------------------------------------------------------------ the toy worlds
+class ToyReward(Scorer):
+    """A toy world's programmatic reward (``alignsuite.toy.get_world(world).reward``), in [0, 1]: so
+    ``evaluate`` runs on every toy recipe with no download. The vision-language world scores against the
+    prompt set's row (its ``answer``), which the toy prompts hold, and judges three values
+    (``world.judge``): the reward, ``image_sensitivity`` (against its answer to the swapped image, a
+    declared rewrite of ``images`` by the row's ``swap_images``) and ``hallucination``.
+
+    Args:
+        world: ``llm``, ``diffusion`` or ``vlm``.
+    """
+
+    unit = "reward"
+    WORLD_MODALITY = {"llm": "text", "diffusion": "text_to_image", "vlm": "vision_language"}
+
+    def __init__(self, world: str = "llm") -> None:
+        from alignsuite.toy import get_world
+
+        self.world_name, self.world = world, get_world(world)
+        self.name = f"toy_reward_{world}"
+        self.modalities = (self.WORLD_MODALITY[world],)
+        self.batch_size = 256
+        if world == "vlm":
+            self.values = (self.name, "image_sensitivity", "hallucination")
+            self.rewrites = {"swapped": {"images": "swap_images"}}
+
+    def score_batch(self, prompts, outputs, conditions, rows):
+        if self.world_name == "vlm":
+            if rows is None or any("answer" not in (r or {}) for r in rows):
+                raise ValueError("ToyReward(vlm) scores against the toy world's items: use evaluate.prompts toy:vlm")
+            judged = [self.world.judge(row, out, row.get("swapped")) for row, out in zip(rows, outputs)]
+            return [{self.name: v.pop("reward"), **v} for v in judged]
+        return [self.world.reward(prompt_text(p), out) for p, out in zip(prompts, outputs)]
+
+
+__all__ = ["CER", "WER", "RewardModel", "ToyReward"]

@@ -1,0 +1,152 @@
+"""The one judge interface: a :class:`Scorer` turns prompts and the outputs generated for them into one or
+several named values per sample. Every judge implements it: the toy worlds' rewards, WER and speaker
+similarity, reward models, image scorers (:mod:`alignsuite.evaluation`, :mod:`alignsuite.speech.judges`);
+``evaluate``, the validation callbacks and pair building use it.
+
+Text helpers every judge shares live here too: :func:`normalise` (text as an error rate compares it) and the
+one word error rate, :func:`word_error_rate`; a prompt's text is the one chat renderer's
+(:func:`alignsuite.data.messages.prompt_text`, handed on from here).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from typing import Any, Sequence
+
+from alignsuite.data.messages import prompt_text
+
+Score = float | None
+
+
+class Scorer:
+    """Named values per (prompt, output): ``judge(prompts, outputs, conditions, rows) -> [{name: value} | None]``.
+
+    ``prompts`` are the prompts as generated from (text, or chat messages), ``outputs`` the generations
+    (text, PIL images, speech), ``conditions`` their input images for vision-language models (one list per
+    prompt) and ``rows`` the prompt set's full rows (dicts; columns a scorer may need, such as a reference
+    transcript or a speaker prompt). ``None`` in ``outputs`` (a failed generation) judges ``None``.
+
+    A judge that reads a counterfactual generation beside the output declares it in ``rewrites``:
+    ``{name: {generation column: row column}}``, the same prompt generated again with the row's other column in
+    place of a conditioning one (the toy vision-language world's swapped image); the caller generates it
+    (:func:`alignsuite.generation.generate_rewrites`) and hands it in each row under ``name``.
+
+    A scorer's main value is the one named ``name``: :meth:`score` returns it alone. ``values`` names all it
+    returns (``(name,)`` when it returns one); a value may be ``None`` where it does not apply to a sample
+    (a mean leaves it out). A subclass implements :meth:`score_batch`, returning a number per sample (its
+    main value) or a dict of named values.
+    """
+
+    name: str = "score"
+    unit: str = ""
+    higher_is_better: bool = True
+    modalities: tuple[str, ...] = ()
+    batch_size: int = 16
+    values: tuple[str, ...] = ()
+    rewrites: dict[str, dict[str, str]] = {}
+
+    def value_names(self) -> tuple[str, ...]:
+        return self.values or (self.name,)
+
+    def check_modality(self, modality: str) -> None:
+        if self.modalities and modality not in self.modalities:
+            raise ValueError(
+                f"scorer {self.name!r} ({type(self).__name__}) scores {', '.join(self.modalities)} outputs, not"
+                f" {modality}; remove it from evaluate.scorers"
+            )
+
+    def judge(self, prompts: Sequence[Any], outputs: Sequence[Any], conditions: Sequence[Any] | None = None,
+              rows: Sequence[dict] | None = None) -> list[dict[str, Any] | None]:
+        """Every named value of the outputs that exist, ``batch_size`` at a time; ``None`` for the missing ones."""
+        keep = [i for i, out in enumerate(outputs) if out is not None]
+        judged: list[dict | None] = [None] * len(outputs)
+        for start in range(0, len(keep), self.batch_size):
+            idx = keep[start : start + self.batch_size]
+            batch = self.score_batch(
+                [prompts[i] for i in idx], [outputs[i] for i in idx],
+                None if conditions is None else [conditions[i] for i in idx],
+                None if rows is None else [rows[i] for i in idx],
+            )
+            for i, value in zip(idx, batch):
+                judged[i] = self._named(value)
+        return judged
+
+    def score(self, prompts: Sequence[Any], outputs: Sequence[Any], conditions: Sequence[Any] | None = None,
+              rows: Sequence[dict] | None = None) -> list[Score]:
+        """The main value of each output, as a float (``None`` for missing outputs)."""
+        return [None if v is None or v.get(self.name) is None else float(v[self.name])
+                for v in self.judge(prompts, outputs, conditions, rows)]
+
+    def means(self, judged: Sequence[dict | None]) -> dict[str, float]:
+        """The mean of each named value over the samples that have it (NaN where none does)."""
+        out = {}
+        for name in self.value_names():
+            have = [float(v[name]) for v in judged if v is not None and v.get(name) is not None]
+            out[name] = sum(have) / len(have) if have else float("nan")
+        return out
+
+    def _named(self, value) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return dict(value)
+        return {self.name: float(value)}
+
+    def score_batch(self, prompts: list, outputs: list, conditions: list | None, rows: list | None) -> list:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------ weights
+class MissingWeightsError(FileNotFoundError, ValueError):
+    """A scorer's weights are not where the config says (a ValueError too: the CLI reports it in one line)."""
+
+
+def check_weights(path: str | None, what: str, how: str) -> None:
+    """A local path that does not exist is refused now, naming it and how to get the weights (a hub id is
+    left to the loader)."""
+    if path is None:
+        raise MissingWeightsError(f"{what}: give the weights' path ({how})")
+    looks_local = path.startswith((".", "/", "~")) or path.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    if looks_local and not os.path.exists(os.path.expanduser(path)):
+        raise MissingWeightsError(f"{what}: weights not found at {path!r}; {how}")
+
+
+def load_pretrained(loader, path: str, what: str, how: str, **kwargs):
+    """``loader.from_pretrained(path)``; a folder that is not there and no hub id that loads is named with how
+    to get the weights."""
+    try:
+        return loader.from_pretrained(os.path.expanduser(path), **kwargs)
+    except OSError as error:
+        raise MissingWeightsError(f"{what}: cannot load {path!r}, neither a local folder nor a hub id that loads"
+                                  f" here ({error}); {how}") from error
+
+
+# ------------------------------------------------------------------------------------------ text
+def normalise(text: str) -> str:
+    """Lower case, punctuation (Unicode category P*) and symbols replaced by spaces, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if unicodedata.category(ch)[0] in "PS" and ch != "'" else ch for ch in text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def word_error_rate(transcripts: str | Sequence[str], references: str | Sequence[str], normalised: bool = False,
+                    unit: str = "word") -> float:
+    """The word error rate (torchmetrics): edits over all utterances divided by the references' words, a
+    fraction; one utterance as strings, a corpus as lists. ``normalised`` compares :func:`normalise`-d text
+    (an ASR's capitals and commas are no errors); ``unit="char"`` gives the character error rate."""
+    from torchmetrics.functional.text import char_error_rate, word_error_rate as wer
+
+    one = isinstance(transcripts, str)
+    hyp, ref = ([transcripts], [references]) if one else (list(transcripts), list(references))
+    if normalised:
+        hyp, ref = [normalise(t) for t in hyp], [normalise(t) for t in ref]
+        if one and not ref[0]:
+            raise ValueError("a reference transcript is empty; WER needs at least one word")
+    rate = {"word": wer, "char": char_error_rate}[unit]
+    return float(rate(hyp[0], ref[0]) if one else rate(hyp, ref))
+
+
+__all__ = ["MissingWeightsError", "Score", "Scorer", "check_weights", "load_pretrained", "normalise", "prompt_text",
+           "word_error_rate"]
