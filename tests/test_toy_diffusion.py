@@ -173,7 +173,9 @@ def run_toy_recipe(tmp_path, name, *overrides):
 
 
 def test_diffusion_dpo_recipe_raises_the_reward(tmp_path):
-    """The default diffusion recipe, cut to its first 100 steps (it reaches 1.00 there; 0.37 before)."""
+    """The default diffusion recipe, cut to its first 100 steps, from the shipped base: 0.373 -> 0.998. With these
+    pairs, noise seeds 0-3 and one thread or two all end at 0.985-0.998, far from the bound (other data seeds
+    can fail: the README says which)."""
     reward = run_toy_recipe(tmp_path, "diffusion_dpo", "--trainer.max_steps", "100")
     assert reward[0][0] == 0 and reward[0][1] < 0.6
     assert reward[-1][1] >= 0.8, reward

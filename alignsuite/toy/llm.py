@@ -1,6 +1,6 @@
 """The language toy world: echo the letters of the prompt, in capitals.
 
-Prompts look like ``echo c a f``. The base model is trained (on first use, in seconds) on a mix of
+Prompts look like ``echo c a f``. The base model (shipped; its training here, in seconds) learns on a mix of
 answers in capitals (``C A F``) and in lower case (``c a f``), so it starts out producing both kinds,
 about half each. Preference pairs prefer the capital answer over a lower-case one or a capital one with
 a wrong letter. The reward scores a generation by how many positions hold the right capital letter,

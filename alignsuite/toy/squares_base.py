@@ -3,8 +3,8 @@
 A 2x-downsampling ``AutoencoderKL`` trained briefly on the world's 16x16 images, a 2-layer ``CLIPTextModel``
 with a word-level CLIP tokenizer written here, a ``UNet2DConditionModel`` on 8x8x4 latents and a DDIM
 scheduler. The UNet trains on the images the world gives it (:mod:`alignsuite.toy.squares`: an even mix of
-red and blue squares, so it draws each about half the time). About 3 minutes on 2 CPU cores, once:
-``resolve_toy_model("diffusion")`` keeps the folder.
+red and blue squares, so it draws each about half the time). The package ships the folder it saves;
+``python -m alignsuite.toy.rebuild diffusion`` trains it again.
 
 The parts know nothing of the world: the world holds a :class:`SquaresBase` and hands it its training images,
 so this module imports nothing of the world's.

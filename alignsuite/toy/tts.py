@@ -4,13 +4,13 @@
 CosyVoice 2 and Ints extend Qwen and Phi), conditioned on the text and a speaker prompt. ``tts_flow``: a
 tiny F5-TTS-style flow-matching model over 16-band mel frames, infilling the frames after the prompt's.
 
-Both base models are trained on first use, mostly on short texts, so that like real zero-shot TTS they
-read short sentences well and stumble on hard ones: long texts and runs of a repeated word (``ba ba ba``),
+Both base models (shipped; trained by the code below) learn mostly on short texts, so that like real
+zero-shot TTS they read short sentences well and stumble on hard ones: long texts and runs of a repeated word (``ba ba ba``),
 where they skip, double or garble words. The evaluation items and the preference pairs are hard texts.
 Pairs are what INTP builds: the base model samples candidates for each text, the world's recogniser
 transcribes them, and the lowest-WER one is chosen over the highest (:mod:`alignsuite.speech.pairs`);
-they are built once per size and seed and kept beside the base model. ``val/wer`` (corpus WER of the
-evaluation items) falls when alignment works.
+the recipes' pairs ship beside the base models, others are built once per size and seed and cached.
+``val/wer`` (corpus WER of the evaluation items) falls when alignment works.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ on a dark background. The question names the shape ("what colour is the circle ?
 colour, which only the image shows. Each shape has a *language prior*, the colour a text-only guess gives:
 circles are red, squares green, triangles blue.
 
-The base model is a tiny LLaVA trained (on first use) by next-token prediction on captions of the kind a
+The base model is a tiny LLaVA (shipped) trained by next-token prediction on captions of the kind a
 weak annotator writes: right for large shapes, but for small ones, which are hard to see, the prior colour
 80% of the time whatever the image shows. So it starts half grounded: it reads the colour of large shapes
 and says the prior for small ones (reward about 0.6 on evaluation items balanced over shape, colour and
