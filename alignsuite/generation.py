@@ -25,6 +25,13 @@ def batch_conditions(batch: dict, columns: Sequence[str]) -> dict[str, Any]:
     return {c: batch[c] for c in columns if c in batch}
 
 
+def row_conditions(rows: Sequence[dict], backbone) -> list | None:
+    """Each row's input images (``[]`` for a row without) for a backbone that declares an ``image_column``, for
+    the judges and the report; else ``None``."""
+    column = getattr(backbone, "image_column", None)
+    return None if column is None else [r.get(column) or [] for r in rows]
+
+
 def chunk_seed(seed: int | None, index: int, start: int, seed_step: str) -> int | None:
     """The seed of the chunk ``index`` starting at row ``start``: ``seed + index`` (``chunk``) or ``seed + start``
     (``offset``); ``None`` stays ``None`` (greedy decoding for token models)."""
@@ -56,14 +63,12 @@ def generate_chunked(generate: Callable, rows: Sequence[dict], batch_size: int, 
     for index, start in enumerate(range(0, len(rows), batch_size)):
         chunk = list(rows[start : start + batch_size])
         this_seed = chunk_seed(seed, index, start, seed_step)
-        if errors is None:
-            outputs += call(chunk, this_seed)
-            continue
         try:
             outputs += call(chunk, this_seed)
             continue
-        except Exception:  # noqa: BLE001 - retried row by row below
-            pass
+        except Exception:  # noqa: BLE001 - retried row by row below, when failures are counted
+            if errors is None:
+                raise
         for i, row in enumerate(chunk):
             try:
                 outputs += call([row], this_seed)
@@ -89,4 +94,4 @@ def generate_rewrites(generate: Callable, rows: Sequence[dict], rewrites: dict[s
     return out
 
 
-__all__ = ["batch_conditions", "chunk_seed", "conditions", "generate_chunked", "generate_rewrites"]
+__all__ = ["batch_conditions", "chunk_seed", "conditions", "generate_chunked", "generate_rewrites", "row_conditions"]

@@ -177,7 +177,7 @@ def build_pairs(backbone, items: list[dict], scorer: Scorer, num_samples: int = 
         raise ValueError(f"pairs.num_samples must be at least 2 to have a best and a worst, got {num_samples}")
     rule = rule or BestVsWorst(scorer.name, scorer.higher_is_better)
     samples = sample(backbone.generate, items, num_samples, seed, batch_size,
-                     getattr(backbone, "generation_columns", ()), generation_kwargs, prompt_key)
+                     backbone.generation_columns, generation_kwargs, prompt_key)
     candidates = judge_samples(scorer, items, samples, prompt_key, candidate)
     kept, dropped = select_pairs(candidates, rule)
     make = row or default_row

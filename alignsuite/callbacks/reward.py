@@ -44,9 +44,8 @@ class GenerationReward(ValidationSamples):
 
     def metrics(self, judged: dict[str, list], outputs: list) -> dict[str, float]:
         scorer = self.scorers[0]
-        prefix = self.name.rsplit("/", 1)[0] + "/" if "/" in self.name else ""
         means = scorer.means(judged[scorer.name])
-        return {self.name if key == scorer.name else prefix + key: float(value) for key, value in means.items()}
+        return {self.name if key == scorer.name else self.logged_name(key): float(value) for key, value in means.items()}
 
     def evaluate(self, pl_module: LightningModule) -> dict[str, float]:
         """Every metric, under its logged name, for the model as it is now."""

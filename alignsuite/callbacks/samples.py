@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks.writers import writer_for
 from alignsuite.evaluation.prompts import load_prompts
-from alignsuite.generation import generate_chunked, generate_rewrites
+from alignsuite.generation import generate_chunked, generate_rewrites, row_conditions
 from alignsuite.judging import Scorer
 
 
@@ -118,11 +118,16 @@ class ValidationSamples(ValidationMetrics):
     def make_writer(self, backbone):
         return writer_for(backbone)
 
+    def logged_name(self, key: str) -> str:
+        """``key`` logged beside ``self.name`` (``val/toy_reward`` -> ``val/<key>``), for a setting that names its
+        main value."""
+        return self.name.rsplit("/", 1)[0] + "/" + key if "/" in self.name else key
+
     # ------------------------------------------------------------------ the loop
     def generate(self, backbone, rows: list[dict]) -> tuple[list, list[dict]]:
         """``(outputs, rows)``: an output per row (``None`` where it failed, when ``tolerant``), and the rows with
         the outputs of the rewrites the scorers declare."""
-        args = {"batch_size": self.batch_size, "seed": self.seed, "columns": getattr(backbone, "generation_columns", ()),
+        args = {"batch_size": self.batch_size, "seed": self.seed, "columns": backbone.generation_columns,
                 "generation_kwargs": self.generation_kwargs, "prompt_key": self.prompt_key, "seed_step": self.seed_step}
         outputs = generate_chunked(backbone.generate, rows, errors=[] if self.tolerant else None, **args)
         for scorer in self.scorers:
@@ -134,8 +139,7 @@ class ValidationSamples(ValidationMetrics):
         row's values."""
         outputs, rows = self.generate(backbone, rows)
         prompts = [r[self.prompt_key] for r in rows]
-        column = getattr(backbone, "image_column", None)
-        conditions = [r.get(column) or [] for r in rows] if column else None
+        conditions = row_conditions(rows, backbone)
         judged = {s.name: s.judge(prompts, outputs, conditions, rows) for s in self.scorers}
         return self.metrics(judged, outputs), rows, outputs, judged
 

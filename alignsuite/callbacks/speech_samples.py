@@ -71,8 +71,7 @@ class SpeechSamples(ValidationSamples):
         means = self.scorers[0].means(judged[self.scorers[0].name])  # the corpus WER, the mean similarity
         metrics = {self.name: means["wer"]}
         if not math.isnan(means["speaker_similarity"]):
-            prefix = self.name.rsplit("/", 1)[0] + "/" if "/" in self.name else ""
-            metrics[prefix + "speaker_similarity"] = means["speaker_similarity"]
+            metrics[self.logged_name("speaker_similarity")] = means["speaker_similarity"]
         return metrics
 
     def make_writer(self, backbone):

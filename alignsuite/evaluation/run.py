@@ -22,7 +22,7 @@ from alignsuite.evaluation.heldout import ImplicitRewardAccuracy
 from alignsuite.evaluation.prompts import PromptFileError, load_prompts
 from alignsuite.evaluation.results import EvalResults, ScorerResult
 from alignsuite.evaluation.winrate import summarise
-from alignsuite.generation import generate_chunked
+from alignsuite.generation import generate_chunked, row_conditions
 from alignsuite.judging import Scorer
 
 
@@ -110,13 +110,6 @@ def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
         raise EvaluationError(f"evaluate.aligned {aligned}: the checkpoint does not fit the recipe's backbone"
                               f" (unexpected: {unexpected[:3]}, missing: {missing[:3]}); evaluate it with its own recipe")
     return built
-
-
-def row_conditions(rows: list[dict], backbone) -> list | None:
-    """Each row's input images (``[]`` for a row without) for a backbone that declares an ``image_column``, for
-    the scorers and the report; else ``None``."""
-    column = getattr(backbone, "image_column", None)
-    return None if column is None else [r.get(column) or [] for r in rows]
 
 
 def generate_all(backbone, rows: list[dict], seed: int, batch_size: int, kwargs: dict) -> tuple[list, list[str]]:

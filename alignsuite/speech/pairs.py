@@ -83,9 +83,6 @@ class SelectionRule:
             return "tie"
         return None if sims[0] - sims[1] > self.min_similarity_gap else "min_similarity_gap"
 
-    def keep(self, best: Candidate, worst: Candidate) -> bool:
-        return self.why_dropped(best, worst) is None
-
 
 def select(candidates: list[Candidate], rule: SelectionRule) -> tuple[Candidate, Candidate] | None:
     """``(chosen, rejected)``: the best and the worst non-empty candidate by :meth:`Candidate.key`, or ``None``."""
@@ -157,14 +154,6 @@ def synthesise(backbone, items: list[dict], batch_size: int, seed: int | None = 
     the batch starting at item ``s`` uses seed ``seed + s``."""
     return generate_chunked(backbone.generate, items, batch_size, seed, backbone.generation_columns, generation_kwargs,
                             prompt_key="text", seed_step="offset")
-
-
-def sample_candidates(backbone, items: list[dict], num_samples: int, seed: int, batch_size: int,
-                      generation_kwargs: dict | None = None) -> list[list[torch.Tensor]]:
-    """``num_samples`` sampled utterances per item; sample ``j`` of a batch starting at item ``s`` uses seed
-    ``seed + 1_000_003 * j + s``, so that a run is repeatable and every candidate is its own draw."""
-    return pairs.sample(backbone.generate, items, num_samples, seed, batch_size, backbone.generation_columns,
-                        generation_kwargs, prompt_key="text")
 
 
 def judge(items: list[dict], samples: list[list[torch.Tensor]], asr: Recogniser, similarity: SpeakerSimilarity | None,
@@ -278,4 +267,4 @@ class PairBuilding(pairs.PairBuilding):
 
 
 __all__ = ["Candidate", "PairBuilding", "SelectionRule", "as_candidate", "build_pairs", "intp_row", "judge", "load_items",
-           "pair_rows", "sample_candidates", "select", "summary", "synthesise", "write_jsonl"]
+           "pair_rows", "select", "summary", "synthesise", "write_jsonl"]
