@@ -839,6 +839,18 @@ def test_csv_with_only_a_header_is_named(tmp_path):
         make_dm(str(path))
 
 
+def test_csv_line_with_a_stray_comma_names_file_and_line(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('prompt,chosen,rejected\np0,a,b\n"p1, quoted",a,b\np2,hello, world,b\np3,a,b\n')
+    with pytest.raises(DataError) as err:
+        make_dm(str(path))
+    assert (err.value.source, err.value.line) == (str(path), 4)
+    assert str(err.value) == (
+        f"{path}: line 4: expected 3 fields as in the header line, got 4; a comma inside a value needs the value"
+        " in double quotes"
+    )
+
+
 def test_malformed_json_line_names_file_and_line(tmp_path):
     lines = [json.dumps({"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"}) for i in range(100)]
     lines[56] = '{"prompt": "p56", "chosen": "c56", "rejected": '
