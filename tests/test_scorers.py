@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from alignsuite.data.errors import DataError
 from alignsuite.evaluation.prompts import PromptFileError, load_prompts, read_prompt_file
 from alignsuite.evaluation.results import ScorerResult
 from alignsuite.evaluation.scorers import (
@@ -247,11 +248,39 @@ def test_bad_prompt_files_name_the_file_and_line(tmp_path):
     with pytest.raises(PromptFileError, match="nofield.jsonl: line 3: no 'prompt' field"):
         read_prompt_file(str(tmp_path / "nofield.jsonl"))
     (tmp_path / "blank.tsv").write_text("Prompt\tCategory\na\tx\n\tx\n")
-    with pytest.raises(PromptFileError, match="blank.tsv: line 3: empty prompt"):
+    with pytest.raises(PromptFileError, match="blank.tsv: line 3: field 'Prompt': empty prompt"):
         read_prompt_file(str(tmp_path / "blank.tsv"))
     (tmp_path / "nums.json").write_text("[1, 2]")
-    with pytest.raises(PromptFileError, match="nums.json: item 0: the prompt is int"):
+    with pytest.raises(PromptFileError, match="nums.json: row 0: expected text or a list of chat messages, got 1$"):
         read_prompt_file(str(tmp_path / "nums.json"))
+
+
+def test_prompt_csv_line_with_an_unquoted_comma_is_refused(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('prompt,id\nhello,1\n"a, b",2\nhello, world,3\n')
+    with pytest.raises(DataError) as err:
+        read_prompt_file(str(path))  # before: "hello" was evaluated, and " world" taken for the id
+    assert (err.value.source, err.value.line) == (str(path), 4)
+    assert str(err.value).startswith(f"{path}: line 4: expected 2 fields as in the header line, got 3")
+    (tmp_path / "ok.csv").write_text('prompt,id\n"a, b",2\n')
+    assert read_prompt_file(str(tmp_path / "ok.csv"))[0]["prompt"] == "a, b"
+
+
+@pytest.mark.parametrize("message, problem", [
+    ({"role": "user"}, "message 1 has no text 'content'"),
+    ({"role": "user", "content": 3}, "message 1 has no text 'content'"),
+    ({"role": "user", "content": [{"text": "no type"}]}, "message 1 has no text 'content'"),
+    ({"content": "hi"}, "message 1 has no string 'role'"),
+])
+def test_prompt_chat_message_without_content_or_role_names_file_line_and_field(tmp_path, message, problem):
+    path = tmp_path / "p.jsonl"
+    rows = [{"q": [{"role": "user", "content": "fine"}]}, {"q": [{"role": "system", "content": "be brief"}, message]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as err:  # before: generated from, as if the message said nothing
+        read_prompt_file(str(path), column="q")
+    assert (err.value.source, err.value.line, err.value.field) == (str(path), 2, "q")
+    assert str(err.value).startswith(f"{path}: line 2: field 'q': expected chat messages")
+    assert str(err.value).endswith(problem)
 
 
 def test_heldout_prompts_are_the_validation_split():
