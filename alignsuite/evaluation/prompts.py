@@ -28,6 +28,7 @@ from typing import Any
 
 from alignsuite.data.errors import DataError
 from alignsuite.data.loading import check_delimited
+from alignsuite.data.messages import part_types
 from alignsuite.data.protocol import preference_data
 
 
@@ -159,6 +160,21 @@ def read_prompt_file(path: str, column: str | None = None) -> list[dict]:
     return rows
 
 
+def check_images(rows: list[dict], column: str | None, source: str) -> None:
+    """Refuse a row whose prompt has another number of image parts than the row has images in ``column``
+    (a model that takes images; ``None``: one that does not): it would be answered without its image, or
+    with an image it never sees."""
+    if column is None:
+        return
+    for i, row in enumerate(rows):
+        prompt, images = row["prompt"], row.get(column) or []
+        parts = 0 if isinstance(prompt, str) else sum(
+            part_types(m["content"]).count("image") for m in prompt if isinstance(m.get("content"), list))
+        if parts != len(images):
+            raise PromptFileError(source, row=i, field=column, expected=f"one image per image part of the prompt"
+                                  f" ({parts})", got=len(images))
+
+
 def heldout_prompts(datamodule) -> list[dict]:
     """The prompts of a preference datamodule's validation split, one row per pair, with its images."""
     if datamodule is None:
@@ -197,4 +213,4 @@ def load_prompts(source: str, num_prompts: int | None = None, seed: int = 0, col
     return rows[:num_prompts] if num_prompts is not None else rows
 
 
-__all__ = ["PromptFileError", "heldout_prompts", "load_prompts", "read_prompt_file"]
+__all__ = ["PromptFileError", "check_images", "heldout_prompts", "load_prompts", "read_prompt_file"]
