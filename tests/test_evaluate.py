@@ -11,7 +11,7 @@ import torch
 from alignsuite.backbones import CausalLM, VisionLanguage
 from alignsuite.cli import main
 from alignsuite.evaluation.run import Evaluation, EvaluationError, aligned_backbone, run_evaluation
-from alignsuite.evaluation.scorers import Scorer, ToyReward
+from alignsuite.evaluation.scorers import WER, Scorer, ToyReward
 from alignsuite.module import PreferenceModule
 from alignsuite.toy import get_world
 
@@ -109,6 +109,23 @@ def test_every_generation_failing_is_an_error_after_results_are_written(aligned_
         run_evaluation(module, evaluation)
     written = json.loads((tmp_path / "eval" / "results.json").read_text())  # kept for a look
     assert written["failures"] == {"base": 2, "aligned": 2}
+
+
+def test_wer_of_a_text_model_needs_a_reference_column(aligned_export, tmp_path):
+    path, aligned = aligned_export
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "echo a b", "reference": "A B"}\n{"prompt": "echo c"}\n')
+    evaluation = Evaluation(str(path), str(prompts), [WER()], output_dir=str(tmp_path / "eval"),
+                            generation_kwargs={"max_new_tokens": 8}, report=False)
+    module = PreferenceModule(CausalLM("toy:llm"))
+    with pytest.raises(EvaluationError, match=rf"^{prompts}: row 1: field 'reference': expected the reference text"
+                       r" scorer 'wer' compares a text model's answers with.*WER.reference_column"):
+        run_evaluation(module, evaluation)  # before: row 1's answer was scored against its own prompt
+    assert not (tmp_path / "eval").exists()  # refused before any model loads
+    prompts.write_text('{"prompt": "echo a b", "reference": "A B"}\n{"prompt": "echo c", "reference": "C"}\n')
+    results = run_evaluation(module, evaluation)
+    answers = aligned.generate(["echo a b", "echo c"], seed=0, max_new_tokens=8)
+    assert results.scores[0].aligned == pytest.approx([WER.rate(answers[0], "A B"), WER.rate(answers[1], "C")])
 
 
 class Broken(Scorer):

@@ -175,6 +175,17 @@ def check_images(rows: list[dict], column: str | None, source: str) -> None:
                                   f" ({parts})", got=len(images))
 
 
+def check_columns(rows: list[dict], scorers: list, modality: str, source: str) -> None:
+    """Refuse a prompt set with a row that lacks a column one of ``scorers`` reads for a model of ``modality``
+    (:meth:`alignsuite.judging.Scorer.columns`), before anything is generated for it."""
+    for scorer in scorers:
+        for column, what in scorer.columns(modality).items():
+            missing = next((i for i, row in enumerate(rows) if row.get(column) in (None, "")), None)
+            if missing is not None:
+                raise PromptFileError(source, row=missing, field=column, expected=what,
+                                      problem=f"the row has {sorted(rows[missing])}")
+
+
 def heldout_prompts(datamodule) -> list[dict]:
     """The prompts of a preference datamodule's validation split, one row per pair, with its images."""
     if datamodule is None:
@@ -213,4 +224,4 @@ def load_prompts(source: str, num_prompts: int | None = None, seed: int = 0, col
     return rows[:num_prompts] if num_prompts is not None else rows
 
 
-__all__ = ["PromptFileError", "check_images", "heldout_prompts", "load_prompts", "read_prompt_file"]
+__all__ = ["PromptFileError", "check_columns", "check_images", "heldout_prompts", "load_prompts", "read_prompt_file"]

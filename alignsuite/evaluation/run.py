@@ -22,7 +22,7 @@ import torch
 from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
 from alignsuite.data.protocol import preference_data
 from alignsuite.evaluation.heldout import ImplicitRewardAccuracy
-from alignsuite.evaluation.prompts import PromptFileError, check_images, load_prompts
+from alignsuite.evaluation.prompts import PromptFileError, check_columns, check_images, load_prompts
 from alignsuite.evaluation.results import EvalResults, ScorerResult
 from alignsuite.evaluation.winrate import summarise
 from alignsuite.generation import generate_chunked, row_conditions
@@ -160,6 +160,7 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
             rows = load_prompts(evaluation.prompts, evaluation.num_prompts, evaluation.seed, evaluation.prompt_column,
                                 datamodule)
             check_images(rows, backbone.image_column, evaluation.prompts)
+            check_columns(rows, gen_scorers, modality, evaluation.prompts)
         except (PromptFileError, ValueError, FileNotFoundError) as error:
             raise EvaluationError(str(error)) from None
     if not os.path.exists(evaluation.aligned):
