@@ -175,6 +175,17 @@ def test_toy_reward_is_the_worlds_reward():
     assert vlm.score([i["prompt"] for i in items], [items[0]["answer"], "none"], rows=items) == [1.0, 0.0]
 
 
+def test_the_toy_vlm_reward_refuses_prompts_without_the_worlds_answers(tmp_path):
+    from alignsuite.evaluation.prompts import check_columns
+
+    (tmp_path / "p.txt").write_text("what colour is the circle ?\n")
+    rows = read_prompt_file(str(tmp_path / "p.txt"))
+    with pytest.raises(DataError, match=r"p.txt: row 0: field 'answer': expected the toy world's answer.*toy:vlm"):
+        check_columns(rows, [ToyReward("vlm")], "vision_language", str(tmp_path / "p.txt"))
+    check_columns(load_prompts("toy:vlm", 2), [ToyReward("vlm")], "vision_language", "toy:vlm")
+    check_columns(rows, [ToyReward("llm")], "text", "p.txt")
+
+
 def test_a_scorer_is_refused_for_another_modality():
     with pytest.raises(ValueError, match="'wer'.*text_to_speech, text outputs, not text_to_image"):
         WER().check_modality("text_to_image")

@@ -134,6 +134,11 @@ class ToyReward(Scorer):
             self.values = (self.name, "image_sensitivity", "hallucination")
             self.rewrites = {"swapped": {"images": "swap_images"}}
 
+    def columns(self, modality: str) -> dict[str, str]:
+        if self.world_name != "vlm":
+            return {}
+        return {"answer": "the toy world's answer to the row's image (use evaluate.prompts toy:vlm)"}
+
     def score_batch(self, prompts, outputs, conditions, rows):
         if self.world_name == "vlm":
             if rows is None or any("answer" not in (r or {}) for r in rows):
