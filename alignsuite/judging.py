@@ -50,6 +50,11 @@ class Scorer:
     def value_names(self) -> tuple[str, ...]:
         return self.values or (self.name,)
 
+    def columns(self, modality: str) -> dict[str, str]:
+        """The prompt set's columns this scorer reads for a model of ``modality``, each with what it holds (``{}``:
+        none); a prompt set whose row lacks one is refused before anything generates."""
+        return {}
+
     def check_modality(self, modality: str) -> None:
         if self.modalities and modality not in self.modalities:
             raise ValueError(

@@ -772,13 +772,38 @@ def test_identical_chat_pairs_are_dropped_and_unpaired_data_is_left_alone(tiny_l
 
 
 def test_every_pair_identical_after_truncation_is_an_error(tiny_lm_dir, tmp_path):
-    from alignsuite.data import PreferenceDataModule
+    from alignsuite.data import DataError, PreferenceDataModule
 
     rows = [{"prompt": "echo a", "chosen": "A B C D E F", "rejected": "A B C D E G"}]
     dm = PreferenceDataModule(train=write_pairs(tmp_path / "t.jsonl", rows), batch_size=1)
     dm.setup("fit")
     with pytest.raises(ValueError, match=r"every train pair \(1\).*max_length=8"):
         CausalLM(tiny_lm_dir, max_length=8, max_prompt_length=4).on_setup(dm)
+    # the files they came from are named (before: no file at all)
+    files = [write_pairs(tmp_path / name, rows * 2) for name in ("a.jsonl", "b.jsonl")]
+    dm = PreferenceDataModule(train=files, batch_size=1)
+    dm.setup("fit")
+    with pytest.raises(DataError, match=rf"^{files[0]}, {files[1]}: every train pair \(4\) has identical chosen"):
+        CausalLM(tiny_lm_dir, max_length=8, max_prompt_length=4).on_setup(dm)
+
+
+@pytest.mark.parametrize("kind", ["pairs", "unpaired"])
+def test_unknown_chat_role_in_a_file_names_the_file_row_and_field(tiny_lm_dir, tmp_path, kind):
+    from alignsuite.data import DataError, PreferenceDataModule, TextPairs, TextUnpaired
+
+    rows = [{"prompt": [user(f"echo {w}")], "chosen": [assistant(w.upper())], "rejected": [assistant("A")]}
+            for w in WORDS[:20]]
+    rows[14]["prompt"] = [{"role": "system", "content": "be brief"}, {"role": "usr", "content": "echo b"}]
+    files = [write_pairs(tmp_path / "first.jsonl", rows[:10]), write_pairs(tmp_path / "second.jsonl", rows[10:])]
+    dm = PreferenceDataModule(train=files, val_fraction=0.25, layout=TextPairs() if kind == "pairs" else TextUnpaired(),
+                              batch_size=2)
+    dm.setup("fit")
+    accepted = re.escape("assistant, system, tool, user")
+    # before: "dataset row N has a message with role 'usr'", N a position after the split's shuffle (pairs), or
+    # nothing until the training step reached the row (unpaired)
+    with pytest.raises(DataError, match=rf"^{files[1]}: row 4: field 'prompt': expected a role the tokenizer's chat"
+                       rf" template handles \({accepted}\), got 'usr'$"):
+        CausalLM(tiny_lm_dir).on_setup(dm)
 
 
 def test_identical_pair_search_agrees_with_tokenising_every_pair(tiny_lm_dir):

@@ -394,7 +394,9 @@ def test_subclass_rows_are_normalised_and_chat_survives_arrow():
 
     dm = Generated(batch_size=2)
     dm.setup("fit")
-    assert dm.train_set[0] == {"prompt": [user("q")], "chosen": [assistant("a")], "rejected": [assistant("b0")], "index": 0}
+    origin = {"_source": "Generated.load_rows('train')", "_row": 0}  # where it came from, for errors
+    assert dm.train_set[0] == {"prompt": [user("q")], "chosen": [assistant("a")], "rejected": [assistant("b0")],
+                               **origin, "index": 0}
     assert len(dm.val_set) == 3
     batch = next(iter(dm.val_dataloader()))
     assert batch["chosen"] == [[assistant("a")], [assistant("a")]]
@@ -562,10 +564,12 @@ def test_add_columns_reach_the_batch_by_index(tmp_path):
 
 
 def test_unpaired_layout_from_pairs_doubles_rows(tmp_path):
-    dm = make_dm(write_jsonl(tmp_path / "t.jsonl", ROWS), layout=TextUnpaired(), val_fraction=0.0, batch_size=4)
+    path = write_jsonl(tmp_path / "t.jsonl", ROWS)
+    dm = make_dm(path, layout=TextUnpaired(), val_fraction=0.0, batch_size=4)
     assert len(dm.train_set) == 2 * len(ROWS)
-    assert dm.train_set[0] == {"prompt": "p0", "completion": "good 0", "label": True, "index": 0}
-    assert dm.train_set[1] == {"prompt": "p0", "completion": "bad 0", "label": False, "index": 1}
+    origin = {"_source": path, "_row": 0}  # both rows name the pair they came from
+    assert dm.train_set[0] == {"prompt": "p0", "completion": "good 0", "label": True, **origin, "index": 0}
+    assert dm.train_set[1] == {"prompt": "p0", "completion": "bad 0", "label": False, **origin, "index": 1}
     assert dm.train_set["label"] == [True, False] * len(ROWS)
     batches = list(dm.train_dataloader())
     assert all(len(b["completion"]) == 4 for b in batches)  # trailing partial batch dropped for KTO
@@ -576,10 +580,11 @@ def test_unpaired_layout_from_pairs_doubles_rows(tmp_path):
 
 def test_unpaired_layout_native(tmp_path):
     rows = [{"prompt": "p", "completion": "c", "label": 1}, {"prompt": "q", "completion": "d", "label": 0}]
-    dm = make_dm(write_jsonl(tmp_path / "k.jsonl", rows), layout=TextUnpaired(), batch_size=2)
+    path = write_jsonl(tmp_path / "k.jsonl", rows)
+    dm = make_dm(path, layout=TextUnpaired(), batch_size=2)
     assert dm.train_set.to_list() == [
-        {"prompt": "p", "completion": "c", "label": True, "index": 0},
-        {"prompt": "q", "completion": "d", "label": False, "index": 1},
+        {"prompt": "p", "completion": "c", "label": True, "_source": path, "_row": 0, "index": 0},
+        {"prompt": "q", "completion": "d", "label": False, "_source": path, "_row": 1, "index": 1},
     ]
 
 
@@ -839,6 +844,18 @@ def test_csv_with_only_a_header_is_named(tmp_path):
         make_dm(str(path))
 
 
+def test_csv_line_with_a_stray_comma_names_file_and_line(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('prompt,chosen,rejected\np0,a,b\n"p1, quoted",a,b\np2,hello, world,b\np3,a,b\n')
+    with pytest.raises(DataError) as err:
+        make_dm(str(path))
+    assert (err.value.source, err.value.line) == (str(path), 4)
+    assert str(err.value) == (
+        f"{path}: line 4: expected 3 fields as in the header line, got 4; a comma inside a value needs the value"
+        " in double quotes"
+    )
+
+
 def test_malformed_json_line_names_file_and_line(tmp_path):
     lines = [json.dumps({"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"}) for i in range(100)]
     lines[56] = '{"prompt": "p56", "chosen": "c56", "rejected": '
@@ -928,8 +945,10 @@ def test_row_kind_columns_and_layout_name(tmp_path):
 
 def test_custom_fields_through_the_layout(tmp_path):
     rows = [{"question": f"q{i}", "good": f"yes {i}", "bad": f"no {i}"} for i in range(3)]
-    dm = make_dm(write_jsonl(tmp_path / "t.jsonl", rows), layout=TextPairs(prompt_field="question", chosen_field="good", rejected_field="bad"))
-    assert dm.train_set[2] == {"prompt": "q2", "chosen": "yes 2", "rejected": "no 2", "index": 2}
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    dm = make_dm(path, layout=TextPairs(prompt_field="question", chosen_field="good", rejected_field="bad"))
+    assert dm.train_set[2] == {"prompt": "q2", "chosen": "yes 2", "rejected": "no 2", "_source": path, "_row": 2,
+                               "index": 2}
 
 
 def test_one_renderer_turns_chat_messages_into_text():

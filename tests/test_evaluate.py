@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from alignsuite.backbones import CausalLM
+from alignsuite.backbones import CausalLM, VisionLanguage
 from alignsuite.cli import main
-from alignsuite.evaluation.run import Evaluation, aligned_backbone, run_evaluation
-from alignsuite.evaluation.scorers import ToyReward
+from alignsuite.evaluation.run import Evaluation, EvaluationError, aligned_backbone, run_evaluation
+from alignsuite.evaluation.scorers import WER, Scorer, ToyReward
 from alignsuite.module import PreferenceModule
 from alignsuite.toy import get_world
 
@@ -95,6 +95,116 @@ def test_failed_generations_are_counted_not_fatal(aligned_export, tmp_path):
     written = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert written["failures"] == {"base": 1, "aligned": 1}
     assert written["details"]["errors"]["base"] == ["prompt 1: RuntimeError: this prompt cannot be generated from"]
+
+
+def test_every_generation_failing_is_an_error_after_results_are_written(aligned_export, tmp_path):
+    path, _ = aligned_export
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("echo fail a\necho fail b\n")
+    module = PreferenceModule(FailingCausalLM("toy:llm"))
+    evaluation = Evaluation(str(path), str(prompts), [ToyReward("llm")], output_dir=str(tmp_path / "eval"),
+                            generation_kwargs={"max_new_tokens": 8}, report=False)
+    with pytest.raises(EvaluationError, match=r"every generation of the base model failed \(2 of 2 prompts\); the"
+                       r" first: prompt 0: RuntimeError: this prompt cannot be generated from"):
+        run_evaluation(module, evaluation)
+    written = json.loads((tmp_path / "eval" / "results.json").read_text())  # kept for a look
+    assert written["failures"] == {"base": 2, "aligned": 2}
+
+
+def test_wer_of_a_text_model_needs_a_reference_column(aligned_export, tmp_path):
+    path, aligned = aligned_export
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "echo a b", "reference": "A B"}\n{"prompt": "echo c"}\n')
+    evaluation = Evaluation(str(path), str(prompts), [WER()], output_dir=str(tmp_path / "eval"),
+                            generation_kwargs={"max_new_tokens": 8}, report=False)
+    module = PreferenceModule(CausalLM("toy:llm"))
+    with pytest.raises(EvaluationError, match=rf"^{prompts}: row 1: field 'reference': expected the reference text"
+                       r" scorer 'wer' compares a text model's answers with.*WER.reference_column"):
+        run_evaluation(module, evaluation)  # before: row 1's answer was scored against its own prompt
+    assert not (tmp_path / "eval").exists()  # refused before any model loads
+    prompts.write_text('{"prompt": "echo a b", "reference": "A B"}\n{"prompt": "echo c", "reference": "C"}\n')
+    results = run_evaluation(module, evaluation)
+    answers = aligned.generate(["echo a b", "echo c"], seed=0, max_new_tokens=8)
+    assert results.scores[0].aligned == pytest.approx([WER.rate(answers[0], "A B"), WER.rate(answers[1], "C")])
+
+
+class Broken(Scorer):
+    """A judge that fails on whatever it is given (a reward model that does not load, say)."""
+
+    name = "broken"
+
+    def score_batch(self, prompts, outputs, conditions, rows):
+        raise RuntimeError("the judge's weights are corrupt")
+
+
+def test_a_scorer_that_fails_is_an_error_after_the_others_are_written(aligned_export, tmp_path):
+    path, _ = aligned_export
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("echo a b\necho c\n")
+    evaluation = Evaluation(str(path), str(prompts), [Broken(), ToyReward("llm")], output_dir=str(tmp_path / "eval"),
+                            generation_kwargs={"max_new_tokens": 8}, report=False)
+    with pytest.raises(EvaluationError, match=r"scorer 'broken' failed: RuntimeError: the judge's weights are corrupt"):
+        run_evaluation(PreferenceModule(CausalLM("toy:llm")), evaluation)  # before: a traceback, nothing written
+    written = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [s["name"] for s in written["scores"]] == ["toy_reward_llm"] and len(written["aligned_outputs"]) == 2
+    assert written["details"]["errors"]["broken"] == ["RuntimeError: the judge's weights are corrupt"]
+
+
+def test_a_report_that_cannot_be_written_is_an_error_after_results_are_written(aligned_export, tmp_path, capsys):
+    path, _ = aligned_export
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("echo a b\n")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "figures").write_text("a file where the report's figures folder goes")
+    evaluation = Evaluation(str(path), str(prompts), [ToyReward("llm")], output_dir=str(out),
+                            generation_kwargs={"max_new_tokens": 8})
+    with pytest.raises(EvaluationError, match=r"the report could not be written: FileExistsError"):
+        run_evaluation(PreferenceModule(CausalLM("toy:llm")), evaluation)  # before: printed, and exit status 0
+    assert json.loads((out / "results.json").read_text())["failures"] == {"base": 0, "aligned": 0}
+    assert "Traceback" in capsys.readouterr().err
+
+
+class AnswerLength(Scorer):
+    """Words in the answer: a judge any text answer can be scored by."""
+
+    name, unit, modalities = "answer_words", "words", ("vision_language",)
+
+    def score_batch(self, prompts, outputs, conditions, rows):
+        return [len(o.split()) for o in outputs]
+
+
+@pytest.fixture(scope="module")
+def vlm_checkpoint(tmp_path_factory):
+    backbone = VisionLanguage("toy:vlm")
+    backbone.configure()
+    path = tmp_path_factory.mktemp("vlm") / "last.ckpt"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, path)
+    return str(path)
+
+
+def test_text_prompts_to_a_vision_language_model_are_answered(vlm_checkpoint, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("what colour is the circle ?\nwhat colour is the square ?\n")
+    evaluation = Evaluation(vlm_checkpoint, str(prompts), [AnswerLength()], output_dir=str(tmp_path / "eval"),
+                            generation_kwargs={"max_new_tokens": 3}, report=False)
+    results = run_evaluation(PreferenceModule(VisionLanguage("toy:vlm")), evaluation)  # before: AttributeError x4
+    assert results.failures == {"base": 0, "aligned": 0}
+    assert results.base_outputs == results.aligned_outputs and all(results.base_outputs)
+    assert results.conditions == [[], []]
+
+
+def test_an_image_part_without_an_image_is_refused_naming_row_and_field(vlm_checkpoint, tmp_path):
+    question = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour ?"}]}
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": [{"role": "user", "content": "hi"}]}) + "\n"
+                       + json.dumps({"prompt": [question]}) + "\n")
+    evaluation = Evaluation(vlm_checkpoint, str(prompts), [AnswerLength()], output_dir=str(tmp_path / "eval"),
+                            generation_kwargs={"max_new_tokens": 3}, report=False)
+    with pytest.raises(EvaluationError, match=rf"^{prompts}: row 1: field 'images': expected one image per image"
+                       r" part of the prompt \(1\), got 0"):  # before: answered without the image
+        run_evaluation(PreferenceModule(VisionLanguage("toy:vlm")), evaluation)
+    assert not (tmp_path / "eval").exists()  # refused before any model loads
 
 
 def test_checkpoint_as_aligned_model(aligned_export, tmp_path):

@@ -187,6 +187,30 @@ def test_text_to_image_report_grid_embedded(tmp_path):
     assert "a red square &amp; a &lt;blue&gt; circle" in open(path, encoding="utf-8").read()
 
 
+def test_dollar_signs_in_captions_and_names_are_drawn_as_text(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    picture = Image.new("RGB", (24, 24), "red")
+    captions = ["a mug of $_$ coffee", "a sign saying $5 off, was $10"]  # the first broke matplotlib's math parser
+    results = EvalResults(
+        "text_to_image", captions, base_outputs=[picture, picture], aligned_outputs=[picture, picture],
+        scores=[ScorerResult("score_$x$", "$", [1.0, 2.0], [2.0, 3.0], win_rate=1.0, ci_low=1.0, ci_high=1.0)],
+    )
+    as_math, savefig = [], Figure.savefig
+
+    def saving(fig, *args, **kwargs):  # the texts each figure drew as math, read back from its artists
+        savefig(fig, *args, **kwargs)
+        as_math.extend(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_parse_math") and a.get_parse_math()
+                                                         and "$" in a.get_text()))
+
+    monkeypatch.setattr(Figure, "savefig", saving)
+    out = str(tmp_path / "t2i")
+    page = parse(write_report(results, out))
+    assert_images_resolve(page, out)
+    assert os.path.getsize(os.path.join(out, "figures", "before_after.png")) > 0
+    assert as_math == []
+
+
 def test_speech_outputs_get_a_wav_player(tmp_path):
     import wave
 

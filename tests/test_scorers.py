@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from alignsuite.data.errors import DataError
 from alignsuite.evaluation.prompts import PromptFileError, load_prompts, read_prompt_file
 from alignsuite.evaluation.results import ScorerResult
 from alignsuite.evaluation.scorers import (
@@ -174,6 +175,17 @@ def test_toy_reward_is_the_worlds_reward():
     assert vlm.score([i["prompt"] for i in items], [items[0]["answer"], "none"], rows=items) == [1.0, 0.0]
 
 
+def test_the_toy_vlm_reward_refuses_prompts_without_the_worlds_answers(tmp_path):
+    from alignsuite.evaluation.prompts import check_columns
+
+    (tmp_path / "p.txt").write_text("what colour is the circle ?\n")
+    rows = read_prompt_file(str(tmp_path / "p.txt"))
+    with pytest.raises(DataError, match=r"p.txt: row 0: field 'answer': expected the toy world's answer.*toy:vlm"):
+        check_columns(rows, [ToyReward("vlm")], "vision_language", str(tmp_path / "p.txt"))
+    check_columns(load_prompts("toy:vlm", 2), [ToyReward("vlm")], "vision_language", "toy:vlm")
+    check_columns(rows, [ToyReward("llm")], "text", "p.txt")
+
+
 def test_a_scorer_is_refused_for_another_modality():
     with pytest.raises(ValueError, match="'wer'.*text_to_speech, text outputs, not text_to_image"):
         WER().check_modality("text_to_image")
@@ -247,11 +259,39 @@ def test_bad_prompt_files_name_the_file_and_line(tmp_path):
     with pytest.raises(PromptFileError, match="nofield.jsonl: line 3: no 'prompt' field"):
         read_prompt_file(str(tmp_path / "nofield.jsonl"))
     (tmp_path / "blank.tsv").write_text("Prompt\tCategory\na\tx\n\tx\n")
-    with pytest.raises(PromptFileError, match="blank.tsv: line 3: empty prompt"):
+    with pytest.raises(PromptFileError, match="blank.tsv: line 3: field 'Prompt': empty prompt"):
         read_prompt_file(str(tmp_path / "blank.tsv"))
     (tmp_path / "nums.json").write_text("[1, 2]")
-    with pytest.raises(PromptFileError, match="nums.json: item 0: the prompt is int"):
+    with pytest.raises(PromptFileError, match="nums.json: row 0: expected text or a list of chat messages, got 1$"):
         read_prompt_file(str(tmp_path / "nums.json"))
+
+
+def test_prompt_csv_line_with_an_unquoted_comma_is_refused(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('prompt,id\nhello,1\n"a, b",2\nhello, world,3\n')
+    with pytest.raises(DataError) as err:
+        read_prompt_file(str(path))  # before: "hello" was evaluated, and " world" taken for the id
+    assert (err.value.source, err.value.line) == (str(path), 4)
+    assert str(err.value).startswith(f"{path}: line 4: expected 2 fields as in the header line, got 3")
+    (tmp_path / "ok.csv").write_text('prompt,id\n"a, b",2\n')
+    assert read_prompt_file(str(tmp_path / "ok.csv"))[0]["prompt"] == "a, b"
+
+
+@pytest.mark.parametrize("message, problem", [
+    ({"role": "user"}, "message 1 has no text 'content'"),
+    ({"role": "user", "content": 3}, "message 1 has no text 'content'"),
+    ({"role": "user", "content": [{"text": "no type"}]}, "message 1 has no text 'content'"),
+    ({"content": "hi"}, "message 1 has no string 'role'"),
+])
+def test_prompt_chat_message_without_content_or_role_names_file_line_and_field(tmp_path, message, problem):
+    path = tmp_path / "p.jsonl"
+    rows = [{"q": [{"role": "user", "content": "fine"}]}, {"q": [{"role": "system", "content": "be brief"}, message]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as err:  # before: generated from, as if the message said nothing
+        read_prompt_file(str(path), column="q")
+    assert (err.value.source, err.value.line, err.value.field) == (str(path), 2, "q")
+    assert str(err.value).startswith(f"{path}: line 2: field 'q': expected chat messages")
+    assert str(err.value).endswith(problem)
 
 
 def test_heldout_prompts_are_the_validation_split():

@@ -12,10 +12,11 @@ from alignsuite.cli import main
 from test_cli import REPO
 
 
-def run(tmp_path, scorer_world="llm", every=1, callback_class="ValidationScores", max_steps=4):
+def run(tmp_path, scorer_world="llm", every=1, callback_class="ValidationScores", max_steps=4, scorer=None):
     recipe = os.path.join(REPO, "recipes/toy/llm_dpo.yaml")
+    scorer = scorer or {"class_path": "alignsuite.evaluation.scorers.ToyReward", "init_args": {"world": scorer_world}}
     callback = {"class_path": f"alignsuite.callbacks.{callback_class}", "init_args": {
-        "scorers": [{"class_path": "alignsuite.evaluation.scorers.ToyReward", "init_args": {"world": scorer_world}}],
+        "scorers": [scorer],
         "prompts": "toy:llm", "num_prompts": 16, "seed": 3, "every_n_validations": every,
         "generation_kwargs": {"max_new_tokens": 8}}}
     override = tmp_path / "callback.yaml"
@@ -51,6 +52,14 @@ def test_scorers_are_logged_before_training_and_at_validations(tmp_path):
 def test_a_scorer_for_another_modality_is_refused_at_start(tmp_path):
     with pytest.raises(ValueError, match="scores text_to_image outputs, not text"):
         run(tmp_path, scorer_world="diffusion")
+
+
+def test_wer_of_a_text_model_without_references_is_refused_before_generating(tmp_path):
+    from alignsuite.data.errors import DataError
+
+    wer = {"class_path": "alignsuite.evaluation.scorers.WER"}
+    with pytest.raises(DataError, match=r"^toy:llm: row 0: field 'reference': expected the reference text scorer 'wer'"):
+        run(tmp_path, scorer=wer, max_steps=1)  # before: val/wer of each answer against its own prompt
 
 
 def test_the_one_validation_samples_callback_logs_its_judges_and_writes_the_samples_table(tmp_path):

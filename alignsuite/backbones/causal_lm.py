@@ -41,6 +41,7 @@ from alignsuite.backbones.tokenize import (
     RowEncoder,
     Text,
     batch_rows,
+    check_data_roles,
     encode_rows,
     identical_pairs,
     render_prompt,
@@ -284,15 +285,21 @@ class CausalLM(Backbone):
 
     # ---------------------------------------------------------------- setup: pairs truncation makes identical
     def on_setup(self, datamodule: Any) -> None:
-        """Drop the pairs whose chosen and rejected rows are the same tokens once truncated
+        """Refuse chat roles the template does not handle (:func:`.tokenize.check_data_roles`), then drop the pairs
+        whose chosen and rejected rows are the same tokens once truncated
         (:func:`.identical_pairs.drop_identical_pairs`); counts per split are in ``dropped_identical``."""
+        check_data_roles(datamodule, self._tokenizer)
         if datamodule.row_kind != "pairs":
             return
-        if self.tokenizer is None:
-            self.tokenizer = self._load_tokenizer()
+        self._tokenizer()
         limits = f"backbone.max_length={self.max_length} / max_prompt_length={self.max_prompt_length}"
         drop_identical_pairs(datamodule, functools.partial(self._identical_pairs, datamodule=datamodule), limits,
                              self.dropped_identical, self._checked_identical)
+
+    def _tokenizer(self):
+        if self.tokenizer is None:
+            self.tokenizer = self._load_tokenizer()
+        return self.tokenizer
 
     def _identical_pairs(self, ds, datamodule) -> list[int]:
         """Positions of the pairs of ``ds`` whose truncated chosen and rejected token ids are equal."""

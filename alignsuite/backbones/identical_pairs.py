@@ -12,6 +12,8 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from alignsuite.data.errors import DataError, source_names
+
 
 def drop_identical_pairs(datamodule: Any, find: Callable[[Any], list[int]], limits: str, dropped: dict[str, int],
                          checked: dict[str, str]) -> None:
@@ -33,9 +35,10 @@ def drop_identical_pairs(datamodule: Any, find: Callable[[Any], list[int]], limi
         same = find(ds)
         if same:
             if len(same) == len(ds):
-                raise ValueError(
-                    f"every {split} pair ({len(ds)}) has identical chosen and rejected tokens once truncated to"
-                    f" {limits}; nothing is left to learn from: raise the lengths"
+                raise DataError(
+                    source_names(ds) or f"the {split} data",
+                    problem=f"every {split} pair ({len(ds)}) has identical chosen and rejected tokens once truncated"
+                    f" to {limits}; nothing is left to learn from: raise the lengths",
                 )
             drop = set(same)
             ds = ds.select([i for i in range(len(ds)) if i not in drop])

@@ -22,7 +22,11 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
+
+from alignsuite.data.errors import DataError, row_origin
+from alignsuite.data.messages import chat_columns, first_unknown_role
 
 Text = str | list[dict]  # plain text, or chat messages
 Ids = list[int]
@@ -79,6 +83,22 @@ def check_roles(messages: list[dict], roles: frozenset[str], row: int | None) ->
                 f"{where} has a message with role {role!r}, which the tokenizer's chat template does not handle;"
                 f" the roles it accepts: {', '.join(sorted(roles))}"
             )
+
+
+def check_data_roles(datamodule: Any, tokenizer: Callable[[], Any]) -> None:
+    """Refuse, at setup, a train or val row with a chat message whose role the chat template does not handle,
+    naming its file, row and field; ``tokenizer()`` gives the tokenizer, asked for only when the data is chat."""
+    for split in ("train", "val"):
+        rows = getattr(datamodule, f"{split}_set", None)
+        if rows is None or not chat_columns(rows):
+            continue
+        roles = template_roles(chat_template_of(tokenizer()))
+        found = first_unknown_role(rows, roles)
+        if found is not None:
+            position, column, role = found
+            source, row = row_origin(rows, position)
+            raise DataError(source, row, column, f"a role the tokenizer's chat template handles ({', '.join(sorted(roles))})",
+                            role)
 
 
 def chat_template_of(tokenizer) -> str:
@@ -357,6 +377,7 @@ __all__ = [
     "RowEncoder",
     "batch_rows",
     "chat_template_of",
+    "check_data_roles",
     "check_roles",
     "completion_texts",
     "encode_rows",

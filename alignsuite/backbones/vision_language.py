@@ -302,8 +302,11 @@ class VisionLanguage(CausalLM):
     def generate(self, prompts: list[list[dict]], model: nn.Module | None = None, seed: int | None = None,
                  images: list[list] | None = None, max_new_tokens: int = 64, do_sample: bool | None = None,
                  **kwargs) -> list[str]:
-        """One answer per prompt (chat messages with image parts) and its ``images``: greedy, or sampled
-        from ``seed`` (or with ``do_sample``) without touching the training run's random state."""
+        """One answer per prompt (chat messages with image parts, or text: one user turn without an image) and
+        its ``images``: greedy, or sampled from ``seed`` (or with ``do_sample``) without touching the training
+        run's random state."""
+        prompts = [[{"role": "user", "content": [{"type": "text", "text": p}]}] if isinstance(p, str) else p
+                   for p in prompts]
         images = [im or [] for im in images] if images is not None else [[] for _ in prompts]
         texts = [render_prompt(self.processor, p) for p in prompts]
         tok = self.tokenizer

@@ -13,7 +13,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks.writers import writer_for
-from alignsuite.evaluation.prompts import load_prompts
+from alignsuite.evaluation.prompts import check_columns, load_prompts
 from alignsuite.generation import generate_chunked, generate_rewrites, row_conditions
 from alignsuite.judging import Scorer
 
@@ -146,7 +146,9 @@ class ValidationSamples(ValidationMetrics):
     def compute(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         backbone = pl_module.backbone
         if self.rows is None:
-            self.rows = self.load_rows(trainer)
+            rows = self.load_rows(trainer)
+            check_columns(rows, self.scorers, backbone.modality, str(self.source))  # a WER's references ...
+            self.rows = rows
         if not self.rows:
             return {}
         metrics, rows, outputs, judged = self.judge(backbone, self.rows)

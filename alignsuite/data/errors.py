@@ -56,3 +56,20 @@ class DataError(ValueError):
         if problem is not None:
             message += f"{';' if expected is not None else ':'} {problem}"
         super().__init__(message)
+
+
+def row_origin(rows, position: int) -> tuple[str, int | None]:
+    """``(source, row)`` of the stored row at ``position`` of ``rows`` (a dataset), from its provenance columns
+    ``_source``/``_row``; ``("dataset row <position>", None)`` for rows without them."""
+    if "_source" not in rows.column_names:
+        return f"dataset row {position}", None
+    row = rows.select_columns(["_source", "_row"])[position]
+    return row["_source"], row["_row"]
+
+
+def source_names(rows) -> str:
+    """The sources (files, hub ids) the stored ``rows`` (a dataset) came from, sorted and joined by commas; ``""``
+    for rows without provenance."""
+    if "_source" not in rows.column_names:
+        return ""
+    return ", ".join(sorted(rows.select_columns(["_source"]).unique("_source")))

@@ -4,13 +4,15 @@
 which of its entry points a source string means, so that a typo in a local path fails here with the
 path in the message instead of as a confusing hub lookup, and what is wrong with a local file that
 `datasets` cannot read (or, for bytes that are not UTF-8, reads without complaint and fails on later):
-an empty file, a malformed JSON line, text in another encoding. Each becomes a `DataError` naming the
+an empty file, a malformed JSON line, a CSV line with more fields than its header (an unquoted comma), text in
+another encoding. Each becomes a `DataError` naming the
 file and the line.
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
 import glob
 import json
 import os
@@ -56,8 +58,8 @@ def load_table(source: str, split: str = "train") -> datasets.Dataset:
     - otherwise a hub id, loaded with ``datasets.load_dataset(source, split=split)``.
     A source that looks local (starts with ``.``, ``/`` or ``~``, has a data suffix, or is a glob) but
     matches nothing raises ``FileNotFoundError`` naming it. A local ``.jsonl``/``.json``/``.csv`` file
-    must be UTF-8 text; a table with no rows, an empty file and a line that is not JSON raise
-    ``DataError`` naming the file (and the line).
+    must be UTF-8 text; a table with no rows, an empty file, a line that is not JSON and a CSV line with
+    another number of fields than its header raise ``DataError`` naming the file (and the line).
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -145,8 +147,11 @@ def _find_bad_bytes(path: str) -> None:
 def find_bad_line(path: str) -> None:
     """Raise ``DataError`` naming the first line of ``path`` that keeps `datasets` from reading it: a
     line of a ``.jsonl`` (or JSON-lines ``.json``) that is not one JSON object, a JSON array document
-    that does not parse, a ``.csv`` with a header and no rows. Returns if it finds none."""
+    that does not parse, a ``.csv`` with a header and no rows or a line with more or fewer fields than
+    its header (:func:`check_delimited`). Returns if it finds none."""
     suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        check_delimited(path)
     with open(path, encoding="utf-8") as f:
         if suffix == ".csv":
             if sum(1 for line in f if line.strip()) <= 1:
@@ -174,3 +179,21 @@ def find_bad_line(path: str) -> None:
                                 problem=f"{err.msg} at column {err.colno}") from None
             if not isinstance(value, dict):
                 raise DataError(path, line=number, expected="one JSON object per line", got=line)
+
+
+
+_SEPARATORS = {",": "comma", "\t": "tab", ";": "semicolon"}
+
+
+def check_delimited(path: str, delimiter: str = ",") -> None:
+    """Raise ``DataError`` naming the first line of a delimited text file (``.csv``, ``.tsv``) whose fields
+    are more or fewer than its header's: an unquoted separator inside a value, which a reader would otherwise
+    cut the value at (or, reading with pandas, report only inside a chained traceback). Blank lines pass."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None)
+        for fields in reader if header is not None else ():
+            if fields and len(fields) != len(header):
+                separator = _SEPARATORS.get(delimiter, repr(delimiter))
+                raise DataError(path, line=reader.line_num, expected=f"{len(header)} fields as in the header line",
+                                got=len(fields), problem=f"a {separator} inside a value needs the value in double quotes")

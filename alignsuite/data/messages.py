@@ -29,6 +29,7 @@ such consumer calls. A tokenizer's chat template is the backbones' business, not
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 
 from alignsuite.data.errors import DataError
 
@@ -40,6 +41,7 @@ SHAREGPT_ROLES = {
     "observation": "tool", "tool": "tool", "function_call": "assistant",
 }
 _OPTIONAL = ("tool_calls", "name", "tool_call_id")
+MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion")  # the stored columns that may hold messages
 _EXPECT_MESSAGE = "chat messages that are dicts with string 'role' and 'content'"
 VISION_HINT = "vision-language pairs are read by the layout alignsuite.data.VisionPairs"
 
@@ -151,6 +153,40 @@ def blank(value: str | Messages) -> bool:
     if isinstance(value, str):
         return not value.strip()
     return not any(m["content"].strip() or m.get("tool_calls") for m in value)
+
+
+def chat_columns(rows) -> list[str]:
+    """The columns of stored rows (a dataset) that hold chat messages: lists of ``{role, content ...}``."""
+
+    def messages(feature) -> bool:
+        inner = feature[0] if isinstance(feature, list) and feature else getattr(feature, "feature", None)
+        return isinstance(inner, dict) and "role" in inner
+
+    return [c for c in MESSAGE_COLUMNS if c in rows.column_names and messages(rows.features[c])]
+
+
+def first_unknown_role(rows, roles: Collection[str], chunk: int = 65536) -> tuple[int, str, str] | None:
+    """``(position, column, role)`` of the first stored row (a dataset) with a chat message whose role is not in
+    ``roles``; ``None`` when every role is. Read as Arrow, ``chunk`` rows at a time, without building messages."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = chat_columns(rows)
+    allowed = pa.array(sorted(roles), pa.string())
+    table = rows.select_columns(columns).with_format("arrow")
+    for start in range(0, len(rows) if columns else 0, chunk):
+        part, found = table[start : start + chunk], []
+        for column in columns:
+            lists = part.column(column).combine_chunks()
+            role = pc.struct_field(pc.list_flatten(lists), "role")
+            bad = pc.indices_nonzero(pc.invert(pc.fill_null(pc.is_in(role, value_set=allowed), False)))
+            if len(bad):
+                first = bad[0].as_py()
+                found.append((pc.list_parent_indices(lists)[first].as_py(), column, role[first].as_py()))
+        if found:
+            position, column, role = min(found, key=lambda f: f[0])
+            return start + position, column, role
+    return None
 
 
 def normalize_tools(value: object, field: str, index: int, source: str) -> str | None:

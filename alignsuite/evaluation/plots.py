@@ -3,22 +3,37 @@ distributions, win rates with their intervals and a before/after image grid.
 
 Each function writes one PNG and returns its path (or ``None`` when it has nothing to draw), so a paper
 can take the same files the HTML report shows. Figures are drawn on matplotlib's Agg canvas without pyplot:
-no display needed, and no global backend switched under a user's notebook.
+no display needed, and no global backend switched under a user's notebook. Text is drawn as it is: captions,
+prompts and names are the users', and a ``$`` in them is a dollar, not the start of math (matplotlib's
+math parser would fail on ``$_$``, or garble ``$5 off, was $10``).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import re
 from collections import Counter
 
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 BASE_COLOR, ALIGNED_COLOR = "#8c8c8c", "#1f77b4"
 DPI = 100
+
+
+def _plain_text(draw):
+    """Draw with every text artist taken literally (``text.parse_math`` off), labels and ticks alike."""
+
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        with rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
 
 
 def slug(name: str) -> str:
@@ -72,6 +87,7 @@ def curve_groups(names: list[str]) -> list[tuple[str, list[str]]]:
     return groups
 
 
+@_plain_text
 def training_curves(metrics_csv: str, figures_dir: str) -> list[tuple[str, str]]:
     """One PNG per curve group of ``metrics_csv`` (x = optimizer step); ``[(title, path)]``."""
     series = read_metrics_csv(metrics_csv)
@@ -96,6 +112,7 @@ def training_curves(metrics_csv: str, figures_dir: str) -> list[tuple[str, str]]
     return written
 
 
+@_plain_text
 def score_distribution(name: str, unit: str, base: list, aligned: list, path: str) -> str | None:
     """Per-prompt scores of base and aligned: their histograms (left) and each prompt's pair (right,
     above the diagonal = aligned scored higher; a marker's size counts the prompts at that point)."""
@@ -143,6 +160,7 @@ def score_distribution(name: str, unit: str, base: list, aligned: list, path: st
     return path
 
 
+@_plain_text
 def win_rates(rows: list[tuple[str, float, float | None, float | None]], path: str) -> str | None:
     """Aligned-over-base win rate of each scorer, ``rows = [(name, win_rate, ci_low, ci_high)]`` in
     [0, 1], as horizontal bars with the 95% interval and the 50% line (no change)."""
@@ -166,6 +184,7 @@ def win_rates(rows: list[tuple[str, float, float | None, float | None]], path: s
     return path
 
 
+@_plain_text
 def before_after_grid(prompts: list[str], base: list, aligned: list, path: str) -> str | None:
     """Rows of (base image | aligned image), each titled with its prompt; a missing image stays blank."""
     rows = [(p, b, a) for p, b, a in zip(prompts, base, aligned) if b is not None or a is not None]

@@ -3,7 +3,9 @@
 The recipe's model section gives the backbone and the base model (its ``model_name_or_path``); the
 ``evaluate`` section (:class:`Evaluation`) gives the aligned model, the prompts and the scorers. Both
 models generate from the same prompts with the same seeds, one after the other (only one is in memory at
-a time); a prompt whose generation fails is retried alone and then counted, not fatal.
+a time); a prompt whose generation fails is retried alone and then counted, not fatal. A model that fails on
+every prompt, a scorer that fails, or a report that cannot be drawn ends the command with an error naming the
+first failure, once ``results.json`` holds everything that did work.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import traceback
 from typing import Any
 
@@ -19,7 +22,7 @@ import torch
 from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
 from alignsuite.data.protocol import preference_data
 from alignsuite.evaluation.heldout import ImplicitRewardAccuracy
-from alignsuite.evaluation.prompts import PromptFileError, load_prompts
+from alignsuite.evaluation.prompts import PromptFileError, check_columns, check_images, load_prompts
 from alignsuite.evaluation.results import EvalResults, ScorerResult
 from alignsuite.evaluation.winrate import summarise
 from alignsuite.generation import generate_chunked, row_conditions
@@ -50,7 +53,8 @@ class Evaluation:
         prompt_column: the prompt column of a table file (``prompt``; ``Prompt`` for PartiPrompts).
         num_resamples: bootstrap resamples of the win rate's 95% interval.
         weights_only: read only tensors from a ``.ckpt`` (the default); false unpickles anything.
-        report: write the HTML report (``alignsuite.evaluation.report``) beside ``results.json``.
+        report: write the HTML report (``alignsuite.evaluation.report``) beside ``results.json``; one that cannot
+            be written is an error (after ``results.json``).
     """
 
     def __init__(
@@ -155,6 +159,8 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
         try:
             rows = load_prompts(evaluation.prompts, evaluation.num_prompts, evaluation.seed, evaluation.prompt_column,
                                 datamodule)
+            check_images(rows, backbone.image_column, evaluation.prompts)
+            check_columns(rows, gen_scorers, modality, evaluation.prompts)
         except (PromptFileError, ValueError, FileNotFoundError) as error:
             raise EvaluationError(str(error)) from None
     if not os.path.exists(evaluation.aligned):
@@ -175,14 +181,24 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
         failures[which] = len(errors[which])
         del model
 
+    # What went wrong for every prompt ends the command with an error, once everything is written.
+    problems = [f"every generation of the {which} model failed ({n} of {n} prompts); the first: {errors[which][0]}"
+                for which, n in failures.items() if n and n == len(rows)]
     prompts = [r["prompt"] for r in rows]
     conditions = row_conditions(rows, backbone)
     results = EvalResults(modality=modality, prompts=prompts, base_outputs=outputs.get("base", []),
                           aligned_outputs=outputs.get("aligned", []), conditions=conditions, failures=failures)
     for scorer in gen_scorers:
-        result = ScorerResult(scorer.name, scorer.unit, base=scorer.score(prompts, results.base_outputs, conditions, rows),
-                              aligned=scorer.score(prompts, results.aligned_outputs, conditions, rows),
-                              higher_is_better=scorer.higher_is_better)
+        try:
+            result = ScorerResult(scorer.name, scorer.unit,
+                                  base=scorer.score(prompts, results.base_outputs, conditions, rows),
+                                  aligned=scorer.score(prompts, results.aligned_outputs, conditions, rows),
+                                  higher_is_better=scorer.higher_is_better)
+        except Exception as error:  # noqa: BLE001 - the generations and the other scorers are still written
+            print(f"evaluate: scorer {scorer.name!r} failed:\n{traceback.format_exc()}", file=sys.stderr)
+            errors[scorer.name] = [f"{type(error).__name__}: {error}"]
+            problems.append(f"scorer {scorer.name!r} failed: {type(error).__name__}: {error}")
+            continue
         results.scores.append(summarise(result, evaluation.num_resamples, evaluation.seed))
     for scorer in pair_scorers:
         results.scores.append(implicit_reward_result(scorer, backbone, evaluation, datamodule, device, results))
@@ -196,7 +212,13 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
     if evaluation.report:
         run_dir = os.path.dirname(output_dir)  # the training curves, when the aligned model is a run's
         metrics = os.path.join(run_dir, "metrics.csv")
-        write_report(results, output_dir, metrics if os.path.isfile(metrics) else None)
+        try:
+            write_report(results, output_dir, metrics if os.path.isfile(metrics) else None)
+        except Exception as error:  # noqa: BLE001 - the numbers are written; say what the page could not be
+            print(f"evaluate: the report could not be written:\n{traceback.format_exc()}", file=sys.stderr)
+            problems.append(f"the report could not be written: {type(error).__name__}: {error}")
+    if problems:
+        raise EvaluationError(f"{'; '.join(problems)} (results.json is in {output_dir})")
     return results
 
 
@@ -281,18 +303,12 @@ def write_results(results: EvalResults, output_dir: str) -> str:
     return path
 
 
-def write_report(results: EvalResults, output_dir: str, metrics_csv: str | None = None) -> str | None:
-    """The HTML report, when ``alignsuite.evaluation.report`` is there; a failure is printed, not fatal
-    (``results.json`` is already written)."""
-    try:
-        from alignsuite.evaluation.report import write_report as write
-    except ImportError:
-        return None
-    try:
-        return write(results, output_dir, metrics_csv=metrics_csv)
-    except Exception:  # noqa: BLE001 - the numbers are written; the page is extra
-        print(f"evaluate: the report could not be written:\n{traceback.format_exc()}")
-        return None
+def write_report(results: EvalResults, output_dir: str, metrics_csv: str | None = None) -> str:
+    """The HTML report (:func:`alignsuite.evaluation.report.write_report`); its matplotlib is imported only
+    when a report is asked for."""
+    from alignsuite.evaluation.report import write_report as write
+
+    return write(results, output_dir, metrics_csv=metrics_csv)
 
 
 __all__ = ["Evaluation", "EvaluationError", "aligned_backbone", "generate_all", "run_evaluation", "write_results"]

@@ -13,13 +13,17 @@ from alignsuite.judging import Scorer, check_weights, load_pretrained, prompt_te
 
 
 class WER(Scorer):
-    """Word error rate of a transcript against the prompt's text (:func:`alignsuite.judging.word_error_rate`), a fraction; lower
-    is better. For speech, ``transcribe`` (an ASR: a callable, or the import path of one, taking the outputs
-    and returning their transcripts) runs first; without it the outputs are taken as the transcripts.
+    """Word error rate of a transcript against the reference text (:func:`alignsuite.judging.word_error_rate`), a
+    fraction; lower is better. For speech, ``transcribe`` (an ASR: a callable, or the import path of one, taking
+    the outputs and returning their transcripts) runs first; without it the outputs are taken as the transcripts.
+
+    The reference is the row's ``reference_column``. A speech model's prompt is the text it speaks, so a row
+    without the column is scored against its prompt; a text model's prompt is what it answers, never the answer's
+    reference, so for a text model every row must have the column (:meth:`columns`).
 
     Args:
         transcribe: ``audio outputs -> transcripts``; ``None`` when the outputs are text already.
-        reference_column: the prompt set's column holding the reference text (the prompt itself when absent).
+        reference_column: the prompt set's column holding the reference text.
     """
 
     name, unit, higher_is_better, modalities = "wer", "fraction", False, ("text_to_speech", "text")
@@ -32,6 +36,12 @@ class WER(Scorer):
     @staticmethod
     def rate(pred: str, target: str) -> float:
         return word_error_rate(pred, target)
+
+    def columns(self, modality: str) -> dict[str, str]:
+        if modality != "text":
+            return {}
+        return {self.reference_column: f"the reference text scorer {self.name!r} compares a text model's answers"
+                f" with ({type(self).__name__}.reference_column names it)"}
 
     def score_batch(self, prompts, outputs, conditions, rows):
         transcripts = list(self.transcribe(outputs)) if self.transcribe is not None else outputs
@@ -123,6 +133,11 @@ class ToyReward(Scorer):
         if world == "vlm":
             self.values = (self.name, "image_sensitivity", "hallucination")
             self.rewrites = {"swapped": {"images": "swap_images"}}
+
+    def columns(self, modality: str) -> dict[str, str]:
+        if self.world_name != "vlm":
+            return {}
+        return {"answer": "the toy world's answer to the row's image (use evaluate.prompts toy:vlm)"}
 
     def score_batch(self, prompts, outputs, conditions, rows):
         if self.world_name == "vlm":

@@ -1,7 +1,8 @@
 """Text preference layouts: pairs (DPO and its family) and unpaired rows (KTO).
 
-Rows are normalised by `alignsuite.data.preference`; batches carry text or chat messages as python
-lists, ``label`` as a float tensor, and ``tools`` (when the data has a tools column) as one python list
+Rows are normalised by `alignsuite.data.preference` and stored with the provenance columns ``_source`` (the
+file, or hub id) and ``_row`` (0-based within it), which name a row in errors and never reach a batch;
+batches carry text or chat messages as python lists, ``label`` as a float tensor, and ``tools`` (when the data has a tools column) as one python list
 of tool schemas per row, ``None`` for a row without.
 """
 
@@ -13,22 +14,22 @@ from typing import Any
 from alignsuite.data.errors import DataError
 from alignsuite.data.fields import PairFields, UnpairedFields
 from alignsuite.data.layouts.base import Layout
-from alignsuite.data.messages import for_arrow, from_arrow
+from alignsuite.data.messages import MESSAGE_COLUMNS, for_arrow, from_arrow
 from alignsuite.data.preference import normalize_pair, normalize_unpaired, pairs_to_unpaired
-
-_MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion")
 
 
 def _is_chat(row: dict) -> bool:
     return isinstance(row["prompt"], list) or isinstance(row.get("chosen", row.get("completion")), list)
 
 
-def _stored(canon: dict) -> dict:
-    return {k: for_arrow(v) if k in _MESSAGE_COLUMNS else v for k, v in canon.items()}
+def _stored(canon: dict, source: str, index: int) -> dict:
+    # With where it came from (hidden, dropped at collate): a check at setup names the file and row.
+    stored = {k: for_arrow(v) if k in MESSAGE_COLUMNS else v for k, v in canon.items()}
+    return {**stored, "_source": source, "_row": index}
 
 
 class _TextLayout(Layout):
-    list_columns = frozenset({*_MESSAGE_COLUMNS, "tools"})
+    list_columns = frozenset({*MESSAGE_COLUMNS, "tools"})
 
     def check_row(self, canon: dict, first: dict, index: int, source: str) -> None:
         # Arrow needs one type per column, and a backbone one format per batch.
@@ -98,7 +99,7 @@ class TextPairs(_TextLayout):
 
     def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
         canon = normalize_pair(row, index, source, self.fields)
-        return None if canon is None else _stored(canon)
+        return None if canon is None else _stored(canon, source, index)
 
 
 class TextUnpaired(_TextLayout):
@@ -142,10 +143,11 @@ class TextUnpaired(_TextLayout):
             canon = normalize_pair(row, index, source, self.pair_fields)
         else:
             canon = normalize_unpaired(row, index, source, self.fields)
-        return None if canon is None else _stored(canon)
+        return None if canon is None else _stored(canon, source, index)
 
     def expand(self, rows: list[dict]) -> list[dict]:
         out = []
         for row in rows:
-            out += pairs_to_unpaired([row]) if "chosen" in row else [row]
+            origin = {"_source": row["_source"], "_row": row["_row"]}
+            out += [dict(r, **origin) for r in pairs_to_unpaired([row])] if "chosen" in row else [row]
         return out
