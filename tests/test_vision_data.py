@@ -104,6 +104,18 @@ def test_rlaif_v_rows_through_the_loader(tmp_path):
     assert "idx" not in batches[0]  # the source's other columns stay out
 
 
+
+def test_a_16_bit_png_keeps_its_grey_through_the_vision_layout(tmp_path):
+    import numpy as np
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((2, 3), 32768, dtype=np.uint16)).save(buffer, format="PNG")  # mode I;16
+    path = str(tmp_path / "grey.parquet")
+    datasets.Dataset.from_list([dict(rlaif_rows(1)[0], image={"bytes": buffer.getvalue(), "path": None})]).to_parquet(path)
+    (image,) = whole(make_dm(path))["images"][0]
+    assert image.mode == "RGB" and image.getpixel((2, 1)) == (128, 128, 128)  # not clipped to white
+
+
 def test_mdpo_rows_with_img_path_relative_to_the_data_file(tmp_path):
     (tmp_path / "images").mkdir()
     Image.new("RGB", (3, 2), COLOURS["green"]).save(tmp_path / "images" / "a.jpg", quality=100)
