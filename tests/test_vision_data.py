@@ -161,9 +161,41 @@ def test_pil_and_path_images_and_text_only_rows():
     image = Image.open(io.BytesIO(png("green")))
     out = VisionPairs().normalize({"image": image, "question": "q", "chosen": "a", "rejected": "b"}, 0, "mem")
     assert Image.open(io.BytesIO(out["images"][0]["bytes"])).convert("RGB").getpixel((0, 0)) == COLOURS["green"]
-    # An empty image column is a text-only row: no image parts, no images.
-    out = VisionPairs().normalize({"prompt": "hi", "images": [], "chosen": "a", "rejected": "b"}, 0, "mem")
+    # An empty image column is a text-only row when asked for: no image parts, no images.
+    out = VisionPairs(keep_text_only=True).normalize({"prompt": "hi", "images": [], "chosen": "a", "rejected": "b"}, 0, "mem")
     assert json.loads(out["prompt"]) == [{"role": "user", "content": [text("hi")]}] and out["images"] == []
+
+
+@pytest.mark.parametrize("column, value", [("images", [None]), ("image", None), ("images", []),
+                                           ("images", [{"bytes": None, "path": None}]), ("img_path", "")])
+def test_a_row_without_its_image_is_refused_naming_file_row_and_field(tmp_path, column, value):
+    # Trained as a text-only pair it would teach the answer without the image: the image-blind signal mDPO avoids.
+    (tmp_path / "red.png").write_bytes(png("red"))
+    rows = [{"prompt": "q0", "chosen": "a", "rejected": "b", column: "red.png" if column != "images" else ["red.png"]},
+            {"prompt": "q1", "chosen": "a", "rejected": "c", column: value}]
+    err = error_of(tmp_path, rows)
+    assert (err.source, err.row, err.field) == (str(tmp_path / "bad.jsonl"), 1, column)
+    assert "keep_text_only" in str(err) and "no image" in str(err)
+
+
+def test_rows_without_images_kept_on_request_are_counted_and_reported(tmp_path):
+    (tmp_path / "red.png").write_bytes(png("red"))
+    rows = [{"image": None if i in (1, 3) else "red.png", "question": f"q{i}", "chosen": "a", "rejected": "b"}
+            for i in range(4)]
+    path = write_jsonl(tmp_path / "r.jsonl", rows)
+    layout = VisionPairs(keep_text_only=True)
+    with pytest.warns(UserWarning, match=rf"{path}: kept 2 rows with no image as text-only pairs \(rows 1, 3\)"):
+        dm = make_dm(path, layout=layout)
+    assert layout.text_only == {path: 2} and len(dm.train_set) == 4
+    assert [len(ims) for ims in whole(dm)["images"]] == [1, 0, 1, 0]
+
+
+def test_a_null_among_a_rows_images_is_refused_even_when_text_only_rows_are_kept(tmp_path):
+    (tmp_path / "red.png").write_bytes(png("red"))
+    rows = [{"prompt": [{"role": "user", "content": [IMG, IMG, text("q")]}], "images": ["red.png", None],
+             "chosen": "a", "rejected": "b"}]
+    err = error_of(tmp_path, rows, layout=VisionPairs(keep_text_only=True))
+    assert (err.row, err.field) == (0, "images") and "image 1 of the row is null" in str(err)
 
 
 def test_chosen_equal_to_rejected_is_skipped_and_counted(tmp_path):
@@ -171,7 +203,7 @@ def test_chosen_equal_to_rejected_is_skipped_and_counted(tmp_path):
     rows[1]["rejected"] = rows[1]["chosen"]
     path = write_jsonl(tmp_path / "r.jsonl", [dict(r, image=None, images=[]) for r in rows])
     with pytest.warns(UserWarning, match=rf"{path}: skipped 1 rows where chosen equals rejected \(rows 1\)"):
-        dm = make_dm(path)
+        dm = make_dm(path, layout=VisionPairs(keep_text_only=True))
     assert dm.skipped == {path: 1} and dm.train_set["_row"] == [0, 2]
 
 
