@@ -265,6 +265,39 @@ def test_image_parts_in_an_answer_are_refused(tmp_path):
     assert (err.row, err.field) == (0, "rejected") and "expected an answer of text parts only" in str(err)
 
 
+
+@pytest.mark.parametrize("field, row", [
+    ("chosen", {"chosen": "it is <image> red"}),
+    ("rejected", {"rejected": [{"role": "assistant", "content": [text("<image>")]}]}),
+    ("prompt", {"prompt": [{"role": "user", "content": [IMG, text("and <image> what colour?")]}]}),
+])
+def test_the_image_placeholder_typed_in_an_answer_or_a_prompts_text_part_is_refused(tmp_path, field, row):
+    # The processor would expand it into image tokens with no image to match ("Image features and image tokens
+    # do not match" inside transformers); here the row and field are named.
+    (tmp_path / "red.png").write_bytes(png("red"))
+    rows = [{"prompt": "q", "images": ["red.png"], "chosen": "a", "rejected": "b"},
+            dict({"prompt": "q", "images": ["red.png"], "chosen": "a", "rejected": "b"}, **row)]
+    err = error_of(tmp_path, rows)
+    assert (err.row, err.field) == (1, field) and "'<image>'" in str(err)
+
+
+def test_the_models_image_token_handed_over_at_setup_is_refused_at_collate_naming_file_row_and_field(tmp_path):
+    rows = rlaif_rows(3)
+    rows[1]["rejected"] = "Blue <|image_pad|>."
+    rows[2]["question"] = "What <|image_pad|> colour?"
+    path = str(tmp_path / "r.parquet")
+    datasets.Dataset.from_list(rows).to_parquet(path)
+    dm = make_dm(path)
+    whole(dm)  # the layout does not know the model's image token yet
+    dm.layout.use_model(image_tokens=["<|image_pad|>"])
+    assert len(dm.collate([dm.train_set[0]])["prompt"]) == 1
+    for i, field in ((1, "rejected"), (2, "question")):
+        with pytest.raises(DataError) as err:
+            dm.collate([dm.train_set[0], dm.train_set[i]])
+        assert (err.value.source, err.value.row, err.value.field) == (path, i, field)
+        assert "the model's image token '<|image_pad|>'" in str(err.value)
+
+
 def test_undecodable_image_fails_at_collate_naming_row_and_column(tmp_path):
     rows = rlaif_rows(3)
     rows[2]["image"] = {"bytes": b"not an image", "path": None}

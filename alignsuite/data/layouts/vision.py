@@ -82,6 +82,17 @@ def _is_null(value: object) -> bool:
     return value is None or value == ""
 
 
+def _refuse_image_text(messages: list[dict], tokens: tuple[str, ...], what: str, field: str, index: int,
+                       source: str) -> None:
+    """Refuse an image token typed in a text part: the processor would expand it into image features with no
+    image to match ("Image features and image tokens do not match" deep inside transformers)."""
+    for token in tokens:
+        if any(token in part["text"] for m in messages for part in m["content"] if part["type"] == "text"):
+            raise DataError(source, index, field, f"text without {what} {token!r}", problem=(
+                "it is typed in a text part (an answer, or a prompt message's text); an image goes in a prompt"
+                " as an {'type': 'image'} part, or as '<image>' in a text prompt, one per image of the row"))
+
+
 def _count_images(messages: list[dict]) -> int:
     return sum(part["type"] == "image" for m in messages for part in m["content"])
 
@@ -145,6 +156,7 @@ class VisionPairs(DecodesImages):
         self.image_field, self.image_path_field = image_field, image_path_field
         self.keep_text_only = keep_text_only
         self.text_only: dict[str, int] = {}  # rows kept with no image (keep_text_only), per source
+        self.image_tokens: tuple[str, ...] = ()  # the model's, handed over at setup (`use_model`)
         self._text_only_rows: list[int] = []
         super().__init__(skip_bad_images)
 
@@ -160,6 +172,21 @@ class VisionPairs(DecodesImages):
                 self._warn_text_only(table[0], self._text_only_rows)
         return (datasets.concatenate_datasets(parts) if parts else None), skipped
 
+    def use_model(self, image_tokens: list[str] | tuple[str, ...] = (), **settings: Any) -> None:
+        """``image_tokens``: the processor's image token(s), which the processor expands into image features;
+        typed in a row's text they would not match its images, so `collate` refuses them naming the row."""
+        self.image_tokens = tuple(t for t in image_tokens if t)
+
+    def collate(self, rows: list[dict]) -> dict:
+        for row in rows if self.image_tokens else ():
+            fields = {"prompt": row.get("_prompt_column", self.prompt_field), "chosen": self.chosen_field,
+                      "rejected": self.rejected_field}
+            for key, field in fields.items():
+                if key in row:  # predict reads the prompts alone
+                    _refuse_image_text(json.loads(row[key]), self.image_tokens, "the model's image token", field,
+                                       row.get("_row"), row.get("_source", self.name))
+        return super().collate(rows)
+
     def _warn_text_only(self, source: str, rows: list[int]) -> None:
         self.text_only[source] = len(rows)
         shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
@@ -172,6 +199,8 @@ class VisionPairs(DecodesImages):
             return None
         refs, column = self._images(row, index, source, base_dir)
         prompt, field = self._prompt(row, index, source)
+        # Text prompts were split at each placeholder; one left is typed inside a text part of a message.
+        _refuse_image_text(prompt, (PLACEHOLDER,), "the image placeholder", field, index, source)
         if refs and not _count_images(prompt):
             first = next((m for m in prompt if m["role"] == "user"), prompt[0])
             first["content"][:0] = [_IMAGE] * len(refs)
@@ -185,7 +214,7 @@ class VisionPairs(DecodesImages):
                                 " image. Set keep_text_only: true in data.layout to keep such rows (counted)")
             self._text_only_rows.append(index)
         return {"prompt": json.dumps(prompt), "chosen": json.dumps(chosen), "rejected": json.dumps(rejected),
-                "images": refs, "_source": source, "_row": index, "_images_column": column}
+                "images": refs, "_source": source, "_row": index, "_images_column": column, "_prompt_column": field}
 
     def _answer(self, row: dict, field: str, index: int, source: str) -> list[dict]:
         if field not in row:
@@ -193,6 +222,7 @@ class VisionPairs(DecodesImages):
         answer = _messages(row[field], field, index, source, "assistant", placeholders=False)
         if _count_images(answer):
             raise DataError(source, index, field, "an answer of text parts only", problem="it has image parts")
+        _refuse_image_text(answer, (PLACEHOLDER,), "the image placeholder", field, index, source)
         if not any(part["text"].strip() for m in answer for part in m["content"]):
             raise DataError(source, index, field, "a non-empty answer", row[field])
         return answer
@@ -224,7 +254,8 @@ class VisionPairs(DecodesImages):
         text = datasets.Value("string")
         return datasets.Features({"prompt": text, "chosen": text, "rejected": text,
                                   "images": datasets.List(datasets.Image(decode=False)),
-                                  "_source": text, "_row": datasets.Value("int64"), "_images_column": text})
+                                  "_source": text, "_row": datasets.Value("int64"), "_images_column": text,
+                                  "_prompt_column": text})
 
     def decode(self, key: str, value: Any) -> Any:
         return value if key == "images" else json.loads(value)
