@@ -234,6 +234,28 @@ def test_corrupt_audio_file_is_named_at_collate(tmp_path):
     assert str((tmp_path / "corrupt.wav").resolve()) in message and "Error" in message  # soundfile's reason
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_samples_in_a_float_wav_are_refused_at_collate_naming_file_row_and_field(tmp_path, bad):
+    # A float WAV holds NaN and inf as written; they reached the model and stopped the run blaming the learning rate.
+    tone(tmp_path / "good.wav", 16000, 0.01)
+    tone(tmp_path / "other.wav", 16000, 0.02)
+    samples = np.full(160, 0.25, dtype=np.float32)
+    samples[37] = bad
+    sf.write(str(tmp_path / "nan.wav"), samples, 16000, subtype="FLOAT")
+    rows = [{"text": "a", "chosen": "good.wav", "rejected": "other.wav", "prompt_speech": "nan.wav"}]
+    dm = make_dm(write_jsonl(tmp_path / "tts.jsonl", rows), SpeechPairs(speech="audio"))
+    with pytest.raises(DataError) as err:
+        whole(dm)
+    assert (err.value.source, err.value.row, err.value.field) == (str(tmp_path / "tts.jsonl"), 0, "prompt_speech")
+    assert "finite samples" in str(err.value) and "at sample 37" in str(err.value)
+    assert str((tmp_path / "nan.wav").resolve()) in str(err.value)
+
+
+def test_non_finite_samples_in_an_array_are_refused_when_the_rows_are_built():
+    with pytest.raises(DataError, match=r"src: row 3: field 'chosen': expected finite samples .* at sample 1"):
+        audio_ref({"array": [0.0, float("nan")], "sampling_rate": 16000}, "chosen", 3, "src")
+
+
 def test_missing_audio_file_is_named_at_setup(tmp_path):
     message = error_of(tmp_path, [{"text": "a", "chosen": "nowhere.wav", "rejected": "x.wav"}],
                        SpeechPairs(speech="audio"))
