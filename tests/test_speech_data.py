@@ -256,6 +256,12 @@ def test_non_finite_samples_in_an_array_are_refused_when_the_rows_are_built():
         audio_ref({"array": [0.0, float("nan")], "sampling_rate": 16000}, "chosen", 3, "src")
 
 
+def test_an_audio_url_is_refused_saying_urls_are_not_fetched(tmp_path):
+    message = error_of(tmp_path, [{"text": "a", "chosen": "https://example.com/a.wav", "rejected": "x.wav"}],
+                       SpeechPairs(speech="audio"))
+    assert "bad.jsonl: row 0: field 'chosen':" in message and "URLs are not fetched" in message
+
+
 def test_missing_audio_file_is_named_at_setup(tmp_path):
     message = error_of(tmp_path, [{"text": "a", "chosen": "nowhere.wav", "rejected": "x.wav"}],
                        SpeechPairs(speech="audio"))

@@ -298,6 +298,14 @@ def test_the_models_image_token_handed_over_at_setup_is_refused_at_collate_namin
         assert "the model's image token '<|image_pad|>'" in str(err.value)
 
 
+
+@pytest.mark.parametrize("url", ["http://example.com/cat.png", "https://example.com/a/cat.jpg"])
+def test_an_image_url_is_refused_saying_urls_are_not_fetched(tmp_path, url):
+    err = error_of(tmp_path, [{"image": url, "question": "q", "chosen": "a", "rejected": "b"}])
+    assert (err.row, err.field) == (0, "image") and "URLs are not fetched" in str(err) and url in str(err)
+    assert "there is no file at" not in str(err)  # not read as a path relative to the data file
+
+
 def test_undecodable_image_fails_at_collate_naming_row_and_column(tmp_path):
     rows = rlaif_rows(3)
     rows[2]["image"] = {"bytes": b"not an image", "path": None}
