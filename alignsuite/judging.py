@@ -129,6 +129,24 @@ def load_pretrained(loader, path: str, what: str, how: str, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------ text
+def checked_transcripts(recogniser: Any, transcripts: Any, n: int) -> list[str]:
+    """``transcripts``, what ``recogniser`` answered for ``n`` utterances, as a list of ``n`` texts; anything
+    else (``None``, too few or too many, a non-text entry) is a ``ValueError`` naming the recogniser, what it
+    returned and what was expected, rather than a ``TypeError`` deep inside or candidates dropped by a zip."""
+    name = getattr(recogniser, "__name__", None) or type(recogniser).__name__
+    if transcripts is None or isinstance(transcripts, str) or not hasattr(transcripts, "__len__"):
+        got = "None" if transcripts is None else f"a {type(transcripts).__name__}"
+    elif len(transcripts) != n:
+        got = f"{len(transcripts)} transcripts"
+    else:
+        bad = next((i for i, t in enumerate(transcripts) if not isinstance(t, str)), None)
+        if bad is None:
+            return list(transcripts)
+        got = f"a list whose transcript {bad} is {transcripts[bad]!r}"
+    raise ValueError(f"the recogniser {name} returned {got} for {n} utterances; expected {n} transcripts (one text"
+                     " per utterance, in order)")
+
+
 def normalise(text: str) -> str:
     """Lower case, punctuation (Unicode category P*) and symbols replaced by spaces, whitespace collapsed."""
     text = unicodedata.normalize("NFKC", text).lower()
@@ -153,5 +171,5 @@ def word_error_rate(transcripts: str | Sequence[str], references: str | Sequence
     return float(rate(hyp[0], ref[0]) if one else rate(hyp, ref))
 
 
-__all__ = ["MissingWeightsError", "Score", "Scorer", "check_weights", "load_pretrained", "normalise", "prompt_text",
+__all__ = ["MissingWeightsError", "Score", "Scorer", "check_weights", "checked_transcripts", "load_pretrained", "normalise", "prompt_text",
            "word_error_rate"]

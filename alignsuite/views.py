@@ -80,7 +80,7 @@ def needed_columns(objective) -> list[str]:
 
 _MODALITY_HINT = {
     "text": "use alignsuite.backbones.CausalLM, or give a vision-language model its rows in the layout"
-            " alignsuite.data.VisionPairs (rows without images are text-only there)",
+            " alignsuite.data.VisionPairs (rows without images are kept there as text-only with keep_text_only)",
     "vision_language": "use alignsuite.backbones.VisionLanguage with an image-text-to-text model",
     "text_to_image": "use alignsuite.backbones.TextToImage with a diffusers pipeline",
     "text_to_speech": "use alignsuite.backbones.SpeechTokenLM (codec tokens) or alignsuite.backbones.FlowMatchingTTS"

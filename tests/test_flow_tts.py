@@ -245,6 +245,27 @@ def test_bad_speech_is_named_with_row_column_and_expectation(model_dir):
         b.prepare(views(batch))
 
 
+def test_setup_hands_the_models_mel_width_and_rate_to_the_data_layout(model_dir, tmp_path):
+    # The backbone's own check (above) names the dataset row only; the layout's names the file, row and field.
+    import json
+
+    from alignsuite.data import DataError, PreferenceDataModule
+    from alignsuite.data.layouts.speech import SpeechPairs
+
+    path = tmp_path / "tts.jsonl"
+    path.write_text(json.dumps({"text": "a", "chosen": [[0.0] * (N_MELS + 1)], "rejected": [[1.0] * (N_MELS + 1)]}) + "\n")
+    data = PreferenceDataModule(train=str(path), layout=SpeechPairs(speech="features"))
+    data.setup("fit")
+    b = FlowMatchingTTS(model_dir)
+    b.on_setup(data)
+    assert b.policy is None  # the settings come from the model's config, before any model loads
+    with pytest.raises(DataError, match=rf"^{path}: row 0: field 'chosen': expected feature frames of width {N_MELS}"):
+        data.collate([data.train_set[0]])
+    audio = PreferenceDataModule(train=str(path), layout=SpeechPairs(speech="audio", sampling_rate=16000))
+    with pytest.raises(ValueError, match=r"data.layout.sampling_rate is 16000 .* expects 8000 Hz"):
+        b.on_setup(audio)
+
+
 def test_lora_trains_adapters_and_exports_merged(model_dir, tmp_path):
     from alignsuite.reference import AdapterDisabled, FrozenCopy
 

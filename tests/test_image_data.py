@@ -217,6 +217,51 @@ def test_non_rgb_images_arrive_as_rgb():
     assert colour_of(batch["chosen"][0]) == "white" and colour_of(batch["rejected"][0]) == "blue"
 
 
+
+def grey16_png(value: int = 32768) -> bytes:
+    """A real 16-bit greyscale PNG (PIL mode ``I;16``) of one value out of 65535."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((4, 4), value, dtype=np.uint16)).save(buffer, format="PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "I;16"
+    return buffer.getvalue()
+
+
+def test_a_16_bit_png_keeps_its_grey_through_the_image_layout(tmp_path):
+    # Mid-grey (32768 of 65535) must come out mid-grey, and black and white stay black and white; clipping
+    # the 16-bit values into 8 bits would make all three white.
+    rows = [{"caption": "grey", "chosen": grey16_png(value), "rejected": png("red")} for value in (32768, 0, 65535)]
+    batch = first_batch(make_dm(write_parquet(tmp_path / "t.parquet", rows), batch_size=3))
+    assert [im.mode for im in batch["chosen"]] == ["RGB"] * 3
+    assert [im.getpixel((1, 1)) for im in batch["chosen"]] == [(128, 128, 128), (0, 0, 0), (255, 255, 255)]
+    pixels, _, _ = to_tensor(Image.open(io.BytesIO(grey16_png())), 4)
+    assert pixels.abs().max().item() < 0.01  # mid-grey is 0 in [-1, 1]
+
+
+@pytest.mark.parametrize("mode, values, expected", [
+    ("I;16B", [0, 32768, 65535], [0, 128, 255]),
+    ("I", [0, 32768, 65535], [0, 128, 255]),
+    ("F", [0.0, 0.5, 1.0], [0, 128, 255]),
+])
+def test_16_bit_and_float_modes_scale_by_their_range(mode, values, expected):
+    from alignsuite.data.pixels import rgb
+
+    if mode == "I;16B":
+        image = Image.frombytes(mode, (3, 1), np.array(values, dtype=">u2").tobytes())  # big-endian 16-bit
+    else:
+        image = Image.fromarray(np.array([values], dtype=np.int32 if mode == "I" else np.float32), mode=mode)
+    assert image.mode == mode
+    out = rgb(image)
+    assert out.mode == "RGB" and [out.getpixel((x, 0)) for x in range(3)] == [(v, v, v) for v in expected]
+
+
+@pytest.mark.parametrize("mode, value", [("I", 70000), ("F", 1.5), ("F", float("nan"))])
+def test_values_beyond_the_range_of_their_mode_are_refused_not_clipped(mode, value):
+    image = Image.fromarray(np.array([[0, value]], dtype=np.int32 if mode == "I" else np.float32), mode=mode)
+    row = {"caption": "x", "chosen": image, "rejected": png("red")}
+    with pytest.raises(DataError, match=rf"{SRC}: row 0: field 'chosen': .*mode {mode}"):
+        PreferenceDataModule(layout=ImagePairs()).collate([dict(normalize_image_pair(row, 0, SRC), index=0)])
+
+
 # --- image folders -----------------------------------------------------------------------------------
 
 

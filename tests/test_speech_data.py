@@ -234,6 +234,34 @@ def test_corrupt_audio_file_is_named_at_collate(tmp_path):
     assert str((tmp_path / "corrupt.wav").resolve()) in message and "Error" in message  # soundfile's reason
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_samples_in_a_float_wav_are_refused_at_collate_naming_file_row_and_field(tmp_path, bad):
+    # A float WAV holds NaN and inf as written; they reached the model and stopped the run blaming the learning rate.
+    tone(tmp_path / "good.wav", 16000, 0.01)
+    tone(tmp_path / "other.wav", 16000, 0.02)
+    samples = np.full(160, 0.25, dtype=np.float32)
+    samples[37] = bad
+    sf.write(str(tmp_path / "nan.wav"), samples, 16000, subtype="FLOAT")
+    rows = [{"text": "a", "chosen": "good.wav", "rejected": "other.wav", "prompt_speech": "nan.wav"}]
+    dm = make_dm(write_jsonl(tmp_path / "tts.jsonl", rows), SpeechPairs(speech="audio"))
+    with pytest.raises(DataError) as err:
+        whole(dm)
+    assert (err.value.source, err.value.row, err.value.field) == (str(tmp_path / "tts.jsonl"), 0, "prompt_speech")
+    assert "finite samples" in str(err.value) and "at sample 37" in str(err.value)
+    assert str((tmp_path / "nan.wav").resolve()) in str(err.value)
+
+
+def test_non_finite_samples_in_an_array_are_refused_when_the_rows_are_built():
+    with pytest.raises(DataError, match=r"src: row 3: field 'chosen': expected finite samples .* at sample 1"):
+        audio_ref({"array": [0.0, float("nan")], "sampling_rate": 16000}, "chosen", 3, "src")
+
+
+def test_an_audio_url_is_refused_saying_urls_are_not_fetched(tmp_path):
+    message = error_of(tmp_path, [{"text": "a", "chosen": "https://example.com/a.wav", "rejected": "x.wav"}],
+                       SpeechPairs(speech="audio"))
+    assert "bad.jsonl: row 0: field 'chosen':" in message and "URLs are not fetched" in message
+
+
 def test_missing_audio_file_is_named_at_setup(tmp_path):
     message = error_of(tmp_path, [{"text": "a", "chosen": "nowhere.wav", "rejected": "x.wav"}],
                        SpeechPairs(speech="audio"))
@@ -360,3 +388,51 @@ def test_resample_keeps_the_type_and_the_length_ratio():
     out = resample(wave, 16000, 24000)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == (2402,)  # ceil(1601 * 3 / 2)
     assert isinstance(resample(wave.numpy(), 24000, 16000), np.ndarray) and resample(wave, 8000, 8000) is wave
+
+
+# --- the model's settings, handed over by the backbone at setup ----------------------------------------
+
+
+def test_codes_beyond_the_models_codebooks_are_refused_at_collate_naming_file_row_and_field(tmp_path):
+    rows = token_rows(3)
+    rows[1]["rejected"] = [7, 12]
+    rows[2].update(chosen=[[1, 2], [3, 4]], rejected=[[7, 8]], prompt_speech=None, prompt_text=None)
+    path = write_jsonl(tmp_path / "tts.jsonl", rows[:2])
+    dm = make_dm(path, SpeechPairs())  # no codebook_size in the layout: the model's is the one that counts
+    whole(dm)
+    dm.layout.use_model(codebook_size=10, num_codebooks=1)
+    assert dm.collate([dm.train_set[0]])["chosen"][0].tolist() == [0, 1, 2]
+    with pytest.raises(DataError) as err:
+        whole(dm)
+    assert (err.value.source, err.value.row, err.value.field) == (path, 1, "rejected")
+    assert "codes in [0, 10) (the model's codebook_size)" in str(err.value) and "at frame 1, codebook 0" in str(err.value)
+    two = make_dm(write_jsonl(tmp_path / "two.jsonl", [rows[2]]), SpeechPairs(num_codebooks=2))
+    two.layout.use_model(codebook_size=10, num_codebooks=1)
+    with pytest.raises(DataError, match=r"two.jsonl: row 0: field 'chosen': expected frames of 1 code .*model"):
+        whole(two)
+
+
+def test_feature_frames_of_another_width_than_the_models_mels_are_refused_at_collate(tmp_path):
+    rows = [{"text": "a", "chosen": [[0.0, 1.0, 2.0]], "rejected": [[1.0, 1.0, 1.0]]}]
+    path = write_jsonl(tmp_path / "tts.jsonl", rows)
+    dm = make_dm(path, SpeechPairs(speech="features"))
+    dm.layout.use_model(n_mels=4)
+    with pytest.raises(DataError, match=rf"^{path}: row 0: field 'chosen': expected feature frames of width 4"
+                                        r" \(the model's n_mels\); its frames have width 3"):
+        whole(dm)
+
+
+def test_audio_at_another_rate_than_the_models_is_refused_naming_the_file(tmp_path):
+    tone(tmp_path / "a16k.wav", 16000, 0.1)
+    tone(tmp_path / "b16k.wav", 16000, 0.05)
+    path = write_jsonl(tmp_path / "tts.jsonl", [{"text": "a", "chosen": "a16k.wav", "rejected": "b16k.wav"}])
+    dm = make_dm(path, SpeechPairs(speech="audio"))
+    dm.layout.use_model(sampling_rate=24000)
+    with pytest.raises(DataError) as err:
+        whole(dm)
+    assert str(err.value).startswith(f"{path}: row 0: field 'chosen': expected audio at 24000 Hz")
+    assert str((tmp_path / "a16k.wav").resolve()) in str(err.value)
+    with pytest.raises(ValueError, match=r"data.layout.sampling_rate is 16000 .* expects 24000 Hz"):
+        SpeechPairs(speech="audio", sampling_rate=16000).use_model(sampling_rate=24000)
+    resampling = SpeechPairs(speech="audio", sampling_rate=24000, resample=True)
+    resampling.use_model(sampling_rate=24000)

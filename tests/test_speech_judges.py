@@ -96,3 +96,33 @@ def test_speaker_similarity_is_the_cosine_of_xvectors(xvector_dir):
     [resampled] = judge.similarity([Utterance(None, slow)], [Utterance(None, a)])
     back = Audio(resample(slow.waveform, 24000, 16000), 16000)
     assert resampled == pytest.approx(float(embed(back) @ embed(a)), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ recognisers' output
+class _Answers:
+    """A recogniser that answers whatever it was built with, whatever it hears."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+
+    def transcribe(self, utterances):
+        return self.answer
+
+
+@pytest.mark.parametrize("answer, got", [(None, "None"), ([], "0 transcripts"), (["a b"], "1 transcripts"),
+                                         (["a", None], "transcript 1 is None")])
+def test_a_recogniser_that_answers_too_few_transcripts_or_none_is_named(answer, got):
+    # Before: zip dropped the candidates left without a transcript, or a TypeError came from deep inside.
+    from alignsuite.speech.judges import SpeechJudge
+
+    judge = SpeechJudge(_Answers(answer))
+    with pytest.raises(ValueError) as err:
+        judge.judge(["a b", "c"], [torch.tensor([1]), torch.tensor([2])], rows=[{"text": "a b"}, {"text": "c"}])
+    assert "recogniser _Answers" in str(err.value) and got in str(err.value) and "2 utterances" in str(err.value)
+
+
+def test_wer_names_a_transcriber_that_answers_too_few():
+    from alignsuite.evaluation.text_scorers import WER
+
+    with pytest.raises(ValueError, match=r"recogniser <lambda> returned 1 transcripts for 2 utterances"):
+        WER(transcribe=lambda outputs: ["a"]).score(["a", "b"], ["x", "y"])

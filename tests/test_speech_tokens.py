@@ -179,6 +179,21 @@ def test_bad_speech_is_an_error_naming_row_column_and_range(speech_lm_dir, chang
     assert backbone.policy is None  # all found while preparing, before any model loads
 
 
+def test_setup_hands_the_codebooks_to_the_data_layout_so_errors_name_the_file(speech_lm_dir, tmp_path):
+    import json
+
+    from alignsuite.data import DataError, PreferenceDataModule
+    from alignsuite.data.layouts.speech import SpeechPairs
+
+    path = tmp_path / "tts.jsonl"
+    path.write_text(json.dumps({"text": "hello", "chosen": [1, 2], "rejected": [3, 16]}) + "\n")
+    data = PreferenceDataModule(train=str(path), layout=SpeechPairs())
+    data.setup("fit")
+    make(speech_lm_dir, configure=False).on_setup(data)
+    with pytest.raises(DataError, match=rf"^{path}: row 0: field 'rejected': expected codes in \[0, 16\)"):
+        data.collate([data.train_set[0]])
+
+
 def test_audio_goes_through_the_codec_and_scores_as_its_codes(speech_lm_dir):
     backbone = make(speech_lm_dir, codec={"class_path": f"{__name__}.FrameCodec"})
     audio = FakeAudio(torch.tensor([-0.5, 0.0, 0.5]), 16000)  # codes 4, 8, 12

@@ -104,6 +104,18 @@ def test_rlaif_v_rows_through_the_loader(tmp_path):
     assert "idx" not in batches[0]  # the source's other columns stay out
 
 
+
+def test_a_16_bit_png_keeps_its_grey_through_the_vision_layout(tmp_path):
+    import numpy as np
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((2, 3), 32768, dtype=np.uint16)).save(buffer, format="PNG")  # mode I;16
+    path = str(tmp_path / "grey.parquet")
+    datasets.Dataset.from_list([dict(rlaif_rows(1)[0], image={"bytes": buffer.getvalue(), "path": None})]).to_parquet(path)
+    (image,) = whole(make_dm(path))["images"][0]
+    assert image.mode == "RGB" and image.getpixel((2, 1)) == (128, 128, 128)  # not clipped to white
+
+
 def test_mdpo_rows_with_img_path_relative_to_the_data_file(tmp_path):
     (tmp_path / "images").mkdir()
     Image.new("RGB", (3, 2), COLOURS["green"]).save(tmp_path / "images" / "a.jpg", quality=100)
@@ -149,9 +161,41 @@ def test_pil_and_path_images_and_text_only_rows():
     image = Image.open(io.BytesIO(png("green")))
     out = VisionPairs().normalize({"image": image, "question": "q", "chosen": "a", "rejected": "b"}, 0, "mem")
     assert Image.open(io.BytesIO(out["images"][0]["bytes"])).convert("RGB").getpixel((0, 0)) == COLOURS["green"]
-    # An empty image column is a text-only row: no image parts, no images.
-    out = VisionPairs().normalize({"prompt": "hi", "images": [], "chosen": "a", "rejected": "b"}, 0, "mem")
+    # An empty image column is a text-only row when asked for: no image parts, no images.
+    out = VisionPairs(keep_text_only=True).normalize({"prompt": "hi", "images": [], "chosen": "a", "rejected": "b"}, 0, "mem")
     assert json.loads(out["prompt"]) == [{"role": "user", "content": [text("hi")]}] and out["images"] == []
+
+
+@pytest.mark.parametrize("column, value", [("images", [None]), ("image", None), ("images", []),
+                                           ("images", [{"bytes": None, "path": None}]), ("img_path", "")])
+def test_a_row_without_its_image_is_refused_naming_file_row_and_field(tmp_path, column, value):
+    # Trained as a text-only pair it would teach the answer without the image: the image-blind signal mDPO avoids.
+    (tmp_path / "red.png").write_bytes(png("red"))
+    rows = [{"prompt": "q0", "chosen": "a", "rejected": "b", column: "red.png" if column != "images" else ["red.png"]},
+            {"prompt": "q1", "chosen": "a", "rejected": "c", column: value}]
+    err = error_of(tmp_path, rows)
+    assert (err.source, err.row, err.field) == (str(tmp_path / "bad.jsonl"), 1, column)
+    assert "keep_text_only" in str(err) and "no image" in str(err)
+
+
+def test_rows_without_images_kept_on_request_are_counted_and_reported(tmp_path):
+    (tmp_path / "red.png").write_bytes(png("red"))
+    rows = [{"image": None if i in (1, 3) else "red.png", "question": f"q{i}", "chosen": "a", "rejected": "b"}
+            for i in range(4)]
+    path = write_jsonl(tmp_path / "r.jsonl", rows)
+    layout = VisionPairs(keep_text_only=True)
+    with pytest.warns(UserWarning, match=rf"{path}: kept 2 rows with no image as text-only pairs \(rows 1, 3\)"):
+        dm = make_dm(path, layout=layout)
+    assert layout.text_only == {path: 2} and len(dm.train_set) == 4
+    assert [len(ims) for ims in whole(dm)["images"]] == [1, 0, 1, 0]
+
+
+def test_a_null_among_a_rows_images_is_refused_even_when_text_only_rows_are_kept(tmp_path):
+    (tmp_path / "red.png").write_bytes(png("red"))
+    rows = [{"prompt": [{"role": "user", "content": [IMG, IMG, text("q")]}], "images": ["red.png", None],
+             "chosen": "a", "rejected": "b"}]
+    err = error_of(tmp_path, rows, layout=VisionPairs(keep_text_only=True))
+    assert (err.row, err.field) == (0, "images") and "image 1 of the row is null" in str(err)
 
 
 def test_chosen_equal_to_rejected_is_skipped_and_counted(tmp_path):
@@ -159,7 +203,7 @@ def test_chosen_equal_to_rejected_is_skipped_and_counted(tmp_path):
     rows[1]["rejected"] = rows[1]["chosen"]
     path = write_jsonl(tmp_path / "r.jsonl", [dict(r, image=None, images=[]) for r in rows])
     with pytest.warns(UserWarning, match=rf"{path}: skipped 1 rows where chosen equals rejected \(rows 1\)"):
-        dm = make_dm(path)
+        dm = make_dm(path, layout=VisionPairs(keep_text_only=True))
     assert dm.skipped == {path: 1} and dm.train_set["_row"] == [0, 2]
 
 
@@ -219,6 +263,47 @@ def test_image_parts_in_an_answer_are_refused(tmp_path):
              "rejected": [{"role": "assistant", "content": [IMG, text("b")]}]}]
     err = error_of(tmp_path, rows)
     assert (err.row, err.field) == (0, "rejected") and "expected an answer of text parts only" in str(err)
+
+
+
+@pytest.mark.parametrize("field, row", [
+    ("chosen", {"chosen": "it is <image> red"}),
+    ("rejected", {"rejected": [{"role": "assistant", "content": [text("<image>")]}]}),
+    ("prompt", {"prompt": [{"role": "user", "content": [IMG, text("and <image> what colour?")]}]}),
+])
+def test_the_image_placeholder_typed_in_an_answer_or_a_prompts_text_part_is_refused(tmp_path, field, row):
+    # The processor would expand it into image tokens with no image to match ("Image features and image tokens
+    # do not match" inside transformers); here the row and field are named.
+    (tmp_path / "red.png").write_bytes(png("red"))
+    rows = [{"prompt": "q", "images": ["red.png"], "chosen": "a", "rejected": "b"},
+            dict({"prompt": "q", "images": ["red.png"], "chosen": "a", "rejected": "b"}, **row)]
+    err = error_of(tmp_path, rows)
+    assert (err.row, err.field) == (1, field) and "'<image>'" in str(err)
+
+
+def test_the_models_image_token_handed_over_at_setup_is_refused_at_collate_naming_file_row_and_field(tmp_path):
+    rows = rlaif_rows(3)
+    rows[1]["rejected"] = "Blue <|image_pad|>."
+    rows[2]["question"] = "What <|image_pad|> colour?"
+    path = str(tmp_path / "r.parquet")
+    datasets.Dataset.from_list(rows).to_parquet(path)
+    dm = make_dm(path)
+    whole(dm)  # the layout does not know the model's image token yet
+    dm.layout.use_model(image_tokens=["<|image_pad|>"])
+    assert len(dm.collate([dm.train_set[0]])["prompt"]) == 1
+    for i, field in ((1, "rejected"), (2, "question")):
+        with pytest.raises(DataError) as err:
+            dm.collate([dm.train_set[0], dm.train_set[i]])
+        assert (err.value.source, err.value.row, err.value.field) == (path, i, field)
+        assert "the model's image token '<|image_pad|>'" in str(err.value)
+
+
+
+@pytest.mark.parametrize("url", ["http://example.com/cat.png", "https://example.com/a/cat.jpg"])
+def test_an_image_url_is_refused_saying_urls_are_not_fetched(tmp_path, url):
+    err = error_of(tmp_path, [{"image": url, "question": "q", "chosen": "a", "rejected": "b"}])
+    assert (err.row, err.field) == (0, "image") and "URLs are not fetched" in str(err) and url in str(err)
+    assert "there is no file at" not in str(err)  # not read as a path relative to the data file
 
 
 def test_undecodable_image_fails_at_collate_naming_row_and_column(tmp_path):

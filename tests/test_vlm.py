@@ -3,6 +3,7 @@ backbone's scores against a direct computation on tiny LLaVA and Qwen2.5-VL mode
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -242,6 +243,55 @@ def test_generate_answers_each_prompt_with_its_images(tiny_vlm):
     assert len(greedy) == 2 and greedy == backbone.generate(batch["prompt"], images=batch["images"], max_new_tokens=4)
     sampled = backbone.generate(batch["prompt"], images=batch["images"], max_new_tokens=4, seed=3)
     assert sampled == backbone.generate(batch["prompt"], images=batch["images"], max_new_tokens=4, seed=3)
+
+
+
+@pytest.fixture(scope="module")
+def bos_llava_dir(tiny_llava_dir, tmp_path_factory) -> str:
+    """The tiny LLaVA with a tokenizer that adds a bos and a chat template that writes one too, as LLaVA-1.5,
+    Gemma 3 and Llama 3.2 Vision do."""
+    import shutil
+
+    from transformers import AutoProcessor
+
+    path = tmp_path_factory.mktemp("bos_llava") / "model"
+    shutil.copytree(tiny_llava_dir, path)
+    processor = AutoProcessor.from_pretrained(path)
+    processor.tokenizer.add_bos_token = True
+    processor.chat_template = processor.tokenizer.chat_template = "<bos> " + processor.chat_template
+    processor.save_pretrained(path)
+    reloaded = AutoProcessor.from_pretrained(path)
+    assert reloaded.tokenizer("what")["input_ids"][0] == reloaded.tokenizer.bos_token_id  # the tokenizer adds one
+    assert reloaded.apply_chat_template(ask("what"), tokenize=False).startswith("<bos>")  # and the template writes one
+    return str(path)
+
+
+def test_rows_get_one_bos_in_training_and_in_generation(bos_llava_dir):
+    # With the processor's special tokens on, the template's bos and the tokenizer's would make two, as TRL avoids
+    # with add_special_tokens=False; the text backbone does the same for chat rows.
+    backbone = VisionLanguage(bos_llava_dir, max_length=512, max_prompt_length=400)
+    backbone.configure()
+    bos = backbone.tokenizer.bos_token_id
+    batch = vlm_batch(2)
+    prepared = backbone.prepare(views_of(get_objective("dpo"), backbone, batch))
+    assert (prepared.input_ids == bos).sum(1).tolist() == [1] * 4
+    assert prepared.input_ids[:, 0].tolist() == [bos] * 4
+    enc = backbone.generation_inputs(batch["prompt"], batch["images"])
+    assert (enc["input_ids"] == bos).sum(1).tolist() == [1, 1]
+
+
+
+def test_the_backbone_hands_its_image_token_to_the_layout_at_setup(tmp_path, tiny_qwen_vl_dir):
+    from alignsuite.data import DataError, PreferenceDataModule, VisionPairs
+
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "images": [], "chosen": "a <|image_pad|>", "rejected": "b"}) + "\n")
+    data = PreferenceDataModule(train=str(path), layout=VisionPairs(keep_text_only=True))
+    with pytest.warns(UserWarning, match="text-only"):
+        data.setup("fit")
+    VisionLanguage(tiny_qwen_vl_dir).on_setup(data)  # loads the processor only
+    with pytest.raises(DataError, match=rf"^{path}: row 0: field 'chosen': .*'<\|image_pad\|>'"):
+        data.collate([data.train_set[0]])
 
 
 def test_a_precomputed_reference_refuses_the_mismatched_corruption(tiny_llava_dir):

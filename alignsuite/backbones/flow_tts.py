@@ -114,6 +114,14 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
             model.add_adapter(spec.to_peft(None))  # in the model's dtype: the module casts what trains to float32
         self.policy = model.train()
 
+    def on_setup(self, datamodule: Any) -> None:
+        """Hand the model's mel width and sampling rate (read from its config; no weights load) to the data
+        layout, whose checks of each row's frames and audio name its file, row and field."""
+        config = self.config if self.policy is not None else FlowTTSModel.load_config(
+            resolve_model_path(self.model_name_or_path))
+        get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
+        datamodule.layout.use_model(n_mels=get("n_mels"), sampling_rate=get("sampling_rate"))
+
     def load_reference(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
         """A frozen eval copy of the starting weights, or of the folder ``source``."""
         return self._load(source, self.dtype if dtype in (None, "auto") else dtype).eval().requires_grad_(False)

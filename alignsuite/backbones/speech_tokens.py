@@ -174,8 +174,10 @@ class SpeechTokenLM(Vocoded, CausalLM):
         """Resolve the start/end tokens before any model loads, so that a wrong name fails early. CausalLM's
         filter of pairs made identical by truncation is left out: the data layout already skips pairs with equal
         chosen and rejected codes, and utterances cut to the same first tokens (both over ``max_length``) only
-        train at ln 2 with no gradient, like ties; ``truncated`` counts the cuts."""
+        train at ln 2 with no gradient, like ties; ``truncated`` counts the cuts. The codebooks go to the data
+        layout, whose check of each row's codes names its file, row and field."""
         self.special_ids()
+        datamodule.layout.use_model(codebook_size=self.codebook_size, num_codebooks=self.num_codebooks)
 
     # ---------------------------------------------------------------- speech -> ids
     def _speech_codes(self, speech: Any, row: int | None, column: str) -> Tensor:

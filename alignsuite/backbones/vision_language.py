@@ -8,7 +8,9 @@ Rows (``alignsuite.data.VisionPairs``): ``prompt`` chat messages whose content i
 (``{"type": "image"}`` where each image goes, ``{"type": "text", "text": ...}``), answers as assistant
 messages, and ``images``, one list of RGB images per row. The processor's chat template renders the prompt
 (with the generation prompt) and the processor expands each image placeholder into the model's image
-tokens; the answer is what rendering prompt + answer adds, tokenised without special tokens. Prompts are
+tokens; the answer is what rendering prompt + answer adds. Both are tokenised without the tokenizer's
+special tokens, in training and in generation: the template writes them (a tokenizer that adds a bos
+under a template that writes one would give every row two, as CausalLM's chat rows avoid too). Prompts are
 never cut (cutting could drop image tokens): a prompt over ``max_prompt_length`` tokens is an error that
 names its row. Answers keep their first ``max_length - len(prompt)`` tokens, counted in ``truncated``.
 
@@ -213,6 +215,8 @@ class VisionLanguage(CausalLM):
     def on_setup(self, datamodule: Any) -> None:
         if self.tokenizer is None:
             self.tokenizer = self._load_tokenizer()
+        # The data layout refuses the image token typed in a row's text, naming the file, row and field.
+        datamodule.layout.use_model(image_tokens=[getattr(self.processor, "image_token", None) or ""])
 
     # ---------------------------------------------------------------- conditions
     def transform(self, condition: Any, view: ViewInputs) -> ViewInputs:
@@ -241,7 +245,10 @@ class VisionLanguage(CausalLM):
     def _process(self, texts: list[str], images: list[list], rows: list[int | None]) -> dict:
         flat = [img for row in images for img in row]
         try:
-            return self.processor(text=texts, images=flat or None, return_tensors="pt", padding=True)
+            # The chat template writes the special tokens (bos) itself; the tokenizer's would add a second bos,
+            # as for CausalLM's chat rows (and TRL's add_special_tokens=False).
+            return self.processor(text=texts, images=flat or None, return_tensors="pt", padding=True,
+                                  add_special_tokens=False)
         except (ValueError, IndexError) as e:
             shown = ", ".join(str(r) for r in dict.fromkeys(rows) if r is not None)
             where = f" (dataset rows {shown})" if shown else ""
@@ -305,6 +312,11 @@ class VisionLanguage(CausalLM):
         """One answer per prompt (chat messages with image parts, or text: one user turn without an image) and
         its ``images``: greedy, or sampled from ``seed`` (or with ``do_sample``) without touching the training
         run's random state."""
+        return self._sample(self.generation_inputs(prompts, images), model, seed, max_new_tokens, do_sample, **kwargs)
+
+    def generation_inputs(self, prompts: list, images: list[list] | None = None) -> dict:
+        """The processor's left-padded inputs for ``prompts`` (a text prompt is one user turn) and their
+        ``images``, tokenised as in training."""
         prompts = [[{"role": "user", "content": [{"type": "text", "text": p}]}] if isinstance(p, str) else p
                    for p in prompts]
         images = [im or [] for im in images] if images is not None else [[] for _ in prompts]
@@ -313,7 +325,6 @@ class VisionLanguage(CausalLM):
         side = tok.padding_side
         tok.padding_side = "left"  # generation continues from the last position of every row
         try:
-            enc = self._process(texts, images, [None] * len(texts))
+            return self._process(texts, images, [None] * len(texts))
         finally:
             tok.padding_side = side
-        return self._sample(enc, model, seed, max_new_tokens, do_sample, **kwargs)

@@ -9,7 +9,8 @@ and path.
 Decoding is `soundfile` (libsndfile: WAV, FLAC, OGG/Vorbis, MP3 ...), the one decoder here; `datasets`
 decodes its ``Audio`` feature with torchcodec, which this package does not need: its columns are read
 undecoded (`undecoded`). A decoded utterance is mono float32 in [-1, 1] (PCM scaled by libsndfile;
-channels averaged, as librosa's ``to_mono`` does). A rate other than the configured one is either
+channels averaged, as librosa's ``to_mono`` does); NaN or inf samples, which a float WAV can hold, are
+refused naming the file, row and field. A rate other than the configured one is either
 refused (the default: resampling changes what the model hears, so it is asked for) or resampled with
 `scipy.signal.resample_poly`, the polyphase filter (up by ``target/g``, down by ``rate/g``,
 ``g = gcd``; what librosa's ``res_type="polyphase"`` calls); the output has
@@ -79,6 +80,7 @@ def _wav_bytes(array: object, sampling_rate: object, field: str, index: int, sou
     if samples.ndim not in (1, 2) or samples.shape[-1] == 0:
         raise DataError(source, index, field, "a non-empty 'array' of shape [samples] or [channels, samples]",
                         problem=f"it has shape {list(samples.shape)}")
+    _check_finite(samples.reshape(-1) if samples.ndim == 1 else samples.T, "", field, index, source)
     buffer = io.BytesIO()
     sf.write(buffer, samples.T, int(sampling_rate), format="WAV", subtype="FLOAT")
     return buffer.getvalue()
@@ -130,6 +132,7 @@ def decode_audio(
         raise DataError(source, index, field, f"an audio file that decodes{where}", f"{type(err).__name__}: {err}") from err
     if samples.shape[0] == 0:
         raise DataError(source, index, field, f"a non-empty utterance{where}", problem="the audio has 0 samples")
+    _check_finite(samples, where, field, index, source)
     waveform = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if sampling_rate is not None and rate != sampling_rate:
         if not resample:
@@ -138,6 +141,16 @@ def decode_audio(
         waveform, rate = _polyphase(waveform, rate, sampling_rate), sampling_rate
     label = path or f"{source}: row {index}: field {field!r}"
     return Audio(torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)), int(rate), label)
+
+
+def _check_finite(samples: np.ndarray, where: str, field: str, index: int, source: str) -> None:
+    """Refuse NaN or inf samples (a float WAV holds them as written): they would reach the model and stop the
+    run with a NaN loss that looks like a learning-rate problem."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = tuple(np.argwhere(~finite)[0])  # [samples] or [samples, channels]
+        raise DataError(source, index, field, f"finite samples (no NaN or inf){where}", float(samples[bad]),
+                        problem=f"at sample {int(bad[0])}")
 
 
 def write_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, sampling_rate: int) -> None:

@@ -43,7 +43,7 @@ import datasets
 
 from alignsuite.data.errors import DataError
 from alignsuite.data.refs import encoded_ref
-from alignsuite.data.pixels import centre_crop_offsets, resized_size, to_tensor  # noqa: F401 (re-exported)
+from alignsuite.data.pixels import centre_crop_offsets, resized_size, rgb, to_tensor  # noqa: F401 (re-exported)
 from alignsuite.data.preference import _get, _label
 
 ImageRef = dict  # {"bytes": bytes | None, "path": str | None}
@@ -98,19 +98,26 @@ def image_ref(value: object, field: str, index: int, source: str, base_dir: str 
 
     if isinstance(value, Image.Image):
         buffer = io.BytesIO()
+        if value.mode in ("I", "F"):  # PNG cannot hold these: scaled to 8 bits now, as decoding would
+            try:
+                value = rgb(value)
+            except ValueError as err:
+                raise DataError(source, index, field, "an image whose values lie in its mode's range", problem=str(err)) from err
         value.save(buffer, format="PNG")
         return {"bytes": buffer.getvalue(), "path": None}
     return encoded_ref(value, "image", _EXPECT_IMAGE, field, index, source, base_dir)
 
 
 def decode_image(ref: ImageRef, field: str, index: int, source: str):
-    """The ``PIL.Image`` (RGB, fully loaded) of a canonical image; ``DataError`` if it does not decode."""
+    """The ``PIL.Image`` (8-bit RGB, fully loaded; 16-bit and float images scaled by their range, `rgb`) of a
+    canonical image; ``DataError`` if it does not decode or its values lie outside its mode's range."""
     from PIL import Image
 
     try:
         data = ref.get("bytes")
         with Image.open(io.BytesIO(data) if data else ref["path"]) as image:
-            return image.convert("RGB")  # convert() loads the pixels, so truncated files fail here
+            image.load()  # truncated files fail here
+            return rgb(image)
     except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError ...
         where = f" ({ref['path']})" if ref.get("path") else ""
         raise DataError(source, index, field, f"an image that decodes{where}", f"{type(err).__name__}: {err}") from err

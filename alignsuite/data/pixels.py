@@ -1,10 +1,36 @@
-"""Pixels for the diffusion backbones: the diffusers training scripts' resize, crop and flip, without
-torchvision, so that every backbone preprocesses an image the same way."""
+"""Pixels: any decoded image as 8-bit RGB (`rgb`, what every layout and backbone sees), and for the
+diffusion backbones the diffusers training scripts' resize, crop and flip, without torchvision, so that
+every backbone preprocesses an image the same way."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+# Modes whose values are not 8-bit, and the value that is white in each. ``convert("RGB")`` clips them to
+# 255 instead of scaling, so a 16-bit PNG (``I;16``) would come out white. ``I`` is how older Pillow (and
+# ``convert("I")``) reads 16-bit images; float images are taken to lie in [0, 1].
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def rgb(image):
+    """``image`` (a ``PIL.Image``) as 8-bit RGB. The 16-bit and float modes of `WIDE_MODES` are scaled from
+    their range (0 to white) to 0-255 and rounded; a value outside that range (or not finite) is a
+    ``ValueError`` naming the mode, not clipped. Other modes go through ``convert("RGB")``."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    white = WIDE_MODES.get(image.mode)
+    if white is None:
+        return image.convert("RGB")
+    values = np.asarray(image).astype(np.float64)
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= white):
+        raise ValueError(f"an image of mode {image.mode} has values from {values.min()} to {values.max()},"
+                         f" outside the mode's range [0, {white}] that is scaled to 8 bits")
+    grey = np.round(values * (255.0 / white)).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
 
 
 def resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -42,8 +68,7 @@ def to_tensor(
 
     if not isinstance(image, Image.Image):
         raise TypeError(f"to_tensor: expected a PIL image, got {type(image).__name__}")
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    image = rgb(image)
     height, width = image.height, image.width
     size = resized_size(height, width, resolution)
     if size != (width, height):

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from alignsuite.components import default_device, import_object
-from alignsuite.judging import Scorer, check_weights, load_pretrained, prompt_text, word_error_rate
+from alignsuite.judging import Scorer, check_weights, checked_transcripts, load_pretrained, prompt_text, word_error_rate
 
 
 class WER(Scorer):
@@ -44,7 +44,8 @@ class WER(Scorer):
                 f" with ({type(self).__name__}.reference_column names it)"}
 
     def score_batch(self, prompts, outputs, conditions, rows):
-        transcripts = list(self.transcribe(outputs)) if self.transcribe is not None else outputs
+        transcripts = (checked_transcripts(self.transcribe, self.transcribe(outputs), len(outputs))
+                       if self.transcribe is not None else outputs)
         targets = [(row or {}).get(self.reference_column) or prompt_text(p)
                    for p, row in zip(prompts, rows or [None] * len(prompts))]
         return [self.rate(str(t), str(r)) for t, r in zip(transcripts, targets)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from alignsuite.judging import Scorer, word_error_rate
+from alignsuite.judging import Scorer, checked_transcripts, word_error_rate
 from alignsuite.speech.asr import Recogniser, SpeakerSimilarity, Utterance
 
 
@@ -41,7 +41,7 @@ class SpeechJudge(Scorer):
         rows = rows or [{self.reference_column: p} for p in prompts]
         audio = self.to_audio(list(outputs)) if self.to_audio else None
         utterances = [Utterance(s, audio[k] if audio else None) for k, s in enumerate(outputs)]
-        transcripts = self.asr.transcribe(utterances)
+        transcripts = checked_transcripts(self.asr, self.asr.transcribe(utterances), len(utterances))
         sims = [float("nan")] * len(outputs)
         if self.similarity is not None:
             prompts_speech = [r.get("prompt_speech") for r in rows]

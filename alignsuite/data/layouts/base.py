@@ -67,6 +67,12 @@ class Layout:
     def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
         raise NotImplementedError
 
+    def use_model(self, **settings: Any) -> None:
+        """Settings of the model the rows are for (the image token, the codebook size, the mel width, the
+        sampling rate ...), handed over by the backbone at setup (``on_setup``), so that the layout checks
+        rows against them where it still knows each row's file, row and field. A layout ignores what it
+        does not read."""
+
     def check_row(self, canon: dict, first: dict, index: int, source: str) -> None:
         """Refuse a canonical row that cannot share a column with the first one."""
 

@@ -107,6 +107,27 @@ class SpeechPairs(Layout):
         self.speech, self.codebook_size, self.num_codebooks = speech, codebook_size, num_codebooks
         self.sampling_rate, self.resample = sampling_rate, resample
         self.chosen_text_field, self.rejected_text_field = chosen_text_field, rejected_text_field
+        # The model's settings, handed over by the backbone at setup (`use_model`); None: not known.
+        self.model_codebooks: tuple[int, int] | None = None  # (codebook_size, num_codebooks)
+        self.model_n_mels: int | None = None
+        self.model_sampling_rate: int | None = None
+
+    def use_model(self, codebook_size: int | None = None, num_codebooks: int | None = None, n_mels: int | None = None,
+                  sampling_rate: int | None = None, **settings: Any) -> None:
+        """The backbone's settings, checked at collate where the row's file, row and field are known: codes
+        within the model's ``codebook_size`` and ``num_codebooks`` (tokens), frames ``n_mels`` wide
+        (features), audio at the model's ``sampling_rate`` (audio; resampled when ``resample``). A layout
+        ``sampling_rate`` other than the model's is refused here."""
+        if sampling_rate is not None and self.speech == "audio":
+            if self.sampling_rate is not None and self.sampling_rate != sampling_rate:
+                raise ValueError(f"SpeechPairs: data.layout.sampling_rate is {self.sampling_rate} Hz, and the model"
+                                 f" expects {sampling_rate} Hz; set it to {sampling_rate} (with resample: true to"
+                                 " resample audio at other rates)")
+            self.model_sampling_rate = sampling_rate
+        if codebook_size is not None and num_codebooks is not None:
+            self.model_codebooks = (codebook_size, num_codebooks)
+        if n_mels is not None:
+            self.model_n_mels = n_mels
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -252,12 +273,33 @@ class SpeechPairs(Layout):
 
     def to_speech(self, value: Any, key: str, row: dict):
         """One stored utterance as the batch carries it: a tensor, or `Audio` decoded (and resampled)."""
+        field, index, source = self._field(key), row.get("_row"), row.get("_source", "?")
         if self.speech == "tokens":
-            return torch.tensor(value, dtype=torch.long)
+            codes = torch.tensor(value, dtype=torch.long)
+            if self.model_codebooks is not None:
+                self._check_model_codes(codes, field, index, source)
+            return codes
         if self.speech == "features":
-            return torch.tensor(value, dtype=torch.float32)
-        return audio.decode_audio(value, self._field(key), row.get("_row"), row.get("_source", "?"),
-                                  self.sampling_rate, self.resample)
+            frames = torch.tensor(value, dtype=torch.float32)
+            if self.model_n_mels is not None and frames.shape[1] != self.model_n_mels:
+                raise DataError(source, index, field, f"feature frames of width {self.model_n_mels} (the model's"
+                                " n_mels)", problem=f"its frames have width {frames.shape[1]}")
+            return frames
+        return audio.decode_audio(value, field, index, source, self.sampling_rate or self.model_sampling_rate,
+                                  self.resample)
+
+    def _check_model_codes(self, codes: torch.Tensor, field: str, index: int, source: str) -> None:
+        size, k = self.model_codebooks
+        frames = codes.unsqueeze(-1) if codes.dim() == 1 else codes
+        if frames.shape[1] != k:
+            raise DataError(source, index, field, f"frames of {k} code{'s' if k > 1 else ''} (the model's"
+                            f" num_codebooks)", problem=f"the row's frames have {frames.shape[1]}; set num_codebooks"
+                            f" in data.layout to {k}")
+        bad = (frames < 0) | (frames >= size)
+        if bad.any():
+            t, c = (int(i) for i in bad.nonzero()[0])
+            raise DataError(source, index, field, f"codes in [0, {size}) (the model's codebook_size)",
+                            int(frames[t, c]), problem=f"at frame {t}, codebook {c}")
 
     def collate(self, rows: list[dict]) -> dict:
         """As any layout's, with each utterance as a ``Speech`` (``None`` for no speaker prompt); audio is

@@ -17,9 +17,11 @@ import json
 from typing import Any
 
 import datasets
+from lightning.pytorch.utilities import rank_zero_warn
 
 from alignsuite.data import images
 from alignsuite.data.errors import DataError
+from alignsuite.data.layouts.base import Table
 from alignsuite.data.layouts.images import DecodesImages
 
 PLACEHOLDER = "<image>"  # where an image goes in a plain-text prompt (LLaVA, mDPO, LLaMA-Factory)
@@ -72,6 +74,25 @@ def _messages(value: object, field: str, index: int, source: str, role: str, pla
     return out
 
 
+def _is_null(value: object) -> bool:
+    """An image value that holds no image: null, empty text, or a ``{'bytes', 'path'}`` dict of neither
+    (how `datasets` stores a null ``Image``)."""
+    if isinstance(value, dict) and set(value) <= {"bytes", "path"}:
+        return not value.get("bytes") and not value.get("path")
+    return value is None or value == ""
+
+
+def _refuse_image_text(messages: list[dict], tokens: tuple[str, ...], what: str, field: str, index: int,
+                       source: str) -> None:
+    """Refuse an image token typed in a text part: the processor would expand it into image features with no
+    image to match ("Image features and image tokens do not match" deep inside transformers)."""
+    for token in tokens:
+        if any(token in part["text"] for m in messages for part in m["content"] if part["type"] == "text"):
+            raise DataError(source, index, field, f"text without {what} {token!r}", problem=(
+                "it is typed in a text part (an answer, or a prompt message's text); an image goes in a prompt"
+                " as an {'type': 'image'} part, or as '<image>' in a text prompt, one per image of the row"))
+
+
 def _count_images(messages: list[dict]) -> int:
     return sum(part["type"] == "image" for m in messages for part in m["content"])
 
@@ -93,10 +114,13 @@ class VisionPairs(DecodesImages):
     A text prompt (or text message content) becomes parts split at each ``<image>``; a prompt with no
     image part at all gets one per image, first in its first user message. An image is encoded bytes,
     a file path (relative to the data file's folder), a ``{'bytes', 'path'}`` dict or a PIL image, and
-    an image column holds one or a list; an empty one (``None``, ``[]``) means a text-only row. Refused,
-    naming source, row and column: a missing column, an image file that does not exist, a prompt whose
-    image parts are not one per image, image parts in an answer, and at collate an image that does not
-    decode. Rows whose chosen equals rejected are skipped, counted and reported.
+    an image column holds one or a list. A row with no image (``None``, ``""``, ``[]``, ``[None]``) is
+    refused: trained as a text-only pair it teaches the answer without looking, the image-blind signal
+    mDPO exists to avoid; ``keep_text_only`` keeps such rows, counted (``text_only``) and reported.
+    Refused, naming source, row and column: a missing column, an image file that does not exist, a null
+    among a row's images, a prompt whose image parts are not one per image, image parts in an answer,
+    and at collate an image that does not decode. Rows whose chosen equals rejected are skipped,
+    counted and reported.
 
     Args:
         prompt_field: column of the prompt: text (``<image>`` marks where images go) or chat messages.
@@ -107,6 +131,8 @@ class VisionPairs(DecodesImages):
         image_field: column of the row's image (RLAIF-V), or a list of them; read when there is no ``images_field``.
         image_path_field: column of the image's file path (mDPO); read when there is neither of the above.
         skip_bad_images: drop a row whose image does not decode from its batch (counted) instead of stopping.
+        keep_text_only: keep a row with no image (a null or empty image column) as a text-only pair, counted
+            per source in ``text_only`` and reported, instead of refusing it.
     """
 
     row_kind = "pairs"
@@ -123,11 +149,49 @@ class VisionPairs(DecodesImages):
         image_field: str = "image",
         image_path_field: str = "img_path",
         skip_bad_images: bool = False,
+        keep_text_only: bool = False,
     ) -> None:
         self.prompt_field, self.chosen_field, self.rejected_field = prompt_field, chosen_field, rejected_field
         self.question_field, self.images_field = question_field, images_field
         self.image_field, self.image_path_field = image_field, image_path_field
+        self.keep_text_only = keep_text_only
+        self.text_only: dict[str, int] = {}  # rows kept with no image (keep_text_only), per source
+        self.image_tokens: tuple[str, ...] = ()  # the model's, handed over at setup (`use_model`)
+        self._text_only_rows: list[int] = []
         super().__init__(skip_bad_images)
+
+    def build(self, tables: list[Table]) -> tuple[datasets.Dataset | None, dict[str, tuple[int, int]]]:
+        # One source at a time, so that the rows kept with no image are counted and reported per source.
+        parts, skipped = [], {}
+        for table in tables:
+            self._text_only_rows = []
+            ds, dropped = super().build([table])
+            parts += [ds] if ds is not None else []
+            skipped.update(dropped)
+            if self._text_only_rows:
+                self._warn_text_only(table[0], self._text_only_rows)
+        return (datasets.concatenate_datasets(parts) if parts else None), skipped
+
+    def use_model(self, image_tokens: list[str] | tuple[str, ...] = (), **settings: Any) -> None:
+        """``image_tokens``: the processor's image token(s), which the processor expands into image features;
+        typed in a row's text they would not match its images, so `collate` refuses them naming the row."""
+        self.image_tokens = tuple(t for t in image_tokens if t)
+
+    def collate(self, rows: list[dict]) -> dict:
+        for row in rows if self.image_tokens else ():
+            fields = {"prompt": row.get("_prompt_column", self.prompt_field), "chosen": self.chosen_field,
+                      "rejected": self.rejected_field}
+            for key, field in fields.items():
+                if key in row:  # predict reads the prompts alone
+                    _refuse_image_text(json.loads(row[key]), self.image_tokens, "the model's image token", field,
+                                       row.get("_row"), row.get("_source", self.name))
+        return super().collate(rows)
+
+    def _warn_text_only(self, source: str, rows: list[int]) -> None:
+        self.text_only[source] = len(rows)
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        rank_zero_warn(f"{source}: kept {len(rows)} rows with no image as text-only pairs (rows {shown});"
+                       " their answers are learnt without an image (keep_text_only)")
 
     def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
         chosen, rejected = (self._answer(row, field, index, source) for field in (self.chosen_field, self.rejected_field))
@@ -135,14 +199,22 @@ class VisionPairs(DecodesImages):
             return None
         refs, column = self._images(row, index, source, base_dir)
         prompt, field = self._prompt(row, index, source)
+        # Text prompts were split at each placeholder; one left is typed inside a text part of a message.
+        _refuse_image_text(prompt, (PLACEHOLDER,), "the image placeholder", field, index, source)
         if refs and not _count_images(prompt):
             first = next((m for m in prompt if m["role"] == "user"), prompt[0])
             first["content"][:0] = [_IMAGE] * len(refs)
         if _count_images(prompt) != len(refs):
             raise DataError(source, index, field, "one image part per image of the row",
                             problem=f"the prompt has {_count_images(prompt)} image parts, column {column!r} has {len(refs)} images")
+        if not refs:
+            if not self.keep_text_only:
+                raise DataError(source, index, column, "an image", row.get(column),
+                                problem="the row has no image; a text-only pair would teach the answer without the"
+                                " image. Set keep_text_only: true in data.layout to keep such rows (counted)")
+            self._text_only_rows.append(index)
         return {"prompt": json.dumps(prompt), "chosen": json.dumps(chosen), "rejected": json.dumps(rejected),
-                "images": refs, "_source": source, "_row": index, "_images_column": column}
+                "images": refs, "_source": source, "_row": index, "_images_column": column, "_prompt_column": field}
 
     def _answer(self, row: dict, field: str, index: int, source: str) -> list[dict]:
         if field not in row:
@@ -150,6 +222,7 @@ class VisionPairs(DecodesImages):
         answer = _messages(row[field], field, index, source, "assistant", placeholders=False)
         if _count_images(answer):
             raise DataError(source, index, field, "an answer of text parts only", problem="it has image parts")
+        _refuse_image_text(answer, (PLACEHOLDER,), "the image placeholder", field, index, source)
         if not any(part["text"].strip() for m in answer for part in m["content"]):
             raise DataError(source, index, field, "a non-empty answer", row[field])
         return answer
@@ -165,7 +238,13 @@ class VisionPairs(DecodesImages):
         for column in (self.images_field, self.image_field, self.image_path_field):
             if column in row:
                 value = row[column]
-                values = [] if value is None or value == "" else value if isinstance(value, list) else [value]
+                values = value if isinstance(value, list) else [value]
+                missing = [i for i, v in enumerate(values) if _is_null(v)]
+                if len(missing) == len(values):  # no image at all: a text-only row (refused unless kept)
+                    return [], column
+                if missing:
+                    raise DataError(source, index, column, "an image in every entry", value,
+                                    problem=f"image {missing[0]} of the row is null")
                 return [images.image_ref(v, column, index, source, base_dir) for v in values], column
         columns = f"{self.images_field!r}, {self.image_field!r} or {self.image_path_field!r}"
         raise DataError(source, index, self.images_field, f"an image column ({columns}); the row has columns {sorted(row)}",
@@ -175,7 +254,8 @@ class VisionPairs(DecodesImages):
         text = datasets.Value("string")
         return datasets.Features({"prompt": text, "chosen": text, "rejected": text,
                                   "images": datasets.List(datasets.Image(decode=False)),
-                                  "_source": text, "_row": datasets.Value("int64"), "_images_column": text})
+                                  "_source": text, "_row": datasets.Value("int64"), "_images_column": text,
+                                  "_prompt_column": text})
 
     def decode(self, key: str, value: Any) -> Any:
         return value if key == "images" else json.loads(value)
