@@ -28,8 +28,8 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
-from alignsuite.checkpoint_io import AtomicCheckpointIO, CheckpointError, last_checkpoint_note, load_checkpoint_file
-from alignsuite.commands import COMMANDS, AlignTrainer, fail
+from alignsuite.checkpoint_io import AtomicCheckpointIO, CheckpointError, last_checkpoint_note
+from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 from alignsuite.sharding import FSDP2_RECIPE
@@ -115,11 +115,8 @@ class AlignCLI(LightningCLI):
         ckpt_path = section.get("ckpt_path")
         if ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in ckpt_path and not os.path.exists(ckpt_path):
             fail(f"--ckpt_path {ckpt_path}: no such file (--ckpt_path last resumes from the run's newest last.ckpt)")
-        if ckpt_path and os.path.isfile(ckpt_path):  # before Lightning reads it, with an error that names it
-            try:
-                load_checkpoint_file(ckpt_path, section.get("weights_only"), mmap=True)
-            except CheckpointError as error:
-                fail(str(error))
+        if ckpt_path and os.path.exists(ckpt_path):
+            check_checkpoint(ckpt_path, section.get("weights_only"))
 
     def instantiate_classes(self) -> None:
         try:
