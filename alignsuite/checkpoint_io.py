@@ -10,9 +10,12 @@ import warnings
 import zipfile
 
 import torch
+import torch.distributed.checkpoint.metadata as dcp_metadata
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.distributed.checkpoint import FileSystemReader
 
 TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".ckpt"  # this writer's temporary files: .tmp-XXXXXXXX.ckpt
+INDEX, META = ".metadata", "meta.pt"  # a sharded checkpoint folder's shard index (torch) and the rest (Lightning)
 
 
 class CheckpointError(RuntimeError):
@@ -42,6 +45,95 @@ def load_checkpoint_file(path: str, weights_only: bool | None = None, map_locati
             f"{path}: cannot read this checkpoint, it is truncated or corrupt"
             f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from error
+
+
+# What a distributed checkpoint's index pickles: torch's metadata records, sizes, dtypes and layouts, and paths.
+INDEX_GLOBALS = {
+    *((dcp_metadata.__name__, name) for name, value in vars(dcp_metadata).items()
+      if isinstance(value, type) and value.__module__ == dcp_metadata.__name__),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"), ("torch.serialization", "_get_layout"),
+    *(("torch", name) for name, value in vars(torch).items() if isinstance(value, torch.dtype)),
+    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
+    ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"),
+}
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    """Unpickles only :data:`INDEX_GLOBALS`; any other global (a function to call) is refused."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in INDEX_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_index(path) -> dcp_metadata.Metadata:
+    """A distributed checkpoint's index file (``.metadata``), unpickled with nothing but its record types:
+    torch's own reader calls ``pickle.load``, which runs whatever a planted object asks for. Refused (a
+    :class:`CheckpointError` naming the file) when it holds anything else or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            index = _IndexUnpickler(f).load()
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: refused to read this sharded checkpoint's index: it holds pickled objects that could run code"
+            f" when loaded ({error}); a sharded checkpoint's {INDEX} holds only torch.distributed.checkpoint records"
+        ) from error
+    except (EOFError, OSError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+        raise CheckpointError(f"{path}: cannot read this sharded checkpoint's index, it is truncated or corrupt"
+                              f" ({type(error).__name__}: {error})") from error
+    if not isinstance(index, dcp_metadata.Metadata):
+        raise CheckpointError(f"{path}: not a sharded checkpoint's index (it holds a {type(index).__name__})")
+    return index
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """torch's reader of a checkpoint folder, whose index is read by :func:`read_index`, never ``pickle.load``."""
+
+    def read_metadata(self, *args, **kwargs) -> dcp_metadata.Metadata:
+        index = read_index(self._get_metadata_path(kwargs.get("rank")))
+        if getattr(index, "storage_meta", None) is None:  # as torch's own reader does
+            index.storage_meta = dcp_metadata.StorageMeta()
+        index.storage_meta.load_id = self.load_id
+        return index
+
+
+def check_shards(folder) -> dcp_metadata.Metadata:
+    """The index of the distributed checkpoint ``folder``, once it is known that it holds nothing but checkpoint
+    records (:func:`read_index`) and that every shard file it points to is inside the folder and long enough.
+    Each failure is a :class:`CheckpointError` that names the folder and the file."""
+    folder = str(folder)
+    index_path = os.path.join(folder, INDEX)
+    if not os.path.isfile(index_path):
+        raise CheckpointError(f"{folder}: not a complete sharded checkpoint: its index {INDEX} is missing")
+    index = read_index(index_path)
+    needed: dict[str, int] = {}
+    for info in (index.storage_data or {}).values():
+        name = str(info.relative_path)
+        needed[name] = max(needed.get(name, 0), int(info.offset) + int(info.length))
+    root = os.path.realpath(folder)
+    for name, size in sorted(needed.items()):
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.dirname(path) != root:
+            raise CheckpointError(f"{folder}: its index points outside the folder ({name}); refused")
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{folder}: shard file {name} is missing")
+        if os.path.getsize(path) < size:
+            raise CheckpointError(f"{folder}: shard file {name} is cut short ({os.path.getsize(path)} bytes, its"
+                                  f" index needs {size})")
+    return index
+
+
+def check_sharded_checkpoint(folder, weights_only: bool | None = None) -> dict:
+    """Check a sharded checkpoint folder (what ModelParallelStrategy writes) before anything reads its shards
+    (:func:`check_shards`), and return its ``meta.pt``: the step, callbacks and hyper-parameters. Every command
+    that reads such a folder, and the strategy that resumes from one, starts here."""
+    check_shards(folder)
+    meta = os.path.join(str(folder), META)
+    if not os.path.isfile(meta):
+        raise CheckpointError(f"{folder}: not a complete sharded checkpoint: {META} is missing")
+    return load_checkpoint_file(meta, weights_only)
 
 
 def first_non_finite(state_dict: dict) -> str | None:

@@ -28,8 +28,8 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
-from alignsuite.checkpoint_io import AtomicCheckpointIO, CheckpointError, last_checkpoint_note, load_checkpoint_file
-from alignsuite.commands import COMMANDS, AlignTrainer, fail
+from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
+from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 from alignsuite.sharding import FSDP2_RECIPE
@@ -115,11 +115,8 @@ class AlignCLI(LightningCLI):
         ckpt_path = section.get("ckpt_path")
         if ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in ckpt_path and not os.path.exists(ckpt_path):
             fail(f"--ckpt_path {ckpt_path}: no such file (--ckpt_path last resumes from the run's newest last.ckpt)")
-        if ckpt_path and os.path.isfile(ckpt_path):  # before Lightning reads it, with an error that names it
-            try:
-                load_checkpoint_file(ckpt_path, section.get("weights_only"), mmap=True)
-            except CheckpointError as error:
-                fail(str(error))
+        if ckpt_path and os.path.exists(ckpt_path):
+            check_checkpoint(ckpt_path, section.get("weights_only"))
 
     def instantiate_classes(self) -> None:
         try:
@@ -145,9 +142,19 @@ class AlignCLI(LightningCLI):
             kwargs[command.argument] = self.config_init[subcommand][command.section]
         if "ckpt_path" in kwargs:
             kwargs["ckpt_path"] = self.resume_path(subcommand, kwargs["ckpt_path"])
-            if subcommand == "fit" and kwargs["ckpt_path"] and os.path.exists(kwargs["ckpt_path"]):
-                self.check_same_recipe(kwargs["ckpt_path"])
+        self.check_checkpoint_recipe(subcommand, kwargs)
         return kwargs
+
+    def check_checkpoint_recipe(self, subcommand: str, kwargs: dict) -> None:
+        """Every command that reads a checkpoint into the recipe's model checks first that the recipe wrote it:
+        ``--ckpt_path`` (``last`` resolved to its file), and ``evaluate.aligned`` when it is a checkpoint."""
+        path, option = kwargs.get("ckpt_path"), "--ckpt_path"
+        if subcommand == "evaluate":
+            path, option = getattr(kwargs.get("evaluation"), "aligned", None), "evaluate.aligned"
+            if path and os.path.isdir(path) and not os.path.exists(os.path.join(path, INDEX)):
+                return  # an export folder (save_pretrained), not a checkpoint
+        if path and os.path.exists(path):
+            self.check_same_recipe(path, option)
 
     def _parse_ckpt_path(self) -> None:
         """Keep the model section as given. Lightning would replace it with a checkpoint file's stored
@@ -155,20 +162,31 @@ class AlignCLI(LightningCLI):
         schedule), and only for a file, not for ``--ckpt_path last``. A resume continues one run: what makes it
         that run is checked against the checkpoint (``check_same_recipe``); the rest is the recipe's."""
 
-    def check_same_recipe(self, ckpt_path: str) -> None:
-        """Refuse to resume from a checkpoint another model, objective or reference wrote (see recipe_match)."""
+    def check_same_recipe(self, ckpt_path: str, option: str = "--ckpt_path") -> None:
+        """Refuse a checkpoint another model, objective or reference wrote (see recipe_match): resumed, it would
+        continue another run; read by any other command, it would not fit the recipe's model, or fit it wrongly."""
         given = getattr(self, "given_model", None)
+        section = self.config[self.subcommand]
+        weights_only = section.get("weights_only")
+        if option == "evaluate.aligned":
+            weights_only = section.get("evaluate").get("weights_only")
         try:
-            stored = stored_hyperparameters(ckpt_path, self.config[self.subcommand].get("weights_only"))
+            stored = stored_hyperparameters(ckpt_path, weights_only)
         except CheckpointError as error:
             fail(str(error))
         if not stored or not given:
             return
         differences = recipe_differences(stored, given)
-        if differences:
-            fail(f"--ckpt_path {ckpt_path} was written by a different recipe: {'; '.join(differences)}. Resuming"
-                 " continues that run, so its model, objective and reference must stay as they were: start a fresh"
-                 " run (without --ckpt_path), or set these back (--model.init_args...) to the checkpoint's values")
+        if not differences:
+            return
+        if self.subcommand == "fit":
+            why = ("Resuming continues that run, so its model, objective and reference must stay as they were: start"
+                   " a fresh run (without --ckpt_path), or set these back (--model.init_args...) to the checkpoint's"
+                   " values")
+        else:
+            why = (f"{self.subcommand} reads it into the recipe's model: give the recipe that wrote it (the run's"
+                   " config.yaml), or set these back (--model.init_args...) to the checkpoint's values")
+        fail(f"{option} {ckpt_path} was written by a different recipe: {'; '.join(differences)}. {why}")
 
     def resume_path(self, subcommand: str, ckpt_path: str | None) -> str | None:
         """``last`` as a file, and under SLURM the newer of ``last.ckpt`` and Lightning's requeue checkpoint."""

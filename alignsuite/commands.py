@@ -9,6 +9,7 @@ parser from :data:`COMMANDS`, and an assertion at the end of this file keeps the
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -18,13 +19,25 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks import ExportError, ExportPretrained
-from alignsuite.checkpoint_io import CheckpointError
+from alignsuite.checkpoint_io import CheckpointError, check_sharded_checkpoint, load_checkpoint_file
 
 
 def fail(message: str) -> None:
     """A clean command-line error: one line on stderr, exit status 2 (as for any bad argument)."""
     sys.stderr.write(f"error: {message}\n")
     raise SystemExit(2)
+
+
+def check_checkpoint(path: str, weights_only: bool | None) -> None:
+    """Read a checkpoint file, or check a sharded checkpoint's folder, before Lightning reads it: one error that
+    names the file, given before any process is started, rather than torch's own from every rank."""
+    try:
+        if os.path.isdir(path):
+            check_sharded_checkpoint(path, weights_only)
+        else:
+            load_checkpoint_file(path, weights_only, mmap=True)
+    except CheckpointError as error:
+        fail(str(error))
 
 
 def export_checkpoint(

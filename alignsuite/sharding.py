@@ -24,7 +24,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from alignsuite.checkpoint_io import atomic_io, first_non_finite
+from alignsuite.checkpoint_io import SafeFileSystemReader, atomic_io, check_sharded_checkpoint, first_non_finite
 
 FSDP2_RECIPE = "configs/strategy/fsdp2.yaml"
 
@@ -194,7 +194,34 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
     into ``.partial-<name>`` beside it; once all have, the first rank swaps it in for the old folder (renamed
     ``.old-<name>`` for the moment of the swap, then removed). A crash before the swap keeps the previous
     checkpoint; the next save clears what a crash left.
+
+    A sharded checkpoint is read safely: its index through :func:`~alignsuite.checkpoint_io.read_index` (torch's
+    reader would unpickle anything planted there), after :func:`~alignsuite.checkpoint_io.check_sharded_checkpoint`
+    has named any missing or cut-short file.
     """
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not path.is_dir():
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        from torch.distributed.checkpoint import load
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
+        )
+
+        meta = check_sharded_checkpoint(path, weights_only)
+        # Lightning's own sharded load (lightning.fabric.strategies.model_parallel._load_checkpoint), with the
+        # safe reader: the weights, then each optimizer's state, then everything else from meta.pt.
+        module = self.model
+        weights = {"state_dict": get_model_state_dict(module)}
+        load(weights, storage_reader=SafeFileSystemReader(path))
+        module.load_state_dict(weights["state_dict"], strict=self.lightning_module.strict_loading)
+        for i, optimizer in enumerate(self.optimizers):
+            state = {f"optimizer_{i}": get_optimizer_state_dict(module, optimizer)}
+            load(state, storage_reader=SafeFileSystemReader(path))
+            set_optimizer_state_dict(module, optimizer, optim_state_dict=state[f"optimizer_{i}"],
+                                     options=StateDictOptions(cpu_offload=True))
+        return meta
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         if not self._save_distributed_checkpoint:

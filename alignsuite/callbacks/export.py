@@ -12,24 +12,25 @@ import warnings
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
+from alignsuite.checkpoint_io import (
+    CheckpointError, SafeFileSystemReader, check_shards, check_sharded_checkpoint, load_checkpoint_file,
+)
 
 MARKER = "alignsuite_export.json"  # written into every export: which run, step and checkpoint it holds
 
 
-METADATA = "meta.pt"  # beside the shards of a distributed checkpoint: step, callbacks, hyper-parameters
-
-
 def read_sharded_weights(folder: str, state_dict: dict) -> dict:
     """Fill ``state_dict`` (full tensors, e.g. an unsharded module's own) in place from the distributed
-    checkpoint ``folder`` that ModelParallelStrategy writes, on one process; every key must be there."""
+    checkpoint ``folder`` that ModelParallelStrategy writes, on one process; every key must be there. The
+    folder's index is read by the safe reader, never unpickled as it stands."""
     import torch.distributed.checkpoint as dcp
 
+    check_shards(folder)
     state = {"state_dict": state_dict}
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, checkpoint_id=folder, no_dist=True)
+            dcp.load(state, storage_reader=SafeFileSystemReader(folder), no_dist=True)
     except Exception as error:  # DCP wraps every failure, per rank, in a CheckpointException
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{folder}: cannot read this sharded checkpoint into the recipe's model ({reason})") from error
@@ -174,7 +175,10 @@ class ExportPretrained(Callback):
         """Load ``ckpt_path`` (a file, or the folder of shards FSDP2 writes) into ``model`` and export it;
         returns the folder written."""
         sharded = os.path.isdir(ckpt_path)
-        checkpoint = load_checkpoint_file(os.path.join(ckpt_path, METADATA) if sharded else ckpt_path, weights_only)
+        if sharded:
+            checkpoint = check_sharded_checkpoint(ckpt_path, weights_only)
+        else:
+            checkpoint = load_checkpoint_file(ckpt_path, weights_only)
         run_dir = (checkpoint.get("callbacks", {}).get(self.state_key) or {}).get("run_dir")
         step = checkpoint.get("global_step")
         if self.dirpath:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 
-import torch
-
-from alignsuite.checkpoint_io import load_checkpoint_file
+from alignsuite.checkpoint_io import check_sharded_checkpoint, load_checkpoint_file
 
 # The keys that make a run what it is, as paths into the ``model`` section.
 IDENTITY = (
@@ -29,10 +27,7 @@ IDENTITY = (
 def stored_hyperparameters(path: str, weights_only: bool | None = None) -> dict | None:
     """The ``hyper_parameters`` of a checkpoint file, or of a sharded checkpoint folder's ``meta.pt``."""
     if os.path.isdir(path):
-        meta = os.path.join(path, "meta.pt")
-        if not os.path.isfile(meta):
-            return None
-        return torch.load(meta, map_location="cpu", weights_only=weights_only is not False).get("hyper_parameters")
+        return check_sharded_checkpoint(path, weights_only).get("hyper_parameters")
     return load_checkpoint_file(path, weights_only, mmap=True).get("hyper_parameters")
 
 
