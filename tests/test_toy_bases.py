@@ -30,6 +30,11 @@ def test_every_world_ships_a_saved_base_that_loads_without_training(empty_cache,
                                 for f in os.listdir(os.path.join(path, d))]
     assert any(f.endswith(".safetensors") for f in files), files
     assert not any(f.endswith((".bin", ".pt", ".pkl", ".lock")) for f in files), files  # nothing that unpickles
+    for root, _, names in os.walk(path):  # no config records the folder of the machine that built it
+        for f in names:
+            if f.endswith(".json"):
+                text = open(os.path.join(root, f)).read()
+                assert '"_name_or_path": "/' not in text and '"name_or_path": "/' not in text, (root, f)
 
 
 @pytest.mark.parametrize("name", ["tts", "tts_flow"])

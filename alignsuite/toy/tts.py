@@ -260,6 +260,7 @@ class SpeechFlowWorld(SpeechWorld):
         with one_thread():
             for _ in range(steps):
                 self._train_step(backbone, optim, schedule, rng, batch_size)
+        model.config._name_or_path = ""  # loaded from the build folder, which is temporary: do not record it
         model.save_pretrained(path)
 
     def _train_step(self, backbone, optim, schedule, rng: random.Random, batch_size: int) -> None:
