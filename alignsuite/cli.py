@@ -26,7 +26,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
-from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
+from alignsuite.callbacks.preemption import (
+    hpc_checkpoint, newer_checkpoint, newest_last_checkpoint, own_job_checkpoint,
+)
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
 from alignsuite.checkpoint_io import AtomicCheckpointIO, CheckpointError, last_checkpoint_note, load_checkpoint_file
 from alignsuite.commands import COMMANDS, AlignTrainer, fail
@@ -57,8 +59,9 @@ class AlignCLI(LightningCLI):
     monitor when fitting with a logger, a prediction writer for ``predict``, and, when fitting, a
     checkpoint at the next step on SIGTERM with exit status 143. ``--ckpt_path last`` is the newest
     ``last.ckpt`` of this run's checkpoint folder (over all ``version_N`` folders when it follows the logger);
-    under SLURM, Lightning's requeue checkpoint only when it is newer. Under SLURM ``num_nodes`` and
-    ``devices``, left at their defaults, follow the allocation.
+    under SLURM, Lightning's requeue checkpoint only when it is newer. Under SLURM a fit given no
+    ``--ckpt_path`` resumes the job's own ``last.ckpt`` when the job was requeued or wrote it, and ``num_nodes``
+    and ``devices``, left at their defaults, follow the allocation.
     """
 
     def __init__(self, args=None, run: bool = True, **kwargs) -> None:
@@ -171,12 +174,14 @@ class AlignCLI(LightningCLI):
                  " run (without --ckpt_path), or set these back (--model.init_args...) to the checkpoint's values")
 
     def resume_path(self, subcommand: str, ckpt_path: str | None) -> str | None:
-        """``last`` as a file, and under SLURM the newer of ``last.ckpt`` and Lightning's requeue checkpoint."""
+        """``last`` as a file, and under SLURM the newer of ``last.ckpt`` and Lightning's requeue checkpoint.
+        A SLURM job's fit given no checkpoint resumes the job's own (see `own_job_checkpoint`)."""
         trainer = self.trainer
         hpc = None
         if subcommand == "fit" and ckpt_path in (None, "last") and SLURMEnvironment.detect():
             hpc = hpc_checkpoint(trainer.default_root_dir)  # Lightning would take it silently when not given
-        if ckpt_path != "last" and hpc is None:
+        own_job = subcommand == "fit" and ckpt_path is None and SLURMEnvironment.detect()
+        if ckpt_path != "last" and hpc is None and not own_job:
             return ckpt_path
         callback = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
         dirpath = callback.dirpath if callback is not None else None
@@ -187,6 +192,12 @@ class AlignCLI(LightningCLI):
         else:
             where = searched = dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
         last = newest_last_checkpoint(dirpath or (None if logger else where), where)
+        if own_job and hpc is None:  # with a requeue checkpoint, the newer of the two, as before
+            last, why = own_job_checkpoint(last, searched)
+            if why:
+                rank_zero_info(why)
+            if last is None:
+                return None
         chosen, how = newer_checkpoint(last, hpc)
         if chosen is None:
             if subcommand != "fit":
