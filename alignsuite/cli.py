@@ -33,6 +33,7 @@ from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperpa
 from alignsuite.checkpoint_io import AtomicCheckpointIO, CheckpointError, last_checkpoint_note, load_checkpoint_file
 from alignsuite.commands import COMMANDS, AlignTrainer, fail
 from alignsuite.data import PreferenceDataModule
+from alignsuite.launch import launch_problem
 from alignsuite.module import PreferenceModule
 from alignsuite.sharding import FSDP2_RECIPE
 from alignsuite.slurm import apply_slurm_layout
@@ -112,6 +113,7 @@ class AlignCLI(LightningCLI):
         check_config_files(args)
         self.config = parser.parse_args(nulls_as_config(args))
         section = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        self.check_launch(section, args)
         # As given, to compare with a checkpoint's stored hyper-parameters (check_same_recipe).
         model = section.get("model")
         self.given_model = model.as_dict() if isinstance(model, Namespace) else None
@@ -123,6 +125,16 @@ class AlignCLI(LightningCLI):
                 load_checkpoint_file(ckpt_path, section.get("weights_only"), mmap=True)
             except CheckpointError as error:
                 fail(str(error))
+
+    def check_launch(self, section, args: list[str]) -> None:
+        """Before any model loads or process starts: a layout Lightning would refuse late, or wait on forever."""
+        if self.config.get("subcommand") not in (None, "fit", "validate", "test", "predict"):
+            return  # export and the others run on one process, whatever the recipe's trainer says
+        trainer = section.get("trainer")
+        trainer = trainer.as_dict() if isinstance(trainer, Namespace) else dict(trainer or {})
+        problem = launch_problem(trainer, config_files(args))
+        if problem:
+            fail(problem)
 
     def instantiate_classes(self) -> None:
         try:
@@ -250,17 +262,20 @@ def as_list(value) -> list:
     return list(value) if isinstance(value, list) else ([value] if value else [])
 
 
-def check_config_files(args: list[str]) -> None:
-    """A YAML syntax error in a ``--config`` file is named with the file and line (jsonargparse names neither)."""
+def config_files(args: list[str]) -> list[str]:
+    """The ``--config`` files given, in order."""
+    paths = []
     for i, arg in enumerate(args):
         if arg in ("--config", "-c") and i + 1 < len(args):
-            path = args[i + 1]
+            paths.append(args[i + 1])
         elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
-        if not os.path.isfile(path):
-            continue
+            paths.append(arg.split("=", 1)[1])
+    return [path for path in paths if os.path.isfile(path)]
+
+
+def check_config_files(args: list[str]) -> None:
+    """A YAML syntax error in a ``--config`` file is named with the file and line (jsonargparse names neither)."""
+    for path in config_files(args):
         try:
             with open(path) as f:
                 yaml.safe_load(f)

@@ -24,8 +24,10 @@ LAYERS = [
     ("toy", "reference"),  # worlds built with backbones; reference scores
     ("speech", "pairs"),  # modality tools; building pairs from judged samples
     ("backbones", "objectives", "sharding"),
-    # The ground floor. slurm reads the cluster's environment and imports nothing of the package's.
-    ("data", "views", "scores", "sources", "checkpoint_io", "components", "judging", "generation", "slurm", ""),
+    # The ground floor. slurm reads the cluster's environment and imports nothing of the package's; launch
+    # checks the process layout against it.
+    ("data", "views", "scores", "sources", "checkpoint_io", "components", "judging", "generation", "slurm",
+     "launch", ""),
 ]
 LAYER = {name: len(LAYERS) - floor for floor, names in enumerate(LAYERS) for name in names}
 MAX_LINES = 400
