@@ -21,17 +21,16 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
-from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
-from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
-from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
+from alignsuite.checkpoint_io import AtomicCheckpointIO, last_checkpoint_note
 from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
 from alignsuite.data import PreferenceDataModule
+from alignsuite.launch import launch_problem
 from alignsuite.module import PreferenceModule
+from alignsuite.resume import check_same_recipe, checkpoint_read, resume_path
 from alignsuite.sharding import FSDP2_RECIPE
 from alignsuite.slurm import apply_slurm_layout
 
@@ -57,8 +56,9 @@ class AlignCLI(LightningCLI):
     monitor when fitting with a logger, a prediction writer for ``predict``, and, when fitting, a
     checkpoint at the next step on SIGTERM with exit status 143. ``--ckpt_path last`` is the newest
     ``last.ckpt`` of this run's checkpoint folder (over all ``version_N`` folders when it follows the logger);
-    under SLURM, Lightning's requeue checkpoint only when it is newer. Under SLURM ``num_nodes`` and
-    ``devices``, left at their defaults, follow the allocation.
+    under SLURM, Lightning's requeue checkpoint only when it is newer. Under SLURM a fit given no
+    ``--ckpt_path`` resumes the job's own ``last.ckpt`` when the job was requeued or wrote it, and ``num_nodes``
+    and ``devices``, left at their defaults, follow the allocation.
     """
 
     def __init__(self, args=None, run: bool = True, **kwargs) -> None:
@@ -109,6 +109,7 @@ class AlignCLI(LightningCLI):
         check_config_files(args)
         self.config = parser.parse_args(nulls_as_config(args))
         section = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        self.check_launch(section, args)
         # As given, to compare with a checkpoint's stored hyper-parameters (check_same_recipe).
         model = section.get("model")
         self.given_model = model.as_dict() if isinstance(model, Namespace) else None
@@ -117,6 +118,16 @@ class AlignCLI(LightningCLI):
             fail(f"--ckpt_path {ckpt_path}: no such file (--ckpt_path last resumes from the run's newest last.ckpt)")
         if ckpt_path and os.path.exists(ckpt_path):
             check_checkpoint(ckpt_path, section.get("weights_only"))
+
+    def check_launch(self, section, args: list[str]) -> None:
+        """Before any model loads or process starts: a layout Lightning would refuse late, or wait on forever."""
+        if self.config.get("subcommand") not in (None, "fit", "validate", "test", "predict"):
+            return  # export and the others run on one process, whatever the recipe's trainer says
+        trainer = section.get("trainer")
+        trainer = trainer.as_dict() if isinstance(trainer, Namespace) else dict(trainer or {})
+        problem = launch_problem(trainer, config_files(args))
+        if problem:
+            fail(problem)
 
     def instantiate_classes(self) -> None:
         try:
@@ -141,78 +152,24 @@ class AlignCLI(LightningCLI):
         if command.section:
             kwargs[command.argument] = self.config_init[subcommand][command.section]
         if "ckpt_path" in kwargs:
-            kwargs["ckpt_path"] = self.resume_path(subcommand, kwargs["ckpt_path"])
+            kwargs["ckpt_path"] = resume_path(self.trainer, subcommand, kwargs["ckpt_path"])
         self.check_checkpoint_recipe(subcommand, kwargs)
         return kwargs
 
     def check_checkpoint_recipe(self, subcommand: str, kwargs: dict) -> None:
-        """Every command that reads a checkpoint into the recipe's model checks first that the recipe wrote it:
-        ``--ckpt_path`` (``last`` resolved to its file), and ``evaluate.aligned`` when it is a checkpoint."""
-        path, option = kwargs.get("ckpt_path"), "--ckpt_path"
-        if subcommand == "evaluate":
-            path, option = getattr(kwargs.get("evaluation"), "aligned", None), "evaluate.aligned"
-            if path and os.path.isdir(path) and not os.path.exists(os.path.join(path, INDEX)):
-                return  # an export folder (save_pretrained), not a checkpoint
+        """Every command that reads a checkpoint into the recipe's model checks first that the recipe wrote it."""
+        path, option = checkpoint_read(subcommand, kwargs)
         if path and os.path.exists(path):
-            self.check_same_recipe(path, option)
+            section = self.config[subcommand]
+            weights_only = section.get("evaluate").get("weights_only") if option == "evaluate.aligned" else \
+                section.get("weights_only")
+            check_same_recipe(subcommand, path, getattr(self, "given_model", None), weights_only, option)
 
     def _parse_ckpt_path(self) -> None:
         """Keep the model section as given. Lightning would replace it with a checkpoint file's stored
         hyper-parameters, silently dropping what the recipe or command line changed (a loss weight, the
         schedule), and only for a file, not for ``--ckpt_path last``. A resume continues one run: what makes it
         that run is checked against the checkpoint (``check_same_recipe``); the rest is the recipe's."""
-
-    def check_same_recipe(self, ckpt_path: str, option: str = "--ckpt_path") -> None:
-        """Refuse a checkpoint another model, objective or reference wrote (see recipe_match): resumed, it would
-        continue another run; read by any other command, it would not fit the recipe's model, or fit it wrongly."""
-        given = getattr(self, "given_model", None)
-        section = self.config[self.subcommand]
-        weights_only = section.get("weights_only")
-        if option == "evaluate.aligned":
-            weights_only = section.get("evaluate").get("weights_only")
-        try:
-            stored = stored_hyperparameters(ckpt_path, weights_only)
-        except CheckpointError as error:
-            fail(str(error))
-        if not stored or not given:
-            return
-        differences = recipe_differences(stored, given)
-        if not differences:
-            return
-        if self.subcommand == "fit":
-            why = ("Resuming continues that run, so its model, objective and reference must stay as they were: start"
-                   " a fresh run (without --ckpt_path), or set these back (--model.init_args...) to the checkpoint's"
-                   " values")
-        else:
-            why = (f"{self.subcommand} reads it into the recipe's model: give the recipe that wrote it (the run's"
-                   " config.yaml), or set these back (--model.init_args...) to the checkpoint's values")
-        fail(f"{option} {ckpt_path} was written by a different recipe: {'; '.join(differences)}. {why}")
-
-    def resume_path(self, subcommand: str, ckpt_path: str | None) -> str | None:
-        """``last`` as a file, and under SLURM the newer of ``last.ckpt`` and Lightning's requeue checkpoint."""
-        trainer = self.trainer
-        hpc = None
-        if subcommand == "fit" and ckpt_path in (None, "last") and SLURMEnvironment.detect():
-            hpc = hpc_checkpoint(trainer.default_root_dir)  # Lightning would take it silently when not given
-        if ckpt_path != "last" and hpc is None:
-            return ckpt_path
-        callback = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
-        dirpath = callback.dirpath if callback is not None else None
-        logger = trainer.loggers[0] if trainer.loggers else None
-        if logger is not None and not dirpath:
-            where = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name))
-            searched = f"{where}/*/checkpoints/"
-        else:
-            where = searched = dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
-        last = newest_last_checkpoint(dirpath or (None if logger else where), where)
-        chosen, how = newer_checkpoint(last, hpc)
-        if chosen is None:
-            if subcommand != "fit":
-                fail(f"--ckpt_path last: no last.ckpt in {searched}")
-            rank_zero_info(f"--ckpt_path last: no last.ckpt in {searched}; training from the start")
-            return None
-        rank_zero_info(how)
-        return chosen
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         if SLURMEnvironment.detect():  # Lightning reads ranks from SLURM but requires these to match it
@@ -257,17 +214,20 @@ def as_list(value) -> list:
     return list(value) if isinstance(value, list) else ([value] if value else [])
 
 
-def check_config_files(args: list[str]) -> None:
-    """A YAML syntax error in a ``--config`` file is named with the file and line (jsonargparse names neither)."""
+def config_files(args: list[str]) -> list[str]:
+    """The ``--config`` files given, in order."""
+    paths = []
     for i, arg in enumerate(args):
         if arg in ("--config", "-c") and i + 1 < len(args):
-            path = args[i + 1]
+            paths.append(args[i + 1])
         elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
-        if not os.path.isfile(path):
-            continue
+            paths.append(arg.split("=", 1)[1])
+    return [path for path in paths if os.path.isfile(path)]
+
+
+def check_config_files(args: list[str]) -> None:
+    """A YAML syntax error in a ``--config`` file is named with the file and line (jsonargparse names neither)."""
+    for path in config_files(args):
         try:
             with open(path) as f:
                 yaml.safe_load(f)

@@ -17,9 +17,12 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import torch
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -199,6 +202,24 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
     reader would unpickle anything planted there), after :func:`~alignsuite.checkpoint_io.check_sharded_checkpoint`
     has named any missing or cut-short file.
     """
+
+    def __init__(self, data_parallel_size: Literal["auto"] | int = "auto", tensor_parallel_size: int = 1,
+                 save_distributed_checkpoint: bool = True, process_group_backend: str | None = None,
+                 timeout: timedelta | None = default_pg_timeout) -> None:
+        super().__init__(data_parallel_size, tensor_parallel_size, save_distributed_checkpoint,
+                         process_group_backend, timeout)
+
+    def mesh_sizes(self) -> tuple[int, int]:
+        """(data-parallel, tensor-parallel) sizes. Lightning's ``"auto"`` data-parallel size is the number of
+        nodes (tensor parallel over each node's devices); FSDP2 alone shards here, so it is every process over
+        the tensor-parallel size, and the fragments follow any number of devices and nodes."""
+        dp, tp = self._data_parallel_size, self._tensor_parallel_size
+        tp = self.num_processes if tp == "auto" else tp
+        return (max(1, self.num_nodes * self.num_processes // tp) if dp == "auto" else dp), tp
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size, self._tensor_parallel_size = self.mesh_sizes()
+        super().setup_environment()
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
         path = Path(self.broadcast(str(checkpoint_path)))

@@ -15,7 +15,7 @@ def _count(name: str) -> int | None:
     return int(value) if value.isdigit() else None  # "2(x3)" (uneven nodes) is left to Lightning
 
 
-def _devices(value) -> int | None:
+def given_devices(value) -> int | None:
     """How many processes per node ``trainer.devices`` starts; None where Lightning decides ("auto", -1)."""
     if isinstance(value, (list, tuple)):
         return len(value)
@@ -36,7 +36,7 @@ def apply_slurm_layout(config: dict) -> None:
         config["num_nodes"] = nodes
     if per_node is not None and config.get("devices", "auto") == "auto":
         config["devices"] = per_node
-    devices, num_nodes = _devices(config.get("devices", "auto")), config.get("num_nodes", 1)
+    devices, num_nodes = given_devices(config.get("devices", "auto")), config.get("num_nodes", 1)
     if devices is None:
         return
     layout = ", ".join(f"{name}={value}" for name, value in

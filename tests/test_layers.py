@@ -17,15 +17,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "alignsuite"
 # Top down, as the style guide draws them. A module's layer is that of its first name under alignsuite
 # ("backbones" for alignsuite.backbones.causal_lm); "" is the package's own __init__.
 LAYERS = [
-    ("cli", "commands", "__main__"),  # the user's entry points (__main__ runs the cli)
+    ("cli", "commands", "resume", "__main__"),  # the user's entry points (__main__ runs the cli); resume: which checkpoint a command reads
     ("callbacks",),  # users of the step
     ("evaluation",),  # users of the step
     ("module",),  # the one preference step
     ("toy", "reference"),  # worlds built with backbones; reference scores
     ("speech", "pairs"),  # modality tools; building pairs from judged samples
     ("backbones", "objectives", "sharding"),
-    # The ground floor. slurm reads the cluster's environment and imports nothing of the package's.
-    ("data", "views", "scores", "sources", "checkpoint_io", "components", "judging", "generation", "slurm", ""),
+    # The ground floor. slurm reads the cluster's environment and imports nothing of the package's; launch
+    # checks the process layout against it.
+    ("data", "views", "scores", "sources", "checkpoint_io", "components", "judging", "generation", "slurm",
+     "launch", ""),
 ]
 LAYER = {name: len(LAYERS) - floor for floor, names in enumerate(LAYERS) for name in names}
 MAX_LINES = 400

@@ -32,6 +32,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
 
 
+SLURM_JOB_KEY = "slurm_job_id"  # the SLURM job that wrote a checkpoint
+
+
 class Preempted(SystemExit):
     """The run stopped on a signal; its code is 128 + the signal number, as a shell reports a killed process."""
 
@@ -47,7 +50,8 @@ class CheckpointOnPreemption(Callback):
     check at several points of a step, some after ``on_train_batch_end``: a signal landing there (while the
     loggers write, say) stopped the run with nothing saved. This handler only records the signal (and forwards
     it to the processes Lightning launched, as Lightning does), so the stop always happens here, at the next step
-    boundary. During validation it also raises Lightning's flag, which stops the validation loop early.
+    boundary. A signal during validation stops at its end, where Lightning's own checkpoint would be written:
+    raising Lightning's flag there would stop validation in its middle, with nothing saved.
     """
 
     def __init__(self) -> None:
@@ -71,8 +75,6 @@ class CheckpointOnPreemption(Callback):
             if launcher is not None:  # processes Lightning started hear of it as they would from Lightning
                 launcher.kill(signum)
         self.signum = self.signum or signum
-        if trainer is not None and not trainer.training:  # in validation: let Lightning's loop stop early
-            trainer._signal_connector.received_sigterm = True
 
     def on_train_end(self, trainer, pl_module) -> None:
         # Before Lightning puts back the handlers it found (a teardown hook would run after it and undo that).
@@ -81,7 +83,21 @@ class CheckpointOnPreemption(Callback):
         self._previous = {}
         self._trainer = None
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Marks the job's own checkpoints: its requeued run resumes them even without --ckpt_path.
+        if os.environ.get("SLURM_JOB_ID"):
+            checkpoint[SLURM_JOB_KEY] = os.environ["SLURM_JOB_ID"]
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # A signal during validation within fit: validation has run to its end, so the checkpoint is the
+        # one Lightning's own ModelCheckpoint writes here (it resumes past this validation, exactly).
+        if self._trainer is not None and not trainer.sanity_checking:
+            self._stop_if_signalled(trainer, in_step=False)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_if_signalled(trainer, in_step=True)
+
+    def _stop_if_signalled(self, trainer, in_step: bool) -> None:
         signum = self.signum or (signal.SIGTERM if trainer.received_sigterm else None)
         stop = signum is not None
         if trainer.world_size > 1:  # every rank saves (a sharded save is collective) and stops at the same step
@@ -90,8 +106,8 @@ class CheckpointOnPreemption(Callback):
             return
         signum = signum or signal.SIGTERM
         name = signal.Signals(signum).name
-        # This step's metrics: Lightning hands them to the loggers after this hook, which the exit would skip.
-        trainer._logger_connector.update_train_step_metrics()
+        if in_step:  # this step's metrics: Lightning hands them to the loggers after this hook, which the exit skips
+            trainer._logger_connector.update_train_step_metrics()
         for logger in trainer.loggers:
             logger.save()
         saved = self._save_last(trainer)
@@ -159,15 +175,34 @@ def hpc_checkpoint(root: str) -> str | None:
     return max(found, key=lambda p: _number(p, r"hpc_ckpt_(\d+)\.ckpt")) if found else None
 
 
-def global_step(path: str) -> int:
-    """A checkpoint's global step (-1 when it cannot be read: the other candidate wins). A sharded checkpoint
-    is a folder whose ``meta.pt`` holds everything but the weights and optimizer states."""
+def _stored(path: str, key: str, default=None):
+    """One top-level entry of a checkpoint (``default`` when it cannot be read). A sharded checkpoint is a
+    folder whose ``meta.pt`` holds everything but the weights and optimizer states."""
     try:
         if os.path.isdir(path):
             path = os.path.join(path, "meta.pt")
-        return int(load_checkpoint_file(path, mmap=True).get("global_step", -1))
+        return load_checkpoint_file(path, mmap=True).get(key, default)
     except (CheckpointError, OSError):
-        return -1
+        return default
+
+
+def global_step(path: str) -> int:
+    """A checkpoint's global step (-1 when it cannot be read: the other candidate wins)."""
+    return int(_stored(path, "global_step", -1))
+
+
+def own_job_checkpoint(last: str | None, searched: str) -> tuple[str | None, str]:
+    """Under SLURM, for a fit given no checkpoint: ``last`` when this job wrote it or the job was requeued (as
+    Lightning's own SLURM requeue resumes without being asked), else None; with a sentence saying which."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "")
+    requeued = restarts.isdigit() and int(restarts) > 0
+    if last is not None and (requeued or (job and _stored(last, SLURM_JOB_KEY) == job)):
+        why = f"requeued (SLURM_RESTART_COUNT={restarts})" if requeued else "it wrote that checkpoint"
+        return last, f"SLURM job {job} resumes its own checkpoint {last}: {why}"
+    if requeued:
+        return None, f"SLURM job {job} was requeued but there is no last.ckpt in {searched}; training from the start"
+    return None, ""
 
 
 def newer_checkpoint(last: str | None, hpc: str | None) -> tuple[str | None, str]:
