@@ -96,11 +96,21 @@ def run(recipe: str, seed: int, metrics: tuple[str, ...]) -> Run:
         [path] = glob.glob(os.path.join(out, "*", "version_*", "metrics.csv"))
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-    found = {m: [(int(r["step"]), float(r[m])) for r in rows if r.get(m)] for m in metrics}
+    found = {m: logged(rows, m) for m in metrics}
     missing = [m for m, values in found.items() if not values]
     if missing:
         raise SystemExit(f"recipes/toy/{recipe}.yaml (seed {seed}) logged no {', '.join(missing)} in {path}")
     return Run(found, seconds)
+
+
+def logged(rows: list[dict[str, str]], metric: str) -> list[tuple[int, float]]:
+    """``(optimizer steps done, value)`` of each row of a metrics.csv that holds ``metric``.
+
+    The starting point (before any update) is written at step 0; a validation's metrics at the step Lightning
+    logs them, its global step less one, so one more than the logged step is the count of steps done.
+    """
+    values = [(int(r["step"]), float(r[metric])) for r in rows if r.get(metric)]
+    return [(step if i == 0 and step == 0 else step + 1, value) for i, (step, value) in enumerate(values)]
 
 
 def machine() -> str:
@@ -114,8 +124,9 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     threads = torch.get_num_threads()
+    load = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
     return (f"{cpu} ({os.cpu_count()} cores), torch {torch.__version__}, "
-            f"{threads} thread{'s' if threads != 1 else ''}")
+            f"{threads} thread{'s' if threads != 1 else ''}{load}")
 
 
 def render(world: str, table: Table, runs: dict[tuple[str, int], Run], machine: str) -> str:

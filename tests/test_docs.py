@@ -107,6 +107,13 @@ def test_a_table_is_rendered_from_measurements_with_its_machine():
     assert lines[-1] == "Measured with `python scripts/toy_table.py --write llm` on a 2-core test CPU, torch 9.9, 2 threads."
 
 
+def test_validation_steps_count_the_optimizer_steps_done():
+    """metrics.csv holds the starting point at step 0 and a validation after 32 steps at step 31 (Lightning's)."""
+    rows = [{"step": "0", "val/toy_reward": "0.42"}, {"step": "3", "train/loss": "0.6", "val/toy_reward": ""},
+            {"step": "31", "val/toy_reward": "0.91"}, {"step": "63", "val/toy_reward": "0.97"}]
+    assert toy_table().logged(rows, "val/toy_reward") == [(0, 0.42), (32, 0.91), (64, 0.97)]
+
+
 def test_the_machine_line_names_the_cpu_torch_and_threads():
     import torch
 
