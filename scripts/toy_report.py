@@ -1,12 +1,12 @@
-"""Write the README's toy report: the language toy world's base model against a DPO run of it.
+"""Write the toy report shown in the docs (Evaluation and reports): the language toy base against a DPO run.
 
     python -m alignsuite fit --config recipes/toy/llm_dpo.yaml      # about a minute on a CPU
-    python docs/toy_report.py runs/toy_llm_dpo/version_0            # -> runs/toy_llm_dpo/version_0/report/
+    python scripts/toy_report.py runs/toy_llm_dpo/version_0            # -> runs/toy_llm_dpo/version_0/report/
 
 Both models answer the same fixed evaluation prompts greedily; the world's programmatic reward scores
-every answer. The README's screenshot is this page in headless Chromium:
+every answer. The docs page's screenshot is this page in headless Chromium:
 
-    chromium --headless --disable-gpu --no-sandbox --screenshot=docs/toy_report.png --window-size=1200,2000 \
+    chromium --headless --disable-gpu --no-sandbox --screenshot=docs/images/toy_report.png --window-size=1200,2000 \
         file://$PWD/runs/toy_llm_dpo/version_0/report/report.html
 """
 
