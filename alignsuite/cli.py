@@ -29,7 +29,7 @@ from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, Predi
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
 from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
-from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
+from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, check_monitors, fail
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 from alignsuite.sharding import FSDP2_RECIPE
@@ -223,6 +223,7 @@ class AlignCLI(LightningCLI):
         if config.get("enable_checkpointing") is False:  # then no `checkpoint` section either
             callbacks[:] = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         given = as_list(config.get("callbacks")) + callbacks
+        check_monitors(as_list(config.get("callbacks")), callbacks)
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
             callbacks.append(RichProgressBar())
         logger = config.get("logger")
