@@ -20,6 +20,7 @@ components of other dtypes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 from dataclasses import dataclass
@@ -159,6 +160,29 @@ def absent_components(path: str) -> dict[str, None]:
         return {k: None for k, v in json.load(f).items() if v == [None, None]}
 
 
+def save_pipeline(pipe, path: str, **replaced: nn.Module) -> None:
+    """Save ``pipe`` with some of its components replaced (the trained denoiser). The loaded pipeline is saved
+    rather than its class built anew, so its settings stay the base's: a new SD 1.5 pipeline takes
+    ``requires_safety_checker=True``, and every load of the export would warn of a missing safety checker."""
+    kept = {name: getattr(pipe, name) for name in replaced}
+    for name, module in replaced.items():
+        setattr(pipe, name, module)
+    try:
+        pipe.save_pretrained(path)
+    finally:
+        for name, module in kept.items():
+            setattr(pipe, name, module)
+    # diffusers records the folder each part was loaded from (a path of this machine); an export names none.
+    for config in glob.glob(os.path.join(glob.escape(path), "*.json")) + glob.glob(
+            os.path.join(glob.escape(path), "*", "config.json")):
+        with open(config) as f:
+            values = json.load(f)
+        if values.pop("_name_or_path", None) is not None:
+            with open(config, "w") as f:
+                json.dump(values, f, indent=2, sort_keys=True)
+                f.write("\n")
+
+
 def cast_to(model: nn.Module, dtype: str) -> nn.Module:
     # Loaded in float32; cast only when asked, so float32 runs keep diffusers' own dtype handling.
     return model if dtype == "float32" else model.to(getattr(torch, dtype))
@@ -207,4 +231,6 @@ class AdaptersOff:
         self.model.enable_adapters()
 
 
-__all__ = ["FAMILIES", "AdaptersOff", "Family", "absent_components", "cast_to", "in_own_dtype", "load_pipeline"]
+__all__ = [
+    "FAMILIES", "AdaptersOff", "Family", "absent_components", "cast_to", "in_own_dtype", "load_pipeline", "save_pipeline",
+]
