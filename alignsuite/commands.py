@@ -69,7 +69,7 @@ def export_checkpoint(
         fail("export: give --ckpt_path, the Lightning checkpoint to export")
     callback = next(c for c in self.callbacks if isinstance(c, ExportPretrained))
     try:
-        path = callback.export_checkpoint(self, model, ckpt_path, weights_only)
+        path = callback.export_checkpoint(self, model, ckpt_path, weights_only, datamodule)
     except (CheckpointError, ExportError) as error:
         fail(str(error))
     rank_zero_info(f"exported {ckpt_path} to {path}")
