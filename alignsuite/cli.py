@@ -17,7 +17,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.callbacks import (
-    BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar,
+    BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar,
 )
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
+from alignsuite.callbacks.console import RunProgressBar, RunSummary, quiet_libraries
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
 from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
@@ -119,6 +120,7 @@ class AlignCLI(LightningCLI):
             check_checkpoint(ckpt_path, section.get("weights_only"))
 
     def instantiate_classes(self) -> None:
+        quiet_libraries()
         try:
             super().instantiate_classes()
         except ValueError as error:
@@ -225,7 +227,9 @@ class AlignCLI(LightningCLI):
         given = as_list(config.get("callbacks")) + callbacks
         check_monitors(as_list(config.get("callbacks")), callbacks)
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
-            callbacks.append(RichProgressBar())
+            callbacks.append(RunProgressBar())
+        if config.get("enable_model_summary", True) is not False and not any(isinstance(c, ModelSummary) for c in given):
+            callbacks.append(RunSummary())
         logger = config.get("logger")
         has_logger = logger is not False and logger != [] and not config.get("barebones")
         fitting = self.subcommand in (None, "fit")

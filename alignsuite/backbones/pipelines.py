@@ -135,13 +135,29 @@ def load_pipeline(path: str, empty_denoiser: bool = False) -> tuple[Any, Family]
             if family is not None:
                 denoiser_class = getattr(diffusers, index[family.denoiser][1])
                 given[family.denoiser] = empty_model(denoiser_class, path, family.denoiser)
-        pipe = DiffusionPipeline.from_pretrained(path, dtype=torch.float32, **given)
+        with components_bar_off():
+            pipe = DiffusionPipeline.from_pretrained(path, dtype=torch.float32, **given)
     except OSError as e:
         raise OSError(f"cannot load pipeline {path!r}: not a local save_pretrained folder, nor a reachable hub id ({e})") from e
     name = type(pipe).__name__
     if name not in FAMILIES:
         raise ValueError(f"{path!r} holds a {name}; the TextToImage backbone supports {', '.join(sorted(FAMILIES))}")
     return pipe, FAMILIES[name]
+
+
+@contextlib.contextmanager
+def components_bar_off():
+    """diffusers' bar over loading a pipeline's few components, off (its own switch, put back after): a run loads
+    its pipeline once, and the bar said nothing the next line does not."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            diffusers_logging.enable_progress_bar()
 
 
 def empty_model(model_class: type, path: str, subfolder: str | None = None) -> nn.Module:
