@@ -147,11 +147,26 @@ def first_non_finite(state_dict: dict) -> str | None:
     return None
 
 
-def _file_mode() -> int:
-    """The mode ``open`` would give a new file: 0o666 less the process umask."""
+def file_mode(folder: bool = False) -> int:
+    """The mode ``open`` (or ``os.makedirs`` for a ``folder``) would give a new file: 0o666 (0o777) less the
+    process umask. Not safe while another thread creates files: read it once, up front."""
     mask = os.umask(0)  # the only portable way to read the umask is to set it and put it back
     os.umask(mask)
-    return 0o666 & ~mask
+    return (0o777 if folder else 0o666) & ~mask
+
+
+def give_ordinary_modes(root: str) -> None:
+    """Every file and folder under ``root`` (and ``root``) with the mode the umask gives a new one: writers that
+    go through a temporary file (transformers' weight shards, ``mkdtemp``) leave them owner-only."""
+    files, folders = file_mode(), file_mode(folder=True)
+    os.chmod(root, folders)
+    for parent, dirs, names in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(parent, name), folders)
+        for name in names:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                os.chmod(path, files)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -166,7 +181,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.last_written: tuple[str, int] | None = None  # (path, global step) of the last finite checkpoint
         # Read once, here on the main thread: the umask round trip is not safe while an async save runs.
-        self.file_mode = _file_mode()
+        self.file_mode = file_mode()
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = str(path)

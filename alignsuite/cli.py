@@ -17,7 +17,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.callbacks import (
-    BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar,
+    BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar,
 )
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -25,8 +25,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
+from alignsuite.callbacks.console import RunProgressBar, RunSummary, quiet_libraries
 from alignsuite.checkpoint_io import AtomicCheckpointIO, last_checkpoint_note
-from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
+from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, check_monitors, fail
 from alignsuite.data import PreferenceDataModule
 from alignsuite.launch import launch_problem
 from alignsuite.module import PreferenceModule
@@ -130,6 +131,7 @@ class AlignCLI(LightningCLI):
             fail(problem)
 
     def instantiate_classes(self) -> None:
+        quiet_libraries()
         try:
             super().instantiate_classes()
         except ValueError as error:
@@ -180,8 +182,11 @@ class AlignCLI(LightningCLI):
         if config.get("enable_checkpointing") is False:  # then no `checkpoint` section either
             callbacks[:] = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         given = as_list(config.get("callbacks")) + callbacks
+        check_monitors(as_list(config.get("callbacks")), callbacks)
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
-            callbacks.append(RichProgressBar())
+            callbacks.append(RunProgressBar())
+        if config.get("enable_model_summary", True) is not False and not any(isinstance(c, ModelSummary) for c in given):
+            callbacks.append(RunSummary())
         logger = config.get("logger")
         has_logger = logger is not False and logger != [] and not config.get("barebones")
         fitting = self.subcommand in (None, "fit")

@@ -20,12 +20,27 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks import ExportError, ExportPretrained
 from alignsuite.checkpoint_io import CheckpointError, check_sharded_checkpoint, load_checkpoint_file
+from alignsuite.objectives.base import renamed_metric
 
 
 def fail(message: str) -> None:
     """A clean command-line error: one line on stderr, exit status 2 (as for any bad argument)."""
     sys.stderr.write(f"error: {message}\n")
     raise SystemExit(2)
+
+
+def check_monitors(listed: list, sections: list) -> None:
+    """A callback that monitors a metric by a name it no longer has (checkpoint or early stopping on
+    ``val/rewards/accuracy``) is refused before training, naming the current name; Lightning would stop at the
+    first validation, or never save a best checkpoint. ``listed``: trainer.callbacks; ``sections``: the
+    callbacks of the recipe's own sections (``checkpoint``)."""
+    for callbacks, where in ((listed, "trainer.callbacks"), (sections, "checkpoint.monitor")):
+        for callback in callbacks:
+            monitor = getattr(callback, "monitor", None)
+            new = renamed_metric(monitor) if isinstance(monitor, str) else None
+            if new is not None:
+                fail(f"{where}: {type(callback).__name__} monitors '{monitor}', which is now logged as '{new}'"
+                     f" (TRL's name); set monitor: {new}")
 
 
 def check_checkpoint(path: str, weights_only: bool | None) -> None:
@@ -54,7 +69,7 @@ def export_checkpoint(
         fail("export: give --ckpt_path, the Lightning checkpoint to export")
     callback = next(c for c in self.callbacks if isinstance(c, ExportPretrained))
     try:
-        path = callback.export_checkpoint(self, model, ckpt_path, weights_only)
+        path = callback.export_checkpoint(self, model, ckpt_path, weights_only, datamodule)
     except (CheckpointError, ExportError) as error:
         fail(str(error))
     rank_zero_info(f"exported {ckpt_path} to {path}")

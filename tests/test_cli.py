@@ -148,9 +148,12 @@ def test_fit_exports_a_folder_transformers_loads_with_changed_weights(tmp_path, 
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 4
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the first step: ln 2
-    assert any(r.get("val/rewards/accuracy") for r in rows)
-    for key in ("train/rewards/chosen", "train/rewards/margin", "train/logps/ref_chosen", "train/logps/rejected"):
-        assert any(r.get(key) for r in rows), key
+    # TRL's DPOTrainer names (under alignsuite's train/ and val/ prefixes), so dashboards line up.
+    for stage in ("train", "val"):
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+                    "logps/rejected", "logps/ref_chosen"):
+            assert any(r.get(f"{stage}/{key}") for r in rows), f"{stage}/{key}"
+    assert not [k for k in rows[0] if k.endswith(("rewards/accuracy", "rewards/margin"))]
 
     # The learning rate is logged by default, every logged step, following the schedule.
     lrs = [float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")]
@@ -177,9 +180,10 @@ def test_export_takes_the_runs_own_saved_config(tmp_path, tiny_lm_dir, pair_file
     final, exported = weights(str(run / "export")), weights(str(run / "export-step2"))
     assert all(torch.equal(final[k], exported[k]) for k in final)
     marker = json.loads((run / "export-step2" / "alignsuite_export.json").read_text())
-    assert marker["run"] == str(run) and marker["global_step"] == 2
-    assert marker["checkpoint"] == str(tmp_path / "ckpt" / "last.ckpt")
-    assert marker["config"] == str(run / "config.yaml")
+    # Paths relative to the export folder: the export names no path of this machine.
+    assert marker["run"] == ".." and marker["global_step"] == 2
+    assert os.path.normpath(run / "export-step2" / marker["checkpoint"]) == str(tmp_path / "ckpt" / "last.ckpt")
+    assert marker["config"] == os.path.join("..", "config.yaml")
 
 
 def test_help_lists_every_command(capsys):
@@ -225,6 +229,23 @@ def test_reference_free_objective_loads_no_reference(tmp_path, tiny_lm_dir, pair
     rows = metrics(tmp_path)
     assert any(r.get("train/loss") for r in rows)
     assert not any(r.get("train/logps/ref_chosen") for r in rows)
+
+
+@pytest.mark.parametrize("flags, option", [
+    (["--checkpoint.monitor", "val/rewards/accuracy", "--checkpoint.mode", "max"], "checkpoint.monitor"),
+    (["--trainer.callbacks+", "EarlyStopping", "--trainer.callbacks.monitor", "val/rewards/margin"],
+     "trainer.callbacks"),
+])
+def test_a_monitor_on_an_old_metric_name_is_an_error_naming_the_new_one(tmp_path, tiny_lm_dir, pair_file, capsys,
+                                                                        flags, option):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file), *flags])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    new = "val/rewards/accuracies" if "accuracy" in flags[1 if option == "checkpoint.monitor" else 3] else \
+        "val/rewards/margins"
+    assert f"{option}" in err and f"is now logged as '{new}' (TRL's name)" in err, err
+    assert not os.path.exists(tmp_path / "ckpt")  # refused before training
 
 
 def test_reference_free_objective_with_a_reference_is_an_error(tmp_path, tiny_lm_dir, pair_file, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,6 +176,34 @@ def test_export_loads_and_samples(pipeline_dir, tmp_path):
     out = pipe(CAPTIONS[:1], num_inference_steps=2, height=16, width=16, guidance_scale=1.0).images
     assert out[0].size == (16, 16)
     assert os.path.exists(tmp_path / "out" / "model_index.json")
+
+
+def test_export_keeps_the_base_pipeline_settings(pipeline_dir, tmp_path):
+    """The exported model_index.json says what the base's says (components and settings alike): rebuilt with the
+    pipeline class's defaults, an SD 1.5 export claimed ``requires_safety_checker: true`` over a base without a
+    safety checker, and every later load printed diffusers' warning about it."""
+    import json
+
+    b = backbone(pipeline_dir)
+    b.save_pretrained(str(tmp_path / "out"))
+    base, out = (json.loads((p / "model_index.json").read_text()) for p in (Path(pipeline_dir), tmp_path / "out"))
+    base.pop("_diffusers_version"), out.pop("_diffusers_version")
+    assert out == base
+
+
+def test_an_export_of_a_pipeline_without_safety_checker_loads_without_its_warning(tiny_sd_dir, tmp_path, capfd,
+                                                                                   caplog):
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    backbone(tiny_sd_dir, lora=LoraSpec(r=4, alpha=8)).save_pretrained(str(tmp_path / "out"))  # merged
+    assert json.loads((tmp_path / "out" / "model_index.json").read_text())["requires_safety_checker"] is False
+    capfd.readouterr()
+    caplog.clear()
+    DiffusionPipeline.from_pretrained(tmp_path / "out")
+    captured = capfd.readouterr()
+    assert "safety checker" not in (captured.out + captured.err + caplog.text).lower()
 
 
 @pytest.mark.parametrize("dtype, vae_dtype", [("bfloat16", "float32"), ("float32", "bfloat16")])

@@ -84,7 +84,7 @@ def test_diffusion_dpo_is_dpo_with_the_official_beta():
     out = DPO(beta=5000)(scores_from_errors()[0])
     assert out.loss.item() == close(mean(diffusion_dpo_official(*p) for p in ERRORS))
     # the implicit accuracy: pairs 0 and 2 right, pair 1 wrong
-    assert out.metrics["rewards/accuracy"].item() == pytest.approx(2 / 3)
+    assert out.metrics["rewards/accuracies"].item() == pytest.approx(2 / 3)
     # rewards are b * u = b * -0.5 (e - e_ref)
     assert out.metrics["rewards/chosen"].item() == close(mean(-0.5 * 5000 * (p[0] - p[2]) for p in ERRORS))
 
@@ -129,7 +129,7 @@ def test_mapo_hand_worked():
     assert out.metrics["mapo/margin_loss"].item() == close(margin)
     assert out.metrics["rewards/chosen"].item() == close(mean(g_hand(p[0]) for p in ERRORS), rel=1e-6)
     assert out.metrics["rewards/rejected"].item() == close(mean(g_hand(p[1]) for p in ERRORS), rel=1e-6)
-    assert out.metrics["rewards/accuracy"].item() == pytest.approx(1 / 3)  # only pair 0 has e_w < e_l
+    assert out.metrics["rewards/accuracies"].item() == pytest.approx(1 / 3)  # only pair 0 has e_w < e_l
 
 
 def test_mapo_hyper_parameters_enter_as_in_the_paper():
@@ -199,9 +199,9 @@ def test_diffusion_kto_hand_worked():
     assert out.metrics["kl"].item() == pytest.approx(2 * Q, rel=1e-6)
     assert out.metrics["rewards/chosen"].item() == pytest.approx(1000 * (6 + 4) / 2 * Q, rel=1e-6)
     assert out.metrics["rewards/rejected"].item() == pytest.approx(1000 * (-4 + 2) / 2 * Q, rel=1e-6)
-    assert out.metrics["rewards/margin"].item() == pytest.approx(1000 * 6 * Q, rel=1e-6)
+    assert out.metrics["rewards/margins"].item() == pytest.approx(1000 * 6 * Q, rel=1e-6)
     # y (g - z0) = [4, 6, 2, -0] Q: three right, one exact tie (counts one half)
-    assert out.metrics["rewards/accuracy"].item() == 0.875
+    assert out.metrics["rewards/accuracies"].item() == 0.875
     assert out.metrics["count/desirable"].item() == 2 and out.metrics["count/undesirable"].item() == 2
 
 
@@ -492,7 +492,7 @@ def test_metrics_are_detached_scalars(name):
     else:
         out = get_objective(name)(pair_inputs(name, ERRORS, grad=True)[0])
     assert out.loss.ndim == 0 and out.loss.requires_grad
-    expected = {"rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy"} | EXPECTED_METRICS[name]
+    expected = {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} | EXPECTED_METRICS[name]
     assert expected <= set(out.metrics)
     for key, value in out.metrics.items():
         assert isinstance(value, torch.Tensor) and value.ndim == 0, key

@@ -217,9 +217,9 @@ def test_kto_hand_worked():
     # u = [0.5, -0.5, 0, 0.5]; desirable rows 0, 2; undesirable rows 1, 3
     assert out.metrics["rewards/chosen"].item() == pytest.approx(B * (0.5 + 0.0) / 2)
     assert out.metrics["rewards/rejected"].item() == pytest.approx(B * (-0.5 + 0.5) / 2)
-    assert out.metrics["rewards/margin"].item() == pytest.approx(B * 0.25)
+    assert out.metrics["rewards/margins"].item() == pytest.approx(B * 0.25)
     # u - z0 = [0.4, -0.6, -0.1, 0.4]: row 0 right, row 1 right, row 2 wrong, row 3 wrong
-    assert out.metrics["rewards/accuracy"].item() == pytest.approx(0.5)
+    assert out.metrics["rewards/accuracies"].item() == pytest.approx(0.5)
     assert out.metrics["count/desirable"].item() == 2 and out.metrics["count/undesirable"].item() == 2
 
 
@@ -297,16 +297,16 @@ def test_swapping_the_pair_mirrors_the_reward_metrics(name):
     b = get_objective(name)(make_scores(swapped(PAIRS), reference=ref)).metrics
     assert b["rewards/chosen"].item() == pytest.approx(a["rewards/rejected"].item())
     assert b["rewards/rejected"].item() == pytest.approx(a["rewards/chosen"].item())
-    assert b["rewards/margin"].item() == pytest.approx(-a["rewards/margin"].item())
-    assert b["rewards/accuracy"].item() == pytest.approx(1 - a["rewards/accuracy"].item())
+    assert b["rewards/margins"].item() == pytest.approx(-a["rewards/margins"].item())
+    assert b["rewards/accuracies"].item() == pytest.approx(1 - a["rewards/accuracies"].item())
 
 
 @pytest.mark.parametrize("name", PAIRWISE)
 def test_tie_counts_half_in_accuracy(name):
     tie = [(-3.0, -3.0, -4.0, -4.0, 2, 2), (-5.0, -5.0, -5.0, -5.0, 3, 3)]
     out = get_objective(name)(make_scores(tie, reference=name not in REFERENCE_FREE))
-    assert out.metrics["rewards/accuracy"].item() == 0.5
-    assert out.metrics["rewards/margin"].item() == 0.0
+    assert out.metrics["rewards/accuracies"].item() == 0.5
+    assert out.metrics["rewards/margins"].item() == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -407,8 +407,9 @@ def test_metrics_present_detached_scalars(name):
         s = make_unpaired(grad=True)
     out = objective(s)
     assert out.loss.ndim == 0 and out.loss.requires_grad
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy"):
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):  # TRL's names
         assert key in out.metrics, key
+    assert not {"rewards/margin", "rewards/accuracy"} & set(out.metrics)
     for key, value in out.metrics.items():
         assert isinstance(value, torch.Tensor) and value.ndim == 0, key
         assert not value.requires_grad, key
@@ -592,7 +593,7 @@ def test_kto_without_undesirable_examples_logs_zero_not_nan():
 
 def test_kto_tie_counts_half():
     rows = [(-3.0, -3.0, 1.0, -1.0, -1.0), (-3.0, -3.0, 0.0, -1.0, -1.0)]  # u = 0 = z0
-    assert get_objective("kto")(make_unpaired(rows)).metrics["rewards/accuracy"].item() == 0.5
+    assert get_objective("kto")(make_unpaired(rows)).metrics["rewards/accuracies"].item() == 0.5
 
 
 @pytest.mark.parametrize("eps", [0.0, -0.1])

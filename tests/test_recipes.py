@@ -242,7 +242,7 @@ def test_speech_recipe_trains_as_shipped(tmp_path, recipe):
     losses = train_losses(tmp_path)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     with open(tmp_path / "runs" / "r" / "version_0" / "metrics.csv") as f:
-        margins = [float(r["train/rewards/margin"]) for r in csv.DictReader(f) if r.get("train/rewards/margin")]
+        margins = [float(r["train/rewards/margins"]) for r in csv.DictReader(f) if r.get("train/rewards/margins")]
     # The first step's policy is the reference: their score gaps differ only by bf16 rounding (the reference
     # computes in bf16 weights, the policy in float32 weights under bf16 autocast).
     beta = config["model"]["init_args"]["objective"]["init_args"]["beta"]

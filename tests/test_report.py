@@ -82,7 +82,7 @@ def assert_images_resolve(page: Page, root: str) -> None:
 
 def metrics_csv(path: str) -> str:
     """A small CSVLogger file: sparse rows as Lightning writes them (train, lr and val on separate rows)."""
-    header = "epoch,lr-AdamW,step,train/loss,train/rewards/accuracy,train/rewards/margin,val/loss,val/toy_reward,val/logps/chosen"
+    header = "epoch,lr-AdamW,step,train/loss,train/rewards/accuracies,train/rewards/margins,val/loss,val/toy_reward,val/logps/chosen"
     rows = ["0,,0,,,,0.693,0.35,-4.0"]
     for step in range(3, 40, 4):
         rows.append(f",{5e-4 * step / 40},{step},,,,,,")

@@ -230,9 +230,9 @@ def test_training_metrics_and_the_gradient_norm_reach_the_logger_on_its_steps(tm
     with open(trainer.logger.log_dir + "/metrics.csv") as f:
         rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
     assert [int(row["step"]) for row in rows] == [1, 3]  # Lightning writes every 2nd step (0-based 1 and 3)
-    keys = ("train/loss", "train/grad_norm", "train/rewards/margin", "train/logps/chosen", "train/logps/ref_rejected")
+    keys = ("train/loss", "train/grad_norm", "train/rewards/margins", "train/logps/chosen", "train/logps/ref_rejected")
     for row in rows:
-        assert all(key in row and math.isfinite(float(row[key])) for key in keys + ("train/rewards/accuracy",)), row
+        assert all(key in row and math.isfinite(float(row[key])) for key in keys + ("train/rewards/accuracies",)), row
         assert float(row["train/grad_norm"]) > 0
     # each written row holds its own step's values, not the first logged ones
     assert all(rows[0][key] != rows[1][key] for key in keys)

@@ -158,4 +158,4 @@ def test_mdpo_makes_the_toy_vlm_look_at_the_image(tmp_path):
     assert (sensitivity0, hallucination0) == pytest.approx((0.542, 0.472), abs=0.03), measured[0]
     assert sensitivity > sensitivity0 and hallucination < hallucination0, measured
     assert (sensitivity - sensitivity0) + (hallucination0 - hallucination) > 0.08, measured
-    assert [float(r["train/rewards/imageless_accuracy"]) for r in rows if r.get("train/rewards/imageless_accuracy")]
+    assert [float(r["train/rewards/imageless_accuracies"]) for r in rows if r.get("train/rewards/imageless_accuracies")]

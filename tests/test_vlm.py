@@ -53,7 +53,7 @@ def test_mdpo_against_hand_worked_values(kwargs, w, delta):
     # pair 0: u_w = 0.5, u_corrupted = -1.0: the chosen answer gains more with the true image
     imageless = [beta * (cc - rcc) for _, _, cc, _, _, rcc in ROWS]
     assert out.metrics["rewards/imageless_chosen"].item() == pytest.approx(sum(imageless) / 2)
-    assert out.metrics["rewards/imageless_accuracy"].item() == pytest.approx(0.5)  # row 1: -0.1 < 0.1
+    assert out.metrics["rewards/imageless_accuracies"].item() == pytest.approx(0.5)  # row 1: -0.1 < 0.1
     assert out.metrics["loss/conditional"].item() == pytest.approx(
         -sum(logsig(beta * ((c - rc) - (cc - rcc))) for c, _, cc, rc, _, rcc in ROWS) / 2)
 

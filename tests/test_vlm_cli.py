@@ -87,7 +87,7 @@ def test_a_tiny_vlm_trains_with_mdpo_and_exports_a_folder_that_loads_back(tmp_pa
     # Step 1: policy == reference, so each of mDPO's three terms is ln 2.
     assert len(losses) == 2 and losses[0] == pytest.approx(3 * math.log(2), abs=1e-4)
     assert math.isfinite(losses[1]) and losses[1] != losses[0]
-    assert logged(tmp_path, "train/rewards/imageless_accuracy")
+    assert logged(tmp_path, "train/rewards/imageless_accuracies")
     export = tmp_path / "runs" / "v" / "version_0" / "export"
     before, after = weights(model_dir), weights(export)
     assert before.keys() == after.keys()

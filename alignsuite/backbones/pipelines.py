@@ -20,6 +20,7 @@ components of other dtypes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 from dataclasses import dataclass
@@ -134,13 +135,29 @@ def load_pipeline(path: str, empty_denoiser: bool = False) -> tuple[Any, Family]
             if family is not None:
                 denoiser_class = getattr(diffusers, index[family.denoiser][1])
                 given[family.denoiser] = empty_model(denoiser_class, path, family.denoiser)
-        pipe = DiffusionPipeline.from_pretrained(path, dtype=torch.float32, **given)
+        with components_bar_off():
+            pipe = DiffusionPipeline.from_pretrained(path, dtype=torch.float32, **given)
     except OSError as e:
         raise OSError(f"cannot load pipeline {path!r}: not a local save_pretrained folder, nor a reachable hub id ({e})") from e
     name = type(pipe).__name__
     if name not in FAMILIES:
         raise ValueError(f"{path!r} holds a {name}; the TextToImage backbone supports {', '.join(sorted(FAMILIES))}")
     return pipe, FAMILIES[name]
+
+
+@contextlib.contextmanager
+def components_bar_off():
+    """diffusers' bar over loading a pipeline's few components, off (its own switch, put back after): a run loads
+    its pipeline once, and the bar said nothing the next line does not."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            diffusers_logging.enable_progress_bar()
 
 
 def empty_model(model_class: type, path: str, subfolder: str | None = None) -> nn.Module:
@@ -157,6 +174,29 @@ def absent_components(path: str) -> dict[str, None]:
         return {}
     with open(index) as f:
         return {k: None for k, v in json.load(f).items() if v == [None, None]}
+
+
+def save_pipeline(pipe, path: str, **replaced: nn.Module) -> None:
+    """Save ``pipe`` with some of its components replaced (the trained denoiser). The loaded pipeline is saved
+    rather than its class built anew, so its settings stay the base's: a new SD 1.5 pipeline takes
+    ``requires_safety_checker=True``, and every load of the export would warn of a missing safety checker."""
+    kept = {name: getattr(pipe, name) for name in replaced}
+    for name, module in replaced.items():
+        setattr(pipe, name, module)
+    try:
+        pipe.save_pretrained(path)
+    finally:
+        for name, module in kept.items():
+            setattr(pipe, name, module)
+    # diffusers records the folder each part was loaded from (a path of this machine); an export names none.
+    for config in glob.glob(os.path.join(glob.escape(path), "*.json")) + glob.glob(
+            os.path.join(glob.escape(path), "*", "config.json")):
+        with open(config) as f:
+            values = json.load(f)
+        if values.pop("_name_or_path", None) is not None:
+            with open(config, "w") as f:
+                json.dump(values, f, indent=2, sort_keys=True)
+                f.write("\n")
 
 
 def cast_to(model: nn.Module, dtype: str) -> nn.Module:
@@ -207,4 +247,6 @@ class AdaptersOff:
         self.model.enable_adapters()
 
 
-__all__ = ["FAMILIES", "AdaptersOff", "Family", "absent_components", "cast_to", "in_own_dtype", "load_pipeline"]
+__all__ = [
+    "FAMILIES", "AdaptersOff", "Family", "absent_components", "cast_to", "in_own_dtype", "load_pipeline", "save_pipeline",
+]

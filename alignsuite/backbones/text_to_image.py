@@ -29,7 +29,9 @@ from alignsuite.backbones.denoising import (
     DDPM, DenoisingBatch, FlowMatching, SeededDraws, TimestepSampling, denoising_score, draw,
 )
 from alignsuite.backbones.lora import LoraSpec
-from alignsuite.backbones.pipelines import AdaptersOff, cast_to, empty_model, in_own_dtype, load_pipeline
+from alignsuite.backbones.pipelines import (
+    AdaptersOff, cast_to, empty_model, in_own_dtype, load_pipeline, save_pipeline,
+)
 from alignsuite.sources import resolve_model_path
 
 PredictionType = Literal["auto", "epsilon", "v_prediction", "flow_matching"]
@@ -304,8 +306,7 @@ class TextToImage(SeededDraws, Backbone):
             denoiser = copy.deepcopy(denoiser)
             denoiser.fuse_lora()
             denoiser.unload_lora()
-        components = dict(self.pipe.components, **{self.denoiser_name: denoiser})
-        type(self.pipe)(**components).save_pretrained(path)
+        save_pipeline(self.pipe, path, **{self.denoiser_name: denoiser})
 
     @torch.no_grad()
     def warm_cache(self, data, strategy=None) -> None:

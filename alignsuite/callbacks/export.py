@@ -12,8 +12,10 @@ import warnings
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from alignsuite.callbacks.model_card import facts_of, find_results, push_folder, write_card
 from alignsuite.checkpoint_io import (
-    CheckpointError, SafeFileSystemReader, check_shards, check_sharded_checkpoint, load_checkpoint_file,
+    CheckpointError, SafeFileSystemReader, check_shards, check_sharded_checkpoint, give_ordinary_modes,
+    load_checkpoint_file,
 )
 
 MARKER = "alignsuite_export.json"  # written into every export: which run, step and checkpoint it holds
@@ -41,10 +43,21 @@ class ExportError(RuntimeError):
     """An export that would overwrite a folder it does not own."""
 
 
-def _folder_mode() -> int:
-    mask = os.umask(0)  # read the umask by setting it and putting it back
-    os.umask(mask)
-    return 0o777 & ~mask
+PATHS = ("run", "checkpoint", "config")  # the marker's entries that are paths: kept relative to the export
+
+
+def relative_marker(marker: dict, path: str) -> dict:
+    """``marker`` with its paths relative to the export folder ``path``: an export names no path of the machine
+    that wrote it, and stays readable when its run is moved."""
+    folder = os.path.abspath(path)
+    return {k: os.path.relpath(os.path.abspath(v), folder) if k in PATHS and isinstance(v, str) else v
+            for k, v in marker.items()}
+
+
+def marker_run(marker: dict, path: str) -> str | None:
+    """The run folder an export's marker names, as an absolute path (older markers hold one already)."""
+    run = marker.get("run")
+    return os.path.normpath(os.path.join(os.path.abspath(path), run)) if isinstance(run, str) else run
 
 
 def refusal(path: str, run_dir: str | None, overwrite: bool) -> str | None:
@@ -65,10 +78,10 @@ def refusal(path: str, run_dir: str | None, overwrite: bool) -> str | None:
     else:
         try:
             with open(marker) as f:
-                owner = json.load(f).get("run")
-        except (OSError, ValueError):
+                owner = marker_run(json.load(f), path)
+        except (OSError, ValueError, AttributeError):
             owner = None
-        if run_dir is not None and owner == run_dir:
+        if run_dir is not None and owner == os.path.abspath(run_dir):
             return None
         why = f"it is an export of another run ({owner})"
     return (
@@ -92,8 +105,8 @@ def write_atomically(path: str, write, marker: dict) -> None:
     try:
         write(tmp)
         with open(os.path.join(tmp, MARKER), "w") as f:
-            json.dump(marker, f, indent=2)
-        os.chmod(tmp, _folder_mode())  # mkdtemp makes it owner-only
+            json.dump(relative_marker(marker, path), f, indent=2)
+        give_ordinary_modes(tmp)  # mkdtemp makes the folder owner-only, and transformers its weight files
         if os.path.isdir(path) and os.listdir(path):
             old = tmp + "-replaced"
             os.rename(path, old)
@@ -118,15 +131,22 @@ class ExportPretrained(Callback):
         merge_adapters: with LoRA, merge the adapter into the weights (True) or write the adapter alone.
         enabled: set false to skip the export at the end of fit.
         overwrite: replace ``dirpath`` even when it is not an earlier export of this run.
+        push_to_hub: a hub repository id (``owner/name``): upload the export there once written, with
+            ``huggingface_hub`` (its login or ``HF_TOKEN``); the repository is created when missing.
+
+    Every export also holds a model card, ``README.md``: base model, objective and its settings, data, steps,
+    and the numbers of the run's evaluation when ``evaluate`` wrote one (``<run>/eval/results.json``).
     """
 
     def __init__(
-        self, dirpath: str | None = None, merge_adapters: bool = True, enabled: bool = True, overwrite: bool = False
+        self, dirpath: str | None = None, merge_adapters: bool = True, enabled: bool = True, overwrite: bool = False,
+        push_to_hub: str | None = None,
     ) -> None:
         self.dirpath = dirpath
         self.merge_adapters = merge_adapters
         self.enabled = enabled
         self.overwrite = overwrite
+        self.push_to_hub = push_to_hub
         # The run's first log dir, kept in checkpoints: a resumed run is the same run.
         self.run_dir: str | None = None
 
@@ -166,12 +186,14 @@ class ExportPretrained(Callback):
         if trainer.is_global_zero:
             marker = {"run": self.run_dir, "global_step": trainer.global_step, "checkpoint": None,
                       "config": self._config_file(self.run_dir), "merge_adapters": self.merge_adapters}
-            write_atomically(path, self._writer(full), marker)
+            facts = facts_of(pl_module, trainer.datamodule, trainer.global_step, self.merge_adapters)
+            write_atomically(path, self._writer(full, facts, self.run_dir), marker)
             rank_zero_info(f"exported the policy to {path}")
+            self.push(path)
         trainer.strategy.barrier()
 
     def export_checkpoint(self, trainer: Trainer, model: LightningModule, ckpt_path: str,
-                          weights_only: bool | None = None) -> str:
+                          weights_only: bool | None = None, datamodule=None) -> str:
         """Load ``ckpt_path`` (a file, or the folder of shards FSDP2 writes) into ``model`` and export it;
         returns the folder written."""
         sharded = os.path.isdir(ckpt_path)
@@ -197,11 +219,30 @@ class ExportPretrained(Callback):
         model.load_state_dict(checkpoint["state_dict"])
         marker = {"run": run_dir, "global_step": step, "checkpoint": os.path.abspath(ckpt_path),
                   "config": self._config_file(run_dir), "merge_adapters": self.merge_adapters}
-        write_atomically(path, self._writer(model.backbone), marker)
+        facts = facts_of(model, datamodule, step, self.merge_adapters)
+        write_atomically(path, self._writer(model.backbone, facts, run_dir), marker)
+        self.push(path)
         return path
 
-    def _writer(self, backbone):
-        return lambda folder: backbone.save_pretrained(folder, merge_adapters=self.merge_adapters)
+    def _writer(self, backbone, facts, run_dir: str | None):
+        def write(folder: str) -> None:
+            backbone.save_pretrained(folder, merge_adapters=self.merge_adapters)
+            facts.results, facts.results_from = find_results([os.path.dirname(folder), run_dir])
+            write_card(folder, facts, self.push_to_hub)
+
+        return write
+
+    def push(self, path: str) -> None:
+        """Upload the written export to ``push_to_hub``, when set."""
+        if not self.push_to_hub:
+            return
+        try:
+            push_folder(path, self.push_to_hub)
+        except Exception as error:  # noqa: BLE001 - the hub's errors are many; the export itself is written
+            raise ExportError(f"export.push_to_hub {self.push_to_hub}: the upload of {path} failed"
+                              f" ({type(error).__name__}: {error}); the export is written, upload it again with"
+                              f" `huggingface-cli upload {self.push_to_hub} {path}`") from error
+        rank_zero_info(f"uploaded {path} to the hub repository {self.push_to_hub}")
 
     @staticmethod
     def _config_file(run_dir: str | None) -> str | None:

@@ -11,7 +11,7 @@ from alignsuite.judging import Scorer
 
 class ImplicitRewardAccuracy(Scorer):
     """Held-out preference accuracy of the implicit reward ``r = log pi/pi_ref`` (Rafailov et al. 2023): per
-    pair, 1 when ``r(chosen) > r(rejected)``, 0 when below, 1/2 on a tie (as ``rewards/accuracy`` in
+    pair, 1 when ``r(chosen) > r(rejected)``, 0 when below, 1/2 on a tie (as ``rewards/accuracies`` in
     training). Any backbone, through its own contract: ``prepare`` once for the chosen and rejected views (one
     draw of noise and timestep shared by policy and reference for denoising backbones), ``score`` with the
     aligned model as policy and with the base loaded as a frozen reference (``load_reference``). It scores

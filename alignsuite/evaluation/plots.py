@@ -37,7 +37,7 @@ def _plain_text(draw):
 
 
 def slug(name: str) -> str:
-    """A file-name-safe form of a metric or scorer name (``train/rewards/margin`` -> ``train_rewards_margin``)."""
+    """A file-name-safe form of a metric or scorer name (``train/rewards/margins`` -> ``train_rewards_margins``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "metric"
 
 
@@ -69,7 +69,7 @@ def curve_groups(names: list[str]) -> list[tuple[str, list[str]]]:
     nested ones by their folder (``val/logps/*``). Columns outside these are not plotted."""
     present = set(names)
     groups: list[tuple[str, list[str]]] = []
-    for title, key in (("loss", "loss"), ("reward accuracy", "rewards/accuracy"), ("reward margin", "rewards/margin")):
+    for title, key in (("loss", "loss"), ("reward accuracy", "rewards/accuracies"), ("reward margin", "rewards/margins")):
         members = [n for n in (f"train/{key}", f"val/{key}") if n in present]
         if members:
             groups.append((title, members))

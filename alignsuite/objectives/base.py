@@ -49,15 +49,30 @@ def available_objectives() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# Metric names before they became TRL's (DPOTrainer's), so that a recipe still using one is told the new name.
+RENAMED_METRICS = {"rewards/accuracy": "rewards/accuracies", "rewards/margin": "rewards/margins",
+                   "rewards/imageless_accuracy": "rewards/imageless_accuracies",
+                   "rewards/imageless_margin": "rewards/imageless_margins"}
+
+
+def renamed_metric(key: str) -> str | None:
+    """The current name of a logged metric ``key`` (``val/rewards/accuracy``) that used an old name, or None."""
+    for old, new in RENAMED_METRICS.items():
+        if key == old or key.endswith("/" + old):
+            return key[: len(key) - len(old)] + new
+    return None
+
+
 def reward_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
-    """The four reward metrics every pairwise objective logs; a tie counts one half in the accuracy."""
+    """The four reward metrics every pairwise objective logs, named as TRL's DPOTrainer names them; a tie counts
+    one half in the accuracy."""
     chosen_rewards, rejected_rewards = chosen_rewards.detach().float(), rejected_rewards.detach().float()
     won = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
     return {
         "rewards/chosen": chosen_rewards.mean(),
         "rewards/rejected": rejected_rewards.mean(),
-        "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
-        "rewards/accuracy": won.mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracies": won.mean(),
     }
 
 

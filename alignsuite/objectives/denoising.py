@@ -136,7 +136,7 @@ class DiffusionKTO(KTO):
     that is the backbone's business.
 
     Metrics as ``kto``'s, in g units: ``rewards/chosen``/``rewards/rejected`` the mean ``b g`` over desirable
-    and undesirable examples, ``rewards/accuracy`` the fraction with ``y b (g - z0) > 0`` (a tie counts one
+    and undesirable examples, ``rewards/accuracies`` the fraction with ``y b (g - z0) > 0`` (a tie counts one
     half; the official code counts ties as wrong), ``kl`` = z0, ``count/desirable``/``count/undesirable``.
     """
 

@@ -135,8 +135,8 @@ class MDPO(PairwiseObjective):
             t = self.terms(scores)
         out.metrics.update({f"loss/{k}": t[k].mean() for k in ("dpo", "conditional", "anchor")})
         out.metrics["rewards/imageless_chosen"] = t["imageless"].mean()
-        out.metrics["rewards/imageless_margin"] = (t["chosen"] - t["imageless"]).mean()
-        out.metrics["rewards/imageless_accuracy"] = reward_metrics(t["chosen"], t["imageless"])["rewards/accuracy"]
+        out.metrics["rewards/imageless_margins"] = (t["chosen"] - t["imageless"]).mean()
+        out.metrics["rewards/imageless_accuracies"] = reward_metrics(t["chosen"], t["imageless"])["rewards/accuracies"]
         return out
 
 

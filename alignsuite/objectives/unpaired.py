@@ -32,7 +32,7 @@ class KTO(Objective):
 
     Metrics: ``rewards/chosen`` and ``rewards/rejected`` are the mean ``b * u`` over the desirable and over the
     undesirable examples (0 when a batch has none, with ``count/desirable`` and ``count/undesirable`` logged so
-    the 0 can be read), ``rewards/margin`` their difference, ``rewards/accuracy`` the fraction of examples on
+    the 0 can be read), ``rewards/margins`` their difference, ``rewards/accuracies`` the fraction of examples on
     the right side of z0 (a tie counts one half), and ``kl`` the reference point z0.
     """
 
@@ -92,8 +92,8 @@ class KTO(Objective):
         return {
             "rewards/chosen": chosen,
             "rewards/rejected": rejected,
-            "rewards/margin": chosen - rejected,
-            "rewards/accuracy": right_side.mean(),
+            "rewards/margins": chosen - rejected,
+            "rewards/accuracies": right_side.mean(),
             "kl": z0.detach().float(),
             "count/desirable": n_d,
             "count/undesirable": n_u,
