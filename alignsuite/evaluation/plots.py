@@ -20,6 +20,7 @@ from collections import Counter
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
 BASE_COLOR, ALIGNED_COLOR = "#8c8c8c", "#1f77b4"
 DPI = 100
@@ -103,8 +104,11 @@ def training_curves(metrics_csv: str, figures_dir: str) -> list[tuple[str, str]]
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        if title == "learning rate":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        if title == "learning rate":  # from 0, ticks as 5e-6, 1e-5: a constant rate is a flat line at its value
+            ax.set_ylim(0, 1.1 * max(v for name in members for _, v in series[name]) or None)
+            ax.yaxis.set_major_formatter(FuncFormatter(_short_number))
+        else:  # no "+6.9e-1" offset above the axis: each tick its own value
+            ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
         ax.legend(fontsize=6, frameon=False)
         path = os.path.join(figures_dir, f"curve_{slug(title)}.png")
         _save(fig, path)
@@ -201,6 +205,11 @@ def before_after_grid(prompts: list[str], base: list, aligned: list, path: str) 
         left.set_ylabel(_wrap(prompt, 28), fontsize=8, rotation=0, ha="right", va="center")
     _save(fig, path)
     return path
+
+
+def _short_number(value: float, _position=None) -> str:
+    """A tick as short as it reads: ``0``, ``0.5``, ``2.5e-6``, ``1e-5`` (no zero-padded exponent)."""
+    return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m[1].replace('+', '')}{m[2]}", f"{value:.3g}")
 
 
 def _wrap(text: str, width: int) -> str:
