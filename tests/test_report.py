@@ -348,6 +348,19 @@ def test_a_constant_learning_rate_has_no_axis_offset(tmp_path, monkeypatch):
     assert all(len(label) <= 6 for label in labels), labels
 
 
+def test_close_discrete_scores_get_distinct_tick_labels(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from alignsuite.evaluation import plots
+
+    drawn, savefig = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig) or savefig(fig, *a, **k))
+    scores = [0.0, 0.9996, 0.99999, 1.0]  # a reward that is almost 1 for several prompts: before, "1" three times
+    plots.score_distribution("toy_reward", "reward", scores, scores[::-1], str(tmp_path / "scores.png"))
+    labels = [t.get_text() for t in drawn[0].axes[0].get_xticklabels()]
+    assert len(labels) == 4 and len(set(labels)) == 4, labels
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -133,7 +133,7 @@ def score_distribution(name: str, unit: str, base: list, aligned: list, path: st
         for shift, values, color, side in ((-0.2, b_all, BASE_COLOR, "base"), (0.2, a_all, ALIGNED_COLOR, "aligned")):
             counts = Counter(values)
             hist.bar([x + shift for x in xs], [counts[v] for v in distinct], width=0.4, color=color, label=side)
-        hist.set_xticks(list(xs), [f"{v:.3g}" for v in distinct], fontsize=7, rotation=45 if len(distinct) > 4 else 0)
+        hist.set_xticks(list(xs), _distinct_labels(distinct), fontsize=7, rotation=45 if len(distinct) > 4 else 0)
         hist.set_title("prompts per score", fontsize=9)
     else:
         hist.hist([b_all, a_all], bins=min(20, max(5, int(math.sqrt(len(b_all + a_all))) + 1)),
@@ -194,7 +194,7 @@ def before_after_grid(prompts: list[str], base: list, aligned: list, path: str) 
     rows = [(p, b, a) for p, b, a in zip(prompts, base, aligned) if b is not None or a is not None]
     if not rows:
         return None
-    fig, axes = _figure((5.0, 2.6 * len(rows)), len(rows), 2, squeeze=False)
+    fig, axes = _figure((4.6, 0.2 + 1.9 * len(rows)), len(rows), 2, squeeze=False)  # square images, little margin
     for (prompt, b, a), (left, right) in zip(rows, axes):
         for ax, image, side in ((left, b, "base"), (right, a, "aligned")):
             if image is not None:
@@ -205,6 +205,16 @@ def before_after_grid(prompts: list[str], base: list, aligned: list, path: str) 
         left.set_ylabel(_wrap(prompt, 28), fontsize=8, rotation=0, ha="right", va="center")
     _save(fig, path)
     return path
+
+
+def _distinct_labels(values: list[float]) -> list[str]:
+    """Labels of sorted distinct values with as many significant digits as it takes to tell them apart (3 at
+    least): 0.9996, 0.99999 and 1 must not all read "1"."""
+    for digits in range(3, 17):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [repr(v) for v in values]
 
 
 def _short_number(value: float, _position=None) -> str:
