@@ -115,8 +115,14 @@ def _details(results: EvalResults, run_dir: str) -> str:
     """The settings as ``label | value`` rows: evaluate's keys by their labels, values as YAML-like text."""
     errors = results.details.get("errors")
     rows = [("modality", results.modality)]
-    rows += [(DETAIL_LABELS.get(k, k), v) for k, v in results.details.items() if DETAIL_LABELS.get(k, k) and k != "errors"]
-    rows.insert(min(len(rows), 4), ("prompts", len(results.prompts)))
+    for key, value in results.details.items():
+        label = DETAIL_LABELS.get(key, key)
+        if label and key != "errors":
+            rows.append((label, value))
+        if key == "prompts":  # the prompt set, then how many of its prompts were evaluated
+            rows.append(("prompts", len(results.prompts)))
+    if "prompts" not in results.details:
+        rows.insert(1, ("prompts", len(results.prompts)))
     failures = ", ".join(f"{model} {n}" for model, n in results.failures.items()) or "none"
     rows.append(("failed generations", failures))
     if errors:

@@ -269,7 +269,7 @@ def print_table(results: EvalResults, console=None) -> None:
     for s in (s for s in results.scores if s.per == "pair"):  # an accuracy whose base is 1/2 by construction
         ci = "" if s.ci_low is None else f" [{s.ci_low:.3f}, {s.ci_high:.3f}]"
         console.print(f"{s.name.replace('_', ' ')} on held-out pairs: {fmt(s.mean_aligned)}{ci} over {len(s.aligned)}"
-                      " pairs (not a win rate: the base model, its own reference, scores 0.5)")
+                      " pairs (the base: 0.5 by construction; not a win rate)", soft_wrap=True)
     if any(results.failures.values()):
         console.print(f"generation failures: {results.failures} (first errors in results.json's details)")
 
