@@ -194,7 +194,7 @@ def before_after_grid(prompts: list[str], base: list, aligned: list, path: str) 
     rows = [(p, b, a) for p, b, a in zip(prompts, base, aligned) if b is not None or a is not None]
     if not rows:
         return None
-    fig, axes = _figure((4.6, 0.2 + 1.9 * len(rows)), len(rows), 2, squeeze=False)  # square images, little margin
+    fig, axes = _figure((5.4, 0.2 + 1.9 * len(rows)), len(rows), 2, squeeze=False)  # square images, little margin
     for (prompt, b, a), (left, right) in zip(rows, axes):
         for ax, image, side in ((left, b, "base"), (right, a, "aligned")):
             if image is not None:
