@@ -44,10 +44,11 @@ def direct_rewards(backbone, prompts, seed=0, batch_size=8):
     return out
 
 
-def test_evaluate_toy_llm_end_to_end(aligned_export):
+def test_evaluate_toy_llm_end_to_end(aligned_export, capsys):
     path, aligned = aligned_export
     main(["evaluate", "--config", RECIPE, "--config", "configs/eval/toy_llm.yaml", "--evaluate.aligned", str(path),
           *SMALL])
+    printed = capsys.readouterr().out
     results = json.loads((path.parent / "eval" / "results.json").read_text())
     toy = next(s for s in results["scores"] if s["name"] == "toy_reward_llm")
     prompts = get_world("llm").eval_prompts(12, 0)
@@ -67,8 +68,13 @@ def test_evaluate_toy_llm_end_to_end(aligned_export):
     # the held-out pairs (data.num_val 16): 1, 0 or 1/2 each; the base, its own reference, ties every pair
     implicit = next(s for s in results["scores"] if s["name"] == "implicit_reward_accuracy")
     assert len(implicit["aligned"]) == 16 and set(implicit["aligned"]) <= {0.0, 0.5, 1.0}
-    assert implicit["mean_base"] == 0.5 and implicit["win_rate"] == pytest.approx(implicit["mean_aligned"])
-    assert results["details"]["implicit_reward_accuracy"]["accuracy"] == pytest.approx(implicit["mean_aligned"])
+    assert implicit["mean_base"] == 0.5 and implicit["per"] == "pair"
+    assert implicit["mean_aligned"] == pytest.approx(np.mean(implicit["aligned"]))
+    assert implicit["win_rate"] is None and implicit["ci_low"] <= implicit["mean_aligned"] <= implicit["ci_high"]
+    # printed apart from the win-rate table, as an accuracy over pairs
+    table, after = printed.split("implicit reward accuracy on held-out pairs")
+    assert "implicit_reward_accuracy" not in table and "16 pairs" in after
+    assert f"{implicit['mean_aligned']:.3f}" in after
 
 
 class FailingCausalLM(CausalLM):
@@ -148,6 +154,19 @@ def test_a_scorer_that_fails_is_an_error_after_the_others_are_written(aligned_ex
     written = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert [s["name"] for s in written["scores"]] == ["toy_reward_llm"] and len(written["aligned_outputs"]) == 2
     assert written["details"]["errors"]["broken"] == ["RuntimeError: the judge's weights are corrupt"]
+
+
+def test_evaluate_prints_where_results_and_report_went(aligned_export, tmp_path, capsys):
+    path, _ = aligned_export
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("echo a b\necho c\n")
+    out = tmp_path / "eval"
+    evaluation = Evaluation(str(path), str(prompts), [ToyReward("llm")], output_dir=str(out),
+                            generation_kwargs={"max_new_tokens": 8})
+    run_evaluation(PreferenceModule(CausalLM("toy:llm")), evaluation)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [f"results: {out / 'results.json'}", f"report:  {out / 'report.html'}"]
+    assert (out / "results.json").is_file() and (out / "report.html").is_file()
 
 
 def test_a_report_that_cannot_be_written_is_an_error_after_results_are_written(aligned_export, tmp_path, capsys):

@@ -26,12 +26,14 @@ class Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.imgs, self.audio, self.cells, self.text, self.stack = [], [], [], [], []
+        self.img_attrs: list[dict] = []
         self._cell: list[str] | None = None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "img":
             self.imgs.append(attrs["src"])
+            self.img_attrs.append(attrs)
         elif tag == "audio":
             self.audio.append(attrs["src"])
         elif tag in ("td", "th"):
@@ -177,8 +179,8 @@ def test_text_to_image_report_grid_embedded(tmp_path):
     page = parse(path)
     assert page.imgs and all(src.startswith("data:image/png;base64,") for src in page.imgs)
     assert_images_resolve(page, out)
-    # 3 samples, the distribution plot; no win rate given, so no win-rate figure and a dash in the table
-    assert len(page.imgs) == 4 and "–" in page.cells and "20.50" in page.cells and "21.62" in page.cells
+    # 3 samples, the before/after figure, the distribution plot; no win rate given, so no win-rate figure and a dash
+    assert len(page.imgs) == 5 and "–" in page.cells and "20.50" in page.cells and "21.62" in page.cells
     samples = sorted(os.listdir(os.path.join(out, "figures", "samples")))
     assert samples == ["aligned_0000.png", "aligned_0001.png", "base_0000.png"]
     with Image.open(os.path.join(out, "figures", "samples", "base_0000.png")) as im:
@@ -231,6 +233,132 @@ def test_training_report_from_metrics_csv_alone(tmp_path):
     assert len(page.imgs) == 6  # loss, accuracy, margin, learning rate, val/toy_reward, val/logps
     assert_images_resolve(page, out)
     assert "train/loss" in page.cells and "0.660 (step 3)" in page.cells
+
+
+def evaluate_details(run_dir: str) -> dict:
+    """The details ``evaluate`` records: paths as it holds them (absolute), a dict of generation settings."""
+    return {"base": "toy:llm", "aligned": os.path.join(run_dir, "export"), "prompts": "toy:llm", "num_prompts": 3,
+            "seed": 0, "generation_kwargs": {"max_new_tokens": 8, "do_sample": False},
+            "errors": {"base": ["RuntimeError: out of memory"]}}
+
+
+def test_header_settings_read_as_settings_with_no_absolute_path(tmp_path):
+    run_dir = str(tmp_path / "runs" / "toy_llm_dpo" / "version_0")
+    out = os.path.join(run_dir, "eval")
+    results = text_results()
+    results.details = evaluate_details(run_dir)
+    os.makedirs(run_dir)
+    path = write_report(results, out, metrics_csv=metrics_csv(os.path.join(run_dir, "metrics.csv")))
+    raw = open(path, encoding="utf-8").read()
+    assert "{'" not in raw and "['" not in raw and "{&#x27;" not in raw and "[&#x27;" not in raw  # no Python reprs
+    assert str(tmp_path) not in raw  # the aligned model and the metrics file by their place in the run, or name
+    page = parse(path)
+    labels = page.cells[: page.cells.index("failed generations") + 2 : 2]  # the details table's first column
+    assert labels.count("prompts") == 1 and "prompt set" in labels and "num_prompts" not in labels
+    pairs = dict(zip(page.cells[0::2], page.cells[1::2]))
+    assert pairs["aligned model"] == "export" and pairs["prompts"] == "3" and pairs["prompt set"] == "toy:llm"
+    assert pairs["generation"] == "max_new_tokens: 8, do_sample: false"
+    assert pairs["first errors"] == "base: RuntimeError: out of memory"
+    assert "From metrics.csv." in "".join(page.text)
+
+
+def test_training_report_title_names_the_run_not_its_absolute_path(tmp_path):
+    run_dir = tmp_path / "runs" / "toy_llm_dpo" / "version_0"
+    run_dir.mkdir(parents=True)
+    path = write_training_report(metrics_csv(str(run_dir / "metrics.csv")), str(run_dir / "report"))
+    raw = open(path, encoding="utf-8").read()
+    assert str(tmp_path) not in raw and "Training report: toy_llm_dpo/version_0" in raw
+
+
+def implicit_accuracy(won: list[float]) -> ScorerResult:
+    accuracy = sum(won) / len(won)
+    return ScorerResult("implicit_reward_accuracy", "fraction of pairs", [0.5] * len(won), won, per="pair",
+                        mean_base=0.5, mean_aligned=accuracy, ci_low=accuracy - 0.1, ci_high=min(1.0, accuracy + 0.05))
+
+
+def test_implicit_reward_accuracy_is_shown_apart_from_win_rates(tmp_path, monkeypatch):
+    from alignsuite.evaluation import plots
+
+    drawn, win_rates = [], plots.win_rates
+    monkeypatch.setattr(plots, "win_rates", lambda rows, path: drawn.extend(r[0] for r in rows) or win_rates(rows, path))
+    results = text_results()
+    results.scores.append(implicit_accuracy([1.0] * 7 + [0.5]))  # 8 held-out pairs: more than the 3 prompts
+    out = str(tmp_path / "report")
+    path = write_report(results, out)
+    page = parse(path)
+    text = " ".join(" ".join(page.text).split())
+    assert drawn == ["toy_reward", "wer"]  # the win-rate chart holds the generations' win rates only
+    score_table = page.cells[page.cells.index("scorer") : page.cells.index("scorer") + 8 * 3]
+    assert "implicit_reward_accuracy" not in score_table
+    assert "implicit reward accuracy on held-out pairs" in text and "93.8%" in text and "8 pairs" in text
+    assert "not a win rate" in text and "50% by construction" in text
+    answers = [c for c in page.cells if "toy_reward" in c and c != "toy_reward"]  # the answer cells with scores
+    assert answers and not any("implicit" in c for c in answers)
+    assert not os.path.exists(os.path.join(out, "figures", "scores_implicit_reward_accuracy.png"))
+
+
+def test_the_page_says_ties_count_as_half_a_win(tmp_path):
+    page = parse(write_report(text_results(), str(tmp_path / "report")))
+    assert "ties count as half a win" in " ".join(" ".join(page.text).split())
+
+
+def test_small_images_are_shown_upscaled_and_the_before_after_figure_is_on_the_page(tmp_path):
+    tiny = [Image.new("RGB", (16, 16), c) for c in ("red", "blue", "green")]
+    results = EvalResults("text_to_image", ["a red square", "a blue square"], base_outputs=tiny[:2],
+                          aligned_outputs=[tiny[2], tiny[0]], scores=[toy_reward([0.0, 0.0], [1.0, 1.0])])
+    out = str(tmp_path / "t2i")
+    page = parse(write_report(results, out))
+    samples = [a for a in page.img_attrs if "sample" in a.get("class", "").split()]
+    assert len(samples) == 4
+    for attrs in samples:
+        assert int(attrs["width"]) >= 128 and "pixelated" in attrs["class"].split()
+    raw = open(os.path.join(out, "report.html"), encoding="utf-8").read()
+    assert "img.pixelated { image-rendering: pixelated;" in raw
+    assert "figures/before_after.png" in page.imgs  # the figure itself, not a link to it
+
+
+def test_vision_language_thumbnails_are_shown_upscaled(tmp_path):
+    results = EvalResults("vision_language", ["what colour?"], base_outputs=["red"], aligned_outputs=["red"],
+                          conditions=[[Image.new("RGB", (16, 16), "red")]])
+    page = parse(write_report(results, str(tmp_path / "vlm")))
+    (thumb,) = [a for a in page.img_attrs if "thumb" in a.get("class", "").split()]
+    assert int(thumb["width"]) >= 128 and "pixelated" in thumb["class"].split()
+
+
+def test_a_constant_learning_rate_has_no_axis_offset(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from alignsuite.evaluation import plots
+
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text("epoch,lr-AdamW,step,train/loss\n" + "".join(f",1e-05,{s},\n0,,{s},0.69\n" for s in range(0, 40, 4)))
+    drawn, savefig = {}, Figure.savefig
+
+    def saving(fig, path, *args, **kwargs):  # the axes of each figure, kept to read their ticks back
+        savefig(fig, path, *args, **kwargs)
+        drawn[os.path.basename(path)] = fig.axes[0]
+
+    monkeypatch.setattr(Figure, "savefig", saving)
+    plots.training_curves(str(csv_path), str(tmp_path / "figures"))
+    for name in ("curve_learning_rate.png", "curve_loss.png"):
+        axis = drawn[name].yaxis
+        assert axis.get_offset_text().get_text() == "", name  # no "1e-5" or "+6.9e-1" written above the axis
+    labels = [t.get_text() for t in drawn["curve_learning_rate.png"].get_yticklabels()]
+    assert "1e-5" in labels and "0" in labels, labels
+    assert all(len(label) <= 6 for label in labels), labels
+
+
+def test_close_discrete_scores_get_distinct_tick_labels(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from alignsuite.evaluation import plots
+
+    drawn, savefig = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig) or savefig(fig, *a, **k))
+    scores = [0.0, 0.9996, 0.99999, 1.0]  # a reward that is almost 1 for several prompts: before, "1" three times
+    plots.score_distribution("toy_reward", "reward", scores, scores[::-1], str(tmp_path / "scores.png"))
+    labels = [t.get_text() for t in drawn[0].axes[0].get_xticklabels()]
+    assert len(labels) == 4 and len(set(labels)) == 4, labels
 
 
 def chromium() -> str | None:

@@ -20,6 +20,7 @@ from collections import Counter
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
 BASE_COLOR, ALIGNED_COLOR = "#8c8c8c", "#1f77b4"
 DPI = 100
@@ -103,8 +104,11 @@ def training_curves(metrics_csv: str, figures_dir: str) -> list[tuple[str, str]]
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        if title == "learning rate":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        if title == "learning rate":  # from 0, ticks as 5e-6, 1e-5: a constant rate is a flat line at its value
+            ax.set_ylim(0, 1.1 * max(v for name in members for _, v in series[name]) or None)
+            ax.yaxis.set_major_formatter(FuncFormatter(_short_number))
+        else:  # no "+6.9e-1" offset above the axis: each tick its own value
+            ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
         ax.legend(fontsize=6, frameon=False)
         path = os.path.join(figures_dir, f"curve_{slug(title)}.png")
         _save(fig, path)
@@ -129,7 +133,7 @@ def score_distribution(name: str, unit: str, base: list, aligned: list, path: st
         for shift, values, color, side in ((-0.2, b_all, BASE_COLOR, "base"), (0.2, a_all, ALIGNED_COLOR, "aligned")):
             counts = Counter(values)
             hist.bar([x + shift for x in xs], [counts[v] for v in distinct], width=0.4, color=color, label=side)
-        hist.set_xticks(list(xs), [f"{v:.3g}" for v in distinct], fontsize=7, rotation=45 if len(distinct) > 4 else 0)
+        hist.set_xticks(list(xs), _distinct_labels(distinct), fontsize=7, rotation=45 if len(distinct) > 4 else 0)
         hist.set_title("prompts per score", fontsize=9)
     else:
         hist.hist([b_all, a_all], bins=min(20, max(5, int(math.sqrt(len(b_all + a_all))) + 1)),
@@ -190,7 +194,7 @@ def before_after_grid(prompts: list[str], base: list, aligned: list, path: str) 
     rows = [(p, b, a) for p, b, a in zip(prompts, base, aligned) if b is not None or a is not None]
     if not rows:
         return None
-    fig, axes = _figure((5.0, 2.6 * len(rows)), len(rows), 2, squeeze=False)
+    fig, axes = _figure((5.4, 0.2 + 1.9 * len(rows)), len(rows), 2, squeeze=False)  # square images, little margin
     for (prompt, b, a), (left, right) in zip(rows, axes):
         for ax, image, side in ((left, b, "base"), (right, a, "aligned")):
             if image is not None:
@@ -201,6 +205,21 @@ def before_after_grid(prompts: list[str], base: list, aligned: list, path: str) 
         left.set_ylabel(_wrap(prompt, 28), fontsize=8, rotation=0, ha="right", va="center")
     _save(fig, path)
     return path
+
+
+def _distinct_labels(values: list[float]) -> list[str]:
+    """Labels of sorted distinct values with as many significant digits as it takes to tell them apart (3 at
+    least): 0.9996, 0.99999 and 1 must not all read "1"."""
+    for digits in range(3, 17):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [repr(v) for v in values]
+
+
+def _short_number(value: float, _position=None) -> str:
+    """A tick as short as it reads: ``0``, ``0.5``, ``2.5e-6``, ``1e-5`` (no zero-padded exponent)."""
+    return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m[1].replace('+', '')}{m[2]}", f"{value:.3g}")
 
 
 def _wrap(text: str, width: int) -> str:

@@ -17,6 +17,11 @@ class ScorerResult:
     ``base[i]`` and ``aligned[i]`` score prompt ``i`` (``None`` where its generation failed or the scorer
     could not score it; such prompts are left out of the means and the win rate). ``higher_is_better`` is
     False for error rates (WER, CER), for which a win is a lower score.
+
+    A scorer of held-out preference pairs rather than of generations (``per="pair"``,
+    :class:`~alignsuite.evaluation.heldout.ImplicitRewardAccuracy`) holds one entry per pair: ``aligned`` its
+    outcome (1, 0 or 1/2), ``base`` the base model's 1/2 (its own reference, by construction). Its number is the
+    accuracy ``mean_aligned`` with its interval in ``ci_low`` and ``ci_high``; it has no ``win_rate``.
     """
 
     name: str
@@ -29,6 +34,8 @@ class ScorerResult:
     win_rate: float | None = None  # aligned over base, ties counted as half
     ci_low: float | None = None  # 95% bootstrap interval over prompts
     ci_high: float | None = None
+    # What one entry of base/aligned scores: "prompt" (a generation) or "pair" (a held-out preference pair).
+    per: str = "prompt"
 
 
 @dataclass

@@ -204,26 +204,29 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
         results.scores.append(implicit_reward_result(scorer, backbone, evaluation, datamodule, device, results))
     results.details.update(
         base=getattr(backbone, "model_name_or_path", None), aligned=evaluation.aligned, prompts=evaluation.prompts,
-        num_prompts=len(rows), seed=evaluation.seed, generation_kwargs=kwargs, output_dir=output_dir,
+        num_prompts=len(rows), seed=evaluation.seed, generation_kwargs=kwargs,
         errors={k: v[:20] for k, v in errors.items() if v},
     )
     print_table(results, console)
-    write_results(results, output_dir)
+    written = [("results", write_results(results, output_dir))]
     if evaluation.report:
         run_dir = os.path.dirname(output_dir)  # the training curves, when the aligned model is a run's
         metrics = os.path.join(run_dir, "metrics.csv")
         try:
-            write_report(results, output_dir, metrics if os.path.isfile(metrics) else None)
+            written.append(("report", write_report(results, output_dir, metrics if os.path.isfile(metrics) else None)))
         except Exception as error:  # noqa: BLE001 - the numbers are written; say what the page could not be
             print(f"evaluate: the report could not be written:\n{traceback.format_exc()}", file=sys.stderr)
             problems.append(f"the report could not be written: {type(error).__name__}: {error}")
+    for what, path in written:  # last, where a reader looks for what to open
+        print(f"{what + ':':<8} {path}")
     if problems:
         raise EvaluationError(f"{'; '.join(problems)} (results.json is in {output_dir})")
     return results
 
 
 def implicit_reward_result(scorer: ImplicitRewardAccuracy, backbone, evaluation, datamodule, device, results):
-    """Per held-out pair, the aligned model's implicit-reward accuracy over the base (the base's own is 1/2)."""
+    """Per held-out pair, the aligned model's implicit-reward accuracy over the base (the base's own is 1/2): an
+    accuracy with its interval over pairs (``per="pair"``), not a win rate."""
     if datamodule is None:
         raise EvaluationError(f"scorer {scorer.name!r} needs the recipe's preference data (its data section)")
     datamodule = preference_data(datamodule)
@@ -235,10 +238,10 @@ def implicit_reward_result(scorer: ImplicitRewardAccuracy, backbone, evaluation,
     model.to(device or "cpu")
     won = scorer.measure(model, backbone.model_name_or_path, datamodule.val_dataloader())
     del model
-    results.details[scorer.name] = {"pairs": len(won), "accuracy": sum(won) / max(len(won), 1),
-                                    "note": "per held-out pair, not per prompt; the base is its own reference (1/2)"}
-    result = ScorerResult(scorer.name, scorer.unit, base=[0.5] * len(won), aligned=list(won))
-    return summarise(result, evaluation.num_resamples, evaluation.seed)
+    result = ScorerResult(scorer.name, scorer.unit, base=[0.5] * len(won), aligned=list(won), per="pair")
+    summarise(result, evaluation.num_resamples, evaluation.seed)  # the outcomes' win rate over 1/2 is their mean
+    result.win_rate = None
+    return result
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -253,7 +256,7 @@ def print_table(results: EvalResults, console=None) -> None:
     def fmt(x):
         return "-" if x is None else f"{x:.4g}"
 
-    for s in results.scores:
+    for s in (s for s in results.scores if s.per == "prompt"):
         arrow = "" if s.higher_is_better else " (lower is better)"
         ci = "-" if s.ci_low is None else f"[{s.ci_low:.3f}, {s.ci_high:.3f}]"
         table.add_row(s.name + arrow, s.unit, fmt(s.mean_base), fmt(s.mean_aligned),
@@ -263,6 +266,10 @@ def print_table(results: EvalResults, console=None) -> None:
         if not console.is_terminal:  # a log file or a pipe: rich's 80 columns would cut the scorers' names
             console = Console(width=140)
     console.print(table)
+    for s in (s for s in results.scores if s.per == "pair"):  # an accuracy whose base is 1/2 by construction
+        ci = "" if s.ci_low is None else f" [{s.ci_low:.3f}, {s.ci_high:.3f}]"
+        console.print(f"{s.name.replace('_', ' ')} on held-out pairs: {fmt(s.mean_aligned)}{ci} over {len(s.aligned)}"
+                      " pairs (the base: 0.5 by construction; not a win rate)", soft_wrap=True)
     if any(results.failures.values()):
         console.print(f"generation failures: {results.failures} (first errors in results.json's details)")
 
