@@ -49,6 +49,11 @@ def available_objectives() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def objective_classes() -> dict[str, type["Objective"]]:
+    """Every registered objective's class by its name (``{"dpo": DPO, ...}``)."""
+    return dict(_REGISTRY)
+
+
 def reward_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
     """The four reward metrics every pairwise objective logs; a tie counts one half in the accuracy."""
     chosen_rewards, rejected_rewards = chosen_rewards.detach().float(), rejected_rewards.detach().float()
@@ -243,6 +248,7 @@ __all__ = [
     "Reducer",
     "PairwiseObjective",
     "available_objectives",
+    "objective_classes",
     "as_float",
     "check_label_smoothing",
     "check_nll",
