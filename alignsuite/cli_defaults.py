@@ -30,8 +30,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "model.backbone": ("model.backbone", "model.init_args.backbone"),
     "model.objective": ("model.objective", "model.init_args.objective"),
     "model.optimizer": ("model.optimizer", "model.init_args.optimizer"),
-    "optimizer": ("optimizer", "model.optimizer", "model.init_args.optimizer"),  # either one gives the optimizer
+    "optimizer": ("optimizer",),
 }
+ALSO_GIVEN_BY = {"optimizer": SECTIONS["model.optimizer"]}  # the module's optimizer serves for Lightning's flag
 WHOLE_MODEL = ("model", "model.init_args")  # a model given whole (a file, a class): what it holds is the user's
 FOLDER_LOGGERS = ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.TensorBoardLogger",
                   "lightning.pytorch.loggers.csv_logs.CSVLogger", "lightning.pytorch.loggers.tensorboard.TensorBoardLogger")
@@ -94,7 +95,7 @@ def default_flags(section: str, path: str | None) -> list[str]:
         return ["--model.backbone", class_path]
     if section == "model.objective":
         objective = objective_classes()[DEFAULT_OBJECTIVE]
-        return ["--model.objective", f"{objective.__module__}.{objective.__name__}"]
+        return ["--model.objective", objective.__name__]  # as a user names it: alignsuite.objectives.<name>
     return [f"--{section}", "torch.optim.AdamW", f"--{section}.lr", str(DEFAULT_LR)]
 
 
@@ -108,10 +109,11 @@ def with_default_classes(args: list[str], commands) -> list[str]:
         return args
     inserted = []
     for section, spellings in SECTIONS.items():
-        if any(key in spellings for key, _ in given) or any(lookup(c, s) is not None and (
-                not isinstance(lookup(c, s), dict) or "class_path" in lookup(c, s)) for c in read for s in spellings):
+        classes = spellings + ALSO_GIVEN_BY.get(section, ())
+        if any(key in classes for key, _ in given) or any(lookup(c, s) is not None and (
+                not isinstance(lookup(c, s), dict) or "class_path" in lookup(c, s)) for c in read for s in classes):
             continue  # its class is given
-        options = [key for key, _ in given if key.startswith(tuple(f"{s}." for s in SECTIONS[section][:2]))]
+        options = [key for key, _ in given if key.startswith(tuple(f"{s}." for s in spellings))]
         in_configs = [c for c in read if isinstance(lookup(c, section), dict)]
         if not options and not in_configs:
             continue

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,14 +90,16 @@ def test_the_one_line_takes_options_of_the_default_classes(tiny_lm_dir, capsys):
     assert e.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     objective = printed["model"]["init_args"]["objective"]
-    assert objective["class_path"].endswith(".DPO") and objective["init_args"]["beta"] == 0.3
+    assert objective["class_path"] == "alignsuite.objectives.DPO" and objective["init_args"]["beta"] == 0.3
     assert printed["optimizer"]["class_path"] == "torch.optim.AdamW"
     assert printed["optimizer"]["init_args"]["lr"] == 0.02
     with pytest.raises(SystemExit):  # the optimizer's other options keep the suite's learning rate
         main(["fit", "--model.backbone.model_name_or_path", tiny_lm_dir, "--model.optimizer.weight_decay", "0",
               "--print_config"])
-    optimizer = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["optimizer"]
+    printed = yaml.safe_load(capsys.readouterr().out)
+    optimizer = printed["model"]["init_args"]["optimizer"]
     assert optimizer["init_args"]["lr"] == 1e-6 and optimizer["init_args"]["weight_decay"] == 0
+    assert printed["optimizer"] is None  # which would replace it
 
 
 # ------------------------------------------------------------------ --optimizer
@@ -130,6 +134,13 @@ def test_top_level_help_is_the_suites(capsys):
                                               "build_pairs"}
     for name, summary in commands:  # one line each, not cut mid-sentence
         assert summary.endswith("."), (name, summary)
+
+
+def test_nested_help_names_the_program():
+    """``python -m alignsuite``, as the installed ``alignsuite`` script: jsonargparse's nested help takes its name."""
+    out = subprocess.run([sys.executable, "-m", "alignsuite", "fit", "--model.objective.help", "SimPO"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("usage: alignsuite ") and "--objective.gamma" in out
 
 
 def test_fit_help_shows_the_suites_options_first(capsys):
