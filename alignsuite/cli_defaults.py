@@ -119,9 +119,9 @@ def with_default_classes(args: list[str], commands) -> list[str]:
             continue
         path = None
         if section == "model.backbone":
-            paths = [value for key, value in given if key.endswith(".model_name_or_path") and key in
-                     {f"{s}{sep}model_name_or_path" for s in spellings for sep in (".", ".init_args.")}]
-            paths += [lookup(c, "model.backbone.model_name_or_path") for c in in_configs]
+            paths = [lookup(c, "model.backbone.model_name_or_path") for c in in_configs]  # the command line's win
+            paths += [value for key, value in given
+                      if key in {f"{s}{sep}model_name_or_path" for s in spellings for sep in (".", ".init_args.")}]
             path = next((p for p in reversed(paths) if isinstance(p, str)), None)
             if path is None:
                 continue

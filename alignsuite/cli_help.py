@@ -2,8 +2,8 @@
 
 Lightning's parser lists the Trainer's ~400 lines of options before the model's, and the model's only as
 ``--model.help``: the suite's options (backbone, objective and its hyper-parameters, reference, optimizer, data)
-are summarised here, above the parser's own listing, from the classes' signatures and docstrings and the
-objectives' registry, so the summary cannot drift from the code.
+are summarised here, above the parser's own listing. The names and defaults are read from the code (the
+objectives' registry, the backbones' table, the classes' signatures and exports), so they cannot drift from it.
 """
 
 from __future__ import annotations
