@@ -20,13 +20,15 @@ from lightning.pytorch.callbacks import (
     BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar,
 )
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from torch.optim import Optimizer
 
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
 from alignsuite.callbacks.console import RunProgressBar, RunSummary, quiet_libraries
 from alignsuite.checkpoint_io import AtomicCheckpointIO, last_checkpoint_note
+from alignsuite.cli_defaults import announce_run_folder, fill_in, share_run_folder, with_default_classes
+from alignsuite.cli_help import DESCRIPTION, PROG, HelpFormatter, add_subcommands
 from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, check_monitors, fail
 from alignsuite.data import PreferenceDataModule
 from alignsuite.launch import launch_problem
@@ -78,8 +80,9 @@ class AlignCLI(LightningCLI):
             subclass_mode_data=True,
             trainer_class=AlignTrainer,
             trainer_defaults=TRAINER_DEFAULTS,
+            auto_configure_optimizers=False,  # --optimizer goes to the module (add_arguments_to_parser)
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"default_env": True},
+            parser_kwargs={"default_env": True, "prog": PROG, "description": DESCRIPTION, "formatter_class": HelpFormatter},
             args=args,
             run=run,
             **kwargs,
@@ -88,6 +91,11 @@ class AlignCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {name: set(command.given) for name, command in COMMANDS.items()}
+
+    def _add_subcommands(self, parser, **kwargs) -> None:
+        """Lightning's, with the suite's help (cli_help): each command's summary in one line, its options first."""
+        self._subcommand_parsers = add_subcommands(parser, lambda name, **help: self._prepare_subcommand_parser(
+            self.trainer_class, name, **{**help, **kwargs.get(name, {})}))
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -100,6 +108,7 @@ class AlignCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.add_lightning_class_args(ExportPretrained, "export")
+        parser.add_optimizer_args((Optimizer,))  # handed to the module before it is built (optimizer_into_model)
 
     def parse_arguments(self, parser, args) -> None:
         # Replaces Lightning's, which warns whenever args are given while sys.argv has any: main() gives both.
@@ -108,6 +117,7 @@ class AlignCLI(LightningCLI):
             return
         args = list(sys.argv[1:] if args is None else args)
         check_config_files(args)
+        args = with_default_classes(args, COMMANDS)
         self.config = parser.parse_args(nulls_as_config(args))
         section = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         self.check_launch(section, args)
@@ -129,6 +139,12 @@ class AlignCLI(LightningCLI):
         problem = launch_problem(trainer, config_files(args))
         if problem:
             fail(problem)
+
+    def before_instantiate_classes(self) -> None:
+        fill_in(self.config[self.subcommand] if self.subcommand else self.config)
+
+    def before_fit(self) -> None:
+        announce_run_folder(self.trainer)
 
     def instantiate_classes(self) -> None:
         quiet_libraries()
@@ -327,27 +343,6 @@ def resolve(class_path: str):
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return None
-
-
-def share_run_folder(loggers: list, specs: list) -> list:
-    """Loggers after the first that write into ``save_dir/name/version`` folders and leave ``version`` unset
-    join the first one's folder, so one run is one folder (the CSV metrics beside the TensorBoard events),
-    not two ``version_N`` folders numbered independently.
-    """
-    folder_kinds = (CSVLogger, TensorBoardLogger)
-    if not loggers or not isinstance(loggers[0], folder_kinds) or len(specs) != len(loggers):
-        return loggers
-    first, joined = loggers[0], [loggers[0]]
-    for logger, spec in zip(loggers[1:], specs[1:]):
-        init_args = {}
-        for part in ("init_args", "dict_kwargs"):  # dict_kwargs: what a logger takes through **kwargs
-            value = spec.get(part) if isinstance(spec, (dict, Namespace)) else None
-            init_args.update(value.as_dict() if isinstance(value, Namespace) else value or {})
-        if isinstance(logger, folder_kinds) and init_args.get("version") is None:
-            init_args.update(save_dir=first.save_dir, name=first.name, version=first.version)
-            logger = type(logger)(**init_args)
-        joined.append(logger)
-    return joined
 
 
 def main(argv: list[str] | None = None) -> None:

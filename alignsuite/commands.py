@@ -123,6 +123,8 @@ class Command:
 
     function: Callable
     """The Trainer method (Lightning's own, or one of the functions above)."""
+    summary: str
+    """What the command does, in one line of ``--help``."""
     given: frozenset[str]
     """The method's arguments the CLI passes itself (the model, the data module, the section): not flags."""
     section: str | None = None
@@ -133,12 +135,23 @@ class Command:
     """The method's argument that receives the instantiated section."""
 
 
+# Lightning's commands, in one line each (their docstrings' first lines stop mid-sentence).
+LIGHTNING_SUMMARIES = {
+    "fit": "Train the model on preference data.",
+    "validate": "Score the validation data once.",
+    "test": "Score the test data once.",
+    "predict": "Generate for every prompt of the data.",
+}
 COMMANDS: dict[str, Command] = {
-    **{name: Command(getattr(Trainer, name), frozenset(given)) for name, given in LightningCLI.subcommands().items()},
-    "export": Command(export_checkpoint, frozenset({"model", "datamodule"})),
-    "evaluate": Command(evaluate_models, frozenset({"model", "datamodule", "evaluation"}),
+    **{name: Command(getattr(Trainer, name), LIGHTNING_SUMMARIES[name], frozenset(given))
+       for name, given in LightningCLI.subcommands().items()},
+    "export": Command(export_checkpoint, "Write a checkpoint as a save_pretrained folder.",
+                      frozenset({"model", "datamodule"})),
+    "evaluate": Command(evaluate_models, "Score base and aligned model; write a report.",
+                        frozenset({"model", "datamodule", "evaluation"}),
                         section="evaluate", settings=evaluation_settings, argument="evaluation"),
-    "build_pairs": Command(build_preference_pairs, frozenset({"model", "datamodule", "pairs"}),
+    "build_pairs": Command(build_preference_pairs, "Sample, judge and write preference pairs.",
+                           frozenset({"model", "datamodule", "pairs"}),
                            section="pairs", settings=pair_building_settings, argument="pairs"),
 }
 

@@ -24,6 +24,10 @@ from alignsuite.sharding import (
 from alignsuite.views import check_setup
 
 
+DEFAULT_OBJECTIVE = "dpo"  # a run that names no objective: DPO at its defaults (beta 0.1, as TRL's)
+DEFAULT_LR = 1e-6  # a run that names no optimizer: AdamW at TRL's DPOConfig learning rate
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; training stops rather than train through it."""
 
@@ -68,7 +72,7 @@ class PreferenceModule(LightningModule):
         built_by_cli = _given_hyperparameters.get() is not None
         self.save_hyperparameters(ignore=None if built_by_cli else ["backbone", "objective", "reference", "optimizer"])
         self.backbone = backbone
-        self.objective = objective if objective is not None else get_objective("dpo")
+        self.objective = objective if objective is not None else get_objective(DEFAULT_OBJECTIVE)
         if reference is not None and not self.objective.needs_reference:
             raise ValueError(
                 f"objective {self.objective.name!r} is reference-free, yet model.reference is set"
@@ -169,7 +173,7 @@ class PreferenceModule(LightningModule):
                 " trainer.precision bf16-mixed with model.backbone.dtype bfloat16: frozen weights (the base under"
                 " LoRA, the reference, encoders) stay in bfloat16 and the trainable ones in float32"
             )
-        optimizer = self.optimizer(params) if self.optimizer else torch.optim.AdamW(params, lr=1e-6)
+        optimizer = self.optimizer(params) if self.optimizer else torch.optim.AdamW(params, lr=DEFAULT_LR)
         if self.zero_optimizer:
             optimizer = zero_redundancy(optimizer, params, self.trainer.strategy)
         total = max(int(self.trainer.estimated_stepping_batches), 1)

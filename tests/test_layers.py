@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "alignsuite"
 # Top down, as the style guide draws them. A module's layer is that of its first name under alignsuite
 # ("backbones" for alignsuite.backbones.causal_lm); "" is the package's own __init__.
 LAYERS = [
-    ("cli", "commands", "resume", "__main__"),  # the user's entry points (__main__ runs the cli); resume: which checkpoint a command reads
+    # The user's entry points (__main__ runs the cli); resume: which checkpoint a command reads.
+    ("cli", "cli_defaults", "cli_help", "commands", "resume", "__main__"),
     ("callbacks",),  # users of the step
     ("evaluation",),  # users of the step
     ("module",),  # the one preference step

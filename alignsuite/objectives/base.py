@@ -63,6 +63,11 @@ def renamed_metric(key: str) -> str | None:
     return None
 
 
+def objective_classes() -> dict[str, type["Objective"]]:
+    """Every registered objective's class by its name (``{"dpo": DPO, ...}``)."""
+    return dict(_REGISTRY)
+
+
 def reward_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
     """The four reward metrics every pairwise objective logs, named as TRL's DPOTrainer names them; a tie counts
     one half in the accuracy."""
@@ -258,6 +263,7 @@ __all__ = [
     "Reducer",
     "PairwiseObjective",
     "available_objectives",
+    "objective_classes",
     "as_float",
     "check_label_smoothing",
     "check_nll",
