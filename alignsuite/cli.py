@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
+from alignsuite.cli_errors import AlignParser, reported_errors
 from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
 from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
 from alignsuite.data import PreferenceDataModule
@@ -78,7 +79,7 @@ class AlignCLI(LightningCLI):
             trainer_class=AlignTrainer,
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"default_env": True},
+            parser_class=AlignParser,
             args=args,
             run=run,
             **kwargs,
@@ -386,4 +387,6 @@ def share_run_folder(loggers: list, specs: list) -> list:
 
 
 def main(argv: list[str] | None = None) -> None:
-    AlignCLI(args=argv)
+    """The command line: an error in the arguments or the data is its message alone (see cli_errors)."""
+    with reported_errors():
+        AlignCLI(args=argv)

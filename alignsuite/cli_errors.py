@@ -1,0 +1,170 @@
+"""What the command line says when it stops: one line that names the option, file or row, not a traceback.
+
+A mistyped option gets "did you mean" from the keys that option could have been; a class name that does not
+exist gets the names that do. Options are never taken by a prefix of their name (argparse would read
+``--trainer.max_step`` as ``max_steps``), and no environment variable changes a run behind its command line.
+
+Exit statuses: 2 when the command line, the recipe or a checkpoint it names is refused (before a run starts),
+1 when the run stops on its data (a ``DataError`` naming the file, row and field) or a file it cannot find.
+``ALIGNSUITE_TRACEBACK=1`` prints the full traceback (and jsonargparse's whole message) as well.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import re
+import sys
+import traceback
+from contextlib import contextmanager
+
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.cli import LightningArgumentParser
+
+from alignsuite.data.errors import DataError
+
+TRACEBACK_ENV = "ALIGNSUITE_TRACEBACK"
+USAGE_ERROR, DATA_ERROR = 2, 1
+# jsonargparse's nested message: the lines that frame an error rather than state it.
+_FRAMING = ("Does not validate", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>")
+_KEY = re.compile(r'^Parser key "([^"]+)":')
+_CLASS = re.compile(r"^Problem with given class_path '([^']+)':")
+_OPTION = re.compile(r"^Option '([^']+)' is not accepted")
+_NO_CLASS = re.compile(r"^(?:Expected a dot import path string: (.+)|Import path (\S+) does not correspond)")
+_BASE = re.compile(r"^Subtypes: \[<class '([^']+)'>")
+
+
+def traceback_wanted() -> bool:
+    return os.environ.get(TRACEBACK_ENV, "") not in ("", "0", "false", "False")
+
+
+def print_error(message: str, status: int, details: str | None = None) -> None:
+    """``alignsuite: error: <message>`` on stderr, once however many processes run, and exit with ``status``;
+    ``details`` (a traceback) too when ``ALIGNSUITE_TRACEBACK`` is set."""
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        if details and traceback_wanted():
+            sys.stderr.write(details.rstrip("\n") + "\n")
+        sys.stderr.write(f"alignsuite: error: {message}\n")
+        sys.stderr.flush()
+    raise SystemExit(status)
+
+
+@contextmanager
+def reported_errors():
+    """Around a command: a data error, a missing file or a checkpoint refused while running ends in its message
+    alone (exit 1), the traceback only with ``ALIGNSUITE_TRACEBACK=1``; anything else keeps its traceback."""
+    from alignsuite.checkpoint_io import CheckpointError
+
+    try:
+        yield
+    except (DataError, CheckpointError, FileNotFoundError) as error:
+        print_error(str(error), DATA_ERROR, traceback.format_exc())
+
+
+class AlignParser(LightningArgumentParser):
+    """LightningCLI's parser with exact option names only, no environment overrides, and one-line errors.
+
+    jsonargparse builds its inner parsers (one per class in the config) as instances of this class too, so no
+    parser anywhere takes an abbreviation.
+    """
+
+    def __init__(self, *args, allow_abbrev: bool = False, default_env: bool = False, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=allow_abbrev, default_env=default_env, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # an inner parser: jsonargparse collects the error into the outer message
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        help_hint = f" (see: {parser.prog.replace(' [options]', '')} --help)"
+        print_error(one_line(message, parser) + help_hint, USAGE_ERROR, message)
+
+
+def one_line(message: str, parser) -> str:
+    """jsonargparse's error (a nested report of every alternative it tried) as the one reason that matters."""
+    if message.lower().startswith("unrecognized arguments:"):
+        return unknown_options(message.split(":", 1)[1].split(), parser)
+    lines = [(len(line) - len(line.lstrip(" -")), line.strip().lstrip("- ").strip()) for line in message.splitlines()]
+    stated = [i for i, (_, text) in enumerate(lines)
+              if text and not text.startswith(_FRAMING) and not _KEY.match(text) and not _CLASS.match(text)]
+    if not stated:
+        return message.strip()
+    pick = max(stated, key=lambda i: (lines[i][0], -i))  # the deepest reason, the first of equals
+    depth, reason = lines[pick]
+    keys, class_path, base = [], None, None
+    for indent, text in reversed(lines[:pick]):
+        if base is None and indent <= depth and (match := _BASE.match(text)):
+            base = match.group(1)  # the type a class name was asked for, beside the reason
+        elif indent < depth and (match := _KEY.match(text)):
+            keys.insert(0, match.group(1))
+            depth = indent
+        elif indent < depth and class_path is None and (match := _CLASS.match(text)):
+            class_path = match.group(1)
+            depth = indent
+    where = ".".join(keys)
+    if (match := _OPTION.match(reason)) and class_path:
+        option = match.group(1)
+        valid = class_options(class_path)
+        return f"{where + '.' if where else ''}{option}: {class_path.rpartition('.')[2]} has no option {option!r}" + \
+            suggestion(option, valid, None if difflib.get_close_matches(option, valid, n=1) else "it takes")
+    if (match := _NO_CLASS.match(reason)) and base:
+        given = (match.group(1) or match.group(2)).strip()
+        names = subclass_names(base)
+        return f"{where}: no class {given!r}" + suggestion(given, names, "choose from")
+    return f"{where}: {reason}" if where else reason
+
+
+def unknown_options(given: list[str], parser) -> str:
+    valid = sorted(o for o in parser._option_string_actions if o.startswith("--"))
+    unknown = [arg.split("=", 1)[0] for arg in given if arg.startswith("--")] or given[:1]
+    return "; ".join(f"unknown option {name}" + suggestion(name, valid) for name in unknown)
+
+
+def suggestion(given: str, valid: list[str], listing: str | None = None) -> str:
+    """``; did you mean 'beta'?`` for the closest valid name, or the valid names when none is close."""
+    close = difflib.get_close_matches(given, valid, n=1, cutoff=0.6)
+    if not close and given.lower() in {v.lower() for v in valid}:
+        close = [v for v in valid if v.lower() == given.lower()]
+    text = f"; did you mean {close[0]!r}?" if close else ""
+    if listing and valid:
+        text += f" ({listing}: {', '.join(valid)})"
+    return text
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def class_options(class_path: str) -> list[str]:
+    """The options a class takes in a config: its ``__init__`` arguments, as jsonargparse reads them."""
+    cls = _import(class_path)
+    if cls is None:
+        return []
+    parser = LightningArgumentParser(exit_on_error=False)
+    try:
+        parser.add_class_arguments(cls, "x", fail_untyped=False)
+    except Exception:  # noqa: BLE001 - only a suggestion is lost
+        return []
+    return sorted({a.dest.split(".")[1] for a in parser._actions if a.dest.startswith("x.") and a.dest.count(".") >= 1})
+
+
+def subclass_names(class_path: str) -> list[str]:
+    """The names of the classes (already imported) a config may give where ``class_path`` is asked: its subclasses,
+    less abstract ones and the bases a ``base`` module holds (a PairwiseObjective is no objective to choose)."""
+    base = _import(class_path)
+    if base is None:
+        return []
+    names, todo = set(), [base]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls is base or inspect.isabstract(cls) or cls.__module__.endswith(".base"):
+            continue
+        if "<locals>" not in cls.__qualname__ and not cls.__name__.startswith("_"):
+            names.add(cls.__name__)
+    return sorted(names)

@@ -1,0 +1,99 @@
+"""What the command line says when it stops: one line naming the option or the row, a suggestion, an exit status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from test_cli import recipe, write_jsonl
+
+from alignsuite.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(REPO, "recipes/toy/llm_dpo.yaml")
+
+
+def refused(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", TOY, *args, "--print_config"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err  # no usage dump, no nested report
+    assert err.startswith("alignsuite: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--model.objective.betta", "0.2"], "model.objective.betta: DPO has no option 'betta'; did you mean 'beta'?"),
+    (["--model.init_args.objective.init_args.betta", "0.2"], "did you mean 'beta'?"),
+    (["--data.batch_sise", "3"], "has no option 'batch_sise'; did you mean 'batch_size'?"),
+    (["--trainer.max_stepz", "3"], "unknown option --trainer.max_stepz; did you mean '--trainer.max_steps'?"),
+    (["--model.objective.beta", "abc"], "model.objective.beta: Expected a <class 'float'>. Got value: abc"),
+])
+def test_a_mistyped_option_is_one_line_with_a_suggestion(capsys, args, says):
+    assert says in refused(capsys, *args)
+
+
+def test_an_unknown_objective_lists_the_objectives(capsys):
+    err = refused(capsys, "--model.objective", "DPOO")
+    assert "model.objective: no class 'DPOO'; did you mean 'DPO'?" in err
+    listed = err.split("choose from: ")[1].split(")")[0].split(", ")
+    assert {"DPO", "IPO", "SimPO", "KTO", "ORPO"} <= set(listed)
+    assert "Objective" not in listed and "PairwiseObjective" not in listed  # bases are no choice
+
+
+@pytest.mark.parametrize("option", ["--trainer.max_step", "--checkpoint.dirpat"])
+def test_an_abbreviated_option_is_an_error_not_the_option_it_starts(capsys, option):
+    """argparse would take a prefix as the one option it starts: --trainer.max_step 5 ran 5 max_steps."""
+    assert "did you mean '" + option + ("s" if option.endswith("step") else "h") + "'?" in refused(capsys, option, "5")
+
+
+def test_environment_variables_do_not_change_a_run(capsys, monkeypatch):
+    monkeypatch.setenv("PL_FIT__TRAINER__MAX_STEPS", "7")
+    monkeypatch.setenv("PL_FIT__MODEL__INIT_ARGS__OBJECTIVE", '{"class_path": "IPO"}')
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", TOY, "--print_config"])
+    assert e.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_steps"] == -1  # the Trainer's default: the recipe sets none
+    assert printed["model"]["init_args"]["objective"]["class_path"] == "alignsuite.objectives.DPO"
+
+
+def bad_data(tmp_path) -> str:
+    return write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "echo a", "chosen": "A", "rejected": "a"},
+                                                {"prompt": "echo b", "chosen": "", "rejected": "b"}])
+
+
+def test_a_data_error_is_its_message_alone_with_exit_status_1(tmp_path, tiny_lm_dir):
+    """Run as a user runs it: ``python -m alignsuite fit`` on a file with an empty answer in row 1."""
+    path = recipe(tmp_path, tiny_lm_dir, bad_data(tmp_path))
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("ALIGNSUITE_TRACEBACK", None)
+    done = subprocess.run([sys.executable, "-m", "alignsuite", "fit", "--config", path], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"alignsuite: error: {tmp_path / 'bad.jsonl'}: row 1: field 'chosen': expected non-empty text"
+                      " or a list of chat messages, got ''"], done.stderr
+
+
+def test_the_traceback_is_behind_an_environment_variable(tmp_path, tiny_lm_dir, capsys, monkeypatch):
+    monkeypatch.setenv("ALIGNSUITE_TRACEBACK", "1")
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, bad_data(tmp_path))])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "DataError" in err
+    assert err.rstrip().splitlines()[-1].startswith("alignsuite: error: ")  # the message still ends it
+
+
+def test_a_missing_model_is_one_line_with_exit_status_1(tmp_path, capsys):
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "echo a", "chosen": "A", "rejected": "a"}] * 8)
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", recipe(tmp_path, "./no/such/model", pairs)])
+    assert e.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("alignsuite: error: model path './no/such/model'")
