@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
-from alignsuite.cli_errors import AlignParser, reported_errors
+from alignsuite.cli_errors import AlignParser, new_folders, remove_empty, reported_errors
 from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
 from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
 from alignsuite.data import PreferenceDataModule
@@ -135,6 +135,9 @@ class AlignCLI(LightningCLI):
             if self.trainer.is_global_zero:
                 sys.stderr.write(f"stopped by SIGTERM before the next training step. {last_checkpoint_note(self.trainer)}\n")
             raise SystemExit(143) from None
+        except BaseException:
+            remove_empty(self.created_folders)  # a run that failed before writing anything leaves no version_N
+            raise
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -245,13 +248,15 @@ class AlignCLI(LightningCLI):
             plugins = plugins + [SLURMEnvironment(auto_requeue=False)]
         config["plugins"] = plugins
         try:
-            return super()._instantiate_trainer(config, callbacks)
+            trainer = super()._instantiate_trainer(config, callbacks)
         except ValueError as error:
             if "requires a GPU accelerator" not in str(error):
                 raise
             fail(f"trainer.strategy FSDPStrategy (configs/strategy/fsdp.yaml) runs on GPUs only, with trainer.accelerator"
                  " gpu. To shard on CPUs use FSDP2 through ModelParallelStrategy: --config"
                  f" configs/strategy/fsdp2_cpu2.yaml (two CPU processes; {FSDP2_RECIPE} is the same on GPUs)")
+        self.created_folders = new_folders(trainer.loggers)
+        return trainer
 
 
 def as_list(value) -> list:

@@ -168,3 +168,29 @@ def subclass_names(class_path: str) -> list[str]:
         if "<locals>" not in cls.__qualname__ and not cls.__name__.startswith("_"):
             names.add(cls.__name__)
     return sorted(names)
+
+
+def new_folders(loggers: list) -> list[str]:
+    """The outermost missing folder on the way to each logger's run folder: what the run will create, before it
+    does (on the process that writes them)."""
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return []
+    created = []
+    for path in filter(None, (getattr(logger, "log_dir", None) for logger in loggers)):
+        path, top = os.path.abspath(path), None
+        while not os.path.exists(path):
+            top, path = path, os.path.dirname(path)
+        if top is not None:
+            created.append(top)
+    return created
+
+
+def remove_empty(folders: list[str]) -> None:
+    """Remove what a failed run created and left empty (its ``version_N`` folder), innermost first; a folder that
+    holds anything, a checkpoint or a metrics file, stays as it is."""
+    for top in folders:
+        for path, _, _ in sorted(os.walk(top, topdown=False), key=lambda entry: -len(entry[0])):
+            try:
+                os.rmdir(path)  # only ever removes an empty folder
+            except OSError:
+                pass

@@ -97,3 +97,19 @@ def test_a_missing_model_is_one_line_with_exit_status_1(tmp_path, capsys):
         main(["fit", "--config", recipe(tmp_path, "./no/such/model", pairs)])
     assert e.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("alignsuite: error: model path './no/such/model'")
+
+
+def test_a_failed_run_leaves_no_empty_version_folder(tmp_path, tiny_lm_dir, capsys):
+    """The run that failed on its data had written nothing: its version_1 goes; the earlier run's folder stays."""
+    path = recipe(tmp_path, tiny_lm_dir, bad_data(tmp_path))
+    config = yaml.safe_load(open(path))
+    del config["trainer"]["logger"]["init_args"]["version"]  # the next free version_N, as by default
+    open(path, "w").write(yaml.safe_dump(config))
+    earlier = tmp_path / "runs" / "t" / "version_0"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.csv").write_text("step\n")
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", path])
+    assert e.value.code == 1
+    assert os.listdir(tmp_path / "runs" / "t") == ["version_0"]
+    assert os.listdir(earlier) == ["metrics.csv"]
