@@ -13,7 +13,6 @@ import os
 import sys
 import warnings
 
-import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.callbacks import (
@@ -28,7 +27,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
-from alignsuite.cli_errors import AlignParser, new_folders, remove_empty, reported_errors
+from alignsuite.cli_errors import AlignParser, check_config_files, new_folders, remove_empty, reported_errors
 from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
 from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
 from alignsuite.data import PreferenceDataModule
@@ -42,6 +41,8 @@ TRAINER_DEFAULTS = {
 }
 NULLS = {"null", "Null", "NULL", "~"}  # what YAML reads as None
 CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}  # ckpt_path values Lightning resolves itself
+DOING = {"fit": "resuming from", "export": "exporting", "validate": "validating", "test": "testing",
+         "predict": "predicting with"}  # what a command says it does with the checkpoint --ckpt_path names
 
 
 def _drop_advertisements(record: logging.LogRecord) -> bool:
@@ -114,7 +115,9 @@ class AlignCLI(LightningCLI):
         model = section.get("model")
         self.given_model = model.as_dict() if isinstance(model, Namespace) else None
         ckpt_path = section.get("ckpt_path")
-        if ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in ckpt_path and not os.path.exists(ckpt_path):
+        self.run_dirs = tuple(os.path.dirname(str(c)) for c in section.get("config") or ())  # a run's config.yaml
+        if ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in ckpt_path and not os.path.exists(ckpt_path) \
+                and not is_file_name(ckpt_path):  # a bare name is looked for in the run's checkpoint folder
             fail(f"--ckpt_path {ckpt_path}: no such file (--ckpt_path last resumes from the run's newest last.ckpt)")
         if ckpt_path and os.path.exists(ckpt_path):
             check_checkpoint(ckpt_path, section.get("weights_only"))
@@ -198,7 +201,8 @@ class AlignCLI(LightningCLI):
         hpc = None
         if subcommand == "fit" and ckpt_path in (None, "last") and SLURMEnvironment.detect():
             hpc = hpc_checkpoint(trainer.default_root_dir)  # Lightning would take it silently when not given
-        if ckpt_path != "last" and hpc is None:
+        named = is_file_name(ckpt_path) and not os.path.exists(ckpt_path)
+        if ckpt_path != "last" and hpc is None and not named:
             return ckpt_path
         callback = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
         dirpath = callback.dirpath if callback is not None else None
@@ -208,11 +212,12 @@ class AlignCLI(LightningCLI):
             searched = f"{where}/*/checkpoints/"
         else:
             where = searched = dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
-        last = newest_last_checkpoint(dirpath or (None if logger else where), where)
-        chosen, how = newer_checkpoint(last, hpc)
+        name = ckpt_path if named else "last.ckpt"
+        last = newest_last_checkpoint(dirpath or (None if logger else where), where, name, self.run_dirs)
+        chosen, how = newer_checkpoint(last, hpc, DOING.get(subcommand, f"{subcommand}:"))
         if chosen is None:
-            if subcommand != "fit":
-                fail(f"--ckpt_path last: no last.ckpt in {searched}")
+            if subcommand != "fit" or named:
+                fail(f"--ckpt_path {ckpt_path}: no {name} in {searched}")
             rank_zero_info(f"--ckpt_path last: no last.ckpt in {searched}; training from the start")
             return None
         rank_zero_info(how)
@@ -259,34 +264,13 @@ class AlignCLI(LightningCLI):
         return trainer
 
 
+def is_file_name(path: str | None) -> bool:
+    """``last.ckpt``, ``epoch=0-step=4.ckpt``: a name without a folder, as a ``--ckpt_path`` in the run's folder."""
+    return bool(path) and path not in CKPT_KEYWORDS and os.path.basename(path) == path and "://" not in path
+
+
 def as_list(value) -> list:
     return list(value) if isinstance(value, list) else ([value] if value else [])
-
-
-def check_config_files(args: list[str]) -> None:
-    """A YAML syntax error in a ``--config`` file is named with the file and line (jsonargparse names neither)."""
-    for i, arg in enumerate(args):
-        if arg in ("--config", "-c") and i + 1 < len(args):
-            path = args[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
-        if not os.path.isfile(path):
-            continue
-        try:
-            with open(path) as f:
-                yaml.safe_load(f)
-        except yaml.MarkedYAMLError as error:
-            mark = error.problem_mark
-            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
-            context = ""
-            if error.context and error.context_mark:
-                start = error.context_mark
-                context = f" ({error.context} at line {start.line + 1}, column {start.column + 1})"
-            fail(f"{path}: invalid YAML at {where}: {error.problem}{context}")
-        except yaml.YAMLError as error:
-            fail(f"{path}: invalid YAML: {error}")
 
 
 def nulls_as_config(args: list[str]) -> list[str]:

@@ -20,6 +20,8 @@ import sys
 import traceback
 from contextlib import contextmanager
 
+import yaml
+
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -61,6 +63,32 @@ def reported_errors():
         yield
     except (DataError, CheckpointError, FileNotFoundError) as error:
         print_error(str(error), DATA_ERROR, traceback.format_exc())
+
+
+def check_config_files(args: list[str]) -> None:
+    """A YAML syntax error in a ``--config`` file is named with the file and line (jsonargparse names neither)."""
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                yaml.safe_load(f)
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
+            context = ""
+            if error.context and error.context_mark:
+                start = error.context_mark
+                context = f" ({error.context} at line {start.line + 1}, column {start.column + 1})"
+            print_error(f"{path}: invalid YAML at {where}: {error.problem}{context}", USAGE_ERROR)
+        except yaml.YAMLError as error:
+            print_error(f"{path}: invalid YAML: {error}", USAGE_ERROR)
 
 
 class AlignParser(LightningArgumentParser):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -113,3 +114,27 @@ def test_a_failed_run_leaves_no_empty_version_folder(tmp_path, tiny_lm_dir, caps
     assert e.value.code == 1
     assert os.listdir(tmp_path / "runs" / "t") == ["version_0"]
     assert os.listdir(earlier) == ["metrics.csv"]
+
+
+def test_export_takes_the_checkpoint_file_name_the_readme_gives(tmp_path, tiny_lm_dir, caplog):
+    """``export --config runs/<name>/version_N/config.yaml --ckpt_path last.ckpt``: the name is that run's file
+    (not the newest run's), and the command says it exports, not that it resumes."""
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"echo {c}", "chosen": c.upper(), "rejected": c}
+                                               for c in "abcdefgh"])
+    path = recipe(tmp_path, tiny_lm_dir, pairs, max_steps=1)
+    config = yaml.safe_load(open(path))
+    del config["trainer"]["logger"]["init_args"]["version"]
+    del config["checkpoint"]  # checkpoints in runs/t/version_N/checkpoints/, as by default
+    config["trainer"]["limit_val_batches"] = 0
+    open(path, "w").write(yaml.safe_dump(config))
+    quick = ["--export.enabled", "false"]
+    main(["fit", "--config", path, *quick])
+    main(["fit", "--config", path, *quick, "--trainer.max_steps", "2"])  # a later run, version_1
+    run = tmp_path / "runs" / "t" / "version_0"
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        main(["export", "--config", str(run / "config.yaml"), "--ckpt_path", "last.ckpt"])
+    out = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"exporting {run / 'checkpoints' / 'last.ckpt'} (global step 1)" in out, out
+    assert "resuming" not in out
+    assert json.load(open(run / "export-step1" / "alignsuite_export.json"))["global_step"] == 1
