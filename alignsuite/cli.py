@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
-from alignsuite.cli_errors import AlignParser, check_config_files, new_folders, remove_empty, reported_errors
+from alignsuite.cli_parser import AlignParser, check_config_files, new_folders, remove_empty, reported_errors
 from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
 from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
 from alignsuite.data import PreferenceDataModule
@@ -376,6 +376,6 @@ def share_run_folder(loggers: list, specs: list) -> list:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: an error in the arguments or the data is its message alone (see cli_errors)."""
+    """The command line: an error in the arguments or the data is its message alone (see cli_parser)."""
     with reported_errors():
         AlignCLI(args=argv)

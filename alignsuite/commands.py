@@ -19,12 +19,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks import ExportError, ExportPretrained
 from alignsuite.checkpoint_io import CheckpointError, check_sharded_checkpoint, load_checkpoint_file
-from alignsuite.cli_errors import DATA_ERROR, USAGE_ERROR, print_error
+from alignsuite.cli_parser import DATA_ERROR, USAGE_ERROR, print_error
 
 
 def fail(message: str, status: int = USAGE_ERROR) -> None:
     """A clean command-line error: one line on stderr (once under several processes), exit status 2 as for any
-    bad argument, or ``status`` (1 for data, cli_errors.DATA_ERROR)."""
+    bad argument, or ``status`` (1 for data, cli_parser.DATA_ERROR)."""
     print_error(message, status)
 
 

@@ -138,3 +138,17 @@ def test_export_takes_the_checkpoint_file_name_the_readme_gives(tmp_path, tiny_l
     assert f"exporting {run / 'checkpoints' / 'last.ckpt'} (global step 1)" in out, out
     assert "resuming" not in out
     assert json.load(open(run / "export-step1" / "alignsuite_export.json"))["global_step"] == 1
+
+
+@pytest.mark.parametrize("extra, reference", [
+    ([], {"class_path": "alignsuite.reference.FrozenCopy", "init_args": {"model_name_or_path": None, "dtype": None}}),
+    (["--config", os.path.join(REPO, "configs/peft/lora.yaml")], {"class_path": "alignsuite.reference.AdapterDisabled"}),
+    (["--model.objective", "SimPO"], None),
+])
+def test_print_config_shows_the_reference_that_will_run(capsys, extra, reference):
+    """Left out, the reference is the module's default: printed as that class, not as ``reference: null``."""
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", TOY, *extra, "--print_config"])
+    assert e.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["reference"]
+    assert printed == reference

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "alignsuite"
 # Top down, as the style guide draws them. A module's layer is that of its first name under alignsuite
 # ("backbones" for alignsuite.backbones.causal_lm); "" is the package's own __init__.
 LAYERS = [
-    ("cli", "cli_errors", "commands", "__main__"),  # the user's entry points (__main__ runs the cli)
+    ("cli", "cli_parser", "commands", "__main__"),  # the user's entry points (__main__ runs the cli)
     ("callbacks",),  # users of the step
     ("evaluation",),  # users of the step
     ("module",),  # the one preference step

@@ -1,4 +1,5 @@
-"""What the command line says when it stops: one line that names the option, file or row, not a traceback.
+"""The command line's parser, and what the command line says when it stops: one line that names the option,
+file or row, not a traceback.
 
 A mistyped option gets "did you mean" from the keys that option could have been; a class name that does not
 exist gets the names that do. Options are never taken by a prefix of their name (argparse would read
@@ -7,6 +8,8 @@ exist gets the names that do. Options are never taken by a prefix of their name 
 Exit statuses: 2 when the command line, the recipe or a checkpoint it names is refused (before a run starts),
 1 when the run stops on its data (a ``DataError`` naming the file, row and field) or a file it cannot find.
 ``ALIGNSUITE_TRACEBACK=1`` prints the full traceback (and jsonargparse's whole message) as well.
+
+``--print_config`` prints what will run: a reference left out is printed as the one the module will build.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from contextlib import contextmanager
 
 import yaml
 
+from jsonargparse import Namespace
+from jsonargparse._actions import _ActionPrintConfig
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -101,12 +106,44 @@ class AlignParser(LightningArgumentParser):
     def __init__(self, *args, allow_abbrev: bool = False, default_env: bool = False, **kwargs) -> None:
         super().__init__(*args, allow_abbrev=allow_abbrev, default_env=default_env, **kwargs)
 
+    def dump(self, cfg, *args, **kwargs) -> str:
+        if _ActionPrintConfig.is_print_config_requested(self):  # not the run's saved config.yaml: it stays as given
+            cfg = with_default_reference(cfg)
+        return super().dump(cfg, *args, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # an inner parser: jsonargparse collects the error into the outer message
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         help_hint = f" (see: {parser.prog.replace(' [options]', '')} --help)"
         print_error(one_line(message, parser) + help_hint, USAGE_ERROR, message)
+
+
+def with_default_reference(cfg):
+    """``cfg`` with ``model.init_args.reference``, when left out, set to the reference the module will build
+    (``reference.default_reference``: none for a reference-free objective, AdapterDisabled under LoRA, else a
+    FrozenCopy), with its settings."""
+    from alignsuite.reference import default_reference
+
+    model = cfg.get("model")
+    init = model.get("init_args") if isinstance(model, Namespace) else None
+    if init is None or init.get("reference") is not None or not isinstance(init.get("objective"), Namespace):
+        return cfg
+    objective = _import(init.objective.class_path)
+    backbone = init.get("backbone")
+    lora = backbone.get("init_args.lora") if isinstance(backbone, Namespace) else None
+    if objective is None:
+        return cfg
+    reference = default_reference(objective, Namespace(has_adapters=lora is not None))
+    if reference is None:
+        return cfg
+    kind = type(reference)
+    settings = {name: getattr(reference, name, p.default) for name, p in inspect.signature(kind).parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    cfg = cfg.clone()
+    cfg["model.init_args.reference"] = Namespace(class_path=f"{kind.__module__}.{kind.__qualname__}",
+                                                 **({"init_args": Namespace(**settings)} if settings else {}))
+    return cfg
 
 
 def one_line(message: str, parser) -> str:
