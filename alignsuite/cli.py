@@ -18,13 +18,14 @@ from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvir
 from lightning.pytorch.callbacks import (
     BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar,
 )
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
+from alignsuite.callbacks.predictions import checkpoint_run_dir
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
 from alignsuite.cli_parser import AlignParser, check_config_files, new_folders, remove_empty, reported_errors
@@ -133,7 +134,10 @@ class AlignCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
-            super()._run_subcommand(subcommand)
+            with warnings.catch_warnings():
+                if subcommand != "fit":  # about resuming top-k bookkeeping: nothing a read-only command does
+                    warnings.filterwarnings("ignore", message="The dirpath has changed from")
+                super()._run_subcommand(subcommand)
         except SIGTERMException:  # Lightning's stop outside a training step (validation): status 0 otherwise
             if self.trainer.is_global_zero:
                 sys.stderr.write(f"stopped by SIGTERM before the next training step. {last_checkpoint_note(self.trainer)}\n")
@@ -150,6 +154,10 @@ class AlignCLI(LightningCLI):
         if "ckpt_path" in kwargs:
             kwargs["ckpt_path"] = self.resume_path(subcommand, kwargs["ckpt_path"])
         self.check_checkpoint_recipe(subcommand, kwargs)
+        if subcommand == "predict" and checkpoint_run_dir(kwargs.get("ckpt_path")):
+            # Predictions go beside the checkpoint's run (PredictionWriter): no new run folder for its config.
+            self.trainer.loggers = []
+            self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         return kwargs
 
     def check_checkpoint_recipe(self, subcommand: str, kwargs: dict) -> None:

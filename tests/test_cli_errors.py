@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import yaml
@@ -152,3 +153,25 @@ def test_print_config_shows_the_reference_that_will_run(capsys, extra, reference
     assert e.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["reference"]
     assert printed == reference
+
+
+def test_predict_of_a_runs_checkpoint_writes_beside_it_without_a_new_run_or_a_warning(tmp_path, tiny_lm_dir):
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"echo {c}", "chosen": c.upper(), "rejected": c}
+                                               for c in "abcdefgh"])
+    path = recipe(tmp_path, tiny_lm_dir, pairs, max_steps=1)
+    config = yaml.safe_load(open(path))
+    del config["trainer"]["logger"]["init_args"]["version"]
+    del config["checkpoint"]  # checkpoints in runs/t/version_N/checkpoints/, as by default
+    open(path, "w").write(yaml.safe_dump(config))
+    main(["fit", "--config", path, "--export.enabled", "false"])
+    run = tmp_path / "runs" / "t" / "version_0"
+    before = sorted(os.listdir(run))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["predict", "--config", path, "--ckpt_path", "last"])
+        assert os.listdir(tmp_path / "runs" / "t") == ["version_0"]  # no new run for a prediction
+        main(["validate", "--config", path, "--ckpt_path", "last"])
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    predicted = [json.loads(line) for line in open(run / "predictions-step1.jsonl")]
+    assert len(predicted) == 2 and all(isinstance(r["generation"], str) for r in predicted)
+    assert sorted(os.listdir(run)) == sorted(before + ["predictions-step1.jsonl"])  # nothing else changed there
