@@ -175,3 +175,15 @@ def test_predict_of_a_runs_checkpoint_writes_beside_it_without_a_new_run_or_a_wa
     predicted = [json.loads(line) for line in open(run / "predictions-step1.jsonl")]
     assert len(predicted) == 2 and all(isinstance(r["generation"], str) for r in predicted)
     assert sorted(os.listdir(run)) == sorted(before + ["predictions-step1.jsonl"])  # nothing else changed there
+
+
+def test_under_two_processes_a_data_error_is_said_once(tmp_path, tiny_lm_dir):
+    path = recipe(tmp_path, tiny_lm_dir, bad_data(tmp_path), max_steps=1)
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("ALIGNSUITE_TRACEBACK", None)
+    done = subprocess.run([sys.executable, "-m", "alignsuite", "fit", "--config", path, "--config",
+                           os.path.join(REPO, "configs/strategy/ddp_cpu2.yaml")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.count("alignsuite: error: ") == 1, done.stderr[-3000:]
+    assert done.stderr.count("row 1: field 'chosen'") == 1 and "Traceback" not in done.stderr
