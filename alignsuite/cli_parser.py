@@ -40,6 +40,7 @@ _KEY = re.compile(r'^Parser key "([^"]+)":')
 _CLASS = re.compile(r"^Problem with given class_path '([^']+)':")
 _OPTION = re.compile(r"^Option '([^']+)' is not accepted")
 _NO_CLASS = re.compile(r"^(?:Expected a dot import path string: (.+)|Import path (\S+) does not correspond)")
+_GROUP = re.compile(r"^Group '([^']+)' does not accept option '([^']+)'")
 _BASE = re.compile(r"^Subtypes: \[<class '([^']+)'>")
 
 
@@ -150,6 +151,11 @@ def one_line(message: str, parser) -> str:
     """jsonargparse's error (a nested report of every alternative it tried) as the one reason that matters."""
     if message.lower().startswith("unrecognized arguments:"):
         return unknown_options(message.split(":", 1)[1].split(), parser)
+    if match := _GROUP.match(message.strip()):  # a config file's unknown key in a section (trainer, checkpoint)
+        group, option = match.groups()
+        options = {o for p in option_parsers(parser) for o in p._option_string_actions if o.startswith(f"--{group}.")}
+        valid = sorted(o[len(group) + 3:] for o in options)
+        return f"{group}.{option}: {group} has no option {option!r}" + suggestion(option, valid)
     lines = [(len(line) - len(line.lstrip(" -")), line.strip().lstrip("- ").strip()) for line in message.splitlines()]
     stated = [i for i, (_, text) in enumerate(lines)
               if text and not text.startswith(_FRAMING) and not _KEY.match(text) and not _CLASS.match(text)]
@@ -178,6 +184,12 @@ def one_line(message: str, parser) -> str:
         names = subclass_names(base)
         return f"{where}: no class {given!r}" + suggestion(given, names, "choose from")
     return f"{where}: {reason}" if where else reason
+
+
+def option_parsers(parser) -> list:
+    """The parser and its commands' parsers: a config file's key is checked by the main parser, before a command's."""
+    commands = getattr(parser, "_subcommands_action", None)
+    return [parser, *(commands._name_parser_map.values() if commands is not None else ())]
 
 
 def unknown_options(given: list[str], parser) -> str:

@@ -39,6 +39,15 @@ def test_a_mistyped_option_is_one_line_with_a_suggestion(capsys, args, says):
     assert says in refused(capsys, *args)
 
 
+def test_a_mistyped_key_in_a_config_file_is_one_line_with_a_suggestion(capsys, tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer:\n  max_stepz: 3\n")
+    assert "trainer.max_stepz: trainer has no option 'max_stepz'; did you mean 'max_steps'?" in refused(
+        capsys, "--config", str(typo))
+    typo.write_text("model:\n  init_args:\n    objective:\n      init_args: {betta: 0.2}\n")
+    assert "model.objective.betta: DPO has no option 'betta'; did you mean 'beta'?" in refused(capsys, "--config", str(typo))
+
+
 def test_an_unknown_objective_lists_the_objectives(capsys):
     err = refused(capsys, "--model.objective", "DPOO")
     assert "model.objective: no class 'DPOO'; did you mean 'DPO'?" in err
