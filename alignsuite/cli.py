@@ -1,12 +1,12 @@
 """``python -m alignsuite fit|validate|test|predict|export|evaluate|build_pairs --config recipe.yaml``.
 
 The config plumbing: the LightningCLI subclass, its parser hooks, and the helpers that read arguments and
-explain a config's errors. The commands themselves are a table in ``commands.py``.
+explain a config's errors. The commands themselves are a table in ``commands.py``; the parser, its one-line
+errors and the exit statuses are in ``cli_parser.py``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -28,7 +28,9 @@ from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, Predi
 from alignsuite.callbacks.predictions import checkpoint_run_dir
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
-from alignsuite.cli_parser import AlignParser, check_config_files, new_folders, remove_empty, reported_errors
+from alignsuite.cli_parser import (
+    AlignParser, check_config_files, new_folders, remove_empty, reported_errors, resolve,
+)
 from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
 from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
 from alignsuite.data import PreferenceDataModule
@@ -352,14 +354,6 @@ def class_paths(node, key: str = ""):
     elif isinstance(node, list):
         for i, value in enumerate(node):
             yield from class_paths(value, f"{key}[{i}]")
-
-
-def resolve(class_path: str):
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
 
 
 def share_run_folder(loggers: list, specs: list) -> list:

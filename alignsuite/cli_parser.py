@@ -24,13 +24,14 @@ import traceback
 from contextlib import contextmanager
 
 import yaml
-
 from jsonargparse import Namespace
 from jsonargparse._actions import _ActionPrintConfig
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import LightningArgumentParser
 
+from alignsuite.checkpoint_io import CheckpointError
 from alignsuite.data.errors import DataError
+from alignsuite.reference import default_reference
 
 TRACEBACK_ENV = "ALIGNSUITE_TRACEBACK"
 USAGE_ERROR, DATA_ERROR = 2, 1
@@ -63,8 +64,6 @@ def print_error(message: str, status: int, details: str | None = None) -> None:
 def reported_errors():
     """Around a command: a data error, a missing file or a checkpoint refused while running ends in its message
     alone (exit 1), the traceback only with ``ALIGNSUITE_TRACEBACK=1``; anything else keeps its traceback."""
-    from alignsuite.checkpoint_io import CheckpointError
-
     try:
         yield
     except (DataError, CheckpointError, FileNotFoundError) as error:
@@ -124,13 +123,11 @@ def with_default_reference(cfg):
     """``cfg`` with ``model.init_args.reference``, when left out, set to the reference the module will build
     (``reference.default_reference``: none for a reference-free objective, AdapterDisabled under LoRA, else a
     FrozenCopy), with its settings."""
-    from alignsuite.reference import default_reference
-
     model = cfg.get("model")
     init = model.get("init_args") if isinstance(model, Namespace) else None
     if init is None or init.get("reference") is not None or not isinstance(init.get("objective"), Namespace):
         return cfg
-    objective = _import(init.objective.class_path)
+    objective = resolve(init.objective.class_path)
     backbone = init.get("backbone")
     lora = backbone.get("init_args.lora") if isinstance(backbone, Namespace) else None
     if objective is None:
@@ -177,12 +174,13 @@ def one_line(message: str, parser) -> str:
     if (match := _OPTION.match(reason)) and class_path:
         option = match.group(1)
         valid = class_options(class_path)
-        return f"{where + '.' if where else ''}{option}: {class_path.rpartition('.')[2]} has no option {option!r}" + \
-            suggestion(option, valid, None if difflib.get_close_matches(option, valid, n=1) else "it takes")
+        hint = suggestion(option, valid) or (f" (it takes: {', '.join(valid)})" if valid else "")
+        return f"{where + '.' if where else ''}{option}: {class_path.rpartition('.')[2]} has no option {option!r}{hint}"
     if (match := _NO_CLASS.match(reason)) and base:
         given = (match.group(1) or match.group(2)).strip()
         names = subclass_names(base)
-        return f"{where}: no class {given!r}" + suggestion(given, names, "choose from")
+        listing = f" (choose from: {', '.join(names)})" if names else ""
+        return f"{where}: no class {given!r}{suggestion(given, names)}{listing}"
     return f"{where}: {reason}" if where else reason
 
 
@@ -198,18 +196,15 @@ def unknown_options(given: list[str], parser) -> str:
     return "; ".join(f"unknown option {name}" + suggestion(name, valid) for name in unknown)
 
 
-def suggestion(given: str, valid: list[str], listing: str | None = None) -> str:
-    """``; did you mean 'beta'?`` for the closest valid name, or the valid names when none is close."""
-    close = difflib.get_close_matches(given, valid, n=1, cutoff=0.6)
-    if not close and given.lower() in {v.lower() for v in valid}:
-        close = [v for v in valid if v.lower() == given.lower()]
-    text = f"; did you mean {close[0]!r}?" if close else ""
-    if listing and valid:
-        text += f" ({listing}: {', '.join(valid)})"
-    return text
+def suggestion(given: str, valid: list[str]) -> str:
+    """``; did you mean 'beta'?`` for the closest valid name (difflib's, or the same name in another case); "" for
+    none close."""
+    close = difflib.get_close_matches(given, valid, n=1) or [v for v in valid if v.lower() == given.lower()]
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _import(class_path: str):
+def resolve(class_path: str):
+    """The class a config's ``class_path`` names, or None."""
     module, _, name = class_path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
@@ -219,7 +214,7 @@ def _import(class_path: str):
 
 def class_options(class_path: str) -> list[str]:
     """The options a class takes in a config: its ``__init__`` arguments, as jsonargparse reads them."""
-    cls = _import(class_path)
+    cls = resolve(class_path)
     if cls is None:
         return []
     parser = LightningArgumentParser(exit_on_error=False)
@@ -233,7 +228,7 @@ def class_options(class_path: str) -> list[str]:
 def subclass_names(class_path: str) -> list[str]:
     """The names of the classes (already imported) a config may give where ``class_path`` is asked: its subclasses,
     less abstract ones and the bases a ``base`` module holds (a PairwiseObjective is no objective to choose)."""
-    base = _import(class_path)
+    base = resolve(class_path)
     if base is None:
         return []
     names, todo = set(), [base]
