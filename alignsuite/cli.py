@@ -1,39 +1,42 @@
 """``python -m alignsuite fit|validate|test|predict|export|evaluate|build_pairs --config recipe.yaml``.
 
 The config plumbing: the LightningCLI subclass, its parser hooks, and the helpers that read arguments and
-explain a config's errors. The commands themselves are a table in ``commands.py``.
+explain a config's errors. The commands themselves are a table in ``commands.py``; the parser, its one-line
+errors and the exit statuses are in ``cli_parser.py``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 import sys
 import warnings
 
-import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.callbacks import (
     BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar,
 )
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.optim import Optimizer
 
 from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, PredictionWriter
 from alignsuite.callbacks.console import RunProgressBar, RunSummary, quiet_libraries
+from alignsuite.callbacks.predictions import checkpoint_run_dir
 from alignsuite.checkpoint_io import AtomicCheckpointIO, last_checkpoint_note
 from alignsuite.cli_defaults import announce_run_folder, fill_in, share_run_folder, with_default_classes
 from alignsuite.cli_help import DESCRIPTION, PROG, HelpFormatter, add_subcommands
+from alignsuite.cli_parser import (
+    AlignParser, check_config_files, config_files, new_folders, remove_empty, reported_errors, resolve,
+)
 from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, check_monitors, fail
 from alignsuite.data import PreferenceDataModule
 from alignsuite.launch import launch_problem
 from alignsuite.module import PreferenceModule
-from alignsuite.resume import check_same_recipe, checkpoint_read, resume_path
+from alignsuite.resume import CKPT_KEYWORDS, check_same_recipe, checkpoint_read, is_file_name, resume_path
 from alignsuite.sharding import FSDP2_RECIPE
 from alignsuite.slurm import apply_slurm_layout
 
@@ -42,7 +45,6 @@ TRAINER_DEFAULTS = {
     "log_every_n_steps": 10,
 }
 NULLS = {"null", "Null", "NULL", "~"}  # what YAML reads as None
-CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}  # ckpt_path values Lightning resolves itself
 
 
 def _drop_advertisements(record: logging.LogRecord) -> bool:
@@ -82,7 +84,8 @@ class AlignCLI(LightningCLI):
             trainer_defaults=TRAINER_DEFAULTS,
             auto_configure_optimizers=False,  # --optimizer goes to the module (add_arguments_to_parser)
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"default_env": True, "prog": PROG, "description": DESCRIPTION, "formatter_class": HelpFormatter},
+            parser_class=AlignParser,
+            parser_kwargs={"prog": PROG, "description": DESCRIPTION, "formatter_class": HelpFormatter},
             args=args,
             run=run,
             **kwargs,
@@ -125,7 +128,9 @@ class AlignCLI(LightningCLI):
         model = section.get("model")
         self.given_model = model.as_dict() if isinstance(model, Namespace) else None
         ckpt_path = section.get("ckpt_path")
-        if ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in ckpt_path and not os.path.exists(ckpt_path):
+        self.run_dirs = tuple(os.path.dirname(str(c)) for c in section.get("config") or ())  # a run's config.yaml
+        if ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in ckpt_path and not os.path.exists(ckpt_path) \
+                and not is_file_name(ckpt_path):  # a bare name is looked for in the run's checkpoint folder
             fail(f"--ckpt_path {ckpt_path}: no such file (--ckpt_path last resumes from the run's newest last.ckpt)")
         if ckpt_path and os.path.exists(ckpt_path):
             check_checkpoint(ckpt_path, section.get("weights_only"))
@@ -158,11 +163,17 @@ class AlignCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
-            super()._run_subcommand(subcommand)
+            with warnings.catch_warnings():
+                if subcommand != "fit":  # about resuming top-k bookkeeping: nothing a read-only command does
+                    warnings.filterwarnings("ignore", message="The dirpath has changed from")
+                super()._run_subcommand(subcommand)
         except SIGTERMException:  # Lightning's stop outside a training step (validation): status 0 otherwise
             if self.trainer.is_global_zero:
                 sys.stderr.write(f"stopped by SIGTERM before the next training step. {last_checkpoint_note(self.trainer)}\n")
             raise SystemExit(143) from None
+        except BaseException:
+            remove_empty(self.created_folders)  # a run that failed before writing anything leaves no version_N
+            raise
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -170,8 +181,12 @@ class AlignCLI(LightningCLI):
         if command.section:
             kwargs[command.argument] = self.config_init[subcommand][command.section]
         if "ckpt_path" in kwargs:
-            kwargs["ckpt_path"] = resume_path(self.trainer, subcommand, kwargs["ckpt_path"])
+            kwargs["ckpt_path"] = resume_path(self.trainer, subcommand, kwargs["ckpt_path"], self.run_dirs)
         self.check_checkpoint_recipe(subcommand, kwargs)
+        if subcommand == "predict" and checkpoint_run_dir(kwargs.get("ckpt_path")):
+            # Predictions go beside the checkpoint's run (PredictionWriter): no new run folder for its config.
+            self.trainer.loggers = []
+            self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         return kwargs
 
     def check_checkpoint_recipe(self, subcommand: str, kwargs: dict) -> None:
@@ -222,46 +237,19 @@ class AlignCLI(LightningCLI):
             plugins = plugins + [SLURMEnvironment(auto_requeue=False)]
         config["plugins"] = plugins
         try:
-            return super()._instantiate_trainer(config, callbacks)
+            trainer = super()._instantiate_trainer(config, callbacks)
         except ValueError as error:
             if "requires a GPU accelerator" not in str(error):
                 raise
             fail(f"trainer.strategy FSDPStrategy (configs/strategy/fsdp.yaml) runs on GPUs only, with trainer.accelerator"
                  " gpu. To shard on CPUs use FSDP2 through ModelParallelStrategy: --config"
                  f" configs/strategy/fsdp2_cpu2.yaml (two CPU processes; {FSDP2_RECIPE} is the same on GPUs)")
+        self.created_folders = new_folders(trainer.loggers)
+        return trainer
 
 
 def as_list(value) -> list:
     return list(value) if isinstance(value, list) else ([value] if value else [])
-
-
-def config_files(args: list[str]) -> list[str]:
-    """The ``--config`` files given, in order."""
-    paths = []
-    for i, arg in enumerate(args):
-        if arg in ("--config", "-c") and i + 1 < len(args):
-            paths.append(args[i + 1])
-        elif arg.startswith("--config="):
-            paths.append(arg.split("=", 1)[1])
-    return [path for path in paths if os.path.isfile(path)]
-
-
-def check_config_files(args: list[str]) -> None:
-    """A YAML syntax error in a ``--config`` file is named with the file and line (jsonargparse names neither)."""
-    for path in config_files(args):
-        try:
-            with open(path) as f:
-                yaml.safe_load(f)
-        except yaml.MarkedYAMLError as error:
-            mark = error.problem_mark
-            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
-            context = ""
-            if error.context and error.context_mark:
-                start = error.context_mark
-                context = f" ({error.context} at line {start.line + 1}, column {start.column + 1})"
-            fail(f"{path}: invalid YAML at {where}: {error.problem}{context}")
-        except yaml.YAMLError as error:
-            fail(f"{path}: invalid YAML: {error}")
 
 
 def nulls_as_config(args: list[str]) -> list[str]:
@@ -337,13 +325,9 @@ def class_paths(node, key: str = ""):
             yield from class_paths(value, f"{key}[{i}]")
 
 
-def resolve(class_path: str):
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> None:
-    AlignCLI(args=argv)
+    """The command line: an error in the arguments or the data is its message alone (see cli_parser)."""
+    with reported_errors():
+        AlignCLI(args=argv)

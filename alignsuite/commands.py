@@ -10,7 +10,6 @@ parser from :data:`COMMANDS`, and an assertion at the end of this file keeps the
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,13 +19,14 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks import ExportError, ExportPretrained
 from alignsuite.checkpoint_io import CheckpointError, check_sharded_checkpoint, load_checkpoint_file
+from alignsuite.cli_parser import DATA_ERROR, USAGE_ERROR, print_error
 from alignsuite.objectives.base import renamed_metric
 
 
-def fail(message: str) -> None:
-    """A clean command-line error: one line on stderr, exit status 2 (as for any bad argument)."""
-    sys.stderr.write(f"error: {message}\n")
-    raise SystemExit(2)
+def fail(message: str, status: int = USAGE_ERROR) -> None:
+    """A clean command-line error: one line on stderr (once under several processes), exit status 2 as for any
+    bad argument, or ``status`` (1 for data, cli_parser.DATA_ERROR)."""
+    print_error(message, status)
 
 
 def check_monitors(listed: list, sections: list) -> None:
@@ -99,7 +99,9 @@ def build_preference_pairs(self, model, datamodule=None, pairs=None):
     backbone.policy.eval()
     try:
         return pairs.run(backbone)
-    except (DataError, FileNotFoundError, PairBuildingError) as error:
+    except (DataError, FileNotFoundError) as error:
+        fail(str(error), DATA_ERROR)
+    except PairBuildingError as error:
         fail(str(error))
 
 

@@ -21,15 +21,27 @@ from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperpa
 from alignsuite.checkpoint_io import INDEX, CheckpointError
 from alignsuite.commands import fail
 
+CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}  # ckpt_path values Lightning resolves itself
+DOING = {"fit": "resuming from", "export": "exporting", "validate": "validating", "test": "testing",
+         "predict": "predicting with"}  # what a command says it does with the checkpoint --ckpt_path names
 
-def resume_path(trainer, subcommand: str, ckpt_path: str | None) -> str | None:
-    """``last`` as a file, and under SLURM the newer of ``last.ckpt`` and Lightning's requeue checkpoint.
-    A SLURM job's fit given no checkpoint resumes the job's own (see ``own_job_checkpoint``)."""
+
+def is_file_name(path: str | None) -> bool:
+    """``last.ckpt``, ``epoch=0-step=4.ckpt``: a name without a folder, as a ``--ckpt_path`` in the run's folder."""
+    return bool(path) and path not in CKPT_KEYWORDS and os.path.basename(path) == path and "://" not in path
+
+
+def resume_path(trainer, subcommand: str, ckpt_path: str | None, run_dirs: tuple[str, ...] = ()) -> str | None:
+    """``last`` as a file, and under SLURM the newer of ``last.ckpt`` and Lightning's requeue checkpoint. A bare
+    file name (``last.ckpt``) that is not there is looked for in the run's checkpoint folder: ``run_dirs`` are the
+    folders of the run ``config.yaml`` files given with ``--config``. A SLURM job's fit given no checkpoint
+    resumes the job's own (see ``own_job_checkpoint``)."""
     hpc = None
     if subcommand == "fit" and ckpt_path in (None, "last") and SLURMEnvironment.detect():
         hpc = hpc_checkpoint(trainer.default_root_dir)  # Lightning would take it silently when not given
     own_job = subcommand == "fit" and ckpt_path is None and SLURMEnvironment.detect()
-    if ckpt_path != "last" and hpc is None and not own_job:
+    named = is_file_name(ckpt_path) and not os.path.exists(ckpt_path)
+    if ckpt_path != "last" and hpc is None and not own_job and not named:
         return ckpt_path
     callback = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     dirpath = callback.dirpath if callback is not None else None
@@ -39,17 +51,18 @@ def resume_path(trainer, subcommand: str, ckpt_path: str | None) -> str | None:
         searched = f"{where}/*/checkpoints/"
     else:
         where = searched = dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
-    last = newest_last_checkpoint(dirpath or (None if logger else where), where)
+    name = ckpt_path if named else "last.ckpt"
+    last = newest_last_checkpoint(dirpath or (None if logger else where), where, name, run_dirs)
     if own_job and hpc is None:  # with a requeue checkpoint, the newer of the two, as before
         last, why = own_job_checkpoint(last, searched)
         if why:
             rank_zero_info(why)
         if last is None:
             return None
-    chosen, how = newer_checkpoint(last, hpc)
+    chosen, how = newer_checkpoint(last, hpc, DOING.get(subcommand, f"{subcommand}:"))
     if chosen is None:
-        if subcommand != "fit":
-            fail(f"--ckpt_path last: no last.ckpt in {searched}")
+        if subcommand != "fit" or named:
+            fail(f"--ckpt_path {ckpt_path}: no {name} in {searched}")
         rank_zero_info(f"--ckpt_path last: no last.ckpt in {searched}; training from the start")
         return None
     rank_zero_info(how)
@@ -90,4 +103,4 @@ def check_same_recipe(subcommand: str, ckpt_path: str, given_model: dict | None,
     fail(f"{option} {ckpt_path} was written by a different recipe: {'; '.join(differences)}. {why}")
 
 
-__all__ = ["check_same_recipe", "checkpoint_read", "resume_path"]
+__all__ = ["CKPT_KEYWORDS", "check_same_recipe", "checkpoint_read", "is_file_name", "resume_path"]

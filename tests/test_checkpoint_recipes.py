@@ -30,7 +30,7 @@ def refused(args, capsys) -> str:
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("alignsuite: error:")]
     assert len(errors) == 1 and len(errors[0]) < 700, errors
     return errors[0]
 
@@ -47,7 +47,7 @@ COMMANDS = {
 def test_a_checkpoint_of_another_recipe_is_refused_naming_what_differs(trained, tmp_path, capsys, command):  # noqa: F811
     other = lora_recipe(trained, tmp_path)
     err = refused([command, "--config", other, "--ckpt_path", trained["ckpt"], *COMMANDS[command](tmp_path)], capsys)
-    assert err.startswith(f"error: --ckpt_path {trained['ckpt']} was written by a different recipe: {DIFFERS}")
+    assert err.startswith(f"alignsuite: error: --ckpt_path {trained['ckpt']} was written by a different recipe: {DIFFERS}")
     assert f"{command} reads it into the recipe's model" in err
     assert not (tmp_path / "out").exists()
 
@@ -57,7 +57,7 @@ def test_evaluate_refuses_a_checkpoint_of_another_recipe(trained, tmp_path, caps
     err = refused(["evaluate", "--config", other, "--evaluate.aligned", trained["ckpt"], "--evaluate.prompts", "toy:llm",
                    "--evaluate.scorers", TOY_REWARD, "--evaluate.num_prompts", "4", "--evaluate.output_dir",
                    str(tmp_path / "eval")], capsys)
-    assert err.startswith(f"error: evaluate.aligned {trained['ckpt']} was written by a different recipe: {DIFFERS}")
+    assert err.startswith(f"alignsuite: error: evaluate.aligned {trained['ckpt']} was written by a different recipe: {DIFFERS}")
     assert not (tmp_path / "eval").exists()
 
 
@@ -65,7 +65,7 @@ def test_last_outside_fit_never_takes_another_recipes_checkpoint(trained, tmp_pa
     """Another variant whose checkpoint folder is the trained run's: its `last` is the other run's file."""
     other = lora_recipe(trained, tmp_path, dirpath=str(trained["root"] / "ckpt"))
     err = refused(["validate", "--config", other, "--ckpt_path", "last"], capsys)
-    assert err.startswith(f"error: --ckpt_path {trained['ckpt']} was written by a different recipe: {DIFFERS}")
+    assert err.startswith(f"alignsuite: error: --ckpt_path {trained['ckpt']} was written by a different recipe: {DIFFERS}")
 
 
 def test_the_recipe_that_wrote_a_checkpoint_reads_it(trained, tmp_path):  # noqa: F811

@@ -254,7 +254,7 @@ def test_reference_free_objective_with_a_reference_is_an_error(tmp_path, tiny_lm
         main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, objective="SimPO", extra_model=extra)])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert re.search(r"^error: model: objective 'simpo' is reference-free.*remove model.reference$", err, re.M), err
+    assert re.search(r"^alignsuite: error: model: objective 'simpo' is reference-free.*remove model.reference$", err, re.M), err
 
 
 @pytest.mark.parametrize("objective, args, reason", [
@@ -268,7 +268,7 @@ def test_a_bad_hyperparameter_is_a_clean_error_with_its_reason(tmp_path, tiny_lm
         main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file, objective=objective, objective_args=args)])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {reason}"), err
+    assert err.startswith(f"alignsuite: error: {reason}"), err
     assert "Union subtypes" not in err and "Traceback" not in err
 
 
@@ -333,18 +333,20 @@ def test_tensorboard_fragment_logs_into_the_same_run_folder(tmp_path, tiny_lm_di
     assert "metrics.csv" in files and any(f.startswith("events.out.tfevents") for f in files), files
 
 
-def test_bad_row_names_file_row_and_field(tmp_path, tiny_lm_dir):
-    from alignsuite.data import DataError
-
+def test_bad_row_names_file_row_and_field(tmp_path, tiny_lm_dir, capsys):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "echo a", "chosen": "A", "rejected": "a"},
                                                {"prompt": "echo b", "chosen": "", "rejected": "b"}])
-    with pytest.raises(DataError, match=r"bad\.jsonl: row 1: field 'chosen'"):
+    with pytest.raises(SystemExit) as e:  # the command line: the message alone, status 1 (tests/test_cli_errors.py)
         main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, bad)])
+    assert e.value.code == 1
+    assert re.search(r"bad\.jsonl: row 1: field 'chosen'", capsys.readouterr().err)
 
 
-def test_missing_model_path_is_named(tmp_path, pair_file):
-    with pytest.raises(FileNotFoundError, match="no/such/model"):
+def test_missing_model_path_is_named(tmp_path, pair_file, capsys):
+    with pytest.raises(SystemExit) as e:
         main(["fit", "--config", recipe(tmp_path, "./no/such/model", pair_file)])
+    assert e.value.code == 1
+    assert "no/such/model" in capsys.readouterr().err
 
 
 def test_validate_test_and_predict(tmp_path, tiny_lm_dir, pair_file, capsys):

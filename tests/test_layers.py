@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "alignsuite"
 # ("backbones" for alignsuite.backbones.causal_lm); "" is the package's own __init__.
 LAYERS = [
     # The user's entry points (__main__ runs the cli); resume: which checkpoint a command reads.
-    ("cli", "cli_defaults", "cli_help", "commands", "resume", "__main__"),
+    ("cli", "cli_defaults", "cli_help", "cli_parser", "commands", "resume", "__main__"),
     ("callbacks",),  # users of the step
     ("evaluation",),  # users of the step
     ("module",),  # the one preference step

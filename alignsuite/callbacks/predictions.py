@@ -1,4 +1,5 @@
-"""Keep what ``predict`` generates: one JSON object per row in ``<log dir>/predictions.jsonl``."""
+"""Keep what ``predict`` generates: one JSON object per row in ``<log dir>/predictions.jsonl``, or beside the run
+whose checkpoint it predicts with (``<run>/predictions-step<N>.jsonl``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,17 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from alignsuite.callbacks.preemption import global_step
+
+
+def checkpoint_run_dir(ckpt_path: str | None) -> str | None:
+    """The run folder a checkpoint belongs to: ``<run>`` for ``<run>/checkpoints/<file>`` (where a run's logger
+    keeps them by default), else None (a checkpoint folder of its own, ``checkpoint.dirpath``)."""
+    if not ckpt_path or not os.path.exists(ckpt_path):
+        return None
+    folder = os.path.dirname(os.path.abspath(ckpt_path))
+    return os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else None
+
 
 class PredictionWriter(BasePredictionWriter):
     """Append each predicted batch to a JSON-lines file as it comes, so nothing is held until the end.
@@ -19,8 +31,9 @@ class PredictionWriter(BasePredictionWriter):
     image is saved as ``predictions/<index>.png`` beside the file and the row holds that relative path.
 
     Args:
-        path: the file; defaults to ``<log dir>/predictions.jsonl`` (``predictions.rank<N>.jsonl`` on
-            process N > 0 of a multi-process run).
+        path: the file; defaults to ``<run>/predictions-step<N>.jsonl`` for a checkpoint of step N in a run's
+            ``checkpoints/`` folder, else ``<log dir>/predictions.jsonl`` (``.rank<K>.jsonl`` on process K > 0
+            of a multi-process run).
     """
 
     def __init__(self, path: str | None = None) -> None:
@@ -30,7 +43,13 @@ class PredictionWriter(BasePredictionWriter):
         self.rows = 0
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        path = self.path or os.path.join(trainer.log_dir or trainer.default_root_dir, "predictions.jsonl")
+        run = checkpoint_run_dir(trainer.ckpt_path)
+        if self.path:
+            path = self.path
+        elif run:
+            path = os.path.join(run, f"predictions-step{global_step(trainer.ckpt_path)}.jsonl")
+        else:
+            path = os.path.join(trainer.log_dir or trainer.default_root_dir, "predictions.jsonl")
         if trainer.world_size > 1 and trainer.global_rank > 0:
             path = f"{os.path.splitext(path)[0]}.rank{trainer.global_rank}.jsonl"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

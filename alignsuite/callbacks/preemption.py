@@ -158,13 +158,18 @@ def _number(path: str, pattern: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def newest_last_checkpoint(dirpath: str | None, log_root: str) -> str | None:
+def newest_last_checkpoint(dirpath: str | None, log_root: str, name: str = "last.ckpt",
+                           run_dirs: tuple[str, ...] = ()) -> str | None:
     """``dirpath/last.ckpt`` when the checkpoint folder is fixed; otherwise the ``last.ckpt`` of the highest
-    ``log_root/version_N`` that has one (every launch logs into a new version folder)."""
+    ``log_root/version_N`` that has one (every launch logs into a new version folder). Another file ``name``
+    is looked for the same way, first in ``run_dirs/checkpoints/`` (the run whose saved config.yaml was given)."""
     if dirpath:
-        path = os.path.join(dirpath, "last.ckpt")
+        path = os.path.join(dirpath, name)
         return path if os.path.exists(path) else None  # a file, or a sharded checkpoint's folder
-    found = glob.glob(os.path.join(glob.escape(log_root), "*", "checkpoints", "last.ckpt"))
+    for run_dir in reversed(run_dirs):
+        if os.path.exists(path := os.path.join(run_dir, "checkpoints", name)):
+            return path
+    found = glob.glob(os.path.join(glob.escape(log_root), "*", "checkpoints", glob.escape(name)))
     key = lambda p: (_number(os.path.dirname(os.path.dirname(p)), r"version_(\d+)"), os.path.getmtime(p))  # noqa: E731
     return max(found, key=key) if found else None
 
@@ -205,12 +210,12 @@ def own_job_checkpoint(last: str | None, searched: str) -> tuple[str | None, str
     return None, ""
 
 
-def newer_checkpoint(last: str | None, hpc: str | None) -> tuple[str | None, str]:
+def newer_checkpoint(last: str | None, hpc: str | None, doing: str = "resuming from") -> tuple[str | None, str]:
     """Of ``last.ckpt`` and a SLURM requeue checkpoint, the one at the later global step (last.ckpt on a tie),
-    with a sentence saying which and why."""
+    with a sentence saying which and why (``doing`` what with it: "exporting" for the export command)."""
     if hpc is None or last is None:
         chosen = last or hpc
-        return chosen, f"resuming from {chosen} (global step {global_step(chosen)})" if chosen else ""
+        return chosen, f"{doing} {chosen} (global step {global_step(chosen)})" if chosen else ""
     steps = {last: global_step(last), hpc: global_step(hpc)}
     chosen, other = (hpc, last) if steps[hpc] > steps[last] else (last, hpc)
     return chosen, (f"resuming from {chosen} (global step {steps[chosen]}), newer than or as new as {other}"
