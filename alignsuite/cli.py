@@ -29,7 +29,7 @@ from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, Predi
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
 from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
-from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail
+from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail, import_named_classes
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 from alignsuite.sharding import FSDP2_RECIPE
@@ -70,6 +70,7 @@ class AlignCLI(LightningCLI):
         # Lightning's own deprecation inside its pytree helper, under this torch: nothing a user can act on.
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertisements)
+        import_named_classes()
         super().__init__(
             PreferenceModule,
             PreferenceDataModule,

@@ -9,6 +9,7 @@ parser from :data:`COMMANDS`, and an assertion at the end of this file keeps the
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,21 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks import ExportError, ExportPretrained
 from alignsuite.checkpoint_io import CheckpointError, check_sharded_checkpoint, load_checkpoint_file
+
+
+# The packages whose classes a config may name by class name alone (--model.backbone CausalLM, --trainer.callbacks+
+# ImageGrid): jsonargparse looks such a name up among the subclasses already imported, and lists those in --help.
+NAMED_IN_CONFIGS = ("alignsuite.backbones", "alignsuite.callbacks", "alignsuite.evaluation")
+
+
+def import_named_classes() -> None:
+    """Import every name in the ``__all__`` of a package in :data:`NAMED_IN_CONFIGS`, before any parser is built.
+    Those packages load their modules on first use, and the modules import a modality's libraries only when a model
+    is built, so this stays cheap: a language run loads neither diffusers nor the speech and evaluation extras."""
+    for package in NAMED_IN_CONFIGS:
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            getattr(module, name)
 
 
 def fail(message: str) -> None:

@@ -24,8 +24,10 @@ LAYERS = [
     ("toy", "reference"),  # worlds built with backbones; reference scores
     ("speech", "pairs"),  # modality tools; building pairs from judged samples
     ("backbones", "objectives", "sharding"),
-    # The ground floor. slurm reads the cluster's environment and imports nothing of the package's.
-    ("data", "views", "scores", "sources", "checkpoint_io", "components", "judging", "generation", "slurm", ""),
+    # The ground floor. slurm reads the cluster's environment and imports nothing of the package's; lazy (loading a
+    # package's names on first use, optional libraries and their pip extras) imports nothing of it either.
+    ("data", "views", "scores", "sources", "checkpoint_io", "components", "judging", "generation", "slurm", "lazy",
+     ""),
 ]
 LAYER = {name: len(LAYERS) - floor for floor, names in enumerate(LAYERS) for name in names}
 MAX_LINES = 400
