@@ -29,7 +29,9 @@ from alignsuite.callbacks import CheckpointOnPreemption, ExportPretrained, Predi
 from alignsuite.callbacks.preemption import hpc_checkpoint, newer_checkpoint, newest_last_checkpoint
 from alignsuite.callbacks.recipe_match import recipe_differences, stored_hyperparameters
 from alignsuite.checkpoint_io import INDEX, AtomicCheckpointIO, CheckpointError, last_checkpoint_note
-from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, fail, import_named_classes
+from alignsuite.commands import (
+    COMMANDS, AlignTrainer, check_checkpoint, fail, fail_on_missing_extra, import_named_classes,
+)
 from alignsuite.data import PreferenceDataModule
 from alignsuite.module import PreferenceModule
 from alignsuite.sharding import FSDP2_RECIPE
@@ -387,4 +389,9 @@ def share_run_folder(loggers: list, specs: list) -> list:
 
 
 def main(argv: list[str] | None = None) -> None:
-    AlignCLI(args=argv)
+    try:
+        AlignCLI(args=argv)
+    except Exception as error:
+        fail_on_missing_extra(error)
+        raise
+

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks import ExportError, ExportPretrained
 from alignsuite.checkpoint_io import CheckpointError, check_sharded_checkpoint, load_checkpoint_file
+from alignsuite.lazy import MissingExtra
 
 
 # The packages whose classes a config may name by class name alone (--model.backbone CausalLM, --trainer.callbacks+
@@ -42,6 +43,17 @@ def fail(message: str) -> None:
     """A clean command-line error: one line on stderr, exit status 2 (as for any bad argument)."""
     sys.stderr.write(f"error: {message}\n")
     raise SystemExit(2)
+
+
+def fail_on_missing_extra(error: BaseException) -> None:
+    """An optional library missing (:class:`~alignsuite.lazy.MissingExtra`, often inside jsonargparse's own errors)
+    is one line naming the extra that installs it; any other error is left to its caller."""
+    for _ in range(50):
+        if error is None:
+            return
+        if isinstance(error, MissingExtra):
+            fail(str(error))
+        error = error.__cause__ or error.__context__
 
 
 def check_checkpoint(path: str, weights_only: bool | None) -> None:

@@ -174,3 +174,17 @@ def test_an_import_error_inside_an_installed_library_is_not_called_a_missing_ext
         with optional("speech", "this"):
             import not_a_library_of_alignsuite  # noqa: F401
     assert "pip install" not in str(raised.value)
+
+
+def test_the_command_line_gives_a_missing_extra_in_one_line(monkeypatch, capsys):
+    """Raised while jsonargparse builds the backbone, the error arrived inside a Union error after a long traceback."""
+    from alignsuite.cli import main
+
+    missing(monkeypatch, "diffusers", "alignsuite.backbones.flow_tts_model")
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", os.path.join(REPO, "recipes/toy/tts_flow_dpo.yaml"), "--trainer.max_steps", "1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == ("error: the flow-matching TTS backbone (FlowMatchingTTS) needs diffusers, which is"
+                                    ' not installed: pip install "alignsuite[speech]"'), err
+    assert "Traceback" not in err and "Union" not in err
