@@ -32,7 +32,9 @@ from alignsuite.cli_help import DESCRIPTION, PROG, HelpFormatter, add_subcommand
 from alignsuite.cli_parser import (
     AlignParser, check_config_files, config_files, new_folders, remove_empty, reported_errors, resolve,
 )
-from alignsuite.commands import COMMANDS, AlignTrainer, check_checkpoint, check_monitors, fail
+from alignsuite.commands import (
+    COMMANDS, AlignTrainer, check_checkpoint, check_monitors, fail, fail_on_missing_extra, import_named_classes,
+)
 from alignsuite.data import PreferenceDataModule
 from alignsuite.launch import launch_problem
 from alignsuite.module import PreferenceModule
@@ -75,6 +77,7 @@ class AlignCLI(LightningCLI):
         # Lightning's own deprecation inside its pytree helper, under this torch: nothing a user can act on.
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertisements)
+        import_named_classes()
         super().__init__(
             PreferenceModule,
             PreferenceDataModule,
@@ -325,9 +328,12 @@ def class_paths(node, key: str = ""):
             yield from class_paths(value, f"{key}[{i}]")
 
 
-
-
 def main(argv: list[str] | None = None) -> None:
-    """The command line: an error in the arguments or the data is its message alone (see cli_parser)."""
+    """The command line: an error in the arguments or the data is its message alone (see cli_parser), and so is
+    a modality's library that is not installed (naming the pip extra)."""
     with reported_errors():
-        AlignCLI(args=argv)
+        try:
+            AlignCLI(args=argv)
+        except Exception as error:
+            fail_on_missing_extra(error)
+            raise

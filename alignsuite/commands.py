@@ -9,6 +9,7 @@ parser from :data:`COMMANDS`, and an assertion at the end of this file keeps the
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -20,7 +21,23 @@ from lightning.pytorch.utilities import rank_zero_info
 from alignsuite.callbacks import ExportError, ExportPretrained
 from alignsuite.checkpoint_io import CheckpointError, check_sharded_checkpoint, load_checkpoint_file
 from alignsuite.cli_parser import DATA_ERROR, USAGE_ERROR, print_error
+from alignsuite.lazy import MissingExtra
 from alignsuite.objectives.base import renamed_metric
+
+
+# The packages whose classes a config may name by class name alone (--model.backbone CausalLM, --trainer.callbacks+
+# ImageGrid): jsonargparse looks such a name up among the subclasses already imported, and lists those in --help.
+NAMED_IN_CONFIGS = ("alignsuite.backbones", "alignsuite.callbacks", "alignsuite.evaluation")
+
+
+def import_named_classes() -> None:
+    """Import every name in the ``__all__`` of a package in :data:`NAMED_IN_CONFIGS`, before any parser is built.
+    Those packages load their modules on first use, and the modules import a modality's libraries only when a model
+    is built, so this stays cheap: a language run loads neither diffusers nor the speech and evaluation extras."""
+    for package in NAMED_IN_CONFIGS:
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            getattr(module, name)
 
 
 def fail(message: str, status: int = USAGE_ERROR) -> None:
@@ -41,6 +58,17 @@ def check_monitors(listed: list, sections: list) -> None:
             if new is not None:
                 fail(f"{where}: {type(callback).__name__} monitors '{monitor}', which is now logged as '{new}'"
                      f" (TRL's name); set monitor: {new}")
+
+
+def fail_on_missing_extra(error: BaseException) -> None:
+    """An optional library missing (:class:`~alignsuite.lazy.MissingExtra`, often inside jsonargparse's own errors)
+    is one line naming the extra that installs it; any other error is left to its caller."""
+    for _ in range(50):
+        if error is None:
+            return
+        if isinstance(error, MissingExtra):
+            fail(str(error))
+        error = error.__cause__ or error.__context__
 
 
 def check_checkpoint(path: str, weights_only: bool | None) -> None:

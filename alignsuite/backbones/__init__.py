@@ -1,11 +1,22 @@
-from alignsuite.backbones.base import Backbone, SequenceScores
-from alignsuite.backbones.causal_lm import CausalLM
-from alignsuite.backbones.flow_tts import FlowMatchingTTS
-from alignsuite.backbones.flow_tts_model import FlowTTSModel
-from alignsuite.backbones.speech_tokens import SpeechTokenLM
-from alignsuite.backbones.text_to_image import TextToImage
-from alignsuite.backbones.lora import LoraSpec
-from alignsuite.backbones.vision_language import VisionLanguage
+"""Backbones: turn a batch into scores, and generate or sample. Each modality's module is imported when one of its
+names is first used, so a language run does not load the diffusion and speech libraries.
 
-__all__ = ["Backbone", "CausalLM", "FlowMatchingTTS", "FlowTTSModel", "LoraSpec", "SequenceScores", "SpeechTokenLM",
-           "TextToImage", "VisionLanguage"]
+``__all__`` lists what a config names (the command line imports all of it, see ``commands.NAMED_IN_CONFIGS``);
+``FlowTTSModel``, a diffusers model (the ``speech`` extra), is importable from here but left out of it."""
+
+from alignsuite.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "Backbone": "base",
+    "SequenceScores": "base",
+    "CausalLM": "causal_lm",
+    "FlowMatchingTTS": "flow_tts",
+    "FlowTTSModel": "flow_tts_model",
+    "LoraSpec": "lora",
+    "SpeechTokenLM": "speech_tokens",
+    "TextToImage": "text_to_image",
+    "VisionLanguage": "vision_language",
+})
+
+__all__ = ["Backbone", "CausalLM", "FlowMatchingTTS", "LoraSpec", "SequenceScores", "SpeechTokenLM", "TextToImage",
+           "VisionLanguage"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,15 +28,27 @@ from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.denoising import (
     DenoisingBatch, FlowMatching, SeededDraws, TimestepSampling, denoising_score, draw,
 )
-from alignsuite.backbones.flow_tts_model import FlowTTSModel, encode_text, mel_spectrogram
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pipelines import AdaptersOff, cast_to, empty_model
 from alignsuite.backbones.vocoding import Vocoded, is_audio
+from alignsuite.lazy import optional
 from alignsuite.sources import resolve_model_path
+
+if TYPE_CHECKING:
+    from alignsuite.backbones.flow_tts_model import FlowTTSModel
 
 Precision = Literal["float32", "bfloat16", "float16"]
 # "all-linear" for this model: attention, feed-forward and the adaLN modulations of the DiT blocks.
 LORA_TARGETS = ["to_qkv", "to_out", "ff.0", "ff.2", "modulation"]
+WHAT = "the flow-matching TTS backbone (FlowMatchingTTS)"  # in the error when diffusers is missing
+
+
+def model_module():
+    """:mod:`alignsuite.backbones.flow_tts_model`, imported when a model is built or read: its model is a diffusers
+    model, and diffusers comes with the ``speech`` extra."""
+    with optional("speech", WHAT):
+        from alignsuite.backbones import flow_tts_model
+    return flow_tts_model
 
 
 def sway(t: Tensor, coef: float | None) -> Tensor:
@@ -91,7 +103,8 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
         self.model_name_or_path, self.dtype, self.lora = model_name_or_path, dtype, lora
         self.timestep_sampling = timestep_sampling
         self.scheduler_config = dict(scheduler_config or {"num_train_timesteps": 1000, "shift": 1.0})
-        self.noising = FlowMatching(self.scheduler_config, timestep_sampling)  # checks timestep_sampling early
+        with optional("speech", WHAT):  # diffusers' scheduler
+            self.noising = FlowMatching(self.scheduler_config, timestep_sampling)  # checks timestep_sampling early
         self.seed, self.sample_steps, self.sway_sampling_coef = seed, sample_steps, sway_sampling_coef
         self.cfg_strength, self.frames_per_byte, self.vocoder = cfg_strength, frames_per_byte, vocoder
         self.draws = 0  # see SeededDraws
@@ -100,7 +113,8 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
     # ---------------------------------------------------------------- building
     def _load(self, source: str | None, dtype: str) -> FlowTTSModel:
         path = resolve_model_path(source if source is not None else self.model_name_or_path)
-        model = empty_model(FlowTTSModel, path) if self.empty_weights else FlowTTSModel.from_pretrained(path)
+        model_class = model_module().FlowTTSModel
+        model = empty_model(model_class, path) if self.empty_weights else model_class.from_pretrained(path)
         return cast_to(model, dtype)
 
     def configure(self) -> None:
@@ -117,7 +131,7 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
     def on_setup(self, datamodule: Any) -> None:
         """Hand the model's mel width and sampling rate (read from its config; no weights load) to the data
         layout, whose checks of each row's frames and audio name its file, row and field."""
-        config = self.config if self.policy is not None else FlowTTSModel.load_config(
+        config = self.config if self.policy is not None else model_module().FlowTTSModel.load_config(
             resolve_model_path(self.model_name_or_path))
         get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
         datamodule.layout.use_model(n_mels=get("n_mels"), sampling_rate=get("sampling_rate"))
@@ -149,7 +163,7 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
             if speech.sampling_rate != rate:
                 raise ValueError(f"{where}: audio at {speech.sampling_rate} Hz, but the model's mel front end expects"
                                  f" {rate} Hz; resample the audio to {rate} Hz")
-            return mel_spectrogram(torch.as_tensor(speech.waveform).float().reshape(-1), self.config)
+            return model_module().mel_spectrogram(torch.as_tensor(speech.waveform).float().reshape(-1), self.config)
         if not isinstance(speech, Tensor) or not speech.is_floating_point():
             kind = f"{speech.dtype} tensor (codec tokens?)" if isinstance(speech, Tensor) else type(speech).__name__
             raise ValueError(f"{where}: expected mel features (a float tensor [frames, {n_mels}]) or Audio, got a {kind};"
@@ -187,7 +201,8 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
                 x0[i, p : p + c] = completion
             frame_mask[i, : p + c] = True
             mask[i, p : p + c] = 1.0
-        text = encode_text(texts, [p + c for p, c in spans]) if spans else torch.zeros(0, 0, dtype=torch.long)
+        frames = [p + c for p, c in spans]
+        text = model_module().encode_text(texts, frames) if spans else torch.zeros(0, 0, dtype=torch.long)
         device = self.device
         return {"x0": x0.to(device), "cond": cond.to(device), "text": text.to(device),
                 "frame_mask": frame_mask.to(device), "mask": mask.to(device)}

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from alignsuite.backbones.denoising import DenoisingBatch
+from alignsuite.lazy import optional
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,9 @@ FAMILIES = {
 def load_pipeline(path: str, empty_denoiser: bool = False) -> tuple[Any, Family]:
     """The pipeline saved in ``path`` (float32) and its row; any other pipeline is an error that names it.
     ``empty_denoiser``: the denoiser is built on the meta device from its config, its weights left unread."""
-    import diffusers
-    from diffusers import DiffusionPipeline
+    with optional("diffusion", "the text-to-image backbone (TextToImage)"):
+        import diffusers
+        from diffusers import DiffusionPipeline
 
     try:
         given = absent_components(path)

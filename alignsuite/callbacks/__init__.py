@@ -1,12 +1,21 @@
-from alignsuite.callbacks.export import ExportError, ExportPretrained
-from alignsuite.callbacks.image_grid import ImageGrid
-from alignsuite.callbacks.predictions import PredictionWriter
-from alignsuite.callbacks.preemption import CheckpointOnPreemption, Preempted
-from alignsuite.callbacks.reward import GenerationReward
-from alignsuite.callbacks.samples import ValidationSamples
-from alignsuite.callbacks.scores import ValidationScores
-from alignsuite.callbacks.speech_samples import SpeechSamples
-from alignsuite.callbacks.vision_samples import VisionSamples
+"""Callbacks: users of the step (export, samples at validation, predictions, preemption). Each is imported when
+its name is first used: the sample callbacks of one modality pull in that modality's tools."""
+
+from alignsuite.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "CheckpointOnPreemption": "preemption",
+    "ExportError": "export",
+    "ExportPretrained": "export",
+    "GenerationReward": "reward",
+    "ImageGrid": "image_grid",
+    "Preempted": "preemption",
+    "PredictionWriter": "predictions",
+    "SpeechSamples": "speech_samples",
+    "ValidationSamples": "samples",
+    "ValidationScores": "scores",
+    "VisionSamples": "vision_samples",
+})
 
 __all__ = [
     "CheckpointOnPreemption", "ExportError", "ExportPretrained", "GenerationReward", "ImageGrid", "Preempted",

@@ -31,6 +31,7 @@ import torch
 
 from alignsuite.data.errors import DataError
 from alignsuite.data.refs import encoded_ref
+from alignsuite.lazy import optional
 
 AudioRef = dict  # {"bytes": bytes | None, "path": str | None}
 _EXPECT_AUDIO = ("encoded audio bytes, an audio file path, a {'bytes', 'path'} dict"
@@ -66,10 +67,18 @@ def undecoded(table: datasets.Dataset) -> datasets.Dataset:
     return table
 
 
+def soundfile():
+    """soundfile (libsndfile), the one audio decoder and writer: it comes with the ``speech`` extra."""
+    with optional("speech", "reading and writing audio"):
+        import soundfile
+
+    return soundfile
+
+
 def _wav_bytes(array: object, sampling_rate: object, field: str, index: int, source: str) -> bytes:
     """An ``{"array", "sampling_rate"}`` value (how `datasets` used to decode an ``Audio`` feature:
     ``[samples]``, or ``[channels, samples]``) as lossless float WAV bytes."""
-    import soundfile as sf
+    sf = soundfile()
 
     if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
         raise DataError(source, index, field, "a positive integer 'sampling_rate' with the 'array'", sampling_rate)
@@ -97,7 +106,8 @@ def audio_ref(value: object, field: str, index: int, source: str, base_dir: str 
 
 
 def _polyphase(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
-    from scipy.signal import resample_poly
+    with optional("speech", "resampling audio"):
+        from scipy.signal import resample_poly
 
     g = math.gcd(rate, target)
     return resample_poly(waveform, target // g, rate // g).astype(np.float32)
@@ -122,7 +132,7 @@ def decode_audio(
     (resampled if ``resample``, else a rate that differs is a ``DataError``). A file that does not
     decode, or holds no samples, is a ``DataError`` naming source, row, field, the file and soundfile's
     reason."""
-    import soundfile as sf
+    sf = soundfile()
 
     data, path = ref.get("bytes"), ref.get("path")
     where = f" ({path})" if path else ""
@@ -156,7 +166,7 @@ def _check_finite(samples: np.ndarray, where: str, field: str, index: int, sourc
 def write_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, sampling_rate: int) -> None:
     """Write mono ``waveform`` ``[samples]`` as a 16-bit PCM WAV at ``path``, atomically: a temporary file
     in the same folder, then ``os.replace``, so a reader (a logger, a viewer) never sees half a file."""
-    import soundfile as sf
+    sf = soundfile()
 
     samples = waveform.detach().float().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
     samples = np.clip(samples.astype(np.float32).reshape(-1), -1.0, 1.0)  # PCM cannot hold more; clip, not wrap

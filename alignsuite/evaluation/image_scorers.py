@@ -15,6 +15,7 @@ from torch import nn
 
 from alignsuite.components import default_device
 from alignsuite.judging import Scorer, check_weights, load_pretrained, prompt_text
+from alignsuite.lazy import optional
 
 
 def as_rgb(image) -> Any:
@@ -143,7 +144,8 @@ def _open_clip(model_name: str, checkpoint: str | None, model_config: dict | Non
     import json
     import tempfile
 
-    import open_clip
+    with optional("eval", "the open_clip scorers (HPSv2, Aesthetic)"):
+        import open_clip
 
     if model_config is not None:  # open_clip reads configs from files: register this one from a file
         folder = tempfile.mkdtemp(prefix="open_clip_config_")

@@ -10,22 +10,19 @@ base is not shipped (a new version being worked on) is trained once, on first us
 
 from __future__ import annotations
 
-from alignsuite.toy.worlds import (
-    SHIPPED, build_base_model, cache_root, get_world, known_worlds, resolve_toy_model, shipped_path,
-)
-from alignsuite.toy.llm import EchoWorld
-from alignsuite.toy.squares import SquaresWorld
-from alignsuite.toy.tts import SpeechFlowWorld, SpeechTokenWorld
-from alignsuite.toy.vlm import ShapesWorld
+from alignsuite.lazy import lazy_exports
 
-
-def __getattr__(name: str):
-    # The datamodule imports Lightning and datasets; keep `import alignsuite.toy` light for the backbone.
-    if name == "ToyPreferenceData":
-        from alignsuite.toy.data import ToyPreferenceData
-
-        return ToyPreferenceData
-    raise AttributeError(name)
+# A world's module is imported when its name is first used; the datamodule imports Lightning and datasets.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **{name: "worlds" for name in ("SHIPPED", "build_base_model", "cache_root", "get_world", "known_worlds",
+                                   "resolve_toy_model", "shipped_path")},
+    "EchoWorld": "llm",
+    "SquaresWorld": "squares",
+    "SpeechFlowWorld": "tts",
+    "SpeechTokenWorld": "tts",
+    "ShapesWorld": "vlm",
+    "ToyPreferenceData": "data",
+})
 
 
 __all__ = ["SHIPPED", "EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",

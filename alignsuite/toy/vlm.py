@@ -33,6 +33,8 @@ import random
 import numpy as np
 import torch
 
+from alignsuite.lazy import optional
+
 IMAGE_SIZE = 32
 PATCH = 8  # LLaVA's CLIP patch: 16 image tokens
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 50), "blue": (40, 70, 230), "yellow": (225, 215, 40)}
@@ -120,10 +122,8 @@ def qwen2_5_vl_parts(hidden: int = 64, layers: int = 2, seed: int = 0):
     cannot be built (nor loaded by ``AutoProcessor``) without it."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     from transformers import Qwen2VLImageProcessorPil
-    from transformers.utils import is_torchvision_available
-
-    if not is_torchvision_available():
-        raise ImportError("a Qwen2.5-VL processor needs torchvision (its video processor does); install torchvision")
+    with optional("vision", "a Qwen2.5-VL processor (its video processor)"):
+        import torchvision  # noqa: F401
     from transformers import Qwen2VLVideoProcessor
 
     tok = build_tokenizer("qwen2_5_vl")
