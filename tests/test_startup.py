@@ -185,6 +185,6 @@ def test_the_command_line_gives_a_missing_extra_in_one_line(monkeypatch, capsys)
         main(["fit", "--config", os.path.join(REPO, "recipes/toy/tts_flow_dpo.yaml"), "--trainer.max_steps", "1"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1] == ("error: the flow-matching TTS backbone (FlowMatchingTTS) needs diffusers, which is"
+    assert err.splitlines()[-1] == ("alignsuite: error: the flow-matching TTS backbone (FlowMatchingTTS) needs diffusers, which is"
                                     ' not installed: pip install "alignsuite[speech]"'), err
     assert "Traceback" not in err and "Union" not in err

@@ -54,12 +54,13 @@ def test_a_scorer_for_another_modality_is_refused_at_start(tmp_path):
         run(tmp_path, scorer_world="diffusion")
 
 
-def test_wer_of_a_text_model_without_references_is_refused_before_generating(tmp_path):
-    from alignsuite.data.errors import DataError
-
+def test_wer_of_a_text_model_without_references_is_refused_before_generating(tmp_path, capsys):
     wer = {"class_path": "alignsuite.evaluation.scorers.WER"}
-    with pytest.raises(DataError, match=r"^toy:llm: row 0: field 'reference': expected the reference text scorer 'wer'"):
+    with pytest.raises(SystemExit) as stop:  # a data error: its message alone, exit status 1
         run(tmp_path, scorer=wer, max_steps=1)  # before: val/wer of each answer against its own prompt
+    assert stop.value.code == 1
+    assert "alignsuite: error: toy:llm: row 0: field 'reference': expected the reference text scorer 'wer'" in \
+        capsys.readouterr().err
 
 
 def test_the_one_validation_samples_callback_logs_its_judges_and_writes_the_samples_table(tmp_path):

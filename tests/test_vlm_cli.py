@@ -108,11 +108,12 @@ def test_a_precomputed_reference_scores_the_same_corrupted_images(tmp_path, tiny
     assert logged(tmp_path, "train/loss")[0] == pytest.approx(3 * math.log(2), abs=1e-4)
 
 
-def test_vision_data_with_a_text_backbone_and_text_data_with_a_vlm_are_refused(tmp_path, tiny_llava_dir):
+def test_vision_data_with_a_text_backbone_and_text_data_with_a_vlm_are_refused(tmp_path, tiny_llava_dir, capsys):
     with pytest.raises(ValueError, match="VisionPairs gives vision_language rows, and backbone CausalLM takes text"):
         main(["fit", "--config", vlm_recipe(tmp_path, tiny_llava_dir, objective="DPO", backbone="CausalLM")])
-    with pytest.raises(Exception, match="VisionPairs"):  # the text layout points at the vision one
+    with pytest.raises(SystemExit) as stop:  # a data error, printed alone: the text layout points at the vision one
         main(["fit", "--config", vlm_recipe(tmp_path, tiny_llava_dir, objective="DPO", layout="TextPairs")])
+    assert stop.value.code == 1 and "VisionPairs" in capsys.readouterr().err
     text = tmp_path / "text.jsonl"
     text.write_text(json.dumps({"prompt": "what colour ?", "chosen": "red", "rejected": "blue"}) + "\n")
     config = yaml.safe_load(open(vlm_recipe(tmp_path, tiny_llava_dir, objective="DPO", layout="TextPairs")))

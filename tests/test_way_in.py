@@ -71,7 +71,7 @@ def test_an_unknown_model_is_one_clean_error_on_the_command_line(tmp_path, capsy
         main(["fit", "--model.backbone.model_name_or_path", str(tmp_path), "--data.train", "x.jsonl", "--print_config"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "--model.backbone CausalLM" in err and "Traceback" not in err
+    assert err.startswith("alignsuite: error: ") and "--model.backbone CausalLM" in err and "Traceback" not in err
 
 
 def test_a_given_backbone_is_kept(tiny_lm_dir, capsys):
