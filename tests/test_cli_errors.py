@@ -127,15 +127,22 @@ def test_a_failed_run_leaves_no_empty_version_folder(tmp_path, tiny_lm_dir, caps
     assert os.listdir(earlier) == ["metrics.csv"]
 
 
-def test_export_takes_the_checkpoint_file_name_the_readme_gives(tmp_path, tiny_lm_dir, caplog):
-    """``export --config runs/<name>/version_N/config.yaml --ckpt_path last.ckpt``: the name is that run's file
-    (not the newest run's), and the command says it exports, not that it resumes."""
+def default_folders_recipe(tmp_path, tiny_lm_dir) -> tuple[str, dict]:
+    """A one-step recipe on eight pairs that logs and checkpoints where a run does by default: a new
+    runs/t/version_N/ each launch, its checkpoints in version_N/checkpoints/. The path and the config to edit."""
     pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"echo {c}", "chosen": c.upper(), "rejected": c}
                                                for c in "abcdefgh"])
     path = recipe(tmp_path, tiny_lm_dir, pairs, max_steps=1)
     config = yaml.safe_load(open(path))
     del config["trainer"]["logger"]["init_args"]["version"]
-    del config["checkpoint"]  # checkpoints in runs/t/version_N/checkpoints/, as by default
+    del config["checkpoint"]
+    return path, config
+
+
+def test_export_takes_the_checkpoint_file_name_the_readme_gives(tmp_path, tiny_lm_dir, caplog):
+    """``export --config runs/<name>/version_N/config.yaml --ckpt_path last.ckpt``: the name is that run's file
+    (not the newest run's), and the command says it exports, not that it resumes."""
+    path, config = default_folders_recipe(tmp_path, tiny_lm_dir)
     config["trainer"]["limit_val_batches"] = 0
     open(path, "w").write(yaml.safe_dump(config))
     quick = ["--export.enabled", "false"]
@@ -166,12 +173,7 @@ def test_print_config_shows_the_reference_that_will_run(capsys, extra, reference
 
 
 def test_predict_of_a_runs_checkpoint_writes_beside_it_without_a_new_run_or_a_warning(tmp_path, tiny_lm_dir):
-    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"echo {c}", "chosen": c.upper(), "rejected": c}
-                                               for c in "abcdefgh"])
-    path = recipe(tmp_path, tiny_lm_dir, pairs, max_steps=1)
-    config = yaml.safe_load(open(path))
-    del config["trainer"]["logger"]["init_args"]["version"]
-    del config["checkpoint"]  # checkpoints in runs/t/version_N/checkpoints/, as by default
+    path, config = default_folders_recipe(tmp_path, tiny_lm_dir)
     open(path, "w").write(yaml.safe_dump(config))
     main(["fit", "--config", path, "--export.enabled", "false"])
     run = tmp_path / "runs" / "t" / "version_0"

@@ -155,6 +155,16 @@ SAME_JOB_ID = ([], {})  # no --ckpt_path and no restart count: the checkpoint na
 # The default run keeps the one-task job (about a minute); the others run under -m slow.
 
 
+def assert_requeued_and_continued(tmp_path, interrupted, resumed, stopped, err, whole, signum, requeue) -> None:
+    """Step for step as the uninterrupted run; SIGUSR1 requeued the job once (from the first task only), and a
+    command without --ckpt_path said it resumed the job's own checkpoint."""
+    assert_continues_exactly(interrupted, resumed, stopped, whole)
+    if signum == signal.SIGUSR1:
+        assert (tmp_path / "scontrol.log").read_text() == "requeue 7373\n"
+    if not requeue[0]:
+        assert f"SLURM job 7373 resumes its own checkpoint {tmp_path / 'ckpt' / 'last.ckpt'}" in err
+
+
 @pytest.mark.parametrize(("signum", "in_validation", "requeue"), [
     (signal.SIGUSR1, True, SAME_JOB_ID),
     pytest.param(signal.SIGTERM, False, REQUEUED_BY_SLURM, marks=pytest.mark.slow),
@@ -163,11 +173,7 @@ def test_one_task_job_stopped_mid_epoch_and_requeued_continues_exactly(tmp_path,
                                                                        signum, in_validation, requeue):
     interrupted, resumed, stopped, err = stop_and_requeue(tmp_path, tiny_lm_dir, pairs, 1, signum, in_validation,
                                                           *requeue)
-    assert_continues_exactly(interrupted, resumed, stopped, whole_runs(1))
-    if signum == signal.SIGUSR1:
-        assert (tmp_path / "scontrol.log").read_text() == "requeue 7373\n"
-    if not requeue[0]:
-        assert f"SLURM job 7373 resumes its own checkpoint {tmp_path / 'ckpt' / 'last.ckpt'}" in err
+    assert_requeued_and_continued(tmp_path, interrupted, resumed, stopped, err, whole_runs(1), signum, requeue)
 
 
 @pytest.mark.distributed
@@ -179,8 +185,4 @@ def test_two_task_ddp_job_stopped_mid_epoch_and_requeued_continues_exactly(tmp_p
                                                                            signum, in_validation, requeue):
     interrupted, resumed, stopped, err = stop_and_requeue(tmp_path, tiny_lm_dir, pairs, 2, signum, in_validation,
                                                           *requeue)
-    assert_continues_exactly(interrupted, resumed, stopped, whole_runs(2))
-    if signum == signal.SIGUSR1:
-        assert (tmp_path / "scontrol.log").read_text() == "requeue 7373\n"  # the first task only
-    if not requeue[0]:
-        assert f"SLURM job 7373 resumes its own checkpoint {tmp_path / 'ckpt' / 'last.ckpt'}" in err
+    assert_requeued_and_continued(tmp_path, interrupted, resumed, stopped, err, whole_runs(2), signum, requeue)
