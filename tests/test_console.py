@@ -30,3 +30,23 @@ def test_a_toy_fit_prints_no_noise_and_still_warns_about_its_data(tmp_path):
     assert "whose chosen and rejected answers are the same tokens" in printed  # the data warning
     assert "exported the policy to" in printed and "Trainable params" in printed  # the run still reports itself
     assert os.path.isfile(tmp_path / "runs" / "toy_llm_dpo" / "version_0" / "metrics.csv")
+
+
+def test_a_one_line_fit_without_validation_data_prints_no_noise(tmp_path):
+    """The one-line run on a file with no validation split, bounded by max_steps: Lightning warned about the empty
+    validation list and drew the bar's epoch as "Epoch 1/-2" (max_epochs -1)."""
+    import json
+
+    from alignsuite.toy import shipped_path
+
+    with open(tmp_path / "pairs.jsonl", "w") as f:
+        for c in "abcdefghijklmnop":
+            f.write(json.dumps({"prompt": f"echo {c}", "chosen": c.upper(), "rejected": c}) + "\n")
+    args = [sys.executable, "-m", "alignsuite", "fit", "--model.backbone.model_name_or_path", shipped_path("llm"),
+            "--data.train", "pairs.jsonl", "--trainer.max_steps", "3", "--export.enabled", "false"]
+    run = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": REPO, "COLUMNS": "200"})
+    printed = run.stdout + run.stderr
+    assert run.returncode == 0, printed
+    assert "across ranks is zero" not in printed and "/-2" not in printed, printed
+    assert "Epoch 1" in printed  # the bar still says where the run is

@@ -35,6 +35,9 @@ def quiet_libraries() -> None:
     # (over epochs) and when the run stops; Lightning's hint about it printed on every small toy run.
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging"
                             r" interval", category=PossibleUserWarning)
+    # No validation data is a setup the data module allows (its val_dataloader is an empty list, which Lightning
+    # skips), not a mistake to warn about.
+    warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
     # transformers' bars over loading and writing a model's weights; its switch also turns the hub's download bars
     # off, which stay as they were (a download of many gigabytes deserves its bar).
     downloads_quiet = hub.are_progress_bars_disabled()
@@ -53,6 +56,12 @@ class RunProgressBar(RichProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        # A run bounded by max_steps has max_epochs -1, which Lightning's bar showed as "Epoch 1/-2".
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
+            return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+        return super()._get_train_description(current_epoch)
 
 
 class RunSummary(RichModelSummary):
