@@ -735,7 +735,9 @@ def test_pairs_identical_after_truncation_are_dropped_at_setup(tiny_lm_dir, tmp_
                               val=write_pairs(tmp_path / "val.jsonl", val), batch_size=2)
     dm.setup("fit")
     b = CausalLM(tiny_lm_dir, max_length=8, max_prompt_length=4)
-    with pytest.warns(UserWarning, match=r"dropped 2 train pair\(s\) \(rows 0, 3\); 1 val pair\(s\) \(rows 0\)"):
+    # Named by file and row (the rows' provenance), not by their position in the loaded dataset.
+    named = rf"dropped 2 train pair\(s\) \({tmp_path / 'train.jsonl'} rows 0, 3\); 1 val pair\(s\) \({tmp_path / 'val.jsonl'} rows 0\)"
+    with pytest.warns(UserWarning, match=named):
         b.on_setup(dm)  # before any model loads: the tokenizer alone
     assert b.policy is None
     assert b.dropped_identical == {"train": 2, "val": 1}

@@ -40,23 +40,33 @@ def drop_identical_pairs(datamodule: Any, find: Callable[[Any], list[int]], limi
                     problem=f"every {split} pair ({len(ds)}) has identical chosen and rejected tokens once truncated"
                     f" to {limits}; nothing is left to learn from: raise the lengths",
                 )
+            newly[split] = (same, named_rows(ds, same))
             drop = set(same)
             ds = ds.select([i for i in range(len(ds)) if i not in drop])
             if "index" in ds.column_names:
                 ds = ds.remove_columns("index").add_column("index", list(range(len(ds))))
             setattr(datamodule, f"{split}_set", ds)
-            newly[split] = same
         dropped[split] = dropped.get(split, 0) + len(same)
         checked[split] = getattr(ds, "_fingerprint", None)
     if newly:
-        def rows(ids):
-            return ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
-
-        parts = "; ".join(f"{len(ids)} {split} pair(s) (rows {rows(ids)})" for split, ids in newly.items())
+        parts = "; ".join(f"{len(ids)} {split} pair(s) ({where})" for split, (ids, where) in newly.items())
         rank_zero_warn(
             f"dropped {parts} whose chosen and rejected answers are the same tokens once truncated to"
             f" {limits}: they would train at loss ln 2 with no gradient. Counts are in backbone.dropped_identical."
         )
 
 
-__all__ = ["drop_identical_pairs"]
+def named_rows(ds, positions: list[int], most: int = 10) -> str:
+    """Where the rows at ``positions`` of ``ds`` came from, for a message: ``train.jsonl rows 0, 3`` by file and row
+    when the rows keep their provenance (``_source``, ``_row``), else ``rows 0, 3`` by position; the first ``most``."""
+    shown, more = positions[:most], (", ..." if len(positions) > most else "")
+    if not {"_source", "_row"} <= set(ds.column_names):
+        return f"rows {', '.join(map(str, shown))}{more}"
+    origin = ds.select(shown).select_columns(["_source", "_row"])
+    by_source: dict[str, list[str]] = {}
+    for source, row in zip(origin["_source"], origin["_row"]):
+        by_source.setdefault(source, []).append(str(row))
+    return "; ".join(f"{source} rows {', '.join(rows)}" for source, rows in by_source.items()) + more
+
+
+__all__ = ["drop_identical_pairs", "named_rows"]
