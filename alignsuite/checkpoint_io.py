@@ -136,6 +136,14 @@ def check_sharded_checkpoint(folder, weights_only: bool | None = None) -> dict:
     return load_checkpoint_file(meta, weights_only)
 
 
+def read_checkpoint(path, weights_only: bool | None = None, mmap: bool = False) -> dict:
+    """A checkpoint file (:func:`load_checkpoint_file`), or a sharded checkpoint folder's ``meta.pt`` once the
+    folder is checked (:func:`check_sharded_checkpoint`): everything but a folder's weights and optimizer states."""
+    if os.path.isdir(path):
+        return check_sharded_checkpoint(path, weights_only)
+    return load_checkpoint_file(path, weights_only, mmap=mmap)
+
+
 def first_non_finite(state_dict: dict) -> str | None:
     """The name of the first floating tensor holding a NaN or an infinity, or None."""
     for name, value in state_dict.items():

@@ -10,7 +10,6 @@ parser from :data:`COMMANDS`, and an assertion at the end of this file keeps the
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,7 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks import ExportError, ExportPretrained
-from alignsuite.checkpoint_io import CheckpointError, check_sharded_checkpoint, load_checkpoint_file
+from alignsuite.checkpoint_io import CheckpointError, read_checkpoint
 from alignsuite.cli_parser import DATA_ERROR, USAGE_ERROR, print_error
 from alignsuite.lazy import MissingExtra
 from alignsuite.objectives.base import renamed_metric
@@ -75,10 +74,7 @@ def check_checkpoint(path: str, weights_only: bool | None) -> None:
     """Read a checkpoint file, or check a sharded checkpoint's folder, before Lightning reads it: one error that
     names the file, given before any process is started, rather than torch's own from every rank."""
     try:
-        if os.path.isdir(path):
-            check_sharded_checkpoint(path, weights_only)
-        else:
-            load_checkpoint_file(path, weights_only, mmap=True)
+        read_checkpoint(path, weights_only, mmap=True)
     except CheckpointError as error:
         fail(str(error))
 

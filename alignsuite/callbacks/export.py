@@ -14,8 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks.model_card import facts_of, find_results, push_folder, write_card
 from alignsuite.checkpoint_io import (
-    CheckpointError, SafeFileSystemReader, check_shards, check_sharded_checkpoint, give_ordinary_modes,
-    load_checkpoint_file,
+    CheckpointError, SafeFileSystemReader, check_shards, give_ordinary_modes, read_checkpoint,
 )
 
 MARKER = "alignsuite_export.json"  # written into every export: which run, step and checkpoint it holds
@@ -197,10 +196,7 @@ class ExportPretrained(Callback):
         """Load ``ckpt_path`` (a file, or the folder of shards FSDP2 writes) into ``model`` and export it;
         returns the folder written."""
         sharded = os.path.isdir(ckpt_path)
-        if sharded:
-            checkpoint = check_sharded_checkpoint(ckpt_path, weights_only)
-        else:
-            checkpoint = load_checkpoint_file(ckpt_path, weights_only)
+        checkpoint = read_checkpoint(ckpt_path, weights_only)
         run_dir = (checkpoint.get("callbacks", {}).get(self.state_key) or {}).get("run_dir")
         step = checkpoint.get("global_step")
         if self.dirpath:

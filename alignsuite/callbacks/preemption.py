@@ -29,7 +29,7 @@ import threading
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
+from alignsuite.checkpoint_io import META, CheckpointError, load_checkpoint_file
 
 
 SLURM_JOB_KEY = "slurm_job_id"  # the SLURM job that wrote a checkpoint
@@ -185,7 +185,7 @@ def _stored(path: str, key: str, default=None):
     folder whose ``meta.pt`` holds everything but the weights and optimizer states."""
     try:
         if os.path.isdir(path):
-            path = os.path.join(path, "meta.pt")
+            path = os.path.join(path, META)
         return load_checkpoint_file(path, mmap=True).get(key, default)
     except (CheckpointError, OSError):
         return default

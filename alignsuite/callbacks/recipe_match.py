@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from alignsuite.checkpoint_io import check_sharded_checkpoint, load_checkpoint_file
+from alignsuite.checkpoint_io import read_checkpoint
 
 # The keys that make a run what it is, as paths into the ``model`` section.
 IDENTITY = (
@@ -26,9 +26,7 @@ IDENTITY = (
 
 def stored_hyperparameters(path: str, weights_only: bool | None = None) -> dict | None:
     """The ``hyper_parameters`` of a checkpoint file, or of a sharded checkpoint folder's ``meta.pt``."""
-    if os.path.isdir(path):
-        return check_sharded_checkpoint(path, weights_only).get("hyper_parameters")
-    return load_checkpoint_file(path, weights_only, mmap=True).get("hyper_parameters")
+    return read_checkpoint(path, weights_only, mmap=True).get("hyper_parameters")
 
 
 def _get(node, keys: tuple[str, ...]):
