@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.backbones.inferred import BackboneChoiceError, infer_backbone
+from alignsuite.cli_parser import config_arguments
 from alignsuite.commands import fail
 from alignsuite.components import import_object
 from alignsuite.module import DEFAULT_LR, DEFAULT_OBJECTIVE
@@ -53,13 +54,7 @@ def flags(args: list[str]):
 def configs(args: list[str]) -> list[dict]:
     """The ``--config`` files and inline configs of ``args``, read (those that do not read are the parser's to name)."""
     found = []
-    for i, arg in enumerate(args):
-        if arg in ("--config", "-c") and i + 1 < len(args):
-            given = args[i + 1]
-        elif arg.startswith("--config="):
-            given = arg.split("=", 1)[1]
-        else:
-            continue
+    for given in config_arguments(args):
         try:
             if os.path.isfile(given):
                 with open(given, encoding="utf-8") as f:

@@ -15,7 +15,6 @@ Exit statuses: 2 when the command line, the recipe or a checkpoint it names is r
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import os
 import re
@@ -30,6 +29,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import LightningArgumentParser
 
 from alignsuite.checkpoint_io import CheckpointError
+from alignsuite.components import import_object
 from alignsuite.data.errors import DataError
 from alignsuite.reference import default_reference
 
@@ -70,15 +70,20 @@ def reported_errors():
         print_error(str(error), DATA_ERROR, traceback.format_exc())
 
 
-def config_files(args: list[str]) -> list[str]:
-    """The ``--config`` files given, in order."""
-    paths = []
+def config_arguments(args: list[str]) -> list[str]:
+    """What each ``--config`` (``-c``) of ``args`` gives, in order: a file's path, or a config inline."""
+    given = []
     for i, arg in enumerate(args):
         if arg in ("--config", "-c") and i + 1 < len(args):
-            paths.append(args[i + 1])
+            given.append(args[i + 1])
         elif arg.startswith("--config="):
-            paths.append(arg.split("=", 1)[1])
-    return [path for path in paths if os.path.isfile(path)]
+            given.append(arg.split("=", 1)[1])
+    return given
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The ``--config`` files given, in order."""
+    return [path for path in config_arguments(args) if os.path.isfile(path)]
 
 
 def check_config_files(args: list[str]) -> None:
@@ -208,10 +213,9 @@ def suggestion(given: str, valid: list[str]) -> str:
 
 def resolve(class_path: str):
     """The class a config's ``class_path`` names, or None."""
-    module, _, name = class_path.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+        return import_object(class_path)
+    except ValueError:
         return None
 
 
