@@ -157,20 +157,16 @@ class VisionPairs(DecodesImages):
         self.keep_text_only = keep_text_only
         self.text_only: dict[str, int] = {}  # rows kept with no image (keep_text_only), per source
         self.image_tokens: tuple[str, ...] = ()  # the model's, handed over at setup (`use_model`)
-        self._text_only_rows: list[int] = []
+        self._text_only_rows: dict[str, list[int]] = {}  # while building: the rows kept with no image, per source
         super().__init__(skip_bad_images)
 
     def build(self, tables: list[Table]) -> tuple[datasets.Dataset | None, dict[str, tuple[int, int]]]:
-        # One source at a time, so that the rows kept with no image are counted and reported per source.
-        parts, skipped = [], {}
-        for table in tables:
-            self._text_only_rows = []
-            ds, dropped = super().build([table])
-            parts += [ds] if ds is not None else []
-            skipped.update(dropped)
-            if self._text_only_rows:
-                self._warn_text_only(table[0], self._text_only_rows)
-        return (datasets.concatenate_datasets(parts) if parts else None), skipped
+        # The rows kept with no image (normalize notes them) are counted and reported per source.
+        self._text_only_rows = {}
+        built = super().build(tables)
+        for source, rows in self._text_only_rows.items():
+            self._warn_text_only(source, rows)
+        return built
 
     def use_model(self, image_tokens: list[str] | tuple[str, ...] = (), **settings: Any) -> None:
         """``image_tokens``: the processor's image token(s), which the processor expands into image features;
@@ -212,7 +208,7 @@ class VisionPairs(DecodesImages):
                 raise DataError(source, index, column, "an image", row.get(column),
                                 problem="the row has no image; a text-only pair would teach the answer without the"
                                 " image. Set keep_text_only: true in data.layout to keep such rows (counted)")
-            self._text_only_rows.append(index)
+            self._text_only_rows.setdefault(source, []).append(index)
         return {"prompt": json.dumps(prompt), "chosen": json.dumps(chosen), "rejected": json.dumps(rejected),
                 "images": refs, "_source": source, "_row": index, "_images_column": column, "_prompt_column": field}
 
