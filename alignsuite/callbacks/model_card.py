@@ -13,8 +13,9 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from alignsuite.evaluation.results import EVAL_FOLDER, RESULTS_FILE
+
 CARD = "README.md"
-RESULTS = "results.json"  # what `evaluate` writes into its output folder (<run>/eval by default)
 # What the written folder holds says which library loads it.
 LIBRARIES = (("model_index.json", "diffusers"), ("adapter_config.json", "peft"), ("config.json", "transformers"))
 
@@ -97,7 +98,7 @@ def find_results(folders: list[str | None]) -> tuple[dict | None, str | None]:
     """The first ``eval/results.json`` among ``folders`` (the export's and the run's), and the name of the model
     it scored."""
     for folder in folders:
-        path = os.path.join(folder, "eval", RESULTS) if folder else None
+        path = os.path.join(folder, EVAL_FOLDER, RESULTS_FILE) if folder else None
         if path and os.path.isfile(path):
             try:
                 with open(path) as f:

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Where ``evaluate`` writes by default, beside the aligned model's run, and its numbers' file there.
+EVAL_FOLDER, RESULTS_FILE = "eval", "results.json"
+
 
 @dataclass
 class ScorerResult:

@@ -23,7 +23,7 @@ from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
 from alignsuite.data.protocol import preference_data
 from alignsuite.evaluation.heldout import ImplicitRewardAccuracy
 from alignsuite.evaluation.prompts import PromptFileError, check_columns, check_images, load_prompts
-from alignsuite.evaluation.results import EvalResults, ScorerResult
+from alignsuite.evaluation.results import EVAL_FOLDER, RESULTS_FILE, EvalResults, ScorerResult
 from alignsuite.evaluation.winrate import summarise
 from alignsuite.generation import generate_chunked, row_conditions
 from alignsuite.judging import Scorer
@@ -132,7 +132,7 @@ def default_output_dir(aligned: str) -> str:
     where = os.path.dirname(os.path.abspath(aligned))
     if os.path.isfile(aligned) and os.path.basename(where) == "checkpoints":
         where = os.path.dirname(where)
-    return os.path.join(where, "eval")
+    return os.path.join(where, EVAL_FOLDER)
 
 
 def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torch.device | str | None = None,
@@ -304,7 +304,7 @@ def write_results(results: EvalResults, output_dir: str) -> str:
         "base_outputs": _jsonable(results.base_outputs, output_dir, "base"),
         "aligned_outputs": _jsonable(results.aligned_outputs, output_dir, "aligned"),
     }
-    path = os.path.join(output_dir, "results.json")
+    path = os.path.join(output_dir, RESULTS_FILE)
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
     return path
