@@ -155,34 +155,21 @@ SAME_JOB_ID = ([], {})  # no --ckpt_path and no restart count: the checkpoint na
 # The default run keeps the one-task job (about a minute); the others run under -m slow.
 
 
-def assert_requeued_and_continued(tmp_path, interrupted, resumed, stopped, err, whole, signum, requeue) -> None:
+@pytest.mark.parametrize(("tasks", "signum", "in_validation", "requeue"), [
+    (1, signal.SIGUSR1, True, SAME_JOB_ID),
+    pytest.param(1, signal.SIGTERM, False, REQUEUED_BY_SLURM, marks=pytest.mark.slow),
+    pytest.param(2, signal.SIGUSR1, True, AS_SBATCH_RUNS_IT, marks=[pytest.mark.distributed, pytest.mark.slow]),
+    pytest.param(2, signal.SIGTERM, False, AS_SBATCH_RUNS_IT, marks=[pytest.mark.distributed, pytest.mark.slow]),
+], ids=["one-task-SIGUSR1-in-validation", "one-task-SIGTERM-in-a-step", "two-task-ddp-SIGUSR1-in-validation",
+        "two-task-ddp-SIGTERM-in-a-step"])
+def test_job_stopped_mid_epoch_and_requeued_continues_exactly(tmp_path, tiny_lm_dir, pairs, whole_runs, tasks, signum,
+                                                              in_validation, requeue):
     """Step for step as the uninterrupted run; SIGUSR1 requeued the job once (from the first task only), and a
     command without --ckpt_path said it resumed the job's own checkpoint."""
-    assert_continues_exactly(interrupted, resumed, stopped, whole)
+    interrupted, resumed, stopped, err = stop_and_requeue(tmp_path, tiny_lm_dir, pairs, tasks, signum, in_validation,
+                                                          *requeue)
+    assert_continues_exactly(interrupted, resumed, stopped, whole_runs(tasks))
     if signum == signal.SIGUSR1:
         assert (tmp_path / "scontrol.log").read_text() == "requeue 7373\n"
     if not requeue[0]:
         assert f"SLURM job 7373 resumes its own checkpoint {tmp_path / 'ckpt' / 'last.ckpt'}" in err
-
-
-@pytest.mark.parametrize(("signum", "in_validation", "requeue"), [
-    (signal.SIGUSR1, True, SAME_JOB_ID),
-    pytest.param(signal.SIGTERM, False, REQUEUED_BY_SLURM, marks=pytest.mark.slow),
-], ids=["SIGUSR1-in-validation", "SIGTERM-in-a-step"])
-def test_one_task_job_stopped_mid_epoch_and_requeued_continues_exactly(tmp_path, tiny_lm_dir, pairs, whole_runs,
-                                                                       signum, in_validation, requeue):
-    interrupted, resumed, stopped, err = stop_and_requeue(tmp_path, tiny_lm_dir, pairs, 1, signum, in_validation,
-                                                          *requeue)
-    assert_requeued_and_continued(tmp_path, interrupted, resumed, stopped, err, whole_runs(1), signum, requeue)
-
-
-@pytest.mark.distributed
-@pytest.mark.parametrize(("signum", "in_validation", "requeue"), [
-    pytest.param(signal.SIGUSR1, True, AS_SBATCH_RUNS_IT, marks=pytest.mark.slow),
-    pytest.param(signal.SIGTERM, False, AS_SBATCH_RUNS_IT, marks=pytest.mark.slow),
-], ids=["SIGUSR1-in-validation", "SIGTERM-in-a-step"])
-def test_two_task_ddp_job_stopped_mid_epoch_and_requeued_continues_exactly(tmp_path, tiny_lm_dir, pairs, whole_runs,
-                                                                           signum, in_validation, requeue):
-    interrupted, resumed, stopped, err = stop_and_requeue(tmp_path, tiny_lm_dir, pairs, 2, signum, in_validation,
-                                                          *requeue)
-    assert_requeued_and_continued(tmp_path, interrupted, resumed, stopped, err, whole_runs(2), signum, requeue)
