@@ -5,7 +5,7 @@ tokens for token models, ``-0.5 * mean((prediction - target)**2)`` for denoising
 splits those into the views an objective needs and packs them here. Objectives read nothing else.
 
 Every packed score type is a :class:`Scores`: pairs (:class:`PairScores`), unpaired examples
-(:class:`UnpairedScores`), and the same way a list type (K responses per prompt, ``[B, K]``) later.
+(:class:`UnpairedScores`) and lists of K responses per prompt (:class:`ListScores`, ``[B, K]``).
 """
 
 from __future__ import annotations
@@ -124,3 +124,53 @@ class UnpairedScores(Scores):
 
     def named(self) -> dict[str, Tensor | None]:
         return {"policy": self.logps, "ref": self.ref_logps}
+
+
+@dataclass
+class ListScores(Scores):
+    """Scores of a batch of K responses per prompt; every tensor has shape ``[B, K]``.
+
+    ``scores``/``ref`` are the policy's and the reference's log-likelihoods of each response (``ref`` is ``None``
+    without a reference), ``lengths`` the scored units of each. ``labels`` grade the responses, higher better (a
+    rating, a reward, or minus a rank). ``mask`` is True where a response exists: a list shorter than K is padded,
+    and a padded entry must take no part in any loss (padding a list with copies of its responses would add
+    pairs and change every listwise loss). Each row needs at least two responses. ``extra`` carries further
+    tensors an objective declared, ``[B]`` or ``[B, K]``.
+
+    Pairs are the K = 2 case: ``scores = [chosen, rejected]``, ``labels = [1, 0]``.
+    """
+
+    scores: Tensor
+    labels: Tensor
+    ref: Tensor | None = None
+    lengths: Tensor | None = None
+    mask: Tensor | None = None
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    policy_field: ClassVar[str] = "scores"
+    reference_field: ClassVar[str] = "ref"
+
+    def __post_init__(self) -> None:
+        if self.scores.dim() != 2:
+            raise ValueError(f"ListScores: scores must be [B, K], got shape {tuple(self.scores.shape)}")
+        shape = self.scores.shape
+        for name in ("labels", "ref", "lengths", "mask"):
+            value = getattr(self, name)
+            if value is not None and value.shape != shape:
+                raise ValueError(f"ListScores: {name} has shape {tuple(value.shape)}, scores {tuple(shape)}")
+        if self.lengths is None:
+            self.lengths = torch.ones_like(self.scores)
+        if self.mask is None:
+            self.mask = torch.ones(shape, dtype=torch.bool, device=self.scores.device)
+        self.mask = self.mask.bool()
+        short = (self.mask.sum(dim=1) < 2).nonzero().flatten().tolist()
+        if short:
+            raise ValueError(f"ListScores: batch row(s) {short} hold fewer than 2 responses; a list needs at least 2")
+
+    @property
+    def list_size(self) -> int:
+        return self.scores.shape[1]
+
+    def named(self) -> dict[str, Tensor | None]:
+        # Only the responses that exist: a padded entry's score means nothing.
+        return {"policy": self.scores[self.mask], "ref": self.ref[self.mask] if self.ref is not None else None}

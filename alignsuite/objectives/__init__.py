@@ -12,6 +12,7 @@ from alignsuite.objectives.base import (
     get_objective,
 )
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
+from alignsuite.objectives.listwise import ListMLE, ListObjective
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
     AOT,
@@ -48,6 +49,8 @@ __all__ = [
     "IPO",
     "ImageCorruption",
     "KTO",
+    "ListMLE",
+    "ListObjective",
     "MDPO",
     "MaPO",
     "NCAPair",

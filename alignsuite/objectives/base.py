@@ -119,11 +119,12 @@ class Objective:
 
     def _extra(self, policy: dict[str, SequenceScores], ref: dict[str, Tensor | None], batch: dict,
                main: tuple[str, ...]) -> dict[str, Tensor]:
-        """``extra``: the extra columns, then every view not in ``main`` as ``<name>``, ``<name>_len`` and
-        ``ref_<name>``, and prompt scores as ``<name>_prompt`` / ``<name>_prompt_len``."""
+        """``extra``: the extra columns not in ``main`` (which the score type holds itself), then every view not in
+        ``main`` as ``<name>``, ``<name>_len`` and ``ref_<name>``, and prompt scores as ``<name>_prompt`` /
+        ``<name>_prompt_len``."""
         device = next(iter(policy.values())).score.device
         extra = {}
-        for column in self.extra_columns:
+        for column in (c for c in self.extra_columns if c not in main):
             if column not in batch:
                 raise KeyError(f"objective {self.name!r} needs the data column {column!r}, which the batch lacks")
             extra[column] = _on(device, batch[column])
