@@ -106,6 +106,12 @@ class Objective:
     """
 
     name: ClassVar[str] = ""
+    # What the table of objectives (docs, generated from this registry) says of each: its family ("pairwise",
+    # "reference-free", "unpaired", "listwise", "token-level", "denoising", "multimodal" ...), its paper
+    # ("Rafailov et al. 2023, arXiv 2305.18290") and, where sources differ, the one it follows and how.
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    convention: ClassVar[str] = ""
     needs_reference: ClassVar[bool] = True
     row_kind: ClassVar[str] = "pairs"
     views: ClassVar[tuple[View, ...]] = (View("chosen"), View("rejected"))

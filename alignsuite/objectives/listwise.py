@@ -34,6 +34,7 @@ class ListObjective(Objective):
     label-ordered pairs (ties in the label excluded) that the implicit reward orders the same way.
     """
 
+    family = "listwise"
     row_kind = "lists"
     extra_columns = ("labels",)
 
@@ -110,6 +111,9 @@ class ListMLE(ListObjective):
     is DPO exactly. Padded entries are left out of every sum. Plackett-Luce has no ties: equal labels are
     ordered as the data lists them.
     """
+
+    paper = "Rafailov et al. 2023, arXiv 2305.18290 (appendix A.3); LiPO's list-MLE, arXiv 2402.01878"
+    convention = "ties in the label kept in data order (Plackett-Luce has no ties)"
 
     def list_losses(self, s: ListScores) -> tuple[Tensor, Tensor]:
         rewards = self.beta * log_ratios(s)
