@@ -85,6 +85,10 @@ class DPO(PairwiseObjective):
     the beta (default 2500), the same loss as ours at 5000.
     """
 
+    family = 'pairwise'
+    paper = 'Rafailov et al. 2023, arXiv 2305.18290; f-DPO: Wang et al. 2023, arXiv 2309.16240'
+    convention = "TRL's `sigmoid` (no label smoothing); over denoising scores it is Diffusion-DPO with the official beta 5000"
+
     def __init__(
         self,
         beta: float = 0.1,
@@ -118,6 +122,10 @@ class RobustDPO(PairwiseObjective):
     Default eps = 0.1 (the typical value; at eps = 0 this is ``dpo``).
     """
 
+    family = 'pairwise'
+    paper = 'Chowdhury et al. 2024, arXiv 2403.00409'
+    convention = "TRL's `robust`"
+
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
         check_label_smoothing(label_smoothing)
@@ -140,6 +148,10 @@ class CDPO(PairwiseObjective):
     computed for ``sigmoid`` with ``label_smoothing``. Unlike ``robust`` it is bounded below and its optimum
     keeps ``s(b D) = 1 - eps`` instead of pushing the margin to infinity. Default eps = 0.1.
     """
+
+    family = 'pairwise'
+    paper = 'Mitchell 2023, "A note on DPO with noisy preferences"'
+    convention = "TRL <= 0.28's `sigmoid` with label smoothing"
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
@@ -165,6 +177,10 @@ class IPO(PairwiseObjective):
     (per token when normalised), so the accuracy matches the loss.
     """
 
+    family = 'pairwise'
+    paper = 'Azar et al. 2023, arXiv 2310.12036'
+    convention = "length-normalised log-ratios (TRL's choice; the paper does not say)"
+
     def __init__(self, beta: float = 0.1, length_normalize: bool = True, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
         self.length_normalize = length_normalize
@@ -189,6 +205,10 @@ class Hinge(PairwiseObjective):
     the log-ratios, ``b = 1/delta``). We follow RSO: the reference is used, and ``b`` is the inverse margin.
     """
 
+    family = 'pairwise'
+    paper = 'Zhao et al. 2023, arXiv 2305.10425; Liu et al. 2023, arXiv 2309.06657'
+    convention = "TRL's `hinge`"
+
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
         return torch.relu(1 - self.beta * (u_w - u_l)), self.beta * u_w, self.beta * u_l
@@ -203,6 +223,10 @@ class NCAPair(PairwiseObjective):
     Chen et al. 2024, "Noise Contrastive Alignment of Language Models with Explicit Rewards" (NCA with K = 2
     and a binary preference). Unlike DPO it keeps the chosen likelihood from falling.
     """
+
+    family = 'pairwise'
+    paper = 'Chen et al. 2024, arXiv 2402.05369'
+    convention = "TRL's `nca_pair`"
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
@@ -222,6 +246,10 @@ class BCOPair(PairwiseObjective):
     objective a pure function of the batch (a running mean would be state that DDP ranks must agree on).
     """
 
+    family = 'pairwise'
+    paper = 'Jung et al. 2024, arXiv 2404.04656'
+    convention = "TRL's `bco_pair`: the running reward shift is dropped (delta = 0)"
+
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
         r_w, r_l = self.beta * u_w, self.beta * u_l
@@ -237,6 +265,10 @@ class SPPOHard(PairwiseObjective):
     Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment": the SPPO loss
     ``(u - eta (P - 1/2))**2`` with the win probability P set to 1 for the chosen and 0 for the rejected answer.
     """
+
+    family = 'pairwise'
+    paper = 'Wu et al. 2024, arXiv 2405.00675'
+    convention = "TRL's `sppo_hard`"
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
@@ -255,6 +287,10 @@ class EXOPair(PairwiseObjective):
     ``eps`` must be > 0 (log eps); 1e-3 is the recommended value. Older TRL silently replaced eps = 0 by 1e-3;
     we raise instead.
     """
+
+    family = 'pairwise'
+    paper = 'Ji et al. 2024, arXiv 2402.00856'
+    convention = "TRL's `exo_pair`; label_smoothing must be > 0"
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
@@ -286,6 +322,10 @@ class AOT(PairwiseObjective):
     the whole batch: larger per-device batches estimate the quantiles better.
     """
 
+    family = 'pairwise'
+    paper = 'Melnyk et al. 2024, arXiv 2406.05882'
+    convention = "TRL's `aot`"
+
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
         check_label_smoothing(label_smoothing)
@@ -308,6 +348,10 @@ class AOTUnpaired(AOT):
     before renaming it.
     """
 
+    family = 'pairwise'
+    paper = 'Melnyk et al. 2024, arXiv 2406.05882'
+    convention = "TRL's `aot_unpaired` (once `aot_pair`)"
+
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
         d = torch.sort(u_w).values - torch.sort(u_l).values
@@ -323,6 +367,10 @@ class APOZero(PairwiseObjective):
     D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions: Addressing
     Underspecification in Alignment", Eq. 7. Meant for when the chosen answers are better than the model's.
     """
+
+    family = 'pairwise'
+    paper = "D'Oosterlinck et al. 2024, arXiv 2408.06266"
+    convention = "TRL's `apo_zero`"
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
@@ -342,6 +390,10 @@ class APODown(PairwiseObjective):
     margin and the rejected side always move the DPO way.
     """
 
+    family = 'pairwise'
+    paper = "D'Oosterlinck et al. 2024, arXiv 2408.06266"
+    convention = "TRL's `apo_down`"
+
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
         r_w, r_l = self.beta * u_w, self.beta * u_l
@@ -360,6 +412,10 @@ class DiscoPOP(PairwiseObjective):
     (checked in the tests), so it does not push every margin up. ``m * exp(-z)`` is evaluated as
     ``exp(log s(z/tau) - z)`` so that 0 * inf never happens at large negative margins.
     """
+
+    family = 'pairwise'
+    paper = 'Lu et al. 2024, arXiv 2406.08414'
+    convention = "TRL's `discopop`"
 
     def __init__(self, beta: float = 0.1, discopop_tau: float = 0.05, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)

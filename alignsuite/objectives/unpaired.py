@@ -36,6 +36,10 @@ class KTO(Objective):
     the right side of z0 (a tie counts one half), and ``kl`` the reference point z0.
     """
 
+    family = 'unpaired'
+    paper = 'Ethayarajh et al. 2024, arXiv 2402.01306'
+    convention = "TRL's: reference point from mismatched pairs in the batch, mean over processes"
+
     row_kind = "unpaired"
     # The completion, and each prompt with the next row's completion: the mismatched pairs of z0.
     views = (View("completion"), View("mismatched", column="completion", shift=1))
