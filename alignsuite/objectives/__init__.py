@@ -11,17 +11,14 @@ from alignsuite.objectives.base import (
     available_objectives,
     get_objective,
 )
+from alignsuite.objectives.anchored import AOT, APODown, APOZero, AOTUnpaired
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
 from alignsuite.objectives.listwise import ListMLE, ListObjective
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
-    AOT,
     CDPO,
     DPO,
     IPO,
-    APODown,
-    APOZero,
-    AOTUnpaired,
     BCOPair,
     DiscoPOP,
     EXOPair,

@@ -74,8 +74,8 @@ class MaPO(PairwiseObjective):
     term ``-b mean(log s(T m))``.
     """
 
-    family = 'denoising'
-    paper = 'Hong et al. 2024, arXiv 2406.06424'
+    family = "denoising"
+    paper = "Hong et al. 2024, arXiv 2406.06424"
     convention = "the official code's defaults (beta_mapo 0.1)"
 
     needs_reference = False
@@ -144,8 +144,8 @@ class DiffusionKTO(KTO):
     half; the official code counts ties as wrong), ``kl`` = z0, ``count/desirable``/``count/undesirable``.
     """
 
-    family = 'denoising'
-    paper = 'Li et al. 2024, arXiv 2404.04465'
+    family = "denoising"
+    paper = "Li et al. 2024, arXiv 2404.04465"
     convention = "the official code's beta on g = 2u (1000); ties count one half (the code counts them wrong)"
 
     views = (View("completion"),)
@@ -201,9 +201,9 @@ class SmPO(PairwiseObjective):
     Metrics: the DPO reward metrics (``b u``) and ``smpo/preference`` = mean p.
     """
 
-    family = 'denoising'
+    family = "denoising"
     paper = 'Lu et al. 2025, "Smoothed Preference Optimization via ReNoise Inversion" (ICML 2025)'
-    convention = 'the official PickScore bounds as raw cosines'
+    convention = "the official PickScore bounds as raw cosines"
 
     extra_columns = ("reward_chosen", "reward_rejected")
 
@@ -294,8 +294,8 @@ class SePPO(PairwiseObjective):
     (``c = -1``).
     """
 
-    family = 'denoising'
-    paper = 'Zhang et al. 2024, arXiv 2410.05255'
+    family = "denoising"
+    paper = "Zhang et al. 2024, arXiv 2410.05255"
     convention = "Diffusion-DPO's official beta, in `dpo`'s convention"
 
     views = (View("chosen"), View("rejected", sampled=True))  # the losers: the reference's own samples

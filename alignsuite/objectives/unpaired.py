@@ -36,8 +36,8 @@ class KTO(Objective):
     the right side of z0 (a tie counts one half), and ``kl`` the reference point z0.
     """
 
-    family = 'unpaired'
-    paper = 'Ethayarajh et al. 2024, arXiv 2402.01306'
+    family = "unpaired"
+    paper = "Ethayarajh et al. 2024, arXiv 2402.01306"
     convention = "TRL's: reference point from mismatched pairs in the batch, mean over processes"
 
     row_kind = "unpaired"
