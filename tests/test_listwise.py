@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from alignsuite.objectives import get_objective
+from alignsuite.objectives import available_objectives, get_objective
 from alignsuite.scores import ListScores, PairScores
 
 # Registered objectives whose values are worked by hand here (checked by test_objectives.py).
-HAND_WORKED = ("list_mle",)
+HAND_WORKED = ("list_mle", "lipo", "pro", "infonca", "nca", "exo", "mpo")
 
 
 def lists(scores, labels, mask=None):
@@ -52,3 +52,256 @@ def test_list_mle_at_two_responses_is_dpo():
 def test_a_list_with_fewer_than_two_responses_is_refused():
     with pytest.raises(ValueError, match="row.*1.*fewer than 2"):
         lists([[0.1, 0.2], [0.3, 0.4]], [[1, 0], [1, float("nan")]], mask=[[1, 1], [1, 0]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plain-Python forms of every list objective, written from the equations in research/families.md §1 over one
+# list (its existing responses only, in any order): s = implicit rewards (or mean log-probs for PRO), r = labels.
+
+
+def lse(*xs):
+    top = max(xs)
+    return top + math.log(sum(math.exp(x - top) for x in xs))
+
+
+def logsig(x):
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def softmax(xs):
+    z = lse(*xs)
+    return [math.exp(x - z) for x in xs]
+
+
+def by_label(s, r):
+    """(s, r) sorted best first by label, equal labels in data order."""
+    order = sorted(range(len(r)), key=lambda i: -r[i])
+    return [s[i] for i in order], [r[i] for i in order]
+
+
+def plain_list_mle(s, r):
+    s, _ = by_label(s, r)
+    return -sum(s[k] - lse(*s[k:]) for k in range(len(s)))
+
+
+def plain_lipo(s, r, loss_type="lambda", discount="log2"):
+    if loss_type == "list_mle":
+        return plain_list_mle(s, r)
+    if loss_type == "softmax":
+        return -sum(ri / sum(r) * math.log(p) for ri, p in zip(r, softmax(s)))
+    log = math.log2 if discount == "log2" else math.log
+    ranked = sorted(range(len(s)), key=lambda i: -s[i])
+    rank = {i: pos + 1 for pos, i in enumerate(ranked)}
+    total = 0.0
+    for i in range(len(s)):
+        for j in range(len(s)):
+            if r[i] > r[j]:
+                if loss_type == "pair_hinge":
+                    total += max(0.0, 1 - (s[i] - s[j]))
+                    continue
+                weight = 1.0
+                if loss_type == "lambda":
+                    weight = abs(2 ** r[i] - 2 ** r[j]) * abs(1 / log(1 + rank[i]) - 1 / log(1 + rank[j]))
+                total += weight * -logsig(s[i] - s[j])
+    return total
+
+
+def plain_pro(m, r):
+    m, r = by_label(m, r)
+    total = 0.0
+    for k in range(len(m) - 1):
+        temps = [r[k] - r[j] for j in range(k + 1, len(m))]
+        top = max(temps)
+        total += math.log(1e-10 + math.exp(m[k] * top) + sum(math.exp(m[j] * t) for j, t in zip(range(k + 1, len(m)), temps)))
+        total -= m[k] * top
+    return total
+
+
+def plain_infonca(s, r, alpha=1.0):
+    p = softmax([x / alpha for x in r])
+    return -sum(pk * math.log(q) for pk, q in zip(p, softmax(s)))
+
+
+def plain_nca(s, r, alpha=1.0):
+    p = softmax([x / alpha for x in r])
+    return -sum(logsig(-x) for x in s) / len(s) - sum(pk * logsig(x) for pk, x in zip(p, s))
+
+
+def plain_exo(s, r, beta_r=1.0):
+    p, q = softmax(s), softmax([x / beta_r for x in r])
+    return sum(pk * (math.log(pk) - math.log(qk)) for pk, qk in zip(p, q))
+
+
+def plain_mpo(s, r, alpha=1.0):
+    mean = sum(r) / len(r)
+    weighted = [x + alpha * abs(ri - mean) for x, ri in zip(s, r)]
+    chosen = [w for w, ri in zip(weighted, r) if ri > mean]
+    return lse(*weighted) - lse(*chosen) if chosen else 0.0
+
+
+PLAIN = {  # name -> (hparams, plain form of one list taking (s, r))
+    "list_mle": ({}, plain_list_mle),
+    "lipo": ({}, plain_lipo),
+    "lipo-ln": ({"discount": "ln"}, lambda s, r: plain_lipo(s, r, discount="ln")),
+    "lipo-pair_logistic": ({"loss_type": "pair_logistic"}, lambda s, r: plain_lipo(s, r, "pair_logistic")),
+    "lipo-pair_hinge": ({"loss_type": "pair_hinge"}, lambda s, r: plain_lipo(s, r, "pair_hinge")),
+    "lipo-list_mle": ({"loss_type": "list_mle"}, lambda s, r: plain_lipo(s, r, "list_mle")),
+    "lipo-softmax": ({"loss_type": "softmax"}, lambda s, r: plain_lipo(s, r, "softmax")),
+    "pro": ({"sft_weight": 0.0}, plain_pro),
+    "infonca": ({"temperature_alpha": 2.0}, lambda s, r: plain_infonca(s, r, 2.0)),
+    "nca": ({"temperature_alpha": 2.0}, lambda s, r: plain_nca(s, r, 2.0)),
+    "exo": ({"beta_r": 0.5}, lambda s, r: plain_exo(s, r, 0.5)),
+    "mpo": ({"alpha": 0.7}, lambda s, r: plain_mpo(s, r, 0.7)),
+}
+LIST_OBJECTIVES = sorted(n for n in available_objectives() if get_objective(n).row_kind == "lists")
+
+
+def test_every_list_objective_has_a_plain_form():
+    assert set(LIST_OBJECTIVES) <= {case.split("-")[0] for case in PLAIN}
+
+
+@pytest.mark.parametrize("case", sorted(PLAIN))
+def test_matches_its_plain_python_form_at_k4_with_a_ragged_row(case):
+    name, (hparams, plain) = case.split("-")[0], PLAIN[case]
+    g = torch.Generator().manual_seed(7)
+    scores, ref = torch.randn(3, 4, generator=g) * 3, torch.randn(3, 4, generator=g) * 3
+    lengths = torch.randint(1, 6, (3, 4), generator=g).float()
+    labels = torch.randint(0, 4, (3, 4), generator=g).float() / 2  # ratings in halves: some ties
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    beta = 0.7
+    objective = get_objective(name, **({} if name == "pro" else {"beta": beta}), **hparams)
+    s = ListScores(scores, torch.where(mask, labels, float("nan")), ref, lengths, mask)
+    expected = []
+    for b in range(3):
+        keep = [k for k in range(4) if mask[b, k]]
+        if name == "pro":
+            x = [scores[b, k].item() / lengths[b, k].item() for k in keep]
+        else:
+            x = [beta * (scores[b, k].item() - ref[b, k].item()) for k in keep]
+        expected.append(plain(x, [labels[b, k].item() for k in keep]))
+    assert objective(s).loss.item() == pytest.approx(sum(expected) / 3, rel=1e-5, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hand-worked anchors (families.md §1.2-§1.5, §1.9), each also written out with plain math
+
+
+def ref0(scores, labels, **kw):
+    """A list whose reference scores are 0, so that beta = 1 makes the implicit rewards the scores."""
+    return lists(scores, labels, **kw)
+
+
+def test_lipo_lambda_anchor():
+    # §1.2: s = [0.2, 0.5, -0.1], psi = [0.9, 0.6, 0.1] -> model ranks tau = [2, 1, 3].
+    out = get_objective("lipo", beta=1.0, list_size=3)(ref0([[0.2, 0.5, -0.1]], [[0.9, 0.6, 0.1]]))
+    g = [2**0.9 - 1, 2**0.6 - 1, 2**0.1 - 1]
+    d = [1 / math.log2(3), 1 / math.log2(2), 1 / math.log2(4)]  # 1/D(tau) for tau = 2, 1, 3
+    delta = {(i, j): abs(g[i] - g[j]) * abs(d[i] - d[j]) for i, j in ((0, 1), (0, 2), (1, 2))}
+    assert [round(delta[p], 6) for p in ((0, 1), (0, 2), (1, 2))] == [0.129304, 0.103997, 0.221972]
+    s = [0.2, 0.5, -0.1]
+    by_hand = sum(w * -logsig(s[i] - s[j]) for (i, j), w in delta.items())
+    assert out.loss.item() == pytest.approx(by_hand, abs=1e-6) and by_hand == pytest.approx(0.265232, abs=1e-6)
+
+
+def test_lipo_softmax_and_list_mle_anchors():
+    scores = ref0([[0.2, 0.5, -0.1]], [[0.9, 0.6, 0.1]])
+    softmax_loss = get_objective("lipo", beta=1.0, list_size=3, loss_type="softmax")(scores).loss.item()
+    z = lse(0.2, 0.5, -0.1)
+    assert softmax_loss == pytest.approx(-sum(p / 1.6 * (x - z) for p, x in ((0.9, 0.2), (0.6, 0.5), (0.1, -0.1))))
+    assert softmax_loss == pytest.approx(1.034640, abs=1e-6)
+    mle = get_objective("lipo", beta=1.0, list_size=3, loss_type="list_mle")(scores).loss.item()
+    assert mle == pytest.approx(1.565878, abs=1e-6)
+
+
+def test_lipo_ln_discount_scales_lambda_by_one_over_ln2():
+    scores = ref0([[0.2, 0.5, -0.1, 0.3]], [[0.9, 0.6, 0.1, 0.4]])
+    log2 = get_objective("lipo", beta=1.0)(scores).loss.item()
+    assert get_objective("lipo", beta=1.0, discount="ln")(scores).loss.item() == pytest.approx(log2 / math.log(2))
+
+
+def test_lipo_softmax_refuses_negative_labels():
+    with pytest.raises(ValueError, match=r"softmax.*labels must be >= 0.*row\(s\) \[1\]"):
+        get_objective("lipo", list_size=2, loss_type="softmax")(ref0([[0.1, 0.2], [0.3, 0.4]], [[1, 0], [1, -1]]))
+
+
+def test_lipo_lambda_weights_come_from_the_model_ranks_and_carry_no_gradient():
+    scores = torch.tensor([[0.2, 0.5, -0.1]], requires_grad=True)
+    s = ListScores(scores, torch.tensor([[0.9, 0.6, 0.1]]), torch.zeros(1, 3))
+    get_objective("lipo", beta=1.0, list_size=3)(s).loss.backward()
+    # With the weights held constant: dL/ds_0 = -Delta_01 s(s_1 - s_0) - Delta_02 s(s_2 - s_0), by hand.
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert scores.grad[0, 0].item() == pytest.approx(-0.129304 * sig(0.3) - 0.103997 * sig(-0.3), abs=1e-6)
+
+
+def test_pro_anchor_and_its_sft_term():
+    # §1.3: s = [-1.0, -1.5, -2.0] (per-token means), r = [3, 2, 0] -> L_0 = 1.710455, L_1 = 0.313262.
+    l0 = math.log(1e-10 + math.exp(-3.0) + math.exp(-1.5 * 1) + math.exp(-2.0 * 3)) + 3.0
+    l1 = math.log(1e-10 + math.exp(-1.5 * 2) + math.exp(-2.0 * 2)) + 1.5 * 2
+    assert (round(l0, 6), round(l1, 6)) == (1.710455, 0.313262)
+    pro = get_objective("pro", list_size=3, sft_weight=0.0)
+    assert pro(lists([[-1.0, -1.5, -2.0]], [[3, 2, 0]])).loss.item() == pytest.approx(2.023716, abs=1e-6)
+    # Summed log-probs over [2, 3, 1] tokens give the same means; shuffled, the rows are sorted by reward.
+    summed = ListScores(torch.tensor([[-4.5, -2.0, -2.0]]), torch.tensor([[2.0, 3.0, 0.0]]),
+                        lengths=torch.tensor([[3.0, 2.0, 1.0]]))
+    assert pro(summed).loss.item() == pytest.approx(l0 + l1, abs=1e-6)
+    # The SFT term: weight * (n - 1)^2 * (-summed log-prob of the best) = 0.05 * 4 * 2.0.
+    out = get_objective("pro", list_size=3)(summed)
+    assert out.loss.item() == pytest.approx(l0 + l1 + 0.05 * 4 * 2.0, abs=1e-6)
+    assert out.metrics["loss/sft"].item() == pytest.approx(8.0)
+
+
+def test_pro_equal_rewards_give_a_zero_temperature_term():
+    l0 = math.log(1e-10 + math.exp(-1.0 * 3) + math.exp(-1.5 * 0) + math.exp(-2.0 * 3)) + 3.0
+    l1 = math.log(1e-10 + math.exp(-1.5 * 3) + math.exp(-2.0 * 3)) + 1.5 * 3
+    out = get_objective("pro", list_size=3, sft_weight=0.0)(lists([[-1.0, -1.5, -2.0]], [[3, 3, 0]]))
+    assert out.loss.item() == pytest.approx(l0 + l1, abs=1e-6)
+
+
+def test_infonca_and_nca_anchor():
+    # §1.4: r = [0.3, -0.2, 0.1, -0.4], r* = [8, 6, 5, 2], alpha = 1.
+    scores, stars = [0.3, -0.2, 0.1, -0.4], [8, 6, 5, 2]
+    p = softmax(stars)
+    assert [round(x, 6) for x in p] == [0.842034, 0.113957, 0.041922, 0.002087]
+    z = lse(*scores)
+    infonca = -sum(pk * (x - z) for pk, x in zip(p, scores))
+    nca = -sum(logsig(-x) for x in scores) / 4 - sum(pk * logsig(x) for pk, x in zip(p, scores))
+    assert (round(infonca, 6), round(nca, 6)) == (1.139040, 1.264136)
+    s = ref0([scores], [stars])
+    assert get_objective("infonca", beta=1.0, temperature_alpha=1.0)(s).loss.item() == pytest.approx(infonca, abs=1e-6)
+    assert get_objective("nca", beta=1.0, temperature_alpha=1.0)(s).loss.item() == pytest.approx(nca, abs=1e-6)
+
+
+def test_best_bonus_breaks_a_tie_for_best_in_favour_of_the_first():
+    s = ref0([[0.3, -0.2, 0.1]], [[5, 5, 2]])
+    p = softmax([5.01 / 0.01, 5 / 0.01, 2 / 0.01])  # the code's +0.01 on the first best
+    z = lse(0.3, -0.2, 0.1)
+    out = get_objective("infonca", beta=1.0, list_size=3, temperature_alpha=0.01, best_bonus=0.01)(s)
+    # (float32 holds 5.01 / 0.01 to within ~3e-5 of 501, hence the tolerance)
+    assert out.loss.item() == pytest.approx(-sum(pk * (x - z) for pk, x in zip(p, (0.3, -0.2, 0.1))), abs=1e-5)
+    # Without it the tied best share the weight equally.
+    even = get_objective("infonca", beta=1.0, list_size=3, temperature_alpha=0.01)(s).loss.item()
+    assert even == pytest.approx(-0.5 * (0.3 - z) - 0.5 * (-0.2 - z), abs=1e-6)
+
+
+def test_exo_anchor():
+    # Derived: s = [0.2, 0.5, -0.1], r* = [1.0, 0.5, -1.0], beta_r = 0.5 -> KL(softmax(s) || softmax(2 r*)).
+    p, q = softmax([0.2, 0.5, -0.1]), softmax([2.0, 1.0, -2.0])
+    by_hand = sum(pk * math.log(pk / qk) for pk, qk in zip(p, q))
+    out = get_objective("exo", beta=1.0, list_size=3, beta_r=0.5)(ref0([[0.2, 0.5, -0.1]], [[1.0, 0.5, -1.0]]))
+    assert out.loss.item() == pytest.approx(by_hand, abs=1e-6)
+    assert by_hand == pytest.approx(0.652819, abs=1e-6)
+
+
+def test_mpo_anchor():
+    # Derived: s = [0.2, 0.5, -0.1, 0.4], r* = [8, 6, 5, 1]: mean 5, chosen {0, 1}, |deviation| [3, 1, 0, 4].
+    alpha = 0.5
+    weighted = [0.2 + 1.5, 0.5 + 0.5, -0.1 + 0.0, 0.4 + 2.0]
+    by_hand = -math.log((math.exp(weighted[0]) + math.exp(weighted[1])) / sum(math.exp(w) for w in weighted))
+    out = get_objective("mpo", beta=1.0, alpha=alpha)(ref0([[0.2, 0.5, -0.1, 0.4]], [[8, 6, 5, 1]]))
+    assert out.loss.item() == pytest.approx(by_hand, abs=1e-6)
+    assert by_hand == pytest.approx(0.898540, abs=1e-6)
+
+
+def test_mpo_list_with_equal_labels_contributes_nothing():
+    out = get_objective("mpo", beta=1.0, list_size=3)(ref0([[0.2, 0.5, -0.1]], [[4, 4, 4]]))
+    assert out.loss.item() == 0.0

@@ -55,6 +55,8 @@ def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64,
     # mdpo's third view, the chosen answer under a corrupted image: scored here as an image-blind model would
     # score it, like the rejected answer (its hand-worked values are in test_vlm.py).
     extra["chosen_corrupted"], extra["ref_chosen_corrupted"] = rejected, ref_rejected
+    # A prompt embedding per pair (rpo_relative's extra column; its hand-worked values are in test_relative.py).
+    extra["prompt_embedding"] = torch.tensor([[1.0, 0.5 * i, 0.2 * (i % 2)] for i in range(len(pairs))], dtype=dtype)
     return PairScores(
         chosen,
         rejected,
@@ -78,6 +80,7 @@ def hand_mean(per_pair, pairs=PAIRS) -> float:
 PAIRWISE = [n for n in available_objectives() if get_objective(n).row_kind == "pairs"]
 UNPAIRED = [n for n in available_objectives() if get_objective(n).row_kind == "unpaired"]
 REFERENCE_FREE = {"simpo", "orpo", "cpo", "mapo"}
+REFERENCE_FREE_LISTS = {"pro"}  # list objectives: the generic list checks read needs_reference themselves
 
 
 def accepts(name: str, param: str) -> bool:
@@ -376,7 +379,7 @@ def test_kto_gradient_sign():
 
 def test_needs_reference_flags():
     for name in available_objectives():
-        assert get_objective(name).needs_reference == (name not in REFERENCE_FREE), name
+        assert get_objective(name).needs_reference == (name not in REFERENCE_FREE | REFERENCE_FREE_LISTS), name
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_FREE))

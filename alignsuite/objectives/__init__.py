@@ -13,7 +13,7 @@ from alignsuite.objectives.base import (
 )
 from alignsuite.objectives.anchored import AOT, APODown, APOZero, AOTUnpaired
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
-from alignsuite.objectives.listwise import ListMLE, ListObjective
+from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
     CDPO,
@@ -28,6 +28,9 @@ from alignsuite.objectives.pairwise import (
     SPPOHard,
 )
 from alignsuite.objectives.reference_free import CPO, ORPO, SimPO
+from alignsuite.objectives.relative import RelativePO
+from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
+from alignsuite.objectives.set_contrast import MPO, select_active_subset
 from alignsuite.objectives.unpaired import KTO
 
 __all__ = [
@@ -41,20 +44,27 @@ __all__ = [
     "DPO",
     "DiffusionKTO",
     "DiscoPOP",
+    "EXO",
     "EXOPair",
     "Hinge",
     "IPO",
     "ImageCorruption",
+    "InfoNCA",
     "KTO",
+    "LiPO",
     "ListMLE",
     "ListObjective",
     "MDPO",
+    "MPO",
     "MaPO",
+    "NCA",
     "NCAPair",
     "ORPO",
+    "PRO",
     "Objective",
     "ObjectiveOutput",
     "PairwiseObjective",
+    "RelativePO",
     "RobustDPO",
     "SPPOHard",
     "SePPO",
@@ -62,4 +72,5 @@ __all__ = [
     "SmPO",
     "available_objectives",
     "get_objective",
+    "select_active_subset",
 ]
