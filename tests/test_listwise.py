@@ -7,6 +7,18 @@ import torch
 
 from alignsuite.objectives import available_objectives, get_objective
 from alignsuite.scores import ListScores, PairScores
+from listwise_plain import (
+    logsig,
+    lse,
+    plain_exo,
+    plain_infonca,
+    plain_lipo,
+    plain_list_mle,
+    plain_mpo,
+    plain_nca,
+    plain_pro,
+    softmax,
+)
 
 # Registered objectives whose values are worked by hand here (checked by test_objectives.py).
 HAND_WORKED = ("list_mle", "lipo", "pro", "infonca", "nca", "exo", "mpo")
@@ -23,7 +35,6 @@ def test_list_mle_matches_the_hand_worked_plackett_luce_value():
     out = get_objective("list_mle", beta=1.0, list_size=3)(lists([[0.2, 0.5, -0.1]], [[3, 2, 1]]))
     assert out.loss.item() == pytest.approx(1.565878, abs=1e-6)
     # By hand: -(0.2 - lse(0.2, 0.5, -0.1)) - (0.5 - lse(0.5, -0.1)).
-    lse = lambda *x: math.log(sum(math.exp(v) for v in x))  # noqa: E731
     assert out.loss.item() == pytest.approx(-(0.2 - lse(0.2, 0.5, -0.1)) - (0.5 - lse(0.5, -0.1)), abs=1e-6)
 
 
@@ -52,91 +63,6 @@ def test_list_mle_at_two_responses_is_dpo():
 def test_a_list_with_fewer_than_two_responses_is_refused():
     with pytest.raises(ValueError, match="row.*1.*fewer than 2"):
         lists([[0.1, 0.2], [0.3, 0.4]], [[1, 0], [1, float("nan")]], mask=[[1, 1], [1, 0]])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Plain-Python forms of every list objective, written from the equations in research/families.md §1 over one
-# list (its existing responses only, in any order): s = implicit rewards (or mean log-probs for PRO), r = labels.
-
-
-def lse(*xs):
-    top = max(xs)
-    return top + math.log(sum(math.exp(x - top) for x in xs))
-
-
-def logsig(x):
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
-
-
-def softmax(xs):
-    z = lse(*xs)
-    return [math.exp(x - z) for x in xs]
-
-
-def by_label(s, r):
-    """(s, r) sorted best first by label, equal labels in data order."""
-    order = sorted(range(len(r)), key=lambda i: -r[i])
-    return [s[i] for i in order], [r[i] for i in order]
-
-
-def plain_list_mle(s, r):
-    s, _ = by_label(s, r)
-    return -sum(s[k] - lse(*s[k:]) for k in range(len(s)))
-
-
-def plain_lipo(s, r, loss_type="lambda", discount="log2"):
-    if loss_type == "list_mle":
-        return plain_list_mle(s, r)
-    if loss_type == "softmax":
-        return -sum(ri / sum(r) * math.log(p) for ri, p in zip(r, softmax(s)))
-    log = math.log2 if discount == "log2" else math.log
-    ranked = sorted(range(len(s)), key=lambda i: -s[i])
-    rank = {i: pos + 1 for pos, i in enumerate(ranked)}
-    total = 0.0
-    for i in range(len(s)):
-        for j in range(len(s)):
-            if r[i] > r[j]:
-                if loss_type == "pair_hinge":
-                    total += max(0.0, 1 - (s[i] - s[j]))
-                    continue
-                weight = 1.0
-                if loss_type == "lambda":
-                    weight = abs(2 ** r[i] - 2 ** r[j]) * abs(1 / log(1 + rank[i]) - 1 / log(1 + rank[j]))
-                total += weight * -logsig(s[i] - s[j])
-    return total
-
-
-def plain_pro(m, r):
-    m, r = by_label(m, r)
-    total = 0.0
-    for k in range(len(m) - 1):
-        temps = [r[k] - r[j] for j in range(k + 1, len(m))]
-        top = max(temps)
-        total += math.log(1e-10 + math.exp(m[k] * top) + sum(math.exp(m[j] * t) for j, t in zip(range(k + 1, len(m)), temps)))
-        total -= m[k] * top
-    return total
-
-
-def plain_infonca(s, r, alpha=1.0):
-    p = softmax([x / alpha for x in r])
-    return -sum(pk * math.log(q) for pk, q in zip(p, softmax(s)))
-
-
-def plain_nca(s, r, alpha=1.0):
-    p = softmax([x / alpha for x in r])
-    return -sum(logsig(-x) for x in s) / len(s) - sum(pk * logsig(x) for pk, x in zip(p, s))
-
-
-def plain_exo(s, r, beta_r=1.0):
-    p, q = softmax(s), softmax([x / beta_r for x in r])
-    return sum(pk * (math.log(pk) - math.log(qk)) for pk, qk in zip(p, q))
-
-
-def plain_mpo(s, r, alpha=1.0):
-    mean = sum(r) / len(r)
-    weighted = [x + alpha * abs(ri - mean) for x, ri in zip(s, r)]
-    chosen = [w for w, ri in zip(weighted, r) if ri > mean]
-    return lse(*weighted) - lse(*chosen) if chosen else 0.0
 
 
 PLAIN = {  # name -> (hparams, plain form of one list taking (s, r))
@@ -305,3 +231,126 @@ def test_mpo_anchor():
 def test_mpo_list_with_equal_labels_contributes_nothing():
     out = get_objective("mpo", beta=1.0, list_size=3)(ref0([[0.2, 0.5, -0.1]], [[4, 4, 4]]))
     assert out.loss.item() == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# K = 2 reductions to the pairwise objectives, exactly
+
+
+CHOSEN, REJECTED = torch.tensor([0.3, -1.2, 2.0]), torch.tensor([-0.2, 0.4, 1.5])
+REF_C, REF_R = torch.tensor([0.1, -1.0, -0.5]), torch.tensor([0.0, 0.1, 1.0])
+PAIR = PairScores(CHOSEN, REJECTED, REF_C, REF_R)
+
+
+def as_lists(labels=(1.0, 0.0)):
+    """The pairs above as lists of two, the rejected answer first (so that nothing relies on position)."""
+    return ListScores(torch.stack([REJECTED, CHOSEN], 1), torch.tensor([[labels[1], labels[0]]] * 3),
+                      torch.stack([REF_R, REF_C], 1))
+
+
+@pytest.mark.parametrize("name,hparams,pairwise,pair_hparams,labels", [
+    ("lipo", {"loss_type": "pair_logistic"}, "dpo", {}, (1.0, 0.0)),
+    ("lipo", {"loss_type": "pair_hinge"}, "hinge", {}, (1.0, 0.0)),
+    ("lipo", {"loss_type": "list_mle"}, "dpo", {}, (1.0, 0.0)),
+    ("infonca", {"temperature_alpha": 1e-4}, "dpo", {}, (1.0, 0.0)),  # a one-hot target
+    ("nca", {"temperature_alpha": 1e-4}, "nca_pair", {}, (1.0, 0.0)),
+    ("mpo", {"alpha": 1.0}, "dpo", {}, (7.0, 2.0)),  # equal weights at K = 2 cancel, whatever alpha
+    # exo_pair's target (1 - eps, eps) is softmax(r*) for r* = log of it.
+    ("exo", {"beta_r": 1.0}, "exo_pair", {"label_smoothing": 1e-3}, (math.log1p(-1e-3), math.log(1e-3))),
+    ("exo", {"beta_r": 1.0}, "exo_pair", {"label_smoothing": 0.2}, (math.log(0.8), math.log(0.2))),
+])
+def test_at_two_responses_it_is_the_pairwise_objective(name, hparams, pairwise, pair_hparams, labels):
+    for beta in (0.1, 0.7):
+        pair = get_objective(pairwise, beta=beta, **pair_hparams)(PAIR)
+        listed = get_objective(name, beta=beta, list_size=2, **hparams)(as_lists(labels))
+        assert listed.loss.item() == pytest.approx(pair.loss.item(), rel=1e-6, abs=1e-7)
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+            assert listed.metrics[key].item() == pytest.approx(pair.metrics[key].item(), abs=1e-7)
+
+
+@pytest.mark.parametrize("discount,inverse", [("log2", lambda r: 1 / math.log2(1 + r)), ("ln", lambda r: 1 / math.log1p(r))])
+def test_lipo_lambda_at_two_responses_is_dpo_times_a_constant(discount, inverse):
+    psi = (0.9, 0.1)
+    factor = abs(2 ** psi[0] - 2 ** psi[1]) * abs(inverse(1) - inverse(2))  # |G1 - G2| (1 - 1/log2 3) for log2
+    if discount == "log2":
+        assert factor == pytest.approx((2**0.9 - 2**0.1) * (1 - 1 / math.log2(3)))
+    dpo = get_objective("dpo", beta=0.5)(PAIR).loss.item()
+    lam = get_objective("lipo", beta=0.5, list_size=2, discount=discount)(as_lists(psi)).loss.item()
+    assert lam == pytest.approx(factor * dpo, rel=1e-6)
+
+
+def test_pro_at_two_responses_is_simpo_with_the_reward_gap_as_beta():
+    # L = log(1e-10 + e^{T m_1} + e^{T m_2}) - T m_1 = -log s(T (m_1 - m_2)) up to the 1e-10, T = r*_1 - r*_2.
+    lengths = torch.tensor([[3.0, 2.0], [1.0, 4.0], [2.0, 2.0]])
+    listed = ListScores(torch.stack([CHOSEN, REJECTED], 1), torch.tensor([[2.5, 1.0]] * 3), lengths=lengths)
+    pair = PairScores(CHOSEN, REJECTED, chosen_len=lengths[:, 0], rejected_len=lengths[:, 1])
+    simpo = get_objective("simpo", beta=1.5, gamma=0.0)(pair).loss.item()
+    assert get_objective("pro", list_size=2, sft_weight=0.0)(listed).loss.item() == pytest.approx(simpo, abs=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every list objective: padding, ties, extremes, gradients
+
+
+LIST_CASES = [(n, {}) for n in LIST_OBJECTIVES] + [("lipo", {"loss_type": t}) for t in
+                                                   ("pair_logistic", "pair_hinge", "list_mle", "softmax")]
+LIST_IDS = [n + "".join(f"-{v}" for v in h.values()) for n, h in LIST_CASES]
+
+
+@pytest.mark.parametrize("name,hparams", LIST_CASES, ids=LIST_IDS)
+def test_a_padded_entry_takes_no_part_in_any_list_objective(name, hparams):
+    scores, ref = [[0.4, -0.3, 1.1], [-2.0, 0.5, 0.7]], [[0.1, 0.2, -0.4], [-1.0, 0.3, 0.0]]
+    labels, lengths = [[2.0, 3.0, 1.0], [1.0, 1.0, 4.0]], [[2.0, 3.0, 1.0], [1.0, 4.0, 2.0]]
+    objective = get_objective(name, **hparams)
+    short = objective(ListScores(*(torch.tensor(x) for x in (scores, labels, ref, lengths))))
+    # The same lists with a junk entry inserted at position 1 (score, reference, length and a NaN label) masked off.
+    pad = lambda rows, junk: [r[:1] + [junk] + r[1:] for r in rows]  # noqa: E731
+    padded = ListScores(torch.tensor(pad(scores, 9.0)), torch.tensor(pad(labels, float("nan"))),
+                        torch.tensor(pad(ref, -7.0)), torch.tensor(pad(lengths, 5.0)),
+                        torch.tensor([[True, False, True, True]] * 2))
+    out = objective(padded)
+    assert out.loss.item() == pytest.approx(short.loss.item(), rel=1e-6, abs=1e-7)
+    for key, value in short.metrics.items():
+        assert out.metrics[key].item() == pytest.approx(value.item(), rel=1e-6, abs=1e-7), key
+
+
+@pytest.mark.parametrize("name,hparams", LIST_CASES, ids=LIST_IDS)
+def test_finite_with_gradients_at_extreme_scores_for_every_list_objective(name, hparams):
+    objective = get_objective(name, **hparams)
+    scores = torch.tensor([[800.0, -800.0, 3.0, -1e4], [-800.0, 800.0, 1e4, 0.0]], requires_grad=True)
+    ref = torch.tensor([[-800.0, 800.0, 0.0, 1e4], [800.0, -800.0, -1e4, 0.0]])
+    labels = torch.tensor([[4.0, 1.0, 1.0, 0.0], [3.0, 2.0, 1.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    out = objective(ListScores(scores, labels, ref, mask=mask))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(scores.grad).all()
+    assert all(torch.isfinite(v) for v in out.metrics.values())
+    assert scores.grad[1, 3] == 0  # the padded entry gets no gradient
+
+
+@pytest.mark.parametrize("name,hparams", LIST_CASES, ids=LIST_IDS)
+def test_raising_the_best_response_lowers_every_list_loss(name, hparams):
+    scores = torch.tensor([[0.4, -0.3, 1.1, 0.2]], requires_grad=True)
+    s = ListScores(scores, torch.tensor([[4.0, 2.0, 1.0, 0.0]]), torch.zeros(1, 4))
+    get_objective(name, **hparams)(s).loss.backward()
+    assert scores.grad[0, 0] < 0 and torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("name", ["lipo", "list_mle"])
+def test_equal_labels_make_no_pair(name):
+    # Two tied responses: LiPO makes no pair of them (loss 0); list-MLE orders them as the data does.
+    tied = get_objective(name, beta=1.0, list_size=2)(ref0([[0.3, -0.2]], [[1.0, 1.0]]))
+    expected = 0.0 if name == "lipo" else -(0.3 - lse(0.3, -0.2))
+    assert tied.loss.item() == pytest.approx(expected, abs=1e-7)
+
+
+@pytest.mark.parametrize("name,hparams,named", [
+    ("lipo", {"loss_type": "ranknet"}, "loss_type"), ("lipo", {"discount": "log10"}, "discount"),
+    ("lipo", {"beta": 0.0}, "beta"), ("lipo", {"list_size": 1}, "list_size"),
+    ("pro", {"sft_weight": -1.0}, "sft_weight"), ("pro", {"list_size": 1}, "list_size"),
+    ("infonca", {"temperature_alpha": 0.0}, "temperature_alpha"), ("nca", {"best_bonus": -0.01}, "best_bonus"),
+    ("exo", {"beta_r": 0.0}, "beta_r"), ("mpo", {"alpha": -1.0}, "alpha"),
+])
+def test_bad_hyper_parameters_are_refused_naming_them(name, hparams, named):
+    with pytest.raises(ValueError, match=named):
+        get_objective(name, **hparams)
