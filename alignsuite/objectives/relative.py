@@ -44,6 +44,7 @@ class RelativePO(PairwiseObjective):
     pair per device both variants are DPO.
     """
 
+    family = "pairwise"
     paper = "Yin et al. 2024, arXiv 2402.10958"
     convention = "official code: similarity weight inside the sigmoid (the paper weights the losses); per-device batch"
 

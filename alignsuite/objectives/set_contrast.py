@@ -26,10 +26,12 @@ class MPO(ListObjective):
         L = - log [ sum_{k in Y+} w_k exp(s_k) / sum_k w_k exp(s_k) ],   s = beta * u
 
     Gupta et al., "Multi-Preference Optimization: Generalizing DPO via Set-Level Contrasts" (first titled
-    SWEPO). The paper's full text could not be read here: this is the form of the research notes, with the
-    weights as a summary of the paper's first version gives them (``exp(alpha * deviation)`` for the chosen,
-    ``exp(-alpha * deviation)`` for the rejected, both growing with ``|r* - m|``); ``alpha`` = 1 by default
-    (the paper's value not checked). A list whose labels are all equal has no chosen set and contributes 0.
+    SWEPO). The paper's full text could not be read here: this is the form of the research notes. A summary of
+    the paper's first version gives ``exp(alpha * deviation)`` as the chosen responses' weight; the rejected
+    ones' is taken as ``exp(-alpha * deviation)`` (not read), so that both grow with ``|r* - m|`` as the abstract
+    says. ``alpha`` = 1 by default (the paper's value not checked); whether the paper's ``s`` is this log-ratio
+    or a reference-free score is not checked either. A list whose labels are all equal has no chosen set and
+    contributes 0.
     At K = 2 both weights are equal and cancel: MPO is DPO for any ``alpha``.
     """
 
