@@ -191,7 +191,8 @@ class LiPO(ListObjective):
     Table 1. ``discount`` picks the logarithm of ``D``: ``log2`` (DCG's usual discount, the default) or ``ln``,
     which multiplies every lambda weight by ``1/ln 2`` (a constant rescaling of the loss). At K = 2, lambda is
     DPO times ``|G_1 - G_2| (1 - 1/log2 3)``, pair_logistic is DPO and pair_hinge is ``hinge``.
-    Default beta 0.05, the value the paper uses for every method it compares.
+    Default beta 0.05, the value the research notes recall the paper using for every method it compares (not
+    checked against the paper's text here).
     """
 
     paper = "Liu, Qin et al. 2024, arXiv 2402.01878"

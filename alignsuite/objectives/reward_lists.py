@@ -169,15 +169,19 @@ class EXO(ListObjective):
         L = KL( softmax_k(beta * u_k) || softmax_k(r*_k / beta_r) )
 
     Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model Alignment" (ICML 2024), the loss
-    for K samples with rewards (its ``beta_pi`` is ``beta``, ``beta_r`` the reward temperature; default 1, the
-    paper's value not checked). The pairwise ``exo_pair`` is the K = 2 case with the target ``(1 - eps, eps)``:
-    labels ``[log(1 - eps), log eps]`` with ``beta_r = 1`` give it exactly.
+    for K samples with rewards, as the official code computes it (haozheji/exact-optimization,
+    ``src/align_stage/loss.py``, ``exact_loss`` with ``loss_type="exo-rw"``): its ``beta_pi`` is ``beta`` here and
+    ``beta_r`` the reward temperature. Default ``beta_r`` 0.5, the code's HH-RLHF launcher's
+    (``exp/hh_exp/train_exo.sh``, which also sets ``beta_pi`` 0.5; ``beta`` stays 0.1 here, as for ``exo_pair``).
+    The pairwise ``exo_pair`` is the K = 2 case with the target ``(1 - eps, eps)``: labels ``[log(1 - eps),
+    log eps]`` with ``beta_r = 1`` give it exactly. (The code's own preference form, ``exo-pref``, takes the
+    unnormalised log-target ``[0, -10]`` instead.)
     """
 
     paper = "Ji et al. 2024, arXiv 2402.00856"
-    convention = "paper's K-sample form; labels are rewards divided by beta_r (no official code read)"
+    convention = "official code's exo-rw form: KL(softmax(beta u) || softmax(r*/beta_r)); default beta_r 0.5 (its HH launcher)"
 
-    def __init__(self, beta: float = 0.1, list_size: int = 4, beta_r: float = 1.0) -> None:
+    def __init__(self, beta: float = 0.1, list_size: int = 4, beta_r: float = 0.5) -> None:
         super().__init__(beta=beta, list_size=list_size)
         if beta_r <= 0:
             raise ValueError(f"exo: beta_r must be > 0, got {beta_r}")
