@@ -66,9 +66,11 @@ def select_active_subset(rewards: Sequence[float], size: int, embeddings: Sequen
     deterministically by farthest-point choice) and each group gives its lowest-reward response, so that the
     rejected responses are both bad and semantically distinct. Ties keep pool order. Returns indices into the pool.
 
-    Gupta et al. 2025, "AMPO: Active Multi-Preference Optimization", arXiv 2502.18293 (selection strategies as
-    the research notes summarise them; the paper's code was not read here). Usable as a data step: it reads
-    numbers and vectors, not a model.
+    Gupta et al. 2025, "AMPO: Active Multi-Preference Optimization for Self-play Preference Selection" (ICML
+    2025), arXiv 2502.18293: select a small subset "covering reward extremes and distinct semantic clusters".
+    The paper's method section and code were not read here: its summary names k-medoids where this uses
+    k-means, and taking each group's lowest-reward member is this implementation's reading. Usable as a data
+    step: it reads numbers and vectors, not a model.
     """
     n = len(rewards)
     if not 2 <= size <= n:
