@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignsuite.objectives import available_objectives, get_objective
-from alignsuite.scores import ListScores, PairScores
+from alignsuite.scores import ListScores, PairScores, SequenceScores
 from listwise_plain import (
     logsig,
     lse,
@@ -354,3 +354,20 @@ def test_equal_labels_make_no_pair(name):
 def test_bad_hyper_parameters_are_refused_naming_them(name, hparams, named):
     with pytest.raises(ValueError, match=named):
         get_objective(name, **hparams)
+
+
+@pytest.mark.parametrize("name", ["lipo", "pro"])
+def test_pack_reads_the_views_labels_and_mask_of_a_batch(name):
+    # What the module hands an objective: one SequenceScores per view, reference scores by view, the batch.
+    objective = get_objective(name, list_size=3)
+    policy = {f"response_{k}": SequenceScores(torch.tensor([-1.0 - k, -2.0 + k]), torch.tensor([2.0, 1.0]))
+              for k in range(3)}
+    ref = {name_: (s.score - 0.5 if objective.needs_reference else None) for name_, s in policy.items()}
+    batch = {"labels": [[3.0, 2.0, 1.0], [1.0, float("nan"), 0.0]], "mask": [[1, 1, 1], [1, 0, 1]]}
+    s = objective.pack(policy, ref, batch)
+    assert s.scores.tolist() == [[-1.0, -2.0, -3.0], [-2.0, -1.0, 0.0]] and s.lengths[0].tolist() == [2.0] * 3
+    assert s.mask.tolist() == [[True, True, True], [True, False, True]]
+    assert s.has_reference == objective.needs_reference
+    # Without a mask column, a NaN label marks the padded entry.
+    assert objective.pack(policy, ref, {"labels": batch["labels"]}).mask.tolist() == s.mask.tolist()
+    assert torch.isfinite(objective(s).loss)

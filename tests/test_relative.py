@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignsuite.objectives import get_objective
-from alignsuite.scores import PairScores
+from alignsuite.scores import PairScores, SequenceScores
 
 # Registered objectives whose values are worked by hand here (checked by test_objectives.py).
 HAND_WORKED = ("rpo_relative",)
@@ -93,3 +93,15 @@ def test_gradients_finite_at_extremes_and_with_a_zero_embedding():
 def test_bad_options_are_refused_naming_them(hparams, named):
     with pytest.raises(ValueError, match=named):
         get_objective("rpo_relative", **hparams)
+
+
+def test_pack_copies_the_embedding_column_into_extra():
+    objective = get_objective("rpo_relative")
+    policy = {side: SequenceScores(torch.tensor([-1.0, -2.0]), torch.tensor([3.0, 4.0])) for side in ("chosen", "rejected")}
+    ref = {"chosen": torch.tensor([-1.5, -1.0]), "rejected": torch.tensor([-1.0, -2.5])}
+    s = objective.pack(policy, ref, {"prompt_embedding": [[1.0, 0.0], [0.4, 0.9]]})
+    assert s.extra["prompt_embedding"].shape == (2, 2)
+    assert torch.isfinite(objective(s).loss)
+    with pytest.raises(KeyError, match="prompt_embedding"):
+        objective.pack(policy, ref, {})
+    assert get_objective("rpo_relative", variant="diagonal").pack(policy, ref, {}).extra == {}
