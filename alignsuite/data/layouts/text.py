@@ -15,7 +15,7 @@ from alignsuite.data.errors import DataError
 from alignsuite.data.fields import PairFields, UnpairedFields
 from alignsuite.data.layouts.base import Layout
 from alignsuite.data.messages import MESSAGE_COLUMNS, for_arrow, from_arrow
-from alignsuite.data.preference import normalize_pair, normalize_unpaired, pairs_to_unpaired
+from alignsuite.data.preference import normalize_pair, normalize_unpaired, pair_extras, pairs_to_unpaired
 
 
 def _is_chat(row: dict) -> bool:
@@ -67,6 +67,14 @@ class TextPairs(_TextLayout):
         system_field: alpaca and ShareGPT rows: optional system prompt, put first as a system message.
         history_field: alpaca rows: optional earlier turns, a list of [query, answer] pairs.
         tools_field: optional tool schemas of the row (a list, or its JSON text), passed to the batch as ``tools``.
+        answer_fields: further answers each row holds, ``{batch column: data field}``, read like ``chosen``
+            (Triple Preference Optimisation's gold answer: ``{gold: reference}``).
+        prompt_fields: further prompts each row holds, ``{batch column: data field}``, read like the prompt
+            (JPO's rejected answer under its own instruction: ``{prompt_rejected: i_reject}``).
+        number_fields: numbers each row holds, ``{batch column: data field}``, batched as floats (a reward per
+            side: ``{reward_chosen: score_chosen, reward_rejected: score_rejected}``; a soft preference).
+        Those three need only the column names an objective reads (``gold``, ``prompt_rejected``,
+        ``reward_chosen`` ...); a row without the field is an error naming it.
     """
 
     row_kind = "pairs"
@@ -82,6 +90,9 @@ class TextPairs(_TextLayout):
         system_field: str = "system",
         history_field: str = "history",
         tools_field: str = "tools",
+        answer_fields: dict[str, str] | None = None,
+        prompt_fields: dict[str, str] | None = None,
+        number_fields: dict[str, str] | None = None,
     ) -> None:
         self.prompt_field, self.chosen_field, self.rejected_field = prompt_field, chosen_field, rejected_field
         self.instruction_field, self.input_field = instruction_field, input_field
@@ -89,6 +100,15 @@ class TextPairs(_TextLayout):
         self.history_field, self.tools_field = history_field, tools_field
         self.fields = PairFields(prompt_field, chosen_field, rejected_field, instruction_field, input_field,
                                  conversations_field, system_field, history_field, tools_field)
+        self.answer_fields, self.prompt_fields, self.number_fields = answer_fields, prompt_fields, number_fields
+        self._extras = (dict(answer_fields or {}), dict(prompt_fields or {}), dict(number_fields or {}))
+        names = [column for fields in self._extras for column in fields]
+        taken = [c for c in names if c in ("prompt", "chosen", "rejected", "tools", "index") or c.startswith("_")]
+        if taken or len(set(names)) != len(names):
+            raise ValueError(f"TextPairs: answer_fields, prompt_fields and number_fields name each batch column once,"
+                             f" and none of prompt, chosen, rejected, tools, index; got {names}")
+        # Further answers and prompts are text or messages: batched as python lists, like the pair's own.
+        self.list_columns = type(self).list_columns | set(self._extras[0]) | set(self._extras[1])
 
     def check_first(self, row: dict, source: str) -> None:
         if self.chosen_field not in row:
@@ -99,7 +119,10 @@ class TextPairs(_TextLayout):
 
     def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
         canon = normalize_pair(row, index, source, self.fields)
-        return None if canon is None else _stored(canon, source, index)
+        if canon is None:
+            return None
+        extras = pair_extras(row, canon, index, source, *self._extras)
+        return {**_stored(canon, source, index), **{k: for_arrow(v) for k, v in extras.items()}}
 
 
 class TextUnpaired(_TextLayout):
