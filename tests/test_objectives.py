@@ -37,6 +37,8 @@ PAIRS = [(-3.0, -5.0, -3.5, -4.5, 2, 4), (-6.0, -4.0, -5.0, -4.5, 3, 1)]
 # A reward per side for objectives that read one (smpo's extra_columns); the others ignore scores.extra.
 # The chosen side scores higher, as in a reward-ordered pair.
 REWARDS = {"reward_chosen": 0.25, "reward_rejected": 0.20}
+# A soft preference for objectives that regress on one (irepo's extra_columns): the chosen side usually wins.
+PREFERENCE = 0.8
 # The chosen row's prompt scores, as a token backbone returns them for View("chosen", score_prompt=True)
 # (ORPO's NLL over prompt + answer): (log-likelihood of the prompt tokens after the first, their count).
 PROMPT_SCORES = [(-4.0, 3), (-2.5, 1)]
@@ -48,7 +50,9 @@ def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64,
     if grad:
         chosen.requires_grad_(True)
         rejected.requires_grad_(True)
-    extra = {k: torch.full((len(pairs),), v, dtype=dtype) for k, v in REWARDS.items()}
+    extra = {k: torch.full((len(pairs),), v, dtype=dtype) for k, v in {**REWARDS, "preference": PREFERENCE}.items()}
+    # A gold answer for the triple objectives (tpo's View("gold")): half a nat likelier than the chosen one.
+    extra["gold"], extra["gold_len"] = chosen.detach() + 0.5, chosen_len
     if prompt:
         prompts = PROMPT_SCORES if pairs is PAIRS else [(-1.0, 2)] * len(pairs)
         extra["chosen_prompt"], extra["chosen_prompt_len"] = (torch.tensor(c, dtype=dtype) for c in zip(*prompts))
@@ -79,7 +83,7 @@ def hand_mean(per_pair, pairs=PAIRS) -> float:
 
 PAIRWISE = [n for n in available_objectives() if get_objective(n).row_kind == "pairs"]
 UNPAIRED = [n for n in available_objectives() if get_objective(n).row_kind == "unpaired"]
-REFERENCE_FREE = {"simpo", "orpo", "cpo", "mapo"}
+REFERENCE_FREE = {"simpo", "orpo", "cpo", "mapo", "tpo", "tpo_l"}
 REFERENCE_FREE_LISTS = {"pro"}  # list objectives: the generic list checks read needs_reference themselves
 
 

@@ -13,6 +13,8 @@ from alignsuite.objectives.base import (
 )
 from alignsuite.objectives.anchored import AOT, APODown, APOZero, AOTUnpaired
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
+from alignsuite.objectives.gold import TPO, TPOL
+from alignsuite.objectives.joint import JPO
 from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
@@ -31,13 +33,15 @@ from alignsuite.objectives.reference_free import CPO, ORPO, SimPO
 from alignsuite.objectives.relative import RelativePO
 from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
 from alignsuite.objectives.set_contrast import MPO, select_active_subset
-from alignsuite.objectives.unpaired import KTO
+from alignsuite.objectives.soft_labels import IREPO, NCAPairReward
+from alignsuite.objectives.unpaired import BCO, KTO
 
 __all__ = [
     "AOT",
     "AOTUnpaired",
     "APODown",
     "APOZero",
+    "BCO",
     "BCOPair",
     "CDPO",
     "CPO",
@@ -48,8 +52,10 @@ __all__ = [
     "EXOPair",
     "Hinge",
     "IPO",
+    "IREPO",
     "ImageCorruption",
     "InfoNCA",
+    "JPO",
     "KTO",
     "LiPO",
     "ListMLE",
@@ -59,6 +65,7 @@ __all__ = [
     "MaPO",
     "NCA",
     "NCAPair",
+    "NCAPairReward",
     "ORPO",
     "PRO",
     "Objective",
@@ -70,6 +77,8 @@ __all__ = [
     "SePPO",
     "SimPO",
     "SmPO",
+    "TPO",
+    "TPOL",
     "available_objectives",
     "get_objective",
     "select_active_subset",
