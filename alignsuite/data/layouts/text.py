@@ -73,8 +73,8 @@ class TextPairs(_TextLayout):
             (JPO's rejected answer under its own instruction: ``{prompt_rejected: i_reject}``).
         number_fields: numbers each row holds, ``{batch column: data field}``, batched as floats (a reward per
             side: ``{reward_chosen: score_chosen, reward_rejected: score_rejected}``; a soft preference).
-        Those three need only the column names an objective reads (``gold``, ``prompt_rejected``,
-        ``reward_chosen`` ...); a row without the field is an error naming it.
+            The batch columns are the names objectives read (``gold``, ``prompt_rejected``, ``reward_chosen``
+            ...); a row without the field is an error naming it.
     """
 
     row_kind = "pairs"
