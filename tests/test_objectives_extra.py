@@ -355,6 +355,16 @@ def test_joint_views_need_a_backbone_that_scores_them():
     check_setup(get_objective("jpo", joint=False), backbone, None, None)
 
 
+def test_jpo_without_a_second_prompt_column_is_refused_at_setup():
+    from alignsuite.views import check_setup
+
+    backbone = SimpleNamespace(conditions=(), joint_views=True, modality="text")
+    data = SimpleNamespace(layout=SimpleNamespace(name="TextPairs", modality="text"), row_kind="pairs",
+                           columns=lambda: {"prompt", "chosen", "rejected", "index"})
+    with pytest.raises(ValueError, match=r"objective 'jpo' needs the data column\(s\) 'prompt_rejected'"):
+        check_setup(get_objective("jpo"), backbone, None, data)
+
+
 def test_joint_score_is_prompt_plus_completion_score(tiny_lm_dir):
     backbone = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24)
     backbone.configure()
