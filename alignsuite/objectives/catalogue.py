@@ -50,6 +50,7 @@ def _data(objective: Objective) -> str:
     rows = ROWS.get(objective.row_kind, objective.row_kind)
     standard = {"chosen", "rejected", "completion", "mismatched"} | {v.name for v in objective.views if v.item is not None}
     more = [v.name for v in objective.views if v.name not in standard]
+    more += [v.prompt_column for v in objective.views if v.prompt_column]  # a side's own prompt (JPO)
     more += [c for c in objective.extra_columns if c not in rows.replace(" ", "").split(",")]
     return rows + (f" (+ {', '.join(more)})" if more else "")
 
