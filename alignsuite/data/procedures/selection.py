@@ -17,7 +17,7 @@ class DifficultyScorer(Protocol):
     def identity(self) -> dict:
         """What its values depend on (the models' identity and the settings), for the cache key."""
 
-    def __call__(self, rows: list[Row]) -> list[float]:
+    def __call__(self, rows: list[dict]) -> list[float]:
         """One difficulty per row of ``rows`` (raw pair rows, as read)."""
 
 
