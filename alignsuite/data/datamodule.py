@@ -189,7 +189,9 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
             parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed, shuffle=True)
             train, val = parts["train"], parts["test"]
             if self.ordered:
-                train, val = train.sort("_order").remove_columns("_order"), val.remove_columns("_order")
+                order = train["_order"]
+                train = train.select(sorted(range(len(order)), key=order.__getitem__)).remove_columns("_order")
+                val = val.remove_columns("_order")
         self.train_set, self.val_set = (self._finish(ds, s) for ds, s in ((train, "train"), (val, "val")))
         self._built = True
 
