@@ -53,8 +53,8 @@ def test_selective_dpo_keeps_the_easiest_fraction_easy_to_hard():
                   for i, d in enumerate([0.9, 0.1, 0.5, math.nan, 0.3, 0.3])))
     out, report = run(SelectiveDPO(fraction=0.5), data)
     assert [(r["_row"], r["difficulty"]) for r in out] == [(1, 0.1), (4, 0.3)]
-    assert report.counts["dropped: difficulty is NaN or missing"] == 1
-    assert report.dropped["difficulty is NaN or missing"] == [f"{SRC}:3"]
+    assert report.counts["dropped: NaN or missing value in 'difficulty'"] == 1
+    assert report.dropped["NaN or missing value in 'difficulty'"] == [f"{SRC}:3"]
     assert report.counts["dropped: harder than the easiest 0.5"] == 3
     assert report.reordered.startswith("easy to hard")
     assert SelectiveDPO.orders_rows
@@ -142,8 +142,8 @@ def test_sweet_spot_takes_the_response_nearest_mu_minus_two_sigma():
 def test_sweet_spot_drops_flat_lists_and_counts_nan_scores():
     out, report = run(SweetSpotPairs(), lists([3, 3, 3], [2, math.nan, 1], [4, None]))
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in out] == [("p1", "r0", "r2")]
-    assert report.dropped == {"all scores equal": [f"{SRC}:0"], "fewer than 2 responses with a finite scores": [f"{SRC}:2"]}
-    assert report.counts["responses dropped: scores is NaN or missing"] == 2
+    assert report.dropped == {"all scores equal": [f"{SRC}:0"], "fewer than 2 responses with a finite value in 'scores'": [f"{SRC}:2"]}
+    assert report.counts["responses dropped: NaN or missing value in 'scores'"] == 2
 
 
 def test_rejection_sampling_limits_and_seeding():
@@ -199,7 +199,7 @@ def test_list_procedures_refuse_bad_rows_naming_file_row_and_field(procedure):
     with pytest.raises(DataError, match=r"row 0: field 'responses'"):
         run(procedure, rows({"prompt": "p", "answers": ["a", "b"], "scores": [1, 2]}))
     out, report = run(procedure, rows({"prompt": "p", "responses": ["a"], "scores": [1]}))
-    assert out == [] and report.dropped == {"fewer than 2 responses with a finite scores": [f"{SRC}:0"]}
+    assert out == [] and report.dropped == {"fewer than 2 responses with a finite value in 'scores'": [f"{SRC}:0"]}
 
 
 def test_list_procedures_read_renamed_fields():

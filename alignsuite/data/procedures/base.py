@@ -179,11 +179,11 @@ class ListProcedure(Procedure):
         for k, (response, raw) in enumerate(zip(responses, scores)):
             score = as_score(raw)
             if score is None:
-                report.count(f"responses dropped: {self.scores_field} is NaN or missing")
+                report.count(f"responses dropped: NaN or missing value in {self.scores_field!r}")
             else:
                 valid.append((k, response, score))
         if len(valid) < 2:
-            report.drop(row, f"fewer than 2 responses with a finite {self.scores_field}")
+            report.drop(row, f"fewer than 2 responses with a finite value in {self.scores_field!r}")
             return None
         return valid
 

@@ -50,6 +50,8 @@ def rows_of(tables: Sequence[tuple[str, object, object]]) -> list[Row]:
     """The raw rows of ``tables`` (``(source, rows, base_dir)``) as dicts carrying where each came from."""
     out = []
     for source, rows, _ in tables:
+        if hasattr(rows, "to_list"):  # a datasets.Dataset: read column-wise at once, not row by row
+            rows = rows.to_list()
         for i, row in enumerate(rows):
             out.append({**{k: _plain(v, {"_source": source, "_row": i}, k) for k, v in row.items()},
                         "_source": source, "_row": i})
@@ -116,12 +118,13 @@ def log_reports(split: str, reports: list[Report], rows: list[Row], columns: Seq
     lines = [f"data procedures on the {split} rows ({how} {folder}):"] + [f"  {r.summary()}" for r in reports]
     if rows:
         shown = [c for c in columns if c in rows[0]]
-        lines.append("  first rows:  " + "  ".join(["from".ljust(24)] + [c.rjust(14) for c in shown]))
+        lines.append("  first rows:  " + "  ".join(["from".ljust(32)] + [c.rjust(14) for c in shown]))
         for row in rows[:TABLE_ROWS]:
             source, index = origin(row)
             name = f"{os.path.basename(str(source))}:{index}"
+            name = name if len(name) <= 32 else "..." + name[-29:]
             cells = [f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in shown]
-            lines.append("               " + "  ".join([name[-24:].ljust(24)] + [c.rjust(14) for c in cells]))
+            lines.append("               " + "  ".join([name.ljust(32)] + [c.rjust(14) for c in cells]))
     text = "\n".join(lines)
     rank_zero_info(text)
     return text

@@ -65,7 +65,7 @@ class SelectiveDPO(Procedure):
         for i, (row, value) in enumerate(zip(rows, values)):
             d = as_score(value)
             if d is None:
-                report.drop(row, f"{self.difficulty_field} is NaN or missing")
+                report.drop(row, f"NaN or missing value in {self.difficulty_field!r}")
             else:
                 valid.append((d, i))
         valid.sort()  # by difficulty, then input position
