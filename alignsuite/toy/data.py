@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alignsuite.data.datamodule import PreferenceDataModule
 from alignsuite.data.layouts import ImagePairs, ImageUnpaired, TextPairs, TextUnpaired
+from alignsuite.data.procedures import Procedure
 
 # A world declares its modality; the layout follows from it and from ``unpaired``.
 _LAYOUTS = {("text", False): TextPairs, ("text", True): TextUnpaired,
@@ -40,6 +41,8 @@ class ToyPreferenceData(PreferenceDataModule):
         eval_batch_size: rows per validation batch (default ``batch_size``).
         num_workers: DataLoader worker processes.
         seed: seed of the generated rows and of the shuffle.
+        procedures: data procedures run on the generated rows (`alignsuite.data.procedures`), as for a file's.
+        shuffle: shuffle the training rows; null: unless a procedure sets their order.
     """
 
     def __init__(
@@ -52,6 +55,8 @@ class ToyPreferenceData(PreferenceDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        procedures: list[Procedure] | None = None,
+        shuffle: bool | None = None,
     ) -> None:
         from alignsuite.toy.worlds import get_world
 
@@ -59,6 +64,7 @@ class ToyPreferenceData(PreferenceDataModule):
         layout = layout_for(getattr(toy, "modality", "text"), unpaired, toy)
         super().__init__(
             layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
+            procedures=procedures, shuffle=shuffle,
         )
         self.world_name = world
         self.num_rows = {"train": num_train, "val": num_val}
