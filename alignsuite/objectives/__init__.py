@@ -12,6 +12,7 @@ from alignsuite.objectives.base import (
     get_objective,
 )
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
+from alignsuite.objectives.length_normalised import LNDPO, RePO
 from alignsuite.objectives.listwise import ListMLE, ListObjective
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
@@ -30,7 +31,10 @@ from alignsuite.objectives.pairwise import (
     RobustDPO,
     SPPOHard,
 )
+from alignsuite.objectives.pointwise import ULMA
 from alignsuite.objectives.reference_free import CPO, ORPO, SimPO
+from alignsuite.objectives.reward_informed import MaPPO, RewardAwarePO
+from alignsuite.objectives.ties import TODO
 from alignsuite.objectives.unpaired import KTO
 
 __all__ = [
@@ -49,20 +53,26 @@ __all__ = [
     "IPO",
     "ImageCorruption",
     "KTO",
+    "LNDPO",
     "ListMLE",
     "ListObjective",
     "MDPO",
     "MaPO",
+    "MaPPO",
     "NCAPair",
     "ORPO",
     "Objective",
     "ObjectiveOutput",
     "PairwiseObjective",
+    "RePO",
+    "RewardAwarePO",
     "RobustDPO",
     "SPPOHard",
     "SePPO",
     "SimPO",
     "SmPO",
+    "TODO",
+    "ULMA",
     "available_objectives",
     "get_objective",
 ]
