@@ -239,3 +239,52 @@ def test_todo_accepts_tied_rows_and_needs_the_column(tmp_path):
         without = make_dm(path, TextPairs())
     with pytest.raises(ValueError, match="objective 'todo' needs the data column.*'tie'"):
         check_setup(get_objective("todo"), backbone, None, without)
+
+
+# --- the toy recipe -----------------------------------------------------------------------------------------------
+
+
+def test_toy_todo_recipe_trains_on_tied_rows(tmp_path):
+    """The shipped recipe, shortened: tied rows reach TODO (train/ties logged) and the reward is measured."""
+    import csv
+    import glob
+    import os
+
+    from alignsuite.cli import main
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes/toy/llm_todo.yaml")
+    main(["fit", "--config", recipe, "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt"),
+          "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--data.init_args.num_train", "64",
+          "--data.init_args.num_val", "16", "--trainer.callbacks.init_args.num_prompts", "8",
+          "--trainer.log_every_n_steps", "1"])
+    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "*" / "version_*" / "metrics.csv"))[0])))
+    ties = [float(r["train/ties"]) for r in rows if r.get("train/ties")]
+    assert len(ties) == 4 and 0 < sum(ties) / 4 < 1  # a quarter of the rows are tied, by the recipe
+    assert all(math.isfinite(float(r["train/loss"])) for r in rows if r.get("train/loss"))
+    assert [r["val/toy_reward"] for r in rows if r.get("val/toy_reward")]
+
+
+def test_toy_tied_rows_are_dropped_for_dpo_and_kept_for_todo():
+    from alignsuite.toy.data import ToyPreferenceData
+
+    with pytest.warns(UserWarning, match="or the pair is tied"):
+        dropped = ToyPreferenceData(num_train=400, num_val=8, ties=0.25)
+        dropped.setup("fit")
+    kept = ToyPreferenceData(num_train=400, num_val=8, ties=0.25, tie_column=True)
+    kept.setup("fit")
+    n_ties = sum(kept.train_set["tie"])
+    assert 60 < n_ties < 140 and len(kept.train_set) == 400
+    assert len(dropped.train_set) == 400 - n_ties and "tie" not in dropped.columns()
+    # the rows DPO keeps are exactly TODO's untied rows
+    untied = [r for r, t in zip(kept.train_set["chosen"], kept.train_set["tie"]) if not t]
+    assert dropped.train_set["chosen"] == untied
+
+
+@pytest.mark.parametrize("kwargs,named", [({"ties": 1.0}, "data.ties"), ({"tie_column": True}, "data.ties is 0"),
+                                          ({"world": "diffusion", "ties": 0.2}, "only the language world")])
+def test_toy_tie_options_are_checked(kwargs, named):
+    from alignsuite.toy.data import ToyPreferenceData
+
+    with pytest.raises(ValueError, match=named):
+        ToyPreferenceData(**kwargs)
