@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from alignsuite.data.fields import TIE_COLUMN
 from alignsuite.data.protocol import PreferenceData
 
 
@@ -142,6 +143,12 @@ def check_setup(objective, backbone, reference, data: PreferenceData | None) -> 
             f" {data.row_kind} rows; give data.layout {hint}"
         )
     have = set(data.columns())
+    if TIE_COLUMN in have and TIE_COLUMN not in needed_columns(objective):
+        raise ValueError(
+            f"the data layout {layout_name} keeps tied pairs (its {TIE_COLUMN!r} column, from tie_column: true),"
+            f" and objective {name!r} cannot use ties: it would train each one as a preference for its first answer;"
+            " set tie_column: false in data.layout to drop them, or use an objective that reads ties (todo)"
+        )
     missing = [c for c in needed_columns(objective) if c not in have]
     if have and missing:
         raise ValueError(

@@ -83,7 +83,7 @@ def hand_mean(per_pair, pairs=PAIRS) -> float:
 
 PAIRWISE = [n for n in available_objectives() if get_objective(n).row_kind == "pairs"]
 UNPAIRED = [n for n in available_objectives() if get_objective(n).row_kind == "unpaired"]
-REFERENCE_FREE = {"simpo", "orpo", "cpo", "mapo", "tpo", "tpo_l"}
+REFERENCE_FREE = {"simpo", "orpo", "cpo", "mapo", "tpo", "tpo_l", "repo"}
 REFERENCE_FREE_LISTS = {"pro"}  # list objectives: the generic list checks read needs_reference themselves
 
 
@@ -334,6 +334,10 @@ LM_SCALE_HPARAMS = {
     "mapo": {"num_train_timesteps": 1},
     "seppo": {"beta": 0.1, "criterion": "always_loser"},
     "smpo": {"beta": 0.1},
+    # Losses that stop (repo's hinge) or turn back (reward_aware_po's regression onto the reward gap, here 0.05) at
+    # a margin these pairs already pass: set the margin or gap beyond them, so every pair still moves.
+    "repo": {"gamma": 3.0},
+    "reward_aware_po": {"gt_reward_scale": 100.0},
 }
 
 

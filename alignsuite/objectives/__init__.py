@@ -4,6 +4,7 @@
 Importing the modules below registers every objective.
 """
 
+from alignsuite.objectives.anchored import AOT, AOTUnpaired, APODown, APOZero
 from alignsuite.objectives.base import (
     Objective,
     ObjectiveOutput,
@@ -11,10 +12,10 @@ from alignsuite.objectives.base import (
     available_objectives,
     get_objective,
 )
-from alignsuite.objectives.anchored import AOT, APODown, APOZero, AOTUnpaired
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
 from alignsuite.objectives.gold import TPO, TPOL
 from alignsuite.objectives.joint import JPO
+from alignsuite.objectives.length_normalised import LNDPO, RePO
 from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
@@ -29,11 +30,14 @@ from alignsuite.objectives.pairwise import (
     RobustDPO,
     SPPOHard,
 )
+from alignsuite.objectives.pointwise import ULMA
 from alignsuite.objectives.reference_free import CPO, ORPO, SimPO
 from alignsuite.objectives.relative import RelativePO
+from alignsuite.objectives.reward_informed import MaPPO, RewardAwarePO
 from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
 from alignsuite.objectives.set_contrast import MPO, select_active_subset
 from alignsuite.objectives.soft_labels import IREPO, NCAPairReward
+from alignsuite.objectives.ties import TODO
 from alignsuite.objectives.unpaired import BCO, KTO
 
 __all__ = [
@@ -58,12 +62,14 @@ __all__ = [
     "JPO",
     "KTO",
     "LiPO",
+    "LNDPO",
     "ListMLE",
     "ListObjective",
     "MDPO",
     "MPO",
     "MaPO",
     "NCA",
+    "MaPPO",
     "NCAPair",
     "NCAPairReward",
     "ORPO",
@@ -72,6 +78,8 @@ __all__ = [
     "ObjectiveOutput",
     "PairwiseObjective",
     "RelativePO",
+    "RePO",
+    "RewardAwarePO",
     "RobustDPO",
     "SPPOHard",
     "SePPO",
@@ -79,6 +87,8 @@ __all__ = [
     "SmPO",
     "TPO",
     "TPOL",
+    "TODO",
+    "ULMA",
     "available_objectives",
     "get_objective",
     "select_active_subset",
