@@ -141,6 +141,7 @@ def check_setup(objective, backbone, reference, data: PreferenceData | None) -> 
             f"objective {name!r} scores {objective.row_kind} rows, and the data layout {layout_name} gives"
             f" {data.row_kind} rows; give data.layout {hint}"
         )
+    objective.use_data(data.layout)
     have = set(data.columns())
     missing = [c for c in needed_columns(objective) if c not in have]
     if have and missing:

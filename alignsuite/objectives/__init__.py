@@ -16,6 +16,7 @@ from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
 from alignsuite.objectives.gold import TPO, TPOL
 from alignsuite.objectives.joint import JPO
 from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
+from alignsuite.objectives.multi_objective import MODPO
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
     CDPO,
@@ -61,6 +62,7 @@ __all__ = [
     "ListMLE",
     "ListObjective",
     "MDPO",
+    "MODPO",
     "MPO",
     "MaPO",
     "NCA",

@@ -14,6 +14,7 @@ from alignsuite.components import import_object
 
 WORLDS = {
     "llm": "alignsuite.toy.llm.EchoWorld",
+    "llm_case": "alignsuite.toy.llm_case.CaseEchoWorld",  # two conflicting rules; the base model is llm's
     "diffusion": "alignsuite.toy.squares.SquaresWorld",
     "vlm": "alignsuite.toy.vlm.ShapesWorld",
     "tts": "alignsuite.toy.tts.SpeechTokenWorld",
