@@ -168,3 +168,19 @@ def test_layout_options_are_checked():
         DimensionPairs({})
     with pytest.raises(ValueError, match="two score columns"):
         DimensionPairs({"help": ["a", "b", "c"]})
+
+
+def test_a_weights_vector_of_the_wrong_length_stops_fit_at_setup_before_the_model_loads(tmp_path, tiny_lm_dir):
+    import lightning as L
+
+    from alignsuite.backbones import CausalLM
+    from alignsuite.module import PreferenceModule
+
+    layout = DimensionPairs({"better": "better_response_id", "safer": "safer_response_id"})
+    module = PreferenceModule(CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=12),
+                              MODPO(weights=[0.5, 0.3, 0.2], margin="labels"))
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="the option weights has 3 values and the data has 2 preference dimensions"):
+        trainer.fit(module, PreferenceDataModule(train=write(tmp_path, PKU), layout=layout, batch_size=2))
+    assert module.backbone.policy is None

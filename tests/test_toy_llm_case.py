@@ -67,8 +67,8 @@ def test_modpo_recipe_end_to_end(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_modpo_at_w_and_one_minus_w_land_on_opposite_sides_of_the_base(tmp_path, seed):
     """Each run improves the reward it weighs more and gives up the other: w = (0.8, 0.2) moves towards
-    capitals, w = (0.2, 0.8) towards lower case, each by a clear margin from the base model's point (measured:
-    about 0.3 on either reward; asserted: 0.15)."""
+    capitals, w = (0.2, 0.8) towards lower case, each by a clear margin from the base model's point (measured over seeds 0-2: at least 0.28 on either
+    reward, docs/language.md; asserted: 0.15)."""
     points = {}
     for w in (0.8, 0.2):
         rewards = fit(tmp_path / str(w), "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
