@@ -100,6 +100,8 @@ def test_modpo_weights_length_checked_against_the_data_at_setup():
     columns = MODPO(weights=[0.5, 0.5], margin="columns")
     columns.use_data(TextPairs(number_fields={"margin_chosen": "m_c", "margin_rejected": "m_r"}))
     assert columns.extra_columns == ("margin_chosen", "margin_rejected")
+    with pytest.raises(ValueError, match="option weights has 3 values; with margin='columns'"):
+        MODPO(weights=[0.5, 0.3, 0.2], margin="columns").use_data(TextPairs())
 
 
 # --------------------------------------------------------------------------------------------- the layout

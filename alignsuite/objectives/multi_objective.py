@@ -41,7 +41,7 @@ class MODPO(PairwiseObjective):
     - ``columns``: ``margin_chosen``/``margin_rejected``, one margin reward per side for two dimensions, weighted
       by ``w_1``: the official recipe's, the implicit reward ``b * (log pi_m(y) - log pi_ref(y))`` of a DPO model
       trained on the second dimension's labels, computed once and stored with the data;
-    - ``labels``: the second dimensions' labels alone, ``R_i(y_w) - R_i(y_l) = label_reward * pref_i`` (+1, 0, -1
+    - ``labels``: the other dimensions' labels alone, ``R_i(y_w) - R_i(y_l) = label_reward * pref_i`` (+1, 0, -1
       from ``pref_<d>``): a stand-in where no scores or margin model exist (PKU-SafeRLHF's labels).
 
     Margin rewards must be on the implicit reward's scale (an external reward model's need rescaling), and a
@@ -106,10 +106,10 @@ class MODPO(PairwiseObjective):
 
     def _weighted(self) -> list[tuple[int, float]]:
         """``(i, w_i)`` of the non-primary dimensions with a non-zero weight: the only ones read."""
-        return [(i, w) for i, w in enumerate(self.weights or [])][1:] if self.weights else []
+        return [(i, w) for i, w in enumerate(self.weights or []) if i > 0 and w != 0]
 
     def _columns(self) -> tuple[str, ...]:
-        used = [(i, w) for i, w in self._weighted() if w != 0]
+        used = self._weighted()
         if not used:
             return ()
         if self.margin == "columns":
@@ -123,9 +123,11 @@ class MODPO(PairwiseObjective):
     def use_data(self, layout) -> None:
         dims = list(layout.preference_dimensions)
         if not dims:
-            if self.margin == "columns" and self.weights is not None:
-                self._check_length(["primary", "margin"], f"layout {layout.name}, which names none: one margin reward")
-            elif any(w for _, w in self._weighted()) and self.dimensions is None:
+            if self.margin == "columns" and self.weights is not None and len(self.weights) != 2:
+                raise ValueError(f"modpo: the option weights has {len(self.weights)} values; with margin='columns' on"
+                                 f" data of one preference (layout {layout.name}) it takes two: the primary's and the"
+                                 " margin reward's")
+            if self.margin != "columns" and self._weighted() and self.dimensions is None:
                 raise ValueError(f"modpo: the option weights weighs dimensions beyond the primary, and the data layout"
                                  f" {layout.name} names none; use a layout that names its dimensions"
                                  " (alignsuite.data.DimensionPairs) or margin='columns'")
@@ -144,8 +146,6 @@ class MODPO(PairwiseObjective):
         zero = torch.zeros_like(s.chosen, dtype=torch.float32)
         chosen, rejected = zero, zero
         for i, w in self._weighted():
-            if w == 0:
-                continue
             if self.margin == "columns":
                 rc, rr = s.extra["margin_chosen"], s.extra["margin_rejected"]
             elif self.dimensions is None:
