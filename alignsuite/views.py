@@ -142,6 +142,7 @@ def check_setup(objective, backbone, reference, data: PreferenceData | None) -> 
             f"objective {name!r} scores {objective.row_kind} rows, and the data layout {layout_name} gives"
             f" {data.row_kind} rows; give data.layout {hint}"
         )
+    objective.use_data(data.layout)
     have = set(data.columns())
     if TIE_COLUMN in have and TIE_COLUMN not in needed_columns(objective):
         raise ValueError(

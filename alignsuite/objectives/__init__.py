@@ -17,6 +17,7 @@ from alignsuite.objectives.gold import TPO, TPOL
 from alignsuite.objectives.joint import JPO
 from alignsuite.objectives.length_normalised import LNDPO, RePO
 from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
+from alignsuite.objectives.multi_objective import MODPO
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
     CDPO,
@@ -66,6 +67,7 @@ __all__ = [
     "ListMLE",
     "ListObjective",
     "MDPO",
+    "MODPO",
     "MPO",
     "MaPO",
     "NCA",

@@ -123,6 +123,11 @@ class Objective:
     def pack(self, policy: dict[str, SequenceScores], ref: dict[str, Tensor | None], batch: dict):
         raise NotImplementedError
 
+    def use_data(self, layout) -> None:
+        """The data's layout, handed over at setup before its columns are checked: an objective that depends on
+        what the rows are (MODPO on the named preference dimensions, ``layout.preference_dimensions``) checks its
+        options against it here and declares its columns. Nothing by default."""
+
     def state(self) -> dict:
         """What the objective carries across steps (BCO's running reward mean), saved with each checkpoint under
         ``checkpoint["objective_state"]`` and handed back to :meth:`load_state` on resume; ``{}``: nothing."""
