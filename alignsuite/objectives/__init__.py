@@ -31,9 +31,16 @@ from alignsuite.objectives.pairwise import (
     SPPOHard,
 )
 from alignsuite.objectives.reference_free import CPO, ORPO, SimPO
+from alignsuite.objectives.token_level import LDDPO, TDPO1, TDPO2, WPO, SparsePO, SparsePOActivation
 from alignsuite.objectives.unpaired import KTO
 
 __all__ = [
+    "SparsePOActivation",
+    "SparsePO",
+    "WPO",
+    "TDPO2",
+    "TDPO1",
+    "LDDPO",
     "AOT",
     "AOTUnpaired",
     "APODown",
