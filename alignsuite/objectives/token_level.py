@@ -133,7 +133,8 @@ class WPO(TokenObjective):
 
         def weight(logps: Tensor, norm: Tensor, mask: Tensor) -> Tensor:
             aligned = (logps.detach().float() - norm.float()).masked_fill(~mask, 0)
-            return torch.exp(aligned.sum(1) / mask.sum(1).clamp(min=1))
+            # At most e^80: finite in float32 even for log-probs no model gives (above 0).
+            return torch.exp((aligned.sum(1) / mask.sum(1).clamp(min=1)).clamp(max=80))
 
         w = weight(s.chosen, s.extra["chosen_self_norm"], s.chosen_mask) * weight(
             s.rejected, s.extra["rejected_self_norm"], s.rejected_mask)

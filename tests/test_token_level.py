@@ -1,0 +1,246 @@
+"""Token-level objectives and the token path that feeds them: ``TokenScores`` summed are the sequence scores
+exactly; the fused head's full-vocabulary KL and WPO's norm equal the ones computed from whole logits (values
+and gradients); hand-worked losses for every token-level objective; SparsePO with all-ones masks is TDPO1; the
+combinations that cannot work are refused at setup; WPO and LD-DPO agree with TRL."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alignsuite.backbones import CausalLM
+from alignsuite.backbones.base import shared_prompts
+from alignsuite.objectives import SparsePO, get_objective
+from alignsuite.objectives.token_level import activation_masks
+from alignsuite.reference import FrozenCopy, Precomputed, SwappedCopy
+from alignsuite.scores import TokenNeeds, TokenScores
+from alignsuite.views import check_token_needs
+
+HAND_WORKED = ("tdpo1", "tdpo2", "wpo", "ld_dpo", "sparsepo", "sparsepo_activation")
+B = 0.1
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+# One pair: chosen 2 tokens, rejected 3 (the chosen row padded). u_w = [0.5, -0.2], u_l = [0.1, -1.0, 0.4].
+CHOSEN, REF_CHOSEN = [-1.0, -2.0], [-1.5, -1.8]
+REJECTED, REF_REJECTED = [-0.5, -3.0, -1.0], [-0.6, -2.0, -1.4]
+KL_W, KL_L = [0.02, 0.05], [0.01, 0.03, 0.04]
+NORM_W, NORM_L = [-0.3, -0.2], [-0.1, -0.4, -0.2]
+
+
+def padded(values, width=3, fill=0.0):
+    return values + [fill] * (width - len(values))
+
+
+def token_scores(grad: bool = False, hidden=None) -> TokenScores:
+    def t(values):
+        return torch.tensor([padded(values)], dtype=torch.float64, requires_grad=grad)
+
+    extra = {"chosen_self_norm": t(NORM_W).detach(), "rejected_self_norm": t(NORM_L).detach()}
+    if hidden is not None:
+        extra["chosen_ref_hidden"], extra["rejected_ref_hidden"] = hidden
+    return TokenScores(t(CHOSEN), t(REJECTED), torch.tensor([[1, 1, 0]]), torch.tensor([[1, 1, 1]]), t(REF_CHOSEN),
+                       t(REF_REJECTED), t(KL_W), t(KL_L), extra=extra)
+
+
+U_W, U_L = 0.5 - 0.2, 0.1 - 1.0 + 0.4  # 0.3, -0.5
+
+
+def test_tdpo1_and_tdpo2_hand_worked():
+    k_w, k_l = 0.02 + 0.05, 0.01 + 0.03 + 0.04
+    out = get_objective("tdpo1")(token_scores())
+    assert out.loss.item() == pytest.approx(softplus(-B * ((U_W - U_L) - (k_l - k_w))), abs=1e-6)
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(B * (U_W + k_w))
+    assert out.metrics["rewards/rejected"].item() == pytest.approx(B * (U_L + k_l))
+    out = get_objective("tdpo2", alpha=0.5)(token_scores())
+    assert out.loss.item() == pytest.approx(softplus(-B * ((U_W - U_L) - 0.5 * (k_l - k_w))), abs=1e-6)
+
+
+def test_tdpo2_takes_no_gradient_through_the_chosen_kl():
+    s = token_scores(grad=True)
+    get_objective("tdpo2")(s).loss.backward()
+    assert s.chosen_kl.grad is None and (s.rejected_kl.grad[0, :3] != 0).all()
+
+
+def test_ld_dpo_hand_worked_and_alpha_one_is_dpo():
+    # shared length 2: the rejected answer's third token counts alpha = 0.5 times.
+    u_l = 0.1 - 1.0 + 0.5 * 0.4
+    out = get_objective("ld_dpo", alpha=0.5)(token_scores())
+    assert out.loss.item() == pytest.approx(softplus(-B * (U_W - u_l)), abs=1e-6)
+    dpo = get_objective("dpo")(token_scores().summed())
+    assert get_objective("ld_dpo", alpha=1.0)(token_scores()).loss.item() == pytest.approx(dpo.loss.item(), abs=1e-6)
+
+
+def test_wpo_hand_worked():
+    w_w = math.exp(((-1.0 + 0.3) + (-2.0 + 0.2)) / 2)
+    w_l = math.exp(((-0.5 + 0.1) + (-3.0 + 0.4) + (-1.0 + 0.2)) / 3)
+    out = get_objective("wpo")(token_scores())
+    assert out.loss.item() == pytest.approx(w_w * w_l * softplus(-B * (U_W - U_L)), rel=1e-6)
+
+
+class FixedMasks(SparsePO):
+    """SparsePO with given masks, to check its loss by hand."""
+
+    def __init__(self, m_w, m_l, **hparams):
+        super().__init__(**hparams)
+        self.m_w, self.m_l = torch.tensor([padded(m_w)]), torch.tensor([padded(m_l)])
+
+    def masks(self, s):
+        return self.m_w, self.m_l, self.m_w, self.m_l
+
+
+def test_sparsepo_hand_worked_with_l1():
+    m_w, m_l = [1.0, 0.5], [0.0, 1.0, 0.25]
+    big_u_w, big_u_l = 0.5 - 0.5 * 0.2, -1.0 + 0.25 * 0.4
+    k_w, k_l = 0.02 + 0.5 * 0.05, 0.03 + 0.25 * 0.04
+    l1 = 1.5 + 1.25
+    out = FixedMasks(m_w, m_l, l1_u=0.01, l1_d=0.02)(token_scores())
+    expected = softplus(-B * ((big_u_w - big_u_l) - (k_l - k_w))) + 0.01 * l1 + 0.02 * l1
+    assert out.loss.item() == pytest.approx(expected, abs=1e-6)
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(B * (big_u_w - k_w))
+
+
+def test_sparsepo_with_all_ones_masks_is_tdpo1():
+    s = token_scores()
+    ones = FixedMasks([1.0, 1.0], [1.0, 1.0, 1.0])
+    assert ones(s).loss.item() == get_objective("tdpo1")(s).loss.item()
+
+
+def test_activation_masks_hand_worked():
+    # Mean absolute activations [1, 2, 4] (a padded fourth token): z-normalising then min-max rescaling is (a - 1) / 3.
+    hidden = torch.tensor([[1.0, -1.0], [2.0, 2.0], [-4.0, 4.0], [9.0, 9.0]]).reshape(1, 4, 1, 2)
+    masks = activation_masks(hidden, torch.tensor([[True, True, True, False]]))
+    torch.testing.assert_close(masks, torch.tensor([[0.0, 1 / 3, 1.0, 0.0]]))
+    # sparsepo_activation is sparsepo under those masks.
+    hidden_w = torch.tensor([[1.0], [3.0], [0.0]]).reshape(1, 3, 1, 1).double()
+    hidden_l = torch.tensor([[1.0], [2.0], [3.0]]).reshape(1, 3, 1, 1).double()
+    out = get_objective("sparsepo_activation")(token_scores(hidden=(hidden_w, hidden_l)))
+    m_w, m_l = [0.0, 1.0], [0.0, 0.5, 1.0]
+    big_u_w, big_u_l = -0.2, -0.5 + 0.4
+    k_w, k_l = 0.05, 0.5 * 0.03 + 0.04
+    assert out.loss.item() == pytest.approx(softplus(-B * ((big_u_w - big_u_l) - (k_l - k_w))), abs=1e-6)
+    assert m_w and m_l
+
+
+@pytest.mark.parametrize("name", HAND_WORKED)
+def test_finite_gradients_at_extreme_token_log_probs(name):
+    s = token_scores(grad=True, hidden=(torch.randn(1, 3, 2, 4), torch.randn(1, 3, 2, 4)))
+    with torch.no_grad():
+        s.chosen.mul_(500), s.rejected.mul_(-500), s.chosen_kl.mul_(1e4)
+    objective = get_objective(name)
+    if isinstance(objective, SparsePO):
+        objective.build(2, 4)
+    out = objective(s)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(s.chosen.grad).all() and torch.isfinite(s.rejected.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------ the token path
+PROMPTS = ["echo a b", "echo c d e"]
+VIEWS = shared_prompts(PROMPTS, ["A B", "C D E"], ["a b", "C D"])
+
+
+@pytest.fixture(scope="module")
+def models():
+    backbone = CausalLM("toy:llm", max_length=32, max_prompt_length=16)
+    backbone.configure()
+    reference = FrozenCopy()
+    reference.build(backbone)
+    with torch.no_grad():  # a policy away from its reference, so that the KL is not 0
+        for p in backbone.policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return backbone, reference
+
+
+def test_summed_token_scores_are_the_sequence_scores_exactly(models):
+    backbone, reference = models
+    prepared = backbone.prepare(VIEWS)
+    objective = get_objective("ld_dpo")
+    with torch.no_grad():
+        ref = reference.score_tokens(backbone, prepared, {}, objective.token_needs)
+    summed = objective.pack(backbone.score_tokens(prepared, needs=objective.token_needs, reference=ref), ref, {}).summed()
+    policy, ref_scores = backbone.score(prepared), reference.score(backbone, prepared, {})
+    assert torch.equal(torch.cat([summed.chosen, summed.rejected]), policy.score)
+    assert torch.equal(torch.cat([summed.ref_chosen, summed.ref_rejected]), ref_scores)
+    assert torch.equal(torch.cat([summed.chosen_len, summed.rejected_len]), policy.length)
+
+
+def test_fused_kl_and_norm_equal_whole_logits_values_and_gradients(models):
+    backbone, reference = models
+    prepared = backbone.prepare(VIEWS)
+    needs = TokenNeeds(kl=True, self_norm=True)
+    backbone.lm_head_chunk = 3  # several chunks
+    try:
+        with torch.no_grad():
+            ref = reference.score_tokens(backbone, prepared, {}, needs)
+        out = backbone.score_tokens(prepared, needs=needs, reference=ref)
+    finally:
+        backbone.lm_head_chunk = None
+    weights = torch.linspace(-1, 2, out.logps.numel())
+    backbone.policy.zero_grad()
+    ((out.logps * weights).sum() + (out.kl * weights.flip(0)).sum()).backward()
+    fused = {n: p.grad.clone() for n, p in backbone.policy.named_parameters()}
+
+    # The same from whole logits, by autograd.
+    t = prepared.targets
+    batch = dict(input_ids=prepared.input_ids, attention_mask=prepared.attention_mask)
+    if prepared.segments is not None:
+        batch = dict(input_ids=prepared.input_ids, attention_mask=prepared.packed_mask("sdpa", torch.float32),
+                     position_ids=prepared.position_ids)
+    backbone.policy.zero_grad()
+    logp = backbone.policy(**batch).logits[t.row, t.pos].log_softmax(-1)
+    with torch.no_grad():
+        ref_logp = reference.model(**batch).logits[t.row, t.pos].log_softmax(-1)
+    logps = logp.gather(-1, t.label[:, None]).squeeze(-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    torch.testing.assert_close(out.logps, logps, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.kl, kl, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(out.self_norm, torch.logsumexp(2 * logp, -1).detach(), atol=1e-5, rtol=0)
+    assert (out.kl > 0).all()
+    ((logps * weights).sum() + (kl * weights.flip(0)).sum()).backward()
+    for name, p in backbone.policy.named_parameters():
+        torch.testing.assert_close(fused[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_reference_hidden_states_per_token(models):
+    backbone, reference = models
+    prepared = backbone.prepare(VIEWS)
+    with torch.no_grad():
+        ref = reference.score_tokens(backbone, prepared, {}, TokenNeeds(reference_hidden=True))
+    layers, width = backbone.hidden_states_shape()
+    assert ref.hidden.shape == (prepared.targets.label.numel(), layers, width)
+
+
+def test_sparsepo_builds_its_mask_network_from_the_backbone_and_trains_it(models):
+    backbone, reference = models
+    objective = get_objective("sparsepo")
+    objective.configure(backbone)
+    prepared = backbone.prepare(VIEWS)
+    with torch.no_grad():
+        ref = reference.score_tokens(backbone, prepared, {}, objective.token_needs)
+    s = objective.pack(backbone.score_tokens(prepared, needs=objective.token_needs, reference=ref), ref, {})
+    objective(s).loss.backward()
+    grads = [p.grad for p in objective.parameters()]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", ["tdpo1", "sparsepo", "ld_dpo", "wpo"])
+def test_precomputed_reference_refused_naming_objective_and_reference(name):
+    backbone = CausalLM("toy:llm")
+    with pytest.raises(ValueError, match=f"{name}.*Precomputed"):
+        check_token_needs(get_objective(name), backbone, Precomputed())
+    if get_objective(name).token_needs.kl:
+        with pytest.raises(ValueError, match=f"{name}.*KL.*SwappedCopy"):
+            check_token_needs(get_objective(name), backbone, SwappedCopy())
+
+
+def test_denoising_backbone_refused():
+    from alignsuite.backbones import TextToImage
+
+    with pytest.raises(ValueError, match="tdpo1.*TextToImage.*whole samples"):
+        check_token_needs(get_objective("tdpo1"), TextToImage("toy:diffusion"), FrozenCopy())
