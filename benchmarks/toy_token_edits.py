@@ -5,7 +5,9 @@ model (``recipes/toy/llm_dpo.yaml``'s settings: lr 5e-4, batch 16, 2048 pairs, l
 steps from each ``--seeds``; then the greedy answers to the world's fixed evaluation prompts (those the
 ``GenerationReward`` callback scores) are compared with the base model's: the toy reward, and the token edit
 distance (Levenshtein over whitespace tokens) to the base's answer, as a mean per prompt and as the fraction of
-answers changed at all.
+answers changed at all; and, feeding the base's answers back (teacher forcing), how many of their tokens the model
+no longer predicts greedily: a token-level method should flip the tokens where the answer goes wrong and leave the
+rest of the base's choices as they are.
 
     python benchmarks/toy_token_edits.py --objectives dpo tdpo1 tdpo2 --seeds 0 1 2 --steps 128
 """
@@ -31,6 +33,25 @@ def edits(a: list[str], b: list[str]) -> int:
 
 def answers(backbone, prompts: list[str], world) -> list[str]:
     return backbone.generate(prompts, **world.generation_kwargs)
+
+
+@torch.no_grad()
+def flipped_tokens(backbone, prompts: list[str], base_answers: list[str]) -> list[int]:
+    """Per answer: how many of the base's answer tokens (its end-of-sequence token included) the model no longer
+    predicts greedily when fed the base's answer (teacher forcing): the tokens whose greedy choice changed."""
+    from alignsuite.backbones.base import ViewInputs
+
+    share, pack = backbone.share_prompt, backbone.pack_rows
+    backbone.share_prompt = backbone.pack_rows = False  # the plain layout: one row per answer
+    try:
+        batch = backbone.prepare([ViewInputs(prompts, base_answers)])
+    finally:
+        backbone.share_prompt, backbone.pack_rows = share, pack
+    model = backbone.policy.eval()
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    t = batch.targets
+    changed = (logits[t.row, t.pos].argmax(-1) != t.label).long()
+    return torch.zeros(len(prompts), dtype=torch.long).index_add_(0, t.out, changed).tolist()
 
 
 def train(objective: str, seed: int, steps: int, beta: float | None):
@@ -75,20 +96,24 @@ def main() -> None:
     results = []
     for objective in args.objectives:
         for seed in args.seeds:
-            trained = answers(train(objective, seed, args.steps, args.beta), prompts, world)
+            backbone = train(objective, seed, args.steps, args.beta)
+            trained = answers(backbone, prompts, world)
             distance = [edits(a.split(), b.split()) for a, b in zip(trained, base_answers)]
             row = {"objective": objective, "seed": seed, "steps": args.steps,
                    "reward": statistics.mean(world.reward(p, a) for p, a in zip(prompts, trained)),
                    "edits_per_answer": statistics.mean(distance),
-                   "answers_changed": sum(d > 0 for d in distance) / len(distance)}
+                   "answers_changed": sum(d > 0 for d in distance) / len(distance),
+                   "flipped_per_answer": statistics.mean(flipped_tokens(backbone, prompts, base_answers))}
             results.append(row)
             print(json.dumps(row))
-    print("\nobjective  reward (mean over seeds)  token edits per answer  answers changed")
+    print("\nobjective  reward  token edits per answer  answers changed  greedy choices flipped per answer"
+          "  (means over seeds)")
     for objective in args.objectives:
         rows = [r for r in results if r["objective"] == objective]
-        print(f"{objective:10s} {statistics.mean(r['reward'] for r in rows):.3f}"
-              f" {statistics.mean(r['edits_per_answer'] for r in rows):24.2f}"
-              f" {statistics.mean(r['answers_changed'] for r in rows):16.2f}")
+        print(f"{objective:10s} {statistics.mean(r['reward'] for r in rows):6.3f}"
+              f" {statistics.mean(r['edits_per_answer'] for r in rows):23.2f}"
+              f" {statistics.mean(r['answers_changed'] for r in rows):16.2f}"
+              f" {statistics.mean(r['flipped_per_answer'] for r in rows):34.2f}")
 
 
 if __name__ == "__main__":

@@ -244,3 +244,82 @@ def test_denoising_backbone_refused():
 
     with pytest.raises(ValueError, match="tdpo1.*TextToImage.*whole samples"):
         check_token_needs(get_objective("tdpo1"), TextToImage("toy:diffusion"), FrozenCopy())
+
+
+# ------------------------------------------------------------------------------------------------ the module's step
+BATCH = {"prompt": PROMPTS, "chosen": ["A B", "C D E"], "rejected": ["a b", "C D"]}
+
+
+def test_lora_step_with_adapters_disabled_reference_starts_at_ln2_with_zero_kl():
+    """Under LoRA the reference is the policy with its adapters off: at the start (B = 0) the per-token log-ratios
+    and the KL are exactly 0, so TDPO's loss is ln 2; the adapters get gradients."""
+    from alignsuite.backbones import LoraSpec
+    from alignsuite.module import PreferenceModule
+    from alignsuite.reference import AdapterDisabled
+
+    module = PreferenceModule(CausalLM("toy:llm", max_length=32, max_prompt_length=16, lora=LoraSpec(r=4)),
+                              get_objective("tdpo1"))
+    assert isinstance(module.reference, AdapterDisabled)
+    module.configure_model()
+    scores = module.compute_scores(BATCH)
+    assert isinstance(scores, TokenScores) and scores.has_kl
+    assert (scores.chosen_kl == 0).all() and torch.equal(scores.chosen, scores.ref_chosen)
+    loss = module.objective(scores).loss
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in module.named_parameters() if "lora_B" in n)
+
+
+def test_sparsepo_mask_network_is_trained_with_the_policy():
+    """The module holds SparsePO as a sub-module: its mask network, built in configure_model, is among the
+    parameters the optimizer gets, and in the module's state dict (checkpoints)."""
+    from alignsuite.module import PreferenceModule
+
+    module = PreferenceModule(CausalLM("toy:llm", max_length=32, max_prompt_length=16), get_objective("sparsepo"))
+    module.configure_model()
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert any(n.startswith("objective.reward_masks.") for n in trainable)
+    assert any(k.startswith("objective.reward_masks.") for k in module.state_dict())
+    module.objective(module.compute_scores(BATCH)).loss.backward()
+    assert module.objective.reward_masks.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------------------ parity with TRL
+TRL_ROWS = [{"prompt": "echo a b", "chosen": " A B", "rejected": " a b c"},
+            {"prompt": "echo c d e", "chosen": " C D E", "rejected": " C"}]
+
+
+@pytest.mark.parametrize("name,hparams,trl_options", [("wpo", {}, {"use_weighting": True}),
+                                                      ("ld_dpo", {"alpha": 0.3}, {"ld_alpha": 0.3})])
+def test_same_loss_and_gradient_as_trl(models, tmp_path, name, hparams, trl_options):
+    """TRL's DPOTrainer (sigmoid loss with ``use_weighting`` / ``ld_alpha``) and the objective on TRL's own batch,
+    through the same policy and reference: the same loss and the same gradient of every weight."""
+    pytest.importorskip("trl")
+    import datasets
+    from trl import DPOConfig, DPOTrainer
+
+    from alignsuite.backbones.token_batch import TokenBatch
+
+    backbone, reference = models
+    args = DPOConfig(output_dir=str(tmp_path), report_to=[], beta=0.1, max_length=32, use_cpu=True, bf16=False,
+                     disable_dropout=True, **trl_options)
+    trainer = DPOTrainer(model=backbone.policy, ref_model=reference.model, args=args, processing_class=backbone.tokenizer,
+                         train_dataset=datasets.Dataset.from_list(TRL_ROWS))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(TRL_ROWS))])
+    backbone.policy.zero_grad()
+    trl_loss = trainer.compute_loss(backbone.policy, batch)
+    trl_loss.backward()
+    trl_grads = {n: p.grad.clone() for n, p in backbone.policy.named_parameters()}
+
+    # TRL's rows (chosen, then rejected), scored by the backbone's token path: the plain layout over TRL's ids.
+    ids = batch["input_ids"]
+    prepared = TokenBatch(ids, batch["attention_mask"], batch["completion_mask"], ids.shape[1])
+    objective = get_objective(name, **hparams)
+    with torch.no_grad():
+        ref = reference.score_tokens(backbone, prepared, {}, objective.token_needs)
+    backbone.policy.zero_grad()
+    loss = objective(objective.pack(backbone.score_tokens(prepared, needs=objective.token_needs, reference=ref), ref, {})).loss
+    loss.backward()
+    assert loss.item() == pytest.approx(trl_loss.item(), rel=1e-5)
+    for n, p in backbone.policy.named_parameters():
+        torch.testing.assert_close(p.grad, trl_grads[n], atol=1e-7, rtol=1e-4, msg=n)

@@ -40,17 +40,19 @@ class ChunkedTokenStats(torch.autograd.Function):
         ref_dtype = ref_weight.dtype if ref_weight is not None else dtype
         with torch.autocast(device, enabled=False):
             for s in range(0, m, chunk):
-                z = _head(hidden[s : s + chunk], weight, bias, dtype, exact)
-                lse[s : s + chunk] = torch.logsumexp(z, dim=-1)
-                logp = z - lse[s : s + chunk, None]
+                # In place where it can be: a handful of chunk x V blocks at a time, whatever M.
+                logp = _head(hidden[s : s + chunk], weight, bias, dtype, exact)
+                lse[s : s + chunk] = torch.logsumexp(logp, dim=-1)
+                logp.sub_(lse[s : s + chunk, None])
                 logps[s : s + chunk] = logp.gather(-1, labels[s : s + chunk, None]).squeeze(-1)
                 if want_norm:
-                    norm[s : s + chunk] = torch.logsumexp(2 * logp, dim=-1)
+                    norm[s : s + chunk] = torch.logsumexp(logp * 2, dim=-1)
                 if ref_hidden is not None:
-                    zr = _head(ref_hidden[s : s + chunk], ref_weight, ref_bias, torch.promote_types(ref_dtype, dtype), exact)
-                    ref_lse[s : s + chunk] = torch.logsumexp(zr, dim=-1)
-                    ref_logp = zr - ref_lse[s : s + chunk, None]
-                    kl[s : s + chunk] = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+                    ref_logp = _head(ref_hidden[s : s + chunk], ref_weight, ref_bias, torch.promote_types(ref_dtype, dtype), exact)
+                    ref_lse[s : s + chunk] = torch.logsumexp(ref_logp, dim=-1)
+                    ref_logp.sub_(ref_lse[s : s + chunk, None])
+                    q = ref_logp.exp()
+                    kl[s : s + chunk] = torch.linalg.vecdot(q, ref_logp.sub_(logp))  # sum_v q (log q - log p)
         ctx.save_for_backward(hidden, weight, bias, labels, lse, ref_hidden, ref_weight, ref_bias, ref_lse)
         ctx.chunk, ctx.dtype = chunk, dtype
         ctx.mark_non_differentiable(norm)
@@ -70,16 +72,18 @@ class ChunkedTokenStats(torch.autograd.Function):
         with torch.autocast(device, enabled=False):
             for s in range(0, hidden.shape[0], chunk):
                 h = hidden[s : s + chunk]
-                p = (_head(h, weight, bias, dtype, exact) - lse[s : s + chunk, None]).exp_()
-                dz = torch.zeros_like(p)
-                if grad_logps is not None:
-                    g = grad_logps[s : s + chunk].to(exact)
-                    dz.sub_(p * g[:, None]).scatter_add_(-1, labels[s : s + chunk, None], g[:, None])
-                if use_kl:
-                    g = grad_kl[s : s + chunk].to(exact)
+                g_lp = grad_logps[s : s + chunk].to(exact) if grad_logps is not None else None
+                g_kl = grad_kl[s : s + chunk].to(exact) if use_kl else None
+                # dz = g_lp * (onehot - p) + g_kl * (p - q), built in the block that held p.
+                dz = (_head(h, weight, bias, dtype, exact) - lse[s : s + chunk, None]).exp_()
+                coef = (g_kl if g_kl is not None else 0) - (g_lp if g_lp is not None else 0)
+                dz.mul_(coef[:, None] if isinstance(coef, Tensor) else coef)
+                if g_lp is not None:
+                    dz.scatter_add_(-1, labels[s : s + chunk, None], g_lp[:, None])
+                if g_kl is not None:
                     q = (_head(ref_hidden[s : s + chunk], ref_weight, ref_bias, ref_dtype, exact)
                          - ref_lse[s : s + chunk, None]).exp_()
-                    dz.add_((p - q) * g[:, None])
+                    dz.addcmul_(q, g_kl[:, None], value=-1)
                 dz = dz.to(dtype)
                 if grad_hidden is not None:
                     grad_hidden[s : s + chunk] = (dz @ weight.to(dtype)).to(hidden.dtype)

@@ -26,7 +26,8 @@ from alignsuite.backbones.token_kl import ChunkedTokenStats
 from alignsuite.backbones.token_scoring import head_at, selective_log_softmax
 from alignsuite.scores import TokenNeeds, TokenOutputs
 
-DEFAULT_STATS_CHUNK = 1024  # tokens per block of the fused statistics when backbone.lm_head_chunk is null
+# The fused statistics' blocks when backbone.lm_head_chunk is null: about 2^25 logits (128 MiB in float32) each.
+STATS_BLOCK = 1 << 25
 
 
 def forward_tokens(backbone, prepared, model: nn.Module | None = None, compute=None, hidden_states: bool = False):
@@ -83,7 +84,8 @@ def score_tokens(backbone, prepared, model: nn.Module | None = None, needs: Toke
     if needs.kl and not of_reference and (reference is None or reference.head is None):
         raise ValueError("the full-vocabulary KL needs the reference's pass first, with TokenNeeds(kl=True)")
     ref_head = reference.head if needs.kl and not of_reference else (None, None, None)
-    chunk = backbone.lm_head_chunk or DEFAULT_STATS_CHUNK
+    vocabulary = (model if model is not None else backbone.policy).get_output_embeddings().weight.shape[0]
+    chunk = backbone.lm_head_chunk or max(1, STATS_BLOCK // vocabulary)
     stats = {}
 
     def compute(hidden, head):
@@ -111,4 +113,4 @@ def score_tokens(backbone, prepared, model: nn.Module | None = None, needs: Toke
     return out
 
 
-__all__ = ["DEFAULT_STATS_CHUNK", "forward_tokens", "score_tokens"]
+__all__ = ["STATS_BLOCK", "forward_tokens", "score_tokens"]
