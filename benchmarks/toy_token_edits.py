@@ -5,7 +5,7 @@ model (``recipes/toy/llm_dpo.yaml``'s settings: lr 5e-4, batch 16, 2048 pairs, l
 steps from each ``--seeds``; then the greedy answers to the world's fixed evaluation prompts (those the
 ``GenerationReward`` callback scores) are compared with the base model's: the toy reward, and the token edit
 distance (Levenshtein over whitespace tokens) to the base's answer, as a mean per prompt and as the fraction of
-answers changed at all; and, feeding the base's answers back (teacher forcing), how many of their tokens the model
+answers changed at all (and of the base's answers that were right already, how many changed); and, feeding the base's answers back (teacher forcing), how many of their tokens the model
 no longer predicts greedily: a token-level method should flip the tokens where the answer goes wrong and leave the
 rest of the base's choices as they are.
 
@@ -91,7 +91,8 @@ def main() -> None:
     base = CausalLM("toy:llm", max_length=32, max_prompt_length=16)
     base.configure()
     base_answers = answers(base, prompts, world)
-    base_reward = statistics.mean(world.reward(p, a) for p, a in zip(prompts, base_answers))
+    base_rewards = [world.reward(p, a) for p, a in zip(prompts, base_answers)]
+    base_reward = statistics.mean(base_rewards)
     print(f"base reward {base_reward:.3f}")
     results = []
     for objective in args.objectives:
@@ -103,17 +104,21 @@ def main() -> None:
                    "reward": statistics.mean(world.reward(p, a) for p, a in zip(prompts, trained)),
                    "edits_per_answer": statistics.mean(distance),
                    "answers_changed": sum(d > 0 for d in distance) / len(distance),
-                   "flipped_per_answer": statistics.mean(flipped_tokens(backbone, prompts, base_answers))}
+                   "flipped_per_answer": statistics.mean(flipped_tokens(backbone, prompts, base_answers)),
+                   # the base's answers that were right already (reward 1) and changed anyway
+                   "right_answers_changed": sum(d > 0 for d, r in zip(distance, base_rewards) if r == 1)
+                   / max(sum(r == 1 for r in base_rewards), 1)}
             results.append(row)
             print(json.dumps(row))
     print("\nobjective  reward  token edits per answer  answers changed  greedy choices flipped per answer"
-          "  (means over seeds)")
+          "  right answers changed  (means over seeds)")
     for objective in args.objectives:
         rows = [r for r in results if r["objective"] == objective]
         print(f"{objective:10s} {statistics.mean(r['reward'] for r in rows):6.3f}"
               f" {statistics.mean(r['edits_per_answer'] for r in rows):23.2f}"
               f" {statistics.mean(r['answers_changed'] for r in rows):16.2f}"
-              f" {statistics.mean(r['flipped_per_answer'] for r in rows):34.2f}")
+              f" {statistics.mean(r['flipped_per_answer'] for r in rows):34.2f}"
+              f" {statistics.mean(r['right_answers_changed'] for r in rows):22.3f}")
 
 
 if __name__ == "__main__":
