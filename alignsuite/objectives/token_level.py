@@ -32,7 +32,9 @@ class TokenObjective(Objective):
         raise NotImplementedError
 
     def pack(self, policy: TokenOutputs, ref: TokenOutputs | None, batch: dict) -> TokenScores:
-        """The backbone's per-token outputs (view-major: chosen rows, then rejected) as ``[B, T]`` per side."""
+        """The backbone's per-token outputs (view-major: chosen rows, then rejected) as ``[B, T]`` per side;
+        ``extra`` gets ``chosen_self_norm``/``rejected_self_norm`` (``[B, T]``, WPO) and ``chosen_ref_hidden``/
+        ``rejected_ref_hidden`` (``[B, T, L, H]``, SparsePO) where the objective declared them."""
         def halves(name: str, outputs: TokenOutputs | None) -> tuple[Tensor | None, Tensor | None]:
             if outputs is None or getattr(outputs, name) is None:
                 return None, None
