@@ -187,13 +187,16 @@ class TokenNeeds:
       distribution in the same step as the policy's (a live reference, never stored scores);
     - ``reference_hidden``: the reference's hidden states of every layer at the position that predicts each
       scored token (SparsePO's mask network reads them);
-    - ``self_norm``: the policy's ``log sum_v pi(v)^2`` at every scored token, without grad (WPO's weights).
+    - ``self_norm``: the policy's ``log sum_v pi(v)^2`` at every scored token, without grad (WPO's weights);
+    - ``policy_hidden_layer``: the policy's hidden states of this one layer (an index into the model's hidden
+      states: 0 the embeddings, -1 the last) at the same positions, with grad (FPO's features).
     """
 
     reference: bool = True
     kl: bool = False
     reference_hidden: bool = False
     self_norm: bool = False
+    policy_hidden_layer: int | None = None
 
     @property
     def live_reference(self) -> bool:
@@ -205,7 +208,7 @@ class TokenNeeds:
 class TokenOutputs:
     """What a token backbone returns per scored token, flattened over the ``n_out`` sequences of a step
     (view-major, as :class:`SequenceScores`): ``logps [M]`` and, where asked, ``kl [M]``, ``self_norm [M]``,
-    ``hidden [M, L, H]``. ``matrix`` lays any of them out as ``[n_out, T]`` (each sequence's tokens in order,
+    ``hidden`` (the reference's ``[M, L, H]``, every layer; the policy's ``[M, H]``, one layer). ``matrix`` lays any of them out as ``[n_out, T]`` (each sequence's tokens in order,
     0 after its last) with the mask of its tokens, ``lengths`` counts them. ``head`` is the backbone's own
     business: what the policy needs of the reference to compute the KL (its final hidden states and LM head)."""
 

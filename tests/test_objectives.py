@@ -91,8 +91,10 @@ def make_token_scores(objective, scale: float = 1.0) -> TokenScores:
     mask_w, mask_l = torch.tensor([[1, 1, 0], [1, 1, 1]]), torch.ones(2, 3)
     extra = {"chosen_self_norm": -torch.rand(2, 3, generator=g), "rejected_self_norm": -torch.rand(2, 3, generator=g),
              "chosen_ref_hidden": torch.randn(2, 3, 2, 4, generator=g) * scale,
-             "rejected_ref_hidden": torch.randn(2, 3, 2, 4, generator=g) * scale}
-    if hasattr(objective, "build"):  # SparsePO's mask network, for 2 hidden states of width 4
+             "rejected_ref_hidden": torch.randn(2, 3, 2, 4, generator=g) * scale,
+             "chosen_hidden": torch.randn(2, 3, 4, generator=g) * scale,
+             "rejected_hidden": torch.randn(2, 3, 4, generator=g) * scale}
+    if hasattr(objective, "build"):  # SparsePO's mask network (2 hidden states of width 4), FPO's SAE
         objective.build(2, 4)
     return TokenScores(t(True), t(True), mask_w, mask_l, t(), t(), -t() / scale, -t() / scale, extra=extra)
 

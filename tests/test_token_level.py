@@ -18,7 +18,7 @@ from alignsuite.reference import FrozenCopy, Precomputed, SwappedCopy
 from alignsuite.scores import TokenNeeds, TokenScores
 from alignsuite.views import check_token_needs
 
-HAND_WORKED = ("tdpo1", "tdpo2", "wpo", "ld_dpo", "sparsepo", "sparsepo_activation")
+HAND_WORKED = ("tdpo1", "tdpo2", "wpo", "ld_dpo", "sparsepo", "sparsepo_activation", "fpo")
 B = 0.1
 
 
@@ -127,13 +127,31 @@ def test_activation_masks_hand_worked():
     assert m_w and m_l
 
 
+def test_fpo_hand_worked():
+    # Identity SAE (the features are the hidden units), top-1 on the policy's features. Chosen: f = mean([1, 0],
+    # [3, 2]) = [2, 1] (the padded third token left out), f_ref = [1, 0], S = {0}: Dfeat = 1. Rejected: f = [0, 2],
+    # f_ref = [0, 0], S = {1}: Dfeat = 4. dm_w = 0.3 / 2, dm_l = -0.5 / 3.
+    s = token_scores()
+    s.extra["chosen_hidden"] = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [9.0, 9.0]]], requires_grad=True)
+    s.extra["rejected_hidden"] = torch.tensor([[[0.0, 1.0], [0.0, 3.0], [0.0, 2.0]]], requires_grad=True)
+    s.extra["chosen_ref_hidden"] = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [5.0, 5.0]]])[:, :, None]
+    s.extra["rejected_ref_hidden"] = torch.zeros(1, 3, 1, 2)
+    objective = get_objective("fpo", top_k=1, alpha=0.5)
+    objective.build()
+    out = objective(s)
+    assert out.loss.item() == pytest.approx(softplus(-B * ((0.3 / 2 + 0.5 / 3) - 0.5 * (4.0 - 1.0))), abs=1e-6)
+    out.loss.backward()  # the chosen side's feature distance carries no gradient
+    assert s.extra["chosen_hidden"].grad is None and s.extra["rejected_hidden"].grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("name", HAND_WORKED)
 def test_finite_gradients_at_extreme_token_log_probs(name):
     s = token_scores(grad=True, hidden=(torch.randn(1, 3, 2, 4), torch.randn(1, 3, 2, 4)))
     with torch.no_grad():
         s.chosen.mul_(500), s.rejected.mul_(-500), s.chosen_kl.mul_(1e4)
+    s.extra["chosen_hidden"], s.extra["rejected_hidden"] = torch.randn(1, 3, 4) * 500, torch.randn(1, 3, 4) * 500
     objective = get_objective(name)
-    if isinstance(objective, SparsePO):
+    if hasattr(objective, "build"):
         objective.build(2, 4)
     out = objective(s)
     out.loss.backward()
@@ -282,6 +300,24 @@ def test_sparsepo_mask_network_is_trained_with_the_policy():
     assert any(k.startswith("objective.reward_masks.") for k in module.state_dict())
     module.objective(module.compute_scores(BATCH)).loss.backward()
     assert module.objective.reward_masks.weight.grad is not None
+
+
+def test_fpo_step_with_an_sae_given_by_import_path():
+    """FPO through the module: the SAE named by import path is built with the models; at the start the policy is
+    its reference, so the loss is ln 2, and the policy's hidden states carry the feature term's gradient."""
+    from alignsuite.module import PreferenceModule
+
+    objective = get_objective("fpo", sae={"class_path": "torch.nn.Linear", "init_args": {"in_features": 64,
+                                                                                        "out_features": 16}})
+    module = PreferenceModule(CausalLM("toy:llm", max_length=32, max_prompt_length=16), objective)
+    module.configure_model()
+    assert not any(p.requires_grad for p in module.objective.sae.parameters())
+    scores = module.compute_scores(BATCH)
+    assert scores.extra["chosen_hidden"].shape[-1] == 64 and scores.extra["chosen_hidden"].requires_grad
+    loss = module.objective(scores).loss
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    loss.backward()
+    assert all(p.grad is not None for p in module.backbone.policy.parameters())
 
 
 # ------------------------------------------------------------------------------------------------ parity with TRL

@@ -97,7 +97,8 @@ def score_tokens(backbone, prepared, model: nn.Module | None = None, needs: Toke
             needs.self_norm and not of_reference)
         return stats["logps"]
 
-    hidden_states = of_reference and needs.reference_hidden
+    layer = needs.policy_hidden_layer
+    hidden_states = needs.reference_hidden if of_reference else layer is not None
     logps, targets, returned = forward_tokens(backbone, prepared, model, compute if fused else None, hidden_states)
     out = TokenOutputs(logps, functools.partial(targets.matrix))
     if of_reference:
@@ -108,6 +109,8 @@ def score_tokens(backbone, prepared, model: nn.Module | None = None, needs: Toke
         if hidden_states:
             out.hidden = torch.stack([h[targets.row, targets.pos] for h in returned["hidden_states"]], dim=1)
         return out
+    if layer is not None:
+        out.hidden = returned["hidden_states"][layer][targets.row, targets.pos]
     out.kl = stats["kl"] if needs.kl else None
     out.self_norm = stats["norm"] if needs.self_norm else None
     return out

@@ -11,6 +11,7 @@ from alignsuite.objectives.base import (
     available_objectives,
     get_objective,
 )
+from alignsuite.objectives.feature_level import FPO
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
 from alignsuite.objectives.listwise import ListMLE, ListObjective
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
@@ -35,6 +36,7 @@ from alignsuite.objectives.token_level import LDDPO, TDPO1, TDPO2, WPO, SparsePO
 from alignsuite.objectives.unpaired import KTO
 
 __all__ = [
+    "FPO",
     "SparsePOActivation",
     "SparsePO",
     "WPO",

@@ -33,8 +33,9 @@ class TokenObjective(Objective):
 
     def pack(self, policy: TokenOutputs, ref: TokenOutputs | None, batch: dict) -> TokenScores:
         """The backbone's per-token outputs (view-major: chosen rows, then rejected) as ``[B, T]`` per side;
-        ``extra`` gets ``chosen_self_norm``/``rejected_self_norm`` (``[B, T]``, WPO) and ``chosen_ref_hidden``/
-        ``rejected_ref_hidden`` (``[B, T, L, H]``, SparsePO) where the objective declared them."""
+        ``extra`` gets ``chosen_self_norm``/``rejected_self_norm`` (``[B, T]``, WPO), ``chosen_ref_hidden``/
+        ``rejected_ref_hidden`` (``[B, T, L, H]``, the reference's every layer: SparsePO, FPO) and ``chosen_hidden``/
+        ``rejected_hidden`` (``[B, T, H]``, the policy's one layer: FPO) where the objective declared them."""
         def halves(name: str, outputs: TokenOutputs | None) -> tuple[Tensor | None, Tensor | None]:
             if outputs is None or getattr(outputs, name) is None:
                 return None, None
@@ -44,7 +45,8 @@ class TokenObjective(Objective):
         chosen, rejected = logps.chunk(2)
         chosen_mask, rejected_mask = mask.chunk(2)
         extra = {}
-        for name, source, key in (("self_norm", policy, "self_norm"), ("hidden", ref, "ref_hidden")):
+        for name, source, key in (("self_norm", policy, "self_norm"), ("hidden", ref, "ref_hidden"),
+                                  ("hidden", policy, "hidden")):
             c, r = halves(name, source)
             if c is not None:
                 extra[f"chosen_{key}"], extra[f"rejected_{key}"] = c, r
