@@ -198,11 +198,12 @@ class PreferenceModule(LightningModule):
         """Every view the objective declares, for the rows of ``batch``."""
         views = []
         for view in self.objective.views:
+            prompts = view.prompts(batch)
             if view.sampled:
-                completions = self.reference.sample(self.backbone, batch["prompt"], self.global_step)
+                completions = self.reference.sample(self.backbone, prompts, self.global_step)
             else:
                 completions = view.completions(batch)
-            inputs = ViewInputs(list(batch["prompt"]), completions, batch, view.score_prompt)
+            inputs = ViewInputs(prompts, completions, batch, view.score_prompt, view.joint)
             views.append(self.backbone.transform(view.condition, inputs) if view.condition is not None else inputs)
         return views
 
@@ -328,12 +329,16 @@ class PreferenceModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if state := self.backbone.state():  # a denoising backbone's draw counter: resumed runs draw the same noise
             checkpoint["backbone_state"] = state
+        if state := self.objective.state():  # statistics kept across steps (BCO's running reward mean)
+            checkpoint["objective_state"] = state
         if self.reference is not None:
             self.reference.on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "backbone_state" in checkpoint:
             self.backbone.load_state(checkpoint["backbone_state"])
+        if "objective_state" in checkpoint:
+            self.objective.load_state(checkpoint["objective_state"])
         if self.reference is not None:
             self.reference.on_load_checkpoint(checkpoint)
 

@@ -17,6 +17,12 @@ SCHEMES: dict[str, str] = {
 }
 
 
+def cache_root() -> str:
+    """Where the suite keeps what it builds once and reuses (toy base models, data procedures' output):
+    ``$ALIGNSUITE_CACHE``, by default ``~/.cache/alignsuite``."""
+    return os.path.expanduser(os.environ.get("ALIGNSUITE_CACHE", "~/.cache/alignsuite"))
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A local folder, a hub id, or ``<scheme>:<name>`` resolved by the scheme's function in :data:`SCHEMES`."""
     scheme, colon, name = name_or_path.partition(":")
@@ -28,4 +34,4 @@ def resolve_model_path(name_or_path: str) -> str:
     return os.path.expanduser(name_or_path)
 
 
-__all__ = ["SCHEMES", "resolve_model_path"]
+__all__ = ["SCHEMES", "cache_root", "resolve_model_path"]

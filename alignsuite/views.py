@@ -9,7 +9,9 @@ A view names where its completions come from and how the row's prompt (or condit
 - ``View("chosen_corrupted", column="chosen", condition=ImageCorruption("crop"))``: the chosen answer under a
   transformed condition, which the backbone applies (mDPO's corrupted image, another speaker prompt). A
   condition is a name, or an object with a ``name`` and its own settings that the backbone hands the rows to;
-- ``View("response_2", column="responses", item=2)``: one of k ranked responses held in a list column.
+- ``View("response_2", column="responses", item=2)``: one of k ranked responses held in a list column;
+- ``View("rejected", prompt_column="prompt_rejected", joint=True)``: a completion under its own prompt, read
+  from another column (JPO's two answers to different instructions), scored jointly with that prompt.
 
 The module builds every view an objective declares in one loop, the backbone prepares them together (one
 noise draw per row for denoising backbones) and scores them in one stacked forward, and the objective packs
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from alignsuite.data.fields import TIE_COLUMN
 from alignsuite.data.protocol import PreferenceData
 
 
@@ -38,6 +41,10 @@ class View:
             ``name`` attribute and its own settings (see ``Backbone.conditions``); ``None`` keeps the row's own.
         score_prompt: also score the prompt's tokens (a token backbone adds their log-likelihood and count
             to the scores as ``<name>_prompt`` / ``<name>_prompt_len``).
+        prompt_column: the batch column holding this view's prompts; ``None`` reads the row's ``prompt``.
+        joint: score the prompt with the completion, as one sequence: the view's score is ``log pi(x, y)``
+            (every token after the first), for the policy and the reference alike. Token backbones only
+            (``Backbone.joint_views``).
     """
 
     name: str
@@ -47,6 +54,8 @@ class View:
     sampled: bool = False
     condition: Any = None
     score_prompt: bool = False
+    prompt_column: str | None = None
+    joint: bool = False
 
     @property
     def condition_name(self) -> str | None:
@@ -55,6 +64,10 @@ class View:
     @property
     def source(self) -> str:
         return self.column or self.name
+
+    def prompts(self, batch: dict) -> list:
+        """This view's prompts for ``batch``: its own column's, or the row's ``prompt``."""
+        return list(batch[self.prompt_column or "prompt"])
 
     def completions(self, batch: dict) -> list:
         """This view's completions for ``batch`` (not for sampled views, which the reference makes)."""
@@ -74,7 +87,8 @@ def condition_name(condition: Any) -> str | None:
 
 def needed_columns(objective) -> list[str]:
     """Every batch column ``objective`` reads: the prompt, its views' columns and its extra columns."""
-    columns = ["prompt"] + [v.source for v in objective.views if not v.sampled] + list(objective.extra_columns)
+    columns = ["prompt"] + [v.source for v in objective.views if not v.sampled]
+    columns += [v.prompt_column for v in objective.views if v.prompt_column] + list(objective.extra_columns)
     return list(dict.fromkeys(columns))
 
 
@@ -101,6 +115,11 @@ def check_setup(objective, backbone, reference, data: PreferenceData | None) -> 
                 f"objective {name!r} scores view {view.name!r} under condition {view.condition_name!r}, which backbone"
                 f" {type(backbone).__name__} cannot apply (it supports: {known})"
             )
+        if view.joint and not backbone.joint_views:
+            raise ValueError(
+                f"objective {name!r} scores view {view.name!r} jointly with its prompt (log pi(x, y)), which backbone"
+                f" {type(backbone).__name__} cannot score; use a token backbone such as alignsuite.backbones.CausalLM"
+            )
         if view.sampled and (reference is None or not reference.can_sample):
             raise ValueError(
                 f"objective {name!r} scores view {view.name!r} on completions sampled by the reference, and"
@@ -125,6 +144,12 @@ def check_setup(objective, backbone, reference, data: PreferenceData | None) -> 
             f" {data.row_kind} rows; give data.layout {hint}"
         )
     have = set(data.columns())
+    if TIE_COLUMN in have and TIE_COLUMN not in needed_columns(objective):
+        raise ValueError(
+            f"the data layout {layout_name} keeps tied pairs (its {TIE_COLUMN!r} column, from tie_column: true),"
+            f" and objective {name!r} cannot use ties: it would train each one as a preference for its first answer;"
+            " set tie_column: false in data.layout to drop them, or use an objective that reads ties (todo)"
+        )
     missing = [c for c in needed_columns(objective) if c not in have]
     if have and missing:
         raise ValueError(

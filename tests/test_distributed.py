@@ -95,3 +95,34 @@ def test_two_process_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path, tin
         assert [loss for _, loss in resumed_rank] == pytest.approx([loss for _, loss in full_rank], abs=1e-5)
     epoch = sorted(i for rank in steps["interrupted"] for rows, _ in rank[:9] for i in rows)
     assert epoch == list(range(36))
+
+
+class ObjectiveStateLog(L.Callback):
+    """Appends the objective's state after each training step to one file per rank."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with open(f"{self.path}.rank{trainer.global_rank}", "a") as f:
+            f.write(json.dumps(pl_module.objective.state()) + "\n")
+
+
+def test_two_process_bco_keeps_one_running_mean(tmp_path, tiny_lm_dir, pair_file):  # noqa: F811
+    """Unpaired BCO's running reward mean is the mean over both processes' rows: the ranks hold different
+    rows, and still the same delta after every step."""
+    path = recipe(tmp_path, tiny_lm_dir, pair_file, objective="BCO")
+    config = yaml.safe_load(open(path))
+    config["trainer"].update(limit_val_batches=0, callbacks=[{
+        "class_path": "test_distributed.ObjectiveStateLog", "init_args": {"path": str(tmp_path / "state")}}])
+    config["data"]["init_args"].update(batch_size=2, layout={"class_path": "alignsuite.data.TextUnpaired"})
+    open(path, "w").write(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "alignsuite", "fit", "--config", path,
+           "--config", os.path.join(REPO, "configs/strategy/ddp_cpu2.yaml")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [[json.loads(line) for line in open(f"{tmp_path / 'state'}.rank{r}")] for r in (0, 1)]
+    assert [s["count"] for s in ranks[0]] == [s["count"] for s in ranks[1]] == [2.0, 4.0, 6.0, 8.0]
+    assert [s["delta"] for s in ranks[0]] == pytest.approx([s["delta"] for s in ranks[1]], abs=1e-9)
+    assert ranks[0][0]["delta"] == 0.0 and ranks[0][-1]["delta"] != 0.0  # policy == reference at the first step

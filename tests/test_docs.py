@@ -120,3 +120,31 @@ def test_the_machine_line_names_the_cpu_torch_and_threads():
     line = toy_table().machine()
     assert f"torch {torch.__version__}" in line
     assert f"{torch.get_num_threads()} thread" in line
+
+
+def objective_table():
+    spec = importlib.util.spec_from_file_location("objective_table", os.path.join(REPO, "scripts", "objective_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_holds_the_table_of_objectives_the_registry_gives():
+    from alignsuite.objectives import available_objectives
+    from alignsuite.objectives.catalogue import entries
+
+    script = objective_table()
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert script.with_table(text, script.markdown_table()) == text, "run: python scripts/objective_table.py --write"
+    assert [e.name for e in entries()] and sorted(e.name for e in entries()) == available_objectives()
+    # Every objective says its family and its paper.
+    assert not [e.name for e in entries() if "?" in (e.family, e.paper)]
+
+
+def test_the_table_of_objectives_is_written_between_the_markers_only():
+    script = objective_table()
+    text = f"before\n{script.START}\nold\n{script.END}\nafter\n"
+    assert script.with_table(text, "| new |") == f"before\n{script.START}\n| new |\n{script.END}\nafter\n"
+    with pytest.raises(SystemExit, match="markers"):
+        script.with_table("no markers here", "| new |")

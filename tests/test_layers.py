@@ -23,7 +23,7 @@ LAYERS = [
     ("evaluation",),  # users of the step
     ("module",),  # the one preference step
     ("toy", "reference"),  # worlds built with backbones; reference scores
-    ("speech", "pairs"),  # modality tools; building pairs from judged samples
+    ("speech", "pairs", "difficulty"),  # modality tools; building pairs from judged samples; how hard a pair is
     ("backbones", "objectives", "sharding"),
     # The ground floor. slurm reads the cluster's environment and imports nothing of the package's; launch
     # checks the process layout against it; lazy (loading a package's names on first use, optional libraries and

@@ -37,6 +37,8 @@ PAIRS = [(-3.0, -5.0, -3.5, -4.5, 2, 4), (-6.0, -4.0, -5.0, -4.5, 3, 1)]
 # A reward per side for objectives that read one (smpo's extra_columns); the others ignore scores.extra.
 # The chosen side scores higher, as in a reward-ordered pair.
 REWARDS = {"reward_chosen": 0.25, "reward_rejected": 0.20}
+# A soft preference for objectives that regress on one (irepo's extra_columns): the chosen side usually wins.
+PREFERENCE = 0.8
 # The chosen row's prompt scores, as a token backbone returns them for View("chosen", score_prompt=True)
 # (ORPO's NLL over prompt + answer): (log-likelihood of the prompt tokens after the first, their count).
 PROMPT_SCORES = [(-4.0, 3), (-2.5, 1)]
@@ -48,13 +50,17 @@ def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64,
     if grad:
         chosen.requires_grad_(True)
         rejected.requires_grad_(True)
-    extra = {k: torch.full((len(pairs),), v, dtype=dtype) for k, v in REWARDS.items()}
+    extra = {k: torch.full((len(pairs),), v, dtype=dtype) for k, v in {**REWARDS, "preference": PREFERENCE}.items()}
+    # A gold answer for the triple objectives (tpo's View("gold")): half a nat likelier than the chosen one.
+    extra["gold"], extra["gold_len"] = chosen.detach() + 0.5, chosen_len
     if prompt:
         prompts = PROMPT_SCORES if pairs is PAIRS else [(-1.0, 2)] * len(pairs)
         extra["chosen_prompt"], extra["chosen_prompt_len"] = (torch.tensor(c, dtype=dtype) for c in zip(*prompts))
     # mdpo's third view, the chosen answer under a corrupted image: scored here as an image-blind model would
     # score it, like the rejected answer (its hand-worked values are in test_vlm.py).
     extra["chosen_corrupted"], extra["ref_chosen_corrupted"] = rejected, ref_rejected
+    # A prompt embedding per pair (rpo_relative's extra column; its hand-worked values are in test_relative.py).
+    extra["prompt_embedding"] = torch.tensor([[1.0, 0.5 * i, 0.2 * (i % 2)] for i in range(len(pairs))], dtype=dtype)
     return PairScores(
         chosen,
         rejected,
@@ -78,7 +84,8 @@ def hand_mean(per_pair, pairs=PAIRS) -> float:
 TOKEN_LEVEL = [n for n in available_objectives() if get_objective(n).token_needs is not None]
 PAIRWISE = [n for n in available_objectives() if get_objective(n).row_kind == "pairs" and n not in TOKEN_LEVEL]
 UNPAIRED = [n for n in available_objectives() if get_objective(n).row_kind == "unpaired"]
-REFERENCE_FREE = {"simpo", "orpo", "cpo", "mapo"}
+REFERENCE_FREE = {"simpo", "orpo", "cpo", "mapo", "tpo", "tpo_l", "repo"}
+REFERENCE_FREE_LISTS = {"pro"}  # list objectives: the generic list checks read needs_reference themselves
 
 
 def make_token_scores(objective, scale: float = 1.0) -> TokenScores:
@@ -346,6 +353,10 @@ LM_SCALE_HPARAMS = {
     "mapo": {"num_train_timesteps": 1},
     "seppo": {"beta": 0.1, "criterion": "always_loser"},
     "smpo": {"beta": 0.1},
+    # Losses that stop (repo's hinge) or turn back (reward_aware_po's regression onto the reward gap, here 0.05) at
+    # a margin these pairs already pass: set the margin or gap beyond them, so every pair still moves.
+    "repo": {"gamma": 3.0},
+    "reward_aware_po": {"gt_reward_scale": 100.0},
 }
 
 
@@ -395,7 +406,7 @@ def test_kto_gradient_sign():
 
 def test_needs_reference_flags():
     for name in available_objectives():
-        assert get_objective(name).needs_reference == (name not in REFERENCE_FREE), name
+        assert get_objective(name).needs_reference == (name not in REFERENCE_FREE | REFERENCE_FREE_LISTS), name
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_FREE))

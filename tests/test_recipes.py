@@ -51,8 +51,9 @@ def save_tiny_causal_lm(path, architecture: str) -> str:
     return str(path)
 
 
-def ultrafeedback_jsonl(path, n: int = 8) -> str:
-    """Rows in the UltraFeedback-binarized layout: a prompt, and chosen/rejected full conversations."""
+def ultrafeedback_jsonl(path, n: int = 8, ties: bool = False) -> str:
+    """Rows in the UltraFeedback-binarized layout: a prompt, and chosen/rejected full conversations; with ``ties``,
+    a bool ``tie`` column marking every third row tied (TODO's tied UltraFeedback)."""
     rows = []
     for i in range(n):
         letters = "abcdef"[i % 6] + " " + "abcdef"[(i + 1) % 6]
@@ -61,7 +62,7 @@ def ultrafeedback_jsonl(path, n: int = 8) -> str:
                      "chosen": [user, {"role": "assistant", "content": letters.upper()}],
                      "rejected": [user, {"role": "assistant", "content": letters}],
                      "messages": [user, {"role": "assistant", "content": letters.upper()}],
-                     "score_chosen": 8.0, "score_rejected": 3.0})
+                     "score_chosen": 8.0, "score_rejected": 3.0, **({"tie": i % 3 == 1} if ties else {})})
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     return str(path)
@@ -133,11 +134,16 @@ def train_losses(tmp_path) -> list[float]:
 def test_language_recipe_trains_as_shipped(tmp_path, recipe):
     architecture = "qwen2" if "qwen" in os.path.basename(recipe) else "llama"
     model = save_tiny_causal_lm(tmp_path / "model", architecture)
-    data = ultrafeedback_jsonl(tmp_path / "train.jsonl"), ultrafeedback_jsonl(tmp_path / "val.jsonl", 4)
+    ties = "todo" in os.path.basename(recipe)  # TODO's recipe reads tied pairs
+    data = (ultrafeedback_jsonl(tmp_path / "train.jsonl", ties=ties),
+            ultrafeedback_jsonl(tmp_path / "val.jsonl", 4, ties=ties))
     main(["fit", "--config", as_shipped_on_cpu(recipe, tmp_path, model, *data), "--trainer.log_every_n_steps", "1"])
     losses = train_losses(tmp_path)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert os.path.exists(tmp_path / "runs" / "r" / "version_0" / "export" / "config.json")
+    if ties:  # the tied rows reached the objective
+        with open(tmp_path / "runs" / "r" / "version_0" / "metrics.csv") as f:
+            assert any(r.get("train/ties") for r in csv.DictReader(f))
 
 
 @pytest.mark.parametrize("recipe", DIFFUSION, ids=os.path.basename)

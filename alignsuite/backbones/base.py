@@ -32,13 +32,15 @@ class ViewInputs:
 
     ``batch`` is the batch the rows come from, for whatever else a backbone reads per row (a ``tools``
     column, images, the row ``index`` that seeds a per-row transform). ``score_prompt`` asks a token
-    backbone to score the prompt's tokens too (``SequenceScores.prompt``).
+    backbone to score the prompt's tokens too (``SequenceScores.prompt``); ``joint`` to score prompt and
+    completion as one sequence (``log pi(x, y)``: every token after the first), in the completion's score.
     """
 
     prompts: list
     completions: list
     batch: dict = field(default_factory=dict)
     score_prompt: bool = False
+    joint: bool = False
 
     def replace(self, **changes) -> "ViewInputs":
         return replace(self, **changes)
@@ -60,6 +62,7 @@ class Backbone(nn.Module):
             to it under their own names (``alignsuite.generation``): callers never name a modality's columns.
         image_column: the one of them that holds input images (shown beside a prompt in reports, and given to
             scorers as ``conditions``), or ``None``.
+        joint_views: ``prepare`` honours ``ViewInputs.joint`` (scores a view's prompt with its completion).
         deterministic_inputs: ``prepare`` gives the same inputs for the same rows at every step (token
             backbones), so reference scores may be computed once and stored; denoising backbones draw new
             noise every step and set this False.
@@ -76,6 +79,7 @@ class Backbone(nn.Module):
     conditions: ClassVar[tuple[str, ...]] = ()
     generation_columns: ClassVar[tuple[str, ...]] = ()
     image_column: ClassVar[str | None] = None
+    joint_views: ClassVar[bool] = False
     deterministic_inputs: ClassVar[bool] = True
     scores_tokens: ClassVar[bool] = False
     not_checkpointed: ClassVar[tuple[str, ...]] = ()

@@ -87,6 +87,7 @@ class CausalLM(Backbone):
             each row's ids by its text and tokenises only what it does not find. Same ids either way.
     """
 
+    joint_views = True  # prepare folds a joint view's prompt into its scored completion
     scores_tokens = True  # per-token scores for token-level objectives (score_tokens)
 
     def __init__(
@@ -255,7 +256,9 @@ class CausalLM(Backbone):
     def prepare(self, views: list[ViewInputs]) -> TokenBatch:
         rows, score_prompt = [], []
         for view in views:
-            rows += self._encode(view.prompts, view.completions, view.batch)
+            encoded = self._encode(view.prompts, view.completions, view.batch)
+            # Joint: the prompt's tokens after the first (which nothing predicts) join the scored completion.
+            rows += [(p[:1], p[1:] + c) for p, c in encoded] if view.joint else encoded
             score_prompt += [view.score_prompt] * len(view.prompts)
         width = max(len(p) + len(c) for p, c in rows)
         if (self.share_prompt or self.pack_rows) and self._takes_masks:

@@ -89,6 +89,7 @@ class SpeechTokenLM(Vocoded, CausalLM):
 
     modality = "text_to_speech"
     generation_columns = ("prompt_speech", "prompt_text")
+    joint_views = False  # a speaker prompt's codes are no text to score
 
     def __init__(
         self,

@@ -344,10 +344,10 @@ class RowEncoder:
         tools, index = batch_rows(batch, n)
         todo: dict[tuple, tuple] = {}
         for view in self.views:
-            if view.source not in batch:  # a predict batch holds prompts only
+            if view.source not in batch or (view.prompt_column or "prompt") not in batch:  # a predict batch: prompts only
                 continue
             completions = view.completions(batch)
-            for i, (p, c) in enumerate(zip(prompts, completions)):
+            for i, (p, c) in enumerate(zip(view.prompts(batch), completions)):
                 t = tools[i] if tools is not None else None
                 todo.setdefault(encoding_key(p, c, t), (p, c, t, index[i] if index is not None else None))
         if not todo:

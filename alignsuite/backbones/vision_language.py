@@ -81,6 +81,7 @@ class VisionLanguage(CausalLM):
     modality = "vision_language"
     conditions = ("corrupt_image",)
     generation_columns = ("images",)
+    joint_views = False  # image placeholders are no text to score
     image_column = "images"
 
     def __init__(

@@ -23,7 +23,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from alignsuite.data.layouts import Layout, TextPairs
 from alignsuite.data.layouts.base import HIDDEN_PREFIX, Table, all_skipped_error
+from alignsuite.data.lengths import row_lengths
 from alignsuite.data.loading import load_table
+from alignsuite.data.procedures.base import Procedure
+from alignsuite.data.procedures.run import build_split, keeps_order
 from alignsuite.data.protocol import PreferenceData
 
 Split = Literal["train", "val"]
@@ -51,6 +54,12 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         max_train_rows: keep only the first rows of the train set (smoke runs).
         max_val_rows: keep only the first rows of the validation set.
         seed: seed of the held-out split and of the shuffle (one order per epoch).
+        procedures: data procedures run on each split's rows after they are read and before the layout makes
+            them canonical, in turn (``alignsuite.data.procedures``: Selective DPO, reward-augmented relabelling,
+            pairs from scored lists ...); their output is stored once in the cache, keyed by its inputs.
+        shuffle: shuffle the training rows each epoch; null: shuffle unless a procedure sets the order (Selective
+            DPO's easy to hard, Curry-DPO's stages), whose order is then kept (under DDP rank r takes rows
+            r, r + W, ...).
 
     Subclasses generate their rows by overriding `load_rows`; the layout validates them like a file's. What
     the rest of the suite reads from it is declared by `PreferenceData` (``data/protocol.py``).
@@ -71,11 +80,13 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         max_train_rows: int | None = None,
         max_val_rows: int | None = None,
         seed: int = 0,
+        procedures: list[Procedure] | None = None,
+        shuffle: bool | None = None,
     ):
         super().__init__()
         # Under the CLI Lightning stores the parsed config (the layout's class path and options); built
         # by hand, the layout object stays out of the checkpoint's hyper-parameters.
-        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() is not None else ["layout"])
+        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() is not None else ["layout", "procedures"])
         layout = TextPairs() if layout is None else layout
         if not isinstance(layout, Layout):
             raise TypeError(
@@ -83,6 +94,8 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
                 f" ImageUnpaired; in a recipe: layout: {{class_path: alignsuite.data.TextPairs}}), got {layout!r}"
             )
         self.layout = layout
+        self.procedures = list(procedures or [])
+        self.ordered = keeps_order(self.procedures, shuffle, group_by_length)
         _check_counts(batch_size=batch_size, eval_batch_size=eval_batch_size, max_train_rows=max_train_rows,
                       max_val_rows=max_val_rows)
         if num_workers < 0:
@@ -109,6 +122,7 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
         self.skipped: dict[str, int] = {}
+        self.procedure_logs: dict[str, str] = {}  # split -> what the procedures kept, dropped and reordered
         # Work on each collated batch the loaders' workers do for the backbone (tokenising); the module
         # sets it at setup from `backbone.loader_transform`.
         self.batch_transform: Callable[[dict], dict] | None = None
@@ -154,7 +168,11 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         return [self.layout.open(s, self.split_names[split]) for s in self.sources[split]]
 
     def _build(self, split: Split) -> datasets.Dataset | None:
-        ds, skipped = self.layout.build(self._tables(split))
+        tables, procedures = self._tables(split), [p for p in self.procedures if split in p.splits]
+        if procedures and tables:
+            ds, skipped, self.procedure_logs[split] = build_split(self.layout, procedures, split, tables)
+        else:
+            ds, skipped = self.layout.build(tables)
         self.skipped.update({source: n for source, (n, _) in skipped.items()})
         if ds is None and skipped:
             raise all_skipped_error(self.layout, split, skipped)
@@ -166,8 +184,14 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
             return
         train, val = self._build("train"), self._build("val")
         if val is None and train is not None and self.val_fraction > 0:
+            if self.ordered:  # the held-out rows are drawn at random; the training rows keep their order
+                train = train.add_column("_order", list(range(len(train))))
             parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed, shuffle=True)
             train, val = parts["train"], parts["test"]
+            if self.ordered:
+                order = train["_order"]
+                train = train.select(sorted(range(len(order)), key=order.__getitem__)).remove_columns("_order")
+                val = val.remove_columns("_order")
         self.train_set, self.val_set = (self._finish(ds, s) for ds, s in ((train, "train"), (val, "val")))
         self._built = True
 
@@ -215,7 +239,7 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
             shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
             lengths = row_lengths(ds) if self.group_by_length else None
             sampler = EpochRandomSampler(ds, self.seed, shard.get("num_replicas", 1), shard.get("rank", 0),
-                                         lengths, batch_size, self.group_by_length)
+                                         lengths, batch_size, self.group_by_length, ordered=self.ordered)
             loader = ResumableDataLoader
         else:
             sampler, loader = None, DataLoader
@@ -274,20 +298,26 @@ class EpochRandomSampler(DistributedSampler):
     ``group_batches`` optimizer steps' rows (``batch_size`` x ``num_replicas`` each); a window's rows are
     sorted by length, cut into steps, and the steps shuffled within the window. Each step then holds rows
     of similar length on every rank, and the epoch still holds every row once, in an order that depends on
-    (seed, epoch) alone."""
+    (seed, epoch) alone.
+
+    ``ordered``: no shuffle, the rows in their order (every epoch the same), sharded and resumed alike."""
 
     def __init__(self, data_source, seed: int, num_replicas: int = 1, rank: int = 0,
-                 lengths: list[int] | None = None, batch_size: int = 1, group_batches: int = 0) -> None:
+                 lengths: list[int] | None = None, batch_size: int = 1, group_batches: int = 0,
+                 ordered: bool = False) -> None:
         super().__init__(data_source, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         if lengths is not None and len(lengths) != len(data_source):
             raise ValueError(f"lengths has {len(lengths)} values for {len(data_source)} rows")
         self.data_source, self.start = data_source, 0
         self.lengths, self.batch_size, self.group_batches = lengths, batch_size, group_batches
+        self.ordered = ordered
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.data_source), generator=generator).tolist()
-        if self.lengths is not None and self.group_batches > 0:
+        if self.ordered:
+            order = list(range(len(self.data_source)))
+        elif self.lengths is not None and self.group_batches > 0:
             order = self._grouped(order, generator)
         order += order[: self.total_size - len(order)]  # padding; none with one process
         yield from order[self.rank : self.total_size : self.num_replicas][self.start :]
@@ -344,37 +374,6 @@ class ResumableDataLoader(DataLoader):
         for batch in super().__iter__():
             self.position += 1
             yield batch
-
-
-def text_length(value) -> int:
-    """Characters of a text, of chat messages' contents, or of a list of either (k ranked responses)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return text_length(value.get("content", ""))
-    if isinstance(value, list):
-        return sum(text_length(v) for v in value)
-    return 0
-
-
-def _is_text(feature) -> bool:
-    """A text column, or one of chat messages (or a list of either): the columns `row_lengths` reads."""
-    if isinstance(feature, datasets.Value):
-        return feature.dtype in ("string", "large_string")
-    if isinstance(feature, dict):
-        return "content" in feature and _is_text(feature["content"])
-    inner = getattr(feature, "feature", None)  # List, LargeList, Sequence
-    return inner is not None and _is_text(inner)
-
-
-def row_lengths(ds: datasets.Dataset) -> list[int]:
-    """Each row's characters of prompt plus its longest answer column: the length `group_by_length` sorts by.
-    Only text and chat columns are read; images, audio and token columns (never decoded here) count 0."""
-    text = [c for c in ("prompt", "chosen", "rejected", "completion", "responses")
-            if c in ds.column_names and _is_text(ds.features[c])]
-    prompts = ds["prompt"] if "prompt" in text else [""] * len(ds)
-    columns = [ds[c] for c in text if c != "prompt"]
-    return [text_length(p) + max((text_length(col[i]) for col in columns), default=0) for i, p in enumerate(prompts)]
 
 
 def _check_counts(**counts: int | None) -> None:

@@ -9,6 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# The batch column that marks a tied pair (1.0: neither answer is preferred; 0.0: the first is), given by a layout
+# only when asked (TextPairs/ImagePairs ``tie_column``): objectives that read ties declare it in ``extra_columns``,
+# and every other objective is refused such data at setup.
+TIE_COLUMN = "tie"
+
+
 @dataclass(frozen=True)
 class PairFields:
     """Column names of a pair dataset, for datasets that do not use the usual ones."""
@@ -34,4 +40,4 @@ class UnpairedFields:
     tools: str = "tools"
 
 
-__all__ = ["PairFields", "UnpairedFields"]
+__all__ = ["TIE_COLUMN", "PairFields", "UnpairedFields"]

@@ -42,6 +42,7 @@ from pathlib import Path
 import datasets
 
 from alignsuite.data.errors import DataError
+from alignsuite.data.fields import TIE_COLUMN
 from alignsuite.data.refs import encoded_ref
 from alignsuite.data.pixels import centre_crop_offsets, resized_size, rgb, to_tensor  # noqa: F401 (re-exported)
 from alignsuite.data.preference import _get, _label
@@ -148,18 +149,21 @@ def normalize_image_pair(
     base_dir: str | None = None,
     drop_ties: bool = True,
     rewards: bool | None = None,
+    tie_column: bool = False,
 ) -> dict | None:
     """Canonical image pair of one row (module docstring), or ``None`` for a tie that ``drop_ties``
-    drops (the caller counts and reports those).
+    drops (the caller counts and reports those). With ``tie_column`` ties are kept whatever ``drop_ties``
+    says, and the row gets ``tie``: 1.0 for a tie (``label_0`` 0.5), else 0.0 (ordered rows: never a tie).
 
     ``rewards``: whether to map ``reward_0``/``reward_1`` (default: when the row has either column;
     then both must be finite numbers). Raises ``DataError`` naming ``source``, ``index`` and the field
     for a missing column, a blank caption, a label outside {0, 0.5, 1}, a missing image or image file.
     """
     prompt = _caption(row, fields, index, source)
+    label = None
     if fields.image_0 in row:
         label = _label_0(row, fields.label_0, index, source)
-        if label == _TIE and drop_ties:
+        if label == _TIE and drop_ties and not tie_column:
             return None
         # label 1 or a kept tie: jpg_0 first, as the diffusers scripts order a tie.
         order = (fields.image_0, fields.image_1) if label != 0 else (fields.image_1, fields.image_0)
@@ -179,6 +183,8 @@ def normalize_image_pair(
     if fields.has_rewards(row) if rewards is None else rewards:
         out["reward_chosen"] = _number(row, reward_order[0], index, source)
         out["reward_rejected"] = _number(row, reward_order[1], index, source)
+    if tie_column:
+        out[TIE_COLUMN] = 1.0 if label == _TIE else 0.0
     out.update({"_source": source, "_row": index, "_chosen_column": order[0], "_rejected_column": order[1]})
     return out
 
@@ -208,7 +214,7 @@ def image_pairs_to_unpaired(rows: Iterable[dict]) -> list[dict]:
     return out
 
 
-def image_features(unpaired: bool, rewards: bool) -> datasets.Features:
+def image_features(unpaired: bool, rewards: bool, tie: bool = False) -> datasets.Features:
     """Arrow schema of canonical image rows: images as ``Image(decode=False)`` (encoded bytes or a path)."""
     image = datasets.Image(decode=False)
     columns: dict = {"prompt": datasets.Value("string")}
@@ -221,6 +227,8 @@ def image_features(unpaired: bool, rewards: bool) -> datasets.Features:
         columns.update(chosen=image, rejected=image)
         if rewards:
             columns.update(reward_chosen=datasets.Value("float64"), reward_rejected=datasets.Value("float64"))
+        if tie:
+            columns[TIE_COLUMN] = datasets.Value("float64")
         image_columns = ("chosen", "rejected")
     columns.update({"_source": datasets.Value("string"), "_row": datasets.Value("int64")})
     columns.update({f"_{c}_column": datasets.Value("string") for c in image_columns})

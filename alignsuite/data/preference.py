@@ -33,6 +33,7 @@ their text alone would drop the image.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 
@@ -263,6 +264,40 @@ def normalize_unpaired(row: dict, index: int, source: str, fields: UnpairedField
         _check_answer(c, fields.completion, index, source, raw)
         prompt, completion = p, c
     return {"prompt": prompt, "completion": completion, "label": label, **_tools(row, fields.tools, index, source)}
+
+
+def pair_extras(row: dict, canon: dict, index: int, source: str, answers: dict[str, str] | None = None,
+                prompts: dict[str, str] | None = None, numbers: dict[str, str] | None = None) -> dict:
+    """Further columns of a canonical pair, each ``{stored column: data field}``: ``answers`` (a third answer,
+    TPO's gold) read like chosen, ``prompts`` (a second prompt, JPO's rejected side) read like the prompt, and
+    ``numbers`` (a reward per side, a soft preference) as floats. In a chat pair a text value becomes one message
+    (an answer: assistant; a prompt: user), and an answer that repeats the prompt messages has them removed.
+
+    Raises ``DataError`` naming ``source``, ``index`` and the field for a missing column, a blank answer, a value
+    whose kind (text or messages) differs from the pair's, or a number that is not finite.
+    """
+    chat, out = isinstance(canon["chosen"], list), {}
+    for column, field in (answers or {}).items():
+        value = _completion(_get(row, field, index, source), field, index, source)
+        if chat:
+            value = _strip_prompt(_as_messages(value), canon["prompt"])
+            _check_answer(value, field, index, source, row[field])
+        elif isinstance(value, list):
+            raise DataError(source, index, field, "plain text like the pair's answers", row[field])
+        out[column] = value
+    for column, field in (prompts or {}).items():
+        value = _prompt(_get(row, field, index, source), field, index, source)
+        if chat:
+            value = _prompt_messages(value)
+        elif isinstance(value, list):
+            raise DataError(source, index, field, "plain text like the pair's prompt", row[field])
+        out[column] = value
+    for column, field in (numbers or {}).items():
+        value = _get(row, field, index, source)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):  # a bool counts as 1 or 0
+            raise DataError(source, index, field, "a finite number", value)
+        out[column] = float(value)
+    return out
 
 
 def pairs_to_unpaired(rows: Iterable[dict]) -> list[dict]:

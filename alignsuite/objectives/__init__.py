@@ -4,6 +4,7 @@
 Importing the modules below registers every objective.
 """
 
+from alignsuite.objectives.anchored import AOT, AOTUnpaired, APODown, APOZero
 from alignsuite.objectives.base import (
     Objective,
     ObjectiveOutput,
@@ -11,18 +12,17 @@ from alignsuite.objectives.base import (
     available_objectives,
     get_objective,
 )
-from alignsuite.objectives.feature_level import FPO
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
-from alignsuite.objectives.listwise import ListMLE, ListObjective
+from alignsuite.objectives.feature_level import FPO
+from alignsuite.objectives.gold import TPO, TPOL
+from alignsuite.objectives.joint import JPO
+from alignsuite.objectives.length_normalised import LNDPO, RePO
+from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
-    AOT,
     CDPO,
     DPO,
     IPO,
-    APODown,
-    APOZero,
-    AOTUnpaired,
     BCOPair,
     DiscoPOP,
     EXOPair,
@@ -31,47 +31,74 @@ from alignsuite.objectives.pairwise import (
     RobustDPO,
     SPPOHard,
 )
+from alignsuite.objectives.pointwise import ULMA
 from alignsuite.objectives.reference_free import CPO, ORPO, SimPO
+from alignsuite.objectives.relative import RelativePO
+from alignsuite.objectives.reward_informed import MaPPO, RewardAwarePO
+from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
+from alignsuite.objectives.set_contrast import MPO, select_active_subset
+from alignsuite.objectives.soft_labels import IREPO, NCAPairReward
+from alignsuite.objectives.ties import TODO
 from alignsuite.objectives.token_level import LDDPO, TDPO1, TDPO2, WPO, SparsePO, SparsePOActivation
-from alignsuite.objectives.unpaired import KTO
+from alignsuite.objectives.unpaired import BCO, KTO
 
 __all__ = [
-    "FPO",
-    "SparsePOActivation",
-    "SparsePO",
-    "WPO",
-    "TDPO2",
-    "TDPO1",
-    "LDDPO",
     "AOT",
     "AOTUnpaired",
     "APODown",
     "APOZero",
+    "BCO",
     "BCOPair",
     "CDPO",
     "CPO",
     "DPO",
     "DiffusionKTO",
     "DiscoPOP",
+    "EXO",
     "EXOPair",
+    "FPO",
     "Hinge",
     "IPO",
+    "IREPO",
     "ImageCorruption",
+    "InfoNCA",
+    "JPO",
     "KTO",
+    "LDDPO",
+    "LiPO",
+    "LNDPO",
     "ListMLE",
     "ListObjective",
     "MDPO",
+    "MPO",
     "MaPO",
+    "NCA",
+    "MaPPO",
     "NCAPair",
+    "NCAPairReward",
     "ORPO",
+    "PRO",
     "Objective",
     "ObjectiveOutput",
     "PairwiseObjective",
+    "RelativePO",
+    "RePO",
+    "RewardAwarePO",
     "RobustDPO",
     "SPPOHard",
     "SePPO",
     "SimPO",
     "SmPO",
+    "SparsePO",
+    "SparsePOActivation",
+    "TDPO1",
+    "TDPO2",
+    "TPO",
+    "TPOL",
+    "TODO",
+    "ULMA",
+    "WPO",
     "available_objectives",
     "get_objective",
+    "select_active_subset",
 ]

@@ -131,6 +131,14 @@ class Objective:
     def pack(self, policy: dict[str, SequenceScores], ref: dict[str, Tensor | None], batch: dict):
         raise NotImplementedError
 
+    def state(self) -> dict:
+        """What the objective carries across steps (BCO's running reward mean), saved with each checkpoint under
+        ``checkpoint["objective_state"]`` and handed back to :meth:`load_state` on resume; ``{}``: nothing."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned."""
+
     def _extra(self, policy: dict[str, SequenceScores], ref: dict[str, Tensor | None], batch: dict,
                main: tuple[str, ...]) -> dict[str, Tensor]:
         """``extra``: the extra columns not in ``main`` (which the score type holds itself), then every view not in

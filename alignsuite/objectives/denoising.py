@@ -74,6 +74,10 @@ class MaPO(PairwiseObjective):
     term ``-b mean(log s(T m))``.
     """
 
+    family = "denoising"
+    paper = "Hong et al. 2024, arXiv 2406.06424"
+    convention = "the official code's defaults (beta_mapo 0.1)"
+
     needs_reference = False
 
     def __init__(self, beta: float = 0.1, snr_value: float = 0.5, num_train_timesteps: int = 1000) -> None:
@@ -140,6 +144,10 @@ class DiffusionKTO(KTO):
     half; the official code counts ties as wrong), ``kl`` = z0, ``count/desirable``/``count/undesirable``.
     """
 
+    family = "denoising"
+    paper = "Li et al. 2024, arXiv 2404.04465"
+    convention = "the official code's beta on g = 2u (1000); ties count one half (the code counts them wrong)"
+
     views = (View("completion"),)
 
     def __init__(self, beta: float = 1000.0, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> None:
@@ -192,6 +200,10 @@ class SmPO(PairwiseObjective):
 
     Metrics: the DPO reward metrics (``b u``) and ``smpo/preference`` = mean p.
     """
+
+    family = "denoising"
+    paper = 'Lu et al. 2025, "Smoothed Preference Optimization via ReNoise Inversion" (ICML 2025)'
+    convention = "the official PickScore bounds as raw cosines"
 
     extra_columns = ("reward_chosen", "reward_rejected")
 
@@ -281,6 +293,10 @@ class SePPO(PairwiseObjective):
     Metrics: the DPO reward metrics (``b u``) and ``seppo/flipped``, the fraction of pairs treated as winners
     (``c = -1``).
     """
+
+    family = "denoising"
+    paper = "Zhang et al. 2024, arXiv 2410.05255"
+    convention = "Diffusion-DPO's official beta, in `dpo`'s convention"
 
     views = (View("chosen"), View("rejected", sampled=True))  # the losers: the reference's own samples
 

@@ -84,6 +84,10 @@ class MDPO(PairwiseObjective):
         sft_weight: optional NLL on the chosen answer (as every pairwise objective).
     """
 
+    family = "multimodal"
+    paper = "Wang et al. 2024, arXiv 2406.11839"
+    convention = "the official code's crop corruption and anchor"
+
     def __init__(
         self,
         beta: float = 0.1,

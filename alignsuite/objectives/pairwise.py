@@ -85,6 +85,10 @@ class DPO(PairwiseObjective):
     the beta (default 2500), the same loss as ours at 5000.
     """
 
+    family = "pairwise"
+    paper = "Rafailov et al. 2023, arXiv 2305.18290; f-DPO: Wang et al. 2023, arXiv 2309.16240"
+    convention = "TRL's `sigmoid` (no label smoothing); over denoising scores it is Diffusion-DPO with the official beta 5000"
+
     def __init__(
         self,
         beta: float = 0.1,
@@ -118,6 +122,10 @@ class RobustDPO(PairwiseObjective):
     Default eps = 0.1 (the typical value; at eps = 0 this is ``dpo``).
     """
 
+    family = "pairwise"
+    paper = "Chowdhury et al. 2024, arXiv 2403.00409"
+    convention = "TRL's `robust`"
+
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
         check_label_smoothing(label_smoothing)
@@ -140,6 +148,10 @@ class CDPO(PairwiseObjective):
     computed for ``sigmoid`` with ``label_smoothing``. Unlike ``robust`` it is bounded below and its optimum
     keeps ``s(b D) = 1 - eps`` instead of pushing the margin to infinity. Default eps = 0.1.
     """
+
+    family = "pairwise"
+    paper = 'Mitchell 2023, "A note on DPO with noisy preferences"'
+    convention = "TRL <= 0.28's `sigmoid` with label smoothing"
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
@@ -165,6 +177,10 @@ class IPO(PairwiseObjective):
     (per token when normalised), so the accuracy matches the loss.
     """
 
+    family = "pairwise"
+    paper = "Azar et al. 2023, arXiv 2310.12036"
+    convention = "length-normalised log-ratios (TRL's choice; the paper does not say)"
+
     def __init__(self, beta: float = 0.1, length_normalize: bool = True, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
         self.length_normalize = length_normalize
@@ -189,6 +205,10 @@ class Hinge(PairwiseObjective):
     the log-ratios, ``b = 1/delta``). We follow RSO: the reference is used, and ``b`` is the inverse margin.
     """
 
+    family = "pairwise"
+    paper = "Zhao et al. 2023, arXiv 2305.10425; Liu et al. 2023, arXiv 2309.06657"
+    convention = "TRL's `hinge`"
+
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
         return torch.relu(1 - self.beta * (u_w - u_l)), self.beta * u_w, self.beta * u_l
@@ -203,6 +223,10 @@ class NCAPair(PairwiseObjective):
     Chen et al. 2024, "Noise Contrastive Alignment of Language Models with Explicit Rewards" (NCA with K = 2
     and a binary preference). Unlike DPO it keeps the chosen likelihood from falling.
     """
+
+    family = "pairwise"
+    paper = "Chen et al. 2024, arXiv 2402.05369"
+    convention = "TRL's `nca_pair`"
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
@@ -222,6 +246,10 @@ class BCOPair(PairwiseObjective):
     objective a pure function of the batch (a running mean would be state that DDP ranks must agree on).
     """
 
+    family = "pairwise"
+    paper = "Jung et al. 2024, arXiv 2404.04656"
+    convention = "TRL's `bco_pair`: the running reward shift is dropped (delta = 0)"
+
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
         r_w, r_l = self.beta * u_w, self.beta * u_l
@@ -237,6 +265,10 @@ class SPPOHard(PairwiseObjective):
     Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment": the SPPO loss
     ``(u - eta (P - 1/2))**2`` with the win probability P set to 1 for the chosen and 0 for the rejected answer.
     """
+
+    family = "pairwise"
+    paper = "Wu et al. 2024, arXiv 2405.00675"
+    convention = "TRL's `sppo_hard`"
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
@@ -256,6 +288,10 @@ class EXOPair(PairwiseObjective):
     we raise instead.
     """
 
+    family = "pairwise"
+    paper = "Ji et al. 2024, arXiv 2402.00856"
+    convention = "TRL's `exo_pair`; label_smoothing must be > 0"
+
     def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
         if label_smoothing <= 0:
@@ -274,80 +310,6 @@ class EXOPair(PairwiseObjective):
         return losses, self.beta * u_w, self.beta * u_l
 
 
-@register("aot")
-class AOT(PairwiseObjective):
-    """Alignment via Optimal Transport, paired: the policy's margins must dominate the reference's.
-
-    ``d = sort(l_w - l_l) - sort(ref_w - ref_l)`` (ascending over the batch, i.e. matched quantiles), then
-    ``L_i = -(1 - eps) log s(b d_i) - eps log s(-b d_i)``.
-
-    Melnyk et al. 2024, "Distributional Preference Alignment of LLMs via Optimal Transport" (first-order
-    stochastic dominance of the margin distribution, solved in 1-D by sorting). The loss of a slot depends on
-    the whole batch: larger per-device batches estimate the quantiles better.
-    """
-
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0) -> None:
-        super().__init__(beta=beta, sft_weight=sft_weight)
-        check_label_smoothing(label_smoothing)
-        self.label_smoothing = label_smoothing
-
-    def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
-        c, r, rc, rr = as_float(s.chosen, s.rejected, s.ref_chosen, s.ref_rejected)
-        d = torch.sort(c - r).values - torch.sort(rc - rr).values
-        return smoothed_logistic(self.beta * d, self.label_smoothing), self.beta * (c - rc), self.beta * (r - rr)
-
-
-@register("aot_unpaired")
-class AOTUnpaired(AOT):
-    """Alignment via Optimal Transport, unpaired: the chosen log-ratios must dominate the rejected ones.
-
-    ``d = sort(u_w) - sort(u_l)`` (ascending over the batch), ``L_i = -(1 - eps) log s(b d_i) - eps log s(-b d_i)``.
-
-    Melnyk et al. 2024, "Distributional Preference Alignment of LLMs via Optimal Transport" (the unpaired
-    variant, which never uses which rejected answer went with which chosen one). TRL called it ``aot_pair``
-    before renaming it.
-    """
-
-    def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
-        u_w, u_l = float_log_ratios(s)
-        d = torch.sort(u_w).values - torch.sort(u_l).values
-        return smoothed_logistic(self.beta * d, self.label_smoothing), self.beta * u_w, self.beta * u_l
-
-
-@register("apo_zero")
-class APOZero(PairwiseObjective):
-    """Anchored Preference Optimization, zero variant: raise the chosen, lower the rejected likelihood.
-
-    ``L = [1 - s(b u_w)] + s(b u_l)``.
-
-    D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions: Addressing
-    Underspecification in Alignment", Eq. 7. Meant for when the chosen answers are better than the model's.
-    """
-
-    def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
-        u_w, u_l = float_log_ratios(s)
-        r_w, r_l = self.beta * u_w, self.beta * u_l
-        return (1 - torch.sigmoid(r_w)) + torch.sigmoid(r_l), r_w, r_l
-
-
-@register("apo_down")
-class APODown(PairwiseObjective):
-    """Anchored Preference Optimization, down variant: lower both likelihoods, the rejected one more.
-
-    ``L = s(b u_w) + [1 - s(b D)]``.
-
-    D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions: Addressing
-    Underspecification in Alignment", Eq. 8. Meant for when the model is already better than the chosen
-    answers. By design its gradient can *lower* the chosen likelihood (whenever ``|u_w| < |D|``); only the
-    margin and the rejected side always move the DPO way.
-    """
-
-    def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
-        u_w, u_l = float_log_ratios(s)
-        r_w, r_l = self.beta * u_w, self.beta * u_l
-        return torch.sigmoid(r_w) + (1 - torch.sigmoid(r_w - r_l)), r_w, r_l
-
-
 @register("discopop")
 class DiscoPOP(PairwiseObjective):
     """DiscoPOP, the log-ratio modulated loss (LRML) found by LLM-driven objective discovery.
@@ -360,6 +322,10 @@ class DiscoPOP(PairwiseObjective):
     (checked in the tests), so it does not push every margin up. ``m * exp(-z)`` is evaluated as
     ``exp(log s(z/tau) - z)`` so that 0 * inf never happens at large negative margins.
     """
+
+    family = "pairwise"
+    paper = "Lu et al. 2024, arXiv 2406.08414"
+    convention = "TRL's `discopop`"
 
     def __init__(self, beta: float = 0.1, discopop_tau: float = 0.05, sft_weight: float = 0.0) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
@@ -376,10 +342,6 @@ class DiscoPOP(PairwiseObjective):
 
 
 __all__ = [
-    "AOT",
-    "AOTUnpaired",
-    "APODown",
-    "APOZero",
     "BCOPair",
     "CDPO",
     "DPO",

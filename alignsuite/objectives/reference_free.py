@@ -58,6 +58,10 @@ class SimPO(PairwiseObjective):
     averages each answer's per-token NLL instead.
     """
 
+    family = "reference-free"
+    paper = "Meng et al. 2024, arXiv 2405.14734"
+    convention = "the official code's beta 2.0 and pooled SFT term (TRL keeps CPO's beta 0.1); gamma is the paper's absolute margin"
+
     needs_reference = False
 
     def __init__(self, beta: float = 2.0, gamma: float = 1.0, sft_weight: float = 0.0,
@@ -128,6 +132,10 @@ class ORPO(PairwiseObjective):
     (mean ``log s(log_odds)``, the quantity the penalty maximises).
     """
 
+    family = "reference-free"
+    paper = "Hong et al. 2024, arXiv 2403.07691"
+    convention = "the official code's and TRL's NLL over prompt and completion, pooled"
+
     needs_reference = False
 
     def __init__(self, beta: float = 0.1, nll: ORPONLL = "prompt_and_completion_pooled") -> None:
@@ -174,6 +182,10 @@ class CPO(PairwiseObjective):
     averages each answer's per-token NLL instead (the paper's ``-log pi(y_w|x)`` per example).
     Defaults: beta 0.1, cpo_alpha 1.0, no label smoothing.
     """
+
+    family = "reference-free"
+    paper = "Xu et al. 2024, arXiv 2401.08417"
+    convention = "TRL's: summed log-probs, pooled NLL scaled by cpo_alpha"
 
     needs_reference = False
 

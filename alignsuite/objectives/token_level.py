@@ -78,12 +78,11 @@ class TDPO1(TokenObjective):
 
         L = -log s( beta * [ (u_w - u_l) - (K(y_l) - K(y_w)) ] ),   K(y) = sum_t KL_t(ref || theta)
 
-    Zeng et al. 2024, "Token-level Direct Preference Optimization". Rewards ``beta * (u + K)`` per side, as the
-    official code logs them.
+    Zeng et al. 2024, "Token-level Direct Preference Optimization". Rewards ``beta * (u + K)`` per side.
     """
 
     paper = "Zeng et al. 2024, arXiv 2404.11999"
-    convention = "official code (Vance0124/Token-level-Direct-Preference-Optimization): rewards beta * (u + K)"
+    convention = "the paper's equations; rewards beta * (u + K) per side (the sequence reward plus its KL)"
     token_needs = TokenNeeds(kl=True)
 
     def kl_term(self, k_w: Tensor, k_l: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alignsuite.data.datamodule import PreferenceDataModule
 from alignsuite.data.layouts import ImagePairs, ImageUnpaired, TextPairs, TextUnpaired
+from alignsuite.data.procedures import Procedure
 
 # A world declares its modality; the layout follows from it and from ``unpaired``.
 _LAYOUTS = {("text", False): TextPairs, ("text", True): TextUnpaired,
@@ -40,6 +41,11 @@ class ToyPreferenceData(PreferenceDataModule):
         eval_batch_size: rows per validation batch (default ``batch_size``).
         num_workers: DataLoader worker processes.
         seed: seed of the generated rows and of the shuffle.
+        procedures: data procedures run on the generated rows (`alignsuite.data.procedures`), as for a file's.
+        shuffle: shuffle the training rows; null: unless a procedure sets their order.
+        ties: the language world only: the fraction of generated rows that are tied pairs (a ``tie`` flag on every
+            row); they are dropped (counted) unless ``tie_column``.
+        tie_column: keep the tied rows, with a ``tie`` column, for an objective that reads ties (``todo``).
     """
 
     def __init__(
@@ -52,19 +58,37 @@ class ToyPreferenceData(PreferenceDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        procedures: list[Procedure] | None = None,
+        shuffle: bool | None = None,
+        ties: float = 0.0,
+        tie_column: bool = False,
     ) -> None:
         from alignsuite.toy.worlds import get_world
 
         toy = get_world(world)
-        layout = layout_for(getattr(toy, "modality", "text"), unpaired, toy)
+        if not 0 <= ties < 1:
+            raise ValueError(f"data.ties must be in [0, 1), got {ties}")
+        if (ties or tie_column) and (world != "llm" or unpaired):
+            raise ValueError("data.ties and data.tie_column: only the language world (llm) has tied pairs")
+        if tie_column and not ties:
+            raise ValueError("data.tie_column keeps tied rows, and data.ties is 0: set data.ties to generate some")
+        if ties:
+            layout = TextPairs(tie_field="tie", tie_column=tie_column)
+        else:
+            layout = layout_for(getattr(toy, "modality", "text"), unpaired, toy)
         super().__init__(
             layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
+            procedures=procedures, shuffle=shuffle,
         )
         self.world_name = world
         self.num_rows = {"train": num_train, "val": num_val}
+        self.ties, self.tie_column = ties, tie_column
 
     def load_rows(self, split):
         from alignsuite.toy.worlds import get_world
 
         seed = self.seed if split == "train" else self.seed + 1_000_003  # disjoint draws
-        return get_world(self.world_name).make_pairs(self.num_rows[split], seed)
+        world = get_world(self.world_name)
+        if self.ties:
+            return world.make_pairs(self.num_rows[split], seed, ties=self.ties)
+        return world.make_pairs(self.num_rows[split], seed)

@@ -39,22 +39,36 @@ class EchoWorld:
         rng = random.Random(f"eval-{seed}")
         return ["echo " + " ".join(self._letters(rng)) for _ in range(n)]
 
-    def make_pairs(self, n: int, seed: int) -> list[dict]:
-        """``n`` rows of prompt/chosen/rejected text, as a preference dataset would hold them."""
+    def make_pairs(self, n: int, seed: int, ties: float = 0.0) -> list[dict]:
+        """``n`` rows of prompt/chosen/rejected text, as a preference dataset would hold them.
+
+        With ``ties`` > 0, that fraction of the rows (drawn at random) are tied pairs: two capital answers, each
+        with one wrong letter at a different place, so that they score alike; every row then has a ``tie`` flag,
+        as TODO's tied UltraFeedback does.
+        """
         rng = random.Random(f"pairs-{seed}")
         rows = []
         for _ in range(n):
             letters = self._letters(rng)
+            if ties > 0 and rng.random() < ties:
+                i, j = rng.sample(range(len(letters)), 2)
+                first, second = self._wrong_letter(letters, i, rng), self._wrong_letter(letters, j, rng)
+                rows.append({"prompt": "echo " + " ".join(letters), "chosen": first, "rejected": second, "tie": True})
+                continue
             chosen = " ".join(x.upper() for x in letters)
             if rng.random() < 0.7:
                 rejected = " ".join(letters)
             else:  # the right case with a wrong letter: the preference is about content, not case alone
-                wrong = list(letters)
-                i = rng.randrange(len(wrong))
-                wrong[i] = rng.choice([x for x in LETTERS if x != wrong[i]])
-                rejected = " ".join(x.upper() for x in wrong)
-            rows.append({"prompt": "echo " + " ".join(letters), "chosen": chosen, "rejected": rejected})
+                rejected = self._wrong_letter(letters, rng.randrange(len(letters)), rng)
+            row = {"prompt": "echo " + " ".join(letters), "chosen": chosen, "rejected": rejected}
+            rows.append({**row, "tie": False} if ties > 0 else row)
         return rows
+
+    @staticmethod
+    def _wrong_letter(letters: list[str], i: int, rng: random.Random) -> str:
+        wrong = list(letters)
+        wrong[i] = rng.choice([x for x in LETTERS if x != wrong[i]])
+        return " ".join(x.upper() for x in wrong)
 
     def reward(self, prompt: str, completion: str) -> float:
         target = [x.upper() for x in prompt.split()[1:]]

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 
 from alignsuite.components import import_object
+from alignsuite.sources import cache_root
 
 WORLDS = {
     "llm": "alignsuite.toy.llm.EchoWorld",
@@ -30,10 +31,6 @@ def get_world(name: str):
     if name not in WORLDS:
         raise ValueError(f"unknown toy world {name!r}; known: {', '.join(known_worlds())}")
     return import_object(WORLDS[name])()
-
-
-def cache_root() -> str:
-    return os.path.expanduser(os.environ.get("ALIGNSUITE_CACHE", "~/.cache/alignsuite"))
 
 
 def shipped_path(name: str, suffix: str = "") -> str:

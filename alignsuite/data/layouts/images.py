@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from alignsuite.data import images
 from alignsuite.data.errors import DataError
+from alignsuite.data.fields import TIE_COLUMN
 from alignsuite.data.layouts.base import HIDDEN_PREFIX, Layout, Rows, Table
 from alignsuite.data.loading import load_table
 
@@ -89,8 +90,9 @@ class DecodesImages(Layout):
 class _ImageLayout(DecodesImages):
     modality = "text_to_image"
 
-    def __init__(self, fields: images.ImageFields, drop_ties: bool, skip_bad_images: bool) -> None:
-        self.fields, self.drop_ties = fields, drop_ties
+    def __init__(self, fields: images.ImageFields, drop_ties: bool, skip_bad_images: bool,
+                 tie_column: bool = False) -> None:
+        self.fields, self.drop_ties, self.tie_column = fields, drop_ties, tie_column
         super().__init__(skip_bad_images)
 
     @property
@@ -105,7 +107,8 @@ class _ImageLayout(DecodesImages):
         )
 
     def _pair(self, row: dict, index: int, source: str, base_dir: str | None) -> dict | None:
-        return images.normalize_image_pair(row, index, source, self.fields, base_dir, self.drop_ties)
+        return images.normalize_image_pair(row, index, source, self.fields, base_dir, self.drop_ties,
+                                           tie_column=self.tie_column)
 
     def check_row(self, canon: dict, first: dict, index: int, source: str) -> None:
         # One Arrow schema for all sources: rewards in every source or in none. Pair and unpaired rows
@@ -116,7 +119,8 @@ class _ImageLayout(DecodesImages):
                             f"the same columns as the sources before it ({shown(first)})", shown(canon))
 
     def features(self, first: dict) -> datasets.Features:
-        return images.image_features("completion" in first, "reward" in first or "reward_chosen" in first)
+        return images.image_features("completion" in first, "reward" in first or "reward_chosen" in first,
+                                     TIE_COLUMN in first)
 
     def decode_images(self, row: dict) -> dict:
         return {
@@ -146,6 +150,9 @@ class ImagePairs(_ImageLayout):
         drop_ties: drop tied pairs (counted and reported), as Diffusion-DPO and MaPO do; false keeps them
             with the first image as chosen, as the diffusers training scripts do.
         skip_bad_images: drop a row whose image does not decode from its batch (counted) instead of stopping.
+        tie_column: keep tied pairs whatever ``drop_ties`` says and give every row a ``tie`` column (1.0 for a
+            tie, 0.0 otherwise), for the objectives that read ties (``todo``); any other objective is refused
+            such data at setup.
     """
 
     row_kind = "pairs"
@@ -162,6 +169,7 @@ class ImagePairs(_ImageLayout):
         reward_1_field: str = "reward_1",
         drop_ties: bool = True,
         skip_bad_images: bool = False,
+        tie_column: bool = False,
     ) -> None:
         self.caption_field, self.image_0_field, self.image_1_field = caption_field, image_0_field, image_1_field
         self.label_0_field, self.chosen_field, self.rejected_field = label_0_field, chosen_field, rejected_field
@@ -169,7 +177,7 @@ class ImagePairs(_ImageLayout):
         fields = images.ImageFields(caption=caption_field, image_0=image_0_field, image_1=image_1_field,
                                     label_0=label_0_field, chosen=chosen_field, rejected=rejected_field,
                                     reward_0=reward_0_field, reward_1=reward_1_field)
-        super().__init__(fields, drop_ties, skip_bad_images)
+        super().__init__(fields, drop_ties, skip_bad_images, tie_column)
 
     def check_first(self, row: dict, source: str) -> None:
         if self.fields.is_unpaired(row):

@@ -12,10 +12,10 @@ import json
 from typing import Any
 
 from alignsuite.data.errors import DataError
-from alignsuite.data.fields import PairFields, UnpairedFields
+from alignsuite.data.fields import TIE_COLUMN, PairFields, UnpairedFields
 from alignsuite.data.layouts.base import Layout
 from alignsuite.data.messages import MESSAGE_COLUMNS, for_arrow, from_arrow
-from alignsuite.data.preference import normalize_pair, normalize_unpaired, pairs_to_unpaired
+from alignsuite.data.preference import _get, normalize_pair, normalize_unpaired, pair_extras, pairs_to_unpaired
 
 
 def _is_chat(row: dict) -> bool:
@@ -67,6 +67,21 @@ class TextPairs(_TextLayout):
         system_field: alpaca and ShareGPT rows: optional system prompt, put first as a system message.
         history_field: alpaca rows: optional earlier turns, a list of [query, answer] pairs.
         tools_field: optional tool schemas of the row (a list, or its JSON text), passed to the batch as ``tools``.
+        answer_fields: further answers each row holds, ``{batch column: data field}``, read like ``chosen``
+            (Triple Preference Optimisation's gold answer: ``{gold: reference}``).
+        prompt_fields: further prompts each row holds, ``{batch column: data field}``, read like the prompt
+            (JPO's rejected answer under its own instruction: ``{prompt_rejected: i_reject}``).
+        number_fields: numbers each row holds, ``{batch column: data field}``, batched as floats (a reward per
+            side: ``{reward_chosen: score_chosen, reward_rejected: score_rejected}``; a soft preference).
+            The batch columns are the names objectives read (``gold``, ``prompt_rejected``, ``reward_chosen``
+            ...); a row without the field is an error naming it.
+        tie_field: optional column that marks tied pairs (true/false or 1/0: neither answer is preferred, as
+            in TODO's ``irisxx/ultrafeedback_tied``). Unset, nothing is read from it (ties would train as
+            preferences for the first answer); set, tied rows are dropped, counted and reported, unless
+            ``tie_column``.
+        tie_column: keep the tied rows of ``tie_field`` and give every row a ``tie`` column (1.0 for a tie, 0.0
+            otherwise), for the objectives that read ties (``todo``); any other objective is refused such data at
+            setup. Kept ties are counted per source in ``tied_rows``.
     """
 
     row_kind = "pairs"
@@ -82,13 +97,31 @@ class TextPairs(_TextLayout):
         system_field: str = "system",
         history_field: str = "history",
         tools_field: str = "tools",
+        answer_fields: dict[str, str] | None = None,
+        prompt_fields: dict[str, str] | None = None,
+        number_fields: dict[str, str] | None = None,
+        tie_field: str | None = None,
+        tie_column: bool = False,
     ) -> None:
+        if tie_column and not tie_field:
+            raise ValueError("TextPairs: tie_column needs tie_field, the column that says which rows are tied")
+        self.tie_field, self.tie_column = tie_field, tie_column
+        self.tied_rows: dict[str, int] = {}  # kept tied rows per source (tie_column)
         self.prompt_field, self.chosen_field, self.rejected_field = prompt_field, chosen_field, rejected_field
         self.instruction_field, self.input_field = instruction_field, input_field
         self.conversations_field, self.system_field = conversations_field, system_field
         self.history_field, self.tools_field = history_field, tools_field
         self.fields = PairFields(prompt_field, chosen_field, rejected_field, instruction_field, input_field,
                                  conversations_field, system_field, history_field, tools_field)
+        self.answer_fields, self.prompt_fields, self.number_fields = answer_fields, prompt_fields, number_fields
+        self._extras = (dict(answer_fields or {}), dict(prompt_fields or {}), dict(number_fields or {}))
+        names = [column for fields in self._extras for column in fields]
+        taken = [c for c in names if c in ("prompt", "chosen", "rejected", "tools", "index") or c.startswith("_")]
+        if taken or len(set(names)) != len(names):
+            raise ValueError(f"TextPairs: answer_fields, prompt_fields and number_fields name each batch column once,"
+                             f" and none of prompt, chosen, rejected, tools, index; got {names}")
+        # Further answers and prompts are text or messages: batched as python lists, like the pair's own.
+        self.list_columns = type(self).list_columns | set(self._extras[0]) | set(self._extras[1])
 
     def check_first(self, row: dict, source: str) -> None:
         if self.chosen_field not in row:
@@ -97,9 +130,35 @@ class TextPairs(_TextLayout):
                 raise DataError(source, 0, self.chosen_field, "pair data; this looks unpaired (prompt/completion/label):"
                                 " use the layout alignsuite.data.TextUnpaired")
 
+    @property
+    def skip_reason(self) -> str:
+        if self.tie_field is None or self.tie_column:
+            return "chosen equals rejected"
+        return (f"chosen equals rejected or the pair is tied ({self.tie_field} true; set tie_column: true in"
+                " data.layout to keep the ties, for an objective that reads them: todo)")
+
     def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
         canon = normalize_pair(row, index, source, self.fields)
-        return None if canon is None else _stored(canon, source, index)
+        if canon is None:
+            return None
+        if self.tie_field is not None:
+            tie = _tie(_get(row, self.tie_field, index, source), self.tie_field, index, source)
+            if tie and not self.tie_column:
+                return None
+            if self.tie_column:
+                canon[TIE_COLUMN] = float(tie)
+                self.tied_rows[source] = self.tied_rows.get(source, 0) + tie
+        extras = pair_extras(row, canon, index, source, *self._extras)
+        return {**_stored(canon, source, index), **{k: for_arrow(v) for k, v in extras.items()}}
+
+
+def _tie(value: object, field: str, index: int, source: str) -> bool:
+    # The flag as TODO's data stores it (a bool), or 0/1 as int or float; anything else is ambiguous.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    raise DataError(source, index, field, "a tie flag (true/false or 1/0: whether neither answer is preferred)", value)
 
 
 class TextUnpaired(_TextLayout):

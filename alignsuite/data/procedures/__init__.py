@@ -1,0 +1,32 @@
+"""Data procedures: transforms a recipe names under ``data.init_args.procedures``, run on a split's rows after
+they are read and before the layout makes them canonical, their output stored once in the cache keyed by
+their inputs (``run.py``).
+
+Each is a `Procedure` (``base.py``): ``SelectiveDPO`` and ``AIRPairs`` keep some rows (``selection.py``),
+``RewardAugmented`` relabels pairs with a target score (``relabel.py``), ``SweetSpotPairs``,
+``RejectionSampling`` and ``CurryPairs`` turn rows of K scored responses into pairs (``pairs.py``), and
+``CuratronPairs`` completes pairwise comparisons through a fitted ranking (``completion.py``).
+"""
+
+from alignsuite.data.procedures.base import ListProcedure, Procedure, Report
+from alignsuite.data.procedures.completion import CuratronPairs, btl_scores
+from alignsuite.data.procedures.pairs import CurryPairs, RejectionSampling, SweetSpotPairs
+from alignsuite.data.procedures.relabel import RewardAugmented
+from alignsuite.data.procedures.run import run_procedures
+from alignsuite.data.procedures.selection import AIRPairs, DifficultyScorer, SelectiveDPO
+
+__all__ = [
+    "AIRPairs",
+    "CuratronPairs",
+    "CurryPairs",
+    "DifficultyScorer",
+    "ListProcedure",
+    "Procedure",
+    "RejectionSampling",
+    "Report",
+    "RewardAugmented",
+    "SelectiveDPO",
+    "SweetSpotPairs",
+    "btl_scores",
+    "run_procedures",
+]
