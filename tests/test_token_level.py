@@ -120,11 +120,10 @@ def test_activation_masks_hand_worked():
     hidden_w = torch.tensor([[1.0], [3.0], [0.0]]).reshape(1, 3, 1, 1).double()
     hidden_l = torch.tensor([[1.0], [2.0], [3.0]]).reshape(1, 3, 1, 1).double()
     out = get_objective("sparsepo_activation")(token_scores(hidden=(hidden_w, hidden_l)))
-    m_w, m_l = [0.0, 1.0], [0.0, 0.5, 1.0]
-    big_u_w, big_u_l = -0.2, -0.5 + 0.4
-    k_w, k_l = 0.05, 0.5 * 0.03 + 0.04
+    # Masks: chosen [0, 1] (activations 1, 3; the padded third left out), rejected [0, 0.5, 1].
+    big_u_w, big_u_l = 1.0 * -0.2, 0.5 * -1.0 + 1.0 * 0.4
+    k_w, k_l = 1.0 * 0.05, 0.5 * 0.03 + 1.0 * 0.04
     assert out.loss.item() == pytest.approx(softplus(-B * ((big_u_w - big_u_l) - (k_l - k_w))), abs=1e-6)
-    assert m_w and m_l
 
 
 def test_fpo_hand_worked():
