@@ -319,6 +319,39 @@ def test_fpo_step_with_an_sae_given_by_import_path():
     assert all(p.grad is not None for p in module.backbone.policy.parameters())
 
 
+@pytest.mark.parametrize("recipe", ["vlm_dpo.yaml", "tts_dpo.yaml"])
+def test_vision_language_and_speech_token_backbones_share_the_token_path(tmp_path, recipe):
+    """The vision-language and speech-token toy recipes with SparsePO for two steps: the same token path (their
+    backbones are causal LMs), the KL 0 at the first step, finite losses."""
+    import csv
+    import os
+
+    import yaml
+
+    from alignsuite.cli import main
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(repo, "recipes", "toy", recipe)) as f:
+        config = yaml.safe_load(f)
+    config["model"]["init_args"]["objective"] = {"class_path": "alignsuite.objectives.SparsePO", "init_args": {"beta": 0.1}}
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
+    config["trainer"]["callbacks"] = []
+    path = tmp_path / recipe
+    path.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(path), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+          "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+          "--checkpoint.dirpath", str(tmp_path / "ckpt")])
+    (metrics,) = glob_metrics(tmp_path)
+    with open(metrics) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(rows) == 2 and all(math.isfinite(float(r["train/loss"])) for r in rows)
+    assert float(rows[0]["train/kl/chosen"]) == 0.0
+
+
+def glob_metrics(folder):
+    return list(folder.glob("*/version_0/metrics.csv"))
+
+
 # ------------------------------------------------------------------------------------------------ parity with TRL
 TRL_ROWS = [{"prompt": "echo a b", "chosen": " A B", "rejected": " a b c"},
             {"prompt": "echo c d e", "chosen": " C D E", "rejected": " C"}]
