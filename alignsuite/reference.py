@@ -41,6 +41,7 @@ class Reference(nn.Module):
     """
 
     can_sample: bool = False
+    per_token: bool = True  # score_tokens computes per-token scores live in the step (token-level objectives)
     # The Trainer's precision ("bf16-mixed" ...), set by the module before ``build``; None outside a Trainer.
     trainer_precision: str | None = None
 
@@ -68,7 +69,12 @@ class Reference(nn.Module):
         """Called when validate or test starts outside fit."""
 
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
-        raise NotImplementedError
+        """The reference's ``[K * B]`` scores; by default computed by ``self.model`` (a frozen copy, a checkpoint)."""
+        return backbone.score(prepared, model=self.model).score
+
+    def score_tokens(self, backbone: Backbone, prepared, batch: dict, needs):
+        """Per-token scores (``TokenOutputs``) for a token-level objective's ``needs``, computed by ``self.model``."""
+        return backbone.score_tokens(prepared, model=self.model, needs=needs, of_reference=True)
 
     def sample(self, backbone: Backbone, prompts: list, step: int) -> list:
         raise ValueError(f"reference {type(self).__name__} cannot generate completions")
@@ -122,9 +128,6 @@ class FrozenCopy(Reference):
     def build(self, backbone: Backbone) -> None:
         if self.model is None:
             self.model = backbone.load_reference(self.model_name_or_path, self.load_dtype)
-
-    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
-        return backbone.score(prepared, model=self.model).score
 
 
 class MovingAverage(FrozenCopy):
@@ -233,9 +236,6 @@ class CheckpointPool(Reference):
         self.select(step)
         return backbone.generate(prompts, model=self.model, seed=self.seed + step)
 
-    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
-        return backbone.score(prepared, model=self.model).score
-
 
 class SwappedCopy(Reference):
     """The starting weights kept in host memory and copied into the policy's own parameters for the
@@ -247,6 +247,7 @@ class SwappedCopy(Reference):
     For full fine-tuning; under LoRA ``AdapterDisabled`` needs no copy at all.
     """
 
+    per_token = False  # the swap is undone before the policy's pass, which the full-vocabulary KL runs in
     def __init__(self) -> None:
         super().__init__()
         self.stored: dict[str, Tensor] = {}  # the starting weights (this rank's shards), in host memory
@@ -297,6 +298,10 @@ class AdapterDisabled(Reference):
         with backbone.adapters_disabled():
             return backbone.score(prepared).score
 
+    def score_tokens(self, backbone: Backbone, prepared, batch: dict, needs):
+        with backbone.adapters_disabled():
+            return backbone.score_tokens(prepared, needs=needs, of_reference=True)
+
 
 class Precomputed(Reference):
     """Reference scores computed in one pass before training and stored, one per row and view.
@@ -310,6 +315,7 @@ class Precomputed(Reference):
     view that depends on the batch (KTO's mismatched pairs) or on sampling (SePPO's losers).
     """
 
+    per_token = False  # one score per row and view is stored: no token's log-prob, no distribution
     def __init__(self, batch_size: int | None = None) -> None:
         super().__init__()
         self.batch_size = batch_size

@@ -13,6 +13,7 @@ from alignsuite.objectives.base import (
     get_objective,
 )
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
+from alignsuite.objectives.feature_level import FPO
 from alignsuite.objectives.gold import TPO, TPOL
 from alignsuite.objectives.joint import JPO
 from alignsuite.objectives.length_normalised import LNDPO, RePO
@@ -39,6 +40,7 @@ from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
 from alignsuite.objectives.set_contrast import MPO, select_active_subset
 from alignsuite.objectives.soft_labels import IREPO, NCAPairReward
 from alignsuite.objectives.ties import TODO
+from alignsuite.objectives.token_level import LDDPO, TDPO1, TDPO2, WPO, SparsePO, SparsePOActivation
 from alignsuite.objectives.unpaired import BCO, KTO
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "DiscoPOP",
     "EXO",
     "EXOPair",
+    "FPO",
     "Hinge",
     "IPO",
     "IREPO",
@@ -62,6 +65,7 @@ __all__ = [
     "InfoNCA",
     "JPO",
     "KTO",
+    "LDDPO",
     "LiPO",
     "LNDPO",
     "ListMLE",
@@ -87,10 +91,15 @@ __all__ = [
     "SePPO",
     "SimPO",
     "SmPO",
+    "SparsePO",
+    "SparsePOActivation",
+    "TDPO1",
+    "TDPO2",
     "TPO",
     "TPOL",
     "TODO",
     "ULMA",
+    "WPO",
     "available_objectives",
     "get_objective",
     "select_active_subset",
