@@ -14,6 +14,7 @@ from torch import Tensor
 
 from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.checkpoint_io import last_checkpoint_note
+from alignsuite import extra_references as extras
 from alignsuite.data.protocol import preference_data
 from alignsuite.generation import batch_conditions
 from alignsuite.objectives import Objective, get_objective
@@ -41,6 +42,11 @@ class PreferenceModule(LightningModule):
         reference: where reference scores come from. Left out, a reference-based objective gets the
             policy with adapters disabled under LoRA and a frozen copy otherwise; a reference-free
             objective gets none, and loads no reference weights.
+        extra_references: further score sources by name, one per name the objective declares (its
+            ``extra_references``: WSPO's ``weak_base`` and ``weak_aligned``), usually
+            ``FrozenCopy(model_name_or_path=...)`` of a checkpoint with the policy's tokenizer. Built and sharded
+            as the reference, never trained nor checkpointed; scored without grad on the same inputs, they reach
+            the objective as ``scores.extra["ref_<name>_<view>"]``.
         optimizer: built over the trainable parameters only (AdamW, lr 1e-6 when left out).
         lr_schedule: shape of the learning rate after warm-up.
         warmup_ratio: fraction of the training steps spent warming up linearly from zero.
@@ -60,6 +66,7 @@ class PreferenceModule(LightningModule):
         backbone: Backbone,
         objective: Objective | None = None,
         reference: Reference | None = None,
+        extra_references: dict[str, Reference] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["constant", "linear", "cosine"] = "linear",
         warmup_ratio: float = 0.1,
@@ -70,7 +77,8 @@ class PreferenceModule(LightningModule):
         # Under the CLI Lightning stores the parsed config (class paths and init args), so that
         # `load_from_checkpoint` rebuilds the module; built by hand, only the plain arguments are kept.
         built_by_cli = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=None if built_by_cli else ["backbone", "objective", "reference", "optimizer"])
+        self.save_hyperparameters(ignore=None if built_by_cli else ["backbone", "objective", "reference", "extra_references",
+                                                                      "optimizer"])
         self.backbone = backbone
         self.objective = objective if objective is not None else get_objective(DEFAULT_OBJECTIVE)
         if reference is not None and not self.objective.needs_reference:
@@ -79,6 +87,8 @@ class PreferenceModule(LightningModule):
                 f" ({type(reference).__name__}); remove model.reference"
             )
         self.reference = reference if reference is not None else default_reference(self.objective, backbone)
+        extras.check_names(self.objective, extra_references)  # before any model loads
+        self.extra_references = torch.nn.ModuleDict(extra_references or {})
         self.optimizer = optimizer
         self.lr_schedule = lr_schedule
         if not 0 <= warmup_ratio < 1:
@@ -97,6 +107,7 @@ class PreferenceModule(LightningModule):
         # The data module is read through its declared members (PreferenceData), checked here once.
         data = preference_data(self.trainer.datamodule) if self._trainer is not None else None
         check_setup(self.objective, self.backbone, self.reference, data)
+        extras.check_setup(self.objective, self.backbone, self.extra_references)
         if data is not None:
             self.backbone.on_setup(data)
             # Tokenising in the DataLoader, off the training step.
@@ -116,6 +127,8 @@ class PreferenceModule(LightningModule):
         if self.reference is not None:
             self.reference.trainer_precision = str(self.trainer.precision) if self._trainer is not None else None
             self.reference.build(self.backbone)
+        extras.build(self.backbone, self.extra_references,
+                     str(self.trainer.precision) if self._trainer is not None else None)
         if self.device_mesh is not None and not is_sharded(self.backbone.policy):
             self.shard(self.device_mesh)
         if self.backbone.empty_weights:
@@ -141,9 +154,10 @@ class PreferenceModule(LightningModule):
         policy = mixed_precision(self.trainer.precision if self._trainer is not None else None)
         blocks, broadcast = self.backbone.shard_blocks, self.load_on_rank0 and self.trainer.world_size > 1
         shard_model(self.backbone.policy, mesh, policy, blocks, from_rank0=broadcast)
-        if self.reference is not None:
-            self.reference.shard(self.backbone, lambda model: shard_model(model, mesh, policy, blocks, frozen=True,
-                                                                          from_rank0=broadcast))
+        for reference in [self.reference, *self.extra_references.values()]:
+            if reference is not None:
+                reference.shard(self.backbone, lambda model: shard_model(model, mesh, policy, blocks, frozen=True,
+                                                                         from_rank0=broadcast))
 
     def full_backbone(self) -> Backbone | None:
         """The backbone holding the full trained policy: its own when unsharded. Under FSDP2 a collective
@@ -220,10 +234,13 @@ class PreferenceModule(LightningModule):
         if self.reference is not None:
             with torch.no_grad():
                 scores = self.reference.score(self.backbone, prepared, dict(batch, split=split)).detach()
+        further = extras.sequence_scores(self.backbone, self.extra_references, prepared, dict(batch, split=split), names)
         policy = dict(zip(names, self.backbone.score(prepared).split(len(names))))
         if self.reference is not None:
             ref = dict(zip(names, scores.to(policy[names[0]].score.device).chunk(len(names))))
-        return self.objective.pack(policy, ref, batch)
+        packed = self.objective.pack(policy, ref, batch)
+        packed.extra.update({k: v.to(policy[names[0]].score.device) for k, v in further.items()})
+        return packed
 
     def _token_scores(self, prepared, batch: dict, split: str):
         """Per-token scores for an objective that weighs tokens: the reference's pass first, without grad (what the
@@ -233,8 +250,12 @@ class PreferenceModule(LightningModule):
         if self.reference is not None:
             with torch.no_grad():
                 ref = self.reference.score_tokens(self.backbone, prepared, dict(batch, split=split), needs)
+        further = extras.token_scores(self.backbone, self.extra_references, prepared, dict(batch, split=split),
+                                      [view.name for view in self.objective.views])
         policy = self.backbone.score_tokens(prepared, needs=needs, reference=ref)
-        return self.objective.pack(policy, ref, batch)
+        packed = self.objective.pack(policy, ref, batch)
+        packed.extra.update({k: v.to(policy.logps.device) for k, v in further.items()})
+        return packed
 
     def _step(self, batch: dict, stage: str):
         scores = self.compute_scores(batch, "train" if stage == "train" else "val")
@@ -309,22 +330,26 @@ class PreferenceModule(LightningModule):
         optimizer.zero_grad(set_to_none=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.reference is not None:
-            self.reference.after_step(self.backbone, self.global_step)
+        for reference in [self.reference, *self.extra_references.values()]:
+            if reference is not None:
+                reference.after_step(self.backbone, self.global_step)
 
     def on_fit_start(self) -> None:
         self.backbone.on_fit_start(self.trainer)
-        if self.reference is not None:
-            self.reference.on_fit_start(self)
+        for reference in [self.reference, *self.extra_references.values()]:
+            if reference is not None:
+                reference.on_fit_start(self)
 
     def on_validation_start(self) -> None:
-        if self.reference is not None and not self.trainer.training:
-            self.reference.on_eval_start(self)  # validate/test without fit
+        if not self.trainer.training:  # validate/test without fit
+            for reference in [self.reference, *self.extra_references.values()]:
+                if reference is not None:
+                    reference.on_eval_start(self)
 
     on_test_start = on_validation_start
 
     def _not_checkpointed(self) -> tuple[str, ...]:
-        return ("reference.",) + tuple(f"backbone.{p}" for p in self.backbone.not_checkpointed)
+        return ("reference.", "extra_references.") + tuple(f"backbone.{p}" for p in self.backbone.not_checkpointed)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if state := self.backbone.state():  # a denoising backbone's draw counter: resumed runs draw the same noise

@@ -102,6 +102,10 @@ class Backbone(nn.Module):
         ("auto", "float32", "bfloat16", "float16"; the backbone's own ``dtype`` when None)."""
         raise NotImplementedError
 
+    def check_same_tokenizer(self, source: str, option: str) -> None:
+        """Raise if the checkpoint ``source`` (given as ``option``) reads inputs differently from the policy, so
+        that its scores would not line up with the policy's; nothing to check for a backbone without tokens."""
+
     @property
     def has_adapters(self) -> bool:
         """Whether the policy trains adapters (``lora``) on frozen base weights."""

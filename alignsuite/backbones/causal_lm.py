@@ -157,6 +157,24 @@ class CausalLM(Backbone):
         path = resolve_model_path(self.tokenizer_name_or_path or self.model_name_or_path)
         return load_tokenizer(path, self.trust_remote_code, self.chat_template)
 
+    def check_same_tokenizer(self, source: str, option: str) -> None:
+        """Same vocabulary as the policy's (only the tokenizers: an embedding table may be padded to another size)."""
+        path = resolve_model_path(source)
+        try:
+            other = load_tokenizer(path, self.trust_remote_code, None)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{option}: cannot read the tokenizer of {source!r} to check it against the policy's ({e})"
+                             ) from e
+        mine = self.tokenizer if self.tokenizer is not None else self._load_tokenizer()
+        ours, theirs = mine.get_vocab(), other.get_vocab()
+        if ours != theirs:
+            differ = sorted(set(ours.items()) ^ set(theirs.items()), key=str)[:3]
+            raise ValueError(
+                f"{option}: {source!r} has another tokenizer than the policy's ({len(theirs)} tokens against"
+                f" {len(ours)}; first differences (token, id): {differ}); its log-probs would not line up with the"
+                " policy's token by token: use a checkpoint of the same family, with the same tokenizer"
+            )
+
     def configure(self) -> None:
         if self.policy is not None:
             return

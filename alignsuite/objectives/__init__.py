@@ -42,6 +42,7 @@ from alignsuite.objectives.soft_labels import IREPO, NCAPairReward
 from alignsuite.objectives.ties import TODO
 from alignsuite.objectives.token_level import LDDPO, TDPO1, TDPO2, WPO, SparsePO, SparsePOActivation
 from alignsuite.objectives.unpaired import BCO, KTO
+from alignsuite.objectives.weak_to_strong import WSPO
 
 __all__ = [
     "AOT",
@@ -100,6 +101,7 @@ __all__ = [
     "TODO",
     "ULMA",
     "WPO",
+    "WSPO",
     "available_objectives",
     "get_objective",
     "select_active_subset",

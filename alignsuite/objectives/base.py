@@ -101,6 +101,8 @@ class Objective:
     - ``needs_reference``: whether reference scores (and weights) are needed at all;
     - ``token_needs``: for objectives that weigh tokens, what they read per token (then ``pack`` gets the
       backbone's :class:`~alignsuite.scores.TokenOutputs` rather than sequence scores).
+    - ``extra_references``: names of further score sources (WSPO's weak pair), one Reference each under
+      ``model.extra_references``; their scores arrive in ``scores.extra`` as ``ref_<name>_<view>``.
 
     ``pack`` turns each view's policy and reference scores into the score type ``__call__`` reads.
     ``__call__(scores, reduce)`` gets ``reduce``, a function from local per-example values to their mean
@@ -120,6 +122,8 @@ class Objective:
     extra_columns: ClassVar[tuple[str, ...]] = ()
     # A token-level objective declares what it reads per token (TokenScores); None: sequence scores.
     token_needs: ClassVar[TokenNeeds | None] = None
+    # Names of further references (model.extra_references) whose scores the objective reads; an instance may set them.
+    extra_references: tuple[str, ...] = ()
 
     def configure(self, backbone) -> None:
         """Build trainable parts that depend on the model's shapes (SparsePO's mask network), once the backbone's
