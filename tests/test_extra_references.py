@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import math
 import os
 
 import pytest
@@ -15,7 +16,7 @@ from alignsuite.cli import main
 from alignsuite.module import PreferenceModule
 from alignsuite.objectives import DPO, get_objective
 from alignsuite.reference import FrozenCopy, Precomputed
-from alignsuite.scores import TokenScores
+from alignsuite.scores import PairScores, TokenScores
 
 HAND_WORKED = ("wspo",)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,3 +162,42 @@ def test_wspo_recipe_trains_two_steps_with_a_dpo_trained_weak_model(tmp_path):
     assert float(rows[0]["train/loss"]) > 0 and float(rows[0]["train/wspo/weak_ratio"]) != 0
     checkpoint = torch.load(glob.glob(str(tmp_path / "c2" / "*.ckpt"))[0], weights_only=False)
     assert not any(k.startswith("extra_references.") for k in checkpoint["state_dict"])
+
+
+# ------------------------------------------------------------------------------------------------ MODPO's margin model
+def margin_scores(**extra) -> PairScores:
+    t = lambda v: torch.tensor([v], dtype=torch.float32)  # noqa: E731
+    return PairScores(t(-1.0), t(-2.0), t(-1.5), t(-1.8), extra={k: t(v) for k, v in extra.items()})
+
+
+def test_modpo_margin_from_a_margin_model_by_hand():
+    # beta 0.1, w = (0.5, 0.5). u_w = -1 - -1.5 = 0.5, u_l = -2 - -1.8 = -0.2. The margin model's implicit rewards:
+    # R_w = 0.1 * (-1.2 - -1.5) = 0.03, R_l = 0.1 * (-2.2 - -1.8) = -0.04. rhat_w = (0.05 - 0.5 * 0.03) / 0.5 = 0.07,
+    # rhat_l = (-0.02 - 0.5 * -0.04) / 0.5 = 0; L = -log s(0.07).
+    objective = get_objective("modpo", beta=0.1, weights=[0.5, 0.5], margin="reference")
+    assert objective.extra_references == ("margin",) and objective.extra_columns == ()
+    out = objective(margin_scores(ref_margin_chosen=-1.2, ref_margin_rejected=-2.2))
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(-0.07)), abs=1e-6)
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(0.07, abs=1e-6)
+    # The same margin stored as columns (the official recipe's pass over the data beforehand) gives the same loss.
+    columns = get_objective("modpo", beta=0.1, weights=[0.5, 0.5], margin="columns")
+    stored = columns(margin_scores(margin_chosen=0.03, margin_rejected=-0.04))
+    assert stored.loss.item() == pytest.approx(out.loss.item(), abs=1e-6)
+
+
+def test_modpo_margin_reference_without_the_margin_model_is_refused():
+    objective = get_objective("modpo", weights=[0.5, 0.5], margin="reference")
+    with pytest.raises(ValueError, match="model.extra_references.margin"):
+        objective(margin_scores())
+    with pytest.raises(ValueError, match=r"'modpo' reads the extra reference\(s\) 'margin'"):
+        PreferenceModule(CausalLM("toy:llm"), objective)
+
+
+def test_modpo_with_the_starting_weights_as_margin_model_is_dpo_at_beta_over_w0():
+    """A margin model equal to the reference has implicit reward 0: MODPO is DPO with beta / w_0, in the module."""
+    module = perturbed_module(get_objective("modpo", beta=0.1, weights=[0.5, 0.5], margin="reference"),
+                              {"margin": FrozenCopy()})
+    scores = module.compute_scores(BATCH)
+    torch.testing.assert_close(scores.extra["ref_margin_chosen"], scores.ref_chosen)
+    loss = module.objective(scores).loss
+    assert loss.item() == pytest.approx(DPO(beta=0.2)(scores).loss.item(), abs=1e-6)

@@ -61,6 +61,8 @@ def entries() -> list[Entry]:
     for name, cls in objective_classes().items():
         objective = cls()
         reference = "yes" if objective.needs_reference else "no"
+        if objective.extra_references:  # further references the recipe gives by name (model.extra_references)
+            reference += " + " + ", ".join(f"`{n}`" for n in objective.extra_references)
         out.append(Entry(name, cls.family or "?", cls.paper or "?", reference, _data(objective), _defaults(cls),
                          cls.convention or ""))
     rank = {family: i for i, family in enumerate(FAMILIES)}

@@ -18,7 +18,8 @@ from alignsuite.objectives.base import PairwiseObjective, register
 from alignsuite.objectives.pairwise import float_log_ratios
 from alignsuite.scores import PairScores
 
-MarginSource = Literal["rewards", "columns", "labels"]
+MarginSource = Literal["rewards", "columns", "labels", "reference"]
+ONE_MARGIN = ("columns", "reference")  # margin sources that give one margin reward: two dimensions
 ModpoLoss = Literal["sigmoid", "hinge"]
 
 
@@ -41,6 +42,10 @@ class MODPO(PairwiseObjective):
     - ``columns``: ``margin_chosen``/``margin_rejected``, one margin reward per side for two dimensions, weighted
       by ``w_1``: the official recipe's, the implicit reward ``b * (log pi_m(y) - log pi_ref(y))`` of a DPO model
       trained on the second dimension's labels, computed once and stored with the data;
+    - ``reference``: that implicit reward computed in the step, ``R(y) = b * (log pi_m(y) - log pi_ref(y))``, from
+      the margin model given as the extra reference ``margin`` (``model.extra_references.margin``, a
+      ``FrozenCopy`` of the DPO model; ``ref_margin_<view>`` in the scores), weighted by ``w_1``: the official
+      recipe's margin without a pass over the data beforehand;
     - ``labels``: the other dimensions' labels alone, ``R_i(y_w) - R_i(y_l) = label_reward * pref_i`` (+1, 0, -1
       from ``pref_<d>``): a stand-in where no scores or margin model exist (PKU-SafeRLHF's labels).
 
@@ -51,7 +56,7 @@ class MODPO(PairwiseObjective):
         beta: the KL weight of the primary dimension's DPO term.
         weights: one weight per dimension of the data, the primary first: ``w_0 > 0``, the others ``>= 0``;
             ``None``: the primary alone (DPO). Checked against the data's dimensions at setup.
-        margin: where the non-primary rewards come from: ``rewards``, ``columns`` or ``labels`` (above).
+        margin: where the non-primary rewards come from: ``rewards``, ``columns``, ``reference`` or ``labels``.
         label_reward: ``margin="labels"``: the reward gap a label stands for.
         loss_type: ``sigmoid`` (the paper's) or ``hinge``.
         dimensions: the data's dimension names, primary first; read from the data's layout at setup when
@@ -61,8 +66,8 @@ class MODPO(PairwiseObjective):
 
     family = "multi-objective"
     paper = "Zhou et al. 2024, arXiv 2310.03708"
-    convention = ("the official MODPOTrainer's loss with the margin reward given per side (data columns) rather than"
-                  " from a second adapter; `labels` margins are this suite's stand-in for data without scores")
+    convention = ("the official MODPOTrainer's loss with the margin reward given per side (data columns) or scored"
+                  " in the step by a margin model (an extra reference) rather than from a second adapter; `labels` margins are this suite's stand-in for data without scores")
 
     def __init__(
         self,
@@ -91,6 +96,7 @@ class MODPO(PairwiseObjective):
         if self.dimensions is not None:
             self._check_length(self.dimensions, "its option dimensions")
         self.extra_columns = self._columns()
+        self.extra_references = ("margin",) if margin == "reference" else ()
 
     # --- what it reads --------------------------------------------------------------------------------
 
@@ -99,9 +105,9 @@ class MODPO(PairwiseObjective):
             raise ValueError(f"modpo: the option weights has {len(self.weights)} values and the data has"
                              f" {len(dimensions)} preference dimensions ({', '.join(dimensions)}, from {where});"
                              " give one weight per dimension, the primary first")
-        if self.margin == "columns" and len(dimensions) != 2:
-            raise ValueError(f"modpo: margin='columns' reads one margin reward (margin_chosen/margin_rejected), for two"
-                             f" dimensions; the data has {len(dimensions)} ({', '.join(dimensions)}): use"
+        if self.margin in ONE_MARGIN and len(dimensions) != 2:
+            raise ValueError(f"modpo: margin={self.margin!r} reads one margin reward (margin_chosen/margin_rejected, or"
+                             f" the margin model's), for two dimensions; the data has {len(dimensions)} ({', '.join(dimensions)}): use"
                              " margin='rewards'")
 
     def _weighted(self) -> list[tuple[int, float]]:
@@ -110,7 +116,7 @@ class MODPO(PairwiseObjective):
 
     def _columns(self) -> tuple[str, ...]:
         used = self._weighted()
-        if not used:
+        if not used or self.margin == "reference":
             return ()
         if self.margin == "columns":
             return ("margin_chosen", "margin_rejected")
@@ -123,11 +129,11 @@ class MODPO(PairwiseObjective):
     def use_data(self, layout) -> None:
         dims = list(layout.preference_dimensions)
         if not dims:
-            if self.margin == "columns" and self.weights is not None and len(self.weights) != 2:
-                raise ValueError(f"modpo: the option weights has {len(self.weights)} values; with margin='columns' on"
+            if self.margin in ONE_MARGIN and self.weights is not None and len(self.weights) != 2:
+                raise ValueError(f"modpo: the option weights has {len(self.weights)} values; with margin={self.margin!r} on"
                                  f" data of one preference (layout {layout.name}) it takes two: the primary's and the"
                                  " margin reward's")
-            if self.margin != "columns" and self._weighted() and self.dimensions is None:
+            if self.margin not in ONE_MARGIN and self._weighted() and self.dimensions is None:
                 raise ValueError(f"modpo: the option weights weighs dimensions beyond the primary, and the data layout"
                                  f" {layout.name} names none; use a layout that names its dimensions"
                                  " (alignsuite.data.DimensionPairs) or margin='columns'")
@@ -148,6 +154,8 @@ class MODPO(PairwiseObjective):
         for i, w in self._weighted():
             if self.margin == "columns":
                 rc, rr = s.extra["margin_chosen"], s.extra["margin_rejected"]
+            elif self.margin == "reference":
+                rc, rr = self._model_margin(s)
             elif self.dimensions is None:
                 raise ValueError("modpo: weights beyond the primary need the data's dimension names (set at setup from"
                                  " the layout, or the option dimensions)")
@@ -159,6 +167,14 @@ class MODPO(PairwiseObjective):
                 rc, rr = s.extra[f"reward_chosen_{d}"], s.extra[f"reward_rejected_{d}"]
             chosen, rejected = chosen + w * rc.float(), rejected + w * rr.float()
         return chosen, rejected
+
+    def _model_margin(self, s: PairScores) -> tuple[Tensor, Tensor]:
+        """The margin model's implicit reward ``b * (log pi_m(y) - log pi_ref(y))`` per side."""
+        if "ref_margin_chosen" not in s.extra or s.ref_chosen is None:
+            raise ValueError("modpo: margin='reference' reads the margin model's scores (ref_margin_chosen/"
+                             "ref_margin_rejected) and the reference's; give model.extra_references.margin")
+        return (self.beta * (s.extra["ref_margin_chosen"].float() - s.ref_chosen.float()),
+                self.beta * (s.extra["ref_margin_rejected"].float() - s.ref_rejected.float()))
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
