@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import math
 import os
 
+import lightning as L
 import pytest
 import torch
+import yaml
 from conftest import save_tiny_lm
+from test_cli import pair_file  # noqa: F401  (fixture)
 
 from alignsuite.backbones import CausalLM
 from alignsuite.cli import main
@@ -120,7 +124,9 @@ def test_wspo_with_the_same_weak_model_twice_is_beta_squared_mean_squared_log_ra
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     loss.backward()
     assert not any(p.requires_grad for p in module.extra_references.parameters())
-    assert not any(k.startswith("extra_references.") for k in module.state_dict())
+    state = module.state_dict()
+    assert not any(k.startswith("extra_references.") for k in state)
+    module.load_state_dict(state, strict=True)  # a resumed run rebuilds them from their sources
 
 
 def test_an_extra_reference_of_the_starting_weights_scores_as_the_reference():
@@ -201,3 +207,59 @@ def test_modpo_with_the_starting_weights_as_margin_model_is_dpo_at_beta_over_w0(
     torch.testing.assert_close(scores.extra["ref_margin_chosen"], scores.ref_chosen)
     loss = module.objective(scores).loss
     assert loss.item() == pytest.approx(DPO(beta=0.2)(scores).loss.item(), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ FSDP2
+class ExtraProbe(L.Callback):
+    """Writes, per rank, each step's loss over the global batch and, at the end, how much of each extra reference
+    this rank holds and whether the optimizer sees any of it. Loaded by the FSDP2 subprocesses from this file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _write(self, trainer, record):
+        with open(f"{self.path}.rank{trainer.global_rank}", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._write(trainer, {"loss": float(trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean"))})
+
+    def on_train_end(self, trainer, pl_module):
+        from alignsuite.sharding import local
+
+        optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+        params = list(pl_module.extra_references.parameters())
+        self._write(trainer, {"local": sum(local(p).numel() for p in params), "full": sum(p.numel() for p in params),
+                              "optimized": sum(id(p) in optimized for p in params)})
+
+
+@pytest.mark.distributed
+def test_wspo_under_fsdp2_shards_its_weak_pair_and_trains_like_one_process(tmp_path, tiny_lm_dir,
+                                                                         pair_file):  # noqa: F811
+    """Two ranks x 4 pairs under FSDP2 give one process's losses with the global batch (8 pairs); each rank holds
+    about half of the weak models (shards of odd-sized rows differ by one row), none of which the optimizer sees."""
+    from test_fsdp import fsdp_recipe, run_fsdp2
+
+    aligned = save_tiny_lm(tmp_path / "aligned", seed=9, initializer_range=0.2)
+
+    def run(root, sharded):
+        root.mkdir()
+        path = fsdp_recipe(root, tiny_lm_dir, pair_file, batch_size=4 if sharded else 8)
+        config = yaml.safe_load(open(path))
+        config["trainer"]["callbacks"] = [{"class_path": "test_extra_references.ExtraProbe",
+                                           "init_args": {"path": str(root / "probe")}}]
+        config["model"]["init_args"].update(
+            objective={"class_path": "alignsuite.objectives.WSPO", "init_args": {"beta": 0.5}},
+            extra_references={name: {"class_path": "alignsuite.reference.FrozenCopy",
+                                     "init_args": {"model_name_or_path": source}}
+                              for name, source in (("weak_base", tiny_lm_dir), ("weak_aligned", aligned))})
+        open(path, "w").write(yaml.safe_dump(config))
+        run_fsdp2(path) if sharded else main(["fit", "--config", path])
+        return [[json.loads(line) for line in open(f"{root / 'probe'}.rank{rank}")] for rank in range(2 if sharded else 1)]
+
+    two, one = run(tmp_path / "two", True), run(tmp_path / "one", False)
+    losses = [[r["loss"] for r in records if "loss" in r] for records in two + one]
+    assert losses[0] == losses[1] and losses[0] == pytest.approx(losses[2], rel=1e-4) and len(losses[2]) == 4
+    for records in two:
+        end = records[-1]
+        assert 0.45 * end["full"] < end["local"] < 0.55 * end["full"] and end["optimized"] == 0  # odd rows: uneven
