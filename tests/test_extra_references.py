@@ -84,7 +84,7 @@ def test_an_extra_reference_must_have_weights_of_its_own():
                          extra_references={"weak_base": Precomputed(), "weak_aligned": FrozenCopy()})
 
 
-def test_a_checkpoint_with_another_tokenizer_is_refused_before_it_loads(tmp_path):
+def test_a_checkpoint_with_another_tokenizer_or_none_is_refused_before_it_loads(tmp_path):
     from transformers import AutoTokenizer
 
     other = save_tiny_lm(tmp_path / "other", seed=3)
@@ -96,6 +96,10 @@ def test_a_checkpoint_with_another_tokenizer_is_refused_before_it_loads(tmp_path
     with pytest.raises(ValueError, match=r"model.extra_references.weak_aligned: .* has another tokenizer.*'zebra'"):
         module.configure_model()
     assert module.extra_references["weak_aligned"].model is None
+    module = PreferenceModule(CausalLM("toy:llm"), get_objective("wspo"), extra_references={
+        "weak_base": FrozenCopy("toy:llm"), "weak_aligned": FrozenCopy(str(tmp_path / "not_trained_yet"))})
+    with pytest.raises(FileNotFoundError, match="model.extra_references.weak_aligned: model path .*not_trained_yet"):
+        module.configure_model()
 
 
 # ------------------------------------------------------------------------------------------------ the module

@@ -159,12 +159,12 @@ class CausalLM(Backbone):
 
     def check_same_tokenizer(self, source: str, option: str) -> None:
         """Same vocabulary as the policy's (only the tokenizers: an embedding table may be padded to another size)."""
-        path = resolve_model_path(source)
         try:
-            other = load_tokenizer(path, self.trust_remote_code, None)
+            other = load_tokenizer(resolve_model_path(source), self.trust_remote_code, None)
+        except FileNotFoundError as e:  # the command line reports it as the user's error
+            raise FileNotFoundError(f"{option}: {e}") from e
         except (OSError, ValueError) as e:
-            raise ValueError(f"{option}: cannot read the tokenizer of {source!r} to check it against the policy's ({e})"
-                             ) from e
+            raise ValueError(f"{option}: cannot read the tokenizer of {source!r} to compare it with the policy's: {e}") from e
         mine = self.tokenizer if self.tokenizer is not None else self._load_tokenizer()
         ours, theirs = mine.get_vocab(), other.get_vocab()
         if ours != theirs:
