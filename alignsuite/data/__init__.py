@@ -1,5 +1,5 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
-`TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`, in `layouts/`; audio in `audio`), the row normalisation they use
+`TextUnpaired`, `TextLists`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`, in `layouts/`; audio in `audio`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
 and the Lightning data module that batches it (`PreferenceDataModule`), which declares what the suite reads
 from a data module (`PreferenceData`)."""
@@ -15,7 +15,9 @@ from alignsuite.data.images import (
     normalize_image_unpaired,
     to_tensor,
 )
-from alignsuite.data.layouts import ImagePairs, ImageUnpaired, Layout, SpeechPairs, TextPairs, TextUnpaired, VisionPairs
+from alignsuite.data.layouts import (
+    ImagePairs, ImageUnpaired, Layout, ListLayout, SpeechPairs, TextLists, TextPairs, TextUnpaired, VisionPairs,
+)
 from alignsuite.data.loading import load_table
 from alignsuite.data.fields import PairFields, UnpairedFields
 from alignsuite.data.preference import normalize_pair, normalize_unpaired, pairs_to_unpaired
@@ -29,10 +31,12 @@ __all__ = [
     "ImagePairs",
     "ImageUnpaired",
     "Layout",
+    "ListLayout",
     "PairFields",
     "PreferenceData",
     "PreferenceDataModule",
     "SpeechPairs",
+    "TextLists",
     "TextPairs",
     "TextUnpaired",
     "UnpairedFields",

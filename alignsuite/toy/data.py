@@ -27,6 +27,20 @@ def layout_for(modality: str, unpaired: bool, world=None):
     return _LAYOUTS[modality, bool(unpaired)]()
 
 
+def list_layout(name: str, world, list_size: int, unpaired: bool):
+    """The list layout of a world that makes lists of graded answers (``make_lists``)."""
+    if unpaired or not hasattr(world, "make_lists"):
+        raise ValueError(f"data.list_size: the toy world {name!r} makes no lists" + (" of unpaired rows" if unpaired else "")
+                         + "; the llm and diffusion worlds make lists of graded answers (with unpaired: false)")
+    if getattr(world, "modality", "text") == "image":
+        from alignsuite.data.layouts import ImageLists
+
+        return ImageLists(list_size=list_size)
+    from alignsuite.data.layouts import TextLists
+
+    return TextLists(list_size=list_size)
+
+
 class ToyPreferenceData(PreferenceDataModule):
     """``num_train``/``num_val`` generated pairs of toy world ``world``, validated like any dataset.
 
@@ -36,6 +50,8 @@ class ToyPreferenceData(PreferenceDataModule):
         num_train: generated training pairs.
         num_val: generated validation pairs (drawn with another seed).
         unpaired: turn every pair into a desirable and an undesirable row (KTO, Diffusion-KTO).
+        list_size: generate lists of this many graded answers per prompt instead of pairs (listwise objectives,
+            whose ``list_size`` must be the same), for the worlds that make lists (``llm``, ``diffusion``).
         batch_size: rows per training batch.
         eval_batch_size: rows per validation batch (default ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -48,6 +64,7 @@ class ToyPreferenceData(PreferenceDataModule):
         num_train: int = 2048,
         num_val: int = 128,
         unpaired: bool = False,
+        list_size: int | None = None,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -56,15 +73,22 @@ class ToyPreferenceData(PreferenceDataModule):
         from alignsuite.toy.worlds import get_world
 
         toy = get_world(world)
-        layout = layout_for(getattr(toy, "modality", "text"), unpaired, toy)
+        if list_size is not None:
+            layout = list_layout(world, toy, list_size, unpaired)
+        else:
+            layout = layout_for(getattr(toy, "modality", "text"), unpaired, toy)
         super().__init__(
             layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
         )
         self.world_name = world
         self.num_rows = {"train": num_train, "val": num_val}
+        self.list_size = list_size
 
     def load_rows(self, split):
         from alignsuite.toy.worlds import get_world
 
         seed = self.seed if split == "train" else self.seed + 1_000_003  # disjoint draws
-        return get_world(self.world_name).make_pairs(self.num_rows[split], seed)
+        world = get_world(self.world_name)
+        if self.list_size is not None:
+            return world.make_lists(self.num_rows[split], seed, self.list_size)
+        return world.make_pairs(self.num_rows[split], seed)

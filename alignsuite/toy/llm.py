@@ -56,6 +56,29 @@ class EchoWorld:
             rows.append({"prompt": "echo " + " ".join(letters), "chosen": chosen, "rejected": rejected})
         return rows
 
+    def make_lists(self, n: int, seed: int, list_size: int = 4) -> list[dict]:
+        """``n`` rows of prompt/responses/scores: ``list_size`` different answers per prompt, each graded by
+        `reward` (the exact capital echo, and answers with some letters in lower case or wrong)."""
+        rng = random.Random(f"lists-{seed}")
+        rows = []
+        for _ in range(n):
+            letters = self._letters(rng)
+            answers = {" ".join(x.upper() for x in letters)}
+            while len(answers) < list_size:
+                answers.add(" ".join(self._spoiled(letters, rng)))
+            responses = sorted(answers)
+            rng.shuffle(responses)
+            prompt = "echo " + " ".join(letters)
+            rows.append({"prompt": prompt, "responses": responses, "scores": [self.reward(prompt, r) for r in responses]})
+        return rows
+
+    def _spoiled(self, letters: list[str], rng: random.Random) -> list[str]:
+        """The capital echo with some positions spoiled: in lower case, or a wrong capital letter."""
+        out = [x.upper() for x in letters]
+        for i in rng.sample(range(len(out)), rng.randint(1, len(out))):
+            out[i] = letters[i] if rng.random() < 0.7 else rng.choice([x for x in LETTERS if x != letters[i]]).upper()
+        return out
+
     def reward(self, prompt: str, completion: str) -> float:
         target = [x.upper() for x in prompt.split()[1:]]
         got = completion.split()

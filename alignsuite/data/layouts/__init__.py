@@ -2,8 +2,12 @@
 
 from alignsuite.data.layouts.base import Layout
 from alignsuite.data.layouts.images import ImagePairs, ImageUnpaired
+from alignsuite.data.layouts.lists import ListLayout, TextLists
 from alignsuite.data.layouts.speech import SpeechPairs
 from alignsuite.data.layouts.text import TextPairs, TextUnpaired
 from alignsuite.data.layouts.vision import VisionPairs
 
-__all__ = ["ImagePairs", "ImageUnpaired", "Layout", "SpeechPairs", "TextPairs", "TextUnpaired", "VisionPairs"]
+__all__ = [
+    "ImagePairs", "ImageUnpaired", "Layout", "ListLayout", "SpeechPairs", "TextLists", "TextPairs", "TextUnpaired",
+    "VisionPairs",
+]
