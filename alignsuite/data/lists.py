@@ -59,8 +59,7 @@ def row_labels(row: dict, n: int, grades: ListGrades, index: int, source: str) -
         if field in row and row[field] is not None:
             values = row[field]
             if not isinstance(values, (list, tuple)) or len(values) != n:
-                got = f"{len(values)} values" if isinstance(values, (list, tuple)) else values
-                raise DataError(source, index, field, f"a list of {n} numbers, one per response", got)
+                raise DataError(source, index, field, f"a list of {n} numbers, one per response", values)
             return [sign * grade(v, field, index, source) for v in values]
     if grades.ranked:
         return [float(n - 1 - k) for k in range(n)]
@@ -81,8 +80,8 @@ def build_list(responses: list, labels: list[float], list_size: int, pad: Any, f
     kept = [(r, y) for r, y in zip(responses, labels) if r is not INVALID and math.isfinite(y)]
     dropped = len(responses) - len(kept)
     if len(kept) > list_size:
-        raise DataError(source, index, field, f"at most {list_size} responses (data.layout list_size)",
-                        f"{len(kept)} responses", problem="raise list_size to the longest list, and the objective's with it")
+        raise DataError(source, index, field, f"at most {list_size} valid responses (data.layout list_size)",
+                        len(kept), problem="raise list_size to the longest list, and the objective's with it")
     if len({key(r) for r, _ in kept}) < 2 or len({y for _, y in kept}) < 2:
         return None, dropped
     pads = list_size - len(kept)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alignsuite.data.datamodule import PreferenceDataModule
-from alignsuite.data.layouts import ImagePairs, ImageUnpaired, TextPairs, TextUnpaired
+from alignsuite.data.layouts import ImagePairs, ImageUnpaired, TextLists, TextPairs, TextUnpaired
 
 # A world declares its modality; the layout follows from it and from ``unpaired``.
 _LAYOUTS = {("text", False): TextPairs, ("text", True): TextUnpaired,
@@ -36,8 +36,6 @@ def list_layout(name: str, world, list_size: int, unpaired: bool):
         from alignsuite.data.layouts import ImageLists
 
         return ImageLists(list_size=list_size)
-    from alignsuite.data.layouts import TextLists
-
     return TextLists(list_size=list_size)
 
 

@@ -58,25 +58,30 @@ class EchoWorld:
 
     def make_lists(self, n: int, seed: int, list_size: int = 4) -> list[dict]:
         """``n`` rows of prompt/responses/scores: ``list_size`` different answers per prompt, each graded by
-        `reward` (the exact capital echo, and answers with some letters in lower case or wrong)."""
+        `reward`: the capital echo, the lower-case echo, and capital echoes with 1, 2 ... letters wrong (the
+        pairs' answers, graded, and more of them), in a random order."""
         rng = random.Random(f"lists-{seed}")
         rows = []
         for _ in range(n):
             letters = self._letters(rng)
-            answers = {" ".join(x.upper() for x in letters)}
+            answers = [" ".join(x.upper() for x in letters), " ".join(letters)]
+            wrong = 1
             while len(answers) < list_size:
-                answers.add(" ".join(self._spoiled(letters, rng)))
-            responses = sorted(answers)
-            rng.shuffle(responses)
+                answer = " ".join(self._wrong(letters, min(wrong, len(letters)), rng))
+                if answer not in answers:
+                    answers.append(answer)
+                    wrong += 1
+            rng.shuffle(answers)
             prompt = "echo " + " ".join(letters)
-            rows.append({"prompt": prompt, "responses": responses, "scores": [self.reward(prompt, r) for r in responses]})
+            rows.append({"prompt": prompt, "responses": answers, "scores": [self.reward(prompt, a) for a in answers]})
         return rows
 
-    def _spoiled(self, letters: list[str], rng: random.Random) -> list[str]:
-        """The capital echo with some positions spoiled: in lower case, or a wrong capital letter."""
+    @staticmethod
+    def _wrong(letters: list[str], k: int, rng: random.Random) -> list[str]:
+        """The capital echo with ``k`` letters replaced by other capitals."""
         out = [x.upper() for x in letters]
-        for i in rng.sample(range(len(out)), rng.randint(1, len(out))):
-            out[i] = letters[i] if rng.random() < 0.7 else rng.choice([x for x in LETTERS if x != letters[i]]).upper()
+        for i in rng.sample(range(len(out)), k):
+            out[i] = rng.choice([x for x in LETTERS if x != letters[i]]).upper()
         return out
 
     def reward(self, prompt: str, completion: str) -> float:

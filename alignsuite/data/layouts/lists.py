@@ -11,7 +11,6 @@ as the answer's end token alone, and the mask keeps it out of every loss.
 
 from __future__ import annotations
 
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from alignsuite.data.errors import DataError
