@@ -1,5 +1,5 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
-`TextUnpaired`, `TextLists`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`, in `layouts/`; audio in `audio`), the row normalisation they use
+`TextUnpaired`, `TextLists`, `ImageLists`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`, in `layouts/`; audio in `audio`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
 and the Lightning data module that batches it (`PreferenceDataModule`), which declares what the suite reads
 from a data module (`PreferenceData`)."""
@@ -16,7 +16,7 @@ from alignsuite.data.images import (
     to_tensor,
 )
 from alignsuite.data.layouts import (
-    ImagePairs, ImageUnpaired, Layout, ListLayout, SpeechPairs, TextLists, TextPairs, TextUnpaired, VisionPairs,
+    ImageLists, ImagePairs, ImageUnpaired, Layout, ListLayout, SpeechPairs, TextLists, TextPairs, TextUnpaired, VisionPairs,
 )
 from alignsuite.data.loading import load_table
 from alignsuite.data.fields import PairFields, UnpairedFields
@@ -28,6 +28,7 @@ __all__ = [
     "DataError",
     "EpochRandomSampler",
     "ImageFields",
+    "ImageLists",
     "ImagePairs",
     "ImageUnpaired",
     "Layout",

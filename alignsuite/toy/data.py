@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alignsuite.data.datamodule import PreferenceDataModule
-from alignsuite.data.layouts import ImagePairs, ImageUnpaired, TextLists, TextPairs, TextUnpaired
+from alignsuite.data.layouts import ImageLists, ImagePairs, ImageUnpaired, TextLists, TextPairs, TextUnpaired
 
 # A world declares its modality; the layout follows from it and from ``unpaired``.
 _LAYOUTS = {("text", False): TextPairs, ("text", True): TextUnpaired,
@@ -33,8 +33,6 @@ def list_layout(name: str, world, list_size: int, unpaired: bool):
         raise ValueError(f"data.list_size: the toy world {name!r} makes no lists" + (" of unpaired rows" if unpaired else "")
                          + "; the llm and diffusion worlds make lists of graded answers (with unpaired: false)")
     if getattr(world, "modality", "text") == "image":
-        from alignsuite.data.layouts import ImageLists
-
         return ImageLists(list_size=list_size)
     return TextLists(list_size=list_size)
 

@@ -1,6 +1,7 @@
 """Data layouts: one small class per kind of preference row, chosen by ``class_path`` in a recipe."""
 
 from alignsuite.data.layouts.base import Layout
+from alignsuite.data.layouts.image_lists import ImageLists
 from alignsuite.data.layouts.images import ImagePairs, ImageUnpaired
 from alignsuite.data.layouts.lists import ListLayout, TextLists
 from alignsuite.data.layouts.speech import SpeechPairs
@@ -8,6 +9,6 @@ from alignsuite.data.layouts.text import TextPairs, TextUnpaired
 from alignsuite.data.layouts.vision import VisionPairs
 
 __all__ = [
-    "ImagePairs", "ImageUnpaired", "Layout", "ListLayout", "SpeechPairs", "TextLists", "TextPairs", "TextUnpaired",
+    "ImageLists", "ImagePairs", "ImageUnpaired", "Layout", "ListLayout", "SpeechPairs", "TextLists", "TextPairs", "TextUnpaired",
     "VisionPairs",
 ]
