@@ -1,5 +1,6 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
-`TextUnpaired`, `TextLists`, `ImageLists`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`, in `layouts/`; audio in `audio`), the row normalisation they use
+`TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`; K graded responses per prompt: `TextLists`,
+`ImageLists`, `SpeechLists`; in `layouts/`; audio in `audio`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
 and the Lightning data module that batches it (`PreferenceDataModule`), which declares what the suite reads
 from a data module (`PreferenceData`)."""
@@ -16,7 +17,8 @@ from alignsuite.data.images import (
     to_tensor,
 )
 from alignsuite.data.layouts import (
-    ImageLists, ImagePairs, ImageUnpaired, Layout, ListLayout, SpeechPairs, TextLists, TextPairs, TextUnpaired, VisionPairs,
+    ImageLists, ImagePairs, ImageUnpaired, Layout, ListLayout, SpeechLists, SpeechPairs, TextLists, TextPairs, TextUnpaired,
+    VisionPairs,
 )
 from alignsuite.data.loading import load_table
 from alignsuite.data.fields import PairFields, UnpairedFields
@@ -36,6 +38,7 @@ __all__ = [
     "PairFields",
     "PreferenceData",
     "PreferenceDataModule",
+    "SpeechLists",
     "SpeechPairs",
     "TextLists",
     "TextPairs",
