@@ -195,3 +195,20 @@ def test_lists_reach_the_pairs_reward_with_half_the_prompts():
     for dpo, lists in results:
         assert lists >= dpo - 0.02, results
     assert sum(lists for _, lists in results) >= sum(dpo for dpo, _ in results), results
+
+
+def test_the_k_responses_go_through_one_stacked_forward(tmp_path, tiny_lm_dir):
+    """The K views of a list are prepared together and scored in one forward of the policy (and one of the
+    reference), B * K sequences at once."""
+    data = built(tmp_path, [{"prompt": "echo a b", "responses": ["A B", "a b", "A C"], "scores": [1.0, 0.0, 0.5]},
+                            {"prompt": "echo c", "responses": ["C", "c"], "scores": [1.0, 0.0]}], list_size=3)
+    module = PreferenceModule(CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=12), ListMLE(list_size=3))
+    module.backbone.configure()
+    module.reference.build(module.backbone)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *args: calls.append(1)) for m in (module.backbone.policy, module.reference.model)]
+    scores = module.compute_scores(first_batch(data))
+    for hook in hooks:
+        hook.remove()
+    assert len(calls) == 2 and scores.scores.shape == (2, 3)
+    assert scores.mask.tolist() == [[True, True, True], [True, True, False]]
