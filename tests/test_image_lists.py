@@ -114,3 +114,4 @@ def test_the_diffusion_toy_world_makes_ranked_sets_that_train(tmp_path):
               enable_checkpointing=False, limit_val_batches=0, callbacks=[Record()]).fit(
         module, ToyPreferenceData(world="diffusion", num_train=8, num_val=2, batch_size=4, list_size=4))
     assert losses[0] == pytest.approx(math.log(24), abs=1e-4) and all(math.isfinite(x) for x in losses)
+
