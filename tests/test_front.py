@@ -205,7 +205,8 @@ def test_evaluate_a_front_of_two_short_modpo_runs(tmp_path, capsys):
     out = tmp_path / "front"
     capsys.readouterr()
     main(["evaluate", "--config", recipe, "--config", os.path.join(REPO, "configs", "eval", "toy_llm_case_front.yaml"),
-          "--evaluate.front", f"[{front}]", "--evaluate.num_prompts", "16", "--evaluate.output_dir", str(out),
+          "--evaluate.front", f"[{front}]", "--evaluate.comparisons", "[]", "--evaluate.reference_point", "null",
+          "--evaluate.num_prompts", "16", "--evaluate.output_dir", str(out),
           "--evaluate.num_resamples", "200"])
     printed = capsys.readouterr().out
     written = json.loads((out / "results.json").read_text())["front"]

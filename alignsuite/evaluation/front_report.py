@@ -38,10 +38,15 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
     if len(results.dimensions) == 2:  # the dominated region: a staircase from the reference point
         front = sorted((p for p in results.swept() if p.non_dominated), key=lambda p: p.means[dx])
         sx, sy = (1 if results.higher_is_better[x] else -1), (1 if results.higher_is_better[y] else -1)
-        inside = [p for p in front if sx * (p.means[dx] - ref[x]) > 0 and sy * (p.means[dy] - ref[y]) > 0]
-        for p in inside:
-            ax.fill([ref[x], p.means[dx], p.means[dx], ref[x]], [ref[y], ref[y], p.means[dy], p.means[dy]],
-                    color="#1f77b4", alpha=0.08, linewidth=0)
+        inside = sorted((p for p in front if sx * (p.means[dx] - ref[x]) > 0 and sy * (p.means[dy] - ref[y]) > 0),
+                        key=lambda p: sx * p.means[dx])
+        if inside:  # the union of the boxes as one staircase: up the reference's side, along the points, down
+            xs, ys = [ref[x]], [ref[y]]
+            for p in inside:
+                xs += [xs[-1], p.means[dx]]
+                ys += [p.means[dy], p.means[dy]]
+            ax.fill(xs + [xs[-1]], ys + [ref[y]], color="#1f77b4", alpha=0.1, linewidth=0,
+                    label="dominated beyond the reference (hypervolume)")
         if len(front) >= 2:
             ax.plot([p.means[dx] for p in front], [p.means[dy] for p in front], "--", color="#1f77b4",
                     linewidth=1.2, alpha=0.7, label="front (non-dominated)", zorder=1)
@@ -58,7 +63,7 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
                     fmt=marker, color=colour, markersize=8, capsize=3, elinewidth=1,
                     label=None if p.kind in drawn else legend, zorder=3)
         drawn.add(p.kind)
-        ax.annotate(p.label, (p.means[dx], p.means[dy]), xytext=(7, 6), textcoords="offset points", fontsize=9,
+        ax.annotate(p.label, (p.means[dx], p.means[dy]), xytext=(8, 8), textcoords="offset points", fontsize=9,
                     color=colour)
     arrow = {True: "", False: " (lower is better)"}
     ax.set_xlabel(dx + arrow[results.higher_is_better[x]], fontsize=10)
@@ -110,7 +115,7 @@ def _points_table(results: FrontResults) -> str:
     rows = []
     for p in results.points:
         front = "yes" if p.non_dominated else "no" if p.kind in (WEIGHTS, PREFERENCE) else "–"
-        rows.append(f"<tr><td>{_esc(p.label)}</td><td>{_esc(p.kind)}</td><td>{_vector(p)}</td>"
+        rows.append(f'<tr><td>{_esc(p.label)}</td><td>{_esc(p.kind)}</td><td class="num">{_vector(p)}</td>'
                     + "".join(f'<td class="num">{_esc(interval(p, d))}</td>' for d in results.dimensions)
                     + f'<td>{front}</td><td class="num">{p.failures}</td></tr>')
     return f"<table>{head}{''.join(rows)}</table>"
