@@ -16,17 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone
-from alignsuite.sharding import local, reshard
-
-
-def host_copy(model: nn.Module, trainable_only: bool = False, pin: bool = False) -> dict[str, Tensor]:
-    """A host-memory copy of ``model``'s parameters (the trainable ones only, if asked): under FSDP2 this
-    rank's shard of each (1/N of the copy per rank), else all of it; in page-locked memory with ``pin``."""
-    def to_host(weight: Tensor) -> Tensor:
-        copy = local(weight).detach().to("cpu", copy=True)
-        return copy.pin_memory() if pin else copy
-
-    return {n: to_host(p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
+from alignsuite.sharding import host_copy, load_weights, local, reshard, weights_for_checkpoint
 
 
 class Reference(nn.Module):
@@ -37,10 +27,13 @@ class Reference(nn.Module):
     FSDP2), ``on_fit_start``,
     ``on_eval_start`` (validate or test without fit), ``after_step`` after every optimizer step, and
     ``on_save_checkpoint``/``on_load_checkpoint`` for state that must travel with a checkpoint. A reference
-    that can generate (``can_sample``) provides ``sample`` for views whose completions it makes.
+    that can generate (``can_sample``) provides ``sample`` for views whose completions it makes. One that
+    ``follows_stages`` gets ``enter_stage`` with every training batch's stage (``data.stages``); ``sync`` makes
+    it the policy as it is now (a stage boundary, or the iterate loop's round boundary).
     """
 
     can_sample: bool = False
+    follows_stages: bool = False
     # The Trainer's precision ("bf16-mixed" ...), set by the module before ``build``; None outside a Trainer.
     trainer_precision: str | None = None
 
@@ -75,6 +68,12 @@ class Reference(nn.Module):
 
     def after_step(self, backbone: Backbone, step: int) -> None:
         """Called after every optimizer step (a moving reference updates here)."""
+
+    def enter_stage(self, module, stage: int) -> None:
+        """Called before each training step with its batch's stage, when ``follows_stages``."""
+
+    def sync(self, module, stage: int | None = None) -> None:  # a stage or a round boundary
+        raise ValueError(f"reference {type(self).__name__} does not re-sync to the policy; use StageSync")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Add state that is not in the state dict (the weights are never saved)."""
@@ -132,8 +131,8 @@ class MovingAverage(FrozenCopy):
     ``ref <- decay * ref + (1 - decay) * policy``.
 
     This is TR-DPO's soft update (Gorbatovski et al. 2024: ``alpha = 1 - decay``, every 512 steps, alpha
-    0.6 in TRL) and Diffusion-KTO's ``reference_ema`` (decay 0.999 every 20 steps). The state of the
-    moving weights is not checkpointed: a resumed run restarts them from the starting weights.
+    0.6 in TRL; hard update: ``decay = 0``) and Diffusion-KTO's ``reference_ema`` (decay 0.999 every 20 steps).
+    The moving weights travel with a checkpoint (not under FSDP2), so a resumed run continues them exactly.
 
     ``dtype`` left out is the backbone's dtype even under bf16 precision: each update moves a weight by
     ``(1 - decay)`` of its gap to the policy, mostly below bfloat16's spacing (2^-7 at 1: 0.001 of a gap
@@ -165,6 +164,13 @@ class MovingAverage(FrozenCopy):
         policy = dict(backbone.policy.named_parameters())
         for name, ref in self.model.named_parameters():
             ref.lerp_(policy[name].detach().to(ref.dtype), 1.0 - self.decay)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["moving_reference_weights"] = weights_for_checkpoint(self.model, "reference MovingAverage")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "moving_reference_weights" in checkpoint:  # a checkpoint written before they travelled restarts them
+            load_weights(self.model, checkpoint["moving_reference_weights"], "reference MovingAverage")
 
 
 class CheckpointPool(Reference):

@@ -173,6 +173,36 @@ class BlockWrapPolicy(ModuleWrapPolicy):
         return super()._run_policy(root_module, ignored_modules, root_kwargs)
 
 
+def host_copy(model: nn.Module, trainable_only: bool = False, pin: bool = False) -> dict[str, torch.Tensor]:
+    """A host-memory copy of ``model``'s parameters (the trainable ones only, if asked): under FSDP2 this
+    rank's shard of each (1/N of the copy per rank), else all of it; in page-locked memory with ``pin``."""
+    def to_host(weight: torch.Tensor) -> torch.Tensor:
+        copy = local(weight).detach().to("cpu", copy=True)
+        return copy.pin_memory() if pin else copy
+
+    return {n: to_host(p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
+
+
+def weights_for_checkpoint(model: nn.Module, owner: str) -> dict[str, torch.Tensor]:
+    """A host copy of ``model``'s weights to travel in a checkpoint's own entries (a reference whose weights
+    moved with training and cannot be rebuilt from a source). Refused under FSDP2, whose checkpoints keep only
+    the state dict's shards: ``owner`` names what asked."""
+    if is_sharded(model):
+        raise ShardingError(f"{owner}: its moving weights cannot travel in a sharded (FSDP2) checkpoint yet; use DDP")
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], owner: str) -> None:
+    """Copy ``weights`` (from `weights_for_checkpoint`) into ``model``, every parameter named."""
+    params = dict(model.named_parameters())
+    if set(params) != set(weights):
+        raise ValueError(f"{owner}: the checkpoint's reference weights do not match the model ({len(weights)} tensors,"
+                         f" the model has {len(params)}): was it written by another model?")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor, or the tensor itself."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor

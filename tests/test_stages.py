@@ -1,0 +1,253 @@
+"""Training in stages: the stage sampler, the reference that re-syncs at a stage boundary (sDPO, Curry-DPO),
+LoRA merge-and-reinit (mrDPO), and the moving reference (TR-DPO) checked against TRL and through a resume."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from alignsuite.backbones import CausalLM, LoraSpec
+from alignsuite.data.stages import StageSampler, batch_stage, chunk_stages, staged_order
+from alignsuite.module import PreferenceModule
+from alignsuite.objectives import DPO
+from alignsuite.reference import MovingAverage
+from alignsuite.stage_reference import StageSync
+from alignsuite.toy.data import ToyPreferenceData
+
+LN2 = math.log(2.0)
+
+
+def make_module(model_dir, reference=None, lora=None, lr=1e-2):
+    backbone = CausalLM(model_dir, max_length=24, max_prompt_length=12, lora=lora)
+    return PreferenceModule(backbone, DPO(beta=0.1), reference, optimizer=lambda p: torch.optim.AdamW(p, lr=lr),
+                            warmup_ratio=0.0)
+
+
+def make_trainer(root, max_steps, callbacks=(), **kwargs):
+    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                     default_root_dir=str(root), callbacks=list(callbacks), **kwargs)
+
+
+class Recorder(L.Callback):
+    """Each step's loss, rows and stage."""
+
+    def __init__(self):
+        self.losses, self.rows, self.stages = [], [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        self.rows.append(batch["index"].tolist())
+        if "stage" in batch:
+            self.stages.append(batch_stage(batch))
+
+
+class CrashAt(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("node lost")
+
+
+# ---------------------------------------------------------------- the sampler
+
+
+def test_stages_are_consumed_in_order_shuffled_within_each_and_padded_to_whole_steps():
+    stages = [1] * 5 + [0] * 7 + [2] * 3  # uneven sizes, not in row order
+    order = staged_order(stages, seed=0, epoch=0, step_rows=4)
+    assert len(order) == 8 + 8 + 4  # each stage padded to a multiple of 4 rows
+    per_step = [order[i : i + 4] for i in range(0, len(order), 4)]
+    assert [sorted({stages[r] for r in step}) for step in per_step] == [[0], [0], [1], [1], [2]]
+    assert sorted(set(order[:8])) == list(range(5, 12)) and sorted(set(order[8:16])) == list(range(5))
+    assert order[:7] != list(range(5, 12))  # shuffled within the stage ...
+    assert staged_order(stages, 0, 0, 4) == order and staged_order(stages, 0, 1, 4) != order  # ... by (seed, epoch)
+    assert staged_order(stages, 0, 0, 4, shuffle=False)[:8] == [5, 6, 7, 8, 9, 10, 11, 5]
+
+
+def test_every_process_crosses_a_stage_boundary_at_the_same_step():
+    """Two processes, batch 2 each: every global step's rows (both processes' shares) come from one stage, every
+    row of every stage is seen, and the processes take disjoint rows within a stage as far as the padding allows."""
+    stages = [0] * 7 + [1] * 2 + [2] * 9
+    shards = [list(StageSampler(list(range(18)), stages, seed=3, step_rows=4, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == len(StageSampler(list(range(18)), stages, 3, 4, 2, 0))
+    steps = [(shards[0][i : i + 2], shards[1][i : i + 2]) for i in range(0, len(shards[0]), 2)]
+    step_stages = [{stages[r] for part in step for r in part} for step in steps]
+    assert step_stages == [{0}, {0}, {1}, {2}, {2}, {2}]
+    assert set(shards[0]) | set(shards[1]) == set(range(18))
+    resumed = StageSampler(list(range(18)), stages, seed=3, step_rows=4, num_replicas=2, rank=1)
+    resumed.start = 4  # resumed after two steps: the same rows follow
+    assert list(resumed) == shards[1][4:]
+
+
+def test_data_stages_from_chunks_a_column_or_a_bad_value(tmp_path):
+    assert chunk_stages(7, 3) == [0, 0, 0, 1, 1, 2, 2]
+    data = ToyPreferenceData(num_train=30, num_val=4, batch_size=4, stages=2)
+    data.setup()
+    batches = list(data.train_dataloader())
+    assert len(batches) == 8  # 15 rows a stage, padded to 16: 4 steps each
+    assert [batch_stage(b) for b in batches] == [0] * 4 + [1] * 4
+    assert sorted({i for b in batches[:4] for i in b["index"].tolist()}) == list(range(15))
+    with pytest.raises(ValueError, match="names the column 'level', which the train rows lack"):
+        ToyPreferenceData(num_train=8, num_val=4, stages="level").setup()
+    with pytest.raises(ValueError, match="group_by_length .* data.stages"):
+        from alignsuite.data import PreferenceDataModule
+
+        PreferenceDataModule(group_by_length=2, stages=2)
+
+
+# ---------------------------------------------------------------- the stage reference
+
+
+def staged_run(root, model_dir, max_steps, reference, callbacks=(), lora=None, ckpt_path=None, lr=1e-2):
+    L.seed_everything(0)
+    rec = Recorder()
+    data = ToyPreferenceData(num_train=32, num_val=4, batch_size=4, stages=2)
+    module = make_module(model_dir, reference=reference, lora=lora, lr=lr)
+    trainer = make_trainer(root, max_steps, [rec, *callbacks], enable_checkpointing=bool(callbacks))
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return rec, module
+
+
+def test_stage_sync_makes_the_reference_the_policy_at_the_boundary(tmp_path, tiny_lm_dir):
+    """32 rows in 2 stages of 4 steps: the step after the boundary scores with reference = policy, so its DPO loss
+    is ln 2; the stage-0 steps score against the starting weights, as a frozen copy does."""
+    rec, module = staged_run(tmp_path, tiny_lm_dir, 6, StageSync())
+    frozen, _ = staged_run(tmp_path / "frozen", tiny_lm_dir, 6, None)
+    assert rec.stages == [0, 0, 0, 0, 1, 1]
+    assert rec.losses[:4] == pytest.approx(frozen.losses[:4], abs=1e-6)
+    assert rec.losses[0] == pytest.approx(LN2, abs=1e-6) and rec.losses[4] == pytest.approx(LN2, abs=1e-6)
+    assert rec.losses[3] < LN2 - 0.01  # the policy had moved from its reference before the boundary
+    assert module.reference.stage == 1 and module.reference.synced
+
+
+@pytest.mark.parametrize("lora", [None, LoraSpec(r=4, alpha=8)], ids=["full", "lora"])
+def test_a_run_resumed_mid_stage_two_uses_stage_twos_reference(tmp_path, tiny_lm_dir, lora):
+    """Killed at step 6 (stage 1, after the re-sync) and resumed from last.ckpt: the same rows, losses and
+    reference scores, step for step, as the run that never stopped (the reference's weights, or under LoRA the
+    merged base, travel with the checkpoint)."""
+    ref_scores = RefScores()
+    full, _ = staged_run(tmp_path / "a", tiny_lm_dir, 8, StageSync(), [ref_scores], lora=lora)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True, save_top_k=0, every_n_train_steps=1)
+    with pytest.raises(RuntimeError, match="node lost"):
+        staged_run(tmp_path / "b", tiny_lm_dir, 8, StageSync(), [ckpt, CrashAt(6)], lora=lora)
+    resumed_scores = RefScores()
+    resumed, module = staged_run(tmp_path / "b", tiny_lm_dir, 8, StageSync(), [ckpt, resumed_scores], lora=lora,
+                                 ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert resumed.stages == [1, 1] and module.reference.stage == 1
+    assert resumed.rows == full.rows[6:]
+    assert resumed.losses == pytest.approx(full.losses[6:], abs=1e-6)
+    assert resumed_scores.ref == pytest.approx(ref_scores.ref[6:], abs=1e-6)
+    assert ref_scores.ref[4] != pytest.approx(ref_scores.ref[3], abs=1e-3)  # the reference did change at stage 1
+
+
+class RefScores(L.Callback):
+    """The reference's summed scores of each step's batch, before the step."""
+
+    def __init__(self):
+        self.ref = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pl_module.on_train_batch_start(batch, batch_idx)  # the re-sync happens before the step's scores
+        with torch.no_grad():
+            scores = pl_module.compute_scores(batch)
+        self.ref.append(float(scores.ref_chosen.sum() + scores.ref_rejected.sum()))
+
+
+# ---------------------------------------------------------------- LoRA merge-and-reinit
+
+
+def test_after_a_merge_the_policy_is_its_reference_and_dpo_is_ln2_on_every_row(tmp_path, tiny_lm_dir):
+    from alignsuite.callbacks import MergeAndReinitLoRA
+
+    class Check(L.Callback):
+        def __init__(self):
+            self.after = None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:  # MergeAndReinitLoRA ran before this (callbacks in list order)
+                with torch.no_grad():
+                    scores = pl_module.compute_scores(batch)
+                losses, _, _ = pl_module.objective.pair_losses(scores)
+                adapters = [p for p in pl_module.parameters() if p.requires_grad]
+                state = trainer.optimizers[0].state
+                self.after = (scores, losses, [state.get(p, {}) for p in adapters], adapters)
+
+    check = Check()
+    L.seed_everything(0)
+    module = make_module(tiny_lm_dir, lora=LoraSpec(r=4, alpha=8))
+    data = ToyPreferenceData(num_train=32, num_val=4, batch_size=4)
+    make_trainer(tmp_path, 4, [MergeAndReinitLoRA(every_n_steps=3), check], enable_checkpointing=False).fit(module, data)
+    scores, losses, states, adapters = check.after
+    assert torch.equal(scores.chosen, scores.ref_chosen) and torch.equal(scores.rejected, scores.ref_rejected)
+    assert torch.equal(losses, torch.full_like(losses, LN2))
+    assert all(not s for s in states)  # the fresh adapter's optimizer state was dropped
+    b = [p for n, p in module.backbone.policy.named_parameters() if "lora_B" in n]
+    assert b and all(p.abs().sum() > 0 for p in b)  # step 4 trained the fresh adapter from B = 0
+
+
+def test_merge_refuses_full_fine_tuning_and_modules_to_save(tmp_path, tiny_lm_dir):
+    from alignsuite.backbones.lora import merge_and_reinit
+    from alignsuite.callbacks import MergeAndReinitLoRA
+
+    with pytest.raises(ValueError, match="set model.backbone.lora"):
+        MergeAndReinitLoRA(2).setup(None, make_module(tiny_lm_dir), "fit")
+    backbone = CausalLM(tiny_lm_dir, lora=LoraSpec(r=2, modules_to_save=["lm_head"]))
+    backbone.configure()
+    with pytest.raises(ValueError, match="modules_to_save"):
+        merge_and_reinit(backbone.policy, 0)
+
+
+# ---------------------------------------------------------------- TR-DPO's moving reference
+
+
+def test_moving_average_matches_trl_sync_ref_model(tiny_lm_dir):
+    """TRL 1.13's ``SyncRefModelCallback._sync_target_model(model, target, alpha)`` (the update its
+    ``sync_target_model`` runs outside DeepSpeed ZeRO-3, every ``ref_model_sync_steps``): ``target <- alpha * model
+    + (1 - alpha) * target``; alignsuite's ``MovingAverage(decay = 1 - alpha)`` soft update and the hard one
+    (``decay = 0``, alpha 1) give the same weights."""
+    trl_callbacks = pytest.importorskip("trl.trainer.callbacks")
+    for alpha in (0.6, 1.0):
+        module = make_module(tiny_lm_dir, reference=MovingAverage(decay=1 - alpha, every_n_steps=2))
+        module.configure_model()
+        with torch.no_grad():
+            for p in module.backbone.policy.parameters():
+                p.add_(torch.randn_like(p, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+        target = {k: v.clone() for k, v in module.reference.model.state_dict().items()}
+        trl_target = make_module(tiny_lm_dir).backbone
+        trl_target.configure()
+        trl_target.policy.load_state_dict(target)
+        trl_callbacks.SyncRefModelCallback._sync_target_model(module.backbone.policy, trl_target.policy, alpha)
+        module.reference.after_step(module.backbone, 1)  # not a sync step: unchanged
+        assert all(torch.equal(v, target[k]) for k, v in module.reference.model.state_dict().items())
+        module.reference.after_step(module.backbone, 2)
+        ours, theirs = module.reference.model.state_dict(), trl_target.policy.state_dict()
+        for name, value in ours.items():
+            torch.testing.assert_close(value, theirs[name], rtol=0, atol=1e-6)
+        if alpha == 1.0:
+            policy = module.backbone.policy.state_dict()
+            assert all(torch.equal(v, policy[k]) for k, v in ours.items())  # the hard update is an exact copy
+
+
+def test_a_resumed_moving_average_run_is_exact(tmp_path, tiny_lm_dir):
+    def run(root, steps, callbacks=(), ckpt_path=None):
+        L.seed_everything(0)
+        rec = Recorder()
+        data = ToyPreferenceData(num_train=32, num_val=4, batch_size=4)
+        module = make_module(tiny_lm_dir, reference=MovingAverage(decay=0.5, every_n_steps=2))
+        make_trainer(root, steps, [rec, *callbacks], enable_checkpointing=bool(callbacks)).fit(module, data,
+                                                                                              ckpt_path=ckpt_path)
+        return rec
+
+    full = run(tmp_path / "a", 8)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True, save_top_k=0, every_n_train_steps=1)
+    with pytest.raises(RuntimeError, match="node lost"):
+        run(tmp_path / "b", 8, [ckpt, CrashAt(5)])
+    resumed = run(tmp_path / "b", 8, [ckpt], ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert resumed.rows == full.rows[5:]
+    assert resumed.losses == pytest.approx(full.losses[5:], abs=1e-6)
