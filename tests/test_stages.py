@@ -251,3 +251,28 @@ def test_a_resumed_moving_average_run_is_exact(tmp_path, tiny_lm_dir):
     resumed = run(tmp_path / "b", 8, [ckpt], ckpt_path=str(tmp_path / "b" / "last.ckpt"))
     assert resumed.rows == full.rows[5:]
     assert resumed.losses == pytest.approx(full.losses[5:], abs=1e-6)
+
+
+# ---------------------------------------------------------------- the toy recipe
+
+
+def test_toy_sdpo_recipe_resyncs_the_reference_when_stage_two_starts(tmp_path):
+    """The shipped recipe, shortened to 64 pairs (two stages of two steps): the first step of stage 2 scores the
+    policy against itself (loss ln 2), and the reward is measured."""
+    import csv
+    import glob
+    import os
+
+    from alignsuite.cli import main
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes/toy/llm_sdpo.yaml")
+    main(["fit", "--config", recipe, "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt"),
+          "--trainer.val_check_interval", "4", "--data.init_args.num_train", "64", "--data.init_args.num_val", "16",
+          "--trainer.callbacks.init_args.num_prompts", "8", "--trainer.log_every_n_steps", "1"])
+    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "*" / "version_*" / "metrics.csv"))[0])))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 4
+    assert losses[0] == pytest.approx(LN2, abs=1e-5) and losses[2] == pytest.approx(LN2, abs=1e-5)
+    assert losses[1] < LN2 - 1e-3
+    assert [r["val/toy_reward"] for r in rows if r.get("val/toy_reward")]
