@@ -276,3 +276,56 @@ def test_toy_sdpo_recipe_resyncs_the_reference_when_stage_two_starts(tmp_path):
     assert losses[0] == pytest.approx(LN2, abs=1e-5) and losses[2] == pytest.approx(LN2, abs=1e-5)
     assert losses[1] < LN2 - 1e-3
     assert [r["val/toy_reward"] for r in rows if r.get("val/toy_reward")]
+
+
+# ---------------------------------------------------------------- two processes
+
+
+class StageLog(L.Callback):
+    """Appends each training step's stage, rows and loss to one file per rank (loaded by the subprocesses)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import json
+
+        with open(f"{self.path}.rank{trainer.global_rank}", "a") as f:
+            f.write(json.dumps([batch_stage(batch), batch["index"].tolist(), float(outputs["loss"])]) + "\n")
+
+
+@pytest.mark.distributed
+def test_two_processes_cross_the_stage_boundary_at_the_same_step(tmp_path, tiny_lm_dir):
+    """DDP over gloo, 36 train rows in two stages of 18, batches of 2 on each of 2 processes: each stage is padded
+    to 20 rows (5 steps), both processes enter stage 1 at step 5, and both score that step's batch against the
+    policy itself (loss ln 2): the reference re-synced on both at the same step."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from test_cli import recipe, write_jsonl
+    from alignsuite.toy.llm import EchoWorld
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    train = write_jsonl(tmp_path / "pairs.jsonl", EchoWorld().make_pairs(36, seed=3))
+    path = recipe(tmp_path, tiny_lm_dir, train, max_steps=8,
+                  extra_model={"reference": {"class_path": "alignsuite.stage_reference.StageSync"}})
+    config = yaml.safe_load(open(path))
+    config["trainer"].update(limit_val_batches=0, callbacks=[
+        {"class_path": "test_stages.StageLog", "init_args": {"path": str(tmp_path / "steps")}}])
+    config["data"]["init_args"].update(batch_size=2, val_fraction=0.0, stages=2)
+    open(path, "w").write(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "alignsuite", "fit", "--config", path,
+           "--config", os.path.join(repo, "configs/strategy/ddp_cpu2.yaml")]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [[json.loads(line) for line in open(f"{tmp_path / 'steps'}.rank{r}")] for r in (0, 1)]
+    for steps in ranks:
+        assert [stage for stage, _, _ in steps] == [0] * 5 + [1] * 3
+        assert steps[5][2] == pytest.approx(LN2, abs=1e-6) and steps[4][2] != pytest.approx(LN2, abs=1e-3)
+    stage0 = {i for steps in ranks for _, rows, _ in steps[:5] for i in rows}
+    assert stage0 == set(range(18))  # every row of stage 0, on one process or the other
