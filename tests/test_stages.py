@@ -101,6 +101,24 @@ def test_data_stages_from_chunks_a_column_or_a_bad_value(tmp_path):
         PreferenceDataModule(group_by_length=2, stages=2)
 
 
+def test_curry_pairs_stages_feed_the_stage_sampler(tmp_path):
+    """Curry-DPO: CurryPairs' ``stage`` column, named by ``data.stages``: stage 0's pairs (each prompt's largest
+    rating gap) fill the first steps, stage 1's the next, each padded to whole steps."""
+    import json
+
+    from alignsuite.data import PreferenceDataModule
+    from alignsuite.data.procedures import CurryPairs
+
+    rows = [{"prompt": f"q{i}", "responses": ["a", "b", "c"], "scores": [1, 3, 2]} for i in range(5)]
+    path = tmp_path / "lists.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dm = PreferenceDataModule(train=str(path), procedures=[CurryPairs()], batch_size=2, stages="stage")
+    dm.setup()
+    batches = list(dm.train_dataloader())
+    assert [batch_stage(b) for b in batches] == [0, 0, 0, 1, 1, 1]  # 5 pairs a stage, padded to 6
+    assert all(b["rejected"] == ["a", "a"] for b in batches[:3]) and all(b["rejected"] == ["c", "c"] for b in batches[3:])
+
+
 # ---------------------------------------------------------------- the stage reference
 
 
