@@ -1,8 +1,8 @@
 """Where reference scores come from.
 
 Each strategy is a small module the :class:`~alignsuite.module.PreferenceModule` holds as
-``self.reference``. Its weights (if it has any) are rebuilt from their source in ``configure_model``,
-never trained and never written into a checkpoint.
+``self.reference``. Its weights (if it has any) are rebuilt from their source in ``configure_model`` and
+never trained; only weights that moved with training (a moving average, a stage's sync) travel in checkpoints.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ class Reference(nn.Module):
     """Base class: ``score`` returns the reference's ``[K * B]`` scores for a prepared batch.
 
     Lifecycle hooks, each called by the module at the Lightning hook of the same name (all optional):
-    ``check`` at setup (before any model loads), ``build`` in ``configure_model`` (then ``shard`` under
-    FSDP2), ``on_fit_start``,
-    ``on_eval_start`` (validate or test without fit), ``after_step`` after every optimizer step, and
+    ``check`` at setup (before any model loads), ``build`` in ``configure_model`` (then ``shard`` under FSDP2),
+    ``on_fit_start``, ``on_eval_start`` (validate or test without fit), ``after_step`` after every optimizer step, and
     ``on_save_checkpoint``/``on_load_checkpoint`` for state that must travel with a checkpoint. A reference
     that can generate (``can_sample``) provides ``sample`` for views whose completions it makes. One that
     ``follows_stages`` gets ``enter_stage`` with every training batch's stage (``data.stages``); ``sync`` makes
@@ -105,9 +104,8 @@ class FrozenCopy(Reference):
 
     def __init__(self, model_name_or_path: str | None = None, dtype: Dtype | None = None) -> None:
         super().__init__()
-        self.model_name_or_path = model_name_or_path
-        self.dtype = dtype
-        self.model: nn.Module | None = None
+        self.model_name_or_path, self.dtype, self.model = model_name_or_path, dtype, None
+        self.restored: dict[str, Tensor] | None = None  # weights read from a checkpoint before the model was built
 
     @property
     def load_dtype(self) -> str | None:
@@ -121,6 +119,14 @@ class FrozenCopy(Reference):
     def build(self, backbone: Backbone) -> None:
         if self.model is None:
             self.model = backbone.load_reference(self.model_name_or_path, self.load_dtype)
+        self.restore(self.restored)
+
+    def restore(self, weights: dict[str, Tensor] | None) -> None:
+        """Load weights that moved with training (from a checkpoint), now or once the model is built."""
+        self.restored = weights
+        if weights is not None and self.model is not None:
+            load_weights(self.model, weights, f"reference {type(self).__name__}")
+            self.restored = None
 
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
         return backbone.score(prepared, model=self.model).score
@@ -134,10 +140,9 @@ class MovingAverage(FrozenCopy):
     0.6 in TRL; hard update: ``decay = 0``) and Diffusion-KTO's ``reference_ema`` (decay 0.999 every 20 steps).
     The moving weights travel with a checkpoint (not under FSDP2), so a resumed run continues them exactly.
 
-    ``dtype`` left out is the backbone's dtype even under bf16 precision: each update moves a weight by
-    ``(1 - decay)`` of its gap to the policy, mostly below bfloat16's spacing (2^-7 at 1: 0.001 of a gap
-    of 1 leaves a weight of 1 unchanged), so a bfloat16 average would barely move. Set ``dtype: bfloat16``
-    to trade that for memory.
+    ``dtype`` left out is the backbone's dtype even under bf16 precision: each update moves a weight by ``(1 -
+    decay)`` of its gap to the policy, mostly below bfloat16's spacing (2^-7 at 1: 0.001 of a gap of 1 leaves a
+    weight of 1 unchanged), so a bfloat16 average would barely move. Set ``dtype: bfloat16`` for memory.
     """
 
     bf16_by_default = False
@@ -145,10 +150,8 @@ class MovingAverage(FrozenCopy):
     def __init__(self, decay: float = 0.999, every_n_steps: int = 20, model_name_or_path: str | None = None,
                  dtype: Dtype | None = None) -> None:
         super().__init__(model_name_or_path, dtype)
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"reference.decay must be in [0, 1], got {decay}")
-        if every_n_steps < 1:
-            raise ValueError(f"reference.every_n_steps must be >= 1, got {every_n_steps}")
+        if not 0.0 <= decay <= 1.0 or every_n_steps < 1:
+            raise ValueError(f"reference.decay must be in [0, 1] and every_n_steps >= 1, got {decay}, {every_n_steps}")
         self.decay, self.every_n_steps = decay, every_n_steps
 
     def build(self, backbone: Backbone) -> None:
@@ -159,18 +162,15 @@ class MovingAverage(FrozenCopy):
 
     @torch.no_grad()
     def after_step(self, backbone: Backbone, step: int) -> None:
-        if step % self.every_n_steps:
-            return
         policy = dict(backbone.policy.named_parameters())
-        for name, ref in self.model.named_parameters():
+        for name, ref in self.model.named_parameters() if step % self.every_n_steps == 0 else ():
             ref.lerp_(policy[name].detach().to(ref.dtype), 1.0 - self.decay)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["moving_reference_weights"] = weights_for_checkpoint(self.model, "reference MovingAverage")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "moving_reference_weights" in checkpoint:  # a checkpoint written before they travelled restarts them
-            load_weights(self.model, checkpoint["moving_reference_weights"], "reference MovingAverage")
+        self.restore(checkpoint.get("moving_reference_weights"))  # none in older checkpoints: restarted
 
 
 class CheckpointPool(Reference):

@@ -16,7 +16,7 @@ from torch import Tensor
 from alignsuite.backbones.base import Backbone
 from alignsuite.backbones.lora import merge_and_reinit
 from alignsuite.reference import Dtype, FrozenCopy
-from alignsuite.sharding import load_weights, weights_for_checkpoint
+from alignsuite.sharding import weights_for_checkpoint
 
 
 def merge_and_reinit_lora(module, seed: int) -> int:
@@ -97,8 +97,7 @@ class StageSync(FrozenCopy):
         if state is None:
             return
         self.stage, self.synced = state["stage"], state["synced"]
-        if "stage_reference_weights" in checkpoint:
-            load_weights(self.model, checkpoint["stage_reference_weights"], "reference StageSync")
+        self.restore(checkpoint.get("stage_reference_weights"))
 
 
 __all__ = ["StageSync", "merge_and_reinit_lora"]

@@ -252,6 +252,19 @@ def test_moving_average_matches_trl_sync_ref_model(tiny_lm_dir):
             assert all(torch.equal(v, policy[k]) for k, v in ours.items())  # the hard update is an exact copy
 
 
+def test_moving_weights_read_before_the_model_is_built_load_when_it_is(tiny_lm_dir):
+    """``load_from_checkpoint`` reads the checkpoint before ``configure_model`` builds the reference."""
+    backbone = CausalLM(tiny_lm_dir)
+    backbone.configure()
+    weights = {n: torch.full_like(p, 0.5) for n, p in backbone.policy.named_parameters()}
+    reference = MovingAverage()
+    reference.on_load_checkpoint({"moving_reference_weights": weights})
+    reference.build(backbone)
+    assert all(torch.equal(p, weights[n]) for n, p in reference.model.named_parameters())
+    with pytest.raises(ValueError, match="do not match the model"):
+        reference.restore({"other": torch.zeros(1)})
+
+
 def test_a_resumed_moving_average_run_is_exact(tmp_path, tiny_lm_dir):
     def run(root, steps, callbacks=(), ckpt_path=None):
         L.seed_everything(0)
