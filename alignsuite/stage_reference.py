@@ -16,7 +16,7 @@ from torch import Tensor
 from alignsuite.backbones.base import Backbone
 from alignsuite.backbones.lora import merge_and_reinit
 from alignsuite.reference import Dtype, FrozenCopy
-from alignsuite.sharding import weights_for_checkpoint
+from alignsuite.sharding import ShardingError, weights_for_checkpoint
 
 
 def merge_and_reinit_lora(module, seed: int) -> int:
@@ -61,6 +61,10 @@ class StageSync(FrozenCopy):
         self.adapters = backbone.has_adapters
         if not self.adapters:
             super().build(backbone)
+
+    def shard(self, backbone: Backbone, shard) -> None:
+        raise ShardingError("reference StageSync is not supported under FSDP2 (model parallel strategy) yet: a stage's"
+                            " reference weights (or LoRA merge) would not travel in its sharded checkpoints; use DDP")
 
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
         if self.adapters:

@@ -209,6 +209,13 @@ def test_after_a_merge_the_policy_is_its_reference_and_dpo_is_ln2_on_every_row(t
     assert b and all(p.abs().sum() > 0 for p in b)  # step 4 trained the fresh adapter from B = 0
 
 
+def test_stage_sync_is_refused_under_fsdp2():
+    from alignsuite.sharding import ShardingError
+
+    with pytest.raises(ShardingError, match="StageSync is not supported under FSDP2"):
+        StageSync().shard(None, None)
+
+
 def test_merge_refuses_full_fine_tuning_and_modules_to_save(tmp_path, tiny_lm_dir):
     from alignsuite.backbones.lora import merge_and_reinit
     from alignsuite.callbacks import MergeAndReinitLoRA
