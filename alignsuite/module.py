@@ -112,6 +112,7 @@ class PreferenceModule(LightningModule):
             object.__setattr__(self, "_unbuilt_backbone", copy.deepcopy(self.backbone))
         self.backbone.empty_weights = self._receives_weights
         self.backbone.configure()
+        self.objective.configure(self.backbone)  # trainable parts of the objective's own (SparsePO's mask network)
         self.backbone.keep_trainable_float32()
         if self.reference is not None:
             self.reference.trainer_precision = str(self.trainer.precision) if self._trainer is not None else None
@@ -214,6 +215,8 @@ class PreferenceModule(LightningModule):
         (``SwappedCopy``) changes nothing the policy's backward needs."""
         names = [view.name for view in self.objective.views]
         prepared = self.backbone.prepare(self.build_views(batch))
+        if self.objective.token_needs is not None:
+            return self._token_scores(prepared, batch, split)
         ref = dict.fromkeys(names)
         if self.reference is not None:
             with torch.no_grad():
@@ -221,6 +224,17 @@ class PreferenceModule(LightningModule):
         policy = dict(zip(names, self.backbone.score(prepared).split(len(names))))
         if self.reference is not None:
             ref = dict(zip(names, scores.to(policy[names[0]].score.device).chunk(len(names))))
+        return self.objective.pack(policy, ref, batch)
+
+    def _token_scores(self, prepared, batch: dict, split: str):
+        """Per-token scores for an objective that weighs tokens: the reference's pass first, without grad (what the
+        objective reads of it: log-probs, and what the policy's pass needs for the full-vocabulary KL), then the
+        policy's on the same inputs."""
+        needs, ref = self.objective.token_needs, None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref = self.reference.score_tokens(self.backbone, prepared, dict(batch, split=split), needs)
+        policy = self.backbone.score_tokens(prepared, needs=needs, reference=ref)
         return self.objective.pack(policy, ref, batch)
 
     def _step(self, batch: dict, stage: str):

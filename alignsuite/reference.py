@@ -27,12 +27,13 @@ class Reference(nn.Module):
     ``on_fit_start``, ``on_eval_start`` (validate or test without fit), ``after_step`` after every optimizer step, and
     ``on_save_checkpoint``/``on_load_checkpoint`` for state that must travel with a checkpoint. A reference
     that can generate (``can_sample``) provides ``sample`` for views whose completions it makes. One that
-    ``follows_stages`` gets ``enter_stage`` with every training batch's stage (``data.stages``); ``sync`` makes
-    it the policy as it is now (a stage boundary, or the iterate loop's round boundary).
+    ``follows_stages`` (``StageSync``) provides ``enter_stage``, called before each training step with its batch's
+    stage (``data.stages``), and ``sync``, which makes it the policy as it is now (a stage or a round boundary).
     """
 
     can_sample: bool = False
     follows_stages: bool = False
+    per_token: bool = True  # score_tokens computes per-token scores live in the step (token-level objectives)
     # The Trainer's precision ("bf16-mixed" ...), set by the module before ``build``; None outside a Trainer.
     trainer_precision: str | None = None
 
@@ -60,7 +61,12 @@ class Reference(nn.Module):
         """Called when validate or test starts outside fit."""
 
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
-        raise NotImplementedError
+        """The reference's ``[K * B]`` scores; by default computed by ``self.model`` (a frozen copy, a checkpoint)."""
+        return backbone.score(prepared, model=self.model).score
+
+    def score_tokens(self, backbone: Backbone, prepared, batch: dict, needs):
+        """Per-token scores (``TokenOutputs``) for a token-level objective's ``needs``, computed by ``self.model``."""
+        return backbone.score_tokens(prepared, model=self.model, needs=needs, of_reference=True)
 
     def sample(self, backbone: Backbone, prompts: list, step: int) -> list:
         raise ValueError(f"reference {type(self).__name__} cannot generate completions")
@@ -68,14 +74,8 @@ class Reference(nn.Module):
     def after_step(self, backbone: Backbone, step: int) -> None:
         """Called after every optimizer step (a moving reference updates here)."""
 
-    def enter_stage(self, module, stage: int) -> None:
-        """Called before each training step with its batch's stage, when ``follows_stages``."""
-
-    def sync(self, module, stage: int | None = None) -> None:  # a stage or a round boundary
-        raise ValueError(f"reference {type(self).__name__} does not re-sync to the policy; use StageSync")
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Add state that is not in the state dict (the weights are never saved)."""
+        """Add state that is not in the state dict (weights only where they moved with training)."""
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore what ``on_save_checkpoint`` added."""
@@ -123,13 +123,9 @@ class FrozenCopy(Reference):
 
     def restore(self, weights: dict[str, Tensor] | None) -> None:
         """Load weights that moved with training (from a checkpoint), now or once the model is built."""
-        self.restored = weights
         if weights is not None and self.model is not None:
-            load_weights(self.model, weights, f"reference {type(self).__name__}")
-            self.restored = None
-
-    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
-        return backbone.score(prepared, model=self.model).score
+            weights = load_weights(self.model, weights, f"reference {type(self).__name__}")  # None: loaded
+        self.restored = weights
 
 
 class MovingAverage(FrozenCopy):
@@ -239,9 +235,6 @@ class CheckpointPool(Reference):
         self.select(step)
         return backbone.generate(prompts, model=self.model, seed=self.seed + step)
 
-    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
-        return backbone.score(prepared, model=self.model).score
-
 
 class SwappedCopy(Reference):
     """The starting weights kept in host memory and copied into the policy's own parameters for the
@@ -253,6 +246,7 @@ class SwappedCopy(Reference):
     For full fine-tuning; under LoRA ``AdapterDisabled`` needs no copy at all.
     """
 
+    per_token = False  # the swap is undone before the policy's pass, which the full-vocabulary KL runs in
     def __init__(self) -> None:
         super().__init__()
         self.stored: dict[str, Tensor] = {}  # the starting weights (this rank's shards), in host memory
@@ -303,6 +297,10 @@ class AdapterDisabled(Reference):
         with backbone.adapters_disabled():
             return backbone.score(prepared).score
 
+    def score_tokens(self, backbone: Backbone, prepared, batch: dict, needs):
+        with backbone.adapters_disabled():
+            return backbone.score_tokens(prepared, needs=needs, of_reference=True)
+
 
 class Precomputed(Reference):
     """Reference scores computed in one pass before training and stored, one per row and view.
@@ -316,6 +314,7 @@ class Precomputed(Reference):
     view that depends on the batch (KTO's mismatched pairs) or on sampling (SePPO's losers).
     """
 
+    per_token = False  # one score per row and view is stored: no token's log-prob, no distribution
     def __init__(self, batch_size: int | None = None) -> None:
         super().__init__()
         self.batch_size = batch_size

@@ -5,13 +5,15 @@ tokens for token models, ``-0.5 * mean((prediction - target)**2)`` for denoising
 splits those into the views an objective needs and packs them here. Objectives read nothing else.
 
 Every packed score type is a :class:`Scores`: pairs (:class:`PairScores`), unpaired examples
-(:class:`UnpairedScores`) and lists of K responses per prompt (:class:`ListScores`, ``[B, K]``).
+(:class:`UnpairedScores`), lists of K responses per prompt (:class:`ListScores`, ``[B, K]``) and the per-token
+scores of pairs (:class:`TokenScores`, ``[B, T]``) for objectives that weigh tokens: they declare what they read
+(:class:`TokenNeeds`), and a token backbone hands it over per scored token (:class:`TokenOutputs`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -174,3 +176,106 @@ class ListScores(Scores):
     def named(self) -> dict[str, Tensor | None]:
         # Only the responses that exist: a padded entry's score means nothing.
         return {"policy": self.scores[self.mask], "ref": self.ref[self.mask] if self.ref is not None else None}
+
+
+@dataclass(frozen=True)
+class TokenNeeds:
+    """What a token-level objective reads besides the policy's per-token log-probs (its ``token_needs``).
+
+    - ``reference``: the reference's per-token log-probs;
+    - ``kl``: the full-vocabulary ``KL_t(ref || policy)`` at every scored token, which needs the reference's
+      distribution in the same step as the policy's (a live reference, never stored scores);
+    - ``reference_hidden``: the reference's hidden states of every layer at the position that predicts each
+      scored token (SparsePO's mask network reads them);
+    - ``self_norm``: the policy's ``log sum_v pi(v)^2`` at every scored token, without grad (WPO's weights);
+    - ``policy_hidden_layer``: the policy's hidden states of this one layer (an index into the model's hidden
+      states: 0 the embeddings, -1 the last) at the same positions, with grad (FPO's features).
+    """
+
+    reference: bool = True
+    kl: bool = False
+    reference_hidden: bool = False
+    self_norm: bool = False
+    policy_hidden_layer: int | None = None
+
+    @property
+    def live_reference(self) -> bool:
+        """Whether the reference must compute in the same step (its distribution or hidden states)."""
+        return self.kl or self.reference_hidden
+
+
+@dataclass
+class TokenOutputs:
+    """What a token backbone returns per scored token, flattened over the ``n_out`` sequences of a step
+    (view-major, as :class:`SequenceScores`): ``logps [M]`` and, where asked, ``kl [M]``, ``self_norm [M]``,
+    ``hidden`` (the reference's ``[M, L, H]``, every layer; the policy's ``[M, H]``, one layer). ``matrix`` lays any of them out as ``[n_out, T]`` (each sequence's tokens in order,
+    0 after its last) with the mask of its tokens, ``lengths`` counts them. ``head`` is the backbone's own
+    business: what the policy needs of the reference to compute the KL (its final hidden states and LM head)."""
+
+    logps: Tensor
+    matrix: Callable[[Tensor], tuple[Tensor, Tensor]]
+    kl: Tensor | None = None
+    self_norm: Tensor | None = None
+    hidden: Tensor | None = None
+    head: Any = None
+
+    def laid_out(self, name: str = "logps") -> tuple[Tensor, Tensor]:
+        """``getattr(self, name)`` as ``[n_out, T, ...]`` and the ``[n_out, T]`` mask."""
+        return self.matrix(getattr(self, name))
+
+
+@dataclass
+class TokenScores(Scores):
+    """Per-token scores of a batch of preference pairs: ``[B, T]`` tensors (``T`` the longest answer of the
+    batch), each answer's scored tokens in order and 0 after its last.
+
+    ``chosen``/``rejected``: the policy's token log-probs; ``chosen_mask``/``rejected_mask``: True on an
+    answer's tokens; ``ref_chosen``/``ref_rejected``: the reference's (``None`` without one);
+    ``chosen_kl``/``rejected_kl``: ``KL_t(ref || policy)`` over the full vocabulary at each token, for the
+    objectives that declare it (``None`` otherwise). ``extra`` carries further tensors an objective declared
+    (``[B]`` or ``[B, T, ...]``: the reference's hidden states, WPO's ``log sum_v pi(v)^2``).
+
+    :meth:`summed` is the sequence view: the same numbers as the sequence scores of the same answers.
+    """
+
+    chosen: Tensor
+    rejected: Tensor
+    chosen_mask: Tensor
+    rejected_mask: Tensor
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+    chosen_kl: Tensor | None = None
+    rejected_kl: Tensor | None = None
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    policy_field: ClassVar[str] = "chosen"
+    reference_field: ClassVar[str] = "ref_chosen"
+
+    def __post_init__(self) -> None:
+        shape = self.chosen.shape
+        if self.chosen.dim() != 2:
+            raise ValueError(f"TokenScores: chosen must be [B, T], got shape {tuple(shape)}")
+        for name in ("rejected", "chosen_mask", "rejected_mask", "ref_chosen", "ref_rejected", "chosen_kl", "rejected_kl"):
+            value = getattr(self, name)
+            if value is not None and value.shape != shape:
+                raise ValueError(f"TokenScores: {name} has shape {tuple(value.shape)}, chosen {tuple(shape)}")
+        if (self.ref_chosen is None) != (self.ref_rejected is None):
+            raise ValueError("TokenScores: give both ref_chosen and ref_rejected, or neither")
+        self.chosen_mask, self.rejected_mask = self.chosen_mask.bool(), self.rejected_mask.bool()
+
+    @property
+    def has_kl(self) -> bool:
+        return self.chosen_kl is not None
+
+    def summed(self) -> PairScores:
+        """The sequence view: every ``[B, T]`` score summed over its answer's tokens."""
+        def total(t: Tensor | None, mask: Tensor) -> Tensor | None:
+            return None if t is None else t.masked_fill(~mask, 0).sum(dim=1)
+
+        c, r = self.chosen_mask, self.rejected_mask
+        return PairScores(total(self.chosen, c), total(self.rejected, r), total(self.ref_chosen, c),
+                          total(self.ref_rejected, r), c.sum(dim=1).to(self.chosen.dtype),
+                          r.sum(dim=1).to(self.rejected.dtype), dict(self.extra))
+
+    def named(self) -> dict[str, Tensor | None]:
+        return self.summed().named()

@@ -72,6 +72,12 @@ class StageSync(FrozenCopy):
                 return backbone.score(prepared).score
         return super().score(backbone, prepared, batch)
 
+    def score_tokens(self, backbone: Backbone, prepared, batch: dict, needs):
+        if self.adapters:
+            with backbone.adapters_disabled():
+                return backbone.score_tokens(prepared, needs=needs, of_reference=True)
+        return super().score_tokens(backbone, prepared, batch, needs)
+
     def enter_stage(self, module, stage: int) -> None:
         """Called with each training batch's stage: a change from the stage being trained re-syncs."""
         previous, self.stage = self.stage, stage

@@ -128,6 +128,7 @@ def check_setup(objective, backbone, reference, data: PreferenceData | None) -> 
             )
     if reference is not None:
         reference.check(objective, backbone)
+    check_token_needs(objective, backbone, reference)
     if data is None:
         return  # the loaders were given to the Trainer directly: nothing declared to check against
     layout_name, modality = data.layout.name, data.layout.modality
@@ -142,6 +143,7 @@ def check_setup(objective, backbone, reference, data: PreferenceData | None) -> 
             f"objective {name!r} scores {objective.row_kind} rows, and the data layout {layout_name} gives"
             f" {data.row_kind} rows; give data.layout {hint}"
         )
+    objective.use_data(data.layout)
     have = set(data.columns())
     if TIE_COLUMN in have and TIE_COLUMN not in needed_columns(objective):
         raise ValueError(
@@ -157,4 +159,26 @@ def check_setup(objective, backbone, reference, data: PreferenceData | None) -> 
         )
 
 
-__all__ = ["View", "check_setup", "condition_name", "needed_columns"]
+def check_token_needs(objective, backbone, reference) -> None:
+    """A token-level objective (one that declares ``token_needs``) needs a backbone that scores tokens and, where it
+    reads the reference per token, a reference that computes in the step (not stored scores)."""
+    needs = getattr(objective, "token_needs", None)
+    if needs is None:
+        return
+    name = objective.name or type(objective).__name__
+    if not getattr(backbone, "scores_tokens", False):
+        raise ValueError(
+            f"objective {name!r} weighs tokens, and backbone {type(backbone).__name__} scores whole samples (a"
+            " denoising backbone has no tokens); use a token backbone: CausalLM, VisionLanguage or SpeechTokenLM"
+        )
+    if reference is not None and needs.reference and not getattr(reference, "per_token", False):
+        what = ("the full-vocabulary KL per token" if needs.kl else
+                "hidden states per token" if needs.reference_hidden else "log-probs per token")
+        raise ValueError(
+            f"objective {name!r} needs the reference's {what}, which reference {type(reference).__name__} cannot give"
+            " (it holds no reference model in the step, or stores one score per row and view); use FrozenCopy, or"
+            " AdapterDisabled under lora"
+        )
+
+
+__all__ = ["View", "check_setup", "check_token_needs", "condition_name", "needed_columns"]

@@ -17,7 +17,7 @@ import torch
 import alignsuite.objectives as objectives
 from alignsuite.objectives import available_objectives, get_objective
 from alignsuite.objectives.reference_free import log1mexp
-from alignsuite.scores import ListScores, PairScores, Scores, UnpairedScores
+from alignsuite.scores import ListScores, PairScores, Scores, TokenScores, UnpairedScores
 
 B = 0.1  # the default beta of every reference-based objective
 
@@ -81,10 +81,29 @@ def hand_mean(per_pair, pairs=PAIRS) -> float:
     return sum(per_pair(**terms(*p)) for p in pairs) / len(pairs)
 
 
-PAIRWISE = [n for n in available_objectives() if get_objective(n).row_kind == "pairs"]
+TOKEN_LEVEL = [n for n in available_objectives() if get_objective(n).token_needs is not None]
+PAIRWISE = [n for n in available_objectives() if get_objective(n).row_kind == "pairs" and n not in TOKEN_LEVEL]
 UNPAIRED = [n for n in available_objectives() if get_objective(n).row_kind == "unpaired"]
 REFERENCE_FREE = {"simpo", "orpo", "cpo", "mapo", "tpo", "tpo_l", "repo"}
 REFERENCE_FREE_LISTS = {"pro"}  # list objectives: the generic list checks read needs_reference themselves
+
+
+def make_token_scores(objective, scale: float = 1.0) -> TokenScores:
+    """Random per-token scores with everything a token-level objective may read (log-probs of size ``scale``)."""
+    g = torch.Generator().manual_seed(0)
+
+    def t(grad=False):
+        return (-torch.rand(2, 3, generator=g) * scale).requires_grad_(grad)
+
+    mask_w, mask_l = torch.tensor([[1, 1, 0], [1, 1, 1]]), torch.ones(2, 3)
+    extra = {"chosen_self_norm": -torch.rand(2, 3, generator=g), "rejected_self_norm": -torch.rand(2, 3, generator=g),
+             "chosen_ref_hidden": torch.randn(2, 3, 2, 4, generator=g) * scale,
+             "rejected_ref_hidden": torch.randn(2, 3, 2, 4, generator=g) * scale,
+             "chosen_hidden": torch.randn(2, 3, 4, generator=g) * scale,
+             "rejected_hidden": torch.randn(2, 3, 4, generator=g) * scale}
+    if hasattr(objective, "build"):  # SparsePO's mask network (2 hidden states of width 4), FPO's SAE
+        objective.build(2, 4)
+    return TokenScores(t(True), t(True), mask_w, mask_l, t(), t(), -t() / scale, -t() / scale, extra=extra)
 
 
 def accepts(name: str, param: str) -> bool:
@@ -419,7 +438,9 @@ def test_unknown_objective_names_the_name():
 @pytest.mark.parametrize("name", available_objectives())
 def test_metrics_present_detached_scalars(name):
     objective = get_objective(name)
-    if objective.row_kind == "pairs":
+    if name in TOKEN_LEVEL:
+        s = make_token_scores(objective)
+    elif objective.row_kind == "pairs":
         s = make_scores(grad=True, reference=name not in REFERENCE_FREE)
     elif objective.row_kind == "lists":
         g = torch.Generator().manual_seed(0)
@@ -556,7 +577,10 @@ EXTREMES = [(500.0, -500.0, -500.0, 500.0, 1, 1), (-500.0, 500.0, 500.0, -500.0,
 )
 def test_finite_at_extreme_log_probs(name, hparams):
     objective = get_objective(name, **hparams)
-    if objective.row_kind == "pairs":
+    if name in TOKEN_LEVEL:
+        s = make_token_scores(objective, scale=500.0)
+        leaves = (s.chosen, s.rejected)
+    elif objective.row_kind == "pairs":
         s = make_scores(EXTREMES, grad=True, reference=name not in REFERENCE_FREE, dtype=torch.float32)
         leaves = (s.chosen, s.rejected)
     elif objective.row_kind == "lists":

@@ -68,6 +68,20 @@ def ultrafeedback_jsonl(path, n: int = 8, ties: bool = False) -> str:
     return str(path)
 
 
+def pku_saferlhf_jsonl(path, n: int = 8) -> str:
+    """Rows in PKU-SafeRLHF's layout: a prompt, two answers, and per dimension the index of the preferred one."""
+    rows = []
+    for i in range(n):
+        letters = "abcdef"[i % 6] + " " + "abcdef"[(i + 1) % 6]
+        answers = [letters.upper(), letters] if i % 2 else [letters, letters.upper()]
+        rows.append({"prompt": f"echo {letters}", "response_0": answers[0], "response_1": answers[1],
+                     "better_response_id": 1 - i % 2, "safer_response_id": i % 3 % 2,
+                     "is_response_0_safe": True, "is_response_1_safe": bool(i % 2)})
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(path)
+
+
 def pickapic_parquet(path, n: int = 8) -> str:
     from alignsuite.toy import get_world
 
@@ -135,8 +149,12 @@ def test_language_recipe_trains_as_shipped(tmp_path, recipe):
     architecture = "qwen2" if "qwen" in os.path.basename(recipe) else "llama"
     model = save_tiny_causal_lm(tmp_path / "model", architecture)
     ties = "todo" in os.path.basename(recipe)  # TODO's recipe reads tied pairs
-    data = (ultrafeedback_jsonl(tmp_path / "train.jsonl", ties=ties),
-            ultrafeedback_jsonl(tmp_path / "val.jsonl", 4, ties=ties))
+    layout = yaml.safe_load(open(recipe))["data"]["init_args"].get("layout", {}).get("class_path", "")
+    if layout.endswith("DimensionPairs"):
+        data = pku_saferlhf_jsonl(tmp_path / "train.jsonl"), pku_saferlhf_jsonl(tmp_path / "val.jsonl", 4)
+    else:
+        data = (ultrafeedback_jsonl(tmp_path / "train.jsonl", ties=ties),
+                ultrafeedback_jsonl(tmp_path / "val.jsonl", 4, ties=ties))
     main(["fit", "--config", as_shipped_on_cpu(recipe, tmp_path, model, *data), "--trainer.log_every_n_steps", "1"])
     losses = train_losses(tmp_path)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)

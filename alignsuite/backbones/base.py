@@ -66,6 +66,8 @@ class Backbone(nn.Module):
         deterministic_inputs: ``prepare`` gives the same inputs for the same rows at every step (token
             backbones), so reference scores may be computed once and stored; denoising backbones draw new
             noise every step and set this False.
+        scores_tokens: ``score_tokens`` gives per-token scores (token backbones), for token-level objectives;
+            denoising backbones score whole samples and set this False.
         not_checkpointed: sub-module prefixes (relative to the backbone) rebuilt from their source.
         shard_blocks: class names of the model's repeated blocks that FSDP2 shards one by one, for models
             that list none in ``_no_split_modules`` (transformers and diffusers models list theirs).
@@ -79,6 +81,7 @@ class Backbone(nn.Module):
     image_column: ClassVar[str | None] = None
     joint_views: ClassVar[bool] = False
     deterministic_inputs: ClassVar[bool] = True
+    scores_tokens: ClassVar[bool] = False
     not_checkpointed: ClassVar[tuple[str, ...]] = ()
     shard_blocks: ClassVar[tuple[str, ...]] = ()
     # Set by the module under FSDP2 on every process but the first: build the sharded models (policy and
@@ -151,6 +154,12 @@ class Backbone(nn.Module):
 
     def score(self, prepared: Any, model: nn.Module | None = None) -> SequenceScores:
         raise NotImplementedError
+
+    def score_tokens(self, prepared: Any, model: nn.Module | None = None, needs: Any = None, reference: Any = None,
+                     of_reference: bool = False) -> Any:
+        """Per-token scores (``alignsuite.scores.TokenOutputs``) for objectives that weigh tokens; token backbones
+        only (``scores_tokens``)."""
+        raise ValueError(f"{type(self).__name__} scores whole samples, not tokens")
 
     def generate(self, prompts: list[Any], model: nn.Module | None = None, seed: int | None = None, **kwargs) -> list[Any]:
         """One completion per prompt from the policy, or from ``model`` (a reference) when given; ``seed``

@@ -21,7 +21,6 @@ which tokens are scored and how rows are packed (:mod:`.token_scoring`).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 from typing import Any, Literal
@@ -34,7 +33,8 @@ from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.identical_pairs import drop_identical_pairs
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.token_batch import TokenBatch
-from alignsuite.backbones.token_scoring import MASKED_ATTENTION, Packing, head_at, pack_rows, selective_log_softmax
+from alignsuite.backbones.token_outputs import forward_tokens, score_tokens
+from alignsuite.backbones.token_scoring import MASKED_ATTENTION, Packing, pack_rows
 from alignsuite.backbones.tokenize import (
     ENCODED,
     EncodedRows,
@@ -88,6 +88,7 @@ class CausalLM(Backbone):
     """
 
     joint_views = True  # prepare folds a joint view's prompt into its scored completion
+    scores_tokens = True  # per-token scores for token-level objectives (score_tokens)
 
     def __init__(
         self,
@@ -313,40 +314,27 @@ class CausalLM(Backbone):
 
     # ---------------------------------------------------------------- scoring
     def score(self, prepared: TokenBatch, model: nn.Module | None = None) -> SequenceScores:
-        model = model if model is not None else self.policy
-        device = next(model.parameters()).device
-        batch = prepared.to(device)
-        targets = batch.targets
-        kwargs = {"use_cache": False}
-        keep = batch.logits_to_keep
-        offset = 0  # the head sees positions from `offset` on
-        if self._accepts_logits_to_keep:
-            kwargs["logits_to_keep"] = keep
-            offset = batch.input_ids.shape[1] - keep
-        attention_mask = batch.attention_mask
-        if batch.segments is not None:
-            attention_mask = batch.packed_mask(model.config._attn_implementation, model.dtype)
-            kwargs["position_ids"] = batch.position_ids
-        chunk = self.lm_head_chunk
-        head = head_at(model, targets, offset, chunk) if self.lm_head_at_scored_only or chunk else contextlib.nullcontext()
-        with head as returned:
-            logits = model(input_ids=batch.input_ids, attention_mask=attention_mask, **batch.extra, **kwargs).logits
-        if chunk:
-            if logits is not returned["out"]:
-                raise ValueError(
-                    f"backbone.lm_head_chunk: {type(model).__name__} changes its LM head's output before returning it"
-                    " (logit soft-capping or scaling), which the fused head cannot follow; set lm_head_chunk: null"
-                )
-            token_logps = logits
-        elif self.lm_head_at_scored_only:
-            token_logps = selective_log_softmax(logits, targets.label)
-        else:
-            token_logps = selective_log_softmax(logits[targets.row, targets.pos - offset], targets.label)
+        token_logps, targets, _ = self.token_logps(prepared, model)
         score, length = targets.sum(token_logps)
         out = SequenceScores(score, length)
-        if batch.prompt_mask is not None:
+        if prepared.prompt_mask is not None:
             out.prompt, out.prompt_length = targets.sum(token_logps, prompt=True)
         return out
+
+    def score_tokens(self, prepared: TokenBatch, model: nn.Module | None = None, needs=None, reference=None,
+                     of_reference: bool = False):
+        """Per-token scores (:class:`~alignsuite.scores.TokenOutputs`) for token-level objectives; see
+        :func:`.token_outputs.score_tokens`."""
+        return score_tokens(self, prepared, model, needs, reference, of_reference)
+
+    def hidden_states_shape(self) -> tuple[int, int]:
+        """``(how many hidden states the model returns: embeddings and every layer, their width)``."""
+        config = self.policy.config.get_text_config()
+        return config.num_hidden_layers + 1, config.hidden_size
+
+    def token_logps(self, prepared: TokenBatch, model: nn.Module | None = None, compute=None, hidden_states: bool = False):
+        """``(token log-probs [M], targets, returned)``: :func:`.token_outputs.forward_tokens`."""
+        return forward_tokens(self, prepared, model, compute, hidden_states)
 
     # ---------------------------------------------------------------- generation and export
     @torch.no_grad()

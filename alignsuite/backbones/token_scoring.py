@@ -59,13 +59,28 @@ class Targets:
         return cls(row, pos, label, row.clone(), prompt, input_ids.shape[0])
 
     def sum(self, token_logps: Tensor, prompt: bool = False) -> tuple[Tensor, Tensor]:
-        """Per sequence: the summed log-probs of its completion (or prompt) tokens, and their count."""
+        """Per sequence: the summed log-probs of its completion (or prompt) tokens, and their count. Summed over
+        :meth:`matrix`'s rows, so that per-token scores summed the same way give these numbers exactly (and in a
+        fixed order on every device, where an ``index_add_`` on a GPU adds in any order)."""
+        values, mask = self.matrix(token_logps, prompt)
+        return values.sum(dim=1), mask.sum(dim=1).to(values.dtype)
+
+    def matrix(self, token_values: Tensor, prompt: bool = False) -> tuple[Tensor, Tensor]:
+        """``[N, T]``: each sequence's completion (or prompt) tokens' values in order, 0 after its last token,
+        and the ``[N, T]`` boolean mask of its tokens (``T`` the longest sequence's count, at least 1)."""
         keep = self.prompt if prompt else ~self.prompt
-        logps = token_logps[keep]
-        out = self.out[keep]
-        total = torch.zeros(self.n_out, dtype=logps.dtype, device=logps.device).index_add_(0, out, logps)
-        count = torch.zeros(self.n_out, dtype=logps.dtype, device=logps.device).index_add_(0, out, torch.ones_like(logps))
-        return total, count
+        values, out = token_values[keep], self.out[keep]
+        counts = torch.bincount(out, minlength=self.n_out)
+        # Each token's place in its sequence: tokens of one sequence are listed in order (see pack_rows, from_masks).
+        order = torch.argsort(out, stable=True)
+        starts = counts.cumsum(0) - counts
+        place = torch.empty_like(out)
+        place[order] = torch.arange(out.numel(), device=out.device) - starts[out[order]]
+        width = max(int(counts.max()) if counts.numel() else 0, 1)
+        matrix = torch.zeros(self.n_out, width, *values.shape[1:], dtype=values.dtype, device=values.device)
+        matrix = matrix.index_put((out, place), values)
+        mask = torch.arange(width, device=out.device)[None, :] < counts[:, None]
+        return matrix, mask
 
 
 SEGMENT_STRIDE = 1 << 20  # segment id = group * SEGMENT_STRIDE + j: j = 0 the group's prompt, j >= 1 its completions
@@ -284,18 +299,22 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
 
 
 @contextlib.contextmanager
-def head_at(model: nn.Module, targets: Targets, offset: int = 0, chunk: int | None = None):
+def head_at(model: nn.Module, targets: Targets, offset: int = 0, chunk: int | None = None, compute=None):
     """Within the context, the model's LM head computes only at ``targets`` (positions shifted by ``offset``,
     for a model that hands the head its last positions only): its "logits" are ``[M, V]``, or with ``chunk``
     the ``[M]`` token log-probs themselves. The head's own forward runs (adapters on it included) unless
-    chunked, which needs a plain ``nn.Linear``. Yields a dict whose ``"out"`` is what the head returned."""
+    chunked, which needs a plain ``nn.Linear``; ``compute(hidden [M, H], head)``, where given, replaces it (the
+    per-token statistics of :mod:`.token_kl`). Yields a dict whose ``"out"`` is what the head returned and
+    ``"input"`` the hidden states it was applied to."""
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embeddings (LM head) to score tokens with")
-    if chunk is not None and type(head) is not nn.Linear:
+    if (chunk is not None or compute is not None) and type(head) is not nn.Linear:
+        what = "backbone.lm_head_chunk" if compute is None else "the full-vocabulary token statistics (KL, WPO's norm)"
+        fix = "set lm_head_chunk to null" if compute is None else "leave the LM head out of lora.target_modules"
         raise ValueError(
-            f"backbone.lm_head_chunk needs the LM head to be a plain nn.Linear; {type(model).__name__}'s is a"
-            f" {type(head).__name__} (an adapter on it, or a quantised layer): set lm_head_chunk to null"
+            f"{what} needs the LM head to be a plain nn.Linear; {type(model).__name__}'s is a"
+            f" {type(head).__name__} (an adapter on it, or a quantised layer): {fix}"
         )
     own = vars(head).get("forward")
     original = head.forward
@@ -303,8 +322,10 @@ def head_at(model: nn.Module, targets: Targets, offset: int = 0, chunk: int | No
     returned: dict[str, Tensor] = {}
 
     def forward(hidden: Tensor) -> Tensor:
-        picked = hidden[rows, pos]
-        if chunk is None:
+        picked = returned["input"] = hidden[rows, pos]
+        if compute is not None:
+            returned["out"] = compute(picked, head)
+        elif chunk is None:
             returned["out"] = original(picked)
         else:
             returned["out"] = ChunkedTokenLogProbs.apply(picked, head.weight, head.bias, targets.label, chunk)

@@ -1,5 +1,5 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
-`TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`, in `layouts/`; audio in `audio`), the row normalisation they use
+`DimensionPairs`, `TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`, in `layouts/`; audio in `audio`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
 and the Lightning data module that batches it (`PreferenceDataModule`), which declares what the suite reads
 from a data module (`PreferenceData`)."""
@@ -15,7 +15,7 @@ from alignsuite.data.images import (
     normalize_image_unpaired,
     to_tensor,
 )
-from alignsuite.data.layouts import ImagePairs, ImageUnpaired, Layout, SpeechPairs, TextPairs, TextUnpaired, VisionPairs
+from alignsuite.data.layouts import DimensionPairs, ImagePairs, ImageUnpaired, Layout, SpeechPairs, TextPairs, TextUnpaired, VisionPairs
 from alignsuite.data.loading import load_table
 from alignsuite.data.fields import PairFields, UnpairedFields
 from alignsuite.data.preference import normalize_pair, normalize_unpaired, pairs_to_unpaired
@@ -24,6 +24,7 @@ from alignsuite.data.protocol import PreferenceData, preference_data
 __all__ = [
     "Audio",
     "DataError",
+    "DimensionPairs",
     "EpochRandomSampler",
     "ImageFields",
     "ImagePairs",

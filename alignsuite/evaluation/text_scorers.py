@@ -115,14 +115,16 @@ class ToyReward(Scorer):
     ``evaluate`` runs on every toy recipe with no download. The vision-language world scores against the
     prompt set's row (its ``answer``), which the toy prompts hold, and judges three values
     (``world.judge``): the reward, ``image_sensitivity`` (against its answer to the swapped image, a
-    declared rewrite of ``images`` by the row's ``swap_images``) and ``hallucination``.
+    declared rewrite of ``images`` by the row's ``swap_images``) and ``hallucination``. A world judged under
+    several dimensions (``llm_case``) judges each dimension's reward as ``reward_<dimension>`` beside the main
+    value (the primary's).
 
     Args:
-        world: ``llm``, ``diffusion`` or ``vlm``.
+        world: ``llm``, ``llm_case``, ``diffusion`` or ``vlm``.
     """
 
     unit = "reward"
-    WORLD_MODALITY = {"llm": "text", "diffusion": "text_to_image", "vlm": "vision_language"}
+    WORLD_MODALITY = {"llm": "text", "llm_case": "text", "diffusion": "text_to_image", "vlm": "vision_language"}
 
     def __init__(self, world: str = "llm") -> None:
         from alignsuite.toy import get_world
@@ -134,6 +136,9 @@ class ToyReward(Scorer):
         if world == "vlm":
             self.values = (self.name, "image_sensitivity", "hallucination")
             self.rewrites = {"swapped": {"images": "swap_images"}}
+        self.dimensions = tuple(getattr(self.world, "dimensions", ()))
+        if self.dimensions:  # one reward per dimension beside the main (the primary's), as reward_<dimension>
+            self.values = (self.name, *(f"reward_{d}" for d in self.dimensions))
 
     def columns(self, modality: str) -> dict[str, str]:
         if self.world_name != "vlm":
@@ -146,6 +151,9 @@ class ToyReward(Scorer):
                 raise ValueError("ToyReward(vlm) scores against the toy world's items: use evaluate.prompts toy:vlm")
             judged = [self.world.judge(row, out, row.get("swapped")) for row, out in zip(rows, outputs)]
             return [{self.name: v.pop("reward"), **v} for v in judged]
+        if self.dimensions:
+            judged = [self.world.rewards(prompt_text(p), out) for p, out in zip(prompts, outputs)]
+            return [{self.name: v[self.dimensions[0]], **{f"reward_{d}": v[d] for d in self.dimensions}} for v in judged]
         return [self.world.reward(prompt_text(p), out) for p, out in zip(prompts, outputs)]
 
 

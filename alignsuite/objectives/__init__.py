@@ -13,10 +13,12 @@ from alignsuite.objectives.base import (
     get_objective,
 )
 from alignsuite.objectives.denoising import DiffusionKTO, MaPO, SePPO, SmPO
+from alignsuite.objectives.feature_level import FPO
 from alignsuite.objectives.gold import TPO, TPOL
 from alignsuite.objectives.joint import JPO
 from alignsuite.objectives.length_normalised import LNDPO, RePO
 from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
+from alignsuite.objectives.multi_objective import MODPO
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
 from alignsuite.objectives.pairwise import (
     CDPO,
@@ -38,6 +40,7 @@ from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
 from alignsuite.objectives.set_contrast import MPO, select_active_subset
 from alignsuite.objectives.soft_labels import IREPO, NCAPairReward
 from alignsuite.objectives.ties import TODO
+from alignsuite.objectives.token_level import LDDPO, TDPO1, TDPO2, WPO, SparsePO, SparsePOActivation
 from alignsuite.objectives.unpaired import BCO, KTO
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "DiscoPOP",
     "EXO",
     "EXOPair",
+    "FPO",
     "Hinge",
     "IPO",
     "IREPO",
@@ -61,11 +65,13 @@ __all__ = [
     "InfoNCA",
     "JPO",
     "KTO",
+    "LDDPO",
     "LiPO",
     "LNDPO",
     "ListMLE",
     "ListObjective",
     "MDPO",
+    "MODPO",
     "MPO",
     "MaPO",
     "NCA",
@@ -85,10 +91,15 @@ __all__ = [
     "SePPO",
     "SimPO",
     "SmPO",
+    "SparsePO",
+    "SparsePOActivation",
+    "TDPO1",
+    "TDPO2",
     "TPO",
     "TPOL",
     "TODO",
     "ULMA",
+    "WPO",
     "available_objectives",
     "get_objective",
     "select_active_subset",

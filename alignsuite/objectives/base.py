@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignsuite.scores import PairScores, Scores, SequenceScores
+from alignsuite.scores import PairScores, Scores, SequenceScores, TokenNeeds
 from alignsuite.views import View
 
 _REGISTRY: dict[str, type["Objective"]] = {}
@@ -98,7 +98,9 @@ class Objective:
       responses ...);
     - ``row_kind``: "pairs" or "unpaired", the kind of rows its data must hold (checked at ``setup``);
     - ``extra_columns``: batch columns copied into ``scores.extra`` (a reward per side, say);
-    - ``needs_reference``: whether reference scores (and weights) are needed at all.
+    - ``needs_reference``: whether reference scores (and weights) are needed at all;
+    - ``token_needs``: for objectives that weigh tokens, what they read per token (then ``pack`` gets the
+      backbone's :class:`~alignsuite.scores.TokenOutputs` rather than sequence scores).
 
     ``pack`` turns each view's policy and reference scores into the score type ``__call__`` reads.
     ``__call__(scores, reduce)`` gets ``reduce``, a function from local per-example values to their mean
@@ -116,12 +118,23 @@ class Objective:
     row_kind: ClassVar[str] = "pairs"
     views: ClassVar[tuple[View, ...]] = (View("chosen"), View("rejected"))
     extra_columns: ClassVar[tuple[str, ...]] = ()
+    # A token-level objective declares what it reads per token (TokenScores); None: sequence scores.
+    token_needs: ClassVar[TokenNeeds | None] = None
+
+    def configure(self, backbone) -> None:
+        """Build trainable parts that depend on the model's shapes (SparsePO's mask network), once the backbone's
+        models are built and before the optimizer is made; most objectives have none."""
 
     def __call__(self, scores, reduce: Reducer | None = None) -> ObjectiveOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
     def pack(self, policy: dict[str, SequenceScores], ref: dict[str, Tensor | None], batch: dict):
         raise NotImplementedError
+
+    def use_data(self, layout) -> None:
+        """The data's layout, handed over at setup before its columns are checked: an objective that depends on
+        what the rows are (MODPO on the named preference dimensions, ``layout.preference_dimensions``) checks its
+        options against it here and declares its columns. Nothing by default."""
 
     def state(self) -> dict:
         """What the objective carries across steps (BCO's running reward mean), saved with each checkpoint under

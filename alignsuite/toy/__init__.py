@@ -17,6 +17,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     **{name: "worlds" for name in ("SHIPPED", "build_base_model", "cache_root", "get_world", "known_worlds",
                                    "resolve_toy_model", "shipped_path")},
     "EchoWorld": "llm",
+    "CaseEchoWorld": "llm_case",
     "SquaresWorld": "squares",
     "SpeechFlowWorld": "tts",
     "SpeechTokenWorld": "tts",
@@ -25,5 +26,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 })
 
 
-__all__ = ["SHIPPED", "EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
+__all__ = ["SHIPPED", "CaseEchoWorld", "EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
            "build_base_model", "cache_root", "get_world", "known_worlds", "resolve_toy_model", "shipped_path"]

@@ -19,6 +19,10 @@ def layout_for(modality: str, unpaired: bool, world=None):
         from alignsuite.data.layouts.speech import SpeechPairs
 
         return SpeechPairs(speech=world.speech_kind)
+    if getattr(world, "dimensions", ()):  # several preference dimensions: the world names its layout
+        if unpaired:
+            raise ValueError("a toy world with several preference dimensions has no unpaired layout")
+        return world.layout()
     if modality == "vision_language":
         if unpaired:
             raise ValueError("the vision-language toy world has no unpaired layout")
@@ -32,7 +36,7 @@ class ToyPreferenceData(PreferenceDataModule):
     """``num_train``/``num_val`` generated pairs of toy world ``world``, validated like any dataset.
 
     Args:
-        world: the toy world (``llm``: text pairs; ``diffusion``: Pick-a-Pic-style image pairs; ``vlm``:
+        world: the toy world (``llm``: text pairs; ``llm_case``: text pairs judged under two dimensions; ``diffusion``: Pick-a-Pic-style image pairs; ``vlm``:
             RLAIF-V-style image-question pairs; ``tts``/``tts_flow``: INTP rows built from the base model's samples).
         num_train: generated training pairs.
         num_val: generated validation pairs (drawn with another seed).

@@ -15,6 +15,7 @@ from alignsuite.sources import cache_root
 
 WORLDS = {
     "llm": "alignsuite.toy.llm.EchoWorld",
+    "llm_case": "alignsuite.toy.llm_case.CaseEchoWorld",  # two conflicting rules; the base model is llm's
     "diffusion": "alignsuite.toy.squares.SquaresWorld",
     "vlm": "alignsuite.toy.vlm.ShapesWorld",
     "tts": "alignsuite.toy.tts.SpeechTokenWorld",

@@ -1,9 +1,10 @@
 """Data layouts: one small class per kind of preference row, chosen by ``class_path`` in a recipe."""
 
 from alignsuite.data.layouts.base import Layout
+from alignsuite.data.layouts.dimensions import DimensionPairs
 from alignsuite.data.layouts.images import ImagePairs, ImageUnpaired
 from alignsuite.data.layouts.speech import SpeechPairs
 from alignsuite.data.layouts.text import TextPairs, TextUnpaired
 from alignsuite.data.layouts.vision import VisionPairs
 
-__all__ = ["ImagePairs", "ImageUnpaired", "Layout", "SpeechPairs", "TextPairs", "TextUnpaired", "VisionPairs"]
+__all__ = ["DimensionPairs", "ImagePairs", "ImageUnpaired", "Layout", "SpeechPairs", "TextPairs", "TextUnpaired", "VisionPairs"]

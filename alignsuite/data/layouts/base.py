@@ -44,6 +44,12 @@ class Layout:
     def name(self) -> str:
         return type(self).__name__
 
+    @property
+    def preference_dimensions(self) -> tuple[str, ...]:
+        """The named preference dimensions a row is judged under, the primary first (batches carry ``pref_<d>``
+        per dimension); ``()`` for data with one preference."""
+        return ()
+
     def __repr__(self) -> str:
         # The options that differ from their defaults: what a recipe would have to say.
         params = inspect.signature(type(self).__init__).parameters.values()
