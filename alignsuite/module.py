@@ -15,6 +15,7 @@ from torch import Tensor
 from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.checkpoint_io import last_checkpoint_note
 from alignsuite.data.protocol import preference_data
+from alignsuite.data.stages import batch_stage
 from alignsuite.generation import batch_conditions
 from alignsuite.objectives import Objective, get_objective
 from alignsuite.reference import Reference, default_reference
@@ -307,6 +308,10 @@ class PreferenceModule(LightningModule):
         # Lightning clears gradients just before the next backward, so they would otherwise stay alive
         # through the next forward: one full copy of the trainable weights' size, freed here instead.
         optimizer.zero_grad(set_to_none=True)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self.reference is not None and self.reference.follows_stages:  # sDPO/Curry-DPO: re-sync at a new stage
+            self.reference.enter_stage(self, batch_stage(batch))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.reference is not None:

@@ -59,6 +59,8 @@ class ToyPreferenceData(PreferenceDataModule):
         seed: seed of the generated rows and of the shuffle.
         procedures: data procedures run on the generated rows (`alignsuite.data.procedures`), as for a file's.
         shuffle: shuffle the training rows; null: unless a procedure sets their order.
+        stages: train in stages, as the data module's ``stages`` (a stage column, a number of equal chunks of the
+            generated rows: sDPO's split).
         ties: the language world only: the fraction of generated rows that are tied pairs (a ``tie`` flag on every
             row); they are dropped (counted) unless ``tie_column``.
         tie_column: keep the tied rows, with a ``tie`` column, for an objective that reads ties (``todo``).
@@ -77,6 +79,7 @@ class ToyPreferenceData(PreferenceDataModule):
         seed: int = 0,
         procedures: list[Procedure] | None = None,
         shuffle: bool | None = None,
+        stages: str | int | None = None,
         ties: float = 0.0,
         tie_column: bool = False,
     ) -> None:
@@ -99,7 +102,7 @@ class ToyPreferenceData(PreferenceDataModule):
             layout = layout_for(getattr(toy, "modality", "text"), unpaired, toy)
         super().__init__(
             layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
-            procedures=procedures, shuffle=shuffle,
+            procedures=procedures, shuffle=shuffle, stages=stages,
         )
         self.world_name = world
         self.num_rows = {"train": num_train, "val": num_val}
