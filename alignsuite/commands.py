@@ -104,9 +104,11 @@ def evaluate_models(self, model, datamodule=None, evaluation=None):
     """Generate from the base and the aligned model, score both, write results.json and the report (the
     ``evaluate`` section: ``alignsuite.evaluation.run.Evaluation``)."""
     from alignsuite.evaluation.run import EvaluationError, run_evaluation
+    from alignsuite.evaluation.sweep import run_front
 
+    run = run_front if evaluation.sweeps else run_evaluation  # a front: several points, not aligned over base
     try:
-        return run_evaluation(model, evaluation, datamodule, device=self.strategy.root_device)
+        return run(model, evaluation, datamodule, device=self.strategy.root_device)
     except EvaluationError as error:
         fail(str(error))
 

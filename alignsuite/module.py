@@ -16,6 +16,7 @@ from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.checkpoint_io import last_checkpoint_note
 from alignsuite import extra_references as extras
 from alignsuite.data.protocol import preference_data
+from alignsuite.data.stages import batch_stage
 from alignsuite.generation import batch_conditions
 from alignsuite.objectives import Objective, get_objective
 from alignsuite.reference import Reference, default_reference
@@ -328,6 +329,10 @@ class PreferenceModule(LightningModule):
         # Lightning clears gradients just before the next backward, so they would otherwise stay alive
         # through the next forward: one full copy of the trainable weights' size, freed here instead.
         optimizer.zero_grad(set_to_none=True)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self.reference is not None and self.reference.follows_stages:  # sDPO/Curry-DPO: re-sync at a new stage
+            self.reference.enter_stage(self, batch_stage(batch))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         for reference in [self.reference, *self.extra_references.values()]:

@@ -1,8 +1,8 @@
 """Where reference scores come from.
 
 Each strategy is a small module the :class:`~alignsuite.module.PreferenceModule` holds as
-``self.reference``. Its weights (if it has any) are rebuilt from their source in ``configure_model``,
-never trained and never written into a checkpoint.
+``self.reference``. Its weights (if it has any) are rebuilt from their source in ``configure_model`` and
+never trained; only weights that moved with training (a moving average, a stage's sync) travel in checkpoints.
 """
 
 from __future__ import annotations
@@ -16,31 +16,23 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone
-from alignsuite.sharding import local, reshard
-
-
-def host_copy(model: nn.Module, trainable_only: bool = False, pin: bool = False) -> dict[str, Tensor]:
-    """A host-memory copy of ``model``'s parameters (the trainable ones only, if asked): under FSDP2 this
-    rank's shard of each (1/N of the copy per rank), else all of it; in page-locked memory with ``pin``."""
-    def to_host(weight: Tensor) -> Tensor:
-        copy = local(weight).detach().to("cpu", copy=True)
-        return copy.pin_memory() if pin else copy
-
-    return {n: to_host(p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
+from alignsuite.sharding import host_copy, load_weights, local, reshard, weights_for_checkpoint
 
 
 class Reference(nn.Module):
     """Base class: ``score`` returns the reference's ``[K * B]`` scores for a prepared batch.
 
     Lifecycle hooks, each called by the module at the Lightning hook of the same name (all optional):
-    ``check`` at setup (before any model loads), ``build`` in ``configure_model`` (then ``shard`` under
-    FSDP2), ``on_fit_start``,
-    ``on_eval_start`` (validate or test without fit), ``after_step`` after every optimizer step, and
+    ``check`` at setup (before any model loads), ``build`` in ``configure_model`` (then ``shard`` under FSDP2),
+    ``on_fit_start``, ``on_eval_start`` (validate or test without fit), ``after_step`` after every optimizer step, and
     ``on_save_checkpoint``/``on_load_checkpoint`` for state that must travel with a checkpoint. A reference
-    that can generate (``can_sample``) provides ``sample`` for views whose completions it makes.
+    that can generate (``can_sample``) provides ``sample`` for views whose completions it makes. One that
+    ``follows_stages`` (``StageSync``) provides ``enter_stage``, called before each training step with its batch's
+    stage (``data.stages``), and ``sync``, which makes it the policy as it is now (a stage or a round boundary).
     """
 
     can_sample: bool = False
+    follows_stages: bool = False
     per_token: bool = True  # score_tokens computes per-token scores live in the step (token-level objectives)
     # The Trainer's precision ("bf16-mixed" ...), set by the module before ``build``; None outside a Trainer.
     trainer_precision: str | None = None
@@ -83,7 +75,7 @@ class Reference(nn.Module):
         """Called after every optimizer step (a moving reference updates here)."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Add state that is not in the state dict (the weights are never saved)."""
+        """Add state that is not in the state dict (weights only where they moved with training)."""
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore what ``on_save_checkpoint`` added."""
@@ -112,9 +104,8 @@ class FrozenCopy(Reference):
 
     def __init__(self, model_name_or_path: str | None = None, dtype: Dtype | None = None) -> None:
         super().__init__()
-        self.model_name_or_path = model_name_or_path
-        self.dtype = dtype
-        self.model: nn.Module | None = None
+        self.model_name_or_path, self.dtype, self.model = model_name_or_path, dtype, None
+        self.restored: dict[str, Tensor] | None = None  # weights read from a checkpoint before the model was built
 
     @property
     def load_dtype(self) -> str | None:
@@ -128,6 +119,13 @@ class FrozenCopy(Reference):
     def build(self, backbone: Backbone) -> None:
         if self.model is None:
             self.model = backbone.load_reference(self.model_name_or_path, self.load_dtype)
+        self.restore(self.restored)
+
+    def restore(self, weights: dict[str, Tensor] | None) -> None:
+        """Load weights that moved with training (from a checkpoint), now or once the model is built."""
+        if weights is not None and self.model is not None:
+            weights = load_weights(self.model, weights, f"reference {type(self).__name__}")  # None: loaded
+        self.restored = weights
 
 
 class MovingAverage(FrozenCopy):
@@ -135,13 +133,12 @@ class MovingAverage(FrozenCopy):
     ``ref <- decay * ref + (1 - decay) * policy``.
 
     This is TR-DPO's soft update (Gorbatovski et al. 2024: ``alpha = 1 - decay``, every 512 steps, alpha
-    0.6 in TRL) and Diffusion-KTO's ``reference_ema`` (decay 0.999 every 20 steps). The state of the
-    moving weights is not checkpointed: a resumed run restarts them from the starting weights.
+    0.6 in TRL; hard update: ``decay = 0``) and Diffusion-KTO's ``reference_ema`` (decay 0.999 every 20 steps).
+    The moving weights travel with a checkpoint (not under FSDP2), so a resumed run continues them exactly.
 
-    ``dtype`` left out is the backbone's dtype even under bf16 precision: each update moves a weight by
-    ``(1 - decay)`` of its gap to the policy, mostly below bfloat16's spacing (2^-7 at 1: 0.001 of a gap
-    of 1 leaves a weight of 1 unchanged), so a bfloat16 average would barely move. Set ``dtype: bfloat16``
-    to trade that for memory.
+    ``dtype`` left out is the backbone's dtype even under bf16 precision: each update moves a weight by ``(1 -
+    decay)`` of its gap to the policy, mostly below bfloat16's spacing (2^-7 at 1: 0.001 of a gap of 1 leaves a
+    weight of 1 unchanged), so a bfloat16 average would barely move. Set ``dtype: bfloat16`` for memory.
     """
 
     bf16_by_default = False
@@ -149,10 +146,8 @@ class MovingAverage(FrozenCopy):
     def __init__(self, decay: float = 0.999, every_n_steps: int = 20, model_name_or_path: str | None = None,
                  dtype: Dtype | None = None) -> None:
         super().__init__(model_name_or_path, dtype)
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"reference.decay must be in [0, 1], got {decay}")
-        if every_n_steps < 1:
-            raise ValueError(f"reference.every_n_steps must be >= 1, got {every_n_steps}")
+        if not 0.0 <= decay <= 1.0 or every_n_steps < 1:
+            raise ValueError(f"reference.decay must be in [0, 1] and every_n_steps >= 1, got {decay}, {every_n_steps}")
         self.decay, self.every_n_steps = decay, every_n_steps
 
     def build(self, backbone: Backbone) -> None:
@@ -163,11 +158,15 @@ class MovingAverage(FrozenCopy):
 
     @torch.no_grad()
     def after_step(self, backbone: Backbone, step: int) -> None:
-        if step % self.every_n_steps:
-            return
         policy = dict(backbone.policy.named_parameters())
-        for name, ref in self.model.named_parameters():
+        for name, ref in self.model.named_parameters() if step % self.every_n_steps == 0 else ():
             ref.lerp_(policy[name].detach().to(ref.dtype), 1.0 - self.decay)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["moving_reference_weights"] = weights_for_checkpoint(self.model, "reference MovingAverage")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.restore(checkpoint.get("moving_reference_weights"))  # none in older checkpoints: restarted
 
 
 class CheckpointPool(Reference):

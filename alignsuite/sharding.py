@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
@@ -171,6 +172,38 @@ class BlockWrapPolicy(ModuleWrapPolicy):
             raise ShardingError(f"FSDP auto-wrap: found no blocks to wrap in {type(root_module).__name__}: it declares"
                                 " no _no_split_modules; give their class names in auto_wrap_policy.init_args.blocks")
         return super()._run_policy(root_module, ignored_modules, root_kwargs)
+
+
+def host_copy(model: nn.Module, trainable_only: bool = False, pin: bool = False) -> dict[str, torch.Tensor]:
+    """A host-memory copy of ``model``'s parameters (the trainable ones only, if asked): under FSDP2 this
+    rank's shard of each (1/N of the copy per rank), else all of it; in page-locked memory with ``pin``."""
+    def to_host(weight: torch.Tensor) -> torch.Tensor:
+        copy = local(weight).detach().to("cpu", copy=True)
+        return copy.pin_memory() if pin else copy
+
+    return {n: to_host(p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
+
+
+def weights_for_checkpoint(model: nn.Module, owner: str) -> dict[str, torch.Tensor] | None:
+    """A host copy of ``model``'s weights to travel in a checkpoint's own entries (a reference whose weights
+    moved with training and cannot be rebuilt from a source). None under FSDP2, whose checkpoints keep only the
+    state dict's shards: a warning names ``owner``, whose weights a resumed run restarts from their source."""
+    if is_sharded(model):
+        rank_zero_warn(f"{owner}: its moving weights cannot travel in a sharded (FSDP2) checkpoint yet; a run resumed"
+                       " from it restarts them from the starting weights (use DDP for an exact resume)")
+        return None
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], owner: str) -> None:
+    """Copy ``weights`` (from `weights_for_checkpoint`) into ``model``, every parameter named."""
+    params = dict(model.named_parameters())
+    if set(params) != set(weights):
+        raise ValueError(f"{owner}: the checkpoint's reference weights do not match the model ({len(weights)} tensors,"
+                         f" the model has {len(params)}): was it written by another model?")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:

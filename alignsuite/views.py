@@ -102,6 +102,13 @@ _MODALITY_HINT = {
 }
 
 
+_ROW_KIND_HINT = {
+    "unpaired": "an unpaired layout (prompt/completion/label)",
+    "lists": "a list layout (alignsuite.data.TextLists, ImageLists or SpeechLists: K graded responses per prompt;"
+             " TextLists also reads pairs as lists of two)",
+}
+
+
 def check_setup(objective, backbone, reference, data: PreferenceData | None) -> None:
     """The objective / backbone / reference / data contract, checked at ``setup`` before any model loads.
 
@@ -138,10 +145,16 @@ def check_setup(objective, backbone, reference, data: PreferenceData | None) -> 
             f" {backbone.modality} rows; {_MODALITY_HINT.get(modality, 'pick a backbone for this data')}"
         )
     if data.row_kind != objective.row_kind:
-        hint = "an unpaired layout (prompt/completion/label)" if objective.row_kind == "unpaired" else "a paired layout"
+        hint = _ROW_KIND_HINT.get(objective.row_kind, "a paired layout")
         raise ValueError(
             f"objective {name!r} scores {objective.row_kind} rows, and the data layout {layout_name} gives"
             f" {data.row_kind} rows; give data.layout {hint}"
+        )
+    if objective.row_kind == "lists" and getattr(objective, "list_size", None) != getattr(data.layout, "list_size", None):
+        raise ValueError(
+            f"objective {name!r} scores lists of list_size={getattr(objective, 'list_size', None)} responses, and the data"
+            f" layout {layout_name} pads its lists to list_size={getattr(data.layout, 'list_size', None)}; set the"
+            " objective's list_size and data.layout's list_size to the same K"
         )
     objective.use_data(data.layout)
     have = set(data.columns())

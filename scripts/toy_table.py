@@ -58,6 +58,7 @@ TABLES = {
         Row("llm_simpo", ("SimPO", "none (reference-free)")),
         Row("llm_orpo", ("ORPO", "none (reference-free)")),
         Row("llm_kto", ("KTO (pairs split into unpaired rows)", "frozen copy")),
+        Row("llm_list_mle", ("list-MLE (1,024 prompts x 4 graded answers)", "frozen copy")),
     )),
     "vlm": Table("docs/vision-language.md", ("objective",),
                  ("val/toy_reward", "val/image_sensitivity", "val/hallucination"), (

@@ -22,7 +22,7 @@ LAYERS = [
     ("callbacks",),  # users of the step
     ("evaluation",),  # users of the step
     ("module",),  # the one preference step
-    ("toy", "reference", "extra_references"),  # worlds built with backbones; reference scores, further ones
+    ("toy", "reference", "stage_reference", "extra_references"),  # worlds built with backbones; reference scores
     ("speech", "pairs", "difficulty"),  # modality tools; building pairs from judged samples; how hard a pair is
     ("backbones", "objectives", "sharding"),
     # The ground floor. slurm reads the cluster's environment and imports nothing of the package's; launch

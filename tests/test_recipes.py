@@ -82,6 +82,21 @@ def pku_saferlhf_jsonl(path, n: int = 8) -> str:
     return str(path)
 
 
+def ultrafeedback_lists_jsonl(path, n: int = 8) -> str:
+    """Rows in openbmb/UltraFeedback's layout: an instruction and four completions, each with its ratings; every
+    third row has one completion left unrated (``N/A``), which the list layout drops and pads back."""
+    rows = []
+    for i in range(n):
+        letters = "abcdef"[i % 6] + " " + "abcdef"[(i + 1) % 6]
+        answers = [letters.upper(), letters, letters.upper()[::-1], "x y"]
+        scores = [9.0, 5.0, 3.0, "N/A" if i % 3 == 0 else 1.0]
+        rows.append({"source": "toy", "instruction": f"echo {letters}", "models": ["a", "b", "c", "d"],
+                     "completions": [{"response": a, "overall_score": s, "annotations": {}} for a, s in zip(answers, scores)]})
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(path)
+
+
 def pickapic_parquet(path, n: int = 8) -> str:
     from alignsuite.toy import get_world
 
@@ -152,6 +167,8 @@ def test_language_recipe_trains_as_shipped(tmp_path, recipe):
     layout = yaml.safe_load(open(recipe))["data"]["init_args"].get("layout", {}).get("class_path", "")
     if layout.endswith("DimensionPairs"):
         data = pku_saferlhf_jsonl(tmp_path / "train.jsonl"), pku_saferlhf_jsonl(tmp_path / "val.jsonl", 4)
+    elif layout.endswith("TextLists"):
+        data = ultrafeedback_lists_jsonl(tmp_path / "train.jsonl"), ultrafeedback_lists_jsonl(tmp_path / "val.jsonl", 4)
     else:
         data = (ultrafeedback_jsonl(tmp_path / "train.jsonl", ties=ties),
                 ultrafeedback_jsonl(tmp_path / "val.jsonl", 4, ties=ties))

@@ -9,6 +9,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "ExportPretrained": "export",
     "GenerationReward": "reward",
     "ImageGrid": "image_grid",
+    "MergeAndReinitLoRA": "lora_merge",
     "Preempted": "preemption",
     "PredictionWriter": "predictions",
     "SpeechSamples": "speech_samples",
@@ -18,6 +19,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 })
 
 __all__ = [
-    "CheckpointOnPreemption", "ExportError", "ExportPretrained", "GenerationReward", "ImageGrid", "Preempted",
+    "CheckpointOnPreemption", "ExportError", "ExportPretrained", "GenerationReward", "ImageGrid", "MergeAndReinitLoRA", "Preempted",
     "PredictionWriter", "SpeechSamples", "ValidationSamples", "ValidationScores", "VisionSamples",
 ]

@@ -1,5 +1,6 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
-`DimensionPairs`, `TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`, in `layouts/`; audio in `audio`), the row normalisation they use
+`DimensionPairs`, `TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`; K graded responses per prompt:
+`TextLists`, `ImageLists`, `SpeechLists`; in `layouts/`; audio in `audio`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
 and the Lightning data module that batches it (`PreferenceDataModule`), which declares what the suite reads
 from a data module (`PreferenceData`)."""
@@ -15,7 +16,10 @@ from alignsuite.data.images import (
     normalize_image_unpaired,
     to_tensor,
 )
-from alignsuite.data.layouts import DimensionPairs, ImagePairs, ImageUnpaired, Layout, SpeechPairs, TextPairs, TextUnpaired, VisionPairs
+from alignsuite.data.layouts import (
+    DimensionPairs, ImageLists, ImagePairs, ImageUnpaired, Layout, ListLayout, SpeechLists, SpeechPairs, TextLists, TextPairs,
+    TextUnpaired, VisionPairs,
+)
 from alignsuite.data.loading import load_table
 from alignsuite.data.fields import PairFields, UnpairedFields
 from alignsuite.data.preference import normalize_pair, normalize_unpaired, pairs_to_unpaired
@@ -27,13 +31,17 @@ __all__ = [
     "DimensionPairs",
     "EpochRandomSampler",
     "ImageFields",
+    "ImageLists",
     "ImagePairs",
     "ImageUnpaired",
     "Layout",
+    "ListLayout",
     "PairFields",
     "PreferenceData",
     "PreferenceDataModule",
+    "SpeechLists",
     "SpeechPairs",
+    "TextLists",
     "TextPairs",
     "TextUnpaired",
     "UnpairedFields",

@@ -16,10 +16,8 @@ from typing import Literal
 
 import datasets
 import lightning as L
-import torch
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from alignsuite.data.layouts import Layout, TextPairs
 from alignsuite.data.layouts.base import HIDDEN_PREFIX, Table, all_skipped_error
@@ -28,6 +26,8 @@ from alignsuite.data.loading import load_table
 from alignsuite.data.procedures.base import Procedure
 from alignsuite.data.procedures.run import build_split, keeps_order
 from alignsuite.data.protocol import PreferenceData
+from alignsuite.data.samplers import EpochRandomSampler, ResumableDataLoader
+from alignsuite.data.stages import STAGE, StageSampler, train_stages
 
 Split = Literal["train", "val"]
 
@@ -60,6 +60,11 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         shuffle: shuffle the training rows each epoch; null: shuffle unless a procedure sets the order (Selective
             DPO's easy to hard, Curry-DPO's stages), whose order is then kept (under DDP rank r takes rows
             r, r + W, ...).
+        stages: train in stages (sDPO, Curry-DPO), stage 0's rows first, each stage shuffled on its own (kept in
+            order with ``shuffle: false``) and padded to fill whole steps on every process (`data.stages`): the
+            name of the train rows' stage column (``stage``, which `CurryPairs` writes), a number of equal
+            consecutive chunks of the rows, or ``sources`` (each train source a stage, in order). Batches then
+            carry ``stage``, at whose change a stage-following reference re-syncs (``StageSync``).
 
     Subclasses generate their rows by overriding `load_rows`; the layout validates them like a file's. What
     the rest of the suite reads from it is declared by `PreferenceData` (``data/protocol.py``).
@@ -82,6 +87,7 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         seed: int = 0,
         procedures: list[Procedure] | None = None,
         shuffle: bool | None = None,
+        stages: str | int | None = None,
     ):
         super().__init__()
         # Under the CLI Lightning stores the parsed config (the layout's class path and options); built
@@ -96,6 +102,9 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         self.layout = layout
         self.procedures = list(procedures or [])
         self.ordered = keeps_order(self.procedures, shuffle, group_by_length)
+        if stages is not None and group_by_length:
+            raise ValueError("data.group_by_length reorders the rows; it cannot be used with data.stages")
+        self.stages, self.shuffle_stages = stages, shuffle is not False
         _check_counts(batch_size=batch_size, eval_batch_size=eval_batch_size, max_train_rows=max_train_rows,
                       max_val_rows=max_val_rows)
         if num_workers < 0:
@@ -201,6 +210,10 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         cap = self.max_rows[split]
         if cap is not None and cap < len(ds):
             ds = ds.select(range(cap))
+        if split == "train" and self.stages is not None:
+            values = train_stages(ds, self.stages, self.sources["train"])
+            ds = ds.remove_columns(STAGE) if STAGE in ds.column_names else ds
+            ds = ds.add_column(STAGE, [float(v) for v in values])
         return ds.add_column("index", list(range(len(ds))))
 
     # --- storing scores with the data ------------------------------------------------------------
@@ -238,8 +251,14 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
             # permutation of (data.seed, epoch) rather than the Trainer-seeded sampler Lightning would inject.
             shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
             lengths = row_lengths(ds) if self.group_by_length else None
-            sampler = EpochRandomSampler(ds, self.seed, shard.get("num_replicas", 1), shard.get("rank", 0),
-                                         lengths, batch_size, self.group_by_length, ordered=self.ordered)
+            replicas, rank = shard.get("num_replicas", 1), shard.get("rank", 0)
+            if self.stages is not None:  # every process crosses a stage boundary at the same optimizer step
+                step_rows = batch_size * replicas * (self.trainer.accumulate_grad_batches if self.trainer else 1)
+                sampler = StageSampler(ds, [int(s) for s in ds[STAGE]], self.seed, step_rows, replicas, rank,
+                                       self.shuffle_stages)
+            else:
+                sampler = EpochRandomSampler(ds, self.seed, replicas, rank, lengths, batch_size, self.group_by_length,
+                                             ordered=self.ordered)
             loader = ResumableDataLoader
         else:
             sampler, loader = None, DataLoader
@@ -285,95 +304,6 @@ class Collate:
 
     def __call__(self, rows: list[dict]) -> dict:
         return self.transform(self.collate(rows))
-
-
-class EpochRandomSampler(DistributedSampler):
-    """A shuffle that depends on (seed, epoch) alone, so a resumed run sees the same order as one that
-    never stopped (Lightning calls ``set_epoch`` at every epoch). With ``num_replicas`` processes each
-    ``rank`` takes every ``num_replicas``-th row of the same permutation (padded to equal shards, as
-    ``DistributedSampler`` does); with one it is the whole permutation. ``start`` skips that many of this
-    rank's rows of the epoch (a mid-epoch resume, set by `ResumableDataLoader`).
-
-    Grouped by length (``lengths`` and ``group_batches`` given): the permutation is cut into windows of
-    ``group_batches`` optimizer steps' rows (``batch_size`` x ``num_replicas`` each); a window's rows are
-    sorted by length, cut into steps, and the steps shuffled within the window. Each step then holds rows
-    of similar length on every rank, and the epoch still holds every row once, in an order that depends on
-    (seed, epoch) alone.
-
-    ``ordered``: no shuffle, the rows in their order (every epoch the same), sharded and resumed alike."""
-
-    def __init__(self, data_source, seed: int, num_replicas: int = 1, rank: int = 0,
-                 lengths: list[int] | None = None, batch_size: int = 1, group_batches: int = 0,
-                 ordered: bool = False) -> None:
-        super().__init__(data_source, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        if lengths is not None and len(lengths) != len(data_source):
-            raise ValueError(f"lengths has {len(lengths)} values for {len(data_source)} rows")
-        self.data_source, self.start = data_source, 0
-        self.lengths, self.batch_size, self.group_batches = lengths, batch_size, group_batches
-        self.ordered = ordered
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.data_source), generator=generator).tolist()
-        if self.ordered:
-            order = list(range(len(self.data_source)))
-        elif self.lengths is not None and self.group_batches > 0:
-            order = self._grouped(order, generator)
-        order += order[: self.total_size - len(order)]  # padding; none with one process
-        yield from order[self.rank : self.total_size : self.num_replicas][self.start :]
-
-    def _grouped(self, order: list[int], generator: torch.Generator) -> list[int]:
-        step = self.batch_size * self.num_replicas
-        window = step * self.group_batches
-        out = []
-        for w in range(0, len(order), window):
-            rows = sorted(order[w : w + window], key=lambda i: -self.lengths[i])
-            steps = [rows[i : i + step] for i in range(0, len(rows), step)]
-            short = steps.pop() if len(steps[-1]) < step else []  # a short last step stays last
-            for k in torch.randperm(len(steps), generator=generator).tolist():
-                out += steps[k]
-            out += short
-        return out
-
-
-class ResumableDataLoader(DataLoader):
-    """The train loader: it counts the batches it has handed out this epoch, and Lightning saves its
-    `state_dict` in every checkpoint (the fit loop's ``combined_loader`` state) and loads it back before
-    iterating on resume, so a run resumed mid-epoch continues with the next batch of the same shuffle
-    instead of replaying the epoch. Counting batches handed out, not rows drawn from the sampler, stays
-    exact with worker processes, which draw indices ahead."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.position, self._resume = 0, None
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "batches": self.position, "batch_size": self.batch_size,
-                "num_replicas": self.sampler.num_replicas}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resume = state
-
-    def __iter__(self):
-        # Decided at the first batch, after Lightning's set_epoch: a checkpoint taken at the end of an
-        # epoch resumes at the start of the next one.
-        state, self._resume = self._resume, None
-        self.position = 0
-        if state is not None and state["epoch"] == self.sampler.epoch:
-            same = (state["batch_size"], state["num_replicas"]) == (self.batch_size, self.sampler.num_replicas)
-            if same:
-                self.position = state["batches"]
-            else:
-                rank_zero_warn(
-                    f"the checkpoint was taken {state['batches']} batches into epoch {state['epoch']} with batch size"
-                    f" {state['batch_size']} on {state['num_replicas']} process(es); with batch size {self.batch_size}"
-                    f" on {self.sampler.num_replicas} that position does not exist, so this epoch restarts from its"
-                    " first batch"
-                )
-        self.sampler.start = self.position * self.batch_size
-        for batch in super().__iter__():
-            self.position += 1
-            yield batch
 
 
 def _check_counts(**counts: int | None) -> None:

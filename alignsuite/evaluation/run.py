@@ -55,6 +55,16 @@ class Evaluation:
         weights_only: read only tensors from a ``.ckpt`` (the default); false unpickles anything.
         report: write the HTML report (``alignsuite.evaluation.report``) beside ``results.json``; one that cannot
             be written is an error (after ``results.json``).
+        front: evaluate a front instead (:mod:`alignsuite.evaluation.sweep`): one aligned model per weight vector,
+            each ``{label, aligned, weights}`` (a MODPO run per ``w``).
+        comparisons: models drawn beside the front, not on it, each ``{label, aligned}`` (a single-objective run).
+        preferences: preference vectors at which the one ``aligned`` model (trained with one, ``preference_dim``
+            > 0: Panacea) is evaluated as points of the front.
+        preference_grid: evaluate ``aligned`` on the simplex grid with this many steps per side instead.
+        dimensions: the scorers' values that are the front's objectives (every value of every scorer when null;
+            a scorer judging several dimensions, ``ToyReward("llm_case")``, gives its ``reward_<dimension>``).
+        reference_point: the hypervolume's reference point, one value per dimension; the base model's means when
+            null.
     """
 
     def __init__(
@@ -71,6 +81,12 @@ class Evaluation:
         num_resamples: int = 2000,
         weights_only: bool | None = None,
         report: bool = True,
+        front: list[dict[str, Any]] | None = None,
+        comparisons: list[dict[str, Any]] | None = None,
+        preferences: list[list[float]] | None = None,
+        preference_grid: int | None = None,
+        dimensions: list[str] | None = None,
+        reference_point: list[float] | None = None,
     ) -> None:
         if num_prompts is not None and num_prompts < 1:
             raise ValueError(f"evaluate.num_prompts must be at least 1, got {num_prompts}")
@@ -81,6 +97,15 @@ class Evaluation:
         self.generation_kwargs = dict(generation_kwargs or {})
         self.prompt_column, self.num_resamples = prompt_column, num_resamples
         self.weights_only, self.report = weights_only, report
+        self.front, self.comparisons = list(front or []), list(comparisons or [])
+        self.preferences, self.preference_grid = preferences, preference_grid
+        self.dimensions, self.reference_point = dimensions, reference_point
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether this evaluates a front (:func:`alignsuite.evaluation.sweep.run_front`) rather than one
+        aligned model against the base."""
+        return bool(self.front or self.preferences or self.preference_grid)
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -140,6 +165,9 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
     """Generate, score, summarise, print, and write ``results.json`` (and the report) to the output folder."""
     backbone = module.backbone
     modality = backbone.modality
+    if evaluation.sweeps:
+        raise EvaluationError("evaluate.front / evaluate.preferences: a front is evaluated by"
+                              " alignsuite.evaluation.sweep.run_front (the evaluate command picks it)")
     if not evaluation.aligned:
         raise EvaluationError("evaluate.aligned: give the aligned model (an export folder or a .ckpt)")
     if not evaluation.scorers:

@@ -64,6 +64,34 @@ class EchoWorld:
             rows.append({**row, "tie": False} if ties > 0 else row)
         return rows
 
+    def make_lists(self, n: int, seed: int, list_size: int = 4) -> list[dict]:
+        """``n`` rows of prompt/responses/scores: ``list_size`` different answers per prompt, each graded by
+        `reward`: the capital echo, the lower-case echo, and capital echoes with 1, 2 ... letters wrong (the
+        pairs' answers, graded, and more of them), in a random order."""
+        rng = random.Random(f"lists-{seed}")
+        rows = []
+        for _ in range(n):
+            letters = self._letters(rng)
+            answers = [" ".join(x.upper() for x in letters), " ".join(letters)]
+            wrong = 1
+            while len(answers) < list_size:
+                answer = " ".join(self._wrong(letters, min(wrong, len(letters)), rng))
+                if answer not in answers:
+                    answers.append(answer)
+                    wrong += 1
+            rng.shuffle(answers)
+            prompt = "echo " + " ".join(letters)
+            rows.append({"prompt": prompt, "responses": answers, "scores": [self.reward(prompt, a) for a in answers]})
+        return rows
+
+    @staticmethod
+    def _wrong(letters: list[str], k: int, rng: random.Random) -> list[str]:
+        """The capital echo with ``k`` letters replaced by other capitals."""
+        out = [x.upper() for x in letters]
+        for i in rng.sample(range(len(out)), k):
+            out[i] = rng.choice([x for x in LETTERS if x != letters[i]]).upper()
+        return out
+
     @staticmethod
     def _wrong_letter(letters: list[str], i: int, rng: random.Random) -> str:
         wrong = list(letters)

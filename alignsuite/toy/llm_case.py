@@ -24,6 +24,7 @@ LABEL_SCALE = math.log(3.0)  # p(capital echo preferred over the lower-case one)
 
 
 class CaseEchoWorld(EchoWorld):
+    base_world = "llm"  # the echo world's base model, which answers in either case
     dimensions = ("caps", "lower")
 
     def layout(self):

@@ -70,14 +70,17 @@ def _regions(position: str) -> tuple[tuple[slice, slice], np.ndarray]:
     return core, outside
 
 
-def draw_square(position: str, colour: str, rng: random.Random) -> np.ndarray:
-    """A ``[16, 16, 3]`` uint8 image: a red or blue square, jittered, on a dark background."""
+def draw_square(position: str, colour: str, rng: random.Random, redness: float | None = None) -> np.ndarray:
+    """A ``[16, 16, 3]`` uint8 image: a red or blue square, jittered, on a dark background; with ``redness`` in
+    [0, 1] a mix instead (1 red, 0 blue, between them purples), whatever ``colour`` says."""
     if colour not in COLOURS:
         raise ValueError(f"colour must be one of {COLOURS}, got {colour!r}")
     dark = rng.uniform(0.03, 0.12)
     image = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), dark, dtype=np.float32)
     strong, weak = rng.uniform(0.8, 1.0), [rng.uniform(0.0, 0.15) for _ in range(2)]
     rgb = (strong, weak[0], weak[1]) if colour == "red" else (weak[0], weak[1], strong)
+    if redness is not None:
+        rgb = (max(strong * redness, weak[1]), weak[0], max(strong * (1 - redness), weak[1]))
     y, x = _nominal_corner(position)
     y += rng.randint(-JITTER, JITTER)
     x += rng.randint(-JITTER, JITTER)
@@ -167,6 +170,22 @@ class SquaresWorld:
                 "reward_0": self.reward(caption, image_0),  # PNG is lossless: the same as scoring the bytes
                 "reward_1": self.reward(caption, image_1),
             })
+        return rows
+
+    def make_lists(self, n: int, seed: int, list_size: int = 4) -> list[dict]:
+        """``n`` ranked sets (HPD style): ``caption``, ``images`` (``list_size`` PNGs of the square at the captioned
+        place, from red through purples to blue, in a random order) and ``ranks`` (1 = the reddest: the order of
+        their rewards)."""
+        rng = random.Random(f"lists-{seed}")
+        rows = []
+        for _ in range(n):
+            position = rng.choice(list(POSITIONS))
+            redness = [1.0 - k / (list_size - 1) for k in range(list_size)]  # 1: red ... 0: blue
+            rng.shuffle(redness)
+            drawn = [draw_square(position, "red", rng, redness=r) for r in redness]
+            order = sorted(range(list_size), key=lambda k: -redness[k])
+            ranks = [order.index(k) + 1 for k in range(list_size)]
+            rows.append({"caption": caption_for(position), "images": [encode_png(d) for d in drawn], "ranks": ranks})
         return rows
 
     def reward(self, prompt: str, output) -> float:

@@ -28,6 +28,16 @@ def known_worlds() -> list[str]:
     return sorted(WORLDS)
 
 
+def base_world(name: str) -> str:
+    """The world whose base model ``name`` starts from: its own, unless it declares another's (``base_world``)."""
+    return getattr(get_world(name), "base_world", name)
+
+
+def base_worlds() -> list[str]:
+    """The worlds that have a base model of their own (the shipped folders)."""
+    return sorted({base_world(name) for name in WORLDS})
+
+
 def get_world(name: str):
     if name not in WORLDS:
         raise ValueError(f"unknown toy world {name!r}; known: {', '.join(known_worlds())}")
@@ -36,11 +46,13 @@ def get_world(name: str):
 
 def shipped_path(name: str, suffix: str = "") -> str:
     """Where the package keeps toy world ``name``'s base model (or, with ``suffix``, a file made from it)."""
+    name = base_world(name)
     return os.path.join(SHIPPED, f"{name}-{get_world(name).version}{suffix}")
 
 
 def resolve_toy_model(name: str) -> str:
     """The folder of toy world ``name``'s base model: the shipped one, else one trained here once and cached."""
+    name = base_world(name)
     shipped = shipped_path(name)
     if os.path.isdir(shipped):
         return shipped
@@ -67,5 +79,5 @@ def build_base_model(name: str, path: str) -> str:
     return path
 
 
-__all__ = ["SHIPPED", "WORLDS", "build_base_model", "cache_root", "get_world", "known_worlds", "resolve_toy_model",
+__all__ = ["SHIPPED", "WORLDS", "base_world", "base_worlds", "build_base_model", "cache_root", "get_world", "known_worlds", "resolve_toy_model",
            "shipped_path"]

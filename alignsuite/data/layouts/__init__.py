@@ -2,9 +2,15 @@
 
 from alignsuite.data.layouts.base import Layout
 from alignsuite.data.layouts.dimensions import DimensionPairs
+from alignsuite.data.layouts.image_lists import ImageLists
 from alignsuite.data.layouts.images import ImagePairs, ImageUnpaired
+from alignsuite.data.layouts.lists import ListLayout, TextLists
 from alignsuite.data.layouts.speech import SpeechPairs
+from alignsuite.data.layouts.speech_lists import SpeechLists
 from alignsuite.data.layouts.text import TextPairs, TextUnpaired
 from alignsuite.data.layouts.vision import VisionPairs
 
-__all__ = ["DimensionPairs", "ImagePairs", "ImageUnpaired", "Layout", "SpeechPairs", "TextPairs", "TextUnpaired", "VisionPairs"]
+__all__ = [
+    "DimensionPairs", "ImageLists", "ImagePairs", "ImageUnpaired", "Layout", "ListLayout", "SpeechLists", "SpeechPairs",
+    "TextLists", "TextPairs", "TextUnpaired", "VisionPairs",
+]

@@ -1,0 +1,113 @@
+"""References that follow the policy at boundaries of the data or of the loop, never at a step count.
+
+sDPO (Kim et al. 2024, arXiv 2403.19270) and Curry-DPO (Pattnaik et al. 2024, arXiv 2403.07230) train in stages
+and take as stage ``t``'s reference the policy at the end of stage ``t - 1``; multi-round DPO (mrDPO, video-SALMONN 2)
+merges the LoRA adapter into the base and starts a fresh one at each round. The boundary comes from the data:
+the stage sampler (``data.stages``) makes every batch one stage's, and the module calls ``enter_stage`` with each
+batch's stage; the iterate loop will call ``sync`` at a round boundary.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from alignsuite.backbones.base import Backbone
+from alignsuite.backbones.lora import merge_and_reinit
+from alignsuite.reference import Dtype, FrozenCopy
+from alignsuite.sharding import ShardingError, weights_for_checkpoint
+
+
+def merge_and_reinit_lora(module, seed: int) -> int:
+    """Merge the policy's LoRA adapter into its base and start a fresh one (``B = 0``: the function is unchanged),
+    and drop the optimizer state (AdamW's moments and step count) of the fresh adapter's parameters, so the
+    new adapter starts as a new one would. Returns the number of re-initialised tensors."""
+    fresh = merge_and_reinit(module.backbone.policy, seed)
+    trainer = getattr(module, "_trainer", None)
+    for optimizer in (trainer.optimizers if trainer is not None else []):
+        for p in fresh:
+            optimizer.state.pop(p, None)
+    return len(fresh)
+
+
+class StageSync(FrozenCopy):
+    """The reference of stage ``t`` is the policy at the end of stage ``t - 1`` (stage 0: the starting weights):
+    sDPO's and Curry-DPO's hard re-sync, at the stage sampler's boundaries (``data.stages``).
+
+    Full fine-tuning: a frozen copy whose weights are overwritten with the policy's when a stage starts. Under
+    LoRA (mrDPO's merge-and-reinit): at a stage start the adapter is merged into the base and a fresh one (``B =
+    0``) started, with its optimizer state reset; the reference is the policy with the adapter disabled, i.e. the
+    merged model: no second copy of the weights.
+
+    The stage and the reference's weights (full fine-tuning, once synced) travel with a checkpoint, so a run
+    resumed in stage 2 scores with stage 2's reference; under LoRA the merged base is in the policy's own state.
+
+    Args:
+        seed: seed of the fresh adapters' ``A`` (under LoRA), with the stage added.
+        dtype: as `FrozenCopy`'s (full fine-tuning).
+    """
+
+    follows_stages = True
+
+    def __init__(self, seed: int = 0, dtype: Dtype | None = None) -> None:
+        super().__init__(None, dtype)
+        self.seed = seed
+        self.stage: int | None = None  # the stage being trained; None before the first batch
+        self.synced = False  # whether the weights are no longer the starting ones
+        self.adapters = False
+
+    def build(self, backbone: Backbone) -> None:
+        self.adapters = backbone.has_adapters
+        if not self.adapters:
+            super().build(backbone)
+
+    def shard(self, backbone: Backbone, shard) -> None:
+        raise ShardingError("reference StageSync is not supported under FSDP2 (model parallel strategy) yet: a stage's"
+                            " reference weights (or LoRA merge) would not travel in its sharded checkpoints; use DDP")
+
+    def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
+        if self.adapters:
+            with backbone.adapters_disabled():
+                return backbone.score(prepared).score
+        return super().score(backbone, prepared, batch)
+
+    def score_tokens(self, backbone: Backbone, prepared, batch: dict, needs):
+        if self.adapters:
+            with backbone.adapters_disabled():
+                return backbone.score_tokens(prepared, needs=needs, of_reference=True)
+        return super().score_tokens(backbone, prepared, batch, needs)
+
+    def enter_stage(self, module, stage: int) -> None:
+        """Called with each training batch's stage: a change from the stage being trained re-syncs."""
+        previous, self.stage = self.stage, stage
+        if previous is not None and stage != previous:
+            self.sync(module, stage)
+
+    @torch.no_grad()
+    def sync(self, module, stage: int | None = None) -> None:
+        """Make the reference the policy as it is now (a stage or round boundary)."""
+        if self.adapters:
+            merge_and_reinit_lora(module, self.seed * 1_000_003 + (stage or 0))
+        else:
+            policy = dict(module.backbone.policy.named_parameters())
+            for name, ref in self.model.named_parameters():
+                ref.copy_(policy[name].detach().to(ref.dtype))
+        self.synced = True
+        rank_zero_info(f"stage {stage}: the reference is now the policy at global step {module.global_step}"
+                       + (" (LoRA merged into the base, a fresh adapter started)" if self.adapters else ""))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["stage_reference"] = {"stage": self.stage, "synced": self.synced}
+        if self.synced and not self.adapters:
+            checkpoint["stage_reference_weights"] = weights_for_checkpoint(self.model, "reference StageSync")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("stage_reference")
+        if state is None:
+            return
+        self.stage, self.synced = state["stage"], state["synced"]
+        self.restore(checkpoint.get("stage_reference_weights"))
+
+
+__all__ = ["StageSync", "merge_and_reinit_lora"]
