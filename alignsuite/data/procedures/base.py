@@ -187,6 +187,13 @@ class ListProcedure(Procedure):
             return None
         return valid
 
+    @staticmethod
+    def moments(valid: list[tuple[int, Any, float]]) -> tuple[float, float]:
+        """The mean and the population variance of the scores of ``valid`` (as :meth:`scored_responses` gives)."""
+        scores = [s for _, _, s in valid]
+        mean = sum(scores) / len(scores)
+        return mean, sum((s - mean) ** 2 for s in scores) / len(scores)
+
     def pair(self, row: Row, chosen: tuple[int, Any, float], rejected: tuple[int, Any, float], **values: Any) -> Row:
         """A pair row made from a list row: its other columns, ``prompt``/``chosen``/``rejected`` and the scores."""
         return carry(row, (self.responses_field, self.scores_field, self.prompt_field),

@@ -41,9 +41,8 @@ class SweetSpotPairs(ListProcedure):
             valid = self.scored_responses(row, report)
             if valid is None:
                 continue
-            scores = [s for _, _, s in valid]
-            mu = sum(scores) / len(scores)
-            sigma = math.sqrt(sum((s - mu) ** 2 for s in scores) / len(scores))
+            mu, variance = self.moments(valid)
+            sigma = math.sqrt(variance)
             best = max(valid, key=lambda r: (r[2], -r[0]))
             if sigma == 0:
                 report.drop(row, "all scores equal")

@@ -112,9 +112,7 @@ class AIRPairs(ListProcedure):
             valid = self.scored_responses(row, report)
             if valid is None:
                 continue
-            scores = [s for _, _, s in valid]
-            mean = sum(scores) / len(scores)
-            variance = sum((s - mean) ** 2 for s in scores) / len(scores)
+            mean, variance = self.moments(valid)
             if self.max_variance is not None and variance > self.max_variance:
                 report.drop(row, "score variance above max_variance")
                 continue
