@@ -141,6 +141,21 @@ def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
     return built
 
 
+def evaluation_prompts(evaluation: Evaluation, backbone, scorers: list, modality: str, datamodule=None) -> list[dict]:
+    """The prompt rows of ``evaluation.prompts``, checked against the backbone's image column and the scorers'
+    columns; a missing or unreadable prompt set is an :class:`EvaluationError`."""
+    if not evaluation.prompts:
+        raise EvaluationError("evaluate.prompts: give a prompt file, toy:<world> or heldout")
+    try:
+        rows = load_prompts(evaluation.prompts, evaluation.num_prompts, evaluation.seed, evaluation.prompt_column,
+                            datamodule)
+        check_images(rows, backbone.image_column, evaluation.prompts)
+        check_columns(rows, scorers, modality, evaluation.prompts)
+    except (PromptFileError, ValueError, FileNotFoundError) as error:
+        raise EvaluationError(str(error)) from None
+    return rows
+
+
 def generate_all(backbone, rows: list[dict], seed: int, batch_size: int, kwargs: dict) -> tuple[list, list[str]]:
     """One output per row (``None`` where generation failed) and the failures' messages. Batch ``k`` samples
     from ``seed + k``; a failed batch is retried one prompt at a time with the same seed
@@ -182,15 +197,7 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
     gen_scorers = [s for s in evaluation.scorers if not getattr(s, "needs_pairs", False)]
     rows: list[dict] = []
     if gen_scorers:
-        if not evaluation.prompts:
-            raise EvaluationError("evaluate.prompts: give a prompt file, toy:<world> or heldout")
-        try:
-            rows = load_prompts(evaluation.prompts, evaluation.num_prompts, evaluation.seed, evaluation.prompt_column,
-                                datamodule)
-            check_images(rows, backbone.image_column, evaluation.prompts)
-            check_columns(rows, gen_scorers, modality, evaluation.prompts)
-        except (PromptFileError, ValueError, FileNotFoundError) as error:
-            raise EvaluationError(str(error)) from None
+        rows = evaluation_prompts(evaluation, backbone, gen_scorers, modality, datamodule)
     if not os.path.exists(evaluation.aligned):
         raise EvaluationError(f"evaluate.aligned {evaluation.aligned}: no such folder or checkpoint")
     output_dir = evaluation.output_dir or default_output_dir(evaluation.aligned)

@@ -22,10 +22,9 @@ import traceback
 
 from alignsuite.evaluation.front import BASE, COMPARISON, PREFERENCE, WEIGHTS, FrontPoint, FrontResults, \
     check_preference, interval, simplex_grid, summary_lines
-from alignsuite.evaluation.prompts import PromptFileError, check_columns, check_images, load_prompts
 from alignsuite.evaluation.results import RESULTS_FILE
 from alignsuite.evaluation.run import Evaluation, EvaluationError, _jsonable, aligned_backbone, default_output_dir, \
-    generate_all
+    evaluation_prompts, generate_all
 from alignsuite.generation import row_conditions
 
 ENTRY_KEYS = {"front": ("label", "aligned", "weights"), "comparisons": ("label", "aligned")}
@@ -115,15 +114,7 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
     if evaluation.reference_point is not None and len(evaluation.reference_point) != len(names):
         raise EvaluationError(f"evaluate.reference_point = {evaluation.reference_point}: one value per dimension"
                               f" ({', '.join(names)})")
-    if not evaluation.prompts:
-        raise EvaluationError("evaluate.prompts: give a prompt file, toy:<world> or heldout")
-    try:
-        rows = load_prompts(evaluation.prompts, evaluation.num_prompts, evaluation.seed, evaluation.prompt_column,
-                            datamodule)
-        check_images(rows, backbone.image_column, evaluation.prompts)
-        check_columns(rows, evaluation.scorers, modality, evaluation.prompts)
-    except (PromptFileError, ValueError, FileNotFoundError) as error:
-        raise EvaluationError(str(error)) from None
+    rows = evaluation_prompts(evaluation, backbone, evaluation.scorers, modality, datamodule)
     first = evaluation.aligned or front[0]["aligned"]  # one of them: a front has swept points
     output_dir = evaluation.output_dir or os.path.join(default_output_dir(first), "front")
 
