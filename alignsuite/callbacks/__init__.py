@@ -11,6 +11,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "ImageGrid": "image_grid",
     "Preempted": "preemption",
     "PredictionWriter": "predictions",
+    "PreferenceSampler": "preference",
     "SpeechSamples": "speech_samples",
     "ValidationSamples": "samples",
     "ValidationScores": "scores",
@@ -19,5 +20,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 
 __all__ = [
     "CheckpointOnPreemption", "ExportError", "ExportPretrained", "GenerationReward", "ImageGrid", "Preempted",
-    "PredictionWriter", "SpeechSamples", "ValidationSamples", "ValidationScores", "VisionSamples",
+    "PredictionWriter", "PreferenceSampler", "SpeechSamples", "ValidationSamples", "ValidationScores", "VisionSamples",
 ]
