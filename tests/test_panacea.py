@@ -3,7 +3,9 @@ the per-step preference draw, and the loss that aggregates one DPO term per dime
 
 from __future__ import annotations
 
+import glob
 import math
+import os
 
 import pytest
 import torch
@@ -12,8 +14,11 @@ from alignsuite.backbones import CausalLM, LoraSpec, PanaceaLM, PanaceaSpec
 from alignsuite.backbones.base import ViewInputs
 from alignsuite.backbones.svd_lora import adapters
 from alignsuite.callbacks.preference import PreferenceSampler, draw_preference
+from alignsuite.checkpoint_io import read_checkpoint
+from alignsuite.cli import main
 from alignsuite.objectives import get_objective
 from alignsuite.scores import PairScores
+from alignsuite.toy.llm_case import preference_front
 
 HAND_WORKED = ("panacea",)
 DIMS = ["helpful", "safe"]
@@ -208,3 +213,39 @@ def test_sampler_refuses_a_checkpoint_with_another_seed():
     s = PreferenceSampler(seed=1)
     with pytest.raises(ValueError, match="seed=0"):
         s.load_state_dict(PreferenceSampler(seed=0).state_dict())
+
+
+# ------------------------------------------------------------------------------------------------ the toy recipe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "recipes", "toy", "llm_panacea.yaml")
+SHORT = ["--data.init_args.num_train", "32", "--data.init_args.num_val", "16", "--trainer.enable_progress_bar", "false",
+         "--trainer.val_check_interval", "2"]
+
+
+def fit(out, *args) -> dict:
+    main(["fit", "--config", RECIPE, "--trainer.logger.init_args.save_dir", str(out), "--checkpoint.dirpath",
+          str(out / "ckpt"), *SHORT, *args])
+    return read_checkpoint(str(out / "ckpt" / "last.ckpt"))
+
+
+def drawn(checkpoint: dict) -> list:
+    return [state["drawn"] for key, state in checkpoint["callbacks"].items() if "PreferenceSampler" in key][0]
+
+
+def test_recipe_end_to_end_and_a_resumed_run_draws_the_same_preferences(tmp_path):
+    """The shipped recipe, shortened (2 epochs of 2 steps): it trains, exports a model that loads back with its
+    adapter and generates at any preference; a run stopped after its first epoch and resumed draws the 4 vectors
+    the whole run drew."""
+    whole = drawn(fit(tmp_path / "whole", "--trainer.max_epochs", "2"))
+    assert [step for step, _ in whole] == [0, 1, 2, 3] and len({tuple(v) for _, v in whole}) == 4
+    assert whole == [(s, draw_preference(0, s, 2)) for s in range(4)]
+    export = glob.glob(str(tmp_path / "whole" / "*" / "version_0" / "export"))[0]
+    bb = PanaceaLM(export, max_length=32, max_prompt_length=16)
+    bb.configure()
+    points = preference_front(bb, [[0.8, 0.2], [0.5, 0.5], [0.2, 0.8]], num_prompts=16)
+    assert all(0 <= p["caps"] <= 1 and 0 <= p["lower"] <= 1 for p in points)
+    assert [s for s, _ in drawn(fit(tmp_path / "part"))] == [0, 1]
+    resumed = drawn(fit(tmp_path / "part", "--trainer.max_epochs", "2", "--ckpt_path",
+                        str(tmp_path / "part" / "ckpt" / "last.ckpt")))
+    assert [(s, list(v)) for s, v in resumed] == [(s, list(v)) for s, v in whole]
