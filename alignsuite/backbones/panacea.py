@@ -62,6 +62,8 @@ class PanaceaLM(CausalLM):
         model_name_or_path: a base model (folder, hub id, ``toy:llm``) or a Panacea export (base + adapter).
         panacea: the adapter's settings (rank, rank per preference, target modules, scale init); the preference
             length is read from the data's dimensions at setup, or from an export's ``panacea.json``.
+        preference: the vector the model starts with (``predict`` and ``validate`` generate with it); uniform when
+            None. Training draws its own each step (``PreferenceSampler``).
         The others: as `CausalLM`'s.
     """
 
@@ -69,6 +71,7 @@ class PanaceaLM(CausalLM):
         self,
         model_name_or_path: str,
         panacea: PanaceaSpec | None = None,
+        preference: list[float] | None = None,
         tokenizer_name_or_path: str | None = None,
         max_length: int = 1024,
         max_prompt_length: int = 512,
@@ -88,6 +91,7 @@ class PanaceaLM(CausalLM):
                          gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code, chat_template,
                          share_prompt, pack_rows, lm_head_at_scored_only, lm_head_chunk, tokenize_in_loader)
         self.panacea = panacea if panacea is not None else PanaceaSpec()
+        self.initial_preference = None if preference is None else [float(v) for v in preference]
         self._state: PreferenceState | None = None
 
     @property
@@ -126,6 +130,9 @@ class PanaceaLM(CausalLM):
         self._state = apply_adapter(self.policy, self.panacea)
         if folder is not None:
             load_adapter(self.policy, folder)
+        if self.initial_preference is not None:
+            values = check_preference(self.initial_preference, self.preference_dim, "backbone.preference")
+            self._state.vector = torch.tensor(values, dtype=torch.float32)
         if self.gradient_checkpointing:
             self.policy.enable_input_require_grads()
 
