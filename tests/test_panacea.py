@@ -276,3 +276,11 @@ def test_one_panacea_model_spans_the_front(tmp_path, seed):
     assert caps_first["caps"] - lower_first["caps"] > 0.4, (caps_first, lower_first)
     assert lower_first["lower"] - caps_first["lower"] > 0.3, (caps_first, lower_first)
     assert mostly_lower["lower"] > 0.6, mostly_lower
+
+
+def test_sampler_refuses_a_backbone_without_a_preference_adapter():
+    from types import SimpleNamespace
+
+    module = SimpleNamespace(backbone=CausalLM("toy:llm"))
+    with pytest.raises(ValueError, match="takes no preference vector; use alignsuite.backbones.PanaceaLM"):
+        PreferenceSampler().on_train_batch_start(SimpleNamespace(global_step=0), module, {}, 0)

@@ -154,7 +154,8 @@ class PanaceaLM(CausalLM):
         values = check_preference(vector, self.preference_dim)
         if self._state is None:
             raise ValueError("set_preference: the model is not built yet (configure it first)")
-        self._state.vector = torch.tensor(values, dtype=torch.float32)
+        device = next(iter(adapters(self.policy).values())).sigma.device
+        self._state.vector = torch.tensor(values, dtype=torch.float32, device=device)
 
     @property
     def preference(self) -> list[float]:
