@@ -265,17 +265,17 @@ def test_the_preference_option_sets_the_starting_vector_and_is_checked():
 def test_one_panacea_model_spans_the_front(tmp_path, seed):
     """One run of the shipped recipe: the preference moves the model across the (caps, lower) plane, from the
     capital echo at (1, 0) to the lower-case one at (0, 1), and at (0.2, 0.8) it is as good on lower case as
-    MODPO's runs at that vector (0.71-0.76). Measured over seeds 0-2 (docs/language.md): caps 0.70 apart or more,
-    lower 0.59 apart or more, lower 0.73 or more at (0.2, 0.8); asserted: 0.4, 0.3, 0.6."""
+    MODPO's runs at that vector (0.71-0.76). Measured over seeds 0-2 (docs/language.md): caps 0.87 apart or more,
+    lower 0.61 apart or more, lower 0.69 or more at (0.2, 0.8); asserted: 0.5, 0.35, 0.55."""
     main(["fit", "--config", RECIPE, "--trainer.logger.init_args.save_dir", str(tmp_path), "--checkpoint.dirpath",
           str(tmp_path / "ckpt"), "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed),
           "--data.init_args.seed", str(seed)])
     bb = PanaceaLM(glob.glob(str(tmp_path / "*" / "version_0" / "export"))[0], max_length=32, max_prompt_length=16)
     bb.configure()
     caps_first, lower_first, mostly_lower = preference_front(bb, [[1.0, 0.0], [0.0, 1.0], [0.2, 0.8]])
-    assert caps_first["caps"] - lower_first["caps"] > 0.4, (caps_first, lower_first)
-    assert lower_first["lower"] - caps_first["lower"] > 0.3, (caps_first, lower_first)
-    assert mostly_lower["lower"] > 0.6, mostly_lower
+    assert caps_first["caps"] - lower_first["caps"] > 0.5, (caps_first, lower_first)
+    assert lower_first["lower"] - caps_first["lower"] > 0.35, (caps_first, lower_first)
+    assert mostly_lower["lower"] > 0.55, mostly_lower
 
 
 def test_sampler_refuses_a_backbone_without_a_preference_adapter():

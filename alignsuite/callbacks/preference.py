@@ -17,7 +17,7 @@ def draw_preference(seed: int, step: int, dim: int, alpha: float = 1.0) -> list[
 class PreferenceSampler(Callback):
     """Before each training batch, draw the step's preference vector, set it on the backbone
     (``backbone.set_preference``) and put it in the batch (``batch["preference_vector"]``, which ``panacea`` reads);
-    before each validation batch, set ``val_preference``.
+    before each validation batch, set the validation vector (``val_preference``).
 
     The draw is uniform on the simplex (Dirichlet(1)) by default, one per optimizer step (micro-batches of one
     accumulated step share it), seeded by ``seed`` and the global step: the same on every process under DDP, and
@@ -28,7 +28,8 @@ class PreferenceSampler(Callback):
     Args:
         seed: the draws' seed.
         alpha: the Dirichlet concentration (1: uniform on the simplex).
-        val_preference: the vector validation scores (and generates) with; uniform when None.
+        val_preference: the vector validation scores (and generates) with; when None, the backbone's ``preference``
+            option, else uniform.
         history: how many of the latest draws the checkpoint records.
     """
 
@@ -61,7 +62,7 @@ class PreferenceSampler(Callback):
     def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
         dim = self._dim(pl_module)
-        vector = self.val_preference or [1.0 / dim] * dim
+        vector = self.val_preference or getattr(pl_module.backbone, "initial_preference", None) or [1.0 / dim] * dim
         pl_module.backbone.set_preference(vector)
         batch["preference_vector"] = [float(v) for v in vector]
 
