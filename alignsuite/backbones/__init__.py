@@ -13,10 +13,13 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "FlowMatchingTTS": "flow_tts",
     "FlowTTSModel": "flow_tts_model",
     "LoraSpec": "lora",
+    "PanaceaLM": "panacea",
+    "PanaceaSpec": "svd_lora",
     "SpeechTokenLM": "speech_tokens",
     "TextToImage": "text_to_image",
     "VisionLanguage": "vision_language",
 })
 
-__all__ = ["Backbone", "CausalLM", "FlowMatchingTTS", "LoraSpec", "SequenceScores", "SpeechTokenLM", "TextToImage",
+__all__ = ["Backbone", "CausalLM", "FlowMatchingTTS", "LoraSpec", "PanaceaLM", "PanaceaSpec",
+           "SequenceScores", "SpeechTokenLM", "TextToImage",
            "VisionLanguage"]

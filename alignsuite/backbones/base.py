@@ -87,6 +87,8 @@ class Backbone(nn.Module):
     # Set by the module under FSDP2 on every process but the first: build the sharded models (policy and
     # reference) on the meta device from their configs, reading no weights; the first process sends them.
     empty_weights: bool = False
+    # The length of the preference vector the policy takes (a Panacea adapter's); 0: it takes none.
+    preference_dim: int = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -125,6 +127,11 @@ class Backbone(nn.Module):
         for p in self.parameters():
             if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
                 p.data = p.data.float()
+
+    def set_preference(self, vector) -> None:
+        """Condition the policy on a preference vector (``preference_dim`` floats on the simplex), until set again."""
+        raise ValueError(f"this model was not trained with a preference vector ({type(self).__name__} has no"
+                         " preference adapter): leave the preference out")
 
     # ---------------------------------------------------------------- lifecycle hooks
     def on_setup(self, datamodule: PreferenceData) -> None:

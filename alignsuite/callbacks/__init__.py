@@ -12,6 +12,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "MergeAndReinitLoRA": "lora_merge",
     "Preempted": "preemption",
     "PredictionWriter": "predictions",
+    "PreferenceSampler": "preference",
     "SpeechSamples": "speech_samples",
     "ValidationSamples": "samples",
     "ValidationScores": "scores",
@@ -19,6 +20,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 })
 
 __all__ = [
-    "CheckpointOnPreemption", "ExportError", "ExportPretrained", "GenerationReward", "ImageGrid", "MergeAndReinitLoRA", "Preempted",
-    "PredictionWriter", "SpeechSamples", "ValidationSamples", "ValidationScores", "VisionSamples",
+    "CheckpointOnPreemption", "ExportError", "ExportPretrained", "GenerationReward", "ImageGrid", "MergeAndReinitLoRA",
+    "Preempted", "PredictionWriter", "PreferenceSampler", "SpeechSamples", "ValidationSamples", "ValidationScores",
+    "VisionSamples",
 ]

@@ -20,6 +20,7 @@ from alignsuite.objectives.length_normalised import LNDPO, RePO
 from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
 from alignsuite.objectives.multi_objective import MODPO
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
+from alignsuite.objectives.panacea import Panacea
 from alignsuite.objectives.pairwise import (
     CDPO,
     DPO,
@@ -73,6 +74,7 @@ __all__ = [
     "ListObjective",
     "MDPO",
     "MODPO",
+    "Panacea",
     "MPO",
     "MaPO",
     "NCA",

@@ -63,3 +63,23 @@ class CaseEchoWorld(EchoWorld):
             rows.append({"prompt": prompt, "response_0": a, "response_1": b, "caps_id": 0 if rng.random() < p_a else 1,
                          "lower_0": ra["lower"], "lower_1": rb["lower"]})
         return rows
+
+
+def preference_front(backbone, vectors: list[list[float]], num_prompts: int = 128, seed: int = 1234
+                     ) -> list[dict[str, float]]:
+    """Both rewards of ``backbone``'s greedy generations on the world's ``num_prompts`` evaluation prompts (those
+    ``GenerationReward(world: llm_case)`` scores), once per preference vector: per vector its ``caps`` and ``lower``
+    means and each one's 95% half-interval over the prompts (``caps_ci``, ``lower_ci``)."""
+    world = CaseEchoWorld()
+    prompts = world.eval_prompts(num_prompts, seed)
+    points = []
+    for w in vectors:
+        generations = backbone.generate(prompts, preference=w, **world.generation_kwargs)
+        point: dict[str, float] = {}
+        for d in world.dimensions:
+            values = [world.rewards(p, g)[d] for p, g in zip(prompts, generations)]
+            mean = sum(values) / len(values)
+            var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
+            point[d], point[f"{d}_ci"] = mean, 1.96 * math.sqrt(var / len(values))
+        points.append(point)
+    return points

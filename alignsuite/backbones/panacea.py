@@ -1,0 +1,185 @@
+"""A causal language model with a Panacea adapter: one model for a whole front of preferences.
+
+The policy is the base model with an SVD-LoRA adapter (:mod:`.svd_lora`) on its target linear layers, the
+preference vector among the adapter's singular values. ``set_preference(w)`` chooses the trade-off (training:
+a per-step draw, ``alignsuite.callbacks.PreferenceSampler``; inference: ``generate(..., preference=w)``). The
+reference is the base, the adapter off (``AdapterDisabled``).
+
+Export: a preference vector cannot be merged into the weights without fixing it, so ``save_pretrained`` writes
+the base model unmerged and the adapter beside it (``panacea_adapter.safetensors``, ``panacea.json``), whatever
+``merge_adapters`` says; ``PanaceaLM(model_name_or_path=<that folder>)`` loads both back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal
+
+import torch
+from torch import nn
+
+from alignsuite.backbones.causal_lm import CausalLM
+from alignsuite.backbones.svd_lora import (
+    PanaceaSpec,
+    PreferenceState,
+    adapters,
+    apply_adapter,
+    base_state_dict,
+    load_adapter,
+    save_adapter,
+    saved_spec,
+)
+from alignsuite.backbones.tokenize import Text
+from alignsuite.sources import resolve_model_path
+
+SIMPLEX_TOLERANCE = 1e-6
+
+
+def check_preference(vector: Sequence[float], dim: int, option: str = "preference") -> list[float]:
+    """``vector`` as floats when it is on the simplex of ``dim`` entries; else an error naming ``option``."""
+    try:
+        values = [float(v) for v in vector]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{option} must be a sequence of {dim} floats, got {vector!r}") from e
+    if len(values) != dim:
+        raise ValueError(f"{option} has {len(values)} entries and the model takes a preference vector of {dim}"
+                         " (one per preference dimension it was trained on)")
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"{option} must have finite entries >= 0 (a point of the simplex), got {values}")
+    if abs(sum(values) - 1.0) > SIMPLEX_TOLERANCE:
+        raise ValueError(f"{option} must sum to 1 (a point of the simplex), got {values} (sum {sum(values)})")
+    return values
+
+
+class PanaceaLM(CausalLM):
+    """A causal LM trained with a Panacea adapter (Zhong et al. 2024, arXiv 2402.02030) instead of LoRA.
+
+    Args:
+        model_name_or_path: a base model (folder, hub id, ``toy:llm``) or a Panacea export (base + adapter).
+        panacea: the adapter's settings (rank, rank per preference, target modules, scale init); the preference
+            length is read from the data's dimensions at setup, or from an export's ``panacea.json``.
+        preference: the vector the model starts with (``predict`` and ``validate`` generate with it); uniform when
+            None. Training draws its own each step (``PreferenceSampler``).
+        The others: as `CausalLM`'s.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        panacea: PanaceaSpec | None = None,
+        preference: list[float] | None = None,
+        tokenizer_name_or_path: str | None = None,
+        max_length: int = 1024,
+        max_prompt_length: int = 512,
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        disable_dropout: bool = True,
+        trust_remote_code: bool = False,
+        chat_template: str | None = None,
+        share_prompt: bool = True,
+        pack_rows: bool = True,
+        lm_head_at_scored_only: bool = True,
+        lm_head_chunk: int | None = None,
+        tokenize_in_loader: bool = True,
+    ) -> None:
+        super().__init__(model_name_or_path, tokenizer_name_or_path, None, max_length, max_prompt_length, dtype,
+                         gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code, chat_template,
+                         share_prompt, pack_rows, lm_head_at_scored_only, lm_head_chunk, tokenize_in_loader)
+        self.panacea = panacea if panacea is not None else PanaceaSpec()
+        self.initial_preference = None if preference is None else [float(v) for v in preference]
+        self._state: PreferenceState | None = None
+
+    @property
+    def has_adapters(self) -> bool:
+        return True
+
+    @property
+    def preference_dim(self) -> int:
+        return self.panacea.preference_dim or 0
+
+    def _export_folder(self) -> str | None:
+        path = resolve_model_path(self.model_name_or_path)
+        return path if os.path.isdir(path) and saved_spec(path) is not None else None
+
+    def on_setup(self, datamodule) -> None:
+        dims = tuple(getattr(datamodule.layout, "preference_dimensions", ()) or ())
+        given = self.panacea.preference_dim
+        if dims and given is not None and given != len(dims):
+            raise ValueError(f"backbone.panacea.preference_dim is {given} and the data layout {datamodule.layout.name}"
+                             f" has {len(dims)} preference dimensions ({', '.join(dims)}); leave it out to use the data's")
+        if dims and given is None:
+            self.panacea = replace(self.panacea, preference_dim=len(dims))
+        super().on_setup(datamodule)
+
+    def configure(self) -> None:
+        if self.policy is not None:
+            return
+        folder = self._export_folder()
+        if folder is not None:  # an export: its adapter's settings win; they must agree with the data's length
+            spec = saved_spec(folder)
+            if self.panacea.preference_dim not in (None, spec.preference_dim):
+                raise ValueError(f"{folder} holds a Panacea adapter for {spec.preference_dim} preferences, and the data"
+                                 f" has {self.panacea.preference_dim}")
+            self.panacea = spec
+        super().configure()  # loads the base (lora is None: no PEFT)
+        self._state = apply_adapter(self.policy, self.panacea)
+        if folder is not None:
+            load_adapter(self.policy, folder)
+        if self.initial_preference is not None:
+            values = check_preference(self.initial_preference, self.preference_dim, "backbone.preference")
+            self._state.vector = torch.tensor(values, dtype=torch.float32)
+        if self.gradient_checkpointing:
+            self.policy.enable_input_require_grads()
+
+    def adapters_disabled(self):
+        @contextlib.contextmanager
+        def off():
+            self._state.enabled = False
+            try:
+                yield
+            finally:
+                self._state.enabled = True
+
+        return off()
+
+    # ---------------------------------------------------------------- the preference
+    def set_preference(self, vector: Sequence[float]) -> None:
+        if self.preference_dim == 0:
+            super().set_preference(vector)
+        values = check_preference(vector, self.preference_dim)
+        if self._state is None:
+            raise ValueError("set_preference: the model is not built yet (configure it first)")
+        device = next(iter(adapters(self.policy).values())).sigma.device
+        self._state.vector = torch.tensor(values, dtype=torch.float32, device=device)
+
+    @property
+    def preference(self) -> list[float]:
+        return self._state.vector.tolist()
+
+    def scales(self) -> torch.Tensor:
+        """Every adapted layer's preference scale ``s`` (watch that it does not collapse to 0)."""
+        return torch.stack([a.scale.detach() for a in adapters(self.policy).values()])
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Text], model: nn.Module | None = None, seed: int | None = None,
+                 max_new_tokens: int = 64, do_sample: bool | None = None, preference: Sequence[float] | None = None,
+                 **kwargs) -> list[str]:
+        """As `CausalLM.generate`; ``preference`` sets the preference vector first (and it stays set)."""
+        if preference is not None:
+            self.set_preference(preference)
+        return super().generate(prompts, model, seed, max_new_tokens, do_sample, **kwargs)
+
+    # ---------------------------------------------------------------- export
+    def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
+        """The base model (unmerged: merging would fix the preference) and the adapter beside it."""
+        self.policy.save_pretrained(path, state_dict=base_state_dict(self.policy))
+        save_adapter(self.policy, self.panacea, path)
+        self.tokenizer.save_pretrained(path)
+
+
+__all__ = ["PanaceaLM", "PanaceaSpec", "check_preference"]
