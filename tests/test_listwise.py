@@ -248,6 +248,38 @@ def as_lists(labels=(1.0, 0.0)):
                       torch.stack([REF_R, REF_C], 1))
 
 
+def test_list_mle_sft_term_is_the_best_responses_per_token_nll():
+    # Row 1: best by label is entry 1 (label 3): NLL 0.8 / 4 = 0.2. Row 2: entry 1 is padded, entries 0 and 2
+    # tie for best and the first in data order counts: NLL 3.0 / 3 = 1.0. Mean over the lists: 0.6.
+    nan = float("nan")
+    scores = torch.tensor([[-1.2, -0.8, -2.0], [-3.0, -1.0, -6.0]])
+    s = ListScores(scores, torch.tensor([[1.0, 3.0, 2.0], [2.0, nan, 2.0]]), torch.zeros(2, 3),
+                   torch.tensor([[2.0, 4.0, 5.0], [3.0, 1.0, 2.0]]), torch.tensor([[1, 1, 1], [1, 0, 1]]).bool())
+    # Plackett-Luce by hand (beta 1, reference 0), label order [1, 2, 0] and [0, 2].
+    row1 = -(-0.8 - lse(-0.8, -2.0, -1.2)) - (-2.0 - lse(-2.0, -1.2))
+    row2 = -(-3.0 - lse(-3.0, -6.0))
+    preference = (row1 + row2) / 2
+    out = get_objective("list_mle", beta=1.0, list_size=3, sft_weight=2.0)(s)
+    assert out.metrics["loss/preference"].item() == pytest.approx(preference, abs=1e-6)
+    assert out.metrics["loss/sft"].item() == pytest.approx(0.6, abs=1e-6)
+    assert out.loss.item() == pytest.approx(preference + 2.0 * 0.6, abs=1e-6)
+    off = get_objective("list_mle", beta=1.0, list_size=3)(s)  # off by default: the loss alone, nothing logged
+    assert off.loss.item() == pytest.approx(preference, abs=1e-6)
+    assert "loss/sft" not in off.metrics and "loss/preference" not in off.metrics
+
+
+def test_list_mle_with_sft_at_two_responses_is_dpo_with_sft():
+    lengths = torch.tensor([[3.0, 2.0], [1.0, 4.0], [2.0, 2.0]])  # [rejected, chosen], as as_lists orders them
+    pair = PairScores(CHOSEN, REJECTED, REF_C, REF_R, lengths[:, 1], lengths[:, 0])
+    listed = as_lists()
+    listed = ListScores(listed.scores, listed.labels, listed.ref, lengths)
+    dpo = get_objective("dpo", beta=0.5, sft_weight=1.5)(pair)
+    pl = get_objective("list_mle", beta=0.5, list_size=2, sft_weight=1.5)(listed)
+    for key in ("loss/preference", "loss/sft"):
+        assert pl.metrics[key].item() == pytest.approx(dpo.metrics[key].item(), abs=1e-7)
+    assert pl.loss.item() == pytest.approx(dpo.loss.item(), abs=1e-6)
+
+
 @pytest.mark.parametrize("name,hparams,pairwise,pair_hparams,labels", [
     ("lipo", {"loss_type": "pair_logistic"}, "dpo", {}, (1.0, 0.0)),
     ("lipo", {"loss_type": "pair_hinge"}, "hinge", {}, (1.0, 0.0)),
@@ -347,7 +379,7 @@ def test_equal_labels_make_no_pair(name):
 @pytest.mark.parametrize("name,hparams,named", [
     ("lipo", {"loss_type": "ranknet"}, "loss_type"), ("lipo", {"discount": "log10"}, "discount"),
     ("lipo", {"beta": 0.0}, "beta"), ("lipo", {"list_size": 1}, "list_size"),
-    ("pro", {"sft_weight": -1.0}, "sft_weight"), ("pro", {"list_size": 1}, "list_size"),
+    ("pro", {"sft_weight": -1.0}, "sft_weight"), ("list_mle", {"sft_weight": -0.5}, "sft_weight"), ("pro", {"list_size": 1}, "list_size"),
     ("infonca", {"temperature_alpha": 0.0}, "temperature_alpha"), ("nca", {"best_bonus": -0.01}, "best_bonus"),
     ("exo", {"beta_r": 0.0}, "beta_r"), ("mpo", {"alpha": -1.0}, "alpha"),
 ])

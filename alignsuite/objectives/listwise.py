@@ -36,16 +36,24 @@ class ListObjective(Objective):
     the layout and masked). The metrics compare the best and the worst existing response of each list under
     the labels, so that they read as the pairwise ``rewards/*`` do; ``rewards/accuracies`` is the fraction of
     label-ordered pairs (ties in the label excluded) that the implicit reward orders the same way.
+
+    ``sft_weight`` adds the best existing response's per-token NLL by label (:func:`best_nll`, the list form of
+    the pairwise ``sft_weight``: RPO's ``alpha * NLL(y_w) / |y_w|``, per sequence), logged as ``loss/sft`` beside
+    ``loss/preference``; off (0) by default. Subclasses that take no ``sft_weight`` never add it.
     """
 
     family = "listwise"
     row_kind = "lists"
     extra_columns = ("labels",)
+    sft_weight: float = 0.0
 
-    def __init__(self, beta: float = 0.1, list_size: int = 4) -> None:
+    def __init__(self, beta: float = 0.1, list_size: int = 4, sft_weight: float = 0.0) -> None:
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
+        if sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
         self.beta = beta
+        self.sft_weight = sft_weight
         self._set_list_size(list_size)
 
     def _set_list_size(self, list_size: int) -> None:
@@ -73,7 +81,21 @@ class ListObjective(Objective):
     def __call__(self, scores: ListScores, reduce: Reducer | None = None) -> ObjectiveOutput:
         self._check_reference(scores)
         losses, rewards = self.list_losses(scores)
-        return ObjectiveOutput(losses.mean(), list_metrics(rewards, scores.labels, scores.mask))
+        loss = losses.mean()
+        metrics = list_metrics(rewards, scores.labels, scores.mask)
+        if self.sft_weight > 0:
+            nll = best_nll(scores)
+            metrics["loss/preference"], metrics["loss/sft"] = loss.detach(), nll.detach()
+            loss = loss + self.sft_weight * nll
+        return ObjectiveOutput(loss, metrics)
+
+
+def best_nll(s: ListScores) -> Tensor:
+    """``mean_i(-l_i / n_i)`` over each list's best existing response by label (the first in data order among
+    equal labels): the pairwise ``chosen_nll`` per sequence, with the list's best in place of the winner."""
+    best = label_order(s.labels, s.mask)[:, :1]
+    logps = s.scores.float().gather(1, best).squeeze(1)
+    return (-logps / s.lengths.gather(1, best).squeeze(1).float().clamp(min=1)).mean()
 
 
 def log_ratios(s: ListScores) -> Tensor:
@@ -245,6 +267,6 @@ def softmax_cross_entropy(rewards: Tensor, labels: Tensor, mask: Tensor) -> Tens
     return -torch.where(mask, target * log_p, 0.0).sum(dim=1)
 
 
-__all__ = ["LiPO", "ListMLE", "ListObjective", "MASKED", "clean_labels", "label_order", "lambda_weights",
+__all__ = ["LiPO", "ListMLE", "ListObjective", "MASKED", "best_nll", "clean_labels", "label_order", "lambda_weights",
            "list_metrics", "log_ratios", "model_ranks", "ordered_pairs", "plackett_luce", "response_views",
            "softmax_cross_entropy"]
