@@ -23,6 +23,13 @@ ONE_MARGIN = ("columns", "reference")  # margin sources that give one margin rew
 ModpoLoss = Literal["sigmoid", "hinge"]
 
 
+def check_dimensions(objective: str, given: list[str] | None, data: list[str], layout: str) -> None:
+    """Refuse an objective's ``dimensions`` option that names other dimensions than the data's layout."""
+    if given is not None and given != data:
+        raise ValueError(f"{objective}: the option dimensions {given} differs from the data's dimensions {data}"
+                         f" (layout {layout}); leave it out to use the data's")
+
+
 @register("modpo")
 class MODPO(PairwiseObjective):
     """Multi-objective DPO: DPO on the primary dimension's labels, with the other dimensions' rewards as a
@@ -138,9 +145,7 @@ class MODPO(PairwiseObjective):
                                  f" {layout.name} names none; use a layout that names its dimensions"
                                  " (alignsuite.data.DimensionPairs) or margin='columns'")
             return
-        if self.dimensions is not None and self.dimensions != dims:
-            raise ValueError(f"modpo: the option dimensions {self.dimensions} differs from the data's dimensions {dims}"
-                             f" (layout {layout.name}); leave it out to use the data's")
+        check_dimensions(self.name, self.dimensions, dims, layout.name)
         self._check_length(dims, f"layout {layout.name}")
         self.dimensions = dims
         self.extra_columns = self._columns()
@@ -186,4 +191,4 @@ class MODPO(PairwiseObjective):
         return losses, chosen, rejected
 
 
-__all__ = ["MODPO"]
+__all__ = ["MODPO", "check_dimensions"]

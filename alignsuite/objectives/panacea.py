@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignsuite.objectives.base import ObjectiveOutput, PairwiseObjective, Reducer, chosen_nll, register, reward_metrics
+from alignsuite.objectives.multi_objective import check_dimensions
 from alignsuite.objectives.pairwise import float_log_ratios
 from alignsuite.scores import PairScores
 
@@ -81,9 +82,7 @@ class Panacea(PairwiseObjective):
         if not dims:
             raise ValueError(f"panacea needs data judged under named preference dimensions; the layout {layout.name}"
                              " names none (use alignsuite.data.DimensionPairs)")
-        if self.dimensions is not None and self.dimensions != dims:
-            raise ValueError(f"panacea: the option dimensions {self.dimensions} differs from the data's {dims}"
-                             f" (layout {layout.name}); leave it out to use the data's")
+        check_dimensions(self.name, self.dimensions, dims, layout.name)
         self.dimensions = dims
         self._declare()
 
