@@ -1,4 +1,4 @@
-"""``python -m alignsuite fit|validate|test|predict|export|evaluate|build_pairs --config recipe.yaml``.
+"""``python -m alignsuite fit|validate|test|predict|export|evaluate|build_pairs|iterate --config recipe.yaml``.
 
 The config plumbing: the LightningCLI subclass, its parser hooks, and the helpers that read arguments and
 explain a config's errors. The commands themselves are a table in ``commands.py``; the parser, its one-line
@@ -34,6 +34,7 @@ from alignsuite.cli_parser import (
 )
 from alignsuite.commands import (
     COMMANDS, AlignTrainer, check_checkpoint, check_monitors, fail, fail_on_missing_extra, import_named_classes,
+    run_iterate,
 )
 from alignsuite.data import PreferenceDataModule
 from alignsuite.launch import launch_problem
@@ -165,6 +166,9 @@ class AlignCLI(LightningCLI):
             fail(reason)
 
     def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand == "iterate":  # its rounds build their own fits from the whole recipe
+            run_iterate(self)
+            return
         try:
             with warnings.catch_warnings():
                 if subcommand != "fit":  # about resuming top-k bookkeeping: nothing a read-only command does
@@ -223,7 +227,7 @@ class AlignCLI(LightningCLI):
             callbacks.append(RunSummary())
         logger = config.get("logger")
         has_logger = logger is not False and logger != [] and not config.get("barebones")
-        fitting = self.subcommand in (None, "fit")
+        fitting = self.subcommand in (None, "fit", "iterate")
         if fitting and not any(isinstance(c, CheckpointOnPreemption) for c in given):
             callbacks.append(CheckpointOnPreemption())
         if fitting and has_logger and not any(isinstance(c, LearningRateMonitor) for c in given):

@@ -131,12 +131,39 @@ def build_preference_pairs(self, model, datamodule=None, pairs=None):
         fail(str(error))
 
 
+def iterate_rounds(self, model, datamodule=None, iterate=None):
+    """Generate, judge, build and fit, round after round (the ``iterate`` section: ``alignsuite.iterate.Iterate``).
+    The command line runs it with the whole recipe (:func:`run_iterate`): each round's fit is built from it."""
+    fail("iterate runs from the command line: python -m alignsuite iterate --config recipe.yaml")
+
+
+def run_iterate(cli) -> list[dict]:
+    """The ``iterate`` command: every round not finished yet (:func:`alignsuite.iterate.loop.run_rounds`)."""
+    from alignsuite.data.errors import DataError
+    from alignsuite.iterate.loop import run_rounds
+    from alignsuite.iterate.settings import IterateError
+
+    settings = cli.config_init[cli.subcommand]["iterate"]
+    try:
+        return run_rounds(cli, settings)
+    except (DataError, FileNotFoundError) as error:
+        fail(str(error), DATA_ERROR)
+    except IterateError as error:
+        fail(str(error))
+
+
 # The settings classes are imported only when their command's parser is built: the evaluation scorers and
 # the speech tools pull in optional dependencies a fit never needs.
 def evaluation_settings() -> type:
     from alignsuite.evaluation.run import Evaluation
 
     return Evaluation
+
+
+def iterate_settings() -> type:
+    from alignsuite.iterate import Iterate
+
+    return Iterate
 
 
 def pair_building_settings() -> type:
@@ -181,6 +208,9 @@ COMMANDS: dict[str, Command] = {
     "build_pairs": Command(build_preference_pairs, "Sample, judge and write preference pairs.",
                            frozenset({"model", "datamodule", "pairs"}),
                            section="pairs", settings=pair_building_settings, argument="pairs"),
+    "iterate": Command(iterate_rounds, "Generate, judge, build and fit, round after round.",
+                       frozenset({"model", "datamodule", "iterate"}),
+                       section="iterate", settings=iterate_settings, argument="iterate"),
 }
 
 
@@ -195,6 +225,7 @@ class AlignTrainer(Trainer):
     export = export_checkpoint
     evaluate = evaluate_models
     build_pairs = build_preference_pairs
+    iterate = iterate_rounds
 
 
 assert all(getattr(AlignTrainer, name) is command.function for name, command in COMMANDS.items()), (

@@ -1,0 +1,165 @@
+"""The online loop: round after round, generate from the current policy, judge, build, fit, and keep it all.
+
+A round is finished when its ``round.json`` exists; a run started again skips finished rounds and, within a
+round, every finished step: written sample and judgement shards, the built rows, and the fit (which resumes its
+own ``last.ckpt`` exactly, as ``fit`` does). Each round's fit is built fresh from the recipe (the policy loaded
+from the previous round's checkpoint, :class:`~alignsuite.iterate.round_start.RoundStart`), so a resumed run
+takes the same path as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections import Counter
+
+from lightning.fabric.utilities.seed import seed_everything
+from lightning.pytorch.utilities import rank_zero_info
+
+from alignsuite.checkpoint_io import load_checkpoint_file
+from alignsuite.iterate.files import read_json, round_dir, write_json
+from alignsuite.iterate.report import round_summary, write_run_report
+from alignsuite.iterate.round_start import PREVIOUS, RoundStart, policy_state
+from alignsuite.iterate.rounds import (
+    build_round, gather_lists, generate_round, heldout_round, judge_round, round_prompts,
+)
+from alignsuite.iterate.settings import Iterate, IterateError
+
+FIT = "fit"
+
+
+def load_items(source: str, num: int | None, seed: int, column: str | None = None) -> list[dict]:
+    from alignsuite.evaluation.prompts import load_prompts
+
+    return load_prompts(source, num if num is not None else (256 if source.startswith("toy:") else None), seed, column)
+
+
+def round_checkpoint(folder: str) -> str:
+    return os.path.join(folder, FIT, "version_0", "checkpoints", "last.ckpt")
+
+
+def policy_backbone(unbuilt, checkpoint: str | None, device):
+    """The policy to generate from: the recipe's starting weights, or a round's checkpoint loaded into them."""
+    from alignsuite.iterate.round_start import load_into
+
+    backbone = copy.deepcopy(unbuilt)
+    backbone.configure()
+    if checkpoint is not None:
+        load_into(backbone, policy_state(checkpoint), f"round checkpoint {checkpoint}",
+                  tuple(getattr(backbone, "not_checkpointed", ())))
+    backbone.to(device)
+    backbone.policy.eval()
+    return backbone
+
+
+def check_start(cli, settings: Iterate, model) -> None:
+    """What can be refused before anything generates: the judge's modality, the reference layout, the trainer."""
+    settings.check_modality(model.backbone.modality)
+    trainer = cli.trainer
+    if trainer.world_size > 1 or trainer.num_nodes > 1:
+        raise IterateError("iterate runs one process for now (trainer.devices 1, num_nodes 1): generating each"
+                           " rank's share of the prompts under DDP is not built yet")
+    extra = dict(model.extra_references or {})
+    if settings.reference == "both" and PREVIOUS not in extra:
+        raise IterateError("iterate.reference both: the round's starting policy is the extra reference"
+                           f" {PREVIOUS!r}; give model.extra_references.{PREVIOUS} (alignsuite.reference.FrozenCopy)"
+                           " and an objective that reads it (inpo)")
+    if settings.reference == "round_start" and model.reference is None:
+        raise IterateError("iterate.reference round_start: the objective takes no reference; use initial")
+
+
+def carry_columns(data, settings: Iterate) -> None:
+    """The numbers the build rule adds (a pair's win rates, its scores) batched beside the layout's own columns,
+    where the layout takes ``number_fields`` (the text pair layout): an objective may read them."""
+    columns = tuple(getattr(settings.build, "extra_columns", ()) or ())
+    layout = data.get("layout") if hasattr(data, "get") else None
+    if not columns or layout is None or not str(layout.get("class_path", "")).endswith("TextPairs"):
+        return
+    init = layout.get("init_args")
+    given = dict((init.get("number_fields") if init is not None else None) or {})
+    fields = {**{c: c for c in columns}, **given}
+    if init is None:
+        layout["init_args"] = {"number_fields": fields}
+    else:
+        init["number_fields"] = fields
+
+
+def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | None) -> None:
+    """The recipe's fit on the round's rows, in ``<round>/fit``; resumed from its own checkpoint if one exists."""
+    section = cli.config[cli.subcommand]
+    data = section["data"]["init_args"]
+    data["train"] = os.path.abspath(os.path.join(folder, "pairs.jsonl"))
+    carry_columns(data, settings)
+    section["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                    "init_args": {"save_dir": os.path.abspath(folder), "name": FIT, "version": 0}}
+    seed_everything(settings.seed + index, verbose=False)
+    cli.instantiate_classes()
+    trainer = cli.trainer
+    trainer.callbacks.append(RoundStart(previous, settings.reference))
+    last = round_checkpoint(folder)
+    trainer.fit(cli.model, cli.datamodule, ckpt_path=last if os.path.exists(last) else None)
+    if not os.path.exists(last):
+        raise IterateError(f"round {index}: the fit wrote no {last}; keep checkpoint.save_last true")
+
+
+def run_rounds(cli, settings: Iterate) -> list[dict]:
+    """Run the rounds not finished yet; returns every round's summary (round 0: the starting policy)."""
+    model = cli.model
+    check_start(cli, settings, model)
+    unbuilt = copy.deepcopy(model.backbone)  # as the recipe builds it: every round's policy starts from it
+    device = cli.trainer.strategy.root_device
+    items = load_items(settings.prompts, settings.num_prompts, 0)
+    heldout = (load_items(settings.heldout, settings.num_heldout, settings.heldout_seed)
+               if settings.heldout else None)
+    os.makedirs(settings.output_dir, exist_ok=True)
+    summaries = []
+    for index in range(0, settings.rounds + 1):
+        folder = round_dir(settings.output_dir, index)
+        done = os.path.join(folder, "round.json")
+        if os.path.exists(done):
+            summaries.append(read_json(done))
+            continue
+        previous = round_checkpoint(round_dir(settings.output_dir, index - 1)) if index > 1 else None
+        times: Counter = Counter()
+        summary: dict = {"round": index}
+        if index > 0:
+            prompts = round_prompts(items, settings, index)
+            generator = None
+            if any(not os.path.exists(os.path.join(folder, "judged", f"{k:05d}.jsonl"))
+                   for k in range((len(prompts) + settings.shard_size - 1) // settings.shard_size)):
+                generator = policy_backbone(unbuilt, previous, device)
+                if hasattr(settings.judge, "attach"):  # a judge that prompts the policy itself (self-rewarding)
+                    settings.judge.attach(generator)
+            if generator is not None:
+                generate_round(generator, prompts, settings, index, folder, times)
+                judge_round(generator, prompts, settings, folder, times)
+            del generator
+            lists, judged = gather_lists(prompts, settings, folder)
+            summary["judged"] = judged
+            began = time.perf_counter()
+            summary["build"] = build_round(lists, settings, index, folder)
+            times["build"] += time.perf_counter() - began
+            began = time.perf_counter()
+            fit_round(cli, settings, index, folder, previous)
+            times["fit"] += time.perf_counter() - began
+            summary["train_mean_score"] = _mean([s for r in lists for s in r["scores"] if s == s])
+        if heldout is not None:
+            began = time.perf_counter()
+            checkpoint = round_checkpoint(folder) if index > 0 else None
+            summary["heldout"] = heldout_round(policy_backbone(unbuilt, checkpoint, device), heldout, settings, folder)
+            times["heldout"] += time.perf_counter() - began
+        summary["seconds"] = {k: round(v, 3) for k, v in times.items()}
+        summary = round_summary(summary, summaries[0] if summaries else None)
+        write_json(done, summary)
+        summaries.append(summary)
+        rank_zero_info(f"round {index} done: {summary.get('line', '')}")
+    write_run_report(settings, summaries)
+    return summaries
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+__all__ = ["run_rounds", "load_checkpoint_file"]

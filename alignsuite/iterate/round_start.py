@@ -1,0 +1,64 @@
+"""Where a round's fit starts: the policy the previous round ended with, and the reference the recipe asks for."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from alignsuite.checkpoint_io import load_checkpoint_file
+from alignsuite.iterate.settings import IterateError
+
+PREVIOUS = "previous"  # the extra reference holding the round's starting policy (reference: both)
+
+
+def policy_state(path: str) -> dict[str, torch.Tensor]:
+    """The backbone's weights in a round's checkpoint, keyed as the backbone's own state dict."""
+    state = load_checkpoint_file(path, True, mmap=True).get("state_dict", {})
+    policy = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not policy:
+        raise IterateError(f"{path}: the checkpoint holds no backbone weights to start the next round from")
+    return policy
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, rebuilt: tuple[str, ...] = ()) -> None:
+    """``state`` into ``module``; a key either side lacks (beyond the parts rebuilt from their source) is refused."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(rebuilt)] if rebuilt else missing
+    if missing or unexpected:
+        raise IterateError(f"{what}: the previous round's weights do not fit (missing: {missing[:3]}, unexpected:"
+                           f" {unexpected[:3]})")
+
+
+class RoundStart(Callback):
+    """Start a round's fit from the previous round's policy (``previous``, its checkpoint; none in round 1), unless
+    the fit resumes its own checkpoint, and make the round's starting policy the reference (``round_start``) or the
+    extra reference ``previous`` (``both``). With ``initial`` the recipe's reference stays as it was built."""
+
+    def __init__(self, previous: str | None, reference: str = "initial") -> None:
+        self.previous, self.reference = previous, reference
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.previous is None and self.reference != "both":
+            return
+        backbone = pl_module.backbone
+        state = policy_state(self.previous) if self.previous else None
+        rebuilt = tuple(getattr(backbone, "not_checkpointed", ()))
+        if state is not None and trainer.ckpt_path is None:  # a resumed fit has its own weights already
+            load_into(backbone, state, f"round start ({self.previous})", rebuilt)
+        target = {"round_start": pl_module.reference,
+                  "both": pl_module.extra_references[PREVIOUS] if PREVIOUS in pl_module.extra_references else None,
+                  }.get(self.reference)
+        if self.reference == "initial" or state is None:
+            return  # round 1: the starting policy is the recipe's, which every reference already is
+        model = getattr(target, "model", None)
+        if model is None:
+            raise IterateError(f"iterate.reference {self.reference}: the reference ({type(target).__name__}) holds no"
+                               " weights of its own to load the round's starting policy into; use"
+                               " alignsuite.reference.FrozenCopy (LoRA policies keep reference: initial)")
+        prefix = "policy."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        with torch.no_grad():
+            load_into(model, weights, f"iterate.reference {self.reference}")
+
+
+__all__ = ["PREVIOUS", "RoundStart", "policy_state"]

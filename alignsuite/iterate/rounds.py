@@ -1,0 +1,153 @@
+"""One round's data: generate K samples per prompt shard by shard, judge them, gather them into lists and build
+the training rows. Every step reads what an earlier, interrupted run finished and does only the rest."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections import Counter
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from alignsuite.data.procedures.base import Report
+from alignsuite.generation import generate_chunked, row_conditions
+from alignsuite.iterate.files import (
+    data_value, decode_output, encode_output, read_json, read_rows, shard_name, write_json, write_rows,
+)
+from alignsuite.iterate.settings import Iterate, IterateError
+
+ROUND_SEED = 7_919
+SAMPLE_SEED = 1_000_003
+
+
+def round_prompts(items: list[dict], settings: Iterate, index: int) -> list[dict]:
+    """The prompts of round ``index`` (from 1): all of them, or its slice of ``prompts_per_round``, wrapping."""
+    n = settings.prompts_per_round
+    if n is None:
+        return items
+    start = ((index - 1) * n) % len(items)
+    return [items[(start + i) % len(items)] for i in range(n)]
+
+
+def shards(n: int, size: int) -> list[tuple[int, int, int]]:
+    """``(shard, first prompt, end)`` of ``n`` prompts in shards of ``size``."""
+    return [(k, start, min(start + size, n)) for k, start in enumerate(range(0, n, size))]
+
+
+def generate_round(backbone, items: list[dict], settings: Iterate, index: int, folder: str, times: Counter) -> None:
+    """``samples/<shard>.jsonl`` for every shard not yet written: ``num_samples`` draws per prompt, each row with
+    its prompt's index, the sample's index and the seed of the chunk it was drawn in."""
+    done = [(k, a, b) for k, a, b in shards(len(items), settings.shard_size)
+            if not os.path.exists(os.path.join(folder, "samples", shard_name(k)))]
+    if not done:
+        return
+    base = settings.seed + ROUND_SEED * index
+    for k, start, end in done:
+        began = time.perf_counter()
+        chunk = items[start:end]
+        rows = []
+        for j in range(settings.num_samples):
+            # seed_step "offset": the chunk starting at prompt s of this shard draws from seed + s, so the
+            # seed of every chunk is the same whichever shard the run resumed at.
+            outputs = generate_chunked(backbone.generate, chunk, settings.batch_size, base + SAMPLE_SEED * j + start,
+                                       backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
+            for i, output in enumerate(outputs):
+                local = (i // settings.batch_size) * settings.batch_size
+                kind, value = encode_output(output, os.path.join(folder, "samples"), f"{start + i:06d}_{j}")
+                rows.append({"prompt_index": start + i, "sample": j, "seed": base + SAMPLE_SEED * j + start + local,
+                             "kind": kind, "output": value})
+        rows.sort(key=lambda r: (r["prompt_index"], r["sample"]))
+        write_rows(os.path.join(folder, "samples", shard_name(k)), rows)
+        times["generate"] += time.perf_counter() - began
+        rank_zero_info(f"round {index}: generated shard {k} (prompts {start}-{end - 1}, {len(rows)} samples)")
+
+
+def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, times: Counter) -> None:
+    """``judged/<shard>.jsonl`` for every generated shard not yet judged: each sample with all the judge's values."""
+    for k, start, end in shards(len(items), settings.shard_size):
+        path = os.path.join(folder, "judged", shard_name(k))
+        if os.path.exists(path):
+            continue
+        began = time.perf_counter()
+        samples = read_rows(os.path.join(folder, "samples", shard_name(k)))
+        prompt_rows = [items[s["prompt_index"]] for s in samples]
+        outputs = [decode_output(s["kind"], s["output"], folder) for s in samples]
+        values = settings.judge.judge([r["prompt"] for r in prompt_rows], outputs, row_conditions(prompt_rows, backbone),
+                                      prompt_rows)
+        write_rows(path, [{**s, "values": dict(v) if v is not None else None} for s, v in zip(samples, values)])
+        times["judge"] += time.perf_counter() - began
+
+
+def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[list[dict], dict]:
+    """One list row per prompt (its columns, ``responses`` and ``scores``: NaN for a failed judgement, and every
+    judged value as ``values``), and counts of the failed judgements."""
+    judged: dict[int, list[dict]] = {}
+    for k, _, _ in shards(len(items), settings.shard_size):
+        for row in read_rows(os.path.join(folder, "judged", shard_name(k))):
+            judged.setdefault(row["prompt_index"], []).append(row)
+    lists, failed = [], []
+    for i, item in enumerate(items):
+        samples = sorted(judged.get(i, []), key=lambda r: r["sample"])
+        scores = [settings.ranking(s["values"]) for s in samples]
+        failed += [(i, s["sample"]) for s, v in zip(samples, scores) if v is None]
+        lists.append({**copy.deepcopy(item), "responses": [data_value(s["kind"], s["output"], folder) for s in samples],
+                      "scores": [float("nan") if v is None else v for v in scores],
+                      "values": [s["values"] for s in samples], "seeds": [s["seed"] for s in samples]})
+    return lists, {"samples": sum(map(len, judged.values())), "failed_judgements": len(failed),
+                   "first_failed": failed[:10]}
+
+
+def build_round(lists: list[dict], settings: Iterate, index: int, folder: str) -> dict:
+    """``lists.jsonl``, the rule's rows (``pairs.jsonl``) and ``build.json`` (rows in and out, dropped by reason).
+    A round that keeps nothing is refused with the counts: it would train on nothing."""
+    stats_path = os.path.join(folder, "build.json")
+    if os.path.exists(stats_path):
+        return read_json(stats_path)
+    write_rows(os.path.join(folder, "lists.jsonl"), lists)
+    rule = settings.build
+    report = Report(rule.name if rule else "lists", len(lists))
+    if rule is None:  # the lists as they are, for a listwise objective
+        rows = []
+        for i, row in enumerate(lists):
+            if sum(s == s for s in row["scores"]) >= 2:  # NaN != NaN: a failed judgement
+                rows.append(row)
+            else:
+                report.drop({"_source": "lists.jsonl", "_row": i}, "fewer than 2 responses with a finite score")
+    else:
+        rows = rule.apply([{**r, "_source": "lists.jsonl", "_row": i} for i, r in enumerate(lists)], report)
+        rows = [{k: v for k, v in r.items() if k not in ("_source", "_row")} for r in rows]
+    report.rows_out = len(rows)
+    write_rows(os.path.join(folder, "pairs.jsonl"), rows)
+    dropped = {what.removeprefix("dropped: "): n for what, n in report.counts.items() if what.startswith("dropped: ")}
+    stats = {"rule": report.procedure, "prompts": len(lists), "rows": len(rows), "dropped": dropped,
+             "counts": dict(report.counts)}
+    if not rows:
+        reasons = ", ".join(f"{n} by {why}" for why, n in dropped.items()) or "no reason recorded"
+        raise IterateError(f"round {index}: the build rule {stats['rule']} kept no rows from {len(lists)} prompts"
+                           f" ({reasons}); nothing to train on. Sample more (iterate.num_samples), loosen the rule,"
+                           f" or check the judge's values in {os.path.join(folder, 'judged')}")
+    write_json(stats_path, stats)
+    rank_zero_info(f"round {index}: {stats['rule']} kept {len(rows)} rows of {len(lists)} prompts"
+                   + (f"; dropped {', '.join(f'{n} by {why}' for why, n in dropped.items())}" if dropped else ""))
+    return stats
+
+
+def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str) -> dict:
+    """The held-out prompts' outputs under one seed, judged: ``heldout.jsonl`` and the judge's mean and spread."""
+    path = os.path.join(folder, "heldout.jsonl")
+    if not os.path.exists(path):
+        outputs = generate_chunked(backbone.generate, rows, settings.batch_size, settings.heldout_seed,
+                                   backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
+        values = settings.judge.judge([r["prompt"] for r in rows], outputs, row_conditions(rows, backbone), rows)
+        written = []
+        for i, (output, value) in enumerate(zip(outputs, values)):
+            kind, stored = encode_output(output, os.path.join(folder, "heldout"), f"{i:06d}")
+            written.append({"prompt_index": i, "kind": kind, "output": stored, "values": value})
+        write_rows(path, written)
+    judged = read_rows(path)
+    scores = [settings.ranking(r["values"]) for r in judged]
+    return {"scores": scores}
+
+
+__all__ = ["build_round", "gather_lists", "generate_round", "heldout_round", "judge_round", "round_prompts", "shards"]

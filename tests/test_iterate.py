@@ -1,0 +1,230 @@
+"""The online loop (``iterate``): rounds of generate, judge, build and fit, every step kept and resumable.
+
+The runs here are small (16 prompts, 2 samples, a few steps) on the language toy world's shipped base model, so
+they check the files and the resume, not the toy-world effect (test_iterate_world.py)."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from alignsuite.cli import main
+from alignsuite.data.procedures.base import Report
+from alignsuite.evaluation import ToyReward
+from alignsuite.iterate import Iterate, IterateError
+from alignsuite.iterate import loop, rounds
+from alignsuite.iterate.files import read_json, read_rows
+from alignsuite.iterate.report import round_summary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "recipes/toy/llm_iterate_dpo.yaml")
+
+
+def small(out, *extra) -> list[str]:
+    return ["iterate", "--config", RECIPE, "--iterate.num_prompts", "16", "--iterate.prompts_per_round", "16",
+            "--iterate.num_samples", "3", "--iterate.shard_size", "8", "--iterate.batch_size", "8",
+            "--iterate.rounds", "2", "--iterate.num_heldout", "8", "--iterate.output_dir", str(out),
+            "--data.init_args.batch_size", "4", "--checkpoint.every_n_train_steps", "1", *extra]
+
+
+def round_files(out) -> list[str]:
+    """Every data file the rounds wrote (not the fits' logs, whose names carry times)."""
+    found = []
+    for root, _, files in os.walk(out):
+        if f"{os.sep}fit" in root or "figures" in root:
+            continue
+        found += [os.path.relpath(os.path.join(root, f), out) for f in files if f.endswith((".jsonl", ".json"))]
+    return sorted(found)
+
+
+def final_weights(out, index: int) -> dict:
+    ckpt = torch.load(loop.round_checkpoint(os.path.join(out, f"round_{index:02d}")), weights_only=True)
+    return ckpt["state_dict"]
+
+
+def metrics(out, index: int) -> list[str]:
+    path = os.path.join(out, f"round_{index:02d}", "fit", "version_0", "metrics.csv")
+    with open(path) as f:
+        return [line for line in f if "train/loss" not in line]  # the header names the columns
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("iterate") / "run"
+    main(small(out))
+    return out
+
+
+def test_a_run_keeps_every_rounds_samples_judgements_pairs_checkpoint_and_report(uninterrupted):
+    out = uninterrupted
+    summaries = read_json(os.path.join(out, "rounds.json"))
+    assert [s["round"] for s in summaries] == [0, 1, 2]
+    for index in (1, 2):
+        folder = os.path.join(out, f"round_{index:02d}")
+        samples = read_rows(os.path.join(folder, "samples", "00000.jsonl")) + \
+            read_rows(os.path.join(folder, "samples", "00001.jsonl"))
+        assert len(samples) == 16 * 3 and {s["sample"] for s in samples} == {0, 1, 2}
+        judged = read_rows(os.path.join(folder, "judged", "00000.jsonl"))
+        assert all(0 <= r["values"]["toy_reward_llm"] <= 1 for r in judged)
+        lists = read_rows(os.path.join(folder, "lists.jsonl"))
+        assert len(lists) == 16 and all(len(r["responses"]) == 3 for r in lists)
+        # the written score is the judge's value of that very sample
+        first = [r for r in judged if r["prompt_index"] == 0]
+        assert lists[0]["scores"] == [r["values"]["toy_reward_llm"] for r in first]
+        build = read_json(os.path.join(folder, "build.json"))
+        pairs = read_rows(os.path.join(folder, "pairs.jsonl"))
+        assert build["rows"] == len(pairs) > 0 and build["prompts"] == 16
+        assert build["rows"] + sum(build["dropped"].values()) == 16
+        assert all(p["score_chosen"] > p["score_rejected"] for p in pairs)
+        assert os.path.exists(loop.round_checkpoint(folder))
+        summary = summaries[index]
+        assert set(summary["seconds"]) >= {"generate", "judge", "build", "fit", "heldout"}
+        assert 0 <= summary["heldout"]["win_rate"] <= 1
+        low, high = summary["heldout"]["win_interval"]
+        assert low <= summary["heldout"]["win_rate"] <= high
+    # round 2 generated from round 1's policy, not the base: its samples differ from round 1's
+    assert read_rows(os.path.join(out, "round_01/samples/00000.jsonl")) != \
+        read_rows(os.path.join(out, "round_02/samples/00000.jsonl"))
+    assert os.path.getsize(os.path.join(out, "report.html")) > 0
+    assert os.path.exists(os.path.join(out, "figures", "rounds.png"))
+
+
+def test_a_finished_run_started_again_does_nothing_more(uninterrupted, monkeypatch):
+    before = {f: os.path.getmtime(os.path.join(uninterrupted, f)) for f in round_files(uninterrupted)}
+    monkeypatch.setattr(loop, "fit_round", lambda *a, **k: pytest.fail("a finished round was fitted again"))
+    monkeypatch.setattr(rounds, "generate_chunked", lambda *a, **k: pytest.fail("a finished round generated again"))
+    main(small(uninterrupted))
+    after = {f: os.path.getmtime(os.path.join(uninterrupted, f)) for f in before}
+    assert {f: t for f, t in after.items() if not f.startswith("rounds.json")} == \
+        {f: t for f, t in before.items() if not f.startswith("rounds.json")}
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["generation", "judging", "fitting"])
+def test_a_run_stopped_in_round_2_resumes_to_the_same_files_and_weights(uninterrupted, tmp_path, monkeypatch, where):
+    out = tmp_path / "run"
+    real_generate, real_judge, real_fit = rounds.generate_chunked, rounds.judge_round, loop.RoundStart
+    calls = {"n": 0}
+
+    if where == "generation":  # after round 2's first shard is written
+        def generate(*args, **kwargs):
+            if "round_02" in str(os.environ.get("_STOP_ROUND", "")):
+                pass
+            return real_generate(*args, **kwargs)
+
+        original = rounds.write_rows
+
+        def write_rows(path, rows):
+            original(path, rows)
+            if "round_02" in path and f"samples{os.sep}00000" in path:
+                raise Stop
+        monkeypatch.setattr(rounds, "write_rows", write_rows)
+    elif where == "judging":
+        def judge_round(backbone, items, settings, folder, times):
+            if folder.endswith("round_02"):
+                raise Stop
+            return real_judge(backbone, items, settings, folder, times)
+        monkeypatch.setattr(loop, "judge_round", judge_round)
+    else:  # two optimizer steps into round 2's fit, after their checkpoints
+        class StopInFit(real_fit):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                calls["n"] += 1
+                if self.previous is not None and trainer.global_step == 2:
+                    raise Stop
+        monkeypatch.setattr(loop, "RoundStart", StopInFit)
+    with pytest.raises(Stop):
+        main(small(out))
+    assert not os.path.exists(out / "round_02" / "round.json")
+    monkeypatch.undo()
+    main(small(out))
+    assert round_files(out) == round_files(uninterrupted)
+    for name in round_files(out):
+        if name.endswith("round.json") or name == "rounds.json":
+            continue  # they hold the times
+        assert filecmp.cmp(out / name, uninterrupted / name, shallow=False), name
+    got, want = final_weights(out, 2), final_weights(uninterrupted, 2)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert metrics(out, 2)[-3:] == metrics(uninterrupted, 2)[-3:]
+
+
+def test_every_candidate_tying_builds_nothing_and_says_so(tmp_path):
+    settings = Iterate("toy:llm", ToyReward("llm"), output_dir=str(tmp_path))
+    lists = [{"prompt": "echo a b", "responses": ["A B", "A B"], "scores": [1.0, 1.0]} for _ in range(3)]
+    from alignsuite.data.procedures import SweetSpotPairs
+
+    settings.build = SweetSpotPairs()
+    with pytest.raises(IterateError, match=r"round 2: the build rule SweetSpotPairs kept no rows from 3 prompts \(3 by all"
+                                           r" scores equal\); nothing to train on"):
+        rounds.build_round(lists, settings, 2, str(tmp_path / "round_02"))
+    assert not os.path.exists(tmp_path / "round_02" / "build.json")  # the round is not taken as built
+
+
+def test_failed_judgements_are_counted_and_never_a_score(tmp_path):
+    settings = Iterate("toy:llm", ToyReward("llm"), output_dir=str(tmp_path), shard_size=2)
+    folder = tmp_path / "round_01"
+    from alignsuite.iterate.files import write_rows
+
+    write_rows(str(folder / "judged" / "00000.jsonl"), [
+        {"prompt_index": 0, "sample": 0, "seed": 1, "kind": "text", "output": "A", "values": {"toy_reward_llm": 0.5}},
+        {"prompt_index": 0, "sample": 1, "seed": 1, "kind": "text", "output": "B", "values": None},
+        {"prompt_index": 1, "sample": 0, "seed": 2, "kind": "text", "output": "C", "values": {"toy_reward_llm": float("nan")}},
+        {"prompt_index": 1, "sample": 1, "seed": 2, "kind": "text", "output": "D", "values": {"toy_reward_llm": 1.0}},
+    ])
+    lists, judged = rounds.gather_lists([{"prompt": "echo a"}, {"prompt": "echo b"}], settings, str(folder))
+    assert judged["failed_judgements"] == 2 and judged["first_failed"] == [(0, 1), (1, 0)]
+    assert lists[0]["scores"][0] == 0.5 and math.isnan(lists[0]["scores"][1]) and math.isnan(lists[1]["scores"][0])
+
+
+def test_a_lower_is_better_judge_is_negated_in_the_lists():
+    judge = ToyReward("llm")
+    judge.higher_is_better = False
+    settings = Iterate("toy:llm", judge)
+    assert settings.ranking({"toy_reward_llm": 0.25}) == -0.25 and settings.ranking(None) is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_samples": 1}, "iterate.num_samples: expected at least 2"),
+    ({"rounds": 0}, "iterate.rounds: expected at least 1"),
+    ({"score": "wer"}, "iterate.score: the judge 'toy_reward_llm' gives toy_reward_llm; it does not give 'wer'"),
+    ({"reference": "latest"}, "iterate.reference: expected one of initial, round_start, both"),
+])
+def test_settings_are_refused_naming_the_option(kwargs, message):
+    with pytest.raises(IterateError, match=message):
+        Iterate("toy:llm", ToyReward("llm"), **kwargs)
+
+
+def test_a_judge_of_another_modality_is_refused_before_anything_generates(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(small(tmp_path / "run", "--iterate.judge", "alignsuite.evaluation.ToyReward",
+                   "--iterate.judge.world", "diffusion"))
+    err = capsys.readouterr().err
+    assert "iterate.judge: scorer 'toy_reward_diffusion'" in err and "not text" in err
+    assert not os.path.exists(tmp_path / "run" / "round_01")
+
+
+def test_reference_both_needs_the_extra_reference_previous(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(small(tmp_path / "run", "--iterate.reference", "both"))
+    assert "model.extra_references.previous" in capsys.readouterr().err
+
+
+def test_round_summary_win_rate_against_round_0_counts_ties_half():
+    first = {"round": 0, "heldout": {"scores": [0.0, 0.5, 1.0, None]}}
+    later = round_summary({"round": 1, "heldout": {"scores": [1.0, 0.5, 0.0, 1.0]}}, round_summary(first, None))
+    assert later["heldout"]["win_rate"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert later["heldout"]["mean"] == pytest.approx(0.625)
+    assert "win rate vs round 0 0.500" in later["line"]
+
+
+def test_report_counts_survive_a_json_round_trip(tmp_path):
+    report = Report("x", 3)
+    report.drop({"_source": "lists.jsonl", "_row": 1}, "tie")
+    assert json.loads(json.dumps(report.to_dict()))["counts"] == {"dropped: tie": 1}
