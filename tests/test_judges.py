@@ -124,6 +124,16 @@ def test_judges_are_named_by_class_path_as_a_recipe_names_them():
     assert p[0][1] == pytest.approx(s(1.0))  # toy rewards 1 and 0
 
 
+def test_bradley_terry_hands_each_prompts_row_to_the_scorer():
+    """The vision-language toy reward scores against the prompt set's row (its answer): one row per prompt."""
+    from alignsuite.evaluation.prompts import load_prompts
+
+    item = load_prompts("toy:vlm", 1, seed=0)[0]
+    judge = BradleyTerryJudge(ToyReward("vlm"))
+    assert judge.rewrites == {} and "answer" in judge.columns("vision_language")
+    same(judge.win_matrix(item["prompt"], [item["answer"], "none"], item), [[0.5, s(1.0)], [s(-1.0), 0.5]])
+
+
 # ------------------------------------------------------------------ a pairwise classifier
 @pytest.fixture(scope="module")
 def tiny_pairwise(tmp_path_factory):

@@ -144,8 +144,9 @@ class BradleyTerryJudge(PreferenceJudge):
         if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"BradleyTerryJudge.temperature must be a positive number, got {temperature!r}")
         self.scorer, self.temperature = scorer, float(temperature)
+        # Not the scorer's rewrites: a row here is a prompt's, so it cannot hold each output's counterfactual (the
+        # main value, all this judge reads, needs none).
         self.name, self.modalities, self.batch_size = scorer.name, tuple(scorer.modalities), scorer.batch_size
-        self.rewrites = scorer.rewrites
 
     def columns(self, modality: str) -> dict[str, str]:
         return self.scorer.columns(modality)
