@@ -55,12 +55,9 @@ class Scorer:
         none); a prompt set whose row lacks one is refused before anything generates."""
         return {}
 
-    def check_modality(self, modality: str) -> None:
-        if self.modalities and modality not in self.modalities:
-            raise ValueError(
-                f"scorer {self.name!r} ({type(self).__name__}) scores {', '.join(self.modalities)} outputs, not"
-                f" {modality}; remove it from evaluate.scorers"
-            )
+    def check_modality(self, modality: str, option: str = "evaluate.scorers") -> None:
+        """Refuse a model of ``modality`` this scorer does not fit, naming the config ``option`` that chose it."""
+        check_modality(self, modality, option)
 
     def judge(self, prompts: Sequence[Any], outputs: Sequence[Any], conditions: Sequence[Any] | None = None,
               rows: Sequence[dict] | None = None) -> list[dict[str, Any] | None]:
@@ -101,6 +98,17 @@ class Scorer:
 
     def score_batch(self, prompts: list, outputs: list, conditions: list | None, rows: list | None) -> list:
         raise NotImplementedError
+
+
+def check_modality(judge: Any, modality: str, option: str) -> None:
+    """A judge (a :class:`Scorer`, or a pairwise one of :mod:`alignsuite.judges`) whose ``modalities`` leave out
+    ``modality`` is refused, naming it and the config ``option`` to change; empty ``modalities`` fit every model."""
+    modalities = tuple(getattr(judge, "modalities", ()) or ())
+    if modalities and modality not in modalities:
+        raise ValueError(
+            f"{'scorer' if isinstance(judge, Scorer) else 'judge'} {judge.name!r} ({type(judge).__name__}) scores {', '.join(modalities)} outputs, not"
+            f" {modality}; remove it from {option}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -171,5 +179,5 @@ def word_error_rate(transcripts: str | Sequence[str], references: str | Sequence
     return float(rate(hyp[0], ref[0]) if one else rate(hyp, ref))
 
 
-__all__ = ["MissingWeightsError", "Score", "Scorer", "check_weights", "checked_transcripts", "load_pretrained", "normalise", "prompt_text",
+__all__ = ["MissingWeightsError", "Score", "Scorer", "check_modality", "check_weights", "checked_transcripts", "load_pretrained", "normalise", "prompt_text",
            "word_error_rate"]
