@@ -16,7 +16,10 @@ from alignsuite.data.procedures import (
     MarginPairs,
     Report,
     SoftLabelPairs,
+    RejectionSampling,
+    SweetSpotPairs,
     WinRatePairs,
+    count_votes,
 )
 
 SRC = "round_1/judged.jsonl"
@@ -195,6 +198,25 @@ def test_empirical_preference_drops_what_was_never_compared():
     assert report.counts["responses dropped: never compared in 'votes'"] == 1
     # The second row's scores pick r0 over r1, never compared head to head.
     assert report.dropped["chosen and rejected never compared head to head"] == [f"{SRC}:1"]
+
+
+def test_votes_counted_from_several_annotators_scores():
+    # Annotator A: 3 > 2 > 1 over (r0, r1, r2); B: 2 = 2 > 0 (a half to r0 and r1 each); C: r1 unscored (NaN).
+    votes = count_votes([[3, 2, 1], [2, 2, 0], [5, math.nan, 4]])
+    assert votes == [[0.0, 1.5, 3.0], [0.5, 0.0, 2.0], [0.0, 0.0, 0.0]]
+    # r0 over r2, all three for r0: (3 + 1) / (3 + 2).
+    (r,) = run(EmpiricalPreferencePairs(), rows({"prompt": "p", "responses": ["a", "b", "c"], "votes": votes}))[0]
+    assert (r["chosen"], r["rejected"], r["preference"]) == ("a", "c", 0.8)
+    with pytest.raises(ValueError, match="the same 3 responses"):
+        count_votes([[1, 2, 3], [1, 2]])
+
+
+def test_each_rule_says_which_judge_fields_it_needs():
+    # A loop refuses at start a rule whose fields its judge does not give (a row carries at least one of them).
+    assert BestWorstPairs().needs() == ("scores",) == SweetSpotPairs().needs() == RejectionSampling().needs()
+    assert WinRatePairs().needs() == ("scores", "win_matrix") == SoftLabelPairs().needs()
+    assert EmpiricalPreferencePairs(votes_field="ballots").needs() == ("ballots",)
+    assert MarginPairs(scores_field="reward").needs() == ("reward",)
 
 
 # --- bad judge fields -------------------------------------------------------------------------------

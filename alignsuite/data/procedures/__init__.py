@@ -19,6 +19,7 @@ from alignsuite.data.procedures.online import (
     MarginPairs,
     SoftLabelPairs,
     WinRatePairs,
+    count_votes,
 )
 from alignsuite.data.procedures.pairs import CurryPairs, RejectionSampling, SweetSpotPairs
 from alignsuite.data.procedures.relabel import RewardAugmented
@@ -44,5 +45,6 @@ __all__ = [
     "SweetSpotPairs",
     "WinRatePairs",
     "btl_scores",
+    "count_votes",
     "run_procedures",
 ]

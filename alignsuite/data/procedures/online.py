@@ -31,14 +31,9 @@ def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
-def best(candidates: list[Candidate], value) -> Candidate:
-    """The candidate with the highest ``value``, the earliest on ties."""
-    return max(candidates, key=lambda c: (value(c), -c[0]))
-
-
-def worst(candidates: list[Candidate], value) -> Candidate:
-    """The candidate with the lowest ``value``, the earliest on ties."""
-    return min(candidates, key=lambda c: (value(c), c[0]))
+def best_worst(candidates: list[Candidate], value) -> tuple[Candidate, Candidate]:
+    """The candidates with the highest and the lowest ``value``, each the earliest on ties."""
+    return max(candidates, key=lambda c: (value(c), -c[0])), min(candidates, key=lambda c: (value(c), c[0]))
 
 
 def square_matrix(row: Row, name: str, k: int, entries: str, entry) -> list[list[Any]]:
@@ -77,6 +72,24 @@ def count(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
         raise ValueError(v)
     return float(v)
+
+
+def count_votes(annotator_scores: list[list[float | None]]) -> list[list[float]]:
+    """The K x K ``votes`` matrix that `EmpiricalPreferencePairs` reads, from several annotators' scores of the
+    same K responses (one list per annotator): ``votes[i][j]`` annotators scored ``i`` above ``j``; a tie counts
+    a half to each; a pair one annotator left unscored (``None`` or NaN) gets nothing from that annotator."""
+    k = len(annotator_scores[0]) if annotator_scores else 0
+    if any(len(scores) != k for scores in annotator_scores):
+        raise ValueError(f"every annotator must score the same {k} responses, got lists of lengths "
+                         f"{[len(s) for s in annotator_scores]}")
+    votes = [[0.0] * k for _ in range(k)]
+    for scores in annotator_scores:
+        for i in range(k):
+            for j in range(k):
+                a, b = scores[i], scores[j]
+                if i != j and a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
+                    votes[i][j] += 1.0 if a > b else 0.5 if a == b else 0.0
+    return votes
 
 
 class JudgedRule(ListProcedure):
@@ -134,7 +147,7 @@ class BestWorstPairs(JudgedRule):
             valid = self.scored_responses(row, report)
             if valid is None:
                 continue
-            chosen, rejected = best(valid, lambda c: c[2]), worst(valid, lambda c: c[2])
+            chosen, rejected = best_worst(valid, lambda c: c[2])
             if chosen[2] == rejected[2]:
                 report.drop(row, TIE)
             elif self.min_chosen is not None and chosen[2] < self.min_chosen:
@@ -203,7 +216,8 @@ class WinRatePairs(JudgedRule):
     scores (the official code's PairRM scores, temperature 1). The estimated win rate against the policy is
     ``Phat_i = (1/n) sum_j P[i][j]`` over the row's n candidates, **the diagonal included** (``P[i][i] = 1/2``,
     whatever the matrix holds there). Chosen = the highest score, rejected = the lowest (the earliest on ties),
-    as the official code picks them; a row without scores picks by ``Phat``. Writes ``chosen_win_rate``,
+    as the official code picks them; a row without scores picks by ``Phat``. A row whose scores all tie is
+    dropped (the official code keeps it, the same response on both sides). Writes ``chosen_win_rate``,
     ``rejected_win_rate`` (``Phat`` of each, what SPPO's loss regresses on) and ``preference`` (``P[chosen]
     [rejected]``, the official ``chosen_probs`` that ``sppo_single`` reads).
 
@@ -231,6 +245,9 @@ class WinRatePairs(JudgedRule):
         self.temperature, self.win_matrix_field = temperature, win_matrix_field
         self.judge_fields = (*LIST_FIELDS, win_matrix_field)
 
+    def needs(self) -> tuple[str, ...]:
+        return (self.scores_field, self.win_matrix_field)
+
     def judged(self, row: Row, report: Report) -> tuple[Candidate, Candidate, float, float, float] | None:
         """``(chosen, rejected, Phat chosen, Phat rejected, P[chosen][rejected])`` of ``row``, or ``None`` (dropped,
         counted)."""
@@ -249,7 +266,7 @@ class WinRatePairs(JudgedRule):
             p = {a[0]: {b[0]: sigmoid((a[2] - b[2]) / self.temperature) for b in valid} for a in valid}
         phat = {a[0]: (0.5 + sum(p[a[0]][b[0]] for b in valid if b is not a)) / len(valid) for a in valid}
         key = (lambda c: c[2]) if valid[0][2] is not None else (lambda c: phat[c[0]])
-        chosen, rejected = best(valid, key), worst(valid, key)
+        chosen, rejected = best_worst(valid, key)
         if key(chosen) == key(rejected):
             report.drop(row, TIE)
             return None
@@ -312,10 +329,10 @@ class EmpiricalPreferencePairs(JudgedRule):
     annotators vote, and the pair's label is the share who preferred the chosen, smoothed.
 
     ``votes`` is a K x K matrix of counts: ``votes[i][j]`` annotators (or judge calls) preferred response ``i``
-    to ``j`` (a tie may count a half to each; the diagonal is not read). Chosen = the highest score, rejected =
-    the lowest (the earliest on ties) when the row has scores; without, the highest and lowest share of votes
-    won, ``sum_j votes[i][j] / sum_j (votes[i][j] + votes[j][i])`` (a response never compared is not a candidate,
-    counted). ``preference = (k + 1) / (n + 2)`` with ``k = votes[chosen][rejected]`` and ``n = k +
+    to ``j`` (a tie may count a half to each; the diagonal is not read; `count_votes` makes it from several
+    annotators' scores). Chosen = the highest score, rejected = the lowest (the earliest on ties) when the row
+    has scores; without, the highest and lowest share of votes won, ``sum_j votes[i][j] / sum_j (votes[i][j] +
+    votes[j][i])`` (a response never compared is not a candidate, counted). ``preference = (k + 1) / (n + 2)`` with ``k = votes[chosen][rejected]`` and ``n = k +
     votes[rejected][chosen]`` (Laplace's rule: a unanimous vote stays below 1, so its logit, iREPO's target,
     stays finite). It is below 1/2 where the head-to-head vote goes against the scores. Without scores
     ``score_chosen``/``score_rejected`` are the vote shares.
@@ -338,6 +355,9 @@ class EmpiricalPreferencePairs(JudgedRule):
         self.votes_field = votes_field
         self.judge_fields = (*LIST_FIELDS, votes_field)
 
+    def needs(self) -> tuple[str, ...]:
+        return (self.votes_field,)
+
     def apply(self, rows: list[Row], report: Report) -> list[Row]:
         out = []
         for row in rows:
@@ -359,7 +379,7 @@ class EmpiricalPreferencePairs(JudgedRule):
                 if len(valid) < 2:
                     report.drop(row, f"fewer than 2 responses compared in {self.votes_field!r}")
                     continue
-            chosen, rejected = best(valid, lambda c: c[2]), worst(valid, lambda c: c[2])
+            chosen, rejected = best_worst(valid, lambda c: c[2])
             if chosen[2] == rejected[2]:
                 report.drop(row, TIE)
                 continue
@@ -372,4 +392,5 @@ class EmpiricalPreferencePairs(JudgedRule):
         return out
 
 
-__all__ = ["TIE", "BestWorstPairs", "EmpiricalPreferencePairs", "MarginPairs", "SoftLabelPairs", "WinRatePairs"]
+__all__ = ["TIE", "BestWorstPairs", "EmpiricalPreferencePairs", "MarginPairs", "SoftLabelPairs", "WinRatePairs",
+           "count_votes"]
