@@ -136,6 +136,8 @@ def test_win_rates_from_a_win_matrix():
     assert (r["chosen"], r["rejected"], r["preference"]) == ("c", "b", 0.9)
     assert r["chosen_win_rate"] == pytest.approx(2.0 / 3) and r["rejected_win_rate"] == pytest.approx(0.8 / 3)
     assert r["score_chosen"] is None and "win_matrix" not in r
+    (r,) = run(WinRatePairs(), rows({"prompt": "p", "responses": ["a", "b", "c"], "scores": None, "win_matrix": WIN}))[0]
+    assert (r["chosen"], r["rejected"]) == ("c", "b")  # null scores: the same as none
     # With scores 3, 1, 2 the scores pick the pair (as SPPO does) and the matrix gives the win rates: r0 over r1.
     (r,) = run(WinRatePairs(), lists([3, 1, 2], win_matrix=WIN))[0]
     assert (r["chosen"], r["rejected"], r["preference"]) == ("r0", "r1", 0.8)

@@ -102,9 +102,9 @@ class JudgedRule(ListProcedure):
         return {k: v for k, v in out.items() if k not in self.judge_fields or k in values}
 
     def candidates(self, row: Row, report: Report) -> list[Candidate] | None:
-        """The finite-scored responses of ``row`` or, when it has no scores column, all its responses (score
-        ``None``); ``None`` (dropped, counted) when fewer than 2."""
-        if self.scores_field in row:
+        """The finite-scored responses of ``row`` or, when it has no scores (no column, or null), all its responses
+        (score ``None``); ``None`` (dropped, counted) when fewer than 2."""
+        if row.get(self.scores_field) is not None:
             return self.scored_responses(row, report)
         get_field(row, self.prompt_field, "a prompt (text or chat messages)")
         responses = get_field(row, self.responses_field, "a list of responses")
