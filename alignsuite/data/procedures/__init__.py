@@ -5,28 +5,46 @@ their inputs (``run.py``).
 Each is a `Procedure` (``base.py``): ``SelectiveDPO`` and ``AIRPairs`` keep some rows (``selection.py``),
 ``RewardAugmented`` relabels pairs with a target score (``relabel.py``), ``SweetSpotPairs``,
 ``RejectionSampling`` and ``CurryPairs`` turn rows of K scored responses into pairs (``pairs.py``), and
-``CuratronPairs`` completes pairwise comparisons through a fitted ranking (``completion.py``).
+``CuratronPairs`` completes pairwise comparisons through a fitted ranking (``completion.py``), and the build rules
+of judged samples ``BestWorstPairs``, ``MarginPairs``, ``WinRatePairs``, ``SoftLabelPairs`` and
+``EmpiricalPreferencePairs`` make pairs and soft labels from rows of K judged responses (``online.py``).
 """
 
 from alignsuite.data.procedures.base import ListProcedure, Procedure, Report
 from alignsuite.data.procedures.completion import CuratronPairs, btl_scores
+from alignsuite.data.procedures.online import (
+    TIE,
+    BestWorstPairs,
+    EmpiricalPreferencePairs,
+    MarginPairs,
+    SoftLabelPairs,
+    WinRatePairs,
+    count_votes,
+)
 from alignsuite.data.procedures.pairs import CurryPairs, RejectionSampling, SweetSpotPairs
 from alignsuite.data.procedures.relabel import RewardAugmented
 from alignsuite.data.procedures.run import run_procedures
 from alignsuite.data.procedures.selection import AIRPairs, DifficultyScorer, SelectiveDPO
 
 __all__ = [
+    "TIE",
     "AIRPairs",
+    "BestWorstPairs",
     "CuratronPairs",
     "CurryPairs",
     "DifficultyScorer",
+    "EmpiricalPreferencePairs",
     "ListProcedure",
+    "MarginPairs",
     "Procedure",
     "RejectionSampling",
     "Report",
     "RewardAugmented",
     "SelectiveDPO",
+    "SoftLabelPairs",
     "SweetSpotPairs",
+    "WinRatePairs",
     "btl_scores",
+    "count_votes",
     "run_procedures",
 ]

@@ -162,6 +162,11 @@ class ListProcedure(Procedure):
         super().__init__(splits)
         self.prompt_field, self.responses_field, self.scores_field = prompt_field, responses_field, scores_field
 
+    def needs(self) -> tuple[str, ...]:
+        """The judge fields it reads, of which a row must carry at least one: what a loop checks its judge gives
+        before a round starts."""
+        return (self.scores_field,)
+
     def scored_responses(self, row: Row, report: Report) -> list[tuple[int, Any, float]] | None:
         """``(position, response, score)`` of each response of ``row`` with a finite score, in list order;
         ``None`` (the row dropped and counted) when fewer than 2 remain."""
