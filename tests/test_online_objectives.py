@@ -9,11 +9,13 @@ import math
 
 import pytest
 import torch
+from conftest import save_tiny_lm
 
 from alignsuite.backbones import CausalLM
 from alignsuite.data import PreferenceDataModule, TextPairs
 from alignsuite.module import PreferenceModule
 from alignsuite.objectives import get_objective
+from alignsuite.reference import FrozenCopy
 from alignsuite.scores import PairScores
 from alignsuite.views import check_setup
 
@@ -239,3 +241,21 @@ def test_gradient_finite_at_extreme_log_probs(name, hparams):
     out = get_objective(name, **hparams)(s)
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(s.chosen.grad).all() and torch.isfinite(s.rejected.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------ through the module
+def test_inpo_reads_the_previous_iterate_through_the_module(tmp_path):
+    """A module with a second model as the extra reference ``previous``: its sequence scores reach inpo as
+    ``ref_previous_<view>``, and the loss is the one worked from the scores the module computed."""
+    batch = {"prompt": ["echo a b", "echo c d e"], "chosen": ["A B", "C D E"], "rejected": ["a b", "C D"]}
+    module = PreferenceModule(CausalLM("toy:llm", max_length=32, max_prompt_length=16), get_objective("inpo"),
+                              extra_references={"previous": FrozenCopy(save_tiny_lm(tmp_path / "previous", seed=5))})
+    module.configure_model()
+    s = module.compute_scores(batch)
+    prev_w, prev_l = s.extra["ref_previous_chosen"], s.extra["ref_previous_rejected"]
+    assert prev_w.shape == s.ref_chosen.shape and not torch.allclose(prev_w, s.ref_chosen)
+    rows = zip(*(t.detach().tolist() for t in (s.chosen, s.rejected, s.ref_chosen, s.ref_rejected, prev_w, prev_l)))
+    by_hand = [inpo_by_hand(10.0, 0.01, (c, r), (rc, rr), (pc, pr))[0] for c, r, rc, rr, pc, pr in rows]
+    loss = module.objective(s).loss
+    assert loss.item() == pytest.approx(sum(by_hand) / 2, rel=1e-5)
+    loss.backward()
