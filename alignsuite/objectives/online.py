@@ -146,17 +146,20 @@ class OnlineIPO(PairwiseObjective):
     pairwise judge. Logged rewards ``b * u / |y|``.
 
     Zhou, Fazel and Du 2025, "Extragradient Preference Optimization (EGPO): Beyond Last-Iterate Convergence for
-    Nash Learning from Human Feedback" (COLM 2025). Follows the official code's form as the research notes record
-    it (zhourunlong/EGPO ``lms/trainers/extragradient_trainer.py``, ``normalize_logprobs = True``): per-token
-    means, and the variance-reduced target ``P(y > y') - 1/2`` for two samples drawn alike. The extragradient step
-    itself (snapshot, step, restore) belongs to the loop. At ``P = 1`` this is ``ipo`` (length-normalised) with
-    the same ``beta``. Default ``beta = 0.1``, the code's.
+    Nash Learning from Human Feedback" (COLM 2025). Follows the official code (zhourunlong/EGPO
+    ``lms/trainers/extragradient_trainer.py``, ``ExtragradientTrainer._compute_losses`` with
+    ``normalize_logprobs``): per-token means, and, for two samples drawn alike, the variance-reduced target
+    ``(P(y > y') - 1/2) / b`` (``_compute_prefs`` pairs the judge's ``P(y > y')`` with 1/2); its rewards are
+    ``b`` times the per-token mean log-ratios, as here. The code can also score prefixes of each answer
+    (``prefix_chunk_num`` > 1) and average over them; here the whole answer is scored (one chunk). The
+    extragradient step itself (snapshot, step, restore, optimiser state included) belongs to the loop. At
+    ``P = 1`` this is ``ipo`` (length-normalised) with the same ``beta``. Default ``beta = 0.1``, the notes'.
     """
 
     family = "online"
     paper = "Zhou et al. 2025, arXiv 2503.08942"
-    convention = ("official code (zhourunlong/EGPO) as the notes record it: per-token mean log-probs, target"
-                  " (P - 1/2)/beta; P = 1 gives ipo")
+    convention = ("official code (zhourunlong/EGPO _compute_losses, normalize_logprobs): per-token mean log-probs,"
+                  " target (P - 1/2)/beta, whole answers (no prefix chunks); P = 1 gives ipo")
     extra_columns = ("preference",)
 
     def __init__(self, beta: float = 0.1) -> None:
