@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import lightning as L
 import pytest
 import torch
 from conftest import save_tiny_lm
@@ -259,3 +260,20 @@ def test_inpo_reads_the_previous_iterate_through_the_module(tmp_path):
     loss = module.objective(s).loss
     assert loss.item() == pytest.approx(sum(by_hand) / 2, rel=1e-5)
     loss.backward()
+
+
+@pytest.mark.parametrize("name,hparams", [("sppo", {"beta": 0.1}), ("online_ipo", {}),
+                                          ("cdpo", {"label_column": "preference", "label_smoothing": 0.0})])
+def test_a_fit_reads_the_loops_columns_from_the_data(tmp_path, tiny_lm_dir, name, hparams):
+    """The columns the loop writes beside each pair reach the objective through a layout's number_fields, and two
+    steps train on them."""
+    rows = [{"prompt": "echo a b", "chosen": "A B", "rejected": "a b", "p": 0.8, "w": 0.7, "l": 0.3}] * 4
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    numbers = {"preference": "p", "chosen_win_rate": "w", "rejected_win_rate": "l"}
+    data = PreferenceDataModule(train=path, layout=TextPairs(number_fields=numbers), batch_size=2)
+    module = PreferenceModule(CausalLM(tiny_lm_dir, max_length=24, max_prompt_length=12),
+                              get_objective(name, **hparams))
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, data)
+    assert trainer.global_step == 2 and math.isfinite(trainer.callback_metrics["train/loss"].item())
