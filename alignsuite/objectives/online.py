@@ -27,8 +27,9 @@ class SPPO(PairwiseObjective):
         L = 1/2 [ (u_w - (P_w - 1/2) / b)^2 + (u_l - (P_l - 1/2) / b)^2 ]
 
     with ``P_w``, ``P_l`` the columns ``chosen_win_rate`` and ``rejected_win_rate``: each answer's mean win
-    probability against the K samples of its prompt (the loop's SPPO build rule; the official code counts the
-    answer against itself too, one half over K). Logged rewards ``b * u``.
+    probability against the K samples of its prompt (the loop's SPPO build rule; the research notes record that
+    the official ``scripts/compute_prob.py`` counts the answer against itself too, one half over K). Logged
+    rewards ``b * u``.
 
     Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment". The form is the official
     code's (uclaml/SPPO ``sppo/trainer.py``, ``loss_type="sppo"``): summed log-probs, the half in front, and the
