@@ -39,6 +39,8 @@ PAIRS = [(-3.0, -5.0, -3.5, -4.5, 2, 4), (-6.0, -4.0, -5.0, -4.5, 3, 1)]
 REWARDS = {"reward_chosen": 0.25, "reward_rejected": 0.20}
 # A soft preference for objectives that regress on one (irepo's extra_columns): the chosen side usually wins.
 PREFERENCE = 0.8
+# Each side's estimated win rate against the policy (sppo's extra_columns; hand-worked in test_online_objectives.py).
+WIN_RATES = {"chosen_win_rate": 0.7, "rejected_win_rate": 0.3}
 # The chosen row's prompt scores, as a token backbone returns them for View("chosen", score_prompt=True)
 # (ORPO's NLL over prompt + answer): (log-likelihood of the prompt tokens after the first, their count).
 PROMPT_SCORES = [(-4.0, 3), (-2.5, 1)]
@@ -50,7 +52,11 @@ def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64,
     if grad:
         chosen.requires_grad_(True)
         rejected.requires_grad_(True)
-    extra = {k: torch.full((len(pairs),), v, dtype=dtype) for k, v in {**REWARDS, "preference": PREFERENCE}.items()}
+    numbers = {**REWARDS, **WIN_RATES, "preference": PREFERENCE}
+    extra = {k: torch.full((len(pairs),), v, dtype=dtype) for k, v in numbers.items()}
+    # inpo's previous iterate (extra reference "previous"): halfway between the reference and the policy.
+    extra["ref_previous_chosen"] = (chosen.detach() + ref_chosen) / 2
+    extra["ref_previous_rejected"] = (rejected.detach() + ref_rejected) / 2
     # A gold answer for the triple objectives (tpo's View("gold")): half a nat likelier than the chosen one.
     extra["gold"], extra["gold_len"] = chosen.detach() + 0.5, chosen_len
     if prompt:

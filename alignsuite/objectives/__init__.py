@@ -20,6 +20,7 @@ from alignsuite.objectives.length_normalised import LNDPO, RePO
 from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
 from alignsuite.objectives.multi_objective import MODPO
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
+from alignsuite.objectives.online import INPO, SPPO, OnlineIPO, SPPOSingle
 from alignsuite.objectives.panacea import Panacea
 from alignsuite.objectives.pairwise import (
     CDPO,
@@ -61,6 +62,7 @@ __all__ = [
     "EXOPair",
     "FPO",
     "Hinge",
+    "INPO",
     "IPO",
     "IREPO",
     "ImageCorruption",
@@ -82,6 +84,7 @@ __all__ = [
     "NCAPair",
     "NCAPairReward",
     "ORPO",
+    "OnlineIPO",
     "PRO",
     "Objective",
     "ObjectiveOutput",
@@ -90,7 +93,9 @@ __all__ = [
     "RePO",
     "RewardAwarePO",
     "RobustDPO",
+    "SPPO",
     "SPPOHard",
+    "SPPOSingle",
     "SePPO",
     "SimPO",
     "SmPO",

@@ -40,6 +40,20 @@ def float_log_ratios(s: PairScores) -> tuple[Tensor, Tensor]:
     return c - rc, r - rr
 
 
+def probability_column(s: PairScores, name: str, objective: str) -> Tensor:
+    """The batch column ``name`` as float32 probabilities (a soft label per row); a missing column, or a value
+    outside [0, 1] or not finite, is an error naming the column and the batch positions."""
+    if name not in s.extra:
+        raise ValueError(f"{objective} needs the batch column {name!r} in scores.extra; give the data that column"
+                         f" (TextPairs number_fields: {{{name}: <field>}})")
+    p = s.extra[name].detach().float()
+    bad = ((p < 0) | (p > 1) | ~torch.isfinite(p)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"{objective}: the column {name!r} must hold probabilities in [0, 1]; batch position(s)"
+                         f" {bad} hold {p[bad].tolist()}")
+    return p
+
+
 FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
 
 
@@ -147,21 +161,37 @@ class CDPO(PairwiseObjective):
     Mitchell 2023, "A note on DPO with noisy preferences & relationship to IPO". This is what TRL <= 0.28
     computed for ``sigmoid`` with ``label_smoothing``. Unlike ``robust`` it is bounded below and its optimum
     keeps ``s(b D) = 1 - eps`` instead of pushing the margin to infinity. Default eps = 0.1.
+
+    ``label_column`` names a batch column of soft labels ``p`` (the probability that ``y_w`` is preferred, one per
+    row): the label is then ``p`` rather than 1, and ``L = -[q log s(b D) + (1 - q) log s(-b D)]`` with
+    ``q = (1 - eps) p + eps (1 - p)``, that label flipped with probability ``eps``. With ``label_smoothing: 0``
+    it is the soft-preference cross-entropy of online self-preferring (OSP; "Online Self-Preferring Language
+    Models", 2024), ``p`` the self-judged preference strength; a column of ones gives back plain cDPO.
     """
 
     family = "pairwise"
     paper = 'Mitchell 2023, "A note on DPO with noisy preferences"'
-    convention = "TRL <= 0.28's `sigmoid` with label smoothing"
+    convention = "TRL <= 0.28's `sigmoid` with label smoothing; label_column: per-row soft labels (OSP)"
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, sft_weight: float = 0.0) -> None:
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, sft_weight: float = 0.0,
+                 label_column: str | None = None) -> None:
         super().__init__(beta=beta, sft_weight=sft_weight)
         check_label_smoothing(label_smoothing)
+        if label_column is not None and (not isinstance(label_column, str) or not label_column):
+            raise ValueError(f"label_column must name a batch column, got {label_column!r}")
         self.label_smoothing = label_smoothing
+        self.label_column = label_column
+        if label_column is not None:
+            self.extra_columns = (label_column,)
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
-        losses = smoothed_logistic(self.beta * (u_w - u_l), self.label_smoothing)
-        return losses, self.beta * u_w, self.beta * u_l
+        z = self.beta * (u_w - u_l)
+        if self.label_column is None:
+            return smoothed_logistic(z, self.label_smoothing), self.beta * u_w, self.beta * u_l
+        p = probability_column(s, self.label_column, f"cdpo (label_column {self.label_column!r})")
+        q = ((1 - self.label_smoothing) * p + self.label_smoothing * (1 - p)).to(z.dtype)
+        return -q * F.logsigmoid(z) - (1 - q) * F.logsigmoid(-z), self.beta * u_w, self.beta * u_l
 
 
 @register("ipo")
@@ -352,4 +382,5 @@ __all__ = [
     "NCAPair",
     "RobustDPO",
     "SPPOHard",
+    "probability_column",
 ]
