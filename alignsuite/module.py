@@ -353,6 +353,15 @@ class PreferenceModule(LightningModule):
 
     on_test_start = on_validation_start
 
+    def on_train_start(self) -> None:
+        # The learning-rate schedule asks for the number of steps (configure_optimizers), which makes Lightning set
+        # up the train loader before it restores a checkpoint's loop state; it then never hands the loader its saved
+        # position, and a run resumed mid-epoch would replay the epoch from its first batch. Hand it over here,
+        # after the restore and before the first batch is drawn.
+        loop = self.trainer.fit_loop
+        if getattr(loop, "_combined_loader_states_to_load", None):
+            loop._load_combined_loader_states()
+
     def _not_checkpointed(self) -> tuple[str, ...]:
         return ("reference.", "extra_references.") + tuple(f"backbone.{p}" for p in self.backbone.not_checkpointed)
 

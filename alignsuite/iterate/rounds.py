@@ -86,16 +86,19 @@ def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[lis
     for k, _, _ in shards(len(items), settings.shard_size):
         for row in read_rows(os.path.join(folder, "judged", shard_name(k))):
             judged.setdefault(row["prompt_index"], []).append(row)
-    lists, failed = [], []
+    lists, failed, empty = [], [], []
     for i, item in enumerate(items):
         samples = sorted(judged.get(i, []), key=lambda r: r["sample"])
         scores = [settings.ranking(s["values"]) for s in samples]
         failed += [(i, s["sample"]) for s, v in zip(samples, scores) if v is None]
+        # An empty text is a sample (the policy stopped at once) but no training row: left out, and counted.
+        empty += [(i, s["sample"]) for s, v in zip(samples, scores) if v is not None and s["output"] in ("", None)]
+        scores = [None if s["output"] in ("", None) else v for s, v in zip(samples, scores)]
         lists.append({**copy.deepcopy(item), "responses": [data_value(s["kind"], s["output"], folder) for s in samples],
                       "scores": [float("nan") if v is None else v for v in scores],
                       "values": [s["values"] for s in samples], "seeds": [s["seed"] for s in samples]})
     return lists, {"samples": sum(map(len, judged.values())), "failed_judgements": len(failed),
-                   "first_failed": failed[:10]}
+                   "first_failed": failed[:10], "empty_outputs": len(empty), "first_empty": empty[:10]}
 
 
 def build_round(lists: list[dict], settings: Iterate, index: int, folder: str) -> dict:
@@ -111,7 +114,7 @@ def build_round(lists: list[dict], settings: Iterate, index: int, folder: str) -
         rows = []
         for i, row in enumerate(lists):
             if sum(s == s for s in row["scores"]) >= 2:  # NaN != NaN: a failed judgement
-                rows.append(row)
+                rows.append({k: v for k, v in row.items() if k != "values"})
             else:
                 report.drop({"_source": "lists.jsonl", "_row": i}, "fewer than 2 responses with a finite score")
     else:
