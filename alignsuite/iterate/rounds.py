@@ -79,6 +79,11 @@ def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, tim
         times["judge"] += time.perf_counter() - began
 
 
+def is_empty(output) -> bool:
+    """An output with nothing in it: none, an empty text, or an empty list (speech codes or frames)."""
+    return output is None or (isinstance(output, (str, list)) and len(output) == 0)
+
+
 def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[list[dict], dict]:
     """One list row per prompt (its columns, ``responses`` and ``scores``: NaN for a failed judgement, and every
     judged value as ``values``), and counts of the failed judgements."""
@@ -91,9 +96,10 @@ def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[lis
         samples = sorted(judged.get(i, []), key=lambda r: r["sample"])
         scores = [settings.ranking(s["values"]) for s in samples]
         failed += [(i, s["sample"]) for s, v in zip(samples, scores) if v is None]
-        # An empty text is a sample (the policy stopped at once) but no training row: left out, and counted.
-        empty += [(i, s["sample"]) for s, v in zip(samples, scores) if v is not None and s["output"] in ("", None)]
-        scores = [None if s["output"] in ("", None) else v for s, v in zip(samples, scores)]
+        # An empty output (no text, an utterance of no frames) is a sample (the policy stopped at once) but no
+        # training row: left out, and counted.
+        empty += [(i, s["sample"]) for s, v in zip(samples, scores) if v is not None and is_empty(s["output"])]
+        scores = [None if is_empty(s["output"]) else v for s, v in zip(samples, scores)]
         lists.append({**copy.deepcopy(item), "responses": [data_value(s["kind"], s["output"], folder) for s in samples],
                       "scores": [float("nan") if v is None else v for v in scores],
                       "values": [s["values"] for s in samples], "seeds": [s["seed"] for s in samples]})

@@ -89,8 +89,10 @@ class SpeechWorld:
         return len(speech.speak(words, 0, None, self.durations[:1]))
 
     def eval_prompts(self, n: int, seed: int) -> list[dict]:
+        """``n`` hard items, each with its text also as ``prompt`` (what ``evaluate`` and ``iterate`` generate
+        from; the judge reads ``text``)."""
         rng = random.Random(f"eval-{seed}")
-        return [self.item(rng) for _ in range(n)]
+        return [{"prompt": item["text"], **item} for item in (self.item(rng) for _ in range(n))]
 
     def recogniser(self) -> speech.ToyRecogniser:
         return speech.ToyRecogniser()
