@@ -120,7 +120,8 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
         if os.path.exists(done):
             summaries.append(read_json(done))
             continue
-        previous = round_checkpoint(round_dir(settings.output_dir, index - 1)) if index > 1 else None
+        generate_from, start_from = (None if r is None else round_checkpoint(round_dir(settings.output_dir, r))
+                                     for r in settings.sources(index))
         times: Counter = Counter()
         summary: dict = {"round": index}
         if index > 0:
@@ -128,7 +129,7 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
             generator = None
             if any(not os.path.exists(os.path.join(folder, "judged", f"{k:05d}.jsonl"))
                    for k in range((len(prompts) + settings.shard_size - 1) // settings.shard_size)):
-                generator = policy_backbone(unbuilt, previous, device)
+                generator = policy_backbone(unbuilt, generate_from, device)
                 if hasattr(settings.judge, "attach"):  # a judge that prompts the policy itself (self-rewarding)
                     settings.judge.attach(generator)
             if generator is not None:
@@ -141,13 +142,16 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
             summary["build"] = build_round(lists, settings, index, folder)
             times["build"] += time.perf_counter() - began
             began = time.perf_counter()
-            fit_round(cli, settings, index, folder, previous)
+            fit_round(cli, settings, index, folder, start_from)
+            if settings.extragradient:
+                summary["step"] = "extrapolation" if index % 2 else "update"
             times["fit"] += time.perf_counter() - began
             summary["train_mean_score"] = _mean([s for r in lists for s in r["scores"] if s == s])
         if heldout is not None:
             began = time.perf_counter()
             checkpoint = round_checkpoint(folder) if index > 0 else None
-            summary["heldout"] = heldout_round(policy_backbone(unbuilt, checkpoint, device), heldout, settings, folder)
+            summary["heldout"] = heldout_round(policy_backbone(unbuilt, checkpoint, device), heldout, settings, folder,
+                                               round_dir(settings.output_dir, 0) if index > 0 else None)
             times["heldout"] += time.perf_counter() - began
         summary["seconds"] = {k: round(v, 3) for k, v in times.items()}
         summary = round_summary(summary, summaries[0] if summaries else None)

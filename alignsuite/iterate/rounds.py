@@ -13,9 +13,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from alignsuite.data.procedures.base import Report
 from alignsuite.generation import generate_chunked, row_conditions
 from alignsuite.iterate.files import (
-    data_value, decode_output, encode_output, read_json, read_rows, shard_name, write_json, write_rows,
+    data_value, decode_output, encode_output, finite, read_json, read_rows, shard_name, write_json, write_rows,
 )
-from alignsuite.iterate.settings import Iterate, IterateError
+from alignsuite.iterate.settings import WIN_RATE, Iterate, IterateError
 
 ROUND_SEED = 7_919
 SAMPLE_SEED = 1_000_003
@@ -73,10 +73,29 @@ def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, tim
         samples = read_rows(os.path.join(folder, "samples", shard_name(k)))
         prompt_rows = [items[s["prompt_index"]] for s in samples]
         outputs = [decode_output(s["kind"], s["output"], folder) for s in samples]
-        values = settings.judge.judge([r["prompt"] for r in prompt_rows], outputs, row_conditions(prompt_rows, backbone),
-                                      prompt_rows)
+        if settings.compares:
+            values = compare(settings.judge, samples, outputs, items, backbone)
+        else:
+            values = settings.judge.judge([r["prompt"] for r in prompt_rows], outputs,
+                                          row_conditions(prompt_rows, backbone), prompt_rows)
         write_rows(path, [{**s, "values": dict(v) if v is not None else None} for s, v in zip(samples, values)])
         times["judge"] += time.perf_counter() - began
+
+
+def compare(judge, samples: list[dict], outputs: list, items: list[dict], backbone) -> list[dict]:
+    """A preference judge's values of each sample: its win rate and its row of its prompt's win matrix."""
+    from alignsuite.judges import win_rates
+
+    order = sorted({s["prompt_index"] for s in samples})
+    groups = {i: [k for k, s in enumerate(samples) if s["prompt_index"] == i] for i in order}
+    rows = [items[i] for i in order]
+    matrices = judge.win_matrices([r["prompt"] for r in rows], [[outputs[k] for k in groups[i]] for i in order], rows,
+                                  row_conditions(rows, backbone))
+    values: list[dict] = [{} for _ in samples]
+    for i, matrix in zip(order, matrices):
+        for j, (k, rate) in enumerate(zip(groups[i], win_rates(matrix))):
+            values[k] = {WIN_RATE: rate, "win_row": list(matrix[j])}
+    return values
 
 
 def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[list[dict], dict]:
@@ -94,9 +113,13 @@ def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[lis
         # An empty text is a sample (the policy stopped at once) but no training row: left out, and counted.
         empty += [(i, s["sample"]) for s, v in zip(samples, scores) if v is not None and s["output"] in ("", None)]
         scores = [None if s["output"] in ("", None) else v for s, v in zip(samples, scores)]
-        lists.append({**copy.deepcopy(item), "responses": [data_value(s["kind"], s["output"], folder) for s in samples],
-                      "scores": [float("nan") if v is None else v for v in scores],
-                      "values": [s["values"] for s in samples], "seeds": [s["seed"] for s in samples]})
+        row = {**copy.deepcopy(item), "responses": [data_value(s["kind"], s["output"], folder) for s in samples],
+               "scores": [float("nan") if v is None else v for v in scores],
+               "values": [s["values"] for s in samples], "seeds": [s["seed"] for s in samples]}
+        if settings.compares:  # the prompt's win matrix, as the rules that read one take it (NaN: not judged)
+            row["win_matrix"] = [[float("nan") if x is None else x for x in (s["values"] or {}).get("win_row") or
+                                  [None] * len(samples)] for s in samples]
+        lists.append(row)
     return lists, {"samples": sum(map(len, judged.values())), "failed_judgements": len(failed),
                    "first_failed": failed[:10], "empty_outputs": len(empty), "first_empty": empty[:10]}
 
@@ -136,20 +159,38 @@ def build_round(lists: list[dict], settings: Iterate, index: int, folder: str) -
     return stats
 
 
-def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str) -> dict:
-    """The held-out prompts' outputs under one seed, judged: ``heldout.jsonl`` and the judge's mean and spread."""
+def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str, first: str | None = None) -> dict:
+    """The held-out prompts' outputs under one seed, judged: ``heldout.jsonl`` and one score per prompt.
+
+    A scorer (or the scorer a preference judge compares by, its ``scorer``) scores each output alone. A preference
+    judge without one compares each output with round 0's for the same prompt (``first``, round 0's folder): the
+    score is P(this round's output is preferred), 1/2 for round 0 itself."""
     path = os.path.join(folder, "heldout.jsonl")
+    scorer = settings.judge if not settings.compares else getattr(settings.judge, "scorer", None)
     if not os.path.exists(path):
         outputs = generate_chunked(backbone.generate, rows, settings.batch_size, settings.heldout_seed,
                                    backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
-        values = settings.judge.judge([r["prompt"] for r in rows], outputs, row_conditions(rows, backbone), rows)
+        conditions = row_conditions(rows, backbone)
+        if scorer is not None:
+            values = scorer.judge([r["prompt"] for r in rows], outputs, conditions, rows)
+        elif first is None:  # round 0 against itself
+            values = [{WIN_RATE: 0.5} for _ in rows]
+        else:
+            base = [decode_output(r["kind"], r["output"], first) for r in read_rows(os.path.join(first, "heldout.jsonl"))]
+            matrices = settings.judge.win_matrices([r["prompt"] for r in rows], [[o, b] for o, b in zip(outputs, base)],
+                                                   rows, conditions)
+            values = [{WIN_RATE: m[0][1]} for m in matrices]
         written = []
         for i, (output, value) in enumerate(zip(outputs, values)):
             kind, stored = encode_output(output, os.path.join(folder, "heldout"), f"{i:06d}")
             written.append({"prompt_index": i, "kind": kind, "output": stored, "values": value})
         write_rows(path, written)
     judged = read_rows(path)
-    scores = [settings.ranking(r["values"]) for r in judged]
+    if scorer is not None and settings.compares:  # the scorer's own value, higher better
+        sign = 1.0 if scorer.higher_is_better else -1.0
+        scores = [None if (v := finite((r["values"] or {}).get(scorer.name))) is None else sign * v for r in judged]
+    else:
+        scores = [settings.ranking(r["values"]) for r in judged]
     return {"scores": scores}
 
 
