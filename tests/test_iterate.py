@@ -259,3 +259,32 @@ def test_extragradient_rounds_generate_from_the_extrapolation_and_fit_from_the_p
     assert [plain.sources(r) for r in (1, 2, 3)] == [(None, None), (1, 1), (2, 2)]
     with pytest.raises(IterateError, match="iterate.rounds: expected an even number with iterate.extragradient"):
         Iterate("toy:llm", ToyReward("llm"), rounds=3, extragradient=True)
+
+
+@pytest.mark.parametrize("mode, resumed", [("initial", False), ("round_start", False), ("both", False),
+                                           ("round_start", True)])
+def test_a_rounds_fit_starts_from_the_previous_policy_with_the_reference_the_recipe_asks_for(tmp_path, mode, resumed):
+    from types import SimpleNamespace
+
+    from alignsuite.backbones import CausalLM
+    from alignsuite.iterate.round_start import RoundStart
+    from alignsuite.module import PreferenceModule
+    from alignsuite.objectives import DPO, INPO
+    from alignsuite.reference import FrozenCopy
+
+    extra = {"previous": FrozenCopy()} if mode == "both" else None
+    module = PreferenceModule(CausalLM("toy:llm"), INPO() if extra else DPO(), FrozenCopy(), extra_references=extra)
+    module.configure_model()
+    start = {k: v.clone() for k, v in module.backbone.policy.state_dict().items()}
+    moved = {f"backbone.policy.{k}": v + 0.5 for k, v in start.items()}
+    torch.save({"state_dict": moved}, tmp_path / "previous.ckpt")
+    RoundStart(str(tmp_path / "previous.ckpt"), mode).on_fit_start(
+        SimpleNamespace(ckpt_path="resumed.ckpt" if resumed else None), module)
+    policy = module.backbone.policy.state_dict()
+    assert all(torch.equal(policy[k], (start[k] if resumed else start[k] + 0.5)) for k in start)  # a resume keeps its own
+    initial = module.reference.model.state_dict()
+    want_reference = (lambda k: start[k] + 0.5) if mode == "round_start" else (lambda k: start[k])
+    assert all(torch.equal(initial[k], want_reference(k).to(initial[k].dtype)) for k in start)
+    if mode == "both":
+        previous = module.extra_references["previous"].model.state_dict()
+        assert all(torch.equal(previous[k], start[k] + 0.5) for k in start)

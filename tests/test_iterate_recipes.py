@@ -68,8 +68,11 @@ def shrunk(recipe: str, tmp_path, model: str, reward: str, prompts: str) -> str:
     config["model"]["init_args"]["backbone"]["init_args"].update(max_length=32, max_prompt_length=16)
     it = config["iterate"]
     judge = it["judge"]["init_args"]
-    scorer = judge["scorer"]["init_args"] if "scorer" in judge else judge
-    scorer.update(model_name_or_path=reward, dtype="float32", device="cpu")
+    if not judge.get("policy"):  # the policy judging itself needs no other model
+        scorer = judge["scorer"]["init_args"] if "scorer" in judge else judge
+        scorer.update(model_name_or_path=reward, dtype="float32", device="cpu")
+    else:
+        judge["generation_kwargs"]["max_new_tokens"] = 6
     it.update(prompts=prompts, heldout=prompts, rounds=1, num_prompts=4, prompts_per_round=4, num_heldout=2,
               batch_size=4, shard_size=2, output_dir=str(tmp_path / "run"))
     it["generation_kwargs"]["max_new_tokens"] = 6
@@ -85,7 +88,16 @@ def test_real_iterate_recipe_runs_as_shipped_with_tiny_models(tmp_path, recipe):
     reward = save_tiny_reward_model(tmp_path / "reward")
     prompts = tmp_path / "ultrafeedback_prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"echo {w}"}) + "\n" for w in ("a b", "c d e", "f", "g h")))
-    main(["iterate", "--config", shrunk(recipe, tmp_path, model, reward, str(prompts))])
+    config = shrunk(recipe, tmp_path, model, reward, str(prompts))
+    if yaml.safe_load(open(config))["iterate"]["judge"]["init_args"].get("policy"):
+        # A tiny random model writes no score a rubric parse finds: every judgement is counted as failed and the
+        # round stops before it trains on nothing, with the raw judge answers kept.
+        with pytest.raises(SystemExit):
+            main(["iterate", "--config", config])
+        judged = read_rows(tmp_path / "run" / "round_01" / "judged" / "00000.jsonl")
+        assert all(r["values"]["llm_judge"] is None and isinstance(r["values"]["judge_output"], str) for r in judged)
+        return
+    main(["iterate", "--config", config])
     summaries = rounds_of(tmp_path / "run")
     assert [s["round"] for s in summaries] == [0, 1]
     assert summaries[1]["build"]["rows"] > 0

@@ -130,8 +130,7 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
             if any(not os.path.exists(os.path.join(folder, "judged", f"{k:05d}.jsonl"))
                    for k in range((len(prompts) + settings.shard_size - 1) // settings.shard_size)):
                 generator = policy_backbone(unbuilt, generate_from, device)
-                if hasattr(settings.judge, "attach"):  # a judge that prompts the policy itself (self-rewarding)
-                    settings.judge.attach(generator)
+                attach(settings.judge, generator)
             if generator is not None:
                 generate_round(generator, prompts, settings, index, folder, times)
                 judge_round(generator, prompts, settings, folder, times)
@@ -139,7 +138,7 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
             lists, judged = gather_lists(prompts, settings, folder)
             summary["judged"] = judged
             began = time.perf_counter()
-            summary["build"] = build_round(lists, settings, index, folder)
+            summary["build"] = build_round(lists, settings, index, folder, judged)
             times["build"] += time.perf_counter() - began
             began = time.perf_counter()
             fit_round(cli, settings, index, folder, start_from)
@@ -150,8 +149,11 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
         if heldout is not None:
             began = time.perf_counter()
             checkpoint = round_checkpoint(folder) if index > 0 else None
-            summary["heldout"] = heldout_round(policy_backbone(unbuilt, checkpoint, device), heldout, settings, folder,
+            policy = policy_backbone(unbuilt, checkpoint, device)
+            attach(settings.judge, policy)
+            summary["heldout"] = heldout_round(policy, heldout, settings, folder,
                                                round_dir(settings.output_dir, 0) if index > 0 else None)
+            del policy
             times["heldout"] += time.perf_counter() - began
         summary["seconds"] = {k: round(v, 3) for k, v in times.items()}
         summary = round_summary(summary, summaries[0] if summaries else None)
@@ -160,6 +162,12 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
         rank_zero_info(f"round {index} done: {summary.get('line', '')}")
     write_run_report(settings, summaries)
     return summaries
+
+
+def attach(judge, policy) -> None:
+    """Hand the policy that generated to a judge that prompts it (self-rewarding: ``LLMJudge(policy: true)``)."""
+    if hasattr(judge, "attach"):
+        judge.attach(policy)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -124,7 +124,7 @@ def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[lis
                    "first_failed": failed[:10], "empty_outputs": len(empty), "first_empty": empty[:10]}
 
 
-def build_round(lists: list[dict], settings: Iterate, index: int, folder: str) -> dict:
+def build_round(lists: list[dict], settings: Iterate, index: int, folder: str, judged: dict | None = None) -> dict:
     """``lists.jsonl``, the rule's rows (``pairs.jsonl``) and ``build.json`` (rows in and out, dropped by reason).
     A round that keeps nothing is refused with the counts: it would train on nothing."""
     stats_path = os.path.join(folder, "build.json")
@@ -150,9 +150,12 @@ def build_round(lists: list[dict], settings: Iterate, index: int, folder: str) -
              "counts": dict(report.counts)}
     if not rows:
         reasons = ", ".join(f"{n} by {why}" for why, n in dropped.items()) or "no reason recorded"
+        judged = judged or {}
+        failed = (f"; {judged['failed_judgements']} of {judged['samples']} judgements gave no value (the first, as"
+                  f" (prompt, sample): {judged['first_failed'][:3]})" if judged.get("failed_judgements") else "")
         raise IterateError(f"round {index}: the build rule {stats['rule']} kept no rows from {len(lists)} prompts"
-                           f" ({reasons}); nothing to train on. Sample more (iterate.num_samples), loosen the rule,"
-                           f" or check the judge's values in {os.path.join(folder, 'judged')}")
+                           f" ({reasons}){failed}; nothing to train on. Sample more (iterate.num_samples), loosen the"
+                           f" rule, or check the judge's values in {os.path.join(folder, 'judged')}")
     write_json(stats_path, stats)
     rank_zero_info(f"round {index}: {stats['rule']} kept {len(rows)} rows of {len(lists)} prompts"
                    + (f"; dropped {', '.join(f'{n} by {why}' for why, n in dropped.items())}" if dropped else ""))
