@@ -3,13 +3,17 @@ they are read and before the layout makes them canonical, their output stored on
 their inputs (``run.py``).
 
 Each is a `Procedure` (``base.py``): ``SelectiveDPO`` and ``AIRPairs`` keep some rows (``selection.py``),
-``RewardAugmented`` relabels pairs with a target score (``relabel.py``), ``SweetSpotPairs``,
+``RewardAugmented`` relabels pairs with a target score (``relabel.py``), ``DirectionalPairs`` (DPA) and
+``ControllablePairs`` (CPO) condition pairs on a drawn preference written into the prompt by a
+``PromptCondition`` (``conditioned.py``, ``condition.py``), ``SweetSpotPairs``,
 ``RejectionSampling`` and ``CurryPairs`` turn rows of K scored responses into pairs (``pairs.py``), and
 ``CuratronPairs`` completes pairwise comparisons through a fitted ranking (``completion.py``).
 """
 
 from alignsuite.data.procedures.base import ListProcedure, Procedure, Report
 from alignsuite.data.procedures.completion import CuratronPairs, btl_scores
+from alignsuite.data.procedures.condition import PromptCondition
+from alignsuite.data.procedures.conditioned import ConditionedPairs, ControllablePairs, DirectionalPairs
 from alignsuite.data.procedures.pairs import CurryPairs, RejectionSampling, SweetSpotPairs
 from alignsuite.data.procedures.relabel import RewardAugmented
 from alignsuite.data.procedures.run import run_procedures
@@ -17,11 +21,15 @@ from alignsuite.data.procedures.selection import AIRPairs, DifficultyScorer, Sel
 
 __all__ = [
     "AIRPairs",
+    "ConditionedPairs",
+    "ControllablePairs",
     "CuratronPairs",
     "CurryPairs",
     "DifficultyScorer",
+    "DirectionalPairs",
     "ListProcedure",
     "Procedure",
+    "PromptCondition",
     "RejectionSampling",
     "Report",
     "RewardAugmented",
