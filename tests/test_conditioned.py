@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import glob
+import json
 import math
+import os
 
 import pytest
 
 from alignsuite.backbones import CausalLM
+from alignsuite.cli import main
 from alignsuite.data.errors import DataError
 from alignsuite.data.procedures import ControllablePairs, DirectionalPairs, PromptCondition, RewardAugmented, Report
 from alignsuite.evaluation.front import PREFERENCE
@@ -182,3 +186,42 @@ def test_evaluate_sweeps_the_preference_through_the_prompt(tmp_path):
             continue
         with pytest.raises(EvaluationError, match=message):
             run_front(PreferenceModule(PromptReader("toy:llm")), Evaluation(**settings, **bad))
+
+
+# ------------------------------------------------------------------------------------------------ the toy recipe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "recipes", "toy", "llm_dpa.yaml")
+EVAL = os.path.join(REPO, "configs", "eval", "toy_llm_case_dpa.yaml")
+
+
+def fit_and_sweep(tmp_path, *fit_args, num_prompts: int = 256) -> dict:
+    main(["fit", "--config", RECIPE, "--trainer.logger.init_args.save_dir", str(tmp_path), "--checkpoint.dirpath",
+          str(tmp_path / "ckpt"), "--trainer.enable_progress_bar", "false", *fit_args])
+    export = glob.glob(str(tmp_path / "*" / "version_0" / "export"))[0]
+    main(["evaluate", "--config", RECIPE, "--config", EVAL, "--evaluate.aligned", export, "--evaluate.output_dir",
+          str(tmp_path / "front"), "--evaluate.report", "false", "--evaluate.num_prompts", str(num_prompts)])
+    front = json.loads((tmp_path / "front" / "results.json").read_text())["front"]
+    return {tuple(p["vector"]) if p["vector"] else p["label"]: p["means"] for p in front["points"]} | \
+        {"hypervolume": front["hypervolume"]}
+
+
+def test_the_recipe_and_its_front_config_run_through_the_commands(tmp_path):
+    """The shipped recipe, shortened, and the front config as shipped but for the model and 8 prompts: the
+    conditioned pairs reach the model, and evaluate sweeps the five vectors through the prompts."""
+    points = fit_and_sweep(tmp_path, "--data.init_args.num_train", "32", "--data.init_args.num_val", "16",
+                           "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", num_prompts=8)
+    assert {(1.0, 0.0), (0.8, 0.2), (0.5, 0.5), (0.2, 0.8), (0.0, 1.0), "base"} <= set(points)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_dpa_model_traces_the_front_through_its_prompt(tmp_path, seed):
+    """One run of the shipped recipe, swept through the prompt: at (0.8, 0.2) it answers in capitals, at (0.2, 0.8)
+    in lower case. Measured over seeds 0-2 (docs/language.md): caps 0.62 apart or more, lower 0.45 apart or more,
+    hypervolume against (0, 0) 0.186 or more; asserted: 0.45, 0.3, 0.13."""
+    points = fit_and_sweep(tmp_path, "--seed_everything", str(seed), "--data.init_args.seed", str(seed))
+    caps_first, lower_first = points[(0.8, 0.2)], points[(0.2, 0.8)]
+    assert caps_first["reward_caps"] - lower_first["reward_caps"] >= 0.45
+    assert lower_first["reward_lower"] - caps_first["reward_lower"] >= 0.3
+    assert points["hypervolume"] >= 0.13
