@@ -141,6 +141,20 @@ def test_the_toy_world_rows_carry_both_rewards_per_answer():
                                                                           "lower": row[f"lower_{k}"]}
 
 
+def test_a_toy_world_read_through_another_layout_needs_a_procedure():
+    from alignsuite.data import TextPairs
+    from alignsuite.toy.data import ToyPreferenceData
+
+    with pytest.raises(ValueError, match="data.layout: the generated rows are in the world's own layout"):
+        ToyPreferenceData("llm_case", layout=TextPairs())
+    condition = PromptCondition("{caps}", levels=WORDS, normalise="sum")
+    data = ToyPreferenceData("llm_case", num_train=16, num_val=8, batch_size=4, layout=TextPairs(),
+                             procedures=[DirectionalPairs(DIMS, condition, splits=["train", "val"])])
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert all(p.split("\n\n")[0] in WORDS and p.split("\n\n")[1].startswith("echo") for p in batch["prompt"])
+
+
 class PromptReader(CausalLM):
     """A stub of a prompt-conditioned model: it reads the first condition word (the caps weight as a, b, c, d, e)
     and answers that share of the letters in capitals."""
