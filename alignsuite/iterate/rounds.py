@@ -65,7 +65,7 @@ def generate_round(backbone, items: list[dict], settings: Iterate, index: int, f
 
 def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, times: Counter) -> None:
     """``judged/<shard>.jsonl`` for every generated shard not yet judged: each sample with all the judge's values."""
-    for k, start, end in shards(len(items), settings.shard_size):
+    for k, _, _ in shards(len(items), settings.shard_size):
         path = os.path.join(folder, "judged", shard_name(k))
         if os.path.exists(path):
             continue
