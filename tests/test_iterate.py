@@ -288,3 +288,28 @@ def test_a_rounds_fit_starts_from_the_previous_policy_with_the_reference_the_rec
     if mode == "both":
         previous = module.extra_references["previous"].model.state_dict()
         assert all(torch.equal(previous[k], start[k] + 0.5) for k in start)
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_in_round_2_resumes_to_the_same_files_and_weights(uninterrupted, tmp_path):
+    """The process itself killed (SIGKILL: no handler runs) as soon as round 2's first shard is on disk."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "alignsuite", *small(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "round_02" / "samples" / "00000.jsonl"
+    while not first.exists() and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "round_02" / "round.json").exists()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for name in round_files(uninterrupted):
+        if not (name.endswith("round.json") or name == "rounds.json"):
+            assert filecmp.cmp(out / name, uninterrupted / name, shallow=False), name
+    got, want = final_weights(out, 2), final_weights(uninterrupted, 2)
+    assert all(torch.equal(got[k], want[k]) for k in want)
