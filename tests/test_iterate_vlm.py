@@ -118,22 +118,25 @@ def test_the_pairs_carry_the_prompts_images_and_the_vision_layout_reads_them(jud
     assert read == sorted(pixels(p["images"][0]).tobytes() for p in pairs)
 
 
-def test_the_vlm_iterate_recipe_runs_as_shipped_shrunk(tmp_path):
-    out = tmp_path / "run"
-    main(["iterate", "--config", RECIPE, "--iterate.rounds", "1", "--iterate.num_prompts", "16",
-          "--iterate.prompts_per_round", "16", "--iterate.num_heldout", "8", "--iterate.shard_size", "8",
-          "--iterate.output_dir", str(out), "--data.init_args.batch_size", "4", "--trainer.max_epochs", "1",
-          "--trainer.log_every_n_steps", "1"])
-    summaries = read_json(out / "rounds.json")
-    assert [s["round"] for s in summaries] == [0, 1] and summaries[1]["build"]["rows"] > 0
-    held = read_rows(out / "round_01" / "heldout.jsonl")
-    assert len(held) == 8 and all(r["values"]["image_sensitivity"] is not None for r in held)
-    assert os.path.exists(out / "round_01" / "fit" / "version_0" / "checkpoints" / "last.ckpt")
-
-
-def heldout_reward(out, index: int) -> float:
+def heldout_values(out, index: int, name: str) -> float:
     rows = read_rows(os.path.join(out, f"round_{index:02d}", "heldout.jsonl"))
-    return sum(r["values"]["toy_reward_vlm"] for r in rows) / len(rows)
+    values = [r["values"][name] for r in rows if r["values"][name] is not None]
+    return sum(values) / len(values)
+
+
+def test_one_round_of_the_recipe_raises_the_reward_and_makes_answers_follow_the_image(tmp_path):
+    """The recipe as shipped for one round, trained 8 epochs on its pairs (about a CPU minute). Measured with
+    seeds 0 / 1 / 2 (``--iterate.seed``): held-out reward 0.651 -> 0.745 / 0.724 / 0.688, image sensitivity
+    0.589 -> 0.724 / 0.719 / 0.750; the bounds leave room below the least of them."""
+    out = tmp_path / "run"
+    main(["iterate", "--config", RECIPE, "--iterate.rounds", "1", "--trainer.max_epochs", "8",
+          "--iterate.output_dir", str(out)])
+    summaries = read_json(out / "rounds.json")
+    assert [s["round"] for s in summaries] == [0, 1] and summaries[1]["build"]["rows"] > 50
+    held = read_rows(out / "round_01" / "heldout.jsonl")
+    assert len(held) == 192 and all(r["values"]["image_sensitivity"] is not None for r in held)
+    assert heldout_values(out, 1, "toy_reward_vlm") > heldout_values(out, 0, "toy_reward_vlm") + 0.01
+    assert heldout_values(out, 1, "image_sensitivity") > heldout_values(out, 0, "image_sensitivity") + 0.07
 
 
 @pytest.mark.slow
@@ -148,4 +151,4 @@ def test_the_toy_reward_rises_over_rounds_of_on_policy_pairs(tmp_path, seed):
     on_policy = [s["train_mean_score"] for s in summaries[1:]]
     assert on_policy[1] > on_policy[0] and on_policy[2] > on_policy[1] + 0.02, on_policy
     assert on_policy[2] > on_policy[0] + 0.07, on_policy
-    assert heldout_reward(out, 3) > heldout_reward(out, 0) + 0.03
+    assert heldout_values(out, 3, "toy_reward_vlm") > heldout_values(out, 0, "toy_reward_vlm") + 0.03
