@@ -3,7 +3,6 @@ the training rows. Every step reads what an earlier, interrupted run finished an
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections import Counter
@@ -11,9 +10,10 @@ from collections import Counter
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.data.procedures.base import Report
-from alignsuite.generation import generate_chunked, row_conditions
+from alignsuite.generation import generate_chunked, generate_rewrites, row_conditions
 from alignsuite.iterate.files import (
-    data_value, decode_output, encode_output, finite, read_json, read_rows, shard_name, write_json, write_rows,
+    data_value, decode_output, encode_output, encode_row, finite, read_json, read_rows, shard_name, write_json,
+    write_rows,
 )
 from alignsuite.iterate.settings import WIN_RATE, Iterate, IterateError
 
@@ -50,28 +50,60 @@ def generate_round(backbone, items: list[dict], settings: Iterate, index: int, f
         for j in range(settings.num_samples):
             # seed_step "offset": the chunk starting at prompt s of this shard draws from seed + s, so the
             # seed of every chunk is the same whichever shard the run resumed at.
-            outputs = generate_chunked(backbone.generate, chunk, settings.batch_size, base + SAMPLE_SEED * j + start,
+            seed = base + SAMPLE_SEED * j + start
+            outputs = generate_chunked(backbone.generate, chunk, settings.batch_size, seed,
                                        backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
+            rewrites = rewrite_outputs(backbone, chunk, settings, seed, os.path.join(folder, "samples"),
+                                       [f"{start + i:06d}_{j}" for i in range(len(chunk))])
             for i, output in enumerate(outputs):
                 local = (i // settings.batch_size) * settings.batch_size
                 kind, value = encode_output(output, os.path.join(folder, "samples"), f"{start + i:06d}_{j}")
-                rows.append({"prompt_index": start + i, "sample": j, "seed": base + SAMPLE_SEED * j + start + local,
-                             "kind": kind, "output": value})
+                rows.append({"prompt_index": start + i, "sample": j, "seed": seed + local, "kind": kind, "output": value,
+                             **({"rewrites": rewrites[i]} if rewrites else {})})
         rows.sort(key=lambda r: (r["prompt_index"], r["sample"]))
         write_rows(os.path.join(folder, "samples", shard_name(k)), rows)
         times["generate"] += time.perf_counter() - began
         rank_zero_info(f"round {index}: generated shard {k} (prompts {start}-{end - 1}, {len(rows)} samples)")
 
 
+def rewrite_outputs(backbone, rows: list[dict], settings: Iterate, seed: int, folder: str,
+                    names: list[str]) -> list[dict]:
+    """The outputs of the rewrites the judge declares (:attr:`alignsuite.judging.Scorer.rewrites`: the same
+    prompts generated again with a column replaced), drawn with the seeds of the samples they go with and
+    stored as the outputs are: ``[{name: {"kind", "output"}}]`` per row, or ``[]`` when the judge declares none.
+    Kept in the shard files, so that a resumed round judges the same."""
+    declared = dict(getattr(settings.judge, "rewrites", None) or {})
+    if not declared:
+        return []
+    moved = generate_rewrites(backbone.generate, rows, declared, settings.batch_size, seed, backbone.generation_columns,
+                              settings.generation_kwargs, seed_step="offset")
+    out = []
+    for name, row in zip(names, moved):
+        kept = {}
+        for rewrite in declared:
+            kind, value = encode_output(row[rewrite], folder, f"{name}_{rewrite}")
+            kept[rewrite] = {"kind": kind, "output": value}
+        out.append(kept)
+    return out
+
+
+def with_rewrites(row: dict, rewrites: dict | None, round_folder: str) -> dict:
+    """A prompt row with the stored rewrite outputs of one sample under their names, as the judge reads them."""
+    if not rewrites:
+        return row
+    return {**row, **{name: decode_output(r["kind"], r["output"], round_folder) for name, r in rewrites.items()}}
+
+
 def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, times: Counter) -> None:
-    """``judged/<shard>.jsonl`` for every generated shard not yet judged: each sample with all the judge's values."""
+    """``judged/<shard>.jsonl`` for every generated shard not yet judged: each sample with all the judge's values
+    (the rewrites it declares read from the shard, as generated with the sample)."""
     for k, _, _ in shards(len(items), settings.shard_size):
         path = os.path.join(folder, "judged", shard_name(k))
         if os.path.exists(path):
             continue
         began = time.perf_counter()
         samples = read_rows(os.path.join(folder, "samples", shard_name(k)))
-        prompt_rows = [items[s["prompt_index"]] for s in samples]
+        prompt_rows = [with_rewrites(items[s["prompt_index"]], s.get("rewrites"), folder) for s in samples]
         outputs = [decode_output(s["kind"], s["output"], folder) for s in samples]
         if settings.compares:
             values = compare(settings.judge, samples, outputs, items, backbone)
@@ -113,7 +145,9 @@ def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[lis
         # An empty text is a sample (the policy stopped at once) but no training row: left out, and counted.
         empty += [(i, s["sample"]) for s, v in zip(samples, scores) if v is not None and s["output"] in ("", None)]
         scores = [None if s["output"] in ("", None) else v for s, v in zip(samples, scores)]
-        row = {**copy.deepcopy(item), "responses": [data_value(s["kind"], s["output"], folder) for s in samples],
+        # The images the prompt row holds (its input images) as PNG files the training rows point to.
+        columns = encode_row(item, os.path.join(folder, "prompts"), f"{i:06d}")
+        row = {**columns, "responses": [data_value(s["kind"], s["output"], folder) for s in samples],
                "scores": [float("nan") if v is None else v for v in scores],
                "values": [s["values"] for s in samples], "seeds": [s["seed"] for s in samples]}
         if settings.compares:  # the prompt's win matrix, as the rules that read one take it (NaN: not judged)
@@ -174,8 +208,11 @@ def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str, fi
         outputs = generate_chunked(backbone.generate, rows, settings.batch_size, settings.heldout_seed,
                                    backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
         conditions = row_conditions(rows, backbone)
+        rewrites = rewrite_outputs(backbone, rows, settings, settings.heldout_seed, os.path.join(folder, "heldout"),
+                                   [f"{i:06d}" for i in range(len(rows))])
+        judged_rows = [with_rewrites(r, rewrites[i] if rewrites else None, folder) for i, r in enumerate(rows)]
         if scorer is not None:
-            values = scorer.judge([r["prompt"] for r in rows], outputs, conditions, rows)
+            values = scorer.judge([r["prompt"] for r in rows], outputs, conditions, judged_rows)
         elif first is None:  # round 0 against itself
             values = [{WIN_RATE: 0.5} for _ in rows]
         else:
@@ -186,7 +223,8 @@ def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str, fi
         written = []
         for i, (output, value) in enumerate(zip(outputs, values)):
             kind, stored = encode_output(output, os.path.join(folder, "heldout"), f"{i:06d}")
-            written.append({"prompt_index": i, "kind": kind, "output": stored, "values": value})
+            written.append({"prompt_index": i, "kind": kind, "output": stored, "values": value,
+                            **({"rewrites": rewrites[i]} if rewrites else {})})
         write_rows(path, written)
     judged = read_rows(path)
     if scorer is not None and settings.compares:  # the scorer's own value, higher better
