@@ -44,13 +44,17 @@ def draw(results: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
     for arm, runs in results.items():
         means = np.array([[r["heldout"]["mean"] for r in rounds] for rounds in runs.values()])
-        x = np.arange(means.shape[1]) if arm != "offline" else np.array([0, 3])  # offline: one fit, drawn at the end
-        y = means.mean(axis=0)
-        ax.plot(x, y, marker="o", label=f"{arm} ({len(runs)} seeds)", ls="--" if arm == "offline" else "-")
+        if arm == "offline":  # one fit on pairs sampled once from the base: a point at the end, the seeds' range
+            y = means[:, -1].mean()
+            ax.errorbar([3.08], [y], yerr=[[y - means[:, -1].min()], [means[:, -1].max() - y]], fmt="s", capsize=3,
+                        color="black", label=f"offline: one fit on base samples of all 768 prompts ({len(runs)} seeds)")
+            continue
+        x, y = np.arange(means.shape[1]), means.mean(axis=0)
+        ax.plot(x, y, marker="o", label=f"{arm}, 3 rounds of 256 prompts ({len(runs)} seeds)")
         ax.fill_between(x, means.min(axis=0), means.max(axis=0), alpha=0.15)
     ax.set(xlabel="round", ylabel="held-out toy reward", title="language toy world: online rounds vs offline pairs",
            xticks=[0, 1, 2, 3])
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

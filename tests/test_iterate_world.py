@@ -29,15 +29,23 @@ def test_two_rounds_of_iterative_dpo_raise_the_held_out_reward(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_online_rounds_go_further_than_offline_pairs_and_sppo_and_dno_match_iterative_dpo(tmp_path, seed):
+def test_online_rounds_go_further_than_offline_pairs_and_sppo_and_dno_match_iterative_dpo(tmp_path):
+    """Per seed, iterative DPO ends above the offline arm with fewer pairs (measured +0.06, +0.08, +0.15); over the
+    three seeds SPPO and DNO end within 0.03 of it on average (measured +0.012 and -0.021)."""
     import sys
 
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     from toy_iterate import run
 
-    final = {arm: run(arm, seed, str(tmp_path))[-1]["heldout"]["mean"] for arm in ("dpo", "sppo", "dno", "offline")}
-    pairs = {arm: sum(r["build"]["rows"] for r in run(arm, seed, str(tmp_path))[1:]) for arm in ("dpo", "offline")}
-    assert pairs["dpo"] < pairs["offline"]  # the online arm keeps fewer pairs
-    assert final["dpo"] > final["offline"] + 0.03
-    assert final["sppo"] > final["dpo"] - 0.05 and final["dno"] > final["dpo"] - 0.05  # "match": within noise
+    arms = ("dpo", "sppo", "dno", "offline")
+    runs = {(arm, seed): run(arm, seed, str(tmp_path)) for arm in arms for seed in (0, 1, 2)}
+    final = {key: rounds[-1]["heldout"]["mean"] for key, rounds in runs.items()}
+    pairs = {key: sum(r["build"]["rows"] for r in rounds[1:]) for key, rounds in runs.items()}
+    for seed in (0, 1, 2):
+        assert pairs["dpo", seed] < pairs["offline", seed]
+        assert final["dpo", seed] > final["offline", seed] + 0.03
+
+    def mean(arm):
+        return sum(final[arm, seed] for seed in (0, 1, 2)) / 3
+
+    assert mean("sppo") > mean("dpo") - 0.03 and mean("dno") > mean("dpo") - 0.03
