@@ -152,13 +152,12 @@ def test_a_run_stopped_in_round_2_resumes_to_the_same_files_and_weights(uninterr
 
 
 def test_every_candidate_tying_builds_nothing_and_says_so(tmp_path):
-    settings = Iterate("toy:llm", ToyReward("llm"), output_dir=str(tmp_path))
-    lists = [{"prompt": "echo a b", "responses": ["A B", "A B"], "scores": [1.0, 1.0]} for _ in range(3)]
-    from alignsuite.data.procedures import SweetSpotPairs
+    from alignsuite.data.procedures import BestWorstPairs
 
-    settings.build = SweetSpotPairs()
-    with pytest.raises(IterateError, match=r"round 2: the build rule BestWorstPairs kept no rows from 3 prompts \(3 by"
-                                           r" scores equal\); nothing to train on"):
+    settings = Iterate("toy:llm", ToyReward("llm"), build=BestWorstPairs(), output_dir=str(tmp_path))
+    lists = [{"prompt": "echo a b", "responses": ["A B", "A B"], "scores": [1.0, 1.0]} for _ in range(3)]
+    with pytest.raises(IterateError, match=r"round 2: the build rule BestWorstPairs kept no rows from 3 prompts \(3 by tie:"
+                                           r" every scored response has the same score\); nothing to train on"):
         rounds.build_round(lists, settings, 2, str(tmp_path / "round_02"))
     assert not os.path.exists(tmp_path / "round_02" / "build.json")  # the round is not taken as built
 
@@ -202,7 +201,7 @@ def test_a_judge_of_another_modality_is_refused_before_anything_generates(tmp_pa
         main(small(tmp_path / "run", "--iterate.judge", "alignsuite.evaluation.ToyReward",
                    "--iterate.judge.world", "diffusion"))
     err = capsys.readouterr().err
-    assert "iterate.judge: scorer 'toy_reward_diffusion'" in err and "not text" in err
+    assert "iterate.judge: scorer 'toy_reward_diffusion'" in err and "not text; remove it from iterate.judge" in err
     assert not os.path.exists(tmp_path / "run" / "round_01")
 
 
@@ -224,3 +223,93 @@ def test_report_counts_survive_a_json_round_trip(tmp_path):
     report = Report("x", 3)
     report.drop({"_source": "lists.jsonl", "_row": 1}, "tie")
     assert json.loads(json.dumps(report.to_dict()))["counts"] == {"dropped: tie": 1}
+
+
+def test_a_preference_judge_gives_each_list_its_win_matrix_and_win_rates(tmp_path):
+    from alignsuite.iterate.files import write_rows
+    from alignsuite.judges import BradleyTerryJudge
+
+    settings = Iterate("toy:llm", BradleyTerryJudge(ToyReward("llm"), temperature=0.5), shard_size=4)
+    assert settings.score == "win_rate" and settings.compares
+    folder = tmp_path / "round_01"
+    outputs = ["A B", "A b", "x y"]  # rewards 1, 1/2, 0 for "echo a b"
+    write_rows(str(folder / "samples" / "00000.jsonl"),
+               [{"prompt_index": 0, "sample": j, "seed": 7, "kind": "text", "output": o} for j, o in enumerate(outputs)])
+    rounds.judge_round(None, [{"prompt": "echo a b"}], settings, str(folder), __import__("collections").Counter())
+    lists, _ = rounds.gather_lists([{"prompt": "echo a b"}], settings, str(folder))
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    want = [[0.5, s(1.0), s(2.0)], [s(-1.0), 0.5, s(1.0)], [s(-2.0), s(-1.0), 0.5]]
+    assert [x for r in lists[0]["win_matrix"] for x in r] == pytest.approx([x for r in want for x in r])
+    assert lists[0]["scores"] == pytest.approx([sum(r) / 3 for r in want])  # SPPO's win rates, diagonal included
+
+
+def test_a_rule_reading_what_the_judge_does_not_give_is_refused_at_start():
+    from alignsuite.data.procedures import EmpiricalPreferencePairs
+
+    with pytest.raises(IterateError, match="iterate.build: EmpiricalPreferencePairs reads votes, which the judge"
+                                           " ToyReward does not give"):
+        Iterate("toy:llm", ToyReward("llm"), build=EmpiricalPreferencePairs())
+
+
+def test_extragradient_rounds_generate_from_the_extrapolation_and_fit_from_the_point_before_it():
+    settings = Iterate("toy:llm", ToyReward("llm"), rounds=4, extragradient=True)
+    # round: (generated from, fit starts from); None is the starting policy
+    assert [settings.sources(r) for r in (1, 2, 3, 4)] == [(None, None), (1, None), (2, 2), (3, 2)]
+    plain = Iterate("toy:llm", ToyReward("llm"), rounds=3)
+    assert [plain.sources(r) for r in (1, 2, 3)] == [(None, None), (1, 1), (2, 2)]
+    with pytest.raises(IterateError, match="iterate.rounds: expected an even number with iterate.extragradient"):
+        Iterate("toy:llm", ToyReward("llm"), rounds=3, extragradient=True)
+
+
+@pytest.mark.parametrize("mode, resumed", [("initial", False), ("round_start", False), ("both", False),
+                                           ("round_start", True)])
+def test_a_rounds_fit_starts_from_the_previous_policy_with_the_reference_the_recipe_asks_for(tmp_path, mode, resumed):
+    from types import SimpleNamespace
+
+    from alignsuite.backbones import CausalLM
+    from alignsuite.iterate.round_start import RoundStart
+    from alignsuite.module import PreferenceModule
+    from alignsuite.objectives import DPO, INPO
+    from alignsuite.reference import FrozenCopy
+
+    extra = {"previous": FrozenCopy()} if mode == "both" else None
+    module = PreferenceModule(CausalLM("toy:llm"), INPO() if extra else DPO(), FrozenCopy(), extra_references=extra)
+    module.configure_model()
+    start = {k: v.clone() for k, v in module.backbone.policy.state_dict().items()}
+    moved = {f"backbone.policy.{k}": v + 0.5 for k, v in start.items()}
+    torch.save({"state_dict": moved}, tmp_path / "previous.ckpt")
+    RoundStart(str(tmp_path / "previous.ckpt"), mode).on_fit_start(
+        SimpleNamespace(ckpt_path="resumed.ckpt" if resumed else None), module)
+    policy = module.backbone.policy.state_dict()
+    assert all(torch.equal(policy[k], (start[k] if resumed else start[k] + 0.5)) for k in start)  # a resume keeps its own
+    initial = module.reference.model.state_dict()
+    want_reference = (lambda k: start[k] + 0.5) if mode == "round_start" else (lambda k: start[k])
+    assert all(torch.equal(initial[k], want_reference(k).to(initial[k].dtype)) for k in start)
+    if mode == "both":
+        previous = module.extra_references["previous"].model.state_dict()
+        assert all(torch.equal(previous[k], start[k] + 0.5) for k in start)
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_in_round_2_resumes_to_the_same_files_and_weights(uninterrupted, tmp_path):
+    """The process itself killed (SIGKILL: no handler runs) as soon as round 2's first shard is on disk."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "alignsuite", *small(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "round_02" / "samples" / "00000.jsonl"
+    while not first.exists() and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "round_02" / "round.json").exists()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for name in round_files(uninterrupted):
+        if not (name.endswith("round.json") or name == "rounds.json"):
+            assert filecmp.cmp(out / name, uninterrupted / name, shallow=False), name
+    got, want = final_weights(out, 2), final_weights(uninterrupted, 2)
+    assert all(torch.equal(got[k], want[k]) for k in want)

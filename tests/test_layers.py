@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "alignsuite"
 LAYERS = [
     # The user's entry points (__main__ runs the cli); resume: which checkpoint a command reads.
     ("cli", "cli_defaults", "cli_help", "cli_parser", "commands", "resume", "__main__"),
+    ("iterate",),  # the online loop: rounds of generating, judging, building and fitting
     ("callbacks",),  # users of the step
     ("evaluation",),  # users of the step
     ("module",),  # the one preference step

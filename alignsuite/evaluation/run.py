@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
+from alignsuite.data.procedures.condition import PromptCondition
 from alignsuite.data.protocol import preference_data
 from alignsuite.evaluation.heldout import ImplicitRewardAccuracy
 from alignsuite.evaluation.prompts import PromptFileError, check_columns, check_images, load_prompts
@@ -61,6 +62,11 @@ class Evaluation:
         preferences: preference vectors at which the one ``aligned`` model (trained with one, ``preference_dim``
             > 0: Panacea) is evaluated as points of the front.
         preference_grid: evaluate ``aligned`` on the simplex grid with this many steps per side instead.
+        preference_prompt: sweep ``preferences``/``preference_grid`` through the prompt instead of the weights:
+            each vector is written into every prompt by this `alignsuite.data.procedures.PromptCondition`
+            (``{template, place, levels, normalise}``; the template's fields name the front's dimensions,
+            ``{reward_caps}`` or ``{caps}``), for a model trained on prompts conditioned the same way (DPA,
+            CPO, reward-augmented pairs). The scorers judge the answers against the prompts as they were.
         dimensions: the scorers' values that are the front's objectives (every value of every scorer when null;
             a scorer judging several dimensions, ``ToyReward("llm_case")``, gives its ``reward_<dimension>``).
         reference_point: the hypervolume's reference point, one value per dimension; the base model's means when
@@ -87,6 +93,7 @@ class Evaluation:
         preference_grid: int | None = None,
         dimensions: list[str] | None = None,
         reference_point: list[float] | None = None,
+        preference_prompt: PromptCondition | None = None,
     ) -> None:
         if num_prompts is not None and num_prompts < 1:
             raise ValueError(f"evaluate.num_prompts must be at least 1, got {num_prompts}")
@@ -100,6 +107,9 @@ class Evaluation:
         self.front, self.comparisons = list(front or []), list(comparisons or [])
         self.preferences, self.preference_grid = preferences, preference_grid
         self.dimensions, self.reference_point = dimensions, reference_point
+        if isinstance(preference_prompt, dict):
+            preference_prompt = PromptCondition(**preference_prompt)
+        self.preference_prompt = preference_prompt
 
     @property
     def sweeps(self) -> bool:

@@ -3,7 +3,8 @@
 The points are the base model, one aligned model per weight vector (``evaluate.front``: a MODPO run per ``w``),
 the models compared beside them (``evaluate.comparisons``: a single-objective run), and one model trained with a
 preference vector evaluated at several (``evaluate.preferences`` or ``evaluate.preference_grid``, through its
-backbone's ``set_preference``: Panacea). Every point generates from the same prompts with the same seeds, one
+backbone's ``set_preference``: Panacea; or written into the prompts by ``evaluate.preference_prompt``: a model
+trained on conditioned prompts, DPA or CPO). Every point generates from the same prompts with the same seeds, one
 model in memory at a time; every generation is judged by the named scorers and each dimension (a scorer's
 value) gets its mean with a 95% bootstrap interval. The summaries (:mod:`alignsuite.evaluation.front`): the
 swept points' non-dominated set, their hypervolume against ``evaluate.reference_point`` (the base model's
@@ -20,6 +21,7 @@ import os
 import sys
 import traceback
 
+from alignsuite.data.errors import DataError
 from alignsuite.evaluation.front import BASE, COMPARISON, PREFERENCE, WEIGHTS, FrontPoint, FrontResults, \
     check_preference, interval, simplex_grid, summary_lines
 from alignsuite.evaluation.results import RESULTS_FILE
@@ -77,6 +79,24 @@ def dimensions_of(scorers, chosen: list[str] | None) -> list[tuple[object, str]]
     return found
 
 
+def condition_values(names: list[str], vector: list[float], fields: tuple[str, ...]) -> dict[str, float]:
+    """A preference vector by dimension name, for a `PromptCondition` whose template has ``fields``: named by the
+    front's dimensions (``reward_caps``) or, when the template names them so, by a scorer's ``reward_<dimension>``
+    values' own dimensions (``caps``). One naming only: a ``normalise`` sums over every value."""
+    values = dict(zip(names, vector))
+    plain = {name.removeprefix("reward_"): x for name, x in zip(names, vector)}
+    return plain if not set(fields) <= set(values) and set(fields) <= set(plain) else values
+
+
+def conditioned_rows(rows: list[dict], condition, values: dict[str, float]) -> list[dict]:
+    """``rows`` with the condition written into each prompt (``evaluate.preference_prompt``)."""
+    try:
+        return [{**r, "prompt": condition.apply(r["prompt"], values, "evaluate.prompts", i)}
+                for i, r in enumerate(rows)]
+    except (ValueError, DataError) as error:
+        raise EvaluationError(f"evaluate.preference_prompt: {error}") from None
+
+
 def run_front(module, evaluation: Evaluation, datamodule=None, device=None, console=None) -> FrontResults:
     """Generate and judge at every point, summarise the front, print its table, write ``results.json`` and the
     report page."""
@@ -104,6 +124,9 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
     if evaluation.preferences and evaluation.preference_grid:
         raise EvaluationError("evaluate.preferences and evaluate.preference_grid: give one of them")
     conditioned = bool(evaluation.preferences or evaluation.preference_grid)
+    if evaluation.preference_prompt is not None and not conditioned:
+        raise EvaluationError("evaluate.preference_prompt writes the swept preference vectors into the prompts:"
+                              " give them with evaluate.preferences or evaluate.preference_grid")
     if conditioned and not evaluation.aligned:
         raise EvaluationError("evaluate.aligned: give the model trained with a preference vector that"
                               " evaluate.preferences / evaluate.preference_grid sweep")
@@ -121,8 +144,9 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
     prompts, conditions = [r["prompt"] for r in rows], row_conditions(rows, backbone)
     points: list[FrontPoint] = []
 
-    def judged(label, kind, model, vector=None, source=None):
-        outputs, errors = generate_all(model, rows, evaluation.seed, evaluation.batch_size,
+    def judged(label, kind, model, vector=None, source=None, asked=None):
+        # ``asked``: the rows as the model sees them (a condition in the prompt); judged against ``rows``
+        outputs, errors = generate_all(model, asked or rows, evaluation.seed, evaluation.batch_size,
                                        evaluation.generation_kwargs)
         values = {n: [None] * len(rows) for n in names}
         for scorer in {id(s): s for s, _ in dims}.values():
@@ -136,25 +160,35 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
 
     if conditioned:  # the preference model first: a model without a preference adapter is refused at once
         model = aligned_backbone(backbone, evaluation.aligned, evaluation.weights_only)
-        dim = int(getattr(model, "preference_dim", 0) or 0)
         option = "evaluate.preferences" if evaluation.preferences else "evaluate.preference_grid"
+        condition = evaluation.preference_prompt
+        dim = len(names) if condition else int(getattr(model, "preference_dim", 0) or 0)
         if dim == 0:
             raise EvaluationError(f"{option}: the model {evaluation.aligned} takes no preference vector"
                                   f" ({type(model).__name__}.preference_dim is 0); sweep weight vectors with"
-                                  " evaluate.front instead, or give a model trained with one (Panacea)")
+                                  " evaluate.front instead, write the vector into the prompts with"
+                                  " evaluate.preference_prompt (a model trained on conditioned prompts), or give"
+                                  " a model trained with one (Panacea)")
         if dim != len(names):
             raise EvaluationError(f"{option}: the model takes {dim} preference weights, the front has"
                                   f" {len(names)} dimensions ({', '.join(names)}); set evaluate.dimensions")
         try:
             vectors = ([check_preference(v, dim, f"{option}[{i}]") for i, v in enumerate(evaluation.preferences)]
                        if evaluation.preferences else simplex_grid(evaluation.preference_grid, dim))
+            if condition:
+                condition.check(tuple(condition_values(names, [0.0] * dim, condition.fields)),
+                                "evaluate.preference_prompt")
         except ValueError as error:
             raise EvaluationError(str(error)) from None
         model.to(device or "cpu")
         for vector in vectors:
-            model.set_preference(vector)
+            if condition:
+                asked = conditioned_rows(rows, condition, condition_values(names, vector, condition.fields))
+            else:
+                model.set_preference(vector)
+                asked = rows
             judged("pref (" + ", ".join(f"{x:g}" for x in vector) + ")", PREFERENCE, model, vector,
-                   evaluation.aligned)
+                   evaluation.aligned, asked)
         del model
     base = copy.deepcopy(backbone)
     base.configure()
@@ -228,4 +262,4 @@ def write_front_results(results: FrontResults, output_dir: str) -> str:
     return path
 
 
-__all__ = ["dimensions_of", "entries", "print_front", "run_front", "write_front_results"]
+__all__ = ["condition_values", "conditioned_rows", "dimensions_of", "entries", "print_front", "run_front", "write_front_results"]

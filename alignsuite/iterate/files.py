@@ -4,9 +4,11 @@ One folder per round under the run's ``output_dir``::
 
     round_00/heldout.jsonl       the base model's outputs on the held-out prompts, judged (round 0 has no fit)
     round_00/round.json          its summary: the judge's mean and spread there
-    round_01/samples/00000.jsonl K samples per prompt of the first prompt shard (prompt, sample, seed, output)
+    round_01/samples/00000.jsonl K samples per prompt of the first prompt shard (prompt, sample, seed, output,
+                                 and the output of each rewrite the judge declares, drawn with the same seed)
     round_01/judged/00000.jsonl  the same samples with every value the judge gave (and its raw output)
     round_01/lists.jsonl         one row per prompt: prompt, responses, scores (what the build rule reads)
+    round_01/prompts/            the images a prompt row holds (its input images), as PNG files the rows point to
     round_01/pairs.jsonl         the rule's output (pairs, lists or soft labels) and build.json its counts
     round_01/fit/                the round's fit: Lightning's logs and checkpoints (last.ckpt resumes it)
     round_01/heldout.jsonl       the fitted policy's outputs on the held-out prompts, judged
@@ -90,7 +92,7 @@ def encode_output(output: Any, folder: str, name: str) -> tuple[str, Any]:
     beside the shard (its path, relative to the round folder), anything else (speech codes, numbers) as JSON."""
     if output is None or isinstance(output, str):
         return TEXT_KIND, output
-    if hasattr(output, "save") and hasattr(output, "size"):  # a PIL image
+    if _is_image(output):  # a PIL image
         path = os.path.join(folder, "images", f"{name}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         output.save(path, format="PNG")
@@ -108,6 +110,46 @@ def decode_output(kind: str, value: Any, round_folder: str) -> Any:
     return value
 
 
+def _is_image(value: Any) -> bool:
+    return hasattr(value, "save") and hasattr(value, "size") and not isinstance(value, (str, bytes))
+
+
+def _save_png(image, path: str) -> None:
+    """``image`` as a PNG at ``path``, through a temporary file renamed over it (a killed run leaves none half
+    written)."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def encode_row(row: dict, folder: str, name: str) -> dict:
+    """A prompt row as the round's files keep it: every column holding an image (or a list of images, such as a
+    prompt's input ``images``) has them saved as PNG files under ``folder`` and holds their absolute
+    paths, which the data layouts read back; every other column as it is."""
+    import copy
+
+    out = {}
+    for column, value in row.items():
+        many = isinstance(value, (list, tuple))
+        found = list(value) if many else [value]
+        if found and all(_is_image(v) for v in found):
+            paths = [os.path.abspath(os.path.join(folder, f"{name}_{column}_{k}.png")) for k in range(len(found))]
+            for image, path in zip(found, paths):
+                _save_png(image, path)
+            out[column] = paths if many else paths[0]
+        else:
+            out[column] = copy.deepcopy(value)
+    return out
+
+
 def data_value(kind: str, value: Any, round_folder: str) -> Any:
     """The output as the training data holds it: an image by its absolute path, the rest as it is."""
     if kind == IMAGE_KIND and value is not None:
@@ -115,5 +157,5 @@ def data_value(kind: str, value: Any, round_folder: str) -> Any:
     return value
 
 
-__all__ = ["decode_output", "data_value", "encode_output", "finite", "read_json", "read_rows", "round_dir",
+__all__ = ["decode_output", "data_value", "encode_output", "encode_row", "finite", "read_json", "read_rows", "round_dir",
            "shard_name", "write_atomic", "write_json", "write_rows"]

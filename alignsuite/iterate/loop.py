@@ -120,7 +120,8 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
         if os.path.exists(done):
             summaries.append(read_json(done))
             continue
-        previous = round_checkpoint(round_dir(settings.output_dir, index - 1)) if index > 1 else None
+        generate_from, start_from = (None if r is None else round_checkpoint(round_dir(settings.output_dir, r))
+                                     for r in settings.sources(index))
         times: Counter = Counter()
         summary: dict = {"round": index}
         if index > 0:
@@ -128,9 +129,8 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
             generator = None
             if any(not os.path.exists(os.path.join(folder, "judged", f"{k:05d}.jsonl"))
                    for k in range((len(prompts) + settings.shard_size - 1) // settings.shard_size)):
-                generator = policy_backbone(unbuilt, previous, device)
-                if hasattr(settings.judge, "attach"):  # a judge that prompts the policy itself (self-rewarding)
-                    settings.judge.attach(generator)
+                generator = policy_backbone(unbuilt, generate_from, device)
+                attach(settings.judge, generator)
             if generator is not None:
                 generate_round(generator, prompts, settings, index, folder, times)
                 judge_round(generator, prompts, settings, folder, times)
@@ -138,16 +138,22 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
             lists, judged = gather_lists(prompts, settings, folder)
             summary["judged"] = judged
             began = time.perf_counter()
-            summary["build"] = build_round(lists, settings, index, folder)
+            summary["build"] = build_round(lists, settings, index, folder, judged)
             times["build"] += time.perf_counter() - began
             began = time.perf_counter()
-            fit_round(cli, settings, index, folder, previous)
+            fit_round(cli, settings, index, folder, start_from)
+            if settings.extragradient:
+                summary["step"] = "extrapolation" if index % 2 else "update"
             times["fit"] += time.perf_counter() - began
             summary["train_mean_score"] = _mean([s for r in lists for s in r["scores"] if s == s])
         if heldout is not None:
             began = time.perf_counter()
             checkpoint = round_checkpoint(folder) if index > 0 else None
-            summary["heldout"] = heldout_round(policy_backbone(unbuilt, checkpoint, device), heldout, settings, folder)
+            policy = policy_backbone(unbuilt, checkpoint, device)
+            attach(settings.judge, policy)
+            summary["heldout"] = heldout_round(policy, heldout, settings, folder,
+                                               round_dir(settings.output_dir, 0) if index > 0 else None)
+            del policy
             times["heldout"] += time.perf_counter() - began
         summary["seconds"] = {k: round(v, 3) for k, v in times.items()}
         summary = round_summary(summary, summaries[0] if summaries else None)
@@ -156,6 +162,12 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
         rank_zero_info(f"round {index} done: {summary.get('line', '')}")
     write_run_report(settings, summaries)
     return summaries
+
+
+def attach(judge, policy) -> None:
+    """Hand the policy that generated to a judge that prompts it (self-rewarding: ``LLMJudge(policy: true)``)."""
+    if hasattr(judge, "attach"):
+        judge.attach(policy)
 
 
 def _mean(values: list[float]) -> float | None:

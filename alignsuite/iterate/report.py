@@ -44,8 +44,8 @@ def round_summary(summary: dict, first: dict | None) -> dict:
 
 def table(summaries: list[dict]) -> str:
     """The rounds as a text table, one line per round."""
-    head = f"{'round':>5} {'rows':>6} {'held-out mean':>13} {'std':>6} {'win vs 0':>9} {'interval':>15} " + \
-        " ".join(f"{p + ' s':>10}" for p in PHASES)
+    head = "  ".join([f"{'round':>5}", f"{'rows':>6}", f"{'held-out mean':>13}", f"{'std':>6}", f"{'win vs 0':>9}",
+                      f"{'interval':>15}", *(f"{p + ' s':>10}" for p in PHASES)])
     lines = [head]
     for s in summaries:
         held = s.get("heldout") or {}
@@ -55,7 +55,7 @@ def table(summaries: list[dict]) -> str:
                  _num(held.get("std"), 6), _num(win, 9),
                  f"{'' if interval is None else f'[{interval[0]:.2f}, {interval[1]:.2f}]':>15}"]
         cells += [_num(s.get("seconds", {}).get(p), 10, 1) for p in PHASES]
-        lines.append(" ".join(cells))
+        lines.append("  ".join(cells))
     return "\n".join(lines)
 
 
@@ -93,11 +93,12 @@ def _curve(summaries: list[dict], settings, path: str) -> str | None:
     import matplotlib.pyplot as plt
 
     held = [s["heldout"] for s in summaries if (s.get("heldout") or {}).get("mean") is not None]
-    means, stds = np.array([h["mean"] for h in held]), np.array([h["std"] for h in held])
+    means = np.array([h["mean"] for h in held])
+    # The mean's 95% interval (normal, over the prompts judged); the spread itself is the table's sd.
+    half = np.array([1.96 * h["std"] / max(len([x for x in h["scores"] if x is not None]), 1) ** 0.5 for h in held])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
-    axes[0].plot(rounds, means, marker="o")
-    axes[0].fill_between(rounds, means - stds, means + stds, alpha=0.2)
-    axes[0].set(xlabel="round", ylabel=settings.score, title="held-out score (mean ± sd)")
+    axes[0].errorbar(rounds, means, yerr=half, marker="o", capsize=3)
+    axes[0].set(xlabel="round", ylabel=settings.score, title="held-out mean (95% interval)")
     wins = [(s["round"], s["heldout"]["win_rate"], *s["heldout"]["win_interval"]) for s in summaries
             if "win_rate" in (s.get("heldout") or {})]
     if wins:

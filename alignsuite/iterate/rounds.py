@@ -3,7 +3,6 @@ the training rows. Every step reads what an earlier, interrupted run finished an
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections import Counter
@@ -11,11 +10,12 @@ from collections import Counter
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.data.procedures.base import Report
-from alignsuite.generation import generate_chunked, row_conditions
+from alignsuite.generation import generate_chunked, generate_rewrites, row_conditions
 from alignsuite.iterate.files import (
-    data_value, decode_output, encode_output, read_json, read_rows, shard_name, write_json, write_rows,
+    data_value, decode_output, encode_output, encode_row, finite, read_json, read_rows, shard_name, write_json,
+    write_rows,
 )
-from alignsuite.iterate.settings import Iterate, IterateError
+from alignsuite.iterate.settings import WIN_RATE, Iterate, IterateError
 
 ROUND_SEED = 7_919
 SAMPLE_SEED = 1_000_003
@@ -50,31 +50,66 @@ def generate_round(backbone, items: list[dict], settings: Iterate, index: int, f
         for j in range(settings.num_samples):
             # seed_step "offset": the chunk starting at prompt s of this shard draws from seed + s, so the
             # seed of every chunk is the same whichever shard the run resumed at.
-            outputs = generate_chunked(backbone.generate, chunk, settings.batch_size, base + SAMPLE_SEED * j + start,
+            seed = base + SAMPLE_SEED * j + start
+            outputs = generate_chunked(backbone.generate, chunk, settings.batch_size, seed,
                                        backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
+            rewrites = rewrite_outputs(backbone, chunk, settings, seed, os.path.join(folder, "samples"),
+                                       [f"{start + i:06d}_{j}" for i in range(len(chunk))])
             for i, output in enumerate(outputs):
                 local = (i // settings.batch_size) * settings.batch_size
                 kind, value = encode_output(output, os.path.join(folder, "samples"), f"{start + i:06d}_{j}")
-                rows.append({"prompt_index": start + i, "sample": j, "seed": base + SAMPLE_SEED * j + start + local,
-                             "kind": kind, "output": value})
+                rows.append({"prompt_index": start + i, "sample": j, "seed": seed + local, "kind": kind, "output": value,
+                             **({"rewrites": rewrites[i]} if rewrites else {})})
         rows.sort(key=lambda r: (r["prompt_index"], r["sample"]))
         write_rows(os.path.join(folder, "samples", shard_name(k)), rows)
         times["generate"] += time.perf_counter() - began
         rank_zero_info(f"round {index}: generated shard {k} (prompts {start}-{end - 1}, {len(rows)} samples)")
 
 
+def rewrite_outputs(backbone, rows: list[dict], settings: Iterate, seed: int, folder: str,
+                    names: list[str]) -> list[dict]:
+    """The outputs of the rewrites the judge declares (:attr:`alignsuite.judging.Scorer.rewrites`: the same
+    prompts generated again with a column replaced), drawn with the seeds of the samples they go with and
+    stored as the outputs are: ``[{name: {"kind", "output"}}]`` per row, or ``[]`` when the judge declares none.
+    Kept in the shard files, so that a resumed round judges the same."""
+    declared = dict(getattr(settings.judge, "rewrites", None) or {})
+    if not declared:
+        return []
+    moved = generate_rewrites(backbone.generate, rows, declared, settings.batch_size, seed, backbone.generation_columns,
+                              settings.generation_kwargs, seed_step="offset")
+    out = []
+    for name, row in zip(names, moved):
+        kept = {}
+        for rewrite in declared:
+            kind, value = encode_output(row[rewrite], folder, f"{name}_{rewrite}")
+            kept[rewrite] = {"kind": kind, "output": value}
+        out.append(kept)
+    return out
+
+
+def with_rewrites(row: dict, rewrites: dict | None, round_folder: str) -> dict:
+    """A prompt row with the stored rewrite outputs of one sample under their names, as the judge reads them."""
+    if not rewrites:
+        return row
+    return {**row, **{name: decode_output(r["kind"], r["output"], round_folder) for name, r in rewrites.items()}}
+
+
 def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, times: Counter) -> None:
-    """``judged/<shard>.jsonl`` for every generated shard not yet judged: each sample with all the judge's values."""
-    for k, start, end in shards(len(items), settings.shard_size):
+    """``judged/<shard>.jsonl`` for every generated shard not yet judged: each sample with all the judge's values
+    (the rewrites it declares read from the shard, as generated with the sample)."""
+    for k, _, _ in shards(len(items), settings.shard_size):
         path = os.path.join(folder, "judged", shard_name(k))
         if os.path.exists(path):
             continue
         began = time.perf_counter()
         samples = read_rows(os.path.join(folder, "samples", shard_name(k)))
-        prompt_rows = [items[s["prompt_index"]] for s in samples]
+        prompt_rows = [with_rewrites(items[s["prompt_index"]], s.get("rewrites"), folder) for s in samples]
         outputs = [decode_output(s["kind"], s["output"], folder) for s in samples]
-        values = settings.judge.judge([r["prompt"] for r in prompt_rows], outputs, row_conditions(prompt_rows, backbone),
-                                      prompt_rows)
+        if settings.compares:
+            values = compare(settings.judge, samples, outputs, items, backbone)
+        else:
+            values = settings.judge.judge([r["prompt"] for r in prompt_rows], outputs,
+                                          row_conditions(prompt_rows, backbone), prompt_rows)
         write_rows(path, [{**s, "values": dict(v) if v is not None else None} for s, v in zip(samples, values)])
         times["judge"] += time.perf_counter() - began
 
@@ -82,6 +117,22 @@ def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, tim
 def is_empty(output) -> bool:
     """An output with nothing in it: none, an empty text, or an empty list (speech codes or frames)."""
     return output is None or (isinstance(output, (str, list)) and len(output) == 0)
+
+
+def compare(judge, samples: list[dict], outputs: list, items: list[dict], backbone) -> list[dict]:
+    """A preference judge's values of each sample: its win rate and its row of its prompt's win matrix."""
+    from alignsuite.judges import win_rates
+
+    order = sorted({s["prompt_index"] for s in samples})
+    groups = {i: [k for k, s in enumerate(samples) if s["prompt_index"] == i] for i in order}
+    rows = [items[i] for i in order]
+    matrices = judge.win_matrices([r["prompt"] for r in rows], [[outputs[k] for k in groups[i]] for i in order], rows,
+                                  row_conditions(rows, backbone))
+    values: list[dict] = [{} for _ in samples]
+    for i, matrix in zip(order, matrices):
+        for j, (k, rate) in enumerate(zip(groups[i], win_rates(matrix))):
+            values[k] = {WIN_RATE: rate, "win_row": list(matrix[j])}
+    return values
 
 
 def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[list[dict], dict]:
@@ -100,14 +151,20 @@ def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[lis
         # training row: left out, and counted.
         empty += [(i, s["sample"]) for s, v in zip(samples, scores) if v is not None and is_empty(s["output"])]
         scores = [None if is_empty(s["output"]) else v for s, v in zip(samples, scores)]
-        lists.append({**copy.deepcopy(item), "responses": [data_value(s["kind"], s["output"], folder) for s in samples],
-                      "scores": [float("nan") if v is None else v for v in scores],
-                      "values": [s["values"] for s in samples], "seeds": [s["seed"] for s in samples]})
+        # The images the prompt row holds (its input images) as PNG files the training rows point to.
+        columns = encode_row(item, os.path.join(folder, "prompts"), f"{i:06d}")
+        row = {**columns, "responses": [data_value(s["kind"], s["output"], folder) for s in samples],
+               "scores": [float("nan") if v is None else v for v in scores],
+               "values": [s["values"] for s in samples], "seeds": [s["seed"] for s in samples]}
+        if settings.compares:  # the prompt's win matrix, as the rules that read one take it (NaN: not judged)
+            row["win_matrix"] = [[float("nan") if x is None else x for x in (s["values"] or {}).get("win_row") or
+                                  [None] * len(samples)] for s in samples]
+        lists.append(row)
     return lists, {"samples": sum(map(len, judged.values())), "failed_judgements": len(failed),
                    "first_failed": failed[:10], "empty_outputs": len(empty), "first_empty": empty[:10]}
 
 
-def build_round(lists: list[dict], settings: Iterate, index: int, folder: str) -> dict:
+def build_round(lists: list[dict], settings: Iterate, index: int, folder: str, judged: dict | None = None) -> dict:
     """``lists.jsonl``, the rule's rows (``pairs.jsonl``) and ``build.json`` (rows in and out, dropped by reason).
     A round that keeps nothing is refused with the counts: it would train on nothing."""
     stats_path = os.path.join(folder, "build.json")
@@ -133,29 +190,54 @@ def build_round(lists: list[dict], settings: Iterate, index: int, folder: str) -
              "counts": dict(report.counts)}
     if not rows:
         reasons = ", ".join(f"{n} by {why}" for why, n in dropped.items()) or "no reason recorded"
+        judged = judged or {}
+        failed = (f"; {judged['failed_judgements']} of {judged['samples']} judgements gave no value (the first, as"
+                  f" (prompt, sample): {judged['first_failed'][:3]})" if judged.get("failed_judgements") else "")
         raise IterateError(f"round {index}: the build rule {stats['rule']} kept no rows from {len(lists)} prompts"
-                           f" ({reasons}); nothing to train on. Sample more (iterate.num_samples), loosen the rule,"
-                           f" or check the judge's values in {os.path.join(folder, 'judged')}")
+                           f" ({reasons}){failed}; nothing to train on. Sample more (iterate.num_samples), loosen the"
+                           f" rule, or check the judge's values in {os.path.join(folder, 'judged')}")
     write_json(stats_path, stats)
     rank_zero_info(f"round {index}: {stats['rule']} kept {len(rows)} rows of {len(lists)} prompts"
                    + (f"; dropped {', '.join(f'{n} by {why}' for why, n in dropped.items())}" if dropped else ""))
     return stats
 
 
-def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str) -> dict:
-    """The held-out prompts' outputs under one seed, judged: ``heldout.jsonl`` and the judge's mean and spread."""
+def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str, first: str | None = None) -> dict:
+    """The held-out prompts' outputs under one seed, judged: ``heldout.jsonl`` and one score per prompt.
+
+    A scorer (or the scorer a preference judge compares by, its ``scorer``) scores each output alone. A preference
+    judge without one compares each output with round 0's for the same prompt (``first``, round 0's folder): the
+    score is P(this round's output is preferred), 1/2 for round 0 itself."""
     path = os.path.join(folder, "heldout.jsonl")
+    scorer = settings.judge if not settings.compares else getattr(settings.judge, "scorer", None)
     if not os.path.exists(path):
         outputs = generate_chunked(backbone.generate, rows, settings.batch_size, settings.heldout_seed,
                                    backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
-        values = settings.judge.judge([r["prompt"] for r in rows], outputs, row_conditions(rows, backbone), rows)
+        conditions = row_conditions(rows, backbone)
+        rewrites = rewrite_outputs(backbone, rows, settings, settings.heldout_seed, os.path.join(folder, "heldout"),
+                                   [f"{i:06d}" for i in range(len(rows))])
+        judged_rows = [with_rewrites(r, rewrites[i] if rewrites else None, folder) for i, r in enumerate(rows)]
+        if scorer is not None:
+            values = scorer.judge([r["prompt"] for r in rows], outputs, conditions, judged_rows)
+        elif first is None:  # round 0 against itself
+            values = [{WIN_RATE: 0.5} for _ in rows]
+        else:
+            base = [decode_output(r["kind"], r["output"], first) for r in read_rows(os.path.join(first, "heldout.jsonl"))]
+            matrices = settings.judge.win_matrices([r["prompt"] for r in rows], [[o, b] for o, b in zip(outputs, base)],
+                                                   rows, conditions)
+            values = [{WIN_RATE: m[0][1]} for m in matrices]
         written = []
         for i, (output, value) in enumerate(zip(outputs, values)):
             kind, stored = encode_output(output, os.path.join(folder, "heldout"), f"{i:06d}")
-            written.append({"prompt_index": i, "kind": kind, "output": stored, "values": value})
+            written.append({"prompt_index": i, "kind": kind, "output": stored, "values": value,
+                            **({"rewrites": rewrites[i]} if rewrites else {})})
         write_rows(path, written)
     judged = read_rows(path)
-    scores = [settings.ranking(r["values"]) for r in judged]
+    if scorer is not None and settings.compares:  # the scorer's own value, higher better
+        sign = 1.0 if scorer.higher_is_better else -1.0
+        scores = [None if (v := finite((r["values"] or {}).get(scorer.name))) is None else sign * v for r in judged]
+    else:
+        scores = [settings.ranking(r["values"]) for r in judged]
     return {"scores": scores}
 
 

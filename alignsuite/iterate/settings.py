@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Literal
 
 from alignsuite.data.procedures.base import Procedure
+from alignsuite.judges import PreferenceJudge
 from alignsuite.judging import Scorer
 
 REFERENCES = ("initial", "round_start", "both")
+WIN_RATE = "win_rate"  # a preference judge's value of a sample: its mean win probability, the diagonal included
 
 
 class IterateError(ValueError):
@@ -30,10 +32,13 @@ class Iterate:
         prompts_per_round: each round generates from its own slice of this many prompts, in order and wrapping
             around (SPPO's three parts of UltraFeedback); None: every round uses all of them.
         num_samples: outputs sampled per prompt (K >= 2).
-        judge: the scorer every sample is judged with (any ``alignsuite.judging.Scorer``: a toy world's reward,
-            a reward model, an image scorer, WER ...).
-        score: the judged value that ranks the samples (the judge's main value when None); a lower-is-better
-            value (WER) is negated, so that in the written lists a higher score is always better.
+        judge: what every prompt's samples are judged with: a scorer (any ``alignsuite.judging.Scorer``: a toy
+            world's reward, a reward model, an image scorer, WER, an LLM judge), or a pairwise preference judge
+            (``alignsuite.judges.PreferenceJudge``: a K x K win matrix per prompt, kept as the lists'
+            ``win_matrix``, each sample scored by its win rate).
+        score: the judged value that ranks the samples (the judge's main value when None; ``win_rate`` for a
+            preference judge); a lower-is-better value (WER) is negated, so that in the written lists a higher
+            score is always better.
         build: the rule that makes training rows of each prompt's judged list: any list procedure of
             ``alignsuite.data.procedures`` (best vs worst, margin pairs, RSO rejection sampling, SPPO win rates
             ...). None: the lists themselves, for a listwise objective reading them with a list layout.
@@ -51,12 +56,17 @@ class Iterate:
         num_heldout: how many of them.
         heldout_seed: the seed of the held-out generations (one seed for every round, so rounds compare).
         output_dir: the run's folder: one folder per round inside.
+        extragradient: EGPO's extragradient (Zhou, Fazel, Du 2025) at the granularity of rounds: they come in
+            twos; the first of each two fits from the policy theta_t on its samples (the extrapolation to
+            theta_t+1/2), the second generates from theta_t+1/2 and fits again from theta_t, not from the
+            extrapolation (to theta_t+1). Each round's fit starts a fresh optimizer, so the optimizer state at
+            theta_t is the fresh one both fits start from. ``rounds`` must be even.
     """
 
     def __init__(
         self,
         prompts: str,
-        judge: Scorer,
+        judge: Scorer | PreferenceJudge,
         rounds: int = 3,
         num_prompts: int | None = None,
         prompts_per_round: int | None = None,
@@ -72,6 +82,7 @@ class Iterate:
         num_heldout: int = 64,
         heldout_seed: int = 1234,
         output_dir: str = "runs/iterate",
+        extragradient: bool = False,
     ) -> None:
         checks = [
             (rounds >= 1, "iterate.rounds", f"at least 1, got {rounds}"),
@@ -81,29 +92,57 @@ class Iterate:
             (num_heldout >= 1, "iterate.num_heldout", f"at least 1, got {num_heldout}"),
             (prompts_per_round is None or prompts_per_round >= 1, "iterate.prompts_per_round",
              f"at least 1 or null, got {prompts_per_round}"),
+            (not extragradient or rounds % 2 == 0, "iterate.rounds",
+             f"an even number with iterate.extragradient (an extrapolation and an update each), got {rounds}"),
             (reference in REFERENCES, "iterate.reference", f"one of {', '.join(REFERENCES)}, got {reference!r}"),
-            (isinstance(judge, Scorer), "iterate.judge", f"a scorer (alignsuite.judging.Scorer), got {judge!r}"),
+            (isinstance(judge, (Scorer, PreferenceJudge)), "iterate.judge",
+             f"a scorer (alignsuite.judging.Scorer) or a preference judge (alignsuite.judges.PreferenceJudge), got {judge!r}"),
             (build is None or isinstance(build, Procedure), "iterate.build",
              f"a list procedure such as alignsuite.data.procedures.BestWorstPairs, got {build!r}"),
         ]
         for ok, option, expected in checks:
             if not ok:
                 raise IterateError(f"{option}: expected {expected}")
-        if score is not None and score not in judge.value_names():
-            raise IterateError(f"iterate.score: the judge {judge.name!r} gives {', '.join(judge.value_names())};"
-                               f" it does not give {score!r}")
+        given = self.values_given(judge)
+        if score is not None and score not in given:
+            raise IterateError(f"iterate.score: the judge {getattr(judge, 'name', type(judge).__name__)!r} gives"
+                               f" {', '.join(given)}; it does not give {score!r}")
+        fields = ("scores", "win_matrix") if isinstance(judge, PreferenceJudge) else ("scores",)
+        needs = tuple(build.needs()) if build is not None and hasattr(build, "needs") else ()
+        if needs and not set(needs) & set(fields):
+            raise IterateError(f"iterate.build: {type(build).__name__} reads {' or '.join(needs)}, which the judge"
+                               f" {type(judge).__name__} does not give (the loop's lists hold {', '.join(fields)})")
         self.prompts, self.judge, self.rounds = prompts, judge, rounds
         self.num_prompts, self.prompts_per_round, self.num_samples = num_prompts, prompts_per_round, num_samples
-        self.score, self.build, self.reference = score or judge.name, build, reference
+        self.score, self.build, self.reference = score or given[0], build, reference
         self.generation_kwargs = dict(generation_kwargs or {})
         self.seed, self.shard_size, self.batch_size = seed, shard_size, batch_size
         self.heldout, self.num_heldout, self.heldout_seed = heldout, num_heldout, heldout_seed
-        self.output_dir = output_dir
+        self.output_dir, self.extragradient = output_dir, extragradient
+
+    def sources(self, index: int) -> tuple[int | None, int | None]:
+        """``(round generated from, round the fit starts from)`` for round ``index`` (None: the starting policy):
+        the previous round for both, except the second of an extragradient two, which generates from the
+        extrapolation (the previous round) and starts from the round before it."""
+        previous = index - 1 if index > 1 else None
+        if self.extragradient and index % 2 == 0:
+            return previous, (index - 2 if index > 2 else None)
+        return previous, previous
+
+    @staticmethod
+    def values_given(judge) -> tuple[str, ...]:
+        """The values a judge gives each sample, its main one first (``win_rate`` for a preference judge)."""
+        return (WIN_RATE,) if isinstance(judge, PreferenceJudge) else judge.value_names()
+
+    @property
+    def compares(self) -> bool:
+        """Whether the judge compares a prompt's samples (a win matrix) rather than scoring each alone."""
+        return isinstance(self.judge, PreferenceJudge)
 
     @property
     def lower_is_better(self) -> bool:
         """Whether the ranking value is an error (the judge's main value when not higher-is-better)."""
-        return self.score == self.judge.name and not self.judge.higher_is_better
+        return (not self.compares and self.score == self.judge.name and not self.judge.higher_is_better)
 
     def ranking(self, values: dict | None) -> float | None:
         """A sample's score in the written lists (higher better): the ranking value, negated for an error."""
@@ -113,10 +152,12 @@ class Iterate:
         return None if value is None else (-value if self.lower_is_better else value)
 
     def check_modality(self, modality: str) -> None:
+        from alignsuite.judging import check_modality
+
         try:
-            self.judge.check_modality(modality)
+            check_modality(self.judge, modality, "iterate.judge")
         except ValueError as error:
             raise IterateError(f"iterate.judge: {error}") from None
 
 
-__all__ = ["Iterate", "IterateError", "REFERENCES"]
+__all__ = ["Iterate", "IterateError", "REFERENCES", "WIN_RATE"]

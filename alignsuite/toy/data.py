@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alignsuite.data.datamodule import PreferenceDataModule
-from alignsuite.data.layouts import ImageLists, ImagePairs, ImageUnpaired, TextLists, TextPairs, TextUnpaired
+from alignsuite.data.layouts import Layout, ImageLists, ImagePairs, ImageUnpaired, TextLists, TextPairs, TextUnpaired
 from alignsuite.data.procedures import Procedure
 
 # A world declares its modality; the layout follows from it and from ``unpaired``.
@@ -64,6 +64,8 @@ class ToyPreferenceData(PreferenceDataModule):
         ties: the language world only: the fraction of generated rows that are tied pairs (a ``tie`` flag on every
             row); they are dropped (counted) unless ``tie_column``.
         tie_column: keep the tied rows, with a ``tie`` column, for an objective that reads ties (``todo``).
+        layout: read the procedures' output with this layout instead of the world's (``TextPairs`` after a
+            procedure that turns ``llm_case``'s rows of two judged answers into conditioned pairs).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class ToyPreferenceData(PreferenceDataModule):
         stages: str | int | None = None,
         ties: float = 0.0,
         tie_column: bool = False,
+        layout: Layout | None = None,
     ) -> None:
         from alignsuite.toy.worlds import get_world
 
@@ -94,7 +97,11 @@ class ToyPreferenceData(PreferenceDataModule):
             raise ValueError("data.tie_column keeps tied rows, and data.ties is 0: set data.ties to generate some")
         if (ties or tie_column) and list_size is not None:
             raise ValueError("data.ties and data.list_size: tied rows are pairs; lists carry their grades instead")
-        if list_size is not None:
+        if layout is not None:
+            if not procedures:
+                raise ValueError("data.layout: the generated rows are in the world's own layout; another layout"
+                                 " reads what data.procedures make of them, and none is given")
+        elif list_size is not None:
             layout = list_layout(world, toy, list_size, unpaired)
         elif ties:
             layout = TextPairs(tie_field="tie", tie_column=tie_column)

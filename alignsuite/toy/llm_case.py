@@ -42,7 +42,9 @@ class CaseEchoWorld(EchoWorld):
 
     def make_pairs(self, n: int, seed: int) -> list[dict]:
         """``n`` rows: a prompt, two answers, the ``caps`` label (``caps_id``: the index of the preferred answer)
-        and the ``lower`` reward of each (``lower_0``, ``lower_1``)."""
+        and the ``lower`` reward of each (``lower_0``, ``lower_1``); the ``caps`` reward of each (``caps_0``,
+        ``caps_1``) too, for the methods that label pairs from rewards (`DirectionalPairs`), which the layout
+        does not read."""
         rng = random.Random(f"case-pairs-{seed}")
         rows = []
         for _ in range(n):
@@ -61,7 +63,7 @@ class CaseEchoWorld(EchoWorld):
             ra, rb = self.rewards(prompt, a), self.rewards(prompt, b)
             p_a = 1 / (1 + math.exp(-LABEL_SCALE * (ra["caps"] - rb["caps"])))
             rows.append({"prompt": prompt, "response_0": a, "response_1": b, "caps_id": 0 if rng.random() < p_a else 1,
-                         "lower_0": ra["lower"], "lower_1": rb["lower"]})
+                         "lower_0": ra["lower"], "lower_1": rb["lower"], "caps_0": ra["caps"], "caps_1": rb["caps"]})
         return rows
 
 

@@ -3,7 +3,9 @@ they are read and before the layout makes them canonical, their output stored on
 their inputs (``run.py``).
 
 Each is a `Procedure` (``base.py``): ``SelectiveDPO`` and ``AIRPairs`` keep some rows (``selection.py``),
-``RewardAugmented`` relabels pairs with a target score (``relabel.py``), ``SweetSpotPairs``,
+``RewardAugmented`` relabels pairs with a target score (``relabel.py``), ``DirectionalPairs`` (DPA) and
+``ControllablePairs`` (CPO) condition pairs on a drawn preference written into the prompt by a
+``PromptCondition`` (``conditioned.py``, ``condition.py``), ``SweetSpotPairs``,
 ``RejectionSampling`` and ``CurryPairs`` turn rows of K scored responses into pairs (``pairs.py``), and
 ``CuratronPairs`` completes pairwise comparisons through a fitted ranking (``completion.py``), and the build rules
 of judged samples ``BestWorstPairs``, ``MarginPairs``, ``WinRatePairs``, ``SoftLabelPairs`` and
@@ -12,6 +14,8 @@ of judged samples ``BestWorstPairs``, ``MarginPairs``, ``WinRatePairs``, ``SoftL
 
 from alignsuite.data.procedures.base import ListProcedure, Procedure, Report
 from alignsuite.data.procedures.completion import CuratronPairs, btl_scores
+from alignsuite.data.procedures.condition import PromptCondition
+from alignsuite.data.procedures.conditioned import ConditionedPairs, ControllablePairs, DirectionalPairs
 from alignsuite.data.procedures.online import (
     TIE,
     BestWorstPairs,
@@ -30,13 +34,17 @@ __all__ = [
     "TIE",
     "AIRPairs",
     "BestWorstPairs",
+    "ConditionedPairs",
+    "ControllablePairs",
     "CuratronPairs",
     "CurryPairs",
     "DifficultyScorer",
+    "DirectionalPairs",
     "EmpiricalPreferencePairs",
     "ListProcedure",
     "MarginPairs",
     "Procedure",
+    "PromptCondition",
     "RejectionSampling",
     "Report",
     "RewardAugmented",

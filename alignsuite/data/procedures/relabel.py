@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from alignsuite.data.errors import DataError
 from alignsuite.data.procedures.base import Procedure, Report, Row, as_score, carry, get_field, origin
+from alignsuite.data.procedures.condition import place_condition
 
 TARGET = ("You are an assistant that generates responses for the instruction while implicitly achieving the following"
           " target scores (on a scale of 1-10, where 1 is lowest and 10 is highest):\nOverall score: {score}.")
@@ -101,18 +102,7 @@ class RewardAugmented(Procedure):
                      target_score=score, swapped=float(swap))
 
     def _condition(self, row: Row, field: str, value: Any, text: str) -> Any:
-        if isinstance(value, str):
-            if self.place == "user":
-                return f"{text}\n\n{value}"
-            return [{"role": "system", "content": text}, {"role": "user", "content": value}]
-        if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
-            raise DataError(*origin(row), field, "text or a list of chat messages", value)
-        if self.place == "system":
-            return [{"role": "system", "content": text}, *value]
-        for i, message in enumerate(value):
-            if message.get("role") == "user" and isinstance(message.get("content"), str):
-                return [*value[:i], {**message, "content": f"{text}\n\n{message['content']}"}, *value[i + 1:]]
-        raise DataError(*origin(row), field, "a user message with text content to prepend the target score to", value)
+        return place_condition(value, text, self.place, *origin(row), field)
 
 
 __all__ = ["TARGET", "RewardAugmented", "score_text"]
