@@ -50,7 +50,8 @@ def test_one_round_keeps_the_images_as_pngs_pairs_them_by_path_and_raises_the_re
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 1, pytest.param(2, marks=pytest.mark.xfail(
+    reason="measured: seed 2 stalls at 0.59 over three rounds (docs/iterate.md)", strict=False))])
 def test_the_recipe_as_shipped_raises_the_reward_round_over_round(tmp_path, seed):
     summaries = run(tmp_path / "run", "--seed_everything", str(seed), "--iterate.seed", str(seed))
     means = [held(s) for s in summaries]
