@@ -14,7 +14,6 @@ from alignsuite.data.procedures import (
     BestWorstPairs,
     EmpiricalPreferencePairs,
     MarginPairs,
-    Report,
     SoftLabelPairs,
     RejectionSampling,
     SweetSpotPairs,
@@ -22,18 +21,13 @@ from alignsuite.data.procedures import (
     count_votes,
 )
 
+from test_procedures import run  # a procedure applied as the data module applies it
+
 SRC = "round_1/judged.jsonl"
 
 
 def rows(*raw):
     return [{**r, "_source": SRC, "_row": i} for i, r in enumerate(raw)]
-
-
-def run(procedure, data):
-    report = Report(procedure.name, rows_in=len(data))
-    out = procedure.apply(data, report)
-    report.rows_out = len(out)
-    return out, report
 
 
 def lists(*score_lists, **extra):
