@@ -166,14 +166,14 @@ class AlignCLI(LightningCLI):
             fail(reason)
 
     def _run_subcommand(self, subcommand: str) -> None:
-        if subcommand == "iterate":  # its rounds build their own fits from the whole recipe
-            run_iterate(self)
-            return
         try:
             with warnings.catch_warnings():
-                if subcommand != "fit":  # about resuming top-k bookkeeping: nothing a read-only command does
+                if subcommand not in ("fit", "iterate"):  # about resuming top-k bookkeeping: nothing a read-only command does
                     warnings.filterwarnings("ignore", message="The dirpath has changed from")
-                super()._run_subcommand(subcommand)
+                if subcommand == "iterate":  # its rounds build their own fits from the whole recipe
+                    run_iterate(self)
+                else:
+                    super()._run_subcommand(subcommand)
         except SIGTERMException:  # Lightning's stop outside a training step (validation): status 0 otherwise
             if self.trainer.is_global_zero:
                 sys.stderr.write(f"stopped by SIGTERM before the next training step. {last_checkpoint_note(self.trainer)}\n")

@@ -313,3 +313,29 @@ def test_a_run_killed_with_sigkill_in_round_2_resumes_to_the_same_files_and_weig
             assert filecmp.cmp(out / name, uninterrupted / name, shallow=False), name
     got, want = final_weights(out, 2), final_weights(uninterrupted, 2)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_in_a_fit_exits_143_and_resumes_to_the_same_weights(uninterrupted, tmp_path):
+    """SIGTERM (a SLURM preemption) during round 2's fit: the step's checkpoint is written, the command exits 143 as
+    `fit` does, and the same command finishes the run with the uninterrupted run's weights."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "alignsuite", *small(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    fit = out / "round_02" / "fit" / "version_0" / "checkpoints"
+    while not fit.exists() and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate()
+    if (out / "round_02" / "round.json").exists():
+        pytest.skip("the fit ended before the signal arrived")
+    assert process.returncode == 143, err
+    assert "stopped by SIGTERM" in err
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    got, want = final_weights(out, 2), final_weights(uninterrupted, 2)
+    assert all(torch.equal(got[k], want[k]) for k in want)
