@@ -253,3 +253,20 @@ def last_checkpoint_note(trainer) -> str:
         return "No checkpoint with finite weights was written by this run."
     path, step = io.last_written
     return f"The last checkpoint written with finite weights is {path} (global step {step})."
+
+
+BACKBONE = "backbone."  # the prefix of the policy's weights in a PreferenceModule checkpoint
+
+
+def backbone_weights(state_dict: dict) -> dict:
+    """A module checkpoint's backbone entries, keyed as the backbone's own state dict."""
+    return {k[len(BACKBONE):]: v for k, v in state_dict.items() if k.startswith(BACKBONE)}
+
+
+def load_backbone_weights(module, weights: dict) -> tuple[list[str], list[str]]:
+    """``weights`` loaded into ``module`` (a backbone, or a reference's model): ``(missing, unexpected)`` keys,
+    leaving out the parts a backbone rebuilds from their source (its ``not_checkpointed``)."""
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    rebuilt = tuple(getattr(module, "not_checkpointed", ()) or ())
+    return [k for k in missing if not (rebuilt and k.startswith(rebuilt))], list(unexpected)
+

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from alignsuite.checkpoint_io import CheckpointError, load_checkpoint_file
+from alignsuite.checkpoint_io import CheckpointError, backbone_weights, load_backbone_weights, load_checkpoint_file
 from alignsuite.data.procedures.condition import PromptCondition
 from alignsuite.data.protocol import preference_data
 from alignsuite.evaluation.heldout import ImplicitRewardAccuracy
@@ -138,13 +138,11 @@ def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
         state = load_checkpoint_file(aligned, weights_only, mmap=True).get("state_dict", {})
     except CheckpointError as error:
         raise EvaluationError(str(error)) from error
-    policy = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    policy = backbone_weights(state)
     if not policy:
         raise EvaluationError(f"evaluate.aligned {aligned}: the checkpoint holds no backbone weights")
     built.configure()
-    missing, unexpected = built.load_state_dict(policy, strict=False)
-    rebuilt = tuple(built.not_checkpointed)
-    missing = [k for k in missing if not k.startswith(rebuilt)] if rebuilt else missing
+    missing, unexpected = load_backbone_weights(built, policy)
     if unexpected or missing:
         raise EvaluationError(f"evaluate.aligned {aligned}: the checkpoint does not fit the recipe's backbone"
                               f" (unexpected: {unexpected[:3]}, missing: {missing[:3]}); evaluate it with its own recipe")

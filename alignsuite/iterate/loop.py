@@ -17,12 +17,11 @@ from collections import Counter
 from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.utilities import rank_zero_info
 
-from alignsuite.checkpoint_io import load_checkpoint_file
 from alignsuite.iterate.files import read_json, round_dir, write_json
 from alignsuite.iterate.report import round_summary, write_run_report
 from alignsuite.iterate.round_start import PREVIOUS, RoundStart, policy_state
 from alignsuite.iterate.rounds import (
-    build_round, gather_lists, generate_round, heldout_round, judge_round, round_prompts,
+    build_round, gather_lists, generate_round, heldout_round, judge_round, round_prompts, shards,
 )
 from alignsuite.iterate.settings import Iterate, IterateError
 
@@ -46,8 +45,7 @@ def policy_backbone(unbuilt, checkpoint: str | None, device):
     backbone = copy.deepcopy(unbuilt)
     backbone.configure()
     if checkpoint is not None:
-        load_into(backbone, policy_state(checkpoint), f"round checkpoint {checkpoint}",
-                  tuple(getattr(backbone, "not_checkpointed", ())))
+        load_into(backbone, policy_state(checkpoint), f"round checkpoint {checkpoint}")
     backbone.to(device)
     backbone.policy.eval()
     return backbone
@@ -128,7 +126,7 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
             prompts = round_prompts(items, settings, index)
             generator = None
             if any(not os.path.exists(os.path.join(folder, "judged", f"{k:05d}.jsonl"))
-                   for k in range((len(prompts) + settings.shard_size - 1) // settings.shard_size)):
+                   for k, _, _ in shards(len(prompts), settings.shard_size)):
                 generator = policy_backbone(unbuilt, generate_from, device)
                 attach(settings.judge, generator)
             if generator is not None:
@@ -174,4 +172,4 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-__all__ = ["run_rounds", "load_checkpoint_file"]
+__all__ = ["run_rounds"]

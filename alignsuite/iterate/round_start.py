@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from alignsuite.checkpoint_io import load_checkpoint_file
+from alignsuite.checkpoint_io import backbone_weights, load_backbone_weights, load_checkpoint_file
 from alignsuite.iterate.settings import IterateError
 
 PREVIOUS = "previous"  # the extra reference holding the round's starting policy (reference: both)
@@ -13,17 +13,15 @@ PREVIOUS = "previous"  # the extra reference holding the round's starting policy
 
 def policy_state(path: str) -> dict[str, torch.Tensor]:
     """The backbone's weights in a round's checkpoint, keyed as the backbone's own state dict."""
-    state = load_checkpoint_file(path, True, mmap=True).get("state_dict", {})
-    policy = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    policy = backbone_weights(load_checkpoint_file(path, True, mmap=True).get("state_dict", {}))
     if not policy:
         raise IterateError(f"{path}: the checkpoint holds no backbone weights to start the next round from")
     return policy
 
 
-def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, rebuilt: tuple[str, ...] = ()) -> None:
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """``state`` into ``module``; a key either side lacks (beyond the parts rebuilt from their source) is refused."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(rebuilt)] if rebuilt else missing
+    missing, unexpected = load_backbone_weights(module, state)
     if missing or unexpected:
         raise IterateError(f"{what}: the previous round's weights do not fit (missing: {missing[:3]}, unexpected:"
                            f" {unexpected[:3]})")
@@ -42,9 +40,8 @@ class RoundStart(Callback):
             return
         backbone = pl_module.backbone
         state = policy_state(self.previous) if self.previous else None
-        rebuilt = tuple(getattr(backbone, "not_checkpointed", ()))
         if state is not None and trainer.ckpt_path is None:  # a resumed fit has its own weights already
-            load_into(backbone, state, f"round start ({self.previous})", rebuilt)
+            load_into(backbone, state, f"round start ({self.previous})")
         target = {"round_start": pl_module.reference,
                   "both": pl_module.extra_references[PREVIOUS] if PREVIOUS in pl_module.extra_references else None,
                   }.get(self.reference)

@@ -10,7 +10,7 @@ from collections import Counter
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.data.procedures.base import Report
-from alignsuite.generation import generate_chunked, generate_rewrites, row_conditions
+from alignsuite.generation import chunk_seed, generate_chunked, generate_rewrites, row_conditions
 from alignsuite.iterate.files import (
     data_value, decode_output, encode_output, encode_row, finite, read_json, read_rows, shard_name, write_json,
     write_rows,
@@ -56,9 +56,9 @@ def generate_round(backbone, items: list[dict], settings: Iterate, index: int, f
             rewrites = rewrite_outputs(backbone, chunk, settings, seed, os.path.join(folder, "samples"),
                                        [f"{start + i:06d}_{j}" for i in range(len(chunk))])
             for i, output in enumerate(outputs):
-                local = (i // settings.batch_size) * settings.batch_size
+                drawn = chunk_seed(seed, i // settings.batch_size, i - i % settings.batch_size, "offset")
                 kind, value = encode_output(output, os.path.join(folder, "samples"), f"{start + i:06d}_{j}")
-                rows.append({"prompt_index": start + i, "sample": j, "seed": seed + local, "kind": kind, "output": value,
+                rows.append({"prompt_index": start + i, "sample": j, "seed": drawn, "kind": kind, "output": value,
                              **({"rewrites": rewrites[i]} if rewrites else {})})
         rows.sort(key=lambda r: (r["prompt_index"], r["sample"]))
         write_rows(os.path.join(folder, "samples", shard_name(k)), rows)
