@@ -124,10 +124,10 @@ def test_a_run_stopped_in_round_2_resumes_to_the_same_files_and_weights(uninterr
                 raise Stop
         monkeypatch.setattr(rounds, "write_rows", write_rows)
     elif where == "judging":
-        def judge_round(backbone, items, settings, folder, times):
+        def judge_round(backbone, items, settings, folder, times, mine=None):
             if folder.endswith("round_02"):
                 raise Stop
-            return real_judge(backbone, items, settings, folder, times)
+            return real_judge(backbone, items, settings, folder, times, mine)
         monkeypatch.setattr(loop, "judge_round", judge_round)
     else:  # one optimizer step into round 2's fit, after its checkpoint
         class StopInFit(real_fit):

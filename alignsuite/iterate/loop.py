@@ -20,8 +20,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from alignsuite.iterate.files import read_json, round_dir, write_json
 from alignsuite.iterate.report import round_summary, write_run_report
 from alignsuite.iterate.round_start import PREVIOUS, RoundStart, policy_state
+from alignsuite.iterate.processes import start_processes
 from alignsuite.iterate.rounds import (
-    build_round, gather_lists, generate_round, heldout_round, judge_round, round_prompts, shards,
+    build_round, gather_lists, generate_round, heldout_round, judge_round, round_prompts, unwritten,
 )
 from alignsuite.iterate.settings import Iterate, IterateError
 
@@ -54,10 +55,10 @@ def policy_backbone(unbuilt, checkpoint: str | None, device):
 def check_start(cli, settings: Iterate, model) -> None:
     """What can be refused before anything generates: the judge's modality, the reference layout, the trainer."""
     settings.check_modality(model.backbone.modality)
-    trainer = cli.trainer
-    if trainer.world_size > 1 or trainer.num_nodes > 1:
-        raise IterateError("iterate runs one process for now (trainer.devices 1, num_nodes 1): generating each"
-                           " rank's share of the prompts under DDP is not built yet")
+    strategy = type(cli.trainer.strategy).__name__
+    if cli.trainer.world_size > 1 and strategy not in ("DDPStrategy",):
+        raise IterateError(f"trainer.strategy: iterate runs on one process or under ddp; {strategy} is not built"
+                           " for it yet (a sharded round checkpoint is not read back for generation)")
     extra = dict(model.extra_references or {})
     if settings.reference == "both" and PREVIOUS not in extra:
         raise IterateError("iterate.reference both: the round's starting policy is the extra reference"
@@ -102,15 +103,20 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
 
 
 def run_rounds(cli, settings: Iterate) -> list[dict]:
-    """Run the rounds not finished yet; returns every round's summary (round 0: the starting policy)."""
+    """Run the rounds not finished yet; returns every round's summary (round 0: the starting policy).
+
+    Under a data-parallel recipe every process runs this (:mod:`alignsuite.iterate.processes`): each generates
+    and judges its own prompt shards, the first builds the rows and judges the held-out prompts, and all fit."""
     model = cli.model
     check_start(cli, settings, model)
+    procs = start_processes(cli.trainer)
     unbuilt = copy.deepcopy(model.backbone)  # as the recipe builds it: every round's policy starts from it
     device = cli.trainer.strategy.root_device
     items = load_items(settings.prompts, settings.num_prompts, 0)
     heldout = (load_items(settings.heldout, settings.num_heldout, settings.heldout_seed)
                if settings.heldout else None)
     os.makedirs(settings.output_dir, exist_ok=True)
+    policies = Policies(unbuilt, device, settings.judge)
     summaries = []
     for index in range(0, settings.rounds + 1):
         folder = round_dir(settings.output_dir, index)
@@ -124,42 +130,68 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
         summary: dict = {"round": index}
         if index > 0:
             prompts = round_prompts(items, settings, index)
-            generator = None
-            if any(not os.path.exists(os.path.join(folder, "judged", f"{k:05d}.jsonl"))
-                   for k, _, _ in shards(len(prompts), settings.shard_size)):
-                generator = policy_backbone(unbuilt, generate_from, device)
-                attach(settings.judge, generator)
-            if generator is not None:
-                generate_round(generator, prompts, settings, index, folder, times)
-                judge_round(generator, prompts, settings, folder, times)
-            del generator
-            lists, judged = gather_lists(prompts, settings, folder)
-            summary["judged"] = judged
-            began = time.perf_counter()
-            summary["build"] = build_round(lists, settings, index, folder, judged)
-            times["build"] += time.perf_counter() - began
+            if unwritten(prompts, settings, folder, "judged", procs.mine):
+                generator = policies.get(generate_from)
+                generate_round(generator, prompts, settings, index, folder, times, procs.mine)
+                judge_round(generator, prompts, settings, folder, times, procs.mine)
+            policies.drop()  # no second copy of the policy beside the fit
+            procs.wait(f"iterate round {index}: every shard judged")
+            summary.update(procs.from_first(build, prompts, settings, index, folder, times))
             began = time.perf_counter()
             fit_round(cli, settings, index, folder, start_from)
             if settings.extragradient:
                 summary["step"] = "extrapolation" if index % 2 else "update"
             times["fit"] += time.perf_counter() - began
-            summary["train_mean_score"] = _mean([s for r in lists for s in r["scores"] if s == s])
-        if heldout is not None:
+        if heldout is not None and procs.first:
             began = time.perf_counter()
-            checkpoint = round_checkpoint(folder) if index > 0 else None
-            policy = policy_backbone(unbuilt, checkpoint, device)
-            attach(settings.judge, policy)
+            # kept for the next round's generation, which starts from this round's checkpoint
+            policy = policies.get(round_checkpoint(folder) if index > 0 else None)
             summary["heldout"] = heldout_round(policy, heldout, settings, folder,
                                                round_dir(settings.output_dir, 0) if index > 0 else None)
-            del policy
             times["heldout"] += time.perf_counter() - began
-        summary["seconds"] = {k: round(v, 3) for k, v in times.items()}
-        summary = round_summary(summary, summaries[0] if summaries else None)
-        write_json(done, summary)
-        summaries.append(summary)
-        rank_zero_info(f"round {index} done: {summary.get('line', '')}")
-    write_run_report(settings, summaries)
+        summaries.append(procs.from_first(finish_round, summary, times, summaries[0] if summaries else None, done))
+        rank_zero_info(f"round {index} done: {summaries[-1].get('line', '')}")
+    if procs.first:
+        write_run_report(settings, summaries)
     return summaries
+
+
+def build(prompts: list[dict], settings: Iterate, index: int, folder: str, times: Counter) -> dict:
+    """The round's judged lists gathered and its rows built (``build_round``): what the summary reports of them."""
+    lists, judged = gather_lists(prompts, settings, folder)
+    began = time.perf_counter()
+    built = build_round(lists, settings, index, folder, judged)
+    times["build"] += time.perf_counter() - began
+    return {"judged": judged, "build": built,
+            "train_mean_score": _mean([s for r in lists for s in r["scores"] if s == s])}
+
+
+def finish_round(summary: dict, times: Counter, first: dict | None, done: str) -> dict:
+    """The round's summary with its times (``first``: round 0's, for the win rate against it), written last."""
+    summary["seconds"] = {k: round(v, 3) for k, v in times.items()}
+    summary = round_summary(summary, first)
+    write_json(done, summary)
+    return summary
+
+
+class Policies:
+    """The policy at a checkpoint (None: the recipe's starting weights), built once: a round's held-out policy
+    is the next round's generator, and is kept until then."""
+
+    def __init__(self, unbuilt, device, judge) -> None:
+        self.unbuilt, self.device, self.judge = unbuilt, device, judge
+        self.checkpoint: str | None = None
+        self.policy = None
+
+    def get(self, checkpoint: str | None):
+        if self.policy is None or self.checkpoint != checkpoint:
+            self.drop()
+            self.policy, self.checkpoint = policy_backbone(self.unbuilt, checkpoint, self.device), checkpoint
+        attach(self.judge, self.policy)
+        return self.policy
+
+    def drop(self) -> None:
+        self.policy = self.checkpoint = None
 
 
 def attach(judge, policy) -> None:

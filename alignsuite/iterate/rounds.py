@@ -35,11 +35,19 @@ def shards(n: int, size: int) -> list[tuple[int, int, int]]:
     return [(k, start, min(start + size, n)) for k, start in enumerate(range(0, n, size))]
 
 
-def generate_round(backbone, items: list[dict], settings: Iterate, index: int, folder: str, times: Counter) -> None:
-    """``samples/<shard>.jsonl`` for every shard not yet written: ``num_samples`` draws per prompt, each row with
-    its prompt's index, the sample's index and the seed of the chunk it was drawn in."""
-    done = [(k, a, b) for k, a, b in shards(len(items), settings.shard_size)
-            if not os.path.exists(os.path.join(folder, "samples", shard_name(k)))]
+def unwritten(items: list[dict], settings: Iterate, folder: str, kind: str, mine=None) -> list[tuple[int, int, int]]:
+    """The shards of ``items`` (``(shard, first prompt, end)``) with no ``<folder>/<kind>/<shard>.jsonl`` yet, of
+    those ``mine(shard)`` gives to this process (all of them on one process)."""
+    return [(k, a, b) for k, a, b in shards(len(items), settings.shard_size)
+            if (mine is None or mine(k)) and not os.path.exists(os.path.join(folder, kind, shard_name(k)))]
+
+
+def generate_round(backbone, items: list[dict], settings: Iterate, index: int, folder: str, times: Counter,
+                   mine=None) -> None:
+    """``samples/<shard>.jsonl`` for every shard not yet written (of this process's, ``mine``): ``num_samples``
+    draws per prompt, each row with its prompt's index, the sample's index and the seed of the chunk it was
+    drawn in."""
+    done = unwritten(items, settings, folder, "samples", mine)
     if not done:
         return
     base = settings.seed + ROUND_SEED * index
@@ -94,13 +102,11 @@ def with_rewrites(row: dict, rewrites: dict | None, round_folder: str) -> dict:
     return {**row, **{name: decode_output(r["kind"], r["output"], round_folder) for name, r in rewrites.items()}}
 
 
-def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, times: Counter) -> None:
-    """``judged/<shard>.jsonl`` for every generated shard not yet judged: each sample with all the judge's values
-    (the rewrites it declares read from the shard, as generated with the sample)."""
-    for k, _, _ in shards(len(items), settings.shard_size):
+def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, times: Counter, mine=None) -> None:
+    """``judged/<shard>.jsonl`` for every generated shard not yet judged (of this process's, ``mine``): each
+    sample with all the judge's values (the rewrites it declares read from the shard, as generated with it)."""
+    for k, _, _ in unwritten(items, settings, folder, "judged", mine):
         path = os.path.join(folder, "judged", shard_name(k))
-        if os.path.exists(path):
-            continue
         began = time.perf_counter()
         samples = read_rows(os.path.join(folder, "samples", shard_name(k)))
         prompt_rows = [with_rewrites(items[s["prompt_index"]], s.get("rewrites"), folder) for s in samples]
@@ -241,4 +247,5 @@ def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str, fi
     return {"scores": scores}
 
 
-__all__ = ["build_round", "gather_lists", "generate_round", "heldout_round", "judge_round", "round_prompts", "shards"]
+__all__ = ["build_round", "gather_lists", "generate_round", "heldout_round", "judge_round", "round_prompts", "shards",
+           "unwritten"]
