@@ -116,7 +116,7 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
     heldout = (load_items(settings.heldout, settings.num_heldout, settings.heldout_seed)
                if settings.heldout else None)
     os.makedirs(settings.output_dir, exist_ok=True)
-    policies = Policies(unbuilt, device, settings.judge)
+    policies = Policies(unbuilt, device, settings)
     summaries = []
     for index in range(0, settings.rounds + 1):
         folder = round_dir(settings.output_dir, index)
@@ -131,8 +131,8 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
         if index > 0:
             prompts = round_prompts(items, settings, index)
             if unwritten(prompts, settings, folder, "judged", procs.mine):
-                generator = policies.get(generate_from)
-                generate_round(generator, prompts, settings, index, folder, times, procs.mine)
+                generator, generate = policies.get(generate_from, folder)
+                generate_round(generator, prompts, settings, index, folder, times, procs.mine, generate)
                 judge_round(generator, prompts, settings, folder, times, procs.mine)
             policies.drop()  # no second copy of the policy beside the fit
             procs.wait(f"iterate round {index}: every shard judged")
@@ -145,12 +145,13 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
         if heldout is not None and procs.first:
             began = time.perf_counter()
             # kept for the next round's generation, which starts from this round's checkpoint
-            policy = policies.get(round_checkpoint(folder) if index > 0 else None)
+            policy, generate = policies.get(round_checkpoint(folder) if index > 0 else None, folder)
             summary["heldout"] = heldout_round(policy, heldout, settings, folder,
-                                               round_dir(settings.output_dir, 0) if index > 0 else None)
+                                               round_dir(settings.output_dir, 0) if index > 0 else None, generate)
             times["heldout"] += time.perf_counter() - began
         summaries.append(procs.from_first(finish_round, summary, times, summaries[0] if summaries else None, done))
         rank_zero_info(f"round {index} done: {summaries[-1].get('line', '')}")
+    policies.drop()
     if procs.first:
         write_run_report(settings, summaries)
     return summaries
@@ -175,23 +176,27 @@ def finish_round(summary: dict, times: Counter, first: dict | None, done: str) -
 
 
 class Policies:
-    """The policy at a checkpoint (None: the recipe's starting weights), built once: a round's held-out policy
-    is the next round's generator, and is kept until then."""
+    """The policy at a checkpoint (None: the recipe's starting weights) and the engine drawing from it, built
+    once: a round's held-out policy is the next round's generator, and is kept until then."""
 
-    def __init__(self, unbuilt, device, judge) -> None:
-        self.unbuilt, self.device, self.judge = unbuilt, device, judge
+    def __init__(self, unbuilt, device, settings: Iterate) -> None:
+        self.unbuilt, self.device, self.settings = unbuilt, device, settings
         self.checkpoint: str | None = None
-        self.policy = None
+        self.policy = self.generate = None
 
-    def get(self, checkpoint: str | None):
+    def get(self, checkpoint: str | None, folder: str):
+        """``(policy, generate)`` at ``checkpoint``; the engine's files (if any) go in ``folder``."""
         if self.policy is None or self.checkpoint != checkpoint:
             self.drop()
             self.policy, self.checkpoint = policy_backbone(self.unbuilt, checkpoint, self.device), checkpoint
-        attach(self.judge, self.policy)
-        return self.policy
+            self.generate = self.settings.engine.start(self.policy, folder)
+        attach(self.settings.judge, self.policy)
+        return self.policy, self.generate
 
     def drop(self) -> None:
-        self.policy = self.checkpoint = None
+        if self.policy is not None:
+            self.settings.engine.stop()
+        self.policy = self.checkpoint = self.generate = None
 
 
 def attach(judge, policy) -> None:

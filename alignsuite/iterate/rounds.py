@@ -43,10 +43,11 @@ def unwritten(items: list[dict], settings: Iterate, folder: str, kind: str, mine
 
 
 def generate_round(backbone, items: list[dict], settings: Iterate, index: int, folder: str, times: Counter,
-                   mine=None) -> None:
+                   mine=None, generate=None) -> None:
     """``samples/<shard>.jsonl`` for every shard not yet written (of this process's, ``mine``): ``num_samples``
     draws per prompt, each row with its prompt's index, the sample's index and the seed of the chunk it was
-    drawn in."""
+    drawn in. ``generate``: the engine's (:mod:`alignsuite.iterate.engines`); the backbone's by default."""
+    generate = generate or backbone.generate
     done = unwritten(items, settings, folder, "samples", mine)
     if not done:
         return
@@ -59,10 +60,10 @@ def generate_round(backbone, items: list[dict], settings: Iterate, index: int, f
             # seed_step "offset": the chunk starting at prompt s of this shard draws from seed + s, so the
             # seed of every chunk is the same whichever shard the run resumed at.
             seed = base + SAMPLE_SEED * j + start
-            outputs = generate_chunked(backbone.generate, chunk, settings.batch_size, seed,
+            outputs = generate_chunked(generate, chunk, settings.batch_size, seed,
                                        backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
             rewrites = rewrite_outputs(backbone, chunk, settings, seed, os.path.join(folder, "samples"),
-                                       [f"{start + i:06d}_{j}" for i in range(len(chunk))])
+                                       [f"{start + i:06d}_{j}" for i in range(len(chunk))], generate)
             for i, output in enumerate(outputs):
                 drawn = chunk_seed(seed, i // settings.batch_size, i - i % settings.batch_size, "offset")
                 kind, value = encode_output(output, os.path.join(folder, "samples"), f"{start + i:06d}_{j}")
@@ -75,7 +76,7 @@ def generate_round(backbone, items: list[dict], settings: Iterate, index: int, f
 
 
 def rewrite_outputs(backbone, rows: list[dict], settings: Iterate, seed: int, folder: str,
-                    names: list[str]) -> list[dict]:
+                    names: list[str], generate=None) -> list[dict]:
     """The outputs of the rewrites the judge declares (:attr:`alignsuite.judging.Scorer.rewrites`: the same
     prompts generated again with a column replaced), drawn with the seeds of the samples they go with and
     stored as the outputs are: ``[{name: {"kind", "output"}}]`` per row, or ``[]`` when the judge declares none.
@@ -83,7 +84,7 @@ def rewrite_outputs(backbone, rows: list[dict], settings: Iterate, seed: int, fo
     declared = dict(getattr(settings.judge, "rewrites", None) or {})
     if not declared:
         return []
-    moved = generate_rewrites(backbone.generate, rows, declared, settings.batch_size, seed, backbone.generation_columns,
+    moved = generate_rewrites(generate or backbone.generate, rows, declared, settings.batch_size, seed, backbone.generation_columns,
                               settings.generation_kwargs, seed_step="offset")
     out = []
     for name, row in zip(names, moved):
@@ -208,7 +209,8 @@ def build_round(lists: list[dict], settings: Iterate, index: int, folder: str, j
     return stats
 
 
-def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str, first: str | None = None) -> dict:
+def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str, first: str | None = None,
+                  generate=None) -> dict:
     """The held-out prompts' outputs under one seed, judged: ``heldout.jsonl`` and one score per prompt.
 
     A scorer (or the scorer a preference judge compares by, its ``scorer``) scores each output alone. A preference
@@ -217,11 +219,11 @@ def heldout_round(backbone, rows: list[dict], settings: Iterate, folder: str, fi
     path = os.path.join(folder, "heldout.jsonl")
     scorer = settings.judge if not settings.compares else getattr(settings.judge, "scorer", None)
     if not os.path.exists(path):
-        outputs = generate_chunked(backbone.generate, rows, settings.batch_size, settings.heldout_seed,
+        outputs = generate_chunked(generate or backbone.generate, rows, settings.batch_size, settings.heldout_seed,
                                    backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
         conditions = row_conditions(rows, backbone)
         rewrites = rewrite_outputs(backbone, rows, settings, settings.heldout_seed, os.path.join(folder, "heldout"),
-                                   [f"{i:06d}" for i in range(len(rows))])
+                                   [f"{i:06d}" for i in range(len(rows))], generate)
         judged_rows = [with_rewrites(r, rewrites[i] if rewrites else None, folder) for i, r in enumerate(rows)]
         if scorer is not None:
             values = scorer.judge([r["prompt"] for r in rows], outputs, conditions, judged_rows)

@@ -6,15 +6,13 @@ from __future__ import annotations
 from typing import Literal
 
 from alignsuite.data.procedures.base import Procedure
+from alignsuite.iterate.engines import GenerationEngine
+from alignsuite.iterate.errors import IterateError
 from alignsuite.judges import PreferenceJudge
 from alignsuite.judging import Scorer
 
 REFERENCES = ("initial", "round_start", "both")
 WIN_RATE = "win_rate"  # a preference judge's value of a sample: its mean win probability, the diagonal included
-
-
-class IterateError(ValueError):
-    """A setting or a round's state the loop cannot run with (reported on the command line in one line)."""
 
 
 class Iterate:
@@ -61,6 +59,8 @@ class Iterate:
             theta_t+1/2), the second generates from theta_t+1/2 and fits again from theta_t, not from the
             extrapolation (to theta_t+1). Each round's fit starts a fresh optimizer, so the optimizer state at
             theta_t is the fresh one both fits start from. ``rounds`` must be even.
+        engine: what draws the samples (:mod:`alignsuite.iterate.engines`): the backbone's own ``generate`` when
+            None; ``alignsuite.iterate.VLLMEngine`` where vLLM is installed (language backbones, GPUs).
     """
 
     def __init__(
@@ -83,6 +83,7 @@ class Iterate:
         heldout_seed: int = 1234,
         output_dir: str = "runs/iterate",
         extragradient: bool = False,
+        engine: GenerationEngine | None = None,
     ) -> None:
         checks = [
             (rounds >= 1, "iterate.rounds", f"at least 1, got {rounds}"),
@@ -97,6 +98,8 @@ class Iterate:
             (reference in REFERENCES, "iterate.reference", f"one of {', '.join(REFERENCES)}, got {reference!r}"),
             (isinstance(judge, (Scorer, PreferenceJudge)), "iterate.judge",
              f"a scorer (alignsuite.judging.Scorer) or a preference judge (alignsuite.judges.PreferenceJudge), got {judge!r}"),
+            (engine is None or isinstance(engine, GenerationEngine), "iterate.engine",
+             f"a generation engine such as alignsuite.iterate.VLLMEngine, got {engine!r}"),
             (build is None or isinstance(build, Procedure), "iterate.build",
              f"a list procedure such as alignsuite.data.procedures.BestWorstPairs, got {build!r}"),
         ]
@@ -119,6 +122,7 @@ class Iterate:
         self.seed, self.shard_size, self.batch_size = seed, shard_size, batch_size
         self.heldout, self.num_heldout, self.heldout_seed = heldout, num_heldout, heldout_seed
         self.output_dir, self.extragradient = output_dir, extragradient
+        self.engine = engine or GenerationEngine()
 
     def sources(self, index: int) -> tuple[int | None, int | None]:
         """``(round generated from, round the fit starts from)`` for round ``index`` (None: the starting policy):
@@ -154,6 +158,7 @@ class Iterate:
     def check_modality(self, modality: str) -> None:
         from alignsuite.judging import check_modality
 
+        self.engine.check(modality)
         try:
             check_modality(self.judge, modality, "iterate.judge")
         except ValueError as error:
