@@ -80,6 +80,6 @@ def plain_exo(s, r, beta_r=1.0):
 
 def plain_mpo(s, r, alpha=1.0):
     mean = sum(r) / len(r)
-    weighted = [x + alpha * abs(ri - mean) for x, ri in zip(s, r)]
+    weighted = [x + alpha * (ri - mean) for x, ri in zip(s, r)]
     chosen = [w for w, ri in zip(weighted, r) if ri > mean]
     return lse(*weighted) - lse(*chosen) if chosen else 0.0

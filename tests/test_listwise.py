@@ -129,6 +129,23 @@ def test_lipo_lambda_anchor():
     assert out.loss.item() == pytest.approx(by_hand, abs=1e-6) and by_hand == pytest.approx(0.265232, abs=1e-6)
 
 
+def test_lipo_beta_scales_the_log_ratios_before_the_loss_and_the_ranks():
+    # The paper's equation (2): s_i = beta log pi/pi_ref, then equation (8) on s. With beta 0.5, u = [0.4, 1.0, -0.2]
+    # gives back the anchor's s = [0.2, 0.5, -0.1] and so its value, 0.265232.
+    s = lists([[0.9, 1.5, 0.3]], [[0.9, 0.6, 0.1]])
+    s = ListScores(s.scores, s.labels, torch.tensor([[0.5, 0.5, 0.5]]))
+    out = get_objective("lipo", beta=0.5, list_size=3)(s)
+    assert out.loss.item() == pytest.approx(0.265232, abs=1e-6)
+
+
+def test_lipo_pair_logistic_gives_the_value_of_rax_documented_example():
+    # The paper computes its losses with RAX (appendix B). rax.pairwise_logistic_loss documents scores [2, 1, 3],
+    # labels [1, 0, 0] -> 1.6265235 (summed over the pairs): -log s(1) - log s(-1).
+    out = get_objective("lipo", beta=1.0, list_size=3, loss_type="pair_logistic")(ref0([[2.0, 1.0, 3.0]], [[1, 0, 0]]))
+    assert out.loss.item() == pytest.approx(-logsig(1.0) - logsig(-1.0), abs=1e-6)
+    assert out.loss.item() == pytest.approx(1.6265235, abs=1e-6)
+
+
 def test_lipo_softmax_and_list_mle_anchors():
     scores = ref0([[0.2, 0.5, -0.1]], [[0.9, 0.6, 0.1]])
     softmax_loss = get_objective("lipo", beta=1.0, list_size=3, loss_type="softmax")(scores).loss.item()
@@ -219,13 +236,22 @@ def test_exo_anchor():
 
 
 def test_mpo_anchor():
-    # Derived: s = [0.2, 0.5, -0.1, 0.4], r* = [8, 6, 5, 1]: mean 5, chosen {0, 1}, |deviation| [3, 1, 0, 4].
+    # Derived: s = [0.2, 0.5, -0.1, 0.4], r* = [8, 6, 5, 1]: mean 5, chosen {0, 1}, deviation [3, 1, 0, -4];
+    # weights exp(alpha * deviation), signed (REFA's restatement of MPO, eq. 5).
     alpha = 0.5
-    weighted = [0.2 + 1.5, 0.5 + 0.5, -0.1 + 0.0, 0.4 + 2.0]
+    weighted = [0.2 + 1.5, 0.5 + 0.5, -0.1 + 0.0, 0.4 - 2.0]
     by_hand = -math.log((math.exp(weighted[0]) + math.exp(weighted[1])) / sum(math.exp(w) for w in weighted))
     out = get_objective("mpo", beta=1.0, alpha=alpha)(ref0([[0.2, 0.5, -0.1, 0.4]], [[8, 6, 5, 1]]))
     assert out.loss.item() == pytest.approx(by_hand, abs=1e-6)
-    assert by_hand == pytest.approx(0.898540, abs=1e-6)
+    assert by_hand == pytest.approx(0.126717, abs=1e-6)
+
+
+def test_mpo_at_two_responses_is_dpo_shifted_by_the_weighted_reward_gap():
+    # K = 2: -log s(beta D + alpha (r*_w - r*_l)), here beta 0.5, alpha 0.3 and rewards 7 and 2 (a shift of 1.5).
+    out = get_objective("mpo", beta=0.5, list_size=2, alpha=0.3)(as_lists((7.0, 2.0)))
+    D = (CHOSEN - REF_C) - (REJECTED - REF_R)
+    by_hand = sum(-logsig(0.5 * d + 0.3 * 5.0) for d in D.tolist()) / 3
+    assert out.loss.item() == pytest.approx(by_hand, abs=1e-6)
 
 
 def test_mpo_list_with_equal_labels_contributes_nothing():
@@ -286,7 +312,7 @@ def test_list_mle_with_sft_at_two_responses_is_dpo_with_sft():
     ("lipo", {"loss_type": "list_mle"}, "dpo", {}, (1.0, 0.0)),
     ("infonca", {"temperature_alpha": 1e-4}, "dpo", {}, (1.0, 0.0)),  # a one-hot target
     ("nca", {"temperature_alpha": 1e-4}, "nca_pair", {}, (1.0, 0.0)),
-    ("mpo", {"alpha": 1.0}, "dpo", {}, (7.0, 2.0)),  # equal weights at K = 2 cancel, whatever alpha
+    ("mpo", {"alpha": 0.0}, "dpo", {}, (7.0, 2.0)),  # no deviation weights: DPO
     # exo_pair's target (1 - eps, eps) is softmax(r*) for r* = log of it.
     ("exo", {"beta_r": 1.0}, "exo_pair", {"label_smoothing": 1e-3}, (math.log1p(-1e-3), math.log(1e-3))),
     ("exo", {"beta_r": 1.0}, "exo_pair", {"label_smoothing": 0.2}, (math.log(0.8), math.log(0.2))),

@@ -81,10 +81,20 @@ def test_repo_ignores_beta_and_is_simpo_without_its_logistic():
 # --- MaPPO ----------------------------------------------------------------------------------------------------
 
 
-def test_mappo_anchor_of_the_recalled_form():
-    # notes 7.6: beta 0.1, u_w = 1, u_l = -1, dr = 0.4 -> -log s(0.1 + 0.04) = 0.625595
+def test_mappo_anchor():
+    # notes 7.6 (the form is the paper's equation (8), checked): beta 0.1, u_w = 1, u_l = -1, dr = 0.4
+    # -> -log s(0.1 + 0.04) = 0.625595
     out = get_objective("mappo")(pairs(1.0, -1.0, rewards=(0.9, 0.5)))
     assert out.loss.item() == pytest.approx(0.625595, abs=1e-6)
+
+
+def test_mappo_on_the_papers_near_tie_example():
+    # The paper's Figure 1 pair has rewards 0.95 and 0.91 (dr = 0.04). With u_w = -0.5, u_l = -2 and beta 0.1:
+    # z = 0.1 * -0.5 - 0.04 * 0.1 * -2 = -0.042, L = log(1 + e^0.042); DPO's z would be 0.15.
+    z = 0.1 * -0.5 - 0.04 * 0.1 * -2.0
+    out = get_objective("mappo")(pairs(-0.5, -2.0, rewards=(0.95, 0.91)))
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(-z)), abs=1e-6)
+    assert math.log1p(math.exp(-z)) == pytest.approx(0.714368, abs=1e-6)
 
 
 def test_mappo_is_dpo_when_the_reward_gap_is_one():

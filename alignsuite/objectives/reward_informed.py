@@ -37,15 +37,18 @@ class MaPPO(PairwiseObjective):
     answer is barely pushed down. No hyper-parameter beyond DPO's.
 
     Lan et al. 2025, "MaPPO: Maximum a Posteriori Preference Optimization with Prior Knowledge", arXiv 2507.21183.
-    The form here is the one the research notes recall from the paper; no official code was read, and the
-    equation was not checked against the paper's text: check it before relying on the numbers. The rewards are
-    used as given (no clamping): a negative gap, where the reward model disagrees with the label, pulls the
-    rejected answer up.
+    Checked against the paper's text (v5): the loss is its equation (8), ``-log s(b log pi/pi_ref(y_w) - dr b log
+    pi/pi_ref(y_l))``, with ``dr = r_w - r_l`` from prior rewards in [0, 1] (a reward model's score through a
+    logistic function, appendix D.2.4), DPO again at ``r_w = 1, r_l = 0`` (equation (9)); its default beta is DPO's
+    0.1 (Table 4). No official code was read. The rewards are used as given (no clamping): the paper takes
+    ``y_w`` as the higher-reward answer so that ``dr`` is in [0, 1]; a negative gap, where the reward model
+    disagrees with the label, pulls the rejected answer up. The paper's plug-ins for SimPO, IPO and CPO (appendix
+    B.2, the same ``dr`` on the rejected term) are not built here.
     """
 
     family = "pairwise"
     paper = "Lan et al. 2025, arXiv 2507.21183"
-    convention = "the research notes' recalled form of the paper's loss; not checked against the paper's text"
+    convention = "the paper's equation (8) (v5, checked); rewards used as given, not clamped to a gap in [0, 1]"
     extra_columns = REWARD_COLUMNS
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
