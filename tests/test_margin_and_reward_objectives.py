@@ -109,6 +109,51 @@ def test_mappo_barely_moves_the_rejected_side_of_a_near_tie():
     assert s.rejected.grad.tolist() == pytest.approx([0.9 * 0.05 / 2, 0.01 * 0.05 / 2], rel=1e-6)
 
 
+def test_mappo_plug_ins_hand_worked():
+    # The paper's appendix B.2, one pair: u_w = 1, u_l = -1 (log-probs -9 and -11 over 4 and 2 tokens), dr = 0.4,
+    # beta 0.1 (Table 4), SimPO's gamma 1 and CPO's lambda 0.2 (Table 5).
+    s = pairs(1.0, -1.0, 4, 2, rewards=(0.9, 0.5), reference=True)
+    free = pairs(1.0, -1.0, 4, 2, rewards=(0.9, 0.5), reference=False)
+    ipo = (1.0 - 0.4 * -1.0 - 1 / (2 * 0.1)) ** 2  # (14)
+    simpo = -logsig(0.1 * -9 / 4 - 0.4 * 0.1 * -11 / 2 - 1.0)  # (12)
+    cpo = -logsig(0.1 * -9 - 0.1 * 0.4 * -11) + 0.2 * 9 / 4  # (16), the NLL per token (one pair: pooled = mean)
+    assert get_objective("mappo", base="ipo")(s).loss.item() == pytest.approx(ipo, abs=1e-6)
+    assert ipo == pytest.approx(12.96, abs=1e-9)
+    assert get_objective("mappo", base="simpo")(free).loss.item() == pytest.approx(simpo, abs=1e-6)
+    out = get_objective("mappo", base="cpo")(free)
+    assert out.loss.item() == pytest.approx(cpo, abs=1e-6)
+    assert out.metrics["loss/sft"].item() == pytest.approx(9 / 4, abs=1e-6)
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(0.1 * -9, abs=1e-6)
+
+
+@pytest.mark.parametrize("base,plain,plain_hparams,reference", [
+    ("dpo", "dpo", {}, True),
+    ("ipo", "ipo", {"length_normalize": False}, True),
+    ("simpo", "simpo", {"gamma": 1.0}, False),
+    ("cpo", "cpo", {"cpo_alpha": 0.2}, False),
+])
+def test_mappo_plug_in_at_a_unit_reward_gap_is_its_base(base, plain, plain_hparams, reference):
+    s = pairs([0.5, -1.5, 3.0], [-0.5, 0.5, 1.0], [3, 1, 5], [2, 4, 1], rewards=([1.0] * 3, [0.0] * 3),
+              reference=reference)
+    mappo = get_objective("mappo", beta=0.3, base=base)(s)
+    base_out = get_objective(plain, beta=0.3, **plain_hparams)(s)
+    assert mappo.loss.item() == pytest.approx(base_out.loss.item(), rel=1e-6)  # float32 losses
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert mappo.metrics[key].item() == pytest.approx(base_out.metrics[key].item(), rel=1e-6, abs=1e-7)
+    assert get_objective("mappo", base=base).needs_reference == reference
+
+
+def test_mappo_names_its_bad_options():
+    with pytest.raises(ValueError, match="base must be one of 'dpo', 'ipo', 'simpo', 'cpo', got 'orpo'"):
+        get_objective("mappo", base="orpo")
+    with pytest.raises(ValueError, match="gamma"):
+        get_objective("mappo", base="simpo", gamma=-1.0)
+    with pytest.raises(ValueError, match="cpo_alpha"):
+        get_objective("mappo", base="cpo", cpo_alpha=-0.1)
+    with pytest.raises(ValueError, match="sft_weight"):
+        get_objective("mappo", base="cpo", sft_weight=1.0)
+
+
 def test_reward_objectives_without_reward_columns_name_them():
     for name in ("mappo", "reward_aware_po"):
         with pytest.raises(ValueError, match=f"{name}.*reward_chosen, reward_rejected"):
