@@ -30,7 +30,8 @@ class MPO(ListObjective):
     mean weigh most in the numerator, the rejected ones furthest below it least in the denominator.
 
     Gupta et al., "Multi-Preference Optimization: Generalizing DPO via Set-Level Contrasts" (first titled SWEPO,
-    arXiv 2412.04628). The paper's own text could not be read here. The form follows the same authors' restatement
+    arXiv 2412.04628; not the "Mixed Preference Optimization" of InternVL and NeMo-RL, a DPO + BCO + SFT mixture).
+    The paper's own text could not be read here. The form follows the same authors' restatement
     of MPO in "REFA: Reference Free Alignment" (Gupta et al., COLM 2025, its equation (5): ``w_y = e^{alpha (r_y -
     r_mean)}`` over every response, ``s = beta log pi/pi_ref``), which matches a summary of SWEPO v1 (``w_i^+ =
     exp(alpha Delta S_i)`` for the chosen) and the AMPO paper's score ``s + alpha (r - r_mean)``. ``alpha`` = 1 by
