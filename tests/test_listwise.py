@@ -78,6 +78,7 @@ PLAIN = {  # name -> (hparams, plain form of one list taking (s, r))
     "nca": ({"temperature_alpha": 2.0}, lambda s, r: plain_nca(s, r, 2.0)),
     "exo": ({"beta_r": 0.5}, lambda s, r: plain_exo(s, r, 0.5)),
     "mpo": ({"alpha": 0.7}, lambda s, r: plain_mpo(s, r, 0.7)),
+    "mpo-absolute": ({"alpha": 0.7, "deviation": "absolute"}, lambda s, r: plain_mpo(s, r, 0.7, absolute=True)),
 }
 LIST_OBJECTIVES = sorted(n for n in available_objectives() if get_objective(n).row_kind == "lists")
 
@@ -254,6 +255,15 @@ def test_mpo_at_two_responses_is_dpo_shifted_by_the_weighted_reward_gap():
     assert out.loss.item() == pytest.approx(by_hand, abs=1e-6)
 
 
+def test_mpo_absolute_deviation_anchor():
+    # The same list with weights exp(alpha |deviation|): |deviation| [3, 1, 0, 4].
+    weighted = [0.2 + 1.5, 0.5 + 0.5, -0.1 + 0.0, 0.4 + 2.0]
+    by_hand = -math.log((math.exp(weighted[0]) + math.exp(weighted[1])) / sum(math.exp(w) for w in weighted))
+    out = get_objective("mpo", beta=1.0, alpha=0.5, deviation="absolute")(ref0([[0.2, 0.5, -0.1, 0.4]], [[8, 6, 5, 1]]))
+    assert out.loss.item() == pytest.approx(by_hand, abs=1e-6)
+    assert by_hand == pytest.approx(0.898540, abs=1e-6)
+
+
 def test_mpo_list_with_equal_labels_contributes_nothing():
     out = get_objective("mpo", beta=1.0, list_size=3)(ref0([[0.2, 0.5, -0.1]], [[4, 4, 4]]))
     assert out.loss.item() == 0.0
@@ -313,6 +323,7 @@ def test_list_mle_with_sft_at_two_responses_is_dpo_with_sft():
     ("infonca", {"temperature_alpha": 1e-4}, "dpo", {}, (1.0, 0.0)),  # a one-hot target
     ("nca", {"temperature_alpha": 1e-4}, "nca_pair", {}, (1.0, 0.0)),
     ("mpo", {"alpha": 0.0}, "dpo", {}, (7.0, 2.0)),  # no deviation weights: DPO
+    ("mpo", {"alpha": 1.0, "deviation": "absolute"}, "dpo", {}, (7.0, 2.0)),  # equal weights at K = 2 cancel
     # exo_pair's target (1 - eps, eps) is softmax(r*) for r* = log of it.
     ("exo", {"beta_r": 1.0}, "exo_pair", {"label_smoothing": 1e-3}, (math.log1p(-1e-3), math.log(1e-3))),
     ("exo", {"beta_r": 1.0}, "exo_pair", {"label_smoothing": 0.2}, (math.log(0.8), math.log(0.2))),
@@ -407,7 +418,7 @@ def test_equal_labels_make_no_pair(name):
     ("lipo", {"beta": 0.0}, "beta"), ("lipo", {"list_size": 1}, "list_size"),
     ("pro", {"sft_weight": -1.0}, "sft_weight"), ("list_mle", {"sft_weight": -0.5}, "sft_weight"), ("pro", {"list_size": 1}, "list_size"),
     ("infonca", {"temperature_alpha": 0.0}, "temperature_alpha"), ("nca", {"best_bonus": -0.01}, "best_bonus"),
-    ("exo", {"beta_r": 0.0}, "beta_r"), ("mpo", {"alpha": -1.0}, "alpha"),
+    ("exo", {"beta_r": 0.0}, "beta_r"), ("mpo", {"alpha": -1.0}, "alpha"), ("mpo", {"deviation": "abs"}, "deviation"),
 ])
 def test_bad_hyper_parameters_are_refused_naming_them(name, hparams, named):
     with pytest.raises(ValueError, match=named):
