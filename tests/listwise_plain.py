@@ -78,8 +78,8 @@ def plain_exo(s, r, beta_r=1.0):
     return sum(pk * (math.log(pk) - math.log(qk)) for pk, qk in zip(p, q))
 
 
-def plain_mpo(s, r, alpha=1.0):
+def plain_mpo(s, r, alpha=1.0, absolute=False):
     mean = sum(r) / len(r)
-    weighted = [x + alpha * abs(ri - mean) for x, ri in zip(s, r)]
+    weighted = [x + alpha * (abs(ri - mean) if absolute else ri - mean) for x, ri in zip(s, r)]
     chosen = [w for w, ri in zip(weighted, r) if ri > mean]
     return lse(*weighted) - lse(*chosen) if chosen else 0.0

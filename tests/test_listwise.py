@@ -78,6 +78,7 @@ PLAIN = {  # name -> (hparams, plain form of one list taking (s, r))
     "nca": ({"temperature_alpha": 2.0}, lambda s, r: plain_nca(s, r, 2.0)),
     "exo": ({"beta_r": 0.5}, lambda s, r: plain_exo(s, r, 0.5)),
     "mpo": ({"alpha": 0.7}, lambda s, r: plain_mpo(s, r, 0.7)),
+    "mpo-absolute": ({"alpha": 0.7, "deviation": "absolute"}, lambda s, r: plain_mpo(s, r, 0.7, absolute=True)),
 }
 LIST_OBJECTIVES = sorted(n for n in available_objectives() if get_objective(n).row_kind == "lists")
 
@@ -127,6 +128,23 @@ def test_lipo_lambda_anchor():
     s = [0.2, 0.5, -0.1]
     by_hand = sum(w * -logsig(s[i] - s[j]) for (i, j), w in delta.items())
     assert out.loss.item() == pytest.approx(by_hand, abs=1e-6) and by_hand == pytest.approx(0.265232, abs=1e-6)
+
+
+def test_lipo_beta_scales_the_log_ratios_before_the_loss_and_the_ranks():
+    # The paper's equation (2): s_i = beta log pi/pi_ref, then equation (8) on s. With beta 0.5, u = [0.4, 1.0, -0.2]
+    # gives back the anchor's s = [0.2, 0.5, -0.1] and so its value, 0.265232.
+    s = lists([[0.9, 1.5, 0.3]], [[0.9, 0.6, 0.1]])
+    s = ListScores(s.scores, s.labels, torch.tensor([[0.5, 0.5, 0.5]]))
+    out = get_objective("lipo", beta=0.5, list_size=3)(s)
+    assert out.loss.item() == pytest.approx(0.265232, abs=1e-6)
+
+
+def test_lipo_pair_logistic_gives_the_value_of_rax_documented_example():
+    # The paper computes its losses with RAX (appendix B). rax.pairwise_logistic_loss documents scores [2, 1, 3],
+    # labels [1, 0, 0] -> 1.6265235 (summed over the pairs): -log s(1) - log s(-1).
+    out = get_objective("lipo", beta=1.0, list_size=3, loss_type="pair_logistic")(ref0([[2.0, 1.0, 3.0]], [[1, 0, 0]]))
+    assert out.loss.item() == pytest.approx(-logsig(1.0) - logsig(-1.0), abs=1e-6)
+    assert out.loss.item() == pytest.approx(1.6265235, abs=1e-6)
 
 
 def test_lipo_softmax_and_list_mle_anchors():
@@ -219,11 +237,29 @@ def test_exo_anchor():
 
 
 def test_mpo_anchor():
-    # Derived: s = [0.2, 0.5, -0.1, 0.4], r* = [8, 6, 5, 1]: mean 5, chosen {0, 1}, |deviation| [3, 1, 0, 4].
+    # Derived: s = [0.2, 0.5, -0.1, 0.4], r* = [8, 6, 5, 1]: mean 5, chosen {0, 1}, deviation [3, 1, 0, -4];
+    # weights exp(alpha * deviation), signed (REFA's restatement of MPO, eq. 5).
     alpha = 0.5
-    weighted = [0.2 + 1.5, 0.5 + 0.5, -0.1 + 0.0, 0.4 + 2.0]
+    weighted = [0.2 + 1.5, 0.5 + 0.5, -0.1 + 0.0, 0.4 - 2.0]
     by_hand = -math.log((math.exp(weighted[0]) + math.exp(weighted[1])) / sum(math.exp(w) for w in weighted))
     out = get_objective("mpo", beta=1.0, alpha=alpha)(ref0([[0.2, 0.5, -0.1, 0.4]], [[8, 6, 5, 1]]))
+    assert out.loss.item() == pytest.approx(by_hand, abs=1e-6)
+    assert by_hand == pytest.approx(0.126717, abs=1e-6)
+
+
+def test_mpo_at_two_responses_is_dpo_shifted_by_the_weighted_reward_gap():
+    # K = 2: -log s(beta D + alpha (r*_w - r*_l)), here beta 0.5, alpha 0.3 and rewards 7 and 2 (a shift of 1.5).
+    out = get_objective("mpo", beta=0.5, list_size=2, alpha=0.3)(as_lists((7.0, 2.0)))
+    D = (CHOSEN - REF_C) - (REJECTED - REF_R)
+    by_hand = sum(-logsig(0.5 * d + 0.3 * 5.0) for d in D.tolist()) / 3
+    assert out.loss.item() == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_mpo_absolute_deviation_anchor():
+    # The same list with weights exp(alpha |deviation|): |deviation| [3, 1, 0, 4].
+    weighted = [0.2 + 1.5, 0.5 + 0.5, -0.1 + 0.0, 0.4 + 2.0]
+    by_hand = -math.log((math.exp(weighted[0]) + math.exp(weighted[1])) / sum(math.exp(w) for w in weighted))
+    out = get_objective("mpo", beta=1.0, alpha=0.5, deviation="absolute")(ref0([[0.2, 0.5, -0.1, 0.4]], [[8, 6, 5, 1]]))
     assert out.loss.item() == pytest.approx(by_hand, abs=1e-6)
     assert by_hand == pytest.approx(0.898540, abs=1e-6)
 
@@ -286,7 +322,8 @@ def test_list_mle_with_sft_at_two_responses_is_dpo_with_sft():
     ("lipo", {"loss_type": "list_mle"}, "dpo", {}, (1.0, 0.0)),
     ("infonca", {"temperature_alpha": 1e-4}, "dpo", {}, (1.0, 0.0)),  # a one-hot target
     ("nca", {"temperature_alpha": 1e-4}, "nca_pair", {}, (1.0, 0.0)),
-    ("mpo", {"alpha": 1.0}, "dpo", {}, (7.0, 2.0)),  # equal weights at K = 2 cancel, whatever alpha
+    ("mpo", {"alpha": 0.0}, "dpo", {}, (7.0, 2.0)),  # no deviation weights: DPO
+    ("mpo", {"alpha": 1.0, "deviation": "absolute"}, "dpo", {}, (7.0, 2.0)),  # equal weights at K = 2 cancel
     # exo_pair's target (1 - eps, eps) is softmax(r*) for r* = log of it.
     ("exo", {"beta_r": 1.0}, "exo_pair", {"label_smoothing": 1e-3}, (math.log1p(-1e-3), math.log(1e-3))),
     ("exo", {"beta_r": 1.0}, "exo_pair", {"label_smoothing": 0.2}, (math.log(0.8), math.log(0.2))),
@@ -381,7 +418,7 @@ def test_equal_labels_make_no_pair(name):
     ("lipo", {"beta": 0.0}, "beta"), ("lipo", {"list_size": 1}, "list_size"),
     ("pro", {"sft_weight": -1.0}, "sft_weight"), ("list_mle", {"sft_weight": -0.5}, "sft_weight"), ("pro", {"list_size": 1}, "list_size"),
     ("infonca", {"temperature_alpha": 0.0}, "temperature_alpha"), ("nca", {"best_bonus": -0.01}, "best_bonus"),
-    ("exo", {"beta_r": 0.0}, "beta_r"), ("mpo", {"alpha": -1.0}, "alpha"),
+    ("exo", {"beta_r": 0.0}, "beta_r"), ("mpo", {"alpha": -1.0}, "alpha"), ("mpo", {"deviation": "abs"}, "deviation"),
 ])
 def test_bad_hyper_parameters_are_refused_naming_them(name, hparams, named):
     with pytest.raises(ValueError, match=named):

@@ -81,10 +81,20 @@ def test_repo_ignores_beta_and_is_simpo_without_its_logistic():
 # --- MaPPO ----------------------------------------------------------------------------------------------------
 
 
-def test_mappo_anchor_of_the_recalled_form():
-    # notes 7.6: beta 0.1, u_w = 1, u_l = -1, dr = 0.4 -> -log s(0.1 + 0.04) = 0.625595
+def test_mappo_anchor():
+    # notes 7.6 (the form is the paper's equation (8), checked): beta 0.1, u_w = 1, u_l = -1, dr = 0.4
+    # -> -log s(0.1 + 0.04) = 0.625595
     out = get_objective("mappo")(pairs(1.0, -1.0, rewards=(0.9, 0.5)))
     assert out.loss.item() == pytest.approx(0.625595, abs=1e-6)
+
+
+def test_mappo_on_the_papers_near_tie_example():
+    # The paper's Figure 1 pair has rewards 0.95 and 0.91 (dr = 0.04). With u_w = -0.5, u_l = -2 and beta 0.1:
+    # z = 0.1 * -0.5 - 0.04 * 0.1 * -2 = -0.042, L = log(1 + e^0.042); DPO's z would be 0.15.
+    z = 0.1 * -0.5 - 0.04 * 0.1 * -2.0
+    out = get_objective("mappo")(pairs(-0.5, -2.0, rewards=(0.95, 0.91)))
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(-z)), abs=1e-6)
+    assert math.log1p(math.exp(-z)) == pytest.approx(0.714368, abs=1e-6)
 
 
 def test_mappo_is_dpo_when_the_reward_gap_is_one():
@@ -97,6 +107,51 @@ def test_mappo_barely_moves_the_rejected_side_of_a_near_tie():
     get_objective("mappo")(s).loss.backward()
     # d L / d u_l = dr * b * s(-z) at z = 0: 0.9 * 0.05 and 0.01 * 0.05
     assert s.rejected.grad.tolist() == pytest.approx([0.9 * 0.05 / 2, 0.01 * 0.05 / 2], rel=1e-6)
+
+
+def test_mappo_plug_ins_hand_worked():
+    # The paper's appendix B.2, one pair: u_w = 1, u_l = -1 (log-probs -9 and -11 over 4 and 2 tokens), dr = 0.4,
+    # beta 0.1 (Table 4), SimPO's gamma 1 and CPO's lambda 0.2 (Table 5).
+    s = pairs(1.0, -1.0, 4, 2, rewards=(0.9, 0.5), reference=True)
+    free = pairs(1.0, -1.0, 4, 2, rewards=(0.9, 0.5), reference=False)
+    ipo = (1.0 - 0.4 * -1.0 - 1 / (2 * 0.1)) ** 2  # (14)
+    simpo = -logsig(0.1 * -9 / 4 - 0.4 * 0.1 * -11 / 2 - 1.0)  # (12)
+    cpo = -logsig(0.1 * -9 - 0.1 * 0.4 * -11) + 0.2 * 9 / 4  # (16), the NLL per token (one pair: pooled = mean)
+    assert get_objective("mappo", base="ipo")(s).loss.item() == pytest.approx(ipo, abs=1e-6)
+    assert ipo == pytest.approx(12.96, abs=1e-9)
+    assert get_objective("mappo", base="simpo")(free).loss.item() == pytest.approx(simpo, abs=1e-6)
+    out = get_objective("mappo", base="cpo")(free)
+    assert out.loss.item() == pytest.approx(cpo, abs=1e-6)
+    assert out.metrics["loss/sft"].item() == pytest.approx(9 / 4, abs=1e-6)
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(0.1 * -9, abs=1e-6)
+
+
+@pytest.mark.parametrize("base,plain,plain_hparams,reference", [
+    ("dpo", "dpo", {}, True),
+    ("ipo", "ipo", {"length_normalize": False}, True),
+    ("simpo", "simpo", {"gamma": 1.0}, False),
+    ("cpo", "cpo", {"cpo_alpha": 0.2}, False),
+])
+def test_mappo_plug_in_at_a_unit_reward_gap_is_its_base(base, plain, plain_hparams, reference):
+    s = pairs([0.5, -1.5, 3.0], [-0.5, 0.5, 1.0], [3, 1, 5], [2, 4, 1], rewards=([1.0] * 3, [0.0] * 3),
+              reference=reference)
+    mappo = get_objective("mappo", beta=0.3, base=base)(s)
+    base_out = get_objective(plain, beta=0.3, **plain_hparams)(s)
+    assert mappo.loss.item() == pytest.approx(base_out.loss.item(), rel=1e-6)  # float32 losses
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert mappo.metrics[key].item() == pytest.approx(base_out.metrics[key].item(), rel=1e-6, abs=1e-7)
+    assert get_objective("mappo", base=base).needs_reference == reference
+
+
+def test_mappo_names_its_bad_options():
+    with pytest.raises(ValueError, match="base must be one of 'dpo', 'ipo', 'simpo', 'cpo', got 'orpo'"):
+        get_objective("mappo", base="orpo")
+    with pytest.raises(ValueError, match="gamma"):
+        get_objective("mappo", base="simpo", gamma=-1.0)
+    with pytest.raises(ValueError, match="cpo_alpha"):
+        get_objective("mappo", base="cpo", cpo_alpha=-0.1)
+    with pytest.raises(ValueError, match="sft_weight"):
+        get_objective("mappo", base="cpo", sft_weight=1.0)
 
 
 def test_reward_objectives_without_reward_columns_name_them():

@@ -35,7 +35,7 @@ from alignsuite.objectives.pairwise import (
     SPPOHard,
 )
 from alignsuite.objectives.pointwise import ULMA
-from alignsuite.objectives.reference_free import CPO, ORPO, SimPO
+from alignsuite.objectives.reference_free import ASFT, CPO, ORPO, SimPO
 from alignsuite.objectives.relative import RelativePO
 from alignsuite.objectives.reward_informed import MaPPO, RewardAwarePO
 from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
@@ -47,6 +47,7 @@ from alignsuite.objectives.unpaired import BCO, KTO
 from alignsuite.objectives.weak_to_strong import WSPO
 
 __all__ = [
+    "ASFT",
     "AOT",
     "AOTUnpaired",
     "APODown",

@@ -209,18 +209,22 @@ class LiPO(ListObjective):
       ``sum max(0, 1 - (s_i - s_j))``; ``list_mle`` (DPO-PL, as ``list_mle``);
     - ``softmax``: ``- sum_i (psi_i / sum_j psi_j) log softmax(s)_i``; the labels must be >= 0.
 
-    Liu, Qin et al. 2024, "LiPO: Listwise Preference Optimization through Learning-to-Rank", section 4 and
-    Table 1. ``discount`` picks the logarithm of ``D``: ``log2`` (DCG's usual discount, the default) or ``ln``,
-    which multiplies every lambda weight by ``1/ln 2`` (a constant rescaling of the loss). At K = 2, lambda is
-    DPO times ``|G_1 - G_2| (1 - 1/log2 3)``, pair_logistic is DPO and pair_hinge is ``hinge``.
-    Default beta 0.05, the value the research notes recall the paper using for every method it compares (not
-    checked against the paper's text here).
+    Liu, Qin et al. 2024, "LiPO: Listwise Preference Optimization through Learning-to-Rank" (NAACL 2025),
+    checked against the paper's text: ``s_i = beta log pi(y_i)/pi_ref(y_i)`` (its equation (2): beta scales each
+    log-ratio before any loss, so the model's ranks in the lambda weight are those of the log-ratios), losses
+    (5)-(8) and (11) summed over a list's pairs with ``psi_i > psi_j``, ``Delta_ij = |G_i - G_j| |1/D(tau_i) -
+    1/D(tau_j)|``, ``G = 2^psi - 1``, ``D(tau) = log(1 + tau)``, and beta = 0.05 for every method (section 5).
+    ``discount`` picks the logarithm of ``D``: ``log2`` (the default; the RAX library the paper computes its losses
+    with, ``rax.dcg_lambdaweight``, discounts by ``1/log2(1 + rank)``) or ``ln``, which multiplies every lambda
+    weight by ``1/ln 2`` (a constant rescaling of the loss). At K = 2, lambda is DPO times ``|G_1 - G_2| (1 -
+    1/log2 3)``, pair_logistic is DPO and pair_hinge is ``hinge``.
     """
 
     paper = "Liu, Qin et al. 2024, arXiv 2402.01878"
     convention = (
-        "no official code; lambda weights in the LambdaMART form |1/D(tau_i) - 1/D(tau_j)| with gain 2^psi - 1 "
-        "(not TF-Ranking's DCGLambdaWeight defaults), D = log2(1 + rank) by default; losses summed over a list's pairs"
+        "the paper's equations (2), (5)-(8), (11) and beta 0.05 (checked; no official code): lambda weights "
+        "|G_i - G_j| |1/D(tau_i) - 1/D(tau_j)|, gain 2^psi - 1, D = log2(1 + rank) by default, summed over a "
+        "list's pairs; RAX's dcg_lambdaweight, which the paper calls, also multiplies each weight by the list size"
     )
 
     def __init__(self, beta: float = 0.05, list_size: int = 4, loss_type: LiPOLoss = "lambda",

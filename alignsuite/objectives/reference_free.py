@@ -1,4 +1,4 @@
-"""Pairwise objectives without a reference model: SimPO, ORPO, CPO.
+"""Pairwise objectives without a reference model: SimPO, ORPO, ASFT, CPO.
 
 They read only the policy's scores: ``l_w``/``l_l`` summed log-probs, ``m_w = l_w/|y_w|`` and
 ``m_l = l_l/|y_l|`` per-token means. Reference scores, if the batch has them, are ignored, and the module
@@ -166,6 +166,54 @@ class ORPO(PairwiseObjective):
         return out
 
 
+@register("asft")
+class ASFT(PairwiseObjective):
+    """Aligned Supervised Fine-Tuning: SFT plus each answer's own likelihood pushed up or down, without a reference.
+
+    With ``p = exp(m)`` the per-token-mean likelihood and ``odds = p / (1 - p)`` as in ORPO:
+    ``L = NLL(y_w) - lambda * [log s(log odds(y_w)) + log s(-log odds(y_l))]``
+    ``  = NLL(y_w) - lambda * [m_w + log(1 - e^m_l)]``
+    (``s(log odds) = p``): a binary cross-entropy that labels the chosen answer 1 and the rejected 0, each on its
+    own, where ORPO's ``-log s(log odds(y_w) - log odds(y_l))`` compares them (ORPO's alignment term is never
+    larger: the two differ by ``-log(p_w (1 - p_l) + p_l (1 - p_w))``). Logged rewards ``lambda * m``, as ORPO's.
+
+    Wang, Sun, Hua and Fang 2024, "ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood". The paper's
+    text and code could not be read here; the form is as Gorbatovski et al. 2025 ("The Differences Between Direct
+    Alignment Algorithms are a Blur", arXiv 2502.01237, section 2.4 and appendix A.1, Table 4) write it:
+    ``L_ASFT = -log pi(y_w|x) - lambda [log s(r_odds(y_w)) + log s(-r_odds(y_l))]`` with length-normalised
+    probabilities ``p(y)^(1/|y|)``, i.e. per-token means, as here. ``beta`` is the paper's lambda (ORPO's name
+    here and in TRL); its default 0.1 is ORPO's, the paper's value was not found (Gorbatovski et al. search
+    lambda in {0.1, 0.2, 0.5, 1.0}, "inspired by values suggested in ORPO and ASFT"). ``log(1 - e^m)`` is computed
+    in float32 with :func:`log1mexp`.
+
+    ``nll`` is the NLL term's average, as for ORPO: ``"completion_per_sequence"`` (default: each chosen answer's
+    per-token NLL, the ``-log pi(y_w|x)`` written per sequence with the same length normalisation), or
+    ``"completion_pooled"`` / ``"prompt_and_completion_pooled"`` (ORPO's official code's conventions).
+    """
+
+    family = "reference-free"
+    paper = "Wang et al. 2024, arXiv 2409.10571"
+    convention = ("as Gorbatovski et al. 2025 (arXiv 2502.01237) write it, per-token means; lambda (beta here) 0.1, "
+                  "ORPO's default (the paper's not found); NLL per sequence")
+
+    needs_reference = False
+
+    def __init__(self, beta: float = 0.1, nll: ORPONLL = "completion_per_sequence") -> None:
+        super().__init__(beta=beta, sft_weight=1.0)  # the NLL term is part of ASFT, weight 1
+        check_nll(nll)
+        self.nll = nll
+
+    @property
+    def views(self) -> tuple[View, ...]:
+        return (View("chosen", score_prompt=self.nll == "prompt_and_completion_pooled"), View("rejected"))
+
+    def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
+        m_w, m_l = as_float(*mean_logps(s))
+        # log s(log odds(y_w)) = log p_w = m_w and log s(-log odds(y_l)) = log(1 - p_l); m_w is capped as
+        # log1mexp caps m_l, so that a likelihood of exactly 1 on either side has a finite loss.
+        return -self.beta * (m_w.clamp(max=0.0) + log1mexp(m_l)), self.beta * m_w, self.beta * m_l
+
+
 @register("cpo")
 class CPO(PairwiseObjective):
     """Contrastive Preference Optimization: reference-free DPO on summed log-probs plus an NLL anchor.
@@ -206,4 +254,4 @@ class CPO(PairwiseObjective):
         return losses, self.beta * l_w, self.beta * l_l
 
 
-__all__ = ["CPO", "ORPO", "SimPO", "log1mexp"]
+__all__ = ["ASFT", "CPO", "ORPO", "SimPO", "log1mexp"]

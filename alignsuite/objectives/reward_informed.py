@@ -12,7 +12,7 @@ from typing import Literal, get_args
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignsuite.objectives.base import PairwiseObjective, as_float, register
+from alignsuite.objectives.base import PairwiseObjective, as_float, mean_logps, register
 from alignsuite.objectives.pairwise import float_log_ratios
 from alignsuite.scores import PairScores
 
@@ -28,30 +28,71 @@ def reward_gap(s: PairScores, name: str) -> Tensor:
     return (r_w - r_l).to(s.chosen.device)
 
 
+MaPPOBase = Literal["dpo", "ipo", "simpo", "cpo"]
+
+
 @register("mappo")
 class MaPPO(PairwiseObjective):
-    """Maximum a Posteriori Preference Optimization: DPO whose rejected side is weighted by a prior reward gap.
+    """Maximum a Posteriori Preference Optimization: a preference loss whose rejected side is weighted by a prior
+    reward gap ``dr = r*(y_w) - r*(y_l)``, the rewards in [0, 1] (a reward model's scores).
 
-    ``L = -log s(b u_w - dr * b u_l)`` with ``dr = r*(y_w) - r*(y_l)``, the rewards normalised to [0, 1] (a reward
-    model's scores): at ``dr = 1`` it is DPO; when both answers are about as good (``dr`` near 0) the rejected
-    answer is barely pushed down. No hyper-parameter beyond DPO's.
+    ``base`` picks the loss it plugs into (the paper's equations (8), (14), (12), (16)):
+
+    - ``dpo`` (default): ``-log s(b u_w - dr * b u_l)``;
+    - ``ipo``: ``(u_w - dr * u_l - 1/(2 b))^2`` (summed log-ratios, as the paper writes IPO);
+    - ``simpo`` (no reference): ``-log s(b m_w - dr * b m_l - gamma)``, ``m = l/|y|``;
+    - ``cpo`` (no reference): ``-log s(b l_w - dr * b l_l) + cpo_alpha * NLL(y_w)``.
+
+    At ``dr = 1`` each is its base (``dpo``; ``ipo`` without length normalisation; ``simpo``; ``cpo``); when both
+    answers are about as good (``dr`` near 0) the rejected answer is barely pushed down. No hyper-parameter beyond
+    the base's. Logged rewards are ``b`` times what the loss reads of each side (``u``, ``m`` or ``l``).
 
     Lan et al. 2025, "MaPPO: Maximum a Posteriori Preference Optimization with Prior Knowledge", arXiv 2507.21183.
-    The form here is the one the research notes recall from the paper; no official code was read, and the
-    equation was not checked against the paper's text: check it before relying on the numbers. The rewards are
-    used as given (no clamping): a negative gap, where the reward model disagrees with the label, pulls the
-    rejected answer up.
+    Checked against the paper's text (v5): equation (8) for DPO, ``dr = r_w - r_l`` from prior rewards in [0, 1] (a
+    reward model's score through a logistic function, appendix D.2.4), DPO again at ``r_w = 1, r_l = 0`` (equation
+    (9)), the plug-ins of appendix B.2, beta 0.1 (Table 4) for all, SimPO's gamma 1 and CPO's lambda 0.2 (Table 5).
+    No official code was read. The rewards are used as given (no clamping): the paper takes ``y_w`` as the
+    higher-reward answer so that ``dr`` is in [0, 1]; a negative gap, where the reward model disagrees with the
+    label, pulls the rejected answer up. CPO's NLL term is the ``cpo`` objective's (TRL's per-token NLL pooled over
+    the batch; the paper writes ``lambda log pi(y_w|x)``).
     """
 
     family = "pairwise"
     paper = "Lan et al. 2025, arXiv 2507.21183"
-    convention = "the research notes' recalled form of the paper's loss; not checked against the paper's text"
+    convention = ("the paper's equations (8), (12), (14), (16) (v5, checked); rewards used as given, not clamped to a "
+                  "gap in [0, 1]; cpo's NLL as the cpo objective's (TRL's, pooled)")
     extra_columns = REWARD_COLUMNS
 
+    def __init__(self, beta: float = 0.1, base: MaPPOBase = "dpo", gamma: float = 1.0, cpo_alpha: float = 0.2,
+                 sft_weight: float = 0.0) -> None:
+        if base not in get_args(MaPPOBase):
+            raise ValueError(f"mappo: base must be one of {', '.join(map(repr, get_args(MaPPOBase)))}, got {base!r}")
+        if gamma < 0:
+            raise ValueError(f"mappo: gamma (SimPO's target margin, base='simpo') must be >= 0, got {gamma}")
+        if cpo_alpha < 0:
+            raise ValueError(f"mappo: cpo_alpha (CPO's NLL weight, base='cpo') must be >= 0, got {cpo_alpha}")
+        if base == "cpo" and sft_weight > 0:
+            raise ValueError("mappo: with base='cpo' the NLL weight is cpo_alpha; leave sft_weight at 0")
+        super().__init__(beta=beta, sft_weight=cpo_alpha if base == "cpo" else sft_weight)
+        self.base, self.gamma, self.cpo_alpha = base, gamma, cpo_alpha
+        self.needs_reference = base in ("dpo", "ipo")
+        if base == "cpo":
+            self.nll = "completion_pooled"
+
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
-        u_w, u_l = float_log_ratios(s)
         dr = reward_gap(s, self.name)
-        return -F.logsigmoid(self.beta * u_w - dr * self.beta * u_l), self.beta * u_w, self.beta * u_l
+        if self.base in ("dpo", "ipo"):
+            x_w, x_l = float_log_ratios(s)
+        elif self.base == "simpo":
+            x_w, x_l = as_float(*mean_logps(s))
+        else:
+            x_w, x_l = as_float(s.chosen, s.rejected)
+        b = self.beta
+        if self.base == "ipo":
+            losses = (x_w - dr * x_l - 1 / (2 * b)) ** 2
+        else:
+            losses = -F.logsigmoid(b * x_w - dr * b * x_l - (self.gamma if self.base == "simpo" else 0.0))
+        return losses, b * x_w, b * x_l
 
 
 Distance = Literal["sq", "bwd_kl", "fwd_kl"]

@@ -6,7 +6,7 @@ Notation as in :mod:`alignsuite.objectives.listwise`: ``s_k = beta * u_k``, labe
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 from torch import Tensor
@@ -16,33 +16,51 @@ from alignsuite.objectives.listwise import MASKED, ListObjective, clean_labels, 
 from alignsuite.scores import ListScores
 
 
+Deviation = Literal["signed", "absolute"]
+
+
 @register("mpo")
 class MPO(ListObjective):
     """Multi-Preference Optimization: Bradley-Terry between a chosen and a rejected *set*, with deviation weights.
 
     With ``m = mean_k r*_k`` over the list, the chosen set ``Y+ = {k : r*_k > m}``, the rejected set the rest,
-    and weights ``w_k = exp(alpha * |r*_k - m|)`` (the responses furthest from the mean weigh most):
+    and weights ``w_k = exp(alpha * (r*_k - m))``:
 
         L = - log [ sum_{k in Y+} w_k exp(s_k) / sum_k w_k exp(s_k) ],   s = beta * u
 
-    Gupta et al., "Multi-Preference Optimization: Generalizing DPO via Set-Level Contrasts" (first titled
-    SWEPO). The paper's full text could not be read here: this is the form of the research notes. A summary of
-    the paper's first version gives ``exp(alpha * deviation)`` as the chosen responses' weight; the rejected
-    ones' is taken as ``exp(-alpha * deviation)`` (not read), so that both grow with ``|r* - m|`` as the abstract
-    says. ``alpha`` = 1 by default (the paper's value not checked); whether the paper's ``s`` is this log-ratio
-    or a reference-free score is not checked either. A list whose labels are all equal has no chosen set and
-    contributes 0.
-    At K = 2 both weights are equal and cancel: MPO is DPO for any ``alpha``.
+    i.e. a softmax over the logits ``s_k + alpha (r*_k - m)`` whose chosen mass is maximised; the mean cancels
+    between numerator and denominator, so only the reward gaps count. The chosen responses furthest above the
+    mean weigh most in the numerator, the rejected ones furthest below it least in the denominator.
+
+    Gupta et al., "Multi-Preference Optimization: Generalizing DPO via Set-Level Contrasts" (first titled SWEPO,
+    arXiv 2412.04628; not the "Mixed Preference Optimization" of InternVL and NeMo-RL, a DPO + BCO + SFT mixture).
+    The paper's own text could not be read here. The form follows the same authors' restatement
+    of MPO in "REFA: Reference Free Alignment" (Gupta et al., COLM 2025, its equation (5): ``w_y = e^{alpha (r_y -
+    r_mean)}`` over every response, ``s = beta log pi/pi_ref``), which matches a summary of SWEPO v1 (``w_i^+ =
+    exp(alpha Delta S_i)`` for the chosen) and the AMPO paper's score ``s + alpha (r - r_mean)``. ``alpha`` = 1 by
+    default (the paper's value not found). A list whose labels are all equal has no chosen set and contributes 0.
+    At K = 2 it is ``-log s(beta D + alpha (r*_w - r*_l))``: DPO at ``alpha = 0``.
+
+    ``deviation="absolute"`` weighs every response by ``exp(alpha |r*_k - m|)`` instead, so that the rejected
+    responses furthest *below* the mean weigh most, as the abstract's "emphasises outlier responses" can also be
+    read (the SWEPO summary lists the rejected responses' weight apart from the chosen ones'; its text was cut
+    off). At K = 2 both weights are then equal and cancel: DPO for any ``alpha``.
     """
 
     paper = "Gupta et al. 2024, arXiv 2412.04628"
-    convention = "form of the research notes (paper's text not read): split at the mean reward, exp(alpha |dev|) weights"
+    convention = ("paper's text not read: the authors' restatement in REFA (eq. 5), weights exp(alpha (r - mean)) on "
+                  "every response, split at the mean reward (deviation='absolute': exp(alpha |r - mean|)); alpha 1 "
+                  "(paper's value not found)")
 
-    def __init__(self, beta: float = 0.1, list_size: int = 4, alpha: float = 1.0) -> None:
+    def __init__(self, beta: float = 0.1, list_size: int = 4, alpha: float = 1.0,
+                 deviation: Deviation = "signed") -> None:
         super().__init__(beta=beta, list_size=list_size)
         if alpha < 0:
             raise ValueError(f"mpo: alpha must be >= 0, got {alpha}")
+        if deviation not in get_args(Deviation):
+            raise ValueError(f"mpo: deviation must be one of {get_args(Deviation)}, got {deviation!r}")
         self.alpha = alpha
+        self.deviation = deviation
 
     def list_losses(self, s: ListScores) -> tuple[Tensor, Tensor]:
         rewards = self.beta * log_ratios(s)
@@ -50,7 +68,8 @@ class MPO(ListObjective):
         mean = labels.sum(dim=1, keepdim=True) / s.mask.sum(dim=1, keepdim=True)
         deviation = labels - mean
         chosen = s.mask & (deviation > 0)
-        logits = rewards + self.alpha * deviation.abs()  # log(w_k exp(s_k))
+        shift = deviation.abs() if self.deviation == "absolute" else deviation
+        logits = rewards + self.alpha * shift  # log(w_k exp(s_k))
         log_chosen = torch.logsumexp(torch.where(chosen, logits, MASKED), dim=1)
         log_all = torch.logsumexp(torch.where(s.mask, logits, MASKED), dim=1)
         return torch.where(chosen.any(dim=1), log_all - log_chosen, 0.0), rewards
