@@ -95,7 +95,7 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
     seed_everything(settings.seed + index, verbose=False)
     cli.instantiate_classes()
     trainer = cli.trainer
-    trainer.callbacks.append(RoundStart(previous, settings.reference))
+    trainer.callbacks.append(RoundStart(previous, settings.reference, settings.carry_optimizer))
     last = round_checkpoint(folder)
     trainer.fit(cli.model, cli.datamodule, ckpt_path=last if os.path.exists(last) else None)
     if not os.path.exists(last):

@@ -11,9 +11,11 @@ from alignsuite.iterate.settings import IterateError
 PREVIOUS = "previous"  # the extra reference holding the round's starting policy (reference: both)
 
 
-def policy_state(path: str) -> dict[str, torch.Tensor]:
-    """The backbone's weights in a round's checkpoint, keyed as the backbone's own state dict."""
-    policy = backbone_weights(load_checkpoint_file(path, True, mmap=True).get("state_dict", {}))
+def policy_state(path: str, checkpoint: dict | None = None) -> dict[str, torch.Tensor]:
+    """The backbone's weights in a round's checkpoint (``checkpoint``: it, already read), keyed as the backbone's
+    own state dict."""
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint_file(path, True, mmap=True)
+    policy = backbone_weights(checkpoint.get("state_dict", {}))
     if not policy:
         raise IterateError(f"{path}: the checkpoint holds no backbone weights to start the next round from")
     return policy
@@ -27,21 +29,41 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str
                            f" {unexpected[:3]})")
 
 
+def load_optimizer_moments(optimizer: torch.optim.Optimizer, saved: dict, what: str) -> None:
+    """The per-parameter state of ``saved`` (an optimizer's state dict: Adam's moments and step counts) into
+    ``optimizer``, whose parameter groups (the learning rate the round's schedule starts from) stay its own."""
+    mine = optimizer.state_dict()
+    sizes = [len(g["params"]) for g in mine["param_groups"]], [len(g["params"]) for g in saved["param_groups"]]
+    if sizes[0] != sizes[1]:
+        raise IterateError(f"{what}: the saved optimizer holds parameter groups of {sizes[1]} parameters, this fit's"
+                           f" {sizes[0]}; carry the optimizer state only between fits of one recipe")
+    optimizer.load_state_dict({"state": saved["state"], "param_groups": mine["param_groups"]})
+
+
 class RoundStart(Callback):
     """Start a round's fit from the previous round's policy (``previous``, its checkpoint; none in round 1), unless
     the fit resumes its own checkpoint, and make the round's starting policy the reference (``round_start``) or the
-    extra reference ``previous`` (``both``). With ``initial`` the recipe's reference stays as it was built."""
+    extra reference ``previous`` (``both``). With ``initial`` the recipe's reference stays as it was built. With
+    ``carry_optimizer`` the optimizer's moments are the checkpoint's too (its learning rate schedule starts anew)."""
 
-    def __init__(self, previous: str | None, reference: str = "initial") -> None:
-        self.previous, self.reference = previous, reference
+    def __init__(self, previous: str | None, reference: str = "initial", carry_optimizer: bool = False) -> None:
+        self.previous, self.reference, self.carry_optimizer = previous, reference, carry_optimizer
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.previous is None and self.reference != "both":
             return
         backbone = pl_module.backbone
-        state = policy_state(self.previous) if self.previous else None
+        checkpoint = load_checkpoint_file(self.previous, True, mmap=True) if self.previous else None
+        state = policy_state(self.previous, checkpoint) if self.previous else None
         if state is not None and trainer.ckpt_path is None:  # a resumed fit has its own weights already
             load_into(backbone, state, f"round start ({self.previous})")
+            if self.carry_optimizer:
+                saved = checkpoint.get("optimizer_states") or []
+                if len(saved) != len(trainer.optimizers):
+                    raise IterateError(f"iterate.carry_optimizer: {self.previous} holds {len(saved)} optimizer"
+                                       f" states, the fit has {len(trainer.optimizers)}")
+                for optimizer, moments in zip(trainer.optimizers, saved):
+                    load_optimizer_moments(optimizer, moments, f"iterate.carry_optimizer ({self.previous})")
         target = {"round_start": pl_module.reference,
                   "both": pl_module.extra_references[PREVIOUS] if PREVIOUS in pl_module.extra_references else None,
                   }.get(self.reference)

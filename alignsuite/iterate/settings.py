@@ -57,8 +57,12 @@ class Iterate:
         extragradient: EGPO's extragradient (Zhou, Fazel, Du 2025) at the granularity of rounds: they come in
             twos; the first of each two fits from the policy theta_t on its samples (the extrapolation to
             theta_t+1/2), the second generates from theta_t+1/2 and fits again from theta_t, not from the
-            extrapolation (to theta_t+1). Each round's fit starts a fresh optimizer, so the optimizer state at
-            theta_t is the fresh one both fits start from. ``rounds`` must be even.
+            extrapolation (to theta_t+1). ``rounds`` must be even. Each round's fit starts a fresh optimizer unless
+            ``carry_optimizer``: then both fits of a two start from theta_t's optimizer state, as EGPO restores it.
+        carry_optimizer: each round's fit starts with the optimizer's moments (Adam's averages and step counts)
+            of the checkpoint it starts from, not fresh ones (the learning rate schedule starts anew each round).
+            With ``extragradient`` that is EGPO's restore: the update fit starts from theta_t with the optimizer
+            state theta_t was reached with, not the extrapolation's.
         engine: what draws the samples (:mod:`alignsuite.iterate.engines`): the backbone's own ``generate`` when
             None; ``alignsuite.iterate.VLLMEngine`` where vLLM is installed (language backbones, GPUs).
     """
@@ -84,6 +88,7 @@ class Iterate:
         output_dir: str = "runs/iterate",
         extragradient: bool = False,
         engine: GenerationEngine | None = None,
+        carry_optimizer: bool = False,
     ) -> None:
         checks = [
             (rounds >= 1, "iterate.rounds", f"at least 1, got {rounds}"),
@@ -123,6 +128,7 @@ class Iterate:
         self.heldout, self.num_heldout, self.heldout_seed = heldout, num_heldout, heldout_seed
         self.output_dir, self.extragradient = output_dir, extragradient
         self.engine = engine or GenerationEngine()
+        self.carry_optimizer = carry_optimizer
 
     def sources(self, index: int) -> tuple[int | None, int | None]:
         """``(round generated from, round the fit starts from)`` for round ``index`` (None: the starting policy):
