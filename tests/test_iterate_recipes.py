@@ -42,6 +42,10 @@ def test_language_toy_iterate_recipe_runs_as_shipped(tmp_path, recipe):
         assert all(0 < p["rejected_win_rate"] < p["chosen_win_rate"] < 1 for p in pairs)
     if columns.endswith("OnlineIPO"):
         assert all(0.5 < p["preference"] < 1 for p in pairs)
+    if columns.endswith("IREPO"):  # five annotators' head-to-head votes, smoothed: (k + 1) / (n + 2) with n <= 5
+        assert all(1 / 7 <= p["preference"] <= 6 / 7 for p in pairs)
+        lists = read_rows(tmp_path / "run" / "round_01" / "lists.jsonl")
+        assert all(sum(v for line in row["votes"] for v in line) == 5 * 6 for row in lists)  # 5 x the 6 pairs of K = 4
 
 
 def save_tiny_reward_model(path) -> str:

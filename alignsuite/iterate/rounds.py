@@ -135,11 +135,18 @@ def compare(judge, samples: list[dict], outputs: list, items: list[dict], backbo
     rows = [items[i] for i in order]
     matrices = judge.win_matrices([r["prompt"] for r in rows], [[outputs[k] for k in groups[i]] for i in order], rows,
                                   row_conditions(rows, backbone))
+    votes = list(judge.last_votes) if getattr(judge, "gives_votes", False) else [None] * len(matrices)
     values: list[dict] = [{} for _ in samples]
-    for i, matrix in zip(order, matrices):
+    for i, matrix, counts in zip(order, matrices, votes):
         for j, (k, rate) in enumerate(zip(groups[i], win_rates(matrix))):
-            values[k] = {WIN_RATE: rate, "win_row": list(matrix[j])}
+            values[k] = {WIN_RATE: rate, "win_row": list(matrix[j]), **({"vote_row": list(counts[j])} if counts else {})}
     return values
+
+
+def matrix_of(samples: list[dict], key: str) -> list[list[float]]:
+    """A prompt's K x K matrix from its samples' rows of it (``key`` of each one's values; NaN: not judged)."""
+    return [[float("nan") if x is None else x for x in (s["values"] or {}).get(key) or [None] * len(samples)]
+            for s in samples]
 
 
 def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[list[dict], dict]:
@@ -164,8 +171,9 @@ def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[lis
                "scores": [float("nan") if v is None else v for v in scores],
                "values": [s["values"] for s in samples], "seeds": [s["seed"] for s in samples]}
         if settings.compares:  # the prompt's win matrix, as the rules that read one take it (NaN: not judged)
-            row["win_matrix"] = [[float("nan") if x is None else x for x in (s["values"] or {}).get("win_row") or
-                                  [None] * len(samples)] for s in samples]
+            row["win_matrix"] = matrix_of(samples, "win_row")
+        if settings.votes:  # and the annotators' vote counts (iREPO's empirical preference)
+            row["votes"] = matrix_of(samples, "vote_row")
         lists.append(row)
     return lists, {"samples": sum(map(len, judged.values())), "failed_judgements": len(failed),
                    "first_failed": failed[:10], "empty_outputs": len(empty), "first_empty": empty[:10]}

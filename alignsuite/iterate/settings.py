@@ -33,7 +33,8 @@ class Iterate:
         judge: what every prompt's samples are judged with: a scorer (any ``alignsuite.judging.Scorer``: a toy
             world's reward, a reward model, an image scorer, WER, an LLM judge), or a pairwise preference judge
             (``alignsuite.judges.PreferenceJudge``: a K x K win matrix per prompt, kept as the lists'
-            ``win_matrix``, each sample scored by its win rate).
+            ``win_matrix``, each sample scored by its win rate; ``alignsuite.judges.Annotators`` keeps its
+            annotators' vote counts as the lists' ``votes`` too).
         score: the judged value that ranks the samples (the judge's main value when None; ``win_rate`` for a
             preference judge); a lower-is-better value (WER) is negated, so that in the written lists a higher
             score is always better.
@@ -115,7 +116,8 @@ class Iterate:
         if score is not None and score not in given:
             raise IterateError(f"iterate.score: the judge {getattr(judge, 'name', type(judge).__name__)!r} gives"
                                f" {', '.join(given)}; it does not give {score!r}")
-        fields = ("scores", "win_matrix") if isinstance(judge, PreferenceJudge) else ("scores",)
+        fields = (("scores", "win_matrix", *(("votes",) if getattr(judge, "gives_votes", False) else ()))
+                  if isinstance(judge, PreferenceJudge) else ("scores",))
         needs = tuple(build.needs()) if build is not None and hasattr(build, "needs") else ()
         if needs and not set(needs) & set(fields):
             raise IterateError(f"iterate.build: {type(build).__name__} reads {' or '.join(needs)}, which the judge"
@@ -148,6 +150,11 @@ class Iterate:
     def compares(self) -> bool:
         """Whether the judge compares a prompt's samples (a win matrix) rather than scoring each alone."""
         return isinstance(self.judge, PreferenceJudge)
+
+    @property
+    def votes(self) -> bool:
+        """Whether the judge counts annotators' votes (``alignsuite.judges.Annotators``): kept as the lists' ``votes``."""
+        return getattr(self.judge, "gives_votes", False)
 
     @property
     def lower_is_better(self) -> bool:

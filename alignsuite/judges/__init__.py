@@ -4,6 +4,8 @@
 - pairwise preference judges (:mod:`.preference`): a K x K win matrix per prompt, from any scorer's value
   (:class:`BradleyTerryJudge`) or a pairwise classifier shown both orders (:class:`PairwiseClassifier`), and
   :func:`win_rates` to make one score per output of it;
+- several annotators voting (:mod:`.annotators`): :class:`Annotators`, the K x K vote counts of several scorers
+  and the win matrix of their shares (iREPO's empirical preference);
 - LLM-as-judge (:mod:`.llm`): :class:`LLMJudge`, a rubric prompt to a generating model (or the policy being
   trained) and its score parsed from the text, the raw text kept.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from alignsuite.judges.annotators import Annotators, NoisyAnnotator, count_votes, vote_shares
 from alignsuite.judges.failures import Failures
 from alignsuite.judges.llm import RUBRIC, SCORE_PATTERN, LLMJudge
 from alignsuite.judges.preference import (
@@ -49,5 +52,5 @@ def judge_lists(judge: Scorer | PreferenceJudge, prompts: Sequence[Any], candida
     return out
 
 
-__all__ = ["RUBRIC", "SCORE_PATTERN", "BradleyTerryJudge", "Failures", "LLMJudge", "Matrix", "PairwiseClassifier",
-           "PreferenceJudge", "judge_lists", "sigmoid", "win_rates"]
+__all__ = ["RUBRIC", "SCORE_PATTERN", "Annotators", "BradleyTerryJudge", "Failures", "LLMJudge", "Matrix", "NoisyAnnotator",
+           "PairwiseClassifier", "PreferenceJudge", "count_votes", "judge_lists", "sigmoid", "vote_shares", "win_rates"]

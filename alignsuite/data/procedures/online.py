@@ -20,6 +20,7 @@ from typing import Any
 
 from alignsuite.data.errors import DataError
 from alignsuite.data.procedures.base import ListProcedure, Report, Row, get_field, missing_field, origin
+from alignsuite.judges.annotators import count_votes
 
 TIE = "tie: every scored response has the same score"  # the drop reason of a row with nothing to prefer
 LIST_FIELDS = ("win_matrix", "votes")  # K x K judge fields, left out of the pair rows made from a list row
@@ -72,24 +73,6 @@ def count(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
         raise ValueError(v)
     return float(v)
-
-
-def count_votes(annotator_scores: list[list[float | None]]) -> list[list[float]]:
-    """The K x K ``votes`` matrix that `EmpiricalPreferencePairs` reads, from several annotators' scores of the
-    same K responses (one list per annotator): ``votes[i][j]`` annotators scored ``i`` above ``j``; a tie counts
-    a half to each; a pair one annotator left unscored (``None`` or NaN) gets nothing from that annotator."""
-    k = len(annotator_scores[0]) if annotator_scores else 0
-    if any(len(scores) != k for scores in annotator_scores):
-        raise ValueError(f"every annotator must score the same {k} responses, got lists of lengths "
-                         f"{[len(s) for s in annotator_scores]}")
-    votes = [[0.0] * k for _ in range(k)]
-    for scores in annotator_scores:
-        for i in range(k):
-            for j in range(k):
-                a, b = scores[i], scores[j]
-                if i != j and a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
-                    votes[i][j] += 1.0 if a > b else 0.5 if a == b else 0.0
-    return votes
 
 
 class JudgedRule(ListProcedure):
