@@ -41,12 +41,13 @@ def round_checkpoint(folder: str) -> str:
 
 def policy_backbone(unbuilt, checkpoint: str | None, device):
     """The policy to generate from: the recipe's starting weights, or a round's checkpoint loaded into them."""
-    from alignsuite.iterate.round_start import load_into
+    from alignsuite.iterate.round_start import load_into, sharded_policy_state
 
     backbone = copy.deepcopy(unbuilt)
     backbone.configure()
-    if checkpoint is not None:
-        load_into(backbone, policy_state(checkpoint), f"round checkpoint {checkpoint}")
+    if checkpoint is not None:  # a file, or the folder of a sharded checkpoint (read whole on this process)
+        state = sharded_policy_state(checkpoint, backbone) if os.path.isdir(checkpoint) else policy_state(checkpoint)
+        load_into(backbone, state, f"round checkpoint {checkpoint}")
     backbone.to(device)
     backbone.policy.eval()
     return backbone
@@ -55,10 +56,15 @@ def policy_backbone(unbuilt, checkpoint: str | None, device):
 def check_start(cli, settings: Iterate, model) -> None:
     """What can be refused before anything generates: the judge's modality, the reference layout, the trainer."""
     settings.check_modality(model.backbone.modality)
-    strategy = type(cli.trainer.strategy).__name__
-    if cli.trainer.world_size > 1 and strategy not in ("DDPStrategy",):
-        raise IterateError(f"trainer.strategy: iterate runs on one process or under ddp; {strategy} is not built"
-                           " for it yet (a sharded round checkpoint is not read back for generation)")
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+    strategy = cli.trainer.strategy
+    if cli.trainer.world_size > 1 and not isinstance(strategy, (DDPStrategy, ModelParallelStrategy)):
+        raise IterateError(f"trainer.strategy: iterate runs on one process, under ddp or under ModelParallelStrategy"
+                           f" (FSDP2); {type(strategy).__name__} is not built for it")
+    if settings.carry_optimizer and isinstance(strategy, ModelParallelStrategy):
+        raise IterateError("iterate.carry_optimizer: not built under ModelParallelStrategy (its optimizer state is"
+                           " sharded); leave it false, each round's fit then starts a fresh optimizer")
     extra = dict(model.extra_references or {})
     if settings.reference == "both" and PREVIOUS not in extra:
         raise IterateError("iterate.reference both: the round's starting policy is the extra reference"
@@ -109,7 +115,7 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
     and judges its own prompt shards, the first builds the rows and judges the held-out prompts, and all fit."""
     model = cli.model
     check_start(cli, settings, model)
-    procs = start_processes(cli.trainer)
+    procs = start_processes(cli.trainer, model)
     unbuilt = copy.deepcopy(model.backbone)  # as the recipe builds it: every round's policy starts from it
     device = cli.trainer.strategy.root_device
     items = load_items(settings.prompts, settings.num_prompts, 0)

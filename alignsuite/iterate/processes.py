@@ -1,5 +1,5 @@
-"""The loop's processes under a data-parallel recipe (``trainer.strategy: ddp``, ``devices`` or ``num_nodes`` above
-one): every process runs the same rounds; each generates and judges its share of the prompt shards, the first
+"""The loop's processes under a data-parallel recipe (``trainer.strategy: ddp`` or ModelParallelStrategy's FSDP2,
+``devices`` or ``num_nodes`` above one): every process runs the same rounds; each generates and judges its share of the prompt shards, the first
 builds the round's rows, and all of them fit together.
 
 The processes are started before the first round, as ``fit`` would start them at its first step: the first
@@ -54,15 +54,18 @@ class Processes:
         return value
 
 
-def start_processes(trainer) -> Processes:
+def start_processes(trainer, model) -> Processes:
     """The recipe's processes started (by the first one, unless the cluster started them) and joined in one
-    process group: :class:`Processes` for this one. One process: nothing started."""
+    process group: :class:`Processes` for this one. One process: nothing started. ``model`` (the recipe's,
+    never fitted: each round builds its own) is what a strategy that builds a device mesh attaches it to."""
     strategy = trainer.strategy
     if trainer.world_size == 1:
         return Processes()
     launcher = getattr(strategy, "launcher", None)
     if launcher is not None:
         launcher.launch(lambda: None)  # the first process starts the others, each running this command again
+    if strategy.lightning_module is None:
+        strategy.connect(model)
     strategy.setup_environment()  # the process group: every process waits here for the others
     return Processes(strategy)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from alignsuite.checkpoint_io import backbone_weights, load_backbone_weights, load_checkpoint_file
+from alignsuite.checkpoint_io import (
+    BACKBONE, SafeFileSystemReader, backbone_weights, check_shards, load_backbone_weights, load_checkpoint_file,
+)
 from alignsuite.iterate.settings import IterateError
 
 PREVIOUS = "previous"  # the extra reference holding the round's starting policy (reference: both)
@@ -19,6 +23,46 @@ def policy_state(path: str, checkpoint: dict | None = None) -> dict[str, torch.T
     if not policy:
         raise IterateError(f"{path}: the checkpoint holds no backbone weights to start the next round from")
     return policy
+
+
+SAVED = "state_dict."  # a sharded checkpoint's module weights, under the module's own names
+
+
+def saved_keys(folder: str) -> set[str]:
+    """The module weights a sharded checkpoint folder (ModelParallelStrategy's) holds, as the module names them."""
+    return {k[len(SAVED):] for k in check_shards(folder).state_dict_metadata if k.startswith(SAVED)}
+
+
+def sharded_policy_state(folder: str, backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's weights in a sharded round checkpoint, read whole on this process (an unsharded
+    ``backbone`` gives the shapes), keyed as the backbone's own state dict."""
+    from alignsuite.callbacks.export import read_sharded_weights
+
+    present = saved_keys(folder)
+    template = {BACKBONE + k: v.detach().clone() for k, v in backbone.state_dict().items() if BACKBONE + k in present}
+    if not template:
+        raise IterateError(f"{folder}: the checkpoint holds no backbone weights to start the next round from")
+    return backbone_weights(read_sharded_weights(folder, template))
+
+
+def load_sharded(folder: str, module: torch.nn.Module, prefix: str, what: str) -> None:
+    """The weights saved under ``prefix`` in a sharded checkpoint into the sharded ``module`` (FSDP2), each
+    process reading its own shards. A collective: every process calls it. A key the module has and the
+    checkpoint lacks (beyond the parts rebuilt from their source) is refused."""
+    from torch.distributed.checkpoint import load
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+
+    present = saved_keys(folder)
+    mine = get_model_state_dict(module)
+    rebuilt = tuple(getattr(module, "not_checkpointed", ()) or ())
+    missing = [k for k in mine if prefix + k not in present and not (rebuilt and k.startswith(rebuilt))]
+    if missing:
+        raise IterateError(f"{what}: the previous round's weights do not fit (missing: {missing[:3]})")
+    wanted = {prefix + k: v for k, v in mine.items() if prefix + k in present}
+    state = {"state_dict": wanted}
+    load(state, storage_reader=SafeFileSystemReader(folder))
+    set_model_state_dict(module, {k[len(prefix):]: v for k, v in state["state_dict"].items()},
+                         options=StateDictOptions(strict=False))
 
 
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -52,6 +96,8 @@ class RoundStart(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.previous is None and self.reference != "both":
             return
+        if self.previous and os.path.isdir(self.previous):  # a sharded checkpoint (ModelParallelStrategy)
+            return self.start_sharded(trainer, pl_module)
         backbone = pl_module.backbone
         checkpoint = load_checkpoint_file(self.previous, True, mmap=True) if self.previous else None
         state = policy_state(self.previous, checkpoint) if self.previous else None
@@ -64,20 +110,39 @@ class RoundStart(Callback):
                                        f" states, the fit has {len(trainer.optimizers)}")
                 for optimizer, moments in zip(trainer.optimizers, saved):
                     load_optimizer_moments(optimizer, moments, f"iterate.carry_optimizer ({self.previous})")
-        target = {"round_start": pl_module.reference,
-                  "both": pl_module.extra_references[PREVIOUS] if PREVIOUS in pl_module.extra_references else None,
-                  }.get(self.reference)
+        target = self.target(pl_module)
         if self.reference == "initial" or state is None:
             return  # round 1: the starting policy is the recipe's, which every reference already is
+        model = self.reference_model(target)
+        prefix = "policy."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        with torch.no_grad():
+            load_into(model, weights, f"iterate.reference {self.reference}")
+
+    def target(self, pl_module):
+        """The reference the round's starting policy goes into (None: the recipe's reference stays)."""
+        return {"round_start": pl_module.reference,
+                "both": pl_module.extra_references[PREVIOUS] if PREVIOUS in pl_module.extra_references else None,
+                }.get(self.reference)
+
+    def reference_model(self, target):
         model = getattr(target, "model", None)
         if model is None:
             raise IterateError(f"iterate.reference {self.reference}: the reference ({type(target).__name__}) holds no"
                                " weights of its own to load the round's starting policy into; use"
                                " alignsuite.reference.FrozenCopy (LoRA policies keep reference: initial)")
-        prefix = "policy."
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        with torch.no_grad():
-            load_into(model, weights, f"iterate.reference {self.reference}")
+        return model
+
+    def start_sharded(self, trainer, pl_module) -> None:
+        """The same start from a sharded round checkpoint into the sharded policy and reference (FSDP2)."""
+        if self.carry_optimizer:
+            raise IterateError("iterate.carry_optimizer: not built for sharded checkpoints (ModelParallelStrategy)")
+        if trainer.ckpt_path is None:
+            load_sharded(self.previous, pl_module.backbone, BACKBONE, f"round start ({self.previous})")
+        if self.reference != "initial":
+            model = self.reference_model(self.target(pl_module))
+            with torch.no_grad():
+                load_sharded(self.previous, model, BACKBONE + "policy.", f"iterate.reference {self.reference}")
 
 
 __all__ = ["PREVIOUS", "RoundStart", "policy_state"]
