@@ -124,10 +124,10 @@ def test_a_run_stopped_in_round_2_resumes_to_the_same_files_and_weights(uninterr
                 raise Stop
         monkeypatch.setattr(rounds, "write_rows", write_rows)
     elif where == "judging":
-        def judge_round(backbone, items, settings, folder, times, mine=None):
+        def judge_round(backbone, items, settings, folder, times, *rest):
             if folder.endswith("round_02"):
                 raise Stop
-            return real_judge(backbone, items, settings, folder, times, mine)
+            return real_judge(backbone, items, settings, folder, times, *rest)
         monkeypatch.setattr(loop, "judge_round", judge_round)
     else:  # one optimizer step into round 2's fit, after its checkpoint
         class StopInFit(real_fit):
@@ -149,6 +149,45 @@ def test_a_run_stopped_in_round_2_resumes_to_the_same_files_and_weights(uninterr
     got, want = final_weights(out, 2), final_weights(uninterrupted, 2)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert metrics(out, 2)[-1] == metrics(uninterrupted, 2)[-1]  # the last step, after the resume
+
+
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGUSR1", 138)])
+def test_a_stop_signal_while_generating_stops_at_the_shard_and_the_run_resumes(uninterrupted, tmp_path, monkeypatch,
+                                                                              capsys, signum, code):
+    """SIGTERM (or SLURM's SIGUSR1, which requeues the job) while round 2 generates, outside any fit: the loop
+    stops after the shard it was writing, exits 128 + the signal, and the same command ends with the files and
+    weights of a run that never stopped."""
+    import signal
+
+    from alignsuite.iterate import signals
+
+    out = tmp_path / "run"
+    original = rounds.write_rows
+
+    def write_rows(path, rows):
+        original(path, rows)
+        if "round_02" in path and f"samples{os.sep}00000" in path:
+            os.kill(os.getpid(), getattr(signal, signum))  # the handler records it; the loop acts after the shard
+    monkeypatch.setattr(rounds, "write_rows", write_rows)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setattr(signals, "requeue_slurm_job", lambda: "requeued SLURM job 4242; it resumes with --ckpt_path last")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        main(small(out))
+    assert stopped.value.code == code
+    assert signal.getsignal(signal.SIGTERM) == before  # the loop's handler is gone with the loop
+    err = capsys.readouterr().err
+    assert f"stopped by {signum} in round 2 after generating shard 0; the files written so far are kept" in err
+    assert ("requeued SLURM job 4242" in err) == (signum == "SIGUSR1")
+    assert os.path.exists(out / "round_02" / "samples" / "00000.jsonl")
+    assert not os.path.exists(out / "round_02" / "samples" / "00001.jsonl")
+    monkeypatch.undo()
+    main(small(out))
+    for name in round_files(uninterrupted):
+        if not name.endswith("round.json") and name != "rounds.json":
+            assert filecmp.cmp(out / name, uninterrupted / name, shallow=False), name
+    got, want = final_weights(out, 2), final_weights(uninterrupted, 2)
+    assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_every_candidate_tying_builds_nothing_and_says_so(tmp_path):

@@ -25,6 +25,7 @@ from alignsuite.iterate.rounds import (
     build_round, gather_lists, generate_round, heldout_round, judge_round, round_prompts, unwritten,
 )
 from alignsuite.iterate.settings import Iterate, IterateError
+from alignsuite.iterate.signals import LoopSignals
 
 FIT = "fit"
 
@@ -122,7 +123,18 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
     heldout = (load_items(settings.heldout, settings.num_heldout, settings.heldout_seed)
                if settings.heldout else None)
     os.makedirs(settings.output_dir, exist_ok=True)
-    policies = Policies(unbuilt, device, settings)
+    with LoopSignals() as signals:
+        summaries = rounds_from(cli, settings, procs, Policies(unbuilt, device, settings), items, heldout, signals)
+    if procs.first:
+        write_run_report(settings, summaries)
+    return summaries
+
+
+def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], heldout: list[dict] | None,
+                signals: LoopSignals) -> list[dict]:
+    """Every round's summary, running those not finished yet; a stop signal between fits is acted on at the next
+    shard written (one process) or phase end (several)."""
+    written = (lambda where: signals.check(procs, where)) if procs.count == 1 else None
     summaries = []
     for index in range(0, settings.rounds + 1):
         folder = round_dir(settings.output_dir, index)
@@ -138,10 +150,11 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
             prompts = round_prompts(items, settings, index)
             if unwritten(prompts, settings, folder, "judged", procs.mine):
                 generator, generate = policies.get(generate_from, folder)
-                generate_round(generator, prompts, settings, index, folder, times, procs.mine, generate)
-                judge_round(generator, prompts, settings, folder, times, procs.mine)
+                generate_round(generator, prompts, settings, index, folder, times, procs.mine, generate, written)
+                judge_round(generator, prompts, settings, folder, times, procs.mine, written)
             policies.drop()  # no second copy of the policy beside the fit
             procs.wait(f"iterate round {index}: every shard judged")
+            signals.check(procs, f"in round {index} after judging its samples")
             summary.update(procs.from_first(build, prompts, settings, index, folder, times))
             began = time.perf_counter()
             fit_round(cli, settings, index, folder, start_from)
@@ -157,9 +170,8 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
             times["heldout"] += time.perf_counter() - began
         summaries.append(procs.from_first(finish_round, summary, times, summaries[0] if summaries else None, done))
         rank_zero_info(f"round {index} done: {summaries[-1].get('line', '')}")
+        signals.check(procs, f"after round {index}")
     policies.drop()
-    if procs.first:
-        write_run_report(settings, summaries)
     return summaries
 
 

@@ -37,6 +37,10 @@ class Processes:
         if self.count > 1:
             self.strategy.barrier(name)
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (every process calls it)."""
+        return bool(flag) if self.count == 1 else bool(self.strategy.reduce_boolean_decision(bool(flag), all=False))
+
     def from_first(self, work: Callable[..., T], *args) -> T:
         """``work(*args)`` run by the first process and its result handed to all. An :class:`Exception` it raises is
         raised in every process (none is left waiting for a result that never comes)."""

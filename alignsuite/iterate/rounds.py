@@ -43,7 +43,7 @@ def unwritten(items: list[dict], settings: Iterate, folder: str, kind: str, mine
 
 
 def generate_round(backbone, items: list[dict], settings: Iterate, index: int, folder: str, times: Counter,
-                   mine=None, generate=None) -> None:
+                   mine=None, generate=None, written=None) -> None:
     """``samples/<shard>.jsonl`` for every shard not yet written (of this process's, ``mine``): ``num_samples``
     draws per prompt, each row with its prompt's index, the sample's index and the seed of the chunk it was
     drawn in. ``generate``: the engine's (:mod:`alignsuite.iterate.engines`); the backbone's by default."""
@@ -73,6 +73,8 @@ def generate_round(backbone, items: list[dict], settings: Iterate, index: int, f
         write_rows(os.path.join(folder, "samples", shard_name(k)), rows)
         times["generate"] += time.perf_counter() - began
         rank_zero_info(f"round {index}: generated shard {k} (prompts {start}-{end - 1}, {len(rows)} samples)")
+        if written is not None:  # a stop signal is acted on here, with the shard whole on disk
+            written(f"in round {index} after generating shard {k}")
 
 
 def rewrite_outputs(backbone, rows: list[dict], settings: Iterate, seed: int, folder: str,
@@ -103,7 +105,8 @@ def with_rewrites(row: dict, rewrites: dict | None, round_folder: str) -> dict:
     return {**row, **{name: decode_output(r["kind"], r["output"], round_folder) for name, r in rewrites.items()}}
 
 
-def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, times: Counter, mine=None) -> None:
+def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, times: Counter, mine=None,
+                written=None) -> None:
     """``judged/<shard>.jsonl`` for every generated shard not yet judged (of this process's, ``mine``): each
     sample with all the judge's values (the rewrites it declares read from the shard, as generated with it)."""
     for k, _, _ in unwritten(items, settings, folder, "judged", mine):
@@ -119,6 +122,8 @@ def judge_round(backbone, items: list[dict], settings: Iterate, folder: str, tim
                                           row_conditions(prompt_rows, backbone), prompt_rows)
         write_rows(path, [{**s, "values": dict(v) if v is not None else None} for s, v in zip(samples, values)])
         times["judge"] += time.perf_counter() - began
+        if written is not None:
+            written(f"in {os.path.basename(folder)} after judging shard {k}")
 
 
 def is_empty(output) -> bool:
