@@ -17,6 +17,7 @@ from alignsuite.objectives.feature_level import FPO
 from alignsuite.objectives.gold import TPO, TPOL
 from alignsuite.objectives.joint import JPO
 from alignsuite.objectives.length_normalised import LNDPO, RePO
+from alignsuite.objectives.group_robust import GroupRobustDPO
 from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
 from alignsuite.objectives.multi_objective import MODPO
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
@@ -62,6 +63,7 @@ __all__ = [
     "EXO",
     "EXOPair",
     "FPO",
+    "GroupRobustDPO",
     "Hinge",
     "INPO",
     "IPO",
