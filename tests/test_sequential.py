@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import glob
 import math
+import os
 
 import pytest
 import torch
 
+from alignsuite.cli import main
 from alignsuite.data import DimensionPairs, TextPairs
 from alignsuite.objectives import SPO, get_objective
 from alignsuite.scores import PairScores
@@ -167,3 +171,44 @@ def test_spo_checks_its_stages_against_the_data_dimensions():
     plain = SPO(lambdas=[0.5])
     plain.use_data(TextPairs())  # no named dimensions: each row's order is its stage's preference
     assert plain.dimensions is None and plain.extra_columns == ()
+
+
+# --------------------------------------------------------------------------------------------- the toy recipe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "recipes", "toy", "llm_spo.yaml")
+PLAIN = ["--model.objective.lambdas", "[0]", "--model.extra_references", "{}"]  # plain sequential DPO
+
+
+def fit(tmp_path, *args) -> dict[int, tuple[float, float]]:
+    """``{step: (caps, lower)}`` of the validation generations of the recipe run with ``args``."""
+    main(["fit", "--config", RECIPE, "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt"), *args])
+    with open(glob.glob(os.path.join(str(tmp_path), "*", "version_*", "metrics.csv"))[0]) as f:
+        return {int(r["step"]): (float(r["val/reward_caps"]), float(r["val/reward_lower"]))
+                for r in csv.DictReader(f) if r.get("val/reward_caps")}
+
+
+def test_spo_recipe_end_to_end(tmp_path):
+    """The shipped recipe, shortened to two steps per stage: the reference re-syncs at the stage boundary, stage 1
+    reads the starting model, and the stage is logged."""
+    rewards = fit(tmp_path, "--data.init_args.num_train", "64", "--data.init_args.num_val", "16",
+                  "--trainer.val_check_interval", "2")
+    assert sorted(rewards) == [0, 2, 4]
+    with open(glob.glob(os.path.join(str(tmp_path), "*", "version_*", "metrics.csv"))[0]) as f:
+        stages = [float(r["train/stage"]) for r in csv.DictReader(f) if r.get("train/stage")]
+    assert stages[0] == 0.0 and stages[-1] == 1.0
+
+
+@pytest.mark.slow
+def test_spo_keeps_the_first_dimension_better_than_plain_sequential_dpo(tmp_path):
+    """After stage 1 (lower case) SPO keeps more of stage 0's capitals than plain sequential DPO does (lambda 1 vs
+    0, same pairs and seed). Measured, val/reward_caps after 128 steps, seeds 0/1/2: SPO 0.381/0.728/0.895, plain
+    0.231/0.435/0.463 (docs/language.md); asserted: ahead by 0.08 on every seed, and stage 1 raised the lower
+    reward from where stage 0 left it in both."""
+    for seed in (0, 1, 2):
+        common = ["--seed_everything", str(seed), "--data.init_args.seed", str(seed)]
+        spo = fit(tmp_path / f"spo{seed}", *common)
+        plain = fit(tmp_path / f"plain{seed}", *common, *PLAIN)
+        assert spo[128][0] > plain[128][0] + 0.08, (seed, spo, plain)
+        assert spo[128][1] > spo[64][1] and plain[128][1] > plain[64][1], (seed, spo, plain)

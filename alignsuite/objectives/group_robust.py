@@ -47,7 +47,8 @@ class GroupRobustDPO(DPO):
     same weights; each process's loss divides its group sums by the global counts, so the averaged gradient is the
     global batch's. Validation (calls without gradients) reads the weights without moving them.
 
-    Logged: DPO's rewards, ``group_weight/<g>`` and ``loss/group_<g>`` (the batch's group means).
+    Logged: DPO's rewards, ``group_weight/<g>``, ``loss/group_<g>`` (the batch's group means) and
+    ``rewards/accuracies_group_<g>`` (this process's rows of group ``g``; 0 where it has none).
 
     Args:
         beta: DPO's KL weight.
@@ -91,7 +92,7 @@ class GroupRobustDPO(DPO):
                              f" {self.num_groups}")
         self.group_weights = weights
 
-    def group_means(self, losses: Tensor, groups: Tensor, reduce: Reducer | None) -> tuple[Tensor, Tensor]:
+    def group_means(self, losses: Tensor, groups: Tensor, reduce: Reducer | None = None) -> tuple[Tensor, Tensor]:
         """Each group's loss sum over this process's rows (with grad) and its row count over the global batch, as
         means over processes (their ratio is the global group mean)."""
         onehot = F.one_hot(groups, self.num_groups).T.to(losses.dtype)  # [G, B]
@@ -122,9 +123,12 @@ class GroupRobustDPO(DPO):
         weights = torch.tensor(self.group_weights, dtype=losses.dtype, device=losses.device)
         loss = (weights * torch.where(present, sums / counts.clamp(min=1e-12), torch.zeros_like(sums))).sum()
         metrics = reward_metrics(chosen_rewards, rejected_rewards)
+        won = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
+        won_sums, here = self.group_means(won.detach().to(losses.dtype), scores.extra[GROUP].long().to(losses.device))
         for g in range(self.num_groups):
             metrics[f"group_weight/{g}"] = weights[g].detach()
             metrics[f"loss/group_{g}"] = means[g].detach()
+            metrics[f"rewards/accuracies_group_{g}"] = won_sums[g] / here[g].clamp(min=1)
         if self.sft_weight > 0:
             nll = chosen_nll(scores, self.nll)
             metrics["loss/preference"] = loss.detach()
