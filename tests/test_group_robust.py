@@ -221,6 +221,7 @@ def test_gr_dpo_serves_the_small_group_that_dpo_neglects(tmp_path):
         export, plain_reward = fit(tmp_path / f"dpo{seed}", *common, "--model.objective", "DPO")
         plain = held_out_groups(export, seed, tmp_path)
         assert robust_reward > plain_reward + 0.02, (seed, robust_reward, plain_reward)
-        worst = lambda m, key, pick: pick(m[f"{key}_group_0"], m[f"{key}_group_1"])  # noqa: E731
-        assert worst(robust, "loss/", max) < worst(plain, "loss/", max) - 0.2, (seed, robust, plain)
-        assert worst(robust, "rewards/accuracies", min) > worst(plain, "rewards/accuracies", min) + 0.15, (seed, robust, plain)
+        worst = lambda m, prefix, pick: pick(m[f"{prefix}0"], m[f"{prefix}1"])  # noqa: E731
+        assert worst(robust, "loss/group_", max) < worst(plain, "loss/group_", max) - 0.2, (seed, robust, plain)
+        assert worst(robust, "rewards/accuracies_group_", min) > worst(plain, "rewards/accuracies_group_", min) + 0.15, \
+            (seed, robust, plain)
