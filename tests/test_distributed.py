@@ -126,3 +126,31 @@ def test_two_process_bco_keeps_one_running_mean(tmp_path, tiny_lm_dir, pair_file
     assert [s["count"] for s in ranks[0]] == [s["count"] for s in ranks[1]] == [2.0, 4.0, 6.0, 8.0]
     assert [s["delta"] for s in ranks[0]] == pytest.approx([s["delta"] for s in ranks[1]], abs=1e-9)
     assert ranks[0][0]["delta"] == 0.0 and ranks[0][-1]["delta"] != 0.0  # policy == reference at the first step
+
+
+def test_two_process_gr_dpo_keeps_one_set_of_group_weights(tmp_path, tiny_lm_dir):
+    """Group-robust DPO's group weights move with the global batch's group means: the ranks hold different rows
+    (and different groups), and still the same weights after every step."""
+    from alignsuite.toy.llm import EchoWorld
+
+    rows = [{**r, "group": int(i % 3 == 0)} for i, r in enumerate(EchoWorld().make_pairs(48, seed=3))]
+    train = tmp_path / "groups.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = recipe(tmp_path, tiny_lm_dir, str(train), objective="GroupRobustDPO",
+                  objective_args={"num_groups": 2, "step_size": 1.0})
+    config = yaml.safe_load(open(path))
+    config["trainer"].update(limit_val_batches=0, callbacks=[{
+        "class_path": "test_distributed.ObjectiveStateLog", "init_args": {"path": str(tmp_path / "state")}}])
+    config["data"]["init_args"].update(batch_size=2, layout={
+        "class_path": "alignsuite.data.TextPairs", "init_args": {"number_fields": {"group": "group"}}})
+    open(path, "w").write(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "alignsuite", "fit", "--config", path,
+           "--config", os.path.join(REPO, "configs/strategy/ddp_cpu2.yaml")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [[json.loads(line)["group_weights"] for line in open(f"{tmp_path / 'state'}.rank{r}")] for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4
+    for w0, w1 in zip(*ranks):
+        assert w0 == pytest.approx(w1, abs=1e-9) and sum(w0) == pytest.approx(1.0)
+    assert ranks[0][-1] != [0.5, 0.5]

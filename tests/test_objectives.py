@@ -67,6 +67,8 @@ def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64,
     extra["chosen_corrupted"], extra["ref_chosen_corrupted"] = rejected, ref_rejected
     # A prompt embedding per pair (rpo_relative's extra column; its hand-worked values are in test_relative.py).
     extra["prompt_embedding"] = torch.tensor([[1.0, 0.5 * i, 0.2 * (i % 2)] for i in range(len(pairs))], dtype=dtype)
+    # Each pair's group of annotators (gr_dpo's extra column; its hand-worked values are in test_group_robust.py).
+    extra["group"] = torch.tensor([i % 2 for i in range(len(pairs))], dtype=dtype)
     return PairScores(
         chosen,
         rejected,

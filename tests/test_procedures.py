@@ -123,6 +123,42 @@ def test_reward_augmented_filter_fields_and_bad_scores():
         run(RewardAugmented(), rows({"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": 1}))
 
 
+def test_reward_augmented_with_a_target_score_per_dimension():
+    dims = {"helpfulness": ["help_chosen", "help_rejected"], "honesty": ["honest_chosen", "honest_rejected"]}
+    data = rows({"prompt": "q0", "chosen": "good", "rejected": "bad", "help_chosen": 8, "help_rejected": 4,
+                 "honest_chosen": 3, "honest_rejected": 5},  # mean 5.5 against 4.5: kept
+                {"prompt": "q1", "chosen": "c", "rejected": "r", "help_chosen": 9, "help_rejected": 2,
+                 "honest_chosen": 1, "honest_rejected": 9})  # mean 5 against 5.5: dropped
+    procedure = RewardAugmented(dimensions=dims)
+    assert procedure.extra_columns == ("target_helpfulness", "target_honesty", "swapped")
+    out, report = run(procedure, data)
+    assert report.counts["dropped: the chosen scores below the rejected"] == 1
+    assert [(r["chosen"], r["target_helpfulness"], r["target_honesty"], r["swapped"]) for r in out] == [
+        ("good", 8, 3, 0.0), ("bad", 4, 5, 1.0)]
+    head = TARGET.removesuffix("\nOverall score: {score}.")
+    assert out[0]["prompt"][0]["content"] == head + "\nHelpfulness score: 8.\nHonesty score: 3."
+    assert out[1]["prompt"][0]["content"].endswith("Helpfulness score: 4.\nHonesty score: 5.")
+    # Every dimension's score columns follow the swap.
+    assert [out[1][k] for k in ("help_chosen", "help_rejected", "honest_chosen", "honest_rejected")] == [4, 8, 5, 3]
+    custom, _ = run(RewardAugmented(dimensions=dims, place="user", template="<h={helpfulness} o={honesty}>"), data[:1])
+    assert custom[0]["prompt"] == "<h=8 o=3>\n\nq0"
+    # One dimension is the one-score form.
+    one, _ = run(RewardAugmented(dimensions={"score": ["help_chosen", "help_rejected"]}, template="t {score}"), data)
+    assert [r["target_score"] for r in one] == [8, 9, 4, 2]
+
+
+def test_reward_augmented_dimensions_are_checked():
+    with pytest.raises(ValueError, match=r"must contain \{honesty\}"):
+        RewardAugmented(dimensions={"helpfulness": ["a", "b"], "honesty": ["c", "d"]}, template="{helpfulness}")
+    with pytest.raises(ValueError, match="'helpfulness' takes two score columns"):
+        RewardAugmented(dimensions={"helpfulness": "a"})
+    with pytest.raises(ValueError, match="name at least one dimension"):
+        RewardAugmented(dimensions={})
+    with pytest.raises(DataError, match=r"row 0: field 'honest_rejected'"):
+        run(RewardAugmented(dimensions={"honesty": ["honest_chosen", "honest_rejected"]}),
+            rows({"prompt": "q", "chosen": "a", "rejected": "b", "honest_chosen": 1}))
+
+
 # --- pairs from scored lists ------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from alignsuite.objectives.feature_level import FPO
 from alignsuite.objectives.gold import TPO, TPOL
 from alignsuite.objectives.joint import JPO
 from alignsuite.objectives.length_normalised import LNDPO, RePO
+from alignsuite.objectives.group_robust import GroupRobustDPO
 from alignsuite.objectives.listwise import LiPO, ListMLE, ListObjective
 from alignsuite.objectives.multi_objective import MODPO
 from alignsuite.objectives.multimodal import MDPO, ImageCorruption
@@ -39,6 +40,7 @@ from alignsuite.objectives.reference_free import ASFT, CPO, ORPO, SimPO
 from alignsuite.objectives.relative import RelativePO
 from alignsuite.objectives.reward_informed import MaPPO, RewardAwarePO
 from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
+from alignsuite.objectives.sequential import SPO
 from alignsuite.objectives.set_contrast import MPO, select_active_subset
 from alignsuite.objectives.soft_labels import IREPO, NCAPairReward
 from alignsuite.objectives.ties import TODO
@@ -62,6 +64,7 @@ __all__ = [
     "EXO",
     "EXOPair",
     "FPO",
+    "GroupRobustDPO",
     "Hinge",
     "INPO",
     "IPO",
@@ -77,6 +80,7 @@ __all__ = [
     "ListObjective",
     "MDPO",
     "MODPO",
+    "SPO",
     "Panacea",
     "MPO",
     "MaPO",

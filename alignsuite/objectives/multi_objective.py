@@ -181,14 +181,20 @@ class MODPO(PairwiseObjective):
         return (self.beta * (s.extra["ref_margin_chosen"].float() - s.ref_chosen.float()),
                 self.beta * (s.extra["ref_margin_rejected"].float() - s.ref_rejected.float()))
 
-    def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
+    def rewards(self, s: PairScores) -> tuple[Tensor, Tensor]:
+        """``rhat`` of the chosen and the rejected side, each ``[B]``."""
         u_w, u_l = float_log_ratios(s)
         m_w, m_l = self.margins(s)
         w0 = self.weights[0] if self.weights else 1.0
-        chosen, rejected = (self.beta * u_w - m_w) / w0, (self.beta * u_l - m_l) / w0
-        z = chosen - rejected
-        losses = F.relu(1 - z) if self.loss_type == "hinge" else -F.logsigmoid(z)
-        return losses, chosen, rejected
+        return (self.beta * u_w - m_w) / w0, (self.beta * u_l - m_l) / w0
+
+    def logistic_or_hinge(self, z: Tensor) -> Tensor:
+        """The per-pair loss of ``z = rhat(y_w) - rhat(y_l)``, as ``loss_type`` says."""
+        return F.relu(1 - z) if self.loss_type == "hinge" else -F.logsigmoid(z)
+
+    def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
+        chosen, rejected = self.rewards(s)
+        return self.logistic_or_hinge(chosen - rejected), chosen, rejected
 
 
 __all__ = ["MODPO", "check_dimensions"]

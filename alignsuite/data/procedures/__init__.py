@@ -5,7 +5,8 @@ their inputs (``run.py``).
 Each is a `Procedure` (``base.py``): ``SelectiveDPO`` and ``AIRPairs`` keep some rows (``selection.py``),
 ``RewardAugmented`` relabels pairs with a target score (``relabel.py``), ``DirectionalPairs`` (DPA) and
 ``ControllablePairs`` (CPO) condition pairs on a drawn preference written into the prompt by a
-``PromptCondition`` (``conditioned.py``, ``condition.py``), ``SweetSpotPairs``,
+``PromptCondition`` (``conditioned.py``, ``condition.py``), ``GroupPairs`` labels each pair by one group of
+annotators' rule (``groups.py``), ``SweetSpotPairs``,
 ``RejectionSampling`` and ``CurryPairs`` turn rows of K scored responses into pairs (``pairs.py``), and
 ``CuratronPairs`` completes pairwise comparisons through a fitted ranking (``completion.py``), and the build rules
 of judged samples ``BestWorstPairs``, ``MarginPairs``, ``WinRatePairs``, ``SoftLabelPairs`` and
@@ -16,6 +17,7 @@ from alignsuite.data.procedures.base import ListProcedure, Procedure, Report
 from alignsuite.data.procedures.completion import CuratronPairs, btl_scores
 from alignsuite.data.procedures.condition import PromptCondition
 from alignsuite.data.procedures.conditioned import ConditionedPairs, ControllablePairs, DirectionalPairs
+from alignsuite.data.procedures.groups import GroupPairs
 from alignsuite.data.procedures.online import (
     TIE,
     BestWorstPairs,
@@ -41,6 +43,7 @@ __all__ = [
     "DifficultyScorer",
     "DirectionalPairs",
     "EmpiricalPreferencePairs",
+    "GroupPairs",
     "ListProcedure",
     "MarginPairs",
     "Procedure",

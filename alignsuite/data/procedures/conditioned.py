@@ -24,6 +24,27 @@ from alignsuite.data.procedures.condition import PromptCondition
 TIE = 1e-9  # values closer than this are a tie under the condition: the row teaches nothing there
 
 
+def answer_rewards(row: Row, dimensions: dict[str, str | list[str]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Each of a row's two answers' reward per dimension, from ``{dimension: label column}`` (1 for the answer the
+    label prefers, 0 for the other) or ``{dimension: [score column of answer 0, of answer 1]}``; a bad label or score
+    is an error naming the file, row and field."""
+    source, index = origin(row)
+    r0, r1 = {}, {}
+    for d, fields in dimensions.items():
+        if isinstance(fields, str):
+            label = get_field(row, fields, f"the label of dimension {d!r} (0 or 1, the preferred answer)")
+            if isinstance(label, bool) or label not in (0, 1):
+                raise DataError(source, index, fields, f"the label of dimension {d!r}: 0 or 1", label)
+            r0[d], r1[d] = float(label == 0), float(label == 1)
+        else:
+            for r, f in zip((r0, r1), fields):
+                score = as_score(get_field(row, f, f"a score of dimension {d!r} (a number)"))
+                if score is None:
+                    raise DataError(source, index, f, f"a finite score of dimension {d!r}", row[f])
+                r[d] = score
+    return r0, r1
+
+
 class ConditionedPairs(Procedure):
     """Base of the procedures that condition a pair row on a drawn preference (subclasses: `draw`, `value`).
 
@@ -67,21 +88,7 @@ class ConditionedPairs(Procedure):
 
     def rewards(self, row: Row) -> tuple[dict[str, float], dict[str, float]]:
         """Each answer's reward per dimension (a label: 1 for the preferred answer, 0 for the other)."""
-        source, index = origin(row)
-        r0, r1 = {}, {}
-        for d, fields in self.dimensions.items():
-            if isinstance(fields, str):
-                label = get_field(row, fields, f"the label of dimension {d!r} (0 or 1, the preferred answer)")
-                if isinstance(label, bool) or label not in (0, 1):
-                    raise DataError(source, index, fields, f"the label of dimension {d!r}: 0 or 1", label)
-                r0[d], r1[d] = float(label == 0), float(label == 1)
-            else:
-                for r, f in zip((r0, r1), fields):
-                    score = as_score(get_field(row, f, f"a score of dimension {d!r} (a number)"))
-                    if score is None:
-                        raise DataError(source, index, f, f"a finite score of dimension {d!r}", row[f])
-                    r[d] = score
-        return r0, r1
+        return answer_rewards(row, self.dimensions)
 
     def draw(self, rng: random.Random) -> dict[str, float]:
         raise NotImplementedError
@@ -182,4 +189,4 @@ class ControllablePairs(ConditionedPairs):
         return -sum(abs(reward[d] - condition[d]) for d in self.dimensions)
 
 
-__all__ = ["ConditionedPairs", "ControllablePairs", "DirectionalPairs"]
+__all__ = ["ConditionedPairs", "answer_rewards", "ControllablePairs", "DirectionalPairs"]
