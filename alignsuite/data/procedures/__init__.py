@@ -9,7 +9,8 @@ Each is a `Procedure` (``base.py``): ``SelectiveDPO`` and ``AIRPairs`` keep some
 ``RejectionSampling`` and ``CurryPairs`` turn rows of K scored responses into pairs (``pairs.py``), and
 ``CuratronPairs`` completes pairwise comparisons through a fitted ranking (``completion.py``), and the build rules
 of judged samples ``BestWorstPairs``, ``MarginPairs``, ``WinRatePairs``, ``SoftLabelPairs`` and
-``EmpiricalPreferencePairs`` make pairs and soft labels from rows of K judged responses (``online.py``).
+``EmpiricalPreferencePairs`` make pairs and soft labels from rows of K judged responses (``online.py``), and
+``FlipPairs`` swaps a seeded fraction of the pairs to simulate label noise (``noise.py``).
 """
 
 from alignsuite.data.procedures.base import ListProcedure, Procedure, Report
@@ -25,6 +26,7 @@ from alignsuite.data.procedures.online import (
     WinRatePairs,
     count_votes,
 )
+from alignsuite.data.procedures.noise import FlipPairs
 from alignsuite.data.procedures.pairs import CurryPairs, RejectionSampling, SweetSpotPairs
 from alignsuite.data.procedures.relabel import RewardAugmented
 from alignsuite.data.procedures.run import run_procedures
@@ -41,6 +43,7 @@ __all__ = [
     "DifficultyScorer",
     "DirectionalPairs",
     "EmpiricalPreferencePairs",
+    "FlipPairs",
     "ListProcedure",
     "MarginPairs",
     "Procedure",
