@@ -4,11 +4,15 @@ its reduction to ``dpo``, and the FlipPairs procedure that simulates flipped lab
 
 from __future__ import annotations
 
+import csv
+import glob
 import math
+import os
 
 import pytest
 import torch
 
+from alignsuite.cli import main
 from alignsuite.data.procedures import FlipPairs, Report
 from alignsuite.objectives import get_objective
 from alignsuite.scores import PairScores
@@ -198,3 +202,32 @@ def test_flip_pairs_refuses_bad_settings_and_rows():
     del row["rejected"]
     with pytest.raises(DataError, match="train.jsonl.*0.*rejected"):
         FlipPairs(fraction=1.0).apply([row], Report("FlipPairs"))
+
+
+# --------------------------------------------------------------------------------------------- the toy world
+
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "toy", "llm_re_dpo.yaml")
+
+
+def final_reward(tmp_path, objective: str, seed: int) -> float:
+    """The shipped recipe (40% of the training pairs flipped) with ``objective`` and ``seed``: the last
+    val/toy_reward."""
+    root = tmp_path / f"{objective}{seed}"
+    main(["fit", "--config", RECIPE, "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
+          "--data.init_args.procedures", "[{class_path: alignsuite.data.procedures.FlipPairs, init_args: {fraction: 0.4,"
+          f" seed: {seed}}}}}]",
+          "--model.init_args.objective", f"alignsuite.objectives.{objective}", "--model.init_args.objective.beta", "0.1",
+          "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(root),
+          "--checkpoint.dirpath", str(root / "ckpt")])
+    with open(glob.glob(str(root / "*" / "version_0" / "metrics.csv"))[0]) as f:
+        return [float(r["val/toy_reward"]) for r in csv.DictReader(f) if r.get("val/toy_reward")][-1]
+
+
+@pytest.mark.slow
+def test_re_dpo_beats_dpo_under_flipped_labels(tmp_path):
+    """With 40% of the training pairs flipped, RE-DPO ends with a higher toy reward than DPO. Measured over seeds
+    0-2 (docs/objectives.md): DPO 0.911, 0.773, 0.867; RE-DPO 0.922, 0.829, 0.900 (mean gap 0.033, the smallest
+    0.011). Asserted: a mean gap of 0.015 or more, and no seed where RE-DPO falls more than 0.02 below DPO."""
+    gaps = [final_reward(tmp_path, "REDPO", seed) - final_reward(tmp_path, "DPO", seed) for seed in (0, 1, 2)]
+    assert sum(gaps) / len(gaps) >= 0.015, gaps
+    assert min(gaps) >= -0.02, gaps
