@@ -123,21 +123,23 @@ class REDPO(PairwiseObjective):
         self.steps += 1
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
-        losses, _, chosen, rejected = self._losses(s)
+        """Per-pair losses and rewards at the current ``eta`` (which this does not move)."""
+        losses, _, _, chosen, rejected = self._losses(s)
         return losses, chosen, rejected
 
-    def _losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         u_w, u_l = float_log_ratios(s)
         z = self.beta * (u_w - u_l)
-        w = self.weights(z, self.annotators(s))
+        ids = self.annotators(s)
+        w = self.weights(z, ids)
         losses = -w * F.logsigmoid(z) - (1 - w) * F.logsigmoid(-z)
-        return losses, w, self.beta * u_w, self.beta * u_l
+        return losses, w, ids, self.beta * u_w, self.beta * u_l
 
     def __call__(self, scores: PairScores, reduce: Reducer | None = None) -> ObjectiveOutput:
         self._check_reference(scores)
-        losses, w, chosen, rejected = self._losses(scores)
+        losses, w, ids, chosen, rejected = self._losses(scores)
         if torch.is_grad_enabled():  # a training step; evaluation reads eta without moving it
-            self.update(w, self.annotators(scores), reduce)
+            self.update(w, ids, reduce)
         loss = losses.mean()
         metrics = reward_metrics(chosen, rejected)
         metrics["weight_mean"] = w.detach().float().mean()
