@@ -108,21 +108,27 @@ class ObjectiveStateLog(L.Callback):
             f.write(json.dumps(pl_module.objective.state()) + "\n")
 
 
-def test_two_process_bco_keeps_one_running_mean(tmp_path, tiny_lm_dir, pair_file):  # noqa: F811
-    """Unpaired BCO's running reward mean is the mean over both processes' rows: the ranks hold different
-    rows, and still the same delta after every step."""
-    path = recipe(tmp_path, tiny_lm_dir, pair_file, objective="BCO")
+def objective_states(tmp_path, path: str, **data) -> list[list[dict]]:
+    """Run the recipe at ``path`` on two processes with ``data`` in its data section, logging the objective's
+    state after every step: each rank's states, in order."""
     config = yaml.safe_load(open(path))
     config["trainer"].update(limit_val_batches=0, callbacks=[{
         "class_path": "test_distributed.ObjectiveStateLog", "init_args": {"path": str(tmp_path / "state")}}])
-    config["data"]["init_args"].update(batch_size=2, layout={"class_path": "alignsuite.data.TextUnpaired"})
+    config["data"]["init_args"].update(batch_size=2, **data)
     open(path, "w").write(yaml.safe_dump(config))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "alignsuite", "fit", "--config", path,
            "--config", os.path.join(REPO, "configs/strategy/ddp_cpu2.yaml")]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [[json.loads(line) for line in open(f"{tmp_path / 'state'}.rank{r}")] for r in (0, 1)]
+    return [[json.loads(line) for line in open(f"{tmp_path / 'state'}.rank{r}")] for r in (0, 1)]
+
+
+def test_two_process_bco_keeps_one_running_mean(tmp_path, tiny_lm_dir, pair_file):  # noqa: F811
+    """Unpaired BCO's running reward mean is the mean over both processes' rows: the ranks hold different
+    rows, and still the same delta after every step."""
+    path = recipe(tmp_path, tiny_lm_dir, pair_file, objective="BCO")
+    ranks = objective_states(tmp_path, path, layout={"class_path": "alignsuite.data.TextUnpaired"})
     assert [s["count"] for s in ranks[0]] == [s["count"] for s in ranks[1]] == [2.0, 4.0, 6.0, 8.0]
     assert [s["delta"] for s in ranks[0]] == pytest.approx([s["delta"] for s in ranks[1]], abs=1e-9)
     assert ranks[0][0]["delta"] == 0.0 and ranks[0][-1]["delta"] != 0.0  # policy == reference at the first step
@@ -138,19 +144,21 @@ def test_two_process_gr_dpo_keeps_one_set_of_group_weights(tmp_path, tiny_lm_dir
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = recipe(tmp_path, tiny_lm_dir, str(train), objective="GroupRobustDPO",
                   objective_args={"num_groups": 2, "step_size": 1.0})
-    config = yaml.safe_load(open(path))
-    config["trainer"].update(limit_val_batches=0, callbacks=[{
-        "class_path": "test_distributed.ObjectiveStateLog", "init_args": {"path": str(tmp_path / "state")}}])
-    config["data"]["init_args"].update(batch_size=2, layout={
+    ranks = objective_states(tmp_path, path, layout={
         "class_path": "alignsuite.data.TextPairs", "init_args": {"number_fields": {"group": "group"}}})
-    open(path, "w").write(yaml.safe_dump(config))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "alignsuite", "fit", "--config", path,
-           "--config", os.path.join(REPO, "configs/strategy/ddp_cpu2.yaml")]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [[json.loads(line)["group_weights"] for line in open(f"{tmp_path / 'state'}.rank{r}")] for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 4
-    for w0, w1 in zip(*ranks):
+    weights = [[s["group_weights"] for s in rank] for rank in ranks]
+    assert len(weights[0]) == len(weights[1]) == 4
+    for w0, w1 in zip(*weights):
         assert w0 == pytest.approx(w1, abs=1e-9) and sum(w0) == pytest.approx(1.0)
-    assert ranks[0][-1] != [0.5, 0.5]
+    assert weights[0][-1] != [0.5, 0.5]
+
+
+def test_two_process_re_dpo_keeps_one_reliability(tmp_path, tiny_lm_dir, pair_file):  # noqa: F811
+    """RE-DPO's annotator reliability moves with the mean weight of the global batch: the ranks hold different
+    pairs, and still the same eta after every step."""
+    path = recipe(tmp_path, tiny_lm_dir, pair_file, objective="REDPO", objective_args={"beta": 1.0, "alpha": 0.5})
+    ranks = objective_states(tmp_path, path)
+    assert [s["steps"] for s in ranks[0]] == [s["steps"] for s in ranks[1]] == [1, 2, 3, 4]
+    assert [s["eta"][0] for s in ranks[0]] == pytest.approx([s["eta"][0] for s in ranks[1]], abs=1e-9)
+    assert ranks[0][0]["eta"] == [pytest.approx(0.9)]  # policy == reference at the first step: w = eta
+    assert ranks[0][-1]["eta"][0] != pytest.approx(0.9, abs=1e-9)

@@ -41,6 +41,7 @@ from alignsuite.objectives.relative import RelativePO
 from alignsuite.objectives.reward_informed import MaPPO, RewardAwarePO
 from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
 from alignsuite.objectives.sequential import SPO
+from alignsuite.objectives.robust_em import REDPO
 from alignsuite.objectives.set_contrast import MPO, select_active_subset
 from alignsuite.objectives.soft_labels import IREPO, NCAPairReward
 from alignsuite.objectives.ties import TODO
@@ -94,6 +95,7 @@ __all__ = [
     "Objective",
     "ObjectiveOutput",
     "PairwiseObjective",
+    "REDPO",
     "RelativePO",
     "RePO",
     "RewardAwarePO",

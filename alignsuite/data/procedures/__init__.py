@@ -10,7 +10,8 @@ annotators' rule (``groups.py``), ``SweetSpotPairs``,
 ``RejectionSampling`` and ``CurryPairs`` turn rows of K scored responses into pairs (``pairs.py``), and
 ``CuratronPairs`` completes pairwise comparisons through a fitted ranking (``completion.py``), and the build rules
 of judged samples ``BestWorstPairs``, ``MarginPairs``, ``WinRatePairs``, ``SoftLabelPairs`` and
-``EmpiricalPreferencePairs`` make pairs and soft labels from rows of K judged responses (``online.py``).
+``EmpiricalPreferencePairs`` make pairs and soft labels from rows of K judged responses (``online.py``), and
+``FlipPairs`` swaps a seeded fraction of the pairs to simulate label noise (``noise.py``).
 """
 
 from alignsuite.data.procedures.base import ListProcedure, Procedure, Report
@@ -27,6 +28,7 @@ from alignsuite.data.procedures.online import (
     WinRatePairs,
     count_votes,
 )
+from alignsuite.data.procedures.noise import FlipPairs
 from alignsuite.data.procedures.pairs import CurryPairs, RejectionSampling, SweetSpotPairs
 from alignsuite.data.procedures.relabel import RewardAugmented
 from alignsuite.data.procedures.run import run_procedures
@@ -44,6 +46,7 @@ __all__ = [
     "DirectionalPairs",
     "EmpiricalPreferencePairs",
     "GroupPairs",
+    "FlipPairs",
     "ListProcedure",
     "MarginPairs",
     "Procedure",
