@@ -211,12 +211,16 @@ class PairwiseObjective(Objective):
         losses, chosen_rewards, rejected_rewards = self.pair_losses(scores)
         loss = losses.mean()
         metrics = reward_metrics(chosen_rewards, rejected_rewards)
-        if self.sft_weight > 0:
-            nll = chosen_nll(scores, self.nll)
-            metrics["loss/preference"] = loss.detach()
-            metrics["loss/sft"] = nll.detach()
-            loss = loss + self.sft_weight * nll
-        return ObjectiveOutput(loss, metrics)
+        return ObjectiveOutput(self.with_sft(loss, scores, metrics), metrics)
+
+    def with_sft(self, loss: Tensor, scores: PairScores, metrics: dict) -> Tensor:
+        """``loss`` plus ``sft_weight`` times the chosen answers' NLL (when above 0), both parts logged."""
+        if self.sft_weight <= 0:
+            return loss
+        nll = chosen_nll(scores, self.nll)
+        metrics["loss/preference"] = loss.detach()
+        metrics["loss/sft"] = nll.detach()
+        return loss + self.sft_weight * nll
 
 
 def log_ratios(s: PairScores) -> tuple[Tensor, Tensor]:

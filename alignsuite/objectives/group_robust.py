@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignsuite.objectives.base import ObjectiveOutput, Reducer, chosen_nll, register, reward_metrics
+from alignsuite.objectives.base import ObjectiveOutput, Reducer, register, reward_metrics
 from alignsuite.objectives.pairwise import DPO
 from alignsuite.scores import PairScores, SequenceScores
 
@@ -129,12 +129,7 @@ class GroupRobustDPO(DPO):
             metrics[f"group_weight/{g}"] = weights[g].detach()
             metrics[f"loss/group_{g}"] = means[g].detach()
             metrics[f"rewards/accuracies_group_{g}"] = won_sums[g] / here[g].clamp(min=1)
-        if self.sft_weight > 0:
-            nll = chosen_nll(scores, self.nll)
-            metrics["loss/preference"] = loss.detach()
-            metrics["loss/sft"] = nll.detach()
-            loss = loss + self.sft_weight * nll
-        return ObjectiveOutput(loss, metrics)
+        return ObjectiveOutput(self.with_sft(loss, scores, metrics), metrics)
 
 
 __all__ = ["GROUP", "GroupRobustDPO"]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignsuite.objectives.base import ObjectiveOutput, PairwiseObjective, Reducer, chosen_nll, register, reward_metrics
+from alignsuite.objectives.base import ObjectiveOutput, PairwiseObjective, Reducer, register, reward_metrics
 from alignsuite.objectives.pairwise import float_log_ratios
 from alignsuite.scores import PairScores
 
@@ -146,12 +146,7 @@ class REDPO(PairwiseObjective):
         metrics["eta"] = torch.tensor(sum(self.eta) / len(self.eta), device=loss.device)
         if self.num_annotators > 1:
             metrics.update({f"eta/{k}": torch.tensor(e, device=loss.device) for k, e in enumerate(self.eta)})
-        if self.sft_weight > 0:
-            nll = chosen_nll(scores, self.nll)
-            metrics["loss/preference"] = loss.detach()
-            metrics["loss/sft"] = nll.detach()
-            loss = loss + self.sft_weight * nll
-        return ObjectiveOutput(loss, metrics)
+        return ObjectiveOutput(self.with_sft(loss, scores, metrics), metrics)
 
 
 __all__ = ["REDPO"]
