@@ -202,7 +202,8 @@ def build_round(lists: list[dict], settings: Iterate, index: int, folder: str, j
                 report.drop({"_source": "lists.jsonl", "_row": i}, "fewer than 2 responses with a finite score")
     else:
         rows = rule.apply([{**r, "_source": "lists.jsonl", "_row": i} for i, r in enumerate(lists)], report)
-        rows = [{k: v for k, v in r.items() if k not in ("_source", "_row")} for r in rows]
+        # every sample's judged values stay in lists.jsonl: a training row holds its own columns only
+        rows = [{k: v for k, v in r.items() if k not in ("_source", "_row", "values")} for r in rows]
     report.rows_out = len(rows)
     write_rows(os.path.join(folder, "pairs.jsonl"), rows)
     dropped = {what.removeprefix("dropped: "): n for what, n in report.counts.items() if what.startswith("dropped: ")}
