@@ -63,9 +63,6 @@ def check_start(cli, settings: Iterate, model) -> None:
     if cli.trainer.world_size > 1 and not isinstance(strategy, (DDPStrategy, ModelParallelStrategy)):
         raise IterateError(f"trainer.strategy: iterate runs on one process, under ddp or under ModelParallelStrategy"
                            f" (FSDP2); {type(strategy).__name__} is not built for it")
-    if settings.carry_optimizer and isinstance(strategy, ModelParallelStrategy):
-        raise IterateError("iterate.carry_optimizer: not built under ModelParallelStrategy (its optimizer state is"
-                           " sharded); leave it false, each round's fit then starts a fresh optimizer")
     extra = dict(model.extra_references or {})
     if settings.reference == "both" and PREVIOUS not in extra:
         raise IterateError("iterate.reference both: the round's starting policy is the extra reference"

@@ -65,6 +65,24 @@ def load_sharded(folder: str, module: torch.nn.Module, prefix: str, what: str) -
                          options=StateDictOptions(strict=False))
 
 
+def load_sharded_moments(folder: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer, index: int) -> None:
+    """The per-parameter state of the sharded checkpoint's optimizer ``index`` into the sharded ``optimizer`` (each
+    process its own shards), whose parameter groups (the learning rate the round's schedule starts from) stay
+    its own. A collective."""
+    from torch.distributed.checkpoint import load
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict,
+    )
+
+    groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    key = f"optimizer_{index}"
+    state = {key: get_optimizer_state_dict(module, optimizer)}  # the template: torch gives a fresh optimizer state
+    load(state, storage_reader=SafeFileSystemReader(folder))
+    set_optimizer_state_dict(module, optimizer, optim_state_dict=state[key], options=StateDictOptions(strict=False))
+    for group, kept in zip(optimizer.param_groups, groups):
+        group.update(kept)
+
+
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """``state`` into ``module``; a key either side lacks (beyond the parts rebuilt from their source) is refused."""
     missing, unexpected = load_backbone_weights(module, state)
@@ -135,10 +153,11 @@ class RoundStart(Callback):
 
     def start_sharded(self, trainer, pl_module) -> None:
         """The same start from a sharded round checkpoint into the sharded policy and reference (FSDP2)."""
-        if self.carry_optimizer:
-            raise IterateError("iterate.carry_optimizer: not built for sharded checkpoints (ModelParallelStrategy)")
         if trainer.ckpt_path is None:
             load_sharded(self.previous, pl_module.backbone, BACKBONE, f"round start ({self.previous})")
+            if self.carry_optimizer:
+                for index, optimizer in enumerate(trainer.optimizers):
+                    load_sharded_moments(self.previous, pl_module, optimizer, index)
         if self.reference != "initial":
             model = self.reference_model(self.target(pl_module))
             with torch.no_grad():
