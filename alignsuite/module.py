@@ -329,15 +329,16 @@ class PreferenceModule(LightningModule):
         # Lightning clears gradients just before the next backward, so they would otherwise stay alive
         # through the next forward: one full copy of the trainable weights' size, freed here instead.
         optimizer.zero_grad(set_to_none=True)
+        # References that follow the policy move once per optimizer step (not per accumulated batch), and before
+        # the step's callbacks: a checkpoint written at this step holds the moved weights. Lightning counts the
+        # step as done once this hook returns: this is step global_step + 1.
+        for reference in [self.reference, *self.extra_references.values()]:
+            if reference is not None:
+                reference.after_step(self.backbone, self.global_step + 1)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if self.reference is not None and self.reference.follows_stages:  # sDPO/Curry-DPO: re-sync at a new stage
             self.reference.enter_stage(self, batch_stage(batch))
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        for reference in [self.reference, *self.extra_references.values()]:
-            if reference is not None:
-                reference.after_step(self.backbone, self.global_step)
 
     def on_fit_start(self) -> None:
         self.backbone.on_fit_start(self.trainer)
@@ -363,7 +364,13 @@ class PreferenceModule(LightningModule):
             loop._load_combined_loader_states()
 
     def _not_checkpointed(self) -> tuple[str, ...]:
-        return ("reference.", "extra_references.") + tuple(f"backbone.{p}" for p in self.backbone.not_checkpointed)
+        # A reference is rebuilt from its source, except one whose weights move with training (MovingAverage,
+        # StageSync) when sharded: its weights cannot travel in a checkpoint's own entries, so its shards go with
+        # the policy's.
+        ref = self.reference
+        moving_shards = ref is not None and getattr(ref, "moves", False) and is_sharded(getattr(ref, "model", None))
+        return (() if moving_shards else ("reference.",)) + ("extra_references.",) + tuple(
+            f"backbone.{p}" for p in self.backbone.not_checkpointed)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if state := self.backbone.state():  # a denoising backbone's draw counter: resumed runs draw the same noise

@@ -33,6 +33,7 @@ class Reference(nn.Module):
 
     can_sample: bool = False
     follows_stages: bool = False
+    moves: bool = False  # its own weights move with training (a checkpoint must carry them)
     per_token: bool = True  # score_tokens computes per-token scores live in the step (token-level objectives)
     # The Trainer's precision ("bf16-mixed" ...), set by the module before ``build``; None outside a Trainer.
     trainer_precision: str | None = None
@@ -134,7 +135,8 @@ class MovingAverage(FrozenCopy):
 
     This is TR-DPO's soft update (Gorbatovski et al. 2024: ``alpha = 1 - decay``, every 512 steps, alpha
     0.6 in TRL; hard update: ``decay = 0``) and Diffusion-KTO's ``reference_ema`` (decay 0.999 every 20 steps).
-    The moving weights travel with a checkpoint (not under FSDP2), so a resumed run continues them exactly.
+    The moving weights travel with a checkpoint (under FSDP2 as its shards), so a resumed run continues them
+    exactly.
 
     ``dtype`` left out is the backbone's dtype even under bf16 precision: each update moves a weight by ``(1 -
     decay)`` of its gap to the policy, mostly below bfloat16's spacing (2^-7 at 1: 0.001 of a gap of 1 leaves a
@@ -142,6 +144,7 @@ class MovingAverage(FrozenCopy):
     """
 
     bf16_by_default = False
+    moves = True
 
     def __init__(self, decay: float = 0.999, every_n_steps: int = 20, model_name_or_path: str | None = None,
                  dtype: Dtype | None = None) -> None:

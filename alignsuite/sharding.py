@@ -24,7 +24,6 @@ from typing import Literal
 import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
@@ -186,11 +185,10 @@ def host_copy(model: nn.Module, trainable_only: bool = False, pin: bool = False)
 
 def weights_for_checkpoint(model: nn.Module, owner: str) -> dict[str, torch.Tensor] | None:
     """A host copy of ``model``'s weights to travel in a checkpoint's own entries (a reference whose weights
-    moved with training and cannot be rebuilt from a source). None under FSDP2, whose checkpoints keep only the
-    state dict's shards: a warning names ``owner``, whose weights a resumed run restarts from their source."""
+    moved with training and cannot be rebuilt from a source). None under FSDP2: there the module keeps a moving
+    reference's weights in its state dict (``PreferenceModule``), so they travel as the sharded checkpoint's
+    shards, each process writing and reading its own."""
     if is_sharded(model):
-        rank_zero_warn(f"{owner}: its moving weights cannot travel in a sharded (FSDP2) checkpoint yet; a run resumed"
-                       " from it restarts them from the starting weights (use DDP for an exact resume)")
         return None
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
 

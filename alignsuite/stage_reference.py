@@ -62,9 +62,15 @@ class StageSync(FrozenCopy):
         if not self.adapters:
             super().build(backbone)
 
+    @property
+    def moves(self) -> bool:  # full fine-tuning: its own weights follow the policy at each stage
+        return not self.adapters
+
     def shard(self, backbone: Backbone, shard) -> None:
-        raise ShardingError("reference StageSync is not supported under FSDP2 (model parallel strategy) yet: a stage's"
-                            " reference weights (or LoRA merge) would not travel in its sharded checkpoints; use DDP")
+        if self.adapters:
+            raise ShardingError("reference StageSync under LoRA is not supported under FSDP2 (model parallel strategy)"
+                                " yet: merging a sharded adapter into its base is not built; use DDP")
+        super().shard(backbone, shard)
 
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:
         if self.adapters:

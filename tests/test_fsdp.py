@@ -171,13 +171,22 @@ def frozen_copy(path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_fsdp2_resume_from_a_sharded_checkpoint_continues_exactly(tmp_path, tiny_lm_dir, pair_file):  # noqa: F811
+@pytest.mark.parametrize("reference", [None, {"class_path": "alignsuite.reference.MovingAverage",
+                                              "init_args": {"decay": 0.5, "every_n_steps": 1}}],
+                         ids=["frozen-copy", "moving-average"])
+def test_fsdp2_resume_from_a_sharded_checkpoint_continues_exactly(tmp_path, tiny_lm_dir, pair_file,  # noqa: F811
+                                                                   reference):
     """Killed before step 5 and resumed from the sharded last.ckpt of step 4 (weights, AdamW state, data
-    position; the reference rebuilt), the run logs the losses of one that never stopped, bit for bit."""
+    position; a frozen reference rebuilt, a moving one's shards read back), the run logs the losses of one that
+    never stopped, bit for bit."""
     def run(name, *extra, crash_at=-1):
         root = tmp_path / name
         root.mkdir(exist_ok=True)
         path = fsdp_recipe(root, tiny_lm_dir, pair_file, max_steps=6, crash_at=crash_at)
+        if reference is not None:
+            config = yaml.safe_load(open(path))
+            config["model"]["init_args"]["reference"] = reference
+            open(path, "w").write(yaml.safe_dump(config))
         run_fsdp2(path, *extra, fails=crash_at >= 0)
         return root
 

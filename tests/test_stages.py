@@ -209,11 +209,13 @@ def test_after_a_merge_the_policy_is_its_reference_and_dpo_is_ln2_on_every_row(t
     assert b and all(p.abs().sum() > 0 for p in b)  # step 4 trained the fresh adapter from B = 0
 
 
-def test_stage_sync_is_refused_under_fsdp2():
+def test_stage_sync_under_lora_is_refused_under_fsdp2():
     from alignsuite.sharding import ShardingError
 
-    with pytest.raises(ShardingError, match="StageSync is not supported under FSDP2"):
-        StageSync().shard(None, None)
+    reference = StageSync()
+    reference.adapters = True  # as built on a LoRA policy
+    with pytest.raises(ShardingError, match="StageSync under LoRA is not supported under FSDP2"):
+        reference.shard(None, None)
 
 
 def test_merge_refuses_full_fine_tuning_and_modules_to_save(tmp_path, tiny_lm_dir):
@@ -272,12 +274,14 @@ def test_moving_weights_read_before_the_model_is_built_load_when_it_is(tiny_lm_d
         reference.restore({"other": torch.zeros(1)})
 
 
-def test_a_resumed_moving_average_run_is_exact(tmp_path, tiny_lm_dir):
+@pytest.mark.parametrize("every", [2, 1])
+def test_a_resumed_moving_average_run_is_exact(tmp_path, tiny_lm_dir, every):
+    # every 1: the reference moves at step 5 too, whose checkpoint must hold it moved
     def run(root, steps, callbacks=(), ckpt_path=None):
         L.seed_everything(0)
         rec = Recorder()
         data = ToyPreferenceData(num_train=32, num_val=4, batch_size=4)
-        module = make_module(tiny_lm_dir, reference=MovingAverage(decay=0.5, every_n_steps=2))
+        module = make_module(tiny_lm_dir, reference=MovingAverage(decay=0.5, every_n_steps=every))
         make_trainer(root, steps, [rec, *callbacks], enable_checkpointing=bool(callbacks)).fit(module, data,
                                                                                               ckpt_path=ckpt_path)
         return rec
@@ -333,10 +337,12 @@ class StageLog(L.Callback):
 
 
 @pytest.mark.distributed
-def test_two_processes_cross_the_stage_boundary_at_the_same_step(tmp_path, tiny_lm_dir):
-    """DDP over gloo, 36 train rows in two stages of 18, batches of 2 on each of 2 processes: each stage is padded
-    to 20 rows (5 steps), both processes enter stage 1 at step 5, and both score that step's batch against the
-    policy itself (loss ln 2): the reference re-synced on both at the same step."""
+@pytest.mark.parametrize("strategy", ["ddp_cpu2", "fsdp2_cpu2"])
+def test_two_processes_cross_the_stage_boundary_at_the_same_step(tmp_path, tiny_lm_dir, strategy):
+    """DDP (or FSDP2, the reference's shards synced to the policy's) over gloo, 36 train rows in two stages of 18,
+    batches of 2 on each of 2 processes: each stage is padded to 20 rows (5 steps), both processes enter stage 1
+    at step 5, and both score that step's batch against the policy itself (loss ln 2): the reference re-synced on
+    both at the same step."""
     import json
     import os
     import subprocess
@@ -358,7 +364,7 @@ def test_two_processes_cross_the_stage_boundary_at_the_same_step(tmp_path, tiny_
     open(path, "w").write(yaml.safe_dump(config))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "alignsuite", "fit", "--config", path,
-           "--config", os.path.join(repo, "configs/strategy/ddp_cpu2.yaml")]
+           "--config", os.path.join(repo, "configs", "strategy", f"{strategy}.yaml")]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [[json.loads(line) for line in open(f"{tmp_path / 'steps'}.rank{r}")] for r in (0, 1)]
