@@ -120,11 +120,12 @@ class ToyReward(Scorer):
     value (the primary's).
 
     Args:
-        world: ``llm``, ``llm_case``, ``diffusion`` or ``vlm``.
+        world: ``llm``, ``llm_case``, ``diffusion``, ``diffusion_corner`` or ``vlm``.
     """
 
     unit = "reward"
-    WORLD_MODALITY = {"llm": "text", "llm_case": "text", "diffusion": "text_to_image", "vlm": "vision_language"}
+    WORLD_MODALITY = {"llm": "text", "llm_case": "text", "diffusion": "text_to_image", "diffusion_corner": "text_to_image",
+                      "vlm": "vision_language"}
 
     def __init__(self, world: str = "llm") -> None:
         from alignsuite.toy import get_world

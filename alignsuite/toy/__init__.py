@@ -19,6 +19,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "EchoWorld": "llm",
     "CaseEchoWorld": "llm_case",
     "SquaresWorld": "squares",
+    "CornerSquaresWorld": "squares_corner",
     "SpeechFlowWorld": "tts",
     "SpeechTokenWorld": "tts",
     "ShapesWorld": "vlm",
@@ -26,5 +27,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 })
 
 
-__all__ = ["SHIPPED", "CaseEchoWorld", "EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
+__all__ = ["SHIPPED", "CaseEchoWorld", "CornerSquaresWorld", "EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
            "build_base_model", "cache_root", "get_world", "known_worlds", "resolve_toy_model", "shipped_path"]
