@@ -329,9 +329,8 @@ class PreferenceModule(LightningModule):
         # Lightning clears gradients just before the next backward, so they would otherwise stay alive
         # through the next forward: one full copy of the trainable weights' size, freed here instead.
         optimizer.zero_grad(set_to_none=True)
-        # References that follow the policy move once per optimizer step (not per accumulated batch), and before
-        # the step's callbacks: a checkpoint written at this step holds the moved weights. Lightning counts the
-        # step as done once this hook returns: this is step global_step + 1.
+        # A following reference moves once per optimizer step, before the callbacks (a checkpoint of this step
+        # holds the move); Lightning counts this step (global_step + 1) done when the hook returns.
         for reference in [self.reference, *self.extra_references.values()]:
             if reference is not None:
                 reference.after_step(self.backbone, self.global_step + 1)
@@ -364,9 +363,8 @@ class PreferenceModule(LightningModule):
             loop._load_combined_loader_states()
 
     def _not_checkpointed(self) -> tuple[str, ...]:
-        # A reference is rebuilt from its source, except one whose weights move with training (MovingAverage,
-        # StageSync) when sharded: its weights cannot travel in a checkpoint's own entries, so its shards go with
-        # the policy's.
+        # A reference is rebuilt from its source, except a sharded one whose weights move with training: its
+        # shards go with the policy's (they cannot travel in a checkpoint's own entries).
         ref = self.reference
         moving_shards = ref is not None and getattr(ref, "moves", False) and is_sharded(getattr(ref, "model", None))
         return (() if moving_shards else ("reference.",)) + ("extra_references.",) + tuple(

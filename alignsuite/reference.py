@@ -29,11 +29,10 @@ class Reference(nn.Module):
     that can generate (``can_sample``) provides ``sample`` for views whose completions it makes. One that
     ``follows_stages`` (``StageSync``) provides ``enter_stage``, called before each training step with its batch's
     stage (``data.stages``), and ``sync``, which makes it the policy as it is now (a stage or a round boundary).
+    One whose own weights move with training ``moves`` (a checkpoint must carry them).
     """
 
-    can_sample: bool = False
-    follows_stages: bool = False
-    moves: bool = False  # its own weights move with training (a checkpoint must carry them)
+    can_sample = follows_stages = moves = False
     per_token: bool = True  # score_tokens computes per-token scores live in the step (token-level objectives)
     # The Trainer's precision ("bf16-mixed" ...), set by the module before ``build``; None outside a Trainer.
     trainer_precision: str | None = None
@@ -135,8 +134,7 @@ class MovingAverage(FrozenCopy):
 
     This is TR-DPO's soft update (Gorbatovski et al. 2024: ``alpha = 1 - decay``, every 512 steps, alpha
     0.6 in TRL; hard update: ``decay = 0``) and Diffusion-KTO's ``reference_ema`` (decay 0.999 every 20 steps).
-    The moving weights travel with a checkpoint (under FSDP2 as its shards), so a resumed run continues them
-    exactly.
+    The moving weights travel with a checkpoint (FSDP2: as shards), so a resumed run continues them exactly.
 
     ``dtype`` left out is the backbone's dtype even under bf16 precision: each update moves a weight by ``(1 -
     decay)`` of its gap to the policy, mostly below bfloat16's spacing (2^-7 at 1: 0.001 of a gap of 1 leaves a
