@@ -136,6 +136,31 @@ def check_sharded_checkpoint(folder, weights_only: bool | None = None) -> dict:
     return load_checkpoint_file(meta, weights_only)
 
 
+def sharded_weight_names(folder: str) -> set[str]:
+    """The module weights a sharded checkpoint folder (ModelParallelStrategy's) holds, under the module's own
+    names (its index keys them under ``state_dict.``), once the folder is checked (:func:`check_shards`)."""
+    prefix = "state_dict."
+    return {k[len(prefix):] for k in check_shards(folder).state_dict_metadata if k.startswith(prefix)}
+
+
+def read_sharded_weights(folder: str, state_dict: dict) -> dict:
+    """Fill ``state_dict`` (full tensors, e.g. an unsharded module's own) in place from the distributed
+    checkpoint ``folder`` that ModelParallelStrategy writes, on one process; every key must be there. The
+    folder's index is read by the safe reader, never unpickled as it stands."""
+    import torch.distributed.checkpoint as dcp
+
+    check_shards(folder)
+    state = {"state_dict": state_dict}
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=SafeFileSystemReader(folder), no_dist=True)
+    except Exception as error:  # DCP wraps every failure, per rank, in a CheckpointException
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{folder}: cannot read this sharded checkpoint into the recipe's model ({reason})") from error
+    return state["state_dict"]
+
+
 def read_checkpoint(path, weights_only: bool | None = None, mmap: bool = False) -> dict:
     """A checkpoint file (:func:`load_checkpoint_file`), or a sharded checkpoint folder's ``meta.pt`` once the
     folder is checked (:func:`check_sharded_checkpoint`): everything but a folder's weights and optimizer states."""

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 
-from alignsuite.callbacks.export import read_sharded_weights
-from alignsuite.checkpoint_io import CheckpointError, SafeFileSystemReader
+from alignsuite.checkpoint_io import CheckpointError, SafeFileSystemReader, read_sharded_weights
 from alignsuite.cli import main
 from alignsuite.sharding import AtomicModelParallelStrategy
 from test_cli import weights, write_jsonl

@@ -7,35 +7,16 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.callbacks.model_card import facts_of, find_results, push_folder, write_card
 from alignsuite.checkpoint_io import (
-    CheckpointError, SafeFileSystemReader, check_shards, give_ordinary_modes, read_checkpoint,
+    give_ordinary_modes, read_checkpoint, read_sharded_weights,
 )
 
 MARKER = "alignsuite_export.json"  # written into every export: which run, step and checkpoint it holds
-
-
-def read_sharded_weights(folder: str, state_dict: dict) -> dict:
-    """Fill ``state_dict`` (full tensors, e.g. an unsharded module's own) in place from the distributed
-    checkpoint ``folder`` that ModelParallelStrategy writes, on one process; every key must be there. The
-    folder's index is read by the safe reader, never unpickled as it stands."""
-    import torch.distributed.checkpoint as dcp
-
-    check_shards(folder)
-    state = {"state_dict": state_dict}
-    try:
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, storage_reader=SafeFileSystemReader(folder), no_dist=True)
-    except Exception as error:  # DCP wraps every failure, per rank, in a CheckpointException
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{folder}: cannot read this sharded checkpoint into the recipe's model ({reason})") from error
-    return state["state_dict"]
 
 
 class ExportError(RuntimeError):

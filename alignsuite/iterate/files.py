@@ -39,12 +39,18 @@ def shard_name(index: int) -> str:
 
 def write_atomic(path: str, text: str) -> None:
     """``text`` to ``path``, through a temporary file in the same folder renamed over it when written."""
+    _write_via_temp(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _write_via_temp(path: str, write) -> None:
+    """``write(f)`` into a temporary file (binary) beside ``path``, synced and renamed over ``path``; on any
+    failure the temporary file is removed and ``path`` is as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=os.path.basename(path))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -115,19 +121,8 @@ def _is_image(value: Any) -> bool:
 
 
 def _save_png(image, path: str) -> None:
-    """``image`` as a PNG at ``path``, through a temporary file renamed over it (a killed run leaves none half
-    written)."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``image`` as a PNG at ``path``, written whole or not at all (a killed run leaves none half written)."""
+    _write_via_temp(path, lambda f: image.save(f, format="PNG"))
 
 
 def encode_row(row: dict, folder: str, name: str) -> dict:

@@ -1,6 +1,6 @@
 """The loop's processes under a data-parallel recipe (``trainer.strategy: ddp`` or ModelParallelStrategy's FSDP2,
-``devices`` or ``num_nodes`` above one): every process runs the same rounds; each generates and judges its share of the prompt shards, the first
-builds the round's rows, and all of them fit together.
+``devices`` or ``num_nodes`` above one): every process runs the same rounds; each generates and judges its share
+of the prompt shards, the first builds the round's rows, and all of them fit together.
 
 The processes are started before the first round, as ``fit`` would start them at its first step: the first
 process runs the command again for each of the others (or, under SLURM or ``torchrun``, they are already

@@ -8,7 +8,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from alignsuite.checkpoint_io import (
-    BACKBONE, SafeFileSystemReader, backbone_weights, check_shards, load_backbone_weights, load_checkpoint_file,
+    BACKBONE, SafeFileSystemReader, backbone_weights, load_backbone_weights, load_checkpoint_file, read_sharded_weights,
+    sharded_weight_names,
 )
 from alignsuite.iterate.settings import IterateError
 
@@ -25,20 +26,10 @@ def policy_state(path: str, checkpoint: dict | None = None) -> dict[str, torch.T
     return policy
 
 
-SAVED = "state_dict."  # a sharded checkpoint's module weights, under the module's own names
-
-
-def saved_keys(folder: str) -> set[str]:
-    """The module weights a sharded checkpoint folder (ModelParallelStrategy's) holds, as the module names them."""
-    return {k[len(SAVED):] for k in check_shards(folder).state_dict_metadata if k.startswith(SAVED)}
-
-
 def sharded_policy_state(folder: str, backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The backbone's weights in a sharded round checkpoint, read whole on this process (an unsharded
     ``backbone`` gives the shapes), keyed as the backbone's own state dict."""
-    from alignsuite.callbacks.export import read_sharded_weights
-
-    present = saved_keys(folder)
+    present = sharded_weight_names(folder)
     template = {BACKBONE + k: v.detach().clone() for k, v in backbone.state_dict().items() if BACKBONE + k in present}
     if not template:
         raise IterateError(f"{folder}: the checkpoint holds no backbone weights to start the next round from")
@@ -52,7 +43,7 @@ def load_sharded(folder: str, module: torch.nn.Module, prefix: str, what: str) -
     from torch.distributed.checkpoint import load
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
-    present = saved_keys(folder)
+    present = sharded_weight_names(folder)
     mine = get_model_state_dict(module)
     rebuilt = tuple(getattr(module, "not_checkpointed", ()) or ())
     missing = [k for k in mine if prefix + k not in present and not (rebuilt and k.startswith(rebuilt))]

@@ -46,10 +46,7 @@ class LoopSignals:
     def check(self, procs, where: str) -> None:
         """Stop here (:class:`Preempted`, status 128 + the signal) if a signal arrived; ``where`` says what is
         written. On several processes every one calls it at the same point (the decision is shared)."""
-        stop = self.signum is not None
-        if procs.count > 1:
-            stop = procs.any(stop)
-        if not stop:
+        if not procs.any(self.signum is not None):
             return
         signum = self.signum or signal.SIGTERM
         message = (f"stopped by {signal.Signals(signum).name} {where}; the files written so far are kept: run the"
