@@ -157,6 +157,7 @@ def run_trl(cfg: dict) -> dict:
     import datasets
     import torch
     from transformers import AutoTokenizer, TrainerCallback
+    import trl
     from trl import DPOConfig, DPOTrainer
 
     memory, clock, profiler = harness.MemoryProbe(), harness.StepClock(), harness.StepProfiler(cfg)
@@ -245,6 +246,7 @@ def run_trl(cfg: dict) -> dict:
     info["reference"] = "ref_model (frozen copy)" if trainer.ref_model is not None else "adapters disabled"
     info["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     info["optimizer_args"] = {"optim": str(args.optim), "fused": False}
+    info["trl_version"] = trl.__version__
     trainer.train()
     return {"clock": clock.state(), "losses": losses, "batches": batches,
             "memory": memory.report(), "profile": profiler.table, **info}
@@ -425,6 +427,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader worker processes in both arms: alignsuite tokenises each batch in them (TRL"
                         " tokenises the whole dataset before training), TRL only collates there")
+    p.add_argument("--trl", default=harness.PINNED["trl"],
+                   help="the TRL version the TRL arm imports, installed under benchmarks/.peers/ (python -m"
+                        " benchmarks.peers); `installed`: the environment's own")
     p.add_argument("--trl-liger", action="store_true",
                    help="TRL with use_liger_kernel (its fused linear DPO loss; needs liger-kernel and a GPU)")
     p.add_argument("--peak-tflops", type=float, default=None,
@@ -476,6 +481,7 @@ def main(argv=None) -> None:
             "lm_head_chunk": args.lm_head_chunk, "precompute_ref": args.precompute_ref,
             "ref_dtype": args.alignsuite_ref_dtype, "profile": args.profile,
             "device": args.device, "bf16": args.bf16, "trl_liger": args.trl_liger, "alignsuite_attn": args.alignsuite_attn,
+            "import_paths": {"trl": harness.import_path("trl", args.trl)},
         }
         print(f"model: {model['arch']} ({args.size}), {model['parameters'] / 1e6:.2f}M parameters (hidden"
               f" {model['hidden_size']}, {model['layers']} layers, {model['heads']} heads / {model['kv_heads']} kv,"
@@ -486,11 +492,13 @@ def main(argv=None) -> None:
               f" {args.max_length}, lr {args.lr}, beta {args.beta}, threads {args.threads}, loader workers {args.workers},"
               f" {'bf16 autocast' if args.bf16 else 'float32'}, {args.device},"
               f" {'LoRA r=%d alpha=%d, reference = adapters disabled' % (args.lora_r, args.lora_alpha) if args.lora else 'full fine-tuning, reference = frozen copy'}")
-        vers = harness.versions(PACKAGES)
+        vers = harness.versions(PACKAGES, {"trl": args.trl})
 
         runs = []
         for rep, order, results in harness.repeats(BENCH, cfg, workdir, args):
             entry = {"order": order, "loadavg_after": os.getloadavg(), **results}
+            if "trl" in results:
+                harness.check_version("trl", args.trl, results["trl"]["trl_version"])
             if len(results) == 2:
                 a, t = results["alignsuite"], results["trl"]
                 entry["comparison"] = compare(a, t, args.batch_size, step_flops, peak)

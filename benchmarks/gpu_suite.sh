@@ -6,10 +6,12 @@
 #
 # Each section writes OUTDIR/<section>.json (the benchmark's report) and OUTDIR/<section>.log, and is cut off
 # after its time limit (SECTION_TIMEOUT seconds, default 420) so that one stall does not take the others' time.
-# The whole suite wants trl (and liger-kernel for the Liger sections) beside the project's dependencies; a
-# node without network can install them from wheels made elsewhere with
+# The TRL arm imports the pinned TRL (benchmarks/peers.py) from benchmarks/.peers/, installed there by
+# `python -m benchmarks.peers`; liger-kernel (the Liger sections) goes into the environment. A node without
+# network installs them from wheels made elsewhere:
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
-#         -d wheels trl==1.13.0 liger-kernel==0.8.5 ...
+#         -d wheels trl==1.16.0 liger-kernel==0.8.5
+#     pip install --no-deps --target benchmarks/.peers/trl-1.16.0 wheels/trl-1.16.0-*.whl
 #
 # Sections (all bf16 autocast over float32 weights, random-init models of real checkpoints' shapes):
 #   tests      python -m pytest -m gpu: CUDA scores against the CPU, a bf16 fit, Diffusion-DPO on the GPU

@@ -27,10 +27,14 @@ from benchmarks.harness.figures import (
     throughput,
 )
 from benchmarks.harness.flops import bf16_peak_tflops, dpo_step_flops, utilisation
+from benchmarks.peers import PINNED, check_version, import_path
 from benchmarks.harness.measure import MemoryProbe, StepClock, StepProfiler, cuda_sync, gpu_name, wait_for_idle
 
 __all__ = [
     "write_report",
+    "PINNED",
+    "check_version",
+    "import_path",
     "Bench",
     "MemoryProbe",
     "StepClock",

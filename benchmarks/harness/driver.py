@@ -81,8 +81,9 @@ def scratch(bench: Bench, keep: bool) -> Iterator[Path]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def versions(packages: tuple[str, ...]) -> dict:
-    """Python's and each package's version, and the commit of the checkout the workers import."""
+def versions(packages: tuple[str, ...], pinned: dict[str, str] | None = None) -> dict:
+    """Python's and each package's version (``pinned``'s where a peer's arm imports its own, checked when
+    its worker reports), and the commit of the checkout the workers import."""
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
@@ -91,6 +92,7 @@ def versions(packages: tuple[str, ...]) -> dict:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = None
+    out.update({k: v for k, v in (pinned or {}).items() if v != "installed"})
     try:
         out["alignsuite_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                                   capture_output=True, text=True, check=True).stdout.strip()

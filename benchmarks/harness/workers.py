@@ -21,9 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER_FLAG = "--worker"
 
 
-def worker_env(cfg: dict, workdir: Path) -> dict:
-    """The worker's environment: its thread count, nothing from the network, no progress bars."""
+def worker_env(cfg: dict, workdir: Path, arm: str | None = None) -> dict:
+    """The worker's environment: its thread count, nothing from the network, no progress bars, and the arm's
+    own import folder first on its path where the settings name one (``import_paths``: a pinned peer)."""
     env = dict(os.environ)
+    first = cfg.get("import_paths", {}).get(arm)
+    if first:
+        env["PYTHONPATH"] = os.pathsep.join([first, *filter(None, [env.get("PYTHONPATH")])])
     env.update({
         "OMP_NUM_THREADS": str(cfg["threads"]),
         "MKL_NUM_THREADS": str(cfg["threads"]),
@@ -44,7 +48,7 @@ def run_worker(module: str, arm: str, cfg: dict, workdir: Path, tag: str, quiet:
     cfg_path.write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", module, WORKER_FLAG, arm, str(cfg_path), str(result_path)]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=worker_env(cfg, workdir), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=worker_env(cfg, workdir, arm), capture_output=True, text=True)
     if proc.returncode != 0 or not result_path.exists():
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"{arm} worker failed (exit {proc.returncode})")
