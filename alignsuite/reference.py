@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from alignsuite.backbones.base import Backbone
+from alignsuite.precision import store_for_autocast
 from alignsuite.sharding import host_copy, load_weights, local, reshard, weights_for_checkpoint
 
 
@@ -85,7 +86,7 @@ class Reference(nn.Module):
         return super().train(False)
 
 
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16", "autocast"]
 BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
 
 
@@ -94,9 +95,10 @@ class FrozenCopy(Reference):
 
     Args:
         model_name_or_path: the reference's weights; the policy's starting weights when left out.
-        dtype: the reference's weights. Left out: bfloat16 under a bf16 ``trainer.precision`` (it only runs
-            forwards, which compute in bfloat16 there anyway: half the memory of a float32 copy), else the
-            backbone's ``dtype``.
+        dtype: the reference's weights. Left out: ``autocast`` under ``bf16-mixed`` (the linear and convolution
+            weights in bfloat16, which autocast computes them in anyway, the rest as the policy's: the scores of a
+            float32 copy, bit for bit, at about half its memory; `alignsuite.precision`), ``bfloat16`` under
+            ``bf16-true``, else the backbone's ``dtype``.
     """
 
     # A frozen copy only computes: under bf16 precision its weights need no more than bfloat16.
@@ -109,16 +111,19 @@ class FrozenCopy(Reference):
 
     @property
     def load_dtype(self) -> str | None:
-        """The dtype the reference loads in; None is the backbone's own."""
+        """The dtype the reference loads in (``autocast``: see ``dtype``); None is the backbone's own."""
         if self.dtype is not None:
             return self.dtype
         if self.bf16_by_default and str(self.trainer_precision) in BF16_PRECISIONS:
-            return "bfloat16"
+            return "autocast" if str(self.trainer_precision) == "bf16-mixed" else "bfloat16"
         return None
 
     def build(self, backbone: Backbone) -> None:
         if self.model is None:
-            self.model = backbone.load_reference(self.model_name_or_path, self.load_dtype)
+            autocast = self.load_dtype == "autocast"
+            self.model = backbone.load_reference(self.model_name_or_path, None if autocast else self.load_dtype)
+            if autocast:
+                store_for_autocast(self.model, torch.bfloat16)
         self.restore(self.restored)
 
     def restore(self, weights: dict[str, Tensor] | None) -> None:
@@ -173,18 +178,16 @@ class MovingAverage(FrozenCopy):
 class CheckpointPool(Reference):
     """SePPO's reference: one of the policy's own earlier checkpoints, drawn afresh every step.
 
-    The pool starts with the initial weights and gains a snapshot of the trainable weights every
-    ``every_n_steps`` optimizer steps (at most ``max_size`` kept; the initial one always stays).
-    ``mode`` picks the reference for a step: "initial", "latest", or "random" (Random Checkpoint
-    Replay, which the SePPO paper reports works best). The chosen reference also *generates* the
-    step's losing samples (``sample``), which is what objectives like ``seppo`` train against.
+    The pool starts with the initial weights and gains a snapshot of the trainable weights every ``every_n_steps``
+    optimizer steps (at most ``max_size`` kept; the initial one always stays). ``mode`` picks the reference for a
+    step: "initial", "latest", or "random" (Random Checkpoint Replay, which the SePPO paper reports works best).
+    The chosen reference also *generates* the step's losing samples (``sample``), which ``seppo`` trains against.
     """
 
     can_sample = True
 
-    def __init__(
-        self, mode: Literal["initial", "latest", "random"] = "random", every_n_steps: int = 50, max_size: int = 8, seed: int = 0
-    ) -> None:
+    def __init__(self, mode: Literal["initial", "latest", "random"] = "random", every_n_steps: int = 50,
+                 max_size: int = 8, seed: int = 0) -> None:
         super().__init__()
         if every_n_steps < 1 or max_size < 1:
             raise ValueError("reference.every_n_steps and reference.max_size must be >= 1")
@@ -324,17 +327,14 @@ class Precomputed(Reference):
 
     def check(self, objective, backbone: Backbone) -> None:
         if not backbone.deterministic_inputs:
-            raise ValueError(
-                f"reference Precomputed needs a backbone whose inputs are the same at every step; {type(backbone).__name__}"
-                " draws new noise and timesteps each step, so stored scores would not match: use FrozenCopy or AdapterDisabled"
-            )
+            raise ValueError(f"reference Precomputed needs a backbone whose inputs are the same at every step;"
+                             f" {type(backbone).__name__} draws new noise and timesteps each step, so stored scores"
+                             " would not match: use FrozenCopy or AdapterDisabled")
         moving = [v.name for v in objective.views
                   if v.shift or v.sampled or not getattr(v.condition, "per_row", True)]  # mDPO's mismatched image
         if moving:
-            raise ValueError(
-                f"reference Precomputed cannot store scores for objective {objective.name!r}'s view(s) {moving}: they"
-                " depend on the batch or on sampling; use FrozenCopy or AdapterDisabled"
-            )
+            raise ValueError(f"reference Precomputed cannot store scores for objective {objective.name!r}'s view(s)"
+                             f" {moving}: they depend on the batch or on sampling; use FrozenCopy or AdapterDisabled")
         self.views = objective.views
 
     def score(self, backbone: Backbone, prepared, batch: dict) -> Tensor:

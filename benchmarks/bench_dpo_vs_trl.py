@@ -11,9 +11,10 @@ Run by hand (never a test), from the repository root:
 
 With ``--device cuda`` both train on the first GPU, time steps after a device synchronisation, and also
 report the peak of ``torch.cuda.max_memory_allocated`` over training; ``--bf16`` trains both in bf16
-autocast over float32 weights (Lightning ``bf16-mixed``, TRL ``bf16=True``); alignsuite's frozen-copy
-reference then stays float32 weights, as TRL's, unless ``--alignsuite-ref-dtype bfloat16`` (alignsuite's own
-default under bf16 precision, whose first loss is then not exactly ln 2).
+autocast over float32 weights (Lightning ``bf16-mixed``, TRL ``bf16=True``); each frozen-copy reference is then
+its framework's default: TRL's float32, alignsuite's ``autocast`` (linear weights stored in bfloat16, the rest
+float32: the same scores as a float32 copy under autocast). ``--alignsuite-ref-dtype`` sets alignsuite's
+(``float32``; ``bfloat16``, wholly, whose first loss is then not exactly ln 2).
 
 What it does:
 1. Builds a tiny Llama from a ``LlamaConfig`` (random init, seeded) and a word-level tokenizer over a
@@ -122,8 +123,8 @@ def run_alignsuite(cfg: dict) -> dict:
     if cfg["precompute_ref"]:
         reference = Precomputed()
     elif not cfg["lora"]:
-        # float32 weights do TRL's work under bf16 autocast; alignsuite's own default there is bfloat16
-        reference = FrozenCopy(dtype=cfg["ref_dtype"])
+        # None: alignsuite's default (under bf16 autocast its linear weights in bfloat16)
+        reference = FrozenCopy(dtype=None if cfg["ref_dtype"] == "default" else cfg["ref_dtype"])
     lr = cfg["lr"]
     module = PreferenceModule(
         backbone=CausalLM(
@@ -412,9 +413,10 @@ def parse_args(argv=None):
     p.add_argument("--lm-head-chunk", type=int, default=None, help="alignsuite's lm_head_chunk (tokens per chunk)")
     p.add_argument("--alignsuite-attn", default=None,
                    help="alignsuite's attn_implementation (default: the model's, SDPA; flex_attention trains on a GPU only)")
-    p.add_argument("--alignsuite-ref-dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="weights of alignsuite's frozen-copy reference; float32 is TRL's (bfloat16 is alignsuite's"
-                        " default under bf16 precision, and gives a first loss other than ln 2)")
+    p.add_argument("--alignsuite-ref-dtype", choices=["default", "float32", "autocast", "bfloat16"], default="default",
+                   help="weights of alignsuite's frozen-copy reference: its default (float32 here, `autocast` under"
+                        " --bf16: linear weights in bfloat16), float32 (TRL's), or wholly bfloat16 (its first loss is"
+                        " then not ln 2)")
     p.add_argument("--precompute-ref", action="store_true",
                    help="both score the reference once before training (TRL precompute_ref_log_probs, alignsuite"
                         " Precomputed)")

@@ -61,7 +61,8 @@ def lm_module(model_dir, reference):
                             optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), warmup_ratio=0.0)
 
 
-def test_frozen_copy_is_bfloat16_under_bf16_mixed_and_the_policy_trains_in_float32(tmp_path, tiny_lm_dir):
+def test_frozen_copy_under_bf16_mixed_stores_autocasts_weights_in_bfloat16_and_the_policy_trains_in_float32(
+        tmp_path, tiny_lm_dir):
     import lightning as L
 
     from alignsuite.toy.data import ToyPreferenceData
@@ -70,9 +71,57 @@ def test_frozen_copy_is_bfloat16_under_bf16_mixed_and_the_policy_trains_in_float
     L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, logger=False, enable_progress_bar=False,
               enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
               default_root_dir=str(tmp_path)).fit(module, ToyPreferenceData(num_train=8, num_val=4, batch_size=4))
-    assert {p.dtype for p in module.reference.model.parameters()} == {torch.bfloat16}
+    model = module.reference.model
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}  # a tied LM head is listed as the embedding
+    linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and f"{n}.weight" in dtypes}
+    assert len(linear) > 4 and all(dtypes[f"{n}.weight"] == torch.bfloat16 for n in linear)
+    others = [n for n in dtypes if n.rsplit(".", 1)[0] not in linear]
+    assert any("embed" in n for n in others) and any("norm" in n for n in others)  # the tiny Llama's
+    assert all(dtypes[n] == torch.float32 for n in others)
     trainable = [p for p in module.backbone.policy.parameters() if p.requires_grad]
     assert trainable and {p.dtype for p in trainable} == {torch.float32}
+
+
+def test_autocast_reference_scores_a_float32_copys_scores_bit_for_bit(tiny_lm_dir):
+    """Under bf16 autocast, the default reference (linear weights stored in bfloat16) computes exactly what a
+    float32 copy computes, and what the unchanged policy computes: a DPO loss of ln 2 at the first step. A
+    reference wholly in bfloat16 does not."""
+    from alignsuite.backbones import CausalLM
+    from alignsuite.backbones.base import shared_prompts
+
+    backbone = CausalLM(tiny_lm_dir, max_length=48, max_prompt_length=24)
+    backbone.configure()
+    prepared = backbone.prepare(shared_prompts(["echo a", "echo b c d e"], ["A B C", "B"], ["a", "c d e f"]))
+    scores = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores["policy"] = backbone.score(prepared).score.float()
+        for dtype in ("float32", "autocast", "bfloat16"):
+            reference = FrozenCopy(dtype=dtype)
+            reference.build(backbone)
+            scores[dtype] = reference.score(backbone, prepared, {}).float()
+    assert torch.equal(scores["autocast"], scores["float32"]) and torch.equal(scores["autocast"], scores["policy"])
+    assert not torch.equal(scores["bfloat16"], scores["float32"])
+
+
+def test_bf16_true_reference_is_wholly_bfloat16(tiny_lm_dir):
+    import lightning as L
+
+    module = lm_module(tiny_lm_dir, FrozenCopy())
+    module.trainer = L.Trainer(accelerator="cpu", precision="bf16-true", logger=False, enable_progress_bar=False)
+    module.configure_model()
+    assert {p.dtype for p in module.reference.model.parameters()} == {torch.bfloat16}
+
+
+def test_store_for_autocast_keeps_a_tied_head_with_its_embedding():
+    from alignsuite.precision import store_for_autocast
+
+    embed, head, norm = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False), torch.nn.LayerNorm(4)
+    head.weight = embed.weight  # tied, as many LMs' heads
+    conv = torch.nn.Conv1d(4, 4, 1)
+    model = torch.nn.ModuleList([embed, head, norm, conv])
+    assert store_for_autocast(model) == 2  # the convolution's weight and bias
+    assert embed.weight.dtype == head.weight.dtype == torch.float32 and norm.weight.dtype == torch.float32
+    assert conv.weight.dtype == conv.bias.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize(("make", "expected"), [
