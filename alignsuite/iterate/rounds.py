@@ -52,23 +52,28 @@ def generate_round(backbone, items: list[dict], settings: Iterate, index: int, f
     if not done:
         return
     base = settings.seed + ROUND_SEED * index
+    per_call = settings.draws_per_call
+    size = settings.batch_size * per_call  # rows of one generate call
     for k, start, end in done:
         began = time.perf_counter()
         chunk = items[start:end]
         rows = []
-        for j in range(settings.num_samples):
-            # seed_step "offset": the chunk starting at prompt s of this shard draws from seed + s, so the
-            # seed of every chunk is the same whichever shard the run resumed at.
-            seed = base + SAMPLE_SEED * j + start
-            outputs = generate_chunked(generate, chunk, settings.batch_size, seed,
-                                       backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
-            rewrites = rewrite_outputs(backbone, chunk, settings, seed, os.path.join(folder, "samples"),
-                                       [f"{start + i:06d}_{j}" for i in range(len(chunk))], generate)
-            for i, output in enumerate(outputs):
-                drawn = chunk_seed(seed, i // settings.batch_size, i - i % settings.batch_size, "offset")
-                kind, value = encode_output(output, os.path.join(folder, "samples"), f"{start + i:06d}_{j}")
-                rows.append({"prompt_index": start + i, "sample": j, "seed": drawn, "kind": kind, "output": value,
-                             **({"rewrites": rewrites[i]} if rewrites else {})})
+        for g, first in enumerate(range(0, settings.num_samples, per_call)):
+            draws = min(per_call, settings.num_samples - first)  # samples first .. first + draws - 1 of each prompt
+            repeated = [row for row in chunk for _ in range(draws)]
+            # seed_step "offset": the call starting at row s of this shard draws from seed + s, so the seed of
+            # every call is the same whichever shard the run resumed at.
+            seed = base + SAMPLE_SEED * g + per_call * start
+            outputs = generate_chunked(generate, repeated, size, seed, backbone.generation_columns,
+                                       settings.generation_kwargs, seed_step="offset")
+            names = [f"{start + r // draws:06d}_{first + r % draws}" for r in range(len(repeated))]
+            rewrites = rewrite_outputs(backbone, repeated, settings, seed, os.path.join(folder, "samples"), names,
+                                       generate, size)
+            for r, output in enumerate(outputs):
+                drawn = chunk_seed(seed, r // size, r - r % size, "offset")
+                kind, value = encode_output(output, os.path.join(folder, "samples"), names[r])
+                rows.append({"prompt_index": start + r // draws, "sample": first + r % draws, "seed": drawn,
+                             "kind": kind, "output": value, **({"rewrites": rewrites[r]} if rewrites else {})})
         rows.sort(key=lambda r: (r["prompt_index"], r["sample"]))
         write_rows(os.path.join(folder, "samples", shard_name(k)), rows)
         times["generate"] += time.perf_counter() - began
@@ -78,16 +83,16 @@ def generate_round(backbone, items: list[dict], settings: Iterate, index: int, f
 
 
 def rewrite_outputs(backbone, rows: list[dict], settings: Iterate, seed: int, folder: str,
-                    names: list[str], generate=None) -> list[dict]:
+                    names: list[str], generate=None, batch_size: int | None = None) -> list[dict]:
     """The outputs of the rewrites the judge declares (:attr:`alignsuite.judging.Scorer.rewrites`: the same
-    prompts generated again with a column replaced), drawn with the seeds of the samples they go with and
-    stored as the outputs are: ``[{name: {"kind", "output"}}]`` per row, or ``[]`` when the judge declares none.
-    Kept in the shard files, so that a resumed round judges the same."""
+    prompts generated again with a column replaced), drawn in calls of the samples' ``batch_size`` rows with their
+    seeds and stored as the outputs are: ``[{name: {"kind", "output"}}]`` per row, or ``[]`` when the judge
+    declares none. Kept in the shard files, so that a resumed round judges the same."""
     declared = dict(getattr(settings.judge, "rewrites", None) or {})
     if not declared:
         return []
-    moved = generate_rewrites(generate or backbone.generate, rows, declared, settings.batch_size, seed, backbone.generation_columns,
-                              settings.generation_kwargs, seed_step="offset")
+    moved = generate_rewrites(generate or backbone.generate, rows, declared, batch_size or settings.batch_size, seed,
+                              backbone.generation_columns, settings.generation_kwargs, seed_step="offset")
     out = []
     for name, row in zip(names, moved):
         kept = {}

@@ -51,6 +51,12 @@ class Iterate:
         shard_size: prompts generated (and judged) per file: an interrupted round resumes at the first shard
             that was not written.
         batch_size: prompts generated at once.
+        draws_per_call: how many of a prompt's ``num_samples`` one ``generate`` call draws: each call holds
+            ``batch_size`` prompts, each repeated this many times (``num_return_sequences`` in ``transformers``'
+            terms), in that many times the memory. 1 (the default) draws one sample per prompt per call, with the
+            seeds above; with ``d`` > 1 the samples ``g d .. (g + 1) d - 1`` of a prompt are drawn together, in the
+            chunk seeded ``seed + 7_919 * r + 1_000_003 * g + d * (the chunk's first prompt)``. Fewer, larger calls
+            make more samples per second (``benchmarks/bench_generation.py``) and different ones.
         heldout: prompts to report each round on (a file, ``toy:<world>``); None: none reported.
         num_heldout: how many of them.
         heldout_seed: the seed of the held-out generations (one seed for every round, so rounds compare).
@@ -83,6 +89,7 @@ class Iterate:
         seed: int = 0,
         shard_size: int = 64,
         batch_size: int = 16,
+        draws_per_call: int = 1,
         heldout: str | None = None,
         num_heldout: int = 64,
         heldout_seed: int = 1234,
@@ -96,6 +103,8 @@ class Iterate:
             (num_samples >= 2, "iterate.num_samples", f"at least 2 to compare samples, got {num_samples}"),
             (shard_size >= 1, "iterate.shard_size", f"at least 1, got {shard_size}"),
             (batch_size >= 1, "iterate.batch_size", f"at least 1, got {batch_size}"),
+            (1 <= draws_per_call <= num_samples, "iterate.draws_per_call",
+             f"from 1 to iterate.num_samples ({num_samples}), got {draws_per_call}"),
             (num_heldout >= 1, "iterate.num_heldout", f"at least 1, got {num_heldout}"),
             (prompts_per_round is None or prompts_per_round >= 1, "iterate.prompts_per_round",
              f"at least 1 or null, got {prompts_per_round}"),
@@ -126,7 +135,7 @@ class Iterate:
         self.num_prompts, self.prompts_per_round, self.num_samples = num_prompts, prompts_per_round, num_samples
         self.score, self.build, self.reference = score or given[0], build, reference
         self.generation_kwargs = dict(generation_kwargs or {})
-        self.seed, self.shard_size, self.batch_size = seed, shard_size, batch_size
+        self.seed, self.shard_size, self.batch_size, self.draws_per_call = seed, shard_size, batch_size, draws_per_call
         self.heldout, self.num_heldout, self.heldout_seed = heldout, num_heldout, heldout_seed
         self.output_dir, self.extragradient = output_dir, extragradient
         self.engine = engine or GenerationEngine()
