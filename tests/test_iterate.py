@@ -84,7 +84,10 @@ def test_a_run_keeps_every_rounds_samples_judgements_pairs_checkpoint_and_report
         assert all(p["score_chosen"] > p["score_rejected"] for p in pairs)
         assert os.path.exists(loop.round_checkpoint(folder))
         summary = summaries[index]
-        assert set(summary["seconds"]) >= {"generate", "judge", "build", "fit", "heldout"}
+        seconds = summary["seconds"]
+        assert set(seconds) >= {"generate", "judge", "build", "fit", "train", "load", "heldout", "round"}
+        assert seconds["train"] <= seconds["fit"] and seconds["generate"] + seconds["fit"] <= seconds["round"]
+        assert 0 <= summary["loop_overhead"] < 1
         assert 0 <= summary["heldout"]["win_rate"] <= 1
         low, high = summary["heldout"]["win_interval"]
         assert low <= summary["heldout"]["win_rate"] <= high
@@ -248,6 +251,15 @@ def test_reference_both_needs_the_extra_reference_previous(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(small(tmp_path / "run", "--iterate.reference", "both"))
     assert "model.extra_references.previous" in capsys.readouterr().err
+
+
+def test_the_loops_overhead_is_the_round_less_generation_training_and_the_heldout_report():
+    from alignsuite.iterate.report import loop_overhead
+
+    seconds = {"generate": 6.0, "judge": 0.5, "build": 0.25, "load": 0.25, "fit": 2.5, "train": 2.0, "heldout": 1.0,
+               "round": 10.0}
+    assert loop_overhead(seconds) == pytest.approx((10.0 - 6.0 - 2.0 - 1.0) / 10.0)
+    assert loop_overhead({"heldout": 1.0, "round": 1.0}) is None  # round 0 fits nothing
 
 
 def test_round_summary_win_rate_against_round_0_counts_ties_half():

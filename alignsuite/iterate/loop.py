@@ -15,6 +15,7 @@ import time
 from collections import Counter
 
 from lightning.fabric.utilities.seed import seed_everything
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.iterate.files import read_json, round_dir, write_json
@@ -88,7 +89,21 @@ def carry_columns(data, settings: Iterate) -> None:
         init["number_fields"] = fields
 
 
-def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | None) -> None:
+class TrainClock(Callback):
+    """Adds the seconds from the training loop's start to its end (``train``) to a round's times: the rest of the
+    fit is setting it up and loading its weights."""
+
+    def __init__(self, times: Counter) -> None:
+        self.times, self.began = times, 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.began = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.times["train"] += time.perf_counter() - self.began
+
+
+def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | None, times: Counter) -> None:
     """The recipe's fit on the round's rows, in ``<round>/fit``; resumed from its own checkpoint if one exists."""
     section = cli.config[cli.subcommand]
     data = section["data"]["init_args"]
@@ -99,7 +114,7 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
     seed_everything(settings.seed + index, verbose=False)
     cli.instantiate_classes()
     trainer = cli.trainer
-    trainer.callbacks.append(RoundStart(previous, settings.reference, settings.carry_optimizer))
+    trainer.callbacks += [RoundStart(previous, settings.reference, settings.carry_optimizer), TrainClock(times)]
     last = round_checkpoint(folder)
     trainer.fit(cli.model, cli.datamodule, ckpt_path=last if os.path.exists(last) else None)
     if not os.path.exists(last):
@@ -142,11 +157,12 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
         generate_from, start_from = (None if r is None else round_checkpoint(round_dir(settings.output_dir, r))
                                      for r in settings.sources(index))
         times: Counter = Counter()
+        round_began = time.perf_counter()
         summary: dict = {"round": index}
         if index > 0:
             prompts = round_prompts(items, settings, index)
             if unwritten(prompts, settings, folder, "judged", procs.mine):
-                generator, generate = policies.get(generate_from, folder)
+                generator, generate = policies.get(generate_from, folder, times)
                 generate_round(generator, prompts, settings, index, folder, times, procs.mine, generate, written)
                 judge_round(generator, prompts, settings, folder, times, procs.mine, written)
             policies.drop()  # no second copy of the policy beside the fit
@@ -154,17 +170,18 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
             signals.check(procs, f"in round {index} after judging its samples")
             summary.update(procs.from_first(build, prompts, settings, index, folder, times))
             began = time.perf_counter()
-            fit_round(cli, settings, index, folder, start_from)
+            fit_round(cli, settings, index, folder, start_from, times)
             if settings.extragradient:
                 summary["step"] = "extrapolation" if index % 2 else "update"
             times["fit"] += time.perf_counter() - began
         if heldout is not None and procs.first:
-            began = time.perf_counter()
             # kept for the next round's generation, which starts from this round's checkpoint
-            policy, generate = policies.get(round_checkpoint(folder) if index > 0 else None, folder)
+            policy, generate = policies.get(round_checkpoint(folder) if index > 0 else None, folder, times)
+            began = time.perf_counter()
             summary["heldout"] = heldout_round(policy, heldout, settings, folder,
                                                round_dir(settings.output_dir, 0) if index > 0 else None, generate)
             times["heldout"] += time.perf_counter() - began
+        times["round"] = time.perf_counter() - round_began
         summaries.append(procs.from_first(finish_round, summary, times, summaries[0] if summaries else None, done))
         rank_zero_info(f"round {index} done: {summaries[-1].get('line', '')}")
         signals.check(procs, f"after round {index}")
@@ -199,12 +216,16 @@ class Policies:
         self.checkpoint: str | None = None
         self.policy = self.generate = None
 
-    def get(self, checkpoint: str | None, folder: str):
-        """``(policy, generate)`` at ``checkpoint``; the engine's files (if any) go in ``folder``."""
+    def get(self, checkpoint: str | None, folder: str, times: Counter | None = None):
+        """``(policy, generate)`` at ``checkpoint``; the engine's files (if any) go in ``folder``; the seconds spent
+        building them are added to ``times["load"]``."""
         if self.policy is None or self.checkpoint != checkpoint:
             self.drop()
+            began = time.perf_counter()
             self.policy, self.checkpoint = policy_backbone(self.unbuilt, checkpoint, self.device), checkpoint
             self.generate = self.settings.engine.start(self.policy, folder)
+            if times is not None:
+                times["load"] += time.perf_counter() - began
         attach(self.settings.judge, self.policy)
         return self.policy, self.generate
 

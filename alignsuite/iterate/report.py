@@ -16,6 +16,16 @@ from alignsuite.iterate.files import write_atomic, write_json
 PHASES = ("generate", "judge", "build", "fit", "heldout")
 
 
+def loop_overhead(seconds: dict) -> float | None:
+    """The share of a round's seconds that is the loop's own work: the round less its generation, its training
+    loop and its held-out report, i.e. judging, building rows, loading policies, setting fits up and whatever
+    no phase accounts for. None for a round without a fit (round 0) or without its total."""
+    if not seconds.get("round") or "train" not in seconds:
+        return None
+    own = seconds["round"] - seconds.get("generate", 0.0) - seconds["train"] - seconds.get("heldout", 0.0)
+    return max(own, 0.0) / seconds["round"]
+
+
 def round_summary(summary: dict, first: dict | None) -> dict:
     """``summary`` with the held-out statistics: mean, standard deviation and win rate against round 0 (ties
     count one half; 95% bootstrap interval over the prompts both rounds scored)."""
@@ -38,6 +48,10 @@ def round_summary(summary: dict, first: dict | None) -> dict:
         parts.append(f"held-out {held['mean']:.3f} ± {held['std']:.3f}")
     if held and "win_rate" in held:
         parts.append(f"win rate vs round 0 {held['win_rate']:.3f} [{held['win_interval'][0]:.3f}, {held['win_interval'][1]:.3f}]")
+    overhead = loop_overhead(summary.get("seconds", {}))
+    if overhead is not None:
+        summary["loop_overhead"] = overhead
+        parts.append(f"loop overhead {100 * overhead:.1f}% of {summary['seconds']['round']:.1f} s")
     summary["line"] = "; ".join(parts)
     return summary
 
@@ -45,7 +59,7 @@ def round_summary(summary: dict, first: dict | None) -> dict:
 def table(summaries: list[dict]) -> str:
     """The rounds as a text table, one line per round."""
     head = "  ".join([f"{'round':>5}", f"{'rows':>6}", f"{'held-out mean':>13}", f"{'std':>6}", f"{'win vs 0':>9}",
-                      f"{'interval':>15}", *(f"{p + ' s':>10}" for p in PHASES)])
+                      f"{'interval':>15}", *(f"{p + ' s':>10}" for p in PHASES), f"{'overhead':>9}"])
     lines = [head]
     for s in summaries:
         held = s.get("heldout") or {}
@@ -55,6 +69,8 @@ def table(summaries: list[dict]) -> str:
                  _num(held.get("std"), 6), _num(win, 9),
                  f"{'' if interval is None else f'[{interval[0]:.2f}, {interval[1]:.2f}]':>15}"]
         cells += [_num(s.get("seconds", {}).get(p), 10, 1) for p in PHASES]
+        overhead = s.get("loop_overhead")
+        cells.append(" " * 9 if overhead is None else f"{100 * overhead:>8.1f}%")
         lines.append("  ".join(cells))
     return "\n".join(lines)
 
