@@ -17,6 +17,7 @@ from alignsuite.callbacks.preference import PreferenceSampler, draw_preference
 from alignsuite.checkpoint_io import read_checkpoint
 from alignsuite.cli import main
 from alignsuite.objectives import get_objective
+from alignsuite.reference import FrozenCopy
 from alignsuite.scores import PairScores
 from alignsuite.toy.llm_case import preference_front
 
@@ -188,11 +189,15 @@ def test_export_loads_back_with_its_adapter(tmp_path):
     assert back.preference_dim == 2 and back.panacea.r == 4 and back.panacea.preference_rank == 2
     back.set_preference([0.3, 0.7])
     assert torch.allclose(batch_scores(back), want, atol=1e-5)
-    # The folder's base weights alone load as the base model.
-    base = CausalLM(str(tmp_path), max_length=32, max_prompt_length=16)
-    base.configure()
-    with back.adapters_disabled():
-        assert torch.allclose(batch_scores(base), batch_scores(back), atol=1e-5)
+    with bb.adapters_disabled(), back.adapters_disabled():  # the folder's base weights are the base model's
+        assert torch.allclose(batch_scores(bb), batch_scores(back), atol=1e-5)
+    # As a plain causal LM (a policy, a reference, evaluate) the folder would silently be its base alone: refused.
+    with pytest.raises(ValueError, match=r"is a Panacea export.*load it with alignsuite.backbones.PanaceaLM"):
+        CausalLM(str(tmp_path), max_length=32, max_prompt_length=16).configure()
+    plain = CausalLM("toy:llm", max_length=32, max_prompt_length=16)
+    plain.configure()
+    with pytest.raises(ValueError, match="is a Panacea export"):  # nor as a plain policy's reference
+        FrozenCopy(str(tmp_path)).build(plain)
     assert back.generate(["echo a b"], preference=[1.0, 0.0], max_new_tokens=4)[0] is not None
     assert back.preference == [1.0, 0.0]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -88,6 +89,7 @@ class CausalLM(Backbone):
     """
 
     joint_views = True  # prepare folds a joint view's prompt into its scored completion
+    reads_preference_adapter = False  # a Panacea export's adapter (PanaceaLM): refused where it would be dropped
     scores_tokens = True  # per-token scores for token-level objectives (score_tokens)
 
     def __init__(
@@ -128,9 +130,7 @@ class CausalLM(Backbone):
         self.disable_dropout = disable_dropout
         self.trust_remote_code = trust_remote_code
         self.chat_template = chat_template
-        self.share_prompt = share_prompt
-        self.pack_rows = pack_rows
-        self.lm_head_at_scored_only = lm_head_at_scored_only
+        self.share_prompt, self.pack_rows, self.lm_head_at_scored_only = share_prompt, pack_rows, lm_head_at_scored_only
         self.lm_head_chunk = lm_head_chunk
         self.tokenize_in_loader = tokenize_in_loader
         self._takes_masks = False  # whether the model's attention takes the packed layout's mask; set in configure
@@ -151,7 +151,8 @@ class CausalLM(Backbone):
     def _load_model(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
         path = resolve_model_path(source or self.model_name_or_path)
         return load_pretrained_model(self._auto_model(), path, dtype or self.dtype, self.attn_implementation,
-                                     self.trust_remote_code, self.empty_weights, self.disable_dropout)
+                                     self.trust_remote_code, self.empty_weights, self.disable_dropout,
+                                     self.reads_preference_adapter)
 
     def _load_tokenizer(self):
         path = resolve_model_path(self.tokenizer_name_or_path or self.model_name_or_path)
@@ -178,8 +179,6 @@ class CausalLM(Backbone):
     def configure(self) -> None:
         if self.policy is not None:
             return
-        import inspect
-
         if self.tokenizer is None:  # on_setup may have loaded it already
             self.tokenizer = self._load_tokenizer()
         model = self._load_model()

@@ -67,6 +67,8 @@ class PanaceaLM(CausalLM):
         The others: as `CausalLM`'s.
     """
 
+    reads_preference_adapter = True
+
     def __init__(
         self,
         model_name_or_path: str,

@@ -8,18 +8,25 @@ the recipe's chat template.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
 from torch import nn
 
+from alignsuite.backbones.svd_lora import CONFIG_FILE as PREFERENCE_ADAPTER_FILE
 from alignsuite.backbones.tokenize import read_chat_template
 
 
 def load_pretrained_model(auto_class, path: str, dtype: str, attn_implementation: str | None, trust_remote_code: bool,
-                          empty_weights: bool, disable_dropout: bool) -> nn.Module:
+                          empty_weights: bool, disable_dropout: bool, preference_adapter: bool = False) -> nn.Module:
     """``auto_class.from_pretrained(path)`` (or, with ``empty_weights``, the same model on the meta device),
-    its dropout zeroed when ``disable_dropout``; an error naming ``path`` when nothing loads from it."""
+    its dropout zeroed when ``disable_dropout``; an error naming ``path`` when nothing loads from it, or when it
+    is a preference-conditioned export and the caller does not read its adapter (``preference_adapter``)."""
+    if not preference_adapter and os.path.isfile(os.path.join(path, PREFERENCE_ADAPTER_FILE)):
+        raise ValueError(f"{path} is a Panacea export: a base model with a preference adapter beside it"
+                         f" ({PREFERENCE_ADAPTER_FILE}). Loaded as a plain model, its adapter would be dropped and the"
+                         " base used in its place: load it with alignsuite.backbones.PanaceaLM and choose a preference")
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     kwargs["dtype"] = dtype if dtype == "auto" else getattr(torch, dtype)
     if attn_implementation:
