@@ -18,6 +18,13 @@ from torch import nn
 AUTOCAST_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
 
 
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype ``model``'s inputs should be given in: its parameters' (the first one's), or, for a model whose
+    autocast layers alone were cast (``store_for_autocast``), the dtype the rest of it kept."""
+    kept = getattr(model, "_dtype_outside_autocast", None)
+    return kept if kept is not None else next(model.parameters()).dtype
+
+
 def store_for_autocast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
     """Casts to ``dtype`` the weights and biases of ``model``'s linear and convolution layers, in place, and
     leaves every other tensor as it is; returns how many tensors were cast.
@@ -40,4 +47,7 @@ def store_for_autocast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) ->
                 continue
             param.data = param.data.to(dtype)
             cast += 1
+    others = [p.dtype for p in model.parameters() if p.dtype != dtype and p.is_floating_point()]
+    if others:
+        model._dtype_outside_autocast = others[0]
     return cast

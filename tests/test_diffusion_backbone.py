@@ -345,3 +345,17 @@ def test_flow_matching_core_on_any_shape_and_its_timestep_densities():
     noise = (noisy - (1 - sigma) * x0) / sigma
     torch.testing.assert_close(noise[:2], noise[2:])  # one draw per row, shared by its views
     torch.testing.assert_close(target, noise - x0, atol=1e-5, rtol=1e-5)
+
+
+def test_an_autocast_reference_scores_a_float32_copys_scores_under_autocast(pipeline_dir):
+    """The frozen copy's default under bf16-mixed (its linear and convolution weights stored in bfloat16) computes
+    what a float32 copy computes under autocast, for every pipeline family's denoiser."""
+    b = backbone(pipeline_dir)
+    prepared = b.prepare(shared_prompts(CAPTIONS, images(2), images(2, seed=1)))
+    scores = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for dtype in ("float32", "autocast"):
+            reference = FrozenCopy(dtype=dtype)
+            reference.build(b)
+            scores[dtype] = reference.score(b, prepared, {}).float()
+    torch.testing.assert_close(scores["autocast"], scores["float32"], rtol=0, atol=0)

@@ -32,6 +32,7 @@ from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pipelines import AdaptersOff, cast_to, empty_model
 from alignsuite.backbones.vocoding import Vocoded, is_audio
 from alignsuite.lazy import optional
+from alignsuite.precision import compute_dtype
 from alignsuite.sources import resolve_model_path
 
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ class FlowMatchingTTS(SeededDraws, Vocoded, Backbone):
     # ---------------------------------------------------------------- scoring
     @staticmethod
     def predict(model: nn.Module, noisy: Tensor, cond: dict[str, Tensor], timesteps: Tensor) -> Tensor:
-        dtype = next(model.parameters()).dtype
+        dtype = compute_dtype(model)
         return model(noisy.to(dtype), cond["cond"].to(dtype), cond["text"], timesteps.float(), cond["frame_mask"])
 
     def score(self, prepared: DenoisingBatch, model: nn.Module | None = None) -> SequenceScores:

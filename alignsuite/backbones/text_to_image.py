@@ -32,6 +32,7 @@ from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pipelines import (
     AdaptersOff, cast_to, empty_model, in_own_dtype, load_pipeline, save_pipeline,
 )
+from alignsuite.precision import compute_dtype
 from alignsuite.sources import resolve_model_path
 
 PredictionType = Literal["auto", "epsilon", "v_prediction", "flow_matching"]
@@ -256,7 +257,7 @@ class TextToImage(SeededDraws, Backbone):
         over the latent elements, so what objectives divide by length (an SFT term per scored unit) is the
         score itself; the count of elements averaged is ``denoising_score``'s second value."""
         model = model if model is not None else self.policy
-        dtype = next(model.parameters()).dtype
+        dtype = compute_dtype(model)
         pred = self.family.forward(model, prepared, dtype, self.guidance_scale, self.pipe.vae_scale_factor)
         score, _ = denoising_score(pred, prepared.target, prepared.mask)
         return SequenceScores(score, torch.ones_like(score))
