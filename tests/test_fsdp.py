@@ -62,6 +62,7 @@ class ShardProbe(L.Callback):
             "optimized": sum(local(p).numel() for p in optimized),
             "policy_digest": digest.hexdigest(),
             "built_empty": pl_module.backbone.empty_weights,
+            "reference_dtypes": sorted({str(local(p).dtype) for p in ref.parameters()}),
         })
 
 
@@ -135,6 +136,23 @@ def test_fsdp2_trains_like_one_process(fsdp_run, tiny_lm_dir, tmp_path):
         assert rank["reference_in_optimizer"] == 0
         assert rank["optimized"] == rank["policy_local"]  # the optimizer holds this rank's policy shard only
     assert end[0]["reference_local"] + end[1]["reference_local"] == full
+
+
+@pytest.mark.distributed
+def test_fsdp2_under_bf16_mixed_shards_the_autocast_reference_and_starts_at_ln2(tmp_path, tiny_lm_dir):
+    """The default reference under bf16-mixed holds bfloat16 linear weights beside float32 embeddings and norms;
+    FSDP2 shards it (a frozen model may mix dtypes), the second rank receives it from the first, and the policy
+    equal to it gives a first loss of ln 2 to float error, as on one process."""
+    from test_cli import write_jsonl
+
+    from alignsuite.toy.llm import EchoWorld
+
+    train = write_jsonl(tmp_path / "pairs.jsonl", EchoWorld().make_pairs(24, seed=3))
+    run_fsdp2(fsdp_recipe(tmp_path, tiny_lm_dir, train, max_steps=2), "--trainer.precision", "bf16-mixed")
+    ranks = [probe(tmp_path, r) for r in (0, 1)]
+    first = [rank[0]["loss"] for rank in ranks]
+    assert first[0] == first[1] == pytest.approx(0.693147, abs=1e-6)
+    assert all(rank[-1]["reference_dtypes"] == ["torch.bfloat16", "torch.float32"] for rank in ranks)
 
 
 @pytest.mark.distributed
