@@ -198,6 +198,13 @@ def test_export_loads_back_with_its_adapter(tmp_path):
     plain.configure()
     with pytest.raises(ValueError, match="is a Panacea export"):  # nor as a plain policy's reference
         FrozenCopy(str(tmp_path)).build(plain)
+    # evaluate beside plain models: a plain recipe's backbone reads the export as a Panacea model, adapter and all
+    from alignsuite.evaluation.run import aligned_backbone
+
+    read = aligned_backbone(CausalLM("toy:llm", max_length=32, max_prompt_length=16), str(tmp_path))
+    assert isinstance(read, PanaceaLM) and read.max_length == 32 and read.preference_dim == 2
+    read.set_preference([0.3, 0.7])
+    assert torch.allclose(batch_scores(read), want, atol=1e-5)
     assert back.generate(["echo a b"], preference=[1.0, 0.0], max_new_tokens=4)[0] is not None
     assert back.preference == [1.0, 0.0]
 

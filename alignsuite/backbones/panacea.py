@@ -13,6 +13,7 @@ the base model unmerged and the adapter beside it (``panacea_adapter.safetensors
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 from collections.abc import Sequence
@@ -99,6 +100,14 @@ class PanaceaLM(CausalLM):
     @property
     def has_adapters(self) -> bool:
         return True
+
+    @classmethod
+    def reading(cls, backbone: CausalLM, folder: str) -> PanaceaLM:
+        """A Panacea model with ``backbone``'s settings (a plain causal LM's, its tokenizer, lengths and dtype)
+        loading the export ``folder``: how a recipe without a preference adapter evaluates one that has it."""
+        names = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "model_name_or_path",
+                                                                                    "panacea", "preference")]
+        return cls(folder, **{n: getattr(backbone, n) for n in names})
 
     @property
     def preference_dim(self) -> int:
