@@ -78,6 +78,13 @@ def test_front_summaries_from_stubbed_points():
                                                          point("b", WEIGHTS, 0.8, 0.2, [0.8, 0.2])])
     assert given.summarise([0.0, 0.0], num_resamples=50).hypervolume == pytest.approx(0.8 * 0.2 + 0.2 * 0.7)
     assert given.reference == "given" and given.as_dict()["non_dominated"] == ["a", "b"]
+    assert given.hypervolume_by_sweep == {}  # one sweep: its hypervolume is the front's
+    both = FrontResults("text", [], DIMS, [True, True], [
+        point("w", WEIGHTS, 0.8, 0.2, [0.8, 0.2]), point("v", WEIGHTS, 0.2, 0.9, [0.2, 0.8]),
+        point("p", PREFERENCE, 0.5, 0.5, [0.5, 0.5])]).summarise([0.0, 0.0], num_resamples=20)
+    # together: 0.8 * 0.2 + 0.5 * 0.3 + 0.2 * 0.4; each sweep alone: 0.8 * 0.2 + 0.2 * 0.7, and 0.5 * 0.5
+    assert both.hypervolume == pytest.approx(0.39)
+    assert both.hypervolume_by_sweep == {WEIGHTS: pytest.approx(0.3), PREFERENCE: pytest.approx(0.25)}
 
 
 def test_a_lower_is_better_dimension_is_turned_before_comparing():
@@ -201,16 +208,25 @@ def test_evaluate_a_front_of_two_short_modpo_runs(tmp_path, capsys):
               "--data.init_args.num_train", "48", "--data.init_args.num_val", "8", "--trainer.val_check_interval", "3",
               "--model.objective.init_args.weights", f"[{w}, {other}]", "--checkpoint.dirpath", str(tmp_path / f"ck{w}")])
         runs[w] = (glob.glob(str(tmp_path / f"w{w}" / "version_*" / "export"))[0], [float(w), float(other)])
+    # and one Panacea model, swept at the same vectors beside the MODPO runs (its recipe, a few steps)
+    main(["fit", "--config", os.path.join(REPO, "recipes", "toy", "llm_panacea.yaml"), "--trainer.logger.init_args.save_dir",
+          str(tmp_path), "--trainer.logger.init_args.name", "pan", "--trainer.enable_progress_bar", "false",
+          "--data.init_args.num_train", "48", "--data.init_args.num_val", "8", "--trainer.val_check_interval", "3",
+          "--trainer.callbacks", "[{class_path: alignsuite.callbacks.PreferenceSampler}]",
+          "--checkpoint.dirpath", str(tmp_path / "ckpan")])
+    panacea = glob.glob(str(tmp_path / "pan" / "version_*" / "export"))[0]
     front = ", ".join(f'{{label: "w{w}", aligned: {path}, weights: {vec}}}' for w, (path, vec) in runs.items())
     out = tmp_path / "front"
     capsys.readouterr()
     main(["evaluate", "--config", recipe, "--config", os.path.join(REPO, "configs", "eval", "toy_llm_case_front.yaml"),
           "--evaluate.front", f"[{front}]", "--evaluate.comparisons", "[]", "--evaluate.reference_point", "null",
+          "--evaluate.aligned", panacea, "--evaluate.preferences", "[[0.8, 0.2], [0.2, 0.8]]",
           "--evaluate.num_prompts", "16", "--evaluate.output_dir", str(out),
           "--evaluate.num_resamples", "200"])
     printed = capsys.readouterr().out
     written = json.loads((out / "results.json").read_text())["front"]
-    assert [p["label"] for p in written["points"]] == ["base", "w0.8", "w0.2"]
+    assert [p["label"] for p in written["points"]] == ["base", "pref (0.8, 0.2)", "pref (0.2, 0.8)", "w0.8", "w0.2"]
+    assert set(written["hypervolume_by_sweep"]) == {"weights", "preference"}
     assert written["dimensions"] == DIMS and written["reference"] == "base"
     for p in written["points"]:
         for d in DIMS:

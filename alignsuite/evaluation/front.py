@@ -153,6 +153,7 @@ class FrontResults:
     reference_point: list[float] | None = None
     reference: str = BASE
     hypervolume: float | None = None
+    hypervolume_by_sweep: dict[str, float] = field(default_factory=dict)  # each sweep's alone, when there are two
     monotonicity: dict[str, list[dict]] = field(default_factory=dict)
     details: dict = field(default_factory=dict)
 
@@ -180,10 +181,13 @@ class FrontResults:
         else:
             self.reference_point, self.reference = [float(x) for x in reference_point], "given"
         self.hypervolume = hypervolume(means, self.oriented(self.reference_point))
-        for kind in SWEPT:
-            sweep = [p for p in swept if p.kind == kind]
+        sweeps = {kind: [p for p in swept if p.kind == kind] for kind in SWEPT}
+        for kind, sweep in sweeps.items():
             if len(sweep) >= 2:
                 self.monotonicity[kind] = monotonicity(sweep, self.dimensions)
+            if sweep and len(sweep) < len(swept):  # several models' fronts side by side: each one's own
+                self.hypervolume_by_sweep[kind] = hypervolume(
+                    [self.oriented(p.mean_vector(self.dimensions)) for p in sweep], self.oriented(self.reference_point))
         return self
 
     def as_dict(self) -> dict:
@@ -192,6 +196,7 @@ class FrontResults:
         return {
             "dimensions": self.dimensions, "higher_is_better": self.higher_is_better,
             "reference_point": self.reference_point, "reference": self.reference, "hypervolume": self.hypervolume,
+            "hypervolume_by_sweep": self.hypervolume_by_sweep,
             "non_dominated": [p.label for p in self.swept() if p.non_dominated], "monotonicity": self.monotonicity,
             "points": [{"label": p.label, "kind": p.kind, "vector": p.vector, "source": p.source, "means": p.means,
                         "ci_low": p.ci_low, "ci_high": p.ci_high, "non_dominated": p.non_dominated,
@@ -212,6 +217,7 @@ def summary_lines(results: FrontResults) -> list[str]:
     lines = [f"hypervolume {results.hypervolume:.4f} of the swept points' means against the reference point"
              f" ({ref}), {whence}" + (": no swept point is beyond it on every dimension at once"
                                       if results.hypervolume == 0 else ""),
+             *(f"hypervolume of the {kind} sweep alone {value:.4f}" for kind, value in results.hypervolume_by_sweep.items()),
              "non-dominated: " + (", ".join(p.label for p in results.swept() if p.non_dominated) or "none")]
     for kind, checks in results.monotonicity.items():
         for c in checks:

@@ -52,7 +52,9 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
                     linewidth=1.2, alpha=0.7, label="front (non-dominated)", zorder=1)
     ax.plot([ref[x]], [ref[y]], "+", color="#c62828", markersize=12, mew=2,
             label="reference point" + (" (base)" if results.reference == BASE else ""), zorder=2)
-    drawn = set()
+    drawn, placed = set(), []
+    shown = [p for p in results.points if p.means.get(dx) is not None and p.means.get(dy) is not None]
+    span = [max(1e-9, max(v) - min(v)) for v in ([p.means[dx] for p in shown] or [1.0], [p.means[dy] for p in shown] or [1.0])]
     for p in results.points:
         if p.means.get(dx) is None or p.means.get(dy) is None:
             continue
@@ -63,8 +65,11 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
                     fmt=marker, color=colour, markersize=8, capsize=3, elinewidth=1,
                     label=None if p.kind in drawn else legend, zorder=3)
         drawn.add(p.kind)
-        ax.annotate(p.label, (p.means[dx], p.means[dy]), xytext=(8, 8), textcoords="offset points", fontsize=9,
-                    color=colour)
+        # a label near an earlier point's (two models at the same place) goes one line lower
+        near = sum(abs(p.means[dx] - a) < 0.03 * span[0] and abs(p.means[dy] - b) < 0.03 * span[1] for a, b in placed)
+        placed.append((p.means[dx], p.means[dy]))
+        ax.annotate(p.label, (p.means[dx], p.means[dy]), xytext=(8, 8 - 12 * near), textcoords="offset points",
+                    fontsize=9, color=colour)
     arrow = {True: "", False: " (lower is better)"}
     ax.set_xlabel(dx + arrow[results.higher_is_better[x]], fontsize=10)
     ax.set_ylabel(dy + arrow[results.higher_is_better[y]], fontsize=10)
