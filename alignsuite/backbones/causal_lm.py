@@ -164,7 +164,7 @@ class CausalLM(Backbone):
     def check_same_tokenizer(self, source: str, option: str) -> None:
         """Same vocabulary as the policy's (only the tokenizers: an embedding table may be padded to another size)."""
         mine = self.tokenizer if self.tokenizer is not None else self._load_tokenizer()
-        check_same_vocabulary(mine, source, resolve_model_path(source), option, self.trust_remote_code)
+        check_same_vocabulary(mine, source, option, self.trust_remote_code)
 
     def configure(self) -> None:
         if self.policy is not None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from alignsuite.backbones.tokenize import read_chat_template
+from alignsuite.sources import resolve_model_path
 
 
 def load_pretrained_model(auto_class, path: str, dtype: str, attn_implementation: str | None, trust_remote_code: bool,
@@ -81,11 +82,11 @@ def load_tokenizer(path: str, trust_remote_code: bool, chat_template: str | None
     return tok
 
 
-def check_same_vocabulary(mine, source: str, path: str, option: str, trust_remote_code: bool) -> None:
-    """The tokenizer at ``path`` (``source`` as the user gave it) has ``mine``'s vocabulary, else an error naming
-    ``option``: another model's log-probs would not line up with this one's token by token."""
+def check_same_vocabulary(mine, source: str, option: str, trust_remote_code: bool) -> None:
+    """The tokenizer of model ``source`` has ``mine``'s vocabulary, else an error naming ``option``: another
+    model's log-probs would not line up with this one's token by token."""
     try:
-        other = load_tokenizer(path, trust_remote_code, None)
+        other = load_tokenizer(resolve_model_path(source), trust_remote_code, None)
     except FileNotFoundError as e:  # the command line reports it as the user's error
         raise FileNotFoundError(f"{option}: {e}") from e
     except (OSError, ValueError) as e:

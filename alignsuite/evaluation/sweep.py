@@ -104,6 +104,9 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
     modality = backbone.modality
     if not evaluation.scorers:
         raise EvaluationError("evaluate.scorers: give at least one scorer judging the front's dimensions")
+    if evaluation.guide is not None:
+        raise EvaluationError("evaluate.guide: a front sweeps models, not a decoding-time guide; evaluate the guide"
+                              " against the base without evaluate.front / evaluate.preferences")
     for scorer in evaluation.scorers:
         if getattr(scorer, "needs_pairs", False):
             raise EvaluationError(f"evaluate.scorers: {scorer.name!r} scores held-out pairs, not generations; a"
