@@ -206,3 +206,34 @@ def test_evaluate_and_predict_reach_the_guide(base, reward_model, tmp_path):
                                                           "init_args": {"reward_model": reward_model}})])
     rows = [json.loads(line) for line in open(next(tmp_path.glob("toy_llm_dpo/version_*/predictions.jsonl")))]
     assert [r["generation"] for r in rows] == base.generate([r["prompt"] for r in rows], guide=PAD(reward_model))
+
+
+def test_a_front_of_guide_weights_on_the_two_rule_world(reward_model, tmp_path):
+    """``evaluate.guide_weights``: the base guided at each weight is a point of the (caps, lower) front; a capitals
+    reward model moves it from the base towards the capitals corner as w grows."""
+    from alignsuite.cli import main
+
+    out = tmp_path / "front"
+    main(["evaluate", "--config", "recipes/toy/llm_modpo.yaml", "--config", "configs/eval/toy_llm_case_pad.yaml",
+          "--evaluate.guide.init_args.reward_model", reward_model, "--evaluate.num_prompts", "64",
+          "--evaluate.guide_weights", "[0.2, 0.8]", "--evaluate.output_dir", str(out), "--evaluate.report", "false"])
+    points = {p["label"]: p for p in json.loads((out / "results.json").read_text())["front"]["points"]}
+    assert list(points) == ["base", "guide w=0.2", "guide w=0.8"]
+    assert points["guide w=0.2"]["kind"] == "guided" and points["guide w=0.2"]["source"] == reward_model
+    caps = [points[k]["means"]["reward_caps"] for k in points]
+    lower = [points[k]["means"]["reward_lower"] for k in points]
+    assert caps[0] < caps[1] < caps[2] and lower[0] > lower[1] > lower[2], (caps, lower)
+
+
+def test_bad_guide_settings_for_evaluate(tmp_path, capsys):
+    from alignsuite.cli import main
+
+    base = ["evaluate", "--config", "recipes/toy/llm_modpo.yaml", "--config", "configs/eval/toy_llm_case_pad.yaml",
+            "--evaluate.output_dir", str(tmp_path)]
+    for args, message in (
+        (["--evaluate.guide.init_args.reward_model", str(tmp_path / "none")], "evaluate.guide.reward_model: model path"),
+        (["--evaluate.guide", "null"], "evaluate.guide_weights sweeps a decoding-time guide's weight: give evaluate.guide"),
+    ):
+        with pytest.raises(SystemExit) as e:  # the command line: the message alone (status 2 for a missing path)
+            main([*base, *args])
+        assert e.value.code in (1, 2) and message in capsys.readouterr().err, args

@@ -18,8 +18,8 @@ import numpy as np
 from alignsuite.evaluation.winrate import bootstrap_interval
 
 # What a point is: the front's own points are the swept ones; base and comparisons are drawn beside them.
-BASE, COMPARISON, WEIGHTS, PREFERENCE = "base", "comparison", "weights", "preference"
-SWEPT = (WEIGHTS, PREFERENCE)
+BASE, COMPARISON, WEIGHTS, PREFERENCE, GUIDED = "base", "comparison", "weights", "preference", "guided"
+SWEPT = (WEIGHTS, PREFERENCE, GUIDED)  # guided: the base model with a decoding-time guide at one weight
 
 
 @dataclass
@@ -224,6 +224,6 @@ def summary_lines(results: FrontResults) -> list[str]:
     return lines
 
 
-__all__ = ["BASE", "COMPARISON", "PREFERENCE", "SWEPT", "WEIGHTS", "FrontPoint", "FrontResults", "check_preference",
+__all__ = ["BASE", "COMPARISON", "GUIDED", "PREFERENCE", "SWEPT", "WEIGHTS", "FrontPoint", "FrontResults", "check_preference",
            "dominates", "hypervolume", "interval", "monotonicity", "non_dominated", "simplex_grid",
            "summary_lines"]

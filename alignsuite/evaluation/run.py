@@ -74,7 +74,10 @@ class Evaluation:
             null.
         guide: a decoding-time guide (`alignsuite.backbones.PAD`) the aligned side generates with; without
             ``aligned`` that side is the base model itself, guided: the guide against the unguided base (written to
-            ``<reward model's run>/eval/guided`` when ``output_dir`` is null).
+            ``<reward model's run>/eval/guided`` when ``output_dir`` is null). With ``preferences`` and
+            ``preference_prompt``, each vector's condition becomes the guide's preference (the reward model's
+            prompt) and the guided base is a front's point per vector.
+        guide_weights: a front of the base guided at each of these weights (``guide``'s ``weight`` swept).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class Evaluation:
         reference_point: list[float] | None = None,
         preference_prompt: PromptCondition | None = None,
         guide: PAD | None = None,
+        guide_weights: list[float] | None = None,
     ) -> None:
         if num_prompts is not None and num_prompts < 1:
             raise ValueError(f"evaluate.num_prompts must be at least 1, got {num_prompts}")
@@ -115,13 +119,13 @@ class Evaluation:
         if isinstance(preference_prompt, dict):
             preference_prompt = PromptCondition(**preference_prompt)
         self.preference_prompt = preference_prompt
-        self.guide = guide
+        self.guide, self.guide_weights = guide, list(guide_weights or [])
 
     @property
     def sweeps(self) -> bool:
         """Whether this evaluates a front (:func:`alignsuite.evaluation.sweep.run_front`) rather than one
         aligned model against the base."""
-        return bool(self.front or self.preferences or self.preference_grid)
+        return bool(self.front or self.preferences or self.preference_grid or self.guide_weights)
 
 
 # ------------------------------------------------------------------------------------------ models
