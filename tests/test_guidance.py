@@ -5,9 +5,10 @@ no training of the base."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
-from functools import partial
+import os
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from alignsuite.guidance import guided_scores
 from alignsuite.toy import get_world
 from alignsuite.toy.llm import EchoWorld
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD = get_world("llm")
 PROMPTS = WORLD.eval_prompts(32, 1234)  # 3 to 5 letters: left padding in every batch
 
@@ -126,39 +128,21 @@ def test_a_reward_model_with_another_vocabulary_is_refused(base, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- the toy world
+def script():
+    """scripts/toy_pad.py: the reward model's training and the guided rewards, as the docs' figures were measured."""
+    spec = importlib.util.spec_from_file_location("toy_pad", os.path.join(REPO, "scripts", "toy_pad.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 WEIGHTS = (0.0, 0.2, 0.4, 0.8)
-
-
-def train_reward_model(path: str, seed: int, steps: int = 32) -> None:
-    """DPO on the echo world's pairs for ``steps`` steps (the llm_dpo recipe's settings): the reward model."""
-    from lightning.pytorch import Trainer, seed_everything
-
-    from alignsuite.module import PreferenceModule
-    from alignsuite.objectives import DPO
-    from alignsuite.toy.data import ToyPreferenceData
-
-    seed_everything(seed)
-    backbone = CausalLM("toy:llm", max_length=32, max_prompt_length=16)
-    module = PreferenceModule(backbone, DPO(beta=0.1), optimizer=partial(torch.optim.AdamW, lr=5e-4, weight_decay=0.0))
-    data = ToyPreferenceData(world="llm", num_train=16 * steps, num_val=16, batch_size=16, seed=seed)
-    Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(module, data)
-    backbone.save_pretrained(path)
-
-
-def guided_rewards(base: CausalLM, reward_model: str, weights=WEIGHTS, num_prompts: int = 128) -> list[float]:
-    prompts = WORLD.eval_prompts(num_prompts, 1234)
-    means = []
-    for w in weights:
-        outputs = base.generate(prompts, max_new_tokens=8, guide=PAD(reward_model, weight=w))
-        means.append(sum(WORLD.reward(p, o) for p, o in zip(prompts, outputs)) / len(prompts))
-    return means
 
 
 @pytest.fixture(scope="module")
 def reward_model(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("dpo_reward_model"))
-    train_reward_model(path, seed=0)
+    script().train_reward_model(path, seed=0)
     return path
 
 
@@ -167,8 +151,7 @@ def test_a_dpo_reward_model_raises_the_toy_reward_monotonically_in_w(base, rewar
     base), 0.78-0.81 at 0.2, 0.93-0.95 at 0.4, 0.96-0.97 at 0.8; the smallest rise between neighbours 0.021 (0.4 to
     0.8). Asserted: each rise above a third of the smallest seen, 0.8 above the base by 0.4."""
     before = [p.detach().clone() for p in base.policy.parameters()]
-    rewards = guided_rewards(base, reward_model)
-    assert rewards[0] == pytest.approx(guided_rewards(base, reward_model, (0.0,))[0])
+    rewards = script().guided_rewards(base, reward_model, WEIGHTS)
     minimum = (0.2, 0.07, 0.007)
     for (a, b), least in zip(zip(rewards, rewards[1:]), minimum):
         assert b - a > least, rewards
@@ -179,8 +162,9 @@ def test_a_dpo_reward_model_raises_the_toy_reward_monotonically_in_w(base, rewar
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_rise_holds_for_reward_models_of_other_seeds(base, tmp_path, seed):
-    train_reward_model(str(tmp_path), seed)
-    rewards = guided_rewards(base, str(tmp_path))
+    toy_pad = script()
+    toy_pad.train_reward_model(str(tmp_path), seed)
+    rewards = toy_pad.guided_rewards(base, str(tmp_path), WEIGHTS)
     assert all(b > a for a, b in zip(rewards, rewards[1:])) and rewards[-1] > rewards[0] + 0.4, rewards
 
 

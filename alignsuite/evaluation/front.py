@@ -19,7 +19,7 @@ from alignsuite.evaluation.winrate import bootstrap_interval
 
 # What a point is: the front's own points are the swept ones; base and comparisons are drawn beside them.
 BASE, COMPARISON, WEIGHTS, PREFERENCE, GUIDED = "base", "comparison", "weights", "preference", "guided"
-SWEPT = (WEIGHTS, PREFERENCE, GUIDED)  # guided: the base model with a decoding-time guide at one weight
+SWEPT = (WEIGHTS, PREFERENCE, GUIDED)  # guided: a model with a decoding-time guide at one weight or preference
 
 
 @dataclass
@@ -181,7 +181,7 @@ class FrontResults:
             self.reference_point, self.reference = [float(x) for x in reference_point], "given"
         self.hypervolume = hypervolume(means, self.oriented(self.reference_point))
         for kind in SWEPT:
-            sweep = [p for p in swept if p.kind == kind]
+            sweep = [p for p in swept if p.kind == kind and p.vector is not None]  # a guide's weight has none
             if len(sweep) >= 2:
                 self.monotonicity[kind] = monotonicity(sweep, self.dimensions)
         return self

@@ -19,7 +19,7 @@ STYLE = {  # kind: (marker, colour, legend)
     COMPARISON: ("D", "#2ca02c", "comparison (one objective)"),
     WEIGHTS: ("o", "#1f77b4", "aligned at a weight vector"),
     PREFERENCE: ("^", "#ff7f0e", "preference-conditioned model"),
-    GUIDED: ("v", "#9467bd", "base guided at decoding time"),
+    GUIDED: ("v", "#9467bd", "guided at decoding time (PAD)"),
 }
 FRONT_NOTE = (
     "Each point is one model at one setting, at its mean per dimension over the prompts; the bars are the means'"

@@ -212,8 +212,9 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
                 asked = conditioned_rows(rows, condition, condition_values(names, vector, condition.fields))
             else:
                 model.set_preference(vector)
-            judged("pref (" + ", ".join(f"{x:g}" for x in vector) + ")", PREFERENCE, model, vector,
-                   evaluation.aligned or guide.reward_model, asked, guided)
+            label = "pref (" + ", ".join(f"{x:g}" for x in vector) + ")"
+            judged(label, GUIDED if guided else PREFERENCE, model, vector, evaluation.aligned or guide.reward_model,
+                   asked, guided)
         del model
     base = base_model()
     judged(BASE, BASE, base, source=getattr(backbone, "model_name_or_path", None))
