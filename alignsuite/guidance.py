@@ -74,7 +74,7 @@ class RewardGuidance(LogitsProcessor):
                  top_k: int, cache: bool = True) -> None:
         self.model, self.ids, self.mask = reward_model, input_ids, attention_mask
         self.prompt_width, self.weight, self.top_k, self.cache = prompt_width, float(weight), int(top_k), cache
-        self._past = None  # the reward model's cache, its attention mask, positions and tokens read so far
+        self._past = None  # the reward model's cache, its attention mask, last positions and the answer read so far
         takes = reward_model is not None and "logits_to_keep" in inspect.signature(reward_model.forward).parameters
         self._keep = {"logits_to_keep": 1} if takes else {}  # the head at the last position only
 
@@ -93,6 +93,8 @@ class RewardGuidance(LogitsProcessor):
     def reward_logits(self, input_ids: Tensor) -> Tensor:
         """The reward model's next-token logits ``[B, V]`` after its prompt and the answer so far."""
         answer = input_ids[:, self.prompt_width:]
+        if self._past is not None and not torch.equal(answer[:, :self._past[3].shape[1]], self._past[3]):
+            self._past = None  # rows reordered (beam search): what the cache holds is not this answer, encode it anew
         if not self.cache or self._past is None:
             ids, mask = self._prompts(input_ids.shape[0], input_ids.device)
             ids = torch.cat([ids, answer], 1)
@@ -103,11 +105,11 @@ class RewardGuidance(LogitsProcessor):
             past = DynamicCache()
         else:
             past, mask, last, read = self._past
-            ids = answer[:, read:]
+            ids = answer[:, read.shape[1]:]
             mask = torch.cat([mask, torch.ones_like(ids, dtype=mask.dtype)], 1)
             positions = last[:, None] + 1 + torch.arange(ids.shape[1], device=ids.device)
         logits = self._forward(ids, mask, positions, past)
-        self._past = (past, mask, positions[:, -1], answer.shape[1])
+        self._past = (past, mask, positions[:, -1], answer)
         return logits
 
     def _forward(self, ids: Tensor, mask: Tensor, positions: Tensor, past) -> Tensor:

@@ -97,6 +97,10 @@ def test_the_reward_models_cache_gives_the_tokens_of_re_encoding_its_prefix(base
         cached = base.generate(PROMPTS, max_new_tokens=8, guide=guide, **kwargs)
         assert cached == base.generate(PROMPTS, max_new_tokens=8, guide=guide.but(cache=False), **kwargs)
         assert cached != base.generate(PROMPTS, max_new_tokens=8, **kwargs)
+    # beam search reorders rows between steps: the cache notices and re-encodes, giving what re-encoding gives
+    beams = {"num_beams": 3, "num_return_sequences": 2, "max_new_tokens": 6}
+    assert base.generate(PROMPTS[:8], guide=guide, **beams) == base.generate(PROMPTS[:8], guide=guide.but(cache=False),
+                                                                            **beams)
     # one prompt at a time (no padding) gives what the batch gives
     assert [base.generate([p], max_new_tokens=8, guide=guide)[0] for p in PROMPTS[:6]] == \
         base.generate(PROMPTS[:6], max_new_tokens=8, guide=guide)
@@ -121,6 +125,8 @@ def test_a_reward_model_with_another_vocabulary_is_refused(base, tmp_path):
         base.generate(PROMPTS[:2], guide=PAD(str(tmp_path)))
     with pytest.raises(FileNotFoundError, match=r"guide\.reward_model"):
         base.generate(PROMPTS[:2], guide=PAD(str(tmp_path / "nothing")))
+    with pytest.raises(ValueError, match=r"guide: VisionLanguage takes no decoding-time guide"):
+        PAD("toy:llm").check(type("VisionLanguage", (), {"guided_generation": False})())
     with pytest.raises(ValueError, match=r"guide\.top_k must be at least 1"):
         PAD("toy:llm", top_k=0)
     with pytest.raises(ValueError, match=r"guide\.weight must be a finite number"):

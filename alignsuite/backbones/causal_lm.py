@@ -91,6 +91,7 @@ class CausalLM(Backbone):
 
     joint_views = True  # prepare folds a joint view's prompt into its scored completion
     scores_tokens = True  # per-token scores for token-level objectives (score_tokens)
+    guided_generation = True  # generate takes a decoding-time guide (backbone.guide, PAD)
 
     def __init__(
         self,
@@ -349,9 +350,8 @@ class CausalLM(Backbone):
     @torch.no_grad()
     def generate(self, prompts: list[Text], model: nn.Module | None = None, seed: int | None = None,
                  max_new_tokens: int = 64, do_sample: bool | None = None, guide: PAD | None = None, **kwargs) -> list[str]:
-        """One completion per prompt from the policy (or ``model``): greedy, or sampled when ``seed`` is given
-        (or ``do_sample``), from a generator seeded with ``seed`` so that the same seed gives the same text;
-        each step guided by ``guide`` (``backbone.guide`` when None)."""
+        """One completion per prompt from the policy (or ``model``): greedy, or sampled when ``seed`` is given (or
+        ``do_sample``) from a generator seeded with it; each step guided by ``guide`` (``backbone.guide`` if None)."""
         enc = self.generation_inputs(prompts)
         guide = guide if guide is not None else self.guide
         if guide is not None:

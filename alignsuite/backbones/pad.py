@@ -76,9 +76,9 @@ class PAD:
         """Refuse a reward model whose tokenizer is not the backbone's (before any weights load)."""
         if id(backbone) in self._checked:
             return
-        if not hasattr(backbone, "check_same_tokenizer"):
-            raise ValueError(f"guide: {type(backbone).__name__} does not generate text token by token; PAD guides a"
-                             " causal language model (alignsuite.backbones.CausalLM)")
+        if not getattr(backbone, "guided_generation", False):
+            raise ValueError(f"guide: {type(backbone).__name__} takes no decoding-time guide; PAD guides a text causal"
+                             " language model (alignsuite.backbones.CausalLM and its text subclasses)")
         backbone.check_same_tokenizer(self.reward_model, "guide.reward_model")
         self._checked.add(id(backbone))
 
