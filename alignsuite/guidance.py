@@ -20,7 +20,7 @@ and the next token is argmax(score) (greedy) or a draw from softmax(score / T). 
 - Temperature: the official "topk" mode samples from softmax(score / T) over V_k, T = 0.7 fixed (its runner never
   passes the configs' ``sample_temp`` on). Here the score is handed to transformers, whose sampling warpers run
   after every logits processor: ``do_sample`` with ``temperature: T`` samples softmax(score / T), and a ``top_k``
-  or ``top_p`` warper, if set, acts on the score too (transformers' default top_k of 50 is wider than V_k here).
+  or ``top_p`` set in the generation settings acts on the score too (a ``top_k`` below k narrows V_k further).
 - Defaults: k = 10 in every released config; the grid-search config sweeps w over 0 ... 1.5, and the task configs
   use 0.6 to 1.5; 0.8 is the notes' (families §2.8) middle value, kept here.
 - The reward model keeps its own key-value cache: its prompt once, then one token a step, as the base model does

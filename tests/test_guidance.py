@@ -227,3 +227,14 @@ def test_bad_guide_settings_for_evaluate(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:  # the command line: the message alone (status 2 for a missing path)
             main([*base, *args])
         assert e.value.code in (1, 2) and message in capsys.readouterr().err, args
+
+
+def test_a_sweeps_copies_share_the_loaded_reward_model_unless_it_changes(base, nudged):
+    guide = PAD(nudged, weight=0.5)
+    base.generate(PROMPTS[:2], max_new_tokens=2, guide=guide)
+    assert guide.but(weight=1.0)._model is guide._model is not None
+    assert guide.but(reward_model="toy:llm")._model is None and guide.but(dtype="bfloat16")._model is None
+    with pytest.raises(ValueError, match=r"guide\.top_k must be at least 1"):
+        guide.but(top_k=0)
+    with pytest.raises(ValueError, match=r"guide: no option \['temperature'\]"):
+        guide.but(temperature=0.7)

@@ -18,6 +18,9 @@ from alignsuite.data.procedures.condition import place_condition
 from alignsuite.guidance import RewardGuidance
 
 
+OPTIONS = ("reward_model", "weight", "top_k", "preference", "place", "cache", "dtype")
+
+
 class PAD:
     """Personalised alignment at decoding time (Chen et al. 2024, OpenReview e7AUJpP8bV): each next token from the
     base model's top ``top_k`` by ``z_v + weight * (log softmax_{V_k}(RM)[v] - log softmax_{V_k}(z)[v])``.
@@ -64,12 +67,15 @@ class PAD:
         return other
 
     def but(self, **changes) -> PAD:
-        """A copy with ``changes`` (``weight``, ``preference`` ...), sharing the loaded reward model: a sweep."""
-        other = copy.deepcopy(self)
-        for name, value in changes.items():
-            if not hasattr(self, name) or name.startswith("_"):
-                raise ValueError(f"guide: no option {name!r}")
-            setattr(other, name, value)
+        """A copy with ``changes`` (``weight``, ``preference`` ...), checked as at construction; it shares the loaded
+        reward model unless ``reward_model`` or ``dtype`` changes: a sweep loads it once."""
+        options = {name: getattr(self, name) for name in OPTIONS}
+        unknown = set(changes) - set(options)
+        if unknown:
+            raise ValueError(f"guide: no option {sorted(unknown)}; its options: {', '.join(OPTIONS)}")
+        other = PAD(**{**options, **changes})
+        if (other.reward_model, other.dtype) == (self.reward_model, self.dtype):
+            other._model, other._checked = self._model, set(self._checked)
         return other
 
     def check(self, backbone) -> None:
