@@ -238,3 +238,23 @@ def test_a_sweeps_copies_share_the_loaded_reward_model_unless_it_changes(base, n
         guide.but(top_k=0)
     with pytest.raises(ValueError, match=r"guide: no option \['temperature'\]"):
         guide.but(temperature=0.7)
+
+
+def test_a_preference_sweep_writes_each_vector_into_the_reward_models_prompt(base, nudged, tmp_path):
+    """``evaluate.preferences`` with ``evaluate.guide``: the condition of each vector is the guide's preference (the
+    reward model's prompt), the base answers the plain prompts; the points are 'guided' ones with their vectors."""
+    from alignsuite.cli import main
+
+    out = tmp_path / "front"
+    main(["evaluate", "--config", "recipes/toy/llm_dpa.yaml", "--config", "configs/eval/toy_llm_case_pad_dpa.yaml",
+          "--evaluate.guide.init_args.reward_model", nudged, "--evaluate.guide.init_args.weight", "1.5",
+          "--evaluate.num_prompts", "16", "--evaluate.preferences", "[[1.0, 0.0], [0.0, 1.0]]",
+          "--evaluate.output_dir", str(out), "--evaluate.report", "false"])
+    results = json.loads((out / "results.json").read_text())
+    kinds = {p["label"]: (p["kind"], p["vector"]) for p in results["front"]["points"]}
+    assert kinds == {"base": ("base", None), "pref (1, 0)": ("guided", [1.0, 0.0]), "pref (0, 1)": ("guided", [0.0, 1.0])}
+    prompts = get_world("llm_case").eval_prompts(16, 0)
+    for label, words in (("pref (1, 0)", 5), ("pref (0, 1)", 1)):  # the DPA levels: 1 to 5 words "echo"
+        guide = PAD(nudged, weight=1.5, preference=" ".join(["echo"] * words))
+        assert results["outputs"][label] == base.generate(prompts, max_new_tokens=8, guide=guide)
+    assert results["outputs"]["pref (1, 0)"] != results["outputs"]["pref (0, 1)"]
