@@ -29,8 +29,8 @@ LAYERS = [
     # The ground floor. slurm reads the cluster's environment and imports nothing of the package's; launch
     # checks the process layout against it; lazy (loading a package's names on first use, optional libraries and
     # their pip extras) imports nothing of the package either.
-    ("data", "views", "scores", "sources", "checkpoint_io", "components", "judging", "judges", "generation", "slurm",
-     "launch", "lazy", "precision", ""),
+    ("data", "views", "scores", "sources", "checkpoint_io", "components", "judging", "judges", "generation",
+     "guidance", "slurm", "launch", "lazy", "precision", ""),
 ]
 LAYER = {name: len(LAYERS) - floor for floor, names in enumerate(LAYERS) for name in names}
 MAX_LINES = 400

@@ -13,6 +13,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "FlowMatchingTTS": "flow_tts",
     "FlowTTSModel": "flow_tts_model",
     "LoraSpec": "lora",
+    "PAD": "pad",
     "PanaceaLM": "panacea",
     "PanaceaSpec": "svd_lora",
     "SpeechTokenLM": "speech_tokens",
@@ -20,6 +21,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "VisionLanguage": "vision_language",
 })
 
-__all__ = ["Backbone", "CausalLM", "FlowMatchingTTS", "LoraSpec", "PanaceaLM", "PanaceaSpec",
+__all__ = ["Backbone", "CausalLM", "FlowMatchingTTS", "LoraSpec", "PAD", "PanaceaLM", "PanaceaSpec",
            "SequenceScores", "SpeechTokenLM", "TextToImage",
            "VisionLanguage"]

@@ -33,6 +33,7 @@ from torch import nn
 from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.identical_pairs import drop_identical_pairs
 from alignsuite.backbones.lora import LoraSpec
+from alignsuite.backbones.pad import PAD
 from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.token_outputs import forward_tokens, score_tokens
 from alignsuite.backbones.token_scoring import MASKED_ATTENTION, Packing, pack_rows
@@ -49,7 +50,7 @@ from alignsuite.backbones.tokenize import (
     template_source,
     truncate,
 )
-from alignsuite.backbones.transformers_loading import load_pretrained_model, load_tokenizer
+from alignsuite.backbones.transformers_loading import check_same_vocabulary, load_pretrained_model, load_tokenizer
 from alignsuite.sources import resolve_model_path
 
 
@@ -86,11 +87,13 @@ class CausalLM(Backbone):
         tokenize_in_loader: tokenise (and render chat templates) when the DataLoader collates a batch, in its
             worker processes with ``data.num_workers > 0``, rather than in the training step; the step finds
             each row's ids by its text and tokenises only what it does not find. Same ids either way.
+        guide: a decoding-time guide every ``generate`` uses (`alignsuite.backbones.PAD`: ``predict`` reaches it).
     """
 
     joint_views = True  # prepare folds a joint view's prompt into its scored completion
     reads_preference_adapter = False  # a Panacea export's adapter (PanaceaLM): refused where it would be dropped
     scores_tokens = True  # per-token scores for token-level objectives (score_tokens)
+    guided_generation = True  # generate takes a decoding-time guide (backbone.guide, PAD)
 
     def __init__(
         self,
@@ -110,6 +113,7 @@ class CausalLM(Backbone):
         lm_head_at_scored_only: bool = True,
         lm_head_chunk: int | None = None,
         tokenize_in_loader: bool = True,
+        guide: PAD | None = None,
     ) -> None:
         super().__init__()
         if lm_head_chunk is not None and lm_head_chunk < 1:
@@ -133,6 +137,7 @@ class CausalLM(Backbone):
         self.share_prompt, self.pack_rows, self.lm_head_at_scored_only = share_prompt, pack_rows, lm_head_at_scored_only
         self.lm_head_chunk = lm_head_chunk
         self.tokenize_in_loader = tokenize_in_loader
+        self.guide = guide
         self._takes_masks = False  # whether the model's attention takes the packed layout's mask; set in configure
         self.tokenizer = None
         self.truncated = {"prompt": 0, "completion": 0}
@@ -160,21 +165,8 @@ class CausalLM(Backbone):
 
     def check_same_tokenizer(self, source: str, option: str) -> None:
         """Same vocabulary as the policy's (only the tokenizers: an embedding table may be padded to another size)."""
-        try:
-            other = load_tokenizer(resolve_model_path(source), self.trust_remote_code, None)
-        except FileNotFoundError as e:  # the command line reports it as the user's error
-            raise FileNotFoundError(f"{option}: {e}") from e
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{option}: cannot read the tokenizer of {source!r} to compare it with the policy's: {e}") from e
         mine = self.tokenizer if self.tokenizer is not None else self._load_tokenizer()
-        ours, theirs = mine.get_vocab(), other.get_vocab()
-        if ours != theirs:
-            differ = sorted(set(ours.items()) ^ set(theirs.items()), key=str)[:3]
-            raise ValueError(
-                f"{option}: {source!r} has another tokenizer than the policy's ({len(theirs)} tokens against"
-                f" {len(ours)}; first differences (token, id): {differ}); its log-probs would not line up with the"
-                " policy's token by token: use a checkpoint of the same family, with the same tokenizer"
-            )
+        check_same_vocabulary(mine, source, option, self.trust_remote_code)
 
     def configure(self) -> None:
         if self.policy is not None:
@@ -356,18 +348,26 @@ class CausalLM(Backbone):
     # ---------------------------------------------------------------- generation and export
     @torch.no_grad()
     def generate(self, prompts: list[Text], model: nn.Module | None = None, seed: int | None = None,
-                 max_new_tokens: int = 64, do_sample: bool | None = None, **kwargs) -> list[str]:
-        """One completion per prompt from the policy (or ``model``): greedy, or sampled when ``seed`` is given
-        (or ``do_sample``), from a generator seeded with ``seed`` so that the same seed gives the same text."""
+                 max_new_tokens: int = 64, do_sample: bool | None = None, guide: PAD | None = None, **kwargs) -> list[str]:
+        """One completion per prompt from the policy (or ``model``): greedy, or sampled when ``seed`` is given (or
+        ``do_sample``) from a generator seeded with it; each step guided by ``guide`` (``backbone.guide`` if None)."""
+        enc = self.generation_inputs(prompts)
+        guide = guide if guide is not None else self.guide
+        if guide is not None:
+            device = next((model if model is not None else self.policy).parameters()).device
+            kwargs["logits_processor"] = [*kwargs.get("logits_processor", []), guide.processor(self, prompts, enc, device)]
+        return self._sample(enc, model, seed, max_new_tokens, do_sample, **kwargs)
+
+    def generation_inputs(self, prompts: list[Text]):
+        """The tokenizer's left-padded inputs for ``prompts`` (chat prompts rendered by the template)."""
         tok = self.tokenizer
         texts = [render_prompt(tok, p) if isinstance(p, list) else p for p in prompts]
         side = tok.padding_side
         tok.padding_side = "left"  # generation continues from the last position of every row
         try:
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not isinstance(prompts[0], list))
+            return tok(texts, return_tensors="pt", padding=True, add_special_tokens=not isinstance(prompts[0], list))
         finally:
             tok.padding_side = side
-        return self._sample(enc, model, seed, max_new_tokens, do_sample, **kwargs)
 
     def _sample(self, enc, model: nn.Module | None, seed: int | None, max_new_tokens: int, do_sample: bool | None,
                 **kwargs) -> list[str]:

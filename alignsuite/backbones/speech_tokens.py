@@ -90,6 +90,7 @@ class SpeechTokenLM(Vocoded, CausalLM):
     modality = "text_to_speech"
     generation_columns = ("prompt_speech", "prompt_text")
     joint_views = False  # a speaker prompt's codes are no text to score
+    guided_generation = False  # codec tokens from a generate of its own
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from torch import nn
 
 from alignsuite.backbones.svd_lora import CONFIG_FILE as PREFERENCE_ADAPTER_FILE
 from alignsuite.backbones.tokenize import read_chat_template
+from alignsuite.sources import resolve_model_path
 
 
 def load_pretrained_model(auto_class, path: str, dtype: str, attn_implementation: str | None, trust_remote_code: bool,
@@ -88,4 +89,23 @@ def load_tokenizer(path: str, trust_remote_code: bool, chat_template: str | None
     return tok
 
 
-__all__ = ["load_pretrained_model", "load_tokenizer", "model_on_meta", "zero_dropout"]
+def check_same_vocabulary(mine, source: str, option: str, trust_remote_code: bool) -> None:
+    """The tokenizer of model ``source`` has ``mine``'s vocabulary, else an error naming ``option``: another
+    model's log-probs would not line up with this one's token by token."""
+    try:
+        other = load_tokenizer(resolve_model_path(source), trust_remote_code, None)
+    except FileNotFoundError as e:  # the command line reports it as the user's error
+        raise FileNotFoundError(f"{option}: {e}") from e
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{option}: cannot read the tokenizer of {source!r} to compare it with the policy's: {e}") from e
+    ours, theirs = mine.get_vocab(), other.get_vocab()
+    if ours != theirs:
+        differ = sorted(set(ours.items()) ^ set(theirs.items()), key=str)[:3]
+        raise ValueError(
+            f"{option}: {source!r} has another tokenizer than the policy's ({len(theirs)} tokens against"
+            f" {len(ours)}; first differences (token, id): {differ}); its log-probs would not line up with the"
+            " policy's token by token: use a checkpoint of the same family, with the same tokenizer"
+        )
+
+
+__all__ = ["check_same_vocabulary", "load_pretrained_model", "load_tokenizer", "model_on_meta", "zero_dropout"]

@@ -82,6 +82,7 @@ class VisionLanguage(CausalLM):
     conditions = ("corrupt_image",)
     generation_columns = ("images",)
     joint_views = False  # image placeholders are no text to score
+    guided_generation = False  # a decoding-time guide would need the images too
     image_column = "images"
 
     def __init__(

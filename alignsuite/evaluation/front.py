@@ -18,8 +18,8 @@ import numpy as np
 from alignsuite.evaluation.winrate import bootstrap_interval
 
 # What a point is: the front's own points are the swept ones; base and comparisons are drawn beside them.
-BASE, COMPARISON, WEIGHTS, PREFERENCE = "base", "comparison", "weights", "preference"
-SWEPT = (WEIGHTS, PREFERENCE)
+BASE, COMPARISON, WEIGHTS, PREFERENCE, GUIDED = "base", "comparison", "weights", "preference", "guided"
+SWEPT = (WEIGHTS, PREFERENCE, GUIDED)  # guided: a model with a decoding-time guide at one weight or preference
 
 
 @dataclass
@@ -183,8 +183,9 @@ class FrontResults:
         self.hypervolume = hypervolume(means, self.oriented(self.reference_point))
         sweeps = {kind: [p for p in swept if p.kind == kind] for kind in SWEPT}
         for kind, sweep in sweeps.items():
-            if len(sweep) >= 2:
-                self.monotonicity[kind] = monotonicity(sweep, self.dimensions)
+            vectors = [p for p in sweep if p.vector is not None]  # a guide's weight has none
+            if len(vectors) >= 2:
+                self.monotonicity[kind] = monotonicity(vectors, self.dimensions)
             if sweep and len(sweep) < len(swept):  # several models' fronts side by side: each one's own
                 self.hypervolume_by_sweep[kind] = hypervolume(
                     [self.oriented(p.mean_vector(self.dimensions)) for p in sweep], self.oriented(self.reference_point))
@@ -230,6 +231,6 @@ def summary_lines(results: FrontResults) -> list[str]:
     return lines
 
 
-__all__ = ["BASE", "COMPARISON", "PREFERENCE", "SWEPT", "WEIGHTS", "FrontPoint", "FrontResults", "check_preference",
+__all__ = ["BASE", "COMPARISON", "GUIDED", "PREFERENCE", "SWEPT", "WEIGHTS", "FrontPoint", "FrontResults", "check_preference",
            "dominates", "hypervolume", "interval", "monotonicity", "non_dominated", "simplex_grid",
            "summary_lines"]

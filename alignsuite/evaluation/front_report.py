@@ -10,8 +10,8 @@ import itertools
 import os
 
 from alignsuite.evaluation import plots
-from alignsuite.evaluation.front import BASE, COMPARISON, PREFERENCE, WEIGHTS, FrontPoint, FrontResults, interval, \
-    summary_lines
+from alignsuite.evaluation.front import BASE, COMPARISON, GUIDED, PREFERENCE, SWEPT, WEIGHTS, FrontPoint, \
+    FrontResults, interval, summary_lines
 from alignsuite.evaluation.report import THUMB_WIDTH, _Assets, _esc, _figures, _num, _prompt_text, _setting, _write_page
 
 STYLE = {  # kind: (marker, colour, legend)
@@ -19,6 +19,7 @@ STYLE = {  # kind: (marker, colour, legend)
     COMPARISON: ("D", "#2ca02c", "comparison (one objective)"),
     WEIGHTS: ("o", "#1f77b4", "aligned at a weight vector"),
     PREFERENCE: ("^", "#ff7f0e", "preference-conditioned model"),
+    GUIDED: ("v", "#9467bd", "guided at decoding time (PAD)"),
 }
 FRONT_NOTE = (
     "Each point is one model at one setting, at its mean per dimension over the prompts; the bars are the means'"
@@ -119,7 +120,7 @@ def _points_table(results: FrontResults) -> str:
             + "<th>non-dominated</th><th>failed</th></tr>")
     rows = []
     for p in results.points:
-        front = "yes" if p.non_dominated else "no" if p.kind in (WEIGHTS, PREFERENCE) else "–"
+        front = "yes" if p.non_dominated else "no" if p.kind in SWEPT else "–"
         rows.append(f'<tr><td>{_esc(p.label)}</td><td>{_esc(p.kind)}</td><td class="num">{_vector(p)}</td>'
                     + "".join(f'<td class="num">{_esc(interval(p, d))}</td>' for d in results.dimensions)
                     + f'<td>{front}</td><td class="num">{p.failures}</td></tr>')

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from alignsuite.backbones.pad import PAD
 from alignsuite.backbones.panacea import PanaceaLM
 from alignsuite.backbones.svd_lora import saved_spec
 from alignsuite.checkpoint_io import CheckpointError, backbone_weights, load_backbone_weights, load_checkpoint_file
@@ -73,6 +74,12 @@ class Evaluation:
             a scorer judging several dimensions, ``ToyReward("llm_case")``, gives its ``reward_<dimension>``).
         reference_point: the hypervolume's reference point, one value per dimension; the base model's means when
             null.
+        guide: a decoding-time guide (`alignsuite.backbones.PAD`) the aligned side generates with; without
+            ``aligned`` that side is the base model itself, guided: the guide against the unguided base (written to
+            ``<reward model's run>/eval/guided`` when ``output_dir`` is null). With ``preferences`` and
+            ``preference_prompt``, each vector's condition becomes the guide's preference (the reward model's
+            prompt) and the guided base is a front's point per vector.
+        guide_weights: a front of the base guided at each of these weights (``guide``'s ``weight`` swept).
     """
 
     def __init__(
@@ -96,6 +103,8 @@ class Evaluation:
         dimensions: list[str] | None = None,
         reference_point: list[float] | None = None,
         preference_prompt: PromptCondition | None = None,
+        guide: PAD | None = None,
+        guide_weights: list[float] | None = None,
     ) -> None:
         if num_prompts is not None and num_prompts < 1:
             raise ValueError(f"evaluate.num_prompts must be at least 1, got {num_prompts}")
@@ -112,12 +121,13 @@ class Evaluation:
         if isinstance(preference_prompt, dict):
             preference_prompt = PromptCondition(**preference_prompt)
         self.preference_prompt = preference_prompt
+        self.guide, self.guide_weights = guide, list(guide_weights or [])
 
     @property
     def sweeps(self) -> bool:
         """Whether this evaluates a front (:func:`alignsuite.evaluation.sweep.run_front`) rather than one
         aligned model against the base."""
-        return bool(self.front or self.preferences or self.preference_grid)
+        return bool(self.front or self.preferences or self.preference_grid or self.guide_weights)
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -195,8 +205,9 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
     if evaluation.sweeps:
         raise EvaluationError("evaluate.front / evaluate.preferences: a front is evaluated by"
                               " alignsuite.evaluation.sweep.run_front (the evaluate command picks it)")
-    if not evaluation.aligned:
-        raise EvaluationError("evaluate.aligned: give the aligned model (an export folder or a .ckpt)")
+    if not evaluation.aligned and evaluation.guide is None:
+        raise EvaluationError("evaluate.aligned: give the aligned model (an export folder or a .ckpt), or a"
+                              " decoding-time guide of the base model (evaluate.guide)")
     if not evaluation.scorers:
         raise EvaluationError("evaluate.scorers: give at least one scorer (class_path), e.g."
                               " alignsuite.evaluation.scorers.ToyReward for a toy recipe")
@@ -207,24 +218,37 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
             raise EvaluationError(str(error)) from None
     pair_scorers = [s for s in evaluation.scorers if getattr(s, "needs_pairs", False)]
     gen_scorers = [s for s in evaluation.scorers if not getattr(s, "needs_pairs", False)]
+    if pair_scorers and not evaluation.aligned:
+        raise EvaluationError(f"scorer {pair_scorers[0].name!r} scores an aligned model's implicit reward on held-out"
+                              " pairs; a decoding-time guide (evaluate.guide) has none: give evaluate.aligned")
     rows: list[dict] = []
     if gen_scorers:
         rows = evaluation_prompts(evaluation, backbone, gen_scorers, modality, datamodule)
-    if not os.path.exists(evaluation.aligned):
+    if evaluation.aligned and not os.path.exists(evaluation.aligned):
         raise EvaluationError(f"evaluate.aligned {evaluation.aligned}: no such folder or checkpoint")
-    output_dir = evaluation.output_dir or default_output_dir(evaluation.aligned)
+    guide = evaluation.guide
+    if guide is not None:  # a reward model with another vocabulary is refused before any generation
+        try:
+            guide.check(backbone)
+        except (ValueError, FileNotFoundError) as error:
+            raise EvaluationError(f"evaluate.{error}") from None
+    output_dir = evaluation.output_dir or (default_output_dir(evaluation.aligned) if evaluation.aligned else
+                                           os.path.join(default_output_dir(guide.reward_model), "guided"))
     kwargs = evaluation.generation_kwargs
 
     outputs, failures, errors = {}, {}, {}
     for which in ("base", "aligned"):
         if not rows:
             break
-        model = copy.deepcopy(backbone) if which == "base" else aligned_backbone(backbone, evaluation.aligned,
-                                                                                  evaluation.weights_only)
-        if which == "base":
+        plain = which == "base" or not evaluation.aligned
+        model = copy.deepcopy(backbone) if plain else aligned_backbone(backbone, evaluation.aligned,
+                                                                        evaluation.weights_only)
+        if plain:
             model.configure()
         model.to(device or "cpu")
-        outputs[which], errors[which] = generate_all(model, rows, evaluation.seed, evaluation.batch_size, kwargs)
+        guided = {"guide": guide} if which == "aligned" and guide is not None else {}
+        outputs[which], errors[which] = generate_all(model, rows, evaluation.seed, evaluation.batch_size,
+                                                     {**kwargs, **guided})
         failures[which] = len(errors[which])
         del model
 
@@ -250,7 +274,8 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
     for scorer in pair_scorers:
         results.scores.append(implicit_reward_result(scorer, backbone, evaluation, datamodule, device, results))
     results.details.update(
-        base=getattr(backbone, "model_name_or_path", None), aligned=evaluation.aligned, prompts=evaluation.prompts,
+        base=getattr(backbone, "model_name_or_path", None), aligned=evaluation.aligned or "the base, guided",
+        guide=None if guide is None else repr(guide), prompts=evaluation.prompts,
         num_prompts=len(rows), seed=evaluation.seed, generation_kwargs=kwargs,
         errors={k: v[:20] for k, v in errors.items() if v},
     )

@@ -4,9 +4,11 @@ The points are the base model, one aligned model per weight vector (``evaluate.f
 the models compared beside them (``evaluate.comparisons``: a single-objective run), and one model trained with a
 preference vector evaluated at several (``evaluate.preferences`` or ``evaluate.preference_grid``, through its
 backbone's ``set_preference``: Panacea; or written into the prompts by ``evaluate.preference_prompt``: a model
-trained on conditioned prompts, DPA or CPO). Every point generates from the same prompts with the same seeds, one
-model in memory at a time; every generation is judged by the named scorers and each dimension (a scorer's
-value) gets its mean with a 95% bootstrap interval. The summaries (:mod:`alignsuite.evaluation.front`): the
+trained on conditioned prompts, DPA or CPO), and the base model guided at decoding time (``evaluate.guide``, PAD)
+at each of ``evaluate.guide_weights`` or, the condition written into the guide's preference, at each preference
+vector. Every point generates from the same prompts with the same seeds, one model in memory at a time; every
+generation is judged by the named scorers and each dimension (a scorer's value) gets its mean with a 95%
+bootstrap interval. The summaries (:mod:`alignsuite.evaluation.front`): the
 swept points' non-dominated set, their hypervolume against ``evaluate.reference_point`` (the base model's
 point by default) and the preference sweep's monotonicity. ``results.json`` and a report page with the front
 plot and the samples per point go to ``evaluate.output_dir`` (``<run>/eval/front`` of the first model by
@@ -22,8 +24,8 @@ import sys
 import traceback
 
 from alignsuite.data.errors import DataError
-from alignsuite.evaluation.front import BASE, COMPARISON, PREFERENCE, WEIGHTS, FrontPoint, FrontResults, \
-    check_preference, interval, simplex_grid, summary_lines
+from alignsuite.evaluation.front import BASE, COMPARISON, GUIDED, PREFERENCE, SWEPT, WEIGHTS, FrontPoint, \
+    FrontResults, check_preference, interval, simplex_grid, summary_lines
 from alignsuite.evaluation.results import RESULTS_FILE
 from alignsuite.evaluation.run import Evaluation, EvaluationError, _jsonable, aligned_backbone, default_output_dir, \
     evaluation_prompts, generate_all
@@ -104,6 +106,14 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
     modality = backbone.modality
     if not evaluation.scorers:
         raise EvaluationError("evaluate.scorers: give at least one scorer judging the front's dimensions")
+    guide = evaluation.guide
+    if evaluation.guide_weights and guide is None:
+        raise EvaluationError("evaluate.guide_weights sweeps a decoding-time guide's weight: give evaluate.guide")
+    if guide is not None:  # a reward model with another vocabulary is refused before any generation
+        try:
+            guide.check(backbone)
+        except (ValueError, FileNotFoundError) as error:
+            raise EvaluationError(f"evaluate.{error}") from None
     for scorer in evaluation.scorers:
         if getattr(scorer, "needs_pairs", False):
             raise EvaluationError(f"evaluate.scorers: {scorer.name!r} scores held-out pairs, not generations; a"
@@ -127,7 +137,13 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
     if evaluation.preference_prompt is not None and not conditioned:
         raise EvaluationError("evaluate.preference_prompt writes the swept preference vectors into the prompts:"
                               " give them with evaluate.preferences or evaluate.preference_grid")
-    if conditioned and not evaluation.aligned:
+    if guide is not None and not conditioned and not evaluation.guide_weights:
+        raise EvaluationError("evaluate.guide: a front guides the base at evaluate.guide_weights or at each of"
+                              " evaluate.preferences (through evaluate.preference_prompt); give one of them")
+    if conditioned and guide is not None and evaluation.preference_prompt is None:
+        raise EvaluationError("evaluate.guide with evaluate.preferences / evaluate.preference_grid: give"
+                              " evaluate.preference_prompt, which writes each vector into the guide's preference")
+    if conditioned and not evaluation.aligned and guide is None:
         raise EvaluationError("evaluate.aligned: give the model trained with a preference vector that"
                               " evaluate.preferences / evaluate.preference_grid sweep")
     if evaluation.aligned and not conditioned:
@@ -138,16 +154,16 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
         raise EvaluationError(f"evaluate.reference_point = {evaluation.reference_point}: one value per dimension"
                               f" ({', '.join(names)})")
     rows = evaluation_prompts(evaluation, backbone, evaluation.scorers, modality, datamodule)
-    first = evaluation.aligned or front[0]["aligned"]  # one of them: a front has swept points
+    first = evaluation.aligned or (front[0]["aligned"] if front else guide.reward_model)  # a front has swept points
     output_dir = evaluation.output_dir or os.path.join(default_output_dir(first), "front")
 
     prompts, conditions = [r["prompt"] for r in rows], row_conditions(rows, backbone)
     points: list[FrontPoint] = []
 
-    def judged(label, kind, model, vector=None, source=None, asked=None):
+    def judged(label, kind, model, vector=None, source=None, asked=None, guided=None):
         # ``asked``: the rows as the model sees them (a condition in the prompt); judged against ``rows``
-        outputs, errors = generate_all(model, asked or rows, evaluation.seed, evaluation.batch_size,
-                                       evaluation.generation_kwargs)
+        kwargs = evaluation.generation_kwargs if guided is None else {**evaluation.generation_kwargs, "guide": guided}
+        outputs, errors = generate_all(model, asked or rows, evaluation.seed, evaluation.batch_size, kwargs)
         values = {n: [None] * len(rows) for n in names}
         for scorer in {id(s): s for s, _ in dims}.values():
             for i, v in enumerate(scorer.judge(prompts, outputs, conditions, rows)):
@@ -158,8 +174,15 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
             raise EvaluationError(f"every generation of {label} failed; the first: {errors[0]}")
         points.append(FrontPoint(label, kind, values, vector, source, outputs, len(errors)))
 
+    def base_model():
+        base = copy.deepcopy(backbone)
+        base.configure()
+        return base.to(device or "cpu")
+
     if conditioned:  # the preference model first: a model without a preference adapter is refused at once
-        model = aligned_backbone(backbone, evaluation.aligned, evaluation.weights_only)
+        # with a guide, the vector goes into the guide's preference and the base (or aligned) model is guided
+        model = aligned_backbone(backbone, evaluation.aligned, evaluation.weights_only) if evaluation.aligned \
+            else base_model()
         option = "evaluate.preferences" if evaluation.preferences else "evaluate.preference_grid"
         condition = evaluation.preference_prompt
         dim = len(names) if condition else int(getattr(model, "preference_dim", 0) or 0)
@@ -182,18 +205,21 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
             raise EvaluationError(str(error)) from None
         model.to(device or "cpu")
         for vector in vectors:
-            if condition:
+            guided, asked = None, rows
+            if guide is not None:
+                guided = guide.but(preference=condition.text(condition_values(names, vector, condition.fields)))
+            elif condition:
                 asked = conditioned_rows(rows, condition, condition_values(names, vector, condition.fields))
             else:
                 model.set_preference(vector)
-                asked = rows
-            judged("pref (" + ", ".join(f"{x:g}" for x in vector) + ")", PREFERENCE, model, vector,
-                   evaluation.aligned, asked)
+            label = "pref (" + ", ".join(f"{x:g}" for x in vector) + ")"
+            judged(label, GUIDED if guided else PREFERENCE, model, vector, evaluation.aligned or guide.reward_model,
+                   asked, guided)
         del model
-    base = copy.deepcopy(backbone)
-    base.configure()
-    base.to(device or "cpu")
+    base = base_model()
     judged(BASE, BASE, base, source=getattr(backbone, "model_name_or_path", None))
+    for w in evaluation.guide_weights or ():  # the base guided at each weight
+        judged(f"guide w={w:g}", GUIDED, base, source=guide.reward_model, guided=guide.but(weight=float(w)))
     del base
     for kind, listed in ((WEIGHTS, front), (COMPARISON, comparisons)):
         for entry in listed:
@@ -238,7 +264,7 @@ def print_front(results: FrontResults, console=None) -> None:
         table.add_column(column, no_wrap=True)
     for p in results.points:
         vector = "-" if p.vector is None else "(" + ", ".join(f"{x:g}" for x in p.vector) + ")"
-        front = "yes" if p.non_dominated else "no" if p.kind in (WEIGHTS, PREFERENCE) else "-"
+        front = "yes" if p.non_dominated else "no" if p.kind in SWEPT else "-"
         table.add_row(p.label, p.kind, vector, *(interval(p, n) for n in results.dimensions), front)
     if console is None:
         console = Console()
