@@ -55,7 +55,8 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
             label="reference point" + (" (base)" if results.reference == BASE else ""), zorder=2)
     drawn, placed = set(), []
     shown = [p for p in results.points if p.means.get(dx) is not None and p.means.get(dy) is not None]
-    span = [max(1e-9, max(v) - min(v)) for v in ([p.means[dx] for p in shown] or [1.0], [p.means[dy] for p in shown] or [1.0])]
+    coords = ([p.means[dx] for p in shown] or [0.0], [p.means[dy] for p in shown] or [0.0])
+    lowest, span = [min(v) for v in coords], [max(1e-9, max(v) - min(v)) for v in coords]
     for p in results.points:
         if p.means.get(dx) is None or p.means.get(dy) is None:
             continue
@@ -69,8 +70,9 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
         # a label near an earlier point's (two models at the same place) goes one line lower
         near = sum(abs(p.means[dx] - a) < 0.03 * span[0] and abs(p.means[dy] - b) < 0.03 * span[1] for a, b in placed)
         placed.append((p.means[dx], p.means[dy]))
-        ax.annotate(p.label, (p.means[dx], p.means[dy]), xytext=(8, 8 - 12 * near), textcoords="offset points",
-                    fontsize=9, color=colour)
+        right = p.means[dx] > lowest[0] + 0.9 * span[0]  # at the right edge: the label goes to the left
+        ax.annotate(p.label, (p.means[dx], p.means[dy]), xytext=(-8 if right else 8, 8 - 12 * near),
+                    textcoords="offset points", fontsize=9, color=colour, ha="right" if right else "left")
     arrow = {True: "", False: " (lower is better)"}
     ax.set_xlabel(dx + arrow[results.higher_is_better[x]], fontsize=10)
     ax.set_ylabel(dy + arrow[results.higher_is_better[y]], fontsize=10)
