@@ -56,7 +56,7 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
     drawn, placed = set(), []
     shown = [p for p in results.points if p.means.get(dx) is not None and p.means.get(dy) is not None]
     coords = ([p.means[dx] for p in shown] or [0.0], [p.means[dy] for p in shown] or [0.0])
-    lowest, span = [min(v) for v in coords], [max(1e-9, max(v) - min(v)) for v in coords]
+    span = [max(1e-9, max(v) - min(v)) for v in coords]
     for p in results.points:
         if p.means.get(dx) is None or p.means.get(dy) is None:
             continue
@@ -67,19 +67,18 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
                     fmt=marker, color=colour, markersize=8, capsize=3, elinewidth=1,
                     label=None if p.kind in drawn else legend, zorder=3)
         drawn.add(p.kind)
-        # a label near an earlier point's (two models at the same place) goes one line lower
-        near = sum(abs(p.means[dx] - a) < 0.03 * span[0] and abs(p.means[dy] - b) < 0.03 * span[1] for a, b in placed)
+        near = sum(abs(p.means[dx] - a) < 0.06 * span[0] and abs(p.means[dy] - b) < 0.06 * span[1] for a, b in placed)
         placed.append((p.means[dx], p.means[dy]))
-        right = p.means[dx] > lowest[0] + 0.9 * span[0]  # at the right edge: the label goes to the left
-        ax.annotate(p.label, (p.means[dx], p.means[dy]), xytext=(-8 if right else 8, 8 - 12 * near),
-                    textcoords="offset points", fontsize=9, color=colour, ha="right" if right else "left")
+        left = near % 2 == 1  # a second point at the same place is labelled on its left
+        ax.annotate(p.label, (p.means[dx], p.means[dy]), xytext=(-8 if left else 8, 8 - 12 * (near // 2)),
+                    textcoords="offset points", fontsize=9, color=colour, ha="right" if left else "left")
     arrow = {True: "", False: " (lower is better)"}
     ax.set_xlabel(dx + arrow[results.higher_is_better[x]], fontsize=10)
     ax.set_ylabel(dy + arrow[results.higher_is_better[y]], fontsize=10)
     ax.set_title(f"{dx} vs {dy} ({len(results.prompts)} prompts; hypervolume {results.hypervolume:.4f})",
                  fontsize=10)
     ax.grid(alpha=0.3)
-    ax.margins(0.12)
+    ax.margins(x=0.2, y=0.12)  # room on the right for the labels of the rightmost points
     ax.tick_params(labelsize=9)
     ax.legend(fontsize=8, frameon=False, loc="best")
     plots._save(fig, path)
