@@ -172,13 +172,18 @@ class TextToImage(SeededDraws, Backbone):
         if spec is None:
             return
         if saved is not None and self.user_condition is not None:
-            spec = replace(saved, scale=self.user_condition.scale)
+            spec = replace(saved, scale=self.user_condition.scale, adapter_only=self.user_condition.adapter_only)
         if self.empty_weights:
             raise ValueError("backbone.user_condition is not supported under FSDP2 (the model parallel strategy): its"
                              " branches are installed on the full denoiser; use DDP")
         self.user_condition = spec
+        if spec.adapter_only and self.lora is not None:
+            raise ValueError("backbone.user_condition.adapter_only trains the user branch alone, and backbone.lora asks"
+                             " for a LoRA on the denoiser too: leave one of them out")
         self.user_adapter = UserAdapter(spec, denoiser)
-        if saved is not None and not self.empty_weights:
+        if spec.adapter_only:
+            denoiser.requires_grad_(False)
+        if saved is not None:
             self.user_adapter.load(path)
 
     @property
