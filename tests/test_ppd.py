@@ -254,3 +254,33 @@ def test_ppd_serves_its_users_where_plain_diffusion_dpo_cannot(tmp_path, seed):
     assert mean(ppd) - mean(dpo) >= 0.1, (ppd, dpo)
     if seed in (0, 1):
         assert min(ppd.values()) >= 0.7, (ppd, dpo)
+
+
+def test_evaluate_passes_each_rows_user_to_the_export(tmp_path):
+    """``evaluate`` on the world's rows: the export's user condition comes back from its folder, each row is
+    generated with its user's embedding (the backbone's generation column) and scored under its user."""
+    import json
+    import os
+
+    from alignsuite.cli import main
+
+    ppd = backbone(user_condition=UserCondition(embedding_dim=2, num_tokens=4, scale=30.0))
+    perturb(ppd.user_adapter)
+    export = tmp_path / "run" / "export"
+    ppd.save_pretrained(str(export))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    main(["evaluate", "--config", os.path.join(repo, "recipes", "toy", "diffusion_ppd.yaml"),
+          "--config", os.path.join(repo, "configs", "eval", "toy_diffusion_users.yaml"), "--evaluate.aligned", str(export),
+          "--evaluate.num_prompts", "8", "--evaluate.generation_kwargs", '{"num_inference_steps": 2, "guidance_scale": 3.0}',
+          "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    results = json.loads((export.parent / "eval" / "results.json").read_text())
+    toy = next(s for s in results["scores"] if s["name"] == "toy_reward_diffusion_users")
+    assert results["failures"] == {"base": 0, "aligned": 0}
+    world = UserSquaresWorld()
+    rows = world.eval_prompts(8, 0)
+    assert results["prompts"] == [r["prompt"] for r in rows] and {r["user"] for r in rows} == {"red", "blue"}
+    again = backbone(str(export))
+    images = again.generate([r["prompt"] for r in rows], seed=0, num_inference_steps=2,
+                            user_embedding=[r["user_embedding"] for r in rows])
+    direct = [world.user_reward(r["user"], r["prompt"], im) for r, im in zip(rows, images)]
+    assert toy["aligned"] == pytest.approx(direct, abs=1e-6)
