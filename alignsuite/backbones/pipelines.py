@@ -83,6 +83,8 @@ def _unet(model, batch: DenoisingBatch, dtype, guidance_scale: float, vae_scale_
     extra = {}
     if "time_ids" in c:  # SDXL
         extra["added_cond_kwargs"] = {"text_embeds": c["text_embeds"].to(dtype), "time_ids": c["time_ids"].to(dtype)}
+    if "ip_hidden_states" in c:  # a user condition's tokens (alignsuite.backbones.user_condition)
+        extra["cross_attention_kwargs"] = {"ip_hidden_states": c["ip_hidden_states"].to(dtype)}
     return model(batch.noisy.to(dtype), batch.timesteps, c["encoder_hidden_states"].to(dtype), **extra).sample
 
 
@@ -237,16 +239,21 @@ def in_own_dtype(module: nn.Module, method: str, cast_inputs: bool = False):
 
 
 class AdaptersOff:
-    """Context in which a diffusers model computes without its LoRA adapters."""
+    """Context in which a diffusers model computes without its LoRA adapters (and without ``extra``'s, any object
+    with an ``active`` switch: a user condition's branches)."""
 
-    def __init__(self, model) -> None:
-        self.model = model
+    def __init__(self, model, extra=None) -> None:
+        self.model, self.extra = model, extra
 
     def __enter__(self):
         self.model.disable_adapters()
+        if self.extra is not None:
+            self.extra.active = False
 
     def __exit__(self, *exc) -> None:
         self.model.enable_adapters()
+        if self.extra is not None:
+            self.extra.active = True
 
 
 __all__ = [

@@ -18,6 +18,8 @@ before fit (:mod:`alignsuite.backbones.text_to_image_cache`).
 from __future__ import annotations
 
 import copy
+import os
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -31,6 +33,9 @@ from alignsuite.backbones.denoising import (
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pipelines import (
     AdaptersOff, cast_to, empty_model, in_own_dtype, load_pipeline, save_pipeline,
+)
+from alignsuite.backbones.user_condition import (
+    TOKENS_KWARG, USER_COLUMN, UserAdapter, UserCondition, saved_condition, user_embeddings,
 )
 from alignsuite.precision import compute_dtype
 from alignsuite.sources import resolve_model_path
@@ -60,6 +65,9 @@ class TextToImage(SeededDraws, Backbone):
         cache_dir: keep VAE latents and text embeddings here, computed in one pass before fit; the same
             folder serves many runs and datasets.
         cache_dtype: precision of the stored latents and embeddings (float16 halves the disk).
+        user_condition: condition the denoiser on each row's ``user_embedding`` too, through decoupled
+            cross-attention (PPD; :mod:`alignsuite.backbones.user_condition`); its weights train with the
+            denoiser (or beside its LoRA). A pipeline exported with one brings it back when this is left out.
     """
 
     # The frozen parts are rebuilt from the pipeline folder; checkpoints hold only what trains.
@@ -85,6 +93,7 @@ class TextToImage(SeededDraws, Backbone):
         guidance_scale: float = 7.5,
         cache_dir: str | None = None,
         cache_dtype: Precision = "float32",
+        user_condition: UserCondition | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= proportion_empty_prompts <= 1.0:
@@ -101,6 +110,8 @@ class TextToImage(SeededDraws, Backbone):
         self.seed, self.num_inference_steps, self.guidance_scale = seed, num_inference_steps, guidance_scale
         self.cache_dir, self.cache_dtype = cache_dir, cache_dtype
         self.cache = None
+        self.user_condition = user_condition
+        self.user_adapter: UserAdapter | None = None
         self.pipe = None
         self.frozen = nn.ModuleDict()  # VAE and text encoders: moved to the device with the module
         self.draws = 0  # see SeededDraws
@@ -131,6 +142,7 @@ class TextToImage(SeededDraws, Backbone):
         denoiser = cast_to(getattr(pipe, self.denoiser_name), self.dtype)
         if self.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
+        self._add_user_condition(denoiser, resolve_model_path(self.model_name_or_path))  # before LoRA wraps to_k, to_v
         if self.lora is not None:
             denoiser.requires_grad_(False)
             targets = self.lora.target_modules
@@ -148,6 +160,42 @@ class TextToImage(SeededDraws, Backbone):
         self.train_scheduler = self.noising.scheduler
         if self.cache_dir is not None:
             self.cache = cached.open_cache(self)
+
+    def _add_user_condition(self, denoiser: nn.Module, path: str) -> None:
+        """The user branch (``user_condition``), or the one exported beside the pipeline in ``path`` with its weights."""
+        saved = saved_condition(path) if os.path.isdir(path) else None
+        if saved is not None and self.user_condition is not None and (
+                saved.embedding_dim, saved.num_tokens) != (self.user_condition.embedding_dim, self.user_condition.num_tokens):
+            raise ValueError(f"backbone.user_condition asks for embedding_dim {self.user_condition.embedding_dim} and"
+                             f" num_tokens {self.user_condition.num_tokens}; the pipeline {path} was exported with"
+                             f" {saved.embedding_dim} and {saved.num_tokens}: leave user_condition out to use its own")
+        spec = self.user_condition or saved
+        if spec is None:
+            return
+        if saved is not None and self.user_condition is not None:
+            spec = replace(saved, scale=self.user_condition.scale, adapter_only=self.user_condition.adapter_only)
+        if self.empty_weights:
+            raise ValueError("backbone.user_condition is not supported under FSDP2 (the model parallel strategy): its"
+                             " branches are installed on the full denoiser; use DDP")
+        self.user_condition = spec
+        if spec.adapter_only and self.lora is not None:
+            raise ValueError("backbone.user_condition.adapter_only trains the user branch alone, and backbone.lora asks"
+                             " for a LoRA on the denoiser too: leave one of them out")
+        self.user_adapter = UserAdapter(spec, denoiser)
+        if spec.adapter_only:
+            denoiser.requires_grad_(False)
+        if saved is not None:
+            self.user_adapter.load(path)
+
+    @property
+    def generation_columns(self) -> tuple[str, ...]:
+        """``user_embedding`` when the model has a user condition; nothing else conditions its images."""
+        return (USER_COLUMN,) if self.user_condition is not None else ()
+
+    def on_setup(self, datamodule) -> None:
+        if self.user_condition is not None and USER_COLUMN not in datamodule.columns():
+            raise ValueError(f"backbone.user_condition is set and the data ({datamodule.layout.name}) has no"
+                             f" {USER_COLUMN!r} column: give every row its user's embedding, or leave user_condition out")
 
     def _resolve_prediction_type(self, pipe) -> str:
         scheduler_kind = type(pipe.scheduler).__name__
@@ -172,7 +220,7 @@ class TextToImage(SeededDraws, Backbone):
     def adapters_disabled(self):
         if not self.has_adapters:
             return super().adapters_disabled()
-        return AdaptersOff(self.policy)
+        return AdaptersOff(self.policy, self.user_adapter)
 
     @property
     def device(self) -> torch.device:
@@ -247,6 +295,8 @@ class TextToImage(SeededDraws, Backbone):
             r = self.resolution
             cond["time_ids"] = torch.tensor([[*size, *crop, r, r] for size, crop in zip(sizes, crops)],
                                             device=self.device, dtype=torch.float32)
+        if self.user_condition is not None:  # a row's views are one user's
+            cond[USER_COLUMN] = user_embeddings(views[0].batch, b, self.user_condition).to(self.device).repeat(k, 1)
         timesteps, noisy, target = draw(self.noising, latents, k, self._generator(-3))
         self.draws += 1
         return DenoisingBatch(noisy, target, timesteps, cond)
@@ -258,6 +308,9 @@ class TextToImage(SeededDraws, Backbone):
         score itself; the count of elements averaged is ``denoising_score``'s second value."""
         model = model if model is not None else self.policy
         dtype = compute_dtype(model)
+        if self.user_adapter is not None and model is self.policy and USER_COLUMN in prepared.cond:
+            # The user tokens, computed with grad, go to the policy alone: a reference copy is the base, without users.
+            prepared = replace(prepared, cond={**prepared.cond, TOKENS_KWARG: self.user_adapter.tokens(prepared.cond[USER_COLUMN])})
         pred = self.family.forward(model, prepared, dtype, self.guidance_scale, self.pipe.vae_scale_factor)
         score, _ = denoising_score(pred, prepared.target, prepared.mask)
         return SequenceScores(score, torch.ones_like(score))
@@ -266,11 +319,15 @@ class TextToImage(SeededDraws, Backbone):
     @torch.no_grad()
     def generate(self, prompts: list[str], model: nn.Module | None = None, seed: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 output_type: str = "pil", **kwargs) -> list:
+                 output_type: str = "pil", user_embedding: list | None = None, **kwargs) -> list:
         """One image per prompt from the policy (or ``model``), sampled from ``seed`` (0 when None). The
         denoiser and the VAE each compute in their own weights' dtype, so a bfloat16 denoiser samples beside
-        float32 text encoders outside the Trainer's autocast."""
+        float32 text encoders outside the Trainer's autocast. ``user_embedding`` (one per prompt, a model with a
+        user condition only) steers each image to its user; left out, the user branch stays silent."""
         pipe = self.pipe
+        if user_embedding is not None:
+            kwargs["cross_attention_kwargs"] = {**kwargs.get("cross_attention_kwargs", {}),
+                                                TOKENS_KWARG: self._generation_tokens(user_embedding, len(prompts))}
         denoiser = model if model is not None else self.policy
         was_training = denoiser.training
         saved = getattr(pipe, self.denoiser_name)
@@ -290,10 +347,22 @@ class TextToImage(SeededDraws, Backbone):
             denoiser.train(was_training)
         return list(out.images)
 
+    def _generation_tokens(self, embeddings: list, rows: int):
+        if self.user_adapter is None:
+            raise ValueError(f"a user_embedding was given to generate, and this model has no user condition (it was"
+                             f" trained without backbone.user_condition): leave the {USER_COLUMN!r} column out")
+        missing = [i for i, e in enumerate(embeddings) if e is None]
+        if missing:
+            raise ValueError(f"rows {missing[:10]} of this generation have no {USER_COLUMN!r} while others have one:"
+                             " give every row its user's embedding, or none")
+        return self.user_adapter.tokens(user_embeddings({USER_COLUMN: embeddings}, rows, self.user_condition))
+
     def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
         """A pipeline folder ``DiffusionPipeline.from_pretrained`` loads, or the LoRA weights alone, with
         the adapter's config (rank, alpha, targets) so that ``load_lora_weights`` scales it as trained."""
         denoiser = self.policy
+        if self.user_adapter is not None:  # beside the pipeline (or the LoRA weights): a load of the folder finds it
+            self.user_adapter.save(path)
         if self.has_adapters and not merge_adapters:
             from peft.utils import get_peft_model_state_dict
 

@@ -33,7 +33,8 @@ class ImageGrid(ValidationSamples):
         prompts = list(prompts)
         super().__init__(seed=seed, batch_size=max(len(prompts), 1))  # one call: every image from the one seed
         self.prompts, self.every_n_steps = prompts, every_n_steps
-        self.rows = [{"prompt": p} for p in prompts]
+        # A world's rows may carry more than the caption (diffusion_users: the user's embedding, which generate reads).
+        self.rows = [dict(p) if isinstance(p, dict) else {"prompt": p} for p in prompts]
         self._last_step: int | None = None  # the global step at the last batch end seen
 
     def make_writer(self, backbone):

@@ -53,6 +53,7 @@ IMAGE_COLUMNS = ("chosen", "rejected", "completion")
 HIDDEN_PREFIX = "_"  # canonical columns that are provenance, not data: dropped at collate
 _EXPECT_IMAGE = "encoded image bytes, an image file path, a {'bytes', 'path'} dict or a PIL image"
 _TIE = 0.5
+USER_EMBEDDING = "user_embedding"  # a pair's user, as a vector (personalised diffusion, PPD)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class ImageFields:
     label: str = "label"
     reward_0: str = "reward_0"
     reward_1: str = "reward_1"
+    user_embedding: str = "user_embedding"
 
     def has_rewards(self, row: dict) -> bool:
         return self.reward_0 in row or self.reward_1 in row
@@ -185,8 +187,20 @@ def normalize_image_pair(
         out["reward_rejected"] = _number(row, reward_order[1], index, source)
     if tie_column:
         out[TIE_COLUMN] = 1.0 if label == _TIE else 0.0
+    if fields.user_embedding in row:
+        out[USER_EMBEDDING] = _vector(row[fields.user_embedding], fields.user_embedding, index, source)
     out.update({"_source": source, "_row": index, "_chosen_column": order[0], "_rejected_column": order[1]})
     return out
+
+
+def _vector(value, field: str, index: int, source: str) -> list[float]:
+    """A non-empty list of finite numbers (a user embedding)."""
+    ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok:
+        raise DataError(source, index, field, "a non-empty list of finite numbers (the user's embedding)",
+                        value if not isinstance(value, (list, tuple)) or len(value) <= 8 else f"{list(value[:8])}...")
+    return [float(v) for v in value]
 
 
 def normalize_image_unpaired(
@@ -214,7 +228,7 @@ def image_pairs_to_unpaired(rows: Iterable[dict]) -> list[dict]:
     return out
 
 
-def image_features(unpaired: bool, rewards: bool, tie: bool = False) -> datasets.Features:
+def image_features(unpaired: bool, rewards: bool, tie: bool = False, user: bool = False) -> datasets.Features:
     """Arrow schema of canonical image rows: images as ``Image(decode=False)`` (encoded bytes or a path)."""
     image = datasets.Image(decode=False)
     columns: dict = {"prompt": datasets.Value("string")}
@@ -229,6 +243,8 @@ def image_features(unpaired: bool, rewards: bool, tie: bool = False) -> datasets
             columns.update(reward_chosen=datasets.Value("float64"), reward_rejected=datasets.Value("float64"))
         if tie:
             columns[TIE_COLUMN] = datasets.Value("float64")
+        if user:
+            columns[USER_EMBEDDING] = datasets.Sequence(datasets.Value("float32"))
         image_columns = ("chosen", "rejected")
     columns.update({"_source": datasets.Value("string"), "_row": datasets.Value("int64")})
     columns.update({f"_{c}_column": datasets.Value("string") for c in image_columns})

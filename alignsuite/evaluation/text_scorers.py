@@ -120,12 +120,13 @@ class ToyReward(Scorer):
     value (the primary's).
 
     Args:
-        world: ``llm``, ``llm_case``, ``diffusion``, ``diffusion_corner`` or ``vlm``.
+        world: ``llm``, ``llm_case``, ``diffusion``, ``diffusion_corner``, ``diffusion_users`` or ``vlm``. The
+            world with users (``diffusion_users``) scores each row under the user it names, as ``reward_<user>`` too.
     """
 
     unit = "reward"
     WORLD_MODALITY = {"llm": "text", "llm_case": "text", "diffusion": "text_to_image", "diffusion_corner": "text_to_image",
-                      "vlm": "vision_language"}
+                      "diffusion_users": "text_to_image", "vlm": "vision_language"}
 
     def __init__(self, world: str = "llm") -> None:
         from alignsuite.toy import get_world
@@ -138,6 +139,9 @@ class ToyReward(Scorer):
             self.values = (self.name, "image_sensitivity", "hallucination")
             self.rewrites = {"swapped": {"images": "swap_images"}}
         self.dimensions = tuple(getattr(self.world, "dimensions", ()))
+        self.users = tuple(getattr(self.world, "users", ()))
+        if self.users:  # each row scored under its own user; per user as reward_<user>
+            self.values = (self.name, *(f"reward_{u}" for u in self.users))
         if self.dimensions:  # one reward per dimension beside the main (the primary's), as reward_<dimension>
             self.values = (self.name, *(f"reward_{d}" for d in self.dimensions))
 
@@ -152,6 +156,12 @@ class ToyReward(Scorer):
                 raise ValueError("ToyReward(vlm) scores against the toy world's items: use evaluate.prompts toy:vlm")
             judged = [self.world.judge(row, out, row.get("swapped")) for row, out in zip(rows, outputs)]
             return [{self.name: v.pop("reward"), **v} for v in judged]
+        if self.users:
+            if rows is None or any((r or {}).get("user") not in self.users for r in rows):
+                raise ValueError(f"ToyReward({self.world_name}) scores each row under its user (a 'user' column naming one"
+                                 f" of {', '.join(self.users)}): use evaluate.prompts toy:{self.world_name}")
+            judged = [self.world.user_reward(r["user"], prompt_text(p), out) for p, out, r in zip(prompts, outputs, rows)]
+            return [{self.name: v, f"reward_{r['user']}": v} for v, r in zip(judged, rows)]
         if self.dimensions:
             judged = [self.world.rewards(prompt_text(p), out) for p, out in zip(prompts, outputs)]
             return [{self.name: v[self.dimensions[0]], **{f"reward_{d}": v[d] for d in self.dimensions}} for v in judged]

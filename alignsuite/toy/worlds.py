@@ -18,6 +18,7 @@ WORLDS = {
     "llm_case": "alignsuite.toy.llm_case.CaseEchoWorld",  # two conflicting rules; the base model is llm's
     "diffusion": "alignsuite.toy.squares.SquaresWorld",
     "diffusion_corner": "alignsuite.toy.squares_corner.CornerSquaresWorld",  # graded reward; the base model is diffusion's
+    "diffusion_users": "alignsuite.toy.squares_users.UserSquaresWorld",  # two users, opposite colours; diffusion's base
     "vlm": "alignsuite.toy.vlm.ShapesWorld",
     "tts": "alignsuite.toy.tts.SpeechTokenWorld",
     "tts_flow": "alignsuite.toy.tts.SpeechFlowWorld",

@@ -111,6 +111,12 @@ class _ImageLayout(DecodesImages):
                                            tie_column=self.tie_column)
 
     def check_row(self, canon: dict, first: dict, index: int, source: str) -> None:
+        user, field = images.USER_EMBEDDING, self.fields.user_embedding
+        if (user in canon) != (user in first):  # every row has its user, or none does
+            raise DataError(source, index, field, "a user embedding, as the first row has" if user in first else
+                            "no user embedding, as the first row (rows with users and rows without cannot mix)")
+        if user in canon and len(canon[user]) != len(first[user]):
+            raise DataError(source, index, field, f"{len(first[user])} numbers, as the first row's", len(canon[user]))
         # One Arrow schema for all sources: rewards in every source or in none. Pair and unpaired rows
         # may mix where the layout turns pairs into unpaired rows, so compare the rows as stored.
         if canon.keys() != first.keys() and self.expand([canon])[0].keys() != self.expand([first])[0].keys():
@@ -120,7 +126,7 @@ class _ImageLayout(DecodesImages):
 
     def features(self, first: dict) -> datasets.Features:
         return images.image_features("completion" in first, "reward" in first or "reward_chosen" in first,
-                                     TIE_COLUMN in first)
+                                     TIE_COLUMN in first, images.USER_EMBEDDING in first)
 
     def decode_images(self, row: dict) -> dict:
         return {
@@ -136,7 +142,8 @@ class ImagePairs(_ImageLayout):
     ``label_0`` in {0, 0.5, 1}: 1 means jpg_0 won, 0.5 is a tie), or ordered pairs (``caption``,
     ``chosen``, ``rejected``), e.g. an image folder's ``metadata.jsonl``. Per-image reward columns, when
     present, reach the batch as ``reward_chosen``/``reward_rejected`` float tensors, swapped with the
-    images (SmPO).
+    images (SmPO). A ``user_embedding`` column (a list of floats per row, the same length in every row) reaches
+    the batch as a ``[B, D]`` float tensor, for a backbone with a user condition (PPD).
 
     Args:
         caption_field: column of the caption (the prompt).
@@ -150,6 +157,7 @@ class ImagePairs(_ImageLayout):
         drop_ties: drop tied pairs (counted and reported), as Diffusion-DPO and MaPO do; false keeps them
             with the first image as chosen, as the diffusers training scripts do.
         skip_bad_images: drop a row whose image does not decode from its batch (counted) instead of stopping.
+        user_embedding_field: optional column of the pair's user as a vector (personalised diffusion).
         tie_column: keep tied pairs whatever ``drop_ties`` says and give every row a ``tie`` column (1.0 for a
             tie, 0.0 otherwise), for the objectives that read ties (``todo``); any other objective is refused
             such data at setup.
@@ -170,13 +178,15 @@ class ImagePairs(_ImageLayout):
         drop_ties: bool = True,
         skip_bad_images: bool = False,
         tie_column: bool = False,
+        user_embedding_field: str = "user_embedding",
     ) -> None:
         self.caption_field, self.image_0_field, self.image_1_field = caption_field, image_0_field, image_1_field
         self.label_0_field, self.chosen_field, self.rejected_field = label_0_field, chosen_field, rejected_field
         self.reward_0_field, self.reward_1_field = reward_0_field, reward_1_field
+        self.user_embedding_field = user_embedding_field
         fields = images.ImageFields(caption=caption_field, image_0=image_0_field, image_1=image_1_field,
                                     label_0=label_0_field, chosen=chosen_field, rejected=rejected_field,
-                                    reward_0=reward_0_field, reward_1=reward_1_field)
+                                    reward_0=reward_0_field, reward_1=reward_1_field, user_embedding=user_embedding_field)
         super().__init__(fields, drop_ties, skip_bad_images, tie_column)
 
     def check_first(self, row: dict, source: str) -> None:
