@@ -87,6 +87,20 @@ def graph() -> dict[str, list[tuple[int, str]]]:
     return {name: imports(name, path, known) for name, path in known.items()}
 
 
+def with_packages(edges: dict[str, list[tuple[int, str]]]) -> dict[str, list[tuple[int, str]]]:
+    """``edges`` and, for each import of ``a.b.c``, the packages Python runs first (``a.b``'s ``__init__``), below
+    the package root and outside the importer's own packages: importing ``alignsuite.data.messages`` runs
+    ``alignsuite/data/__init__.py`` and all it imports."""
+    known = modules()
+
+    def packages(target: str, importer: str) -> list[str]:
+        parts = target.split(".")
+        return [p for p in (".".join(parts[:i]) for i in range(2, len(parts)))
+                if p in known and p != importer and not importer.startswith(p + ".")]
+
+    return {m: list(dict.fromkeys(e + [(line, p) for line, t in e for p in packages(t, m)])) for m, e in edges.items()}
+
+
 def where(module: str) -> str:
     return str(modules()[module].relative_to(PACKAGE.parent))
 
@@ -146,7 +160,7 @@ def test_no_import_runs_up_a_layer():
 
 
 def test_no_import_closes_a_circle():
-    edges = graph()
+    edges = with_packages(graph())
     circles = []
     for component in strongly_connected(edges):
         inside = set(component)
@@ -173,3 +187,12 @@ def test_the_checker_reads_local_relative_and_package_imports(tmp_path):
         (2, "alignsuite.data.messages"), (3, "alignsuite.backbones.causal_lm"), (4, "alignsuite.toy"),
         (6, "alignsuite.data"),
     ]
+
+
+def test_importing_a_submodule_runs_its_packages_init():
+    """``judging`` importing ``alignsuite.data.messages`` runs ``alignsuite/data/__init__.py`` first: a circle
+    through a package's ``__init__`` (data's importing judges, which import judging) is a circle."""
+    edges = with_packages({"alignsuite.judging": [(18, "alignsuite.data.messages")],
+                           "alignsuite.data.procedures.online": [(23, "alignsuite.data.errors")]})
+    assert edges["alignsuite.judging"] == [(18, "alignsuite.data.messages"), (18, "alignsuite.data")]
+    assert edges["alignsuite.data.procedures.online"] == [(23, "alignsuite.data.errors")]  # its own package: no edge

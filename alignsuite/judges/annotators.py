@@ -10,26 +10,9 @@ import random
 from typing import Any, Sequence
 
 from alignsuite.components import build_object
+from alignsuite.data.procedures.online import count_votes
 from alignsuite.judges.preference import NAN, Matrix, PreferenceJudge, failed, nan_rows
 from alignsuite.judging import Scorer, prompt_text
-
-
-def count_votes(annotator_scores: list[list[float | None]]) -> Matrix:
-    """The K x K ``votes`` matrix from several annotators' scores of the same K responses (one list per
-    annotator): ``votes[i][j]`` annotators scored ``i`` above ``j``; a tie counts a half to each; a pair one
-    annotator left unscored (``None`` or NaN) gets nothing from that annotator."""
-    k = len(annotator_scores[0]) if annotator_scores else 0
-    if any(len(scores) != k for scores in annotator_scores):
-        raise ValueError(f"every annotator must score the same {k} responses, got lists of lengths "
-                         f"{[len(s) for s in annotator_scores]}")
-    votes = [[0.0] * k for _ in range(k)]
-    for scores in annotator_scores:
-        for i in range(k):
-            for j in range(k):
-                a, b = scores[i], scores[j]
-                if i != j and not failed(a) and not failed(b):
-                    votes[i][j] += 1.0 if a > b else 0.5 if a == b else 0.0
-    return votes
 
 
 def vote_shares(votes: Matrix) -> Matrix:

@@ -20,7 +20,6 @@ from typing import Any
 
 from alignsuite.data.errors import DataError
 from alignsuite.data.procedures.base import ListProcedure, Report, Row, get_field, missing_field, origin
-from alignsuite.judges.annotators import count_votes
 
 TIE = "tie: every scored response has the same score"  # the drop reason of a row with nothing to prefer
 LIST_FIELDS = ("win_matrix", "votes")  # K x K judge fields, left out of the pair rows made from a list row
@@ -373,6 +372,28 @@ class EmpiricalPreferencePairs(JudgedRule):
                 continue
             out.append(self.pair(row, chosen, rejected, preference=(k + 1) / (n + 2)))
         return out
+
+
+def _unscored(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def count_votes(annotator_scores: list[list[float | None]]) -> list[list[float]]:
+    """The K x K ``votes`` matrix from several annotators' scores of the same K responses (one list per
+    annotator): ``votes[i][j]`` annotators scored ``i`` above ``j``; a tie counts a half to each; a pair one
+    annotator left unscored (``None`` or NaN) gets nothing from that annotator."""
+    k = len(annotator_scores[0]) if annotator_scores else 0
+    if any(len(scores) != k for scores in annotator_scores):
+        raise ValueError(f"every annotator must score the same {k} responses, got lists of lengths "
+                         f"{[len(s) for s in annotator_scores]}")
+    votes = [[0.0] * k for _ in range(k)]
+    for scores in annotator_scores:
+        for i in range(k):
+            for j in range(k):
+                a, b = scores[i], scores[j]
+                if i != j and not _unscored(a) and not _unscored(b):
+                    votes[i][j] += 1.0 if a > b else 0.5 if a == b else 0.0
+    return votes
 
 
 __all__ = ["TIE", "BestWorstPairs", "EmpiricalPreferencePairs", "MarginPairs", "SoftLabelPairs", "WinRatePairs",
