@@ -309,10 +309,10 @@ class AdapterDisabled(Reference):
 class Precomputed(Reference):
     """Reference scores computed in one pass before training and stored, one per row and view.
 
-    The pass uses the starting policy (with adapters disabled under LoRA), so no reference weights stay
-    in memory during training. Steps look their scores up by the batch's row ``index``. The stored scores
-    travel in checkpoints, so a resumed run does not recompute them from trained weights. Under several
-    processes each scores its share and they exchange the results.
+    The pass uses the starting policy (with adapters disabled under LoRA), so no reference weights stay in memory
+    during training. Steps look their scores up by the batch's row ``index``. The stored scores travel in
+    checkpoints, so a resumed run does not recompute them from trained weights. Under several processes each
+    scores its share and they exchange the results.
 
     It needs inputs that are the same at every step: not a denoising backbone (new noise each step), not a
     view that depends on the batch (KTO's mismatched pairs) or on sampling (SePPO's losers).
@@ -347,8 +347,7 @@ class Precomputed(Reference):
     def on_fit_start(self, module) -> None:
         self.precompute(module)
 
-    def on_eval_start(self, module) -> None:
-        self.precompute(module)
+    on_eval_start = on_fit_start
 
     @torch.no_grad()
     def precompute(self, module) -> None:
@@ -371,13 +370,14 @@ class Precomputed(Reference):
         was_training = module.training
         module.eval()
         scores = []
-        try:
-            for start in range(0, len(mine), size):
-                batch = data.collate([dataset[i] for i in mine[start : start + size]])
-                prepared = backbone.prepare(module.build_views(batch))
-                with backbone.adapters_disabled() if backbone.has_adapters else contextlib.nullcontext():
-                    s = backbone.score(prepared).score
-                scores.append(torch.stack(s.float().chunk(len(self.views)), dim=1))  # [b, K]
+        try:  # in the training step's precision (autocast under bf16-mixed): the first step's loss is then ln 2
+            with module.trainer.precision_plugin.forward_context():
+                for start in range(0, len(mine), size):
+                    batch = data.collate([dataset[i] for i in mine[start : start + size]])
+                    prepared = backbone.prepare(module.build_views(batch))
+                    with backbone.adapters_disabled() if backbone.has_adapters else contextlib.nullcontext():
+                        s = backbone.score(prepared).score
+                    scores.append(torch.stack(s.float().chunk(len(self.views)), dim=1))  # [b, K]
         finally:
             module.train(was_training)
         local = torch.cat(scores)  # [per_rank, K]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -154,3 +156,24 @@ def test_bfloat16_reference_scores_close_to_float32(tiny_lm_dir):
     assert scores["float32"].abs().min() > 1.0
     torch.testing.assert_close(scores["bfloat16"], scores["float32"], rtol=0.02, atol=0.05)
     assert not torch.equal(scores["bfloat16"], scores["float32"])  # it really computed in bfloat16
+
+
+def test_precomputed_scores_are_taken_in_the_training_precision(tmp_path, tiny_lm_dir):
+    """Under bf16-mixed the stored scores are the policy's under autocast, as the training step computes them:
+    the first step's DPO loss is ln 2, as with a frozen copy (scored in float32 it was 0.6919 on the benchmark)."""
+    import lightning as L
+
+    from alignsuite.reference import Precomputed
+    from alignsuite.toy.data import ToyPreferenceData
+
+    first = []
+
+    class FirstLoss(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            first.append(float(outputs["loss"]))
+
+    module = lm_module(tiny_lm_dir, Precomputed())
+    L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0, callbacks=[FirstLoss()],
+              default_root_dir=str(tmp_path)).fit(module, ToyPreferenceData(num_train=8, num_val=4, batch_size=4))
+    assert first[0] == pytest.approx(math.log(2), abs=1e-6)
