@@ -27,10 +27,12 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
 
 def store_for_autocast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
     """Casts to ``dtype`` the weights and biases of ``model``'s linear and convolution layers, in place, and
-    leaves every other tensor as it is; returns how many tensors were cast.
+    leaves every other tensor's values as they are; returns how many tensors were cast.
 
     A tensor one of those layers shares with another module (an LM head tied to the input embeddings) keeps
-    its dtype: the embedding lookup is not a product autocast would cast.
+    its dtype: the embedding lookup is not a product autocast would cast. The tensors kept are copied out of
+    the checkpoint file they may still be mapped from (``from_pretrained`` maps safetensors files): while one of
+    them pointed into the file, the whole float32 file stayed mapped and resident beside the bfloat16 copies.
     """
     elsewhere = {
         id(p)
@@ -47,7 +49,9 @@ def store_for_autocast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) ->
                 continue
             param.data = param.data.to(dtype)
             cast += 1
-    others = [p.dtype for p in model.parameters() if p.dtype != dtype and p.is_floating_point()]
-    if others:
-        model._dtype_outside_autocast = others[0]
+    if cast:
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dtype != dtype:
+                tensor.data = tensor.data.clone()
+        model._dtype_outside_autocast = next((p.dtype for p in model.parameters() if p.dtype != dtype), None)
     return cast
