@@ -3,7 +3,10 @@ transcribe function), and the device such a helper runs on by default."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
+import os
 from typing import Any
 
 import torch
@@ -33,3 +36,20 @@ def default_device(device: str | None) -> torch.device:
 
 
 __all__ = ["build_object", "default_device", "import_object"]
+
+
+def save_settings(settings: Any, folder: str, name: str) -> None:
+    """A dataclass's fields as the JSON file ``folder/name``, beside the weights they describe."""
+    with open(os.path.join(folder, name), "w") as f:
+        json.dump(dataclasses.asdict(settings), f, indent=2)
+        f.write("\n")
+
+
+def read_settings(cls: type, folder: str, name: str) -> Any:
+    """The dataclass ``cls`` that :func:`save_settings` wrote to ``folder/name``; ``None`` where there is none."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return cls(**json.load(f))
+

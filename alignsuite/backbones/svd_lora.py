@@ -17,14 +17,15 @@ Initialisation: ``U = 0`` (the model starts as its base, as LoRA's ``B = 0``), `
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from alignsuite.components import read_settings, save_settings
 
 ADAPTER_FILE = "panacea_adapter.safetensors"
 CONFIG_FILE = "panacea.json"
@@ -142,17 +143,12 @@ def save_adapter(model: nn.Module, spec: PanaceaSpec, folder: str) -> None:
 
     weights = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items() if is_adapter_key(k)}
     save_file(weights, os.path.join(folder, ADAPTER_FILE))
-    with open(os.path.join(folder, CONFIG_FILE), "w") as f:
-        json.dump(asdict(spec), f, indent=2)
+    save_settings(spec, folder, CONFIG_FILE)
 
 
 def saved_spec(folder: str) -> PanaceaSpec | None:
     """The adapter settings saved in ``folder``, or None when it holds no Panacea adapter."""
-    path = os.path.join(folder, CONFIG_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return PanaceaSpec(**json.load(f))
+    return read_settings(PanaceaSpec, folder, CONFIG_FILE)
 
 
 def load_adapter(model: nn.Module, folder: str) -> None:

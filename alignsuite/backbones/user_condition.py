@@ -20,13 +20,14 @@ interpolation between two users' vectors steers between them; a table knows only
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from alignsuite.components import read_settings, save_settings
 
 USER_COLUMN = "user_embedding"  # the batch and row column that holds each row's user embedding
 CONFIG_FILE, WEIGHTS_FILE = "user_condition.json", "user_condition.safetensors"  # beside an exported pipeline
@@ -149,9 +150,7 @@ class UserAdapter(nn.Module):
         os.makedirs(path, exist_ok=True)
         save_file({k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()},
                   os.path.join(path, WEIGHTS_FILE))
-        with open(os.path.join(path, CONFIG_FILE), "w") as f:
-            json.dump(asdict(self.spec), f, indent=2)
-            f.write("\n")
+        save_settings(self.spec, path, CONFIG_FILE)
 
     def load(self, path: str) -> None:
         from safetensors.torch import load_file
@@ -167,11 +166,7 @@ def cross_attention_layers(denoiser: nn.Module) -> dict[str, nn.Module]:
 
 def saved_condition(path: str) -> UserCondition | None:
     """The user condition saved beside a pipeline in folder ``path``; ``None`` where there is none."""
-    config = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(config):
-        return None
-    with open(config) as f:
-        return UserCondition(**json.load(f))
+    return read_settings(UserCondition, path, CONFIG_FILE)
 
 
 def user_embeddings(batch: dict, rows: int, spec: UserCondition) -> Tensor:
