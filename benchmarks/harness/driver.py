@@ -132,7 +132,7 @@ def write_report(bench: Bench, args, vers: dict, model: dict, data: dict, cfg: d
         "versions": vers,
         "model": model,
         "data": data,
-        "settings": {k: v for k, v in cfg.items() if k not in ("model_dir", "tokenizer_dir", "data", "workdir")},
+        "settings": {k: v for k, v in cfg.items() if k not in ("model_dir", "tokenizer_dir", "data", "workdir", "import_paths")},
         "runs": runs,
         "summary": summary,
     }
