@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import csv
 import glob
+import importlib.util
 import math
 import os
 
 import pytest
 import torch
 
-from alignsuite.cli import main
 from alignsuite.data.procedures import GroupPairs, Report
 from alignsuite.objectives import GroupRobustDPO, get_objective
 from alignsuite.scores import PairScores
@@ -163,40 +163,22 @@ def test_group_pairs_drop_ties_and_refuse_bad_shares():
 # --------------------------------------------------------------------------------------------- the toy recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(REPO, "recipes", "toy", "llm_gr_dpo.yaml")
-GROUPS = GroupPairs({"caps": ["caps_0", "caps_1"], "lower": ["lower_0", "lower_1"]}, shares=[0.85, 0.15])
+
+
+def script():
+    """scripts/toy_gr_dpo.py: the recipe's runs and their per-group measures, as the docs' figures were measured."""
+    spec = importlib.util.spec_from_file_location("toy_gr_dpo", os.path.join(REPO, "scripts", "toy_gr_dpo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def fit(tmp_path, *args) -> tuple[str, float]:
-    """The export of the recipe run with ``args``, and its worst-group reward at the last validation: the lower of
-    group 0's (capitals) and group 1's (lower case) on greedy answers."""
-    main(["fit", "--config", RECIPE, "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt"), *args])
-    with open(glob.glob(os.path.join(str(tmp_path), "*", "version_*", "metrics.csv"))[0]) as f:
-        last = [r for r in csv.DictReader(f) if r.get("val/reward_caps")][-1]
-    return (glob.glob(os.path.join(str(tmp_path), "*", "version_*", "export"))[0],
-            min(float(last["val/reward_caps"]), float(last["val/reward_lower"])))
+    return script().fit(str(tmp_path), *args)
 
 
 def held_out_groups(model: str, seed: int, tmp_path) -> dict[str, float]:
-    """Each group's mean DPO loss and implicit-reward accuracy on the recipe's held-out pairs (one batch holding
-    them all), for ``model`` against the base model: the paper's per-group measures, whatever objective trained it."""
-    import lightning as L
-
-    from alignsuite.backbones import CausalLM
-    from alignsuite.data import TextPairs
-    from alignsuite.module import PreferenceModule
-    from alignsuite.reference import FrozenCopy
-    from alignsuite.toy.data import ToyPreferenceData
-
-    module = PreferenceModule(CausalLM(model, max_length=32, max_prompt_length=16), GroupRobustDPO(),
-                              reference=FrozenCopy("toy:llm"))
-    data = ToyPreferenceData(world="llm_case", num_train=16, num_val=256, batch_size=16, eval_batch_size=512,
-                             seed=seed, procedures=[GROUPS], layout=TextPairs(number_fields={"group": "group"}))
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=str(tmp_path))
-    (metrics,) = trainer.validate(module, data, verbose=False)
-    return {k.removeprefix("val/"): float(v) for k, v in metrics.items() if "group_" in k}
+    return script().held_out_groups(model, seed, str(tmp_path))
 
 
 def test_gr_dpo_recipe_end_to_end(tmp_path):
