@@ -10,8 +10,8 @@ import random
 from typing import Any, Sequence
 
 from alignsuite.components import build_object
-from alignsuite.data.procedures.online import count_votes
-from alignsuite.judges.preference import NAN, Matrix, PreferenceJudge, failed, nan_rows
+from alignsuite.data.procedures.judgements import count_votes, failed
+from alignsuite.judges.preference import NAN, Matrix, PreferenceJudge, nan_rows
 from alignsuite.judging import Scorer, prompt_text
 
 

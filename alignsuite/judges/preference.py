@@ -18,19 +18,12 @@ from typing import Any, Sequence
 import torch
 
 from alignsuite.components import build_object, default_device
+from alignsuite.data.procedures.judgements import failed, sigmoid
 from alignsuite.judges.failures import Failures
 from alignsuite.judging import Scorer, check_modality, check_weights, load_pretrained, prompt_text
 
 Matrix = list[list[float]]
 NAN = float("nan")
-
-
-def sigmoid(x: float) -> float:
-    """``1 / (1 + exp(-x))`` without overflow at either end."""
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
 
 
 def win_rates(matrix: Matrix) -> list[float]:
@@ -43,10 +36,6 @@ def win_rates(matrix: Matrix) -> list[float]:
         have = [p for p in row if not math.isnan(p)]
         rates.append(sum(have) / len(have) if have else NAN)
     return rates
-
-
-def failed(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 class PreferenceJudge:

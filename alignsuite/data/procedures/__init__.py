@@ -19,6 +19,7 @@ from alignsuite.data.procedures.completion import CuratronPairs, btl_scores
 from alignsuite.data.procedures.condition import PromptCondition
 from alignsuite.data.procedures.conditioned import ConditionedPairs, ControllablePairs, DirectionalPairs
 from alignsuite.data.procedures.groups import GroupPairs
+from alignsuite.data.procedures.judgements import count_votes
 from alignsuite.data.procedures.online import (
     TIE,
     BestWorstPairs,
@@ -26,7 +27,6 @@ from alignsuite.data.procedures.online import (
     MarginPairs,
     SoftLabelPairs,
     WinRatePairs,
-    count_votes,
 )
 from alignsuite.data.procedures.noise import FlipPairs
 from alignsuite.data.procedures.pairs import CurryPairs, RejectionSampling, SweetSpotPairs

@@ -15,20 +15,16 @@ objectives need no rule: the list layouts read these rows as they are (see the d
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from alignsuite.data.errors import DataError
 from alignsuite.data.procedures.base import ListProcedure, Report, Row, get_field, missing_field, origin
+from alignsuite.data.procedures.judgements import count, probability, sigmoid
 
 TIE = "tie: every scored response has the same score"  # the drop reason of a row with nothing to prefer
 LIST_FIELDS = ("win_matrix", "votes")  # K x K judge fields, left out of the pair rows made from a list row
 
 Candidate = tuple[int, Any, float | None]  # (position in the list, response, score or None)
-
-
-def sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
 def best_worst(candidates: list[Candidate], value) -> tuple[Candidate, Candidate]:
@@ -56,22 +52,6 @@ def square_matrix(row: Row, name: str, k: int, entries: str, entry) -> list[list
                     raise DataError(source, index, name, f"{entries}; entry [{i}][{j}] is not one",
                                     value[i][j]) from None
     return out
-
-
-def probability(v: Any) -> float | None:
-    """A win probability in [0, 1], or ``None`` for a missing (NaN) judgement."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-        raise ValueError(v)
-    return float(v)
-
-
-def count(v: Any) -> float:
-    """A vote count: a finite number >= 0."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ValueError(v)
-    return float(v)
 
 
 class JudgedRule(ListProcedure):
@@ -374,27 +354,4 @@ class EmpiricalPreferencePairs(JudgedRule):
         return out
 
 
-def _unscored(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def count_votes(annotator_scores: list[list[float | None]]) -> list[list[float]]:
-    """The K x K ``votes`` matrix from several annotators' scores of the same K responses (one list per
-    annotator): ``votes[i][j]`` annotators scored ``i`` above ``j``; a tie counts a half to each; a pair one
-    annotator left unscored (``None`` or NaN) gets nothing from that annotator."""
-    k = len(annotator_scores[0]) if annotator_scores else 0
-    if any(len(scores) != k for scores in annotator_scores):
-        raise ValueError(f"every annotator must score the same {k} responses, got lists of lengths "
-                         f"{[len(s) for s in annotator_scores]}")
-    votes = [[0.0] * k for _ in range(k)]
-    for scores in annotator_scores:
-        for i in range(k):
-            for j in range(k):
-                a, b = scores[i], scores[j]
-                if i != j and not _unscored(a) and not _unscored(b):
-                    votes[i][j] += 1.0 if a > b else 0.5 if a == b else 0.0
-    return votes
-
-
-__all__ = ["TIE", "BestWorstPairs", "EmpiricalPreferencePairs", "MarginPairs", "SoftLabelPairs", "WinRatePairs",
-           "count_votes"]
+__all__ = ["TIE", "BestWorstPairs", "EmpiricalPreferencePairs", "MarginPairs", "SoftLabelPairs", "WinRatePairs"]
