@@ -1,5 +1,6 @@
 """Objects a config names by import path rather than as modules of the run (a codec, a vocoder, a recogniser's
-transcribe function), and the device such a helper runs on by default."""
+transcribe function), the device such a helper runs on by default, and the settings a saved component keeps
+beside its weights (a JSON file of its dataclass's fields)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,6 @@ def default_device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-__all__ = ["build_object", "default_device", "import_object"]
-
-
 def save_settings(settings: Any, folder: str, name: str) -> None:
     """A dataclass's fields as the JSON file ``folder/name``, beside the weights they describe."""
     with open(os.path.join(folder, name), "w") as f:
@@ -53,3 +51,5 @@ def read_settings(cls: type, folder: str, name: str) -> Any:
     with open(path) as f:
         return cls(**json.load(f))
 
+
+__all__ = ["build_object", "default_device", "import_object", "read_settings", "save_settings"]
