@@ -29,6 +29,7 @@ from alignsuite.backbones.svd_lora import (
     PreferenceState,
     adapters,
     apply_adapter,
+    is_export,
     base_state_dict,
     load_adapter,
     save_adapter,
@@ -115,7 +116,7 @@ class PanaceaLM(CausalLM):
 
     def _export_folder(self) -> str | None:
         path = resolve_model_path(self.model_name_or_path)
-        return path if os.path.isdir(path) and saved_spec(path) is not None else None
+        return path if os.path.isdir(path) and is_export(path) else None
 
     def on_setup(self, datamodule) -> None:
         dims = tuple(getattr(datamodule.layout, "preference_dimensions", ()) or ())

@@ -146,6 +146,11 @@ def save_adapter(model: nn.Module, spec: PanaceaSpec, folder: str) -> None:
     save_settings(spec, folder, CONFIG_FILE)
 
 
+def is_export(folder: str) -> bool:
+    """Whether ``folder`` holds a Panacea adapter beside its base model (``save_adapter``'s files)."""
+    return os.path.isfile(os.path.join(folder, CONFIG_FILE))
+
+
 def saved_spec(folder: str) -> PanaceaSpec | None:
     """The adapter settings saved in ``folder``, or None when it holds no Panacea adapter."""
     return read_settings(PanaceaSpec, folder, CONFIG_FILE)

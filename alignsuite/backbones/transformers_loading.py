@@ -8,13 +8,12 @@ the recipe's chat template.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from alignsuite.backbones.svd_lora import CONFIG_FILE as PREFERENCE_ADAPTER_FILE
+from alignsuite.backbones.svd_lora import CONFIG_FILE as PREFERENCE_ADAPTER_FILE, is_export
 from alignsuite.backbones.tokenize import read_chat_template
 from alignsuite.sources import resolve_model_path
 
@@ -24,7 +23,7 @@ def load_pretrained_model(auto_class, path: str, dtype: str, attn_implementation
     """``auto_class.from_pretrained(path)`` (or, with ``empty_weights``, the same model on the meta device),
     its dropout zeroed when ``disable_dropout``; an error naming ``path`` when nothing loads from it, or when it
     is a preference-conditioned export and the caller does not read its adapter (``preference_adapter``)."""
-    if not preference_adapter and os.path.isfile(os.path.join(path, PREFERENCE_ADAPTER_FILE)):
+    if not preference_adapter and is_export(path):
         raise ValueError(f"{path} is a Panacea export: a base model with a preference adapter beside it"
                          f" ({PREFERENCE_ADAPTER_FILE}). Loaded as a plain model, its adapter would be dropped and the"
                          " base used in its place: load it with alignsuite.backbones.PanaceaLM and choose a preference")

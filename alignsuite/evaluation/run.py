@@ -21,7 +21,7 @@ import torch
 
 from alignsuite.backbones.pad import PAD
 from alignsuite.backbones.panacea import PanaceaLM
-from alignsuite.backbones.svd_lora import saved_spec
+from alignsuite.backbones.svd_lora import is_export
 from alignsuite.checkpoint_io import CheckpointError, backbone_weights, load_backbone_weights, load_checkpoint_file
 from alignsuite.data.procedures.condition import PromptCondition
 from alignsuite.data.protocol import preference_data
@@ -136,7 +136,7 @@ def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
     backbone's own ``from_pretrained`` path, or the recipe's starting weights with a checkpoint's policy."""
     built = copy.deepcopy(backbone)
     if os.path.isdir(aligned):
-        if saved_spec(aligned) is not None and not getattr(built, "reads_preference_adapter", True):
+        if is_export(aligned) and not getattr(built, "reads_preference_adapter", True):
             built = PanaceaLM.reading(backbone, aligned)  # a preference-conditioned export beside plain models
         built.model_name_or_path = aligned
         try:
