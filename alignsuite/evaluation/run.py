@@ -131,6 +131,17 @@ class Evaluation:
 
 
 # ------------------------------------------------------------------------------------------ models
+def check_guide(guide: PAD | None, backbone) -> None:
+    """Refuse a decoding-time guide ``backbone`` cannot take, or whose reward model has another vocabulary, before
+    any generation; nothing to check without one."""
+    if guide is None:
+        return
+    try:
+        guide.check(backbone)
+    except (ValueError, FileNotFoundError) as error:
+        raise EvaluationError(f"evaluate.{error}") from None
+
+
 def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
     """A built copy of ``backbone`` holding the aligned weights: loaded from an export folder through the
     backbone's own ``from_pretrained`` path, or the recipe's starting weights with a checkpoint's policy."""
@@ -227,11 +238,7 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
     if evaluation.aligned and not os.path.exists(evaluation.aligned):
         raise EvaluationError(f"evaluate.aligned {evaluation.aligned}: no such folder or checkpoint")
     guide = evaluation.guide
-    if guide is not None:  # a reward model with another vocabulary is refused before any generation
-        try:
-            guide.check(backbone)
-        except (ValueError, FileNotFoundError) as error:
-            raise EvaluationError(f"evaluate.{error}") from None
+    check_guide(guide, backbone)
     output_dir = evaluation.output_dir or (default_output_dir(evaluation.aligned) if evaluation.aligned else
                                            os.path.join(default_output_dir(guide.reward_model), "guided"))
     kwargs = evaluation.generation_kwargs

@@ -27,8 +27,8 @@ from alignsuite.data.errors import DataError
 from alignsuite.evaluation.front import BASE, COMPARISON, GUIDED, PREFERENCE, SWEPT, WEIGHTS, FrontPoint, \
     FrontResults, check_preference, interval, simplex_grid, summary_lines
 from alignsuite.evaluation.results import RESULTS_FILE
-from alignsuite.evaluation.run import Evaluation, EvaluationError, _jsonable, aligned_backbone, default_output_dir, \
-    evaluation_prompts, generate_all
+from alignsuite.evaluation.run import Evaluation, EvaluationError, _jsonable, aligned_backbone, check_guide, \
+    default_output_dir, evaluation_prompts, generate_all
 from alignsuite.generation import row_conditions
 
 ENTRY_KEYS = {"front": ("label", "aligned", "weights"), "comparisons": ("label", "aligned")}
@@ -109,11 +109,7 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
     guide = evaluation.guide
     if evaluation.guide_weights and guide is None:
         raise EvaluationError("evaluate.guide_weights sweeps a decoding-time guide's weight: give evaluate.guide")
-    if guide is not None:  # a reward model with another vocabulary is refused before any generation
-        try:
-            guide.check(backbone)
-        except (ValueError, FileNotFoundError) as error:
-            raise EvaluationError(f"evaluate.{error}") from None
+    check_guide(guide, backbone)
     for scorer in evaluation.scorers:
         if getattr(scorer, "needs_pairs", False):
             raise EvaluationError(f"evaluate.scorers: {scorer.name!r} scores held-out pairs, not generations; a"
