@@ -31,6 +31,7 @@ from alignsuite.cli_defaults import announce_run_folder, fill_in, share_run_fold
 from alignsuite.cli_help import DESCRIPTION, PROG, HelpFormatter, add_subcommands
 from alignsuite.cli_parser import (
     AlignParser, check_config_files, config_files, new_folders, remove_empty, reported_errors, resolve,
+    use_libyaml_dumper,
 )
 from alignsuite.commands import (
     COMMANDS, AlignTrainer, check_checkpoint, check_monitors, fail, fail_on_missing_extra, import_named_classes,
@@ -79,6 +80,7 @@ class AlignCLI(LightningCLI):
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertisements)
         import_named_classes()
+        use_libyaml_dumper()
         super().__init__(
             PreferenceModule,
             PreferenceDataModule,

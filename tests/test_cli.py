@@ -136,6 +136,25 @@ def test_every_shipped_recipe_parses(capsys):
         capsys.readouterr()
 
 
+@pytest.mark.parametrize("recipe", ["recipes/toy/llm_dpo.yaml", "recipes/toy/llm_iterate_dpo.yaml",
+                                    "recipes/toy/diffusion_ppd.yaml", "recipes/llm/qwen2.5-0.5b_lipo_lora.yaml"])
+def test_configs_are_written_by_libyaml_as_the_pure_python_emitter_writes_them(recipe, capsys, monkeypatch):
+    import alignsuite.cli as cli_module
+    from jsonargparse import set_dumper
+    from jsonargparse._loaders_dumpers import yaml_dump
+
+    command = "iterate" if "\niterate:" in open(os.path.join(REPO, recipe)).read() else "fit"
+    texts = []
+    for _ in range(2):
+        with pytest.raises(SystemExit):
+            main([command, "--config", os.path.join(REPO, recipe), "--print_config"])
+        texts.append(capsys.readouterr().out)
+        monkeypatch.setattr(cli_module, "use_libyaml_dumper", lambda: None)
+        set_dumper("yaml", yaml_dump)  # jsonargparse's own, pure-Python emitter
+    assert yaml.__with_libyaml__ and texts[0] == texts[1] and len(texts[0]) > 500
+    cli_module.use_libyaml_dumper()
+
+
 def test_fit_exports_a_folder_transformers_loads_with_changed_weights(tmp_path, tiny_lm_dir, pair_file):
     before = weights(tiny_lm_dir)
     main(["fit", "--config", recipe(tmp_path, tiny_lm_dir, pair_file)])

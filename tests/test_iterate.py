@@ -87,6 +87,8 @@ def test_a_run_keeps_every_rounds_samples_judgements_pairs_checkpoint_and_report
         seconds = summary["seconds"]
         assert set(seconds) >= {"generate", "judge", "build", "fit", "train", "load", "heldout", "round"}
         assert seconds["train"] <= seconds["fit"] and seconds["generate"] + seconds["fit"] <= seconds["round"]
+        # round 0's policy generates round 1; each fit's trained backbone is the next policy, not read back
+        assert seconds["load"] == 0
         assert 0 <= summary["loop_overhead"] < 1
         assert 0 <= summary["heldout"]["win_rate"] <= 1
         low, high = summary["heldout"]["win_interval"]
@@ -390,3 +392,19 @@ def test_a_run_stopped_by_sigterm_in_a_fit_exits_143_and_resumes_to_the_same_wei
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     got, want = final_weights(out, 2), final_weights(uninterrupted, 2)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("precision, adopted", [("32-true", True), ("bf16-mixed", True), ("bf16-true", False)])
+def test_a_fits_trained_backbone_is_the_next_policy_unless_its_precision_cast_it(precision, adopted):
+    """A backbone a ``bf16-true`` fit cast is not the policy the recipe builds: it is read back from the file."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    backbone = torch.nn.Module()
+    backbone.policy = torch.nn.Linear(2, 2)
+    trainer = SimpleNamespace(precision=precision, strategy=SingleDeviceStrategy(torch.device("cpu")))
+    policies = loop.Policies(None, torch.device("cpu"), SimpleNamespace(judge=None, engine=None))
+    policies.adopt("round_01/last.ckpt", trainer, backbone)
+    assert (policies.policy is backbone) is adopted and (policies.checkpoint == "round_01/last.ckpt") is adopted
+    assert not backbone.policy.training or not adopted

@@ -156,7 +156,7 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
             continue
         generate_from, start_from = (None if r is None else round_checkpoint(round_dir(settings.output_dir, r))
                                      for r in settings.sources(index))
-        times: Counter = Counter()
+        times: Counter = Counter(load=0.0)  # 0 when the policy is the one the last fit trained
         round_began = time.perf_counter()
         summary: dict = {"round": index}
         if index > 0:
@@ -171,6 +171,8 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
             summary.update(procs.from_first(build, prompts, settings, index, folder, times))
             began = time.perf_counter()
             fit_round(cli, settings, index, folder, start_from, times)
+            if procs.count == 1:
+                policies.adopt(round_checkpoint(folder), cli.trainer, cli.model.backbone)
             if settings.extragradient:
                 summary["step"] = "extrapolation" if index % 2 else "update"
             times["fit"] += time.perf_counter() - began
@@ -226,8 +228,26 @@ class Policies:
             self.generate = self.settings.engine.start(self.policy, folder)
             if times is not None:
                 times["load"] += time.perf_counter() - began
+        elif self.generate is None:  # adopted from the fit: the engine starts on first use
+            self.generate = self.settings.engine.start(self.policy, folder)
         attach(self.settings.judge, self.policy)
         return self.policy, self.generate
+
+    def adopt(self, checkpoint: str, trainer, backbone) -> None:
+        """Take the backbone a fit has just trained as the policy at ``checkpoint``, the file that fit ended by
+        writing, instead of building it again from that file: the same weights, in the same dtypes, on one
+        device and where the trainer's precision left the parameters as the recipe builds them (not under a
+        ``*-true`` precision other than ``32-true``, which casts them)."""
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+
+        precision = str(trainer.precision)
+        if not isinstance(trainer.strategy, SingleDeviceStrategy) or (precision.endswith("-true")
+                                                                    and precision != "32-true"):
+            return
+        self.drop()
+        backbone.to(self.device)  # Lightning's teardown moved it off an accelerator
+        backbone.policy.eval()
+        self.policy, self.checkpoint, self.generate = backbone, checkpoint, None
 
     def drop(self) -> None:
         if self.policy is not None:
