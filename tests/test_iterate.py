@@ -83,6 +83,8 @@ def test_a_run_keeps_every_rounds_samples_judgements_pairs_checkpoint_and_report
         assert build["rows"] + sum(build["dropped"].values()) == 16
         assert all(p["score_chosen"] > p["score_rejected"] for p in pairs)
         assert os.path.exists(loop.round_checkpoint(folder))
+        hyper = torch.load(loop.round_checkpoint(folder), weights_only=False)["datamodule_hyper_parameters"]
+        assert hyper["train"] == os.path.abspath(os.path.join(folder, "pairs.jsonl"))  # the round's, not the recipe's
         summary = summaries[index]
         seconds = summary["seconds"]
         assert set(seconds) >= {"generate", "judge", "build", "fit", "train", "load", "heldout", "round"}

@@ -89,6 +89,15 @@ def carry_columns(data, settings: Iterate) -> None:
         init["number_fields"] = fields
 
 
+def config_record(cli) -> dict:
+    """The command's section of the config as Lightning records it in ``hparams.yaml`` and the checkpoint's
+    data and model hyper-parameters (``LightningCLI._dump_config``, which makes it once per process)."""
+    import yaml
+
+    text = cli.parser.dump(cli.config, skip_link_targets=False, skip_none=False, skip_check=True)
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))[cli.subcommand]
+
+
 class TrainClock(Callback):
     """Adds the seconds from the training loop's start to its end (``train``) to a round's times: the rest of the
     fit is setting it up and loading its weights."""
@@ -112,6 +121,8 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
     section["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                     "init_args": {"save_dir": os.path.abspath(folder), "name": FIT, "version": 0}}
     seed_everything(settings.seed + index, verbose=False)
+    if hasattr(cli, "config_dump"):  # Lightning's record of the hyper-parameters, made once: this round's data
+        cli.config_dump = config_record(cli)
     cli.instantiate_classes()
     trainer = cli.trainer
     trainer.callbacks += [RoundStart(previous, settings.reference, settings.carry_optimizer), TrainClock(times)]
