@@ -239,3 +239,39 @@ def test_one_dpa_model_traces_the_front_through_its_prompt(tmp_path, seed):
     assert caps_first["reward_caps"] - lower_first["reward_caps"] >= 0.45
     assert lower_first["reward_lower"] - caps_first["reward_lower"] >= 0.3
     assert points["hypervolume"] >= 0.13
+
+
+def test_controllable_pairs_maximise_the_unstated_dimensions_by_hand():
+    # A = (caps 0.5, lower 0.5), a = (0.2, 0.9); targets 0.5
+    data = rows(((0.5, 0.5), (0.2, 0.9)))
+    # caps stated, lower unstated: V = -|caps - 0.5| + lower: A 0 + 0.5 = 0.5, a -0.3 + 0.9 = 0.6 -> a
+    cpo = ControllablePairs(DIMS, PromptCondition("<caps {caps}>"), targets=[0.5], unstated=["lower"])
+    out, _ = run(cpo, data)
+    assert (out[0]["chosen"], out[0]["prompt"]) == ("a", "<caps 0.5>\n\necho x0")
+    assert "condition_lower" not in out[0] and out[0]["condition_caps"] == 0.5
+    assert cpo.extra_columns == ("condition_caps",)
+    # both stated: A meets (0.5, 0.5) exactly, 0 against a's -(0.3 + 0.4) -> A
+    out, _ = run(ControllablePairs(DIMS, PromptCondition("{caps} {lower}"), targets=[0.5]), data)
+    assert out[0]["chosen"] == "A"
+
+
+def test_controllable_pairs_can_take_their_targets_from_an_answer_as_the_official_code_does():
+    cpo = ControllablePairs(DIMS, PromptCondition("{caps} {lower}", levels=WORDS), targets_from="answers", seed=3)
+    out, report = run(cpo, rows(*[((1, 0), (0, 1))] * 40))
+    assert len(out) == 40 and report.counts.get("conditions drawn") == 40
+    drawn = {(r["condition_caps"], r["condition_lower"]) for r in out}
+    assert drawn == {(1.0, 0.0), (0.0, 1.0)}  # both answers are drawn, and only their levels
+    for r in out:  # the answer whose levels are the condition meets it exactly, so it is chosen
+        assert r["chosen"] == ("A" if r["condition_caps"] == 1.0 else "a")
+        assert r["prompt"] == ("e a" if r["condition_caps"] == 1.0 else "a e") + f"\n\necho x{r['_row']}"
+
+
+def test_controllable_pairs_refuse_bad_unstated_and_targets_from():
+    with pytest.raises(ValueError, match=r"ControllablePairs.unstated = \['helpful'\]"):
+        ControllablePairs(DIMS, PromptCondition("{caps}"), unstated=["helpful"])
+    with pytest.raises(ValueError, match=r"ControllablePairs.unstated = \['caps', 'lower'\]"):
+        ControllablePairs(DIMS, PromptCondition("{caps}"), unstated=["caps", "lower"])
+    with pytest.raises(ValueError, match=r"ControllablePairs.condition: the template's field\(s\) \['lower'\]"):
+        ControllablePairs(DIMS, PromptCondition("{caps} {lower}"), unstated=["lower"])
+    with pytest.raises(ValueError, match="ControllablePairs.targets_from"):
+        ControllablePairs(DIMS, PromptCondition("{caps}"), targets_from="best")

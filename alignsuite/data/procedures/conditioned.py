@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Literal
 
 from alignsuite.data.errors import DataError
 from alignsuite.data.procedures.base import Procedure, Report, Row, as_score, carry, get_field, origin, where
@@ -80,17 +81,22 @@ class ConditionedPairs(Procedure):
             raise ValueError(f"{name}.per_pair must be at least 1, got {per_pair}")
         if isinstance(condition, dict):
             condition = PromptCondition(**condition)
-        condition.check(tuple(dimensions), f"{name}.condition")
         self.dimensions = {d: f if isinstance(f, str) else list(f) for d, f in dimensions.items()}
+        condition.check(self.condition_dimensions(), f"{name}.condition")
         self.condition, self.responses, self.prompt_field = condition, tuple(responses), prompt_field
         self.per_pair, self.seed = per_pair, seed
-        self.extra_columns = tuple(f"condition_{d}" for d in self.dimensions)
+        self.extra_columns = tuple(f"condition_{d}" for d in self.condition_dimensions())
 
     def rewards(self, row: Row) -> tuple[dict[str, float], dict[str, float]]:
         """Each answer's reward per dimension (a label: 1 for the preferred answer, 0 for the other)."""
         return answer_rewards(row, self.dimensions)
 
-    def draw(self, rng: random.Random) -> dict[str, float]:
+    def condition_dimensions(self) -> tuple[str, ...]:
+        """The dimensions a condition states (written into the prompt, a ``condition_<d>`` column each)."""
+        return tuple(self.dimensions)
+
+    def draw(self, rng: random.Random, rewards: tuple[dict[str, float], dict[str, float]] = ()) -> dict[str, float]:
+        """A condition for a row whose answers have ``rewards``."""
         raise NotImplementedError
 
     def value(self, reward: dict[str, float], condition: dict[str, float]) -> float:
@@ -104,7 +110,7 @@ class ConditionedPairs(Procedure):
             rewards = self.rewards(row)
             rng = random.Random(f"{self.seed}-{where(row)}")
             for _ in range(self.per_pair):
-                condition = self.draw(rng)
+                condition = self.draw(rng, rewards)
                 v0, v1 = (self.value(r, condition) for r in rewards)
                 if abs(v0 - v1) <= TIE:
                     report.drop(row, "the two answers tie under the drawn condition")
@@ -114,7 +120,7 @@ class ConditionedPairs(Procedure):
                 out.append(carry(row, (*self.responses, self.prompt_field),
                                  prompt=self.condition.apply(prompt, condition, *origin(row), self.prompt_field),
                                  chosen=answers[first], rejected=answers[1 - first],
-                                 **{f"condition_{d}": condition[d] for d in self.dimensions}))
+                                 **{f"condition_{d}": condition[d] for d in condition}))
         return out
 
 
@@ -149,7 +155,7 @@ class DirectionalPairs(ConditionedPairs):
                                  " not all zero (one per dimension)")
         self.directions = [list(map(float, v)) for v in directions] if directions else None
 
-    def draw(self, rng: random.Random) -> dict[str, float]:
+    def draw(self, rng: random.Random, rewards: tuple[dict[str, float], dict[str, float]] = ()) -> dict[str, float]:
         v = rng.choice(self.directions) if self.directions else [abs(rng.gauss(0.0, 1.0)) for _ in self.dimensions]
         norm = math.sqrt(sum(x * x for x in v)) or 1.0
         return {d: x / norm for d, x in zip(self.dimensions, v)}
@@ -160,33 +166,68 @@ class DirectionalPairs(ConditionedPairs):
 
 class ControllablePairs(ConditionedPairs):
     """Controllable preference optimisation's CDPO (Guo et al. 2024, arXiv 2402.19085): the condition states a
-    target level per dimension and an answer's value is its closeness to the targets,
-    ``V = -sum_d |r_d(y) - c_d|``; DPO then trains on the conditioned pairs.
+    target level for each stated dimension, and an answer's value rewards closeness to the stated targets and the
+    level of every unstated dimension,
 
-    Each row draws every dimension's target from ``targets``. Convention: the paper also leaves some
-    dimensions unstated (those are maximised, ``+ r_d``) and weights the terms; here every dimension is stated
-    and weighted 1. Its first stage, CPSFT (fine-tuning on answers whose scores match the condition), is not
-    part of this procedure.
+        ``V(y) = -sum_{d stated} |r_d(y) - c_d| + sum_{d in unstated} r_d(y)``;
+
+    DPO then trains on the conditioned pairs. Only the stated dimensions are written into the prompt (and get a
+    ``condition_<d>`` column).
+
+    Where the targets come from (``targets_from``): ``levels`` draws each stated dimension's target uniformly from
+    ``targets``; ``answers`` takes them from one of the row's answers, drawn uniformly, as the official data
+    preparation does (``OpenBMB/CPO``, ``src/CDPO/data_preparation/data_dpo_ultrafeedback.py``: the condition is
+    the ratings of a response of the same prompt, so every condition is one some answer meets; there, over
+    UltraFeedback's four responses, here over the pair's two).
+
+    Convention: the value follows the paper's and the official code's intent, closeness ``-|r - c|`` for a stated
+    dimension and the rating itself for an unstated one, weights 1 (the official code's). Where the official code
+    departs from it this follows the intent: its honesty term is written ``-abs(r) - c`` (so it prefers the lower
+    rating whatever the target), and its ``enabled and -abs(r - c) or r`` idiom gives an exact match the rating
+    itself instead of 0 (so ties between exact matches are broken by the rating). Its first stage, CPSFT
+    (fine-tuning on answers whose scores match the condition), is not part of this procedure.
 
     Args:
-        targets: the levels a target is drawn from (uniformly, per dimension).
+        targets: the levels a target is drawn from with ``targets_from: levels`` (uniformly, per dimension).
+        unstated: dimensions left out of the condition, whose reward is maximised (the official code's disabled
+            conditions); at least one dimension must stay stated.
+        targets_from: ``levels`` or ``answers`` (above).
         (the rest: `ConditionedPairs`)
     """
 
     def __init__(self, dimensions: dict[str, str | list[str]], condition: PromptCondition,
-                 targets: list[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+                 targets: list[float] = (0.0, 0.25, 0.5, 0.75, 1.0), unstated: list[str] = (),
+                 targets_from: Literal["levels", "answers"] = "levels",
                  responses: tuple[str, str] | list[str] = ("response_0", "response_1"), prompt_field: str = "prompt",
                  per_pair: int = 1, seed: int = 0, splits: tuple[str, ...] | list[str] = ("train",)) -> None:
+        unstated = list(unstated)
+        unknown = [d for d in unstated if d not in dimensions]
+        if unknown or len(unstated) >= len(dimensions):
+            raise ValueError(f"ControllablePairs.unstated = {unstated}: dimensions of {list(dimensions)}, leaving at"
+                             " least one stated")
+        if targets_from not in ("levels", "answers"):
+            raise ValueError(f"ControllablePairs.targets_from: 'levels' or 'answers', got {targets_from!r}")
+        self.unstated = unstated  # before the base reads condition_dimensions()
         super().__init__(dimensions, condition, responses, prompt_field, per_pair, seed, splits)
         if len(targets) < 1:
             raise ValueError("ControllablePairs.targets: give at least one level")
-        self.targets = [float(t) for t in targets]
+        self.targets, self.targets_from = [float(t) for t in targets], targets_from
 
-    def draw(self, rng: random.Random) -> dict[str, float]:
-        return {d: rng.choice(self.targets) for d in self.dimensions}
+    @property
+    def stated(self) -> list[str]:
+        return [d for d in self.dimensions if d not in self.unstated]
+
+    def condition_dimensions(self) -> tuple[str, ...]:
+        return tuple(self.stated)
+
+    def draw(self, rng: random.Random, rewards: tuple[dict[str, float], dict[str, float]] = ()) -> dict[str, float]:
+        if self.targets_from == "answers":
+            answer = rewards[rng.randrange(len(rewards))]
+            return {d: answer[d] for d in self.stated}
+        return {d: rng.choice(self.targets) for d in self.stated}
 
     def value(self, reward: dict[str, float], condition: dict[str, float]) -> float:
-        return -sum(abs(reward[d] - condition[d]) for d in self.dimensions)
+        return -sum(abs(reward[d] - condition[d]) for d in self.stated) + sum(reward[d] for d in self.unstated)
 
 
 __all__ = ["ConditionedPairs", "answer_rewards", "ControllablePairs", "DirectionalPairs"]
