@@ -79,6 +79,8 @@ PLAIN = {  # name -> (hparams, plain form of one list taking (s, r))
     "exo": ({"beta_r": 0.5}, lambda s, r: plain_exo(s, r, 0.5)),
     "mpo": ({"alpha": 0.7}, lambda s, r: plain_mpo(s, r, 0.7)),
     "mpo-absolute": ({"alpha": 0.7, "deviation": "absolute"}, lambda s, r: plain_mpo(s, r, 0.7, absolute=True)),
+    # Without its step weights (tests/test_trees.py works them by hand), TPO's tree objective is LiPO-lambda.
+    "tpo_tree": ({"step_weights": False}, plain_lipo),
 }
 LIST_OBJECTIVES = sorted(n for n in available_objectives() if get_objective(n).row_kind == "lists")
 

@@ -18,7 +18,7 @@ from alignsuite.data.images import (
 )
 from alignsuite.data.layouts import (
     DimensionPairs, ImageLists, ImagePairs, ImageUnpaired, Layout, ListLayout, SpeechLists, SpeechPairs, TextLists, TextPairs,
-    TextUnpaired, VisionPairs,
+    TextTrees, TextUnpaired, VisionPairs,
 )
 from alignsuite.data.loading import load_table
 from alignsuite.data.fields import PairFields, UnpairedFields
@@ -43,6 +43,7 @@ __all__ = [
     "SpeechPairs",
     "TextLists",
     "TextPairs",
+    "TextTrees",
     "TextUnpaired",
     "UnpairedFields",
     "VisionPairs",
