@@ -1,6 +1,6 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
 `DimensionPairs`, `TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`; K graded responses per prompt:
-`TextLists`, `ImageLists`, `SpeechLists`; in `layouts/`; audio in `audio`), the row normalisation they use
+`TextLists`, `ImageLists`, `SpeechLists`; the paths of preference trees: `TextTrees`; in `layouts/`; audio in `audio`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
 and the Lightning data module that batches it (`PreferenceDataModule`), which declares what the suite reads
 from a data module (`PreferenceData`)."""
