@@ -225,6 +225,35 @@ def test_rows_without_step_starts_are_refused_naming_the_column(tmp_path):
         tree_data(source, list_size=2)
 
 
+def test_a_tree_left_with_fewer_than_two_paths_is_skipped_and_counted(tmp_path, recwarn):
+    rows = [{"prompt": "echo a b", "responses": ["A B", "", "a b"], "scores": [1.0, 0.5, None],
+             "step_starts": [[0, 1], [0], [0]]},
+            {"prompt": "echo c", "responses": ["C", "c"], "scores": [1.0, 0.0], "step_starts": [[0], [0]]}]
+    data = tree_data(write_rows(tmp_path / "t.jsonl", rows), list_size=3)
+    assert len(data.train_set) == 1
+    assert any("skipped 1 rows" in str(w.message) for w in recwarn)
+
+
+def test_step_weights_need_step_starts_and_a_reference_that_scores_tokens_before_any_model_loads(tmp_path):
+    import lightning as L
+
+    from alignsuite.backbones import CausalLM
+    from alignsuite.module import PreferenceModule
+    from alignsuite.reference import Precomputed
+    from alignsuite.toy.data import ToyPreferenceData
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, default_root_dir=str(tmp_path))
+    backbone = CausalLM("toy:llm", max_length=32, max_prompt_length=16)
+    module = PreferenceModule(backbone, get_objective("tpo_tree"))
+    with pytest.raises(ValueError, match=r"objective 'tpo_tree' needs the data column\(s\) 'step_starts'"):
+        trainer.fit(module, ToyPreferenceData(num_train=8, num_val=4, batch_size=4, list_size=4))
+    module = PreferenceModule(backbone, get_objective("tpo_tree"), reference=Precomputed())
+    with pytest.raises(ValueError, match=r"objective 'tpo_tree' needs the reference's log-probs per token"):
+        trainer.fit(module, ToyPreferenceData(num_train=8, num_val=4, batch_size=4, list_size=4, trees=True))
+    assert module.backbone.policy is None
+
+
 def test_the_module_scores_tree_paths_per_token(tmp_path):
     """Through the toy backbone: every answer token gets its step (the end token in the last), and a policy equal
     to its reference gives every path the reward 0."""
