@@ -79,6 +79,8 @@ PLAIN = {  # name -> (hparams, plain form of one list taking (s, r))
     "exo": ({"beta_r": 0.5}, lambda s, r: plain_exo(s, r, 0.5)),
     "mpo": ({"alpha": 0.7}, lambda s, r: plain_mpo(s, r, 0.7)),
     "mpo-absolute": ({"alpha": 0.7, "deviation": "absolute"}, lambda s, r: plain_mpo(s, r, 0.7, absolute=True)),
+    # Without its step weights (tests/test_trees.py works them by hand), TPO's tree objective is LiPO-lambda.
+    "tpo_tree": ({"step_weights": False}, plain_lipo),
 }
 LIST_OBJECTIVES = sorted(n for n in available_objectives() if get_objective(n).row_kind == "lists")
 
@@ -361,8 +363,10 @@ def test_pro_at_two_responses_is_simpo_with_the_reward_gap_as_beta():
 # Every list objective: padding, ties, extremes, gradients
 
 
-LIST_CASES = [(n, {}) for n in LIST_OBJECTIVES] + [("lipo", {"loss_type": t}) for t in
-                                                   ("pair_logistic", "pair_hinge", "list_mle", "softmax")]
+# An objective that reads tokens (tpo_tree's step weights) runs here on sequence scores, without them; its
+# token-level form has the same checks in tests/test_trees.py.
+LIST_CASES = [(n, {} if get_objective(n).token_needs is None else {"step_weights": False}) for n in LIST_OBJECTIVES] + [
+    ("lipo", {"loss_type": t}) for t in ("pair_logistic", "pair_hinge", "list_mle", "softmax")]
 LIST_IDS = [n + "".join(f"-{v}" for v in h.values()) for n, h in LIST_CASES]
 
 

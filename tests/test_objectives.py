@@ -89,7 +89,8 @@ def hand_mean(per_pair, pairs=PAIRS) -> float:
     return sum(per_pair(**terms(*p)) for p in pairs) / len(pairs)
 
 
-TOKEN_LEVEL = [n for n in available_objectives() if get_objective(n).token_needs is not None]
+TOKEN_LEVEL = [n for n in available_objectives()
+               if get_objective(n).token_needs is not None and get_objective(n).row_kind == "pairs"]
 PAIRWISE = [n for n in available_objectives() if get_objective(n).row_kind == "pairs" and n not in TOKEN_LEVEL]
 UNPAIRED = [n for n in available_objectives() if get_objective(n).row_kind == "unpaired"]
 REFERENCE_FREE = {"simpo", "orpo", "asft", "cpo", "mapo", "tpo", "tpo_l", "repo"}
@@ -115,6 +116,19 @@ def make_token_scores(objective, scale: float = 1.0) -> TokenScores:
     if hasattr(objective, "build"):  # SparsePO's mask network (2 hidden states of width 4), FPO's SAE
         objective.build(2, 4)
     return TokenScores(t(True), t(True), mask_w, mask_l, t(), t(), -t() / scale, -t() / scale, extra=extra)
+
+
+def with_list_tokens(objective, s: ListScores) -> ListScores:
+    """For a list objective that reads tokens (``tpo_tree``'s step weights): each response's scores spread over two
+    tokens, one step each, with hidden states as large as the scores; gradients still reach ``s.scores``."""
+    if objective.token_needs is None:
+        return s
+    b, k = s.scores.shape
+    halves = [(t[..., None] / 2).expand(b, k, 2) if t is not None else None for t in (s.scores, s.ref)]
+    hidden = torch.randn(b, k, 2, 3, generator=torch.Generator().manual_seed(1)) * s.scores.detach().abs().max()
+    s.extra.update(token_logps=halves[0], ref_token_logps=halves[1], token_mask=torch.ones(b, k, 2, dtype=torch.bool),
+                   hidden=hidden, step_index=torch.tensor([0, 1]).expand(b, k, 2))
+    return s
 
 
 def accepts(name: str, param: str) -> bool:
@@ -457,7 +471,7 @@ def test_metrics_present_detached_scalars(name):
         g = torch.Generator().manual_seed(0)
         scores = torch.randn(3, objective.list_size, generator=g).requires_grad_()
         ref = torch.randn(3, objective.list_size, generator=g) if objective.needs_reference else None
-        s = ListScores(scores, torch.rand(3, objective.list_size, generator=g) * 5, ref)
+        s = with_list_tokens(objective, ListScores(scores, torch.rand(3, objective.list_size, generator=g) * 5, ref))
     else:
         s = make_unpaired(grad=True)
     out = objective(s)
@@ -598,7 +612,7 @@ def test_finite_at_extreme_log_probs(name, hparams):
         k = objective.list_size
         scores = torch.tensor([[500.0, -500.0] * k, [-500.0, 500.0] * k])[:, :k].requires_grad_()
         ref = -scores.detach() if objective.needs_reference else None
-        s = ListScores(scores, torch.arange(k, 0, -1, dtype=torch.float).repeat(2, 1), ref)
+        s = with_list_tokens(objective, ListScores(scores, torch.arange(k, 0, -1, dtype=torch.float).repeat(2, 1), ref))
         leaves = (s.scores,)
     else:
         rows = [(500.0, -500.0, 1.0, 500.0, -500.0), (-500.0, 500.0, 0.0, -500.0, 500.0)]

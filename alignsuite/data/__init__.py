@@ -1,6 +1,6 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
 `DimensionPairs`, `TextUnpaired`, `ImagePairs`, `ImageUnpaired`, `VisionPairs`, `SpeechPairs`; K graded responses per prompt:
-`TextLists`, `ImageLists`, `SpeechLists`; in `layouts/`; audio in `audio`), the row normalisation they use
+`TextLists`, `ImageLists`, `SpeechLists`; the paths of preference trees: `TextTrees`; in `layouts/`; audio in `audio`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
 and the Lightning data module that batches it (`PreferenceDataModule`), which declares what the suite reads
 from a data module (`PreferenceData`)."""
@@ -18,7 +18,7 @@ from alignsuite.data.images import (
 )
 from alignsuite.data.layouts import (
     DimensionPairs, ImageLists, ImagePairs, ImageUnpaired, Layout, ListLayout, SpeechLists, SpeechPairs, TextLists, TextPairs,
-    TextUnpaired, VisionPairs,
+    TextTrees, TextUnpaired, VisionPairs,
 )
 from alignsuite.data.loading import load_table
 from alignsuite.data.fields import PairFields, UnpairedFields
@@ -43,6 +43,7 @@ __all__ = [
     "SpeechPairs",
     "TextLists",
     "TextPairs",
+    "TextTrees",
     "TextUnpaired",
     "UnpairedFields",
     "VisionPairs",

@@ -45,6 +45,7 @@ from alignsuite.objectives.robust_em import REDPO
 from alignsuite.objectives.set_contrast import MPO, select_active_subset
 from alignsuite.objectives.soft_labels import IREPO, NCAPairReward
 from alignsuite.objectives.ties import TODO
+from alignsuite.objectives.trees import TPOTree
 from alignsuite.objectives.token_level import LDDPO, TDPO1, TDPO2, WPO, SparsePO, SparsePOActivation
 from alignsuite.objectives.unpaired import BCO, KTO
 from alignsuite.objectives.weak_to_strong import WSPO
@@ -112,6 +113,7 @@ __all__ = [
     "TDPO2",
     "TPO",
     "TPOL",
+    "TPOTree",
     "TODO",
     "ULMA",
     "WPO",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alignsuite.data.datamodule import PreferenceDataModule
-from alignsuite.data.layouts import Layout, ImageLists, ImagePairs, ImageUnpaired, TextLists, TextPairs, TextUnpaired
+from alignsuite.data.layouts import Layout, ImageLists, ImagePairs, ImageUnpaired, TextLists, TextPairs, TextTrees, TextUnpaired
 from alignsuite.data.procedures import Procedure
 
 # A world declares its modality; the layout follows from it and from ``unpaired``.
@@ -66,6 +66,8 @@ class ToyPreferenceData(PreferenceDataModule):
         tie_column: keep the tied rows, with a ``tie`` column, for an objective that reads ties (``todo``).
         layout: read the procedures' output with this layout instead of the world's (``TextPairs`` after a
             procedure that turns ``llm_case``'s rows of two judged answers into conditioned pairs).
+        trees: the language world only, with ``list_size``: each list is the paths of a preference tree, written
+            in steps that branch from the best path, with their ``step_starts`` (`alignsuite.data.TextTrees`).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class ToyPreferenceData(PreferenceDataModule):
         ties: float = 0.0,
         tie_column: bool = False,
         layout: Layout | None = None,
+        trees: bool = False,
     ) -> None:
         from alignsuite.toy.worlds import get_world
 
@@ -97,10 +100,15 @@ class ToyPreferenceData(PreferenceDataModule):
             raise ValueError("data.tie_column keeps tied rows, and data.ties is 0: set data.ties to generate some")
         if (ties or tie_column) and list_size is not None:
             raise ValueError("data.ties and data.list_size: tied rows are pairs; lists carry their grades instead")
+        if trees and (world != "llm" or list_size is None or unpaired):
+            raise ValueError("data.trees: only the language world (llm) makes preference trees, as lists: set"
+                             " data.list_size (and unpaired: false)")
         if layout is not None:
             if not procedures:
                 raise ValueError("data.layout: the generated rows are in the world's own layout; another layout"
                                  " reads what data.procedures make of them, and none is given")
+        elif trees:
+            layout = TextTrees(list_size=list_size)
         elif list_size is not None:
             layout = list_layout(world, toy, list_size, unpaired)
         elif ties:
@@ -114,13 +122,15 @@ class ToyPreferenceData(PreferenceDataModule):
         self.world_name = world
         self.num_rows = {"train": num_train, "val": num_val}
         self.ties, self.tie_column = ties, tie_column
-        self.list_size = list_size
+        self.list_size, self.trees = list_size, trees
 
     def load_rows(self, split):
         from alignsuite.toy.worlds import get_world
 
         seed = self.seed if split == "train" else self.seed + 1_000_003  # disjoint draws
         world = get_world(self.world_name)
+        if self.trees:
+            return world.make_trees(self.num_rows[split], seed, self.list_size)
         if self.list_size is not None:
             return world.make_lists(self.num_rows[split], seed, self.list_size)
         if self.ties:

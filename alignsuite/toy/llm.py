@@ -84,6 +84,33 @@ class EchoWorld:
             rows.append({"prompt": prompt, "responses": answers, "scores": [self.reward(prompt, a) for a in answers]})
         return rows
 
+    def make_trees(self, n: int, seed: int, list_size: int = 4, step: int = 2) -> list[dict]:
+        """``n`` rows of a preference tree's paths: prompt/responses/scores/step_starts. An answer is written in
+        steps of ``step`` letters; the tree's best path is the capital echo, and every other path branches from it
+        at a random step, keeping the steps before and spoiling that step and the rest (lower case, or a wrong
+        letter in each), so paths share prefixes as a tree of thoughts' leaves do. ``step_starts`` are the answer
+        tokens where each step begins (one token per letter in this world's tokenizer)."""
+        rng = random.Random(f"trees-{seed}")
+        rows = []
+        for _ in range(n):
+            letters = self._letters(rng)
+            best = [x.upper() for x in letters]
+            starts = list(range(0, len(letters), step))
+            paths = [best]
+            while len(paths) < list_size:
+                branch = starts[rng.randrange(len(starts))]
+                lower = rng.random() < 0.5
+                path = best[:branch] + [x if lower else rng.choice([y for y in LETTERS if y != x]).upper()
+                                        for x in letters[branch:]]
+                if path not in paths:
+                    paths.append(path)
+            rng.shuffle(paths)
+            prompt = "echo " + " ".join(letters)
+            answers = [" ".join(p) for p in paths]
+            rows.append({"prompt": prompt, "responses": answers, "scores": [self.reward(prompt, a) for a in answers],
+                         "step_starts": [list(starts) for _ in paths]})
+        return rows
+
     @staticmethod
     def _wrong(letters: list[str], k: int, rng: random.Random) -> list[str]:
         """The capital echo with ``k`` letters replaced by other capitals."""

@@ -8,9 +8,10 @@ from alignsuite.data.layouts.lists import ListLayout, TextLists
 from alignsuite.data.layouts.speech import SpeechPairs
 from alignsuite.data.layouts.speech_lists import SpeechLists
 from alignsuite.data.layouts.text import TextPairs, TextUnpaired
+from alignsuite.data.layouts.trees import TextTrees
 from alignsuite.data.layouts.vision import VisionPairs
 
 __all__ = [
     "DimensionPairs", "ImageLists", "ImagePairs", "ImageUnpaired", "Layout", "ListLayout", "SpeechLists", "SpeechPairs",
-    "TextLists", "TextPairs", "TextUnpaired", "VisionPairs",
+    "TextLists", "TextPairs", "TextTrees", "TextUnpaired", "VisionPairs",
 ]
