@@ -7,6 +7,7 @@ import glob
 import math
 import os
 
+import lightning as L
 import pytest
 import torch
 
@@ -71,6 +72,62 @@ def test_spo_third_stage_by_hand_reads_two_earlier_models():
     out = objective(s)
     assert out.loss.item() == pytest.approx(0.683197, abs=1e-6)
     assert out.loss.item() == pytest.approx(-logsig(0.02), rel=1e-6)
+
+
+# Three dimensions (caps, lower, short), stage 2, beta 0.2, lambdas (0.5, 2). Row 0: dimension 2 prefers the chosen;
+# policy (-2, -3), pi_2 the reference (-2.5, -2.5), pi_1 (-2.8, -2.2), pi_0 (-3, -2): b u = 0.2 * (0.5, -0.5) =
+# (0.1, -0.1), r_0 = 0.2 * (l_1 - l_0) = (0.04, -0.04), r_1 = 0.2 * (l_2 - l_1) = (0.06, -0.06), rhat = (0.1 - 0.02
+# - 0.12, -0.1 + 0.02 + 0.12) = (-0.04, 0.04), z = -0.08, L = 0.733947. Row 1: dimension 2 prefers the rejected;
+# policy (-1, -2), pi_2 (-1.5, -1), pi_1 (-1.2, -1.4), pi_0 (-1, -1.5): b u = (0.1, -0.2), r_0 = (-0.04, 0.02),
+# r_1 = (-0.06, 0.08), rhat = (0.1 + 0.02 + 0.12, -0.2 - 0.01 - 0.16) = (0.24, -0.37), oriented z = -0.37 - 0.24 =
+# -0.61, L = 1.043956. Row 2: a tie under dimension 2, ln 2 (whatever the other dimensions say).
+THREE = ["caps", "lower", "short"]
+STAGE_TWO = dict(chosen=[-2.0, -1.0, -1.0], rejected=[-3.0, -2.0, -1.0], ref_chosen=[-2.5, -1.5, -1.0],
+                 ref_rejected=[-2.5, -1.0, -1.0], ref_stage_1_chosen=[-2.8, -1.2, -1.0],
+                 ref_stage_1_rejected=[-2.2, -1.4, -1.0], ref_stage_0_chosen=[-3.0, -1.0, -1.0],
+                 ref_stage_0_rejected=[-2.0, -1.5, -1.0], pref_caps=[1.0, -1.0, 1.0], pref_lower=[-1.0, 1.0, 1.0],
+                 pref_short=[1.0, -1.0, 0.0], stage=[2.0, 2.0, 2.0])
+
+
+def stage_two(**change) -> PairScores:
+    r = {**STAGE_TWO, **change}
+    return scores(r.pop("chosen"), r.pop("rejected"), r.pop("ref_chosen"), r.pop("ref_rejected"), **r)
+
+
+def test_spo_stage_two_of_three_dimensions_by_hand():
+    objective = SPO(beta=0.2, lambdas=[0.5, 2.0], dimensions=THREE)
+    assert objective.extra_references == ("stage_0", "stage_1")
+    assert objective.extra_columns == ("pref_caps", "pref_lower", "pref_short")
+    out = objective(stage_two())
+    expected = [-logsig(-0.08), -logsig(-0.61), math.log(2)]
+    assert expected[:2] == pytest.approx([0.733947, 1.043956], abs=1e-6)
+    assert out.loss.item() == pytest.approx(sum(expected) / 3, rel=1e-6)
+    # rhat oriented by dimension 2: row 1 swapped, the tie as it stands.
+    assert out.metrics["rewards/chosen"].item() == pytest.approx((-0.04 - 0.37 + 0.0) / 3, rel=1e-6)
+    assert out.metrics["rewards/rejected"].item() == pytest.approx((0.04 + 0.24 + 0.0) / 3, rel=1e-6)
+    assert out.metrics["stage"].item() == 2.0 and objective.stage == 2
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_spo_with_every_lambda_zero_is_dpo_at_every_stage(stage):
+    """lambdas (0, 0): each stage is DPO on its own dimension's order of the pairs (swapped where it prefers the
+    rejected), loss and gradient bit for bit, whatever the earlier models score."""
+    dim = THREE[stage]
+    s = stage_two(stage=[float(stage)] * 3, **{f"pref_{dim}": [1.0, -1.0, 1.0]})
+    s.chosen.requires_grad_(True)
+    spo = SPO(beta=0.3, lambdas=[0.0, 0.0], dimensions=THREE)(s)
+    (g_spo,) = torch.autograd.grad(spo.loss, s.chosen)
+    r = STAGE_TWO
+    swap = lambda a, b: [a[0], b[1], a[2]]  # noqa: E731  (row 1 taken the other way round)
+    plain = scores(swap(r["chosen"], r["rejected"]), swap(r["rejected"], r["chosen"]),
+                   swap(r["ref_chosen"], r["ref_rejected"]), swap(r["ref_rejected"], r["ref_chosen"]))
+    plain.chosen.requires_grad_(True)
+    plain.rejected.requires_grad_(True)
+    dpo = get_objective("dpo", beta=0.3)(plain)
+    g_chosen, g_rejected = torch.autograd.grad(dpo.loss, (plain.chosen, plain.rejected))
+    assert torch.equal(spo.loss, dpo.loss) and spo.metrics["stage"].item() == stage
+    assert torch.equal(g_spo, torch.stack([g_chosen[0], g_rejected[1], g_chosen[2]]))
+    assert {k: v.item() for k, v in spo.metrics.items() if k != "stage"} == {k: v.item() for k, v in dpo.metrics.items()}
 
 
 def dpo_with_grad(s: PairScores):
@@ -213,3 +270,118 @@ def test_spo_keeps_the_first_dimension_better_than_plain_sequential_dpo(tmp_path
         end, boundary = max(spo), max(step for step in spo if step < 64)  # the last validation, and stage 0's
         assert spo[end][0] > plain[end][0] + 0.08, (seed, spo, plain)
         assert spo[end][1] > spo[boundary][1] and plain[end][1] > plain[boundary][1], (seed, spo, plain)
+
+
+# ------------------------------------------------------------------------------ three stages in one run
+
+def spo_module(model_dir, lambdas=(0.5, 1.0), snapshots=True, lora=None):
+    from alignsuite.backbones import CausalLM
+    from alignsuite.module import PreferenceModule
+    from alignsuite.reference import FrozenCopy
+    from alignsuite.stage_reference import StageSnapshot, StageSync
+
+    extra = {"stage_0": FrozenCopy(), "stage_1": StageSnapshot(1)} if snapshots else None
+    objective = SPO(beta=0.1, lambdas=list(lambdas)) if lambdas else get_objective("dpo", beta=0.1)
+    return PreferenceModule(CausalLM(model_dir, max_length=24, max_prompt_length=12, lora=lora), objective, StageSync(),
+                            extra, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), warmup_ratio=0.0)
+
+
+class StepScores(L.Callback):
+    """Each step's rows, loss and summed scores (policy, reference, stage_0, stage_1) before the step, and the
+    policy's weights at the first step of stage 1."""
+
+    def __init__(self):
+        self.rows, self.losses, self.scores, self.policy_at_4 = [], [], [], None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pl_module.on_train_batch_start(batch, batch_idx)  # the syncs and snapshots happen before the step's scores
+        with torch.no_grad():
+            s = pl_module.compute_scores(batch)
+        sums = [s.chosen + s.rejected, s.ref_chosen + s.ref_rejected]
+        sums += [s.extra[f"ref_stage_{j}_chosen"] + s.extra[f"ref_stage_{j}_rejected"] for j in (0, 1)
+                 if f"ref_stage_{j}_chosen" in s.extra]
+        self.scores.append([float(x.sum()) for x in sums])
+        self.rows.append(batch["index"].tolist())
+        if trainer.global_step == 4:
+            self.policy_at_4 = {n: p.detach().clone() for n, p in pl_module.backbone.policy.named_parameters()}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def three_stages(root, model_dir, callbacks=(), ckpt_path=None, **options):
+    """48 echo pairs in three stages of 4 steps (batches of 4), SPO with lambdas (0.5, 1) by default."""
+    from alignsuite.toy.data import ToyPreferenceData
+
+    L.seed_everything(0)
+    rec = StepScores()
+    module = spo_module(model_dir, **options)
+    trainer = L.Trainer(accelerator="cpu", max_steps=12, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        default_root_dir=str(root), callbacks=[rec, *callbacks], enable_checkpointing=bool(callbacks))
+    trainer.fit(module, ToyPreferenceData(num_train=48, num_val=4, batch_size=4, stages=3), ckpt_path=ckpt_path)
+    return rec, module
+
+
+def test_three_stages_in_one_run_snapshot_each_stages_starting_model(tmp_path, tiny_lm_dir):
+    """Stage 2 reads pi_0 (the starting weights), pi_1 (the policy as stage 1 began, kept by StageSnapshot) and its
+    reference pi_2 (StageSync): at the first step of each stage the reference is the policy, at stage 1's so is the
+    snapshot, and at stage 2's the snapshot is where stage 1 started, not where it ended."""
+    rec, module = three_stages(tmp_path, tiny_lm_dir)
+    policy, ref, pi0, pi1 = zip(*rec.scores)
+    assert policy[0] == ref[0] == pi0[0] == pi1[0]  # every model starts as the starting one
+    assert ref[:4] == pi0[:4] == pi1[:4]  # stage 0's reference is the starting model; no snapshot taken yet
+    assert pi1[4] == ref[4] == policy[4] and ref[8] == policy[8]  # each stage's first step: synced, snapshot taken
+    assert abs(pi1[8] - policy[8]) > 1e-2 and abs(pi1[4] - pi0[4]) > 1e-2 and abs(pi0[8] - pi1[8]) > 1e-2
+    snapshot = dict(module.extra_references["stage_1"].model.named_parameters())
+    assert all(torch.equal(snapshot[n], w) for n, w in rec.policy_at_4.items())
+    assert module.extra_references["stage_1"].taken and module.reference.stage == 2
+    # The first step of stage 2 scores policy = reference, so its loss is the margin's alone, -log s(-sum_j
+    # lambda_j b (r_j(y_w) - r_j(y_l)) / b): not ln 2, unlike plain sequential DPO.
+    assert abs(rec.losses[8] - math.log(2)) > 1e-4
+    assert module.objective.stage == 2
+
+
+def test_three_stages_with_every_lambda_zero_train_as_plain_sequential_dpo(tmp_path, tiny_lm_dir):
+    spo, _ = three_stages(tmp_path / "spo", tiny_lm_dir, lambdas=(0.0, 0.0), snapshots=False)
+    dpo, _ = three_stages(tmp_path / "dpo", tiny_lm_dir, lambdas=None, snapshots=False)
+    # float32 rounding differs between the two formulas' orders of operations (bit for bit on the scores: above)
+    assert spo.rows == dpo.rows and spo.losses == pytest.approx(dpo.losses, abs=1e-6)
+    assert spo.losses[4] == pytest.approx(math.log(2), abs=1e-6) and spo.losses[8] == pytest.approx(math.log(2), abs=1e-6)
+
+
+@pytest.mark.parametrize("crash_at", [2, 10], ids=["stage0", "stage2"])
+def test_a_run_resumed_mid_stage_resumes_its_snapshots_exactly(tmp_path, tiny_lm_dir, crash_at):
+    """Killed in stage 0 (before any snapshot: stage 1's is taken after the resume) or in stage 2 (the snapshot and
+    the re-synced reference travel with the checkpoint), and resumed from last.ckpt: the same rows, losses and
+    scores of every model, step for step, as the run that never stopped."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from test_stages import CrashAt
+
+    full, _ = three_stages(tmp_path / "a", tiny_lm_dir)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True, save_top_k=0, every_n_train_steps=1)
+    with pytest.raises(RuntimeError, match="node lost"):
+        three_stages(tmp_path / "b", tiny_lm_dir, [ckpt, CrashAt(crash_at)])
+    resumed, module = three_stages(tmp_path / "b", tiny_lm_dir, [ckpt], ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert resumed.rows == full.rows[crash_at:]
+    assert resumed.losses == pytest.approx(full.losses[crash_at:], abs=1e-6)
+    flat = lambda rows: [x for row in rows for x in row]  # noqa: E731
+    assert flat(resumed.scores) == pytest.approx(flat(full.scores[crash_at:]), abs=1e-5)
+    assert module.extra_references["stage_1"].taken and module.objective.stage == 2
+
+
+def test_stage_snapshots_refuse_lora_a_wrong_name_and_a_bad_stage(tiny_lm_dir):
+    from alignsuite.backbones import LoraSpec
+    from alignsuite.module import PreferenceModule
+    from alignsuite.reference import FrozenCopy
+    from alignsuite.stage_reference import StageSnapshot
+
+    with pytest.raises(ValueError, match="StageSnapshot: stage must be a whole number"):
+        StageSnapshot(-1)
+    with pytest.raises(ValueError, match=r"extra_references.stage_1 is StageSnapshot\(stage=2\).*name it stage_2"):
+        PreferenceModule(spo_module(tiny_lm_dir).backbone, SPO(lambdas=[1.0, 1.0]),
+                         extra_references={"stage_0": FrozenCopy(), "stage_1": StageSnapshot(2)})
+    module = spo_module(tiny_lm_dir, lora=LoraSpec(r=2, alpha=4))
+    with pytest.raises(ValueError, match=r"StageSnapshot \(stage 1\) needs full fine-tuning"):
+        module.configure_model()
