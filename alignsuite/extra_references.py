@@ -6,9 +6,8 @@ MODPO's margin model) and the recipe gives one :class:`~alignsuite.reference.Ref
 the step's prepared inputs. It is rebuilt from its source rather than checkpointed, except one whose weights move
 with training (``moves``: `alignsuite.stage_reference.StageSnapshot`, which follows the data stages): its state
 travels under ``extra_reference_state.<name>`` of a checkpoint, its weights there too or, sharded, as shards in
-the module's state dict. Its scores reach the objective
-in ``scores.extra`` as ``ref_<name>_<view>``: ``[B]`` per view for sequence objectives, ``[B, T]`` per view (0 after
-each answer's last token) for token-level ones.
+the module's state dict. Its scores reach the objective in ``scores.extra`` as ``ref_<name>_<view>``: ``[B]`` per
+view for sequence objectives, ``[B, T]`` per view (0 after each answer's last token) for token-level ones.
 """
 
 from __future__ import annotations
@@ -114,6 +113,7 @@ def save_state(given: dict, checkpoint: dict) -> None:
 
 
 def load_state(given: dict, checkpoint: dict) -> None:
+    """Hand each extra reference what `save_state` kept of it."""
     states = checkpoint.get("extra_reference_state", {})
     for key, reference in given.items():
         if key in states:
