@@ -17,9 +17,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from alignsuite.backbones.base import Backbone
-from alignsuite.backbones.lora import merge_and_reinit
+from alignsuite.backbones.lora import merge_and_reinit, merged_weights
 from alignsuite.reference import Dtype, FrozenCopy
-from alignsuite.sharding import ShardingError, weights_for_checkpoint
+from alignsuite.sharding import ShardingError, load_weights, weights_for_checkpoint
 
 
 def merge_and_reinit_lora(module, seed: int) -> int:
@@ -139,8 +139,11 @@ class StageSnapshot(FrozenCopy):
     Memory: one frozen copy of the weights per snapshot, held from the start (in the dtype a `FrozenCopy` takes:
     under ``bf16-mixed`` its linear weights in bfloat16, which the policy computes in anyway), and one more forward
     without grad per step. SPO over ``K`` stages holds ``K`` frozen copies (``stage_0 .. stage_{K-2}`` and the
-    reference) beside the policy and its optimizer state. Full fine-tuning only: under LoRA the policy's weights
-    are the base and an adapter, which a copy of the base alone would not hold.
+    reference) beside the policy and its optimizer state. Under LoRA it is still a full copy, of the weights the
+    policy computes with (base plus ``scale * B A``; with `StageSync` under LoRA the adapter was just merged, so the
+    base itself). Keeping only adapters is not built: the base moves at every merge, so ``pi_j`` would be the
+    current base less every adapter merged since (a rank growing with the stages, and each merge's rounding). LoRA
+    under FSDP2 is refused (as `StageSync`'s merge is).
 
     Args:
         stage: the stage whose starting policy this keeps.
@@ -153,20 +156,27 @@ class StageSnapshot(FrozenCopy):
         super().__init__(None, dtype)
         if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
             raise ValueError(f"StageSnapshot: stage must be a whole number >= 0, got {stage!r}")
-        self.snapshot_stage, self.taken = stage, False
+        self.snapshot_stage, self.taken, self.adapters = stage, False, False
 
     def build(self, backbone: Backbone) -> None:
-        if backbone.has_adapters:
-            raise ValueError(f"StageSnapshot (stage {self.snapshot_stage}) needs full fine-tuning: under"
-                             " model.backbone.lora the policy is its base plus an adapter, which a copy of the base"
-                             " would not hold; remove the lora option or the snapshot")
+        self.adapters = backbone.has_adapters
         super().build(backbone)
 
+    def shard(self, backbone: Backbone, shard) -> None:
+        if self.adapters:
+            raise ShardingError("StageSnapshot under LoRA is not supported under FSDP2 (model parallel strategy): the"
+                                " merged weights are built from unsharded ones; use DDP")
+        super().shard(backbone, shard)
+
+    @torch.no_grad()
     def enter_stage(self, module, stage: int) -> None:
         """Called with each training batch's stage: the first batch of this snapshot's stage (or a later one) takes
         it."""
         if not self.taken and stage >= self.snapshot_stage:
-            copy_policy(module, self.model)
+            if self.adapters:
+                load_weights(self.model, merged_weights(module.backbone.policy), "StageSnapshot")
+            else:
+                copy_policy(module, self.model)
             self.taken = True
             rank_zero_info(f"stage {stage}: the snapshot of stage {self.snapshot_stage} is the policy at global step"
                            f" {module.global_step}")

@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 
+from alignsuite.backbones import LoraSpec
 from alignsuite.cli import main
 from alignsuite.objectives import SPO, get_objective
 
@@ -43,7 +44,11 @@ class StepScores(L.Callback):
         self.scores.append([float(x.sum()) for x in sums])
         self.rows.append(batch["index"].tolist())
         if trainer.global_step == 4:
-            self.policy_at_4 = {n: p.detach().clone() for n, p in pl_module.backbone.policy.named_parameters()}
+            from alignsuite.backbones.lora import merged_weights
+
+            policy = pl_module.backbone.policy
+            weights = merged_weights(policy) if pl_module.backbone.has_adapters else dict(policy.named_parameters())
+            self.policy_at_4 = {n: p.detach().clone() for n, p in weights.items()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(float(outputs["loss"]))
@@ -63,15 +68,19 @@ def three_stages(root, model_dir, callbacks=(), ckpt_path=None, **options):
     return rec, module
 
 
-def test_three_stages_in_one_run_snapshot_each_stages_starting_model(tmp_path, tiny_lm_dir):
+@pytest.mark.parametrize("lora", [None, LoraSpec(r=4, alpha=8)], ids=["full", "lora"])
+def test_three_stages_in_one_run_snapshot_each_stages_starting_model(tmp_path, tiny_lm_dir, lora):
     """Stage 2 reads pi_0 (the starting weights), pi_1 (the policy as stage 1 began, kept by StageSnapshot) and its
     reference pi_2 (StageSync): at the first step of each stage the reference is the policy, at stage 1's so is the
-    snapshot, and at stage 2's the snapshot is where stage 1 started, not where it ended."""
-    rec, module = three_stages(tmp_path, tiny_lm_dir)
+    snapshot, and at stage 2's the snapshot is where stage 1 started, not where it ended. Under LoRA the snapshot
+    is a full copy of the merged weights (StageSync merged the adapter a moment before)."""
+    rec, module = three_stages(tmp_path, tiny_lm_dir, lora=lora)
     policy, ref, pi0, pi1 = zip(*rec.scores)
     assert policy[0] == ref[0] == pi0[0] == pi1[0]  # every model starts as the starting one
     assert ref[:4] == pi0[:4] == pi1[:4]  # stage 0's reference is the starting model; no snapshot taken yet
-    assert pi1[4] == ref[4] == policy[4] and ref[8] == policy[8]  # each stage's first step: synced, snapshot taken
+    # each stage's first step: synced, snapshot taken (under LoRA the peft model and the plain copy alike, to 1e-4)
+    assert pi1[4] == pytest.approx(ref[4], abs=1e-4) and ref[4] == pytest.approx(policy[4], abs=1e-4)
+    assert ref[8] == pytest.approx(policy[8], abs=1e-4)
     assert abs(pi1[8] - policy[8]) > 1e-2 and abs(pi1[4] - pi0[4]) > 1e-2 and abs(pi0[8] - pi1[8]) > 1e-2
     snapshot = dict(module.extra_references["stage_1"].model.named_parameters())
     assert all(torch.equal(snapshot[n], w) for n, w in rec.policy_at_4.items())
@@ -100,8 +109,9 @@ def test_a_snapshot_of_stage_zero_is_the_starting_model(tmp_path, tiny_lm_dir):
     assert module.extra_references["stage_0"].taken
 
 
-@pytest.mark.parametrize("crash_at", [2, 10], ids=["stage0", "stage2"])
-def test_a_run_resumed_mid_stage_resumes_its_snapshots_exactly(tmp_path, tiny_lm_dir, crash_at):
+@pytest.mark.parametrize("crash_at,lora", [(2, None), (10, None), (10, LoraSpec(r=4, alpha=8))],
+                         ids=["stage0", "stage2", "stage2-lora"])
+def test_a_run_resumed_mid_stage_resumes_its_snapshots_exactly(tmp_path, tiny_lm_dir, crash_at, lora):
     """Killed in stage 0 (before any snapshot: stage 1's is taken after the resume) or in stage 2 (the snapshot and
     the re-synced reference travel with the checkpoint), and resumed from last.ckpt: the same rows, losses and
     scores of every model, step for step, as the run that never stopped."""
@@ -109,11 +119,12 @@ def test_a_run_resumed_mid_stage_resumes_its_snapshots_exactly(tmp_path, tiny_lm
 
     from test_stages import CrashAt
 
-    full, _ = three_stages(tmp_path / "a", tiny_lm_dir)
+    full, _ = three_stages(tmp_path / "a", tiny_lm_dir, lora=lora)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True, save_top_k=0, every_n_train_steps=1)
     with pytest.raises(RuntimeError, match="node lost"):
-        three_stages(tmp_path / "b", tiny_lm_dir, [ckpt, CrashAt(crash_at)])
-    resumed, module = three_stages(tmp_path / "b", tiny_lm_dir, [ckpt], ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+        three_stages(tmp_path / "b", tiny_lm_dir, [ckpt, CrashAt(crash_at)], lora=lora)
+    resumed, module = three_stages(tmp_path / "b", tiny_lm_dir, [ckpt], ckpt_path=str(tmp_path / "b" / "last.ckpt"),
+                                   lora=lora)
     assert resumed.rows == full.rows[crash_at:]
     assert resumed.losses == pytest.approx(full.losses[crash_at:], abs=1e-6)
     flat = lambda rows: [x for row in rows for x in row]  # noqa: E731
@@ -121,8 +132,7 @@ def test_a_run_resumed_mid_stage_resumes_its_snapshots_exactly(tmp_path, tiny_lm
     assert module.extra_references["stage_1"].taken and module.objective.stage == 2
 
 
-def test_stage_snapshots_refuse_lora_a_wrong_name_and_a_bad_stage(tiny_lm_dir):
-    from alignsuite.backbones import LoraSpec
+def test_stage_snapshots_refuse_a_wrong_name_a_bad_stage_and_lora_under_fsdp2(tiny_lm_dir):
     from alignsuite.module import PreferenceModule
     from alignsuite.reference import FrozenCopy
     from alignsuite.stage_reference import StageSnapshot
@@ -132,9 +142,12 @@ def test_stage_snapshots_refuse_lora_a_wrong_name_and_a_bad_stage(tiny_lm_dir):
     with pytest.raises(ValueError, match=r"extra_references.stage_1 is StageSnapshot\(stage=2\).*name it stage_2"):
         PreferenceModule(spo_module(tiny_lm_dir).backbone, SPO(lambdas=[1.0, 1.0]),
                          extra_references={"stage_0": FrozenCopy(), "stage_1": StageSnapshot(2)})
-    module = spo_module(tiny_lm_dir, lora=LoraSpec(r=2, alpha=4))
-    with pytest.raises(ValueError, match=r"StageSnapshot \(stage 1\) needs full fine-tuning"):
-        module.configure_model()
+    from alignsuite.sharding import ShardingError
+
+    snapshot = StageSnapshot(1)
+    snapshot.adapters = True  # as built on a LoRA policy
+    with pytest.raises(ShardingError, match="StageSnapshot under LoRA is not supported under FSDP2"):
+        snapshot.shard(None, None)
 
 
 class SnapshotShards(L.Callback):
@@ -222,3 +235,28 @@ def test_three_stages_under_fsdp2_resume_mid_stage_two_exactly(tmp_path, tiny_lm
         resumed = [(r["step"], r["loss"]) for r in probe(interrupted, rank) if "loss" in r]
         assert [s for s, _ in resumed] == list(range(1, 13))
         assert [loss for _, loss in resumed] == [step_losses(full, rank)[s] for s in range(1, 13)]
+
+
+def test_a_lora_snapshot_holds_the_weights_the_policy_computes_with(tiny_lm_dir):
+    """Without a merge before it (the adapter trained, B != 0), a LoRA snapshot is base + scale * B A: it scores as
+    the policy does, to float error, and unlike the base."""
+    from alignsuite.stage_reference import StageSnapshot
+
+    batch = {"prompt": ["echo a b", "echo c d e"], "chosen": ["A B", "C D E"], "rejected": ["a b", "C D"]}
+    module = spo_module(tiny_lm_dir, lora=LoraSpec(r=4, alpha=8))
+    module.configure_model()
+    with torch.no_grad():
+        for name, p in module.backbone.policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    snapshot = StageSnapshot(1)
+    snapshot.build(module.backbone)
+    snapshot.enter_stage(module, 1)
+    prepared = module.backbone.prepare(module.build_views(batch))
+    with torch.no_grad():
+        policy = module.backbone.score(prepared).score
+        taken = snapshot.score(module.backbone, prepared, batch)
+        with module.backbone.adapters_disabled():
+            base = module.backbone.score(prepared).score
+    torch.testing.assert_close(taken, policy, rtol=0, atol=1e-4)
+    assert (taken - base).abs().max() > 1e-2
