@@ -16,7 +16,6 @@ from alignsuite.backbones.base import Backbone, ViewInputs
 from alignsuite.checkpoint_io import last_checkpoint_note
 from alignsuite import extra_references as extras
 from alignsuite.data.protocol import preference_data
-from alignsuite.data.stages import batch_stage
 from alignsuite.generation import batch_conditions
 from alignsuite.objectives import Objective, get_objective
 from alignsuite.reference import Reference, default_reference
@@ -336,8 +335,8 @@ class PreferenceModule(LightningModule):
                 reference.after_step(self.backbone, self.global_step + 1)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        if self.reference is not None and self.reference.follows_stages:  # sDPO/Curry-DPO: re-sync at a new stage
-            self.reference.enter_stage(self, batch_stage(batch))
+        # sDPO/Curry-DPO's reference re-syncs at a new stage; SPO's snapshots keep the policy as a stage began
+        extras.enter_stage(self, [self.reference, *self.extra_references.values()], batch)
 
     def on_fit_start(self) -> None:
         self.backbone.on_fit_start(self.trainer)
@@ -363,12 +362,10 @@ class PreferenceModule(LightningModule):
             loop._load_combined_loader_states()
 
     def _not_checkpointed(self) -> tuple[str, ...]:
-        # A reference is rebuilt from its source, except a sharded one whose weights move with training: its
+        # References are rebuilt from their source, except sharded ones whose weights move with training: their
         # shards go with the policy's (they cannot travel in a checkpoint's own entries).
-        ref = self.reference
-        moving_shards = ref is not None and getattr(ref, "moves", False) and is_sharded(getattr(ref, "model", None))
-        return (() if moving_shards else ("reference.",)) + ("extra_references.",) + tuple(
-            f"backbone.{p}" for p in self.backbone.not_checkpointed)
+        named = {"reference.": self.reference, **{f"extra_references.{k}.": r for k, r in self.extra_references.items()}}
+        return extras.rebuilt(named) + tuple(f"backbone.{p}" for p in self.backbone.not_checkpointed)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if state := self.backbone.state():  # a denoising backbone's draw counter: resumed runs draw the same noise
@@ -377,6 +374,7 @@ class PreferenceModule(LightningModule):
             checkpoint["objective_state"] = state
         if self.reference is not None:
             self.reference.on_save_checkpoint(checkpoint)
+        extras.save_state(self.extra_references, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "backbone_state" in checkpoint:
@@ -385,6 +383,7 @@ class PreferenceModule(LightningModule):
             self.objective.load_state(checkpoint["objective_state"])
         if self.reference is not None:
             self.reference.on_load_checkpoint(checkpoint)
+        extras.load_state(self.extra_references, checkpoint)
 
 
 def _drop_rebuilt(module: PreferenceModule, state_dict: dict, prefix: str, local_metadata) -> None:

@@ -73,6 +73,62 @@ def test_spo_third_stage_by_hand_reads_two_earlier_models():
     assert out.loss.item() == pytest.approx(-logsig(0.02), rel=1e-6)
 
 
+# Three dimensions (caps, lower, short), stage 2, beta 0.2, lambdas (0.5, 2). Row 0: dimension 2 prefers the chosen;
+# policy (-2, -3), pi_2 the reference (-2.5, -2.5), pi_1 (-2.8, -2.2), pi_0 (-3, -2): b u = 0.2 * (0.5, -0.5) =
+# (0.1, -0.1), r_0 = 0.2 * (l_1 - l_0) = (0.04, -0.04), r_1 = 0.2 * (l_2 - l_1) = (0.06, -0.06), rhat = (0.1 - 0.02
+# - 0.12, -0.1 + 0.02 + 0.12) = (-0.04, 0.04), z = -0.08, L = 0.733947. Row 1: dimension 2 prefers the rejected;
+# policy (-1, -2), pi_2 (-1.5, -1), pi_1 (-1.2, -1.4), pi_0 (-1, -1.5): b u = (0.1, -0.2), r_0 = (-0.04, 0.02),
+# r_1 = (-0.06, 0.08), rhat = (0.1 + 0.02 + 0.12, -0.2 - 0.01 - 0.16) = (0.24, -0.37), oriented z = -0.37 - 0.24 =
+# -0.61, L = 1.043956. Row 2: a tie under dimension 2, ln 2 (whatever the other dimensions say).
+THREE = ["caps", "lower", "short"]
+STAGE_TWO = dict(chosen=[-2.0, -1.0, -1.0], rejected=[-3.0, -2.0, -1.0], ref_chosen=[-2.5, -1.5, -1.0],
+                 ref_rejected=[-2.5, -1.0, -1.0], ref_stage_1_chosen=[-2.8, -1.2, -1.0],
+                 ref_stage_1_rejected=[-2.2, -1.4, -1.0], ref_stage_0_chosen=[-3.0, -1.0, -1.0],
+                 ref_stage_0_rejected=[-2.0, -1.5, -1.0], pref_caps=[1.0, -1.0, 1.0], pref_lower=[-1.0, 1.0, 1.0],
+                 pref_short=[1.0, -1.0, 0.0], stage=[2.0, 2.0, 2.0])
+
+
+def stage_two(**change) -> PairScores:
+    r = {**STAGE_TWO, **change}
+    return scores(r.pop("chosen"), r.pop("rejected"), r.pop("ref_chosen"), r.pop("ref_rejected"), **r)
+
+
+def test_spo_stage_two_of_three_dimensions_by_hand():
+    objective = SPO(beta=0.2, lambdas=[0.5, 2.0], dimensions=THREE)
+    assert objective.extra_references == ("stage_0", "stage_1")
+    assert objective.extra_columns == ("pref_caps", "pref_lower", "pref_short")
+    out = objective(stage_two())
+    expected = [-logsig(-0.08), -logsig(-0.61), math.log(2)]
+    assert expected[:2] == pytest.approx([0.733947, 1.043956], abs=1e-6)
+    assert out.loss.item() == pytest.approx(sum(expected) / 3, rel=1e-6)
+    # rhat oriented by dimension 2: row 1 swapped, the tie as it stands.
+    assert out.metrics["rewards/chosen"].item() == pytest.approx((-0.04 - 0.37 + 0.0) / 3, rel=1e-6)
+    assert out.metrics["rewards/rejected"].item() == pytest.approx((0.04 + 0.24 + 0.0) / 3, rel=1e-6)
+    assert out.metrics["stage"].item() == 2.0 and objective.stage == 2
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_spo_with_every_lambda_zero_is_dpo_at_every_stage(stage):
+    """lambdas (0, 0): each stage is DPO on its own dimension's order of the pairs (swapped where it prefers the
+    rejected), loss and gradient bit for bit, whatever the earlier models score."""
+    dim = THREE[stage]
+    s = stage_two(stage=[float(stage)] * 3, **{f"pref_{dim}": [1.0, -1.0, 1.0]})
+    s.chosen.requires_grad_(True)
+    spo = SPO(beta=0.3, lambdas=[0.0, 0.0], dimensions=THREE)(s)
+    (g_spo,) = torch.autograd.grad(spo.loss, s.chosen)
+    r = STAGE_TWO
+    swap = lambda a, b: [a[0], b[1], a[2]]  # noqa: E731  (row 1 taken the other way round)
+    plain = scores(swap(r["chosen"], r["rejected"]), swap(r["rejected"], r["chosen"]),
+                   swap(r["ref_chosen"], r["ref_rejected"]), swap(r["ref_rejected"], r["ref_chosen"]))
+    plain.chosen.requires_grad_(True)
+    plain.rejected.requires_grad_(True)
+    dpo = get_objective("dpo", beta=0.3)(plain)
+    g_chosen, g_rejected = torch.autograd.grad(dpo.loss, (plain.chosen, plain.rejected))
+    assert torch.equal(spo.loss, dpo.loss) and spo.metrics["stage"].item() == stage
+    assert torch.equal(g_spo, torch.stack([g_chosen[0], g_rejected[1], g_chosen[2]]))
+    assert {k: v.item() for k, v in spo.metrics.items() if k != "stage"} == {k: v.item() for k, v in dpo.metrics.items()}
+
+
 def dpo_with_grad(s: PairScores):
     s.chosen.requires_grad_(True)
     out = get_objective("dpo", beta=0.3)(s)
@@ -213,3 +269,4 @@ def test_spo_keeps_the_first_dimension_better_than_plain_sequential_dpo(tmp_path
         end, boundary = max(spo), max(step for step in spo if step < 64)  # the last validation, and stage 0's
         assert spo[end][0] > plain[end][0] + 0.08, (seed, spo, plain)
         assert spo[end][1] > spo[boundary][1] and plain[end][1] > plain[boundary][1], (seed, spo, plain)
+

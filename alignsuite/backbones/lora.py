@@ -78,3 +78,31 @@ def merge_and_reinit(policy, seed: int) -> list:
                 b.zero_()
                 fresh += [a, b]
     return fresh
+
+
+def merged_weights(policy) -> dict:
+    """The weights the LoRA ``policy`` (a peft model) computes with, named as in its plain model: each adapted layer's
+    base weight plus its active adapters' ``scale * B A`` (in float32), every other weight as it is. What a full
+    copy of the policy is, without merging anything into it. Refused for ``modules_to_save`` (their trained copies
+    sit beside the originals) and for sharded (FSDP2) weights."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    from alignsuite.sharding import is_sharded
+
+    if is_sharded(policy) or any("modules_to_save" in name for name, _ in policy.named_modules()):
+        raise ValueError("a full copy of a LoRA policy is built from unsharded weights without lora.modules_to_save")
+    deltas = {}
+    for name, layer in policy.named_modules():
+        if isinstance(layer, LoraLayer):
+            for adapter in layer.active_adapters:
+                delta = layer.get_delta_weight(adapter).float()
+                key = f"{name}.base_layer.weight"
+                deltas[key] = deltas[key] + delta if key in deltas else delta
+    out = {}
+    for name, weight in policy.named_parameters():
+        if ".lora_" in name:
+            continue
+        weight = weight.detach()
+        plain = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        out[plain] = weight.float() + deltas[name] if name in deltas else weight
+    return out

@@ -48,8 +48,10 @@ class SPO(MODPO):
     over ``data.stages`` (stage ``k``'s rows are stage ``k``'s, the reference the policy at the stage boundary),
     or a `FrozenCopy` of the stage-``k - 1`` model in a fit of one stage (``stage: k``). The earlier models are
     extra references ``stage_<j>`` (``model.extra_references.stage_0``: a `FrozenCopy` of the starting weights,
-    ``pi_0``), scored as ``ref_stage_<j>_<view>``; only those a non-zero ``lambda`` reads are declared. In one run
-    only ``pi_0`` and the reference exist, so one run holds two stages; more stages are one fit per stage.
+    ``pi_0``; ``stage_<j>`` for ``j >= 1``: a `alignsuite.stage_reference.StageSnapshot`, the policy as stage ``j``
+    began, kept frozen from then on), scored as ``ref_stage_<j>_<view>``; only those a non-zero ``lambda`` reads are
+    declared. So one run holds every stage (stage ``k`` reads ``stage_0 .. stage_{k-1}`` and the reference ``pi_k``),
+    at one frozen copy of the weights per snapshot; or one fit per stage, each earlier model a `FrozenCopy`.
 
     **Which pairs.** With a layout that names its dimensions (`alignsuite.data.DimensionPairs`) stage ``k`` reads
     ``pref_<d_k>`` and trains on each pair ordered by dimension ``k``; without, each row's own order is its stage's
