@@ -143,6 +143,23 @@ def test_rows_without_users_or_with_the_wrong_length_are_named(batch):
         UserCondition(embedding_dim=0)
 
 
+def test_a_model_with_users_generates_without_one_only_when_asked():
+    """No ``user_embedding`` is an error naming the column and the option; ``without_user`` silences the user branch
+    (a trained one too): the base denoiser's images. A reference given as ``model`` has no user branch to feed."""
+    base, ppd = backbone(), backbone(user_condition=UserCondition(embedding_dim=2))
+    perturb(ppd.user_adapter)
+    same = dict(seed=3, output_type="pt")
+    with pytest.raises(ValueError, match=r"has a user condition \(backbone.user_condition\) and generate was given no"
+                                         r" 'user_embedding'.*or without_user: true"):
+        ppd.generate(CAPTIONS, **same)
+    silent = torch.stack(ppd.generate(CAPTIONS, without_user=True, **same))
+    assert torch.equal(silent, torch.stack(base.generate(CAPTIONS, **same)))
+    assert not torch.equal(silent, torch.stack(ppd.generate(CAPTIONS, user_embedding=[[1, 0], [0, 1]], **same)))
+    assert torch.equal(torch.stack(ppd.generate(CAPTIONS, model=ppd.load_reference(), **same)), silent)
+    with pytest.raises(ValueError, match="without_user and a 'user_embedding' were both given"):
+        ppd.generate(CAPTIONS, user_embedding=[[1, 0], [0, 1]], without_user=True)
+
+
 def test_a_user_at_generation_needs_a_model_trained_with_one():
     base = backbone()
     assert base.generation_columns == ()
