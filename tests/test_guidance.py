@@ -215,6 +215,35 @@ def test_a_front_of_guide_weights_on_the_two_rule_world(reward_model, tmp_path):
     assert caps[0] < caps[1] < caps[2] and lower[0] > lower[1] > lower[2], (caps, lower)
 
 
+def test_a_recipes_guide_guides_the_aligned_side_and_never_the_base(base, nudged, reward_model, tmp_path):
+    """``backbone.guide`` in the recipe: ``evaluate``'s aligned model generates with it, its base without it (the
+    unguided base, in the two-model comparison and as a front's base point); ``evaluate.guide`` guides a base."""
+    from alignsuite.cli import main
+
+    guide = json.dumps({"class_path": "alignsuite.backbones.PAD", "init_args": {"reward_model": reward_model}})
+    out = tmp_path / "eval"
+    main(["evaluate", "--config", "recipes/toy/llm_dpo.yaml", "--config", "configs/eval/toy_llm_pad.yaml",
+          "--model.backbone.init_args.guide", guide, "--evaluate.guide", "null", "--evaluate.aligned", nudged,
+          "--evaluate.num_prompts", "16", "--evaluate.output_dir", str(out), "--evaluate.report", "false"])
+    results = json.loads((out / "results.json").read_text())
+    prompts = WORLD.eval_prompts(16, 0)
+    assert results["base_outputs"] == base.generate(prompts, max_new_tokens=8)
+    assert results["base_outputs"] != base.generate(prompts, max_new_tokens=8, guide=PAD(reward_model))  # not vacuous
+    guided = toy(nudged).generate(prompts, max_new_tokens=8, guide=PAD(reward_model))
+    assert results["aligned_outputs"] == guided != toy(nudged).generate(prompts, max_new_tokens=8)
+    assert "weight=0.8" in results["details"]["guide"]
+
+    out = tmp_path / "front"
+    main(["evaluate", "--config", "recipes/toy/llm_modpo.yaml", "--config", "configs/eval/toy_llm_case_pad.yaml",
+          "--model.backbone.init_args.guide", guide, "--evaluate.guide.init_args.reward_model", reward_model,
+          "--evaluate.num_prompts", "16", "--evaluate.guide_weights", "[0.4]", "--evaluate.output_dir", str(out),
+          "--evaluate.report", "false"])
+    outputs = json.loads((out / "results.json").read_text())["outputs"]
+    case_prompts = get_world("llm_case").eval_prompts(16, 0)
+    assert outputs["base"] == base.generate(case_prompts, max_new_tokens=8)
+    assert outputs["guide w=0.4"] == base.generate(case_prompts, max_new_tokens=8, guide=PAD(reward_model, weight=0.4))
+
+
 def test_bad_guide_settings_for_evaluate(tmp_path, capsys):
     from alignsuite.cli import main
 

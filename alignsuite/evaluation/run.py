@@ -78,7 +78,8 @@ class Evaluation:
             ``aligned`` that side is the base model itself, guided: the guide against the unguided base (written to
             ``<reward model's run>/eval/guided`` when ``output_dir`` is null). With ``preferences`` and
             ``preference_prompt``, each vector's condition becomes the guide's preference (the reward model's
-            prompt) and the guided base is a front's point per vector.
+            prompt) and the guided base is a front's point per vector. A recipe's ``backbone.guide`` guides the
+            aligned models only (in its place when this is null): the base model is always the unguided base.
         guide_weights: a front of the base guided at each of these weights (``guide``'s ``weight`` swept).
     """
 
@@ -140,6 +141,17 @@ def check_guide(guide: PAD | None, backbone) -> None:
         guide.check(backbone)
     except (ValueError, FileNotFoundError) as error:
         raise EvaluationError(f"evaluate.{error}") from None
+
+
+def base_backbone(backbone):
+    """A built copy of ``backbone`` as the base model: the recipe's starting weights, unguided. A recipe's
+    ``backbone.guide`` guides the aligned side only (the base is what the aligned model is measured against);
+    ``evaluate.guide`` evaluates a guided base, given to ``generate`` explicitly."""
+    base = copy.deepcopy(backbone)
+    if getattr(base, "guide", None) is not None:
+        base.guide = None
+    base.configure()
+    return base
 
 
 def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
@@ -248,10 +260,8 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
         if not rows:
             break
         plain = which == "base" or not evaluation.aligned
-        model = copy.deepcopy(backbone) if plain else aligned_backbone(backbone, evaluation.aligned,
-                                                                        evaluation.weights_only)
-        if plain:
-            model.configure()
+        model = base_backbone(backbone) if plain else aligned_backbone(backbone, evaluation.aligned,
+                                                                       evaluation.weights_only)
         model.to(device or "cpu")
         guided = {"guide": guide} if which == "aligned" and guide is not None else {}
         outputs[which], errors[which] = generate_all(model, rows, evaluation.seed, evaluation.batch_size,
@@ -282,7 +292,8 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
         results.scores.append(implicit_reward_result(scorer, backbone, evaluation, datamodule, device, results))
     results.details.update(
         base=getattr(backbone, "model_name_or_path", None), aligned=evaluation.aligned or "the base, guided",
-        guide=None if guide is None else repr(guide), prompts=evaluation.prompts,
+        guide=repr(guide or getattr(backbone, "guide", None)) if guide or getattr(backbone, "guide", None) else None,
+        prompts=evaluation.prompts,
         num_prompts=len(rows), seed=evaluation.seed, generation_kwargs=kwargs,
         errors={k: v[:20] for k, v in errors.items() if v},
     )

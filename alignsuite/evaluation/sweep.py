@@ -17,7 +17,6 @@ default).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
@@ -27,8 +26,8 @@ from alignsuite.data.errors import DataError
 from alignsuite.evaluation.front import BASE, COMPARISON, GUIDED, PREFERENCE, SWEPT, WEIGHTS, FrontPoint, \
     FrontResults, check_preference, interval, simplex_grid, summary_lines
 from alignsuite.evaluation.results import RESULTS_FILE
-from alignsuite.evaluation.run import Evaluation, EvaluationError, _jsonable, aligned_backbone, check_guide, \
-    default_output_dir, evaluation_prompts, generate_all
+from alignsuite.evaluation.run import Evaluation, EvaluationError, _jsonable, aligned_backbone, base_backbone, \
+    check_guide, default_output_dir, evaluation_prompts, generate_all
 from alignsuite.generation import row_conditions
 
 ENTRY_KEYS = {"front": ("label", "aligned", "weights"), "comparisons": ("label", "aligned")}
@@ -170,10 +169,8 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
             raise EvaluationError(f"every generation of {label} failed; the first: {errors[0]}")
         points.append(FrontPoint(label, kind, values, vector, source, outputs, len(errors)))
 
-    def base_model():
-        base = copy.deepcopy(backbone)
-        base.configure()
-        return base.to(device or "cpu")
+    def base_model():  # unguided: a recipe's backbone.guide guides the aligned models only
+        return base_backbone(backbone).to(device or "cpu")
 
     if conditioned:  # the preference model first: a model without a preference adapter is refused at once
         # with a guide, the vector goes into the guide's preference and the base (or aligned) model is guided
