@@ -87,9 +87,8 @@ class SpeechTokenLM(Vocoded, CausalLM):
         max_length: most tokens in a row (text + start + prompt speech + speech + end). Prompts are never cut
             (``max_prompt_length`` is fixed at ``max_length - 1``, so one completion token always fits).
         dtype, gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code: as for CausalLM.
-        guide: a decoding-time guide (`alignsuite.backbones.PAD`) every ``generate`` uses: its reward model a
-            speech-token model with this one's vocabulary (a text model is refused) reading each row's text (the
-            ``preference`` before it) and speaker prompt; candidates: the speech tokens each step allows.
+        guide: a decoding-time guide (`alignsuite.backbones.PAD`) every ``generate`` uses; its reward model a
+            speech-token model with this one's vocabulary, reading each row's text and speaker prompt.
     """
 
     modality = "text_to_speech"
@@ -336,18 +335,16 @@ class SpeechTokenLM(Vocoded, CausalLM):
         """One utterance per text: codes (offsets removed) up to the end token, ``[frames]`` or
         ``[frames, num_codebooks]``. Greedy, or sampled when ``seed`` is given (or ``do_sample``), from a forked
         random state, so the training run's is untouched. ``max_new_tokens`` counts tokens (frames x codebooks).
-        Each step guided by ``guide`` (``backbone.guide`` if None) among the speech tokens the step allows."""
+        ``guide`` (``backbone.guide`` if None) chooses among the speech tokens each step allows."""
         model = model if model is not None else self.policy
         device = next(model.parameters()).device
         _, end = self.special_ids()
         enc = self.generation_inputs(prompts, prompt_speech, prompt_text)
         input_ids, attention_mask, width = enc["input_ids"], enc["attention_mask"], enc["input_ids"].shape[1]
         from transformers import LogitsProcessorList
-
-        # The constraint first: the guide's candidates are the tokens it allows.
         processors = [SpeechTokensOnly(width, self.speech_token_offset, self.codebook_size, self.num_codebooks, end)]
         guide = guide if guide is not None else self.guide
-        if guide is not None:
+        if guide is not None:  # after the constraint: it chooses among the tokens allowed
             processors.append(guide.processor(self, prompts, enc, device, prompt_speech=prompt_speech, prompt_text=prompt_text))
         processors += list(kwargs.pop("logits_processor", None) or [])
         do_sample = seed is not None if do_sample is None else do_sample

@@ -25,9 +25,9 @@ import traceback
 from alignsuite.data.errors import DataError
 from alignsuite.evaluation.front import BASE, COMPARISON, GUIDED, PREFERENCE, SWEPT, WEIGHTS, FrontPoint, \
     FrontResults, check_preference, interval, simplex_grid, summary_lines
-from alignsuite.evaluation.results import RESULTS_FILE
-from alignsuite.evaluation.run import Evaluation, EvaluationError, _jsonable, aligned_backbone, base_backbone, \
-    check_guide, default_output_dir, evaluation_prompts, generate_all
+from alignsuite.evaluation.results import RESULTS_FILE, jsonable
+from alignsuite.evaluation.run import Evaluation, EvaluationError, aligned_backbone, base_backbone, check_guide, \
+    default_output_dir, evaluation_prompts, generate_all
 from alignsuite.generation import row_conditions
 
 ENTRY_KEYS = {"front": ("label", "aligned", "weights"), "comparisons": ("label", "aligned")}
@@ -272,9 +272,9 @@ def write_front_results(results: FrontResults, output_dir: str) -> str:
     """``results.json``: the front (points, means, intervals, per-prompt values, summaries), the prompts and
     every point's outputs."""
     os.makedirs(output_dir, exist_ok=True)
-    data = {"modality": results.modality, "details": _jsonable(results.details, output_dir, "details"),
-            "front": results.as_dict(), "prompts": _jsonable(results.prompts, output_dir, "prompt"),
-            "outputs": {p.label: _jsonable(p.outputs, output_dir, f"point{i}") for i, p in enumerate(results.points)}}
+    data = {"modality": results.modality, "details": jsonable(results.details, output_dir, "details"),
+            "front": results.as_dict(), "prompts": jsonable(results.prompts, output_dir, "prompt"),
+            "outputs": {p.label: jsonable(p.outputs, output_dir, f"point{i}") for i, p in enumerate(results.points)}}
     path = os.path.join(output_dir, RESULTS_FILE)
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
