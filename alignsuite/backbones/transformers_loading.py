@@ -121,4 +121,5 @@ def check_embeddings(source: str, highest: int, option: str, trust_remote_code: 
         raise ValueError(f"{option}: {source!r} has {size} token embeddings, and {why}")
 
 
-__all__ = ["check_embeddings", "check_same_vocabulary", "load_pretrained_model", "load_tokenizer", "model_on_meta", "zero_dropout"]
+__all__ = ["check_embeddings", "check_same_vocabulary", "load_pretrained_model", "load_tokenizer", "model_on_meta",
+           "zero_dropout"]

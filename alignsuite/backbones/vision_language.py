@@ -33,6 +33,7 @@ from alignsuite.backbones.base import ViewInputs
 from alignsuite.backbones.causal_lm import CausalLM
 from alignsuite.backbones.image_views import corrupt_images
 from alignsuite.backbones.lora import LoraSpec
+from alignsuite.backbones.pad import PAD
 from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.tokenize import batch_rows, read_chat_template, render_chat, render_prompt
 from alignsuite.sources import resolve_model_path
@@ -310,7 +311,7 @@ class VisionLanguage(CausalLM):
     @torch.no_grad()
     def generate(self, prompts: list[list[dict]], model: nn.Module | None = None, seed: int | None = None,
                  images: list[list] | None = None, max_new_tokens: int = 64, do_sample: bool | None = None,
-                 guide=None, **kwargs) -> list[str]:
+                 guide: PAD | None = None, **kwargs) -> list[str]:
         """One answer per prompt (chat messages with image parts, or text: one user turn without an image) and
         its ``images``: greedy, or sampled from ``seed`` (or with ``do_sample``) without touching the training
         run's random state. A decoding-time ``guide`` is refused (``guided_generation``), naming the option."""
