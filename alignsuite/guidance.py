@@ -27,6 +27,10 @@ and the next token is argmax(score) (greedy) or a draw from softmax(score / T). 
   in ``generate``. The official code re-encodes the whole prefix with the reward model at every step (quadratic in
   the answer's length); ``cache=False`` does the same here and gives the same tokens (tests/test_guidance.py).
 - Any batch size and left-padded prompts (the official code takes one prompt at a time).
+- A token the base's logits already rule out (``-inf``: a constraint applied before the guide, as a speech-token
+  model's one-codebook-per-step rule, or another logits processor) is never a candidate: where fewer than k
+  tokens are allowed, V_k is the allowed ones, and the reward model's softmax runs over them alone. The official
+  code has no such constraint; without one this is its V_k.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def guided_scores(base_logits: Tensor, guide_logits: Tensor | None, weight: floa
     """``[B, V]`` scores: ``z_v + w * r(v)`` on the ``top_k`` tokens of ``base_logits`` (``z``), ``-inf`` elsewhere;
     ``r`` from ``guide_logits`` (``m``) as in the module docstring. ``guide_logits`` may be ``None`` at ``weight`` 0,
     and may be wider or narrower than ``z`` (an embedding table padded to another size): a token it lacks gets
-    ``r = -inf``."""
+    ``r = -inf``. A token ``z`` rules out (``-inf``) stays out, and takes no share of the reward model's softmax."""
     k = min(int(top_k), base_logits.shape[-1])
     z, tokens = base_logits.topk(k, dim=-1)
     score = z
@@ -52,8 +56,10 @@ def guided_scores(base_logits: Tensor, guide_logits: Tensor | None, weight: floa
         width = base_logits.shape[-1]
         if m.shape[-1] < width:
             m = torch.nn.functional.pad(m, (0, width - m.shape[-1]), value=float("-inf"))
-        m = m[..., :width].gather(-1, tokens)
-        score = z + weight * (m.log_softmax(-1) - z.float().log_softmax(-1)).to(z.dtype)
+        out = z.isneginf()  # fewer than k tokens allowed: the ruled-out ones among the top k
+        m = m[..., :width].gather(-1, tokens).masked_fill(out, float("-inf"))
+        r = (m.log_softmax(-1) - z.float().log_softmax(-1)).to(z.dtype)
+        score = (z + weight * r).masked_fill(out, float("-inf"))
     return torch.full_like(base_logits, float("-inf")).scatter(-1, tokens, score)
 
 

@@ -82,6 +82,15 @@ def test_a_reward_model_with_a_wider_or_narrower_head():
     assert narrower[0, 2].item() == -math.inf and narrower[0, :2].isfinite().all()
 
 
+def test_tokens_the_base_rules_out_stay_out_and_take_no_share():
+    """A constraint before the guide (a speech-token model's codebook rule) leaves fewer than k tokens: V_k is the
+    allowed ones. z = (2, -inf, 0.5, -inf), m = (0, 5, 3, 9), k = 3, w = 0.8: lse_z = ln(e^2 + e^0.5) = 2.201413,
+    lse_m = ln(1 + e^3) = 3.048587 (tokens 1 and 3 take no share), score = (-0.277739, -inf, 1.822261, -inf)."""
+    inf = math.inf
+    got = guided_scores(torch.tensor([[2.0, -inf, 0.5, -inf]]), torch.tensor([[0.0, 5.0, 3.0, 9.0]]), 0.8, 3)[0]
+    assert got.tolist() == pytest.approx([-0.277739, -inf, 1.822261, -inf], abs=1e-5)
+
+
 # ----------------------------------------------------------------------------------------- reductions
 def test_weight_zero_and_top_k_one_are_the_base_models_greedy_decoding(base, nudged):
     plain = base.generate(PROMPTS, max_new_tokens=8)
@@ -112,6 +121,48 @@ def test_the_guide_set_on_the_backbone_guides_every_generate(nudged):
     assert guided.generate(PROMPTS, max_new_tokens=8) == toy().generate(PROMPTS, max_new_tokens=8, guide=guided.guide)
 
 
+def panacea(**kwargs):
+    """A toy Panacea model whose adapter is nudged: its generations depend on the preference vector."""
+    from alignsuite.backbones import PanaceaLM, PanaceaSpec
+    from alignsuite.backbones.svd_lora import adapters
+
+    backbone = PanaceaLM("toy:llm", panacea=PanaceaSpec(r=4, preference_rank=2, preference_dim=2), max_length=32,
+                         max_prompt_length=16, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the adapter's other weights are drawn at configure: the same in every call
+        backbone.configure()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for a in adapters(backbone.policy).values():
+            a.U.normal_(0, 0.5, generator=g)
+            a.sigma.normal_(1, 1.0, generator=g)
+    return backbone
+
+
+def test_panacea_generates_guided_at_its_preference_vector(reward_model, tmp_path):
+    guide = PAD(reward_model)
+    guided, plain = panacea(guide=guide), panacea()  # backbone.guide: a PanaceaLM init option
+    outputs = {}
+    for w in ([1.0, 0.0], [0.0, 1.0]):
+        unguided = plain.generate(PROMPTS, max_new_tokens=8, preference=w)
+        outputs[tuple(w)] = guided.generate(PROMPTS, max_new_tokens=8, preference=w)
+        assert outputs[tuple(w)] == plain.generate(PROMPTS, max_new_tokens=8, preference=w, guide=guide) != unguided
+        assert plain.generate(PROMPTS, max_new_tokens=8, preference=w, guide=guide.but(top_k=1)) == unguided
+    assert outputs[1.0, 0.0] != outputs[0.0, 1.0]  # the guide acts on the model at each vector
+    # evaluate reads a Panacea export beside a plain recipe with the recipe's settings, its guide among them
+    plain.save_pretrained(str(tmp_path))
+    from alignsuite.backbones import PanaceaLM
+
+    assert PanaceaLM.reading(toy_guided(guide), str(tmp_path)).guide is guide
+    # a Panacea export is no reward model: read as a plain model, its adapter would be dropped
+    with pytest.raises(ValueError, match=r"guide\.reward_model: .* is a Panacea export"):
+        plain.generate(PROMPTS[:2], guide=PAD(str(tmp_path)))
+
+
+def toy_guided(guide) -> CausalLM:
+    return CausalLM("toy:llm", max_length=32, max_prompt_length=16, guide=guide)
+
+
 # ----------------------------------------------------------------------------------------- bad input
 def test_a_reward_model_with_another_vocabulary_is_refused(base, tmp_path):
     from transformers import LlamaForCausalLM
@@ -125,8 +176,12 @@ def test_a_reward_model_with_another_vocabulary_is_refused(base, tmp_path):
         base.generate(PROMPTS[:2], guide=PAD(str(tmp_path)))
     with pytest.raises(FileNotFoundError, match=r"guide\.reward_model"):
         base.generate(PROMPTS[:2], guide=PAD(str(tmp_path / "nothing")))
-    with pytest.raises(ValueError, match=r"guide: VisionLanguage takes no decoding-time guide"):
-        PAD("toy:llm").check(type("VisionLanguage", (), {"guided_generation": False})())
+    from alignsuite.backbones import TextToImage, VisionLanguage
+
+    with pytest.raises(ValueError, match=r"guide: VisionLanguage takes no decoding-time guide.*depend on images"):
+        VisionLanguage("toy:vlm").generate(["a"], guide=PAD("toy:llm"))  # refused before any model loads
+    with pytest.raises(ValueError, match=r"guide: TextToImage takes no decoding-time guide.*no next-token logits"):
+        PAD("toy:llm").check(TextToImage("toy:diffusion"))
     with pytest.raises(ValueError, match=r"guide\.top_k must be at least 1"):
         PAD("toy:llm", top_k=0)
     with pytest.raises(ValueError, match=r"guide\.weight must be a finite number"):
@@ -213,6 +268,35 @@ def test_a_front_of_guide_weights_on_the_two_rule_world(reward_model, tmp_path):
     caps = [points[k]["means"]["reward_caps"] for k in points]
     lower = [points[k]["means"]["reward_lower"] for k in points]
     assert caps[0] < caps[1] < caps[2] and lower[0] > lower[1] > lower[2], (caps, lower)
+
+
+def test_a_recipes_guide_guides_the_aligned_side_and_never_the_base(base, nudged, reward_model, tmp_path):
+    """``backbone.guide`` in the recipe: ``evaluate``'s aligned model generates with it, its base without it (the
+    unguided base, in the two-model comparison and as a front's base point); ``evaluate.guide`` guides a base."""
+    from alignsuite.cli import main
+
+    guide = json.dumps({"class_path": "alignsuite.backbones.PAD", "init_args": {"reward_model": reward_model}})
+    out = tmp_path / "eval"
+    main(["evaluate", "--config", "recipes/toy/llm_dpo.yaml", "--config", "configs/eval/toy_llm_pad.yaml",
+          "--model.backbone.init_args.guide", guide, "--evaluate.guide", "null", "--evaluate.aligned", nudged,
+          "--evaluate.num_prompts", "16", "--evaluate.output_dir", str(out), "--evaluate.report", "false"])
+    results = json.loads((out / "results.json").read_text())
+    prompts = WORLD.eval_prompts(16, 0)
+    assert results["base_outputs"] == base.generate(prompts, max_new_tokens=8)
+    assert results["base_outputs"] != base.generate(prompts, max_new_tokens=8, guide=PAD(reward_model))  # not vacuous
+    guided = toy(nudged).generate(prompts, max_new_tokens=8, guide=PAD(reward_model))
+    assert results["aligned_outputs"] == guided != toy(nudged).generate(prompts, max_new_tokens=8)
+    assert "weight=0.8" in results["details"]["guide"]
+
+    out = tmp_path / "front"
+    main(["evaluate", "--config", "recipes/toy/llm_modpo.yaml", "--config", "configs/eval/toy_llm_case_pad.yaml",
+          "--model.backbone.init_args.guide", guide, "--evaluate.guide.init_args.reward_model", reward_model,
+          "--evaluate.num_prompts", "16", "--evaluate.guide_weights", "[0.4]", "--evaluate.output_dir", str(out),
+          "--evaluate.report", "false"])
+    outputs = json.loads((out / "results.json").read_text())["outputs"]
+    case_prompts = get_world("llm_case").eval_prompts(16, 0)
+    assert outputs["base"] == base.generate(case_prompts, max_new_tokens=8)
+    assert outputs["guide w=0.4"] == base.generate(case_prompts, max_new_tokens=8, guide=PAD(reward_model, weight=0.4))
 
 
 def test_bad_guide_settings_for_evaluate(tmp_path, capsys):

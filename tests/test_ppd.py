@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from alignsuite.backbones import TextToImage
-from alignsuite.backbones.base import shared_prompts
+from alignsuite.backbones.base import ViewInputs, shared_prompts
 from alignsuite.backbones.user_condition import UserCondition, few_shot_embedding
-from alignsuite.data import ImagePairs
+from alignsuite.data import ImagePairs, ImageUnpaired
 from alignsuite.data.errors import DataError
 from alignsuite.evaluation import ToyReward
 from alignsuite.toy import get_world
@@ -143,6 +143,23 @@ def test_rows_without_users_or_with_the_wrong_length_are_named(batch):
         UserCondition(embedding_dim=0)
 
 
+def test_a_model_with_users_generates_without_one_only_when_asked():
+    """No ``user_embedding`` is an error naming the column and the option; ``without_user`` silences the user branch
+    (a trained one too): the base denoiser's images. A reference given as ``model`` has no user branch to feed."""
+    base, ppd = backbone(), backbone(user_condition=UserCondition(embedding_dim=2))
+    perturb(ppd.user_adapter)
+    same = dict(seed=3, output_type="pt")
+    with pytest.raises(ValueError, match=r"has a user condition \(backbone.user_condition\) and generate was given no"
+                                         r" 'user_embedding'.*or without_user: true"):
+        ppd.generate(CAPTIONS, **same)
+    silent = torch.stack(ppd.generate(CAPTIONS, without_user=True, **same))
+    assert torch.equal(silent, torch.stack(base.generate(CAPTIONS, **same)))
+    assert not torch.equal(silent, torch.stack(ppd.generate(CAPTIONS, user_embedding=[[1, 0], [0, 1]], **same)))
+    assert torch.equal(torch.stack(ppd.generate(CAPTIONS, model=ppd.load_reference(), **same)), silent)
+    with pytest.raises(ValueError, match="without_user and a 'user_embedding' were both given"):
+        ppd.generate(CAPTIONS, user_embedding=[[1, 0], [0, 1]], without_user=True)
+
+
 def test_a_user_at_generation_needs_a_model_trained_with_one():
     base = backbone()
     assert base.generation_columns == ()
@@ -171,6 +188,35 @@ def test_the_layout_names_a_bad_user_embedding():
     missing = [rows[0], {k: v for k, v in rows[1].items() if k != "user_embedding"}]
     with pytest.raises(DataError, match="row 1: field 'user_embedding': expected a user embedding, as the first row has"):
         layout.build([("pairs.jsonl", missing, None)])
+
+
+def test_diffusion_kto_rows_keep_their_pairs_user():
+    """The unpaired layout (Diffusion-KTO) turns each pair into its winner and its loser, both the pair's user's;
+    unpaired rows read as they come carry theirs; the step scores each row under its user."""
+    world = UserSquaresWorld()
+    pairs = world.make_pairs(6, 0)
+    stored, _ = ImageUnpaired().build([("pairs.jsonl", pairs, None)])
+    assert stored["user_embedding"] == [p["user_embedding"] for p in pairs for _ in (0, 1)]
+    unpaired = [{"caption": p["caption"], "image": p["jpg_0"], "label": True, "user_embedding": p["user_embedding"]}
+                for p in pairs]
+    assert ImageUnpaired().build([("rows.jsonl", unpaired, None)])[0]["user_embedding"] == stored["user_embedding"][::2]
+    missing = [unpaired[0], {k: v for k, v in unpaired[1].items() if k != "user_embedding"}]
+    with pytest.raises(DataError, match="row 1: field 'user_embedding': expected a user embedding, as the first row has"):
+        ImageUnpaired().build([("rows.jsonl", missing, None)])
+
+    data = ToyPreferenceData(world="diffusion_users", num_train=8, num_val=4, batch_size=4, unpaired=True)
+    data.setup("fit")
+    ppd = backbone(user_condition=UserCondition(embedding_dim=2))
+    ppd.on_setup(data)  # the data has the user column
+    batch = next(iter(data.train_dataloader()))
+    assert batch["user_embedding"].shape == (4, 2) and "label" in batch
+    perturb(ppd.user_adapter)
+
+    def completion_scores(b):
+        return ppd.score(ppd.prepare([ViewInputs(b["prompt"], b["completion"], b)])).score
+
+    swapped = dict(batch, user_embedding=batch["user_embedding"].flip(1))
+    assert not torch.allclose(completion_scores(batch), completion_scores(swapped))
 
 
 # ---------------------------------------------------------------- the world

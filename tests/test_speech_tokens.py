@@ -235,6 +235,62 @@ def test_generation_keeps_to_speech_tokens_stops_at_the_end_and_repeats_under_a_
     assert all(c.dim() == 2 and c.shape[1] == 2 and c.shape[0] <= 3 and ((c >= 0) & (c < 8)).all() for c in two)
 
 
+@pytest.fixture(scope="module")
+def speech_reward_model(speech_lm_dir, tmp_path_factory) -> str:
+    """The speech LM with every weight nudged, saved with its tokenizer: a reward model that disagrees at times."""
+    backbone = make(speech_lm_dir)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in backbone.policy.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    path = str(tmp_path_factory.mktemp("speech_rm"))
+    backbone.save_pretrained(path)
+    return path
+
+
+def test_a_guide_steers_speech_generation_among_the_tokens_the_step_allows(speech_lm_dir, speech_reward_model):
+    """PAD on a speech-token model: the reward model reads each row's text and speaker prompt (the model itself
+    as its own reward model changes nothing), its candidates are the codebook's tokens, and the guide set on the
+    backbone (an init option) guides every generate."""
+    from alignsuite.backbones import PAD
+
+    texts, prompt_speech = ["a b c", "hello", "d e f g", "world"], [codes(1, 2), None, codes(5), None]
+    backbone = make(speech_lm_dir)
+    args = dict(prompt_speech=prompt_speech, max_new_tokens=12)
+    plain = backbone.generate(texts, **args)
+    same = lambda a, b: all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))  # noqa: E731
+    assert same(backbone.generate(texts, guide=PAD(speech_lm_dir, weight=3.0), **args), plain)
+    guide = PAD(speech_reward_model, weight=3.0, preference="hello world")
+    guided = backbone.generate(texts, guide=guide, **args)
+    assert not same(guided, plain)
+    assert all(c.dim() == 1 and ((c >= 0) & (c < 16)).all() for c in guided)
+    assert same(guided, backbone.generate(texts, guide=guide.but(cache=False), **args))
+    assert same(make(speech_lm_dir, guide=guide).generate(texts, **args), guided)
+    # two codebooks of 8 tokens, below top_k = 10: the candidates are the allowed ones, never another codebook's
+    two = make(speech_lm_dir, codebook_size=8, num_codebooks=2)
+    out = two.generate(texts, guide=PAD(speech_reward_model, weight=3.0), seed=0, max_new_tokens=8)
+    assert all(c.dim() == 2 and c.shape[1] == 2 and ((c >= 0) & (c < 8)).all() for c in out)
+
+
+def test_a_reward_model_without_the_speech_vocabulary_is_refused(speech_lm_dir, tmp_path):
+    """A text model with the same tokenizer has no embeddings for the speech ids past it; a model with another
+    tokenizer (the toy text world's) is refused too; each error names the option."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from alignsuite.backbones import PAD
+
+    config = LlamaConfig(vocab_size=OFFSET, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(str(tmp_path))
+    AutoTokenizer.from_pretrained(speech_lm_dir).save_pretrained(str(tmp_path))
+    backbone = make(speech_lm_dir)
+    with pytest.raises(ValueError, match=r"guide\.reward_model: .* has 40 token embeddings, and this model's speech"
+                                         r" tokens take ids \[40, 56\)"):
+        backbone.generate(["a b"], guide=PAD(str(tmp_path)))
+    with pytest.raises(ValueError, match=r"guide\.reward_model: 'toy:llm' has another tokenizer than the policy's"):
+        backbone.generate(["a b"], guide=PAD("toy:llm"))
+
+
 def test_the_constraint_allows_one_codebook_per_step_and_the_end_at_frame_boundaries():
     constraint = SpeechTokensOnly(prompt_width=3, offset=4, codebook_size=2, num_codebooks=2, end_id=1)
     allowed = [(constraint(torch.zeros(1, 3 + step, dtype=torch.long), torch.zeros(1, 9)) == 0)[0].nonzero()[:, 0].tolist()

@@ -68,6 +68,8 @@ class Backbone(nn.Module):
             noise every step and set this False.
         scores_tokens: ``score_tokens`` gives per-token scores (token backbones), for token-level objectives;
             denoising backbones score whole samples and set this False.
+        guided_generation: ``generate`` takes a decoding-time guide (``guide``, `alignsuite.backbones.PAD`): a
+            causal language model's generate over token ids alone.
         not_checkpointed: sub-module prefixes (relative to the backbone) rebuilt from their source.
         shard_blocks: class names of the model's repeated blocks that FSDP2 shards one by one, for models
             that list none in ``_no_split_modules`` (transformers and diffusers models list theirs).
@@ -82,6 +84,7 @@ class Backbone(nn.Module):
     joint_views: ClassVar[bool] = False
     deterministic_inputs: ClassVar[bool] = True
     scores_tokens: ClassVar[bool] = False
+    guided_generation: ClassVar[bool] = False
     not_checkpointed: ClassVar[tuple[str, ...]] = ()
     shard_blocks: ClassVar[tuple[str, ...]] = ()
     # Set by the module under FSDP2 on every process but the first: build the sharded models (policy and

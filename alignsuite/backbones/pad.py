@@ -1,5 +1,12 @@
-"""PAD, personalised alignment at decoding time, as a text backbone's generation option: no objective and no training,
-a guide that reshapes every step of ``generate`` (:mod:`alignsuite.guidance` has the step and its conventions).
+"""PAD, personalised alignment at decoding time, as a token backbone's generation option: no objective and no
+training, a guide that reshapes every step of ``generate`` (:mod:`alignsuite.guidance` has the step and its
+conventions).
+
+Where it fits: the backbones whose ``generate`` is a causal language model's over token ids alone
+(``guided_generation``): `CausalLM`, `PanaceaLM` (guided at the preference vector it generates with) and
+`SpeechTokenLM` (codec tokens; its reward model a speech-token model with the same vocabulary, read with the
+same speaker prompt). Not a vision-language model (its answers depend on the images, which a reward model fed
+token ids would not see) nor a denoising backbone (no next-token logits): both refuse a guide, naming it.
 
 The guide is set on the backbone (``backbone.guide``: ``predict``, validation callbacks and every other caller of
 ``generate`` use it), given to one call (``generate(prompts, guide=PAD(...))``), or given to ``evaluate``
@@ -13,9 +20,11 @@ import copy
 import math
 from typing import Literal
 
+from alignsuite.backbones.svd_lora import CONFIG_FILE as PREFERENCE_ADAPTER_FILE, is_export
 from alignsuite.data.errors import DataError
 from alignsuite.data.procedures.condition import place_condition
 from alignsuite.guidance import RewardGuidance
+from alignsuite.sources import resolve_model_path
 
 
 OPTIONS = ("reward_model", "weight", "top_k", "preference", "place", "cache", "dtype")
@@ -79,13 +88,21 @@ class PAD:
         return other
 
     def check(self, backbone) -> None:
-        """Refuse a reward model whose tokenizer is not the backbone's (before any weights load)."""
+        """Refuse a backbone that takes no guide, and a reward model whose vocabulary is not the backbone's or that
+        is a Panacea export (before any weights load)."""
         if id(backbone) in self._checked:
             return
-        if not getattr(backbone, "guided_generation", False):
-            raise ValueError(f"guide: {type(backbone).__name__} takes no decoding-time guide; PAD guides a text causal"
-                             " language model (alignsuite.backbones.CausalLM and its text subclasses)")
+        if not backbone.guided_generation:
+            raise ValueError(f"guide: {type(backbone).__name__} takes no decoding-time guide; PAD guides the generate of"
+                             " a causal language model over token ids alone (CausalLM, PanaceaLM, SpeechTokenLM): a"
+                             " vision-language model's answers depend on images its reward model would not read, and"
+                             " a denoising model has no next-token logits")
         backbone.check_same_tokenizer(self.reward_model, "guide.reward_model")
+        path = resolve_model_path(self.reward_model)
+        if is_export(path):
+            raise ValueError(f"guide.reward_model: {path} is a Panacea export (a base model with a preference adapter"
+                             f" beside it, {PREFERENCE_ADAPTER_FILE}); the guide reads a plain causal LM, and would read"
+                             " the base without its adapter: give a save_pretrained folder of a plain model")
         self._checked.add(id(backbone))
 
     def model(self, backbone, device):
@@ -104,13 +121,15 @@ class PAD:
         except DataError as error:
             raise ValueError(f"guide.preference: {error}") from None
 
-    def processor(self, backbone, prompts: list, encoded, device) -> RewardGuidance:
-        """The logits processor of one ``generate`` call on ``prompts``, whose left-padded inputs are ``encoded``."""
+    def processor(self, backbone, prompts: list, encoded, device, **columns) -> RewardGuidance:
+        """The logits processor of one ``generate`` call on ``prompts``, whose left-padded inputs are ``encoded``;
+        ``columns``: what else conditions the call (a speech-token model's speaker prompt), which the reward
+        model's inputs take too (``backbone.generation_inputs(prompts, **columns)``)."""
         self.check(backbone)
         width = encoded["input_ids"].shape[1]
         if self.weight == 0:  # the reward model is never read: nothing to load
             return RewardGuidance(None, encoded["input_ids"], encoded["attention_mask"], width, 0.0, self.top_k)
-        rm = backbone.generation_inputs(self.reward_prompts(prompts))
+        rm = backbone.generation_inputs(self.reward_prompts(prompts), **columns)
         return RewardGuidance(self.model(backbone, device), rm["input_ids"], rm["attention_mask"], width, self.weight,
                               self.top_k, self.cache)
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from alignsuite.backbones.causal_lm import CausalLM
+from alignsuite.backbones.pad import PAD
 from alignsuite.backbones.svd_lora import (
     PanaceaSpec,
     PreferenceState,
@@ -66,6 +67,8 @@ class PanaceaLM(CausalLM):
             length is read from the data's dimensions at setup, or from an export's ``panacea.json``.
         preference: the vector the model starts with (``predict`` and ``validate`` generate with it); uniform when
             None. Training draws its own each step (``PreferenceSampler``).
+        guide: a decoding-time guide (`alignsuite.backbones.PAD`) every ``generate`` uses, at the preference vector
+            the model generates with: the guided model at that point of its front.
         The others: as `CausalLM`'s.
     """
 
@@ -90,10 +93,11 @@ class PanaceaLM(CausalLM):
         lm_head_at_scored_only: bool = True,
         lm_head_chunk: int | None = None,
         tokenize_in_loader: bool = True,
+        guide: PAD | None = None,
     ) -> None:
         super().__init__(model_name_or_path, tokenizer_name_or_path, None, max_length, max_prompt_length, dtype,
                          gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code, chat_template,
-                         share_prompt, pack_rows, lm_head_at_scored_only, lm_head_chunk, tokenize_in_loader)
+                         share_prompt, pack_rows, lm_head_at_scored_only, lm_head_chunk, tokenize_in_loader, guide)
         self.panacea = panacea if panacea is not None else PanaceaSpec()
         self.initial_preference = None if preference is None else [float(v) for v in preference]
         self._state: PreferenceState | None = None
@@ -181,7 +185,8 @@ class PanaceaLM(CausalLM):
     def generate(self, prompts: list[Text], model: nn.Module | None = None, seed: int | None = None,
                  max_new_tokens: int = 64, do_sample: bool | None = None, preference: Sequence[float] | None = None,
                  **kwargs) -> list[str]:
-        """As `CausalLM.generate`; ``preference`` sets the preference vector first (and it stays set)."""
+        """As `CausalLM.generate`; ``preference`` sets the preference vector first (and it stays set); a guide
+        (``guide``, or ``backbone.guide``) guides the model at that vector."""
         if preference is not None:
             self.set_preference(preference)
         return super().generate(prompts, model, seed, max_new_tokens, do_sample, **kwargs)

@@ -37,8 +37,10 @@ from torch import Tensor, nn
 from alignsuite.backbones.base import ViewInputs
 from alignsuite.backbones.causal_lm import CausalLM
 from alignsuite.backbones.lora import LoraSpec
+from alignsuite.backbones.pad import PAD
 from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.tokenize import batch_rows
+from alignsuite.backbones.transformers_loading import check_embeddings
 from alignsuite.backbones.vocoding import Vocoded, is_audio
 from alignsuite.components import build_object
 
@@ -85,12 +87,14 @@ class SpeechTokenLM(Vocoded, CausalLM):
         max_length: most tokens in a row (text + start + prompt speech + speech + end). Prompts are never cut
             (``max_prompt_length`` is fixed at ``max_length - 1``, so one completion token always fits).
         dtype, gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code: as for CausalLM.
+        guide: a decoding-time guide (`alignsuite.backbones.PAD`) every ``generate`` uses; its reward model a
+            speech-token model with this one's vocabulary, reading each row's text and speaker prompt.
     """
 
     modality = "text_to_speech"
     generation_columns = ("prompt_speech", "prompt_text")
     joint_views = False  # a speaker prompt's codes are no text to score
-    guided_generation = False  # codec tokens from a generate of its own
+    guided_generation = True  # a causal LM's generate over token ids (codec tokens among them)
 
     def __init__(
         self,
@@ -110,6 +114,7 @@ class SpeechTokenLM(Vocoded, CausalLM):
         attn_implementation: str | None = None,
         disable_dropout: bool = True,
         trust_remote_code: bool = False,
+        guide: PAD | None = None,
     ) -> None:
         if max_length < 2:
             raise ValueError(f"backbone.max_length must be at least 2 (a prompt token and a speech token), got {max_length}")
@@ -119,7 +124,7 @@ class SpeechTokenLM(Vocoded, CausalLM):
                 f" and num_codebooks ({num_codebooks}) >= 1"
             )
         super().__init__(model_name_or_path, tokenizer_name_or_path, lora, max_length, max_length - 1, dtype,
-                         gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code)
+                         gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code, guide=guide)
         self.speech_token_offset = speech_token_offset
         self.codebook_size = codebook_size
         self.num_codebooks = num_codebooks
@@ -171,6 +176,17 @@ class SpeechTokenLM(Vocoded, CausalLM):
                 f" {highest} (speech ids [{self.speech_range[0]}, {self.speech_range[1]}), start {start}, end {end}):"
                 " check speech_token_offset, codebook_size and num_codebooks"
             )
+
+    def check_same_tokenizer(self, source: str, option: str) -> None:
+        """As `CausalLM`'s (the same tokenizer), and ``source`` has token embeddings for every speech id: the
+        speech tokens often lie past the tokenizer's own, where a text model with the same tokenizer has none."""
+        super().check_same_tokenizer(source, option)
+        start, end = self.special_ids()
+        highest = max(self.speech_range[1] - 1, end, start if start is not None else -1)
+        check_embeddings(source, highest, option, self.trust_remote_code,
+                         f"this model's speech tokens take ids [{self.speech_range[0]}, {self.speech_range[1]}) (end"
+                         f" {end}): a text model's vocabulary has no speech tokens; use a speech-token model with this"
+                         " one's vocabulary")
 
     def on_setup(self, datamodule: Any) -> None:
         """Resolve the start/end tokens before any model loads, so that a wrong name fails early. CausalLM's
@@ -300,16 +316,9 @@ class SpeechTokenLM(Vocoded, CausalLM):
             )
 
     # ---------------------------------------------------------------- generation
-    @torch.no_grad()
-    def generate(self, prompts: list[str], model: nn.Module | None = None, seed: int | None = None,
-                 prompt_speech: list | None = None, prompt_text: list[str] | None = None, max_new_tokens: int = 512,
-                 do_sample: bool | None = None, **kwargs) -> list[Tensor]:
-        """One utterance per text: codes (offsets removed) up to the end token, ``[frames]`` or
-        ``[frames, num_codebooks]``. Greedy, or sampled when ``seed`` is given (or ``do_sample``), from a forked
-        random state, so the training run's is untouched. ``max_new_tokens`` counts tokens (frames x codebooks)."""
-        model = model if model is not None else self.policy
-        device = next(model.parameters()).device
-        _, end = self.special_ids()
+    def generation_inputs(self, prompts: list[str], prompt_speech: list | None = None,
+                          prompt_text: list[str] | None = None) -> dict[str, Tensor]:
+        """Left-padded ``input_ids`` and ``attention_mask`` of each row's prompt (:meth:`prompt_ids`)."""
         rows = self.prompt_ids(prompts, prompt_text, prompt_speech)
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -317,9 +326,27 @@ class SpeechTokenLM(Vocoded, CausalLM):
         for i, r in enumerate(rows):  # left-padded: generation continues from every row's last position
             input_ids[i, width - len(r):] = torch.tensor(r)
             attention_mask[i, width - len(r):] = 1
-        constraint = SpeechTokensOnly(width, self.speech_token_offset, self.codebook_size, self.num_codebooks, end)
-        from transformers import LogitsProcessorList
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
+    @torch.no_grad()
+    def generate(self, prompts: list[str], model: nn.Module | None = None, seed: int | None = None,
+                 prompt_speech: list | None = None, prompt_text: list[str] | None = None, max_new_tokens: int = 512,
+                 do_sample: bool | None = None, guide: PAD | None = None, **kwargs) -> list[Tensor]:
+        """One utterance per text: codes (offsets removed) up to the end token, ``[frames]`` or
+        ``[frames, num_codebooks]``. Greedy, or sampled when ``seed`` is given (or ``do_sample``), from a forked
+        random state, so the training run's is untouched. ``max_new_tokens`` counts tokens (frames x codebooks).
+        ``guide`` (``backbone.guide`` if None) chooses among the speech tokens each step allows."""
+        model = model if model is not None else self.policy
+        device = next(model.parameters()).device
+        _, end = self.special_ids()
+        enc = self.generation_inputs(prompts, prompt_speech, prompt_text)
+        input_ids, attention_mask, width = enc["input_ids"], enc["attention_mask"], enc["input_ids"].shape[1]
+        from transformers import LogitsProcessorList
+        processors = [SpeechTokensOnly(width, self.speech_token_offset, self.codebook_size, self.num_codebooks, end)]
+        guide = guide if guide is not None else self.guide
+        if guide is not None:  # after the constraint: it chooses among the tokens allowed
+            processors.append(guide.processor(self, prompts, enc, device, prompt_speech=prompt_speech, prompt_text=prompt_text))
+        processors += list(kwargs.pop("logits_processor", None) or [])
         do_sample = seed is not None if do_sample is None else do_sample
         was_training = model.training
         model.eval()
@@ -330,7 +357,7 @@ class SpeechTokenLM(Vocoded, CausalLM):
                 out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                      max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=end,
                                      pad_token_id=self.tokenizer.pad_token_id,
-                                     logits_processor=LogitsProcessorList([constraint]), **kwargs)
+                                     logits_processor=LogitsProcessorList(processors), **kwargs)
         finally:
             model.train(was_training)
         return [self._codes_of(ids, end) for ids in out[:, width:].cpu()]

@@ -319,12 +319,22 @@ class TextToImage(SeededDraws, Backbone):
     @torch.no_grad()
     def generate(self, prompts: list[str], model: nn.Module | None = None, seed: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 output_type: str = "pil", user_embedding: list | None = None, **kwargs) -> list:
+                 output_type: str = "pil", user_embedding: list | None = None, without_user: bool = False,
+                 **kwargs) -> list:
         """One image per prompt from the policy (or ``model``), sampled from ``seed`` (0 when None). The
         denoiser and the VAE each compute in their own weights' dtype, so a bfloat16 denoiser samples beside
         float32 text encoders outside the Trainer's autocast. ``user_embedding`` (one per prompt, a model with a
-        user condition only) steers each image to its user; left out, the user branch stays silent."""
+        user condition only) steers each image to its user; the policy of a model with a user condition refuses a
+        call without it, unless ``without_user`` asks for the user branch silent (no user: the images of the
+        denoiser alone). A reference given as ``model`` generates as it is (a reference has no user branch)."""
         pipe = self.pipe
+        if without_user and user_embedding is not None:
+            raise ValueError(f"generate: without_user and a {USER_COLUMN!r} were both given; give one of them")
+        own = model is None or model is self.policy
+        if user_embedding is None and not without_user and self.user_adapter is not None and own:
+            raise ValueError(f"this model has a user condition (backbone.user_condition) and generate was given no"
+                             f" {USER_COLUMN!r}: give one per prompt (the prompts' {USER_COLUMN!r} column), or"
+                             " without_user: true to generate with the user branch silent")
         if user_embedding is not None:
             kwargs["cross_attention_kwargs"] = {**kwargs.get("cross_attention_kwargs", {}),
                                                 TOKENS_KWARG: self._generation_tokens(user_embedding, len(prompts))}

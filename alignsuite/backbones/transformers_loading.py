@@ -107,4 +107,19 @@ def check_same_vocabulary(mine, source: str, option: str, trust_remote_code: boo
         )
 
 
-__all__ = ["check_same_vocabulary", "load_pretrained_model", "load_tokenizer", "model_on_meta", "zero_dropout"]
+def check_embeddings(source: str, highest: int, option: str, trust_remote_code: bool, why: str) -> None:
+    """Model ``source`` has a token embedding for id ``highest`` (read from its config, no weights), else an error
+    naming ``option`` and saying ``why`` the id is needed."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{option}: cannot read the config of {source!r} to compare its vocabulary: {e}") from e
+    size = getattr(config.get_text_config(), "vocab_size", None)
+    if size is not None and size <= highest:
+        raise ValueError(f"{option}: {source!r} has {size} token embeddings, and {why}")
+
+
+__all__ = ["check_embeddings", "check_same_vocabulary", "load_pretrained_model", "load_tokenizer", "model_on_meta",
+           "zero_dropout"]

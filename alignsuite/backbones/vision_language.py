@@ -33,6 +33,7 @@ from alignsuite.backbones.base import ViewInputs
 from alignsuite.backbones.causal_lm import CausalLM
 from alignsuite.backbones.image_views import corrupt_images
 from alignsuite.backbones.lora import LoraSpec
+from alignsuite.backbones.pad import PAD
 from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.tokenize import batch_rows, read_chat_template, render_chat, render_prompt
 from alignsuite.sources import resolve_model_path
@@ -82,7 +83,7 @@ class VisionLanguage(CausalLM):
     conditions = ("corrupt_image",)
     generation_columns = ("images",)
     joint_views = False  # image placeholders are no text to score
-    guided_generation = False  # a decoding-time guide would need the images too
+    guided_generation = False  # the answers depend on the images, which a guide's reward model would not read
     image_column = "images"
 
     def __init__(
@@ -310,10 +311,12 @@ class VisionLanguage(CausalLM):
     @torch.no_grad()
     def generate(self, prompts: list[list[dict]], model: nn.Module | None = None, seed: int | None = None,
                  images: list[list] | None = None, max_new_tokens: int = 64, do_sample: bool | None = None,
-                 **kwargs) -> list[str]:
+                 guide: PAD | None = None, **kwargs) -> list[str]:
         """One answer per prompt (chat messages with image parts, or text: one user turn without an image) and
         its ``images``: greedy, or sampled from ``seed`` (or with ``do_sample``) without touching the training
-        run's random state."""
+        run's random state. A decoding-time ``guide`` is refused (``guided_generation``), naming the option."""
+        if guide is not None:
+            guide.check(self)  # raises: this backbone takes no guide
         return self._sample(self.generation_inputs(prompts, images), model, seed, max_new_tokens, do_sample, **kwargs)
 
     def generation_inputs(self, prompts: list, images: list[list] | None = None) -> dict:

@@ -206,23 +206,28 @@ def _vector(value, field: str, index: int, source: str) -> list[float]:
 def normalize_image_unpaired(
     row: dict, index: int, source: str, fields: ImageFields = ImageFields(), base_dir: str | None = None
 ) -> dict:
-    """Canonical unpaired image row (Diffusion-KTO): ``caption``, ``image``, ``label`` (bool or 0/1)."""
+    """Canonical unpaired image row (Diffusion-KTO): ``caption``, ``image``, ``label`` (bool or 0/1), and the
+    row's ``user_embedding`` where it has one."""
     prompt = _caption(row, fields, index, source)
     image = image_ref(_get(row, fields.image, index, source), fields.image, index, source, base_dir)
     label = _label(_get(row, fields.label, index, source), fields.label, index, source)
-    return {"prompt": prompt, "completion": image, "label": label,
-            "_source": source, "_row": index, "_completion_column": fields.image}
+    out = {"prompt": prompt, "completion": image, "label": label}
+    if fields.user_embedding in row:
+        out[USER_EMBEDDING] = _vector(row[fields.user_embedding], fields.user_embedding, index, source)
+    return {**out, "_source": source, "_row": index, "_completion_column": fields.image}
 
 
 def image_pairs_to_unpaired(rows: Iterable[dict]) -> list[dict]:
     """Canonical image pairs -> unpaired rows: the winner (``label`` True) then the loser (False),
-    each with its reward (if any) as ``reward`` and its provenance."""
+    each with its reward (if any) as ``reward``, the pair's user (if any) and its provenance."""
     out = []
     for row in rows:
         for side, label in (("chosen", True), ("rejected", False)):
             item = {"prompt": row["prompt"], "completion": row[side], "label": label}
             if f"reward_{side}" in row:
                 item["reward"] = row[f"reward_{side}"]
+            if USER_EMBEDDING in row:  # both rows are the pair's user's
+                item[USER_EMBEDDING] = row[USER_EMBEDDING]
             item.update({"_source": row["_source"], "_row": row["_row"], "_completion_column": row[f"_{side}_column"]})
             out.append(item)
     return out
@@ -243,9 +248,9 @@ def image_features(unpaired: bool, rewards: bool, tie: bool = False, user: bool 
             columns.update(reward_chosen=datasets.Value("float64"), reward_rejected=datasets.Value("float64"))
         if tie:
             columns[TIE_COLUMN] = datasets.Value("float64")
-        if user:
-            columns[USER_EMBEDDING] = datasets.Sequence(datasets.Value("float32"))
         image_columns = ("chosen", "rejected")
+    if user:
+        columns[USER_EMBEDDING] = datasets.Sequence(datasets.Value("float32"))
     columns.update({"_source": datasets.Value("string"), "_row": datasets.Value("int64")})
     columns.update({f"_{c}_column": datasets.Value("string") for c in image_columns})
     return datasets.Features(columns)

@@ -1,11 +1,14 @@
 """What an evaluation produces: per-prompt outputs of the base and the aligned model, and per scorer the
 per-prompt scores of both, their means and the aligned-over-base win rate with its confidence interval.
 
-This is the contract between ``evaluate`` (which fills it) and the report (which draws it).
+This is the contract between ``evaluate`` (which fills it) and the report (which draws it); ``results.json`` holds it
+(:func:`write_results`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,4 +65,40 @@ class EvalResults:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-__all__ = ["EvalResults", "ScorerResult"]
+def jsonable(value, output_dir: str, name: str):
+    """Text as it is; an image as a PNG file under ``output_dir/images``, referenced by its relative path."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, output_dir, f"{name}_{i}") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: jsonable(v, output_dir, f"{name}_{k}") for k, v in value.items()}
+    if hasattr(value, "save") and hasattr(value, "size"):  # a PIL image
+        rel = os.path.join("images", f"{name}.png")
+        os.makedirs(os.path.join(output_dir, "images"), exist_ok=True)
+        value.save(os.path.join(output_dir, rel))
+        return rel
+    return repr(value)
+
+
+def write_results(results: EvalResults, output_dir: str) -> str:
+    """``results.json``: the details, failures, every scorer's numbers and per-prompt scores, and the prompts
+    and outputs (images as PNG files beside it)."""
+    os.makedirs(output_dir, exist_ok=True)
+    data = {
+        "modality": results.modality,
+        "details": jsonable(results.details, output_dir, "details"),
+        "failures": results.failures,
+        "scores": [vars(s) for s in results.scores],
+        "prompts": jsonable(results.prompts, output_dir, "prompt"),
+        "conditions": jsonable(results.conditions, output_dir, "condition"),
+        "base_outputs": jsonable(results.base_outputs, output_dir, "base"),
+        "aligned_outputs": jsonable(results.aligned_outputs, output_dir, "aligned"),
+    }
+    path = os.path.join(output_dir, RESULTS_FILE)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+    return path
+
+
+__all__ = ["EvalResults", "ScorerResult", "jsonable", "write_results"]

@@ -11,7 +11,6 @@ first failure, once ``results.json`` holds everything that did work.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import sys
 import traceback
@@ -27,7 +26,7 @@ from alignsuite.data.procedures.condition import PromptCondition
 from alignsuite.data.protocol import preference_data
 from alignsuite.evaluation.heldout import ImplicitRewardAccuracy
 from alignsuite.evaluation.prompts import PromptFileError, check_columns, check_images, load_prompts
-from alignsuite.evaluation.results import EVAL_FOLDER, RESULTS_FILE, EvalResults, ScorerResult
+from alignsuite.evaluation.results import EVAL_FOLDER, EvalResults, ScorerResult, write_results
 from alignsuite.evaluation.winrate import summarise
 from alignsuite.generation import generate_chunked, row_conditions
 from alignsuite.judging import Scorer
@@ -78,7 +77,8 @@ class Evaluation:
             ``aligned`` that side is the base model itself, guided: the guide against the unguided base (written to
             ``<reward model's run>/eval/guided`` when ``output_dir`` is null). With ``preferences`` and
             ``preference_prompt``, each vector's condition becomes the guide's preference (the reward model's
-            prompt) and the guided base is a front's point per vector.
+            prompt) and the guided base is a front's point per vector. A recipe's ``backbone.guide`` guides the
+            aligned models only (in its place when this is null): the base model is always the unguided base.
         guide_weights: a front of the base guided at each of these weights (``guide``'s ``weight`` swept).
     """
 
@@ -140,6 +140,17 @@ def check_guide(guide: PAD | None, backbone) -> None:
         guide.check(backbone)
     except (ValueError, FileNotFoundError) as error:
         raise EvaluationError(f"evaluate.{error}") from None
+
+
+def base_backbone(backbone):
+    """A built copy of ``backbone`` as the base model: the recipe's starting weights, unguided. A recipe's
+    ``backbone.guide`` guides the aligned side only (the base is what the aligned model is measured against);
+    ``evaluate.guide`` evaluates a guided base, given to ``generate`` explicitly."""
+    base = copy.deepcopy(backbone)
+    if getattr(base, "guide", None) is not None:
+        base.guide = None
+    base.configure()
+    return base
 
 
 def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
@@ -248,10 +259,8 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
         if not rows:
             break
         plain = which == "base" or not evaluation.aligned
-        model = copy.deepcopy(backbone) if plain else aligned_backbone(backbone, evaluation.aligned,
-                                                                        evaluation.weights_only)
-        if plain:
-            model.configure()
+        model = base_backbone(backbone) if plain else aligned_backbone(backbone, evaluation.aligned,
+                                                                       evaluation.weights_only)
         model.to(device or "cpu")
         guided = {"guide": guide} if which == "aligned" and guide is not None else {}
         outputs[which], errors[which] = generate_all(model, rows, evaluation.seed, evaluation.batch_size,
@@ -282,7 +291,8 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
         results.scores.append(implicit_reward_result(scorer, backbone, evaluation, datamodule, device, results))
     results.details.update(
         base=getattr(backbone, "model_name_or_path", None), aligned=evaluation.aligned or "the base, guided",
-        guide=None if guide is None else repr(guide), prompts=evaluation.prompts,
+        guide=repr(guide or getattr(backbone, "guide", None)) if guide or getattr(backbone, "guide", None) else None,
+        prompts=evaluation.prompts,
         num_prompts=len(rows), seed=evaluation.seed, generation_kwargs=kwargs,
         errors={k: v[:20] for k, v in errors.items() if v},
     )
@@ -353,42 +363,6 @@ def print_table(results: EvalResults, console=None) -> None:
         console.print(f"generation failures: {results.failures} (first errors in results.json's details)")
 
 
-def _jsonable(value, output_dir: str, name: str):
-    """Text as it is; an image as a PNG file under ``output_dir/images``, referenced by its relative path."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, output_dir, f"{name}_{i}") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {k: _jsonable(v, output_dir, f"{name}_{k}") for k, v in value.items()}
-    if hasattr(value, "save") and hasattr(value, "size"):  # a PIL image
-        rel = os.path.join("images", f"{name}.png")
-        os.makedirs(os.path.join(output_dir, "images"), exist_ok=True)
-        value.save(os.path.join(output_dir, rel))
-        return rel
-    return repr(value)
-
-
-def write_results(results: EvalResults, output_dir: str) -> str:
-    """``results.json``: the details, failures, every scorer's numbers and per-prompt scores, and the prompts
-    and outputs (images as PNG files beside it)."""
-    os.makedirs(output_dir, exist_ok=True)
-    data = {
-        "modality": results.modality,
-        "details": _jsonable(results.details, output_dir, "details"),
-        "failures": results.failures,
-        "scores": [vars(s) for s in results.scores],
-        "prompts": _jsonable(results.prompts, output_dir, "prompt"),
-        "conditions": _jsonable(results.conditions, output_dir, "condition"),
-        "base_outputs": _jsonable(results.base_outputs, output_dir, "base"),
-        "aligned_outputs": _jsonable(results.aligned_outputs, output_dir, "aligned"),
-    }
-    path = os.path.join(output_dir, RESULTS_FILE)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
-    return path
-
-
 def write_report(results: EvalResults, output_dir: str, metrics_csv: str | None = None) -> str:
     """The HTML report (:func:`alignsuite.evaluation.report.write_report`); its matplotlib is imported only
     when a report is asked for."""
@@ -397,4 +371,5 @@ def write_report(results: EvalResults, output_dir: str, metrics_csv: str | None 
     return write(results, output_dir, metrics_csv=metrics_csv)
 
 
-__all__ = ["Evaluation", "EvaluationError", "aligned_backbone", "generate_all", "run_evaluation", "write_results"]
+__all__ = ["Evaluation", "EvaluationError", "aligned_backbone", "base_backbone", "generate_all", "run_evaluation",
+           "write_results"]

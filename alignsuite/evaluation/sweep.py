@@ -17,7 +17,6 @@ default).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
@@ -26,8 +25,8 @@ import traceback
 from alignsuite.data.errors import DataError
 from alignsuite.evaluation.front import BASE, COMPARISON, GUIDED, PREFERENCE, SWEPT, WEIGHTS, FrontPoint, \
     FrontResults, check_preference, interval, simplex_grid, summary_lines
-from alignsuite.evaluation.results import RESULTS_FILE
-from alignsuite.evaluation.run import Evaluation, EvaluationError, _jsonable, aligned_backbone, check_guide, \
+from alignsuite.evaluation.results import RESULTS_FILE, jsonable
+from alignsuite.evaluation.run import Evaluation, EvaluationError, aligned_backbone, base_backbone, check_guide, \
     default_output_dir, evaluation_prompts, generate_all
 from alignsuite.generation import row_conditions
 
@@ -170,10 +169,8 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
             raise EvaluationError(f"every generation of {label} failed; the first: {errors[0]}")
         points.append(FrontPoint(label, kind, values, vector, source, outputs, len(errors)))
 
-    def base_model():
-        base = copy.deepcopy(backbone)
-        base.configure()
-        return base.to(device or "cpu")
+    def base_model():  # unguided: a recipe's backbone.guide guides the aligned models only
+        return base_backbone(backbone).to(device or "cpu")
 
     if conditioned:  # the preference model first: a model without a preference adapter is refused at once
         # with a guide, the vector goes into the guide's preference and the base (or aligned) model is guided
@@ -275,9 +272,9 @@ def write_front_results(results: FrontResults, output_dir: str) -> str:
     """``results.json``: the front (points, means, intervals, per-prompt values, summaries), the prompts and
     every point's outputs."""
     os.makedirs(output_dir, exist_ok=True)
-    data = {"modality": results.modality, "details": _jsonable(results.details, output_dir, "details"),
-            "front": results.as_dict(), "prompts": _jsonable(results.prompts, output_dir, "prompt"),
-            "outputs": {p.label: _jsonable(p.outputs, output_dir, f"point{i}") for i, p in enumerate(results.points)}}
+    data = {"modality": results.modality, "details": jsonable(results.details, output_dir, "details"),
+            "front": results.as_dict(), "prompts": jsonable(results.prompts, output_dir, "prompt"),
+            "outputs": {p.label: jsonable(p.outputs, output_dir, f"point{i}") for i, p in enumerate(results.points)}}
     path = os.path.join(output_dir, RESULTS_FILE)
     with open(path, "w") as f:
         json.dump(data, f, indent=2)

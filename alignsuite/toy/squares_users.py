@@ -99,9 +99,9 @@ def user_rewards(backbone, world: UserSquaresWorld, num_prompts: int = 64, seed:
     kwargs = dict(world.generation_kwargs, **generation)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        extra = {}
+        extra = {"without_user": True}
         if user_embedding != {}:
-            extra["user_embedding"] = [(user_embedding or {}).get(r["user"], r["user_embedding"]) for r in chunk]
+            extra = {"user_embedding": [(user_embedding or {}).get(r["user"], r["user_embedding"]) for r in chunk]}
         images = backbone.generate([r["prompt"] for r in chunk], seed=seed + start, **extra, **kwargs)
         for r, image in zip(chunk, images):
             out[r["user"]].append(world.user_reward(r["user"], r["prompt"], image))

@@ -201,7 +201,9 @@ class ImagePairs(_ImageLayout):
 class ImageUnpaired(_ImageLayout):
     """Unpaired text-to-image rows for Diffusion-KTO: a caption, one image and whether it is desirable
     (``caption``, ``image``, ``label``). Pair rows (any layout `ImagePairs` reads) become the winner
-    (desirable, with its reward as ``reward`` if any) then the loser (undesirable).
+    (desirable, with its reward as ``reward`` if any) then the loser (undesirable). A ``user_embedding`` column
+    reaches the batch as in `ImagePairs` (a pair's two rows both carry its user), for a backbone with a user
+    condition (PPD trained with ``diffusion_kto``).
 
     Args:
         caption_field: column of the caption (the prompt).
@@ -216,6 +218,7 @@ class ImageUnpaired(_ImageLayout):
         reward_1_field: pair rows: optional reward of the second (or rejected) image.
         drop_ties: drop tied pairs (counted and reported); false keeps them with the first image as winner.
         skip_bad_images: drop a row whose image does not decode from its batch (counted) instead of stopping.
+        user_embedding_field: optional column of the row's (or pair's) user as a vector (personalised diffusion).
     """
 
     row_kind = "unpaired"
@@ -234,14 +237,17 @@ class ImageUnpaired(_ImageLayout):
         reward_1_field: str = "reward_1",
         drop_ties: bool = True,
         skip_bad_images: bool = False,
+        user_embedding_field: str = "user_embedding",
     ) -> None:
         self.caption_field, self.image_field, self.label_field = caption_field, image_field, label_field
         self.image_0_field, self.image_1_field, self.label_0_field = image_0_field, image_1_field, label_0_field
         self.chosen_field, self.rejected_field = chosen_field, rejected_field
         self.reward_0_field, self.reward_1_field = reward_0_field, reward_1_field
+        self.user_embedding_field = user_embedding_field
         fields = images.ImageFields(caption=caption_field, image_0=image_0_field, image_1=image_1_field,
                                     label_0=label_0_field, chosen=chosen_field, rejected=rejected_field,
-                                    image=image_field, label=label_field, reward_0=reward_0_field, reward_1=reward_1_field)
+                                    image=image_field, label=label_field, reward_0=reward_0_field, reward_1=reward_1_field,
+                                    user_embedding=user_embedding_field)
         super().__init__(fields, drop_ties, skip_bad_images)
 
     def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
