@@ -180,74 +180,71 @@ def scored(chosen, rejected, chosen_len, rejected_len, ref=None, grad=False):
     return PairScores(c, r, rc, rr, t(chosen_len), t(rejected_len))
 
 
-def posterior(loss: float, other: float, eta: float) -> float:
-    """The ratio form of the E-step, from the model ``P(label) ∝ exp(-loss)`` over the two labels."""
-    p = math.exp(-loss) / (math.exp(-loss) + math.exp(-other))
+def posterior(p: float, eta: float) -> float:
+    """The ratio form of the E-step, from the model's probability ``p`` that the recorded label is right."""
     return p * eta / (p * eta + (1 - p) * (1 - eta))
 
 
 def test_re_ipo_hand_worked():
     # beta 0.5: target c = 1/(2 b) = 1. Log-ratios u_w = [1, -1, 4], u_l = [0, 0, 0] over lengths |y_w| = [2, 4, 2],
-    # |y_l| = [1, 1, 1]: per-token margins D' = [0.5, -0.25, 2]
+    # |y_l| = [1, 1, 1]: per-token margins D' = [0.5, -0.25, 2], read as p = clip(1/2 + b D') = [0.75, 0.375, 1]
     obj = get_objective("re_ipo", beta=0.5, eta0=0.8, alpha=0.1)
     s = scored([1.0, -1.0, 4.0], [0.0] * 3, [2.0, 4.0, 2.0], [1.0] * 3, ref=([0.0] * 3, [0.0] * 3))
     out = obj(s)
     ls, ws = [], []
-    for d in (0.5, -0.25, 2.0):
-        loss, other = (d - 1) ** 2, (d + 1) ** 2  # the recorded label's and the flipped one's
-        w = posterior(loss, other, 0.8)
-        assert w == pytest.approx(sig(2 * d / 0.5 + math.log(0.8 / 0.2)), rel=1e-9)  # p = s(2 D'/b)
+    for d, p in ((0.5, 0.75), (-0.25, 0.375), (2.0, 1.0)):
+        w = posterior(p, 0.8)
         ws.append(w)
-        ls.append(w * loss + (1 - w) * other)
+        ls.append(w * (d - 1) ** 2 + (1 - w) * (d + 1) ** 2)  # the recorded label's loss and the flipped one's
+    assert ws[2] == 1.0  # past the target the model is sure
     assert out.loss.item() == pytest.approx(sum(ls) / 3, rel=1e-6)
     assert out.metrics["weight_mean"].item() == pytest.approx(sum(ws) / 3, rel=1e-6)
     assert obj.state()["eta"] == [pytest.approx(0.9 * 0.8 + 0.1 * sum(ws) / 3, rel=1e-6)]
-    assert out.metrics["rewards/chosen"].item() == pytest.approx(0.5 * (0.5 - 0.25 + 2) / 3, rel=1e-6)  # b D'_w
-    # the gradient holds w: dL/dD' = 2 w (D' - c) + 2 (1 - w)(D' + c), and dD'/dl_w = 1/|y_w|
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(0.5 * (0.5 - 0.25 + 2) / 3, rel=1e-6)  # b u_w/|y_w|
+    # the gradient holds w: dL/dD' = 2 w (D' - c) + 2 (1 - w)(D' + c) = 4 c (p - w) < 0, and dD'/dl_w = 1/|y_w|
     s = scored([1.0], [0.0], [2.0], [1.0], ref=([0.0], [0.0]), grad=True)
     get_objective("re_ipo", beta=0.5, eta0=0.8)(s).loss.backward()
-    w = posterior(0.25, 2.25, 0.8)
-    assert s.chosen.grad.item() == pytest.approx((2 * w * -0.5 + 2 * (1 - w) * 1.5) / 2, rel=1e-6)
-    assert s.rejected.grad.item() == pytest.approx(-(2 * w * -0.5 + 2 * (1 - w) * 1.5), rel=1e-6)
+    w = posterior(0.75, 0.8)
+    dd = 2 * w * -0.5 + 2 * (1 - w) * 1.5
+    assert dd == pytest.approx(4 * (0.75 - w)) and dd < 0
+    assert s.chosen.grad.item() == pytest.approx(dd / 2, rel=1e-6)
+    assert s.rejected.grad.item() == pytest.approx(-dd, rel=1e-6)
 
 
 def test_re_simpo_hand_worked():
     # beta 2, gamma 1, no reference: per-token means m_w = [-1, -2, -1], m_l = [-2, -1, -1] -> x = 2 (m_w - m_l)
-    # = [2, -2, 0]
+    # = [2, -2, 0], read as p = s(x + gamma) / (s(x + gamma) + s(gamma - x))
     obj = get_objective("re_simpo", beta=2.0, gamma=1.0, eta0=0.7, alpha=0.5)
-    out = obj(scored([-2.0, -6.0, -3.0], [-2.0, -2.0, -3.0], [2.0, 3.0, 3.0], [1.0, 2.0, 3.0]))
-    ls, ws = [], []
+    s = scored([-2.0, -6.0, -3.0], [-2.0, -2.0, -3.0], [2.0, 3.0, 3.0], [1.0, 2.0, 3.0], grad=True)
+    out = obj(s)
+    out.loss.backward()
+    ls, ws, dx = [], [], []
     for x in (2.0, -2.0, 0.0):
-        loss, other = -math.log(sig(x - 1)), -math.log(sig(-x - 1))
-        w = posterior(loss, other, 0.7)
+        p = sig(x + 1) / (sig(x + 1) + sig(1 - x))
+        w = posterior(p, 0.7)
         ws.append(w)
-        ls.append(w * loss + (1 - w) * other)
+        ls.append(-w * math.log(sig(x - 1)) - (1 - w) * math.log(sig(-x - 1)))
+        dx.append(-w * sig(1 - x) + (1 - w) * sig(x + 1))  # dL/dx with w held
+        assert dx[-1] < 0  # w > p: every margin widens
     assert ws[2] == pytest.approx(0.7)  # a tie: p = 1/2 whatever gamma, the posterior is the prior
     assert out.loss.item() == pytest.approx(sum(ls) / 3, rel=1e-6)
     assert obj.state()["eta"] == [pytest.approx(0.5 * 0.7 + 0.5 * sum(ws) / 3, rel=1e-6)]
     assert out.metrics["rewards/margins"].item() == pytest.approx(0.0, abs=1e-9)  # b m_w - b m_l: [2, -2, 0]
+    # dx/dl_w = b/|y_w|, and the batch mean's 1/3
+    assert s.chosen.grad.tolist() == pytest.approx([d * 2 / n / 3 for d, n in zip(dx, (2, 3, 3))], rel=1e-6)
 
 
 def test_re_cpo_hand_worked_with_the_nll_on_the_recorded_chosen():
-    # beta 0.5, cpo_alpha 1: z = b (l_w - l_l) = [1, -0.5]; NLL pooled over the chosen tokens: 6 / 5
+    # beta 0.5, cpo_alpha 1: z = b (l_w - l_l) = [1, -0.5], p = s(z); NLL pooled over the chosen tokens: 6 / 5
     obj = get_objective("re_cpo", beta=0.5, cpo_alpha=1.0, eta0=0.9)
     out = obj(scored([-2.0, -4.0], [-4.0, -3.0], [2.0, 3.0], [2.0, 2.0]))
     ls = []
     for z in (1.0, -0.5):
-        loss, other = -math.log(sig(z)), -math.log(sig(-z))
-        w = posterior(loss, other, 0.9)
-        assert w == pytest.approx(sig(z + math.log(9)), rel=1e-9)  # CPO's own probability s(z)
-        ls.append(w * loss + (1 - w) * other)
+        w = posterior(sig(z), 0.9)
+        ls.append(-w * math.log(sig(z)) - (1 - w) * math.log(sig(-z)))
     assert out.metrics["loss/preference"].item() == pytest.approx(sum(ls) / 2, rel=1e-6)
     assert out.metrics["loss/sft"].item() == pytest.approx(6 / 5, rel=1e-6)
     assert out.loss.item() == pytest.approx(sum(ls) / 2 + 6 / 5, rel=1e-6)
-    # label smoothing eps: the log-odds are (1 - 2 eps) z
-    obj = get_objective("re_cpo", beta=0.5, cpo_alpha=0.0, label_smoothing=0.2, eta0=0.9)
-    out = obj(scored([-2.0], [-4.0], [2.0], [2.0]))
-    loss, other = -0.8 * math.log(sig(1)) - 0.2 * math.log(sig(-1)), -0.8 * math.log(sig(-1)) - 0.2 * math.log(sig(1))
-    w = sig(0.6 + math.log(9))
-    assert out.metrics["weight_mean"].item() == pytest.approx(w, rel=1e-6)
-    assert out.loss.item() == pytest.approx(w * loss + (1 - w) * other, rel=1e-6)
 
 
 @pytest.mark.parametrize("name,base,hparams", [
@@ -256,7 +253,7 @@ def test_re_cpo_hand_worked_with_the_nll_on_the_recorded_chosen():
     ("re_ipo", "ipo", {"beta": 0.3, "length_normalize": False}),
     ("re_simpo", "simpo", {"beta": 2.0, "gamma": 0.5, "sft_weight": 0.2}),
     ("re_cpo", "cpo", {"beta": 0.3, "cpo_alpha": 1.0}),
-    ("re_cpo", "cpo", {"beta": 0.3, "cpo_alpha": 0.5, "label_smoothing": 0.1}),
+    ("re_cpo", "cpo", {"beta": 0.3, "cpo_alpha": 0.5, "nll": "completion_per_sequence"}),
 ])
 def test_each_form_at_eta_one_is_its_base_exactly(name, base, hparams):
     rows = ([-1.0, -40.0, -3.0], [-5.0, -2.0, -3.0], [2.0, 5.0, 1.0], [3.0, 1.0, 4.0])

@@ -9,6 +9,7 @@ steps as state (saved in checkpoints, like unpaired BCO's running mean).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from alignsuite.objectives.base import ObjectiveOutput, PairwiseObjective, Reducer, register, reward_metrics
@@ -28,22 +29,29 @@ def flipped(s: PairScores) -> PairScores:
 class RobustEM(PairwiseObjective):
     """RE-PO's robust form of the pairwise loss of the class it is mixed into (``class REIPO(RobustEM, IPO)``).
 
-    With ``l`` the base's per-pair loss under the recorded label and ``l'`` its loss under the flipped one (chosen
-    and rejected swapped), the base's loss is read as the model ``P(label) ∝ exp(-loss)``, so that the model's
-    probability that the recorded label is right is ``p = s(l' - l)``; with ``eta`` the reliability of the row's
-    annotator:
+    With ``l`` the base's per-pair loss under the recorded label, ``l'`` its loss under the flipped one (chosen
+    and rejected swapped), ``x`` the margin of the base's logged rewards (chosen minus rejected: ``b D`` for DPO),
+    ``p(x)`` the probability that the recorded label is right as the base reads its margin, and ``eta`` the
+    reliability of the row's annotator:
 
-        E-step:  w = p eta / (p eta + (1 - p)(1 - eta)) = s(l' - l + log(eta / (1 - eta)))      (detached)
+        E-step:  w = p eta / (p eta + (1 - p)(1 - eta)) = s(logit(p) + logit(eta))      (detached)
         loss:    L = w l + (1 - w) l'
         M-step:  eta <- (1 - alpha) eta + alpha * mean(w)       (mean over the global batch's rows)
 
-    For a logistic loss ``l = -log s(z)`` this is exact: ``l' - l = z``, ``p = s(z)``, the base's own preference
-    probability. The order is EM's: this step's weights use the ``eta`` the previous steps left, and ``eta`` is
-    then updated with them, so the next step sees the new value. ``w`` is computed in its logistic form, exact at
-    ``eta`` = 1 (``w`` = 1, ``L = l``) where the ratio form would give 0/0 for a saturated ``p``: with
-    ``eta0: 1`` every weight is 1 and so is every later ``eta``, and the loss, its gradient and the base's
-    metrics are the base's exactly. A term the base adds to the batch mean (``sft_weight``, CPO's NLL) is added
-    as the base adds it, on the recorded chosen answers and unweighted: the posterior weighs the preference term.
+    ``p`` is the probability the base's loss is calibrated to: the one for which the expected loss over the two
+    labels, ``p l + (1 - p) l'``, is stationary at ``x`` (``p = l'_x / (l'_x - l_x)``, the derivatives in
+    ``x``). For a logistic loss ``-log s(x)`` it is the base's own model, ``s(x)``, and RE-PO is exactly EM on
+    that likelihood (DPO, CPO); each other base says its own (:meth:`log_odds`). With it,
+    ``dL/dx = (l'_x - l_x)(p - w)``: the base's gradient with the label's 1 replaced by ``w``, and since
+    ``w > p`` whenever ``eta > 1/2``, the margin always widens (short of a target the base regresses onto, as
+    IPO's); a pair the model finds unlikely (``p`` small) gets ``w`` near ``1 - eta``, so it pulls less.
+
+    The order is EM's: this step's weights use the ``eta`` the previous steps left, and ``eta`` is then updated
+    with them, so the next step sees the new value. ``w`` is computed in its logistic form, and is 1 at
+    ``eta`` = 1 whatever ``p`` (the ratio form would give 0/0 for a saturated ``p``): with ``eta0: 1`` every
+    weight is 1 and so is every later ``eta``, and the loss, its gradient and the base's metrics are the base's
+    exactly. A term the base adds to the batch mean (``sft_weight``, CPO's NLL) is added as the base adds it, on
+    the recorded chosen answers and unweighted: the posterior weighs the preference term.
 
     ``eta`` moves only in training (calls with gradients enabled; validation reads it). Under several processes
     ``mean(w)`` is the global batch's, through ``reduce`` (the module's mean over processes), so every process
@@ -111,11 +119,17 @@ class RobustEM(PairwiseObjective):
                              f" {ids[positions].tolist()}")
         return ids.long().to(s.chosen.device)
 
+    def log_odds(self, margin: Tensor) -> Tensor:
+        """``logit(p)``, the log-odds that the recorded label is right, from the margin of the base's rewards:
+        the margin itself for a logistic loss."""
+        return margin
+
     def weights(self, log_odds: Tensor, ids: Tensor) -> Tensor:
-        """E-step: ``w = s(log_odds + logit(eta))``, the posterior that each row's label is right (detached), from
-        the model's log-odds ``l' - l`` that it is."""
+        """E-step: ``w = s(log_odds + logit(eta))``, the posterior that each row's label is right (detached);
+        1 where ``eta`` is 1 and 0 where it is 0, whatever the model says (an infinite ``log_odds`` included)."""
         eta = torch.tensor(self.eta, dtype=log_odds.dtype, device=log_odds.device)[ids]
-        return torch.sigmoid(log_odds.detach() + torch.logit(eta))
+        w = torch.sigmoid(log_odds.detach() + torch.logit(eta))
+        return torch.where(eta >= 1, 1.0, torch.where(eta <= 0, 0.0, w)).to(log_odds.dtype)
 
     @torch.no_grad()
     def update(self, w: Tensor, ids: Tensor, reduce: Reducer | None = None) -> None:
@@ -140,7 +154,7 @@ class RobustEM(PairwiseObjective):
         recorded, chosen, rejected = super().pair_losses(s)
         other, _, _ = super().pair_losses(flipped(s))
         ids = self.annotators(s)
-        w = self.weights(other - recorded, ids)
+        w = self.weights(self.log_odds((chosen - rejected).detach()), ids)
         return w * recorded + (1 - w) * other, w, ids, chosen, rejected
 
     def __call__(self, scores: PairScores, reduce: Reducer | None = None) -> ObjectiveOutput:
@@ -162,10 +176,8 @@ class REDPO(RobustEM, DPO):
     """RE-DPO: DPO where each pair's label is weighted by the posterior probability that it is correct
     (:class:`RobustEM` over ``dpo``'s reverse-KL loss; its f-divergences are not offered here).
 
-    With ``z = b (u_w - u_l)``, ``p = s(z)`` and the row's annotator's ``eta``: ``w = s(z + logit(eta))``,
-    ``L = -[w log s(z) + (1 - w) log s(-z)]``, ``eta <- (1 - alpha) eta + alpha mean(w)``. For ``eta`` > 1/2,
-    ``w`` > ``p`` and the gradient always widens the margin; a pair the model finds unlikely (``p`` small) gets
-    ``w`` near ``1 - eta`` of its weight on the flipped label, so it pulls less or not at all.
+    With ``z = b (u_w - u_l)`` and the row's annotator's ``eta``: ``p = s(z)``, ``w = s(z + logit(eta))``,
+    ``L = -[w log s(z) + (1 - w) log s(-z)]``, ``eta <- (1 - alpha) eta + alpha mean(w)``.
 
     Cao et al. 2026, "RE-PO: Robust Enhanced Policy Optimization as a General Framework for LLM Alignment"
     (ICLR 2026, arXiv 2509.24159; first titled LCPO). The paper's text could not be read here: the equations,
@@ -189,76 +201,87 @@ class REIPO(RobustEM, IPO):
     """RE-IPO: ``ipo`` made robust by :class:`RobustEM`.
 
     With ``D'`` the margin ``ipo`` regresses (per token with ``length_normalize``) and ``c = 1/(2 b)``:
-    ``l = (D' - c)^2``, ``l' = (D' + c)^2``, so ``l' - l = 4 c D' = 2 D' / b`` and the E-step is
-    ``w = s(2 D'/b + logit(eta))``; ``L = w (D' - c)^2 + (1 - w)(D' + c)^2``.
+    ``l = (D' - c)^2``, ``l' = (D' + c)^2``, ``p = clip(1/2 + b D', 0, 1)``, ``w = s(logit(p) + logit(eta))``
+    and ``L = w (D' - c)^2 + (1 - w)(D' + c)^2``, whose gradient ``dL/dD' = 4 c (p - w)`` is IPO's
+    (``4 c (p - 1)``) with the label's 1 replaced by ``w``.
 
     Cao et al. 2026 (arXiv 2509.24159), whose abstract robustifies "a broad class of preference losses" through
-    "induced probabilistic models", exactly for the likelihood-style ones. IPO's squared loss is not a
-    likelihood, and the paper's own choice could not be read; this takes the model that the loss induces when
-    read as a negative log-likelihood over the two labels, ``P(label) ∝ exp(-loss)``: the one rule every base
-    here follows, which gives back each logistic base's own probability. Its probability is steep (at the
-    target ``D' = c``, ``p = s(1/b^2)``, s(100) at ``b`` 0.1), so once a margin nears the target the posterior
-    follows the prior's direction only for pairs whose margin has the wrong sign.
+    the probabilistic models they induce, exactly for the likelihood-style ones; its IPO form could not be read.
+    IPO's squared loss is not a likelihood. The probability taken here is the one IPO's margin is calibrated to:
+    IPO's expected loss under a label right with probability ``p`` is least at ``D' = c (2p - 1)`` (Azar et al.
+    2023), so a margin ``D'`` reads as ``p = 1/2 + b D'``; past the target (``|D'| >= c``) the model is sure
+    and ``w`` is 1 or 0 whatever ``eta`` (but 1 at ``eta`` 1). The other reading, ``P(label) ∝ exp(-loss)``,
+    gives ``p = s(2 D'/b)``, far steeper (s(20 D') at ``b`` 0.1): a pair whose margin is a little negative
+    would count as flipped at once and be pushed further the wrong way.
     """
 
     family = "pairwise"
     paper = PAPER
-    convention = (f"{EM_ORDER}; p = s(l' - l) = s(2 D'/b), the model exp(-loss) that IPO's squared loss induces"
-                  " (the paper's IPO posterior not read)")
+    convention = (f"{EM_ORDER}; p = clip(1/2 + b D', 0, 1), the preference IPO's margin is calibrated to (the"
+                  " paper's IPO posterior not read)")
 
     def __init__(self, beta: float = 0.1, length_normalize: bool = True, sft_weight: float = 0.0, eta0: float = 0.9,
                  alpha: float = 0.1, annotator_column: str | None = None, num_annotators: int = 1) -> None:
         IPO.__init__(self, beta=beta, length_normalize=length_normalize, sft_weight=sft_weight)
         self.reliability(eta0, alpha, annotator_column, num_annotators)
 
+    def log_odds(self, margin: Tensor) -> Tensor:
+        return torch.logit((0.5 + margin).clamp(0.0, 1.0))  # margin = b D'
+
 
 @register("re_simpo")
 class RESimPO(RobustEM, SimPO):
     """RE-SimPO: ``simpo`` made robust by :class:`RobustEM` (no reference).
 
-    With ``x = b (m_w - m_l)``: ``l = -log s(x - gamma)``, ``l' = -log s(-x - gamma)``, the E-step's probability
-    ``p = s(l' - l) = s(x - gamma) / (s(x - gamma) + s(-x - gamma))``, and ``L = w l + (1 - w) l'``.
+    With ``x = b (m_w - m_l)``: ``l = -log s(x - gamma)``, ``l' = -log s(-x - gamma)``,
+    ``p = s(x + gamma) / (s(x + gamma) + s(gamma - x))``, ``w = s(logit(p) + logit(eta))``, ``L = w l + (1 - w) l'``.
 
-    Cao et al. 2026 (arXiv 2509.24159; its SimPO posterior not read). The target margin ``gamma`` is in both
-    labels' losses, so they do not sum to one as probabilities; normalising them (the rule every base here
-    follows) gives ``p = 1/2`` for a tie (``x = 0``), where ``s(x - gamma)`` alone would call a tie's label more
-    likely wrong than right and lower every weight. At ``gamma = 0`` it is ``p = s(x)``.
+    Cao et al. 2026 (arXiv 2509.24159; its SimPO posterior could not be read). SimPO's Bradley-Terry model with a
+    target margin, ``s(x - gamma)``, and its flipped twin ``s(-x - gamma)`` do not sum to one, so neither is
+    the probability of the recorded label: ``s(x - gamma)`` would call a tie (``x = 0``) more likely wrong than
+    right and pull every weight, and so ``eta``, down until the margins pass ``gamma``. ``p`` here is the one
+    SimPO's loss is calibrated to (its expected loss over the two labels is stationary at ``x``): 1/2 at a tie,
+    ``s(x)`` at ``gamma = 0``, and ``w > p`` still widens every margin.
     """
 
     family = "reference-free"
     paper = PAPER
-    convention = (f"{EM_ORDER}; p = s(l' - l), SimPO's two labels' likelihoods normalised (1/2 at a tie; the paper's"
-                  " SimPO posterior not read)")
+    convention = (f"{EM_ORDER}; p = s(x + gamma) / (s(x + gamma) + s(gamma - x)), the preference SimPO's margin is"
+                  " calibrated to (1/2 at a tie; the paper's SimPO posterior not read)")
 
     def __init__(self, beta: float = 2.0, gamma: float = 1.0, sft_weight: float = 0.0,
-                 nll: CompletionNLL = "completion_pooled", eta0: float = 0.9, alpha: float = 0.1, annotator_column: str | None = None,
-                 num_annotators: int = 1) -> None:
+                 nll: CompletionNLL = "completion_pooled", eta0: float = 0.9, alpha: float = 0.1,
+                 annotator_column: str | None = None, num_annotators: int = 1) -> None:
         SimPO.__init__(self, beta=beta, gamma=gamma, sft_weight=sft_weight, nll=nll)
         self.reliability(eta0, alpha, annotator_column, num_annotators)
+
+    def log_odds(self, margin: Tensor) -> Tensor:
+        return F.logsigmoid(margin + self.gamma) - F.logsigmoid(self.gamma - margin)  # margin = b (m_w - m_l)
 
 
 @register("re_cpo")
 class RECPO(RobustEM, CPO):
     """RE-CPO: ``cpo`` made robust by :class:`RobustEM` (no reference).
 
-    With ``z = b (l_w - l_l)`` and label smoothing ``eps``: ``l' - l = (1 - 2 eps) z`` (``z`` without smoothing,
-    CPO's own probability ``s(z)``), ``L = w l + (1 - w) l' + cpo_alpha * NLL(y_w)``: the NLL anchor stays on the
-    recorded chosen answers, pooled as ``cpo``'s, and unweighted.
+    With ``z = b (l_w - l_l)``: ``p = s(z)``, CPO's own model, ``w = s(z + logit(eta))`` and
+    ``L = -[w log s(z) + (1 - w) log s(-z)] + cpo_alpha * NLL(y_w)``: the NLL anchor stays on the recorded
+    chosen answers, pooled as ``cpo``'s, and unweighted. No label smoothing: it is a fixed flip rate, which
+    ``eta`` estimates here.
 
-    Cao et al. 2026 (arXiv 2509.24159; how its RE-CPO treats the NLL term not read). Weighing the NLL by ``w``
-    too would need a per-pair NLL, while ``cpo``'s (TRL's) pools tokens over the batch; keeping it as the base
-    has it also keeps the reduction to ``cpo`` at ``eta0: 1`` exact.
+    Cao et al. 2026 (arXiv 2509.24159; how its RE-CPO treats the NLL term could not be read). Weighing the NLL
+    by ``w`` too would need a per-pair NLL, while ``cpo``'s (TRL's) pools tokens over the batch; keeping it as
+    the base has it also keeps the reduction to ``cpo`` at ``eta0: 1`` exact.
     """
 
     family = "reference-free"
     paper = PAPER
     convention = (f"{EM_ORDER}; the posterior weighs the preference term, cpo's pooled NLL stays on the recorded"
-                  " chosen answers (the paper's RE-CPO not read)")
+                  " chosen answers (the paper's RE-CPO not read); no label smoothing")
 
-    def __init__(self, beta: float = 0.1, cpo_alpha: float = 1.0, label_smoothing: float = 0.0,
-                 nll: CompletionNLL = "completion_pooled", eta0: float = 0.9, alpha: float = 0.1,
-                 annotator_column: str | None = None, num_annotators: int = 1) -> None:
-        CPO.__init__(self, beta=beta, cpo_alpha=cpo_alpha, label_smoothing=label_smoothing, nll=nll)
+    def __init__(self, beta: float = 0.1, cpo_alpha: float = 1.0, nll: CompletionNLL = "completion_pooled",
+                 eta0: float = 0.9, alpha: float = 0.1, annotator_column: str | None = None,
+                 num_annotators: int = 1) -> None:
+        CPO.__init__(self, beta=beta, cpo_alpha=cpo_alpha, nll=nll)
         self.reliability(eta0, alpha, annotator_column, num_annotators)
 
 
