@@ -93,7 +93,7 @@ TOKEN_LEVEL = [n for n in available_objectives()
                if get_objective(n).token_needs is not None and get_objective(n).row_kind == "pairs"]
 PAIRWISE = [n for n in available_objectives() if get_objective(n).row_kind == "pairs" and n not in TOKEN_LEVEL]
 UNPAIRED = [n for n in available_objectives() if get_objective(n).row_kind == "unpaired"]
-REFERENCE_FREE = {"simpo", "orpo", "asft", "cpo", "mapo", "tpo", "tpo_l", "repo"}
+REFERENCE_FREE = {"simpo", "orpo", "asft", "cpo", "mapo", "tpo", "tpo_l", "repo", "re_simpo", "re_cpo"}
 CHOSEN_ONLY = {"wspo"}  # losses that read the chosen answer alone: the rejected one gets no gradient
 REFERENCE_FREE_LISTS = {"pro"}  # list objectives: the generic list checks read needs_reference themselves
 

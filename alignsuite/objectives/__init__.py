@@ -41,7 +41,7 @@ from alignsuite.objectives.relative import RelativePO
 from alignsuite.objectives.reward_informed import MaPPO, RewardAwarePO
 from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
 from alignsuite.objectives.sequential import SPO
-from alignsuite.objectives.robust_em import REDPO
+from alignsuite.objectives.robust_em import RECPO, REDPO, REIPO, RESimPO
 from alignsuite.objectives.set_contrast import MPO, select_active_subset
 from alignsuite.objectives.soft_labels import IREPO, NCAPairReward
 from alignsuite.objectives.ties import TODO
@@ -96,7 +96,10 @@ __all__ = [
     "Objective",
     "ObjectiveOutput",
     "PairwiseObjective",
+    "RECPO",
     "REDPO",
+    "REIPO",
+    "RESimPO",
     "RelativePO",
     "RePO",
     "RewardAwarePO",

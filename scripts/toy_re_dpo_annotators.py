@@ -1,0 +1,78 @@
+"""RE-DPO with three annotators of unequal reliability on the language toy world
+(`recipes/toy/llm_re_dpo_annotators.yaml`: 10%, 30% and 45% of each annotator's training pairs flipped): plain
+DPO, RE-DPO with one reliability for everyone and RE-DPO with one per annotator, over seeds.
+
+    python scripts/toy_re_dpo_annotators.py --seeds 0 1 2
+    python scripts/toy_re_dpo_annotators.py --rates 0.2 0.4 0.6    # noisier annotators than the recipe's
+
+Each seed sets the run's seed, the toy world's draw and both FlipPairs draws; ``--rates`` replaces the recipe's
+flip rates (one per annotator, three as the recipe has). Each run is measured by its last `val/toy_reward` and,
+for RE-DPO, each reliability's last logged value (`train/eta`, or `train/eta/<k>` per annotator), printed beside
+``1 - rate``, the share of the annotator's labels left right. It prints one row per run and, per arm, the mean
+over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import statistics
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "recipes", "toy", "llm_re_dpo_annotators.yaml")
+RATES = (0.1, 0.3, 0.45)
+OBJECTIVE = "--model.init_args.objective"
+# The arms: extra arguments to the recipe (which is RE-DPO per annotator as shipped).
+ARMS = {
+    "dpo": [OBJECTIVE, "alignsuite.objectives.DPO", f"{OBJECTIVE}.beta", "0.1"],
+    "re_dpo one eta": [f"{OBJECTIVE}.annotator_column", "null", f"{OBJECTIVE}.num_annotators", "1"],
+    "re_dpo per annotator": [],
+}
+
+
+def run(folder: str, seed: int, arm: str, rates=RATES) -> dict[str, float]:
+    """The recipe with ``seed``, ``arm`` and flip ``rates``: ``{"reward": last val/toy_reward, "eta/<k>" or
+    "eta": last value}``."""
+    from alignsuite.cli import main
+
+    flips = ("[{class_path: alignsuite.data.procedures.FlipPairs, init_args: {annotator_rates: [%s], seed: %d}},"
+             " {class_path: alignsuite.data.procedures.FlipPairs, init_args: {annotator_rates: [0, 0, 0], seed: %d,"
+             " splits: [val]}}]" % (", ".join(map(str, rates)), seed, seed))
+    main(["fit", "--config", RECIPE, "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
+          "--data.init_args.procedures", flips, *ARMS[arm], "--trainer.enable_progress_bar", "false",
+          "--trainer.logger.init_args.save_dir", folder, "--checkpoint.dirpath", os.path.join(folder, "ckpt")])
+    with open(glob.glob(os.path.join(folder, "*", "version_*", "metrics.csv"))[0]) as f:
+        rows = list(csv.DictReader(f))
+    out = {"reward": [float(r["val/toy_reward"]) for r in rows if r.get("val/toy_reward")][-1]}
+    for key in ("train/eta", *(f"train/eta/{k}" for k in range(len(rates)))):
+        values = [float(r[key]) for r in rows if r.get(key)]
+        if values and (key == "train/eta") == (arm == "re_dpo one eta"):
+            out[key.removeprefix("train/")] = values[-1]
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p.add_argument("--rates", type=float, nargs=len(RATES), default=list(RATES))
+    args = p.parse_args(argv)
+    got: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    with tempfile.TemporaryDirectory() as root:
+        for seed in args.seeds:
+            for k, arm in enumerate(args.arms):
+                r = run(os.path.join(root, f"s{seed}_{k}"), seed, arm, args.rates)
+                got[arm].append(r)
+                etas = "  ".join(f"{key} {v:.3f}" for key, v in r.items() if key != "reward")
+                print(f"seed {seed}  {arm:<21} val/toy_reward {r['reward']:.3f}  {etas}", flush=True)
+    print(f"\nmean over seeds {' '.join(map(str, args.seeds))}; the share of each annotator's labels left right:"
+          f" {', '.join(f'{1 - r:g}' for r in args.rates)} (all: {1 - sum(args.rates) / len(args.rates):.3f})")
+    for arm, rs in got.items():
+        print(f"  {arm:<21} " + "  ".join(f"{key} {statistics.mean(r[key] for r in rs):.3f}" for key in rs[0]))
+
+
+if __name__ == "__main__":
+    main()
