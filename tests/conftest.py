@@ -13,6 +13,22 @@ if _WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 
+def run_toy_recipe(tmp_path, name, *overrides):
+    """A shipped toy recipe (``recipes/toy/<name>.yaml``) through the CLI, its logs and checkpoints under
+    ``tmp_path``; returns ``(step, val/toy_reward)`` at each validation."""
+    import csv
+    import glob
+
+    from alignsuite.cli import main
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    main(["fit", "--config", os.path.join(repo, "recipes", "toy", f"{name}.yaml"),
+          "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+          "--checkpoint.dirpath", str(tmp_path / "ckpt"), *overrides])
+    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "*" / "version_*" / "metrics.csv"))[0])))
+    return [(int(r["step"]), float(r["val/toy_reward"])) for r in rows if r.get("val/toy_reward")]
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> str:
     """A random-init tiny Llama and the toy word-level tokenizer, written with ``save_pretrained``.

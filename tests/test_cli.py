@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 import yaml
+from conftest import run_toy_recipe
 
 from alignsuite.cli import AlignCLI, main
 
@@ -409,11 +410,7 @@ def test_a_run_prints_no_lightning_noise(tmp_path, tiny_lm_dir, pair_file, caplo
 @pytest.mark.parametrize("name", ["llm_dpo"])
 def test_toy_recipe_raises_the_reward(tmp_path, name):
     """The default recipe, unchanged: the reward of greedy generations must clearly rise."""
-    main(["fit", "--config", os.path.join(REPO, f"recipes/toy/{name}.yaml"),
-          "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-          "--checkpoint.dirpath", str(tmp_path / "ckpt")])
-    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "*" / "version_*" / "metrics.csv"))[0])))
-    reward = [(int(r["step"]), float(r["val/toy_reward"])) for r in rows if r.get("val/toy_reward")]
+    reward = run_toy_recipe(tmp_path, name)
     assert reward[0][0] == 0 and reward[0][1] < 0.6
     assert reward[-1][1] >= 0.8, reward
 

@@ -3,8 +3,6 @@ trained on them end to end through the tiny saved Llama."""
 
 from __future__ import annotations
 
-import csv
-import glob
 import json
 import math
 import os
@@ -12,10 +10,9 @@ import os
 import lightning as L
 import pytest
 import torch
-from conftest import save_tiny_lm
+from conftest import run_toy_recipe, save_tiny_lm
 
 from alignsuite.backbones import CausalLM
-from alignsuite.cli import main
 from alignsuite.data import DataError, PreferenceDataModule, TextLists
 from alignsuite.module import PreferenceModule
 from alignsuite.objectives import DPO, ListMLE
@@ -172,11 +169,7 @@ def test_a_padded_list_trains_to_the_same_loss_as_the_unpadded_one(tmp_path, tin
 def test_the_toy_list_recipe_raises_the_reward(tmp_path):
     """The shipped list-MLE recipe for 32 steps (256 prompts of 4 graded answers): the greedy reward rises from the
     base model's ~0.42 past 0.9 (0.99 on the machine the docs were measured on)."""
-    main(["fit", "--config", os.path.join(REPO, "recipes", "toy", "llm_list_mle.yaml"), "--trainer.max_steps", "32",
-          "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-          "--checkpoint.dirpath", str(tmp_path / "ckpt")])
-    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "*" / "version_*" / "metrics.csv"))[0])))
-    reward = [(int(r["step"]), float(r["val/toy_reward"])) for r in rows if r.get("val/toy_reward")]
+    reward = run_toy_recipe(tmp_path, "llm_list_mle", "--trainer.max_steps", "32")
     assert reward[0][0] == 0 and reward[0][1] < 0.6
     assert reward[-1][1] >= 0.9, reward
 

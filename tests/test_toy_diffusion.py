@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import run_toy_recipe
 from PIL import Image
 
 from alignsuite.toy import get_world
@@ -154,22 +155,6 @@ def test_untrained_pipeline_saves_loads_and_samples(tmp_path):
     assert all(0.0 <= world.reward(p, im) <= 1.0 for p, im in zip(prompts, images))
     again = pipe(prompts, generator=torch.Generator().manual_seed(0), **kwargs).images
     assert [np.asarray(a).tolist() for a in images] == [np.asarray(b).tolist() for b in again]
-
-
-def run_toy_recipe(tmp_path, name, *overrides):
-    """A shipped toy recipe through the CLI; returns ``(step, val/toy_reward)`` at each validation."""
-    import csv
-    import glob
-    import os
-
-    from alignsuite.cli import main
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    main(["fit", "--config", os.path.join(repo, "recipes", "toy", f"{name}.yaml"),
-          "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-          "--checkpoint.dirpath", str(tmp_path / "ckpt"), *overrides])
-    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "*" / "version_*" / "metrics.csv"))[0])))
-    return [(int(r["step"]), float(r["val/toy_reward"])) for r in rows if r.get("val/toy_reward")]
 
 
 def test_diffusion_dpo_recipe_raises_the_reward(tmp_path):

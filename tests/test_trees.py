@@ -1,17 +1,15 @@
 """TPO on preference trees (``tpo_tree``): hand-worked step weights and loss, its reduction to ``lipo``, gradients at
 extreme inputs, the tree layout (``TextTrees``) and bad input."""
 
-import csv
-import glob
 import json
 import math
 import os
 
 import pytest
 import torch
+from conftest import run_toy_recipe
 from listwise_plain import plain_lipo
 
-from alignsuite.cli import main
 from alignsuite.data import DataError, PreferenceDataModule, TextTrees
 from alignsuite.objectives import get_objective
 from alignsuite.objectives.trees import step_index
@@ -281,11 +279,7 @@ def test_the_module_scores_tree_paths_per_token(tmp_path):
 def test_the_toy_tree_recipe_raises_the_reward_in_32_steps(tmp_path):
     """The shipped recipe for 32 steps (256 trees of 4 paths): the greedy reward rises from the base model's ~0.42
     past 0.9 (0.99 when measured)."""
-    main(["fit", "--config", os.path.join(REPO, "recipes", "toy", "llm_tpo_tree.yaml"), "--trainer.max_steps", "32",
-          "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-          "--checkpoint.dirpath", str(tmp_path / "ckpt")])
-    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "*" / "version_*" / "metrics.csv"))[0])))
-    reward = [(int(r["step"]), float(r["val/toy_reward"])) for r in rows if r.get("val/toy_reward")]
+    reward = run_toy_recipe(tmp_path, "llm_tpo_tree", "--trainer.max_steps", "32")
     assert reward[0][0] == 0 and reward[0][1] < 0.6
     assert reward[-1][1] >= 0.9, reward
 
@@ -295,9 +289,6 @@ def test_the_toy_tree_recipe_raises_the_reward(tmp_path):
     """The shipped recipe to the end (128 steps) on two draws of the trees: ~0.42 at step 0, 0.99 at the end when
     measured (seeds 0 and 1)."""
     for seed in ("0", "1"):
-        main(["fit", "--config", os.path.join(REPO, "recipes", "toy", "llm_tpo_tree.yaml"), "--seed_everything", seed,
-              "--data.init_args.seed", seed, "--trainer.logger.init_args.save_dir", str(tmp_path / seed),
-              "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / seed / "ckpt")])
-        rows = list(csv.DictReader(open(glob.glob(str(tmp_path / seed / "*" / "version_*" / "metrics.csv"))[0])))
-        reward = [float(r["val/toy_reward"]) for r in rows if r.get("val/toy_reward")]
+        reward = [r for _, r in run_toy_recipe(tmp_path / seed, "llm_tpo_tree", "--seed_everything", seed,
+                                               "--data.init_args.seed", seed)]
         assert reward[0] < 0.6 and reward[-1] >= 0.9, reward
