@@ -189,7 +189,8 @@ def glob_images(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["diffusion_dpo", "diffusion_mapo", "diffusion_kto", "diffusion_smpo", "diffusion_seppo"])
+@pytest.mark.parametrize("name", ["diffusion_dpo", "diffusion_mapo", "diffusion_kto", "diffusion_smpo", "diffusion_seppo",
+                                  "diffusion_list_mle"])
 def test_every_diffusion_toy_recipe_raises_the_reward(tmp_path, name):
     reward = run_toy_recipe(tmp_path, name)
     assert reward[0][0] == 0 and reward[0][1] < 0.6
