@@ -4,6 +4,7 @@
 Importing the modules below registers every objective.
 """
 
+from alignsuite.objectives.adaptive_rejection import ARPO
 from alignsuite.objectives.anchored import AOT, AOTUnpaired, APODown, APOZero
 from alignsuite.objectives.base import (
     Objective,
@@ -56,6 +57,7 @@ __all__ = [
     "AOTUnpaired",
     "APODown",
     "APOZero",
+    "ARPO",
     "BCO",
     "BCOPair",
     "CDPO",
