@@ -116,17 +116,19 @@ class ToyReward(Scorer):
     prompt set's row (its ``answer``), which the toy prompts hold, and judges three values
     (``world.judge``): the reward, ``image_sensitivity`` (against its answer to the swapped image, a
     declared rewrite of ``images`` by the row's ``swap_images``) and ``hallucination``. A world judged under
-    several dimensions (``llm_case``) judges each dimension's reward as ``reward_<dimension>`` beside the main
-    value (the primary's).
+    several dimensions (``llm_case``; ``vlm_prior`` against the prompt set's row) judges each dimension's reward
+    as ``reward_<dimension>`` beside the main value (the primary's).
 
     Args:
-        world: ``llm``, ``llm_case``, ``diffusion``, ``diffusion_corner``, ``diffusion_users`` or ``vlm``. The
+        world: ``llm``, ``llm_case``, ``diffusion``, ``diffusion_corner``, ``diffusion_users``, ``vlm`` or
+            ``vlm_prior``. The
             world with users (``diffusion_users``) scores each row under the user it names, as ``reward_<user>`` too.
     """
 
     unit = "reward"
     WORLD_MODALITY = {"llm": "text", "llm_case": "text", "diffusion": "text_to_image", "diffusion_corner": "text_to_image",
-                      "diffusion_users": "text_to_image", "vlm": "vision_language"}
+                      "diffusion_users": "text_to_image", "vlm": "vision_language",
+                      "vlm_prior": "vision_language"}
 
     def __init__(self, world: str = "llm") -> None:
         from alignsuite.toy import get_world
@@ -146,9 +148,9 @@ class ToyReward(Scorer):
             self.values = (self.name, *(f"reward_{d}" for d in self.dimensions))
 
     def columns(self, modality: str) -> dict[str, str]:
-        if self.world_name != "vlm":
+        if self.modalities[0] != "vision_language":
             return {}
-        return {"answer": "the toy world's answer to the row's image (use evaluate.prompts toy:vlm)"}
+        return {"answer": f"the toy world's answer to the row's image (use evaluate.prompts toy:{self.world_name})"}
 
     def score_batch(self, prompts, outputs, conditions, rows):
         if self.world_name == "vlm":
@@ -162,6 +164,12 @@ class ToyReward(Scorer):
                                  f" of {', '.join(self.users)}): use evaluate.prompts toy:{self.world_name}")
             judged = [self.world.user_reward(r["user"], prompt_text(p), out) for p, out, r in zip(prompts, outputs, rows)]
             return [{self.name: v, f"reward_{r['user']}": v} for v, r in zip(judged, rows)]
+        if self.dimensions and self.modalities[0] == "vision_language":  # judged against the row's item
+            if rows is None or any("answer" not in (r or {}) for r in rows):
+                raise ValueError(f"ToyReward({self.world_name}) scores against the toy world's items: use evaluate.prompts"
+                                 f" toy:{self.world_name}")
+            judged = [self.world.rewards(r, out) for r, out in zip(rows, outputs)]
+            return [{self.name: v[self.dimensions[0]], **{f"reward_{d}": v[d] for d in self.dimensions}} for v in judged]
         if self.dimensions:
             judged = [self.world.rewards(prompt_text(p), out) for p, out in zip(prompts, outputs)]
             return [{self.name: v[self.dimensions[0]], **{f"reward_{d}": v[d] for d in self.dimensions}} for v in judged]

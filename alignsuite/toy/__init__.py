@@ -23,9 +23,10 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "SpeechFlowWorld": "tts",
     "SpeechTokenWorld": "tts",
     "ShapesWorld": "vlm",
+    "PriorShapesWorld": "vlm_prior",
     "ToyPreferenceData": "data",
 })
 
 
-__all__ = ["SHIPPED", "CaseEchoWorld", "CornerSquaresWorld", "EchoWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
+__all__ = ["SHIPPED", "CaseEchoWorld", "CornerSquaresWorld", "EchoWorld", "PriorShapesWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
            "build_base_model", "cache_root", "get_world", "known_worlds", "resolve_toy_model", "shipped_path"]

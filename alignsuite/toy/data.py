@@ -47,7 +47,7 @@ class ToyPreferenceData(PreferenceDataModule):
 
     Args:
         world: the toy world (``llm``: text pairs; ``llm_case``: text pairs judged under two dimensions; ``diffusion``: Pick-a-Pic-style image pairs; ``vlm``:
-            RLAIF-V-style image-question pairs; ``tts``/``tts_flow``: INTP rows built from the base model's samples).
+            RLAIF-V-style image-question pairs; ``vlm_prior``: the same judged under two dimensions; ``tts``/``tts_flow``: INTP rows built from the base model's samples).
         num_train: generated training pairs.
         num_val: generated validation pairs (drawn with another seed).
         unpaired: turn every pair into a desirable and an undesirable row (KTO, Diffusion-KTO).

@@ -20,6 +20,7 @@ WORLDS = {
     "diffusion_corner": "alignsuite.toy.squares_corner.CornerSquaresWorld",  # graded reward; the base model is diffusion's
     "diffusion_users": "alignsuite.toy.squares_users.UserSquaresWorld",  # two users, opposite colours; diffusion's base
     "vlm": "alignsuite.toy.vlm.ShapesWorld",
+    "vlm_prior": "alignsuite.toy.vlm_prior.PriorShapesWorld",  # seen colour vs the prior's; the base model is vlm's
     "tts": "alignsuite.toy.tts.SpeechTokenWorld",
     "tts_flow": "alignsuite.toy.tts.SpeechFlowWorld",
 }

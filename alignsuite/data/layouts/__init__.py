@@ -9,9 +9,9 @@ from alignsuite.data.layouts.speech import SpeechPairs
 from alignsuite.data.layouts.speech_lists import SpeechLists
 from alignsuite.data.layouts.text import TextPairs, TextUnpaired
 from alignsuite.data.layouts.trees import TextTrees
-from alignsuite.data.layouts.vision import VisionPairs
+from alignsuite.data.layouts.vision import VisionDimensionPairs, VisionPairs
 
 __all__ = [
     "DimensionPairs", "ImageLists", "ImagePairs", "ImageUnpaired", "Layout", "ListLayout", "SpeechLists", "SpeechPairs",
-    "TextLists", "TextPairs", "TextTrees", "TextUnpaired", "VisionPairs",
+    "TextLists", "TextPairs", "TextTrees", "TextUnpaired", "VisionDimensionPairs", "VisionPairs",
 ]

@@ -38,7 +38,62 @@ def _sign(x: float) -> float:
     return float((x > 0) - (x < 0))
 
 
-class DimensionPairs(_TextLayout):
+class Dimensions:
+    """What a layout that names its preference dimensions shares, whatever the row holds (text: `DimensionPairs`;
+    an image and a question: `alignsuite.data.VisionDimensionPairs`): the dimensions' option, checked; each
+    row's judgement under them; and the batch columns that judgement gives, in the order chosen, rejected."""
+
+    def _set_dimensions(self, dimensions: dict[str, str | list[str]], responses: tuple[str, str] | list[str]) -> None:
+        who = type(self).__name__
+        if not dimensions:
+            raise ValueError(f"{who}: dimensions names at least one dimension ({{name: label column}} or"
+                             " {name: [score column of response 0, of response 1]})")
+        for name, fields in dimensions.items():
+            if not name.isidentifier():
+                raise ValueError(f"{who}: dimension names become batch columns (pref_<name>); got {name!r}")
+            if not isinstance(fields, str) and (len(fields) != 2 or not all(isinstance(f, str) for f in fields)):
+                raise ValueError(f"{who}: dimension {name!r} takes a label column or two score columns,"
+                                 f" got {fields!r}")
+        if len(responses) != 2:
+            raise ValueError(f"{who}: responses names two answer columns, got {list(responses)}")
+        self.dimensions = {name: f if isinstance(f, str) else list(f) for name, f in dimensions.items()}
+        self.responses = tuple(responses)
+
+    @property
+    def preference_dimensions(self) -> tuple[str, ...]:
+        return tuple(self.dimensions)
+
+    def _judgement(self, row: dict, index: int, source: str) -> dict[str, tuple[float, float | None, float | None]]:
+        """Per dimension: (preference of response 0 over response 1 in {+1, 0, -1}, score 0, score 1)."""
+        out = {}
+        for name, fields in self.dimensions.items():
+            if isinstance(fields, str):
+                if fields not in row or row[fields] is None:
+                    raise DataError(source, index, fields, f"the label of dimension {name!r} (a column named {fields!r})")
+                best = _label(row[fields], fields, index, source, self.responses)
+                out[name] = (1.0 if best == 0 else -1.0, None, None)
+            else:
+                s0, s1 = (_score(row, f, index, source) for f in fields)
+                out[name] = (_sign(s0 - s1), s0, s1)
+        return out
+
+    def _ordered(self, row: dict, index: int, source: str) -> tuple[tuple[str, str] | None, dict[str, float]]:
+        """The two answer columns as (chosen, rejected) under the primary dimension (``None`` where it ties)
+        and the row's batch columns per dimension in that order (``pref_<d>``, ``reward_chosen_<d>`` ...)."""
+        judged = self._judgement(row, index, source)
+        primary = judged[next(iter(self.dimensions))][0]
+        if primary == 0:
+            return None, {}
+        columns = {}
+        for name, (pref, s0, s1) in judged.items():
+            columns[f"pref_{name}"] = pref * primary + 0.0  # in the order chosen, rejected (+ 0.0: no -0.0)
+            if s0 is not None:
+                chosen, rejected = (s0, s1) if primary > 0 else (s1, s0)
+                columns[f"reward_chosen_{name}"], columns[f"reward_rejected_{name}"] = chosen, rejected
+        return (self.responses if primary > 0 else self.responses[::-1]), columns
+
+
+class DimensionPairs(Dimensions, _TextLayout):
     """Two answers per prompt, judged under several named dimensions, the first the primary.
 
     A dimension is given by a label column (the index, 0 or 1, of the answer it prefers: PKU-SafeRLHF) or by
@@ -69,64 +124,28 @@ class DimensionPairs(_TextLayout):
         prompt_field: str = "prompt",
         tools_field: str = "tools",
     ) -> None:
-        if not dimensions:
-            raise ValueError("DimensionPairs: dimensions names at least one dimension ({name: label column} or"
-                             " {name: [score column of response 0, of response 1]})")
-        for name, fields in dimensions.items():
-            if not name.isidentifier():
-                raise ValueError(f"DimensionPairs: dimension names become batch columns (pref_<name>); got {name!r}")
-            if not isinstance(fields, str) and (len(fields) != 2 or not all(isinstance(f, str) for f in fields)):
-                raise ValueError(f"DimensionPairs: dimension {name!r} takes a label column or two score columns,"
-                                 f" got {fields!r}")
-        if len(responses) != 2:
-            raise ValueError(f"DimensionPairs: responses names two answer columns, got {list(responses)}")
-        self.dimensions = {name: f if isinstance(f, str) else list(f) for name, f in dimensions.items()}
-        self.responses, self.prompt_field, self.tools_field = tuple(responses), prompt_field, tools_field
-
-    @property
-    def preference_dimensions(self) -> tuple[str, ...]:
-        return tuple(self.dimensions)
+        self._set_dimensions(dimensions, responses)
+        self.prompt_field, self.tools_field = prompt_field, tools_field
 
     def check_first(self, row: dict, source: str) -> None:
         if self.responses[0] not in row:
             self._hint(row, source, self.responses[0])
-
-    def _judgement(self, row: dict, index: int, source: str) -> dict[str, tuple[float, float | None, float | None]]:
-        """Per dimension: (preference of response 0 over response 1 in {+1, 0, -1}, score 0, score 1)."""
-        out = {}
-        for name, fields in self.dimensions.items():
-            if isinstance(fields, str):
-                if fields not in row or row[fields] is None:
-                    raise DataError(source, index, fields, f"the label of dimension {name!r} (a column named {fields!r})")
-                best = _label(row[fields], fields, index, source, self.responses)
-                out[name] = (1.0 if best == 0 else -1.0, None, None)
-            else:
-                s0, s1 = (_score(row, f, index, source) for f in fields)
-                out[name] = (_sign(s0 - s1), s0, s1)
-        return out
 
     def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
         check_text_only(row, index, source)
         for field in self.responses:
             if field not in row:
                 raise DataError(source, index, field, f"a column named {field!r}; the row has columns {sorted(row)}")
-        judged = self._judgement(row, index, source)
-        primary = judged[next(iter(self.dimensions))][0]
-        if primary == 0:
+        order, columns = self._ordered(row, index, source)
+        if order is None:
             return None
-        first, second = self.responses if primary > 0 else self.responses[::-1]
+        first, second = order
         # Read through the pair reader with the row's own columns as chosen/rejected, so its errors name them.
         fields = PairFields(self.prompt_field, first, second, tools=self.tools_field)
         canon = normalize_pair(row, index, source, fields)
         if canon is None:
             return None
-        columns = {}
-        for name, (pref, s0, s1) in judged.items():
-            columns[f"pref_{name}"] = pref * primary + 0.0  # in the order chosen, rejected (+ 0.0: no -0.0)
-            if s0 is not None:
-                chosen, rejected = (s0, s1) if primary > 0 else (s1, s0)
-                columns[f"reward_chosen_{name}"], columns[f"reward_rejected_{name}"] = chosen, rejected
         return {**_stored(canon, source, index), **columns}
 
 
-__all__ = ["DimensionPairs"]
+__all__ = ["DimensionPairs", "Dimensions"]

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from alignsuite.data import images
 from alignsuite.data.errors import DataError
 from alignsuite.data.layouts.base import Table
+from alignsuite.data.layouts.dimensions import Dimensions
 from alignsuite.data.layouts.images import DecodesImages
 
 PLACEHOLDER = "<image>"  # where an image goes in a plain-text prompt (LLaVA, mDPO, LLaMA-Factory)
@@ -190,7 +191,12 @@ class VisionPairs(DecodesImages):
                        " their answers are learnt without an image (keep_text_only)")
 
     def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
-        chosen, rejected = (self._answer(row, field, index, source) for field in (self.chosen_field, self.rejected_field))
+        return self._pair(row, index, source, base_dir, self.chosen_field, self.rejected_field)
+
+    def _pair(self, row: dict, index: int, source: str, base_dir: str | None, chosen_field: str,
+              rejected_field: str) -> dict | None:
+        """The canonical row with the answers of columns ``chosen_field`` and ``rejected_field``."""
+        chosen, rejected = (self._answer(row, field, index, source) for field in (chosen_field, rejected_field))
         if chosen == rejected:
             return None
         refs, column = self._images(row, index, source, base_dir)
@@ -261,3 +267,58 @@ class VisionPairs(DecodesImages):
             return {}
         column, at = row["_images_column"], (row["_row"], row["_source"])
         return {"images": [images.decode_image(ref, column, *at) for ref in row["images"]]}
+
+
+class VisionDimensionPairs(Dimensions, VisionPairs):
+    """Two answers to a question about an image, judged under several named dimensions, the first the primary:
+    `DimensionPairs` for vision-language rows. The dimensions are read as there (a label column, or a score
+    column per answer); the image and the question as `VisionPairs` reads them. The primary dimension picks
+    ``chosen``; rows where it ties, or whose two answers are equal, are skipped and counted. Batches add
+    ``pref_<d>`` per dimension and ``reward_chosen_<d>``/``reward_rejected_<d>`` per scored one.
+
+    Args:
+        dimensions: ``{dimension: label column}`` or ``{dimension: [score column of response 0, of response 1]}``,
+            in order, the primary first.
+        responses: the two answer columns, text or assistant message(s).
+        prompt_field: as `VisionPairs`.
+        question_field: as `VisionPairs`.
+        images_field: as `VisionPairs`.
+        image_field: as `VisionPairs`.
+        image_path_field: as `VisionPairs`.
+        skip_bad_images: as `VisionPairs`.
+        keep_text_only: as `VisionPairs`.
+    """
+
+    skip_reason = "the two answers are equal or the primary dimension ties"
+
+    def __init__(
+        self,
+        dimensions: dict[str, str | list[str]],
+        responses: tuple[str, str] | list[str] = ("response_0", "response_1"),
+        prompt_field: str = "prompt",
+        question_field: str = "question",
+        images_field: str = "images",
+        image_field: str = "image",
+        image_path_field: str = "img_path",
+        skip_bad_images: bool = False,
+        keep_text_only: bool = False,
+    ) -> None:
+        self._set_dimensions(dimensions, responses)
+        super().__init__(prompt_field=prompt_field, question_field=question_field, images_field=images_field,
+                         image_field=image_field, image_path_field=image_path_field, skip_bad_images=skip_bad_images,
+                         keep_text_only=keep_text_only)
+        self.chosen_field, self.rejected_field = self.responses  # what collate names in its errors
+
+    def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
+        order, columns = self._ordered(row, index, source)
+        if order is None:
+            return None
+        canon = self._pair(row, index, source, base_dir, *order)
+        return None if canon is None else {**canon, **columns}
+
+    def features(self, first: dict) -> datasets.Features:
+        out = super().features(first)
+        for key in first:
+            if key.startswith(("pref_", "reward_chosen_", "reward_rejected_")):
+                out[key] = datasets.Value("float64")
+        return out

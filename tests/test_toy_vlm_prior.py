@@ -1,0 +1,115 @@
+"""The vision-language toy world with two rewards that conflict (the colour seen vs the shape's prior colour), the
+layout that reads dimensions on image rows, and MODPO on it: the recipe runs, and runs at w and 1 - w land on
+opposite sides of the base model on the two-reward plane."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+
+import pytest
+import yaml
+
+from alignsuite.cli import main
+from alignsuite.data import DataError, VisionDimensionPairs
+from alignsuite.evaluation.text_scorers import ToyReward
+from alignsuite.toy import get_world
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "recipes", "toy", "vlm_modpo.yaml")
+
+
+def test_the_two_rewards_conflict_where_the_image_is_not_the_prior_and_the_scorer_judges_both():
+    world = get_world("vlm_prior")
+    shown = {"answer": "yellow", "prior": "red"}
+    assert world.rewards(shown, "yellow") == {"seen": 1.0, "prior": 0.0}
+    assert world.rewards(shown, "red") == {"seen": 0.0, "prior": 1.0}
+    assert world.rewards({"answer": "red", "prior": "red"}, "red it") == {"seen": 1.0, "prior": 1.0}
+    scorer = ToyReward("vlm_prior")
+    assert scorer.value_names() == ("toy_reward_vlm_prior", "reward_seen", "reward_prior")
+    judged = scorer.judge([None, None], ["yellow", "blue"], None,[shown, {"answer": "green", "prior": "blue"}])
+    assert judged == [{"toy_reward_vlm_prior": 1.0, "reward_seen": 1.0, "reward_prior": 0.0},
+                      {"toy_reward_vlm_prior": 0.0, "reward_seen": 0.0, "reward_prior": 1.0}]
+    with pytest.raises(ValueError, match="evaluate.prompts toy:vlm_prior"):
+        scorer.judge([None], ["red"], None, [{"prompt": "what colour is the circle ?"}])
+
+
+def test_labels_prefer_the_seen_colour_three_times_in_four_and_rows_read_as_vision_dimension_pairs():
+    world = get_world("vlm_prior")
+    rows = world.make_pairs(2000, seed=0)
+    conflict = [r for r in rows if r["prior_0"] + r["prior_1"] == 1 and r["seen_0"] + r["seen_1"] == 1
+                and r["prior_0"] != r["seen_0"]]
+    seen_won = sum(r["seen_0" if r["seen_id"] == 0 else "seen_1"] for r in conflict) / len(conflict)
+    assert 0.72 < seen_won < 0.78 and 0.65 < len(conflict) / len(rows) < 0.75
+    layout = world.layout()
+    assert layout.preference_dimensions == ("seen", "prior")
+    ds, skipped = layout.build([("toy", rows[:40], None)])
+    assert len(ds) == 40 and not skipped
+    batch = layout.collate(list(ds))
+    assert len(batch["images"]) == 40 and batch["images"][0][0].size == (32, 32)
+    for i, row in enumerate(rows[:40]):
+        first = "response_0" if row["seen_id"] == 0 else "response_1"
+        assert batch["chosen"][i][0]["content"][0]["text"] == row[first]
+        assert batch["reward_chosen_prior"][i].item() == row["prior_" + first[-1]]
+        assert batch["pref_seen"][i].item() == 1.0
+    gap = batch["reward_chosen_prior"] - batch["reward_rejected_prior"]
+    assert batch["pref_prior"].tolist() == gap.sign().tolist()
+
+
+def test_vision_dimension_pairs_refuse_a_missing_dimension_naming_the_row_and_field():
+    rows = get_world("vlm_prior").make_pairs(3, seed=0)
+    del rows[2]["seen_id"]
+    layout = VisionDimensionPairs({"seen": "seen_id", "prior": ["prior_0", "prior_1"]})
+    with pytest.raises(DataError, match=r"row 2.*seen_id|seen_id.*row 2"):
+        layout.build([("toy", rows, None)])
+    rows[2]["seen_id"], rows[1]["prior_1"] = 0, "high"
+    with pytest.raises(DataError, match="prior_1"):
+        layout.build([("toy", rows, None)])
+    with pytest.raises(ValueError, match="VisionDimensionPairs: responses names two answer columns"):
+        VisionDimensionPairs({"seen": "seen_id"}, responses=["a"])
+
+
+def rewards_logged(run_dir) -> list[tuple[int, float, float]]:
+    with open(glob.glob(os.path.join(str(run_dir), "*", "version_*", "metrics.csv"))[0]) as f:
+        return [(int(r["step"]), float(r["val/reward_seen"]), float(r["val/reward_prior"]))
+                for r in csv.DictReader(f) if r.get("val/reward_seen")]
+
+
+def fit(tmp_path, *args, num_prompts: int | None = None) -> list[tuple[int, float, float]]:
+    recipe = RECIPE
+    if num_prompts is not None:  # fewer evaluation prompts: the recipe's callback, rewritten
+        with open(RECIPE) as f:
+            config = yaml.safe_load(f)
+        config["trainer"]["callbacks"][0]["init_args"]["num_prompts"] = num_prompts
+        recipe = tmp_path / "recipe.yaml"
+        os.makedirs(tmp_path, exist_ok=True)
+        recipe.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(recipe), "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt"), *args])
+    return rewards_logged(tmp_path)
+
+
+def test_modpo_recipe_end_to_end(tmp_path):
+    """The shipped recipe, shortened: both rewards measured at step 0 and after."""
+    rewards = fit(tmp_path, "--data.init_args.num_train", "32", "--data.init_args.num_val", "16",
+                  "--trainer.val_check_interval", "2", num_prompts=16)
+    assert len(rewards) == 2 and rewards[0][0] == 0
+    assert all(0 <= seen <= 1 and 0 <= prior <= 1 for _, seen, prior in rewards)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_modpo_at_w_and_one_minus_w_land_on_opposite_sides_of_the_base(tmp_path, seed):
+    """Each run improves the reward it weighs more and gives up the other: w = (0.8, 0.2) moves towards the
+    colour seen, w = (0.2, 0.8) towards the prior colour, each by a clear margin from the base model's point
+    (measured over seeds 0-2, docs/vision-language.md: at least 0.063, six of the 96 evaluation items, on either
+    reward; asserted: 0.03, three items)."""
+    points = {}
+    for w in (0.8, 0.2):
+        rewards = fit(tmp_path / str(w), "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
+                      "--model.objective.init_args.weights", f"[{w}, {round(1 - w, 1)}]")
+        (_, base_seen, base_prior), (_, seen, prior) = rewards[0], rewards[-1]
+        points[w] = (seen - base_seen, prior - base_prior)
+    assert points[0.8][0] > 0.03 and points[0.8][1] < -0.03, points
+    assert points[0.2][0] < -0.03 and points[0.2][1] > 0.03, points
