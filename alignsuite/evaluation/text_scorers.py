@@ -152,11 +152,16 @@ class ToyReward(Scorer):
             return {}
         return {"answer": f"the toy world's answer to the row's image (use evaluate.prompts toy:{self.world_name})"}
 
+    def items(self, rows) -> list[dict]:
+        """The prompt set's rows, which a vision-language world judges each answer against (their ``answer``)."""
+        if rows is None or any("answer" not in (r or {}) for r in rows):
+            raise ValueError(f"ToyReward({self.world_name}) scores against the toy world's items: use evaluate.prompts"
+                             f" toy:{self.world_name}")
+        return rows
+
     def score_batch(self, prompts, outputs, conditions, rows):
         if self.world_name == "vlm":
-            if rows is None or any("answer" not in (r or {}) for r in rows):
-                raise ValueError("ToyReward(vlm) scores against the toy world's items: use evaluate.prompts toy:vlm")
-            judged = [self.world.judge(row, out, row.get("swapped")) for row, out in zip(rows, outputs)]
+            judged = [self.world.judge(row, out, row.get("swapped")) for row, out in zip(self.items(rows), outputs)]
             return [{self.name: v.pop("reward"), **v} for v in judged]
         if self.users:
             if rows is None or any((r or {}).get("user") not in self.users for r in rows):
@@ -164,14 +169,10 @@ class ToyReward(Scorer):
                                  f" of {', '.join(self.users)}): use evaluate.prompts toy:{self.world_name}")
             judged = [self.world.user_reward(r["user"], prompt_text(p), out) for p, out, r in zip(prompts, outputs, rows)]
             return [{self.name: v, f"reward_{r['user']}": v} for v, r in zip(judged, rows)]
-        if self.dimensions and self.modalities[0] == "vision_language":  # judged against the row's item
-            if rows is None or any("answer" not in (r or {}) for r in rows):
-                raise ValueError(f"ToyReward({self.world_name}) scores against the toy world's items: use evaluate.prompts"
-                                 f" toy:{self.world_name}")
-            judged = [self.world.rewards(r, out) for r, out in zip(rows, outputs)]
-            return [{self.name: v[self.dimensions[0]], **{f"reward_{d}": v[d] for d in self.dimensions}} for v in judged]
-        if self.dimensions:
-            judged = [self.world.rewards(prompt_text(p), out) for p, out in zip(prompts, outputs)]
+        if self.dimensions:  # a vision-language world judges against the row's item, a text one the prompt
+            judged = ([self.world.rewards(r, out) for r, out in zip(self.items(rows), outputs)]
+                      if self.modalities[0] == "vision_language" else
+                      [self.world.rewards(prompt_text(p), out) for p, out in zip(prompts, outputs)])
             return [{self.name: v[self.dimensions[0]], **{f"reward_{d}": v[d] for d in self.dimensions}} for v in judged]
         return [self.world.reward(prompt_text(p), out) for p, out in zip(prompts, outputs)]
 
