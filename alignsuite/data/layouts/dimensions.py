@@ -43,6 +43,8 @@ class Dimensions:
     an image and a question: `alignsuite.data.VisionDimensionPairs`): the dimensions' option, checked; each
     row's judgement under them; and the batch columns that judgement gives, in the order chosen, rejected."""
 
+    skip_reason = "the two answers are equal or the primary dimension ties"
+
     def _set_dimensions(self, dimensions: dict[str, str | list[str]], responses: tuple[str, str] | list[str]) -> None:
         who = type(self).__name__
         if not dimensions:
@@ -115,7 +117,6 @@ class DimensionPairs(Dimensions, _TextLayout):
     """
 
     row_kind = "pairs"
-    skip_reason = "the two answers are equal or the primary dimension ties"
 
     def __init__(
         self,

@@ -289,8 +289,6 @@ class VisionDimensionPairs(Dimensions, VisionPairs):
         keep_text_only: as `VisionPairs`.
     """
 
-    skip_reason = "the two answers are equal or the primary dimension ties"
-
     def __init__(
         self,
         dimensions: dict[str, str | list[str]],
