@@ -182,8 +182,7 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
             summary.update(procs.from_first(build, prompts, settings, index, folder, times))
             began = time.perf_counter()
             fit_round(cli, settings, index, folder, start_from, times)
-            if procs.count == 1:
-                policies.adopt(round_checkpoint(folder), cli.trainer, cli.model.backbone)
+            policies.adopt(round_checkpoint(folder), cli.trainer, cli.model.backbone)  # one process only
             if settings.extragradient:
                 summary["step"] = "extrapolation" if index % 2 else "update"
             times["fit"] += time.perf_counter() - began
