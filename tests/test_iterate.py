@@ -112,6 +112,57 @@ def test_a_finished_run_started_again_does_nothing_more(uninterrupted, monkeypat
         {f: t for f, t in before.items() if not f.startswith("rounds.json")}
 
 
+def test_keeping_the_trained_backbone_in_memory_gives_the_files_and_weights_of_reading_it_back(uninterrupted, tmp_path,
+                                                                                               monkeypatch):
+    """``keep_in_memory`` (the default) hands each fit's backbone and frozen reference to the next fit; reading
+    them back from the round's checkpoint instead gives the same samples, rows and weights, bit for bit."""
+    handed = []
+    real = loop.hand_over
+    monkeypatch.setattr(loop, "hand_over", lambda module, backbone, reference: (
+        handed.append(reference is not None), real(module, backbone, reference))[1])
+    out = tmp_path / "run"
+    main(small(out, "--iterate.keep_in_memory", "false"))
+    assert handed == []  # every fit built its policy and reference and read the previous round's weights
+    for name in round_files(uninterrupted):
+        if not (name.endswith("round.json") or name == "rounds.json"):
+            assert filecmp.cmp(out / name, uninterrupted / name, shallow=False), name
+    for index in (1, 2):
+        got, want = final_weights(out, index), final_weights(uninterrupted, index)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert read_json(out / f"round_{index:02d}" / "round.json")["seconds"]["load"] > 0
+    kept = tmp_path / "kept"
+    main(small(kept))
+    assert handed == [True]  # round 2's fit trained on from round 1's backbone, with round 1's reference model
+
+
+def test_a_warm_round_start_reads_the_checkpoint_only_for_what_is_not_in_memory(tmp_path):
+    """With the policy handed over (``warm``) no checkpoint is read (the file is absent): ``round_start`` copies the
+    policy's weights into the reference; only the optimizer's moments come from the file."""
+    from types import SimpleNamespace
+
+    from alignsuite.backbones import CausalLM
+    from alignsuite.iterate.round_start import RoundStart
+    from alignsuite.module import PreferenceModule
+    from alignsuite.objectives import DPO
+    from alignsuite.reference import FrozenCopy
+
+    module = PreferenceModule(CausalLM("toy:llm"), DPO(), FrozenCopy())
+    module.configure_model()
+    start = {k: v.clone() for k, v in module.backbone.policy.state_dict().items()}
+    trainer = SimpleNamespace(ckpt_path=None)
+    absent = str(tmp_path / "absent.ckpt")
+    RoundStart(absent, "initial", warm=True).on_fit_start(trainer, module)
+    with torch.no_grad():
+        for p in module.backbone.policy.parameters():
+            p.add_(0.5)  # the policy as the previous round's fit left it
+    RoundStart(absent, "round_start", warm=True).on_fit_start(trainer, module)
+    policy, reference = module.backbone.policy.state_dict(), module.reference.model.state_dict()
+    assert all(torch.equal(reference[k], policy[k].to(reference[k].dtype)) for k in start)
+    assert not torch.equal(reference["lm_head.weight"], start["lm_head.weight"])
+    with pytest.raises(FileNotFoundError):  # carrying the optimizer reads its moments from the file
+        RoundStart(absent, "initial", carry_optimizer=True, warm=True).on_fit_start(trainer, module)
+
+
 class Stop(Exception):
     pass
 
@@ -406,7 +457,8 @@ def test_a_fits_trained_backbone_is_the_next_policy_unless_its_precision_cast_it
     backbone = torch.nn.Module()
     backbone.policy = torch.nn.Linear(2, 2)
     trainer = SimpleNamespace(precision=precision, strategy=SingleDeviceStrategy(torch.device("cpu")))
-    policies = loop.Policies(None, torch.device("cpu"), SimpleNamespace(judge=None, engine=None))
+    policies = loop.Policies(None, torch.device("cpu"), SimpleNamespace(judge=None, engine=None,
+                                                                                  keep_in_memory=True))
     policies.adopt("round_01/last.ckpt", trainer, backbone)
     assert (policies.policy is backbone) is adopted and (policies.checkpoint == "round_01/last.ckpt") is adopted
     assert not backbone.policy.training or not adopted

@@ -42,9 +42,9 @@ def write_atomic(path: str, text: str) -> None:
     _write_via_temp(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def _write_via_temp(path: str, write) -> None:
-    """``write(f)`` into a temporary file (binary) beside ``path``, synced and renamed over ``path``; on any
-    failure the temporary file is removed and ``path`` is as it was."""
+def _write_via_temp(path: str, write, sync: bool = True) -> None:
+    """``write(f)`` into a temporary file (binary) beside ``path``, synced (unless not ``sync``) and renamed over
+    ``path``; on any failure the temporary file is removed and ``path`` is as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=os.path.basename(path))
@@ -52,7 +52,8 @@ def _write_via_temp(path: str, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -121,8 +122,12 @@ def _is_image(value: Any) -> bool:
 
 
 def _save_png(image, path: str) -> None:
-    """``image`` as a PNG at ``path``, written whole or not at all (a killed run leaves none half written)."""
-    _write_via_temp(path, lambda f: image.save(f, format="PNG"))
+    """``image`` as a PNG at ``path``, written whole or not at all (a killed run leaves none half written).
+
+    Not synced file by file (a sync is most of the time of a small image's write): the prompt images are written
+    by a round's gathering of its lists, which a resumed run does again until the round's ``build.json`` is
+    written, synced, after them."""
+    _write_via_temp(path, lambda f: image.save(f, format="PNG"), sync=False)
 
 
 def encode_row(row: dict, folder: str, name: str) -> dict:

@@ -2,9 +2,11 @@
 
 A round is finished when its ``round.json`` exists; a run started again skips finished rounds and, within a
 round, every finished step: written sample and judgement shards, the built rows, and the fit (which resumes its
-own ``last.ckpt`` exactly, as ``fit`` does). Each round's fit is built fresh from the recipe (the policy loaded
-from the previous round's checkpoint, :class:`~alignsuite.iterate.round_start.RoundStart`), so a resumed run
-takes the same path as one that never stopped.
+own ``last.ckpt`` exactly, as ``fit`` does). Each round's fit is built fresh from the recipe, its policy starting
+from the previous round's checkpoint (:class:`~alignsuite.iterate.round_start.RoundStart`), so a resumed run takes
+the same path as one that never stopped. On one device the loop hands the backbone the last fit trained (and a
+frozen reference it built) to the next fit instead of reading them back: the same weights
+(:meth:`Policies.take`).
 """
 
 from __future__ import annotations
@@ -112,9 +114,12 @@ class TrainClock(Callback):
         self.times["train"] += time.perf_counter() - self.began
 
 
-def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | None, times: Counter) -> None:
-    """The recipe's fit on the round's rows, in ``<round>/fit``; resumed from its own checkpoint if one exists."""
+def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | None, times: Counter,
+              warm=None) -> None:
+    """The recipe's fit on the round's rows, in ``<round>/fit``; resumed from its own checkpoint if one exists.
+    ``warm``: the backbone holding ``previous``'s weights (:meth:`Policies.take`), trained on from where it is."""
     section = cli.config[cli.subcommand]
+    kept = kept_reference(cli.model, settings) if warm is not None else None
     data = section["data"]["init_args"]
     data["train"] = os.path.abspath(os.path.join(folder, "pairs.jsonl"))
     carry_columns(data, settings)
@@ -124,12 +129,36 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
     if hasattr(cli, "config_dump"):  # Lightning's record of the hyper-parameters, made once: this round's data
         cli.config_dump = config_record(cli)
     cli.instantiate_classes()
+    if warm is not None:
+        hand_over(cli.model, warm, kept)
     trainer = cli.trainer
-    trainer.callbacks += [RoundStart(previous, settings.reference, settings.carry_optimizer), TrainClock(times)]
+    trainer.callbacks += [RoundStart(previous, settings.reference, settings.carry_optimizer, warm is not None),
+                          TrainClock(times)]
     last = round_checkpoint(folder)
     trainer.fit(cli.model, cli.datamodule, ckpt_path=last if os.path.exists(last) else None)
     if not os.path.exists(last):
         raise IterateError(f"round {index}: the fit wrote no {last}; keep checkpoint.save_last true")
+
+
+def kept_reference(model, settings: Iterate):
+    """The frozen reference model the last fit built, for the next fit's reference: the recipe's again (``reference:
+    initial``), or the round's starting policy copied into it (``round_start``); not one that moves with training."""
+    reference = getattr(model, "reference", None)
+    if settings.reference not in ("initial", "round_start") or reference is None or reference.moves:
+        return None
+    return getattr(reference, "model", None)
+
+
+def hand_over(module, backbone, reference_model) -> None:
+    """Give a freshly built round module the previous fit's backbone (trained on from its weights, in train mode as
+    a freshly loaded one is, with what a checkpoint carries besides weights, a draw counter, as a fresh build's)
+    and its frozen reference model; their builds then load nothing."""
+    backbone.policy.train()
+    backbone.load_state(module.backbone.state())
+    module.backbone = backbone
+    reference = getattr(module, "reference", None)
+    if reference_model is not None and reference is not None and hasattr(reference, "model"):
+        reference.model = reference_model
 
 
 def run_rounds(cli, settings: Iterate) -> list[dict]:
@@ -176,12 +205,12 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
                 generator, generate = policies.get(generate_from, folder, times)
                 generate_round(generator, prompts, settings, index, folder, times, procs.mine, generate, written)
                 judge_round(generator, prompts, settings, folder, times, procs.mine, written)
-            policies.drop()  # no second copy of the policy beside the fit
+            warm = policies.take(start_from)  # no second copy of the policy beside the fit
             procs.wait(f"iterate round {index}: every shard judged")
             signals.check(procs, f"in round {index} after judging its samples")
             summary.update(procs.from_first(build, prompts, settings, index, folder, times))
             began = time.perf_counter()
-            fit_round(cli, settings, index, folder, start_from, times)
+            fit_round(cli, settings, index, folder, start_from, times, warm)
             policies.adopt(round_checkpoint(folder), cli.trainer, cli.model.backbone)  # one process only
             if settings.extragradient:
                 summary["step"] = "extrapolation" if index % 2 else "update"
@@ -202,9 +231,10 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
 
 
 def build(prompts: list[dict], settings: Iterate, index: int, folder: str, times: Counter) -> dict:
-    """The round's judged lists gathered and its rows built (``build_round``): what the summary reports of them."""
-    lists, judged = gather_lists(prompts, settings, folder)
+    """The round's judged lists gathered (the prompts' images written as files) and its rows built
+    (``build_round``): what the summary reports of them."""
     began = time.perf_counter()
+    lists, judged = gather_lists(prompts, settings, folder)
     built = build_round(lists, settings, index, folder, judged)
     times["build"] += time.perf_counter() - began
     return {"judged": judged, "build": built,
@@ -227,6 +257,7 @@ class Policies:
         self.unbuilt, self.device, self.settings = unbuilt, device, settings
         self.checkpoint: str | None = None
         self.policy = self.generate = None
+        self.adopted = False  # whether the policy is the backbone a fit trained (not read back from its file)
 
     def get(self, checkpoint: str | None, folder: str, times: Counter | None = None):
         """``(policy, generate)`` at ``checkpoint``; the engine's files (if any) go in ``folder``; the seconds spent
@@ -247,22 +278,30 @@ class Policies:
         """Take the backbone a fit has just trained as the policy at ``checkpoint``, the file that fit ended by
         writing, instead of building it again from that file: the same weights, in the same dtypes, on one
         device and where the trainer's precision left the parameters as the recipe builds them (not under a
-        ``*-true`` precision other than ``32-true``, which casts them)."""
+        ``*-true`` precision other than ``32-true``, which casts them); not at all without ``keep_in_memory``."""
         from lightning.pytorch.strategies import SingleDeviceStrategy
 
         precision = str(trainer.precision)
-        if not isinstance(trainer.strategy, SingleDeviceStrategy) or (precision.endswith("-true")
-                                                                    and precision != "32-true"):
+        if not self.settings.keep_in_memory or not isinstance(trainer.strategy, SingleDeviceStrategy) or (
+                precision.endswith("-true") and precision != "32-true"):
             return
         self.drop()
         backbone.to(self.device)  # Lightning's teardown moved it off an accelerator
         backbone.policy.eval()
-        self.policy, self.checkpoint, self.generate = backbone, checkpoint, None
+        self.policy, self.checkpoint, self.generate, self.adopted = backbone, checkpoint, None, True
+
+    def take(self, checkpoint: str | None):
+        """Let go of the policy; returns it when it is a fit's trained backbone holding ``checkpoint``'s weights,
+        for the next fit to start from (None: that fit loads them from the file)."""
+        policy = self.policy if self.adopted and checkpoint is not None and self.checkpoint == checkpoint else None
+        self.drop()
+        return policy
 
     def drop(self) -> None:
         if self.policy is not None:
             self.settings.engine.stop()
         self.policy = self.checkpoint = self.generate = None
+        self.adopted = False
 
 
 def attach(judge, policy) -> None:

@@ -97,10 +97,13 @@ class RoundStart(Callback):
     """Start a round's fit from the previous round's policy (``previous``, its checkpoint; none in round 1), unless
     the fit resumes its own checkpoint, and make the round's starting policy the reference (``round_start``) or the
     extra reference ``previous`` (``both``). With ``initial`` the recipe's reference stays as it was built. With
-    ``carry_optimizer`` the optimizer's moments are the checkpoint's too (its learning rate schedule starts anew)."""
+    ``carry_optimizer`` the optimizer's moments are the checkpoint's too (its learning rate schedule starts anew).
+    ``warm``: the policy already holds the previous round's weights (handed over by the loop), so they are not
+    read from its checkpoint again: a reference that starts from them copies them from the policy."""
 
-    def __init__(self, previous: str | None, reference: str = "initial", carry_optimizer: bool = False) -> None:
-        self.previous, self.reference, self.carry_optimizer = previous, reference, carry_optimizer
+    def __init__(self, previous: str | None, reference: str = "initial", carry_optimizer: bool = False,
+                 warm: bool = False) -> None:
+        self.previous, self.reference, self.carry_optimizer, self.warm = previous, reference, carry_optimizer, warm
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.previous is None and self.reference != "both":
@@ -108,10 +111,14 @@ class RoundStart(Callback):
         if self.previous and os.path.isdir(self.previous):  # a sharded checkpoint (ModelParallelStrategy)
             return self.start_sharded(trainer, pl_module)
         backbone = pl_module.backbone
-        checkpoint = load_checkpoint_file(self.previous, True, mmap=True) if self.previous else None
-        state = policy_state(self.previous, checkpoint) if self.previous else None
+        memory = self.warm and trainer.ckpt_path is None  # the policy holds the previous round's weights
+        read = self.previous and (not memory or self.carry_optimizer)
+        checkpoint = load_checkpoint_file(self.previous, True, mmap=True) if read else None
+        state = None if not self.previous else backbone.state_dict() if memory else policy_state(self.previous,
+                                                                                                   checkpoint)
         if state is not None and trainer.ckpt_path is None:  # a resumed fit has its own weights already
-            load_into(backbone, state, f"round start ({self.previous})")
+            if not self.warm:
+                load_into(backbone, state, f"round start ({self.previous})")
             if self.carry_optimizer:
                 saved = checkpoint.get("optimizer_states") or []
                 if len(saved) != len(trainer.optimizers):

@@ -72,6 +72,12 @@ class Iterate:
             state theta_t was reached with, not the extrapolation's.
         engine: what draws the samples (:mod:`alignsuite.iterate.engines`): the backbone's own ``generate`` when
             None; ``alignsuite.iterate.VLLMEngine`` where vLLM is installed (language backbones, GPUs).
+        keep_in_memory: on one device, the backbone a round's fit trained is the held-out report's and the next
+            round's policy, and the next fit trains on from it (with the frozen reference it built, under
+            ``reference: initial``), instead of each reading the round's checkpoint back: the same weights, so
+            the same results (``load`` is 0 in ``round.json``). false reads every one back, as a resumed run does.
+            Not under several processes, nor a ``*-true`` precision other than ``32-true`` (which casts the
+            weights the fit trained): those always read the file.
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class Iterate:
         extragradient: bool = False,
         engine: GenerationEngine | None = None,
         carry_optimizer: bool = False,
+        keep_in_memory: bool = True,
     ) -> None:
         checks = [
             (rounds >= 1, "iterate.rounds", f"at least 1, got {rounds}"),
@@ -139,7 +146,7 @@ class Iterate:
         self.heldout, self.num_heldout, self.heldout_seed = heldout, num_heldout, heldout_seed
         self.output_dir, self.extragradient = output_dir, extragradient
         self.engine = engine or GenerationEngine()
-        self.carry_optimizer = carry_optimizer
+        self.carry_optimizer, self.keep_in_memory = carry_optimizer, keep_in_memory
 
     def sources(self, index: int) -> tuple[int | None, int | None]:
         """``(round generated from, round the fit starts from)`` for round ``index`` (None: the starting policy):
