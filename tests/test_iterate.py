@@ -132,7 +132,29 @@ def test_keeping_the_trained_backbone_in_memory_gives_the_files_and_weights_of_r
         assert read_json(out / f"round_{index:02d}" / "round.json")["seconds"]["load"] > 0
     kept = tmp_path / "kept"
     main(small(kept))
-    assert handed == [True]  # round 2's fit trained on from round 1's backbone, with round 1's reference model
+    # round 1's fit trained on from round 0's starting policy (whose build drew no random number), building its own
+    # reference; round 2's from round 1's backbone, with round 1's reference model
+    assert handed == [False, True]
+
+
+def test_the_starting_policy_is_handed_to_the_first_fit_only_if_building_it_drew_no_random_number():
+    """Round 0's policy is round 1's fit's starting point only where the fit would build the very same weights: a
+    build that draws from the random generators (a LoRA adapter's initialisation) leaves round 1 to build its own."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from alignsuite.backbones import CausalLM
+    from alignsuite.backbones.lora import LoraSpec
+    from alignsuite.iterate.engines import GenerationEngine
+
+    trainer = SimpleNamespace(precision="32-true", strategy=SingleDeviceStrategy(torch.device("cpu")))
+    settings = SimpleNamespace(judge=None, engine=GenerationEngine(), keep_in_memory=True)
+    for lora, handed in ((None, True), (LoraSpec(r=4), False)):
+        policies = loop.Policies(CausalLM("toy:llm", lora=lora), torch.device("cpu"), settings, trainer)
+        policy, _ = policies.get(None, "round_00")
+        assert (policies.take(None) is policy) is handed
+        assert policies.policy is None  # let go either way
 
 
 def test_a_warm_round_start_reads_the_checkpoint_only_for_what_is_not_in_memory(tmp_path):
@@ -457,8 +479,8 @@ def test_a_fits_trained_backbone_is_the_next_policy_unless_its_precision_cast_it
     backbone = torch.nn.Module()
     backbone.policy = torch.nn.Linear(2, 2)
     trainer = SimpleNamespace(precision=precision, strategy=SingleDeviceStrategy(torch.device("cpu")))
-    policies = loop.Policies(None, torch.device("cpu"), SimpleNamespace(judge=None, engine=None,
-                                                                                  keep_in_memory=True))
-    policies.adopt("round_01/last.ckpt", trainer, backbone)
+    settings = SimpleNamespace(judge=None, engine=None, keep_in_memory=True)
+    policies = loop.Policies(None, torch.device("cpu"), settings, trainer)
+    policies.adopt("round_01/last.ckpt", backbone)
     assert (policies.policy is backbone) is adopted and (policies.checkpoint == "round_01/last.ckpt") is adopted
     assert not backbone.policy.training or not adopted

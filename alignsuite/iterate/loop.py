@@ -140,6 +140,31 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
         raise IterateError(f"round {index}: the fit wrote no {last}; keep checkpoint.save_last true")
 
 
+def keeps_in_memory(trainer, settings: Iterate) -> bool:
+    """Whether the loop hands models from fit to fit in memory (``iterate.keep_in_memory``): on one device, and
+    under a precision that leaves the trained parameters as the recipe builds them (not a ``*-true`` precision
+    other than ``32-true``, which casts them)."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    precision = str(trainer.precision)
+    return (settings.keep_in_memory and isinstance(trainer.strategy, SingleDeviceStrategy)
+            and not (precision.endswith("-true") and precision != "32-true"))
+
+
+def random_states() -> tuple:
+    """The random generators' states (Python's, NumPy's, torch's on the CPU and on started GPUs), comparable with
+    ``==``: equal before and after a build that drew nothing from them."""
+    import random
+
+    import numpy as np
+    import torch
+
+    numpy = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return (random.getstate(), numpy[1].tobytes(), numpy[2:], torch.get_rng_state().numpy().tobytes(),
+            tuple(state.numpy().tobytes() for state in cuda))
+
+
 def kept_reference(model, settings: Iterate):
     """The frozen reference model the last fit built, for the next fit's reference: the recipe's again (``reference:
     initial``), or the round's starting policy copied into it (``round_start``); not one that moves with training."""
@@ -176,7 +201,8 @@ def run_rounds(cli, settings: Iterate) -> list[dict]:
                if settings.heldout else None)
     os.makedirs(settings.output_dir, exist_ok=True)
     with LoopSignals() as signals:
-        summaries = rounds_from(cli, settings, procs, Policies(unbuilt, device, settings), items, heldout, signals)
+        summaries = rounds_from(cli, settings, procs, Policies(unbuilt, device, settings, cli.trainer), items, heldout,
+                                signals)
     if procs.first:
         write_run_report(settings, summaries)
     return summaries
@@ -211,7 +237,7 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
             summary.update(procs.from_first(build, prompts, settings, index, folder, times))
             began = time.perf_counter()
             fit_round(cli, settings, index, folder, start_from, times, warm)
-            policies.adopt(round_checkpoint(folder), cli.trainer, cli.model.backbone)  # one process only
+            policies.adopt(round_checkpoint(folder), cli.model.backbone)
             if settings.extragradient:
                 summary["step"] = "extrapolation" if index % 2 else "update"
             times["fit"] += time.perf_counter() - began
@@ -253,11 +279,12 @@ class Policies:
     """The policy at a checkpoint (None: the recipe's starting weights) and the engine drawing from it, built
     once: a round's held-out policy is the next round's generator, and is kept until then."""
 
-    def __init__(self, unbuilt, device, settings: Iterate) -> None:
+    def __init__(self, unbuilt, device, settings: Iterate, trainer=None) -> None:
         self.unbuilt, self.device, self.settings = unbuilt, device, settings
+        self.keep = trainer is not None and keeps_in_memory(trainer, settings)
         self.checkpoint: str | None = None
         self.policy = self.generate = None
-        self.adopted = False  # whether the policy is the backbone a fit trained (not read back from its file)
+        self.adopted = False  # whether the policy is the one the next fit would build or read back (see `take`)
 
     def get(self, checkpoint: str | None, folder: str, times: Counter | None = None):
         """``(policy, generate)`` at ``checkpoint``; the engine's files (if any) go in ``folder``; the seconds spent
@@ -265,7 +292,11 @@ class Policies:
         if self.policy is None or self.checkpoint != checkpoint:
             self.drop()
             began = time.perf_counter()
+            drawn = random_states()
             self.policy, self.checkpoint = policy_backbone(self.unbuilt, checkpoint, self.device), checkpoint
+            # The recipe's starting policy is the one the first fit would build, if building it drew no random number
+            # (no adapter initialised, no weight left to a random initialisation).
+            self.adopted = self.keep and checkpoint is None and random_states() == drawn
             self.generate = self.settings.engine.start(self.policy, folder)
             if times is not None:
                 times["load"] += time.perf_counter() - began
@@ -274,16 +305,11 @@ class Policies:
         attach(self.settings.judge, self.policy)
         return self.policy, self.generate
 
-    def adopt(self, checkpoint: str, trainer, backbone) -> None:
+    def adopt(self, checkpoint: str, backbone) -> None:
         """Take the backbone a fit has just trained as the policy at ``checkpoint``, the file that fit ended by
-        writing, instead of building it again from that file: the same weights, in the same dtypes, on one
-        device and where the trainer's precision left the parameters as the recipe builds them (not under a
-        ``*-true`` precision other than ``32-true``, which casts them); not at all without ``keep_in_memory``."""
-        from lightning.pytorch.strategies import SingleDeviceStrategy
-
-        precision = str(trainer.precision)
-        if not self.settings.keep_in_memory or not isinstance(trainer.strategy, SingleDeviceStrategy) or (
-                precision.endswith("-true") and precision != "32-true"):
+        writing, instead of building it again from that file: the same weights, in the same dtypes (where the
+        loop keeps its models in memory: :func:`keeps_in_memory`)."""
+        if not self.keep:
             return
         self.drop()
         backbone.to(self.device)  # Lightning's teardown moved it off an accelerator
@@ -291,9 +317,10 @@ class Policies:
         self.policy, self.checkpoint, self.generate, self.adopted = backbone, checkpoint, None, True
 
     def take(self, checkpoint: str | None):
-        """Let go of the policy; returns it when it is a fit's trained backbone holding ``checkpoint``'s weights,
-        for the next fit to start from (None: that fit loads them from the file)."""
-        policy = self.policy if self.adopted and checkpoint is not None and self.checkpoint == checkpoint else None
+        """Let go of the policy; returns it when it holds the weights the next fit starts from, ``checkpoint``'s (a
+        fit's trained backbone) or the recipe's (None: the starting policy, built as the fit would build it), for
+        that fit to train on from (None: that fit builds its own and reads the weights from the file)."""
+        policy = self.policy if self.adopted and self.checkpoint == checkpoint else None
         self.drop()
         return policy
 
