@@ -6,6 +6,7 @@ Importing the modules below registers every objective.
 
 from alignsuite.objectives.adaptive_rejection import ARPO
 from alignsuite.objectives.anchored import AOT, AOTUnpaired, APODown, APOZero
+from alignsuite.objectives.asymmetric_beta import FlexDPO
 from alignsuite.objectives.base import (
     Objective,
     ObjectiveOutput,
@@ -68,6 +69,7 @@ __all__ = [
     "EXO",
     "EXOPair",
     "FPO",
+    "FlexDPO",
     "GroupRobustDPO",
     "Hinge",
     "INPO",
