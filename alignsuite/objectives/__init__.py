@@ -42,6 +42,7 @@ from alignsuite.objectives.reference_free import ASFT, CPO, ORPO, SimPO
 from alignsuite.objectives.relative import RelativePO
 from alignsuite.objectives.reward_informed import MaPPO, RewardAwarePO
 from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
+from alignsuite.objectives.self_improving import SRPO
 from alignsuite.objectives.sequential import SPO
 from alignsuite.objectives.robust_em import RECPO, REDPO, REIPO, RESimPO
 from alignsuite.objectives.set_contrast import MPO, select_active_subset
@@ -111,6 +112,7 @@ __all__ = [
     "SPPO",
     "SPPOHard",
     "SPPOSingle",
+    "SRPO",
     "SePPO",
     "SimPO",
     "SmPO",
