@@ -65,6 +65,12 @@ def make_scores(pairs=PAIRS, *, grad=False, reference=True, dtype=torch.float64,
     # mdpo's third view, the chosen answer under a corrupted image: scored here as an image-blind model would
     # score it, like the rejected answer (its hand-worked values are in test_vlm.py).
     extra["chosen_corrupted"], extra["ref_chosen_corrupted"] = rejected, ref_rejected
+    # srpo's four revision views (each answer under a prompt that shows one of the two for revision): each
+    # answer's own scores, shifted by a little per view (its hand-worked values are in test_self_improving.py).
+    for k, view in enumerate(("chosen_given_chosen", "rejected_given_chosen", "chosen_given_rejected",
+                              "rejected_given_rejected")):
+        answer, ref_answer = (chosen, ref_chosen) if view.startswith("chosen") else (rejected, ref_rejected)
+        extra[view], extra[f"ref_{view}"] = answer.detach() + 0.1 * k, ref_answer
     # A prompt embedding per pair (rpo_relative's extra column; its hand-worked values are in test_relative.py).
     extra["prompt_embedding"] = torch.tensor([[1.0, 0.5 * i, 0.2 * (i % 2)] for i in range(len(pairs))], dtype=dtype)
     # Each pair's group of annotators (gr_dpo's extra column; its hand-worked values are in test_group_robust.py).

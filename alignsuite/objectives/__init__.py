@@ -6,6 +6,7 @@ Importing the modules below registers every objective.
 
 from alignsuite.objectives.adaptive_rejection import ARPO
 from alignsuite.objectives.anchored import AOT, AOTUnpaired, APODown, APOZero
+from alignsuite.objectives.asymmetric_beta import FlexDPO
 from alignsuite.objectives.base import (
     Objective,
     ObjectiveOutput,
@@ -41,6 +42,7 @@ from alignsuite.objectives.reference_free import ASFT, CPO, ORPO, SimPO
 from alignsuite.objectives.relative import RelativePO
 from alignsuite.objectives.reward_informed import MaPPO, RewardAwarePO
 from alignsuite.objectives.reward_lists import EXO, NCA, PRO, InfoNCA
+from alignsuite.objectives.self_improving import SRPO
 from alignsuite.objectives.sequential import SPO
 from alignsuite.objectives.robust_em import RECPO, REDPO, REIPO, RESimPO
 from alignsuite.objectives.set_contrast import MPO, select_active_subset
@@ -68,6 +70,7 @@ __all__ = [
     "EXO",
     "EXOPair",
     "FPO",
+    "FlexDPO",
     "GroupRobustDPO",
     "Hinge",
     "INPO",
@@ -109,6 +112,7 @@ __all__ = [
     "SPPO",
     "SPPOHard",
     "SPPOSingle",
+    "SRPO",
     "SePPO",
     "SimPO",
     "SmPO",

@@ -52,6 +52,7 @@ def _data(objective: Objective) -> str:
     more = [v.name for v in objective.views if v.name not in standard]
     more += [v.prompt_column for v in objective.views if v.prompt_column]  # a side's own prompt (JPO)
     more += [c for c in objective.extra_columns if c not in rows.replace(" ", "").split(",")]
+    more = list(dict.fromkeys(more))  # a prompt column several views share is named once
     return rows + (f" (+ {', '.join(more)})" if more else "")
 
 
