@@ -34,6 +34,7 @@ from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.identical_pairs import drop_identical_pairs
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pad import PAD
+from alignsuite.backbones.steps import StepTokens
 from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.token_outputs import forward_tokens, score_tokens
 from alignsuite.backbones.token_scoring import MASKED_ATTENTION, Packing, pack_rows
@@ -301,8 +302,11 @@ class CausalLM(Backbone):
     def on_setup(self, datamodule: Any) -> None:
         """Refuse chat roles the template does not handle (:func:`.tokenize.check_data_roles`), then drop the pairs
         whose chosen and rejected rows are the same tokens once truncated
-        (:func:`.identical_pairs.drop_identical_pairs`); counts per split are in ``dropped_identical``."""
+        (:func:`.identical_pairs.drop_identical_pairs`); counts per split are in ``dropped_identical``. A list
+        layout gets a :class:`.steps.StepTokens`, which counts the tokens of tree steps given as text."""
         check_data_roles(datamodule, self._tokenizer)
+        if datamodule.row_kind == "lists":
+            datamodule.layout.use_model(step_tokens=StepTokens(self._tokenizer(), self.max_length, self.max_prompt_length))
         if datamodule.row_kind != "pairs":
             return
         self._tokenizer()
