@@ -38,19 +38,8 @@ from alignsuite.backbones.steps import StepTokens
 from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.token_outputs import forward_tokens, score_tokens
 from alignsuite.backbones.token_scoring import MASKED_ATTENTION, Packing, pack_rows
-from alignsuite.backbones.tokenize import (
-    ENCODED,
-    EncodedRows,
-    RowEncoder,
-    Text,
-    batch_rows,
-    check_data_roles,
-    encode_rows,
-    identical_pairs,
-    render_prompt,
-    template_source,
-    truncate,
-)
+from alignsuite.backbones.tokenize import (ENCODED, EncodedRows, RowEncoder, Text, batch_rows, check_data_roles,
+                                           encode_rows, identical_pairs, render_prompt, template_source, truncate)
 from alignsuite.backbones.transformers_loading import check_same_vocabulary, load_pretrained_model, load_tokenizer
 from alignsuite.sources import resolve_model_path
 
@@ -302,10 +291,9 @@ class CausalLM(Backbone):
     def on_setup(self, datamodule: Any) -> None:
         """Refuse chat roles the template does not handle (:func:`.tokenize.check_data_roles`), then drop the pairs
         whose chosen and rejected rows are the same tokens once truncated
-        (:func:`.identical_pairs.drop_identical_pairs`); counts per split are in ``dropped_identical``. A list
-        layout gets a :class:`.steps.StepTokens`, which counts the tokens of tree steps given as text."""
+        (:func:`.identical_pairs.drop_identical_pairs`); counts per split are in ``dropped_identical``."""
         check_data_roles(datamodule, self._tokenizer)
-        if datamodule.row_kind == "lists":
+        if datamodule.row_kind == "lists":  # preference-tree steps given as text, counted in tokens at collate
             datamodule.layout.use_model(step_tokens=StepTokens(self._tokenizer(), self.max_length, self.max_prompt_length))
         if datamodule.row_kind != "pairs":
             return
