@@ -387,3 +387,18 @@ def test_one_reliability_per_annotator_beats_one_for_all(tmp_path):
         gaps.append(each["reward"] - one["reward"])
     assert sum(gaps) / len(gaps) >= 0.012, gaps
     assert min(gaps) >= -0.01, gaps
+
+
+def test_the_annotators_script_pits_each_re_form_against_its_base():
+    """``--objective``: the base at its toy hyper-parameters, and its RE form with one eta and with one per
+    annotator (DPO's arms as the docs' RE-DPO figures were measured)."""
+    script = annotators_script()
+    for base, cls, robust in (("dpo", "DPO", "REDPO"), ("ipo", "IPO", "REIPO"), ("simpo", "SimPO", "RESimPO"),
+                              ("cpo", "CPO", "RECPO")):
+        arms = script.arms(base)
+        assert list(arms) == [base, f"re_{base} one eta", f"re_{base} per annotator"]
+        plain, one, each = (args[1] for args in arms.values())
+        assert plain.startswith(f"{{class_path: alignsuite.objectives.{cls}, ")
+        assert one.startswith(f"{{class_path: alignsuite.objectives.{robust}, ") and "num_annotators: 1" in one
+        assert "annotator_column: annotator, num_annotators: 3" in each
+    assert "beta: 2.0, gamma: 1.0" in script.arms("simpo")["simpo"][1]
