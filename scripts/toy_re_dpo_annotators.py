@@ -9,7 +9,8 @@ plain base objective, its RE form with one reliability for everyone and with one
 ``--objective`` picks the base (``dpo``, as the recipe ships, ``ipo``, ``simpo`` or ``cpo``, each at the
 hyper-parameters of its toy recipe or its defaults: IPO and CPO ``beta`` 0.1, SimPO ``beta`` 2 and ``gamma`` 1)
 and its RE form (``re_ipo`` ...) with the recipe's ``eta0`` 0.9 and ``alpha`` 0.1. ``--arms`` takes ``base``,
-``one eta`` and ``per annotator`` (or the arm's full name, as printed).
+``one eta`` and ``per annotator`` (or the arm's full name, as printed); ``--hparams`` replaces the base's
+hyper-parameters in both arms (``--objective cpo --hparams "beta: 0.1, cpo_alpha: 0.0"``: CPO without its NLL).
 
 Each seed sets the run's seed, the toy world's draw and both FlipPairs draws; ``--rates`` replaces the recipe's
 flip rates (one per annotator, three as the recipe has). Each run is measured by its last `val/toy_reward` and,
@@ -41,10 +42,12 @@ BASES = {
 KINDS = ("base", "one eta", "per annotator")
 
 
-def arms(objective: str = "dpo") -> dict[str, list[str]]:
+def arms(objective: str = "dpo", hparams: str | None = None) -> dict[str, list[str]]:
     """The arms for one base: ``{name: extra arguments to the recipe}``, named ``dpo``, ``re_dpo one eta`` and
-    ``re_dpo per annotator`` for DPO (and so on for the others)."""
-    base, robust, hparams = BASES[objective]
+    ``re_dpo per annotator`` for DPO (and so on for the others); ``hparams`` replaces the base's hyper-parameters
+    (``"beta: 0.1, cpo_alpha: 0.0"``), in both arms."""
+    base, robust, default = BASES[objective]
+    hparams = hparams or default
     em = "eta0: 0.9, alpha: 0.1"
 
     def objective_argument(cls: str, args: str) -> list[str]:
@@ -62,7 +65,8 @@ def arms(objective: str = "dpo") -> dict[str, list[str]]:
 ARMS = arms("dpo")
 
 
-def run(folder: str, seed: int, arm: str, rates=RATES, objective: str = "dpo") -> dict[str, float]:
+def run(folder: str, seed: int, arm: str, rates=RATES, objective: str = "dpo",
+        hparams: str | None = None) -> dict[str, float]:
     """The recipe with ``seed``, ``arm`` (of :func:`arms` of ``objective``) and flip ``rates``: ``{"reward": last
     val/toy_reward, "eta/<k>" or "eta": last value}``."""
     from alignsuite.cli import main
@@ -71,7 +75,7 @@ def run(folder: str, seed: int, arm: str, rates=RATES, objective: str = "dpo") -
              " {class_path: alignsuite.data.procedures.FlipPairs, init_args: {annotator_rates: [0, 0, 0], seed: %d,"
              " splits: [val]}}]" % (", ".join(map(str, rates)), seed, seed))
     main(["fit", "--config", RECIPE, "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-          "--data.init_args.procedures", flips, *arms(objective)[arm], "--trainer.enable_progress_bar", "false",
+          "--data.init_args.procedures", flips, *arms(objective, hparams)[arm], "--trainer.enable_progress_bar", "false",
           "--trainer.logger.init_args.save_dir", folder, "--checkpoint.dirpath", os.path.join(folder, "ckpt")])
     with open(glob.glob(os.path.join(folder, "*", "version_*", "metrics.csv"))[0]) as f:
         rows = list(csv.DictReader(f))
@@ -87,6 +91,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--objective", choices=list(BASES), default="dpo", help="the base objective and its RE form")
+    p.add_argument("--hparams", help="the base's hyper-parameters in both arms, as YAML mapping entries"
+                   " (\"beta: 0.1, cpo_alpha: 0.0\"; default: the base's own, above)")
     p.add_argument("--arms", nargs="+", help=f"which arms to run: {', '.join(KINDS)} (default: all)")
     p.add_argument("--rates", type=float, nargs=len(RATES), default=list(RATES))
     args = p.parse_args(argv)
@@ -101,7 +107,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as root:
         for seed in args.seeds:
             for k, arm in enumerate(args.arms):
-                r = run(os.path.join(root, f"s{seed}_{k}"), seed, arm, args.rates, args.objective)
+                r = run(os.path.join(root, f"s{seed}_{k}"), seed, arm, args.rates, args.objective, args.hparams)
                 got[arm].append(r)
                 etas = "  ".join(f"{key} {v:.3f}" for key, v in r.items() if key != "reward")
                 print(f"seed {seed}  {arm:<23} val/toy_reward {r['reward']:.3f}  {etas}", flush=True)

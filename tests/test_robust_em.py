@@ -421,3 +421,4 @@ def test_the_annotators_script_pits_each_re_form_against_its_base():
         assert one.startswith(f"{{class_path: alignsuite.objectives.{robust}, ") and "num_annotators: 1" in one
         assert "annotator_column: annotator, num_annotators: 3" in each
     assert "beta: 2.0, gamma: 1.0" in script.arms("simpo")["simpo"][1]
+    assert all("{beta: 0.1, cpo_alpha: 0.0" in args[1] for args in script.arms("cpo", "beta: 0.1, cpo_alpha: 0.0").values())
