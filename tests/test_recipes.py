@@ -98,6 +98,23 @@ def ultrafeedback_lists_jsonl(path, n: int = 8) -> str:
     return str(path)
 
 
+def step_trees_jsonl(path, n: int = 8) -> str:
+    """Preference trees whose paths come as steps of text (TPO's released trees): a chat prompt, four paths that
+    branch from the capital echo, a score each, and each path's steps, which concatenate to it."""
+    rows = []
+    for i in range(n):
+        letters = ["abcdef"[(i + j) % 6] for j in range(4)]
+        best = [x.upper() for x in letters]
+        paths = [best, best[:2] + letters[2:], best[:2] + ["X", "Y"], letters]
+        rows.append({"prompt": [{"role": "user", "content": "echo " + " ".join(letters)}],
+                     "responses": [" ".join(p) for p in paths], "scores": [1.0, 0.5, 0.25, 0.0][: 3 + i % 2],
+                     "steps": [[" ".join(p[:2]), " " + " ".join(p[2:])] for p in paths]})
+        rows[-1]["responses"], rows[-1]["steps"] = rows[-1]["responses"][: 3 + i % 2], rows[-1]["steps"][: 3 + i % 2]
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(path)
+
+
 def pickapic_parquet(path, n: int = 8) -> str:
     from alignsuite.toy import get_world
 
@@ -168,6 +185,8 @@ def test_language_recipe_trains_as_shipped(tmp_path, recipe):
     layout = yaml.safe_load(open(recipe))["data"]["init_args"].get("layout", {}).get("class_path", "")
     if layout.endswith("DimensionPairs"):
         data = pku_saferlhf_jsonl(tmp_path / "train.jsonl"), pku_saferlhf_jsonl(tmp_path / "val.jsonl", 4)
+    elif layout.endswith("TextTrees"):
+        data = step_trees_jsonl(tmp_path / "train.jsonl"), step_trees_jsonl(tmp_path / "val.jsonl", 4)
     elif layout.endswith("TextLists"):
         data = ultrafeedback_lists_jsonl(tmp_path / "train.jsonl"), ultrafeedback_lists_jsonl(tmp_path / "val.jsonl", 4)
     else:

@@ -34,22 +34,12 @@ from alignsuite.backbones.base import Backbone, SequenceScores, ViewInputs
 from alignsuite.backbones.identical_pairs import drop_identical_pairs
 from alignsuite.backbones.lora import LoraSpec
 from alignsuite.backbones.pad import PAD
+from alignsuite.backbones.steps import StepTokens
 from alignsuite.backbones.token_batch import TokenBatch
 from alignsuite.backbones.token_outputs import forward_tokens, score_tokens
 from alignsuite.backbones.token_scoring import MASKED_ATTENTION, Packing, pack_rows
-from alignsuite.backbones.tokenize import (
-    ENCODED,
-    EncodedRows,
-    RowEncoder,
-    Text,
-    batch_rows,
-    check_data_roles,
-    encode_rows,
-    identical_pairs,
-    render_prompt,
-    template_source,
-    truncate,
-)
+from alignsuite.backbones.tokenize import (ENCODED, EncodedRows, RowEncoder, Text, batch_rows, check_data_roles,
+                                           encode_rows, identical_pairs, render_prompt, template_source, truncate)
 from alignsuite.backbones.transformers_loading import check_same_vocabulary, load_pretrained_model, load_tokenizer
 from alignsuite.sources import resolve_model_path
 
@@ -303,6 +293,8 @@ class CausalLM(Backbone):
         whose chosen and rejected rows are the same tokens once truncated
         (:func:`.identical_pairs.drop_identical_pairs`); counts per split are in ``dropped_identical``."""
         check_data_roles(datamodule, self._tokenizer)
+        if datamodule.row_kind == "lists":  # preference-tree steps given as text, counted in tokens at collate
+            datamodule.layout.use_model(step_tokens=StepTokens(self._tokenizer(), self.max_length, self.max_prompt_length))
         if datamodule.row_kind != "pairs":
             return
         self._tokenizer()
