@@ -176,4 +176,4 @@ def test_modpo_at_w_and_one_minus_w_land_on_opposite_sides_of_the_base(tmp_path,
     assert points[0.2][0] < -MARGIN and points[0.2][1] > MARGIN, points
 
 
-MARGIN = 0.05  # set from the measured figures (docs/diffusion.md)
+MARGIN = 0.1  # the smallest measured move is 0.20 (seed 2, w = (0.2, 0.8)): half of it (docs/diffusion.md)

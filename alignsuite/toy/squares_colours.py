@@ -5,7 +5,7 @@ or a blue square at the captioned place about half the time each. Two rewards sc
 diffusion world's ``red * clean``, and ``blue``, the same for a blue square (the two users' rewards of
 :mod:`alignsuite.toy.squares_users`). A square is one colour or the other, so no image scores well on both: over
 the evaluation captions the two sum to at most about 1, and a model's mean rewards lie on a front from all red to
-all blue. The base sits between, about 0.5 on each.
+all blue. The base sits between: 0.37 (red) and 0.62 (blue) over the 64 evaluation captions.
 
 Every pair sets a red square against a blue one at the same place. Pairs are labelled under ``red`` by an annotator
 who is right three times in four: the label follows a Bradley-Terry draw on the ``red`` rewards,
