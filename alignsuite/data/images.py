@@ -161,7 +161,8 @@ def normalize_image_pair(
     ``rewards``: whether to map ``reward_0``/``reward_1`` (default: when the row has either column;
     then both must be finite numbers). ``order``: the row's two image columns as (chosen, rejected) where the
     caller judged the pair (a layout with several preference dimensions): no label and no reward is read.
-    Raises ``DataError`` naming ``source``, ``index`` and the field for a missing column, a blank caption, a label outside {0, 0.5, 1}, a missing image or image file.
+    Raises ``DataError`` naming ``source``, ``index`` and the field for a missing column, a blank caption, a
+    label outside {0, 0.5, 1}, a missing image or image file.
     """
     prompt = _caption(row, fields, index, source)
     label = None
