@@ -152,18 +152,23 @@ def normalize_image_pair(
     drop_ties: bool = True,
     rewards: bool | None = None,
     tie_column: bool = False,
+    order: tuple[str, str] | None = None,
 ) -> dict | None:
     """Canonical image pair of one row (module docstring), or ``None`` for a tie that ``drop_ties``
     drops (the caller counts and reports those). With ``tie_column`` ties are kept whatever ``drop_ties``
     says, and the row gets ``tie``: 1.0 for a tie (``label_0`` 0.5), else 0.0 (ordered rows: never a tie).
 
     ``rewards``: whether to map ``reward_0``/``reward_1`` (default: when the row has either column;
-    then both must be finite numbers). Raises ``DataError`` naming ``source``, ``index`` and the field
-    for a missing column, a blank caption, a label outside {0, 0.5, 1}, a missing image or image file.
+    then both must be finite numbers). ``order``: the row's two image columns as (chosen, rejected) where the
+    caller judged the pair (a layout with several preference dimensions): no label and no reward is read.
+    Raises ``DataError`` naming ``source``, ``index`` and the field for a missing column, a blank caption, a
+    label outside {0, 0.5, 1}, a missing image or image file.
     """
     prompt = _caption(row, fields, index, source)
     label = None
-    if fields.image_0 in row:
+    if order is not None:  # judged by the caller: per-image rewards are its business too
+        rewards, reward_order = False, order
+    elif fields.image_0 in row:
         label = _label_0(row, fields.label_0, index, source)
         if label == _TIE and drop_ties and not tie_column:
             return None

@@ -116,18 +116,18 @@ class ToyReward(Scorer):
     prompt set's row (its ``answer``), which the toy prompts hold, and judges three values
     (``world.judge``): the reward, ``image_sensitivity`` (against its answer to the swapped image, a
     declared rewrite of ``images`` by the row's ``swap_images``) and ``hallucination``. A world judged under
-    several dimensions (``llm_case``; ``vlm_prior`` against the prompt set's row) judges each dimension's reward
+    several dimensions (``llm_case``, ``diffusion_colours``; ``vlm_prior`` against the prompt set's row) judges each dimension's reward
     as ``reward_<dimension>`` beside the main value (the primary's).
 
     Args:
-        world: ``llm``, ``llm_case``, ``diffusion``, ``diffusion_corner``, ``diffusion_users``, ``vlm`` or
+        world: ``llm``, ``llm_case``, ``diffusion``, ``diffusion_corner``, ``diffusion_users``, ``diffusion_colours``, ``vlm`` or
             ``vlm_prior``. The
             world with users (``diffusion_users``) scores each row under the user it names, as ``reward_<user>`` too.
     """
 
     unit = "reward"
     WORLD_MODALITY = {"llm": "text", "llm_case": "text", "diffusion": "text_to_image", "diffusion_corner": "text_to_image",
-                      "diffusion_users": "text_to_image", "vlm": "vision_language",
+                      "diffusion_users": "text_to_image", "diffusion_colours": "text_to_image", "vlm": "vision_language",
                       "vlm_prior": "vision_language"}
 
     def __init__(self, world: str = "llm") -> None:

@@ -181,11 +181,14 @@ class MODPO(PairwiseObjective):
         return (self.beta * (s.extra["ref_margin_chosen"].float() - s.ref_chosen.float()),
                 self.beta * (s.extra["ref_margin_rejected"].float() - s.ref_rejected.float()))
 
+    def _terms(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+        """``(u_w, u_l, margin_w, margin_l, w_0)``."""
+        u_w, u_l = float_log_ratios(s)
+        return u_w, u_l, *self.margins(s), self.weights[0] if self.weights else 1.0
+
     def rewards(self, s: PairScores) -> tuple[Tensor, Tensor]:
         """``rhat`` of the chosen and the rejected side, each ``[B]``."""
-        u_w, u_l = float_log_ratios(s)
-        m_w, m_l = self.margins(s)
-        w0 = self.weights[0] if self.weights else 1.0
+        u_w, u_l, m_w, m_l, w0 = self._terms(s)
         return (self.beta * u_w - m_w) / w0, (self.beta * u_l - m_l) / w0
 
     def logistic_or_hinge(self, z: Tensor) -> Tensor:
@@ -193,8 +196,11 @@ class MODPO(PairwiseObjective):
         return F.relu(1 - z) if self.loss_type == "hinge" else -F.logsigmoid(z)
 
     def pair_losses(self, s: PairScores) -> tuple[Tensor, Tensor, Tensor]:
-        chosen, rejected = self.rewards(s)
-        return self.logistic_or_hinge(chosen - rejected), chosen, rejected
+        u_w, u_l, m_w, m_l, w0 = self._terms(s)
+        # The gap formed as DPO forms it, b * (u_w - u_l): at w = (1, 0) the loss is DPO's to the last bit on any
+        # scores (rhat_w - rhat_l differs from it by a rounding on denoising scores).
+        z = (self.beta * (u_w - u_l) - (m_w - m_l)) / w0
+        return self.logistic_or_hinge(z), (self.beta * u_w - m_w) / w0, (self.beta * u_l - m_l) / w0
 
 
 __all__ = ["MODPO", "check_dimensions"]

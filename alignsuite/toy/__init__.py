@@ -20,6 +20,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "CaseEchoWorld": "llm_case",
     "SquaresWorld": "squares",
     "CornerSquaresWorld": "squares_corner",
+    "ColourSquaresWorld": "squares_colours",
     "SpeechFlowWorld": "tts",
     "SpeechTokenWorld": "tts",
     "ShapesWorld": "vlm",
@@ -28,5 +29,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 })
 
 
-__all__ = ["SHIPPED", "CaseEchoWorld", "CornerSquaresWorld", "EchoWorld", "PriorShapesWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
+__all__ = ["SHIPPED", "CaseEchoWorld", "ColourSquaresWorld", "CornerSquaresWorld", "EchoWorld", "PriorShapesWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
            "build_base_model", "cache_root", "get_world", "known_worlds", "resolve_toy_model", "shipped_path"]

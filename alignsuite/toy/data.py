@@ -46,7 +46,7 @@ class ToyPreferenceData(PreferenceDataModule):
     """``num_train``/``num_val`` generated pairs of toy world ``world``, validated like any dataset.
 
     Args:
-        world: the toy world (``llm``: text pairs; ``llm_case``: text pairs judged under two dimensions; ``diffusion``: Pick-a-Pic-style image pairs; ``vlm``:
+        world: the toy world (``llm``: text pairs; ``llm_case``: text pairs judged under two dimensions; ``diffusion``: Pick-a-Pic-style image pairs; ``diffusion_colours``: the same judged under two dimensions; ``vlm``:
             RLAIF-V-style image-question pairs; ``vlm_prior``: the same judged under two dimensions; ``tts``/``tts_flow``: INTP rows built from the base model's samples).
         num_train: generated training pairs.
         num_val: generated validation pairs (drawn with another seed).

@@ -19,6 +19,7 @@ WORLDS = {
     "diffusion": "alignsuite.toy.squares.SquaresWorld",
     "diffusion_corner": "alignsuite.toy.squares_corner.CornerSquaresWorld",  # graded reward; the base model is diffusion's
     "diffusion_users": "alignsuite.toy.squares_users.UserSquaresWorld",  # two users, opposite colours; diffusion's base
+    "diffusion_colours": "alignsuite.toy.squares_colours.ColourSquaresWorld",  # red vs blue, two dimensions; diffusion's base
     "vlm": "alignsuite.toy.vlm.ShapesWorld",
     "vlm_prior": "alignsuite.toy.vlm_prior.PriorShapesWorld",  # seen colour vs the prior's; the base model is vlm's
     "tts": "alignsuite.toy.tts.SpeechTokenWorld",

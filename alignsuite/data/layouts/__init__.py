@@ -3,7 +3,7 @@
 from alignsuite.data.layouts.base import Layout
 from alignsuite.data.layouts.dimensions import DimensionPairs
 from alignsuite.data.layouts.image_lists import ImageLists
-from alignsuite.data.layouts.images import ImagePairs, ImageUnpaired
+from alignsuite.data.layouts.images import ImageDimensionPairs, ImagePairs, ImageUnpaired
 from alignsuite.data.layouts.lists import ListLayout, TextLists
 from alignsuite.data.layouts.speech import SpeechPairs
 from alignsuite.data.layouts.speech_lists import SpeechLists
@@ -12,6 +12,6 @@ from alignsuite.data.layouts.trees import TextTrees
 from alignsuite.data.layouts.vision import VisionDimensionPairs, VisionPairs
 
 __all__ = [
-    "DimensionPairs", "ImageLists", "ImagePairs", "ImageUnpaired", "Layout", "ListLayout", "SpeechLists", "SpeechPairs",
+    "DimensionPairs", "ImageDimensionPairs", "ImageLists", "ImagePairs", "ImageUnpaired", "Layout", "ListLayout", "SpeechLists", "SpeechPairs",
     "TextLists", "TextPairs", "TextTrees", "TextUnpaired", "VisionDimensionPairs", "VisionPairs",
 ]

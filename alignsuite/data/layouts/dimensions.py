@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import datasets
+
 from alignsuite.data.errors import DataError
 from alignsuite.data.fields import PairFields
 from alignsuite.data.layouts.text import _stored, _TextLayout
@@ -40,7 +42,8 @@ def _sign(x: float) -> float:
 
 class Dimensions:
     """What a layout that names its preference dimensions shares, whatever the row holds (text: `DimensionPairs`;
-    an image and a question: `alignsuite.data.VisionDimensionPairs`): the dimensions' option, checked; each
+    an image and a question: `alignsuite.data.VisionDimensionPairs`; a caption and two images:
+    `alignsuite.data.ImageDimensionPairs`): the dimensions' option, checked; each
     row's judgement under them; and the batch columns that judgement gives, in the order chosen, rejected."""
 
     skip_reason = "the two answers are equal or the primary dimension ties"
@@ -93,6 +96,13 @@ class Dimensions:
                 chosen, rejected = (s0, s1) if primary > 0 else (s1, s0)
                 columns[f"reward_chosen_{name}"], columns[f"reward_rejected_{name}"] = chosen, rejected
         return (self.responses if primary > 0 else self.responses[::-1]), columns
+
+    def _with_dimension_features(self, features: datasets.Features, first: dict) -> datasets.Features:
+        """``features`` with the dimensions' batch columns of stored rows like ``first`` (floats)."""
+        for key in first:
+            if key.startswith(("pref_", "reward_chosen_", "reward_rejected_")):
+                features[key] = datasets.Value("float64")
+        return features
 
 
 class DimensionPairs(Dimensions, _TextLayout):

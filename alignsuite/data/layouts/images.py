@@ -1,4 +1,5 @@
-"""Text-to-image preference layouts (diffusion): image pairs, and unpaired images for Diffusion-KTO.
+"""Text-to-image preference layouts (diffusion): image pairs, the same judged under several dimensions, and
+unpaired images for Diffusion-KTO.
 
 Rows are normalised by `alignsuite.data.images`: images stay encoded in the dataset and are decoded
 per batch into RGB ``PIL.Image`` lists (resizing and cropping belong to the backbone,
@@ -23,6 +24,7 @@ from alignsuite.data import images
 from alignsuite.data.errors import DataError
 from alignsuite.data.fields import TIE_COLUMN
 from alignsuite.data.layouts.base import HIDDEN_PREFIX, Layout, Rows, Table
+from alignsuite.data.layouts.dimensions import Dimensions
 from alignsuite.data.loading import load_table
 
 
@@ -260,3 +262,50 @@ class ImageUnpaired(_ImageLayout):
         for row in rows:
             out += images.image_pairs_to_unpaired([row]) if "chosen" in row else [row]
         return out
+
+
+class ImageDimensionPairs(Dimensions, ImagePairs):
+    """Two images per caption, judged under several named dimensions, the first the primary: `DimensionPairs` for
+    text-to-image rows. The dimensions are read as there (a label column: the index, 0 or 1, of the image it
+    prefers; or a score column per image, higher better); the caption and the images as `ImagePairs` reads them.
+    The primary dimension picks ``chosen``; rows where it ties are skipped and counted. Batches add ``pref_<d>``
+    per dimension and ``reward_chosen_<d>``/``reward_rejected_<d>`` per scored one (MODPO's margin rewards).
+
+    Args:
+        dimensions: ``{dimension: label column}`` or ``{dimension: [score column of image 0, of image 1]}``,
+            in order, the primary first.
+        responses: the two image columns, in the order the labels and scores count them.
+        caption_field: as `ImagePairs`.
+        skip_bad_images: as `ImagePairs`.
+        user_embedding_field: as `ImagePairs`.
+    """
+
+    skip_reason = "the primary dimension ties"
+    warn_skipped = Layout.warn_skipped  # not ImagePairs' word on ties: no Pick-a-Pic label is read
+
+    def __init__(
+        self,
+        dimensions: dict[str, str | list[str]],
+        responses: tuple[str, str] | list[str] = ("jpg_0", "jpg_1"),
+        caption_field: str = "caption",
+        skip_bad_images: bool = False,
+        user_embedding_field: str = "user_embedding",
+    ) -> None:
+        self._set_dimensions(dimensions, responses)
+        super().__init__(caption_field=caption_field, image_0_field=self.responses[0], image_1_field=self.responses[1],
+                         skip_bad_images=skip_bad_images, user_embedding_field=user_embedding_field)
+
+    def check_first(self, row: dict, source: str) -> None:
+        if self.responses[0] not in row:
+            raise DataError(source, 0, self.responses[0], f"the image column {self.responses[0]!r} (option responses);"
+                            f" the row has columns {sorted(row)}")
+
+    def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
+        order, columns = self._ordered(row, index, source)
+        if order is None:
+            return None
+        canon = images.normalize_image_pair(row, index, source, self.fields, base_dir, order=order)
+        return {**canon, **columns}
+
+    def features(self, first: dict) -> datasets.Features:
+        return self._with_dimension_features(super().features(first), first)

@@ -315,8 +315,4 @@ class VisionDimensionPairs(Dimensions, VisionPairs):
         return None if canon is None else {**canon, **columns}
 
     def features(self, first: dict) -> datasets.Features:
-        out = super().features(first)
-        for key in first:
-            if key.startswith(("pref_", "reward_chosen_", "reward_rejected_")):
-                out[key] = datasets.Value("float64")
-        return out
+        return self._with_dimension_features(super().features(first), first)
