@@ -182,6 +182,8 @@ def test_a_reward_model_with_another_vocabulary_is_refused(base, tmp_path):
         VisionLanguage("toy:vlm").generate(["a"], guide=PAD("toy:llm"))  # refused before any model loads
     with pytest.raises(ValueError, match=r"guide: TextToImage takes no decoding-time guide.*no next-token logits"):
         PAD("toy:llm").check(TextToImage("toy:diffusion"))
+    with pytest.raises(ValueError, match=r"guide: VisionLanguage takes no decoding-time guide.*depend on images"):
+        VisionLanguage("toy:vlm", guide=PAD("toy:llm"))  # at init too, where CausalLM takes one
     with pytest.raises(ValueError, match=r"guide\.top_k must be at least 1"):
         PAD("toy:llm", top_k=0)
     with pytest.raises(ValueError, match=r"guide\.weight must be a finite number"):
@@ -311,6 +313,17 @@ def test_bad_guide_settings_for_evaluate(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:  # the command line: the message alone (status 2 for a missing path)
             main([*base, *args])
         assert e.value.code in (1, 2) and message in capsys.readouterr().err, args
+
+
+def test_a_vision_language_recipe_refuses_a_guide_naming_it_and_why(capsys):
+    from alignsuite.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", os.path.join(REPO, "recipes", "toy", "vlm_modpo.yaml"),
+              "--model.backbone.init_args.guide", "{reward_model: toy:llm}"])
+    err = capsys.readouterr().err
+    assert e.value.code != 0 and "model.backbone: guide: VisionLanguage takes no decoding-time guide" in err
+    assert "answers depend on images its reward model would not read" in err
 
 
 def test_a_sweeps_copies_share_the_loaded_reward_model_unless_it_changes(base, nudged):

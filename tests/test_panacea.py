@@ -296,3 +296,37 @@ def test_sampler_refuses_a_backbone_without_a_preference_adapter():
     module = SimpleNamespace(backbone=CausalLM("toy:llm"))
     with pytest.raises(ValueError, match="takes no preference vector; use alignsuite.backbones.PanaceaLM"):
         PreferenceSampler().on_train_batch_start(SimpleNamespace(global_step=0), module, {}, 0)
+
+
+def test_a_reference_read_as_what_it_is_an_export_with_its_adapter_at_the_policys_preference(tmp_path):
+    """``load_reference``: a Panacea export (a frozen copy the recipe names, or the export the policy starts from)
+    keeps its adapter and follows the policy's preference vector; a plain model is read as it is."""
+    trained = built()
+    perturb(trained)
+    trained.save_pretrained(str(tmp_path))
+    policy = built()  # a fresh adapter (U = 0): the policy is its base
+    ref = FrozenCopy(str(tmp_path))
+    ref.build(policy)
+    assert not any(p.requires_grad for p in ref.model.parameters()) and not ref.model.training
+    for vector in ([0.3, 0.7], [1.0, 0.0]):  # the reference moves with the policy's vector, never set on its own
+        policy.set_preference(vector)
+        trained.set_preference(vector)
+        assert torch.allclose(batch_scores(policy, ref.model), batch_scores(trained), atol=1e-5)
+    with policy.adapters_disabled():  # the policy's base; the reference keeps its adapter
+        assert torch.allclose(batch_scores(policy, ref.model), batch_scores(trained), atol=1e-5)
+    with trained.adapters_disabled():
+        base = batch_scores(trained)
+    assert not torch.allclose(batch_scores(trained), base, atol=1e-3)  # the adapter matters at this vector
+    plain = policy.load_reference("toy:llm")  # a plain model: as it is, no adapter
+    assert not adapters(plain) and torch.allclose(batch_scores(policy, plain), base, atol=1e-5)
+    # the starting weights of a policy that starts from the export: the export, adapter and all
+    again = PanaceaLM(str(tmp_path), max_length=32, max_prompt_length=16)
+    again.configure()
+    again.set_preference([0.2, 0.8])
+    trained.set_preference([0.2, 0.8])
+    assert torch.allclose(batch_scores(again, again.load_reference()), batch_scores(trained), atol=1e-5)
+    wider = built(PanaceaSpec(r=4, preference_rank=2, preference_dim=3))
+    with pytest.raises(ValueError, match=r"reference .* is a Panacea export for 2 preferences and the policy takes 3"):
+        wider.load_reference(str(tmp_path))
+    with pytest.raises(ValueError, match="build the policy first"):
+        PanaceaLM("toy:llm", panacea=PanaceaSpec(preference_dim=2)).load_reference(str(tmp_path))

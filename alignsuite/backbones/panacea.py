@@ -8,6 +8,10 @@ reference is the base, the adapter off (``AdapterDisabled``).
 Export: a preference vector cannot be merged into the weights without fixing it, so ``save_pretrained`` writes
 the base model unmerged and the adapter beside it (``panacea_adapter.safetensors``, ``panacea.json``), whatever
 ``merge_adapters`` says; ``PanaceaLM(model_name_or_path=<that folder>)`` loads both back.
+
+A reference other than the base (``FrozenCopy(model_name_or_path=...)``, a frozen copy of an export the policy starts
+from) is read as what it is: a plain model as it is, a Panacea export with its adapter, at the policy's preference
+vector (``load_reference``): the reference of the model at ``w`` is the other model at ``w``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,18 @@ def check_preference(vector: Sequence[float], dim: int, option: str = "preferenc
     if abs(sum(values) - 1.0) > SIMPLEX_TOLERANCE:
         raise ValueError(f"{option} must sum to 1 (a point of the simplex), got {values} (sum {sum(values)})")
     return values
+
+
+class FollowedPreference(PreferenceState):
+    """A reference's adapters' state: the policy's preference vector (read at each forward, so the reference
+    follows every draw), with its own switch (the policy's ``adapters_disabled`` leaves it on)."""
+
+    def __init__(self, policy: PreferenceState) -> None:
+        self.policy, self.enabled = policy, True
+
+    @property
+    def vector(self) -> torch.Tensor:
+        return self.policy.vector
 
 
 class PanaceaLM(CausalLM):
@@ -152,6 +168,32 @@ class PanaceaLM(CausalLM):
         if self.gradient_checkpointing:
             self.policy.enable_input_require_grads()
 
+    def load_reference(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
+        """A frozen model for reference scores: ``source`` (the starting weights when None) read as what it is. A
+        plain model as it is; a Panacea export with its adapter, which reads the policy's preference vector (one
+        model for a whole front, as the policy: at ``w`` the reference is that model at ``w``). Loaded as a plain
+        model, an export would silently be its base alone; the base under the policy's own adapter is
+        ``AdapterDisabled``, with no second copy."""
+        model = super().load_reference(source, dtype)
+        path = resolve_model_path(source or self.model_name_or_path)
+        if not (os.path.isdir(path) and is_export(path)):
+            return model
+        spec = saved_spec(path)
+        where = f"the reference {path}" + ("" if source else " (the policy's starting weights)")
+        if self._state is None:
+            raise ValueError(f"{where} is a Panacea export, whose adapter reads the policy's preference vector: build"
+                             " the policy first (configure)")
+        if spec.preference_dim != self.preference_dim:
+            raise ValueError(f"{where} is a Panacea export for {spec.preference_dim} preferences and the policy takes"
+                             f" {self.preference_dim}: its adapter could not follow the policy's preference vector;"
+                             " give a reference trained on the same dimensions, or its base (a plain model)")
+        apply_adapter(model, spec)
+        load_adapter(model, path)
+        state = FollowedPreference(self._state)  # one switch for the whole reference, as the policy's
+        for adapter in adapters(model).values():
+            adapter.state = state
+        return model.eval().requires_grad_(False)
+
     def adapters_disabled(self):
         @contextlib.contextmanager
         def off():
@@ -199,4 +241,4 @@ class PanaceaLM(CausalLM):
         self.tokenizer.save_pretrained(path)
 
 
-__all__ = ["PanaceaLM", "PanaceaSpec", "check_preference"]
+__all__ = ["FollowedPreference", "PanaceaLM", "PanaceaSpec", "check_preference"]

@@ -77,6 +77,9 @@ class VisionLanguage(CausalLM):
         max_prompt_length: most prompt tokens, image tokens included; a longer prompt is an error.
         dtype, gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code: as for CausalLM.
         chat_template: a Jinja template (or the path of a ``.jinja`` file) set on the processor.
+        guide: refused, with the reason (`CausalLM` takes a decoding-time guide): PAD's reward model reads token
+            ids alone, and a vision-language prompt holds image placeholders whose pixels it would not see, so it
+            would steer an answer about an image it cannot look at.
     """
 
     modality = "vision_language"
@@ -104,7 +107,10 @@ class VisionLanguage(CausalLM):
         disable_dropout: bool = True,
         trust_remote_code: bool = False,
         chat_template: str | None = None,
+        guide: PAD | None = None,
     ) -> None:
+        if guide is not None:  # `CausalLM` takes one; here it would guide blind to the images
+            guide.check(self)  # raises, naming the option and why
         super().__init__(
             model_name_or_path, processor_name_or_path, lora, max_length, max_prompt_length, dtype,
             gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code, chat_template,

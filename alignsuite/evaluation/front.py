@@ -156,6 +156,7 @@ class FrontResults:
     hypervolume_by_sweep: dict[str, float] = field(default_factory=dict)  # each sweep's alone, when there are two
     monotonicity: dict[str, list[dict]] = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    conditions: list | None = None  # each prompt's input images (a vision-language model's), for the report
 
     def oriented(self, vector: Sequence[float]) -> list[float]:
         return [v if up else -v for v, up in zip(vector, self.higher_is_better)]

@@ -1,6 +1,7 @@
 """The front's report page: objective-vs-objective plots (one point per setting with its 95% intervals, the base
 and comparison models marked, the front line, the hypervolume's region and reference point), the table of
-points, the summaries, and the samples per point side by side. Figures are PNG files under ``figures/`` drawn on
+points, the summaries, and the samples per point side by side (beside each prompt its input images, a
+vision-language model's). Figures are PNG files under ``figures/`` drawn on
 matplotlib's Agg canvas, as the evaluation report's are (:mod:`alignsuite.evaluation.plots`).
 """
 
@@ -149,8 +150,10 @@ def _samples(assets: _Assets, results: FrontResults, max_samples: int | None) ->
                 text = f"<pre>{_esc(out)}</pre>"
             scores = " · ".join(f"{_esc(d)} {_num(p.values[d][i])}" for d in results.dimensions)
             cells.append(f'<td>{text}<div class="scores">{scores}</div></td>')
-        rows.append(f'<tr><td class="num">{i}</td><td><pre>{_esc(_prompt_text(results.prompts[i]))}</pre></td>'
-                    + "".join(cells) + "</tr>")
+        images = (results.conditions[i] if results.conditions else None) or []  # what a VLM's question is about
+        prompt = f"<pre>{_esc(_prompt_text(results.prompts[i]))}</pre>" + "".join(
+            assets.img_tag(c, f"condition_{i:04d}_{k}", "thumb", THUMB_WIDTH, "condition") for k, c in enumerate(images))
+        rows.append(f'<tr><td class="num">{i}</td><td>{prompt}</td>' + "".join(cells) + "</tr>")
     parts.append(f"<table>{head}{''.join(rows)}</table>")
     return "".join(parts)
 

@@ -222,7 +222,8 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
             del model
     points.sort(key=lambda p: (p.kind != BASE, p.kind == COMPARISON))  # the base first, comparisons last
 
-    results = FrontResults(modality, prompts, names, [bool(s.higher_is_better) for s, _ in dims], points)
+    results = FrontResults(modality, prompts, names, [bool(s.higher_is_better) for s, _ in dims], points,
+                           conditions=conditions)
     try:
         results.summarise(evaluation.reference_point, evaluation.num_resamples, evaluation.seed)
     except ValueError as error:
@@ -269,11 +270,12 @@ def print_front(results: FrontResults, console=None) -> None:
 
 
 def write_front_results(results: FrontResults, output_dir: str) -> str:
-    """``results.json``: the front (points, means, intervals, per-prompt values, summaries), the prompts and
-    every point's outputs."""
+    """``results.json``: the front (points, means, intervals, per-prompt values, summaries), the prompts (with
+    their input images, a vision-language model's, as PNG files beside it) and every point's outputs."""
     os.makedirs(output_dir, exist_ok=True)
     data = {"modality": results.modality, "details": jsonable(results.details, output_dir, "details"),
             "front": results.as_dict(), "prompts": jsonable(results.prompts, output_dir, "prompt"),
+            "conditions": jsonable(results.conditions, output_dir, "condition"),
             "outputs": {p.label: jsonable(p.outputs, output_dir, f"point{i}") for i, p in enumerate(results.points)}}
     path = os.path.join(output_dir, RESULTS_FILE)
     with open(path, "w") as f:
