@@ -313,10 +313,3 @@ class VisionDimensionPairs(Dimensions, VisionPairs):
             return None
         canon = self._pair(row, index, source, base_dir, *order)
         return None if canon is None else {**canon, **columns}
-
-    def features(self, first: dict) -> datasets.Features:
-        out = super().features(first)
-        for key in first:
-            if key.startswith(("pref_", "reward_chosen_", "reward_rejected_")):
-                out[key] = datasets.Value("float64")
-        return out
