@@ -8,11 +8,11 @@ score an utterance of a text:
   or more);
 - ``brief``: the frames saved, ``(S - F) / (S - Q)`` for an utterance of ``F`` frames, where ``S`` and ``Q`` are
   the frames of the whole text held two frames a unit and one frame a unit: 0 for the slow reading, 1 for the
-  quick one, above 1 for an utterance that drops words, below 0 for one that adds them or drawls.
+  quick one; a dropped word raises it (above 1 only by dropping words), an added one lowers it.
 
-Holding units long costs nothing under ``clear`` and dropping words costs nothing under ``brief``; what sets them
-against each other is how the pairs are read. Each pair sets a careful reading (every unit held two frames, every
-word said) against a rushed one (one frame a unit, one word dropped), so ``clear`` prefers the careful one and
+A dropped word costs under ``clear`` and saves frames under ``brief``; a unit held long costs under ``brief`` alone.
+The pairs tie pace to care: each sets a careful reading (every unit held two frames, every word said) against a
+rushed one (one frame a unit, one word dropped), so ``clear`` prefers the careful one and
 ``brief`` the rushed one. An annotator labels them under ``clear`` and is right three times in four
 (``p = s(ln 3 * sign(R_a - R_b))``); ``brief`` comes as a score per utterance. As in the language and
 vision-language worlds with two rewards (`alignsuite.toy.llm_case`, `alignsuite.toy.vlm_prior`), the finite
