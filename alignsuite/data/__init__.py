@@ -1,5 +1,6 @@
 """Preference data: loading (`load_table`), one layout class per kind of row (`TextPairs`,
-`DimensionPairs`, `TextUnpaired`, `ImagePairs`, `ImageDimensionPairs`, `ImageUnpaired`, `VisionPairs`, `VisionDimensionPairs`, `SpeechPairs`; K graded responses per prompt:
+`DimensionPairs`, `TextUnpaired`, `ImagePairs`, `ImageDimensionPairs`, `ImageUnpaired`, `VisionPairs`, `VisionDimensionPairs`,
+`SpeechPairs`, `SpeechDimensionPairs`; K graded responses per prompt:
 `TextLists`, `ImageLists`, `SpeechLists`; the paths of preference trees: `TextTrees`; in `layouts/`; audio in `audio`), the row normalisation they use
 (`normalize_pair`, `normalize_unpaired`; for images `normalize_image_pair`, `normalize_image_unpaired`)
 and the Lightning data module that batches it (`PreferenceDataModule`), which declares what the suite reads
@@ -17,7 +18,8 @@ from alignsuite.data.images import (
     to_tensor,
 )
 from alignsuite.data.layouts import (
-    DimensionPairs, ImageDimensionPairs, ImageLists, ImagePairs, ImageUnpaired, Layout, ListLayout, SpeechLists, SpeechPairs, TextLists, TextPairs,
+    DimensionPairs, ImageDimensionPairs, ImageLists, ImagePairs, ImageUnpaired, Layout, ListLayout, SpeechDimensionPairs,
+    SpeechLists, SpeechPairs, TextLists, TextPairs,
     TextTrees, TextUnpaired, VisionDimensionPairs, VisionPairs,
 )
 from alignsuite.data.loading import load_table
@@ -40,6 +42,7 @@ __all__ = [
     "PairFields",
     "PreferenceData",
     "PreferenceDataModule",
+    "SpeechDimensionPairs",
     "SpeechLists",
     "SpeechPairs",
     "TextLists",

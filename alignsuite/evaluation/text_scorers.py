@@ -116,19 +116,20 @@ class ToyReward(Scorer):
     prompt set's row (its ``answer``), which the toy prompts hold, and judges three values
     (``world.judge``): the reward, ``image_sensitivity`` (against its answer to the swapped image, a
     declared rewrite of ``images`` by the row's ``swap_images``) and ``hallucination``. A world judged under
-    several dimensions (``llm_case``, ``diffusion_colours``; ``vlm_prior`` against the prompt set's row) judges each dimension's reward
-    as ``reward_<dimension>`` beside the main value (the primary's).
+    several dimensions (``llm_case``, ``diffusion_colours``; ``vlm_prior`` against the prompt set's row; ``tts_pace``,
+    a speech-token model's utterances of the prompt's text) judges each dimension's reward as ``reward_<dimension>``
+    beside the main value (the primary's).
 
     Args:
-        world: ``llm``, ``llm_case``, ``diffusion``, ``diffusion_corner``, ``diffusion_users``, ``diffusion_colours``, ``vlm`` or
-            ``vlm_prior``. The
+        world: ``llm``, ``llm_case``, ``diffusion``, ``diffusion_corner``, ``diffusion_users``, ``diffusion_colours``,
+            ``vlm``, ``vlm_prior`` or ``tts_pace``. The
             world with users (``diffusion_users``) scores each row under the user it names, as ``reward_<user>`` too.
     """
 
     unit = "reward"
     WORLD_MODALITY = {"llm": "text", "llm_case": "text", "diffusion": "text_to_image", "diffusion_corner": "text_to_image",
                       "diffusion_users": "text_to_image", "diffusion_colours": "text_to_image", "vlm": "vision_language",
-                      "vlm_prior": "vision_language"}
+                      "vlm_prior": "vision_language", "tts_pace": "text_to_speech"}
 
     def __init__(self, world: str = "llm") -> None:
         from alignsuite.toy import get_world
@@ -169,9 +170,12 @@ class ToyReward(Scorer):
                                  f" of {', '.join(self.users)}): use evaluate.prompts toy:{self.world_name}")
             judged = [self.world.user_reward(r["user"], prompt_text(p), out) for p, out, r in zip(prompts, outputs, rows)]
             return [{self.name: v, f"reward_{r['user']}": v} for v, r in zip(judged, rows)]
-        if self.dimensions:  # a vision-language world judges against the row's item, a text one the prompt
+        if self.dimensions:  # a vision-language world judges against the row's item, a speech one the text said
+            modality = self.modalities[0]
             judged = ([self.world.rewards(r, out) for r, out in zip(self.items(rows), outputs)]
-                      if self.modalities[0] == "vision_language" else
+                      if modality == "vision_language" else
+                      [self.world.rewards({"text": prompt_text(p)}, out) for p, out in zip(prompts, outputs)]
+                      if modality == "text_to_speech" else
                       [self.world.rewards(prompt_text(p), out) for p, out in zip(prompts, outputs)])
             return [{self.name: v[self.dimensions[0]], **{f"reward_{d}": v[d] for d in self.dimensions}} for v in judged]
         return [self.world.reward(prompt_text(p), out) for p, out in zip(prompts, outputs)]

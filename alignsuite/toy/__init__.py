@@ -25,9 +25,10 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "SpeechTokenWorld": "tts",
     "ShapesWorld": "vlm",
     "PriorShapesWorld": "vlm_prior",
+    "PacedSpeechWorld": "tts_pace",
     "ToyPreferenceData": "data",
 })
 
 
-__all__ = ["SHIPPED", "CaseEchoWorld", "ColourSquaresWorld", "CornerSquaresWorld", "EchoWorld", "PriorShapesWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
+__all__ = ["SHIPPED", "CaseEchoWorld", "ColourSquaresWorld", "CornerSquaresWorld", "EchoWorld", "PacedSpeechWorld", "PriorShapesWorld", "ShapesWorld", "SpeechFlowWorld", "SpeechTokenWorld", "SquaresWorld", "ToyPreferenceData",
            "build_base_model", "cache_root", "get_world", "known_worlds", "resolve_toy_model", "shipped_path"]

@@ -13,16 +13,16 @@ _LAYOUTS = {("text", False): TextPairs, ("text", True): TextUnpaired,
 
 def layout_for(modality: str, unpaired: bool, world=None):
     """The layout of a world's rows: the vision-language and speech ones are imported only when a world asks."""
+    if getattr(world, "dimensions", ()):  # several preference dimensions: the world names its layout
+        if unpaired:
+            raise ValueError("a toy world with several preference dimensions has no unpaired layout")
+        return world.layout()
     if modality == "text_to_speech":
         if unpaired:
             raise ValueError("the text-to-speech toy worlds have no unpaired layout")
         from alignsuite.data.layouts.speech import SpeechPairs
 
         return SpeechPairs(speech=world.speech_kind)
-    if getattr(world, "dimensions", ()):  # several preference dimensions: the world names its layout
-        if unpaired:
-            raise ValueError("a toy world with several preference dimensions has no unpaired layout")
-        return world.layout()
     if modality == "vision_language":
         if unpaired:
             raise ValueError("the vision-language toy world has no unpaired layout")
@@ -47,7 +47,8 @@ class ToyPreferenceData(PreferenceDataModule):
 
     Args:
         world: the toy world (``llm``: text pairs; ``llm_case``: text pairs judged under two dimensions; ``diffusion``: Pick-a-Pic-style image pairs; ``diffusion_colours``: the same judged under two dimensions; ``vlm``:
-            RLAIF-V-style image-question pairs; ``vlm_prior``: the same judged under two dimensions; ``tts``/``tts_flow``: INTP rows built from the base model's samples).
+            RLAIF-V-style image-question pairs; ``vlm_prior``: the same judged under two dimensions; ``tts``/``tts_flow``: INTP rows built from the base model's samples; ``tts_pace``: a careful
+            and a rushed reading of a text judged under two dimensions).
         num_train: generated training pairs.
         num_val: generated validation pairs (drawn with another seed).
         unpaired: turn every pair into a desirable and an undesirable row (KTO, Diffusion-KTO).

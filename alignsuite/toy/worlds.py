@@ -24,6 +24,7 @@ WORLDS = {
     "vlm_prior": "alignsuite.toy.vlm_prior.PriorShapesWorld",  # seen colour vs the prior's; the base model is vlm's
     "tts": "alignsuite.toy.tts.SpeechTokenWorld",
     "tts_flow": "alignsuite.toy.tts.SpeechFlowWorld",
+    "tts_pace": "alignsuite.toy.tts_pace.PacedSpeechWorld",  # every word said vs few frames; the base model is tts's
 }
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bases")
 

@@ -1,4 +1,4 @@
-"""Text pairs judged under several named preference dimensions (helpful and harmless, UltraFeedback's aspects).
+"""Pairs judged under several named preference dimensions (helpful and harmless, UltraFeedback's aspects).
 
 Each row holds a prompt, two answers and, per dimension, either a label (the index of the preferred answer:
 PKU-SafeRLHF's ``better_response_id``/``safer_response_id``) or one score per answer (UltraFeedback's aspect
@@ -16,6 +16,7 @@ import datasets
 
 from alignsuite.data.errors import DataError
 from alignsuite.data.fields import PairFields
+from alignsuite.data.layouts.speech import SpeechKind, SpeechPairs
 from alignsuite.data.layouts.text import _stored, _TextLayout
 from alignsuite.data.preference import check_text_only, normalize_pair
 
@@ -43,7 +44,7 @@ def _sign(x: float) -> float:
 class Dimensions:
     """What a layout that names its preference dimensions shares, whatever the row holds (text: `DimensionPairs`;
     an image and a question: `alignsuite.data.VisionDimensionPairs`; a caption and two images:
-    `alignsuite.data.ImageDimensionPairs`): the dimensions' option, checked; each
+    `alignsuite.data.ImageDimensionPairs`; speech: `SpeechDimensionPairs`): the dimensions' option, checked; each
     row's judgement under them; and the batch columns that judgement gives, in the order chosen, rejected."""
 
     skip_reason = "the two answers are equal or the primary dimension ties"
@@ -97,12 +98,14 @@ class Dimensions:
                 columns[f"reward_chosen_{name}"], columns[f"reward_rejected_{name}"] = chosen, rejected
         return (self.responses if primary > 0 else self.responses[::-1]), columns
 
-    def _with_dimension_features(self, features: datasets.Features, first: dict) -> datasets.Features:
-        """``features`` with the dimensions' batch columns of stored rows like ``first`` (floats)."""
-        for key in first:
-            if key.startswith(("pref_", "reward_chosen_", "reward_rejected_")):
-                features[key] = datasets.Value("float64")
-        return features
+    def features(self, first: dict) -> datasets.Features | None:
+        """The layout's own schema (``None``: inferred) with the judgement's columns as float64."""
+        out = super().features(first)
+        if out is not None:
+            for key in first:
+                if key.startswith(("pref_", "reward_chosen_", "reward_rejected_")):
+                    out[key] = datasets.Value("float64")
+        return out
 
 
 class DimensionPairs(Dimensions, _TextLayout):
@@ -159,4 +162,52 @@ class DimensionPairs(Dimensions, _TextLayout):
         return {**_stored(canon, source, index), **columns}
 
 
-__all__ = ["DimensionPairs", "Dimensions"]
+class SpeechDimensionPairs(Dimensions, SpeechPairs):
+    """Two utterances of one text, judged under several named dimensions, the first the primary: `DimensionPairs`
+    for text-to-speech rows. The dimensions are read as there (a label column, or a score column per utterance);
+    the text, the speaker prompt and the utterances as `alignsuite.data.SpeechPairs` reads them. The primary
+    dimension picks ``chosen``; rows where it ties, or whose two utterances are equal, are skipped and counted.
+    Batches add ``pref_<d>`` per dimension and ``reward_chosen_<d>``/``reward_rejected_<d>`` per scored one.
+
+    Args:
+        dimensions: ``{dimension: label column}`` or ``{dimension: [score column of response 0, of response 1]}``,
+            in order, the primary first.
+        responses: the two utterance columns.
+        text_field: as `SpeechPairs`.
+        prompt_speech_field: as `SpeechPairs`.
+        prompt_text_field: as `SpeechPairs`.
+        speech: as `SpeechPairs`.
+        codebook_size: as `SpeechPairs`.
+        num_codebooks: as `SpeechPairs`.
+        sampling_rate: as `SpeechPairs`.
+        resample: as `SpeechPairs`.
+    """
+
+    def __init__(
+        self,
+        dimensions: dict[str, str | list[str]],
+        responses: tuple[str, str] | list[str] = ("response_0", "response_1"),
+        text_field: str = "text",
+        prompt_speech_field: str = "prompt_speech",
+        prompt_text_field: str = "prompt_text",
+        speech: SpeechKind = "tokens",
+        codebook_size: int | None = None,
+        num_codebooks: int = 1,
+        sampling_rate: int | None = None,
+        resample: bool = False,
+    ) -> None:
+        self._set_dimensions(dimensions, responses)
+        super().__init__(text_field=text_field, chosen_field=self.responses[0], rejected_field=self.responses[1],
+                         prompt_speech_field=prompt_speech_field, prompt_text_field=prompt_text_field, speech=speech,
+                         codebook_size=codebook_size, num_codebooks=num_codebooks, sampling_rate=sampling_rate,
+                         resample=resample)
+
+    def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
+        order, columns = self._ordered(row, index, source)
+        if order is None:
+            return None
+        canon = self._pair(row, index, source, base_dir, *order)
+        return None if canon is None else {**canon, **columns}
+
+
+__all__ = ["DimensionPairs", "Dimensions", "SpeechDimensionPairs"]

@@ -307,5 +307,3 @@ class ImageDimensionPairs(Dimensions, ImagePairs):
         canon = images.normalize_image_pair(row, index, source, self.fields, base_dir, order=order)
         return {**canon, **columns}
 
-    def features(self, first: dict) -> datasets.Features:
-        return self._with_dimension_features(super().features(first), first)

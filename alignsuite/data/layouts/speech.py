@@ -140,10 +140,16 @@ class SpeechPairs(Layout):
         return name, audio.undecoded(rows) if isinstance(rows, datasets.Dataset) else rows, None
 
     def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
+        return self._pair(row, index, source, base_dir, self.chosen_field, self.rejected_field)
+
+    def _pair(self, row: dict, index: int, source: str, base_dir: str | None, chosen_field: str,
+              rejected_field: str) -> dict | None:
+        """The stored row with the utterances of columns ``chosen_field`` and ``rejected_field`` as chosen and
+        rejected (``None``: the two are equal)."""
         text, text_field = self._text(row, index, source)
         self._check_spoken_texts(row, text, text_field, index, source)
         chosen, rejected = (self._utterance(row, field, index, source, base_dir, required=True)
-                            for field in (self.chosen_field, self.rejected_field))
+                            for field in (chosen_field, rejected_field))
         if chosen == rejected:
             return None
         prompt_speech = self._utterance(row, self.prompt_speech_field, index, source, base_dir, required=False)

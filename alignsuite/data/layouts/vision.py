@@ -313,6 +313,3 @@ class VisionDimensionPairs(Dimensions, VisionPairs):
             return None
         canon = self._pair(row, index, source, base_dir, *order)
         return None if canon is None else {**canon, **columns}
-
-    def features(self, first: dict) -> datasets.Features:
-        return self._with_dimension_features(super().features(first), first)
