@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import lightning as L
 import pytest
 import torch
 
@@ -27,6 +28,39 @@ def run_toy_recipe(tmp_path, name, *overrides):
           "--checkpoint.dirpath", str(tmp_path / "ckpt"), *overrides])
     rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "*" / "version_*" / "metrics.csv"))[0])))
     return [(int(r["step"]), float(r["val/toy_reward"])) for r in rows if r.get("val/toy_reward")]
+
+
+class FirstBatch(L.Callback):
+    """Keeps the batch a fit's training step starts on (its first, in a one-step fit), as ``batch``."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch = dict(batch)
+
+
+def fit_two_rewards(recipe, dimensions: tuple[str, str], tmp_path, *overrides,
+                    num_prompts: int | None = None) -> list[tuple[int, float, float]]:
+    """A two-dimension toy recipe through the CLI, its logs under ``tmp_path`` (``num_prompts``: fewer evaluation
+    prompts, its first callback's, rewritten); returns ``(step, val/reward_<first>, val/reward_<second>)`` at each
+    validation."""
+    import csv
+    import glob
+
+    import yaml
+
+    from alignsuite.cli import main
+
+    if num_prompts is not None:
+        with open(recipe) as f:
+            config = yaml.safe_load(f)
+        config["trainer"]["callbacks"][0]["init_args"]["num_prompts"] = num_prompts
+        os.makedirs(tmp_path, exist_ok=True)
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(recipe), "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt"), *overrides])
+    first, second = (f"val/reward_{d}" for d in dimensions)
+    with open(glob.glob(os.path.join(str(tmp_path), "*", "version_*", "metrics.csv"))[0]) as f:
+        return [(int(r["step"]), float(r[first]), float(r[second])) for r in csv.DictReader(f) if r.get(first)]
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 
+from conftest import FirstBatch
 from alignsuite.backbones import CausalLM
 from alignsuite.backbones.base import ViewInputs
 from alignsuite.data import DataError, PreferenceDataModule, TextPairs
@@ -302,11 +303,6 @@ class RecordingJPO(JPO):
     def __call__(self, scores, reduce=None):
         self.seen = scores
         return super().__call__(scores, reduce)
-
-
-class FirstBatch(L.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.batch = dict(batch)
 
 
 def sequence_logp(model, ids: list[int]) -> float:

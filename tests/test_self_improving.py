@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 
+from conftest import FirstBatch
 from alignsuite.backbones import CausalLM
 from alignsuite.data import PreferenceDataModule, TextPairs
 from alignsuite.module import PreferenceModule
@@ -150,11 +151,6 @@ class RecordingSRPO(SRPO):
     def __call__(self, scores, reduce=None):
         self.seen = scores
         return super().__call__(scores, reduce)
-
-
-class FirstBatch(L.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.batch = dict(batch)
 
 
 def test_revision_views_are_scored_under_their_own_prompts(tmp_path, tiny_lm_dir):

@@ -4,8 +4,6 @@ and 1 - w landing on opposite sides of the base model on the two-reward plane (s
 
 from __future__ import annotations
 
-import csv
-import glob
 import math
 import os
 import random
@@ -13,8 +11,8 @@ import random
 import pytest
 import torch
 
+from conftest import fit_two_rewards
 from alignsuite.backbones import TextToImage
-from alignsuite.cli import main
 from alignsuite.data import DataError, ImageDimensionPairs
 from alignsuite.data.protocol import preference_data
 from alignsuite.evaluation.text_scorers import ToyReward
@@ -147,16 +145,8 @@ def test_a_weight_vector_of_the_wrong_length_is_refused_at_setup(batch_and_data)
         check_setup(objective, TextToImage("toy:diffusion", resolution=16), None, preference_data(data))
 
 
-def rewards_logged(run_dir) -> list[tuple[int, float, float]]:
-    with open(glob.glob(os.path.join(str(run_dir), "*", "version_*", "metrics.csv"))[0]) as f:
-        return [(int(r["step"]), float(r["val/reward_red"]), float(r["val/reward_blue"]))
-                for r in csv.DictReader(f) if r.get("val/reward_red")]
-
-
 def fit(tmp_path, *args) -> list[tuple[int, float, float]]:
-    main(["fit", "--config", RECIPE, "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt"), *args])
-    return rewards_logged(tmp_path)
+    return fit_two_rewards(RECIPE, ('red', 'blue'), tmp_path, *args)
 
 
 @pytest.mark.slow

@@ -3,13 +3,11 @@ w and 1 - w land on opposite sides of the base model on the two-reward plane."""
 
 from __future__ import annotations
 
-import csv
-import glob
 import os
 
 import pytest
 
-from alignsuite.cli import main
+from conftest import fit_two_rewards
 from alignsuite.evaluation.text_scorers import ToyReward
 from alignsuite.toy import get_world
 
@@ -43,16 +41,8 @@ def test_labels_prefer_capitals_three_times_in_four_and_rows_read_as_dimension_p
     gap = batch["reward_chosen_lower"] - batch["reward_rejected_lower"]
     assert batch["pref_lower"].tolist() == gap.sign().tolist()
 
-def rewards_logged(run_dir) -> list[tuple[int, float, float]]:
-    with open(glob.glob(os.path.join(str(run_dir), "*", "version_*", "metrics.csv"))[0]) as f:
-        return [(int(r["step"]), float(r["val/reward_caps"]), float(r["val/reward_lower"]))
-                for r in csv.DictReader(f) if r.get("val/reward_caps")]
-
-
 def fit(tmp_path, *args) -> list[tuple[int, float, float]]:
-    main(["fit", "--config", RECIPE, "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt"), *args])
-    return rewards_logged(tmp_path)
+    return fit_two_rewards(RECIPE, ('caps', 'lower'), tmp_path, *args)
 
 
 def test_modpo_recipe_end_to_end(tmp_path):

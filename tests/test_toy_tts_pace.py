@@ -4,17 +4,14 @@ land on opposite sides of the base model on the two-reward plane."""
 
 from __future__ import annotations
 
-import csv
-import glob
 import math
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
-from alignsuite.cli import main
+from conftest import fit_two_rewards
 from alignsuite.data import DataError, SpeechDimensionPairs
 from alignsuite.evaluation.text_scorers import ToyReward
 from alignsuite.toy import get_world, speech
@@ -114,24 +111,8 @@ def test_modpo_scores_speech_tokens_and_at_w_one_zero_is_dpo_exactly():
     assert dpo_like(scores).loss.item() == DPO(beta=0.5)(scores).loss.item()
 
 
-def rewards_logged(run_dir) -> list[tuple[int, float, float]]:
-    with open(glob.glob(os.path.join(str(run_dir), "*", "version_*", "metrics.csv"))[0]) as f:
-        return [(int(r["step"]), float(r["val/reward_clear"]), float(r["val/reward_brief"]))
-                for r in csv.DictReader(f) if r.get("val/reward_clear")]
-
-
 def fit(tmp_path, *args, num_prompts: int | None = None) -> list[tuple[int, float, float]]:
-    recipe = RECIPE
-    if num_prompts is not None:  # fewer evaluation items: the recipe's callback, rewritten
-        with open(RECIPE) as f:
-            config = yaml.safe_load(f)
-        config["trainer"]["callbacks"][0]["init_args"]["num_prompts"] = num_prompts
-        recipe = tmp_path / "recipe.yaml"
-        os.makedirs(tmp_path, exist_ok=True)
-        recipe.write_text(yaml.safe_dump(config))
-    main(["fit", "--config", str(recipe), "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt"), *args])
-    return rewards_logged(tmp_path)
+    return fit_two_rewards(RECIPE, ('clear', 'brief'), tmp_path, *args, num_prompts=num_prompts)
 
 
 def test_modpo_recipe_end_to_end(tmp_path):

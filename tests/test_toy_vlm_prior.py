@@ -4,7 +4,6 @@ opposite sides of the base model on the two-reward plane."""
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from alignsuite.cli import main
+from conftest import fit_two_rewards
 from alignsuite.data import DataError, VisionDimensionPairs
 from alignsuite.evaluation.text_scorers import ToyReward
 from alignsuite.toy import get_world
@@ -72,24 +72,8 @@ def test_vision_dimension_pairs_refuse_a_missing_dimension_naming_the_row_and_fi
         VisionDimensionPairs({"seen": "seen_id"}, responses=["a"])
 
 
-def rewards_logged(run_dir) -> list[tuple[int, float, float]]:
-    with open(glob.glob(os.path.join(str(run_dir), "*", "version_*", "metrics.csv"))[0]) as f:
-        return [(int(r["step"]), float(r["val/reward_seen"]), float(r["val/reward_prior"]))
-                for r in csv.DictReader(f) if r.get("val/reward_seen")]
-
-
 def fit(tmp_path, *args, num_prompts: int | None = None) -> list[tuple[int, float, float]]:
-    recipe = RECIPE
-    if num_prompts is not None:  # fewer evaluation prompts: the recipe's callback, rewritten
-        with open(RECIPE) as f:
-            config = yaml.safe_load(f)
-        config["trainer"]["callbacks"][0]["init_args"]["num_prompts"] = num_prompts
-        recipe = tmp_path / "recipe.yaml"
-        os.makedirs(tmp_path, exist_ok=True)
-        recipe.write_text(yaml.safe_dump(config))
-    main(["fit", "--config", str(recipe), "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt"), *args])
-    return rewards_logged(tmp_path)
+    return fit_two_rewards(RECIPE, ('seen', 'prior'), tmp_path, *args, num_prompts=num_prompts)
 
 
 def test_modpo_recipe_end_to_end(tmp_path):
