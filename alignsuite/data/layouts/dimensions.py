@@ -98,6 +98,20 @@ class Dimensions:
                 columns[f"reward_chosen_{name}"], columns[f"reward_rejected_{name}"] = chosen, rejected
         return (self.responses if primary > 0 else self.responses[::-1]), columns
 
+    def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
+        """The row's pair, chosen first under the primary dimension, with its dimensions' batch columns (``None``:
+        skipped, the primary ties or the two responses are equal)."""
+        order, columns = self._ordered(row, index, source)
+        if order is None:
+            return None
+        canon = self._read_pair(row, index, source, base_dir, order)
+        return None if canon is None else {**canon, **columns}
+
+    def _read_pair(self, row: dict, index: int, source: str, base_dir: str | None,
+                   order: tuple[str, str]) -> dict | None:
+        """The row read by the layout's own pair reader with the columns ``order`` as chosen and rejected."""
+        return self._pair(row, index, source, base_dir, *order)
+
     def features(self, first: dict) -> datasets.Features | None:
         """The layout's own schema (``None``: inferred) with the judgement's columns as float64."""
         out = super().features(first)
@@ -150,16 +164,14 @@ class DimensionPairs(Dimensions, _TextLayout):
         for field in self.responses:
             if field not in row:
                 raise DataError(source, index, field, f"a column named {field!r}; the row has columns {sorted(row)}")
-        order, columns = self._ordered(row, index, source)
-        if order is None:
-            return None
-        first, second = order
+        return super().normalize(row, index, source, base_dir)
+
+    def _read_pair(self, row: dict, index: int, source: str, base_dir: str | None,
+                   order: tuple[str, str]) -> dict | None:
         # Read through the pair reader with the row's own columns as chosen/rejected, so its errors name them.
-        fields = PairFields(self.prompt_field, first, second, tools=self.tools_field)
+        fields = PairFields(self.prompt_field, *order, tools=self.tools_field)
         canon = normalize_pair(row, index, source, fields)
-        if canon is None:
-            return None
-        return {**_stored(canon, source, index), **columns}
+        return None if canon is None else _stored(canon, source, index)
 
 
 class SpeechDimensionPairs(Dimensions, SpeechPairs):
@@ -201,13 +213,6 @@ class SpeechDimensionPairs(Dimensions, SpeechPairs):
                          prompt_speech_field=prompt_speech_field, prompt_text_field=prompt_text_field, speech=speech,
                          codebook_size=codebook_size, num_codebooks=num_codebooks, sampling_rate=sampling_rate,
                          resample=resample)
-
-    def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
-        order, columns = self._ordered(row, index, source)
-        if order is None:
-            return None
-        canon = self._pair(row, index, source, base_dir, *order)
-        return None if canon is None else {**canon, **columns}
 
 
 __all__ = ["DimensionPairs", "Dimensions", "SpeechDimensionPairs"]

@@ -300,10 +300,7 @@ class ImageDimensionPairs(Dimensions, ImagePairs):
             raise DataError(source, 0, self.responses[0], f"the image column {self.responses[0]!r} (option responses);"
                             f" the row has columns {sorted(row)}")
 
-    def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
-        order, columns = self._ordered(row, index, source)
-        if order is None:
-            return None
-        canon = images.normalize_image_pair(row, index, source, self.fields, base_dir, order=order)
-        return {**canon, **columns}
+    def _read_pair(self, row: dict, index: int, source: str, base_dir: str | None,
+                   order: tuple[str, str]) -> dict | None:
+        return images.normalize_image_pair(row, index, source, self.fields, base_dir, order=order)
 

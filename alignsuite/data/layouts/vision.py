@@ -306,10 +306,3 @@ class VisionDimensionPairs(Dimensions, VisionPairs):
                          image_field=image_field, image_path_field=image_path_field, skip_bad_images=skip_bad_images,
                          keep_text_only=keep_text_only)
         self.chosen_field, self.rejected_field = self.responses  # what collate names in its errors
-
-    def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
-        order, columns = self._ordered(row, index, source)
-        if order is None:
-            return None
-        canon = self._pair(row, index, source, base_dir, *order)
-        return None if canon is None else {**canon, **columns}
