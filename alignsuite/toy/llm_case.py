@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 import random
 
+from alignsuite.toy.labels import bradley_terry_label
 from alignsuite.toy.llm import LETTERS, EchoWorld
 
-LABEL_SCALE = math.log(3.0)  # p(capital echo preferred over the lower-case one) = 3/4
 
 
 class CaseEchoWorld(EchoWorld):
@@ -61,8 +61,7 @@ class CaseEchoWorld(EchoWorld):
             if rng.random() < 0.5:
                 a, b = b, a
             ra, rb = self.rewards(prompt, a), self.rewards(prompt, b)
-            p_a = 1 / (1 + math.exp(-LABEL_SCALE * (ra["caps"] - rb["caps"])))
-            rows.append({"prompt": prompt, "response_0": a, "response_1": b, "caps_id": 0 if rng.random() < p_a else 1,
+            rows.append({"prompt": prompt, "response_0": a, "response_1": b, "caps_id": bradley_terry_label(ra["caps"] - rb["caps"], rng),
                          "lower_0": ra["lower"], "lower_1": rb["lower"], "caps_0": ra["caps"], "caps_1": rb["caps"]})
         return rows
 

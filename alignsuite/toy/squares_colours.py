@@ -24,13 +24,12 @@ with the label column (``red_id``) and score columns (``blue_0``, ``blue_1``), r
 
 from __future__ import annotations
 
-import math
 import random
 
+from alignsuite.toy.labels import bradley_terry_label
 from alignsuite.toy.squares import POSITIONS, SquaresWorld, caption_for, draw_square, encode_png
 from alignsuite.toy.squares_users import UserSquaresWorld
 
-LABEL_SCALE = math.log(3.0)  # p(the red square preferred over the blue one) = 3/4
 
 
 class ColourSquaresWorld(SquaresWorld):
@@ -66,9 +65,8 @@ class ColourSquaresWorld(SquaresWorld):
             red, blue = draw_square(position, "red", rng), draw_square(position, "blue", rng)
             image_0, image_1 = (red, blue) if rng.random() < 0.5 else (blue, red)
             r0, r1 = self.rewards(caption, image_0), self.rewards(caption, image_1)
-            p_0 = 1 / (1 + math.exp(-LABEL_SCALE * (r0["red"] - r1["red"])))
             rows.append({"caption": caption, "jpg_0": encode_png(image_0), "jpg_1": encode_png(image_1),
-                         "red_id": 0 if rng.random() < p_0 else 1, "blue_0": r0["blue"], "blue_1": r1["blue"],
+                         "red_id": bradley_terry_label(r0["red"] - r1["red"], rng), "blue_0": r0["blue"], "blue_1": r1["blue"],
                          "red_0": r0["red"], "red_1": r1["red"]})
         return rows
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 import math
 import random
 
+from alignsuite.toy.labels import bradley_terry_label
 from alignsuite.toy import speech
 from alignsuite.toy.tts import SpeechTokenWorld
 
-LABEL_SCALE = math.log(3.0)  # p(the careful reading preferred over the rushed one) = 3/4
 
 
 def reading_frames(words: list[str], frames_per_unit: int) -> int:
@@ -75,10 +75,9 @@ class PacedSpeechWorld(SpeechTokenWorld):
             rushed = speech.speak(words[:dropped] + words[dropped + 1:], item["speaker"], None, (1,))
             a, b = (careful, rushed) if rng.random() < 0.5 else (rushed, careful)
             ra, rb = self.rewards(item, a), self.rewards(item, b)
-            p_a = 1 / (1 + math.exp(-LABEL_SCALE * math.copysign(1.0, ra["clear"] - rb["clear"])))
             rows.append({"text": item["text"], "prompt_text": item["prompt_text"],
                          "prompt_speech": item["prompt_speech"].tolist(), "response_0": a, "response_1": b,
-                         "clear_id": 0 if rng.random() < p_a else 1, "brief_0": ra["brief"], "brief_1": rb["brief"],
+                         "clear_id": bradley_terry_label(math.copysign(1.0, ra["clear"] - rb["clear"]), rng), "brief_0": ra["brief"], "brief_1": rb["brief"],
                          "clear_0": ra["clear"], "clear_1": rb["clear"]})
         return rows
 

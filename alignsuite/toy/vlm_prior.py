@@ -18,12 +18,11 @@ primary is what lets a multi-objective method trade it against the other. Rows a
 
 from __future__ import annotations
 
-import math
 import random
 
+from alignsuite.toy.labels import bradley_terry_label
 from alignsuite.toy.vlm import COLOURS, PRIOR, QUESTION, SHAPES, SIZES, ShapesWorld, draw_shape, first_word, png_bytes
 
-LABEL_SCALE = math.log(3.0)  # p(the seen colour preferred over the prior one) = 3/4
 CONFLICT = 0.7  # the share of pairs that set the seen colour against the prior one
 
 
@@ -66,8 +65,7 @@ class PriorShapesWorld(ShapesWorld):
                 a, b = b, a
             item = {"answer": colour, "prior": prior}
             ra, rb = self.rewards(item, a), self.rewards(item, b)
-            p_a = 1 / (1 + math.exp(-LABEL_SCALE * (ra["seen"] - rb["seen"])))
             rows.append({"image": png_bytes(draw_shape(shape, colour, size, rng)), "question": QUESTION.format(shape),
-                         "response_0": a, "response_1": b, "seen_id": 0 if rng.random() < p_a else 1,
+                         "response_0": a, "response_1": b, "seen_id": bradley_terry_label(ra["seen"] - rb["seen"], rng),
                          "prior_0": ra["prior"], "prior_1": rb["prior"], "seen_0": ra["seen"], "seen_1": rb["seen"]})
         return rows
