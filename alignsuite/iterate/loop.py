@@ -292,11 +292,11 @@ class Policies:
         if self.policy is None or self.checkpoint != checkpoint:
             self.drop()
             began = time.perf_counter()
-            drawn = random_states()
-            self.policy, self.checkpoint = policy_backbone(self.unbuilt, checkpoint, self.device), checkpoint
             # The recipe's starting policy is the one the first fit would build, if building it drew no random number
             # (no adapter initialised, no weight left to a random initialisation).
-            self.adopted = self.keep and checkpoint is None and random_states() == drawn
+            drawn = random_states() if self.keep and checkpoint is None else None
+            self.policy, self.checkpoint = policy_backbone(self.unbuilt, checkpoint, self.device), checkpoint
+            self.adopted = drawn is not None and random_states() == drawn
             self.generate = self.settings.engine.start(self.policy, folder)
             if times is not None:
                 times["load"] += time.perf_counter() - began

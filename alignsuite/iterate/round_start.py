@@ -114,10 +114,14 @@ class RoundStart(Callback):
         memory = self.warm and trainer.ckpt_path is None  # the policy holds the previous round's weights
         read = self.previous and (not memory or self.carry_optimizer)
         checkpoint = load_checkpoint_file(self.previous, True, mmap=True) if read else None
-        state = None if not self.previous else backbone.state_dict() if memory else policy_state(self.previous,
-                                                                                                   checkpoint)
+        if not self.previous:
+            state = None
+        elif memory:
+            state = backbone.state_dict()
+        else:
+            state = policy_state(self.previous, checkpoint)
         if state is not None and trainer.ckpt_path is None:  # a resumed fit has its own weights already
-            if not self.warm:
+            if not memory:
                 load_into(backbone, state, f"round start ({self.previous})")
             if self.carry_optimizer:
                 saved = checkpoint.get("optimizer_states") or []

@@ -74,7 +74,7 @@ class Iterate:
             None; ``alignsuite.iterate.VLLMEngine`` where vLLM is installed (language backbones, GPUs).
         keep_in_memory: on one device, the backbone a round's fit trained is the held-out report's and the next
             round's policy, and the next fit trains on from it (with the frozen reference it built, under
-            ``reference: initial``), instead of each reading the round's checkpoint back: the same weights, so
+            ``reference: initial`` or ``round_start``), instead of each reading the round's checkpoint back: the same weights, so
             the same results (``load`` is 0 in ``round.json``). Round 1's fit trains on from the starting policy
             where building it drew no random number (no adapter initialised). false reads every one back, as a resumed run does.
             Not under several processes, nor a ``*-true`` precision other than ``32-true`` (which casts the
