@@ -21,7 +21,7 @@ from alignsuite.evaluation import ToyReward
 from alignsuite.evaluation.prompts import load_prompts
 from alignsuite.iterate import Iterate
 from alignsuite.iterate import rounds
-from alignsuite.iterate.files import encode_row, read_json, read_rows
+from alignsuite.iterate.files import encode_row, image_name, read_json, read_rows
 from alignsuite.toy.vlm import first_word
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,18 +35,34 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def test_a_prompt_rows_images_are_stored_as_files_and_the_rest_as_it_is(tmp_path):
+def test_a_prompt_rows_images_are_stored_as_files_named_by_their_pixels_and_the_rest_as_it_is(tmp_path):
     item = load_prompts("toy:vlm", 1, 0)[0]
-    row = encode_row(item, str(tmp_path / "prompts"), "000000")
+    folder = tmp_path / "prompt_images"
+    row = encode_row(item, str(folder))
     back = json.loads(json.dumps(row))  # what the round's files hold
     assert back["prompt"] == item["prompt"] and back["answer"] == item["answer"]
     for column in ("images", "swap_images"):
         assert len(back[column]) == len(item[column]) == 1
         assert os.path.isabs(back[column][0]) and back[column][0].endswith(".png")
         assert np.array_equal(pixels(back[column][0]), pixels(item[column][0]))
-    single = encode_row({"image": item["images"][0], "empty": [], "n": 3}, str(tmp_path / "p"), "x")
+    assert back["images"] != back["swap_images"]  # other pixels, another file
+    single = encode_row({"image": item["images"][0], "empty": [], "n": 3}, str(tmp_path / "p"))
     assert isinstance(single["image"], str) and single["empty"] == [] and single["n"] == 3
-    assert not [f for f in os.listdir(tmp_path / "prompts") if f.startswith(".partial-")]
+    assert not [f for f in os.listdir(folder) if f.startswith(".partial-")]
+    # Another round on the same prompt writes nothing: the files are left as they are, and the row is the same.
+    written = {f: os.stat(folder / f).st_mtime_ns for f in os.listdir(folder)}
+    os.utime(folder / os.path.basename(back["images"][0]), ns=(1, 1))
+    again = json.loads(json.dumps(encode_row(item, str(folder))))
+    assert again == back and sorted(os.listdir(folder)) == sorted(written)
+    assert os.stat(folder / os.path.basename(back["images"][0])).st_mtime_ns == 1
+    # An empty file (what a crash can leave of an unsynced write) is written again.
+    open(back["swap_images"][0], "wb").close()
+    encode_row(item, str(folder))
+    assert np.array_equal(pixels(back["swap_images"][0]), pixels(item["swap_images"][0]))
+    # The same pixels in another image object share the file; other pixels do not.
+    assert image_name(item["images"][0].copy()) == os.path.basename(back["images"][0])
+    flipped = item["images"][0].transpose(0)
+    assert image_name(flipped) != image_name(item["images"][0])
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +121,11 @@ def test_the_pairs_carry_the_prompts_images_and_the_vision_layout_reads_them(jud
     _, items, _, folder = judged_round
     pairs = read_rows(os.path.join(folder, "pairs.jsonl"))
     assert pairs, "six prompts at temperature 2 give at least one pair"
+    by_image = {image_name(item["images"][0]): item for item in items}  # the file is named by its pixels
     for pair in pairs:
         path = pair["images"][0]
-        assert os.path.isabs(path) and os.path.basename(path).endswith("_images_0.png")
-        item = items[int(os.path.basename(path).split("_")[0])]  # the file is named by the prompt's index
+        assert os.path.isabs(path) and os.path.dirname(path) == os.path.join(os.path.dirname(folder), "prompt_images")
+        item = by_image[os.path.basename(path)]
         assert np.array_equal(pixels(path), pixels(item["images"][0])) and pair["prompt"] == item["prompt"]
         assert pair["score_chosen"] > pair["score_rejected"] and first_word(pair["chosen"]) == item["answer"]
     dm = PreferenceDataModule(train=os.path.join(folder, "pairs.jsonl"), layout=VisionPairs(), batch_size=len(pairs))

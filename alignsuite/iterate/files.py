@@ -8,11 +8,12 @@ One folder per round under the run's ``output_dir``::
                                  and the output of each rewrite the judge declares, drawn with the same seed)
     round_01/judged/00000.jsonl  the same samples with every value the judge gave (and its raw output)
     round_01/lists.jsonl         one row per prompt: prompt, responses, scores (what the build rule reads)
-    round_01/prompts/            the images a prompt row holds (its input images), as PNG files the rows point to
     round_01/pairs.jsonl         the rule's output (pairs, lists or soft labels) and build.json its counts
     round_01/fit/                the round's fit: Lightning's logs and checkpoints (last.ckpt resumes it)
     round_01/heldout.jsonl       the fitted policy's outputs on the held-out prompts, judged
     round_01/round.json          written last: the round is finished, and never regenerated
+    prompt_images/               the images prompt rows hold (their input images), as PNG files the rounds' rows
+                                 point to, named by their pixels: written once, whichever rounds use them
 
 Every file is written to a temporary name in its folder and renamed when complete, so a run killed at any
 point leaves whole files or none; a shard file that exists is finished.
@@ -27,6 +28,7 @@ import tempfile
 from typing import Any, Iterable
 
 IMAGE_KIND, TEXT_KIND, VALUE_KIND = "image", "text", "value"
+PROMPT_IMAGES = "prompt_images"  # the run's folder of prompt rows' images
 
 
 def round_dir(output_dir: str, index: int) -> str:
@@ -126,14 +128,24 @@ def _save_png(image, path: str) -> None:
 
     Not synced file by file (a sync is most of the time of a small image's write): the prompt images are written
     by a round's gathering of its lists, which a resumed run does again until the round's ``build.json`` is
-    written, synced, after them."""
+    written, synced, after them; an empty file (what an unsynced write can leave after a crash) is written again."""
     _write_via_temp(path, lambda f: image.save(f, format="PNG"), sync=False)
 
 
-def encode_row(row: dict, folder: str, name: str) -> dict:
+def image_name(image) -> str:
+    """A file name for ``image`` that only the same pixels (size, mode and bytes) share."""
+    import hashlib
+
+    digest = hashlib.sha1(f"{image.mode} {image.size[0]}x{image.size[1]} ".encode())
+    digest.update(image.tobytes())
+    return f"{digest.hexdigest()}.png"
+
+
+def encode_row(row: dict, folder: str) -> dict:
     """A prompt row as the round's files keep it: every column holding an image (or a list of images, such as a
-    prompt's input ``images``) has them saved as PNG files under ``folder`` and holds their absolute
-    paths, which the data layouts read back; every other column as it is."""
+    prompt's input ``images``) has them saved as PNG files under ``folder``, named by their pixels, and holds
+    their absolute paths, which the data layouts read back; every other column as it is. An image already
+    there (another round's prompt, or another column's) is not written again."""
     import copy
 
     out = {}
@@ -141,9 +153,10 @@ def encode_row(row: dict, folder: str, name: str) -> dict:
         many = isinstance(value, (list, tuple))
         found = list(value) if many else [value]
         if found and all(_is_image(v) for v in found):
-            paths = [os.path.abspath(os.path.join(folder, f"{name}_{column}_{k}.png")) for k in range(len(found))]
+            paths = [os.path.abspath(os.path.join(folder, image_name(image))) for image in found]
             for image, path in zip(found, paths):
-                _save_png(image, path)
+                if not (os.path.isfile(path) and os.path.getsize(path) > 0):
+                    _save_png(image, path)
             out[column] = paths if many else paths[0]
         else:
             out[column] = copy.deepcopy(value)
@@ -157,5 +170,5 @@ def data_value(kind: str, value: Any, round_folder: str) -> Any:
     return value
 
 
-__all__ = ["decode_output", "data_value", "encode_output", "encode_row", "finite", "read_json", "read_rows", "round_dir",
-           "shard_name", "write_atomic", "write_json", "write_rows"]
+__all__ = ["PROMPT_IMAGES", "decode_output", "data_value", "encode_output", "encode_row", "finite", "image_name",
+           "read_json", "read_rows", "round_dir", "shard_name", "write_atomic", "write_json", "write_rows"]

@@ -12,8 +12,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from alignsuite.data.procedures.base import Report
 from alignsuite.generation import chunk_seed, generate_chunked, generate_rewrites, row_conditions
 from alignsuite.iterate.files import (
-    data_value, decode_output, encode_output, encode_row, finite, read_json, read_rows, shard_name, write_json,
-    write_rows,
+    PROMPT_IMAGES, data_value, decode_output, encode_output, encode_row, finite, read_json, read_rows, shard_name,
+    write_json, write_rows,
 )
 from alignsuite.iterate.settings import WIN_RATE, Iterate, IterateError
 
@@ -175,8 +175,9 @@ def gather_lists(items: list[dict], settings: Iterate, folder: str) -> tuple[lis
         # training row: left out, and counted.
         empty += [(i, s["sample"]) for s, v in zip(samples, scores) if v is not None and is_empty(s["output"])]
         scores = [None if is_empty(s["output"]) else v for s, v in zip(samples, scores)]
-        # The images the prompt row holds (its input images) as PNG files the training rows point to.
-        columns = encode_row(item, os.path.join(folder, "prompts"), f"{i:06d}")
+        # The images the prompt row holds (its input images) as PNG files the training rows point to, one folder
+        # for the run: a prompt's images are written by the first round that uses it.
+        columns = encode_row(item, os.path.join(settings.output_dir, PROMPT_IMAGES))
         row = {**columns, "responses": [data_value(s["kind"], s["output"], folder) for s in samples],
                "scores": [float("nan") if v is None else v for v in scores],
                "values": [s["values"] for s in samples], "seeds": [s["seed"] for s in samples]}
