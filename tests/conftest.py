@@ -63,6 +63,37 @@ def fit_two_rewards(recipe, dimensions: tuple[str, str], tmp_path, *overrides,
         return [(int(r["step"]), float(r[first]), float(r[second])) for r in csv.DictReader(f) if r.get(first)]
 
 
+def evaluate_front_of_short_runs(recipe, front_config, dimensions: tuple[str, str], tmp_path, weights, *overrides,
+                                 num_prompts: int = 8) -> tuple[dict, str]:
+    """MODPO runs of a two-dimension toy recipe, one per weight of ``weights`` (the first dimension's; the recipe
+    shortened by ``overrides``), then ``evaluate`` with the shipped front config ``front_config`` on them, on its
+    first ``num_prompts`` prompts and without its comparison runs; returns ``results.json`` and the page's text.
+    The config's own points are checked to be the weights its commands train."""
+    import glob
+    import json
+
+    import yaml
+
+    from alignsuite.cli import main
+
+    with open(front_config) as f:
+        shipped = yaml.safe_load(f)["evaluate"]
+    assert [p["weights"] for p in shipped["front"]] == [[0.8, 0.2], [0.5, 0.5], [0.2, 0.8]]
+    assert len(shipped["comparisons"]) == 1 and shipped["reference_point"] == [0.0, 0.0]
+    front = []
+    for w in weights:
+        other = f"{1 - w:.1f}"
+        fit_two_rewards(recipe, dimensions, tmp_path / f"w{w}", *overrides, "--model.objective.init_args.weights",
+                        f"[{w}, {other}]", num_prompts=num_prompts)
+        export = glob.glob(str(tmp_path / f"w{w}" / "*" / "version_*" / "export"))[0]
+        front.append(f'{{label: "w{w}", aligned: {export}, weights: [{w}, {other}]}}')
+    out = tmp_path / "front"
+    main(["evaluate", "--config", str(recipe), "--config", str(front_config), "--evaluate.front",
+          f"[{', '.join(front)}]", "--evaluate.comparisons", "[]", "--evaluate.num_prompts", str(num_prompts),
+          "--evaluate.num_resamples", "200", "--evaluate.output_dir", str(out)])
+    return json.loads((out / "results.json").read_text()), (out / "report.html").read_text()
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> str:
     """A random-init tiny Llama and the toy word-level tokenizer, written with ``save_pretrained``.

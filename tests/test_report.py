@@ -227,6 +227,41 @@ def test_speech_outputs_get_a_wav_player(tmp_path):
     assert abs(frames.max() / 32767 - 0.5) < 0.01
 
 
+def test_speech_codes_are_played_through_the_backbones_vocoder_and_kept_as_codes_in_results(tmp_path):
+    """A speech-token model's outputs are codes: the page plays the first ones vocoded (``listen``), says the rest's
+    length in frames, and ``results.json`` keeps the codes as lists (a mel, floats, as a ``.npy`` file)."""
+    import json
+    import wave
+
+    import torch
+
+    from alignsuite.backbones import SpeechTokenLM
+    from alignsuite.evaluation.results import write_results
+    from alignsuite.evaluation.run import listen
+
+    backbone = SpeechTokenLM("toy:tts", speech_token_offset=18, codebook_size=32, speech_start_token="<speech>",
+                             speech_end_token="</speech>", vocoder="alignsuite.toy.speech.ToyVocoder")
+    codes = [torch.tensor([3, 4, 0, 5]), None, torch.tensor([7, 7, 0])]
+    heard = listen(backbone, codes, n=2)
+    assert len(heard) == 2 and heard[1] is None and heard[0].sampling_rate > 0
+    results = EvalResults("text_to_speech", ["a", "b", "c"], base_outputs=codes, aligned_outputs=codes,
+                          heard={"base": heard, "aligned": heard})
+    out = str(tmp_path / "tts")
+    page = parse(write_report(results, out))
+    assert len(page.audio) == 2  # prompt 0 on both sides; prompt 1 failed, prompt 2 is past the first two
+    with wave.open(io.BytesIO(base64.b64decode(page.audio[0].split(",", 1)[1]))) as w:
+        assert w.getnframes() == heard[0].waveform.shape[-1] and w.getframerate() == heard[0].sampling_rate
+    html_text = open(os.path.join(out, "report.html")).read()
+    assert "4 frames, " in html_text and ">3 frames<" in html_text and "tensor(" not in html_text
+    assert json.load(open(write_results(results, out)))["base_outputs"] == [[3, 4, 0, 5], None, [7, 7, 0]]
+    mel = torch.randn(5, 8)
+    results = EvalResults("text_to_speech", ["a"], base_outputs=[mel], aligned_outputs=[mel[:2]])
+    written = json.load(open(write_results(results, out)))
+    assert np.array_equal(np.load(os.path.join(out, written["base_outputs"][0])), mel.numpy())
+    backbone.vocoder = None
+    assert listen(backbone, codes) == []  # no vocoder: the page says the frames alone
+
+
 def test_training_report_from_metrics_csv_alone(tmp_path):
     out = str(tmp_path / "train")
     page = parse(write_training_report(metrics_csv(str(tmp_path / "metrics.csv")), out))

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from conftest import fit_two_rewards
+from conftest import evaluate_front_of_short_runs, fit_two_rewards
 from alignsuite.backbones import TextToImage
 from alignsuite.data import DataError, ImageDimensionPairs
 from alignsuite.data.protocol import preference_data
@@ -25,6 +25,7 @@ from alignsuite.views import check_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "toy", "diffusion_modpo.yaml")
+FRONT = os.path.join(REPO, "configs", "eval", "toy_diffusion_colours_front.yaml")
 CAPTION = "a square at the top left"
 
 
@@ -147,6 +148,23 @@ def test_a_weight_vector_of_the_wrong_length_is_refused_at_setup(batch_and_data)
 
 def fit(tmp_path, *args) -> list[tuple[int, float, float]]:
     return fit_two_rewards(RECIPE, ('red', 'blue'), tmp_path, *args)
+
+def test_evaluate_a_front_of_short_modpo_runs_on_the_diffusion_world(tmp_path):
+    """Two MODPO runs of a few steps, then ``evaluate`` with the shipped front config: the text-to-image pipeline
+    drawing every caption at every point, both rewards judged on the images, the images on the page."""
+    written, page = evaluate_front_of_short_runs(RECIPE, FRONT, ("red", "blue"), tmp_path, (0.8, 0.2),
+                                                 "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                                                 "--data.init_args.num_train", "64", num_prompts=4)
+    result = written["front"]
+    assert written["modality"] == "text_to_image" and result["dimensions"] == ["reward_red", "reward_blue"]
+    assert [p["label"] for p in result["points"]] == ["base", "w0.8", "w0.2"]
+    for p in result["points"]:
+        for d in result["dimensions"]:
+            assert p["ci_low"][d] <= p["means"][d] <= p["ci_high"][d] and len(p["values"][d]) == 4
+            assert all(0 <= v <= 1 for v in p["values"][d])
+        assert all(path.endswith(".png") for path in written["outputs"][p["label"]])
+    assert result["hypervolume"] > 0
+    assert page.count('class="sample pixelated"') == 3 * 4
 
 
 @pytest.mark.slow

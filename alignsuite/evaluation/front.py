@@ -34,6 +34,7 @@ class FrontPoint:
     source: str | None = None  # the model's folder or checkpoint
     outputs: list = field(default_factory=list)
     failures: int = 0
+    heard: list = field(default_factory=list)  # the first outputs as audio, a speech model's (`listen`)
     means: dict[str, float | None] = field(default_factory=dict)
     ci_low: dict[str, float | None] = field(default_factory=dict)
     ci_high: dict[str, float | None] = field(default_factory=dict)

@@ -13,7 +13,8 @@ import os
 from alignsuite.evaluation import plots
 from alignsuite.evaluation.front import BASE, COMPARISON, GUIDED, PREFERENCE, SWEPT, WEIGHTS, FrontPoint, \
     FrontResults, interval, summary_lines
-from alignsuite.evaluation.report import THUMB_WIDTH, _Assets, _esc, _figures, _num, _prompt_text, _setting, _write_page
+from alignsuite.evaluation.report import THUMB_WIDTH, _Assets, _esc, _figures, _num, _prompt_text, _setting, \
+    _write_page, output_body
 
 STYLE = {  # kind: (marker, colour, legend)
     BASE: ("s", "#555555", "base model"),
@@ -142,12 +143,8 @@ def _samples(assets: _Assets, results: FrontResults, max_samples: int | None) ->
         cells = []
         for j, p in enumerate(results.points):
             out = p.outputs[i] if i < len(p.outputs) else None
-            if out is None:
-                text = '<span class="failed">generation failed</span>'
-            elif hasattr(out, "save") and hasattr(out, "size"):  # a PIL image
-                text = assets.img_tag(out, f"point{j}_{i:04d}", "sample", THUMB_WIDTH, f"{p.label} sample {i}")
-            else:
-                text = f"<pre>{_esc(out)}</pre>"
+            heard = p.heard[i] if i < len(p.heard) else None
+            text = output_body(assets, out, heard, f"point{j}_{i:04d}", THUMB_WIDTH, f"{p.label} sample {i}")
             scores = " · ".join(f"{_esc(d)} {_num(p.values[d][i])}" for d in results.dimensions)
             cells.append(f'<td>{text}<div class="scores">{scores}</div></td>')
         images = (results.conditions[i] if results.conditions else None) or []  # what a VLM's question is about

@@ -215,14 +215,9 @@ def _samples_section(assets: _Assets, results: EvalResults, scores: list[ScorerR
 
 def _output_cell(assets: _Assets, results: EvalResults, scores: list[ScorerResult], side: str, i: int) -> str:
     output = (results.base_outputs if side == "base" else results.aligned_outputs)[i]
-    if output is None:
-        body = '<span class="failed">generation failed</span>'
-    elif isinstance(output, tuple) and len(output) == 2:  # (waveform, sample_rate): speech
-        body = f'<audio controls src="{_wav_data_uri(*output)}"></audio>'
-    elif hasattr(output, "save") and hasattr(output, "size"):  # a PIL image
-        body = assets.img_tag(output, f"{side}_{i:04d}", "sample", SAMPLE_WIDTH, f"{side} sample {i}")
-    else:
-        body = f"<pre>{_esc(output)}</pre>"
+    heard = results.heard.get(side) or []
+    body = output_body(assets, output, heard[i] if i < len(heard) else None, f"{side}_{i:04d}", SAMPLE_WIDTH,
+                       f"{side} sample {i}")
     shown = []
     for s in scores:
         b, a = (s.base[i] if i < len(s.base) else None), (s.aligned[i] if i < len(s.aligned) else None)
@@ -232,6 +227,24 @@ def _output_cell(assets: _Assets, results: EvalResults, scores: list[ScorerResul
             css = "better" if (mine > other) == s.higher_is_better else "worse"
         shown.append(f'{_esc(s.name)} <span class="{css}">{_num(mine)}</span>')
     return body + (f'<div class="scores">{" · ".join(shown)}</div>' if shown else "")
+
+
+def output_body(assets: _Assets, output, heard, name: str, width: int, alt: str) -> str:
+    """One generation as the page shows it: text as text, an image as an image, speech as an audio player (a
+    ``(waveform, sample_rate)`` pair, or ``heard``: the output vocoded, an ``alignsuite.data.audio.Audio``) with
+    its length, or as its length in frames alone where it was not vocoded."""
+    if output is None:
+        return '<span class="failed">generation failed</span>'
+    if isinstance(output, tuple) and len(output) == 2:  # (waveform, sample_rate): speech
+        return f'<audio controls src="{_wav_data_uri(*output)}"></audio>'
+    if hasattr(output, "save") and hasattr(output, "size"):  # a PIL image
+        return assets.img_tag(output, name, "sample", width, alt)
+    if hasattr(output, "shape") and len(output.shape):  # speech as codes or frames
+        if heard is None:
+            return f'<div class="muted">{int(output.shape[0])} frames</div>'
+        return (f'<audio controls src="{_wav_data_uri(heard.waveform, heard.sampling_rate)}"></audio>'
+                f'<div class="muted">{int(output.shape[0])} frames, {heard.seconds:.2f} s</div>')
+    return f"<pre>{_esc(output)}</pre>"
 
 
 def _figures(assets: _Assets, figures: list[tuple[str, str]]) -> str:

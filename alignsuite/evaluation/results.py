@@ -63,12 +63,27 @@ class EvalResults:
     conditions: list[list[Any]] | None = None
     failures: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    heard: dict[str, list] = field(default_factory=dict)  # "base" / "aligned": the first outputs as audio (speech)
 
 
 def jsonable(value, output_dir: str, name: str):
-    """Text as it is; an image as a PNG file under ``output_dir/images``, referenced by its relative path."""
+    """Text as it is; an image as a PNG file under ``output_dir/images``, referenced by its relative path; an
+    integer tensor or array (speech codes) as nested lists; a float one (a mel spectrogram) as a ``.npy`` file
+    under ``output_dir/arrays``, referenced by its relative path."""
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
+    if hasattr(value, "detach") or hasattr(value, "dtype"):  # a torch tensor or a NumPy array
+        import numpy as np
+
+        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        if array.ndim and array.dtype.kind in "iub":
+            return array.tolist()
+        if array.ndim:
+            rel = os.path.join("arrays", f"{name}.npy")
+            os.makedirs(os.path.join(output_dir, "arrays"), exist_ok=True)
+            np.save(os.path.join(output_dir, rel), array)
+            return rel
+        return array.item()
     if isinstance(value, (list, tuple)):
         return [jsonable(v, output_dir, f"{name}_{i}") for i, v in enumerate(value)]
     if isinstance(value, dict):

@@ -210,6 +210,23 @@ def generate_all(backbone, rows: list[dict], seed: int, batch_size: int, kwargs:
     return outputs, errors
 
 
+HEARD = 16  # a speech model's outputs the report plays: the first this many prompts'
+
+
+def listen(backbone, outputs: list, n: int = HEARD) -> list:
+    """The first ``n`` outputs as audio (``alignsuite.data.audio.Audio``; None where generation failed) through the
+    backbone's vocoder (``to_audio``), for the report to play; empty for a model that generates no speech or has
+    no vocoder."""
+    if not hasattr(backbone, "to_audio") or getattr(backbone, "modality", None) != "text_to_speech":
+        return []
+    shown = outputs[:n]
+    made = backbone.to_audio([o for o in shown if o is not None])
+    if made is None:
+        return []
+    it = iter(made)
+    return [None if o is None else next(it) for o in shown]
+
+
 # ------------------------------------------------------------------------------------------ the evaluation
 def default_output_dir(aligned: str) -> str:
     """``<run>/version_N/eval`` for ``<run>/version_N/export`` or ``<run>/version_N/checkpoints/x.ckpt``."""
@@ -254,7 +271,7 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
                                            os.path.join(default_output_dir(guide.reward_model), "guided"))
     kwargs = evaluation.generation_kwargs
 
-    outputs, failures, errors = {}, {}, {}
+    outputs, failures, errors, heard = {}, {}, {}, {}
     for which in ("base", "aligned"):
         if not rows:
             break
@@ -266,6 +283,7 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
         outputs[which], errors[which] = generate_all(model, rows, evaluation.seed, evaluation.batch_size,
                                                      {**kwargs, **guided})
         failures[which] = len(errors[which])
+        heard[which] = listen(model, outputs[which])
         del model
 
     # What went wrong for every prompt ends the command with an error, once everything is written.
@@ -274,7 +292,8 @@ def run_evaluation(module, evaluation: Evaluation, datamodule=None, device: torc
     prompts = [r["prompt"] for r in rows]
     conditions = row_conditions(rows, backbone)
     results = EvalResults(modality=modality, prompts=prompts, base_outputs=outputs.get("base", []),
-                          aligned_outputs=outputs.get("aligned", []), conditions=conditions, failures=failures)
+                          aligned_outputs=outputs.get("aligned", []), conditions=conditions, failures=failures,
+                          heard=heard)
     for scorer in gen_scorers:
         try:
             result = ScorerResult(scorer.name, scorer.unit,
@@ -371,5 +390,5 @@ def write_report(results: EvalResults, output_dir: str, metrics_csv: str | None 
     return write(results, output_dir, metrics_csv=metrics_csv)
 
 
-__all__ = ["Evaluation", "EvaluationError", "aligned_backbone", "base_backbone", "generate_all", "run_evaluation",
+__all__ = ["Evaluation", "EvaluationError", "aligned_backbone", "base_backbone", "generate_all", "listen", "run_evaluation",
            "write_results"]

@@ -27,7 +27,7 @@ from alignsuite.evaluation.front import BASE, COMPARISON, GUIDED, PREFERENCE, SW
     FrontResults, check_preference, interval, simplex_grid, summary_lines
 from alignsuite.evaluation.results import RESULTS_FILE, jsonable
 from alignsuite.evaluation.run import Evaluation, EvaluationError, aligned_backbone, base_backbone, check_guide, \
-    default_output_dir, evaluation_prompts, generate_all
+    default_output_dir, evaluation_prompts, generate_all, listen
 from alignsuite.generation import row_conditions
 
 ENTRY_KEYS = {"front": ("label", "aligned", "weights"), "comparisons": ("label", "aligned")}
@@ -167,7 +167,7 @@ def run_front(module, evaluation: Evaluation, datamodule=None, device=None, cons
                         values[n][i] = float(v[n])
         if errors and len(errors) == len(rows):
             raise EvaluationError(f"every generation of {label} failed; the first: {errors[0]}")
-        points.append(FrontPoint(label, kind, values, vector, source, outputs, len(errors)))
+        points.append(FrontPoint(label, kind, values, vector, source, outputs, len(errors), listen(model, outputs)))
 
     def base_model():  # unguided: a recipe's backbone.guide guides the aligned models only
         return base_backbone(backbone).to(device or "cpu")
