@@ -484,3 +484,12 @@ def test_a_fits_trained_backbone_is_the_next_policy_unless_its_precision_cast_it
     policies.adopt("round_01/last.ckpt", backbone)
     assert (policies.policy is backbone) is adopted and (policies.checkpoint == "round_01/last.ckpt") is adopted
     assert not backbone.policy.training or not adopted
+
+
+def test_the_models_summary_is_printed_by_the_first_fit_only(tmp_path, capsys):
+    """Every round fits the same model: its summary table is printed once, by the first round's fit."""
+    main(small(tmp_path / "run"))
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert text.count("Trainable params") == 1, text[-3000:]
+    assert len(read_json(os.path.join(tmp_path, "run", "round_02", "round.json"))["build"]) > 0

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 
 from lightning.fabric.utilities.seed import seed_everything
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelSummary
 from lightning.pytorch.utilities import rank_zero_info
 
 from alignsuite.iterate.files import read_json, round_dir, write_json
@@ -115,9 +115,10 @@ class TrainClock(Callback):
 
 
 def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | None, times: Counter,
-              warm=None) -> None:
+              warm=None, summary: bool = True) -> None:
     """The recipe's fit on the round's rows, in ``<round>/fit``; resumed from its own checkpoint if one exists.
-    ``warm``: the backbone holding ``previous``'s weights (:meth:`Policies.take`), trained on from where it is."""
+    ``warm``: the backbone holding ``previous``'s weights (:meth:`Policies.take`), trained on from where it is.
+    ``summary``: whether the fit prints the model's summary (the process's first fit; every round's is the same)."""
     section = cli.config[cli.subcommand]
     kept = kept_reference(cli.model, settings) if warm is not None else None
     data = section["data"]["init_args"]
@@ -132,6 +133,8 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
     if warm is not None:
         hand_over(cli.model, warm, kept)
     trainer = cli.trainer
+    if not summary:
+        trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelSummary)]
     trainer.callbacks += [RoundStart(previous, settings.reference, settings.carry_optimizer, warm is not None),
                           TrainClock(times)]
     last = round_checkpoint(folder)
@@ -213,7 +216,7 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
     """Every round's summary, running those not finished yet; a stop signal between fits is acted on at the next
     shard written (one process) or phase end (several)."""
     written = (lambda where: signals.check(procs, where)) if procs.count == 1 else None
-    summaries = []
+    summaries, fitted = [], False
     for index in range(0, settings.rounds + 1):
         folder = round_dir(settings.output_dir, index)
         done = os.path.join(folder, "round.json")
@@ -236,7 +239,8 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
             signals.check(procs, f"in round {index} after judging its samples")
             summary.update(procs.from_first(build, prompts, settings, index, folder, times))
             began = time.perf_counter()
-            fit_round(cli, settings, index, folder, start_from, times, warm)
+            fit_round(cli, settings, index, folder, start_from, times, warm, summary=not fitted)
+            fitted = True
             policies.adopt(round_checkpoint(folder), cli.model.backbone)
             if settings.extragradient:
                 summary["step"] = "extrapolation" if index % 2 else "update"

@@ -118,7 +118,7 @@ def as_codes(speech) -> list[int]:
     speech = torch.as_tensor(speech)
     if speech.is_floating_point() and speech.dim() == 2:
         return frames_to_codes(speech)
-    return [int(c) for c in speech.reshape(-1)]
+    return [int(c) for c in speech.reshape(-1).tolist()]
 
 
 def transcribe(speech) -> str:
