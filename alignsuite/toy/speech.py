@@ -59,18 +59,30 @@ def speak(words: list[str], speaker: int, rng: random.Random | None = None, dura
     return codes
 
 
-def transcribe_codes(codes) -> str:
-    """The words ``codes`` say (``?`` for a unit sequence that is no word); the recogniser of the world."""
+def spoken_words(codes) -> list[list[tuple[int, int]]]:
+    """Each word ``codes`` say (the stretches between silences) as its units, speaker-blind, with the frames each
+    is held: ``[(unit, frames), ...]``."""
     words, segment = [], []
     for code in [int(c) for c in codes] + [SILENCE]:
         if code == SILENCE:
             if segment:
-                merged = [u for j, u in enumerate(segment) if j == 0 or u != segment[j - 1]]
-                words.append(_WORD_OF.get(tuple(merged), "?"))
+                words.append(segment)
             segment = []
+        elif segment and segment[-1][0] == code % SPEAKER_SHIFT:
+            segment[-1] = (segment[-1][0], segment[-1][1] + 1)
         else:
-            segment.append(code % SPEAKER_SHIFT)
-    return " ".join(words)
+            segment.append((code % SPEAKER_SHIFT, 1))
+    return words
+
+
+def word_of(units: list[tuple[int, int]]) -> str:
+    """The word spoken as ``units`` (``spoken_words``' items), ``?`` for a unit sequence that is no word."""
+    return _WORD_OF.get(tuple(u for u, _ in units), "?")
+
+
+def transcribe_codes(codes) -> str:
+    """The words ``codes`` say (``?`` for a unit sequence that is no word); the recogniser of the world."""
+    return " ".join(word_of(units) for units in spoken_words(codes))
 
 
 def speaker_share(codes, speaker: int) -> float:

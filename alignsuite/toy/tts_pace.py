@@ -4,14 +4,17 @@ The same texts, speaker prompts and base model as the speech-token world (`align
 reading holds a little over half of its units one frame and skips or doubles words on hard texts. Two rewards
 score an utterance of a text:
 
-- ``clear``: intelligibility, ``1 - WER`` of what the world's recogniser hears against the text (0 at a WER of 1
-  or more);
+- ``clear``: intelligibility, ``1 - WER`` of what a listener catches against the text (0 at a WER of 1 or more):
+  the world's recogniser, except that a word with every unit held a single frame goes by too fast to catch and
+  is heard as no word (:func:`caught`);
 - ``brief``: the frames saved, ``(S - F) / (S - Q)`` for an utterance of ``F`` frames, where ``S`` and ``Q`` are
   the frames of the whole text held two frames a unit and one frame a unit: 0 for the slow reading, 1 for the
   quick one; a dropped word raises it (above 1 only by dropping words), an added one lowers it.
 
-A dropped word costs under ``clear`` and saves frames under ``brief``; a unit held long costs under ``brief`` alone.
-The pairs tie pace to care: each sets a careful reading (every unit held two frames, every word said) against a
+A dropped word costs under ``clear`` and saves frames under ``brief``; so does a word hurried through (both its units
+one frame), which ``clear`` misses; a unit held long costs under ``brief`` alone. So the quick reading (every unit
+one frame) scores 0 under ``clear`` and 1 under ``brief``, the slow one the other way round, and a reading that
+holds one unit of each word two frames is caught whole at half the frames saved. The pairs tie pace to care: each sets a careful reading (every unit held two frames, every word said) against a
 rushed one (one frame a unit, one word dropped), so ``clear`` prefers the careful one and
 ``brief`` the rushed one. An annotator labels them under ``clear`` and is right three times in four
 (``p = s(ln 3 * sign(R_a - R_b))``); ``brief`` comes as a score per utterance. As in the language and
@@ -30,6 +33,13 @@ from alignsuite.toy.labels import bradley_terry_label
 from alignsuite.toy import speech
 from alignsuite.toy.tts import SpeechTokenWorld
 
+
+
+def caught(codes) -> str:
+    """What a listener catches of an utterance: the world's recogniser (``speech.transcribe_codes``), but a word
+    with every unit held a single frame is heard as ``?``."""
+    units = speech.spoken_words(speech.as_codes(codes))
+    return " ".join("?" if all(held == 1 for _, held in word) else speech.word_of(word) for word in units)
 
 
 def reading_frames(words: list[str], frames_per_unit: int) -> int:
@@ -56,7 +66,7 @@ class PacedSpeechWorld(SpeechTokenWorld):
     def rewards(self, item: dict, codes) -> dict[str, float]:
         """Both rewards of utterance ``codes`` (a sequence of codes) of evaluation item ``item`` (its ``text``)."""
         words = item["text"].split()
-        wer = speech.word_error_rate([speech.transcribe(codes)], [item["text"]])
+        wer = speech.word_error_rate([caught(codes)], [item["text"]])
         slow, quick = reading_frames(words, 2), reading_frames(words, 1)
         return {"clear": max(0.0, 1.0 - wer), "brief": (slow - len(codes)) / (slow - quick)}
 
@@ -82,4 +92,4 @@ class PacedSpeechWorld(SpeechTokenWorld):
         return rows
 
 
-__all__ = ["PacedSpeechWorld", "reading_frames"]
+__all__ = ["PacedSpeechWorld", "caught", "reading_frames"]
