@@ -387,5 +387,9 @@ class CausalLM(Backbone):
         if self.has_adapters and merge_adapters:
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(path)
+        self.save_tokenizer(path)
+
+    def save_tokenizer(self, path: str) -> None:
+        """What turns text into the model's inputs, saved beside an export (the tokenizer; a processor there)."""
         self.tokenizer.save_pretrained(path)
 

@@ -1,13 +1,18 @@
-"""A causal language model with a Panacea adapter: one model for a whole front of preferences.
+"""Panacea (Zhong et al. 2024, arXiv 2402.02030): one preference-conditioned model for a whole front.
 
 The policy is the base model with an SVD-LoRA adapter (:mod:`.svd_lora`) on its target linear layers, the
 preference vector among the adapter's singular values. ``set_preference(w)`` chooses the trade-off (training:
 a per-step draw, ``alignsuite.callbacks.PreferenceSampler``; inference: ``generate(..., preference=w)``). The
 reference is the base, the adapter off (``AdapterDisabled``).
 
+What does not depend on the modality is `PreferenceAdapted`, a mixin in front of a token backbone: `PanaceaLM`
+(a causal LM) and `PanaceaVLM` (a vision-language model, the adapter on its language model) are that mixin and
+the plain backbone, each with its ``__init__`` spelled out for the command line. ``reading(backbone, folder)``
+picks the one that matches a recipe's plain backbone (``evaluate`` of a Panacea export beside plain models).
+
 Export: a preference vector cannot be merged into the weights without fixing it, so ``save_pretrained`` writes
 the base model unmerged and the adapter beside it (``panacea_adapter.safetensors``, ``panacea.json``), whatever
-``merge_adapters`` says; ``PanaceaLM(model_name_or_path=<that folder>)`` loads both back.
+``merge_adapters`` says; ``PanaceaLM(model_name_or_path=<that folder>)`` (or ``PanaceaVLM``) loads both back.
 
 A reference other than the base (``FrozenCopy(model_name_or_path=...)``, a frozen copy of an export the policy starts
 from) is read as what it is: a plain model as it is, a Panacea export with its adapter, at the policy's preference
@@ -41,6 +46,7 @@ from alignsuite.backbones.svd_lora import (
     saved_spec,
 )
 from alignsuite.backbones.tokenize import Text
+from alignsuite.backbones.vision_language import LANGUAGE_MODELS, VisionLanguage, find_module
 from alignsuite.sources import resolve_model_path
 
 SIMPLEX_TOLERANCE = 1e-6
@@ -74,58 +80,32 @@ class FollowedPreference(PreferenceState):
         return self.policy.vector
 
 
-class PanaceaLM(CausalLM):
-    """A causal LM trained with a Panacea adapter (Zhong et al. 2024, arXiv 2402.02030) instead of LoRA.
-
-    Args:
-        model_name_or_path: a base model (folder, hub id, ``toy:llm``) or a Panacea export (base + adapter).
-        panacea: the adapter's settings (rank, rank per preference, target modules, scale init); the preference
-            length is read from the data's dimensions at setup, or from an export's ``panacea.json``.
-        preference: the vector the model starts with (``predict`` and ``validate`` generate with it); uniform when
-            None. Training draws its own each step (``PreferenceSampler``).
-        guide: a decoding-time guide (`alignsuite.backbones.PAD`) every ``generate`` uses, at the preference vector
-            the model generates with: the guided model at that point of its front.
-        The others: as `CausalLM`'s.
-    """
+class PreferenceAdapted:
+    """What makes a token backbone (`CausalLM` or a subclass) a Panacea model, whatever its modality: the adapter
+    and its preference state, ``set_preference``, ``generate(preference=)``, the reference as the adapter off, the
+    export (base unmerged + adapter), a Panacea reference following the policy's vector, and the preference length
+    read from the data's dimensions. It sits in front of the plain backbone (``class PanaceaLM(PreferenceAdapted,
+    CausalLM)``), whose ``__init__`` the subclass calls before `_init_preference`."""
 
     reads_preference_adapter = True
 
-    def __init__(
-        self,
-        model_name_or_path: str,
-        panacea: PanaceaSpec | None = None,
-        preference: list[float] | None = None,
-        tokenizer_name_or_path: str | None = None,
-        max_length: int = 1024,
-        max_prompt_length: int = 512,
-        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
-        gradient_checkpointing: bool = False,
-        attn_implementation: str | None = None,
-        disable_dropout: bool = True,
-        trust_remote_code: bool = False,
-        chat_template: str | None = None,
-        share_prompt: bool = True,
-        pack_rows: bool = True,
-        lm_head_at_scored_only: bool = True,
-        lm_head_chunk: int | None = None,
-        tokenize_in_loader: bool = True,
-        guide: PAD | None = None,
-    ) -> None:
-        super().__init__(model_name_or_path, tokenizer_name_or_path, None, max_length, max_prompt_length, dtype,
-                         gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code, chat_template,
-                         share_prompt, pack_rows, lm_head_at_scored_only, lm_head_chunk, tokenize_in_loader, guide)
+    def _init_preference(self, panacea: PanaceaSpec | None, preference: list[float] | None) -> None:
         self.panacea = panacea if panacea is not None else PanaceaSpec()
         self.initial_preference = None if preference is None else [float(v) for v in preference]
         self._state: PreferenceState | None = None
+
+    def adapter_scopes(self, model: nn.Module) -> tuple[str, ...] | None:
+        """The sub-modules whose linear layers the adapter may target; None: the whole model."""
+        return None
 
     @property
     def has_adapters(self) -> bool:
         return True
 
     @classmethod
-    def reading(cls, backbone: CausalLM, folder: str) -> PanaceaLM:
-        """A Panacea model with ``backbone``'s settings (a plain causal LM's, its tokenizer, lengths and dtype)
-        loading the export ``folder``: how a recipe without a preference adapter evaluates one that has it."""
+    def reading(cls, backbone: CausalLM, folder: str) -> PreferenceAdapted:
+        """A Panacea model with ``backbone``'s settings (a plain backbone's: its tokenizer or processor, lengths and
+        dtype) loading the export ``folder``: how a recipe without a preference adapter evaluates one that has it."""
         names = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "model_name_or_path",
                                                                                     "panacea", "preference")]
         return cls(folder, **{n: getattr(backbone, n) for n in names})
@@ -159,7 +139,7 @@ class PanaceaLM(CausalLM):
                                  f" has {self.panacea.preference_dim}")
             self.panacea = spec
         super().configure()  # loads the base (lora is None: no PEFT)
-        self._state = apply_adapter(self.policy, self.panacea)
+        self._state = apply_adapter(self.policy, self.panacea, self.adapter_scopes(self.policy))
         if folder is not None:
             load_adapter(self.policy, folder)
         if self.initial_preference is not None:
@@ -187,7 +167,7 @@ class PanaceaLM(CausalLM):
             raise ValueError(f"{where} is a Panacea export for {spec.preference_dim} preferences and the policy takes"
                              f" {self.preference_dim}: its adapter could not follow the policy's preference vector;"
                              " give a reference trained on the same dimensions, or its base (a plain model)")
-        apply_adapter(model, spec)
+        apply_adapter(model, spec, self.adapter_scopes(model))
         load_adapter(model, path)
         state = FollowedPreference(self._state)  # one switch for the whole reference, as the policy's
         for adapter in adapters(model).values():
@@ -224,21 +204,132 @@ class PanaceaLM(CausalLM):
         return torch.stack([a.scale.detach() for a in adapters(self.policy).values()])
 
     @torch.no_grad()
+    def generate(self, prompts: list, *args, preference: Sequence[float] | None = None, **kwargs) -> list[str]:
+        """As the plain backbone's ``generate``; ``preference`` sets the preference vector first (and it stays set);
+        a guide (where the backbone takes one) guides the model at that vector."""
+        if preference is not None:
+            self.set_preference(preference)
+        return super().generate(prompts, *args, **kwargs)
+
+    # ---------------------------------------------------------------- export
+    def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
+        """The base model (unmerged: merging would fix the preference), the adapter beside it, and the tokenizer
+        (or processor)."""
+        self.policy.save_pretrained(path, state_dict=base_state_dict(self.policy))
+        save_adapter(self.policy, self.panacea, path)
+        self.save_tokenizer(path)
+
+
+class PanaceaLM(PreferenceAdapted, CausalLM):
+    """A causal LM trained with a Panacea adapter (Zhong et al. 2024, arXiv 2402.02030) instead of LoRA.
+
+    Args:
+        model_name_or_path: a base model (folder, hub id, ``toy:llm``) or a Panacea export (base + adapter).
+        panacea: the adapter's settings (rank, rank per preference, target modules, scale init); the preference
+            length is read from the data's dimensions at setup, or from an export's ``panacea.json``.
+        preference: the vector the model starts with (``predict`` and ``validate`` generate with it); uniform when
+            None. Training draws its own each step (``PreferenceSampler``).
+        guide: a decoding-time guide (`alignsuite.backbones.PAD`) every ``generate`` uses, at the preference vector
+            the model generates with: the guided model at that point of its front.
+        The others: as `CausalLM`'s.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        panacea: PanaceaSpec | None = None,
+        preference: list[float] | None = None,
+        tokenizer_name_or_path: str | None = None,
+        max_length: int = 1024,
+        max_prompt_length: int = 512,
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        disable_dropout: bool = True,
+        trust_remote_code: bool = False,
+        chat_template: str | None = None,
+        share_prompt: bool = True,
+        pack_rows: bool = True,
+        lm_head_at_scored_only: bool = True,
+        lm_head_chunk: int | None = None,
+        tokenize_in_loader: bool = True,
+        guide: PAD | None = None,
+    ) -> None:
+        super().__init__(model_name_or_path, tokenizer_name_or_path, None, max_length, max_prompt_length, dtype,
+                         gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code, chat_template,
+                         share_prompt, pack_rows, lm_head_at_scored_only, lm_head_chunk, tokenize_in_loader, guide)
+        self._init_preference(panacea, preference)
+
+    @torch.no_grad()
     def generate(self, prompts: list[Text], model: nn.Module | None = None, seed: int | None = None,
                  max_new_tokens: int = 64, do_sample: bool | None = None, preference: Sequence[float] | None = None,
                  **kwargs) -> list[str]:
         """As `CausalLM.generate`; ``preference`` sets the preference vector first (and it stays set); a guide
         (``guide``, or ``backbone.guide``) guides the model at that vector."""
-        if preference is not None:
-            self.set_preference(preference)
-        return super().generate(prompts, model, seed, max_new_tokens, do_sample, **kwargs)
-
-    # ---------------------------------------------------------------- export
-    def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
-        """The base model (unmerged: merging would fix the preference) and the adapter beside it."""
-        self.policy.save_pretrained(path, state_dict=base_state_dict(self.policy))
-        save_adapter(self.policy, self.panacea, path)
-        self.tokenizer.save_pretrained(path)
+        return super().generate(prompts, model, seed, max_new_tokens, do_sample, preference=preference, **kwargs)
 
 
-__all__ = ["FollowedPreference", "PanaceaLM", "PanaceaSpec", "check_preference"]
+class PanaceaVLM(PreferenceAdapted, VisionLanguage):
+    """A vision-language model trained with a Panacea adapter (Zhong et al. 2024, arXiv 2402.02030) on its language
+    model.
+
+    The adapter goes on the language model's linear layers only: ``panacea.target_modules`` ("all-linear", or names
+    such as ``q_proj``, which vision towers have too) is looked for there, as `VisionLanguage`'s LoRA is. The
+    vision tower and the projector stay frozen, as the base's: what the image is does not depend on the preference
+    (the two rewards judge the answer, which the language model writes), the reference (the adapter off) stays the
+    base model exactly, and the export's base weights are the base's, so no part trained outside the adapter could
+    be lost at the ``preference`` it was trained beside (hence no ``train_vision_tower``, ``train_projector`` nor
+    ``lora`` here). A decoding-time guide is refused, as by `VisionLanguage`.
+
+    Args:
+        model_name_or_path: a base model (folder, hub id, ``toy:vlm``) or a Panacea VLM export (base + adapter).
+        panacea, preference: as `PanaceaLM`'s.
+        The others: as `VisionLanguage`'s.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        panacea: PanaceaSpec | None = None,
+        preference: list[float] | None = None,
+        processor_name_or_path: str | None = None,
+        processor_kwargs: dict | None = None,
+        vision_tower: str | None = None,
+        projector: str | None = None,
+        max_length: int = 2048,
+        max_prompt_length: int = 1536,
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        disable_dropout: bool = True,
+        trust_remote_code: bool = False,
+        chat_template: str | None = None,
+    ) -> None:
+        super().__init__(model_name_or_path, processor_name_or_path, processor_kwargs, None, False, False, vision_tower,
+                         projector, max_length, max_prompt_length, dtype, gradient_checkpointing, attn_implementation,
+                         disable_dropout, trust_remote_code, chat_template)
+        self._init_preference(panacea, preference)
+
+    def adapter_scopes(self, model: nn.Module) -> tuple[str, ...]:
+        language = find_module(model, LANGUAGE_MODELS)
+        if language is None:
+            raise ValueError(f"cannot find the language model of {type(model).__name__} to put the Panacea adapter on")
+        return (language,)
+
+
+# The Panacea model of each plain backbone, the most specific first: how evaluate reads an export beside plain models.
+_PANACEA_OF = ((VisionLanguage, PanaceaVLM), (CausalLM, PanaceaLM))
+
+
+def reading(backbone: CausalLM, folder: str) -> PreferenceAdapted:
+    """The Panacea export ``folder`` read with the settings of ``backbone``, a recipe's plain backbone: a
+    `PanaceaVLM` for a `VisionLanguage` recipe, a `PanaceaLM` for a causal LM's."""
+    for plain, panacea in _PANACEA_OF:
+        if isinstance(backbone, plain):
+            return panacea.reading(backbone, folder)
+    raise ValueError(f"{folder} is a Panacea export and {type(backbone).__name__} has no Panacea model to read it"
+                     " (PanaceaLM: a causal LM's; PanaceaVLM: a vision-language model's)")
+
+
+__all__ = ["FollowedPreference", "PanaceaLM", "PanaceaSpec", "PanaceaVLM", "PreferenceAdapted", "check_preference",
+           "reading"]

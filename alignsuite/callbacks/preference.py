@@ -44,7 +44,7 @@ class PreferenceSampler(Callback):
         dim = getattr(pl_module.backbone, "preference_dim", 0)
         if dim == 0:
             raise ValueError(f"PreferenceSampler: the backbone {type(pl_module.backbone).__name__} takes no preference"
-                             " vector; use alignsuite.backbones.PanaceaLM")
+                             " vector; use alignsuite.backbones.PanaceaLM (PanaceaVLM for a vision-language model)")
         return dim
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
