@@ -107,6 +107,10 @@ def test_the_reference_is_the_adapter_off_and_the_preference_changes_the_model(t
     assert not torch.allclose(batch_scores(bb), batch_scores(base), atol=1e-3)
     with bb.adapters_disabled():
         assert torch.equal(batch_scores(bb), batch_scores(base))
+        with bb.adapters_disabled():  # a block inside (the reference's scores) leaves it off when it ends
+            pass
+        assert torch.equal(batch_scores(bb), batch_scores(base))
+    assert not torch.allclose(batch_scores(bb), batch_scores(base), atol=1e-3)
     bb.set_preference([1.0, 0.0])
     first = batch_scores(bb)
     bb.set_preference([0.0, 1.0])

@@ -215,7 +215,7 @@ class VisionLanguage(CausalLM):
             config.modules_to_save = list(config.modules_to_save or []) + [projector.rsplit(".", 1)[-1]]
         return config
 
-    def save_tokenizer(self, path: str) -> None:
+    def save_preprocessing(self, path: str) -> None:
         """The processor (its tokenizer with it): ``AutoProcessor`` loads the export folder."""
         self.processor.save_pretrained(path)
 
