@@ -79,12 +79,14 @@ class PanaceaVLM(PreferenceAdapted, VisionLanguage):
     model.
 
     The adapter goes on the language model's linear layers only: ``panacea.target_modules`` ("all-linear", or names
-    such as ``q_proj``, which vision towers have too) is looked for there, as `VisionLanguage`'s LoRA is. The
-    vision tower and the projector stay frozen, as the base's: what the image is does not depend on the preference
-    (the two rewards judge the answer, which the language model writes), the reference (the adapter off) stays the
-    base model exactly, and the export's base weights are the base's, so no part trained outside the adapter could
-    be lost at the ``preference`` it was trained beside (hence no ``train_vision_tower``, ``train_projector`` nor
-    ``lora`` here). A decoding-time guide is refused, as by `VisionLanguage`.
+    such as ``q_proj``, which vision towers have too) is looked for there, as `VisionLanguage`'s LoRA is; over the
+    whole model "all-linear" would hit the vision tower and the projector as well. They stay frozen, as the
+    base's: the preference weighs judgements of the answer, which the language model writes, so what the image
+    reads as needs no preference (as mDPO and most VLM DPO keep the vision tower frozen); the reference (the adapter
+    off) is then the base model exactly, and the export, whose weights are the base's beside the adapter, loses
+    nothing trained (a vision tower or projector trained in full could not be saved unmerged beside it: hence no
+    ``train_vision_tower``, ``train_projector`` nor ``lora`` here). A decoding-time guide is refused, as by
+    `VisionLanguage`.
 
     Args:
         model_name_or_path: a base model (folder, hub id, ``toy:vlm``) or a Panacea VLM export (base + adapter).
