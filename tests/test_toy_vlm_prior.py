@@ -19,6 +19,7 @@ from alignsuite.toy import get_world
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "toy", "vlm_modpo.yaml")
+PANACEA = os.path.join(REPO, "recipes", "toy", "vlm_panacea.yaml")
 FRONT = os.path.join(REPO, "configs", "eval", "toy_vlm_prior_front.yaml")
 
 
@@ -85,9 +86,10 @@ def test_modpo_recipe_end_to_end(tmp_path):
 
 
 def test_evaluate_a_front_of_short_modpo_runs_on_the_vision_language_world(tmp_path, capsys):
-    """Three MODPO runs of a few steps, then ``evaluate`` with the shipped front config: a VisionLanguage backbone,
-    the world's scorer judging both rewards on every point, the table, hypervolume, plot and the samples beside
-    their images."""
+    """Three MODPO runs and one Panacea run of a few steps, then ``evaluate`` with the shipped front config: a
+    VisionLanguage backbone (reading the Panacea export as a PanaceaVLM, swept at the MODPO runs' vectors), the
+    world's scorer judging both rewards on every point, the table, hypervolume, plot and the samples beside their
+    images."""
     front = []
     for w in ("0.8", "0.5", "0.2"):
         other = f"{1 - float(w):.1f}"
@@ -96,20 +98,27 @@ def test_evaluate_a_front_of_short_modpo_runs_on_the_vision_language_world(tmp_p
             num_prompts=16)
         export = glob.glob(str(tmp_path / f"w{w}" / "*" / "version_*" / "export"))[0]
         front.append(f'{{label: "w{w}", aligned: {export}, weights: [{w}, {other}]}}')
-    with open(FRONT) as f:  # the shipped config names the four runs of its commands
+    # and one Panacea model of a few steps, swept at the same vectors (the recipe's VisionLanguage reads its export)
+    fit_two_rewards(PANACEA, ("seen", "prior"), tmp_path / "panacea", "--data.init_args.num_train", "32",
+                    "--data.init_args.num_val", "16", "--trainer.val_check_interval", "2", num_prompts=16)
+    panacea = glob.glob(str(tmp_path / "panacea" / "*" / "version_*" / "export"))[0]
+    with open(FRONT) as f:  # the shipped config names the four runs of its commands and the Panacea run
         shipped = yaml.safe_load(f)["evaluate"]
-    assert [p["weights"] for p in shipped["front"]] == [[0.8, 0.2], [0.5, 0.5], [0.2, 0.8]]
+    assert [p["weights"] for p in shipped["front"]] == [[0.8, 0.2], [0.5, 0.5], [0.2, 0.8]] == shipped["preferences"]
     assert shipped["prompts"] == "toy:vlm_prior" and len(shipped["comparisons"]) == 1
+    assert shipped["aligned"] == "runs/toy_vlm_panacea/version_0/export"
     out = tmp_path / "front"
     capsys.readouterr()
     main(["evaluate", "--config", RECIPE, "--config", FRONT, "--evaluate.front", f"[{', '.join(front)}]",
           "--evaluate.comparisons", "[]", "--evaluate.num_prompts", "16", "--evaluate.num_resamples", "200",
-          "--evaluate.output_dir", str(out)])
+          "--evaluate.aligned", panacea, "--evaluate.output_dir", str(out)])
     printed = capsys.readouterr().out
     written = json.loads((out / "results.json").read_text())
     result = written["front"]
     assert written["modality"] == "vision_language" and result["dimensions"] == ["reward_seen", "reward_prior"]
-    assert [p["label"] for p in result["points"]] == ["base", "w0.8", "w0.5", "w0.2"]
+    assert [p["label"] for p in result["points"]] == ["base", "pref (0.8, 0.2)", "pref (0.5, 0.5)", "pref (0.2, 0.8)",
+                                                      "w0.8", "w0.5", "w0.2"]
+    assert set(result["hypervolume_by_sweep"]) == {"weights", "preference"}
     assert result["reference"] == "given" and result["reference_point"] == [0.0, 0.0]
     for p in result["points"]:
         for d in result["dimensions"]:
@@ -119,6 +128,7 @@ def test_evaluate_a_front_of_short_modpo_runs_on_the_vision_language_world(tmp_p
     assert 0 < base["reward_seen"] < 1 and 0 < base["reward_prior"] < 1
     assert result["hypervolume"] > 0 and "hypervolume" in printed and "(0.000, 0.000)" in printed
     assert len(written["conditions"]) == 16 and all(len(c) == 1 for c in written["conditions"])
+    assert all(len(p["values"]["reward_seen"]) == 16 for p in result["points"] if p["label"].startswith("pref"))
     page = (out / "report.html").read_text()
     assert '<img src="figures/front_reward_seen_reward_prior.png"' in page
     assert page.count('alt="condition"') == 16 and "what colour is the" in page

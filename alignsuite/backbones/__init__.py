@@ -16,11 +16,12 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "PAD": "pad",
     "PanaceaLM": "panacea",
     "PanaceaSpec": "svd_lora",
+    "PanaceaSpeechLM": "panacea",
+    "PanaceaVLM": "panacea",
     "SpeechTokenLM": "speech_tokens",
     "TextToImage": "text_to_image",
     "VisionLanguage": "vision_language",
 })
 
-__all__ = ["Backbone", "CausalLM", "FlowMatchingTTS", "LoraSpec", "PAD", "PanaceaLM", "PanaceaSpec",
-           "SequenceScores", "SpeechTokenLM", "TextToImage",
-           "VisionLanguage"]
+__all__ = ["Backbone", "CausalLM", "FlowMatchingTTS", "LoraSpec", "PAD", "PanaceaLM", "PanaceaSpec", "PanaceaSpeechLM",
+           "PanaceaVLM", "SequenceScores", "SpeechTokenLM", "TextToImage", "VisionLanguage"]

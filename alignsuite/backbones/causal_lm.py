@@ -387,5 +387,10 @@ class CausalLM(Backbone):
         if self.has_adapters and merge_adapters:
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(path)
+        self.save_preprocessing(path)
+
+    def save_preprocessing(self, path: str) -> None:
+        """Besides the weights, what an export holds to turn inputs into the model's tokens: the tokenizer (a
+        vision-language model's processor, a speech-token model's settings too)."""
         self.tokenizer.save_pretrained(path)
 

@@ -1,27 +1,16 @@
-"""A causal language model with a Panacea adapter: one model for a whole front of preferences.
+"""Panacea (Zhong et al. 2024, arXiv 2402.02030): one preference-conditioned model for a whole front, one class
+per token backbone.
 
-The policy is the base model with an SVD-LoRA adapter (:mod:`.svd_lora`) on its target linear layers, the
-preference vector among the adapter's singular values. ``set_preference(w)`` chooses the trade-off (training:
-a per-step draw, ``alignsuite.callbacks.PreferenceSampler``; inference: ``generate(..., preference=w)``). The
-reference is the base, the adapter off (``AdapterDisabled``).
-
-Export: a preference vector cannot be merged into the weights without fixing it, so ``save_pretrained`` writes
-the base model unmerged and the adapter beside it (``panacea_adapter.safetensors``, ``panacea.json``), whatever
-``merge_adapters`` says; ``PanaceaLM(model_name_or_path=<that folder>)`` loads both back.
-
-A reference other than the base (``FrozenCopy(model_name_or_path=...)``, a frozen copy of an export the policy starts
-from) is read as what it is: a plain model as it is, a Panacea export with its adapter, at the policy's preference
-vector (``load_reference``): the reference of the model at ``w`` is the other model at ``w``.
+Each is `PreferenceAdapted` (:mod:`.preference_adapted`: the adapter, the preference, the reference as the
+adapter off, the export, a Panacea reference following the policy's vector) in front of the plain backbone, with
+its ``__init__`` spelled out for the command line: `PanaceaLM` (a causal LM), `PanaceaVLM` (a vision-language
+model, the adapter on its language model), `PanaceaSpeechLM` (a speech-token LM). ``reading(backbone, folder)``
+picks the one that matches a recipe's plain backbone (``evaluate`` of a Panacea export beside plain models).
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import math
-import os
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -29,52 +18,14 @@ from torch import nn
 
 from alignsuite.backbones.causal_lm import CausalLM
 from alignsuite.backbones.pad import PAD
-from alignsuite.backbones.svd_lora import (
-    PanaceaSpec,
-    PreferenceState,
-    adapters,
-    apply_adapter,
-    is_export,
-    base_state_dict,
-    load_adapter,
-    save_adapter,
-    saved_spec,
-)
+from alignsuite.backbones.preference_adapted import FollowedPreference, PreferenceAdapted, check_preference
+from alignsuite.backbones.speech_tokens import SpeechTokenLM
+from alignsuite.backbones.svd_lora import PanaceaSpec
 from alignsuite.backbones.tokenize import Text
-from alignsuite.sources import resolve_model_path
-
-SIMPLEX_TOLERANCE = 1e-6
+from alignsuite.backbones.vision_language import LANGUAGE_MODELS, VisionLanguage, find_module
 
 
-def check_preference(vector: Sequence[float], dim: int, option: str = "preference") -> list[float]:
-    """``vector`` as floats when it is on the simplex of ``dim`` entries; else an error naming ``option``."""
-    try:
-        values = [float(v) for v in vector]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{option} must be a sequence of {dim} floats, got {vector!r}") from e
-    if len(values) != dim:
-        raise ValueError(f"{option} has {len(values)} entries and the model takes a preference vector of {dim}"
-                         " (one per preference dimension it was trained on)")
-    if not all(math.isfinite(v) and v >= 0 for v in values):
-        raise ValueError(f"{option} must have finite entries >= 0 (a point of the simplex), got {values}")
-    if abs(sum(values) - 1.0) > SIMPLEX_TOLERANCE:
-        raise ValueError(f"{option} must sum to 1 (a point of the simplex), got {values} (sum {sum(values)})")
-    return values
-
-
-class FollowedPreference(PreferenceState):
-    """A reference's adapters' state: the policy's preference vector (read at each forward, so the reference
-    follows every draw), with its own switch (the policy's ``adapters_disabled`` leaves it on)."""
-
-    def __init__(self, policy: PreferenceState) -> None:
-        self.policy, self.enabled = policy, True
-
-    @property
-    def vector(self) -> torch.Tensor:
-        return self.policy.vector
-
-
-class PanaceaLM(CausalLM):
+class PanaceaLM(PreferenceAdapted, CausalLM):
     """A causal LM trained with a Panacea adapter (Zhong et al. 2024, arXiv 2402.02030) instead of LoRA.
 
     Args:
@@ -87,8 +38,6 @@ class PanaceaLM(CausalLM):
             the model generates with: the guided model at that point of its front.
         The others: as `CausalLM`'s.
     """
-
-    reads_preference_adapter = True
 
     def __init__(
         self,
@@ -114,114 +63,7 @@ class PanaceaLM(CausalLM):
         super().__init__(model_name_or_path, tokenizer_name_or_path, None, max_length, max_prompt_length, dtype,
                          gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code, chat_template,
                          share_prompt, pack_rows, lm_head_at_scored_only, lm_head_chunk, tokenize_in_loader, guide)
-        self.panacea = panacea if panacea is not None else PanaceaSpec()
-        self.initial_preference = None if preference is None else [float(v) for v in preference]
-        self._state: PreferenceState | None = None
-
-    @property
-    def has_adapters(self) -> bool:
-        return True
-
-    @classmethod
-    def reading(cls, backbone: CausalLM, folder: str) -> PanaceaLM:
-        """A Panacea model with ``backbone``'s settings (a plain causal LM's, its tokenizer, lengths and dtype)
-        loading the export ``folder``: how a recipe without a preference adapter evaluates one that has it."""
-        names = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "model_name_or_path",
-                                                                                    "panacea", "preference")]
-        return cls(folder, **{n: getattr(backbone, n) for n in names})
-
-    @property
-    def preference_dim(self) -> int:
-        return self.panacea.preference_dim or 0
-
-    def _export_folder(self) -> str | None:
-        path = resolve_model_path(self.model_name_or_path)
-        return path if os.path.isdir(path) and is_export(path) else None
-
-    def on_setup(self, datamodule) -> None:
-        dims = tuple(getattr(datamodule.layout, "preference_dimensions", ()) or ())
-        given = self.panacea.preference_dim
-        if dims and given is not None and given != len(dims):
-            raise ValueError(f"backbone.panacea.preference_dim is {given} and the data layout {datamodule.layout.name}"
-                             f" has {len(dims)} preference dimensions ({', '.join(dims)}); leave it out to use the data's")
-        if dims and given is None:
-            self.panacea = replace(self.panacea, preference_dim=len(dims))
-        super().on_setup(datamodule)
-
-    def configure(self) -> None:
-        if self.policy is not None:
-            return
-        folder = self._export_folder()
-        if folder is not None:  # an export: its adapter's settings win; they must agree with the data's length
-            spec = saved_spec(folder)
-            if self.panacea.preference_dim not in (None, spec.preference_dim):
-                raise ValueError(f"{folder} holds a Panacea adapter for {spec.preference_dim} preferences, and the data"
-                                 f" has {self.panacea.preference_dim}")
-            self.panacea = spec
-        super().configure()  # loads the base (lora is None: no PEFT)
-        self._state = apply_adapter(self.policy, self.panacea)
-        if folder is not None:
-            load_adapter(self.policy, folder)
-        if self.initial_preference is not None:
-            values = check_preference(self.initial_preference, self.preference_dim, "backbone.preference")
-            self._state.vector = torch.tensor(values, dtype=torch.float32)
-        if self.gradient_checkpointing:
-            self.policy.enable_input_require_grads()
-
-    def load_reference(self, source: str | None = None, dtype: str | None = None) -> nn.Module:
-        """A frozen model for reference scores: ``source`` (the starting weights when None) read as what it is. A
-        plain model as it is; a Panacea export with its adapter, which reads the policy's preference vector (one
-        model for a whole front, as the policy: at ``w`` the reference is that model at ``w``). Loaded as a plain
-        model, an export would silently be its base alone; the base under the policy's own adapter is
-        ``AdapterDisabled``, with no second copy."""
-        model = super().load_reference(source, dtype)
-        path = resolve_model_path(source or self.model_name_or_path)
-        if not (os.path.isdir(path) and is_export(path)):
-            return model
-        spec = saved_spec(path)
-        where = f"the reference {path}" + ("" if source else " (the policy's starting weights)")
-        if self._state is None:
-            raise ValueError(f"{where} is a Panacea export, whose adapter reads the policy's preference vector: build"
-                             " the policy first (configure)")
-        if spec.preference_dim != self.preference_dim:
-            raise ValueError(f"{where} is a Panacea export for {spec.preference_dim} preferences and the policy takes"
-                             f" {self.preference_dim}: its adapter could not follow the policy's preference vector;"
-                             " give a reference trained on the same dimensions, or its base (a plain model)")
-        apply_adapter(model, spec)
-        load_adapter(model, path)
-        state = FollowedPreference(self._state)  # one switch for the whole reference, as the policy's
-        for adapter in adapters(model).values():
-            adapter.state = state
-        return model.eval().requires_grad_(False)
-
-    def adapters_disabled(self):
-        @contextlib.contextmanager
-        def off():
-            self._state.enabled = False
-            try:
-                yield
-            finally:
-                self._state.enabled = True
-
-        return off()
-
-    # ---------------------------------------------------------------- the preference
-    def set_preference(self, vector: Sequence[float]) -> None:
-        if self.preference_dim == 0:
-            super().set_preference(vector)
-        values = check_preference(vector, self.preference_dim)
-        if self._state is None:
-            raise ValueError("set_preference: the model is not built yet (configure it first)")
-        device = next(iter(adapters(self.policy).values())).sigma.device
-        self._state.vector = torch.tensor(values, dtype=torch.float32, device=device)
-
-    @property
-    def preference(self) -> list[float]:
-        return self._state.vector.tolist()
-
-    def scales(self) -> torch.Tensor:
-        """Every adapted layer's preference scale ``s`` (watch that it does not collapse to 0)."""
-        return torch.stack([a.scale.detach() for a in adapters(self.policy).values()])
+        self._init_preference(panacea, preference)
 
     @torch.no_grad()
     def generate(self, prompts: list[Text], model: nn.Module | None = None, seed: int | None = None,
@@ -229,16 +71,111 @@ class PanaceaLM(CausalLM):
                  **kwargs) -> list[str]:
         """As `CausalLM.generate`; ``preference`` sets the preference vector first (and it stays set); a guide
         (``guide``, or ``backbone.guide``) guides the model at that vector."""
-        if preference is not None:
-            self.set_preference(preference)
-        return super().generate(prompts, model, seed, max_new_tokens, do_sample, **kwargs)
-
-    # ---------------------------------------------------------------- export
-    def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
-        """The base model (unmerged: merging would fix the preference) and the adapter beside it."""
-        self.policy.save_pretrained(path, state_dict=base_state_dict(self.policy))
-        save_adapter(self.policy, self.panacea, path)
-        self.tokenizer.save_pretrained(path)
+        return super().generate(prompts, model, seed, max_new_tokens, do_sample, preference=preference, **kwargs)
 
 
-__all__ = ["FollowedPreference", "PanaceaLM", "PanaceaSpec", "check_preference"]
+class PanaceaVLM(PreferenceAdapted, VisionLanguage):
+    """A vision-language model trained with a Panacea adapter (Zhong et al. 2024, arXiv 2402.02030) on its language
+    model.
+
+    The adapter goes on the language model's linear layers only: ``panacea.target_modules`` ("all-linear", or names
+    such as ``q_proj``, which vision towers have too) is looked for there, as `VisionLanguage`'s LoRA is; over the
+    whole model "all-linear" would hit the vision tower and the projector as well. They stay frozen, as the
+    base's: the preference weighs judgements of the answer, which the language model writes, so what the image
+    reads as needs no preference (as mDPO and most VLM DPO keep the vision tower frozen); the reference (the adapter
+    off) is then the base model exactly, and the export, whose weights are the base's beside the adapter, loses
+    nothing trained (a vision tower or projector trained in full could not be saved unmerged beside it: hence no
+    ``train_vision_tower``, ``train_projector`` nor ``lora`` here). A decoding-time guide is refused, as by
+    `VisionLanguage`.
+
+    Args:
+        model_name_or_path: a base model (folder, hub id, ``toy:vlm``) or a Panacea VLM export (base + adapter).
+        panacea, preference: as `PanaceaLM`'s.
+        The others: as `VisionLanguage`'s.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        panacea: PanaceaSpec | None = None,
+        preference: list[float] | None = None,
+        processor_name_or_path: str | None = None,
+        processor_kwargs: dict | None = None,
+        vision_tower: str | None = None,
+        projector: str | None = None,
+        max_length: int = 2048,
+        max_prompt_length: int = 1536,
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        disable_dropout: bool = True,
+        trust_remote_code: bool = False,
+        chat_template: str | None = None,
+    ) -> None:
+        super().__init__(model_name_or_path, processor_name_or_path, processor_kwargs, None, False, False, vision_tower,
+                         projector, max_length, max_prompt_length, dtype, gradient_checkpointing, attn_implementation,
+                         disable_dropout, trust_remote_code, chat_template)
+        self._init_preference(panacea, preference)
+
+    def adapter_scopes(self, model: nn.Module) -> tuple[str, ...]:
+        language = find_module(model, LANGUAGE_MODELS)
+        if language is None:
+            raise ValueError(f"cannot find the language model of {type(model).__name__} to put the Panacea adapter on")
+        return (language,)
+
+
+class PanaceaSpeechLM(PreferenceAdapted, SpeechTokenLM):
+    """A causal LM over text and speech codec tokens (`SpeechTokenLM`) trained with a Panacea adapter (Zhong et al.
+    2024, arXiv 2402.02030) instead of LoRA: its export holds ``speech_tokens.json`` beside the base and adapter.
+
+    Args:
+        model_name_or_path: a base model (folder, hub id, ``toy:tts``) or a Panacea export (base + adapter).
+        panacea, preference: as `PanaceaLM`'s.
+        The others: as `SpeechTokenLM`'s.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        speech_token_offset: int,
+        codebook_size: int,
+        speech_end_token: str | int,
+        panacea: PanaceaSpec | None = None,
+        preference: list[float] | None = None,
+        num_codebooks: int = 1,
+        speech_start_token: str | int | None = None,
+        codec: str | dict | None = None,
+        vocoder: str | dict | None = None,
+        tokenizer_name_or_path: str | None = None,
+        max_length: int = 2048,
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        disable_dropout: bool = True,
+        trust_remote_code: bool = False,
+        guide: PAD | None = None,
+    ) -> None:
+        super().__init__(model_name_or_path, speech_token_offset, codebook_size, speech_end_token, num_codebooks,
+                         speech_start_token, codec, vocoder, tokenizer_name_or_path, None, max_length, dtype,
+                         gradient_checkpointing, attn_implementation, disable_dropout, trust_remote_code, guide)
+        self._init_preference(panacea, preference)
+
+
+# The Panacea model of each plain backbone, the most specific first: how evaluate reads an export beside plain models.
+_PANACEA_OF = ((VisionLanguage, PanaceaVLM), (SpeechTokenLM, PanaceaSpeechLM), (CausalLM, PanaceaLM))
+
+
+def reading(backbone: CausalLM, folder: str) -> PreferenceAdapted:
+    """The Panacea export ``folder`` read with the settings of ``backbone``, a recipe's plain backbone: a
+    `PanaceaVLM` for a `VisionLanguage` recipe, a `PanaceaSpeechLM` for a `SpeechTokenLM` one, a `PanaceaLM` for
+    a causal LM's."""
+    for plain, panacea in _PANACEA_OF:
+        if isinstance(backbone, plain):
+            return panacea.reading(backbone, folder)
+    raise ValueError(f"{folder} is a Panacea export and {type(backbone).__name__} has no Panacea model to read it"
+                     " (PanaceaLM: a causal LM's; PanaceaVLM: a vision-language model's; PanaceaSpeechLM: a"
+                     " speech-token LM's)")
+
+
+__all__ = ["FollowedPreference", "PanaceaLM", "PanaceaSpec", "PanaceaSpeechLM", "PanaceaVLM", "PreferenceAdapted",
+           "check_preference", "reading"]

@@ -388,10 +388,11 @@ class SpeechTokenLM(Vocoded, CausalLM):
                         " speech_end",
         }
 
-    def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
-        """A folder ``AutoModelForCausalLM.from_pretrained`` loads (LoRA merged, or the adapter alone), its
-        tokenizer, and ``speech_tokens.json`` with the speech-token settings."""
-        super().save_pretrained(path, merge_adapters)
+    def save_preprocessing(self, path: str) -> None:
+        """Beside the weights (``AutoModelForCausalLM.from_pretrained`` loads the folder: LoRA merged, or the adapter
+        alone; a Panacea model's base and adapter): the tokenizer and ``speech_tokens.json``, the speech-token
+        settings."""
+        super().save_preprocessing(path)
         with open(os.path.join(path, SETTINGS_FILE), "w", encoding="utf-8") as f:
             json.dump(self.settings(), f, indent=2)
 

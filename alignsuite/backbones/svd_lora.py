@@ -97,28 +97,33 @@ def _add_update(linear: nn.Linear, args: tuple, output: Tensor) -> Tensor:
     return output + adapter(args[0]).to(output.dtype)
 
 
-def _targets(model: nn.Module, target_modules: str | list[str]) -> list[tuple[str, nn.Linear]]:
+def _targets(model: nn.Module, target_modules: str | list[str],
+             scopes: tuple[str, ...] | None = None) -> list[tuple[str, nn.Linear]]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     out = []
     for name, m in model.named_modules():
         if not isinstance(m, nn.Linear) or m is head:
             continue
+        if scopes is not None and not any(name.startswith(s + ".") for s in scopes):
+            continue
         if target_modules == "all-linear" or name.rsplit(".", 1)[-1] in target_modules:
             out.append((name, m))
     if not out:
-        raise ValueError(f"panacea.target_modules {target_modules!r} matches no linear layer of the model")
+        within = "" if scopes is None else f" within {', '.join(scopes)}"
+        raise ValueError(f"panacea.target_modules {target_modules!r} matches no linear layer of the model{within}")
     return out
 
 
-def apply_adapter(model: nn.Module, spec: PanaceaSpec) -> PreferenceState:
-    """Freeze ``model`` and add an `SVDAdapter` to each target linear layer; returns the state they share, its
+def apply_adapter(model: nn.Module, spec: PanaceaSpec, scopes: tuple[str, ...] | None = None) -> PreferenceState:
+    """Freeze ``model`` and add an `SVDAdapter` to each target linear layer (of the sub-modules named in
+    ``scopes`` only, when given: a vision-language model's language model); returns the state they share, its
     preference uniform until set."""
     if spec.preference_dim is None:
         raise ValueError("panacea.preference_dim is unknown: give it, or train on data that names its preference"
                          " dimensions (alignsuite.data.DimensionPairs)")
     model.requires_grad_(False)
     state = PreferenceState(torch.full((spec.preference_dim,), 1.0 / spec.preference_dim))
-    for _, linear in _targets(model, spec.target_modules):
+    for _, linear in _targets(model, spec.target_modules, scopes):
         adapter = SVDAdapter(linear.in_features, linear.out_features, spec, state)
         linear.add_module("panacea", adapter.to(linear.weight.device))
         linear.register_forward_hook(_add_update)

@@ -26,7 +26,8 @@ def load_pretrained_model(auto_class, path: str, dtype: str, attn_implementation
     if not preference_adapter and is_export(path):
         raise ValueError(f"{path} is a Panacea export: a base model with a preference adapter beside it"
                          f" ({PREFERENCE_ADAPTER_FILE}). Loaded as a plain model, its adapter would be dropped and the"
-                         " base used in its place: load it with alignsuite.backbones.PanaceaLM and choose a preference")
+                         " base used in its place: load it with alignsuite.backbones.PanaceaLM (PanaceaVLM for a vision-language"
+                         " model, PanaceaSpeechLM for a speech-token LM) and choose a preference")
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     kwargs["dtype"] = dtype if dtype == "auto" else getattr(torch, dtype)
     if attn_implementation:

@@ -215,9 +215,8 @@ class VisionLanguage(CausalLM):
             config.modules_to_save = list(config.modules_to_save or []) + [projector.rsplit(".", 1)[-1]]
         return config
 
-    def save_pretrained(self, path: str, merge_adapters: bool = True) -> None:
-        """A folder ``AutoModelForImageTextToText`` and ``AutoProcessor`` load: LoRA merged, or the adapter alone."""
-        super().save_pretrained(path, merge_adapters)
+    def save_preprocessing(self, path: str) -> None:
+        """The processor (its tokenizer with it): ``AutoProcessor`` loads the export folder."""
         self.processor.save_pretrained(path)
 
     # ---------------------------------------------------------------- setup

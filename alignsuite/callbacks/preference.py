@@ -44,7 +44,8 @@ class PreferenceSampler(Callback):
         dim = getattr(pl_module.backbone, "preference_dim", 0)
         if dim == 0:
             raise ValueError(f"PreferenceSampler: the backbone {type(pl_module.backbone).__name__} takes no preference"
-                             " vector; use alignsuite.backbones.PanaceaLM")
+                             " vector; use alignsuite.backbones.PanaceaLM (or PanaceaVLM, PanaceaSpeechLM on images,"
+                             " speech tokens)")
         return dim
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from alignsuite.backbones.pad import PAD
-from alignsuite.backbones.panacea import PanaceaLM
+from alignsuite.backbones.panacea import reading
 from alignsuite.backbones.svd_lora import is_export
 from alignsuite.checkpoint_io import CheckpointError, backbone_weights, load_backbone_weights, load_checkpoint_file
 from alignsuite.data.procedures.condition import PromptCondition
@@ -159,7 +159,10 @@ def aligned_backbone(backbone, aligned: str, weights_only: bool | None = None):
     built = copy.deepcopy(backbone)
     if os.path.isdir(aligned):
         if is_export(aligned) and not getattr(built, "reads_preference_adapter", True):
-            built = PanaceaLM.reading(backbone, aligned)  # a preference-conditioned export beside plain models
+            try:  # a preference-conditioned export beside plain models: the Panacea model of the recipe's backbone
+                built = reading(backbone, aligned)
+            except ValueError as error:
+                raise EvaluationError(f"evaluate.aligned {error}") from None
         built.model_name_or_path = aligned
         try:
             built.configure()

@@ -15,9 +15,9 @@ columns, read by `alignsuite.data.DimensionPairs`.
 
 from __future__ import annotations
 
-import math
 import random
 
+from alignsuite.toy import fronts
 from alignsuite.toy.labels import bradley_terry_label
 from alignsuite.toy.llm import LETTERS, EchoWorld
 
@@ -68,19 +68,7 @@ class CaseEchoWorld(EchoWorld):
 
 def preference_front(backbone, vectors: list[list[float]], num_prompts: int = 128, seed: int = 1234
                      ) -> list[dict[str, float]]:
-    """Both rewards of ``backbone``'s greedy generations on the world's ``num_prompts`` evaluation prompts (those
-    ``GenerationReward(world: llm_case)`` scores), once per preference vector: per vector its ``caps`` and ``lower``
-    means and each one's 95% half-interval over the prompts (``caps_ci``, ``lower_ci``)."""
-    world = CaseEchoWorld()
-    prompts = world.eval_prompts(num_prompts, seed)
-    points = []
-    for w in vectors:
-        generations = backbone.generate(prompts, preference=w, **world.generation_kwargs)
-        point: dict[str, float] = {}
-        for d in world.dimensions:
-            values = [world.rewards(p, g)[d] for p, g in zip(prompts, generations)]
-            mean = sum(values) / len(values)
-            var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
-            point[d], point[f"{d}_ci"] = mean, 1.96 * math.sqrt(var / len(values))
-        points.append(point)
-    return points
+    """Both rewards (``caps``, ``lower``, each with its 95% half-interval ``caps_ci``, ``lower_ci``) of
+    ``backbone``'s greedy generations on this world's evaluation prompts, once per preference vector
+    (`alignsuite.toy.fronts.preference_front` on this world)."""
+    return fronts.preference_front("llm_case", backbone, vectors, num_prompts, seed)

@@ -11,12 +11,12 @@ score an utterance of a text:
   the frames of the whole text held two frames a unit and one frame a unit: 0 for the slow reading, 1 for the
   quick one; a dropped word raises it (above 1 only by dropping words), an added one lowers it.
 
-A dropped word costs under ``clear`` and saves frames under ``brief``; so does a word hurried through (both its units
-one frame), which ``clear`` misses; a unit held long costs under ``brief`` alone. So the quick reading (every unit
-one frame) scores 0 under ``clear`` and 1 under ``brief``, the slow one the other way round, and a reading that
-holds one unit of each word two frames is caught whole at half the frames saved. The pairs tie pace to care: each sets a careful reading (every unit held two frames, every word said) against a
-rushed one (one frame a unit, one word dropped), so ``clear`` prefers the careful one and
-``brief`` the rushed one. An annotator labels them under ``clear`` and is right three times in four
+A dropped word costs under ``clear`` and saves frames under ``brief``; so does a word hurried through (both its
+units one frame), which ``clear`` misses; a unit held long costs under ``brief`` alone. So the quick reading (every
+unit one frame) scores 0 under ``clear`` and 1 under ``brief``, the slow one the other way round, and a reading
+that holds one unit of each word two frames is caught whole at half the frames saved. The pairs tie pace to care:
+each sets a careful reading (every unit held two frames, every word said) against a rushed one (one frame a unit,
+one word dropped), so ``clear`` prefers the careful one and ``brief`` the rushed one. An annotator labels them under ``clear`` and is right three times in four
 (``p = s(ln 3 * sign(R_a - R_b))``); ``brief`` comes as a score per utterance. As in the language and
 vision-language worlds with two rewards (`alignsuite.toy.llm_case`, `alignsuite.toy.vlm_prior`), the finite
 preference under the primary is what lets a multi-objective method trade it against the other. Rows are INTP rows
