@@ -967,3 +967,30 @@ def test_one_renderer_turns_chat_messages_into_text():
     assert messages_text(chat) == "Be brief. What shape? A circle. And its colour?"
     assert messages_text(chat, roles=True, placeholders=True) == (
         "system: Be brief.\nuser: <image> What shape?\nassistant: A circle.\nuser: And its colour?")
+
+
+def test_rows_given_for_a_text_source_build_what_reading_its_file_builds(tmp_path):
+    """``use_rows`` on the text layout: chat rows whose message keys vary, a number column that is an int
+    in one row and a float in others: the same stored rows, schema and batches as the file read through
+    `datasets`."""
+    rows = [
+        {"prompt": [user("2+2?")], "chosen": [assistant("4")], "rejected": [assistant("5")], "win_rate": 1},
+        {"prompt": [{"role": "system", "content": "Be brief.", "name": "sys"}, user("Sky?")],
+         "chosen": [assistant("Blue.")], "rejected": [assistant("Green.")], "win_rate": 0.75},
+        {"prompt": [user("Yes?")], "chosen": [{"role": "assistant", "content": "yes", "weight": 1}],
+         "rejected": [assistant("no")], "win_rate": 0.5},
+    ]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+
+    def built(given: bool) -> PreferenceDataModule:
+        dm = PreferenceDataModule(train=path, layout=TextPairs(number_fields={"win_rate": "win_rate"}), batch_size=3)
+        if given:
+            dm.use_rows(path, [json.loads(line) for line in open(path)])
+        dm.setup("fit")
+        return dm
+
+    from_file, given = built(False), built(True)
+    assert given.train_set.features == from_file.train_set.features
+    assert given.train_set.to_list() == from_file.train_set.to_list()
+    a, b = (dm.collate([dm.train_set[i] for i in range(3)]) for dm in (given, from_file))
+    assert a["prompt"] == b["prompt"] and a["chosen"] == b["chosen"] and torch.equal(a["win_rate"], b["win_rate"])

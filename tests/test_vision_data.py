@@ -338,3 +338,39 @@ def test_text_layouts_point_at_vision_pairs(tmp_path):
     rows = [{"prompt": [{"role": "user", "content": [IMG, text("q")]}], "chosen": "a", "rejected": "b"}]
     err = error_of(tmp_path, rows, layout=TextPairs())
     assert (err.row, err.field) == (0, "prompt") and "alignsuite.data.VisionPairs" in str(err)
+
+
+def test_rows_given_for_a_source_build_what_reading_its_file_builds(tmp_path):
+    """``use_rows``: the rows of a configured file, read already (the online loop's own JSON lines), build the same
+    stored rows and schema as the file read through `datasets`: messages whose content mixes images and text
+    (which Arrow stores as its Json type), relative and absolute image paths; bad rows are still refused naming the
+    source and row."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (3, 2), COLOURS["green"]).save(tmp_path / "images" / "a.png")
+    Image.new("RGB", (3, 2), COLOURS["blue"]).save(tmp_path / "b.png")
+    rows = [
+        {"images": ["images/a.png"], "prompt": [{"role": "user", "content": [{"type": "image"},
+                                                                             {"type": "text", "text": "Colour?"}]}],
+         "chosen": "Green.", "rejected": "Blue.", "score_chosen": 1, "seeds": [3, 4]},
+        {"images": [str(tmp_path / "b.png")], "prompt": [{"role": "user", "content": "<image>Which?"}],
+         "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "Blue."}]}], "rejected": "Red.",
+         "score_chosen": 0.5, "seeds": []},
+    ]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    layout = VisionPairs()
+    from_file = make_dm(path, layout)
+    given = PreferenceDataModule(train=path, layout=layout, batch_size=2)
+    given.use_rows(path, [json.loads(line) for line in open(path)])
+    given.setup("fit")
+    assert given.train_set.features == from_file.train_set.features
+    assert given.train_set.to_list() == from_file.train_set.to_list()
+    assert whole(given)["prompt"] == whole(from_file)["prompt"]
+    assert [colours(i) for i in whole(given)["images"]] == [["green"], ["blue"]]
+    with pytest.raises(ValueError, match="not a configured source"):
+        PreferenceDataModule(train=path, layout=VisionPairs(), batch_size=2).use_rows(str(tmp_path / "other.jsonl"), rows)
+    with pytest.raises(RuntimeError, match="before setup"):
+        from_file.use_rows(path, rows)
+    bad = PreferenceDataModule(train=path, layout=VisionPairs(), batch_size=2)
+    bad.use_rows(path, [rows[0], {**rows[1], "chosen": ""}])
+    with pytest.raises(DataError, match=r"pairs.jsonl: row 1: field 'chosen'"):
+        bad.setup("fit")

@@ -135,6 +135,7 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         # Work on each collated batch the loaders' workers do for the backbone (tokenising); the module
         # sets it at setup from `backbone.loader_transform`.
         self.batch_transform: Callable[[dict], dict] | None = None
+        self.given_rows: dict[str, list[dict]] = {}  # source -> its rows, read already (use_rows)
         self._built = False
 
     @property
@@ -174,7 +175,18 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         if type(self).load_rows is not PreferenceDataModule.load_rows:
             rows = self.load_rows(split)
             return [] if rows is None else [self.layout.adopt(f"{type(self).__name__}.load_rows({split!r})", rows)]
-        return [self.layout.open(s, self.split_names[split]) for s in self.sources[split]]
+        return [self.layout.open(s, self.split_names[split], self.given_rows.get(s)) for s in self.sources[split]]
+
+    def use_rows(self, source: str, rows: list[dict]) -> None:
+        """Take ``rows`` as the rows of the configured source ``source`` instead of reading it through `datasets`:
+        rows a caller has just written to that file and read back as they are (the online loop's round rows).
+        They are normalised and checked as the file's would be, and errors name the source and row."""
+        if not any(source in sources for sources in self.sources.values()):
+            raise ValueError(f"data.use_rows: {source} is not a configured source (train: {self.sources['train']},"
+                             f" val: {self.sources['val']})")
+        if self._built:
+            raise RuntimeError("data.use_rows: the data is built already; give rows before setup()")
+        self.given_rows[source] = rows
 
     def _build(self, split: Split) -> datasets.Dataset | None:
         tables, procedures = self._tables(split), [p for p in self.procedures if split in p.splits]

@@ -20,7 +20,7 @@ from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.callbacks import Callback, ModelSummary
 from lightning.pytorch.utilities import rank_zero_info
 
-from alignsuite.iterate.files import read_json, round_dir, write_json
+from alignsuite.iterate.files import read_json, read_rows, round_dir, write_json
 from alignsuite.iterate.report import round_summary, write_run_report
 from alignsuite.iterate.round_start import PREVIOUS, RoundStart, policy_state
 from alignsuite.iterate.processes import start_processes
@@ -130,6 +130,8 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
     if hasattr(cli, "config_dump"):  # Lightning's record of the hyper-parameters, made once: this round's data
         cli.config_dump = config_record(cli)
     cli.instantiate_classes()
+    if hasattr(cli.datamodule, "use_rows"):  # the rows this loop wrote, as it wrote them: not read through datasets
+        cli.datamodule.use_rows(data["train"], read_rows(data["train"]))
     if warm is not None:
         hand_over(cli.model, warm, kept)
     trainer = cli.trainer

@@ -59,9 +59,10 @@ class Layout:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def open(self, source: str, split: str) -> Table:
-        """The raw rows of a configured source (file, folder, hub id) and its split name."""
-        return source, load_table(source, split), None
+    def open(self, source: str, split: str, rows: Rows | None = None) -> Table:
+        """The raw rows of a configured source (file, folder, hub id) and its split name; ``rows``: the source's
+        rows already read (the data module's ``use_rows``), taken as they are."""
+        return source, load_table(source, split) if rows is None else rows, None
 
     def adopt(self, name: str, rows: Rows) -> Table:
         """Raw rows a subclass of the data module generated (``load_rows``), named ``name`` in errors."""

@@ -43,10 +43,10 @@ class DecodesImages(Layout):
         self.bad_images: dict[str, int] = {}
         self._warned = False
 
-    def open(self, source: str, split: str) -> Table:
+    def open(self, source: str, split: str, rows: Rows | None = None) -> Table:
         # An image folder is read through its metadata file, which is also what errors name.
         table_source = images.metadata_file(source) or source
-        table = images.undecoded(load_table(table_source, split))
+        table = images.undecoded(load_table(table_source, split)) if rows is None else rows
         return table_source, table, images.image_base_dir(table_source)
 
     def adopt(self, name: str, rows: Rows) -> Table:

@@ -131,10 +131,11 @@ class SpeechPairs(Layout):
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def open(self, source: str, split: str) -> Table:
+    def open(self, source: str, split: str, rows: Rows | None = None) -> Table:
         # Audio columns stay encoded (no torchcodec); relative audio paths start at the data file's folder.
         table_source = images.metadata_file(source) or source
-        return table_source, audio.undecoded(load_table(table_source, split)), images.image_base_dir(table_source)
+        table = audio.undecoded(load_table(table_source, split)) if rows is None else rows
+        return table_source, table, images.image_base_dir(table_source)
 
     def adopt(self, name: str, rows: Rows) -> Table:
         return name, audio.undecoded(rows) if isinstance(rows, datasets.Dataset) else rows, None
