@@ -6,7 +6,8 @@ Each is a `Procedure` (``base.py``): ``SelectiveDPO`` and ``AIRPairs`` keep some
 ``RewardAugmented`` relabels pairs with a target score (``relabel.py``), ``DirectionalPairs`` (DPA) and
 ``ControllablePairs`` (CPO) condition pairs on a drawn preference written into the prompt by a
 ``PromptCondition`` (``conditioned.py``, ``condition.py``), ``GroupPairs`` labels each pair by one group of
-annotators' rule (``groups.py``), ``SweetSpotPairs``,
+annotators' rule (``groups.py``), ``MixtureGroups`` finds groups of annotators by EM over a mixture of reward
+models (``mixture.py``), ``SweetSpotPairs``,
 ``RejectionSampling`` and ``CurryPairs`` turn rows of K scored responses into pairs (``pairs.py``), and
 ``CuratronPairs`` completes pairwise comparisons through a fitted ranking (``completion.py``), and the build rules
 of judged samples ``BestWorstPairs``, ``MarginPairs``, ``WinRatePairs``, ``SoftLabelPairs`` and
@@ -20,6 +21,7 @@ from alignsuite.data.procedures.condition import PromptCondition
 from alignsuite.data.procedures.conditioned import ConditionedPairs, ControllablePairs, DirectionalPairs
 from alignsuite.data.procedures.groups import GroupPairs
 from alignsuite.data.procedures.judgements import count_votes
+from alignsuite.data.procedures.mixture import MixtureGroups
 from alignsuite.data.procedures.online import (
     TIE,
     BestWorstPairs,
@@ -49,6 +51,7 @@ __all__ = [
     "FlipPairs",
     "ListProcedure",
     "MarginPairs",
+    "MixtureGroups",
     "Procedure",
     "PromptCondition",
     "RejectionSampling",
