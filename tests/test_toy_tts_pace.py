@@ -1,6 +1,7 @@
 """The text-to-speech toy world with two rewards that conflict (every word said vs few frames), the layout that reads
-dimensions on speech rows, MODPO on the speech-token LM, and its recipe: the recipe runs, and runs at w and 1 - w
-land on opposite sides of the base model on the two-reward plane."""
+dimensions on speech rows, MODPO on the speech-token LM, and its recipe: the recipe runs, runs at w and 1 - w land
+on opposite sides of the base model on the two-reward plane, and evaluate sweeps their front with a Panacea model's
+beside it."""
 
 from __future__ import annotations
 
