@@ -64,11 +64,13 @@ def fit_two_rewards(recipe, dimensions: tuple[str, str], tmp_path, *overrides,
 
 
 def evaluate_front_of_short_runs(recipe, front_config, dimensions: tuple[str, str], tmp_path, weights, *overrides,
-                                 num_prompts: int = 8) -> tuple[dict, str]:
+                                 num_prompts: int = 8, panacea=None) -> tuple[dict, str]:
     """MODPO runs of a two-dimension toy recipe, one per weight of ``weights`` (the first dimension's; the recipe
     shortened by ``overrides``), then ``evaluate`` with the shipped front config ``front_config`` on them, on its
     first ``num_prompts`` prompts and without its comparison runs; returns ``results.json`` and the page's text.
-    The config's own points are checked to be the weights its commands train."""
+    The config's own points are checked to be the weights its commands train. ``panacea``: the world's Panacea
+    recipe, run shortened the same way and swept at the config's ``preferences`` (its ``aligned``); without it,
+    a config's Panacea run is left out."""
     import glob
     import json
 
@@ -87,10 +89,15 @@ def evaluate_front_of_short_runs(recipe, front_config, dimensions: tuple[str, st
                         f"[{w}, {other}]", num_prompts=num_prompts)
         export = glob.glob(str(tmp_path / f"w{w}" / "*" / "version_*" / "export"))[0]
         front.append(f'{{label: "w{w}", aligned: {export}, weights: [{w}, {other}]}}')
+    swept = ["--evaluate.aligned", "null", "--evaluate.preferences", "null"] if shipped.get("aligned") else []
+    if panacea is not None:
+        assert shipped["preferences"] == [[0.8, 0.2], [0.5, 0.5], [0.2, 0.8]]
+        fit_two_rewards(panacea, dimensions, tmp_path / "panacea", *overrides, num_prompts=num_prompts)
+        swept = ["--evaluate.aligned", glob.glob(str(tmp_path / "panacea" / "*" / "version_*" / "export"))[0]]
     out = tmp_path / "front"
     main(["evaluate", "--config", str(recipe), "--config", str(front_config), "--evaluate.front",
           f"[{', '.join(front)}]", "--evaluate.comparisons", "[]", "--evaluate.num_prompts", str(num_prompts),
-          "--evaluate.num_resamples", "200", "--evaluate.output_dir", str(out)])
+          "--evaluate.num_resamples", "200", "--evaluate.output_dir", str(out), *swept])
     return json.loads((out / "results.json").read_text()), (out / "report.html").read_text()
 
 

@@ -1,6 +1,7 @@
 """The text-to-speech toy world with two rewards that conflict (every word said vs few frames), the layout that reads
-dimensions on speech rows, MODPO on the speech-token LM, and its recipe: the recipe runs, and runs at w and 1 - w
-land on opposite sides of the base model on the two-reward plane."""
+dimensions on speech rows, MODPO on the speech-token LM, and its recipe: the recipe runs, runs at w and 1 - w land
+on opposite sides of the base model on the two-reward plane, and evaluate sweeps their front with a Panacea model's
+beside it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from conftest import evaluate_front_of_short_runs, fit_two_rewards
 from alignsuite.data import DataError, SpeechDimensionPairs
@@ -19,6 +21,7 @@ from alignsuite.toy.tts_pace import caught, reading_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "toy", "tts_modpo.yaml")
+PANACEA = os.path.join(REPO, "recipes", "toy", "tts_panacea.yaml")
 FRONT = os.path.join(REPO, "configs", "eval", "toy_tts_pace_front.yaml")
 
 
@@ -134,23 +137,28 @@ def test_modpo_recipe_end_to_end(tmp_path):
     assert all(0 <= clear <= 1 and math.isfinite(brief) for _, clear, brief in rewards)
 
 
-def test_evaluate_a_front_of_short_modpo_runs_on_the_speech_world(tmp_path):
-    """Two MODPO runs of a few steps, then ``evaluate`` with the shipped front config: the speech-token backbone's
+def test_evaluate_a_front_of_short_modpo_runs_and_a_panacea_run_on_the_speech_world(tmp_path):
+    """Two MODPO runs and one Panacea run of a few steps, then ``evaluate`` with the shipped front config (the
+    recipe's SpeechTokenLM reading the Panacea export as a PanaceaSpeechLM, swept at the MODPO runs' vectors): the
     codes judged on both rewards at every point, written to results.json as codes, and played on the page through
     the backbone's vocoder."""
+    with open(FRONT) as f:  # the shipped config sweeps the Panacea recipe's run
+        assert yaml.safe_load(f)["evaluate"]["aligned"] == "runs/toy_tts_panacea/version_0/export"
     written, page = evaluate_front_of_short_runs(RECIPE, FRONT, ("clear", "brief"), tmp_path, (0.8, 0.2),
                                                  "--data.init_args.num_train", "32", "--data.init_args.num_val", "16",
-                                                 "--trainer.val_check_interval", "2", num_prompts=4)
+                                                 "--trainer.val_check_interval", "2", num_prompts=4, panacea=PANACEA)
     result = written["front"]
     assert written["modality"] == "text_to_speech" and result["dimensions"] == ["reward_clear", "reward_brief"]
-    assert [p["label"] for p in result["points"]] == ["base", "w0.8", "w0.2"]
+    assert [p["label"] for p in result["points"]] == ["base", "pref (0.8, 0.2)", "pref (0.5, 0.5)", "pref (0.2, 0.8)",
+                                                      "w0.8", "w0.2"]
+    assert set(result["hypervolume_by_sweep"]) == {"weights", "preference"}
     world, items = get_world("tts_pace"), get_world("tts_pace").eval_prompts(4, 1234)
     for p in result["points"]:
         codes = written["outputs"][p["label"]]
         assert len(codes) == 4 and all(isinstance(c, list) and all(isinstance(x, int) for x in c) for c in codes)
         for d, name in (("clear", "reward_clear"), ("brief", "reward_brief")):  # the values are the codes' rewards
             assert p["values"][name] == pytest.approx([world.rewards(item, c)[d] for item, c in zip(items, codes)])
-    assert page.count("<audio controls") == 3 * 4 and page.count(" frames, ") == 3 * 4
+    assert page.count("<audio controls") == 6 * 4 and page.count(" frames, ") == 6 * 4
     assert "tensor(" not in page
 
 
