@@ -63,6 +63,18 @@ def fit_two_rewards(recipe, dimensions: tuple[str, str], tmp_path, *overrides,
         return [(int(r["step"]), float(r[first]), float(r[second])) for r in csv.DictReader(f) if r.get(first)]
 
 
+def perturb_panacea(backbone, seed: int = 0) -> None:
+    """Move a Panacea backbone's adapters off their start (``U`` from 0, the shared singular values from 1), so that
+    the adapter changes the outputs and what it does can be told apart from the base."""
+    from alignsuite.backbones.svd_lora import adapters
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for a in adapters(backbone.policy).values():
+            a.U.normal_(0, 0.2, generator=g)
+            a.sigma.normal_(1, 0.5, generator=g)
+
+
 def evaluate_front_of_short_runs(recipe, front_config, dimensions: tuple[str, str], tmp_path, weights, *overrides,
                                  num_prompts: int = 8, panacea=None) -> tuple[dict, str]:
     """MODPO runs of a two-dimension toy recipe, one per weight of ``weights`` (the first dimension's; the recipe

@@ -13,6 +13,7 @@ import torch
 from alignsuite.backbones import CausalLM, LoraSpec, PanaceaLM, PanaceaSpec
 from alignsuite.backbones.base import ViewInputs
 from alignsuite.backbones.svd_lora import adapters
+from conftest import perturb_panacea
 from alignsuite.callbacks.preference import PreferenceSampler, draw_preference
 from alignsuite.checkpoint_io import read_checkpoint
 from alignsuite.cli import main
@@ -118,13 +119,6 @@ def batch_scores(bb, model=None):
     return bb.score(prepared, model).score
 
 
-def perturb(bb, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for a in adapters(bb.policy).values():
-            a.U.normal_(0, 0.2, generator=g)
-            a.sigma.normal_(1, 0.5, generator=g)
-
 
 def test_adapter_starts_as_the_base_and_adapters_disabled_turns_it_off():
     bb = built()
@@ -133,7 +127,7 @@ def test_adapter_starts_as_the_base_and_adapters_disabled_turns_it_off():
     assert torch.allclose(batch_scores(bb), batch_scores(base), atol=1e-5)
     assert all(p.dtype == torch.float32 for p in bb.parameters() if p.requires_grad)
     assert {n.rsplit(".", 1)[-1] for n, p in bb.policy.named_parameters() if p.requires_grad} == {"U", "V", "sigma", "scale"}
-    perturb(bb)
+    perturb_panacea(bb)
     assert not torch.allclose(batch_scores(bb), batch_scores(base), atol=1e-3)
     with bb.adapters_disabled():
         assert torch.allclose(batch_scores(bb), batch_scores(base), atol=1e-5)
@@ -162,7 +156,7 @@ def test_rank_zero_preference_part_is_lora():
     panacea loss with a one-hot vector on that adapter is LoRA DPO on that dimension (the loss half is above)."""
     spec = PanaceaSpec(r=4, preference_rank=0, preference_dim=2, target_modules=["q_proj", "v_proj"])
     pan = built(spec)
-    perturb(pan)
+    perturb_panacea(pan)
     lora = CausalLM("toy:llm", lora=LoraSpec(r=4, alpha=4, target_modules=["q_proj", "v_proj"]), max_length=32,
                     max_prompt_length=16)
     lora.configure()
@@ -180,7 +174,7 @@ def test_rank_zero_preference_part_is_lora():
 
 def test_export_loads_back_with_its_adapter(tmp_path):
     bb = built()
-    perturb(bb)
+    perturb_panacea(bb)
     bb.set_preference([0.3, 0.7])
     want = batch_scores(bb)
     bb.save_pretrained(str(tmp_path), merge_adapters=True)
@@ -302,7 +296,7 @@ def test_a_reference_read_as_what_it_is_an_export_with_its_adapter_at_the_policy
     """``load_reference``: a Panacea export (a frozen copy the recipe names, or the export the policy starts from)
     keeps its adapter and follows the policy's preference vector; a plain model is read as it is."""
     trained = built()
-    perturb(trained)
+    perturb_panacea(trained)
     trained.save_pretrained(str(tmp_path))
     policy = built()  # a fresh adapter (U = 0): the policy is its base
     ref = FrozenCopy(str(tmp_path))

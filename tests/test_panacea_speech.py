@@ -15,13 +15,12 @@ import pytest
 import torch
 
 from alignsuite.backbones import PanaceaSpec, PanaceaSpeechLM, SpeechTokenLM
-from alignsuite.backbones.svd_lora import adapters
 from alignsuite.evaluation.front import hypervolume
 from alignsuite.module import PreferenceModule
 from alignsuite.objectives import DPO
 from alignsuite.toy import get_world
 from alignsuite.toy.fronts import preference_front
-from conftest import fit_two_rewards
+from conftest import fit_two_rewards, perturb_panacea
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "toy", "tts_panacea.yaml")
@@ -48,12 +47,6 @@ def panacea(path: str = "toy:tts", **kw) -> PanaceaSpeechLM:
                                                    **WORLD.backbone_args, **kw})
 
 
-def perturb(backbone) -> None:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for a in adapters(backbone.policy).values():
-            a.U.normal_(0, 0.2, generator=g)
-
 
 def test_starts_as_the_base_bit_for_bit_and_the_reference_is_the_adapter_off():
     bb, base = panacea(), SpeechTokenLM("toy:tts", max_length=96, **WORLD.backbone_args)
@@ -62,7 +55,7 @@ def test_starts_as_the_base_bit_for_bit_and_the_reference_is_the_adapter_off():
     assert torch.equal(scores(bb), want)
     assert {n.rsplit(".", 1)[-1] for n, p in bb.policy.named_parameters() if p.requires_grad} == {"U", "V", "sigma",
                                                                                                   "scale"}
-    perturb(bb)
+    perturb_panacea(bb)
     bb.set_preference([1.0, 0.0])
     first = scores(bb)
     assert not torch.allclose(first, want, atol=1e-3)
@@ -86,7 +79,7 @@ def test_export_keeps_the_speech_settings_and_is_read_as_panacea_by_evaluate(tmp
 
     bb = panacea()
     bb.configure()
-    perturb(bb)
+    perturb_panacea(bb)
     bb.set_preference([0.3, 0.7])
     want = scores(bb)
     bb.save_pretrained(str(tmp_path))

@@ -15,7 +15,7 @@ from alignsuite.backbones.base import ViewInputs
 from alignsuite.backbones.svd_lora import adapters, apply_adapter
 from alignsuite.reference import FrozenCopy
 from alignsuite.toy.fronts import preference_front
-from conftest import fit_two_rewards
+from conftest import fit_two_rewards, perturb_panacea
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "toy", "vlm_panacea.yaml")
@@ -58,13 +58,6 @@ def plain(path: str, **kw) -> VisionLanguage:
     return bb
 
 
-def perturb(bb, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for a in adapters(bb.policy).values():
-            a.U.normal_(0, 0.2, generator=g)
-            a.sigma.normal_(1, 0.5, generator=g)
-
 
 @pytest.fixture(params=["llava", "qwen"])
 def tiny_vlm(request, tiny_llava_dir, tiny_qwen_vl_dir):
@@ -103,7 +96,7 @@ def test_named_targets_are_looked_for_in_the_language_model_too(tiny_llava_dir):
 
 def test_the_reference_is_the_adapter_off_and_the_preference_changes_the_model(tiny_llava_dir):
     bb, base = built(tiny_llava_dir), plain(tiny_llava_dir)
-    perturb(bb)
+    perturb_panacea(bb)
     assert not torch.allclose(batch_scores(bb), batch_scores(base), atol=1e-3)
     with bb.adapters_disabled():
         assert torch.equal(batch_scores(bb), batch_scores(base))
@@ -122,7 +115,7 @@ def test_rank_zero_preference_part_is_vision_language_lora(tiny_llava_dir):
     (``B = U diag(sigma)``, ``A = V``, alpha = r): the same scores, adapter on and off, at any vector."""
     targets = ["q_proj", "v_proj"]
     pan = built(tiny_llava_dir, PanaceaSpec(r=4, preference_rank=0, preference_dim=2, target_modules=targets))
-    perturb(pan)
+    perturb_panacea(pan)
     lora = plain(tiny_llava_dir, lora=LoraSpec(r=4, alpha=4, target_modules=targets))
     peft_modules = dict(lora.policy.named_modules())
     with torch.no_grad():
@@ -156,7 +149,7 @@ def test_export_loads_back_is_refused_by_a_plain_backbone_and_read_as_panacea_in
     from alignsuite.evaluation.run import aligned_backbone
 
     bb = built(tiny_llava_dir)
-    perturb(bb)
+    perturb_panacea(bb)
     bb.set_preference([0.3, 0.7])
     want = batch_scores(bb)
     bb.save_pretrained(str(tmp_path), merge_adapters=True)
@@ -185,7 +178,7 @@ def test_export_loads_back_is_refused_by_a_plain_backbone_and_read_as_panacea_in
 
 def test_a_reference_export_follows_the_policys_preference(tiny_llava_dir, tmp_path):
     trained = built(tiny_llava_dir)
-    perturb(trained)
+    perturb_panacea(trained)
     trained.save_pretrained(str(tmp_path))
     policy = built(tiny_llava_dir)
     ref = FrozenCopy(str(tmp_path))
