@@ -131,3 +131,21 @@ def test_maxmin_recipe_end_to_end(tmp_path):
 
     rows = list(csv.DictReader(open(glob.glob(os.path.join(str(tmp_path), "*", "version_*", "metrics.csv"))[0])))
     assert any(r.get("train/group_weight/1") for r in rows) and any(r.get("val/loss/group_1") for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_worst_group_fares_better_with_the_groups_found_than_under_plain_dpo(tmp_path, seed):
+    """The recipe as shipped against plain DPO on the same pairs, the worst group's greedy reward at the end
+    (measured over seeds 0-2, docs/language.md: 0.246 / 0.229 / 0.191 against 0.000 / 0.000 / 0.002). Asserted:
+    above 0.1 with the groups, below 0.05 without."""
+    from conftest import fit_two_rewards
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "toy",
+                          "llm_maxmin.yaml")
+    seeded = ("--seed_everything", str(seed), "--data.init_args.seed", str(seed))
+    worst = {}
+    for arm, extra in (("maxmin", ()), ("dpo", ("--model.objective", "DPO"))):
+        (_, caps, lower) = fit_two_rewards(recipe, ("caps", "lower"), tmp_path / arm, *seeded, *extra)[-1]
+        worst[arm] = min(caps, lower)
+    assert worst["maxmin"] > 0.1 and worst["dpo"] < 0.05, worst
