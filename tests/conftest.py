@@ -75,6 +75,19 @@ def perturb_panacea(backbone, seed: int = 0) -> None:
             a.sigma.normal_(1, 0.5, generator=g)
 
 
+def copy_panacea_into_lora(panacea, lora) -> None:
+    """Set a PEFT LoRA backbone's adapters to a Panacea backbone's shared part (``B = U diag(sigma)``, ``A = V``):
+    with no preference singular values the two then compute the same (LoRA alpha = r)."""
+    from alignsuite.backbones.svd_lora import adapters
+
+    peft_modules = dict(lora.policy.named_modules())
+    with torch.no_grad():
+        for name, a in adapters(panacea.policy).items():
+            target = peft_modules["base_model.model." + name.rsplit(".panacea", 1)[0]]
+            target.lora_B["default"].weight.copy_(a.U * a.sigma)
+            target.lora_A["default"].weight.copy_(a.V)
+
+
 def evaluate_front_of_short_runs(recipe, front_config, dimensions: tuple[str, str], tmp_path, weights, *overrides,
                                  num_prompts: int = 8, panacea=None) -> tuple[dict, str]:
     """MODPO runs of a two-dimension toy recipe, one per weight of ``weights`` (the first dimension's; the recipe

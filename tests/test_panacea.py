@@ -13,7 +13,7 @@ import torch
 from alignsuite.backbones import CausalLM, LoraSpec, PanaceaLM, PanaceaSpec
 from alignsuite.backbones.base import ViewInputs
 from alignsuite.backbones.svd_lora import adapters
-from conftest import perturb_panacea
+from conftest import copy_panacea_into_lora, perturb_panacea
 from alignsuite.callbacks.preference import PreferenceSampler, draw_preference
 from alignsuite.checkpoint_io import read_checkpoint
 from alignsuite.cli import main
@@ -160,12 +160,7 @@ def test_rank_zero_preference_part_is_lora():
     lora = CausalLM("toy:llm", lora=LoraSpec(r=4, alpha=4, target_modules=["q_proj", "v_proj"]), max_length=32,
                     max_prompt_length=16)
     lora.configure()
-    peft_modules = dict(lora.policy.named_modules())
-    with torch.no_grad():
-        for name, a in adapters(pan.policy).items():
-            target = peft_modules["base_model.model." + name.rsplit(".panacea", 1)[0]]
-            target.lora_B["default"].weight.copy_(a.U * a.sigma)
-            target.lora_A["default"].weight.copy_(a.V)
+    copy_panacea_into_lora(pan, lora)
     pan.set_preference([1.0, 0.0])
     assert torch.allclose(batch_scores(pan), batch_scores(lora), atol=1e-5)
     with pan.adapters_disabled(), lora.adapters_disabled():

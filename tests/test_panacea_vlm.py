@@ -15,7 +15,7 @@ from alignsuite.backbones.base import ViewInputs
 from alignsuite.backbones.svd_lora import adapters, apply_adapter
 from alignsuite.reference import FrozenCopy
 from alignsuite.toy.fronts import preference_front
-from conftest import fit_two_rewards, perturb_panacea
+from conftest import copy_panacea_into_lora, fit_two_rewards, perturb_panacea
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "toy", "vlm_panacea.yaml")
@@ -117,12 +117,7 @@ def test_rank_zero_preference_part_is_vision_language_lora(tiny_llava_dir):
     pan = built(tiny_llava_dir, PanaceaSpec(r=4, preference_rank=0, preference_dim=2, target_modules=targets))
     perturb_panacea(pan)
     lora = plain(tiny_llava_dir, lora=LoraSpec(r=4, alpha=4, target_modules=targets))
-    peft_modules = dict(lora.policy.named_modules())
-    with torch.no_grad():
-        for name, a in adapters(pan.policy).items():
-            target = peft_modules["base_model.model." + name.rsplit(".panacea", 1)[0]]
-            target.lora_B["default"].weight.copy_(a.U * a.sigma)
-            target.lora_A["default"].weight.copy_(a.V)
+    copy_panacea_into_lora(pan, lora)
     for vector in ([1.0, 0.0], [0.3, 0.7]):
         pan.set_preference(vector)
         assert torch.allclose(batch_scores(pan), batch_scores(lora), atol=1e-5)
