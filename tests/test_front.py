@@ -234,3 +234,31 @@ def test_evaluate_a_front_of_two_short_modpo_runs(tmp_path, capsys):
     assert "hypervolume" in printed and "against the reference point" in printed and "the base model's point" in printed
     page = (out / "report.html").read_text()
     assert '<img src="figures/front_reward_caps_reward_lower.png"' in page and page.count("echo ") >= 16
+
+
+def test_point_labels_are_placed_where_they_overlap_no_other_label_and_no_point():
+    """Five points close together, as a weight sweep and a preference sweep at the same vectors land: every label
+    finds a spot clear of the others' labels and of every point's marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alignsuite.evaluation.front_report import place_labels
+
+    points = [(0.34, 0.92), (0.37, 0.95), (0.47, 0.76), (0.49, 0.78), (0.55, 0.70)]
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    ax.plot(*zip(*points), "o", markersize=8)
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1.1)
+    notes = place_labels(fig, ax, [(f"pref ({x}, {y})", (x, y), "#1f77b4") for x, y in points])
+    renderer = fig.canvas.get_renderer()
+    boxes = [n.get_window_extent(renderer) for n in notes]
+    markers = [ax.transData.transform(p) for p in points]
+    for i, a in enumerate(boxes):
+        for j, b in enumerate(boxes[i + 1:], i + 1):
+            assert not a.overlaps(b), (notes[i].get_text(), notes[j].get_text())
+        for k, (mx, my) in enumerate(markers):
+            if k != i:
+                assert not (a.x0 < mx + 10 and mx - 10 < a.x1 and a.y0 < my + 10 and my - 10 < a.y1), (i, k)
+    assert len(ax.texts) == len(points)  # the spots tried and not taken are removed
+    plt.close(fig)

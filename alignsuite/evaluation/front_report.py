@@ -55,13 +55,9 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
                     linewidth=1.2, alpha=0.7, label="front (non-dominated)", zorder=1)
     ax.plot([ref[x]], [ref[y]], "+", color="#c62828", markersize=12, mew=2,
             label="reference point" + (" (base)" if results.reference == BASE else ""), zorder=2)
-    drawn, placed = set(), []
+    drawn = set()
     shown = [p for p in results.points if p.means.get(dx) is not None and p.means.get(dy) is not None]
-    coords = ([p.means[dx] for p in shown] or [0.0], [p.means[dy] for p in shown] or [0.0])
-    span = [max(1e-9, max(v) - min(v)) for v in coords]
-    for p in results.points:
-        if p.means.get(dx) is None or p.means.get(dy) is None:
-            continue
+    for p in shown:
         marker, colour, legend = STYLE[p.kind]
         ax.errorbar([p.means[dx]], [p.means[dy]],
                     xerr=[[p.means[dx] - p.ci_low[dx]], [p.ci_high[dx] - p.means[dx]]],
@@ -69,11 +65,6 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
                     fmt=marker, color=colour, markersize=8, capsize=3, elinewidth=1,
                     label=None if p.kind in drawn else legend, zorder=3)
         drawn.add(p.kind)
-        near = sum(abs(p.means[dx] - a) < 0.06 * span[0] and abs(p.means[dy] - b) < 0.06 * span[1] for a, b in placed)
-        placed.append((p.means[dx], p.means[dy]))
-        left = near % 2 == 1  # a second point at the same place is labelled on its left
-        ax.annotate(p.label, (p.means[dx], p.means[dy]), xytext=(-8 if left else 8, 8 - 12 * (near // 2)),
-                    textcoords="offset points", fontsize=9, color=colour, ha="right" if left else "left")
     arrow = {True: "", False: " (lower is better)"}
     ax.set_xlabel(dx + arrow[results.higher_is_better[x]], fontsize=10)
     ax.set_ylabel(dy + arrow[results.higher_is_better[y]], fontsize=10)
@@ -82,9 +73,61 @@ def front_plot(results: FrontResults, x: int, y: int, path: str) -> str:
     ax.grid(alpha=0.3)
     ax.margins(x=0.2, y=0.12)  # room on the right for the labels of the rightmost points
     ax.tick_params(labelsize=9)
+    place_labels(fig, ax, [(p.label, (p.means[dx], p.means[dy]), STYLE[p.kind][1]) for p in shown])
     ax.legend(fontsize=8, frameon=False, loc="best")
     plots._save(fig, path)
     return path
+
+
+# Where a point's label may go, in points from the point: (dx, dy, horizontal alignment, vertical alignment), tried
+# in this order; the first that overlaps no other label and no point is taken, else the one that overlaps least.
+LABEL_SPOTS = [(8, 6, "left", "bottom"), (8, -6, "left", "top"), (-8, 6, "right", "bottom"), (-8, -6, "right", "top"),
+               (0, 10, "center", "bottom"), (0, -10, "center", "top"), (12, 18, "left", "bottom"),
+               (12, -18, "left", "top"), (-12, 18, "right", "bottom"), (-12, -18, "right", "top")]
+
+
+def place_labels(fig, ax, labels: list[tuple[str, tuple[float, float], str]], marker_px: float = 10.0) -> list:
+    """Annotate each ``(text, (x, y), colour)`` at the first of `LABEL_SPOTS` where its box overlaps no label
+    placed before it, no point's marker and stays inside the axes (the least overlap where none is free); the
+    annotations. The axes' limits must be final (they are read in pixels); the layout is made tight first, as the
+    figure is saved, so that the pixels are the saved figure's."""
+    from matplotlib.transforms import Bbox
+
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    markers = [Bbox.from_bounds(*(ax.transData.transform(xy) - marker_px), 2 * marker_px, 2 * marker_px)
+               for _, xy, _ in labels]
+
+    def overlap(a, b) -> float:
+        w = min(a.x1, b.x1) - max(a.x0, b.x0)
+        h = min(a.y1, b.y1) - max(a.y0, b.y0)
+        return w * h if w > 0 and h > 0 else 0.0
+
+    placed, out = [], []
+    for i, (text, xy, colour) in enumerate(labels):
+        best = None
+        for ox, oy, ha, va in LABEL_SPOTS:
+            note = ax.annotate(text, xy, xytext=(ox, oy), textcoords="offset points", fontsize=9, color=colour,
+                               ha=ha, va=va, zorder=5,  # above the interval bars, on a light ground: readable
+                               bbox={"boxstyle": "square,pad=0.05", "facecolor": "white", "edgecolor": "none",
+                                     "alpha": 0.75})
+            box = note.get_window_extent(renderer)
+            outside = box.width * box.height - overlap(box, frame)
+            cost = sum(overlap(box, b) for b in placed) + sum(overlap(box, m) for j, m in enumerate(markers) if j != i)
+            cost += 2 * outside
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, note, box)
+            else:
+                note.remove()
+            if cost == 0:
+                break
+        placed.append(best[2])
+        out.append(best[1])
+    return out
 
 
 def front_figures(results: FrontResults, figures_dir: str) -> list[tuple[str, str]]:
