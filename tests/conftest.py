@@ -126,6 +126,21 @@ def evaluate_front_of_short_runs(recipe, front_config, dimensions: tuple[str, st
     return json.loads((out / "results.json").read_text()), (out / "report.html").read_text()
 
 
+def modpo_moves(recipe, dimensions: tuple[str, str], tmp_path, seed: int) -> dict[float, tuple[float, float]]:
+    """The shipped two-dimension MODPO ``recipe`` at w = (0.8, 0.2) and (0.2, 0.8), data seed and seed_everything
+    ``seed``: for each first weight, how far each reward moved from the base model's point (the validation at step
+    0) to the last validation."""
+    moves = {}
+    for w in (0.8, 0.2):
+        rewards = fit_two_rewards(recipe, dimensions, tmp_path / str(w), "--seed_everything", str(seed),
+                                  "--data.init_args.seed", str(seed), "--model.objective.init_args.weights",
+                                  f"[{w}, {round(1 - w, 1)}]")
+        (step, base_first, base_second), (_, first, second) = rewards[0], rewards[-1]
+        assert step == 0
+        moves[w] = (first - base_first, second - base_second)
+    return moves
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> str:
     """A random-init tiny Llama and the toy word-level tokenizer, written with ``save_pretrained``.

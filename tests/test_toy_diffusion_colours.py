@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from conftest import evaluate_front_of_short_runs, fit_two_rewards
+from conftest import evaluate_front_of_short_runs, modpo_moves
 from alignsuite.backbones import TextToImage
 from alignsuite.data import DataError, ImageDimensionPairs
 from alignsuite.data.protocol import preference_data
@@ -146,9 +146,6 @@ def test_a_weight_vector_of_the_wrong_length_is_refused_at_setup(batch_and_data)
         check_setup(objective, TextToImage("toy:diffusion", resolution=16), None, preference_data(data))
 
 
-def fit(tmp_path, *args) -> list[tuple[int, float, float]]:
-    return fit_two_rewards(RECIPE, ('red', 'blue'), tmp_path, *args)
-
 def test_evaluate_a_front_of_short_modpo_runs_on_the_diffusion_world(tmp_path):
     """Two MODPO runs of a few steps, then ``evaluate`` with the shipped front config: the text-to-image pipeline
     drawing every caption at every point, both rewards judged on the images, the images on the page."""
@@ -173,13 +170,7 @@ def test_modpo_at_w_and_one_minus_w_land_on_opposite_sides_of_the_base(tmp_path,
     """w = (0.8, 0.2) moves towards red and away from blue, w = (0.2, 0.8) the other way, each by a clear margin
     from the base model's point on both rewards (the recipe as shipped with data seed and seed_everything N;
     measured figures and the bound's margin: docs/diffusion.md)."""
-    points = {}
-    for w in (0.8, 0.2):
-        rewards = fit(tmp_path / str(w), "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-                      "--model.objective.init_args.weights", f"[{w}, {round(1 - w, 1)}]")
-        (step, base_red, base_blue), (_, red, blue) = rewards[0], rewards[-1]
-        assert step == 0
-        points[w] = (red - base_red, blue - base_blue)
+    points = modpo_moves(RECIPE, ('red', 'blue'), tmp_path, seed)
     assert points[0.8][0] > MARGIN and points[0.8][1] < -MARGIN, points
     assert points[0.2][0] < -MARGIN and points[0.2][1] > MARGIN, points
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import fit_two_rewards
+from conftest import fit_two_rewards, modpo_moves
 from alignsuite.evaluation.text_scorers import ToyReward
 from alignsuite.toy import get_world
 
@@ -59,11 +59,6 @@ def test_modpo_at_w_and_one_minus_w_land_on_opposite_sides_of_the_base(tmp_path,
     """Each run improves the reward it weighs more and gives up the other: w = (0.8, 0.2) moves towards
     capitals, w = (0.2, 0.8) towards lower case, each by a clear margin from the base model's point (measured over seeds 0-2: at least 0.28 on either
     reward, docs/language.md; asserted: 0.15)."""
-    points = {}
-    for w in (0.8, 0.2):
-        rewards = fit(tmp_path / str(w), "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-                      "--model.objective.init_args.weights", f"[{w}, {round(1 - w, 1)}]")
-        (_, base_caps, base_lower), (_, caps, lower) = rewards[0], rewards[-1]
-        points[w] = (caps - base_caps, lower - base_lower)
+    points = modpo_moves(RECIPE, ('caps', 'lower'), tmp_path, seed)
     assert points[0.8][0] > 0.15 and points[0.8][1] < -0.15, points
     assert points[0.2][0] < -0.15 and points[0.2][1] > 0.15, points

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import evaluate_front_of_short_runs, fit_two_rewards
+from conftest import evaluate_front_of_short_runs, fit_two_rewards, modpo_moves
 from alignsuite.data import DataError, SpeechDimensionPairs
 from alignsuite.evaluation.text_scorers import ToyReward
 from alignsuite.toy import get_world, speech
@@ -169,12 +169,6 @@ def test_modpo_at_w_and_one_minus_w_land_on_opposite_sides_of_the_base(tmp_path,
     recipe as shipped, two epochs; measured over seeds 0-2, docs/text-to-speech.md: clear +0.038 / +0.062 / +0.075
     and -0.202 / -0.147 / -0.191, brief -0.141 / -0.235 / -0.157 and +0.222 / +0.142 / +0.253). Asserted: brief by
     0.04 each way, clear by 0.015 up and 0.05 down, under half the smallest measured move each."""
-    moves = {}
-    for w in (0.8, 0.2):
-        rewards = fit(tmp_path / str(w), "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-                      "--model.objective.init_args.weights", f"[{w}, {round(1 - w, 1)}]")
-        (step, base_clear, base_brief), (_, clear, brief) = rewards[0], rewards[-1]
-        assert step == 0
-        moves[w] = (clear - base_clear, brief - base_brief)
+    moves = modpo_moves(RECIPE, ('clear', 'brief'), tmp_path, seed)
     assert moves[0.8][0] > 0.015 and moves[0.8][1] < -0.04, moves
     assert moves[0.2][0] < -0.05 and moves[0.2][1] > 0.04, moves

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from alignsuite.cli import main
-from conftest import fit_two_rewards
+from conftest import fit_two_rewards, modpo_moves
 from alignsuite.data import DataError, VisionDimensionPairs
 from alignsuite.evaluation.text_scorers import ToyReward
 from alignsuite.toy import get_world
@@ -141,11 +141,6 @@ def test_modpo_at_w_and_one_minus_w_land_on_opposite_sides_of_the_base(tmp_path,
     colour seen, w = (0.2, 0.8) towards the prior colour, each by a clear margin from the base model's point
     (measured over seeds 0-2 with the recipe's two epochs, docs/vision-language.md: at least 0.104, ten of the 96
     evaluation items, on either reward; asserted: 0.05, five items)."""
-    points = {}
-    for w in (0.8, 0.2):
-        rewards = fit(tmp_path / str(w), "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-                      "--model.objective.init_args.weights", f"[{w}, {round(1 - w, 1)}]")
-        (_, base_seen, base_prior), (_, seen, prior) = rewards[0], rewards[-1]
-        points[w] = (seen - base_seen, prior - base_prior)
+    points = modpo_moves(RECIPE, ('seen', 'prior'), tmp_path, seed)
     assert points[0.8][0] > 0.05 and points[0.8][1] < -0.05, points
     assert points[0.2][0] < -0.05 and points[0.2][1] > 0.05, points
