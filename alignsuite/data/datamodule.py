@@ -174,7 +174,8 @@ class PreferenceDataModule(L.LightningDataModule, PreferenceData):
         # within it; rows from an overridden `load_rows` have no file, so they are named by the method.
         if type(self).load_rows is not PreferenceDataModule.load_rows:
             rows = self.load_rows(split)
-            return [] if rows is None else [self.layout.adopt(f"{type(self).__name__}.load_rows({split!r})", rows)]
+            name = f"{type(self).__name__}.load_rows({split!r})"
+            return [] if rows is None else [self.layout.open(name, self.split_names[split], rows)]
         return [self.layout.open(s, self.split_names[split], self.given_rows.get(s)) for s in self.sources[split]]
 
     def use_rows(self, source: str, rows: list[dict]) -> None:

@@ -60,13 +60,10 @@ class Layout:
     # --- reading ---------------------------------------------------------------------------------
 
     def open(self, source: str, split: str, rows: Rows | None = None) -> Table:
-        """The raw rows of a configured source (file, folder, hub id) and its split name; ``rows``: the source's
-        rows already read (the data module's ``use_rows``), taken as they are."""
+        """The raw rows of a configured source (file, folder, hub id) and its split name. ``rows``: its rows read
+        already, taken as they are: rows a caller has just written to the file (the data module's ``use_rows``),
+        or rows a data module generated (``load_rows``; ``source`` is then a name for errors)."""
         return source, load_table(source, split) if rows is None else rows, None
-
-    def adopt(self, name: str, rows: Rows) -> Table:
-        """Raw rows a subclass of the data module generated (``load_rows``), named ``name`` in errors."""
-        return name, rows, None
 
     def check_first(self, row: dict, source: str) -> None:
         """Look at the first raw row of a source, to point at the right layout when it is not this one."""

@@ -46,11 +46,9 @@ class DecodesImages(Layout):
     def open(self, source: str, split: str, rows: Rows | None = None) -> Table:
         # An image folder is read through its metadata file, which is also what errors name.
         table_source = images.metadata_file(source) or source
-        table = images.undecoded(load_table(table_source, split)) if rows is None else rows
+        rows = load_table(table_source, split) if rows is None else rows
+        table = images.undecoded(rows) if isinstance(rows, datasets.Dataset) else rows
         return table_source, table, images.image_base_dir(table_source)
-
-    def adopt(self, name: str, rows: Rows) -> Table:
-        return name, images.undecoded(rows) if isinstance(rows, datasets.Dataset) else rows, None
 
     def decode_images(self, row: dict) -> dict:
         """The image columns of a stored row, decoded; ``DataError`` naming the source row and column

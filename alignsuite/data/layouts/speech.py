@@ -134,11 +134,9 @@ class SpeechPairs(Layout):
     def open(self, source: str, split: str, rows: Rows | None = None) -> Table:
         # Audio columns stay encoded (no torchcodec); relative audio paths start at the data file's folder.
         table_source = images.metadata_file(source) or source
-        table = audio.undecoded(load_table(table_source, split)) if rows is None else rows
+        rows = load_table(table_source, split) if rows is None else rows
+        table = audio.undecoded(rows) if isinstance(rows, datasets.Dataset) else rows
         return table_source, table, images.image_base_dir(table_source)
-
-    def adopt(self, name: str, rows: Rows) -> Table:
-        return name, audio.undecoded(rows) if isinstance(rows, datasets.Dataset) else rows, None
 
     def normalize(self, row: dict, index: int, source: str, base_dir: str | None = None) -> dict | None:
         return self._pair(row, index, source, base_dir, self.chosen_field, self.rejected_field)
