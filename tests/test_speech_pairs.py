@@ -4,11 +4,14 @@ and the toy world's recogniser that makes WER exact."""
 import json
 import math
 import random
+import re
+import unicodedata
 
 import pytest
 import torch
 
 from alignsuite.data.errors import DataError
+from alignsuite.judging import error_rates
 from alignsuite.speech.asr import Utterance, normalise, utterance_wer
 from alignsuite.speech.pairs import Candidate, SelectionRule, judge, load_items, pair_rows, select, write_jsonl
 from alignsuite.toy import speech
@@ -56,9 +59,47 @@ def test_toy_vocoder_makes_20ms_frames_in_range():
 
 def test_normalise_ignores_case_and_punctuation():
     assert normalise("Hello,  World!") == "hello world"
+    assert normalise("Ça va? «Très» bien — n'est-ce pas") == "ça va très bien n'est ce pas"
     assert utterance_wer("hello world.", "Hello, World") == 0.0
     with pytest.raises(ValueError, match="empty"):
         utterance_wer("x", " ,")
+
+
+def test_normalise_takes_ascii_text_as_the_unicode_categories_do():
+    """ASCII text skips the per-character category lookup; every ASCII character, and random strings of them,
+    come out as the Unicode path makes them."""
+    def by_category(text):
+        text = unicodedata.normalize("NFKC", text).lower()
+        return re.sub(r"\s+", " ", "".join(" " if unicodedata.category(c)[0] in "PS" and c != "'" else c
+                                           for c in text)).strip()
+
+    ascii_chars = [chr(i) for i in range(128)]
+    rng = random.Random(0)
+    texts = ascii_chars + ["".join(rng.choice(ascii_chars) for _ in range(rng.randint(0, 24))) for _ in range(3000)]
+    assert [normalise(t) for t in texts] == [by_category(t) for t in texts]
+
+
+@pytest.mark.parametrize("unit", ["word", "char"])
+def test_error_rates_are_torchmetrics_rate_of_each_utterance(unit):
+    """All utterances at once give each one's own torchmetrics rate, the same floats (inf and NaN where the
+    reference is empty), for transcripts longer, shorter and empty."""
+    from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+    rate = {"word": word_error_rate, "char": char_error_rate}[unit]
+    rng, words = random.Random(1), "ba ko te mi su ra".split()
+    hyps = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 10))) for _ in range(600)]
+    refs = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 8))) for _ in range(600)]
+    got, want = error_rates(hyps, refs, unit=unit), [float(rate(h, r)) for h, r in zip(hyps, refs)]
+    assert [str(g) for g in got] == [str(w) for w in want]  # str: NaN equals NaN
+    assert {math.isinf(w) for w in want} == {True, False}
+    assert error_rates(["ba ko"], ["ko ba ko"]) == [float(torch.tensor(1.0) / 3)]  # one insertion, float32
+    assert error_rates([], []) == []
+
+
+def test_error_rates_on_normalised_text_name_an_empty_reference():
+    assert error_rates(["Ba, ko!", "te"], ["ba ko", "TE."], normalised=True) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="^reference transcript 1 is empty"):
+        error_rates(["ba", "ko"], ["ba", " ?"], normalised=True)
 
 
 # ------------------------------------------------------------------ ranking and selection

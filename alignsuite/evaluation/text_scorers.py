@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from alignsuite.components import default_device, import_object
-from alignsuite.judging import Scorer, check_weights, checked_transcripts, load_pretrained, prompt_text, word_error_rate
+from alignsuite.judging import Scorer, check_weights, checked_transcripts, error_rates, load_pretrained, prompt_text
 
 
 class WER(Scorer):
@@ -27,15 +27,12 @@ class WER(Scorer):
     """
 
     name, unit, higher_is_better, modalities = "wer", "fraction", False, ("text_to_speech", "text")
+    tokens = "word"  # what an edit changes (error_rates' unit)
 
     def __init__(self, transcribe: str | Callable | None = None, reference_column: str = "reference",
                  batch_size: int = 16) -> None:
         self.transcribe = import_object(transcribe) if isinstance(transcribe, str) else transcribe
         self.reference_column, self.batch_size = reference_column, batch_size
-
-    @staticmethod
-    def rate(pred: str, target: str) -> float:
-        return word_error_rate(pred, target)
 
     def columns(self, modality: str) -> dict[str, str]:
         if modality != "text":
@@ -48,17 +45,13 @@ class WER(Scorer):
                        if self.transcribe is not None else outputs)
         targets = [(row or {}).get(self.reference_column) or prompt_text(p)
                    for p, row in zip(prompts, rows or [None] * len(prompts))]
-        return [self.rate(str(t), str(r)) for t, r in zip(transcripts, targets)]
+        return error_rates([str(t) for t in transcripts], [str(r) for r in targets], unit=self.tokens)
 
 
 class CER(WER):
     """Character error rate, as :class:`WER` with characters for words."""
 
-    name = "cer"
-
-    @staticmethod
-    def rate(pred: str, target: str) -> float:
-        return word_error_rate(pred, target, unit="char")
+    name, tokens = "cer", "char"
 
 
 class RewardModel(Scorer):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from alignsuite.judging import Scorer, checked_transcripts, word_error_rate
+from alignsuite.judging import Scorer, checked_transcripts, error_rates, word_error_rate
 from alignsuite.speech.asr import Recogniser, SpeakerSimilarity, Utterance
 
 
@@ -50,10 +50,11 @@ class SpeechJudge(Scorer):
             prompt_utts = [Utterance(p, next(it) if prompt_audio else None) if p is not None else None
                            for p in prompts_speech]
             sims = self.similarity.similarity(utterances, prompt_utts)
-        return [{"wer": word_error_rate(text, row[self.reference_column], normalised=True),
-                 "speaker_similarity": float(sim), "transcript": text, "reference": row[self.reference_column],
+        references = [row[self.reference_column] for row in rows]
+        wers = error_rates(transcripts, references, normalised=True)
+        return [{"wer": wer, "speaker_similarity": float(sim), "transcript": text, "reference": reference,
                  "audio": u.audio}
-                for u, text, sim, row in zip(utterances, transcripts, sims, rows)]
+                for u, text, wer, sim, reference in zip(utterances, transcripts, wers, sims, references)]
 
     def means(self, judged) -> dict[str, float]:
         """The corpus WER (word edits over all utterances / all reference words, on normalised text) and the
