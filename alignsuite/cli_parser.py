@@ -117,8 +117,24 @@ class AlignParser(LightningArgumentParser):
     def save(self, cfg, path, *args, skip_check: bool = True, **kwargs) -> None:
         """jsonargparse's, without checking ``cfg`` again by default: the config saved beside a run
         (``config.yaml``) was checked when it was parsed and its classes were built from it, and the second check
-        was two thirds of the save, paid again by every round of ``iterate``."""
+        was two thirds of the save, paid again by every round of ``iterate``.
+
+        A text given for this very ``cfg`` by :meth:`dumped_as` (a dump made already, skipping nothing) is written
+        as it is, once, where the save would dump it again into one plain file."""
+        known, self.known_dump = getattr(self, "known_dump", None), None
+        one_file = not args and not kwargs.get("multifile", True) and kwargs.get("format", "parser_mode") == "parser_mode"
+        if known is not None and known[0] is cfg and one_file and kwargs.get("skip_none") is False \
+                and "://" not in str(path):
+            if not kwargs.get("overwrite", False) and os.path.isfile(path):
+                raise ValueError(f"Refusing to overwrite existing file: {path}")
+            with open(path, "w") as f:
+                f.write(known[1])
+            return
         super().save(cfg, path, *args, skip_check=skip_check, **kwargs)
+
+    def dumped_as(self, cfg, text: str) -> None:
+        """Let the next :meth:`save` of ``cfg`` write ``text``: ``cfg`` dumped with nothing skipped."""
+        self.known_dump = (cfg, text)
 
     def dump(self, cfg, *args, **kwargs) -> str:
         if _ActionPrintConfig.is_print_config_requested(self):  # not the run's saved config.yaml: it stays as given

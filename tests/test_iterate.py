@@ -493,3 +493,66 @@ def test_the_models_summary_is_printed_by_the_first_fit_only(tmp_path, capsys):
     text = printed.out + printed.err
     assert text.count("Trainable params") == 1, text[-3000:]
     assert len(read_json(os.path.join(tmp_path, "run", "round_02", "round.json"))["build"]) > 0
+
+
+def test_later_rounds_reuse_the_first_rounds_config_dump_and_write_the_same_configs(uninterrupted, tmp_path,
+                                                                                   monkeypatch):
+    """Round 1 dumps the recipe's section once, for ``config.yaml`` and Lightning's record of the hyper-parameters;
+    round 2 puts its training file and logger into a copy. Dumping every round instead (the first dump's check made
+    to fail) writes the same ``config.yaml`` and ``hparams.yaml`` and checkpoint hyper-parameters, and dumps once
+    more."""
+    from alignsuite.cli_parser import AlignParser
+    from alignsuite.iterate import configs
+
+    def dumps_of(out, *patches):  # of a whole section (not of the classes inside it, which a dump dumps too)
+        count = [0]
+        real = AlignParser.dump
+
+        def dump(self, cfg, *args, **kwargs):
+            count[0] += cfg.get("trainer") is not None
+            return real(self, cfg, *args, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(AlignParser, "dump", dump)
+            for target, name, value in patches:
+                patch.setattr(target, name, value)
+            main(small(out))
+        return count[0]
+
+    kept, fresh = tmp_path / "kept", tmp_path / "fresh"
+    assert dumps_of(fresh, (configs.RoundConfigs, "text", lambda self, dumped: "")) == dumps_of(kept) + 1
+    for index in (1, 2):
+        fit = os.path.join(f"round_{index:02d}", "fit", "version_0")
+        for name in ("config.yaml", "hparams.yaml"):
+            got = (kept / fit / name).read_text().replace(str(kept), "OUT")
+            assert got == (fresh / fit / name).read_text().replace(str(fresh), "OUT"), name
+            assert f"round_{index:02d}" in got and got == (uninterrupted / fit / name).read_text().replace(
+                str(uninterrupted), "OUT")
+        hyper = [torch.load(loop.round_checkpoint(os.path.join(out, f"round_{index:02d}")), weights_only=False)
+                 for out in (kept, fresh)]
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            assert json.dumps(hyper[0][key], default=str).replace(str(kept), "OUT") == \
+                json.dumps(hyper[1][key], default=str).replace(str(fresh), "OUT")
+
+
+def test_a_text_given_for_a_config_is_saved_once_and_for_that_config_only(tmp_path):
+    from jsonargparse import Namespace
+
+    from alignsuite.cli_parser import AlignParser
+
+    parser = AlignParser(exit_on_error=False)
+    parser.add_argument("--lr", type=float, default=0.1)
+    cfg, other = Namespace(lr=0.5), Namespace(lr=0.25)
+    parser.dumped_as(cfg, "lr: 0.5  # as dumped\n")
+    parser.save(other, tmp_path / "other.yaml", skip_none=False, overwrite=True, multifile=False)
+    parser.save(cfg, tmp_path / "first.yaml", skip_none=False, overwrite=True, multifile=False)
+    assert (tmp_path / "other.yaml").read_text() == "lr: 0.25\n"  # another config: dumped, and the text forgotten
+    assert (tmp_path / "first.yaml").read_text() == "lr: 0.5\n"
+    parser.dumped_as(cfg, "lr: 0.5  # as dumped\n")
+    parser.save(cfg, tmp_path / "given.yaml", skip_none=False, overwrite=True, multifile=False)
+    parser.save(cfg, tmp_path / "again.yaml", skip_none=False, overwrite=True, multifile=False)
+    assert (tmp_path / "given.yaml").read_text() == "lr: 0.5  # as dumped\n"
+    assert (tmp_path / "again.yaml").read_text() == "lr: 0.5\n"
+    parser.dumped_as(cfg, "lr: 0.5  # as dumped\n")
+    with pytest.raises(ValueError, match="overwrite"):
+        parser.save(cfg, tmp_path / "given.yaml", skip_none=False, multifile=False)

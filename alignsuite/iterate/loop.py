@@ -20,6 +20,7 @@ from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.callbacks import Callback, ModelSummary
 from lightning.pytorch.utilities import rank_zero_info
 
+from alignsuite.iterate.configs import RoundConfigs
 from alignsuite.iterate.files import read_json, read_rows, round_dir, write_json
 from alignsuite.iterate.report import round_summary, write_run_report
 from alignsuite.iterate.round_start import PREVIOUS, RoundStart, policy_state
@@ -91,15 +92,6 @@ def carry_columns(data, settings: Iterate) -> None:
         init["number_fields"] = fields
 
 
-def config_record(cli) -> dict:
-    """The command's section of the config as Lightning records it in ``hparams.yaml`` and the checkpoint's
-    data and model hyper-parameters (``LightningCLI._dump_config``, which makes it once per process)."""
-    import yaml
-
-    text = cli.parser.dump(cli.config, skip_link_targets=False, skip_none=False, skip_check=True)
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))[cli.subcommand]
-
-
 class TrainClock(Callback):
     """Adds the seconds from the training loop's start to its end (``train``) to a round's times: the rest of the
     fit is setting it up and loading its weights."""
@@ -115,23 +107,25 @@ class TrainClock(Callback):
 
 
 def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | None, times: Counter,
-              warm=None, summary: bool = True) -> None:
+              warm=None, summary: bool = True, configs: RoundConfigs | None = None) -> None:
     """The recipe's fit on the round's rows, in ``<round>/fit``; resumed from its own checkpoint if one exists.
     ``warm``: the backbone holding ``previous``'s weights (:meth:`Policies.take`), trained on from where it is.
-    ``summary``: whether the fit prints the model's summary (the process's first fit; every round's is the same)."""
+    ``summary``: whether the fit prints the model's summary (the process's first fit; every round's is the same).
+    ``configs``: the process's rounds' configs (the first round's dump, reused); None dumps this round's."""
     section = cli.config[cli.subcommand]
     kept = kept_reference(cli.model, settings) if warm is not None else None
-    data = section["data"]["init_args"]
-    data["train"] = os.path.abspath(os.path.join(folder, "pairs.jsonl"))
-    carry_columns(data, settings)
-    section["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                    "init_args": {"save_dir": os.path.abspath(folder), "name": FIT, "version": 0}}
+    train = os.path.abspath(os.path.join(folder, "pairs.jsonl"))
+    carry_columns(section["data"]["init_args"], settings)
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+              "init_args": {"save_dir": os.path.abspath(folder), "name": FIT, "version": 0}}
+    dumped, text = (configs or RoundConfigs(cli)).set({"data.init_args.train": train, "trainer.logger": logger})
+    cli._parser(cli.subcommand).dumped_as(section, text)  # config.yaml, written by the fit
+    if hasattr(cli, "config_dump"):  # Lightning's record of the hyper-parameters, made once: this round's
+        cli.config_dump = dumped
     seed_everything(settings.seed + index, verbose=False)
-    if hasattr(cli, "config_dump"):  # Lightning's record of the hyper-parameters, made once: this round's data
-        cli.config_dump = config_record(cli)
     cli.instantiate_classes()
     if hasattr(cli.datamodule, "use_rows"):  # the rows this loop wrote, as it wrote them: not read through datasets
-        cli.datamodule.use_rows(data["train"], read_rows(data["train"]))
+        cli.datamodule.use_rows(train, read_rows(train))
     if warm is not None:
         hand_over(cli.model, warm, kept)
     trainer = cli.trainer
@@ -140,7 +134,10 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
     trainer.callbacks += [RoundStart(previous, settings.reference, settings.carry_optimizer, warm is not None),
                           TrainClock(times)]
     last = round_checkpoint(folder)
-    trainer.fit(cli.model, cli.datamodule, ckpt_path=last if os.path.exists(last) else None)
+    try:
+        trainer.fit(cli.model, cli.datamodule, ckpt_path=last if os.path.exists(last) else None)
+    finally:
+        cli._parser(cli.subcommand).known_dump = None  # saved by the fit, or not at all: never by a later save
     if not os.path.exists(last):
         raise IterateError(f"round {index}: the fit wrote no {last}; keep checkpoint.save_last true")
 
@@ -218,7 +215,7 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
     """Every round's summary, running those not finished yet; a stop signal between fits is acted on at the next
     shard written (one process) or phase end (several)."""
     written = (lambda where: signals.check(procs, where)) if procs.count == 1 else None
-    summaries, fitted = [], False
+    summaries, fitted, configs = [], False, RoundConfigs(cli)
     for index in range(0, settings.rounds + 1):
         folder = round_dir(settings.output_dir, index)
         done = os.path.join(folder, "round.json")
@@ -241,7 +238,7 @@ def rounds_from(cli, settings: Iterate, procs, policies, items: list[dict], held
             signals.check(procs, f"in round {index} after judging its samples")
             summary.update(procs.from_first(build, prompts, settings, index, folder, times))
             began = time.perf_counter()
-            fit_round(cli, settings, index, folder, start_from, times, warm, summary=not fitted)
+            fit_round(cli, settings, index, folder, start_from, times, warm, summary=not fitted, configs=configs)
             fitted = True
             policies.adopt(round_checkpoint(folder), cli.model.backbone)
             if settings.extragradient:
