@@ -148,6 +148,8 @@ def encode_row(row: dict, folder: str) -> dict:
     there (another round's prompt, or another column's) is not written again."""
     import copy
 
+    import torch
+
     out = {}
     for column, value in row.items():
         many = isinstance(value, (list, tuple))
@@ -158,8 +160,8 @@ def encode_row(row: dict, folder: str) -> dict:
                 if not (os.path.isfile(path) and os.path.getsize(path) > 0):
                     _save_png(image, path)
             out[column] = paths if many else paths[0]
-        else:
-            out[column] = copy.deepcopy(value)
+        else:  # a tensor (a prompt's speech) cloned: a tenth of deepcopy's time
+            out[column] = value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
     return out
 
 
