@@ -556,3 +556,58 @@ def test_a_text_given_for_a_config_is_saved_once_and_for_that_config_only(tmp_pa
     parser.dumped_as(cfg, "lr: 0.5  # as dumped\n")
     with pytest.raises(ValueError, match="overwrite"):
         parser.save(cfg, tmp_path / "given.yaml", skip_none=False, multifile=False)
+
+
+def toy_backbone(kind: str):
+    from alignsuite.backbones import CausalLM, SpeechTokenLM, VisionLanguage
+
+    if kind == "speech_tokens":
+        return SpeechTokenLM("toy:tts", speech_token_offset=18, codebook_size=32, speech_start_token="<speech>",
+                             speech_end_token="</speech>", max_length=96)
+    return {"causal": CausalLM, "vision_language": VisionLanguage}[kind]({"causal": "toy:llm"}.get(kind, "toy:vlm"))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("kind", ["causal", "vision_language", "speech_tokens"])
+def test_the_first_fits_reference_copied_from_the_policy_is_the_one_read_from_the_starting_weights(kind, precision):
+    """Round 1's fit trains on from the starting policy, so its frozen reference is that policy copied instead of
+    read again: the same modules, weights and dtypes (bfloat16 linear weights under ``bf16-mixed``'s autocast
+    reference), in eval mode and frozen, as ``FrozenCopy.build`` reads them."""
+    from alignsuite.reference import FrozenCopy
+
+    policy_side, read_side = toy_backbone(kind), toy_backbone(kind)
+    policy_side.configure()
+    read_side.configure()
+    copied, read = FrozenCopy(), FrozenCopy()
+    assert copied.copy_policy(policy_side, precision)
+    read.trainer_precision = precision
+    read.build(read_side)
+    assert type(copied.model) is type(read.model) and copied.model is not policy_side.policy
+    assert copied.model.config.to_dict() == read.model.config.to_dict()
+    got, want = copied.model.state_dict(), read.model.state_dict()
+    assert list(got) == list(want)
+    assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
+    assert (precision == "bf16-mixed") == any(v.dtype == torch.bfloat16 for v in got.values())
+    assert not copied.model.training and not any(p.requires_grad for p in copied.model.parameters())
+    assert all(not m.training for m in copied.model.modules())
+    assert policy_side.policy.training and any(p.requires_grad for p in policy_side.policy.parameters())
+
+
+def test_a_reference_the_policy_cannot_stand_for_is_read_as_before():
+    """No copy where it could differ from the read: adapters on the policy, gradient checkpointing (it changes the
+    model's config), Panacea's own reference, other weights, a dtype of the reference's own, a moving reference."""
+    from alignsuite.backbones import CausalLM, PanaceaLM
+    from alignsuite.backbones.lora import LoraSpec
+    from alignsuite.backbones.panacea import PanaceaSpec
+    from alignsuite.reference import FrozenCopy, MovingAverage
+
+    plain = CausalLM("toy:llm")
+    plain.configure()
+    for backbone in (CausalLM("toy:llm", lora=LoraSpec(r=4)), CausalLM("toy:llm", gradient_checkpointing=True),
+                     PanaceaLM("toy:llm", panacea=PanaceaSpec(r=4, preference_rank=2, preference_dim=2))):
+        backbone.configure()
+        assert backbone.reference_from_policy() is None
+        assert not FrozenCopy().copy_policy(backbone, "32-true")
+    for reference in (FrozenCopy(model_name_or_path="toy:llm"), FrozenCopy(dtype="bfloat16"), MovingAverage()):
+        assert not reference.copy_policy(plain, "32-true") and reference.model is None
+    assert not FrozenCopy().copy_policy(plain, "bf16-true")  # a bfloat16 reference: read in bfloat16

@@ -107,6 +107,12 @@ class Backbone(nn.Module):
         ("auto", "float32", "bfloat16", "float16"; the backbone's own ``dtype`` when None)."""
         raise NotImplementedError
 
+    def reference_from_policy(self) -> nn.Module | None:
+        """What :meth:`load_reference` would read of the starting weights, copied from the policy, for a caller
+        that knows the policy still holds them (the online loop's first fit): no second read. None where a copy
+        could differ from that read: this base class, and a backbone whose policy is built otherwise."""
+        return None
+
     def check_same_tokenizer(self, source: str, option: str) -> None:
         """Raise if the checkpoint ``source`` (given as ``option``) reads inputs differently from the policy, so
         that its scores would not line up with the policy's; nothing to check for a backbone without tokens."""

@@ -128,6 +128,8 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
         cli.datamodule.use_rows(train, read_rows(train))
     if warm is not None:
         hand_over(cli.model, warm, kept)
+        if kept is None and previous is None:  # round 1: the policy still holds the recipe's starting weights
+            copy_starting_reference(cli.model, warm, settings, str(cli.trainer.precision))
     trainer = cli.trainer
     if not summary:
         trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelSummary)]
@@ -186,6 +188,15 @@ def hand_over(module, backbone, reference_model) -> None:
     reference = getattr(module, "reference", None)
     if reference_model is not None and reference is not None and hasattr(reference, "model"):
         reference.model = reference_model
+
+
+def copy_starting_reference(module, backbone, settings: Iterate, precision: str) -> None:
+    """The first fit's frozen reference copied from the policy handed to it, which holds the recipe's starting
+    weights, the reference's (``reference: initial`` or ``round_start``), instead of read again from the recipe's
+    model (``FrozenCopy.copy_policy``, where the copy is what the read would give)."""
+    reference = getattr(module, "reference", None)
+    if settings.reference in ("initial", "round_start") and hasattr(reference, "copy_policy"):
+        reference.copy_policy(backbone, precision)
 
 
 def run_rounds(cli, settings: Iterate) -> list[dict]:
