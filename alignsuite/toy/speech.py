@@ -63,7 +63,7 @@ def spoken_words(codes) -> list[list[tuple[int, int]]]:
     """Each word ``codes`` say (the stretches between silences) as its units, speaker-blind, with the frames each
     is held: ``[(unit, frames), ...]``."""
     words, segment = [], []
-    for code in [int(c) for c in codes] + [SILENCE]:
+    for code in [*map(int, codes), SILENCE]:
         if code == SILENCE:
             if segment:
                 words.append(segment)
@@ -127,6 +127,8 @@ def frames_to_codes(frames: torch.Tensor) -> list[int]:
 
 def as_codes(speech) -> list[int]:
     """Codes of an utterance given as codes (``[frames]``) or as mel frames (``[frames, N_MELS]``)."""
+    if isinstance(speech, list) and all(type(c) is int for c in speech):  # codes as the online loop's files hold them
+        return speech
     speech = torch.as_tensor(speech)
     if speech.is_floating_point() and speech.dim() == 2:
         return frames_to_codes(speech)

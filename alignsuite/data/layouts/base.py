@@ -122,7 +122,8 @@ class Layout:
                 skipped[source] = (len(dropped), len(rows))
                 self.warn_skipped(source, dropped)
         flush()
-        return (datasets.concatenate_datasets(parts) if parts else None), skipped
+        joined = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else None
+        return joined, skipped
 
     # --- batching --------------------------------------------------------------------------------
 
