@@ -126,23 +126,6 @@ class FrozenCopy(Reference):
                 store_for_autocast(self.model, torch.bfloat16)
         self.restore(self.restored)
 
-    def copy_policy(self, backbone: Backbone, precision: str) -> bool:
-        """Build now from ``backbone``'s policy, which the caller knows holds the starting weights this reference
-        reads (the online loop's first fit, training on from the policy it generated with), instead of reading them
-        again (``Backbone.reference_from_policy``), under the trainer's ``precision``. Returns whether it did: not
-        for other weights (``model_name_or_path``), a dtype of the reference's own, or a backbone that cannot copy."""
-        self.trainer_precision = precision
-        dtype = self.load_dtype
-        if self.model is not None or self.moves or self.model_name_or_path is not None or dtype not in (None, "autocast"):
-            return False
-        model = backbone.reference_from_policy()
-        if model is None:
-            return False
-        if dtype == "autocast":
-            store_for_autocast(model, torch.bfloat16)
-        self.model = model
-        return True
-
     def restore(self, weights: dict[str, Tensor] | None) -> None:
         """Load weights that moved with training (from a checkpoint), now or once the model is built."""
         if weights is not None and self.model is not None:

@@ -573,13 +573,14 @@ def test_the_first_fits_reference_copied_from_the_policy_is_the_one_read_from_th
     """Round 1's fit trains on from the starting policy, so its frozen reference is that policy copied instead of
     read again: the same modules, weights and dtypes (bfloat16 linear weights under ``bf16-mixed``'s autocast
     reference), in eval mode and frozen, as ``FrozenCopy.build`` reads them."""
+    from alignsuite.iterate.round_start import copy_starting_reference
     from alignsuite.reference import FrozenCopy
 
     policy_side, read_side = toy_backbone(kind), toy_backbone(kind)
     policy_side.configure()
     read_side.configure()
     copied, read = FrozenCopy(), FrozenCopy()
-    assert copied.copy_policy(policy_side, precision)
+    assert copy_starting_reference(copied, policy_side, precision)
     read.trainer_precision = precision
     read.build(read_side)
     assert type(copied.model) is type(read.model) and copied.model is not policy_side.policy
@@ -599,6 +600,7 @@ def test_a_reference_the_policy_cannot_stand_for_is_read_as_before():
     from alignsuite.backbones import CausalLM, PanaceaLM
     from alignsuite.backbones.lora import LoraSpec
     from alignsuite.backbones.panacea import PanaceaSpec
+    from alignsuite.iterate.round_start import copy_starting_reference
     from alignsuite.reference import FrozenCopy, MovingAverage
 
     plain = CausalLM("toy:llm")
@@ -607,7 +609,8 @@ def test_a_reference_the_policy_cannot_stand_for_is_read_as_before():
                      PanaceaLM("toy:llm", panacea=PanaceaSpec(r=4, preference_rank=2, preference_dim=2))):
         backbone.configure()
         assert backbone.reference_from_policy() is None
-        assert not FrozenCopy().copy_policy(backbone, "32-true")
+        assert not copy_starting_reference(FrozenCopy(), backbone, "32-true")
     for reference in (FrozenCopy(model_name_or_path="toy:llm"), FrozenCopy(dtype="bfloat16"), MovingAverage()):
-        assert not reference.copy_policy(plain, "32-true") and reference.model is None
-    assert not FrozenCopy().copy_policy(plain, "bf16-true")  # a bfloat16 reference: read in bfloat16
+        assert not copy_starting_reference(reference, plain, "32-true") and reference.model is None
+    assert not copy_starting_reference(FrozenCopy(), plain, "bf16-true")  # a bfloat16 reference: read in bfloat16
+    assert copy_starting_reference(FrozenCopy(), plain, "32-true")

@@ -14,6 +14,7 @@ noise and timestep per row, shared by all K views of that row.
 
 from __future__ import annotations
 
+import copy
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -107,11 +108,16 @@ class Backbone(nn.Module):
         ("auto", "float32", "bfloat16", "float16"; the backbone's own ``dtype`` when None)."""
         raise NotImplementedError
 
+    # Whether the policy is what load_reference reads of the starting weights, in train mode (frozen in parts or not).
+    policy_is_read = False
+
     def reference_from_policy(self) -> nn.Module | None:
-        """What :meth:`load_reference` would read of the starting weights, copied from the policy, for a caller
-        that knows the policy still holds them (the online loop's first fit): no second read. None where a copy
-        could differ from that read: this base class, and a backbone whose policy is built otherwise."""
-        return None
+        """What :meth:`load_reference` would read of the starting weights, copied from the policy (in eval mode and
+        frozen), for a caller that knows the policy still holds them (the online loop's first fit): no second read.
+        None where a copy could differ from that read: adapters, or a policy built otherwise (``policy_is_read``)."""
+        if self.policy is None or self.has_adapters or not self.policy_is_read:
+            return None
+        return copy.deepcopy(self.policy).eval().requires_grad_(False)
 
     def check_same_tokenizer(self, source: str, option: str) -> None:
         """Raise if the checkpoint ``source`` (given as ``option``) reads inputs differently from the policy, so

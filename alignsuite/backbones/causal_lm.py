@@ -193,15 +193,9 @@ class CausalLM(Backbone):
         model.eval().requires_grad_(False)
         return model
 
-    def reference_from_policy(self) -> nn.Module | None:
-        """The policy copied, in eval mode and frozen, as :meth:`load_reference` reads the starting weights: the
-        same load, where the policy is that load in train mode (a vision tower frozen or not). None with adapters
-        (LoRA), gradient checkpointing (it changes the model's config) or a subclass's own ``load_reference``
-        (Panacea's reads an export's adapter)."""
-        if self.policy is None or self.has_adapters or self.gradient_checkpointing or \
-                type(self).load_reference is not CausalLM.load_reference:
-            return None
-        return copy.deepcopy(self.policy).eval().requires_grad_(False)
+    @property
+    def policy_is_read(self) -> bool:  # not with gradient checkpointing (it changes the config), nor Panacea's read
+        return not self.gradient_checkpointing and type(self).load_reference is CausalLM.load_reference
 
     def adapters_disabled(self):
         if not self.has_adapters:

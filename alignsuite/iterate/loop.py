@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from alignsuite.iterate.configs import RoundConfigs
 from alignsuite.iterate.files import read_json, read_rows, round_dir, write_json
 from alignsuite.iterate.report import round_summary, write_run_report
-from alignsuite.iterate.round_start import PREVIOUS, RoundStart, policy_state
+from alignsuite.iterate.round_start import PREVIOUS, RoundStart, copy_starting_reference, policy_state
 from alignsuite.iterate.processes import start_processes
 from alignsuite.iterate.rounds import (
     build_round, gather_lists, generate_round, heldout_round, judge_round, round_prompts, unwritten,
@@ -128,8 +128,9 @@ def fit_round(cli, settings: Iterate, index: int, folder: str, previous: str | N
         cli.datamodule.use_rows(train, read_rows(train))
     if warm is not None:
         hand_over(cli.model, warm, kept)
-        if kept is None and previous is None:  # round 1: the policy still holds the recipe's starting weights
-            copy_starting_reference(cli.model, warm, settings, str(cli.trainer.precision))
+        if kept is None and previous is None and settings.reference in ("initial", "round_start"):
+            # round 1: the policy handed over holds the recipe's starting weights, the reference's
+            copy_starting_reference(getattr(cli.model, "reference", None), warm, str(cli.trainer.precision))
     trainer = cli.trainer
     if not summary:
         trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelSummary)]
@@ -188,15 +189,6 @@ def hand_over(module, backbone, reference_model) -> None:
     reference = getattr(module, "reference", None)
     if reference_model is not None and reference is not None and hasattr(reference, "model"):
         reference.model = reference_model
-
-
-def copy_starting_reference(module, backbone, settings: Iterate, precision: str) -> None:
-    """The first fit's frozen reference copied from the policy handed to it, which holds the recipe's starting
-    weights, the reference's (``reference: initial`` or ``round_start``), instead of read again from the recipe's
-    model (``FrozenCopy.copy_policy``, where the copy is what the read would give)."""
-    reference = getattr(module, "reference", None)
-    if settings.reference in ("initial", "round_start") and hasattr(reference, "copy_policy"):
-        reference.copy_policy(backbone, precision)
 
 
 def run_rounds(cli, settings: Iterate) -> list[dict]:

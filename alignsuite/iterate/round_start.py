@@ -16,6 +16,29 @@ from alignsuite.iterate.settings import IterateError
 PREVIOUS = "previous"  # the extra reference holding the round's starting policy (reference: both)
 
 
+def copy_starting_reference(reference, backbone, precision: str) -> bool:
+    """Build a fresh ``FrozenCopy`` of the recipe's starting weights from ``backbone``'s policy, which the caller
+    knows holds them (round 1's fit trains on from the starting policy), instead of reading them again
+    (``Backbone.reference_from_policy``), under the trainer's ``precision``. Returns whether it did: not for another
+    reference class or one built already, other weights (``model_name_or_path``), a dtype of the reference's own,
+    or a backbone whose policy is not that read."""
+    from alignsuite.precision import store_for_autocast
+    from alignsuite.reference import FrozenCopy
+
+    if not isinstance(reference, FrozenCopy) or type(reference).build is not FrozenCopy.build or \
+            reference.model is not None or reference.model_name_or_path is not None:
+        return False
+    reference.trainer_precision = precision
+    dtype = reference.load_dtype
+    model = backbone.reference_from_policy() if dtype in (None, "autocast") else None
+    if model is None:
+        return False
+    if dtype == "autocast":
+        store_for_autocast(model, torch.bfloat16)
+    reference.model = model
+    return True
+
+
 def policy_state(path: str, checkpoint: dict | None = None) -> dict[str, torch.Tensor]:
     """The backbone's weights in a round's checkpoint (``checkpoint``: it, already read), keyed as the backbone's
     own state dict."""
