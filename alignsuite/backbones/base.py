@@ -14,8 +14,8 @@ noise and timestep per row, shared by all K views of that row.
 
 from __future__ import annotations
 
-import copy
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
