@@ -170,18 +170,18 @@ def normalise(text: str) -> str:
 def word_error_rate(transcripts: str | Sequence[str], references: str | Sequence[str], normalised: bool = False,
                     unit: str = "word") -> float:
     """The word error rate (torchmetrics): edits over all utterances divided by the references' words, a
-    fraction; one utterance as strings, a corpus as lists. ``normalised`` compares :func:`normalise`-d text
-    (an ASR's capitals and commas are no errors); ``unit="char"`` gives the character error rate."""
+    fraction; one utterance as strings (:func:`error_rates` of it), a corpus as lists. ``normalised`` compares
+    :func:`normalise`-d text (an ASR's capitals and commas are no errors); ``unit="char"`` gives the character
+    error rate."""
     from torchmetrics.functional.text import char_error_rate, word_error_rate as wer
 
-    one = isinstance(transcripts, str)
-    hyp, ref = ([transcripts], [references]) if one else (list(transcripts), list(references))
+    if isinstance(transcripts, str):
+        return error_rates([transcripts], [references], normalised, unit)[0]
+    hyp, ref = list(transcripts), list(references)
     if normalised:
         hyp, ref = [normalise(t) for t in hyp], [normalise(t) for t in ref]
-        if one and not ref[0]:
-            raise ValueError("a reference transcript is empty; WER needs at least one word")
     rate = {"word": wer, "char": char_error_rate}[unit]
-    return float(rate(hyp[0], ref[0]) if one else rate(hyp, ref))
+    return float(rate(hyp, ref))
 
 
 def error_rates(transcripts: Sequence[str], references: Sequence[str], normalised: bool = False,

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from torchmetrics.functional.text import word_error_rate
 
 from alignsuite.backbones import CausalLM, VisionLanguage
 from alignsuite.cli import main
 from alignsuite.evaluation.run import Evaluation, EvaluationError, aligned_backbone, run_evaluation
 from alignsuite.evaluation.scorers import WER, Scorer, ToyReward
-from alignsuite.judging import word_error_rate
 from alignsuite.module import PreferenceModule
 from alignsuite.toy import get_world
 
@@ -133,7 +133,8 @@ def test_wer_of_a_text_model_needs_a_reference_column(aligned_export, tmp_path):
     results = run_evaluation(module, evaluation)
     answers = aligned.generate(["echo a b", "echo c"], seed=0, max_new_tokens=8)
     # the batched rates against torchmetrics' one utterance at a time
-    assert results.scores[0].aligned == [word_error_rate(answers[0], "A B"), word_error_rate(answers[1], "C")]
+    assert results.scores[0].aligned == [float(word_error_rate(answers[0], "A B")),
+                                         float(word_error_rate(answers[1], "C"))]
 
 
 class Broken(Scorer):

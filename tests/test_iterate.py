@@ -564,7 +564,7 @@ def toy_backbone(kind: str):
     if kind == "speech_tokens":
         return SpeechTokenLM("toy:tts", speech_token_offset=18, codebook_size=32, speech_start_token="<speech>",
                              speech_end_token="</speech>", max_length=96)
-    return {"causal": CausalLM, "vision_language": VisionLanguage}[kind]({"causal": "toy:llm"}.get(kind, "toy:vlm"))
+    return CausalLM("toy:llm") if kind == "causal" else VisionLanguage("toy:vlm")
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
